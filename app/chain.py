@@ -1,0 +1,86 @@
+"""The per-org tamper-evident log: canonical payloads, their hashes, and appends under the org's lock.
+
+payload_hash = SHA-256(domain || canonical JSON), the domain naming the entry kind;
+chain_hash = SHA-256(previous chain_hash || payload_hash), over the raw 32-byte digests,
+starting from 32 zero bytes. Canonical JSON: UTF-8, keys sorted, no insignificant white space.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from app.models import ChainHead
+
+DOMAINS = {"finding": b"fremforge/finding/v1\n", "audit": b"fremforge/audit/v1\n"}
+
+
+def canonical(payload: dict[str, Any]) -> bytes:
+    return orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
+
+
+def payload_hash(kind: str, payload: dict[str, Any]) -> bytes:
+    return hashlib.sha256(DOMAINS[kind] + canonical(payload)).digest()
+
+
+def timestamp(at: datetime) -> str:
+    """The time as it enters a payload: naive UTC, microseconds, ISO 8601."""
+    return at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def lock_head(session: Session, org_id: int) -> ChainHead:
+    """The org's chain head, locked until the transaction ends (FOR UPDATE; SQLite's write lock is global)."""
+    head = session.scalars(
+        sa.select(ChainHead).where(ChainHead.org_id == org_id).with_for_update()
+    ).one_or_none()
+    if head is None:  # orgs made before chain heads existed, or by hand
+        head = ChainHead(org_id=org_id, seq=0, head_hash="0" * 64)
+        session.add(head)
+        session.flush()
+    return head
+
+
+def extend(head: ChainHead, kind: str, payloads: Iterable[dict[str, Any]]) -> list[tuple[int, str, str]]:
+    """Append payloads to the locked chain head; return (seq, payload_hash, chain_hash) for each, in order."""
+    sha256, dumps, opt, domain = hashlib.sha256, orjson.dumps, orjson.OPT_SORT_KEYS, DOMAINS[kind]
+    prev = bytes.fromhex(head.head_hash)
+    seq = head.seq
+    out = []
+    for payload in payloads:
+        ph = sha256(domain + dumps(payload, option=opt)).digest()
+        prev = sha256(prev + ph).digest()
+        seq += 1
+        out.append((seq, ph.hex(), prev.hex()))
+    head.seq = seq
+    head.head_hash = prev.hex()
+    return out
+
+
+def finding_payload(org_id: int, scan_run_id: int, created_at: str, f: dict[str, Any]) -> dict[str, Any]:
+    """The hashed content of a finding row (every column but id, seq, the hashes and redaction time)."""
+    return {
+        "org_id": org_id,
+        "scan_run_id": scan_run_id,
+        "created_at": created_at,
+        "cve_id": f["cve_id"],
+        "severity": f["severity"],
+        "package": f["package"],
+        "installed_version": f["installed_version"],
+        "fixed_version": f["fixed_version"],
+        "target": f["target"],
+        "title": f["title"],
+        "primary_url": f["primary_url"],
+        "references": f["references"],
+        "vendor_ids": f["vendor_ids"],
+        "synthetic": f["synthetic"],
+    }
+
+
+def audit_payload(org_id: int, created_at: str, action: str, actor: str, details: dict[str, Any]) -> dict[str, Any]:
+    return {"org_id": org_id, "created_at": created_at, "action": action, "actor": actor, "details": details}

@@ -1,0 +1,175 @@
+"""Command line (`flask --app wsgi ...`): db, orgs, tokens and policy groups."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+from flask import Flask, current_app
+from flask.cli import AppGroup
+
+from app import db, migrate, orgs, tokens
+from app.db import write_transaction
+from app.models import Org
+from app.settings import service as settings_service
+
+db_cli = AppGroup("db", help="Create or migrate the schema.")
+orgs_cli = AppGroup("orgs", help="Organisations.")
+tokens_cli = AppGroup("tokens", help="The app's API tokens.")
+policy_cli = AppGroup("policy", help="An organisation's policy.")
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+def _org(slug: str) -> Org:
+    org = orgs.by_slug(db.session(), slug)
+    if org is None:
+        raise click.ClickException(f"there is no organisation {slug!r} (create it with: orgs create {slug})")
+    return org
+
+
+# ---------------------------------------------------------------- db
+
+
+@db_cli.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="The Alembic revision to reach.")
+def db_upgrade(revision: str) -> None:
+    """Create the schema, or migrate it to the latest version."""
+    migrate.upgrade(current_app, revision)
+    click.echo(f"database at {migrate.describe_url(current_app)} is at revision {migrate.current(current_app)}")
+
+
+@db_cli.command("check")
+def db_check() -> None:
+    """Fail when the models and the migrations disagree."""
+    problems = migrate.differences(current_app)
+    if problems:
+        raise click.ClickException("models and migrations disagree:\n" + "\n".join(map(str, problems)))
+    click.echo("models and migrations agree")
+
+
+# ---------------------------------------------------------------- orgs
+
+
+def _org_json(org: Org) -> dict[str, Any]:
+    return {"id": org.id, "slug": org.slug, "github_login": org.github_login,
+            "installation_id": org.installation_id}
+
+
+@orgs_cli.command("create")
+@click.argument("slug")
+@click.option("--github-login", help="The GitHub account (org or user) whose repos it scans; default: SLUG.")
+@click.option("--installation-id", type=click.IntRange(min=1), help="The GitHub App installation id, if known.")
+def orgs_create(slug: str, github_login: str | None, installation_id: int | None) -> None:
+    """Add an organisation (with the default policy)."""
+    session = db.session()
+    try:
+        with write_transaction(session):
+            org = orgs.create(session, slug, github_login, installation_id)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    _echo_json(_org_json(org))
+
+
+@orgs_cli.command("list")
+def orgs_list() -> None:
+    """List organisations (JSON)."""
+    import sqlalchemy as sa
+
+    _echo_json([_org_json(o) for o in db.session().scalars(sa.select(Org).order_by(Org.slug))])
+
+
+# ---------------------------------------------------------------- tokens
+
+
+def _token_json(t: Any) -> dict[str, Any]:
+    return {"id": t.id, "name": t.name, "prefix": t.prefix, "scopes": t.scope_list, "state": tokens.state(t),
+            "created_at": t.created_at, "expires_at": t.expires_at, "last_used_at": t.last_used_at,
+            "revoked_at": t.revoked_at}
+
+
+@tokens_cli.command("create")
+@click.option("--org", "slug", required=True, help="The organisation the token acts for.")
+@click.option("--scope", "scopes", multiple=True, required=True, type=click.Choice(tokens.SCOPES),
+              help="Repeat for several scopes.")
+@click.option("--name", help="A label to tell tokens apart, e.g. the workflow that uses it.")
+@click.option("--expires-days", type=click.IntRange(1, 3650), help="Expire after this many days (default: never).")
+def tokens_create(slug: str, scopes: tuple[str, ...], name: str | None, expires_days: int | None) -> None:
+    """Make a token; it is printed once, alone on the last line, and only its hash is kept."""
+    session = db.session()
+    with write_transaction(session):
+        new = tokens.create(session, _org(slug), list(scopes), name, expires_days, actor="cli")
+    r = new.record
+    click.echo(f"token {r.id} ({r.name}) for {slug} with scopes {' '.join(r.scope_list)}"
+               + (f", expires {r.expires_at:%Y-%m-%d}" if r.expires_at else ", no expiry"))
+    click.echo("store it now; it is not shown again:")
+    click.echo(new.secret)
+
+
+@tokens_cli.command("list")
+@click.option("--org", "slug", required=True)
+def tokens_list(slug: str) -> None:
+    """List an organisation's tokens (JSON; never the secrets)."""
+    _echo_json([_token_json(t) for t in tokens.list_for(db.session(), _org(slug).id)])
+
+
+@tokens_cli.command("revoke")
+@click.argument("token_id", type=int)
+def tokens_revoke(token_id: int) -> None:
+    """Revoke a token by id; it stops working at once."""
+    session = db.session()
+    try:
+        with write_transaction(session):
+            record = tokens.revoke(session, token_id, actor="cli")
+    except LookupError as exc:
+        raise click.ClickException(str(exc)) from None
+    _echo_json(_token_json(record))
+
+
+# ---------------------------------------------------------------- policy
+
+
+@policy_cli.command("show")
+@click.argument("slug")
+def policy_show(slug: str) -> None:
+    """Print the policy (JSON)."""
+    _echo_json(settings_service.as_dict(orgs.settings_of(db.session(), _org(slug).id)))
+
+
+@policy_cli.command("set")
+@click.argument("slug")
+@click.option("--enabled/--disabled", default=None, help="Turn image scanning on or off for the org.")
+@click.option("--block-action", type=click.Choice(["none", "warn", "block_pull"]))
+@click.option("--require-signed/--no-require-signed", default=None)
+@click.option("--allowed-issuer", "issuers", multiple=True, metavar="'URL [SUBJECT_REGEX]'",
+              help="Repeat for several; replaces the list. Pass '' once to empty it.")
+@click.option("--retention-days", type=int)
+def policy_set(slug: str, enabled: bool | None, block_action: str | None, require_signed: bool | None,
+               issuers: tuple[str, ...], retention_days: int | None) -> None:
+    """Change the policy; options left out keep their value. Prints the policy (JSON)."""
+    doc: dict[str, Any] = {}
+    for key, value in (("enabled", enabled), ("block_action", block_action), ("require_signed", require_signed),
+                       ("retention_days", retention_days)):
+        if value is not None:
+            doc[key] = value
+    if issuers:
+        doc["allowed_issuers"] = [settings_service.parse_issuer_option(i) for i in issuers if i.strip()]
+    try:
+        changes = settings_service.parse_change(doc)
+    except settings_service.ValidationError as exc:
+        lines = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False)]
+        raise click.ClickException("invalid policy:\n" + "\n".join(lines)) from None
+    session = db.session()
+    org = _org(slug)
+    with write_transaction(session):
+        settings = orgs.settings_of(session, org.id)
+        settings_service.apply(session, settings, changes, actor="cli")
+    _echo_json(settings_service.as_dict(settings))
+
+
+def init_app(app: Flask) -> None:
+    for group in (db_cli, orgs_cli, tokens_cli, policy_cli):
+        app.cli.add_command(group)

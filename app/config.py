@@ -1,0 +1,100 @@
+"""The one place that reads the environment: FREMFORGE_* variables into typed settings, failing closed."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+# Every setting the app reads, with its default. Values from the environment arrive as strings
+# (Flask's own from_prefixed_env would turn an app id such as "1e5" into a float).
+DEFAULTS: dict[str, Any] = {
+    "ENV": "development",
+    "DATABASE_URL": None,  # None: a SQLite file in the instance folder
+    "SECRET_KEY": None,
+    "PUBLIC_URL": None,  # None: taken from each request's host
+    "GITHUB_API_URL": "https://api.github.com",
+    "GITHUB_APP_ID": None,
+    "GITHUB_PRIVATE_KEY": None,
+    "GITHUB_PRIVATE_KEY_FILE": None,
+    "GITHUB_WEBHOOK_SECRET": None,
+    "GITHUB_CLIENT_ID": None,
+    "GITHUB_CLIENT_SECRET": None,
+    "MAX_UPLOAD_MB": 64,
+}
+PREFIX = "FREMFORGE_"
+
+
+class ConfigError(RuntimeError):
+    """The configuration cannot be used; the message says which variable to set."""
+
+
+def from_environment(environ: os._Environ[str] | dict[str, str] | None = None) -> dict[str, Any]:
+    """Return the FREMFORGE_* settings found in the environment, as strings, without the prefix."""
+    environ = os.environ if environ is None else environ
+    return {key[len(PREFIX) :]: value for key, value in environ.items() if key.startswith(PREFIX)}
+
+
+def finalize(config: dict[str, Any], instance_path: str) -> None:
+    """Check and complete the merged configuration in place; raise ConfigError when it is unusable."""
+    try:
+        max_mb = float(config["MAX_UPLOAD_MB"])
+    except (TypeError, ValueError):
+        raise ConfigError("FREMFORGE_MAX_UPLOAD_MB must be a number of megabytes") from None
+    if not 0 < max_mb <= 4096:
+        raise ConfigError("FREMFORGE_MAX_UPLOAD_MB must be between 0 and 4096")
+    config["MAX_UPLOAD_MB"] = max_mb
+    config["MAX_UPLOAD_BYTES"] = int(max_mb * 1024 * 1024)
+    # Compressed bodies are held to the same limit as what they decompress to.
+    config["MAX_CONTENT_LENGTH"] = config["MAX_UPLOAD_BYTES"]
+
+    if not config.get("DATABASE_URL"):
+        config["DATABASE_URL"] = f"sqlite:///{Path(instance_path) / 'fremforge.db'}"
+    config["DATABASE_URL"] = normalise_database_url(config["DATABASE_URL"])
+
+    if config.get("GITHUB_PRIVATE_KEY_FILE") and not config.get("GITHUB_PRIVATE_KEY"):
+        try:
+            config["GITHUB_PRIVATE_KEY"] = Path(config["GITHUB_PRIVATE_KEY_FILE"]).read_text()
+        except OSError as exc:
+            raise ConfigError(f"FREMFORGE_GITHUB_PRIVATE_KEY_FILE cannot be read: {exc.strerror}") from None
+    config["GITHUB_APP_CONFIGURED"] = bool(config.get("GITHUB_APP_ID") and config.get("GITHUB_PRIVATE_KEY"))
+    if config.get("PUBLIC_URL"):
+        config["PUBLIC_URL"] = str(config["PUBLIC_URL"]).rstrip("/")
+
+    production = config["ENV"] == "production" or config["GITHUB_APP_CONFIGURED"]
+    if not config.get("SECRET_KEY"):
+        if production and not config.get("TESTING"):
+            raise ConfigError(
+                "FREMFORGE_SECRET_KEY is not set. It is required in production (FREMFORGE_ENV=production "
+                "or a GitHub App configured); generate one with: python -c 'import secrets; "
+                "print(secrets.token_urlsafe(48))'"
+            )
+        config["SECRET_KEY"] = _instance_secret_key(Path(instance_path))
+
+
+def normalise_database_url(url: str) -> str:
+    """Map plain postgres URLs onto the psycopg 3 driver, the one the app ships with."""
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+psycopg://" + url[len(plain) :]
+    return url
+
+
+def _instance_secret_key(instance: Path) -> str:
+    """A random key kept in the instance folder, for local use without FREMFORGE_SECRET_KEY."""
+    path = instance / "secret_key"
+    if not path.exists():
+        instance.mkdir(parents=True, exist_ok=True)
+        # Written aside then linked into place, so concurrent workers all read the same whole key.
+        tmp = instance / f".secret_key.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(48))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return path.read_text().strip()

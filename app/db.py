@@ -1,0 +1,104 @@
+"""Database plumbing: the declarative base, the engine made in the factory, and one session per request."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Flask, current_app, g
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+
+@dataclass
+class Database:
+    engine: sa.Engine
+    sessions: sessionmaker[Session]
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+
+def make_engine(url: str, **kwargs: Any) -> sa.Engine:
+    """An engine for `url`; on SQLite, WAL with a busy timeout, and transactions that we begin ourselves."""
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, **kwargs)
+        sa.event.listen(engine, "connect", _sqlite_connect)
+        sa.event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    return sa.create_engine(url, **kwargs)
+
+
+def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+    # Let SQLAlchemy's "begin" event issue BEGIN, so a writer can ask for BEGIN IMMEDIATE (see write_session).
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _sqlite_begin(conn: sa.Connection) -> None:
+    # IMMEDIATE takes the write lock up front: a writer waits its turn (busy_timeout) instead of
+    # failing with "database is locked" when it upgrades a read snapshot to a write.
+    mode = "IMMEDIATE" if conn.get_execution_options().get("fremforge_write") else "DEFERRED"
+    conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def init_app(app: Flask) -> None:
+    engine = make_engine(app.config["DATABASE_URL"])
+    app.extensions["fremforge.db"] = Database(engine, sessionmaker(engine, expire_on_commit=False))
+    app.teardown_appcontext(_close_session)
+
+
+def database() -> Database:
+    return current_app.extensions["fremforge.db"]
+
+
+def session() -> Session:
+    """The session of this request or CLI command, closed when the app context ends."""
+    if "db_session" not in g:
+        g.db_session = database().sessions()
+    return g.db_session
+
+
+def _close_session(_exc: BaseException | None) -> None:
+    s = g.pop("db_session", None)
+    if s is not None:
+        s.close()
+
+
+@contextmanager
+def write_transaction(s: Session) -> Iterator[Session]:
+    """A transaction that writes: committed on success, rolled back on error.
+
+    On SQLite it begins IMMEDIATE, which serialises writers; any read transaction still open on the
+    session is ended first, so the write never starts from a stale snapshot.
+    """
+    if s.in_transaction():
+        s.commit()
+    s.connection(execution_options={"fremforge_write": True})
+    try:
+        yield s
+    except BaseException:
+        s.rollback()
+        raise
+    s.commit()

@@ -1,0 +1,96 @@
+"""The API's one error type and the handlers that turn every failure into a JSON body."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """A client error with an HTTP status, a stable code, a human sentence and optional per-path details."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details or []
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.code, "message": self.message, "details": self.details}
+
+
+def unauthorized(message: str) -> ApiError:
+    return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": 'Bearer realm="fremforge"'})
+
+
+def forbidden(message: str) -> ApiError:
+    return ApiError(403, "forbidden", message)
+
+
+def not_found(message: str) -> ApiError:
+    return ApiError(404, "not_found", message)
+
+
+def validation_failed(details: list[dict[str, Any]], message: str | None = None) -> ApiError:
+    if message is None:
+        first = details[0]
+        where = f" at {first['path']}" if first.get("path") else ""
+        more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+        message = f"The request is not valid{where}: {first['message']}{more}."
+    return ApiError(422, "validation_failed", message, details)
+
+
+# Werkzeug's own errors, renamed into stable codes for API clients.
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def _wants_json() -> bool:
+    return request.path.startswith(("/api/", "/webhooks/", "/healthz", "/readyz"))
+
+
+def init_app(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(err: ApiError):  # type: ignore[no-untyped-def]
+        return jsonify(err.body()), err.status, err.headers
+
+    @app.errorhandler(HTTPException)
+    def _http_error(err: HTTPException):  # type: ignore[no-untyped-def]
+        if not _wants_json():
+            return err
+        status = err.code or 500
+        if status == 413:
+            limit = app.config["MAX_UPLOAD_MB"]
+            message = f"The body is over the upload limit of {limit:g} MiB."
+        else:
+            message = err.description or err.name
+        body = {"error": _HTTP_CODES.get(status, err.name.lower().replace(" ", "_")), "message": message,
+                "details": []}
+        headers = dict(err.get_headers())
+        headers.pop("Content-Type", None)
+        return jsonify(body), status, headers
+
+    @app.errorhandler(Exception)
+    def _unexpected(err: Exception):  # type: ignore[no-untyped-def]
+        log.exception("request.unhandled_error path=%s", request.path)
+        body = {"error": "internal_error", "message": "An unexpected error happened; it was logged.", "details": []}
+        return jsonify(body), 500

@@ -1,0 +1,135 @@
+"""Thin views of the findings API: upload a scan, list scans, read one scan with its findings."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from flask import Blueprint, current_app, request
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from app import advisories, db, orgs
+from app.api_common import MAX_INT32, authenticate, links, validate_query
+from app.errors import ApiError, forbidden, not_found
+from app.findings import queries, schemas, service
+from app.github.outbox import delivery_state
+from app.models import Finding, OutboxItem, ScanRun
+
+bp = Blueprint("findings_api", __name__, url_prefix="/api/v1/orgs/<slug>/image-scans")
+
+
+@bp.post("/findings")
+def upload(slug: str) -> tuple[dict[str, Any], int]:
+    org, _ = authenticate(slug, "findings:write")
+    doc = schemas.read_json(request.content_type, request.headers.get("Content-Encoding"),
+                            lambda: request.get_data(cache=False), current_app.config["MAX_UPLOAD_BYTES"])
+    upload = schemas.parse_upload(doc, request.args)
+    if upload.repo_owner.lower() != org.github_login.lower():
+        raise forbidden(f"The repository {upload.repo_full_name} is outside this organisation's GitHub account "
+                        f"({org.github_login}).")
+    session = db.session()
+    settings = orgs.settings_of(session, org.id)
+    if not settings.enabled:
+        return {"accepted": 0, "status": "disabled"}, 202
+    result = service.ingest(session, org, settings, upload, links())
+    return result.body(links().scan(org.slug, result.scan.id)), 202
+
+
+class ListQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    repo: Annotated[str, StringConstraints(max_length=200)] | None = None
+    commit_sha: Annotated[str, StringConstraints(max_length=40)] | None = None
+    image_ref: Annotated[str, StringConstraints(max_length=1024)] | None = None
+    pr: Annotated[int, Field(ge=1, le=MAX_INT32)] | None = None
+    status: Literal["success", "failure", "skipped"] | None = None
+    limit: Annotated[int, Field(ge=1, le=1000)] = 50
+    cursor: Annotated[str, StringConstraints(max_length=200)] | None = None
+
+
+@bp.get("")
+def list_scans(slug: str) -> dict[str, Any]:
+    org, _ = authenticate(slug, "findings:read")
+    q = validate_query(ListQuery)
+    try:
+        before = queries.decode_cursor(q.cursor) if q.cursor else None
+    except queries.BadCursor:
+        raise ApiError(422, "validation_failed", "The cursor is not one this API gave out.",
+                       [{"path": "cursor", "in": "query", "code": "cursor", "message": "is not valid"}]) from None
+    session = db.session()
+    rows, next_id = queries.list_scans(session, org.id, repo=q.repo, commit_sha=q.commit_sha, image_ref=q.image_ref,
+                                       pr=q.pr, status=q.status, before_id=before, limit=q.limit)
+    wishes = queries.outbox_by_scan(session, [r.id for r in rows])
+    return {
+        "items": [scan_json(org.slug, r, wishes.get(r.id)) for r in rows],
+        "next_cursor": queries.encode_cursor(next_id) if next_id is not None else None,
+    }
+
+
+@bp.get("/<int:scan_run_id>")
+def get_scan(slug: str, scan_run_id: int) -> dict[str, Any]:
+    org, _ = authenticate(slug, "findings:read")
+    session = db.session()
+    scan = session.get(ScanRun, scan_run_id) if scan_run_id <= MAX_INT32 else None
+    if scan is None or scan.org_id != org.id:
+        raise not_found(f"There is no scan {scan_run_id} in {slug!r}.")
+    wish = queries.outbox_by_scan(session, [scan.id]).get(scan.id)
+    body = scan_json(org.slug, scan, wish)
+    body["findings"] = [finding_json(f) for f in queries.findings_of(session, scan.id)]
+    return body
+
+
+def scan_json(slug: str, s: ScanRun, wish: OutboxItem | None) -> dict[str, Any]:
+    commit_status = None
+    if wish is not None:
+        commit_status = {
+            "context": wish.commit_status["context"],
+            "state": wish.commit_status["state"],
+            "description": wish.commit_status["description"],
+            "target_url": wish.commit_status.get("target_url"),
+            "delivery": delivery_state(wish),
+        }
+    return {
+        "scan_run_id": s.id,
+        "image_ref": s.image_ref,
+        "commit_sha": s.commit_sha,
+        "repo_full_name": s.repo_full_name,
+        "pr": s.pr_number,
+        "status": s.status,
+        "block_action": s.block_action,
+        "severity_counts": s.severity_counts,
+        "fixable": s.fixable,
+        "accepted": s.accepted,
+        "duplicates": s.duplicates,
+        "signature_status": s.signature_status,
+        "signature_issuer": s.signature_issuer,
+        "signature_subject": s.signature_subject,
+        "created_at": s.created_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "url": links().scan(slug, s.id),
+        "commit_status": commit_status,
+    }
+
+
+def finding_json(f: Finding) -> dict[str, Any]:
+    if f.redacted_at is not None:
+        return {"seq": f.seq, "redacted": True, "payload_hash": f.payload_hash, "chain_hash": f.chain_hash}
+    assert f.cve_id is not None  # only redaction empties the payload
+    return {
+        "seq": f.seq,
+        "cve_id": f.cve_id,
+        "severity": f.severity,
+        "package_name": f.package,
+        "installed_version": f.installed_version,
+        "fixed_version": f.fixed_version,
+        "fixable": bool(f.fixed_version),
+        "target": f.target,
+        "title": f.title,
+        "primary_url": f.primary_url,
+        "references": f.references or [],
+        "vendor_ids": f.vendor_ids or [],
+        "advisories": [{"id": i, "url": u} for i, u in
+                       advisories.links(f.cve_id, f.vendor_ids or (), f.references or ())],
+        "synthetic": bool(f.synthetic),
+        "redacted": False,
+        "payload_hash": f.payload_hash,
+        "chain_hash": f.chain_hash,
+    }

@@ -1,0 +1,98 @@
+"""Read-side queries over scans and findings, shared by the API, the outbox and the admin pages."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from app.models import SEVERITIES, Finding, OutboxItem, ScanRun
+
+SEVERITY_ORDER = sa.case({s: i for i, s in enumerate(SEVERITIES)}, value=Finding.severity, else_=len(SEVERITIES))
+FINDING_COLUMNS = (
+    "cve_id", "severity", "package", "installed_version", "fixed_version", "target", "title", "primary_url",
+    "references", "vendor_ids", "synthetic",
+)
+
+
+def top_findings(session: Session, scan_run_id: int, limit: int = 5) -> list[dict[str, Any]]:
+    """The most severe findings of a scan, for summaries."""
+    rows = session.execute(
+        sa.select(*(getattr(Finding, c) for c in FINDING_COLUMNS))
+        .where(Finding.scan_run_id == scan_run_id, Finding.cve_id.is_not(None))
+        .order_by(SEVERITY_ORDER, Finding.package, Finding.cve_id)
+        .limit(limit)
+    ).mappings()
+    return [dict(r) for r in rows]
+
+
+def latest_judged_per_image(session: Session, org_id: int, repo: str, sha: str) -> Sequence[ScanRun]:
+    """The latest scan of each image of a commit that was judged (not skipped under block action none)."""
+    latest = (
+        sa.select(sa.func.max(ScanRun.id))
+        .where(ScanRun.org_id == org_id, ScanRun.repo_full_name == repo, ScanRun.commit_sha == sha,
+               ScanRun.status != "skipped")
+        .group_by(ScanRun.image_ref)
+    )
+    return session.scalars(sa.select(ScanRun).where(ScanRun.id.in_(latest)).order_by(ScanRun.image_ref)).all()
+
+
+def findings_of(session: Session, scan_run_id: int) -> list[Finding]:
+    """Every finding of a scan, most severe first, then by package."""
+    return list(session.scalars(
+        sa.select(Finding).where(Finding.scan_run_id == scan_run_id)
+        .order_by(SEVERITY_ORDER, Finding.package, Finding.cve_id, Finding.seq)
+    ))
+
+
+def outbox_by_scan(session: Session, scan_ids: Sequence[int]) -> dict[int, OutboxItem]:
+    if not scan_ids:
+        return {}
+    rows = session.scalars(sa.select(OutboxItem).where(OutboxItem.scan_run_id.in_(scan_ids)))
+    return {r.scan_run_id: r for r in rows}
+
+
+class BadCursor(ValueError):
+    pass
+
+
+def encode_cursor(scan_id: int) -> str:
+    return base64.urlsafe_b64encode(f"s:{scan_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        kind, _, value = text.partition(":")
+        if kind != "s" or not value.isdigit() or len(value) > 18:
+            raise ValueError
+        return int(value)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise BadCursor(cursor) from None
+
+
+def list_scans(session: Session, org_id: int, *, repo: str | None = None, commit_sha: str | None = None,
+               image_ref: str | None = None, pr: int | None = None, status: str | None = None,
+               before_id: int | None = None, limit: int = 50) -> tuple[list[ScanRun], int | None]:
+    """One page of scans, newest first (keyset on id); and the id to continue from, if there is more."""
+    q = sa.select(ScanRun).where(ScanRun.org_id == org_id)
+    if repo:
+        q = q.where(ScanRun.repo_full_name == repo)
+    if commit_sha:
+        q = q.where(ScanRun.commit_sha == commit_sha.lower())
+    if image_ref:
+        q = q.where(ScanRun.image_ref == image_ref)
+    if pr is not None:
+        q = q.where(ScanRun.pr_number == pr)
+    if status:
+        q = q.where(ScanRun.status == status)
+    if before_id is not None:
+        q = q.where(ScanRun.id < before_id)
+    rows = list(session.scalars(q.order_by(ScanRun.id.desc()).limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (rows[-1].id if more and rows else None)

@@ -1,0 +1,303 @@
+"""Parse and validate an upload (the seed shape or a raw Trivy report) into one normalised Upload, or raise."""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, BeforeValidator, ConfigDict, StringConstraints, TypeAdapter, ValidationError
+from pydantic_core import PydanticCustomError
+
+from app.errors import ApiError, validation_failed
+from app.models import SEVERITIES
+from app.policy import Signature
+
+COMMIT_SHA = r"^[0-9a-fA-F]{40}$"
+REPO_FULL_NAME = r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}$"
+_SEVERITY_SET = frozenset(SEVERITIES)
+
+
+def _severity(value: Any) -> str:
+    if isinstance(value, str):
+        lowered = value.lower()
+        if lowered in _SEVERITY_SET:
+            return lowered
+    raise PydanticCustomError("severity", "must be one of critical, high, medium, low, unknown (any letter case)")
+
+
+SeverityText = Annotated[str, BeforeValidator(_severity)]
+ImageRef = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"\S")]
+CommitSha = Annotated[str, StringConstraints(pattern=COMMIT_SHA, to_lower=True)]
+RepoFullName = Annotated[str, StringConstraints(pattern=REPO_FULL_NAME)]
+AdvisoryId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+Short = Annotated[str, StringConstraints(max_length=500)]
+ShortNonEmpty = Annotated[str, StringConstraints(min_length=1, max_length=500)]
+Long = Annotated[str, StringConstraints(max_length=1024)]
+SignatureStatus = Literal["signed", "unsigned", "unknown"]
+
+
+class UploadContext(BaseModel):
+    """What the finding set is about: fields of the seed body, or query parameters of a Trivy upload."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    image_ref: ImageRef
+    commit_sha: CommitSha
+    repo_full_name: RepoFullName
+    signature_status: SignatureStatus | None = None
+    signature_issuer: Long | None = None
+    signature_subject: Long | None = None
+
+
+class SeedFinding(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    cve_id: AdvisoryId
+    severity: SeverityText
+    package_name: ShortNonEmpty
+    installed_version: Short
+    fixed_version: Short | None = None
+    title: str | None = None
+    target: str | None = None
+    primary_url: str | None = None
+    references: list[str] | None = None
+    vendor_ids: list[AdvisoryId] | None = None
+
+
+class SeedUpload(UploadContext):
+    findings: list[SeedFinding]
+
+
+class TrivyVulnerability(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    VulnerabilityID: AdvisoryId
+    PkgName: ShortNonEmpty
+    PkgPath: str | None = None
+    InstalledVersion: Short = ""
+    FixedVersion: Short | None = None
+    Severity: SeverityText | None = None
+    Title: str | None = None
+    PrimaryURL: str | None = None
+    References: list[str] | None = None
+    VendorIDs: list[AdvisoryId] | None = None
+
+
+class TrivyResult(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    Target: str = ""
+    Vulnerabilities: list[TrivyVulnerability] | None = None
+
+
+class TrivyReport(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    SchemaVersion: int | None = None
+    ArtifactName: str | None = None
+    Results: list[TrivyResult] | None = None
+
+
+LegacyTrivyReport = TypeAdapter(list[TrivyResult])
+_TRIVY_KEYS = ("SchemaVersion", "Results", "ArtifactName", "ArtifactType")
+QUERY_FIELDS = tuple(UploadContext.model_fields)
+
+
+@dataclass
+class Upload:
+    """A validated upload: what it is about, and its unique findings in the stored column names."""
+
+    image_ref: str
+    commit_sha: str
+    repo_full_name: str
+    signature: Signature
+    findings: list[dict[str, Any]]
+    duplicates: int
+    source: str  # "seed" | "trivy" | "trivy-legacy"
+
+    @property
+    def repo_owner(self) -> str:
+        return self.repo_full_name.split("/", 1)[0]
+
+
+# ---------------------------------------------------------------- the body
+
+
+def read_json(content_type: str | None, content_encoding: str | None, read_body: Callable[[], bytes],
+              max_bytes: int) -> Any:
+    """The body's JSON value; 400/413/415 for what is not JSON, is too large, or is compressed wrongly."""
+    mimetype = (content_type or "").split(";", 1)[0].strip().lower()
+    if mimetype != "application/json" and not (mimetype.startswith("application/") and mimetype.endswith("+json")):
+        raise ApiError(415, "unsupported_media_type",
+                       f"The body must be JSON sent as Content-Type: application/json, not {mimetype or 'nothing'}.")
+    encoding = (content_encoding or "identity").strip().lower()
+    body = read_body()
+    if encoding in ("gzip", "x-gzip"):
+        body = gunzip(body, max_bytes)
+    elif encoding not in ("identity", ""):
+        raise ApiError(415, "unsupported_media_type",
+                       f"Content-Encoding {encoding!r} is not supported; send gzip or no encoding.")
+    if not body.strip():
+        raise ApiError(400, "empty_body", "The body is empty; send the findings as JSON.")
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "malformed_json", f"The body is not valid JSON: {exc}.") from None
+    if b"u0000" in body or b"U0000" in body:
+        _refuse_nul(doc, "")
+    return doc
+
+
+def gunzip(data: bytes, max_bytes: int) -> bytes:
+    """Decompress gzip (several members allowed) without ever holding more than max_bytes of output."""
+    out = bytearray()
+    while data:
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            out += d.decompress(data, max_bytes + 1 - len(out))
+        except zlib.error as exc:
+            raise ApiError(400, "malformed_gzip", f"The body is not valid gzip: {exc}.") from None
+        if len(out) > max_bytes:
+            raise ApiError(413, "payload_too_large",
+                           f"The body decompresses to more than the upload limit of {max_bytes / 2**20:g} MiB.")
+        if not d.eof:
+            raise ApiError(400, "malformed_gzip", "The gzip body is truncated.")
+        data = d.unused_data
+    return bytes(out)
+
+
+def _refuse_nul(value: Any, path: str) -> None:
+    # NUL cannot be stored in PostgreSQL text; name where it is rather than fail at insert time.
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise validation_failed([{"path": path or "$", "code": "nul_character",
+                                      "message": "contains a NUL character (\\u0000)"}])
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _refuse_nul(k, path)
+            _refuse_nul(v, f"{path}.{k}" if path else k)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _refuse_nul(v, f"{path}[{i}]")
+
+
+# ---------------------------------------------------------------- the upload
+
+
+def parse_upload(doc: Any, query: Mapping[str, str]) -> Upload:
+    """Validate a whole upload before anything is stored; raise ApiError 422 naming each bad JSON path."""
+    if isinstance(doc, list):
+        return _from_trivy(_validate(LegacyTrivyReport.validate_python, doc), None, query, "trivy-legacy")
+    if not isinstance(doc, dict):
+        raise validation_failed(
+            [{"path": "$", "code": "type", "message": "must be a JSON object: the seed shape or a Trivy report"}],
+            "The body must be a JSON object: the seed shape (with findings) or a Trivy JSON report.",
+        )
+    if "findings" not in doc and any(k in doc for k in _TRIVY_KEYS):
+        report = _validate(TrivyReport.model_validate, doc)
+        return _from_trivy(report.Results, report.ArtifactName, query, "trivy")
+    return _from_seed(_validate(SeedUpload.model_validate, doc))
+
+
+def _validate(fn: Any, value: Any, prefix: str = "") -> Any:
+    try:
+        return fn(value)
+    except ValidationError as exc:
+        raise validation_failed([error_detail(e, prefix) for e in exc.errors(include_url=False)]) from None
+
+
+def error_detail(err: Mapping[str, Any], prefix: str = "", where: str | None = None) -> dict[str, Any]:
+    path = prefix
+    for part in err["loc"]:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    message = err["msg"]
+    if err["type"] == "missing":
+        message = "is required"
+    elif err["type"] == "string_pattern_mismatch":
+        message = _PATTERN_MESSAGES.get(err["loc"][-1], message)
+    detail = {"path": path or "$", "code": err["type"], "message": message}
+    if where:
+        detail["in"] = where
+    return detail
+
+
+_PATTERN_MESSAGES = {
+    "commit_sha": "must be a full commit SHA: 40 hexadecimal characters",
+    "repo_full_name": "must be owner/name, as in acme/api",
+    "image_ref": "must not be blank",
+}
+
+
+def _from_seed(seed: SeedUpload) -> Upload:
+    findings = [
+        _finding(f.cve_id, f.severity, f.package_name, f.installed_version, f.fixed_version, f.target, f.title,
+                 f.primary_url, f.references, f.vendor_ids)
+        for f in seed.findings
+    ]
+    unique, duplicates = _dedupe(findings)
+    return Upload(
+        image_ref=seed.image_ref, commit_sha=seed.commit_sha, repo_full_name=seed.repo_full_name,
+        signature=Signature(seed.signature_status or "unknown", seed.signature_issuer, seed.signature_subject),
+        findings=unique, duplicates=duplicates, source="seed",
+    )
+
+
+def _from_trivy(results: list[TrivyResult] | None, artifact: str | None, query: Mapping[str, str],
+                source: str) -> Upload:
+    params = {k: query[k] for k in QUERY_FIELDS if k in query}
+    if not params.get("image_ref"):
+        params["image_ref"] = artifact or ""
+    try:
+        ctx = UploadContext.model_validate(params)
+    except ValidationError as exc:
+        details = [error_detail(e, where="query") for e in exc.errors(include_url=False)]
+        for d in details:
+            if d["path"] == "image_ref":
+                d["message"] = "is required: pass ?image_ref=... (the report's ArtifactName is empty)"
+        raise validation_failed(details) from None
+    findings = [
+        _finding(v.VulnerabilityID, v.Severity or "unknown", v.PkgName, v.InstalledVersion, v.FixedVersion,
+                 v.PkgPath or r.Target or None, v.Title, v.PrimaryURL, v.References, v.VendorIDs)
+        for r in results or ()
+        for v in r.Vulnerabilities or ()
+    ]
+    unique, duplicates = _dedupe(findings)
+    return Upload(
+        image_ref=ctx.image_ref, commit_sha=ctx.commit_sha, repo_full_name=ctx.repo_full_name,
+        signature=Signature(ctx.signature_status or "unknown", ctx.signature_issuer, ctx.signature_subject),
+        findings=unique, duplicates=duplicates, source=source,
+    )
+
+
+def _finding(cve_id: str, severity: str, package: str, installed: str, fixed: str | None, target: str | None,
+             title: str | None, primary_url: str | None, references: list[str] | None,
+             vendor_ids: list[str] | None) -> dict[str, Any]:
+    return {
+        "cve_id": cve_id,
+        "severity": severity,
+        "package": package,
+        "installed_version": installed,
+        "fixed_version": fixed or None,
+        "target": target,
+        "title": title,
+        "primary_url": primary_url,
+        "references": references or [],
+        "vendor_ids": vendor_ids or [],
+        "synthetic": False,
+    }
+
+
+def _dedupe(findings: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """Exact duplicates (same id, package, installed version, target) are stored once."""
+    unique: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for f in findings:
+        unique.setdefault((f["cve_id"], f["package"], f["installed_version"], f["target"]), f)
+    return list(unique.values()), len(findings) - len(unique)
+
+
+def is_valid_repo(name: str) -> bool:
+    return re.match(REPO_FULL_NAME, name) is not None

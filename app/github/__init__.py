@@ -1,0 +1,1 @@
+"""Everything that talks to GitHub or builds what is sent there."""

@@ -1,0 +1,50 @@
+"""Alembic, driven from the app's own configuration: upgrade, current revision, and model/migration drift."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from flask import Flask
+from sqlalchemy.engine import make_url
+
+from app import db, models  # noqa: F401  (models registers the tables)
+from app.db import Base
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def alembic_config(app: Flask) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["engine"] = app.extensions["fremforge.db"].engine
+    return cfg
+
+
+def upgrade(app: Flask, revision: str = "head") -> None:
+    if app.config["DATABASE_URL"].startswith("sqlite"):
+        Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+    command.upgrade(alembic_config(app), revision)
+
+
+def current(app: Flask) -> str | None:
+    with app.extensions["fremforge.db"].engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def differences(app: Flask) -> list[Any]:
+    """What autogenerate would change to make the database (at head) match the models; [] when they agree."""
+    with app.extensions["fremforge.db"].engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+        return list(compare_metadata(ctx, Base.metadata))
+
+
+def describe_url(app: Flask) -> str:
+    return make_url(app.config["DATABASE_URL"]).render_as_string(hide_password=True)
+
+
+__all__ = ["current", "db", "differences", "upgrade"]

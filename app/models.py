@@ -1,0 +1,191 @@
+"""Typed SQLAlchemy models: the stored data and its small invariants; no I/O."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base
+
+SEVERITIES = ("critical", "high", "medium", "low", "unknown")
+BLOCK_ACTIONS = ("none", "warn", "block_pull")
+SIGNATURE_STATUSES = ("signed", "unsigned", "unknown")
+SCAN_STATUSES = ("success", "failure", "skipped")
+GENESIS_HASH = "0" * 64
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Org(Base):
+    """An organisation: a GitHub account that installed (or will install) the app."""
+
+    __tablename__ = "orgs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slug: Mapped[str] = mapped_column(sa.String(100), unique=True)
+    github_login: Mapped[str] = mapped_column(sa.String(100), index=True)
+    installation_id: Mapped[int | None] = mapped_column(sa.BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class OrgSettings(Base):
+    """The org's policy (spec section 3)."""
+
+    __tablename__ = "org_settings"
+
+    org_id: Mapped[int] = mapped_column(sa.ForeignKey("orgs.id", ondelete="CASCADE"), primary_key=True)
+    enabled: Mapped[bool] = mapped_column(default=True)
+    block_action: Mapped[str] = mapped_column(sa.String(20), default="warn")
+    require_signed: Mapped[bool] = mapped_column(default=False)
+    # [{"issuer": "https://...", "subject_pattern": "^https://github.com/acme/" | null}, ...]
+    allowed_issuers: Mapped[list[dict[str, Any]]] = mapped_column(sa.JSON, default=list)
+    retention_days: Mapped[int] = mapped_column(default=365)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ChainHead(Base):
+    """The tip of an org's hash chain; locking this row serialises appends to that org's chain."""
+
+    __tablename__ = "chain_heads"
+
+    org_id: Mapped[int] = mapped_column(sa.ForeignKey("orgs.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    head_hash: Mapped[str] = mapped_column(sa.String(64), default=GENESIS_HASH)
+
+
+class ApiToken(Base):
+    """One of the app's own bearer tokens; only its SHA-256 is kept."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    org_id: Mapped[int] = mapped_column(sa.ForeignKey("orgs.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(sa.String(100))
+    prefix: Mapped[str] = mapped_column(sa.String(20))  # shown in lists, so a user can tell tokens apart
+    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    scopes: Mapped[str] = mapped_column(sa.String(200))  # space-separated
+    created_by: Mapped[str] = mapped_column(sa.String(200), default="cli")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+
+    @property
+    def scope_list(self) -> list[str]:
+        return self.scopes.split()
+
+
+class ScanRun(Base):
+    """One upload: an image of a commit, with its verdict and precomputed counts."""
+
+    __tablename__ = "scan_runs"
+    __table_args__ = (
+        sa.Index("ix_scan_runs_org_id_id", "org_id", "id"),
+        sa.Index("ix_scan_runs_org_commit", "org_id", "repo_full_name", "commit_sha", "image_ref"),
+        sa.Index("ix_scan_runs_org_image", "org_id", "image_ref", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    org_id: Mapped[int] = mapped_column(sa.ForeignKey("orgs.id", ondelete="CASCADE"))
+    image_ref: Mapped[str] = mapped_column(sa.String(1024))
+    commit_sha: Mapped[str] = mapped_column(sa.String(40))
+    repo_full_name: Mapped[str] = mapped_column(sa.String(200))
+    signature_status: Mapped[str] = mapped_column(sa.String(20), default="unknown")
+    signature_issuer: Mapped[str | None] = mapped_column(sa.String(1024))
+    signature_subject: Mapped[str | None] = mapped_column(sa.String(1024))
+    pr_number: Mapped[int | None]
+    status: Mapped[str] = mapped_column(sa.String(20))  # this scan's own verdict: success|failure|skipped
+    block_action: Mapped[str] = mapped_column(sa.String(20))  # the policy it was judged under
+    critical: Mapped[int] = mapped_column(default=0)
+    high: Mapped[int] = mapped_column(default=0)
+    medium: Mapped[int] = mapped_column(default=0)
+    low: Mapped[int] = mapped_column(default=0)
+    unknown: Mapped[int] = mapped_column(default=0)
+    fixable: Mapped[int] = mapped_column(default=0)
+    accepted: Mapped[int] = mapped_column(default=0)
+    duplicates: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    @property
+    def severity_counts(self) -> dict[str, int]:
+        return {s: getattr(self, s) for s in SEVERITIES}
+
+
+class Finding(Base):
+    """A stored finding; also an entry of its org's hash chain (seq, payload_hash, chain_hash)."""
+
+    __tablename__ = "findings"
+    __table_args__ = (
+        sa.UniqueConstraint("org_id", "seq", name="uq_findings_org_id_seq"),
+        sa.Index("ix_findings_scan_run_id", "scan_run_id"),
+    )
+
+    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
+    org_id: Mapped[int] = mapped_column(sa.ForeignKey("orgs.id", ondelete="CASCADE"))
+    scan_run_id: Mapped[int] = mapped_column(sa.ForeignKey("scan_runs.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(sa.BigInteger)
+    payload_hash: Mapped[str] = mapped_column(sa.String(64))
+    chain_hash: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The payload: set to NULL by retention, when the hashes above are all that remains.
+    cve_id: Mapped[str | None] = mapped_column(sa.String(200))
+    severity: Mapped[str | None] = mapped_column(sa.String(10))
+    package: Mapped[str | None] = mapped_column(sa.String(500))
+    installed_version: Mapped[str | None] = mapped_column(sa.String(500))
+    fixed_version: Mapped[str | None] = mapped_column(sa.String(500))
+    target: Mapped[str | None] = mapped_column(sa.Text)
+    title: Mapped[str | None] = mapped_column(sa.Text)
+    primary_url: Mapped[str | None] = mapped_column(sa.Text)
+    references: Mapped[list[str] | None] = mapped_column(sa.JSON)
+    vendor_ids: Mapped[list[str] | None] = mapped_column(sa.JSON)
+    synthetic: Mapped[bool | None]
+    redacted_at: Mapped[datetime | None]
+
+
+class AuditEvent(Base):
+    """Something an admin or the system did (settings changed, token created...); also a chain entry."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (sa.UniqueConstraint("org_id", "seq", name="uq_audit_events_org_id_seq"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    org_id: Mapped[int] = mapped_column(sa.ForeignKey("orgs.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(sa.BigInteger)
+    payload_hash: Mapped[str] = mapped_column(sa.String(64))
+    chain_hash: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    action: Mapped[str | None] = mapped_column(sa.String(50))
+    actor: Mapped[str | None] = mapped_column(sa.String(200))
+    details: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
+    redacted_at: Mapped[datetime | None]
+
+
+class OutboxItem(Base):
+    """A wish to post a commit status and check run, written in the same transaction as its scan."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        sa.Index("ix_outbox_commit", "org_id", "repo_full_name", "commit_sha", "id"),
+        sa.Index("ix_outbox_state_next", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    org_id: Mapped[int] = mapped_column(sa.ForeignKey("orgs.id", ondelete="CASCADE"))
+    scan_run_id: Mapped[int] = mapped_column(sa.ForeignKey("scan_runs.id", ondelete="CASCADE"), index=True)
+    repo_full_name: Mapped[str] = mapped_column(sa.String(200))
+    commit_sha: Mapped[str] = mapped_column(sa.String(40))
+    # pending -> delivered | failed | superseded; not_delivered when no GitHub App is configured.
+    state: Mapped[str] = mapped_column(sa.String(20))
+    commit_status: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    check_run: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime | None]
+    lease_until: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None]

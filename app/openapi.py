@@ -1,0 +1,407 @@
+"""The OpenAPI 3.1 document of every /api/v1 route, served at /api/v1/openapi.json; tests keep it true."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint
+
+from app.findings.schemas import COMMIT_SHA, REPO_FULL_NAME
+from app.models import SEVERITIES
+from app.settings.service import MAX_RETENTION_DAYS
+from app.tokens import SCOPES
+
+bp = Blueprint("openapi", __name__)
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in word)
+
+
+SEVERITY_ANY_CASE = {"type": "string", "pattern": "^(" + "|".join(_any_case(s) for s in SEVERITIES) + ")$"}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref("Error")}}}
+
+
+def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+STR = {"type": "string"}
+SHORT = {"type": "string", "maxLength": 500}
+ADVISORY_ID = {"type": "string", "minLength": 1, "maxLength": 200}
+LONG = {"type": "string", "maxLength": 1024}
+COUNT = {"type": "integer", "minimum": 0}
+
+UNAUTHORIZED = {**_error("Missing, unknown, expired or revoked token."),
+                "headers": {"WWW-Authenticate": {"schema": STR, "description": "Bearer"}}}
+AUTH_ERRORS = {
+    "401": UNAUTHORIZED,
+    "403": _error("The token belongs to another organisation or lacks the scope."),
+    "404": _error("Unknown organisation (or scan)."),
+}
+BODY_ERRORS = {
+    "400": _error("Malformed JSON or gzip, or an empty body."),
+    "413": _error("The body (or what it decompresses to) is over the upload limit."),
+    "415": _error("Not sent as application/json, or an unsupported Content-Encoding."),
+    "422": _error("The body breaks the schema; each detail names its JSON path."),
+}
+SLUG = {"name": "slug", "in": "path", "required": True, "schema": STR, "description": "The organisation's slug."}
+CONTENT_ENCODING = {
+    "name": "Content-Encoding", "in": "header", "required": False,
+    "schema": {"type": "string", "enum": ["gzip", "identity"]},
+}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error", "message", "details"],
+        "properties": {
+            "error": {"type": "string", "description": "A stable code, e.g. validation_failed."},
+            "message": {"type": "string", "description": "A human sentence."},
+            "details": {"type": "array", "items": {
+                "type": "object",
+                "required": ["path", "code", "message"],
+                "properties": {"path": STR, "code": STR, "message": STR, "in": {"enum": ["query", "body"]}},
+            }},
+        },
+    },
+    "SeverityCounts": {
+        "type": "object",
+        "required": list(SEVERITIES),
+        "properties": {s: COUNT for s in SEVERITIES},
+        "additionalProperties": False,
+    },
+    "SeedFinding": {
+        "type": "object",
+        "required": ["cve_id", "severity", "package_name", "installed_version"],
+        "properties": {
+            "cve_id": {**ADVISORY_ID, "description": "Any advisory id: CVE-, GHSA-, GMS-, RUSTSEC-..."},
+            "severity": SEVERITY_ANY_CASE,
+            "package_name": {**SHORT, "minLength": 1},
+            "installed_version": SHORT,
+            "fixed_version": {**_nullable(SHORT), "description": "null or empty: not fixable."},
+            "title": _nullable(STR),
+            "target": _nullable(STR),
+            "primary_url": _nullable(STR),
+            "references": _nullable({"type": "array", "items": STR}),
+            "vendor_ids": _nullable({"type": "array", "items": ADVISORY_ID}),
+        },
+    },
+    "SeedUpload": {
+        "type": "object",
+        "required": ["image_ref", "commit_sha", "repo_full_name", "findings"],
+        "properties": {
+            "image_ref": {"type": "string", "minLength": 1, "maxLength": 1024, "pattern": r"\S"},
+            "commit_sha": {"type": "string", "pattern": COMMIT_SHA},
+            "repo_full_name": {"type": "string", "pattern": REPO_FULL_NAME},
+            "signature_status": _nullable({"enum": ["signed", "unsigned", "unknown"]}),
+            "signature_issuer": _nullable(LONG),
+            "signature_subject": _nullable(LONG),
+            "findings": {"type": "array", "items": _ref("SeedFinding")},
+        },
+    },
+    "TrivyVulnerability": {
+        "type": "object",
+        "required": ["VulnerabilityID", "PkgName"],
+        "properties": {
+            "VulnerabilityID": ADVISORY_ID,
+            "PkgName": {**SHORT, "minLength": 1},
+            "PkgPath": _nullable(STR),
+            "InstalledVersion": SHORT,
+            "FixedVersion": _nullable(SHORT),
+            "Severity": _nullable(SEVERITY_ANY_CASE),
+            "Title": _nullable(STR),
+            "PrimaryURL": _nullable(STR),
+            "References": _nullable({"type": "array", "items": STR}),
+            "VendorIDs": _nullable({"type": "array", "items": ADVISORY_ID}),
+        },
+    },
+    "TrivyResult": {
+        "type": "object",
+        "properties": {
+            "Target": STR,
+            "Vulnerabilities": _nullable({"type": "array", "items": _ref("TrivyVulnerability")}),
+        },
+    },
+    "TrivyReport": {
+        "type": "object",
+        "description": "A raw `trivy --format json` report (SchemaVersion 2); image, commit and repo come as "
+                       "query parameters.",
+        "anyOf": [{"required": [k]} for k in ("SchemaVersion", "Results", "ArtifactName", "ArtifactType")],
+        "not": {"required": ["findings"]},
+        "properties": {
+            "SchemaVersion": _nullable({"type": "integer"}),
+            "ArtifactName": _nullable(STR),
+            "ArtifactType": {},
+            "Results": _nullable({"type": "array", "items": _ref("TrivyResult")}),
+        },
+    },
+    "LegacyTrivyReport": {
+        "type": "array",
+        "description": "The top-level array of Results that Trivy wrote before 0.20.",
+        "items": _ref("TrivyResult"),
+    },
+    "CommitStatusAsked": {
+        "type": "object",
+        "required": ["context", "state", "description"],
+        "properties": {
+            "context": {"const": "fremforge/image-scan"},
+            "state": {"enum": ["success", "failure"]},
+            "description": {"type": "string", "maxLength": 140},
+        },
+    },
+    "IngestAccepted": {
+        "type": "object",
+        "required": ["scan_run_id", "accepted", "duplicates", "status", "severity_counts", "fixable",
+                     "commit_status", "url"],
+        "properties": {
+            "scan_run_id": {"type": "integer"},
+            "accepted": COUNT,
+            "duplicates": COUNT,
+            "status": {"enum": ["success", "failure", "skipped"]},
+            "severity_counts": _ref("SeverityCounts"),
+            "fixable": COUNT,
+            "commit_status": _nullable(_ref("CommitStatusAsked")),
+            "url": STR,
+        },
+    },
+    "IngestDisabled": {
+        "type": "object",
+        "required": ["accepted", "status"],
+        "properties": {"accepted": {"const": 0}, "status": {"const": "disabled"}},
+        "additionalProperties": False,
+    },
+    "Delivery": {
+        "type": "object",
+        "required": ["state", "detail", "attempts"],
+        "properties": {
+            "state": {"enum": ["pending", "delivered", "failed", "superseded", "not_delivered"]},
+            "detail": STR,
+            "attempts": COUNT,
+        },
+    },
+    "CommitStatusPosted": {
+        "type": "object",
+        "required": ["context", "state", "description", "target_url", "delivery"],
+        "properties": {
+            "context": {"const": "fremforge/image-scan"},
+            "state": {"enum": ["success", "failure"]},
+            "description": {"type": "string", "maxLength": 140},
+            "target_url": _nullable(STR),
+            "delivery": _ref("Delivery"),
+        },
+    },
+    "Scan": {
+        "type": "object",
+        "required": ["scan_run_id", "image_ref", "commit_sha", "repo_full_name", "pr", "status", "block_action",
+                     "severity_counts", "fixable", "accepted", "duplicates", "signature_status",
+                     "signature_issuer", "signature_subject", "created_at", "url", "commit_status"],
+        "properties": {
+            "scan_run_id": {"type": "integer"},
+            "image_ref": STR,
+            "commit_sha": {"type": "string", "pattern": "^[0-9a-f]{40}$"},
+            "repo_full_name": STR,
+            "pr": _nullable({"type": "integer"}),
+            "status": {"enum": ["success", "failure", "skipped"]},
+            "block_action": {"enum": ["none", "warn", "block_pull"]},
+            "severity_counts": _ref("SeverityCounts"),
+            "fixable": COUNT,
+            "accepted": COUNT,
+            "duplicates": COUNT,
+            "signature_status": {"enum": ["signed", "unsigned", "unknown"]},
+            "signature_issuer": _nullable(STR),
+            "signature_subject": _nullable(STR),
+            "created_at": {"type": "string", "format": "date-time"},
+            "url": STR,
+            "commit_status": _nullable(_ref("CommitStatusPosted")),
+        },
+    },
+    "Finding": {
+        "type": "object",
+        "required": ["seq", "redacted", "payload_hash", "chain_hash"],
+        "properties": {
+            "seq": {"type": "integer"},
+            "redacted": {"type": "boolean", "description": "Retention removed the payload; the hashes remain."},
+            "payload_hash": STR,
+            "chain_hash": STR,
+            "cve_id": STR,
+            "severity": {"enum": list(SEVERITIES)},
+            "package_name": STR,
+            "installed_version": STR,
+            "fixed_version": _nullable(STR),
+            "fixable": {"type": "boolean"},
+            "target": _nullable(STR),
+            "title": _nullable(STR),
+            "primary_url": _nullable(STR),
+            "references": {"type": "array", "items": STR},
+            "vendor_ids": {"type": "array", "items": STR},
+            "advisories": {"type": "array", "items": {
+                "type": "object", "required": ["id", "url"], "properties": {"id": STR, "url": STR}}},
+            "synthetic": {"type": "boolean", "description": "Made by the signing policy, not by the scanner."},
+        },
+    },
+    "ScanDetail": {
+        "allOf": [_ref("Scan"), {"type": "object", "required": ["findings"],
+                                 "properties": {"findings": {"type": "array", "items": _ref("Finding")}}}],
+    },
+    "ScanList": {
+        "type": "object",
+        "required": ["items", "next_cursor"],
+        "properties": {"items": {"type": "array", "items": _ref("Scan")}, "next_cursor": _nullable(STR)},
+    },
+    "AllowedIssuer": {
+        "type": "object",
+        "required": ["issuer"],
+        "additionalProperties": False,
+        "properties": {
+            "issuer": {"type": "string", "pattern": r"^https://\S+$", "maxLength": 1024},
+            "subject_pattern": {**_nullable({"type": "string", "maxLength": 1024}),
+                                "description": "A regular expression the signature subject must match."},
+        },
+    },
+    "Settings": {
+        "type": "object",
+        "required": ["enabled", "block_action", "require_signed", "allowed_issuers", "retention_days"],
+        "properties": {
+            "enabled": {"type": "boolean"},
+            "block_action": {"enum": ["none", "warn", "block_pull"]},
+            "require_signed": {"type": "boolean"},
+            "allowed_issuers": {"type": "array", "items": _ref("AllowedIssuer")},
+            "retention_days": {"type": "integer", "minimum": 1, "maximum": MAX_RETENTION_DAYS},
+        },
+    },
+    "SettingsChange": {
+        "type": "object",
+        "description": "The fields to change; fields left out keep their value.",
+        "additionalProperties": False,
+        "properties": {
+            "enabled": {"type": "boolean"},
+            "block_action": {"enum": ["none", "warn", "block_pull"]},
+            "require_signed": {"type": "boolean"},
+            "allowed_issuers": {"type": "array", "items": _ref("AllowedIssuer"), "maxItems": 100},
+            "retention_days": {"type": "integer", "minimum": 1, "maximum": MAX_RETENTION_DAYS},
+        },
+    },
+}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+TRIVY_QUERY = [
+    _query("image_ref", {"type": "string", "maxLength": 1024},
+           "Raw Trivy uploads: the image; defaults to the report's ArtifactName."),
+    _query("commit_sha", {"type": "string", "pattern": COMMIT_SHA}, "Raw Trivy uploads: the commit (required)."),
+    _query("repo_full_name", {"type": "string", "pattern": REPO_FULL_NAME},
+           "Raw Trivy uploads: owner/name (required)."),
+    _query("signature_status", {"enum": ["signed", "unsigned", "unknown"]}, "Raw Trivy uploads."),
+    _query("signature_issuer", LONG, "Raw Trivy uploads."),
+    _query("signature_subject", LONG, "Raw Trivy uploads."),
+]
+
+PATHS: dict[str, Any] = {
+    "/api/v1/orgs/{slug}/image-scans/findings": {
+        "post": {
+            "operationId": "uploadFindings",
+            "summary": "Upload one image's findings (the seed shape, or a raw Trivy report).",
+            "description": "Scope findings:write. Validated whole before anything is stored.",
+            "parameters": [SLUG, CONTENT_ENCODING, *TRIVY_QUERY],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "oneOf": [_ref("SeedUpload"), _ref("TrivyReport"), _ref("LegacyTrivyReport")]}}}},
+            "responses": {
+                "202": _json("Stored (or dropped when the policy is disabled).",
+                             {"oneOf": [_ref("IngestAccepted"), _ref("IngestDisabled")]}),
+                **BODY_ERRORS, **AUTH_ERRORS,
+            },
+        },
+    },
+    "/api/v1/orgs/{slug}/image-scans": {
+        "get": {
+            "operationId": "listScans",
+            "summary": "Scans, newest first. Scope findings:read.",
+            "parameters": [
+                SLUG,
+                _query("repo", {"type": "string", "maxLength": 200}, "owner/name"),
+                _query("commit_sha", {"type": "string", "maxLength": 40}, "The full commit SHA."),
+                _query("image_ref", {"type": "string", "maxLength": 1024}, "The image."),
+                _query("pr", {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}, "Pull request number."),
+                _query("status", {"enum": ["success", "failure", "skipped"]}, "The scan's verdict."),
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}, "Page size."),
+                _query("cursor", {"type": "string", "maxLength": 200}, "next_cursor of the previous page."),
+            ],
+            "responses": {"200": _json("A page of scans.", _ref("ScanList")),
+                          "422": BODY_ERRORS["422"], **AUTH_ERRORS},
+        },
+    },
+    "/api/v1/orgs/{slug}/image-scans/{scan_run_id}": {
+        "get": {
+            "operationId": "getScan",
+            "summary": "One scan with its findings, most severe first. Scope findings:read.",
+            "parameters": [SLUG, {"name": "scan_run_id", "in": "path", "required": True,
+                                  "schema": {"type": "integer", "minimum": 0}}],
+            "responses": {"200": _json("The scan.", _ref("ScanDetail")), **AUTH_ERRORS},
+        },
+    },
+    "/api/v1/orgs/{slug}/image-scans/settings": {
+        "get": {
+            "operationId": "getSettings",
+            "summary": "The org's policy. Scope findings:read or settings:write.",
+            "parameters": [SLUG],
+            "responses": {"200": _json("The policy.", _ref("Settings")), **AUTH_ERRORS},
+        },
+        "put": {
+            "operationId": "putSettings",
+            "summary": "Change the org's policy (fields left out keep their value). Scope settings:write.",
+            "parameters": [SLUG],
+            "requestBody": {"required": True,
+                            "content": {"application/json": {"schema": _ref("SettingsChange")}}},
+            "responses": {"200": _json("The policy after the change.", _ref("Settings")),
+                          **BODY_ERRORS, **AUTH_ERRORS},
+        },
+    },
+    "/api/v1/openapi.json": {
+        "get": {
+            "operationId": "getOpenApi",
+            "summary": "This document.",
+            "security": [],
+            "responses": {"200": {"description": "The OpenAPI document.",
+                                  "content": {"application/json": {"schema": {"type": "object"}}}}},
+        },
+    },
+}
+
+
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "fremforge image scanning",
+            "version": "1",
+            "description": "Upload Trivy findings per image scan; read scans and the org's policy. Tokens are "
+                           f"the app's own, scoped to one org: {', '.join(SCOPES)}.",
+        },
+        "paths": PATHS,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "An app token (ffis_...), made with `tokens create`."}},
+        },
+        "security": [{"bearer": []}],
+    }
+
+
+@bp.get("/api/v1/openapi.json")
+def openapi_json() -> dict[str, Any]:
+    return document()

@@ -1,0 +1,152 @@
+"""The org's policy as pure functions: a scan's findings and signature -> its verdict; images -> the commit's."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.models import SEVERITIES
+
+CONTEXT = "fremforge/image-scan"
+UNSIGNED_ID = "FREMFORGE-UNSIGNED-IMAGE"
+UNTRUSTED_ID = "FREMFORGE-UNTRUSTED-SIGNER"
+DESCRIPTION_LIMIT = 140
+
+
+@dataclass(frozen=True)
+class AllowedIssuer:
+    issuer: str
+    subject_pattern: str | None = None
+
+    def admits(self, issuer: str | None, subject: str | None) -> bool:
+        if issuer is None or issuer.rstrip("/") != self.issuer.rstrip("/"):
+            return False
+        if self.subject_pattern is None:
+            return True
+        return subject is not None and re.search(self.subject_pattern, subject) is not None
+
+
+@dataclass(frozen=True)
+class Policy:
+    enabled: bool = True
+    block_action: str = "warn"
+    require_signed: bool = False
+    allowed_issuers: tuple[AllowedIssuer, ...] = ()
+    retention_days: int = 365
+
+    @classmethod
+    def from_settings(cls, s: Any) -> Policy:
+        return cls(
+            enabled=s.enabled,
+            block_action=s.block_action,
+            require_signed=s.require_signed,
+            allowed_issuers=tuple(
+                AllowedIssuer(i["issuer"], i.get("subject_pattern")) for i in (s.allowed_issuers or [])
+            ),
+            retention_days=s.retention_days,
+        )
+
+
+@dataclass(frozen=True)
+class Signature:
+    status: str = "unknown"  # signed | unsigned | unknown
+    issuer: str | None = None
+    subject: str | None = None
+
+
+def signature_findings(policy: Policy, sig: Signature, image_ref: str) -> list[dict[str, Any]]:
+    """The synthetic critical finding that makes block_pull enforce signing, or none."""
+    if not policy.require_signed:
+        return []
+    if sig.status != "signed":
+        cve_id, title = UNSIGNED_ID, (
+            f"The image is not signed (signature_status: {sig.status}) and this organisation requires signed images."
+        )
+    elif policy.allowed_issuers and not any(a.admits(sig.issuer, sig.subject) for a in policy.allowed_issuers):
+        cve_id, title = UNTRUSTED_ID, (
+            f"The image is signed by {sig.issuer or 'an unnamed issuer'}"
+            f"{' as ' + sig.subject if sig.subject else ''}, which is not in this organisation's allowed issuers."
+        )
+    else:
+        return []
+    return [
+        {
+            "cve_id": cve_id,
+            "severity": "critical",
+            "package": "image-signature",
+            "installed_version": sig.status,
+            "fixed_version": None,
+            "target": image_ref,
+            "title": title,
+            "primary_url": None,
+            "references": [],
+            "vendor_ids": [],
+            "synthetic": True,
+        }
+    ]
+
+
+def count(findings: Iterable[Mapping[str, Any]]) -> tuple[dict[str, int], int]:
+    """Severity counts and the number of fixable findings (those with a fixed version)."""
+    counts = dict.fromkeys(SEVERITIES, 0)
+    fixable = 0
+    for f in findings:
+        counts[f["severity"]] += 1
+        if f["fixed_version"]:
+            fixable += 1
+    return counts, fixable
+
+
+def scan_status(policy: Policy, counts: Mapping[str, int]) -> str:
+    """This scan's own verdict under the policy: success, failure or skipped."""
+    if policy.block_action == "none":
+        return "skipped"
+    if policy.block_action == "block_pull" and (counts["critical"] or counts["high"]):
+        return "failure"
+    return "success"
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """The latest judged scan of one image of a commit."""
+
+    image_ref: str
+    status: str
+    counts: Mapping[str, int]
+    fixable: int
+    scan_run_id: int | None = None
+    top_findings: list[Mapping[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class CommitVerdict:
+    state: str  # success | failure
+    description: str
+    images: tuple[ImageResult, ...]
+    block_action: str
+
+
+def commit_verdict(block_action: str, images: Iterable[ImageResult]) -> CommitVerdict | None:
+    """Aggregate the latest scan of each image: failure when any of them blocks. None: post nothing."""
+    if block_action == "none":
+        return None
+    images = tuple(sorted(images, key=lambda i: i.image_ref))
+    state = "failure" if any(i.status == "failure" for i in images) else "success"
+    return CommitVerdict(state, describe(state, block_action, images), images, block_action)
+
+
+def describe(state: str, block_action: str, images: tuple[ImageResult, ...]) -> str:
+    """A commit status description within GitHub's 140 characters: `2 images · 3 critical, 5 high · blocking`."""
+    totals = {s: sum(i.counts[s] for i in images) for s in SEVERITIES}
+    n = len(images)
+    parts = [f"{n} image" + ("" if n == 1 else "s")]
+    named = [f"{totals[s]} {s}" for s in SEVERITIES if totals[s]]
+    parts.append(", ".join(named) if named else "no findings")
+    if state == "failure":
+        parts.append("blocking")
+    elif block_action == "warn" and (totals["critical"] or totals["high"]):
+        parts.append("warning only")
+    text = " · ".join(parts)
+    return text if len(text) <= DESCRIPTION_LIMIT else text[: DESCRIPTION_LIMIT - 1] + "…"

@@ -1,0 +1,1 @@
+"""The org's policy settings: validation, reading and audited changes."""

@@ -1,0 +1,82 @@
+"""Read and change an org's policy; every change is validated whole and recorded in the audit chain."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from app import audit
+from app.models import OrgSettings, utcnow
+
+FIELDS = ("enabled", "block_action", "require_signed", "allowed_issuers", "retention_days")
+MAX_RETENTION_DAYS = 3650
+
+
+def _regex(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"is not a valid regular expression: {exc}") from None
+    return value
+
+
+class AllowedIssuer(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    issuer: Annotated[str, StringConstraints(pattern=r"^https://\S+$", max_length=1024)]
+    subject_pattern: Annotated[str | None, AfterValidator(_regex), Field(max_length=1024)] = None
+
+
+class SettingsChange(BaseModel):
+    """A partial update: fields left out keep their value; null is not a value."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    enabled: bool = None  # type: ignore[assignment]
+    block_action: Literal["none", "warn", "block_pull"] = None  # type: ignore[assignment]
+    require_signed: bool = None  # type: ignore[assignment]
+    allowed_issuers: Annotated[list[AllowedIssuer], Field(max_length=100)] = None  # type: ignore[assignment]
+    retention_days: Annotated[int, Field(ge=1, le=MAX_RETENTION_DAYS)] = None  # type: ignore[assignment]
+
+
+def parse_change(doc: Any) -> dict[str, Any]:
+    """The fields to change, validated; raises pydantic's ValidationError."""
+    change = SettingsChange.model_validate(doc)
+    return change.model_dump(include=change.model_fields_set)
+
+
+def parse_issuer_option(text: str) -> dict[str, Any]:
+    """`URL [SUBJECT_REGEX]` as the CLI takes it."""
+    issuer, _, pattern = text.strip().partition(" ")
+    return {"issuer": issuer, "subject_pattern": pattern.strip() or None}
+
+
+def as_dict(s: OrgSettings) -> dict[str, Any]:
+    return {
+        "enabled": s.enabled,
+        "block_action": s.block_action,
+        "require_signed": s.require_signed,
+        "allowed_issuers": [{"issuer": i["issuer"], "subject_pattern": i.get("subject_pattern")}
+                            for i in s.allowed_issuers or []],
+        "retention_days": s.retention_days,
+    }
+
+
+def apply(session: Any, settings: OrgSettings, changes: dict[str, Any], actor: str) -> dict[str, Any]:
+    """Apply validated changes in the caller's write transaction; record old -> new; return what changed."""
+    before = as_dict(settings)
+    changed = {k: {"old": before[k], "new": v} for k, v in changes.items() if before[k] != v}
+    if not changed:
+        return {}
+    for key, diff in changed.items():
+        setattr(settings, key, diff["new"])
+    settings.updated_at = utcnow()
+    audit.record(session, settings.org_id, "settings.changed", actor, {"changes": changed})
+    return changed
+
+
+__all__ = ["FIELDS", "ValidationError", "apply", "as_dict", "parse_change", "parse_issuer_option"]

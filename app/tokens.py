@@ -1,0 +1,119 @@
+"""The app's own API tokens: made once, kept as a SHA-256, scoped to one org, expiring and revocable."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import string
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from app import audit
+from app.db import write_transaction
+from app.errors import forbidden, not_found, unauthorized
+from app.models import ApiToken, Org, utcnow
+
+PREFIX = "ffis_"  # fremforge image scanning: recognisable to secret scanners and to people
+SCOPES = ("findings:write", "findings:read", "settings:write")
+_ALPHABET = string.ascii_letters + string.digits
+_BODY_LENGTH = 40
+LAST_USED_RESOLUTION = timedelta(seconds=60)  # write last-use at most this often per token
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass
+class NewToken:
+    record: ApiToken
+    secret: str  # shown once, never stored
+
+
+def create(session: Session, org: Org, scopes: list[str], name: str | None = None,
+           expires_days: int | None = None, actor: str = "cli") -> NewToken:
+    """Make a token in the caller's write transaction; its creation is recorded in the org's audit chain."""
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown or not scopes:
+        raise ValueError(f"scopes must be among {', '.join(SCOPES)}; got {', '.join(unknown) or 'none'}")
+    if expires_days is not None and not 1 <= expires_days <= 3650:
+        raise ValueError("expiry must be between 1 and 3650 days")
+    secret = PREFIX + "".join(secrets.choice(_ALPHABET) for _ in range(_BODY_LENGTH))
+    now = utcnow()
+    record = ApiToken(
+        org_id=org.id, name=name or "token", prefix=secret[: len(PREFIX) + 6], token_hash=hash_token(secret),
+        scopes=" ".join(dict.fromkeys(scopes)), created_by=actor, created_at=now,
+        expires_at=now + timedelta(days=expires_days) if expires_days else None,
+    )
+    session.add(record)
+    session.flush()
+    audit.record(session, org.id, "token.created", actor, {
+        "token_id": record.id, "name": record.name, "prefix": record.prefix, "scopes": record.scope_list,
+        "expires_at": record.expires_at.isoformat() if record.expires_at else None,
+    })
+    return NewToken(record, secret)
+
+
+def revoke(session: Session, token_id: int, actor: str = "cli") -> ApiToken:
+    record = session.get(ApiToken, token_id)
+    if record is None:
+        raise LookupError(f"no token with id {token_id}")
+    if record.revoked_at is None:
+        record.revoked_at = utcnow()
+        audit.record(session, record.org_id, "token.revoked", actor,
+                     {"token_id": record.id, "name": record.name, "prefix": record.prefix})
+    return record
+
+
+def list_for(session: Session, org_id: int) -> list[ApiToken]:
+    return list(session.scalars(sa.select(ApiToken).where(ApiToken.org_id == org_id).order_by(ApiToken.id)))
+
+
+def state(record: ApiToken, now: datetime | None = None) -> str:
+    now = now or utcnow()
+    if record.revoked_at is not None:
+        return "revoked"
+    if record.expires_at is not None and record.expires_at <= now:
+        return "expired"
+    return "active"
+
+
+def bearer(header: str | None) -> str:
+    """The token of an `Authorization: Bearer ...` header, or 401."""
+    if not header:
+        raise unauthorized("Authentication required: send Authorization: Bearer <token>.")
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise unauthorized("The Authorization header must be: Bearer <token>.")
+    return value.strip()
+
+
+def authenticate(session: Session, header: str | None, slug: str, scopes: tuple[str, ...]) -> tuple[Org, ApiToken]:
+    """The org and token of a request allowed to act on org `slug` with one of `scopes`; else 401/403/404.
+
+    The token's last use is written (at most once a minute) in a write transaction of its own, so the
+    caller's write transaction starts fresh.
+    """
+    secret = bearer(header)
+    record = session.scalars(sa.select(ApiToken).where(ApiToken.token_hash == hash_token(secret))).one_or_none()
+    if record is None:
+        raise unauthorized("The token is not known.")
+    now = utcnow()
+    current = state(record, now)
+    if current != "active":
+        raise unauthorized(f"The token is {current}.")
+    org = session.scalars(sa.select(Org).where(Org.slug == slug)).one_or_none()
+    if org is None:
+        raise not_found(f"There is no organisation {slug!r}.")
+    if record.org_id != org.id:
+        raise forbidden(f"This token belongs to another organisation, not {slug!r}.")
+    if not set(scopes) & set(record.scope_list):
+        raise forbidden(f"This token lacks the scope {' or '.join(scopes)}.")
+    session.commit()
+    if record.last_used_at is None or now - record.last_used_at >= LAST_USED_RESOLUTION:
+        with write_transaction(session):
+            session.execute(sa.update(ApiToken).where(ApiToken.id == record.id).values(last_used_at=now))
+    return org, record
