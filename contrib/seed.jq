@@ -1,0 +1,16 @@
+{
+  image_ref: $image,
+  commit_sha: $sha,
+  repo_full_name: $repo,
+  findings: [
+    .Results[] | .Target as $target | .Vulnerabilities[] | {
+      cve_id: .VulnerabilityID,
+      severity: .Severity,
+      package_name: .PkgName,
+      installed_version: .InstalledVersion,
+      fixed_version: .FixedVersion,
+      title: .Title,
+      target: (.PkgPath // $target)
+    }
+  ]
+}

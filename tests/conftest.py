@@ -1,0 +1,124 @@
+"""Fixtures: every app test runs on SQLite, and on PostgreSQL when FREMFORGE_TEST_DATABASE_URL is set.
+
+With FREMFORGE_TEST_STRICT=1 (as .ci/run sets it) a backend or tool that is missing fails the run
+instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from flask.testing import FlaskClient, FlaskCliRunner
+
+from app import create_app, migrate
+from app.db import Base
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+STRICT = os.environ.get("FREMFORGE_TEST_STRICT") == "1"
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip with a clear reason; where the run is strict (CI), fail instead."""
+    if STRICT:
+        pytest.fail(f"required in strict mode (FREMFORGE_TEST_STRICT=1): {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def postgres_base_url() -> str | None:
+    return os.environ.get("FREMFORGE_TEST_DATABASE_URL") or None
+
+
+def _postgres_schema_url(base: str) -> tuple[str, str]:
+    """A URL whose connections live in a fresh schema of their own (one per test worker)."""
+    from app.config import normalise_database_url
+
+    schema = f"fremforge_test_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}_{secrets.token_hex(3)}"
+    base = normalise_database_url(base)
+    sep = "&" if "?" in base else "?"
+    return f"{base}{sep}options={quote(f'-csearch_path={schema}')}", schema
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A migrated, empty database of each backend, shared by the session and emptied after each test."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'fremforge.db'}"
+        schema = None
+    else:
+        base = postgres_base_url()
+        if base is None:
+            skip_or_fail("PostgreSQL tests need FREMFORGE_TEST_DATABASE_URL "
+                         "(e.g. postgresql://postgres@127.0.0.1:5432/test)")
+        assert base is not None
+        url, schema = _postgres_schema_url(base)
+        engine = sa.create_engine(normalise(base))
+        try:
+            with engine.begin() as conn:
+                conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+        except sa.exc.OperationalError as exc:
+            skip_or_fail(f"PostgreSQL at FREMFORGE_TEST_DATABASE_URL is not reachable: {exc.orig}")
+        finally:
+            engine.dispose()
+    app = create_app({"TESTING": True, "DATABASE_URL": url, "SECRET_KEY": "test"})
+    migrate.upgrade(app)
+    app.extensions["fremforge.db"].engine.dispose()
+    yield url
+    if schema is not None:
+        engine = sa.create_engine(normalise(url))
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        engine.dispose()
+
+
+def normalise(url: str) -> str:
+    from app.config import normalise_database_url
+
+    return normalise_database_url(url)
+
+
+@pytest.fixture
+def app(database_url: str, tmp_path: Path) -> Iterator[Flask]:
+    app = create_app({
+        "TESTING": True,
+        "DATABASE_URL": database_url,
+        "SECRET_KEY": "test-secret",
+        "PUBLIC_URL": "http://fremforge.test",
+    })
+    app.instance_path = str(tmp_path / "instance")
+    yield app
+    empty_database(app)
+    app.extensions["fremforge.db"].engine.dispose()
+
+
+def empty_database(app: Flask) -> None:
+    engine = app.extensions["fremforge.db"].engine
+    tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(sa.text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+        else:
+            for name in tables:
+                conn.execute(sa.text(f"DELETE FROM {name}"))
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app: Flask) -> FlaskCliRunner:
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def dialect(app: Flask) -> str:
+    return app.extensions["fremforge.db"].engine.dialect.name
