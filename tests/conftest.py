@@ -122,3 +122,14 @@ def runner(app: Flask) -> FlaskCliRunner:
 @pytest.fixture
 def dialect(app: Flask) -> str:
     return app.extensions["fremforge.db"].engine.dialect.name
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """In strict mode (CI) a skipped test is a failed one: nothing skipped may count as passing."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if STRICT and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped, which strict mode (FREMFORGE_TEST_STRICT=1) counts as failed: {reason}"

@@ -14,9 +14,7 @@ FIELDS = ("enabled", "block_action", "require_signed", "allowed_issuers", "reten
 MAX_RETENTION_DAYS = 3650
 
 
-def _regex(value: str | None) -> str | None:
-    if value is None:
-        return None
+def _regex(value: str) -> str:
     try:
         re.compile(value)
     except re.error as exc:
@@ -28,7 +26,7 @@ class AllowedIssuer(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
     issuer: Annotated[str, StringConstraints(pattern=r"^https://\S+$", max_length=1024)]
-    subject_pattern: Annotated[str | None, AfterValidator(_regex), Field(max_length=1024)] = None
+    subject_pattern: Annotated[str, StringConstraints(max_length=1024), AfterValidator(_regex)] | None = None
 
 
 class SettingsChange(BaseModel):

@@ -1,0 +1,37 @@
+# The README's commands. `make run` and `make test` each set everything up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+export FLASK_APP := wsgi
+
+.PHONY: run test setup lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+setup: $(VENV)/.installed
+
+## Run the app on its embedded default: SQLite in instance/, no GitHub App needed.
+run: setup
+	$(BIN)/flask --app wsgi db upgrade
+	$(BIN)/gunicorn --workers 2 --bind 127.0.0.1:$(PORT) --access-logfile - wsgi:app
+
+## Run the test suite (PostgreSQL too when FREMFORGE_TEST_DATABASE_URL is set).
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check app tests bench migrations
+	$(BIN)/ruff format --check app tests bench migrations
+
+bench: setup
+	$(BIN)/python bench/ingest_bench.py --database sqlite
+
+clean:
+	rm -rf $(VENV) .pytest_cache
