@@ -6,6 +6,7 @@ from typing import Any, TypeVar
 
 from flask import current_app, request
 from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from app import db, tokens
 from app.errors import validation_failed
@@ -19,6 +20,16 @@ M = TypeVar("M", bound=BaseModel)
 
 def authenticate(slug: str, *scopes: str) -> tuple[Org, ApiToken]:
     return tokens.authenticate(db.session(), request.headers.get("Authorization"), slug, scopes)
+
+
+def request_body() -> bytes:
+    """The raw body, never silently cut: Werkzeug stops a body without Content-Length (chunked, which
+    gunicorn passes through) at MAX_CONTENT_LENGTH without an error, so a body that reaches it is a 413."""
+    data = request.get_data(cache=False)
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if request.content_length is None and limit is not None and len(data) >= limit:
+        raise RequestEntityTooLarge()
+    return data
 
 
 def links() -> Links:

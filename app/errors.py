@@ -68,7 +68,15 @@ def _wants_json() -> bool:
     return request.path.startswith(("/api/", "/webhooks/", "/healthz", "/readyz"))
 
 
+def refuse_nul_in_url() -> None:
+    """PostgreSQL text cannot hold NUL: refuse it in the path or query before any view runs."""
+    if "\x00" in request.path or any("\x00" in k or "\x00" in v for k, v in request.args.items(multi=True)):
+        raise ApiError(400, "bad_request", "The URL contains a NUL character (%00).")
+
+
 def init_app(app: Flask) -> None:
+    app.before_request(refuse_nul_in_url)
+
     @app.errorhandler(ApiError)
     def _api_error(err: ApiError):  # type: ignore[no-untyped-def]
         return jsonify(err.body()), err.status, err.headers

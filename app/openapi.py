@@ -51,11 +51,12 @@ AUTH_ERRORS = {
     "404": _error("Unknown organisation (or scan)."),
 }
 BODY_ERRORS = {
-    "400": _error("Malformed JSON or gzip, or an empty body."),
+    "400": _error("Malformed JSON or gzip, an empty body, or a NUL character (%00) in the URL."),
     "413": _error("The body (or what it decompresses to) is over the upload limit."),
     "415": _error("Not sent as application/json, or an unsupported Content-Encoding."),
     "422": _error("The body breaks the schema; each detail names its JSON path."),
 }
+URL_ERRORS = {"400": _error("The URL contains a NUL character (%00).")}
 SLUG = {"name": "slug", "in": "path", "required": True, "schema": STR, "description": "The organisation's slug."}
 CONTENT_ENCODING = {
     "name": "Content-Encoding", "in": "header", "required": False,
@@ -342,7 +343,7 @@ PATHS: dict[str, Any] = {
                 _query("cursor", {"type": "string", "maxLength": 200}, "next_cursor of the previous page."),
             ],
             "responses": {"200": _json("A page of scans.", _ref("ScanList")),
-                          "422": BODY_ERRORS["422"], **AUTH_ERRORS},
+                          **URL_ERRORS, "422": BODY_ERRORS["422"], **AUTH_ERRORS},
         },
     },
     "/api/v1/orgs/{slug}/image-scans/{scan_run_id}": {
@@ -351,7 +352,7 @@ PATHS: dict[str, Any] = {
             "summary": "One scan with its findings, most severe first. Scope findings:read.",
             "parameters": [SLUG, {"name": "scan_run_id", "in": "path", "required": True,
                                   "schema": {"type": "integer", "minimum": 0}}],
-            "responses": {"200": _json("The scan.", _ref("ScanDetail")), **AUTH_ERRORS},
+            "responses": {"200": _json("The scan.", _ref("ScanDetail")), **URL_ERRORS, **AUTH_ERRORS},
         },
     },
     "/api/v1/orgs/{slug}/image-scans/settings": {
@@ -359,7 +360,7 @@ PATHS: dict[str, Any] = {
             "operationId": "getSettings",
             "summary": "The org's policy. Scope findings:read or settings:write.",
             "parameters": [SLUG],
-            "responses": {"200": _json("The policy.", _ref("Settings")), **AUTH_ERRORS},
+            "responses": {"200": _json("The policy.", _ref("Settings")), **URL_ERRORS, **AUTH_ERRORS},
         },
         "put": {
             "operationId": "putSettings",
@@ -377,7 +378,8 @@ PATHS: dict[str, Any] = {
             "summary": "This document.",
             "security": [],
             "responses": {"200": {"description": "The OpenAPI document.",
-                                  "content": {"application/json": {"schema": {"type": "object"}}}}},
+                                  "content": {"application/json": {"schema": {"type": "object"}}}},
+                          **URL_ERRORS},
         },
     },
 }

@@ -8,7 +8,7 @@ from flask import Blueprint, current_app, request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from app import advisories, db, orgs
-from app.api_common import MAX_INT32, authenticate, links, validate_query
+from app.api_common import MAX_INT32, authenticate, links, request_body, validate_query
 from app.errors import ApiError, forbidden, not_found
 from app.findings import queries, schemas, service
 from app.github.outbox import delivery_state
@@ -21,7 +21,7 @@ bp = Blueprint("findings_api", __name__, url_prefix="/api/v1/orgs/<slug>/image-s
 def upload(slug: str) -> tuple[dict[str, Any], int]:
     org, _ = authenticate(slug, "findings:write")
     doc = schemas.read_json(request.content_type, request.headers.get("Content-Encoding"),
-                            lambda: request.get_data(cache=False), current_app.config["MAX_UPLOAD_BYTES"])
+                            request_body, current_app.config["MAX_UPLOAD_BYTES"])
     upload = schemas.parse_upload(doc, request.args)
     if upload.repo_owner.lower() != org.github_login.lower():
         raise forbidden(f"The repository {upload.repo_full_name} is outside this organisation's GitHub account "

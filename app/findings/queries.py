@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from app.models import SEVERITIES, Finding, OutboxItem, ScanRun
 
+MAX_SCAN_ID = 2**31 - 1
 SEVERITY_ORDER = sa.case({s: i for i, s in enumerate(SEVERITIES)}, value=Finding.severity, else_=len(SEVERITIES))
 FINDING_COLUMNS = (
     "cve_id", "severity", "package", "installed_version", "fixed_version", "target", "title", "primary_url",
@@ -68,7 +69,8 @@ def decode_cursor(cursor: str) -> int:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         kind, _, value = text.partition(":")
-        if kind != "s" or not value.isdigit() or len(value) > 18:
+        # Scan ids are 32-bit integers (PostgreSQL `integer`): a larger one is no cursor this API gave out.
+        if kind != "s" or not value.isdigit() or len(value) > 10 or int(value) > MAX_SCAN_ID:
             raise ValueError
         return int(value)
     except (ValueError, binascii.Error, UnicodeDecodeError):

@@ -172,17 +172,33 @@ def gunzip(data: bytes, max_bytes: int) -> bytes:
 
 def _refuse_nul(value: Any, path: str) -> None:
     # NUL cannot be stored in PostgreSQL text; name where it is rather than fail at insert time.
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise validation_failed([{"path": path or "$", "code": "nul_character",
-                                      "message": "contains a NUL character (\\u0000)"}])
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            _refuse_nul(k, path)
-            _refuse_nul(v, f"{path}.{k}" if path else k)
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            _refuse_nul(v, f"{path}[{i}]")
+    # Iterative, not recursive: orjson accepts 1024 levels of nesting, more than Python's recursion limit.
+    # Each entry keeps (parent trail, key), so a path string is only built for the value that fails.
+    stack: list[tuple[Any, Any]] = [(value, None)]
+    while stack:
+        value, trail = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise validation_failed([{"path": _trail_path(path, trail), "code": "nul_character",
+                                          "message": "contains a NUL character (\\u0000)"}])
+        elif isinstance(value, dict):
+            for k in value:
+                if "\x00" in k:
+                    raise validation_failed([{"path": _trail_path(path, trail), "code": "nul_character",
+                                              "message": "contains a NUL character (\\u0000) in a key"}])
+            stack.extend((v, (trail, k)) for k, v in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend((value[i], (trail, i)) for i in range(len(value) - 1, -1, -1))
+
+
+def _trail_path(path: str, trail: Any) -> str:
+    keys: list[Any] = []
+    while trail is not None:
+        trail, key = trail
+        keys.append(key)
+    for key in reversed(keys):
+        path += f"[{key}]" if isinstance(key, int) else (f".{key}" if path else key)
+    return path or "$"
 
 
 # ---------------------------------------------------------------- the upload

@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, current_app, request
 
 from app import db, orgs
-from app.api_common import actor, authenticate
+from app.api_common import actor, authenticate, request_body
 from app.db import write_transaction
 from app.errors import validation_failed
 from app.findings.schemas import error_detail, read_json
@@ -26,7 +26,7 @@ def show(slug: str) -> dict[str, Any]:
 def change(slug: str) -> dict[str, Any]:
     org, token = authenticate(slug, "settings:write")
     doc = read_json(request.content_type, request.headers.get("Content-Encoding"),
-                    lambda: request.get_data(cache=False), current_app.config["MAX_UPLOAD_BYTES"])
+                    request_body, current_app.config["MAX_UPLOAD_BYTES"])
     try:
         changes = service.parse_change(doc)
     except service.ValidationError as exc:

@@ -1,0 +1,422 @@
+"""The OpenAPI document at /api/v1/openapi.json is true: to the routes, to OpenAPI 3.1, and to what the API answers.
+
+The last part runs schemathesis in-process against the WSGI app, on every operation, with valid tokens,
+positive and negative data, and fixed seeds; plus hand-picked requests for the paths random data rarely reaches
+(a 202 upload, an existing scan, a disabled policy).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import jsonschema_rs
+import pytest
+import schemathesis
+from flask import Flask
+from schemathesis.checks import not_a_server_error
+from schemathesis.core import NOT_SET
+from schemathesis.core.result import Ok
+from schemathesis.engine import events
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from app.findings.queries import encode_cursor
+from app.openapi import document
+from tests.factories import ALL_SCOPES, SHA, SHA2, finding, make_org, make_token, post, seed, set_policy
+
+API_PREFIX = "/api/v1"
+IGNORED_METHODS = {"HEAD", "OPTIONS"}
+HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
+CHECK_NAMES = [
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_schema_conformance",
+    "response_headers_conformance",
+    # and the other way round: what the document forbids, the API refuses
+    "negative_data_rejection",
+]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+]
+SEED = 20240601
+MAX_EXAMPLES = 100  # per operation and phase; about 20 s per backend
+DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
+
+
+# ---------------------------------------------------------------- the document and the routes
+
+
+def _openapi_path(rule: str) -> str:
+    """`/orgs/<slug>/x/<int:scan_run_id>` -> `/orgs/{slug}/x/{scan_run_id}`."""
+    return re.sub(r"<(?:[^<>:]+:)?([^<>]+)>", r"{\1}", rule)
+
+
+def _routes(app: Flask) -> set[tuple[str, str]]:
+    return {
+        (method, _openapi_path(rule.rule))
+        for rule in app.url_map.iter_rules()
+        if rule.rule == API_PREFIX or rule.rule.startswith(API_PREFIX + "/")
+        for method in rule.methods or ()
+        if method not in IGNORED_METHODS
+    }
+
+
+def _documented(doc: dict[str, Any]) -> set[tuple[str, str]]:
+    return {
+        (method.upper(), path)
+        for path, item in doc["paths"].items()
+        for method in item
+        if method in HTTP_METHODS
+    }
+
+
+def test_translating_flask_rules():
+    assert _openapi_path("/api/v1/orgs/<slug>/image-scans/<int:scan_run_id>") == \
+        "/api/v1/orgs/{slug}/image-scans/{scan_run_id}"
+    assert _openapi_path("/api/v1/openapi.json") == "/api/v1/openapi.json"
+
+
+def test_document_is_true_to_the_routes(app, client):
+    served = client.get("/api/v1/openapi.json")
+    assert served.status_code == 200
+    assert served.mimetype == "application/json"
+    assert served.json == document()
+
+    routes = _routes(app)
+    documented = _documented(served.json)
+    assert routes, "no /api/v1 routes found"
+    assert sorted(routes - documented) == [], "routes missing from the OpenAPI document"
+    assert sorted(documented - routes) == [], "documented operations without a route"
+    for path, item in served.json["paths"].items():
+        assert path.startswith(API_PREFIX + "/"), path
+        names = set(re.findall(r"{([^{}]+)}", path))
+        for method, op in item.items():
+            if method not in HTTP_METHODS:
+                continue
+            declared = {p["name"] for p in op.get("parameters", []) + item.get("parameters", []) if p["in"] == "path"}
+            assert declared == names, f"{method.upper()} {path}: path parameters {declared} != {names}"
+
+
+def test_operation_ids_are_unique(client):
+    doc = client.get("/api/v1/openapi.json").json
+    ids = [op["operationId"] for item in doc["paths"].values() for m, op in item.items() if m in HTTP_METHODS]
+    assert len(ids) == len(set(ids)), ids
+
+
+# ---------------------------------------------------------------- the document is valid OpenAPI 3.1
+
+
+def test_document_is_valid_openapi_3_1(app):
+    doc = document()
+    assert doc["openapi"].startswith("3.1.")
+    try:
+        from openapi_spec_validator import validate  # type: ignore[import-not-found]
+    except ImportError:
+        validate = None
+    if validate is not None:
+        validate(doc)
+    # schemathesis checks the document against the OpenAPI 3.1 meta-schema, and resolves every operation
+    # with every $ref (it leaves out the operation serving the document itself).
+    schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", app)
+    schema.validate()
+    loaded, errors = [], []
+    for result in schema.get_all_operations():
+        if isinstance(result, Ok):
+            loaded.append(result.ok().label)
+        else:
+            errors.append(result.err())
+    assert errors == []
+    assert sorted(loaded) == sorted(f"{m} {p}" for m, p in _documented(doc) if p != "/api/v1/openapi.json")
+    # every component is valid JSON Schema 2020-12, and every $ref points to one
+    refs = set(re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', json.dumps(doc)))
+    assert refs <= set(doc["components"]["schemas"]), refs - set(doc["components"]["schemas"])
+    for name, component in doc["components"]["schemas"].items():
+        try:
+            jsonschema_rs.meta.validate({"$schema": DRAFT_2020_12, **component})
+        except jsonschema_rs.ValidationError as exc:
+            pytest.fail(f"components.schemas.{name} is not valid JSON Schema 2020-12: {exc}")
+
+
+# ---------------------------------------------------------------- schemathesis against the app
+
+
+@pytest.fixture
+def acme(app: Flask) -> dict[str, Any]:
+    """Org acme (GitHub login acme), a token with every scope, and a few stored scans to read."""
+    make_org(app, "acme", github_login="acme")
+    token = make_token(app, "acme", ALL_SCOPES)
+    client = app.test_client()
+    scan_ids = []
+    for body in (seed(), seed(image_ref="ghcr.io/acme/web:2", sha=SHA2, repo="acme/web",
+                              findings=[finding(), finding("GHSA-xxxx-yyyy-zzzz", "CRITICAL", fixed=None)])):
+        r = post(client, token, body)
+        assert r.status_code == 202, r.json
+        scan_ids.append(r.json["scan_run_id"])
+    return {"token": token, "scan_ids": scan_ids, "client": client}
+
+
+def _config(acme: dict[str, Any]) -> schemathesis.Config:
+    return schemathesis.Config.from_dict({
+        "seed": SEED,
+        "suppress-health-check": ["all"],
+        "headers": {"Authorization": f"Bearer {acme['token']}"},
+        "dictionaries": {
+            "scans": {"values": acme["scan_ids"]},
+            "repos": {"values": ["acme/api", "acme/web", "ACME/api"]},
+        },
+        "parameters": {
+            # The org is always acme (its token): unknown orgs and other tokens are hand-picked below.
+            "path.slug": "acme",
+            "path.scan_run_id": {"dictionary": "scans", "probability": 0.5},
+            "body.repo_full_name": {"dictionary": "repos", "probability": 0.7},
+            "query.repo_full_name": {"dictionary": "repos", "probability": 0.7},
+            # schemathesis would send `Content-Encoding: gzip` over a body it does not compress; gzip is
+            # hand-picked below instead.
+            "header.Content-Encoding": "identity",
+        },
+        "generation": {
+            "mode": "all",  # positive and negative data
+            "max-examples": MAX_EXAMPLES,
+            "deterministic": True,
+            "database": "none",
+            "with-security-parameters": False,
+        },
+        "phases": {"examples": {"enabled": True}, "coverage": {"enabled": True}, "fuzzing": {"enabled": True},
+                   "stateful": {"enabled": False}},
+        "checks": {"enabled": False, **{name: {"enabled": True} for name in CHECK_NAMES}},
+        "operations": [{
+            # The Trivy query parameters (image_ref, commit_sha, ...) only count, and are only validated, when the
+            # body is a raw Trivy report; with the seed shape they are ignored, which OpenAPI cannot express.
+            "include-operation-id": "uploadFindings",
+            "checks": {"negative_data_rejection": {"enabled": False}},
+        }],
+        "workers": 1,
+    })
+
+
+def _short(value: Any, limit: int = 300) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _describe(recorder: Any, failure: Any, case_id: str) -> str:
+    case = recorder.cases[case_id].value
+    interaction = recorder.interactions.get(case_id)
+    response = interaction.response if interaction is not None else None
+    status = response.status_code if response is not None else "no response"
+    content = response.content if response is not None else b""
+    headers = {k: v for k, v in (case.headers or {}).items() if k.lower() != "authorization"}
+    body = "" if case.body is NOT_SET else f" body={_short(case.body)}"
+    return (f"{case.operation.label}: {failure.title}: {_short(failure.message, 600)}\n"
+            f"    sent {case.method} {case.formatted_path} query={_short(case.query)} headers={_short(headers)}"
+            f"{body}\n    got {status} {_short(content)}")
+
+
+def _run(schema: Any) -> tuple[dict[str, dict[int, int]], list[str]]:
+    """Run every phase on the schema's operations; the status codes seen per operation, and every failure."""
+    seen: dict[str, dict[int, int]] = {}
+    failures: list[str] = []
+    for event in schemathesis.engine.from_schema(schema).execute():
+        if isinstance(event, events.ScenarioFinished):
+            recorder = event.recorder
+            statuses = seen.setdefault(recorder.label, {})
+            for interaction in recorder.interactions.values():
+                if interaction.response is not None:
+                    code = interaction.response.status_code
+                    statuses[code] = statuses.get(code, 0) + 1
+            for case_id, checks in recorder.checks.items():
+                for check in checks:
+                    if check.failure_info is not None:
+                        failures.append(_describe(recorder, check.failure_info.failure, case_id))
+        elif isinstance(event, events.NonFatalError):
+            failures.append(f"{event.label}: error: {event.value!r}")
+        elif isinstance(event, events.FatalError):
+            raise event.exception
+    return seen, list(dict.fromkeys(failures))
+
+
+def test_api_answers_as_documented(app: Flask, acme: dict[str, Any]) -> None:
+    """Every operation, with examples, coverage (boundary and negative values) and fuzzing, positive and negative.
+
+    Settings are fuzzed last, so the uploads run under the default policy rather than one fuzzing turned off.
+    """
+    schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", app, config=_config(acme))
+    seen, failures = _run(schema.exclude(operation_id="putSettings"))
+    more_seen, more_failures = _run(schema.include(operation_id="putSettings"))
+    seen.update(more_seen)
+    failures += more_failures
+    assert failures == [], f"{len(failures)} responses break the document:\n" + "\n".join(failures)
+
+    documented = {f"{m} {p}" for m, p in _documented(document()) if p != "/api/v1/openapi.json"}
+    assert set(seen) == documented
+    # The runs reached past authentication and validation: each operation answered its success status.
+    success = {label: 202 if label.startswith("POST") else 200 for label in documented}
+    assert [label for label, code in success.items() if not seen[label].get(code)] == [], seen
+    # ... and refused what it should refuse.
+    takes_input = documented - {f"GET {SETTINGS}"}
+    assert [label for label in takes_input if not any(400 <= code < 500 and code != 405 for code in seen[label])] \
+        == [], seen
+
+
+# ---------------------------------------------------------------- hand-picked requests, checked the same way
+
+
+FINDINGS = "/api/v1/orgs/{slug}/image-scans/findings"
+SCANS = "/api/v1/orgs/{slug}/image-scans"
+SCAN = "/api/v1/orgs/{slug}/image-scans/{scan_run_id}"
+SETTINGS = "/api/v1/orgs/{slug}/image-scans/settings"
+TRIVY_REPORT = {
+    "SchemaVersion": 2,
+    "ArtifactName": "ghcr.io/acme/api:trivy",
+    "ArtifactType": "container_image",
+    "Results": [
+        {"Target": "ghcr.io/acme/api:trivy (debian 12.5)", "Class": "os-pkgs", "Type": "debian",
+         "Vulnerabilities": [
+             {"VulnerabilityID": "CVE-2024-0001", "PkgName": "libssl3", "InstalledVersion": "3.0.11-1",
+              "FixedVersion": "3.0.13-1", "Severity": "HIGH", "Title": "openssl: a bug",
+              "PrimaryURL": "https://avd.aquasec.com/nvd/cve-2024-0001",
+              "References": ["https://security-tracker.debian.org/tracker/CVE-2024-0001"],
+              "VendorIDs": ["DSA-5555-1"]},
+             {"VulnerabilityID": "GHSA-abcd-efgh-ijkl", "PkgName": "zlib1g", "InstalledVersion": "1:1.2.13"},
+         ]},
+        {"Target": "app/requirements.txt", "Class": "lang-pkgs", "Type": "pip", "Vulnerabilities": None},
+    ],
+}
+
+
+class Checked:
+    """Requests through the Flask client, each response checked against the document like schemathesis does."""
+
+    def __init__(self, app: Flask, acme: dict[str, Any]) -> None:
+        self.schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", app)
+        self.client = acme["client"]
+        self.token = acme["token"]
+
+    def __call__(self, method: str, path: str, *, slug: str = "acme", token: str | None = "default",
+                 expect: int, body: Any = None, raw: bytes | None = None, query: dict[str, str] | None = None,
+                 headers: dict[str, str] | None = None, **path_params: Any) -> Any:
+        token = self.token if token == "default" else token
+        hdrs = dict(headers or {})
+        if token is not None:
+            hdrs["Authorization"] = f"Bearer {token}"
+        url = path.format(slug=slug, **path_params)
+        if method == "POST":
+            response = post(self.client, token, body, slug=slug, raw=raw, query=query, headers=headers,
+                            gz=hdrs.get("Content-Encoding") == "gzip")
+        else:
+            data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+            if data is not None:
+                hdrs.setdefault("Content-Type", "application/json")
+            response = self.client.open(url, method=method, data=data, headers=hdrs, query_string=query)
+        case = self.schema[path][method].Case(path_parameters={"slug": slug, **path_params}, query=query,
+                                              headers=hdrs, body=body if body is not None else NOT_SET)
+        case.validate_response(response, checks=CHECKS)
+        assert response.status_code == expect, (response.status_code, response.get_data(as_text=True)[:500])
+        return response.json
+
+
+@pytest.fixture
+def checked(app: Flask, acme: dict[str, Any]) -> Checked:
+    return Checked(app, acme)
+
+
+def test_happy_paths_answer_as_documented(app, acme, checked):
+    first = checked("POST", FINDINGS, body=seed(findings=[finding(), finding(), finding("RUSTSEC-2024-0001",
+                                                                                          "Medium", fixed="")]),
+                    expect=202)
+    assert (first["accepted"], first["duplicates"], first["status"]) == (2, 1, "success")
+    assert first["commit_status"]["state"] == "success"
+    gz = checked("POST", FINDINGS, body=seed(image_ref="ghcr.io/acme/api:gz"), headers={"Content-Encoding": "gzip"},
+                 expect=202)
+    trivy = checked("POST", FINDINGS, body=TRIVY_REPORT, query={"commit_sha": SHA, "repo_full_name": "acme/api"},
+                    expect=202)
+    assert trivy["accepted"] == 2
+    legacy = checked("POST", FINDINGS, body=TRIVY_REPORT["Results"],
+                     query={"commit_sha": SHA2, "repo_full_name": "acme/api", "image_ref": "ghcr.io/acme/api:old"},
+                     expect=202)
+    assert legacy["accepted"] == 2
+
+    set_policy(app, "acme", block_action="block_pull", require_signed=True,
+               allowed_issuers=[{"issuer": "https://token.actions.githubusercontent.com",
+                                 "subject_pattern": "^https://github.com/acme/"}])
+    blocked = checked("POST", FINDINGS, body=seed(image_ref="ghcr.io/acme/api:unsigned"), expect=202)
+    assert blocked["status"] == "failure"
+    assert blocked["commit_status"]["state"] == "failure"
+    signed = seed(image_ref="ghcr.io/acme/api:signed", findings=[finding(severity="low")], signature_status="signed",
+                  signature_issuer="https://token.actions.githubusercontent.com",
+                  signature_subject="https://github.com/acme/api/.github/workflows/ci.yml@refs/heads/main")
+    assert checked("POST", FINDINGS, body=signed, expect=202)["status"] == "success"
+    set_policy(app, "acme", block_action="none")
+    skipped = checked("POST", FINDINGS, body=seed(image_ref="ghcr.io/acme/api:none"), expect=202)
+    assert skipped["status"] == "skipped"
+
+    page = checked("GET", SCANS, query={"limit": "2"}, expect=200)
+    assert len(page["items"]) == 2 and page["next_cursor"]
+    rest = checked("GET", SCANS, query={"cursor": page["next_cursor"], "limit": "1000"}, expect=200)
+    assert rest["next_cursor"] is None
+    checked("GET", SCANS, query={"repo": "acme/api", "commit_sha": SHA, "status": "failure", "pr": "1"}, expect=200)
+    for scan_id in [*acme["scan_ids"], first["scan_run_id"], gz["scan_run_id"], trivy["scan_run_id"],
+                    legacy["scan_run_id"], blocked["scan_run_id"], skipped["scan_run_id"]]:
+        detail = checked("GET", SCAN, scan_run_id=scan_id, expect=200)
+        assert detail["scan_run_id"] == scan_id and detail["findings"]
+    synthetic = checked("GET", SCAN, scan_run_id=blocked["scan_run_id"], expect=200)["findings"]
+    assert any(f["synthetic"] for f in synthetic)
+
+    settings = checked("GET", SETTINGS, expect=200)
+    assert settings["block_action"] == "none"
+    checked("PUT", SETTINGS, body={"enabled": False, "retention_days": 30,
+                                   "allowed_issuers": [{"issuer": "https://gitlab.example.com"}]}, expect=200)
+    disabled = checked("POST", FINDINGS, body=seed(), expect=202)
+    assert disabled == {"accepted": 0, "status": "disabled"}
+
+
+def test_refusals_answer_as_documented(app, acme, checked):
+    make_org(app, "other", github_login="other")
+    other_token = make_token(app, "other")
+    read_only = make_token(app, "acme", ["findings:read"])
+    scan_id = acme["scan_ids"][0]
+    for method, path, body in (("POST", FINDINGS, seed()), ("GET", SCANS, None), ("GET", SCAN, None),
+                               ("GET", SETTINGS, None), ("PUT", SETTINGS, {"enabled": True})):
+        params = {"scan_run_id": scan_id} if path == SCAN else {}
+        checked(method, path, body=body, token=None, expect=401, **params)
+        checked(method, path, body=body, token="ffis_not-a-token", expect=401, **params)
+        checked(method, path, body=body, token=other_token, expect=403, **params)
+        checked(method, path, body=body, slug="nobody", expect=404, **params)
+    checked("POST", FINDINGS, body=seed(), token=read_only, expect=403)
+    checked("PUT", SETTINGS, body={"enabled": False}, token=read_only, expect=403)
+    checked("POST", FINDINGS, body=seed(repo="someone-else/api"), expect=403)
+    checked("GET", SCAN, scan_run_id=2**31, expect=404)
+    checked("GET", SCAN, scan_run_id=0, expect=404)
+
+    checked("POST", FINDINGS, raw=b"{", expect=400)
+    checked("POST", FINDINGS, raw=b"", expect=400)
+    checked("POST", FINDINGS, raw=b"not gzip", headers={"Content-Encoding": "gzip"}, expect=400)
+    checked("POST", FINDINGS, raw=b"{}", headers={"Content-Encoding": "br"}, expect=415)
+    checked("POST", FINDINGS, body=seed(findings=[finding(severity="severe")]), expect=422)
+    checked("POST", FINDINGS, body=TRIVY_REPORT, expect=422)
+    checked("POST", FINDINGS, body=[{"Vulnerabilities": [{"PkgName": "x"}]}],
+            query={"commit_sha": SHA, "repo_full_name": "acme/api", "image_ref": "x"}, expect=422)
+    checked("PUT", SETTINGS, body={"block_action": "explode"}, expect=422)
+    checked("PUT", SETTINGS, raw=b"[", expect=400)
+    checked("GET", SCANS, query={"cursor": "nonsense"}, expect=422)
+    checked("GET", SCANS, query={"limit": "0"}, expect=422)
+    checked("GET", SCANS, query={"image_ref": "a\x00b"}, expect=400)
+    checked("GET", SCANS, query={"cursor": encode_cursor(2**31 - 1), "pr": str(2**31 - 1)}, expect=200)
+    checked("GET", SCANS, query={"cursor": encode_cursor(2**31)}, expect=422)  # was a 500 on PostgreSQL
+    checked("GET", SCANS, query={"cursor": encode_cursor(10**17)}, expect=422)
+
+    app.config.update(MAX_UPLOAD_BYTES=4096, MAX_CONTENT_LENGTH=4096)
+    big = seed(findings=[finding(f"CVE-2024-{i:05d}") for i in range(100)])
+    checked("POST", FINDINGS, body=big, expect=413)
+    checked("POST", FINDINGS, body=big, headers={"Content-Encoding": "gzip"}, expect=413)

@@ -1,0 +1,387 @@
+"""Pure-function tests of app/policy.py and of the GitHub payload builders in app/github/checks.py (no I/O)."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from types import SimpleNamespace
+
+import pytest
+
+from app import policy
+from app.github import checks
+from app.policy import AllowedIssuer, ImageResult, Policy, Signature
+
+SEVERITIES = ("critical", "high", "medium", "low", "unknown")
+GHA = "https://token.actions.githubusercontent.com"
+ACME_SUBJECT = "https://github.com/acme/api/.github/workflows/build.yml@refs/heads/main"
+IMAGE = "ghcr.io/acme/api:0123456789abcdef"
+
+
+def finding(
+    severity: str, cve_id: str = "CVE-2023-1234", package: str = "openssl", fixed: str | None = "3.0.7", **extra
+):
+    return {
+        "cve_id": cve_id,
+        "severity": severity,
+        "package": package,
+        "installed_version": "3.0.1",
+        "fixed_version": fixed,
+        "target": "/usr/lib/libssl.so.3",
+        "title": None,
+        "primary_url": None,
+        "references": [],
+        "vendor_ids": [],
+        "synthetic": False,
+        **extra,
+    }
+
+
+def counts(**kw: int) -> dict[str, int]:
+    return {s: kw.get(s, 0) for s in SEVERITIES}
+
+
+# ------------------------------------------------------------------ the policy matrix
+
+SIGNATURES = {
+    "signed-allowed": Signature("signed", GHA, ACME_SUBJECT),
+    "signed-allowed-trailing-slash": Signature("signed", GHA + "/", ACME_SUBJECT),
+    "signed-other-issuer": Signature("signed", "https://accounts.google.com", ACME_SUBJECT),
+    "signed-subject-mismatch": Signature("signed", GHA, "https://github.com/evil/api/.github/workflows/x.yml@main"),
+    "signed-no-issuer": Signature("signed", None, None),
+    "unsigned": Signature("unsigned"),
+    "unknown": Signature("unknown", GHA, ACME_SUBJECT),
+    "absent": Signature(),
+}
+ISSUER_LISTS = {
+    "any-issuer": (),
+    "acme-gha": (AllowedIssuer("https://accounts.example", None), AllowedIssuer(GHA, "^https://github.com/acme/")),
+}
+SEVERITY_SETS = {
+    "low-medium": [finding("low", "CVE-1"), finding("medium", "CVE-2", fixed=None), finding("low", "CVE-3")],
+    "one-high": [finding("low", "CVE-1"), finding("high", "CVE-2")],
+    "one-critical": [finding("medium", "CVE-1", fixed=None), finding("critical", "CVE-2")],
+}
+
+
+def expected_synthetic(require_signed: bool, sig: str, issuers: str) -> str | None:
+    """Spec section 3, written out: which synthetic finding (if any) an image gets."""
+    if not require_signed:
+        return None
+    if sig in ("unsigned", "unknown", "absent"):
+        return "FREMFORGE-UNSIGNED-IMAGE"
+    if issuers == "any-issuer":  # empty allowed_issuers: any issuer
+        return None
+    if sig in ("signed-allowed", "signed-allowed-trailing-slash"):
+        return None
+    return "FREMFORGE-UNTRUSTED-SIGNER"
+
+
+def expected_status(block_action: str, severities: str, synthetic: str | None) -> str:
+    if block_action == "none":
+        return "skipped"
+    if block_action == "warn":
+        return "success"
+    return "failure" if severities != "low-medium" or synthetic else "success"
+
+
+MATRIX = list(
+    itertools.product(
+        [True, False], ["none", "warn", "block_pull"], SIGNATURES, ISSUER_LISTS, [True, False], SEVERITY_SETS
+    )
+)
+
+
+@pytest.mark.parametrize("enabled, block_action, sig, issuers, require_signed, severities", MATRIX)
+def test_policy_matrix(enabled, block_action, sig, issuers, require_signed, severities):
+    # `enabled` is enforced by the API before any of these functions run (202 {"status": "disabled"}, see
+    # test_aggregation.py); the pure verdict must not depend on it.
+    pol = Policy(
+        enabled=enabled, block_action=block_action, require_signed=require_signed, allowed_issuers=ISSUER_LISTS[issuers]
+    )
+    uploaded = SEVERITY_SETS[severities]
+    synthetic = policy.signature_findings(pol, SIGNATURES[sig], IMAGE)
+    want = expected_synthetic(require_signed, sig, issuers)
+
+    if want is None:
+        assert synthetic == []
+    else:
+        assert len(synthetic) == 1
+        s = synthetic[0]
+        assert s["cve_id"] == want
+        assert s["severity"] == "critical"
+        assert s["synthetic"] is True
+        assert s["fixed_version"] is None  # never counted as fixable
+        assert s["target"] == IMAGE
+        assert s["title"]
+        assert set(s) == set(uploaded[0])  # the same columns as an uploaded finding, so it is stored alike
+
+    c, fixable = policy.count(uploaded + synthetic)
+    base, base_fixable = policy.count(uploaded)
+    assert fixable == base_fixable == sum(1 for f in uploaded if f["fixed_version"])
+    assert c == {**base, "critical": base["critical"] + len(synthetic)}
+    assert sum(c.values()) == len(uploaded) + len(synthetic)
+    assert policy.scan_status(pol, c) == expected_status(block_action, severities, want)
+
+
+def test_policy_defaults_match_the_spec():
+    p = Policy()
+    assert (p.enabled, p.block_action, p.require_signed, p.allowed_issuers, p.retention_days) == (
+        True,
+        "warn",
+        False,
+        (),
+        365,
+    )
+
+
+def test_policy_from_settings():
+    s = SimpleNamespace(
+        enabled=False,
+        block_action="block_pull",
+        require_signed=True,
+        retention_days=30,
+        allowed_issuers=[
+            {"issuer": GHA, "subject_pattern": "^https://github.com/acme/"},
+            {"issuer": "https://accounts.example"},
+        ],
+    )
+    p = Policy.from_settings(s)
+    assert p == Policy(
+        False,
+        "block_pull",
+        True,
+        (AllowedIssuer(GHA, "^https://github.com/acme/"), AllowedIssuer("https://accounts.example")),
+        30,
+    )
+    assert Policy.from_settings(SimpleNamespace(**{**vars(s), "allowed_issuers": None})).allowed_issuers == ()
+
+
+def test_subject_pattern_is_searched_not_full_matched():
+    a = AllowedIssuer(GHA, "github.com/acme/")
+    assert a.admits(GHA, ACME_SUBJECT)
+    assert not a.admits(GHA, None)
+    assert not a.admits(None, ACME_SUBJECT)
+    assert AllowedIssuer(GHA).admits(GHA, None)  # no pattern: any subject, even none
+
+
+def test_synthetic_titles_name_the_reason():
+    pol = Policy(require_signed=True, allowed_issuers=ISSUER_LISTS["acme-gha"])
+    [unsigned] = policy.signature_findings(pol, Signature("unsigned"), IMAGE)
+    assert "not signed" in unsigned["title"] and "unsigned" in unsigned["title"]
+    [untrusted] = policy.signature_findings(pol, Signature("signed", "https://evil.example", "me"), IMAGE)
+    assert "https://evil.example" in untrusted["title"] and "me" in untrusted["title"]
+
+
+def test_scan_status_counts_only_high_and_critical():
+    block = Policy(block_action="block_pull")
+    assert policy.scan_status(block, counts(medium=10**6, low=5, unknown=7)) == "success"
+    assert policy.scan_status(block, counts(high=1)) == "failure"
+    assert policy.scan_status(block, counts(critical=1)) == "failure"
+    assert policy.scan_status(block, counts()) == "success"
+
+
+def test_count_treats_empty_fixed_version_as_unfixable():
+    c, fixable = policy.count([finding("high", fixed=""), finding("high", fixed=None), finding("low", fixed="1.2")])
+    assert c == counts(high=2, low=1) and fixable == 1
+
+
+# ------------------------------------------------------------------ aggregation
+
+
+def image(ref: str, status: str, fixable: int = 0, **kw: int) -> ImageResult:
+    return ImageResult(ref, status, counts(**kw), fixable)
+
+
+def test_commit_verdict_none_posts_nothing():
+    assert policy.commit_verdict("none", [image("a", "failure", critical=1)]) is None
+    assert policy.commit_verdict("none", []) is None
+
+
+@pytest.mark.parametrize("order", [0, 1])
+def test_any_failing_image_fails_the_commit(order):
+    imgs = [image("reg/a:1", "failure", critical=3, high=1), image("reg/b:1", "success", high=4, low=2)]
+    if order:
+        imgs.reverse()
+    v = policy.commit_verdict("block_pull", imgs)
+    assert v is not None
+    assert v.state == "failure"
+    assert [i.image_ref for i in v.images] == ["reg/a:1", "reg/b:1"]  # stable order
+    assert v.description == "2 images · 3 critical, 5 high, 2 low · blocking"
+    assert v.block_action == "block_pull"
+
+
+def test_description_example_from_the_spec():
+    v = policy.commit_verdict("block_pull", [image("a", "failure", critical=3, high=2), image("b", "success", high=3)])
+    assert v is not None and v.description == "2 images · 3 critical, 5 high · blocking"
+
+
+def test_all_passing_is_success():
+    v = policy.commit_verdict("block_pull", [image("a", "success", medium=2), image("b", "success")])
+    assert v is not None and v.state == "success"
+    assert v.description == "2 images · 2 medium"
+    one = policy.commit_verdict("block_pull", [image("a", "success")])
+    assert one is not None and one.description == "1 image · no findings"
+
+
+def test_warn_is_success_naming_the_count():
+    v = policy.commit_verdict("warn", [image("a", "success", critical=2, high=1), image("b", "success", low=1)])
+    assert v is not None and v.state == "success"
+    assert v.description == "2 images · 2 critical, 1 high, 1 low · warning only"
+
+
+def test_verdicts_stored_under_another_policy_are_kept():
+    """Each image keeps the verdict it got when stored: a warn-era critical does not fail a later block_pull."""
+    v = policy.commit_verdict("block_pull", [image("a", "success", critical=1), image("b", "success")])
+    assert v is not None and v.state == "success"
+    v = policy.commit_verdict("warn", [image("a", "failure", critical=1), image("b", "success")])
+    assert v is not None and v.state == "failure"
+
+
+@pytest.mark.parametrize("n, per_image", [(1, 2**31 - 1), (3, 10**6), (1000, 2**31 - 1), (10_000, 10**5)])
+def test_description_fits_140_chars_and_keeps_the_verdict(n, per_image):
+    imgs = [
+        image(f"reg/img-{i}:{'x' * 200}", "failure" if i == 0 else "success", **dict.fromkeys(SEVERITIES, per_image))
+        for i in range(n)
+    ]
+    v = policy.commit_verdict("block_pull", imgs)
+    assert v is not None
+    assert len(v.description) <= policy.DESCRIPTION_LIMIT == 140
+    assert v.description.startswith(f"{n} image")
+    assert v.description.endswith("· blocking")
+    assert f"{n * per_image} critical" in v.description
+
+
+@pytest.mark.parametrize("block_action, status", [("block_pull", "failure"), ("warn", "success")])
+def test_description_fits_140_chars_with_absurd_counts(block_action, status):
+    imgs = [image(f"reg/{i}", status, **dict.fromkeys(SEVERITIES, 10**15)) for i in range(10_000)]
+    v = policy.commit_verdict(block_action, imgs)
+    assert v is not None
+    assert len(v.description) <= 140
+    assert v.state == status
+
+
+# ------------------------------------------------------------------ GitHub payloads (app/github/checks.py)
+
+
+def verdict(state: str, block_action: str = "block_pull", images=None) -> policy.CommitVerdict:
+    if images is None:
+        images = [image("reg/a:1", state, critical=1 if state == "failure" else 0, low=2)]
+    v = policy.commit_verdict(block_action, images)
+    assert v is not None
+    return v
+
+
+@pytest.mark.parametrize("state", ["success", "failure"])
+def test_commit_status_payload(state):
+    v = verdict(state)
+    body = checks.commit_status(v, "http://fremforge.test/admin/x")
+    assert body == {
+        "state": state,
+        "description": v.description,
+        "context": "fremforge/image-scan",
+        "target_url": "http://fremforge.test/admin/x",
+    }
+    assert "target_url" not in checks.commit_status(v, None)
+
+
+@pytest.mark.parametrize("state", ["success", "failure"])
+def test_check_run_payload(state):
+    v = verdict(state)
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    body = checks.check_run(v, sha, "http://fremforge.test/admin/x", external_id="acme:acme/api@" + sha)
+    assert body["name"] == "fremforge/image-scan" == policy.CONTEXT
+    assert body["head_sha"] == sha
+    assert body["status"] == "completed"
+    assert body["conclusion"] == state
+    assert body["external_id"] == "acme:acme/api@" + sha
+    assert body["details_url"] == "http://fremforge.test/admin/x"
+    assert body["output"]["title"] == v.description
+    assert "reg/a:1" in body["output"]["summary"]
+    assert "details_url" not in checks.check_run(v, sha, None, external_id="x")
+
+
+def test_state_mapping_covers_every_commit_state():
+    # GitHub commit status states and check run conclusions we may send
+    assert set(checks.STATES) == {"success", "failure"}
+    for ours, (status_state, conclusion) in checks.STATES.items():
+        assert status_state in {"error", "failure", "pending", "success"}
+        assert conclusion in {"success", "failure", "neutral", "cancelled", "skipped", "timed_out", "action_required"}
+        assert status_state == conclusion == ours
+
+
+def test_summary_has_counts_fixable_and_advisory_links():
+    top = [
+        finding("critical", "FREMFORGE-UNSIGNED-IMAGE", "image-signature", fixed=None, synthetic=True),
+        finding("critical", "CVE-2019-18224", "libidn2-0", fixed="2.0.5-1+deb10u1", vendor_ids=["DSA-4613-1"]),
+        finding("high", "GHSA-5crp-9r3c-p9vr", "Newtonsoft.Json", fixed="13.0.1"),
+        finding("medium", "RUSTSEC-2021-0078", "hyper", fixed=None),
+        finding("low", "DSA-4613-1", "libidn2-0", fixed=None),
+        finding("low", "CVE-2099-0006", "sixth", fixed=None),  # only the top five are listed
+    ]
+    imgs = [
+        ImageResult("ghcr.io/acme/api:1", "failure", counts(critical=2, high=1, medium=1, low=2), 2, 1, top),
+        ImageResult("ghcr.io/acme/worker:1", "success", counts(low=7), 5, 2, []),
+    ]
+    v = policy.commit_verdict("block_pull", imgs)
+    assert v is not None
+    text = checks.summary(v)
+    assert v.description in text and "`block_pull`" in text
+    assert "`ghcr.io/acme/api:1`" in text and "`ghcr.io/acme/worker:1`" in text
+    assert "| Critical | High | Medium | Low | Unknown | Fixable |" in text
+    assert "| 2 | 1 | 1 | 2 | 0 | 2 |" in text
+    assert "| 0 | 0 | 0 | 7 | 0 | 5 |" in text
+    assert "[CVE-2019-18224](https://www.cve.org/CVERecord?id=CVE-2019-18224)" in text
+    assert "[GHSA-5crp-9r3c-p9vr](https://github.com/advisories/GHSA-5crp-9r3c-p9vr)" in text
+    assert "[RUSTSEC-2021-0078](https://osv.dev/vulnerability/RUSTSEC-2021-0078)" in text
+    assert "[DSA-4613-1](https://security-tracker.debian.org/tracker/DSA-4613-1)" in text
+    assert "→ 2.0.5-1+deb10u1" in text
+    # the synthetic finding is listed, but has no advisory page to link to
+    assert "FREMFORGE-UNSIGNED-IMAGE" in text and "[FREMFORGE-UNSIGNED-IMAGE](" not in text
+    assert "CVE-2099-0006" not in text
+    assert text.index("ghcr.io/acme/api:1") < text.index("ghcr.io/acme/worker:1")
+
+
+def test_summary_links_a_ghsa_found_in_references():
+    top = [
+        finding(
+            "high",
+            "CVE-2022-1234",
+            "lodash",
+            references=["https://github.com/advisories/GHSA-jf85-cpcp-j695", "https://nvd.nist.gov/x"],
+        )
+    ]
+    v = policy.commit_verdict("block_pull", [ImageResult("reg/a", "failure", counts(high=1), 1, 1, top)])
+    assert v is not None
+    assert "[CVE-2022-1234](https://www.cve.org/CVERecord?id=CVE-2022-1234)" in checks.summary(v)
+
+
+@pytest.mark.parametrize("n_images, ref_len", [(5_000, 40), (2_000, 1024)])
+def test_summary_fits_65535_chars_with_thousands_of_images(n_images, ref_len):
+    top = [finding(s, f"CVE-2024-{i:05d}", f"pkg-{i}", vendor_ids=["DSA-1234-1"]) for i, s in enumerate(SEVERITIES)]
+    imgs = [
+        ImageResult(
+            f"reg/{i:05d}/" + "x" * ref_len,
+            "failure" if i % 7 == 0 else "success",
+            dict.fromkeys(SEVERITIES, 10**6),
+            10**6,
+            i,
+            top,
+        )
+        for i in range(n_images)
+    ]
+    v = policy.commit_verdict("block_pull", imgs)
+    assert v is not None and v.state == "failure"
+    text = checks.summary(v)
+    assert len(text) <= checks.SUMMARY_LIMIT == 65_535
+    assert "truncated" in text[-200:]
+    body = checks.check_run(v, "0" * 40, None, external_id="x")
+    assert len(body["output"]["summary"]) <= 65_535
+    assert len(body["output"]["title"]) <= 140
+    assert re.search(r"\[CVE-2024-00000\]\(https://www\.cve\.org/", text)
+
+
+def test_summary_not_truncated_when_it_fits():
+    v = verdict("failure")
+    text = checks.summary(v)
+    assert "truncated" not in text and len(text) < 1000
