@@ -46,12 +46,16 @@ def not_found(message: str) -> ApiError:
 
 
 def validation_failed(details: list[dict[str, Any]], message: str | None = None) -> ApiError:
+    """422 naming each bad JSON path; the first MAX_DETAILS of them, so a huge bad body gets a small answer."""
     if message is None:
         first = details[0]
         where = f" at {first['path']}" if first.get("path") else ""
         more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
         message = f"The request is not valid{where}: {first['message']}{more}."
-    return ApiError(422, "validation_failed", message, details)
+    return ApiError(422, "validation_failed", message, details[:MAX_DETAILS])
+
+
+MAX_DETAILS = 100
 
 
 # Werkzeug's own errors, renamed into stable codes for API clients.

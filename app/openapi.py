@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint
 
 from app.findings.schemas import COMMIT_SHA, REPO_FULL_NAME
-from app.models import SEVERITIES
+from app.models import SEVERITIES, SIGNATURE_STATUSES
 from app.settings.service import MAX_RETENTION_DAYS
 from app.tokens import SCOPES
 
@@ -18,6 +18,7 @@ def _any_case(word: str) -> str:
     return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in word)
 
 
+SIGNATURE_ANY_CASE = {"type": "string", "pattern": "^(" + "|".join(_any_case(s) for s in SIGNATURE_STATUSES) + ")$"}
 SEVERITY_ANY_CASE = {"type": "string", "pattern": "^(" + "|".join(_any_case(s) for s in SEVERITIES) + ")$"}
 
 
@@ -90,7 +91,7 @@ SCHEMAS: dict[str, Any] = {
             "cve_id": {**ADVISORY_ID, "description": "Any advisory id: CVE-, GHSA-, GMS-, RUSTSEC-..."},
             "severity": SEVERITY_ANY_CASE,
             "package_name": {**SHORT, "minLength": 1},
-            "installed_version": SHORT,
+            "installed_version": {**_nullable(SHORT), "description": "null is taken as empty."},
             "fixed_version": {**_nullable(SHORT), "description": "null or empty: not fixable."},
             "title": _nullable(STR),
             "target": _nullable(STR),
@@ -106,7 +107,7 @@ SCHEMAS: dict[str, Any] = {
             "image_ref": {"type": "string", "minLength": 1, "maxLength": 1024, "pattern": r"\S"},
             "commit_sha": {"type": "string", "pattern": COMMIT_SHA},
             "repo_full_name": {"type": "string", "pattern": REPO_FULL_NAME},
-            "signature_status": _nullable({"enum": ["signed", "unsigned", "unknown"]}),
+            "signature_status": _nullable(SIGNATURE_ANY_CASE),
             "signature_issuer": _nullable(LONG),
             "signature_subject": _nullable(LONG),
             "findings": {"type": "array", "items": _ref("SeedFinding")},
@@ -119,7 +120,7 @@ SCHEMAS: dict[str, Any] = {
             "VulnerabilityID": ADVISORY_ID,
             "PkgName": {**SHORT, "minLength": 1},
             "PkgPath": _nullable(STR),
-            "InstalledVersion": SHORT,
+            "InstalledVersion": _nullable(SHORT),
             "FixedVersion": _nullable(SHORT),
             "Severity": _nullable(SEVERITY_ANY_CASE),
             "Title": _nullable(STR),
@@ -307,7 +308,7 @@ TRIVY_QUERY = [
     _query("commit_sha", {"type": "string", "pattern": COMMIT_SHA}, "Raw Trivy uploads: the commit (required)."),
     _query("repo_full_name", {"type": "string", "pattern": REPO_FULL_NAME},
            "Raw Trivy uploads: owner/name (required)."),
-    _query("signature_status", {"enum": ["signed", "unsigned", "unknown"]}, "Raw Trivy uploads."),
+    _query("signature_status", SIGNATURE_ANY_CASE, "Raw Trivy uploads: signed, unsigned or unknown."),
     _query("signature_issuer", LONG, "Raw Trivy uploads."),
     _query("signature_subject", LONG, "Raw Trivy uploads."),
 ]

@@ -149,4 +149,8 @@ def describe(state: str, block_action: str, images: tuple[ImageResult, ...]) -> 
     elif block_action == "warn" and (totals["critical"] or totals["high"]):
         parts.append("warning only")
     text = " · ".join(parts)
-    return text if len(text) <= DESCRIPTION_LIMIT else text[: DESCRIPTION_LIMIT - 1] + "…"
+    if len(text) > DESCRIPTION_LIMIT:  # shorten the counts, never the image count or the verdict
+        room = DESCRIPTION_LIMIT - (len(text) - len(parts[1])) - 1
+        parts[1] = parts[1][: max(room, 0)] + "…"
+        text = " · ".join(parts)[:DESCRIPTION_LIMIT]
+    return text

@@ -211,8 +211,6 @@ BAD_BODIES = [
     pytest.param(m422("findings[2].cve_id", three_findings(cve_id="")), id="cve-id-empty"),
     pytest.param(m422("findings[2].cve_id", three_findings(cve_id="C" * 201)), id="cve-id-too-long"),
     pytest.param(m422("findings[2].package_name", three_findings(package_name="")), id="package-empty"),
-    pytest.param(m422("findings[2].installed_version", three_findings(installed_version=None)),
-                 id="installed-version-null"),
     pytest.param(m422("findings[2].installed_version", three_findings(installed_version=301)),
                  id="installed-version-as-number"),
     pytest.param(m422("findings[2].fixed_version", three_findings(fixed_version=3.07)),
@@ -514,6 +512,10 @@ def test_severity_in_any_letter_case_is_accepted(app: Flask, client: Any, token:
     pytest.param(seed(sha=SHA.upper()), None, id="sha-upper-case"),
     pytest.param(seed(repo="ACME/api"), None, id="repo-owner-other-case"),
     pytest.param(seed([]), None, id="no-findings"),
+    pytest.param(seed([finding(installed=None)]), None, id="installed-version-null-is-empty"),
+    pytest.param(seed(signature_status="SIGNED"), None, id="signature-status-any-case"),
+    pytest.param(trivy_report([{"VulnerabilityID": "CVE-1", "PkgName": "x", "InstalledVersion": None}]),
+                 TRIVY_QUERY, id="trivy-installed-version-null"),
     pytest.param(seed([finding(fixed="")]), None, id="fixed-version-empty"),
     pytest.param(seed(title="\\u0000 as text"), None, id="escaped-backslash-u0000-is-not-nul"),
     pytest.param(seed(signature_status="signed", signature_issuer="https://token.actions.githubusercontent.com"),
@@ -531,6 +533,19 @@ def test_severity_in_any_letter_case_is_accepted(app: Flask, client: Any, token:
 def test_edge_cases_that_are_valid(app: Flask, client: Any, token: str, body: Any, query: Any) -> None:
     r = post(client, token, body, query=query)
     assert r.status_code == 202, r.json
+
+
+def test_utf8_byte_order_mark_is_tolerated(app: Flask, client: Any, token: str) -> None:
+    r = post(client, token, raw=b"\xef\xbb\xbf" + json.dumps(seed()).encode())
+    assert r.status_code == 202, r.json
+
+
+def test_a_huge_bad_body_gets_a_bounded_answer(app: Flask, client: Any, token: str) -> None:
+    before = census(app)
+    r = post(client, token, seed([finding(severity="severe")] * 5000))
+    body = assert_error(r, 422, "validation_failed", "findings[0].severity")
+    assert len(body["details"]) == 100 and "4999 more" in body["message"]
+    assert census(app) == before
 
 
 def test_disabled_policy_accepts_and_drops_a_valid_body(app: Flask, client: Any, token: str) -> None:

@@ -37,7 +37,15 @@ AdvisoryId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 Short = Annotated[str, StringConstraints(max_length=500)]
 ShortNonEmpty = Annotated[str, StringConstraints(min_length=1, max_length=500)]
 Long = Annotated[str, StringConstraints(max_length=1024)]
-SignatureStatus = Literal["signed", "unsigned", "unknown"]
+def _signature_status(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and value.lower() in ("signed", "unsigned", "unknown"):
+        return value.lower()
+    raise PydanticCustomError("signature_status", "must be one of signed, unsigned, unknown (any letter case)")
+
+
+SignatureStatus = Annotated[str | None, BeforeValidator(_signature_status)]
 
 
 class UploadContext(BaseModel):
@@ -48,7 +56,7 @@ class UploadContext(BaseModel):
     image_ref: ImageRef
     commit_sha: CommitSha
     repo_full_name: RepoFullName
-    signature_status: SignatureStatus | None = None
+    signature_status: SignatureStatus = None
     signature_issuer: Long | None = None
     signature_subject: Long | None = None
 
@@ -59,7 +67,7 @@ class SeedFinding(BaseModel):
     cve_id: AdvisoryId
     severity: SeverityText
     package_name: ShortNonEmpty
-    installed_version: Short
+    installed_version: Short | None
     fixed_version: Short | None = None
     title: str | None = None
     target: str | None = None
@@ -78,7 +86,7 @@ class TrivyVulnerability(BaseModel):
     VulnerabilityID: AdvisoryId
     PkgName: ShortNonEmpty
     PkgPath: str | None = None
-    InstalledVersion: Short = ""
+    InstalledVersion: Short | None = None
     FixedVersion: Short | None = None
     Severity: SeverityText | None = None
     Title: str | None = None
@@ -144,7 +152,7 @@ def read_json(content_type: str | None, content_encoding: str | None, read_body:
     if not body.strip():
         raise ApiError(400, "empty_body", "The body is empty; send the findings as JSON.")
     try:
-        doc = orjson.loads(body)
+        doc = orjson.loads(body[3:] if body.startswith(b"\xef\xbb\xbf") else body)  # a BOM is tolerated
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, "malformed_json", f"The body is not valid JSON: {exc}.") from None
     if b"u0000" in body or b"U0000" in body:
@@ -289,14 +297,14 @@ def _from_trivy(results: list[TrivyResult] | None, artifact: str | None, query: 
     )
 
 
-def _finding(cve_id: str, severity: str, package: str, installed: str, fixed: str | None, target: str | None,
+def _finding(cve_id: str, severity: str, package: str, installed: str | None, fixed: str | None, target: str | None,
              title: str | None, primary_url: str | None, references: list[str] | None,
              vendor_ids: list[str] | None) -> dict[str, Any]:
     return {
         "cve_id": cve_id,
         "severity": severity,
         "package": package,
-        "installed_version": installed,
+        "installed_version": installed or "",
         "fixed_version": fixed or None,
         "target": target,
         "title": title,
