@@ -12,13 +12,13 @@ from app import db, tokens
 from app.errors import validation_failed
 from app.findings.schemas import error_detail
 from app.github.outbox import Links
-from app.models import ApiToken, Org
+from app.models import ApiToken
 
 MAX_INT32 = 2**31 - 1
 M = TypeVar("M", bound=BaseModel)
 
 
-def authenticate(slug: str, *scopes: str) -> tuple[Org, ApiToken]:
+def authenticate(slug: str, *scopes: str) -> tokens.Principal:
     return tokens.authenticate(db.session(), request.headers.get("Authorization"), slug, scopes)
 
 

@@ -46,20 +46,18 @@ def lock_head(session: Session, org_id: int) -> ChainHead:
     return head
 
 
-def extend(head: ChainHead, kind: str, payloads: Iterable[dict[str, Any]]) -> list[tuple[int, str, str]]:
-    """Append payloads to the locked chain head; return (seq, payload_hash, chain_hash) for each, in order."""
+def extend(seq: int, head_hash: str, kind: str,
+           payloads: Iterable[dict[str, Any]]) -> tuple[list[tuple[int, str, str]], int, str]:
+    """Append payloads after (seq, head_hash): (seq, payload_hash, chain_hash) per payload, and the new head."""
     sha256, dumps, opt, domain = hashlib.sha256, orjson.dumps, orjson.OPT_SORT_KEYS, DOMAINS[kind]
-    prev = bytes.fromhex(head.head_hash)
-    seq = head.seq
+    prev = bytes.fromhex(head_hash)
     out = []
     for payload in payloads:
         ph = sha256(domain + dumps(payload, option=opt)).digest()
         prev = sha256(prev + ph).digest()
         seq += 1
         out.append((seq, ph.hex(), prev.hex()))
-    head.seq = seq
-    head.head_hash = prev.hex()
-    return out
+    return out, seq, prev.hex()
 
 
 def finding_payload(org_id: int, scan_run_id: int, created_at: str, f: dict[str, Any]) -> dict[str, Any]:

@@ -41,7 +41,9 @@ def make_engine(url: str, **kwargs: Any) -> sa.Engine:
         sa.event.listen(engine, "connect", _sqlite_connect)
         sa.event.listen(engine, "begin", _sqlite_begin)
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
+    # No pre-ping: it costs a round trip per request; a connection broken by a server restart is
+    # invalidated by SQLAlchemy on first use, and pool_recycle bounds how old a connection gets.
+    kwargs.setdefault("pool_recycle", 1800)
     return sa.create_engine(url, **kwargs)
 
 
@@ -93,9 +95,10 @@ def write_transaction(s: Session) -> Iterator[Session]:
     On SQLite it begins IMMEDIATE, which serialises writers; any read transaction still open on the
     session is ended first, so the write never starts from a stale snapshot.
     """
-    if s.in_transaction():
+    if s.in_transaction() and s.get_bind().dialect.name == "sqlite":
         s.commit()
-    s.connection(execution_options={"fremforge_write": True})
+    if not s.in_transaction():
+        s.connection(execution_options={"fremforge_write": True})
     try:
         yield s
     except BaseException:

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from flask import Blueprint, current_app, request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from app import advisories, db, orgs
+from app import advisories, db
 from app.api_common import MAX_INT32, authenticate, links, request_body, validate_query
 from app.errors import ApiError, forbidden, not_found
 from app.findings import queries, schemas, service
@@ -19,19 +19,18 @@ bp = Blueprint("findings_api", __name__, url_prefix="/api/v1/orgs/<slug>/image-s
 
 @bp.post("/findings")
 def upload(slug: str) -> tuple[dict[str, Any], int]:
-    org, _ = authenticate(slug, "findings:write")
+    org, _, settings = authenticate(slug, "findings:write")
     doc = schemas.read_json(request.content_type, request.headers.get("Content-Encoding"),
                             request_body, current_app.config["MAX_UPLOAD_BYTES"])
     upload = schemas.parse_upload(doc, request.args)
     if upload.repo_owner.lower() != org.github_login.lower():
         raise forbidden(f"The repository {upload.repo_full_name} is outside this organisation's GitHub account "
                         f"({org.github_login}).")
-    session = db.session()
-    settings = orgs.settings_of(session, org.id)
     if not settings.enabled:
         return {"accepted": 0, "status": "disabled"}, 202
-    result = service.ingest(session, org, settings, upload, links())
-    return result.body(links().scan(org.slug, result.scan.id)), 202
+    result = service.ingest(db.session(), org, settings, upload, links(),
+                            deliver=current_app.config["GITHUB_APP_CONFIGURED"])
+    return result.body(links().scan(org.slug, result.scan_run_id)), 202
 
 
 class ListQuery(BaseModel):
@@ -48,7 +47,7 @@ class ListQuery(BaseModel):
 
 @bp.get("")
 def list_scans(slug: str) -> dict[str, Any]:
-    org, _ = authenticate(slug, "findings:read")
+    org, _, _ = authenticate(slug, "findings:read")
     q = validate_query(ListQuery)
     try:
         before = queries.decode_cursor(q.cursor) if q.cursor else None
@@ -67,7 +66,7 @@ def list_scans(slug: str) -> dict[str, Any]:
 
 @bp.get("/<int:scan_run_id>")
 def get_scan(slug: str, scan_run_id: int) -> dict[str, Any]:
-    org, _ = authenticate(slug, "findings:read")
+    org, _, _ = authenticate(slug, "findings:read")
     session = db.session()
     scan = session.get(ScanRun, scan_run_id) if scan_run_id <= MAX_INT32 else None
     if scan is None or scan.org_id != org.id:

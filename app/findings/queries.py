@@ -20,9 +20,9 @@ FINDING_COLUMNS = (
 )
 
 
-def top_findings(session: Session, scan_run_id: int, limit: int = 5) -> list[dict[str, Any]]:
+def top_findings(conn: sa.Connection | Session, scan_run_id: int, limit: int = 5) -> list[dict[str, Any]]:
     """The most severe findings of a scan, for summaries."""
-    rows = session.execute(
+    rows = conn.execute(
         sa.select(*(getattr(Finding, c) for c in FINDING_COLUMNS))
         .where(Finding.scan_run_id == scan_run_id, Finding.cve_id.is_not(None))
         .order_by(SEVERITY_ORDER, Finding.package, Finding.cve_id)
@@ -31,15 +31,23 @@ def top_findings(session: Session, scan_run_id: int, limit: int = 5) -> list[dic
     return [dict(r) for r in rows]
 
 
-def latest_judged_per_image(session: Session, org_id: int, repo: str, sha: str) -> Sequence[ScanRun]:
+_LATEST_JUDGED_IDS = (
+    sa.select(sa.func.max(ScanRun.id))
+    .where(ScanRun.org_id == sa.bindparam("org"), ScanRun.repo_full_name == sa.bindparam("repo"),
+           ScanRun.commit_sha == sa.bindparam("sha"), ScanRun.status != "skipped")
+    .group_by(ScanRun.image_ref)
+)
+LATEST_JUDGED = (
+    sa.select(ScanRun.id, ScanRun.image_ref, ScanRun.status, ScanRun.fixable, ScanRun.pr_number,
+              *(getattr(ScanRun, s) for s in SEVERITIES))
+    .where(ScanRun.id.in_(_LATEST_JUDGED_IDS))
+    .order_by(ScanRun.image_ref)
+)
+
+
+def latest_judged_rows(conn: sa.Connection, org_id: int, repo: str, sha: str) -> Sequence[sa.Row[Any]]:
     """The latest scan of each image of a commit that was judged (not skipped under block action none)."""
-    latest = (
-        sa.select(sa.func.max(ScanRun.id))
-        .where(ScanRun.org_id == org_id, ScanRun.repo_full_name == repo, ScanRun.commit_sha == sha,
-               ScanRun.status != "skipped")
-        .group_by(ScanRun.image_ref)
-    )
-    return session.scalars(sa.select(ScanRun).where(ScanRun.id.in_(latest)).order_by(ScanRun.image_ref)).all()
+    return conn.execute(LATEST_JUDGED, {"org": org_id, "repo": repo, "sha": sha}).all()
 
 
 def findings_of(session: Session, scan_run_id: int) -> list[Finding]:

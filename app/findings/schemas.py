@@ -6,37 +6,22 @@ import re
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import orjson
-from pydantic import BaseModel, BeforeValidator, ConfigDict, StringConstraints, TypeAdapter, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, StringConstraints, TypeAdapter, ValidationError, with_config
 from pydantic_core import PydanticCustomError
+from typing_extensions import NotRequired, TypedDict
 
 from app.errors import ApiError, validation_failed
-from app.models import SEVERITIES
 from app.policy import Signature
 
 COMMIT_SHA = r"^[0-9a-fA-F]{40}$"
 REPO_FULL_NAME = r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}$"
-_SEVERITY_SET = frozenset(SEVERITIES)
+# Checked in pydantic's Rust core (no Python call per finding); lower-cased when the finding is copied.
+SEVERITY_PATTERN = r"(?i)^(critical|high|medium|low|unknown)$"
 
 
-def _severity(value: Any) -> str:
-    if isinstance(value, str):
-        lowered = value.lower()
-        if lowered in _SEVERITY_SET:
-            return lowered
-    raise PydanticCustomError("severity", "must be one of critical, high, medium, low, unknown (any letter case)")
-
-
-SeverityText = Annotated[str, BeforeValidator(_severity)]
-ImageRef = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"\S")]
-CommitSha = Annotated[str, StringConstraints(pattern=COMMIT_SHA, to_lower=True)]
-RepoFullName = Annotated[str, StringConstraints(pattern=REPO_FULL_NAME)]
-AdvisoryId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-Short = Annotated[str, StringConstraints(max_length=500)]
-ShortNonEmpty = Annotated[str, StringConstraints(min_length=1, max_length=500)]
-Long = Annotated[str, StringConstraints(max_length=1024)]
 def _signature_status(value: Any) -> str | None:
     if value is None:
         return None
@@ -45,13 +30,22 @@ def _signature_status(value: Any) -> str | None:
     raise PydanticCustomError("signature_status", "must be one of signed, unsigned, unknown (any letter case)")
 
 
+SeverityText = Annotated[str, StringConstraints(pattern=SEVERITY_PATTERN)]
+ImageRef = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"\S")]
+CommitSha = Annotated[str, StringConstraints(pattern=COMMIT_SHA, to_lower=True)]
+RepoFullName = Annotated[str, StringConstraints(pattern=REPO_FULL_NAME)]
+AdvisoryId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+Short = Annotated[str, StringConstraints(max_length=500)]
+ShortNonEmpty = Annotated[str, StringConstraints(min_length=1, max_length=500)]
+Long = Annotated[str, StringConstraints(max_length=1024)]
 SignatureStatus = Annotated[str | None, BeforeValidator(_signature_status)]
+STRICT = ConfigDict(strict=True, extra="ignore")
 
 
 class UploadContext(BaseModel):
     """What the finding set is about: fields of the seed body, or query parameters of a Trivy upload."""
 
-    model_config = ConfigDict(strict=True, extra="ignore")
+    model_config = STRICT
 
     image_ref: ImageRef
     commit_sha: CommitSha
@@ -61,55 +55,53 @@ class UploadContext(BaseModel):
     signature_subject: Long | None = None
 
 
-class SeedFinding(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
-
+# Findings are validated as TypedDicts: plain dicts out, several times faster than model objects.
+@with_config(STRICT)
+class SeedFinding(TypedDict):
     cve_id: AdvisoryId
     severity: SeverityText
     package_name: ShortNonEmpty
     installed_version: Short | None
-    fixed_version: Short | None = None
-    title: str | None = None
-    target: str | None = None
-    primary_url: str | None = None
-    references: list[str] | None = None
-    vendor_ids: list[AdvisoryId] | None = None
+    fixed_version: NotRequired[Short | None]
+    title: NotRequired[str | None]
+    target: NotRequired[str | None]
+    primary_url: NotRequired[str | None]
+    references: NotRequired[list[str] | None]
+    vendor_ids: NotRequired[list[AdvisoryId] | None]
 
 
 class SeedUpload(UploadContext):
     findings: list[SeedFinding]
 
 
-class TrivyVulnerability(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
-
+@with_config(STRICT)
+class TrivyVulnerability(TypedDict):
     VulnerabilityID: AdvisoryId
     PkgName: ShortNonEmpty
-    PkgPath: str | None = None
-    InstalledVersion: Short | None = None
-    FixedVersion: Short | None = None
-    Severity: SeverityText | None = None
-    Title: str | None = None
-    PrimaryURL: str | None = None
-    References: list[str] | None = None
-    VendorIDs: list[AdvisoryId] | None = None
+    PkgPath: NotRequired[str | None]
+    InstalledVersion: NotRequired[Short | None]
+    FixedVersion: NotRequired[Short | None]
+    Severity: NotRequired[SeverityText | None]
+    Title: NotRequired[str | None]
+    PrimaryURL: NotRequired[str | None]
+    References: NotRequired[list[str] | None]
+    VendorIDs: NotRequired[list[AdvisoryId] | None]
 
 
-class TrivyResult(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
-
-    Target: str = ""
-    Vulnerabilities: list[TrivyVulnerability] | None = None
-
-
-class TrivyReport(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
-
-    SchemaVersion: int | None = None
-    ArtifactName: str | None = None
-    Results: list[TrivyResult] | None = None
+@with_config(STRICT)
+class TrivyResult(TypedDict):
+    Target: NotRequired[str]
+    Vulnerabilities: NotRequired[list[TrivyVulnerability] | None]
 
 
+@with_config(STRICT)
+class TrivyReport(TypedDict):
+    SchemaVersion: NotRequired[int | None]
+    ArtifactName: NotRequired[str | None]
+    Results: NotRequired[list[TrivyResult] | None]
+
+
+TrivyReportAdapter = TypeAdapter(TrivyReport)
 LegacyTrivyReport = TypeAdapter(list[TrivyResult])
 _TRIVY_KEYS = ("SchemaVersion", "Results", "ArtifactName", "ArtifactType")
 QUERY_FIELDS = tuple(UploadContext.model_fields)
@@ -222,8 +214,8 @@ def parse_upload(doc: Any, query: Mapping[str, str]) -> Upload:
             "The body must be a JSON object: the seed shape (with findings) or a Trivy JSON report.",
         )
     if "findings" not in doc and any(k in doc for k in _TRIVY_KEYS):
-        report = _validate(TrivyReport.model_validate, doc)
-        return _from_trivy(report.Results, report.ArtifactName, query, "trivy")
+        report = _validate(TrivyReportAdapter.validate_python, doc)
+        return _from_trivy(report.get("Results"), report.get("ArtifactName"), query, "trivy")
     return _from_seed(_validate(SeedUpload.model_validate, doc))
 
 
@@ -242,7 +234,7 @@ def error_detail(err: Mapping[str, Any], prefix: str = "", where: str | None = N
     if err["type"] == "missing":
         message = "is required"
     elif err["type"] == "string_pattern_mismatch":
-        message = _PATTERN_MESSAGES.get(err["loc"][-1], message)
+        message = _PATTERN_MESSAGES.get(err["loc"][-1] if err["loc"] else "", message)
     detail = {"path": path or "$", "code": err["type"], "message": message}
     if where:
         detail["in"] = where
@@ -253,20 +245,29 @@ _PATTERN_MESSAGES = {
     "commit_sha": "must be a full commit SHA: 40 hexadecimal characters",
     "repo_full_name": "must be owner/name, as in acme/api",
     "image_ref": "must not be blank",
+    "severity": "must be one of critical, high, medium, low, unknown (any letter case)",
+    "Severity": "must be one of critical, high, medium, low, unknown (any letter case)",
 }
 
 
 def _from_seed(seed: SeedUpload) -> Upload:
-    findings = [
-        _finding(f.cve_id, f.severity, f.package_name, f.installed_version, f.fixed_version, f.target, f.title,
-                 f.primary_url, f.references, f.vendor_ids)
-        for f in seed.findings
-    ]
-    unique, duplicates = _dedupe(findings)
+    unique: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for f in seed.findings:
+        get = f.get
+        installed = f["installed_version"] or ""
+        target = get("target")
+        key = (f["cve_id"], f["package_name"], installed, target)
+        if key not in unique:
+            unique[key] = {
+                "cve_id": f["cve_id"], "severity": f["severity"].lower(), "package": f["package_name"],
+                "installed_version": installed, "fixed_version": get("fixed_version") or None, "target": target,
+                "title": get("title"), "primary_url": get("primary_url"), "references": get("references") or [],
+                "vendor_ids": get("vendor_ids") or [], "synthetic": False,
+            }
     return Upload(
         image_ref=seed.image_ref, commit_sha=seed.commit_sha, repo_full_name=seed.repo_full_name,
         signature=Signature(seed.signature_status or "unknown", seed.signature_issuer, seed.signature_subject),
-        findings=unique, duplicates=duplicates, source="seed",
+        findings=list(unique.values()), duplicates=len(seed.findings) - len(unique), source="seed",
     )
 
 
@@ -283,44 +284,29 @@ def _from_trivy(results: list[TrivyResult] | None, artifact: str | None, query: 
             if d["path"] == "image_ref":
                 d["message"] = "is required: pass ?image_ref=... (the report's ArtifactName is empty)"
         raise validation_failed(details) from None
-    findings = [
-        _finding(v.VulnerabilityID, v.Severity or "unknown", v.PkgName, v.InstalledVersion, v.FixedVersion,
-                 v.PkgPath or r.Target or None, v.Title, v.PrimaryURL, v.References, v.VendorIDs)
-        for r in results or ()
-        for v in r.Vulnerabilities or ()
-    ]
-    unique, duplicates = _dedupe(findings)
+    unique: dict[tuple[Any, ...], dict[str, Any]] = {}
+    total = 0
+    for r in results or ():
+        result_target = r.get("Target") or None
+        for v in r.get("Vulnerabilities") or ():
+            total += 1
+            get = v.get
+            installed = get("InstalledVersion") or ""
+            target = get("PkgPath") or result_target
+            key = (v["VulnerabilityID"], v["PkgName"], installed, target)
+            if key not in unique:
+                unique[key] = {
+                    "cve_id": v["VulnerabilityID"], "severity": (get("Severity") or "unknown").lower(),
+                    "package": v["PkgName"], "installed_version": installed,
+                    "fixed_version": get("FixedVersion") or None, "target": target, "title": get("Title"),
+                    "primary_url": get("PrimaryURL"), "references": get("References") or [],
+                    "vendor_ids": get("VendorIDs") or [], "synthetic": False,
+                }
     return Upload(
         image_ref=ctx.image_ref, commit_sha=ctx.commit_sha, repo_full_name=ctx.repo_full_name,
         signature=Signature(ctx.signature_status or "unknown", ctx.signature_issuer, ctx.signature_subject),
-        findings=unique, duplicates=duplicates, source=source,
+        findings=list(unique.values()), duplicates=total - len(unique), source=source,
     )
-
-
-def _finding(cve_id: str, severity: str, package: str, installed: str | None, fixed: str | None, target: str | None,
-             title: str | None, primary_url: str | None, references: list[str] | None,
-             vendor_ids: list[str] | None) -> dict[str, Any]:
-    return {
-        "cve_id": cve_id,
-        "severity": severity,
-        "package": package,
-        "installed_version": installed or "",
-        "fixed_version": fixed or None,
-        "target": target,
-        "title": title,
-        "primary_url": primary_url,
-        "references": references or [],
-        "vendor_ids": vendor_ids or [],
-        "synthetic": False,
-    }
-
-
-def _dedupe(findings: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
-    """Exact duplicates (same id, package, installed version, target) are stored once."""
-    unique: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for f in findings:
-        unique.setdefault((f["cve_id"], f["package"], f["installed_version"], f["target"]), f)
-    return list(unique.values()), len(findings) - len(unique)
 
 
 def is_valid_repo(name: str) -> bool:

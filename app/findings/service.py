@@ -5,79 +5,105 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from app import chain, policy
 from app.db import write_transaction
+from app.findings import queries, store
 from app.findings.schemas import Upload
 from app.github import outbox
-from app.models import Finding, Org, OrgSettings, ScanRun, utcnow
+from app.models import GENESIS_HASH, ChainHead, Org, OrgSettings, ScanRun, utcnow
+
+_heads = ChainHead.__table__
+_scans = ScanRun.__table__
+# Statements built once; the per-request path stays below the ORM.
+LOCK_HEAD = sa.select(_heads.c.seq, _heads.c.head_hash).where(_heads.c.org_id == sa.bindparam("org")).with_for_update()
+MOVE_HEAD = (
+    sa.update(_heads).where(_heads.c.org_id == sa.bindparam("org"))
+    .values(seq=sa.bindparam("new_seq"), head_hash=sa.bindparam("new_hash"))
+)
+INSERT_SCAN = sa.insert(_scans).returning(_scans.c.id)
 
 
-
-@dataclass
+@dataclass(frozen=True)
 class IngestResult:
-    scan: ScanRun
+    scan_run_id: int
+    accepted: int
+    duplicates: int
+    status: str
+    severity_counts: dict[str, int]
+    fixable: int
     commit_status: dict[str, Any] | None
 
     def body(self, url: str) -> dict[str, Any]:
         return {
-            "scan_run_id": self.scan.id,
-            "accepted": self.scan.accepted,
-            "duplicates": self.scan.duplicates,
-            "status": self.scan.status,
-            "severity_counts": self.scan.severity_counts,
-            "fixable": self.scan.fixable,
+            "scan_run_id": self.scan_run_id,
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "status": self.status,
+            "severity_counts": self.severity_counts,
+            "fixable": self.fixable,
             "commit_status": self.commit_status,
             "url": url,
         }
 
 
-def ingest(session: Session, org: Org, settings: OrgSettings, upload: Upload, links: outbox.Links) -> IngestResult:
-    """Store the scan with its findings appended to the org's chain, and the wish to post its commit's state."""
+def ingest(session: Session, org: Org, settings: OrgSettings, upload: Upload, links: outbox.Links,
+           deliver: bool) -> IngestResult:
+    """Store the scan with its findings appended to the org's chain, and the wish to post its commit's state.
+
+    Everything that needs no lock (policy, counts) is done first; the org's chain head is then locked
+    for the few statements that must see a consistent commit and chain.
+    """
     pol = policy.Policy.from_settings(settings)
-    synthetic = policy.signature_findings(pol, upload.signature, upload.image_ref)
-    findings = upload.findings + synthetic
+    findings = upload.findings + policy.signature_findings(pol, upload.signature, upload.image_ref)
     counts, fixable = policy.count(findings)
     status = policy.scan_status(pol, counts)
+    now = utcnow()
 
     with write_transaction(session):
-        head = chain.lock_head(session, org.id)
-        now = utcnow()
-        scan = ScanRun(
-            org_id=org.id, image_ref=upload.image_ref, commit_sha=upload.commit_sha,
-            repo_full_name=upload.repo_full_name, signature_status=upload.signature.status,
-            signature_issuer=upload.signature.issuer, signature_subject=upload.signature.subject,
-            pr_number=_known_pr(session, org.id, upload), status=status, block_action=pol.block_action,
-            fixable=fixable, accepted=len(upload.findings), duplicates=upload.duplicates, created_at=now, **counts,
-        )
-        session.add(scan)
-        session.flush()
-        _append_findings(session, head, org.id, scan.id, now, findings)
-        commit_status = outbox.enqueue(session, org, scan, pol.block_action, findings, links)
-    return IngestResult(scan, commit_status)
+        conn = session.connection()
+        head = _lock_head(conn, org.id)
+        judged = queries.latest_judged_rows(conn, org.id, upload.repo_full_name, upload.commit_sha)
+        scan_id = conn.execute(INSERT_SCAN, {
+            "org_id": org.id, "image_ref": upload.image_ref, "commit_sha": upload.commit_sha,
+            "repo_full_name": upload.repo_full_name, "signature_status": upload.signature.status,
+            "signature_issuer": upload.signature.issuer, "signature_subject": upload.signature.subject,
+            "pr_number": next((r.pr_number for r in judged if r.pr_number), None), "status": status,
+            "block_action": pol.block_action, "fixable": fixable, "accepted": len(upload.findings),
+            "duplicates": upload.duplicates, "created_at": now, **counts,
+        }).scalar_one()
+        new_seq, new_hash = _append_findings(conn, org.id, scan_id, now, head, findings)
+        if new_seq != head[0]:
+            conn.execute(MOVE_HEAD, {"org": org.id, "new_seq": new_seq, "new_hash": new_hash})
+        this = policy.ImageResult(upload.image_ref, status, counts, fixable, scan_id, outbox.top_of(findings))
+        commit_status = outbox.enqueue(conn, org, upload.repo_full_name, upload.commit_sha, this, judged,
+                                       pol.block_action, links, deliver)
+    return IngestResult(scan_id, len(upload.findings), upload.duplicates, status, counts, fixable, commit_status)
 
 
-def _append_findings(session: Session, head: Any, org_id: int, scan_id: int, now: Any,
-                     findings: list[dict[str, Any]]) -> None:
-    if not findings:
-        return
+def _lock_head(conn: sa.Connection, org_id: int) -> tuple[int, str]:
+    head = conn.execute(LOCK_HEAD, {"org": org_id}).one_or_none()
+    if head is None:  # an org made by hand, without its chain head
+        conn.execute(sa.insert(_heads).values(org_id=org_id, seq=0, head_hash=GENESIS_HASH))
+        return 0, GENESIS_HASH
+    return head[0], head[1]
+
+
+def _append_findings(conn: sa.Connection, org_id: int, scan_id: int, now: Any, head: tuple[int, str],
+                     findings: list[dict[str, Any]]) -> tuple[int, str]:
     stamp = chain.timestamp(now)
-    entries = chain.extend(head, "finding", (chain.finding_payload(org_id, scan_id, stamp, f) for f in findings))
-    rows = [
-        {"org_id": org_id, "scan_run_id": scan_id, "seq": seq, "payload_hash": ph, "chain_hash": ch,
-         "created_at": now, **f}
-        for (seq, ph, ch), f in zip(entries, findings, strict=True)
-    ]
-    session.execute(sa.insert(Finding.__table__), rows)
-
-
-def _known_pr(session: Session, org_id: int, upload: Upload) -> int | None:
-    """A PR already linked to this commit (by an earlier scan or a pull_request webhook), if any."""
-    return session.scalar(
-        sa.select(ScanRun.pr_number)
-        .where(ScanRun.org_id == org_id, ScanRun.repo_full_name == upload.repo_full_name,
-               ScanRun.commit_sha == upload.commit_sha, ScanRun.pr_number.is_not(None))
-        .limit(1)
+    entries, new_seq, new_hash = chain.extend(
+        head[0], head[1], "finding", (chain.finding_payload(org_id, scan_id, stamp, f) for f in findings)
     )
+    created = store.sqlite_datetime(now) if conn.dialect.name == "sqlite" else now
+    dumps = orjson.dumps
+    store.insert(conn, [
+        (org_id, scan_id, seq, ph, ch, created, f["cve_id"], f["severity"], f["package"], f["installed_version"],
+         f["fixed_version"], f["target"], f["title"], f["primary_url"], dumps(f["references"]).decode(),
+         dumps(f["vendor_ids"]).decode(), f["synthetic"])
+        for (seq, ph, ch), f in zip(entries, findings, strict=True)
+    ])
+    return new_seq, new_hash

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import sqlalchemy as sa
-from flask import current_app
-from sqlalchemy.orm import Session
 
 from app import policy
 from app.findings import queries
 from app.github import checks
-from app.models import SEVERITIES, Org, OutboxItem, ScanRun, utcnow
+from app.models import SEVERITIES, Org, OutboxItem, utcnow
 
 NO_APP = "no GitHub App configured"
 
@@ -35,39 +34,51 @@ class Links:
         return f"{self.section(slug)}/commits/{sha}?repo={quote(repo, safe='')}"
 
 
-def enqueue(session: Session, org: Org, scan: ScanRun, block_action: str, findings: list[dict[str, Any]],
-            links: Links) -> dict[str, Any] | None:
-    """Aggregate the commit's images, store the wish to post it, supersede older wishes; return the status asked."""
-    images = []
-    for s in queries.latest_judged_per_image(session, org.id, scan.repo_full_name, scan.commit_sha):
-        top = _top_in_memory(findings) if s.id == scan.id else queries.top_findings(session, s.id)
-        images.append(policy.ImageResult(s.image_ref, s.status, s.severity_counts, s.fixable, s.id, top))
-    verdict = policy.commit_verdict(block_action, images)
-    if verdict is None:  # block action none: post nothing, leave earlier posts as they are
+def enqueue(conn: sa.Connection, org: Org, repo: str, sha: str, this: policy.ImageResult,
+            judged: Sequence[sa.Row[Any]], block_action: str, links: Links, deliver: bool) -> dict[str, Any] | None:
+    """Aggregate the commit's images, store the wish to post it, supersede older wishes; return the status asked.
+
+    `judged` holds the latest judged scan of each image as stored before this one; this scan replaces its
+    image's entry. With `deliver` false (no GitHub App configured) the row says why it will not be posted.
+    """
+    if block_action == "none":  # post nothing, leave earlier posts as they are
         return None
-    target = links.commit(org.slug, scan.repo_full_name, scan.commit_sha)
+    images = [this] + [
+        policy.ImageResult(r.image_ref, r.status, {s: getattr(r, s) for s in SEVERITIES}, r.fixable, r.id,
+                           queries.top_findings(conn, r.id))
+        for r in judged if r.image_ref != this.image_ref
+    ]
+    verdict = policy.commit_verdict(block_action, images)
+    assert verdict is not None
+    target = links.commit(org.slug, repo, sha)
     status_body = checks.commit_status(verdict, target)
-    check_body = checks.check_run(verdict, scan.commit_sha, target,
-                                  external_id=f"{org.slug}:{scan.repo_full_name}@{scan.commit_sha}")
-    session.execute(
-        sa.update(OutboxItem)
-        .where(OutboxItem.org_id == org.id, OutboxItem.repo_full_name == scan.repo_full_name,
-               OutboxItem.commit_sha == scan.commit_sha, OutboxItem.state == "pending")
-        .values(state="superseded")
-    )
-    configured = current_app.config["GITHUB_APP_CONFIGURED"]
-    session.add(OutboxItem(
-        org_id=org.id, scan_run_id=scan.id, repo_full_name=scan.repo_full_name, commit_sha=scan.commit_sha,
-        state="pending" if configured else "not_delivered", commit_status=status_body, check_run=check_body,
-        next_attempt_at=utcnow() if configured else None, last_error=None if configured else NO_APP,
-    ))
+    check_body = checks.check_run(verdict, sha, target, external_id=f"{org.slug}:{repo}@{sha}")
+    if deliver:
+        conn.execute(SUPERSEDE, {"org": org.id, "repo": repo, "sha": sha})
+    conn.execute(INSERT, {
+        "org_id": org.id, "scan_run_id": this.scan_run_id, "repo_full_name": repo, "commit_sha": sha,
+        "state": "pending" if deliver else "not_delivered", "commit_status": status_body, "check_run": check_body,
+        "attempts": 0, "next_attempt_at": utcnow() if deliver else None, "last_error": None if deliver else NO_APP,
+        "created_at": utcnow(),
+    })
     return {"context": status_body["context"], "state": status_body["state"],
             "description": status_body["description"]}
 
 
-def _top_in_memory(findings: list[dict[str, Any]], limit: int = 5) -> list[dict[str, Any]]:
+def top_of(findings: list[dict[str, Any]], limit: int = 5) -> list[dict[str, Any]]:
+    """The most severe findings of an upload, for its summary."""
     rank = {s: i for i, s in enumerate(SEVERITIES)}
     return heapq.nsmallest(limit, findings, key=lambda f: (rank[f["severity"]], f["package"], f["cve_id"]))
+
+
+_outbox = OutboxItem.__table__
+INSERT = sa.insert(_outbox)
+SUPERSEDE = (
+    sa.update(_outbox)
+    .where(_outbox.c.org_id == sa.bindparam("org"), _outbox.c.repo_full_name == sa.bindparam("repo"),
+           _outbox.c.commit_sha == sa.bindparam("sha"), _outbox.c.state == "pending")
+    .values(state="superseded")
+)
 
 
 def delivery_state(item: OutboxItem | None) -> dict[str, Any] | None:

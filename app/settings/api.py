@@ -18,13 +18,12 @@ bp = Blueprint("settings_api", __name__, url_prefix="/api/v1/orgs/<slug>/image-s
 
 @bp.get("")
 def show(slug: str) -> dict[str, Any]:
-    org, _ = authenticate(slug, "findings:read", "settings:write")
-    return service.as_dict(orgs.settings_of(db.session(), org.id))
+    return service.as_dict(authenticate(slug, "findings:read", "settings:write").settings)
 
 
 @bp.put("")
 def change(slug: str) -> dict[str, Any]:
-    org, token = authenticate(slug, "settings:write")
+    org, token, _ = authenticate(slug, "settings:write")
     doc = read_json(request.content_type, request.headers.get("Content-Encoding"),
                     request_body, current_app.config["MAX_UPLOAD_BYTES"])
     try:
