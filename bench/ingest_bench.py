@@ -67,8 +67,8 @@ class Row:
     unit: str
     floor: float
     app: float
-    bar: float
-    goal: float
+    bar: float | None  # None: reported for information, no bar
+    goal: float | None
     higher_is_better: bool
 
     @property
@@ -77,10 +77,14 @@ class Row:
 
     @property
     def passed(self) -> bool:
+        if self.bar is None:
+            return True
         return self.ratio >= self.bar if self.higher_is_better else self.ratio <= self.bar
 
     @property
     def goal_met(self) -> bool:
+        if self.goal is None:
+            return False
         return self.ratio >= self.goal if self.higher_is_better else self.ratio <= self.goal
 
 
@@ -470,7 +474,10 @@ def build_rows(big: dict[str, list[float]], conc: dict[str, dict[str, float]]) -
             "10k raw Trivy upload, app vs floor 10k seed (median)",
             floor=floor_seed,
             app=statistics.median(big["app_trivy"]),
-            **big_bars,
+            unit="s",
+            bar=None,  # the issue asks for this time, not a bar: a raw report is ~8x the seed's bytes
+            goal=None,
+            higher_is_better=False,
         ),
         Row(
             f"{SMALL}-finding uploads x{CONCURRENCY} connections",
@@ -489,10 +496,14 @@ def print_table(backend: str, rows: list[Row], errors: Errors) -> None:
     print("\n" + head + "\n" + "-" * len(head))
     for r in rows:
         cmp = ">=" if r.higher_is_better else "<="
-        result = ("PASS" if r.passed else "MISS") + (" (goal met)" if r.goal_met else "")
+        if r.bar is None:
+            result, bar, goal = "info", "-", "-"
+        else:
+            result = ("PASS" if r.passed else "MISS") + (" (goal met)" if r.goal_met else "")
+            bar, goal = cmp + format(r.bar, "g"), cmp + format(r.goal, "g")
         print(
             f"{backend:<11}{r.measurement + ' [' + r.unit + ']':<56}{r.floor:>10.3f}{r.app:>10.3f}"
-            f"{r.ratio:>7.2f}x{cmp + format(r.bar, 'g'):>8}{cmp + format(r.goal, 'g'):>8}  {result}"
+            f"{r.ratio:>7.2f}x{bar:>8}{goal:>8}  {result}"
         )
     err_ok = sum(errors.count.values()) == 0
     print(
