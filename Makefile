@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
+PYTEST_ARGS ?= -n auto
 export FLASK_APP := wsgi
 
 .PHONY: run test setup lint bench clean

@@ -15,11 +15,18 @@ def record(session: Session, org_id: int, action: str, actor: str, details: dict
     head = chain.lock_head(session, org_id)
     at = utcnow()
     payload = chain.audit_payload(org_id, chain.timestamp(at), action, actor, details)
-    [(seq, payload_hash, chain_hash)], head.seq, head.head_hash = chain.extend(head.seq, head.head_hash, "audit",
-                                                                              [payload])
+    [(seq, payload_hash, chain_hash)], head.seq, head.head_hash = chain.extend(
+        head.seq, head.head_hash, "audit", [payload]
+    )
     event = AuditEvent(
-        org_id=org_id, seq=seq, payload_hash=payload_hash, chain_hash=chain_hash, created_at=at,
-        action=action, actor=actor, details=details,
+        org_id=org_id,
+        seq=seq,
+        payload_hash=payload_hash,
+        chain_hash=chain_hash,
+        created_at=at,
+        action=action,
+        actor=actor,
+        details=details,
     )
     session.add(event)
     return event

@@ -36,9 +36,7 @@ def timestamp(at: datetime) -> str:
 
 def lock_head(session: Session, org_id: int) -> ChainHead:
     """The org's chain head, locked until the transaction ends (FOR UPDATE; SQLite's write lock is global)."""
-    head = session.scalars(
-        sa.select(ChainHead).where(ChainHead.org_id == org_id).with_for_update()
-    ).one_or_none()
+    head = session.scalars(sa.select(ChainHead).where(ChainHead.org_id == org_id).with_for_update()).one_or_none()
     if head is None:  # orgs made before chain heads existed, or by hand
         head = ChainHead(org_id=org_id, seq=0, head_hash="0" * 64)
         session.add(head)
@@ -46,8 +44,9 @@ def lock_head(session: Session, org_id: int) -> ChainHead:
     return head
 
 
-def extend(seq: int, head_hash: str, kind: str,
-           payloads: Iterable[dict[str, Any]]) -> tuple[list[tuple[int, str, str]], int, str]:
+def extend(
+    seq: int, head_hash: str, kind: str, payloads: Iterable[dict[str, Any]]
+) -> tuple[list[tuple[int, str, str]], int, str]:
     """Append payloads after (seq, head_hash): (seq, payload_hash, chain_hash) per payload, and the new head."""
     sha256, dumps, opt, domain = hashlib.sha256, orjson.dumps, orjson.OPT_SORT_KEYS, DOMAINS[kind]
     prev = bytes.fromhex(head_hash)

@@ -55,8 +55,7 @@ def db_check() -> None:
 
 
 def _org_json(org: Org) -> dict[str, Any]:
-    return {"id": org.id, "slug": org.slug, "github_login": org.github_login,
-            "installation_id": org.installation_id}
+    return {"id": org.id, "slug": org.slug, "github_login": org.github_login, "installation_id": org.installation_id}
 
 
 @orgs_cli.command("create")
@@ -86,15 +85,29 @@ def orgs_list() -> None:
 
 
 def _token_json(t: Any) -> dict[str, Any]:
-    return {"id": t.id, "name": t.name, "prefix": t.prefix, "scopes": t.scope_list, "state": tokens.state(t),
-            "created_at": t.created_at, "expires_at": t.expires_at, "last_used_at": t.last_used_at,
-            "revoked_at": t.revoked_at}
+    return {
+        "id": t.id,
+        "name": t.name,
+        "prefix": t.prefix,
+        "scopes": t.scope_list,
+        "state": tokens.state(t),
+        "created_at": t.created_at,
+        "expires_at": t.expires_at,
+        "last_used_at": t.last_used_at,
+        "revoked_at": t.revoked_at,
+    }
 
 
 @tokens_cli.command("create")
 @click.option("--org", "slug", required=True, help="The organisation the token acts for.")
-@click.option("--scope", "scopes", multiple=True, required=True, type=click.Choice(tokens.SCOPES),
-              help="Repeat for several scopes.")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    required=True,
+    type=click.Choice(tokens.SCOPES),
+    help="Repeat for several scopes.",
+)
 @click.option("--name", help="A label to tell tokens apart, e.g. the workflow that uses it.")
 @click.option("--expires-days", type=click.IntRange(1, 3650), help="Expire after this many days (default: never).")
 def tokens_create(slug: str, scopes: tuple[str, ...], name: str | None, expires_days: int | None) -> None:
@@ -103,8 +116,10 @@ def tokens_create(slug: str, scopes: tuple[str, ...], name: str | None, expires_
     with write_transaction(session):
         new = tokens.create(session, _org(slug), list(scopes), name, expires_days, actor="cli")
     r = new.record
-    click.echo(f"token {r.id} ({r.name}) for {slug} with scopes {' '.join(r.scope_list)}"
-               + (f", expires {r.expires_at:%Y-%m-%d}" if r.expires_at else ", no expiry"))
+    click.echo(
+        f"token {r.id} ({r.name}) for {slug} with scopes {' '.join(r.scope_list)}"
+        + (f", expires {r.expires_at:%Y-%m-%d}" if r.expires_at else ", no expiry")
+    )
     click.echo("store it now; it is not shown again:")
     click.echo(new.secret)
 
@@ -144,15 +159,30 @@ def policy_show(slug: str) -> None:
 @click.option("--enabled/--disabled", default=None, help="Turn image scanning on or off for the org.")
 @click.option("--block-action", type=click.Choice(["none", "warn", "block_pull"]))
 @click.option("--require-signed/--no-require-signed", default=None)
-@click.option("--allowed-issuer", "issuers", multiple=True, metavar="'URL [SUBJECT_REGEX]'",
-              help="Repeat for several; replaces the list. Pass '' once to empty it.")
+@click.option(
+    "--allowed-issuer",
+    "issuers",
+    multiple=True,
+    metavar="'URL [SUBJECT_REGEX]'",
+    help="Repeat for several; replaces the list. Pass '' once to empty it.",
+)
 @click.option("--retention-days", type=int)
-def policy_set(slug: str, enabled: bool | None, block_action: str | None, require_signed: bool | None,
-               issuers: tuple[str, ...], retention_days: int | None) -> None:
+def policy_set(
+    slug: str,
+    enabled: bool | None,
+    block_action: str | None,
+    require_signed: bool | None,
+    issuers: tuple[str, ...],
+    retention_days: int | None,
+) -> None:
     """Change the policy; options left out keep their value. Prints the policy (JSON)."""
     doc: dict[str, Any] = {}
-    for key, value in (("enabled", enabled), ("block_action", block_action), ("require_signed", require_signed),
-                       ("retention_days", retention_days)):
+    for key, value in (
+        ("enabled", enabled),
+        ("block_action", block_action),
+        ("require_signed", require_signed),
+        ("retention_days", retention_days),
+    ):
         if value is not None:
             doc[key] = value
     if issuers:

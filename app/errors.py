@@ -95,8 +95,7 @@ def init_app(app: Flask) -> None:
             message = f"The body is over the upload limit of {limit:g} MiB."
         else:
             message = err.description or err.name
-        body = {"error": _HTTP_CODES.get(status, err.name.lower().replace(" ", "_")), "message": message,
-                "details": []}
+        body = {"error": _HTTP_CODES.get(status, err.name.lower().replace(" ", "_")), "message": message, "details": []}
         headers = dict(err.get_headers())
         headers.pop("Content-Type", None)
         return jsonify(body), status, headers

@@ -44,8 +44,10 @@ ADVISORY_ID = {"type": "string", "minLength": 1, "maxLength": 200}
 LONG = {"type": "string", "maxLength": 1024}
 COUNT = {"type": "integer", "minimum": 0}
 
-UNAUTHORIZED = {**_error("Missing, unknown, expired or revoked token."),
-                "headers": {"WWW-Authenticate": {"schema": STR, "description": "Bearer"}}}
+UNAUTHORIZED = {
+    **_error("Missing, unknown, expired or revoked token."),
+    "headers": {"WWW-Authenticate": {"schema": STR, "description": "Bearer"}},
+}
 AUTH_ERRORS = {
     "401": UNAUTHORIZED,
     "403": _error("The token belongs to another organisation or lacks the scope."),
@@ -60,7 +62,9 @@ BODY_ERRORS = {
 URL_ERRORS = {"400": _error("The URL contains a NUL character (%00).")}
 SLUG = {"name": "slug", "in": "path", "required": True, "schema": STR, "description": "The organisation's slug."}
 CONTENT_ENCODING = {
-    "name": "Content-Encoding", "in": "header", "required": False,
+    "name": "Content-Encoding",
+    "in": "header",
+    "required": False,
     "schema": {"type": "string", "enum": ["gzip", "identity"]},
 }
 
@@ -71,11 +75,14 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "error": {"type": "string", "description": "A stable code, e.g. validation_failed."},
             "message": {"type": "string", "description": "A human sentence."},
-            "details": {"type": "array", "items": {
-                "type": "object",
-                "required": ["path", "code", "message"],
-                "properties": {"path": STR, "code": STR, "message": STR, "in": {"enum": ["query", "body"]}},
-            }},
+            "details": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["path", "code", "message"],
+                    "properties": {"path": STR, "code": STR, "message": STR, "in": {"enum": ["query", "body"]}},
+                },
+            },
         },
     },
     "SeverityCounts": {
@@ -139,7 +146,7 @@ SCHEMAS: dict[str, Any] = {
     "TrivyReport": {
         "type": "object",
         "description": "A raw `trivy --format json` report (SchemaVersion 2); image, commit and repo come as "
-                       "query parameters.",
+        "query parameters.",
         "anyOf": [{"required": [k]} for k in ("SchemaVersion", "Results", "ArtifactName", "ArtifactType")],
         "not": {"required": ["findings"]},
         "properties": {
@@ -165,8 +172,16 @@ SCHEMAS: dict[str, Any] = {
     },
     "IngestAccepted": {
         "type": "object",
-        "required": ["scan_run_id", "accepted", "duplicates", "status", "severity_counts", "fixable",
-                     "commit_status", "url"],
+        "required": [
+            "scan_run_id",
+            "accepted",
+            "duplicates",
+            "status",
+            "severity_counts",
+            "fixable",
+            "commit_status",
+            "url",
+        ],
         "properties": {
             "scan_run_id": {"type": "integer"},
             "accepted": COUNT,
@@ -206,9 +221,25 @@ SCHEMAS: dict[str, Any] = {
     },
     "Scan": {
         "type": "object",
-        "required": ["scan_run_id", "image_ref", "commit_sha", "repo_full_name", "pr", "status", "block_action",
-                     "severity_counts", "fixable", "accepted", "duplicates", "signature_status",
-                     "signature_issuer", "signature_subject", "created_at", "url", "commit_status"],
+        "required": [
+            "scan_run_id",
+            "image_ref",
+            "commit_sha",
+            "repo_full_name",
+            "pr",
+            "status",
+            "block_action",
+            "severity_counts",
+            "fixable",
+            "accepted",
+            "duplicates",
+            "signature_status",
+            "signature_issuer",
+            "signature_subject",
+            "created_at",
+            "url",
+            "commit_status",
+        ],
         "properties": {
             "scan_run_id": {"type": "integer"},
             "image_ref": STR,
@@ -248,14 +279,22 @@ SCHEMAS: dict[str, Any] = {
             "primary_url": _nullable(STR),
             "references": {"type": "array", "items": STR},
             "vendor_ids": {"type": "array", "items": STR},
-            "advisories": {"type": "array", "items": {
-                "type": "object", "required": ["id", "url"], "properties": {"id": STR, "url": STR}}},
+            "advisories": {
+                "type": "array",
+                "items": {"type": "object", "required": ["id", "url"], "properties": {"id": STR, "url": STR}},
+            },
             "synthetic": {"type": "boolean", "description": "Made by the signing policy, not by the scanner."},
         },
     },
     "ScanDetail": {
-        "allOf": [_ref("Scan"), {"type": "object", "required": ["findings"],
-                                 "properties": {"findings": {"type": "array", "items": _ref("Finding")}}}],
+        "allOf": [
+            _ref("Scan"),
+            {
+                "type": "object",
+                "required": ["findings"],
+                "properties": {"findings": {"type": "array", "items": _ref("Finding")}},
+            },
+        ],
     },
     "ScanList": {
         "type": "object",
@@ -268,8 +307,10 @@ SCHEMAS: dict[str, Any] = {
         "additionalProperties": False,
         "properties": {
             "issuer": {"type": "string", "pattern": r"^https://\S+$", "maxLength": 1024},
-            "subject_pattern": {**_nullable({"type": "string", "maxLength": 1024}),
-                                "description": "A regular expression the signature subject must match."},
+            "subject_pattern": {
+                **_nullable({"type": "string", "maxLength": 1024}),
+                "description": "A regular expression the signature subject must match.",
+            },
         },
     },
     "Settings": {
@@ -303,11 +344,15 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 
 
 TRIVY_QUERY = [
-    _query("image_ref", {"type": "string", "maxLength": 1024},
-           "Raw Trivy uploads: the image; defaults to the report's ArtifactName."),
+    _query(
+        "image_ref",
+        {"type": "string", "maxLength": 1024},
+        "Raw Trivy uploads: the image; defaults to the report's ArtifactName.",
+    ),
     _query("commit_sha", {"type": "string", "pattern": COMMIT_SHA}, "Raw Trivy uploads: the commit (required)."),
-    _query("repo_full_name", {"type": "string", "pattern": REPO_FULL_NAME},
-           "Raw Trivy uploads: owner/name (required)."),
+    _query(
+        "repo_full_name", {"type": "string", "pattern": REPO_FULL_NAME}, "Raw Trivy uploads: owner/name (required)."
+    ),
     _query("signature_status", SIGNATURE_ANY_CASE, "Raw Trivy uploads: signed, unsigned or unknown."),
     _query("signature_issuer", LONG, "Raw Trivy uploads."),
     _query("signature_subject", LONG, "Raw Trivy uploads."),
@@ -320,12 +365,21 @@ PATHS: dict[str, Any] = {
             "summary": "Upload one image's findings (the seed shape, or a raw Trivy report).",
             "description": "Scope findings:write. Validated whole before anything is stored.",
             "parameters": [SLUG, CONTENT_ENCODING, *TRIVY_QUERY],
-            "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                "oneOf": [_ref("SeedUpload"), _ref("TrivyReport"), _ref("LegacyTrivyReport")]}}}},
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"oneOf": [_ref("SeedUpload"), _ref("TrivyReport"), _ref("LegacyTrivyReport")]}
+                    }
+                },
+            },
             "responses": {
-                "202": _json("Stored (or dropped when the policy is disabled).",
-                             {"oneOf": [_ref("IngestAccepted"), _ref("IngestDisabled")]}),
-                **BODY_ERRORS, **AUTH_ERRORS,
+                "202": _json(
+                    "Stored (or dropped when the policy is disabled).",
+                    {"oneOf": [_ref("IngestAccepted"), _ref("IngestDisabled")]},
+                ),
+                **BODY_ERRORS,
+                **AUTH_ERRORS,
             },
         },
     },
@@ -343,16 +397,22 @@ PATHS: dict[str, Any] = {
                 _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}, "Page size."),
                 _query("cursor", {"type": "string", "maxLength": 200}, "next_cursor of the previous page."),
             ],
-            "responses": {"200": _json("A page of scans.", _ref("ScanList")),
-                          **URL_ERRORS, "422": BODY_ERRORS["422"], **AUTH_ERRORS},
+            "responses": {
+                "200": _json("A page of scans.", _ref("ScanList")),
+                **URL_ERRORS,
+                "422": BODY_ERRORS["422"],
+                **AUTH_ERRORS,
+            },
         },
     },
     "/api/v1/orgs/{slug}/image-scans/{scan_run_id}": {
         "get": {
             "operationId": "getScan",
             "summary": "One scan with its findings, most severe first. Scope findings:read.",
-            "parameters": [SLUG, {"name": "scan_run_id", "in": "path", "required": True,
-                                  "schema": {"type": "integer", "minimum": 0}}],
+            "parameters": [
+                SLUG,
+                {"name": "scan_run_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}},
+            ],
             "responses": {"200": _json("The scan.", _ref("ScanDetail")), **URL_ERRORS, **AUTH_ERRORS},
         },
     },
@@ -367,10 +427,8 @@ PATHS: dict[str, Any] = {
             "operationId": "putSettings",
             "summary": "Change the org's policy (fields left out keep their value). Scope settings:write.",
             "parameters": [SLUG],
-            "requestBody": {"required": True,
-                            "content": {"application/json": {"schema": _ref("SettingsChange")}}},
-            "responses": {"200": _json("The policy after the change.", _ref("Settings")),
-                          **BODY_ERRORS, **AUTH_ERRORS},
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("SettingsChange")}}},
+            "responses": {"200": _json("The policy after the change.", _ref("Settings")), **BODY_ERRORS, **AUTH_ERRORS},
         },
     },
     "/api/v1/openapi.json": {
@@ -378,9 +436,13 @@ PATHS: dict[str, Any] = {
             "operationId": "getOpenApi",
             "summary": "This document.",
             "security": [],
-            "responses": {"200": {"description": "The OpenAPI document.",
-                                  "content": {"application/json": {"schema": {"type": "object"}}}},
-                          **URL_ERRORS},
+            "responses": {
+                "200": {
+                    "description": "The OpenAPI document.",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                **URL_ERRORS,
+            },
         },
     },
 }
@@ -393,13 +455,18 @@ def document() -> dict[str, Any]:
             "title": "fremforge image scanning",
             "version": "1",
             "description": "Upload Trivy findings per image scan; read scans and the org's policy. Tokens are "
-                           f"the app's own, scoped to one org: {', '.join(SCOPES)}.",
+            f"the app's own, scoped to one org: {', '.join(SCOPES)}.",
         },
         "paths": PATHS,
         "components": {
             "schemas": SCHEMAS,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "description": "An app token (ffis_...), made with `tokens create`."}},
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An app token (ffis_...), made with `tokens create`.",
+                }
+            },
         },
         "security": [{"bearer": []}],
     }

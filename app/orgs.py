@@ -12,21 +12,23 @@ from app.models import GENESIS_HASH, ChainHead, Org, OrgSettings
 SLUG = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,98})$")
 
 
-def create(session: Session, slug: str, github_login: str | None = None,
-           installation_id: int | None = None) -> Org:
+def create(session: Session, slug: str, github_login: str | None = None, installation_id: int | None = None) -> Org:
     """Add an org in the caller's write transaction; ValueError when the slug is taken or malformed."""
     login = github_login or slug
     for what, value in (("slug", slug), ("GitHub login", login)):
         if not SLUG.match(value):
-            raise ValueError(f"{what} {value!r} must be letters, digits and hyphens (as a GitHub login), "
-                             "starting with a letter or digit")
+            raise ValueError(
+                f"{what} {value!r} must be letters, digits and hyphens (as a GitHub login), "
+                "starting with a letter or digit"
+            )
     if by_slug(session, slug) is not None:
         raise ValueError(f"an organisation {slug!r} exists already")
     org = Org(slug=slug, github_login=login, installation_id=installation_id)
     session.add(org)
     session.flush()
-    session.add_all([OrgSettings(org_id=org.id, allowed_issuers=[]),
-                     ChainHead(org_id=org.id, seq=0, head_hash=GENESIS_HASH)])
+    session.add_all(
+        [OrgSettings(org_id=org.id, allowed_issuers=[]), ChainHead(org_id=org.id, seq=0, head_hash=GENESIS_HASH)]
+    )
     session.flush()
     return org
 
@@ -38,8 +40,14 @@ def by_slug(session: Session, slug: str) -> Org | None:
 def settings_of(session: Session, org_id: int) -> OrgSettings:
     found = session.get(OrgSettings, org_id)
     if found is None:  # an org made by hand: the defaults apply
-        found = OrgSettings(org_id=org_id, enabled=True, block_action="warn", require_signed=False,
-                            allowed_issuers=[], retention_days=365)
+        found = OrgSettings(
+            org_id=org_id,
+            enabled=True,
+            block_action="warn",
+            require_signed=False,
+            allowed_issuers=[],
+            retention_days=365,
+        )
         session.add(found)
         session.flush()
     return found

@@ -61,13 +61,17 @@ def signature_findings(policy: Policy, sig: Signature, image_ref: str) -> list[d
     if not policy.require_signed:
         return []
     if sig.status != "signed":
-        cve_id, title = UNSIGNED_ID, (
-            f"The image is not signed (signature_status: {sig.status}) and this organisation requires signed images."
+        cve_id, title = (
+            UNSIGNED_ID,
+            (f"The image is not signed (signature_status: {sig.status}) and this organisation requires signed images."),
         )
     elif policy.allowed_issuers and not any(a.admits(sig.issuer, sig.subject) for a in policy.allowed_issuers):
-        cve_id, title = UNTRUSTED_ID, (
-            f"The image is signed by {sig.issuer or 'an unnamed issuer'}"
-            f"{' as ' + sig.subject if sig.subject else ''}, which is not in this organisation's allowed issuers."
+        cve_id, title = (
+            UNTRUSTED_ID,
+            (
+                f"The image is signed by {sig.issuer or 'an unnamed issuer'}"
+                f"{' as ' + sig.subject if sig.subject else ''}, which is not in this organisation's allowed issuers."
+            ),
         )
     else:
         return []

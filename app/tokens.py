@@ -6,8 +6,8 @@ import hashlib
 import secrets
 import string
 from dataclasses import dataclass
-from typing import NamedTuple
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -34,8 +34,14 @@ class NewToken:
     secret: str  # shown once, never stored
 
 
-def create(session: Session, org: Org, scopes: list[str], name: str | None = None,
-           expires_days: int | None = None, actor: str = "cli") -> NewToken:
+def create(
+    session: Session,
+    org: Org,
+    scopes: list[str],
+    name: str | None = None,
+    expires_days: int | None = None,
+    actor: str = "cli",
+) -> NewToken:
     """Make a token in the caller's write transaction; its creation is recorded in the org's audit chain."""
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown or not scopes:
@@ -45,16 +51,30 @@ def create(session: Session, org: Org, scopes: list[str], name: str | None = Non
     secret = PREFIX + "".join(secrets.choice(_ALPHABET) for _ in range(_BODY_LENGTH))
     now = utcnow()
     record = ApiToken(
-        org_id=org.id, name=name or "token", prefix=secret[: len(PREFIX) + 6], token_hash=hash_token(secret),
-        scopes=" ".join(dict.fromkeys(scopes)), created_by=actor, created_at=now,
+        org_id=org.id,
+        name=name or "token",
+        prefix=secret[: len(PREFIX) + 6],
+        token_hash=hash_token(secret),
+        scopes=" ".join(dict.fromkeys(scopes)),
+        created_by=actor,
+        created_at=now,
         expires_at=now + timedelta(days=expires_days) if expires_days else None,
     )
     session.add(record)
     session.flush()
-    audit.record(session, org.id, "token.created", actor, {
-        "token_id": record.id, "name": record.name, "prefix": record.prefix, "scopes": record.scope_list,
-        "expires_at": record.expires_at.isoformat() if record.expires_at else None,
-    })
+    audit.record(
+        session,
+        org.id,
+        "token.created",
+        actor,
+        {
+            "token_id": record.id,
+            "name": record.name,
+            "prefix": record.prefix,
+            "scopes": record.scope_list,
+            "expires_at": record.expires_at.isoformat() if record.expires_at else None,
+        },
+    )
     return NewToken(record, secret)
 
 
@@ -64,8 +84,13 @@ def revoke(session: Session, token_id: int, actor: str = "cli") -> ApiToken:
         raise LookupError(f"no token with id {token_id}")
     if record.revoked_at is None:
         record.revoked_at = utcnow()
-        audit.record(session, record.org_id, "token.revoked", actor,
-                     {"token_id": record.id, "name": record.name, "prefix": record.prefix})
+        audit.record(
+            session,
+            record.org_id,
+            "token.revoked",
+            actor,
+            {"token_id": record.id, "name": record.name, "prefix": record.prefix},
+        )
     return record
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -55,8 +57,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     else:
         base = postgres_base_url()
         if base is None:
-            skip_or_fail("PostgreSQL tests need FREMFORGE_TEST_DATABASE_URL "
-                         "(e.g. postgresql://postgres@127.0.0.1:5432/test)")
+            skip_or_fail(
+                "PostgreSQL tests need FREMFORGE_TEST_DATABASE_URL (e.g. postgresql://postgres@127.0.0.1:5432/test)"
+            )
         assert base is not None
         url, schema = _postgres_schema_url(base)
         engine = sa.create_engine(normalise(base))
@@ -86,12 +89,14 @@ def normalise(url: str) -> str:
 
 @pytest.fixture
 def app(database_url: str, tmp_path: Path) -> Iterator[Flask]:
-    app = create_app({
-        "TESTING": True,
-        "DATABASE_URL": database_url,
-        "SECRET_KEY": "test-secret",
-        "PUBLIC_URL": "http://fremforge.test",
-    })
+    app = create_app(
+        {
+            "TESTING": True,
+            "DATABASE_URL": database_url,
+            "SECRET_KEY": "test-secret",
+            "PUBLIC_URL": "http://fremforge.test",
+        }
+    )
     app.instance_path = str(tmp_path / "instance")
     yield app
     empty_database(app)
@@ -133,3 +138,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"skipped, which strict mode (FREMFORGE_TEST_STRICT=1) counts as failed: {reason}"
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """One line per skip reason (and how many), instead of one line per skipped test."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return
+    reasons = Counter(r.longrepr[2] if isinstance(r.longrepr, tuple) else str(r.longrepr) for r in skipped)
+    terminalreporter.section("skipped tests, by reason")
+    for reason, n in reasons.most_common():
+        terminalreporter.line(f"{n:>5} skipped: {reason}")

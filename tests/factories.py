@@ -30,8 +30,9 @@ def make_org(app: Flask, slug: str = "acme", github_login: str | None = None, **
         with write_transaction(session):
             org = orgs.create(session, slug, github_login)
             if policy:
-                settings_service.apply(session, orgs.settings_of(session, org.id),
-                                       settings_service.parse_change(policy), actor="test")
+                settings_service.apply(
+                    session, orgs.settings_of(session, org.id), settings_service.parse_change(policy), actor="test"
+                )
         return org
 
 
@@ -41,12 +42,12 @@ def set_policy(app: Flask, slug: str, **policy: Any) -> None:
         org = orgs.by_slug(session, slug)
         assert org is not None
         with write_transaction(session):
-            settings_service.apply(session, orgs.settings_of(session, org.id),
-                                   settings_service.parse_change(policy), actor="test")
+            settings_service.apply(
+                session, orgs.settings_of(session, org.id), settings_service.parse_change(policy), actor="test"
+            )
 
 
-def make_token(app: Flask, slug: str = "acme", scopes: list[str] | None = None,
-               expires_days: int | None = None) -> str:
+def make_token(app: Flask, slug: str = "acme", scopes: list[str] | None = None, expires_days: int | None = None) -> str:
     with app.app_context():
         session = db.session()
         org = orgs.by_slug(session, slug)
@@ -55,21 +56,52 @@ def make_token(app: Flask, slug: str = "acme", scopes: list[str] | None = None,
             return tokens.create(session, org, scopes or ALL_SCOPES, "test", expires_days).secret
 
 
-def finding(cve_id: str = "CVE-2023-1234", severity: str = "high", package: str = "openssl",
-            installed: str = "3.0.1", fixed: str | None = "3.0.7", **extra: Any) -> dict[str, Any]:
-    return {"cve_id": cve_id, "severity": severity, "package_name": package, "installed_version": installed,
-            "fixed_version": fixed, **extra}
+def finding(
+    cve_id: str = "CVE-2023-1234",
+    severity: str = "high",
+    package: str = "openssl",
+    installed: str = "3.0.1",
+    fixed: str | None = "3.0.7",
+    **extra: Any,
+) -> dict[str, Any]:
+    return {
+        "cve_id": cve_id,
+        "severity": severity,
+        "package_name": package,
+        "installed_version": installed,
+        "fixed_version": fixed,
+        **extra,
+    }
 
 
-def seed(findings: list[dict[str, Any]] | None = None, image_ref: str = "ghcr.io/acme/api:1", sha: str = SHA,
-         repo: str = REPO, **extra: Any) -> dict[str, Any]:
-    return {"image_ref": image_ref, "commit_sha": sha, "repo_full_name": repo,
-            "findings": [finding()] if findings is None else findings, **extra}
+def seed(
+    findings: list[dict[str, Any]] | None = None,
+    image_ref: str = "ghcr.io/acme/api:1",
+    sha: str = SHA,
+    repo: str = REPO,
+    **extra: Any,
+) -> dict[str, Any]:
+    return {
+        "image_ref": image_ref,
+        "commit_sha": sha,
+        "repo_full_name": repo,
+        "findings": [finding()] if findings is None else findings,
+        **extra,
+    }
 
 
-def post(client: FlaskClient, token: str | None, body: Any = None, *, slug: str = "acme", raw: bytes | None = None,
-         gz: bool = False, content_type: str = "application/json", query: dict[str, str] | None = None,
-         headers: dict[str, str] | None = None) -> Any:
+def post(
+    client: FlaskClient,
+    token: str | None,
+    body: Any = None,
+    *,
+    slug: str = "acme",
+    raw: bytes | None = None,
+    gz: bool = False,
+    content_type: str = "application/json",
+    query: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Any:
     data = raw if raw is not None else json.dumps(body).encode()
     hdrs = {"Content-Type": content_type, **(headers or {})}
     if token is not None:
@@ -84,5 +116,6 @@ def census(app: Flask) -> dict[str, int]:
     """Rows per table: what a refused request must leave unchanged."""
     with app.app_context():
         session = db.session()
-        return {t.name: session.scalar(sa.select(sa.func.count()).select_from(t)) or 0
-                for t in Base.metadata.sorted_tables}
+        return {
+            t.name: session.scalar(sa.select(sa.func.count()).select_from(t)) or 0 for t in Base.metadata.sorted_tables
+        }

@@ -81,8 +81,11 @@ def expire(app: Flask, secret: str) -> None:
     """Move the token's expiry into the past, directly in the database."""
     engine = app.extensions["fremforge.db"].engine
     with engine.begin() as conn:
-        conn.execute(sa.update(ApiToken).where(ApiToken.token_hash == tokens.hash_token(secret))
-                     .values(expires_at=utcnow() - timedelta(minutes=1)))
+        conn.execute(
+            sa.update(ApiToken)
+            .where(ApiToken.token_hash == tokens.hash_token(secret))
+            .values(expires_at=utcnow() - timedelta(minutes=1))
+        )
 
 
 def revoke_with_cli(app: Flask, runner: Any, secret: str) -> None:
@@ -133,8 +136,9 @@ BAD_HEADERS: list[Any] = [
 
 @pytest.mark.parametrize("endpoint", list(ENDPOINTS))
 @pytest.mark.parametrize("header", BAD_HEADERS)
-def test_missing_or_malformed_or_unknown_token_is_401(app: Flask, client: Any, acme: str, endpoint: str,
-                                                      header: Callable[[str], str | None]) -> None:
+def test_missing_or_malformed_or_unknown_token_is_401(
+    app: Flask, client: Any, acme: str, endpoint: str, header: Callable[[str], str | None]
+) -> None:
     before = census(app)
     r = call(client, endpoint, header(acme))
     assert_401(r, acme)
@@ -142,13 +146,17 @@ def test_missing_or_malformed_or_unknown_token_is_401(app: Flask, client: Any, a
 
 
 @pytest.mark.parametrize("endpoint", list(ENDPOINTS))
-@pytest.mark.parametrize("spoil", [
-    pytest.param(lambda app, runner, secret: expire(app, secret), id="expired"),
-    pytest.param(revoke_with_cli, id="revoked-by-cli"),
-    pytest.param(revoke_with_api, id="revoked-by-api"),
-])
-def test_expired_or_revoked_token_is_401(app: Flask, client: Any, runner: Any, acme: str, endpoint: str,
-                                         spoil: Callable[..., None]) -> None:
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        pytest.param(lambda app, runner, secret: expire(app, secret), id="expired"),
+        pytest.param(revoke_with_cli, id="revoked-by-cli"),
+        pytest.param(revoke_with_api, id="revoked-by-api"),
+    ],
+)
+def test_expired_or_revoked_token_is_401(
+    app: Flask, client: Any, runner: Any, acme: str, endpoint: str, spoil: Callable[..., None]
+) -> None:
     secret = make_token(app, "acme", expires_days=1)
     assert call(client, "settings-get", f"Bearer {secret}").status_code == 200  # it worked until now
     spoil(app, runner, secret)
@@ -187,8 +195,7 @@ def test_valid_token_for_an_unknown_org_is_404(app: Flask, client: Any, acme: st
 
 
 SCOPE_CASES = [
-    pytest.param(endpoint, scope, id=f"{endpoint}-with-{scope}")
-    for endpoint in ENDPOINTS for scope in tokens.SCOPES
+    pytest.param(endpoint, scope, id=f"{endpoint}-with-{scope}") for endpoint in ENDPOINTS for scope in tokens.SCOPES
 ]
 
 
@@ -255,10 +262,10 @@ def test_tokens_differ(app: Flask, acme: str) -> None:
     assert all(s.startswith("ffis_") for s in secrets)
 
 
-def test_cli_token_prints_the_secret_once_and_keeps_its_hash(app: Flask, client: Any, runner: Any,
-                                                            acme: str) -> None:
-    result = runner.invoke(args=["tokens", "create", "--org", "acme", "--scope", "findings:write",
-                                 "--name", "ci", "--expires-days", "30"])
+def test_cli_token_prints_the_secret_once_and_keeps_its_hash(app: Flask, client: Any, runner: Any, acme: str) -> None:
+    result = runner.invoke(
+        args=["tokens", "create", "--org", "acme", "--scope", "findings:write", "--name", "ci", "--expires-days", "30"]
+    )
     assert result.exit_code == 0, result.output
     secret = result.output.strip().splitlines()[-1]
     assert re.fullmatch(r"ffis_[A-Za-z0-9]{40}", secret), result.output

@@ -64,11 +64,24 @@ def assert_error(r: Any, status: int, code: str, path: str | None = None, where:
 def trivy_report(vulns: list[dict[str, Any]] | None = None, artifact: str = "ghcr.io/acme/api:1") -> dict[str, Any]:
     """A SchemaVersion 2 report: a clean first Result, the given vulnerabilities in the second."""
     if vulns is None:
-        vulns = [{"VulnerabilityID": "CVE-2023-1234", "PkgName": "openssl", "InstalledVersion": "3.0.1",
-                  "FixedVersion": "3.0.7", "Severity": "HIGH"}]
-    return {"SchemaVersion": 2, "ArtifactName": artifact, "ArtifactType": "container_image",
-            "Results": [{"Target": "ghcr.io/acme/api:1 (debian 12)", "Class": "os-pkgs"},
-                        {"Target": "app/requirements.txt", "Class": "lang-pkgs", "Vulnerabilities": vulns}]}
+        vulns = [
+            {
+                "VulnerabilityID": "CVE-2023-1234",
+                "PkgName": "openssl",
+                "InstalledVersion": "3.0.1",
+                "FixedVersion": "3.0.7",
+                "Severity": "HIGH",
+            }
+        ]
+    return {
+        "SchemaVersion": 2,
+        "ArtifactName": artifact,
+        "ArtifactType": "container_image",
+        "Results": [
+            {"Target": "ghcr.io/acme/api:1 (debian 12)", "Class": "os-pkgs"},
+            {"Target": "app/requirements.txt", "Class": "lang-pkgs", "Vulnerabilities": vulns},
+        ],
+    }
 
 
 def three_findings(index: int = 2, **change: Any) -> dict[str, Any]:
@@ -93,8 +106,9 @@ def nested_raw(depth: int, leaf: bytes) -> bytes:
     return b"[" * depth + leaf + b"]" * depth
 
 
-def with_field(doc: dict[str, Any], key: str, value: bytes | None, old: bytes | None = None,
-               new: bytes | None = None) -> bytes:
+def with_field(
+    doc: dict[str, Any], key: str, value: bytes | None, old: bytes | None = None, new: bytes | None = None
+) -> bytes:
     """doc as JSON text, with doc[key] replaced by the JSON text `value` (or the text `old` by `new`)."""
     if value is not None:
         doc = {**doc, key: "@@"}
@@ -126,8 +140,17 @@ class Bad:
     slug: str = "acme"
 
     def send(self, client: Any, token: str) -> Any:
-        return post(client, token, self.body, slug=self.slug, raw=self.raw, gz=self.gz,
-                    content_type=self.content_type, query=self.query, headers=self.headers)
+        return post(
+            client,
+            token,
+            self.body,
+            slug=self.slug,
+            raw=self.raw,
+            gz=self.gz,
+            content_type=self.content_type,
+            query=self.query,
+            headers=self.headers,
+        )
 
 
 def case(id: str, *args: Any, **kwargs: Any) -> Any:
@@ -152,40 +175,83 @@ BAD_BODIES = [
     case("empty-body", 400, "empty_body", raw=b""),
     case("whitespace-body", 400, "empty_body", raw=b"  \r\n\t "),
     case("empty-gzip-body", 400, "empty_body", raw=b"", headers={"Content-Encoding": "gzip"}),
-    case("invalid-utf8", 400, "malformed_json",
-         raw=b'{"image_ref": "ghcr.io/acme/\xff\xfe:1", "commit_sha": "' + SHA.encode() + b'", "findings": []}'),
+    case(
+        "invalid-utf8",
+        400,
+        "malformed_json",
+        raw=b'{"image_ref": "ghcr.io/acme/\xff\xfe:1", "commit_sha": "' + SHA.encode() + b'", "findings": []}',
+    ),
     case("invalid-utf8-overlong", 400, "malformed_json", raw=b'{"image_ref": "\xc0\xaf"}'),
-    case("lone-surrogate-escape", 400, "malformed_json",
-         raw=json.dumps(seed([finding(title="x")])).replace('"x"', '"\\ud800"').encode()),
+    case(
+        "lone-surrogate-escape",
+        400,
+        "malformed_json",
+        raw=json.dumps(seed([finding(title="x")])).replace('"x"', '"\\ud800"').encode(),
+    ),
     case("deeply-nested-unclosed-100k", 400, "malformed_json", raw=b"[" * 100_000),
     case("deeply-nested-balanced-100k", 400, "malformed_json", raw=b"[" * 100_000 + b"]" * 100_000),
     case("deeply-nested-objects-100k", 400, "malformed_json", raw=b'{"a":' * 100_000 + b"1" + b"}" * 100_000),
-    case("deeply-nested-in-a-field-100k", 400, "malformed_json",
-         raw=b'{"image_ref": "x", "findings": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+    case(
+        "deeply-nested-in-a-field-100k",
+        400,
+        "malformed_json",
+        raw=b'{"image_ref": "x", "findings": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    ),
     # --- 400: gzip that is not gzip
     case("gzip-invalid", 400, "malformed_gzip", raw=b"this is not gzip", headers={"Content-Encoding": "gzip"}),
-    case("gzip-truncated", 400, "malformed_gzip", raw=gzip.compress(json.dumps(seed()).encode())[:-12],
-         headers={"Content-Encoding": "gzip"}),
-    case("gzip-trailing-garbage", 400, "malformed_gzip",
-         raw=gzip.compress(json.dumps(seed()).encode()) + b"garbage", headers={"Content-Encoding": "gzip"}),
+    case(
+        "gzip-truncated",
+        400,
+        "malformed_gzip",
+        raw=gzip.compress(json.dumps(seed()).encode())[:-12],
+        headers={"Content-Encoding": "gzip"},
+    ),
+    case(
+        "gzip-trailing-garbage",
+        400,
+        "malformed_gzip",
+        raw=gzip.compress(json.dumps(seed()).encode()) + b"garbage",
+        headers={"Content-Encoding": "gzip"},
+    ),
     case("gzip-of-malformed-json", 400, "malformed_json", raw=b"{", gz=True),
-    case("gzip-sent-without-content-encoding", 400, "malformed_json",
-         raw=gzip.compress(json.dumps(seed()).encode())),
+    case("gzip-sent-without-content-encoding", 400, "malformed_json", raw=gzip.compress(json.dumps(seed()).encode())),
     # --- 415: not JSON by Content-Type, or an encoding we do not speak
     case("content-type-text-plain", 415, "unsupported_media_type", body=seed(), content_type="text/plain"),
-    case("content-type-form", 415, "unsupported_media_type", raw=b"image_ref=x&commit_sha=y",
-         content_type="application/x-www-form-urlencoded"),
-    case("content-type-multipart", 415, "unsupported_media_type", body=seed(),
-         content_type="multipart/form-data; boundary=xyz"),
+    case(
+        "content-type-form",
+        415,
+        "unsupported_media_type",
+        raw=b"image_ref=x&commit_sha=y",
+        content_type="application/x-www-form-urlencoded",
+    ),
+    case(
+        "content-type-multipart",
+        415,
+        "unsupported_media_type",
+        body=seed(),
+        content_type="multipart/form-data; boundary=xyz",
+    ),
     case("content-type-jsonx", 415, "unsupported_media_type", body=seed(), content_type="application/jsonx"),
     case("content-type-text-json", 415, "unsupported_media_type", body=seed(), content_type="text/json"),
     case("content-encoding-br", 415, "unsupported_media_type", body=seed(), headers={"Content-Encoding": "br"}),
-    case("content-encoding-deflate", 415, "unsupported_media_type", body=seed(),
-         headers={"Content-Encoding": "deflate"}),
-    case("content-encoding-gzip-then-br", 415, "unsupported_media_type", body=seed(),
-         headers={"Content-Encoding": "gzip, br"}),
-    case("content-type-checked-before-gzip", 415, "unsupported_media_type", raw=b"not gzip",
-         content_type="text/plain", headers={"Content-Encoding": "gzip"}),
+    case(
+        "content-encoding-deflate", 415, "unsupported_media_type", body=seed(), headers={"Content-Encoding": "deflate"}
+    ),
+    case(
+        "content-encoding-gzip-then-br",
+        415,
+        "unsupported_media_type",
+        body=seed(),
+        headers={"Content-Encoding": "gzip, br"},
+    ),
+    case(
+        "content-type-checked-before-gzip",
+        415,
+        "unsupported_media_type",
+        raw=b"not gzip",
+        content_type="text/plain",
+        headers={"Content-Encoding": "gzip"},
+    ),
     # --- 422: JSON that is not an object
     case("json-number", 422, "validation_failed", "$", raw=b"42"),
     case("json-string", 422, "validation_failed", "$", raw=b'"findings"'),
@@ -195,10 +261,14 @@ BAD_BODIES = [
     case("json-array-of-numbers", 422, "validation_failed", "[0]", raw=b"[1, 2]", query=TRIVY_QUERY),
     case("json-empty-object", 422, "validation_failed", "findings", raw=b"{}"),
     # --- 422: missing fields of the seed shape
-    *[pytest.param(m422(k, without(seed(), k)), id=f"missing-{k}")
-      for k in ("image_ref", "commit_sha", "repo_full_name", "findings")],
-    *[pytest.param(m422(f"findings[2].{k}", three_findings(**{k: ...})), id=f"missing-finding-{k}")
-      for k in ("cve_id", "severity", "package_name", "installed_version")],
+    *[
+        pytest.param(m422(k, without(seed(), k)), id=f"missing-{k}")
+        for k in ("image_ref", "commit_sha", "repo_full_name", "findings")
+    ],
+    *[
+        pytest.param(m422(f"findings[2].{k}", three_findings(**{k: ...})), id=f"missing-finding-{k}")
+        for k in ("cve_id", "severity", "package_name", "installed_version")
+    ],
     # --- 422: mistyped fields
     pytest.param(m422("findings", seed(findings={"cve_id": "CVE-2023-1234"})), id="findings-as-object"),
     pytest.param(m422("findings", seed(findings="CVE-2023-1234")), id="findings-as-string"),
@@ -211,14 +281,16 @@ BAD_BODIES = [
     pytest.param(m422("findings[2].cve_id", three_findings(cve_id="")), id="cve-id-empty"),
     pytest.param(m422("findings[2].cve_id", three_findings(cve_id="C" * 201)), id="cve-id-too-long"),
     pytest.param(m422("findings[2].package_name", three_findings(package_name="")), id="package-empty"),
-    pytest.param(m422("findings[2].installed_version", three_findings(installed_version=301)),
-                 id="installed-version-as-number"),
-    pytest.param(m422("findings[2].fixed_version", three_findings(fixed_version=3.07)),
-                 id="fixed-version-as-number"),
-    pytest.param(m422("findings[2].references", three_findings(references="https://nvd.nist.gov/x")),
-                 id="references-as-string"),
-    pytest.param(m422("findings[2].references[1]", three_findings(references=["https://a", 7])),
-                 id="references-item-as-number"),
+    pytest.param(
+        m422("findings[2].installed_version", three_findings(installed_version=301)), id="installed-version-as-number"
+    ),
+    pytest.param(m422("findings[2].fixed_version", three_findings(fixed_version=3.07)), id="fixed-version-as-number"),
+    pytest.param(
+        m422("findings[2].references", three_findings(references="https://nvd.nist.gov/x")), id="references-as-string"
+    ),
+    pytest.param(
+        m422("findings[2].references[1]", three_findings(references=["https://a", 7])), id="references-item-as-number"
+    ),
     pytest.param(m422("findings[2].vendor_ids", three_findings(vendor_ids="DSA-5417-1")), id="vendor-ids-as-string"),
     pytest.param(m422("findings[2].title", three_findings(title=["a"])), id="title-as-list"),
     pytest.param(m422("findings[2].target", three_findings(target={"path": "/usr"})), id="target-as-object"),
@@ -227,8 +299,12 @@ BAD_BODIES = [
     pytest.param(m422("repo_full_name", seed(repo=["acme", "api"])), id="repo-as-list"),
     pytest.param(m422("signature_status", seed(signature_status=True)), id="signature-status-as-bool"),
     # --- 422: values out of their domain
-    pytest.param(m422("findings[3].severity", seed([finding(f"CVE-2023-000{i}") for i in range(3)]
-                                                  + [finding(severity="severe")])), id="severity-severe"),
+    pytest.param(
+        m422(
+            "findings[3].severity", seed([finding(f"CVE-2023-000{i}") for i in range(3)] + [finding(severity="severe")])
+        ),
+        id="severity-severe",
+    ),
     pytest.param(m422("findings[2].severity", three_findings(severity="")), id="severity-empty"),
     pytest.param(m422("findings[2].severity", three_findings(severity="high ")), id="severity-trailing-space"),
     pytest.param(m422("findings[2].severity", three_findings(severity="negligible")), id="severity-negligible"),
@@ -254,66 +330,136 @@ BAD_BODIES = [
     # --- 422: NUL characters, which PostgreSQL cannot store
     pytest.param(m422("findings[2].cve_id", three_findings(cve_id="CVE-2023-\u00001")), id="nul-in-cve-id"),
     pytest.param(m422("findings[2].title", three_findings(title="a\u0000b")), id="nul-in-title"),
-    pytest.param(m422("findings[2].references[0]", three_findings(references=["https://x/\u0000"])),
-                 id="nul-in-reference"),
+    pytest.param(
+        m422("findings[2].references[0]", three_findings(references=["https://x/\u0000"])), id="nul-in-reference"
+    ),
     pytest.param(m422("image_ref", seed(image_ref="ghcr.io/acme/api:\u0000")), id="nul-in-image-ref"),
     pytest.param(m422("signature_subject", seed(signature_subject="\u0000")), id="nul-in-signature-subject"),
     pytest.param(m422("$", {**seed(), "x\u0000": 1}), id="nul-in-key"),
-    case("nul-deeply-nested", 422, "validation_failed", "findings" + "[0]" * 1000,
-         raw=with_field(seed(), "findings", nested_raw(1000, b'"\\u0000"'))),
-    case("nested-1000-in-title", 422, "validation_failed", "findings[0].title",
-         raw=with_field(seed([finding(title="@@")]), "findings", None, b'"@@"', nested_raw(1000, b'"x"'))),
+    case(
+        "nul-deeply-nested",
+        422,
+        "validation_failed",
+        "findings" + "[0]" * 1000,
+        raw=with_field(seed(), "findings", nested_raw(1000, b'"\\u0000"')),
+    ),
+    case(
+        "nested-1000-in-title",
+        422,
+        "validation_failed",
+        "findings[0].title",
+        raw=with_field(seed([finding(title="@@")]), "findings", None, b'"@@"', nested_raw(1000, b'"x"')),
+    ),
     # --- 422: Trivy reports
-    pytest.param(m422("Results[1].Vulnerabilities[0].VulnerabilityID",
-                      trivy_report([{"PkgName": "openssl", "InstalledVersion": "1", "Severity": "HIGH"}]),
-                      query=TRIVY_QUERY), id="trivy-missing-vulnerability-id"),
-    pytest.param(m422("Results[1].Vulnerabilities[1].PkgName",
-                      trivy_report([trivy_report()["Results"][1]["Vulnerabilities"][0],
-                                    {"VulnerabilityID": "CVE-2023-9", "InstalledVersion": "1"}]),
-                      query=TRIVY_QUERY), id="trivy-missing-pkg-name"),
-    pytest.param(m422("Results[1].Vulnerabilities[0].Severity",
-                      trivy_report([{"VulnerabilityID": "CVE-2023-9", "PkgName": "x", "Severity": "SEVERE"}]),
-                      query=TRIVY_QUERY), id="trivy-unknown-severity"),
-    pytest.param(m422("Results", {**trivy_report(), "Results": {"Target": "x"}}, query=TRIVY_QUERY),
-                 id="trivy-results-as-object"),
-    pytest.param(m422("Results[1].Vulnerabilities", {**trivy_report(), "Results": [
-        {"Target": "x"}, {"Target": "y", "Vulnerabilities": {"VulnerabilityID": "CVE-1"}}]}, query=TRIVY_QUERY),
-                 id="trivy-vulnerabilities-as-object"),
-    pytest.param(m422("[0].Vulnerabilities[0].VulnerabilityID", load(LEGACY_MIX), query=TRIVY_QUERY),
-                 id="trivy-legacy-missing-vulnerability-id"),
-    pytest.param(m422("image_ref", load(NO_ARTIFACT), query={"commit_sha": SHA, "repo_full_name": REPO},
-                      where="query"), id="trivy-empty-artifact-name-no-image-ref"),
-    pytest.param(m422("image_ref", trivy_report(artifact="   "), query={"commit_sha": SHA, "repo_full_name": REPO},
-                      where="query"), id="trivy-blank-artifact-name-no-image-ref"),
-    pytest.param(m422("commit_sha", trivy_report(), query={"repo_full_name": REPO}, where="query"),
-                 id="trivy-missing-commit-sha-query"),
-    pytest.param(m422("commit_sha", trivy_report(), query={**TRIVY_QUERY, "commit_sha": "abc"}, where="query"),
-                 id="trivy-short-commit-sha-query"),
-    pytest.param(m422("repo_full_name", trivy_report(), query={"commit_sha": SHA}, where="query"),
-                 id="trivy-missing-repo-query"),
-    pytest.param(m422("signature_status", trivy_report(), query={**TRIVY_QUERY, "signature_status": "yes"},
-                      where="query"), id="trivy-bogus-signature-status-query"),
-    pytest.param(m422("commit_sha", load(LEGACY_MIX)[1:2], query={"repo_full_name": REPO}, where="query"),
-                 id="trivy-legacy-missing-commit-sha-query"),
+    pytest.param(
+        m422(
+            "Results[1].Vulnerabilities[0].VulnerabilityID",
+            trivy_report([{"PkgName": "openssl", "InstalledVersion": "1", "Severity": "HIGH"}]),
+            query=TRIVY_QUERY,
+        ),
+        id="trivy-missing-vulnerability-id",
+    ),
+    pytest.param(
+        m422(
+            "Results[1].Vulnerabilities[1].PkgName",
+            trivy_report(
+                [
+                    trivy_report()["Results"][1]["Vulnerabilities"][0],
+                    {"VulnerabilityID": "CVE-2023-9", "InstalledVersion": "1"},
+                ]
+            ),
+            query=TRIVY_QUERY,
+        ),
+        id="trivy-missing-pkg-name",
+    ),
+    pytest.param(
+        m422(
+            "Results[1].Vulnerabilities[0].Severity",
+            trivy_report([{"VulnerabilityID": "CVE-2023-9", "PkgName": "x", "Severity": "SEVERE"}]),
+            query=TRIVY_QUERY,
+        ),
+        id="trivy-unknown-severity",
+    ),
+    pytest.param(
+        m422("Results", {**trivy_report(), "Results": {"Target": "x"}}, query=TRIVY_QUERY), id="trivy-results-as-object"
+    ),
+    pytest.param(
+        m422(
+            "Results[1].Vulnerabilities",
+            {
+                **trivy_report(),
+                "Results": [{"Target": "x"}, {"Target": "y", "Vulnerabilities": {"VulnerabilityID": "CVE-1"}}],
+            },
+            query=TRIVY_QUERY,
+        ),
+        id="trivy-vulnerabilities-as-object",
+    ),
+    pytest.param(
+        m422("[0].Vulnerabilities[0].VulnerabilityID", load(LEGACY_MIX), query=TRIVY_QUERY),
+        id="trivy-legacy-missing-vulnerability-id",
+    ),
+    pytest.param(
+        m422("image_ref", load(NO_ARTIFACT), query={"commit_sha": SHA, "repo_full_name": REPO}, where="query"),
+        id="trivy-empty-artifact-name-no-image-ref",
+    ),
+    pytest.param(
+        m422(
+            "image_ref", trivy_report(artifact="   "), query={"commit_sha": SHA, "repo_full_name": REPO}, where="query"
+        ),
+        id="trivy-blank-artifact-name-no-image-ref",
+    ),
+    pytest.param(
+        m422("commit_sha", trivy_report(), query={"repo_full_name": REPO}, where="query"),
+        id="trivy-missing-commit-sha-query",
+    ),
+    pytest.param(
+        m422("commit_sha", trivy_report(), query={**TRIVY_QUERY, "commit_sha": "abc"}, where="query"),
+        id="trivy-short-commit-sha-query",
+    ),
+    pytest.param(
+        m422("repo_full_name", trivy_report(), query={"commit_sha": SHA}, where="query"), id="trivy-missing-repo-query"
+    ),
+    pytest.param(
+        m422("signature_status", trivy_report(), query={**TRIVY_QUERY, "signature_status": "yes"}, where="query"),
+        id="trivy-bogus-signature-status-query",
+    ),
+    pytest.param(
+        m422("commit_sha", load(LEGACY_MIX)[1:2], query={"repo_full_name": REPO}, where="query"),
+        id="trivy-legacy-missing-commit-sha-query",
+    ),
     # NUL in the URL is refused for every route before the view runs (app/errors.py refuse_nul_in_url)
-    case("trivy-nul-in-image-ref-query", 400, "bad_request", body=trivy_report(),
-         query={**TRIVY_QUERY, "image_ref": "ghcr.io/acme/api:\x00"}),
-    case("trivy-nul-in-signature-issuer-query", 400, "bad_request", body=trivy_report(),
-         query={**TRIVY_QUERY, "signature_status": "signed", "signature_issuer": "https://x\x00"}),
+    case(
+        "trivy-nul-in-image-ref-query",
+        400,
+        "bad_request",
+        body=trivy_report(),
+        query={**TRIVY_QUERY, "image_ref": "ghcr.io/acme/api:\x00"},
+    ),
+    case(
+        "trivy-nul-in-signature-issuer-query",
+        400,
+        "bad_request",
+        body=trivy_report(),
+        query={**TRIVY_QUERY, "signature_status": "signed", "signature_issuer": "https://x\x00"},
+    ),
     case("trivy-nul-in-query-key", 400, "bad_request", body=trivy_report(), query={**TRIVY_QUERY, "x\x00": "1"}),
     # --- 403 / 404
     case("repo-outside-org", 403, "forbidden", body=seed(repo="other/api")),
     case("repo-outside-org-prefix", 403, "forbidden", body=seed(repo="acme-evil/api")),
-    case("trivy-repo-outside-org", 403, "forbidden", body=trivy_report(),
-         query={**TRIVY_QUERY, "repo_full_name": "other/api"}),
+    case(
+        "trivy-repo-outside-org",
+        403,
+        "forbidden",
+        body=trivy_report(),
+        query={**TRIVY_QUERY, "repo_full_name": "other/api"},
+    ),
     case("unknown-org", 404, "not_found", body=seed(), slug="nope"),
 ]
 
 
 @pytest.mark.parametrize("enabled", [True, False], ids=["policy-enabled", "policy-disabled"])
 @pytest.mark.parametrize("bad", BAD_BODIES)
-def test_bad_upload_is_refused_and_stores_nothing(app: Flask, client: Any, token: str, bad: Bad,
-                                                  enabled: bool) -> None:
+def test_bad_upload_is_refused_and_stores_nothing(app: Flask, client: Any, token: str, bad: Bad, enabled: bool) -> None:
     if not enabled:  # the body is still parsed and validated: a bad body gets its 4xx, not a 202
         set_policy(app, "acme", enabled=False)
     before = census(app)
@@ -342,6 +488,7 @@ def test_every_schema_violation_is_listed(app: Flask, client: Any, token: str) -
 
 
 # ---------------------------------------------------------------- size limits
+
 
 def stream_gzip(prefix: bytes, filler: bytes, megabytes: int, suffix: bytes, members: int = 1) -> bytes:
     """gzip of prefix + filler * 1 MiB * megabytes + suffix, built a MiB at a time (never the whole plaintext)."""
@@ -374,8 +521,15 @@ def bomb_200mb() -> bytes:
 @pytest.fixture
 def small_app(database_url: str, tmp_path: Path) -> Iterator[Flask]:
     """The app with FREMFORGE_MAX_UPLOAD_MB=1, as a string the way the environment gives it."""
-    app = create_app({"TESTING": True, "DATABASE_URL": database_url, "SECRET_KEY": "test-secret",
-                      "PUBLIC_URL": "http://fremforge.test", "MAX_UPLOAD_MB": "1"})
+    app = create_app(
+        {
+            "TESTING": True,
+            "DATABASE_URL": database_url,
+            "SECRET_KEY": "test-secret",
+            "PUBLIC_URL": "http://fremforge.test",
+            "MAX_UPLOAD_MB": "1",
+        }
+    )
     app.instance_path = str(tmp_path / "instance")
     yield app
     empty_database(app)
@@ -406,13 +560,15 @@ def inflated(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         def __getattr__(self, name: str) -> Any:
             return getattr(self._d, name)
 
-    monkeypatch.setattr(schemas, "zlib", types.SimpleNamespace(decompressobj=Counting, MAX_WBITS=zlib.MAX_WBITS,
-                                                               error=zlib.error))
+    monkeypatch.setattr(
+        schemas, "zlib", types.SimpleNamespace(decompressobj=Counting, MAX_WBITS=zlib.MAX_WBITS, error=zlib.error)
+    )
     return produced
 
 
-def test_gzip_bomb_is_413_without_inflating_it(small: tuple[Flask, Any, str], bomb_200mb: bytes,
-                                               inflated: list[int]) -> None:
+def test_gzip_bomb_is_413_without_inflating_it(
+    small: tuple[Flask, Any, str], bomb_200mb: bytes, inflated: list[int]
+) -> None:
     app, client, token = small
     before = census(app)
     r = post(client, token, raw=bomb_200mb, headers={"Content-Encoding": "gzip"})
@@ -431,8 +587,9 @@ def test_gzip_bomb_of_many_members_is_413(small: tuple[Flask, Any, str], inflate
     assert census(app) == before
 
 
-def test_gzip_bomb_is_413_at_the_default_limit(app: Flask, client: Any, token: str, bomb_200mb: bytes,
-                                               inflated: list[int]) -> None:
+def test_gzip_bomb_is_413_at_the_default_limit(
+    app: Flask, client: Any, token: str, bomb_200mb: bytes, inflated: list[int]
+) -> None:
     assert app.config["MAX_UPLOAD_BYTES"] == 64 * 1024 * 1024
     before = census(app)
     r = post(client, token, raw=bomb_200mb, headers={"Content-Encoding": "gzip"})
@@ -482,9 +639,16 @@ def test_chunked_body_over_the_limit_is_413(small: tuple[Flask, Any, str]) -> No
     """No Content-Length (Transfer-Encoding: chunked, as gunicorn presents it): the limit still holds."""
     app, _, token = small
     raw = json.dumps(seed([finding(title="0" * (2 * 1024 * 1024))])).encode()
-    environ = EnvironBuilder(path=URL, method="POST", input_stream=io.BytesIO(raw),
-                             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json",
-                                      "Transfer-Encoding": "chunked"}).get_environ()
+    environ = EnvironBuilder(
+        path=URL,
+        method="POST",
+        input_stream=io.BytesIO(raw),
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+            "Transfer-Encoding": "chunked",
+        },
+    ).get_environ()
     environ.pop("CONTENT_LENGTH", None)
     environ["wsgi.input_terminated"] = True
     before = census(app)
@@ -503,33 +667,48 @@ def test_severity_in_any_letter_case_is_accepted(app: Flask, client: Any, token:
     assert r.status_code == 202, r.json
     assert r.json["accepted"] == 1
     assert r.json["severity_counts"][severity.lower()] == 1
-    scan = client.get(f"/api/v1/orgs/acme/image-scans/{r.json['scan_run_id']}",
-                      headers={"Authorization": f"Bearer {token}"})
+    scan = client.get(
+        f"/api/v1/orgs/acme/image-scans/{r.json['scan_run_id']}", headers={"Authorization": f"Bearer {token}"}
+    )
     assert scan.json["findings"][0]["severity"] == severity.lower()
 
 
-@pytest.mark.parametrize("body,query", [
-    pytest.param(seed(sha=SHA.upper()), None, id="sha-upper-case"),
-    pytest.param(seed(repo="ACME/api"), None, id="repo-owner-other-case"),
-    pytest.param(seed([]), None, id="no-findings"),
-    pytest.param(seed([finding(installed=None)]), None, id="installed-version-null-is-empty"),
-    pytest.param(seed(signature_status="SIGNED"), None, id="signature-status-any-case"),
-    pytest.param(trivy_report([{"VulnerabilityID": "CVE-1", "PkgName": "x", "InstalledVersion": None}]),
-                 TRIVY_QUERY, id="trivy-installed-version-null"),
-    pytest.param(seed([finding(fixed="")]), None, id="fixed-version-empty"),
-    pytest.param(seed(title="\\u0000 as text"), None, id="escaped-backslash-u0000-is-not-nul"),
-    pytest.param(seed(signature_status="signed", signature_issuer="https://token.actions.githubusercontent.com"),
-                 None, id="signed"),
-    pytest.param(trivy_report(), TRIVY_QUERY, id="trivy"),
-    pytest.param(trivy_report([{"VulnerabilityID": "GHSA-xxxx", "PkgName": "x", "InstalledVersion": "1"}]),
-                 TRIVY_QUERY, id="trivy-missing-severity"),
-    pytest.param({**trivy_report(), "Results": None}, TRIVY_QUERY, id="trivy-results-null"),
-    pytest.param({"SchemaVersion": 2, "ArtifactName": "ghcr.io/acme/api:1"}, {"commit_sha": SHA,
-                                                                            "repo_full_name": REPO},
-                 id="trivy-no-results-artifact-name-as-image-ref"),
-    pytest.param(load(LEGACY_MIX)[1:], TRIVY_QUERY, id="trivy-legacy"),
-    pytest.param([], TRIVY_QUERY, id="trivy-legacy-empty"),
-])
+@pytest.mark.parametrize(
+    "body,query",
+    [
+        pytest.param(seed(sha=SHA.upper()), None, id="sha-upper-case"),
+        pytest.param(seed(repo="ACME/api"), None, id="repo-owner-other-case"),
+        pytest.param(seed([]), None, id="no-findings"),
+        pytest.param(seed([finding(installed=None)]), None, id="installed-version-null-is-empty"),
+        pytest.param(seed(signature_status="SIGNED"), None, id="signature-status-any-case"),
+        pytest.param(
+            trivy_report([{"VulnerabilityID": "CVE-1", "PkgName": "x", "InstalledVersion": None}]),
+            TRIVY_QUERY,
+            id="trivy-installed-version-null",
+        ),
+        pytest.param(seed([finding(fixed="")]), None, id="fixed-version-empty"),
+        pytest.param(seed(title="\\u0000 as text"), None, id="escaped-backslash-u0000-is-not-nul"),
+        pytest.param(
+            seed(signature_status="signed", signature_issuer="https://token.actions.githubusercontent.com"),
+            None,
+            id="signed",
+        ),
+        pytest.param(trivy_report(), TRIVY_QUERY, id="trivy"),
+        pytest.param(
+            trivy_report([{"VulnerabilityID": "GHSA-xxxx", "PkgName": "x", "InstalledVersion": "1"}]),
+            TRIVY_QUERY,
+            id="trivy-missing-severity",
+        ),
+        pytest.param({**trivy_report(), "Results": None}, TRIVY_QUERY, id="trivy-results-null"),
+        pytest.param(
+            {"SchemaVersion": 2, "ArtifactName": "ghcr.io/acme/api:1"},
+            {"commit_sha": SHA, "repo_full_name": REPO},
+            id="trivy-no-results-artifact-name-as-image-ref",
+        ),
+        pytest.param(load(LEGACY_MIX)[1:], TRIVY_QUERY, id="trivy-legacy"),
+        pytest.param([], TRIVY_QUERY, id="trivy-legacy-empty"),
+    ],
+)
 def test_edge_cases_that_are_valid(app: Flask, client: Any, token: str, body: Any, query: Any) -> None:
     r = post(client, token, body, query=query)
     assert r.status_code == 202, r.json
@@ -551,8 +730,7 @@ def test_a_huge_bad_body_gets_a_bounded_answer(app: Flask, client: Any, token: s
 def test_disabled_policy_accepts_and_drops_a_valid_body(app: Flask, client: Any, token: str) -> None:
     set_policy(app, "acme", enabled=False)
     before = census(app)
-    for kwargs in ({"body": seed()}, {"body": trivy_report(), "query": TRIVY_QUERY},
-                   {"body": seed(), "gz": True}):
+    for kwargs in ({"body": seed()}, {"body": trivy_report(), "query": TRIVY_QUERY}, {"body": seed(), "gz": True}):
         r = post(client, token, **kwargs)
         assert r.status_code == 202, r.json
         assert r.json == {"accepted": 0, "status": "disabled"}

@@ -26,17 +26,30 @@ def recompute(app, slug: str) -> list[int]:
         entries = []
         for f in s.scalars(sa.select(Finding).where(Finding.org_id == org.id)):
             payload = {
-                "org_id": f.org_id, "scan_run_id": f.scan_run_id,
+                "org_id": f.org_id,
+                "scan_run_id": f.scan_run_id,
                 "created_at": f.created_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                "cve_id": f.cve_id, "severity": f.severity, "package": f.package,
-                "installed_version": f.installed_version, "fixed_version": f.fixed_version, "target": f.target,
-                "title": f.title, "primary_url": f.primary_url, "references": f.references,
-                "vendor_ids": f.vendor_ids, "synthetic": f.synthetic,
+                "cve_id": f.cve_id,
+                "severity": f.severity,
+                "package": f.package,
+                "installed_version": f.installed_version,
+                "fixed_version": f.fixed_version,
+                "target": f.target,
+                "title": f.title,
+                "primary_url": f.primary_url,
+                "references": f.references,
+                "vendor_ids": f.vendor_ids,
+                "synthetic": f.synthetic,
             }
             entries.append((f.seq, b"fremforge/finding/v1\n", payload, f.payload_hash, f.chain_hash))
         for e in s.scalars(sa.select(AuditEvent).where(AuditEvent.org_id == org.id)):
-            payload = {"org_id": e.org_id, "created_at": e.created_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                       "action": e.action, "actor": e.actor, "details": e.details}
+            payload = {
+                "org_id": e.org_id,
+                "created_at": e.created_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                "action": e.action,
+                "actor": e.actor,
+                "details": e.details,
+            }
             entries.append((e.seq, b"fremforge/audit/v1\n", payload, e.payload_hash, e.chain_hash))
         head = s.get(ChainHead, org.id)
     entries.sort(key=lambda x: x[0])
@@ -55,8 +68,13 @@ def recompute(app, slug: str) -> list[int]:
 def test_findings_and_audit_events_share_one_chain(app, client):
     make_org(app, block_action="block_pull")  # one audit event (settings.changed)
     token = make_token(app)  # another (token.created)
-    body = seed([finding("CVE-1", title="naïve ünïcode — ok"), finding("CVE-2", "low"),
-                 finding("GHSA-aaaa-bbbb-cccc", "critical", references=["https://x"], vendor_ids=["DSA-1"])])
+    body = seed(
+        [
+            finding("CVE-1", title="naïve ünïcode — ok"),
+            finding("CVE-2", "low"),
+            finding("GHSA-aaaa-bbbb-cccc", "critical", references=["https://x"], vendor_ids=["DSA-1"]),
+        ]
+    )
     assert post(client, token, body).status_code == 202
     assert recompute(app, "acme") == [1, 2, 3, 4, 5]
 
@@ -73,8 +91,9 @@ def test_concurrent_uploads_never_fork_the_chain(app):
         client = app.test_client()
         start.wait()
         for i in range(6):
-            body = seed([finding(f"CVE-{n}-{i}-{k}") for k in range(20)], image_ref=f"img-{n}", sha=SHA,
-                        repo=f"{slug}/api")
+            body = seed(
+                [finding(f"CVE-{n}-{i}-{k}") for k in range(20)], image_ref=f"img-{n}", sha=SHA, repo=f"{slug}/api"
+            )
             r = post(client, tokens[slug], body, slug=slug)
             if r.status_code != 202:
                 errors.append(f"{r.status_code} {r.get_data(as_text=True)}")

@@ -19,8 +19,9 @@ def _json(result):
 def test_orgs_create_defaults_login_to_slug(runner):
     org = _json(runner.invoke(args=["orgs", "create", "acme"]))
     assert org["slug"] == "acme" and org["github_login"] == "acme" and org["installation_id"] is None
-    other = _json(runner.invoke(args=["orgs", "create", "beta", "--github-login", "Beta-Inc",
-                                      "--installation-id", "42"]))
+    other = _json(
+        runner.invoke(args=["orgs", "create", "beta", "--github-login", "Beta-Inc", "--installation-id", "42"])
+    )
     assert other["github_login"] == "Beta-Inc" and other["installation_id"] == 42
     listed = _json(runner.invoke(args=["orgs", "list"]))
     assert [o["slug"] for o in listed] == ["acme", "beta"]
@@ -38,8 +39,9 @@ def test_orgs_create_refuses_duplicates_and_bad_slugs(runner, app):
 
 def test_tokens_create_prints_token_alone_on_last_line_and_it_works(runner, app, client):
     make_org(app)
-    result = runner.invoke(args=["tokens", "create", "--org", "acme", "--scope", "findings:write",
-                                 "--name", "ci", "--expires-days", "30"])
+    result = runner.invoke(
+        args=["tokens", "create", "--org", "acme", "--scope", "findings:write", "--name", "ci", "--expires-days", "30"]
+    )
     assert result.exit_code == 0, result.output
     token = result.output.rstrip("\n").splitlines()[-1]
     assert token.startswith("ffis_") and " " not in token
@@ -51,8 +53,9 @@ def test_tokens_create_prints_token_alone_on_last_line_and_it_works(runner, app,
 
 def test_tokens_list_and_revoke(runner, app, client):
     make_org(app)
-    token = runner.invoke(args=["tokens", "create", "--org", "acme", "--scope", "findings:write",
-                                "--scope", "findings:read"]).output.splitlines()[-1]
+    token = runner.invoke(
+        args=["tokens", "create", "--org", "acme", "--scope", "findings:write", "--scope", "findings:read"]
+    ).output.splitlines()[-1]
     [listed] = _json(runner.invoke(args=["tokens", "list", "--org", "acme"]))
     assert listed["scopes"] == ["findings:write", "findings:read"]
     assert listed["state"] == "active" and listed["prefix"] == token[:11]
@@ -77,13 +80,31 @@ def test_tokens_errors(runner, app):
 def test_policy_show_and_set(runner, app):
     make_org(app)
     shown = _json(runner.invoke(args=["policy", "show", "acme"]))
-    assert shown == {"enabled": True, "block_action": "warn", "require_signed": False, "allowed_issuers": [],
-                     "retention_days": 365}
-    changed = _json(runner.invoke(args=[
-        "policy", "set", "acme", "--block-action", "block_pull", "--require-signed", "--retention-days", "30",
-        "--allowed-issuer", "https://token.actions.githubusercontent.com ^https://github.com/acme/",
-        "--allowed-issuer", "https://accounts.google.com",
-    ]))
+    assert shown == {
+        "enabled": True,
+        "block_action": "warn",
+        "require_signed": False,
+        "allowed_issuers": [],
+        "retention_days": 365,
+    }
+    changed = _json(
+        runner.invoke(
+            args=[
+                "policy",
+                "set",
+                "acme",
+                "--block-action",
+                "block_pull",
+                "--require-signed",
+                "--retention-days",
+                "30",
+                "--allowed-issuer",
+                "https://token.actions.githubusercontent.com ^https://github.com/acme/",
+                "--allowed-issuer",
+                "https://accounts.google.com",
+            ]
+        )
+    )
     assert changed["block_action"] == "block_pull" and changed["require_signed"] is True
     assert changed["retention_days"] == 30
     assert changed["allowed_issuers"] == [
@@ -104,8 +125,12 @@ def test_policy_show_and_set(runner, app):
 def test_policy_set_rejects_bad_values_and_changes_nothing(runner, app):
     make_org(app)
     before = census(app)
-    for args in (["--retention-days", "0"], ["--allowed-issuer", "http://insecure.example"],
-                 ["--allowed-issuer", "https://x.example (unclosed"], ["--block-action", "explode"]):
+    for args in (
+        ["--retention-days", "0"],
+        ["--allowed-issuer", "http://insecure.example"],
+        ["--allowed-issuer", "https://x.example (unclosed"],
+        ["--block-action", "explode"],
+    ):
         result = runner.invoke(args=["policy", "set", "acme", *args])
         assert result.exit_code != 0, args
     assert runner.invoke(args=["policy", "show", "nope"]).exit_code != 0

@@ -20,7 +20,8 @@ def clean_env(monkeypatch):
 def test_defaults_use_sqlite_in_instance_folder_and_a_generated_key(tmp_path, monkeypatch):
     app = create_app()
     assert app.config["DATABASE_URL"].startswith("sqlite:///") and app.config["DATABASE_URL"].endswith(
-        "instance/fremforge.db")
+        "instance/fremforge.db"
+    )
     assert app.config["MAX_UPLOAD_BYTES"] == 64 * 1024 * 1024
     assert app.config["GITHUB_API_URL"] == "https://api.github.com"
     assert len(app.config["SECRET_KEY"]) >= 32
@@ -44,10 +45,13 @@ def test_postgres_urls_use_psycopg(monkeypatch):
     assert app.config["DATABASE_URL"] == "postgresql+psycopg://u@127.0.0.1:5432/db"
 
 
-@pytest.mark.parametrize("env", [
-    {"FREMFORGE_ENV": "production"},
-    {"FREMFORGE_GITHUB_APP_ID": "123", "FREMFORGE_GITHUB_PRIVATE_KEY": "-----BEGIN RSA PRIVATE KEY-----"},
-])
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"FREMFORGE_ENV": "production"},
+        {"FREMFORGE_GITHUB_APP_ID": "123", "FREMFORGE_GITHUB_PRIVATE_KEY": "-----BEGIN RSA PRIVATE KEY-----"},
+    ],
+)
 def test_production_without_secret_key_refuses_to_start(monkeypatch, env):
     for key, value in env.items():
         monkeypatch.setenv(key, value)

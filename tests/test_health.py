@@ -8,8 +8,13 @@ def test_healthz_and_readyz(client):
 
 
 def test_readyz_is_503_when_the_database_is_unreachable(tmp_path):
-    app = create_app({"TESTING": True, "SECRET_KEY": "x",
-                      "DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=1"})
+    app = create_app(
+        {
+            "TESTING": True,
+            "SECRET_KEY": "x",
+            "DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=1",
+        }
+    )
     r = app.test_client().get("/readyz")
     assert r.status_code == 503 and r.json["database"] == "unreachable"
     assert app.test_client().get("/healthz").status_code == 200

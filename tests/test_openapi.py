@@ -73,17 +73,14 @@ def _routes(app: Flask) -> set[tuple[str, str]]:
 
 
 def _documented(doc: dict[str, Any]) -> set[tuple[str, str]]:
-    return {
-        (method.upper(), path)
-        for path, item in doc["paths"].items()
-        for method in item
-        if method in HTTP_METHODS
-    }
+    return {(method.upper(), path) for path, item in doc["paths"].items() for method in item if method in HTTP_METHODS}
 
 
 def test_translating_flask_rules():
-    assert _openapi_path("/api/v1/orgs/<slug>/image-scans/<int:scan_run_id>") == \
-        "/api/v1/orgs/{slug}/image-scans/{scan_run_id}"
+    assert (
+        _openapi_path("/api/v1/orgs/<slug>/image-scans/<int:scan_run_id>")
+        == "/api/v1/orgs/{slug}/image-scans/{scan_run_id}"
+    )
     assert _openapi_path("/api/v1/openapi.json") == "/api/v1/openapi.json"
 
 
@@ -158,8 +155,15 @@ def acme(app: Flask) -> dict[str, Any]:
     token = make_token(app, "acme", ALL_SCOPES)
     client = app.test_client()
     scan_ids = []
-    for body in (seed(), seed(image_ref="ghcr.io/acme/web:2", sha=SHA2, repo="acme/web",
-                              findings=[finding(), finding("GHSA-xxxx-yyyy-zzzz", "CRITICAL", fixed=None)])):
+    for body in (
+        seed(),
+        seed(
+            image_ref="ghcr.io/acme/web:2",
+            sha=SHA2,
+            repo="acme/web",
+            findings=[finding(), finding("GHSA-xxxx-yyyy-zzzz", "CRITICAL", fixed=None)],
+        ),
+    ):
         r = post(client, token, body)
         assert r.status_code == 202, r.json
         scan_ids.append(r.json["scan_run_id"])
@@ -167,42 +171,51 @@ def acme(app: Flask) -> dict[str, Any]:
 
 
 def _config(acme: dict[str, Any]) -> schemathesis.Config:
-    return schemathesis.Config.from_dict({
-        "seed": SEED,
-        "suppress-health-check": ["all"],
-        "headers": {"Authorization": f"Bearer {acme['token']}"},
-        "dictionaries": {
-            "scans": {"values": acme["scan_ids"]},
-            "repos": {"values": ["acme/api", "acme/web", "ACME/api"]},
-        },
-        "parameters": {
-            # The org is always acme (its token): unknown orgs and other tokens are hand-picked below.
-            "path.slug": "acme",
-            "path.scan_run_id": {"dictionary": "scans", "probability": 0.5},
-            "body.repo_full_name": {"dictionary": "repos", "probability": 0.7},
-            "query.repo_full_name": {"dictionary": "repos", "probability": 0.7},
-            # schemathesis would send `Content-Encoding: gzip` over a body it does not compress; gzip is
-            # hand-picked below instead.
-            "header.Content-Encoding": "identity",
-        },
-        "generation": {
-            "mode": "all",  # positive and negative data
-            "max-examples": MAX_EXAMPLES,
-            "deterministic": True,
-            "database": "none",
-            "with-security-parameters": False,
-        },
-        "phases": {"examples": {"enabled": True}, "coverage": {"enabled": True}, "fuzzing": {"enabled": True},
-                   "stateful": {"enabled": False}},
-        "checks": {"enabled": False, **{name: {"enabled": True} for name in CHECK_NAMES}},
-        "operations": [{
-            # The Trivy query parameters (image_ref, commit_sha, ...) only count, and are only validated, when the
-            # body is a raw Trivy report; with the seed shape they are ignored, which OpenAPI cannot express.
-            "include-operation-id": "uploadFindings",
-            "checks": {"negative_data_rejection": {"enabled": False}},
-        }],
-        "workers": 1,
-    })
+    return schemathesis.Config.from_dict(
+        {
+            "seed": SEED,
+            "suppress-health-check": ["all"],
+            "headers": {"Authorization": f"Bearer {acme['token']}"},
+            "dictionaries": {
+                "scans": {"values": acme["scan_ids"]},
+                "repos": {"values": ["acme/api", "acme/web", "ACME/api"]},
+            },
+            "parameters": {
+                # The org is always acme (its token): unknown orgs and other tokens are hand-picked below.
+                "path.slug": "acme",
+                "path.scan_run_id": {"dictionary": "scans", "probability": 0.5},
+                "body.repo_full_name": {"dictionary": "repos", "probability": 0.7},
+                "query.repo_full_name": {"dictionary": "repos", "probability": 0.7},
+                # schemathesis would send `Content-Encoding: gzip` over a body it does not compress; gzip is
+                # hand-picked below instead.
+                "header.Content-Encoding": "identity",
+            },
+            "generation": {
+                "mode": "all",  # positive and negative data
+                "max-examples": MAX_EXAMPLES,
+                "deterministic": True,
+                "database": "none",
+                "with-security-parameters": False,
+            },
+            "phases": {
+                "examples": {"enabled": True},
+                "coverage": {"enabled": True},
+                "fuzzing": {"enabled": True},
+                "stateful": {"enabled": False},
+            },
+            "checks": {"enabled": False, **{name: {"enabled": True} for name in CHECK_NAMES}},
+            "operations": [
+                {
+                    # The Trivy query parameters (image_ref, commit_sha, ...) only count, and are only validated,
+                    # when the body is a raw Trivy report; with the seed shape they are ignored, which OpenAPI
+                    # cannot express.
+                    "include-operation-id": "uploadFindings",
+                    "checks": {"negative_data_rejection": {"enabled": False}},
+                }
+            ],
+            "workers": 1,
+        }
+    )
 
 
 def _short(value: Any, limit: int = 300) -> str:
@@ -218,9 +231,11 @@ def _describe(recorder: Any, failure: Any, case_id: str) -> str:
     content = response.content if response is not None else b""
     headers = {k: v for k, v in (case.headers or {}).items() if k.lower() != "authorization"}
     body = "" if case.body is NOT_SET else f" body={_short(case.body)}"
-    return (f"{case.operation.label}: {failure.title}: {_short(failure.message, 600)}\n"
-            f"    sent {case.method} {case.formatted_path} query={_short(case.query)} headers={_short(headers)}"
-            f"{body}\n    got {status} {_short(content)}")
+    return (
+        f"{case.operation.label}: {failure.title}: {_short(failure.message, 600)}\n"
+        f"    sent {case.method} {case.formatted_path} query={_short(case.query)} headers={_short(headers)}"
+        f"{body}\n    got {status} {_short(content)}"
+    )
 
 
 def _run(schema: Any) -> tuple[dict[str, dict[int, int]], list[str]]:
@@ -265,8 +280,9 @@ def test_api_answers_as_documented(app: Flask, acme: dict[str, Any]) -> None:
     assert [label for label, code in success.items() if not seen[label].get(code)] == [], seen
     # ... and refused what it should refuse.
     takes_input = documented - {f"GET {SETTINGS}"}
-    assert [label for label in takes_input if not any(400 <= code < 500 and code != 405 for code in seen[label])] \
-        == [], seen
+    assert [
+        label for label in takes_input if not any(400 <= code < 500 and code != 405 for code in seen[label])
+    ] == [], seen
 
 
 # ---------------------------------------------------------------- hand-picked requests, checked the same way
@@ -281,15 +297,25 @@ TRIVY_REPORT = {
     "ArtifactName": "ghcr.io/acme/api:trivy",
     "ArtifactType": "container_image",
     "Results": [
-        {"Target": "ghcr.io/acme/api:trivy (debian 12.5)", "Class": "os-pkgs", "Type": "debian",
-         "Vulnerabilities": [
-             {"VulnerabilityID": "CVE-2024-0001", "PkgName": "libssl3", "InstalledVersion": "3.0.11-1",
-              "FixedVersion": "3.0.13-1", "Severity": "HIGH", "Title": "openssl: a bug",
-              "PrimaryURL": "https://avd.aquasec.com/nvd/cve-2024-0001",
-              "References": ["https://security-tracker.debian.org/tracker/CVE-2024-0001"],
-              "VendorIDs": ["DSA-5555-1"]},
-             {"VulnerabilityID": "GHSA-abcd-efgh-ijkl", "PkgName": "zlib1g", "InstalledVersion": "1:1.2.13"},
-         ]},
+        {
+            "Target": "ghcr.io/acme/api:trivy (debian 12.5)",
+            "Class": "os-pkgs",
+            "Type": "debian",
+            "Vulnerabilities": [
+                {
+                    "VulnerabilityID": "CVE-2024-0001",
+                    "PkgName": "libssl3",
+                    "InstalledVersion": "3.0.11-1",
+                    "FixedVersion": "3.0.13-1",
+                    "Severity": "HIGH",
+                    "Title": "openssl: a bug",
+                    "PrimaryURL": "https://avd.aquasec.com/nvd/cve-2024-0001",
+                    "References": ["https://security-tracker.debian.org/tracker/CVE-2024-0001"],
+                    "VendorIDs": ["DSA-5555-1"],
+                },
+                {"VulnerabilityID": "GHSA-abcd-efgh-ijkl", "PkgName": "zlib1g", "InstalledVersion": "1:1.2.13"},
+            ],
+        },
         {"Target": "app/requirements.txt", "Class": "lang-pkgs", "Type": "pip", "Vulnerabilities": None},
     ],
 }
@@ -303,24 +329,47 @@ class Checked:
         self.client = acme["client"]
         self.token = acme["token"]
 
-    def __call__(self, method: str, path: str, *, slug: str = "acme", token: str | None = "default",
-                 expect: int, body: Any = None, raw: bytes | None = None, query: dict[str, str] | None = None,
-                 headers: dict[str, str] | None = None, **path_params: Any) -> Any:
+    def __call__(
+        self,
+        method: str,
+        path: str,
+        *,
+        slug: str = "acme",
+        token: str | None = "default",
+        expect: int,
+        body: Any = None,
+        raw: bytes | None = None,
+        query: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        **path_params: Any,
+    ) -> Any:
         token = self.token if token == "default" else token
         hdrs = dict(headers or {})
         if token is not None:
             hdrs["Authorization"] = f"Bearer {token}"
         url = path.format(slug=slug, **path_params)
         if method == "POST":
-            response = post(self.client, token, body, slug=slug, raw=raw, query=query, headers=headers,
-                            gz=hdrs.get("Content-Encoding") == "gzip")
+            response = post(
+                self.client,
+                token,
+                body,
+                slug=slug,
+                raw=raw,
+                query=query,
+                headers=headers,
+                gz=hdrs.get("Content-Encoding") == "gzip",
+            )
         else:
             data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
             if data is not None:
                 hdrs.setdefault("Content-Type", "application/json")
             response = self.client.open(url, method=method, data=data, headers=hdrs, query_string=query)
-        case = self.schema[path][method].Case(path_parameters={"slug": slug, **path_params}, query=query,
-                                              headers=hdrs, body=body if body is not None else NOT_SET)
+        case = self.schema[path][method].Case(
+            path_parameters={"slug": slug, **path_params},
+            query=query,
+            headers=hdrs,
+            body=body if body is not None else NOT_SET,
+        )
         case.validate_response(response, checks=CHECKS)
         assert response.status_code == expect, (response.status_code, response.get_data(as_text=True)[:500])
         return response.json
@@ -332,30 +381,49 @@ def checked(app: Flask, acme: dict[str, Any]) -> Checked:
 
 
 def test_happy_paths_answer_as_documented(app, acme, checked):
-    first = checked("POST", FINDINGS, body=seed(findings=[finding(), finding(), finding("RUSTSEC-2024-0001",
-                                                                                          "Medium", fixed="")]),
-                    expect=202)
+    first = checked(
+        "POST",
+        FINDINGS,
+        body=seed(findings=[finding(), finding(), finding("RUSTSEC-2024-0001", "Medium", fixed="")]),
+        expect=202,
+    )
     assert (first["accepted"], first["duplicates"], first["status"]) == (2, 1, "success")
     assert first["commit_status"]["state"] == "success"
-    gz = checked("POST", FINDINGS, body=seed(image_ref="ghcr.io/acme/api:gz"), headers={"Content-Encoding": "gzip"},
-                 expect=202)
-    trivy = checked("POST", FINDINGS, body=TRIVY_REPORT, query={"commit_sha": SHA, "repo_full_name": "acme/api"},
-                    expect=202)
+    gz = checked(
+        "POST", FINDINGS, body=seed(image_ref="ghcr.io/acme/api:gz"), headers={"Content-Encoding": "gzip"}, expect=202
+    )
+    trivy = checked(
+        "POST", FINDINGS, body=TRIVY_REPORT, query={"commit_sha": SHA, "repo_full_name": "acme/api"}, expect=202
+    )
     assert trivy["accepted"] == 2
-    legacy = checked("POST", FINDINGS, body=TRIVY_REPORT["Results"],
-                     query={"commit_sha": SHA2, "repo_full_name": "acme/api", "image_ref": "ghcr.io/acme/api:old"},
-                     expect=202)
+    legacy = checked(
+        "POST",
+        FINDINGS,
+        body=TRIVY_REPORT["Results"],
+        query={"commit_sha": SHA2, "repo_full_name": "acme/api", "image_ref": "ghcr.io/acme/api:old"},
+        expect=202,
+    )
     assert legacy["accepted"] == 2
 
-    set_policy(app, "acme", block_action="block_pull", require_signed=True,
-               allowed_issuers=[{"issuer": "https://token.actions.githubusercontent.com",
-                                 "subject_pattern": "^https://github.com/acme/"}])
+    set_policy(
+        app,
+        "acme",
+        block_action="block_pull",
+        require_signed=True,
+        allowed_issuers=[
+            {"issuer": "https://token.actions.githubusercontent.com", "subject_pattern": "^https://github.com/acme/"}
+        ],
+    )
     blocked = checked("POST", FINDINGS, body=seed(image_ref="ghcr.io/acme/api:unsigned"), expect=202)
     assert blocked["status"] == "failure"
     assert blocked["commit_status"]["state"] == "failure"
-    signed = seed(image_ref="ghcr.io/acme/api:signed", findings=[finding(severity="low")], signature_status="signed",
-                  signature_issuer="https://token.actions.githubusercontent.com",
-                  signature_subject="https://github.com/acme/api/.github/workflows/ci.yml@refs/heads/main")
+    signed = seed(
+        image_ref="ghcr.io/acme/api:signed",
+        findings=[finding(severity="low")],
+        signature_status="signed",
+        signature_issuer="https://token.actions.githubusercontent.com",
+        signature_subject="https://github.com/acme/api/.github/workflows/ci.yml@refs/heads/main",
+    )
     assert checked("POST", FINDINGS, body=signed, expect=202)["status"] == "success"
     set_policy(app, "acme", block_action="none")
     skipped = checked("POST", FINDINGS, body=seed(image_ref="ghcr.io/acme/api:none"), expect=202)
@@ -366,8 +434,15 @@ def test_happy_paths_answer_as_documented(app, acme, checked):
     rest = checked("GET", SCANS, query={"cursor": page["next_cursor"], "limit": "1000"}, expect=200)
     assert rest["next_cursor"] is None
     checked("GET", SCANS, query={"repo": "acme/api", "commit_sha": SHA, "status": "failure", "pr": "1"}, expect=200)
-    for scan_id in [*acme["scan_ids"], first["scan_run_id"], gz["scan_run_id"], trivy["scan_run_id"],
-                    legacy["scan_run_id"], blocked["scan_run_id"], skipped["scan_run_id"]]:
+    for scan_id in [
+        *acme["scan_ids"],
+        first["scan_run_id"],
+        gz["scan_run_id"],
+        trivy["scan_run_id"],
+        legacy["scan_run_id"],
+        blocked["scan_run_id"],
+        skipped["scan_run_id"],
+    ]:
         detail = checked("GET", SCAN, scan_run_id=scan_id, expect=200)
         assert detail["scan_run_id"] == scan_id and detail["findings"]
     synthetic = checked("GET", SCAN, scan_run_id=blocked["scan_run_id"], expect=200)["findings"]
@@ -375,8 +450,12 @@ def test_happy_paths_answer_as_documented(app, acme, checked):
 
     settings = checked("GET", SETTINGS, expect=200)
     assert settings["block_action"] == "none"
-    checked("PUT", SETTINGS, body={"enabled": False, "retention_days": 30,
-                                   "allowed_issuers": [{"issuer": "https://gitlab.example.com"}]}, expect=200)
+    checked(
+        "PUT",
+        SETTINGS,
+        body={"enabled": False, "retention_days": 30, "allowed_issuers": [{"issuer": "https://gitlab.example.com"}]},
+        expect=200,
+    )
     disabled = checked("POST", FINDINGS, body=seed(), expect=202)
     assert disabled == {"accepted": 0, "status": "disabled"}
 
@@ -386,8 +465,13 @@ def test_refusals_answer_as_documented(app, acme, checked):
     other_token = make_token(app, "other")
     read_only = make_token(app, "acme", ["findings:read"])
     scan_id = acme["scan_ids"][0]
-    for method, path, body in (("POST", FINDINGS, seed()), ("GET", SCANS, None), ("GET", SCAN, None),
-                               ("GET", SETTINGS, None), ("PUT", SETTINGS, {"enabled": True})):
+    for method, path, body in (
+        ("POST", FINDINGS, seed()),
+        ("GET", SCANS, None),
+        ("GET", SCAN, None),
+        ("GET", SETTINGS, None),
+        ("PUT", SETTINGS, {"enabled": True}),
+    ):
         params = {"scan_run_id": scan_id} if path == SCAN else {}
         checked(method, path, body=body, token=None, expect=401, **params)
         checked(method, path, body=body, token="ffis_not-a-token", expect=401, **params)
@@ -405,8 +489,13 @@ def test_refusals_answer_as_documented(app, acme, checked):
     checked("POST", FINDINGS, raw=b"{}", headers={"Content-Encoding": "br"}, expect=415)
     checked("POST", FINDINGS, body=seed(findings=[finding(severity="severe")]), expect=422)
     checked("POST", FINDINGS, body=TRIVY_REPORT, expect=422)
-    checked("POST", FINDINGS, body=[{"Vulnerabilities": [{"PkgName": "x"}]}],
-            query={"commit_sha": SHA, "repo_full_name": "acme/api", "image_ref": "x"}, expect=422)
+    checked(
+        "POST",
+        FINDINGS,
+        body=[{"Vulnerabilities": [{"PkgName": "x"}]}],
+        query={"commit_sha": SHA, "repo_full_name": "acme/api", "image_ref": "x"},
+        expect=422,
+    )
     checked("PUT", SETTINGS, body={"block_action": "explode"}, expect=422)
     checked("PUT", SETTINGS, raw=b"[", expect=400)
     checked("GET", SCANS, query={"cursor": "nonsense"}, expect=422)

@@ -20,16 +20,23 @@ bp = Blueprint("findings_api", __name__, url_prefix="/api/v1/orgs/<slug>/image-s
 @bp.post("/findings")
 def upload(slug: str) -> tuple[dict[str, Any], int]:
     org, _, settings = authenticate(slug, "findings:write")
-    doc = schemas.read_json(request.content_type, request.headers.get("Content-Encoding"),
-                            request_body, current_app.config["MAX_UPLOAD_BYTES"])
+    doc = schemas.read_json(
+        request.content_type,
+        request.headers.get("Content-Encoding"),
+        request_body,
+        current_app.config["MAX_UPLOAD_BYTES"],
+    )
     upload = schemas.parse_upload(doc, request.args)
     if upload.repo_owner.lower() != org.github_login.lower():
-        raise forbidden(f"The repository {upload.repo_full_name} is outside this organisation's GitHub account "
-                        f"({org.github_login}).")
+        raise forbidden(
+            f"The repository {upload.repo_full_name} is outside this organisation's GitHub account "
+            f"({org.github_login})."
+        )
     if not settings.enabled:
         return {"accepted": 0, "status": "disabled"}, 202
-    result = service.ingest(db.session(), org, settings, upload, links(),
-                            deliver=current_app.config["GITHUB_APP_CONFIGURED"])
+    result = service.ingest(
+        db.session(), org, settings, upload, links(), deliver=current_app.config["GITHUB_APP_CONFIGURED"]
+    )
     return result.body(links().scan(org.slug, result.scan_run_id)), 202
 
 
@@ -52,11 +59,24 @@ def list_scans(slug: str) -> dict[str, Any]:
     try:
         before = queries.decode_cursor(q.cursor) if q.cursor else None
     except queries.BadCursor:
-        raise ApiError(422, "validation_failed", "The cursor is not one this API gave out.",
-                       [{"path": "cursor", "in": "query", "code": "cursor", "message": "is not valid"}]) from None
+        raise ApiError(
+            422,
+            "validation_failed",
+            "The cursor is not one this API gave out.",
+            [{"path": "cursor", "in": "query", "code": "cursor", "message": "is not valid"}],
+        ) from None
     session = db.session()
-    rows, next_id = queries.list_scans(session, org.id, repo=q.repo, commit_sha=q.commit_sha, image_ref=q.image_ref,
-                                       pr=q.pr, status=q.status, before_id=before, limit=q.limit)
+    rows, next_id = queries.list_scans(
+        session,
+        org.id,
+        repo=q.repo,
+        commit_sha=q.commit_sha,
+        image_ref=q.image_ref,
+        pr=q.pr,
+        status=q.status,
+        before_id=before,
+        limit=q.limit,
+    )
     wishes = queries.outbox_by_scan(session, [r.id for r in rows])
     return {
         "items": [scan_json(org.slug, r, wishes.get(r.id)) for r in rows],
@@ -125,8 +145,9 @@ def finding_json(f: Finding) -> dict[str, Any]:
         "primary_url": f.primary_url,
         "references": f.references or [],
         "vendor_ids": f.vendor_ids or [],
-        "advisories": [{"id": i, "url": u} for i, u in
-                       advisories.links(f.cve_id, f.vendor_ids or (), f.references or ())],
+        "advisories": [
+            {"id": i, "url": u} for i, u in advisories.links(f.cve_id, f.vendor_ids or (), f.references or ())
+        ],
         "synthetic": bool(f.synthetic),
         "redacted": False,
         "payload_hash": f.payload_hash,

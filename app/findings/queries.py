@@ -15,8 +15,17 @@ from app.models import SEVERITIES, Finding, OutboxItem, ScanRun
 MAX_SCAN_ID = 2**31 - 1
 SEVERITY_ORDER = sa.case({s: i for i, s in enumerate(SEVERITIES)}, value=Finding.severity, else_=len(SEVERITIES))
 FINDING_COLUMNS = (
-    "cve_id", "severity", "package", "installed_version", "fixed_version", "target", "title", "primary_url",
-    "references", "vendor_ids", "synthetic",
+    "cve_id",
+    "severity",
+    "package",
+    "installed_version",
+    "fixed_version",
+    "target",
+    "title",
+    "primary_url",
+    "references",
+    "vendor_ids",
+    "synthetic",
 )
 
 
@@ -33,13 +42,23 @@ def top_findings(conn: sa.Connection | Session, scan_run_id: int, limit: int = 5
 
 _LATEST_JUDGED_IDS = (
     sa.select(sa.func.max(ScanRun.id))
-    .where(ScanRun.org_id == sa.bindparam("org"), ScanRun.repo_full_name == sa.bindparam("repo"),
-           ScanRun.commit_sha == sa.bindparam("sha"), ScanRun.status != "skipped")
+    .where(
+        ScanRun.org_id == sa.bindparam("org"),
+        ScanRun.repo_full_name == sa.bindparam("repo"),
+        ScanRun.commit_sha == sa.bindparam("sha"),
+        ScanRun.status != "skipped",
+    )
     .group_by(ScanRun.image_ref)
 )
 LATEST_JUDGED = (
-    sa.select(ScanRun.id, ScanRun.image_ref, ScanRun.status, ScanRun.fixable, ScanRun.pr_number,
-              *(getattr(ScanRun, s) for s in SEVERITIES))
+    sa.select(
+        ScanRun.id,
+        ScanRun.image_ref,
+        ScanRun.status,
+        ScanRun.fixable,
+        ScanRun.pr_number,
+        *(getattr(ScanRun, s) for s in SEVERITIES),
+    )
     .where(ScanRun.id.in_(_LATEST_JUDGED_IDS))
     .order_by(ScanRun.image_ref)
 )
@@ -52,10 +71,13 @@ def latest_judged_rows(conn: sa.Connection, org_id: int, repo: str, sha: str) ->
 
 def findings_of(session: Session, scan_run_id: int) -> list[Finding]:
     """Every finding of a scan, most severe first, then by package."""
-    return list(session.scalars(
-        sa.select(Finding).where(Finding.scan_run_id == scan_run_id)
-        .order_by(SEVERITY_ORDER, Finding.package, Finding.cve_id, Finding.seq)
-    ))
+    return list(
+        session.scalars(
+            sa.select(Finding)
+            .where(Finding.scan_run_id == scan_run_id)
+            .order_by(SEVERITY_ORDER, Finding.package, Finding.cve_id, Finding.seq)
+        )
+    )
 
 
 def outbox_by_scan(session: Session, scan_ids: Sequence[int]) -> dict[int, OutboxItem]:
@@ -85,9 +107,18 @@ def decode_cursor(cursor: str) -> int:
         raise BadCursor(cursor) from None
 
 
-def list_scans(session: Session, org_id: int, *, repo: str | None = None, commit_sha: str | None = None,
-               image_ref: str | None = None, pr: int | None = None, status: str | None = None,
-               before_id: int | None = None, limit: int = 50) -> tuple[list[ScanRun], int | None]:
+def list_scans(
+    session: Session,
+    org_id: int,
+    *,
+    repo: str | None = None,
+    commit_sha: str | None = None,
+    image_ref: str | None = None,
+    pr: int | None = None,
+    status: str | None = None,
+    before_id: int | None = None,
+    limit: int = 50,
+) -> tuple[list[ScanRun], int | None]:
     """One page of scans, newest first (keyset on id); and the id to continue from, if there is more."""
     q = sa.select(ScanRun).where(ScanRun.org_id == org_id)
     if repo:

@@ -6,12 +6,20 @@ import re
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, NotRequired
 
 import orjson
-from pydantic import BaseModel, BeforeValidator, ConfigDict, StringConstraints, TypeAdapter, ValidationError, with_config
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    with_config,
+)
 from pydantic_core import PydanticCustomError
-from typing_extensions import NotRequired, TypedDict
+from typing_extensions import TypedDict
 
 from app.errors import ApiError, validation_failed
 from app.policy import Signature
@@ -127,20 +135,25 @@ class Upload:
 # ---------------------------------------------------------------- the body
 
 
-def read_json(content_type: str | None, content_encoding: str | None, read_body: Callable[[], bytes],
-              max_bytes: int) -> Any:
+def read_json(
+    content_type: str | None, content_encoding: str | None, read_body: Callable[[], bytes], max_bytes: int
+) -> Any:
     """The body's JSON value; 400/413/415 for what is not JSON, is too large, or is compressed wrongly."""
     mimetype = (content_type or "").split(";", 1)[0].strip().lower()
     if mimetype != "application/json" and not (mimetype.startswith("application/") and mimetype.endswith("+json")):
-        raise ApiError(415, "unsupported_media_type",
-                       f"The body must be JSON sent as Content-Type: application/json, not {mimetype or 'nothing'}.")
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"The body must be JSON sent as Content-Type: application/json, not {mimetype or 'nothing'}.",
+        )
     encoding = (content_encoding or "identity").strip().lower()
     body = read_body()
     if encoding in ("gzip", "x-gzip"):
         body = gunzip(body, max_bytes)
     elif encoding not in ("identity", ""):
-        raise ApiError(415, "unsupported_media_type",
-                       f"Content-Encoding {encoding!r} is not supported; send gzip or no encoding.")
+        raise ApiError(
+            415, "unsupported_media_type", f"Content-Encoding {encoding!r} is not supported; send gzip or no encoding."
+        )
     if not body.strip():
         raise ApiError(400, "empty_body", "The body is empty; send the findings as JSON.")
     try:
@@ -162,8 +175,11 @@ def gunzip(data: bytes, max_bytes: int) -> bytes:
         except zlib.error as exc:
             raise ApiError(400, "malformed_gzip", f"The body is not valid gzip: {exc}.") from None
         if len(out) > max_bytes:
-            raise ApiError(413, "payload_too_large",
-                           f"The body decompresses to more than the upload limit of {max_bytes / 2**20:g} MiB.")
+            raise ApiError(
+                413,
+                "payload_too_large",
+                f"The body decompresses to more than the upload limit of {max_bytes / 2**20:g} MiB.",
+            )
         if not d.eof:
             raise ApiError(400, "malformed_gzip", "The gzip body is truncated.")
         data = d.unused_data
@@ -179,13 +195,27 @@ def _refuse_nul(value: Any, path: str) -> None:
         value, trail = stack.pop()
         if isinstance(value, str):
             if "\x00" in value:
-                raise validation_failed([{"path": _trail_path(path, trail), "code": "nul_character",
-                                          "message": "contains a NUL character (\\u0000)"}])
+                raise validation_failed(
+                    [
+                        {
+                            "path": _trail_path(path, trail),
+                            "code": "nul_character",
+                            "message": "contains a NUL character (\\u0000)",
+                        }
+                    ]
+                )
         elif isinstance(value, dict):
             for k in value:
                 if "\x00" in k:
-                    raise validation_failed([{"path": _trail_path(path, trail), "code": "nul_character",
-                                              "message": "contains a NUL character (\\u0000) in a key"}])
+                    raise validation_failed(
+                        [
+                            {
+                                "path": _trail_path(path, trail),
+                                "code": "nul_character",
+                                "message": "contains a NUL character (\\u0000) in a key",
+                            }
+                        ]
+                    )
             stack.extend((v, (trail, k)) for k, v in reversed(value.items()))
         elif isinstance(value, list):
             stack.extend((value[i], (trail, i)) for i in range(len(value) - 1, -1, -1))
@@ -259,20 +289,32 @@ def _from_seed(seed: SeedUpload) -> Upload:
         key = (f["cve_id"], f["package_name"], installed, target)
         if key not in unique:
             unique[key] = {
-                "cve_id": f["cve_id"], "severity": f["severity"].lower(), "package": f["package_name"],
-                "installed_version": installed, "fixed_version": get("fixed_version") or None, "target": target,
-                "title": get("title"), "primary_url": get("primary_url"), "references": get("references") or [],
-                "vendor_ids": get("vendor_ids") or [], "synthetic": False,
+                "cve_id": f["cve_id"],
+                "severity": f["severity"].lower(),
+                "package": f["package_name"],
+                "installed_version": installed,
+                "fixed_version": get("fixed_version") or None,
+                "target": target,
+                "title": get("title"),
+                "primary_url": get("primary_url"),
+                "references": get("references") or [],
+                "vendor_ids": get("vendor_ids") or [],
+                "synthetic": False,
             }
     return Upload(
-        image_ref=seed.image_ref, commit_sha=seed.commit_sha, repo_full_name=seed.repo_full_name,
+        image_ref=seed.image_ref,
+        commit_sha=seed.commit_sha,
+        repo_full_name=seed.repo_full_name,
         signature=Signature(seed.signature_status or "unknown", seed.signature_issuer, seed.signature_subject),
-        findings=list(unique.values()), duplicates=len(seed.findings) - len(unique), source="seed",
+        findings=list(unique.values()),
+        duplicates=len(seed.findings) - len(unique),
+        source="seed",
     )
 
 
-def _from_trivy(results: list[TrivyResult] | None, artifact: str | None, query: Mapping[str, str],
-                source: str) -> Upload:
+def _from_trivy(
+    results: list[TrivyResult] | None, artifact: str | None, query: Mapping[str, str], source: str
+) -> Upload:
     params = {k: query[k] for k in QUERY_FIELDS if k in query}
     if not params.get("image_ref"):
         params["image_ref"] = artifact or ""
@@ -296,16 +338,26 @@ def _from_trivy(results: list[TrivyResult] | None, artifact: str | None, query: 
             key = (v["VulnerabilityID"], v["PkgName"], installed, target)
             if key not in unique:
                 unique[key] = {
-                    "cve_id": v["VulnerabilityID"], "severity": (get("Severity") or "unknown").lower(),
-                    "package": v["PkgName"], "installed_version": installed,
-                    "fixed_version": get("FixedVersion") or None, "target": target, "title": get("Title"),
-                    "primary_url": get("PrimaryURL"), "references": get("References") or [],
-                    "vendor_ids": get("VendorIDs") or [], "synthetic": False,
+                    "cve_id": v["VulnerabilityID"],
+                    "severity": (get("Severity") or "unknown").lower(),
+                    "package": v["PkgName"],
+                    "installed_version": installed,
+                    "fixed_version": get("FixedVersion") or None,
+                    "target": target,
+                    "title": get("Title"),
+                    "primary_url": get("PrimaryURL"),
+                    "references": get("References") or [],
+                    "vendor_ids": get("VendorIDs") or [],
+                    "synthetic": False,
                 }
     return Upload(
-        image_ref=ctx.image_ref, commit_sha=ctx.commit_sha, repo_full_name=ctx.repo_full_name,
+        image_ref=ctx.image_ref,
+        commit_sha=ctx.commit_sha,
+        repo_full_name=ctx.repo_full_name,
         signature=Signature(ctx.signature_status or "unknown", ctx.signature_issuer, ctx.signature_subject),
-        findings=list(unique.values()), duplicates=total - len(unique), source=source,
+        findings=list(unique.values()),
+        duplicates=total - len(unique),
+        source=source,
     )
 
 

@@ -21,7 +21,8 @@ _scans = ScanRun.__table__
 # Statements built once; the per-request path stays below the ORM.
 LOCK_HEAD = sa.select(_heads.c.seq, _heads.c.head_hash).where(_heads.c.org_id == sa.bindparam("org")).with_for_update()
 MOVE_HEAD = (
-    sa.update(_heads).where(_heads.c.org_id == sa.bindparam("org"))
+    sa.update(_heads)
+    .where(_heads.c.org_id == sa.bindparam("org"))
     .values(seq=sa.bindparam("new_seq"), head_hash=sa.bindparam("new_hash"))
 )
 INSERT_SCAN = sa.insert(_scans).returning(_scans.c.id)
@@ -50,8 +51,9 @@ class IngestResult:
         }
 
 
-def ingest(session: Session, org: Org, settings: OrgSettings, upload: Upload, links: outbox.Links,
-           deliver: bool) -> IngestResult:
+def ingest(
+    session: Session, org: Org, settings: OrgSettings, upload: Upload, links: outbox.Links, deliver: bool
+) -> IngestResult:
     """Store the scan with its findings appended to the org's chain, and the wish to post its commit's state.
 
     Everything that needs no lock (policy, counts) is done first; the org's chain head is then locked
@@ -67,20 +69,33 @@ def ingest(session: Session, org: Org, settings: OrgSettings, upload: Upload, li
         conn = session.connection()
         head = _lock_head(conn, org.id)
         judged = queries.latest_judged_rows(conn, org.id, upload.repo_full_name, upload.commit_sha)
-        scan_id = conn.execute(INSERT_SCAN, {
-            "org_id": org.id, "image_ref": upload.image_ref, "commit_sha": upload.commit_sha,
-            "repo_full_name": upload.repo_full_name, "signature_status": upload.signature.status,
-            "signature_issuer": upload.signature.issuer, "signature_subject": upload.signature.subject,
-            "pr_number": next((r.pr_number for r in judged if r.pr_number), None), "status": status,
-            "block_action": pol.block_action, "fixable": fixable, "accepted": len(upload.findings),
-            "duplicates": upload.duplicates, "created_at": now, **counts,
-        }).scalar_one()
+        scan_id = conn.execute(
+            INSERT_SCAN,
+            {
+                "org_id": org.id,
+                "image_ref": upload.image_ref,
+                "commit_sha": upload.commit_sha,
+                "repo_full_name": upload.repo_full_name,
+                "signature_status": upload.signature.status,
+                "signature_issuer": upload.signature.issuer,
+                "signature_subject": upload.signature.subject,
+                "pr_number": next((r.pr_number for r in judged if r.pr_number), None),
+                "status": status,
+                "block_action": pol.block_action,
+                "fixable": fixable,
+                "accepted": len(upload.findings),
+                "duplicates": upload.duplicates,
+                "created_at": now,
+                **counts,
+            },
+        ).scalar_one()
         new_seq, new_hash = _append_findings(conn, org.id, scan_id, now, head, findings)
         if new_seq != head[0]:
             conn.execute(MOVE_HEAD, {"org": org.id, "new_seq": new_seq, "new_hash": new_hash})
         this = policy.ImageResult(upload.image_ref, status, counts, fixable, scan_id, outbox.top_of(findings))
-        commit_status = outbox.enqueue(conn, org, upload.repo_full_name, upload.commit_sha, this, judged,
-                                       pol.block_action, links, deliver)
+        commit_status = outbox.enqueue(
+            conn, org, upload.repo_full_name, upload.commit_sha, this, judged, pol.block_action, links, deliver
+        )
     return IngestResult(scan_id, len(upload.findings), upload.duplicates, status, counts, fixable, commit_status)
 
 
@@ -92,18 +107,38 @@ def _lock_head(conn: sa.Connection, org_id: int) -> tuple[int, str]:
     return head[0], head[1]
 
 
-def _append_findings(conn: sa.Connection, org_id: int, scan_id: int, now: Any, head: tuple[int, str],
-                     findings: list[dict[str, Any]]) -> tuple[int, str]:
+def _append_findings(
+    conn: sa.Connection, org_id: int, scan_id: int, now: Any, head: tuple[int, str], findings: list[dict[str, Any]]
+) -> tuple[int, str]:
     stamp = chain.timestamp(now)
     entries, new_seq, new_hash = chain.extend(
         head[0], head[1], "finding", (chain.finding_payload(org_id, scan_id, stamp, f) for f in findings)
     )
     created = store.sqlite_datetime(now) if conn.dialect.name == "sqlite" else now
     dumps = orjson.dumps
-    store.insert(conn, [
-        (org_id, scan_id, seq, ph, ch, created, f["cve_id"], f["severity"], f["package"], f["installed_version"],
-         f["fixed_version"], f["target"], f["title"], f["primary_url"], dumps(f["references"]).decode(),
-         dumps(f["vendor_ids"]).decode(), f["synthetic"])
-        for (seq, ph, ch), f in zip(entries, findings, strict=True)
-    ])
+    store.insert(
+        conn,
+        [
+            (
+                org_id,
+                scan_id,
+                seq,
+                ph,
+                ch,
+                created,
+                f["cve_id"],
+                f["severity"],
+                f["package"],
+                f["installed_version"],
+                f["fixed_version"],
+                f["target"],
+                f["title"],
+                f["primary_url"],
+                dumps(f["references"]).decode(),
+                dumps(f["vendor_ids"]).decode(),
+                f["synthetic"],
+            )
+            for (seq, ph, ch), f in zip(entries, findings, strict=True)
+        ],
+    )
     return new_seq, new_hash

@@ -34,8 +34,17 @@ class Links:
         return f"{self.section(slug)}/commits/{sha}?repo={quote(repo, safe='')}"
 
 
-def enqueue(conn: sa.Connection, org: Org, repo: str, sha: str, this: policy.ImageResult,
-            judged: Sequence[sa.Row[Any]], block_action: str, links: Links, deliver: bool) -> dict[str, Any] | None:
+def enqueue(
+    conn: sa.Connection,
+    org: Org,
+    repo: str,
+    sha: str,
+    this: policy.ImageResult,
+    judged: Sequence[sa.Row[Any]],
+    block_action: str,
+    links: Links,
+    deliver: bool,
+) -> dict[str, Any] | None:
     """Aggregate the commit's images, store the wish to post it, supersede older wishes; return the status asked.
 
     `judged` holds the latest judged scan of each image as stored before this one; this scan replaces its
@@ -44,9 +53,16 @@ def enqueue(conn: sa.Connection, org: Org, repo: str, sha: str, this: policy.Ima
     if block_action == "none":  # post nothing, leave earlier posts as they are
         return None
     images = [this] + [
-        policy.ImageResult(r.image_ref, r.status, {s: getattr(r, s) for s in SEVERITIES}, r.fixable, r.id,
-                           queries.top_findings(conn, r.id))
-        for r in judged if r.image_ref != this.image_ref
+        policy.ImageResult(
+            r.image_ref,
+            r.status,
+            {s: getattr(r, s) for s in SEVERITIES},
+            r.fixable,
+            r.id,
+            queries.top_findings(conn, r.id),
+        )
+        for r in judged
+        if r.image_ref != this.image_ref
     ]
     verdict = policy.commit_verdict(block_action, images)
     assert verdict is not None
@@ -55,14 +71,23 @@ def enqueue(conn: sa.Connection, org: Org, repo: str, sha: str, this: policy.Ima
     check_body = checks.check_run(verdict, sha, target, external_id=f"{org.slug}:{repo}@{sha}")
     if deliver:
         conn.execute(SUPERSEDE, {"org": org.id, "repo": repo, "sha": sha})
-    conn.execute(INSERT, {
-        "org_id": org.id, "scan_run_id": this.scan_run_id, "repo_full_name": repo, "commit_sha": sha,
-        "state": "pending" if deliver else "not_delivered", "commit_status": status_body, "check_run": check_body,
-        "attempts": 0, "next_attempt_at": utcnow() if deliver else None, "last_error": None if deliver else NO_APP,
-        "created_at": utcnow(),
-    })
-    return {"context": status_body["context"], "state": status_body["state"],
-            "description": status_body["description"]}
+    conn.execute(
+        INSERT,
+        {
+            "org_id": org.id,
+            "scan_run_id": this.scan_run_id,
+            "repo_full_name": repo,
+            "commit_sha": sha,
+            "state": "pending" if deliver else "not_delivered",
+            "commit_status": status_body,
+            "check_run": check_body,
+            "attempts": 0,
+            "next_attempt_at": utcnow() if deliver else None,
+            "last_error": None if deliver else NO_APP,
+            "created_at": utcnow(),
+        },
+    )
+    return {"context": status_body["context"], "state": status_body["state"], "description": status_body["description"]}
 
 
 def top_of(findings: list[dict[str, Any]], limit: int = 5) -> list[dict[str, Any]]:
@@ -75,8 +100,12 @@ _outbox = OutboxItem.__table__
 INSERT = sa.insert(_outbox)
 SUPERSEDE = (
     sa.update(_outbox)
-    .where(_outbox.c.org_id == sa.bindparam("org"), _outbox.c.repo_full_name == sa.bindparam("repo"),
-           _outbox.c.commit_sha == sa.bindparam("sha"), _outbox.c.state == "pending")
+    .where(
+        _outbox.c.org_id == sa.bindparam("org"),
+        _outbox.c.repo_full_name == sa.bindparam("repo"),
+        _outbox.c.commit_sha == sa.bindparam("sha"),
+        _outbox.c.state == "pending",
+    )
     .values(state="superseded")
 )
 

@@ -24,8 +24,12 @@ def show(slug: str) -> dict[str, Any]:
 @bp.put("")
 def change(slug: str) -> dict[str, Any]:
     org, token, _ = authenticate(slug, "settings:write")
-    doc = read_json(request.content_type, request.headers.get("Content-Encoding"),
-                    request_body, current_app.config["MAX_UPLOAD_BYTES"])
+    doc = read_json(
+        request.content_type,
+        request.headers.get("Content-Encoding"),
+        request_body,
+        current_app.config["MAX_UPLOAD_BYTES"],
+    )
     try:
         changes = service.parse_change(doc)
     except service.ValidationError as exc:

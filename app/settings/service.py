@@ -58,8 +58,9 @@ def as_dict(s: OrgSettings) -> dict[str, Any]:
         "enabled": s.enabled,
         "block_action": s.block_action,
         "require_signed": s.require_signed,
-        "allowed_issuers": [{"issuer": i["issuer"], "subject_pattern": i.get("subject_pattern")}
-                            for i in s.allowed_issuers or []],
+        "allowed_issuers": [
+            {"issuer": i["issuer"], "subject_pattern": i.get("subject_pattern")} for i in s.allowed_issuers or []
+        ],
         "retention_days": s.retention_days,
     }
 
