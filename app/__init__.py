@@ -27,13 +27,17 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     from app import cli, db, errors, health, openapi
     from app.findings import api as findings_api
+    from app.github import client as github_client
+    from app.github import webhooks as github_webhooks
     from app.settings import api as settings_api
 
     db.init_app(app)
+    github_client.init_app(app)
     errors.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(settings_api.bp)
     app.register_blueprint(findings_api.bp)
+    app.register_blueprint(github_webhooks.bp)
     cli.init_app(app)
     return app

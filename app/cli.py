@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import signal
+import threading
 from typing import Any
 
 import click
 from flask import Flask, current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 
 from app import db, migrate, orgs, tokens
 from app.db import write_transaction
+from app.github import delivery
+from app.github.client import github_app
 from app.models import Org
 from app.settings import service as settings_service
 
@@ -200,6 +204,42 @@ def policy_set(
     _echo_json(settings_service.as_dict(settings))
 
 
+# ---------------------------------------------------------------- worker
+
+
+@click.command("worker")
+@click.option("--once", is_flag=True, help="Deliver what is due now, then exit.")
+@click.option(
+    "--poll-seconds",
+    type=click.FloatRange(0.1, 60),
+    default=1.0,
+    show_default=True,
+    help="How long to wait when nothing is due.",
+)
+@with_appcontext
+def worker(once: bool, poll_seconds: float) -> None:
+    """Deliver pending commit statuses and check runs to GitHub, with retries."""
+    gh = github_app()
+    if gh is None:
+        click.echo(
+            "no GitHub App configured (FREMFORGE_GITHUB_APP_ID and FREMFORGE_GITHUB_PRIVATE_KEY): nothing to deliver"
+        )
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    delivered = 0
+    while not stop.is_set():
+        handled = delivery.run_once(db.session(), gh)
+        delivered += handled
+        if handled == 0:
+            if once:
+                break
+            stop.wait(poll_seconds)
+    click.echo(f"handled {delivered} deliveries")
+
+
 def init_app(app: Flask) -> None:
     for group in (db_cli, orgs_cli, tokens_cli, policy_cli):
         app.cli.add_command(group)
+    app.cli.add_command(worker)

@@ -71,6 +71,12 @@ def finalize(config: dict[str, Any], instance_path: str) -> None:
                 "print(secrets.token_urlsafe(48))'"
             )
         config["SECRET_KEY"] = _instance_secret_key(Path(instance_path))
+    if config["GITHUB_APP_CONFIGURED"] and not config.get("GITHUB_WEBHOOK_SECRET") and not config.get("TESTING"):
+        # Without it every webhook would be refused (fail closed): installations and PRs would go unseen.
+        raise ConfigError(
+            "FREMFORGE_GITHUB_WEBHOOK_SECRET is not set. A configured GitHub App needs its webhook secret "
+            "(the one entered in the app's settings on GitHub) to verify webhook deliveries."
+        )
 
 
 def normalise_database_url(url: str) -> str:

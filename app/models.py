@@ -183,9 +183,71 @@ class OutboxItem(Base):
     state: Mapped[str] = mapped_column(sa.String(20))
     commit_status: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
     check_run: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    # Each half is posted once, even across retries.
+    status_posted: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+    check_posted: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     attempts: Mapped[int] = mapped_column(default=0)
     next_attempt_at: Mapped[datetime | None]
-    lease_until: Mapped[datetime | None]
+    lease_until: Mapped[datetime | None]  # a worker's claim; past it, another worker may retry the row
+    claimed_by: Mapped[str | None] = mapped_column(sa.String(100))
+    last_status_code: Mapped[int | None]
     last_error: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[datetime | None]
+
+
+class CheckRunRecord(Base):
+    """The one check run of a commit that later scans update in place (PATCH)."""
+
+    __tablename__ = "check_runs"
+    __table_args__ = (sa.UniqueConstraint("org_id", "repo_full_name", "commit_sha", name="uq_check_runs_commit"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    org_id: Mapped[int] = mapped_column(sa.ForeignKey("orgs.id", ondelete="CASCADE"))
+    repo_full_name: Mapped[str] = mapped_column(sa.String(200))
+    commit_sha: Mapped[str] = mapped_column(sa.String(40))
+    github_id: Mapped[int | None] = mapped_column(sa.BigInteger)  # None: create one (new, or after rerequested)
+    create_attempted_at: Mapped[datetime | None]  # a create whose answer was lost: look it up before creating
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PullRequestLink(Base):
+    """Which pull request a head commit belongs to, learnt from pull_request webhooks."""
+
+    __tablename__ = "pull_requests"
+    __table_args__ = (
+        sa.UniqueConstraint("org_id", "repo_full_name", "number", name="uq_pull_requests_number"),
+        sa.Index("ix_pull_requests_head", "org_id", "repo_full_name", "head_sha"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    org_id: Mapped[int] = mapped_column(sa.ForeignKey("orgs.id", ondelete="CASCADE"))
+    repo_full_name: Mapped[str] = mapped_column(sa.String(200))
+    number: Mapped[int]
+    head_sha: Mapped[str] = mapped_column(sa.String(40))
+    state: Mapped[str] = mapped_column(sa.String(20))  # open | closed
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class InstallationRepository(Base):
+    """A repository the org's installation of the app can reach (installation_repositories webhooks)."""
+
+    __tablename__ = "installation_repositories"
+    __table_args__ = (sa.UniqueConstraint("org_id", "repo_full_name", name="uq_installation_repositories_repo"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    org_id: Mapped[int] = mapped_column(sa.ForeignKey("orgs.id", ondelete="CASCADE"))
+    repo_full_name: Mapped[str] = mapped_column(sa.String(200))
+    added_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """A webhook delivery seen, by its X-GitHub-Delivery id: a redelivery is acknowledged and ignored."""
+
+    __tablename__ = "webhook_deliveries"
+
+    delivery_id: Mapped[str] = mapped_column(sa.String(100), primary_key=True)
+    event: Mapped[str] = mapped_column(sa.String(50))
+    action: Mapped[str | None] = mapped_column(sa.String(50))
+    received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

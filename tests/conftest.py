@@ -149,3 +149,50 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     terminalreporter.section("skipped tests, by reason")
     for reason, n in reasons.most_common():
         terminalreporter.line(f"{n:>5} skipped: {reason}")
+
+
+WEBHOOK_SECRET = "test-webhook-secret"
+
+
+@pytest.fixture
+def webhook_app(database_url: str, tmp_path: Path) -> Iterator[Flask]:
+    """The app with a GitHub webhook secret configured, as FREMFORGE_GITHUB_WEBHOOK_SECRET would set it."""
+    app = create_app(
+        {
+            "TESTING": True,
+            "DATABASE_URL": database_url,
+            "SECRET_KEY": "test-secret",
+            "PUBLIC_URL": "http://fremforge.test",
+            "GITHUB_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        }
+    )
+    app.instance_path = str(tmp_path / "instance")
+    yield app
+    empty_database(app)
+    app.extensions["fremforge.db"].engine.dispose()
+
+
+# -- GitHub: one fake GitHub (real HTTP on 127.0.0.1) per test session, emptied for each test --------------------------
+
+from tests.fakes import FakeGitHub, github_app_config  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def github_server() -> Iterator[FakeGitHub]:
+    """The session's fake GitHub, serving on 127.0.0.1 until the session ends."""
+    fake = FakeGitHub().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def fake_github(github_server: FakeGitHub) -> Iterator[FakeGitHub]:
+    """The session's fake GitHub, emptied of state and faults for this test."""
+    github_server.reset()
+    yield github_server
+
+
+@pytest.fixture
+def fake_github_config(fake_github: FakeGitHub) -> dict[str, str]:
+    """create_app config overrides pointing the app's GitHub client at the fake (see tests.fakes.github_app_config)."""
+    return github_app_config(fake_github)

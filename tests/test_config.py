@@ -72,8 +72,23 @@ def test_private_key_file_is_read(monkeypatch, tmp_path):
     monkeypatch.setenv("FREMFORGE_GITHUB_PRIVATE_KEY_FILE", str(key))
     monkeypatch.setenv("FREMFORGE_GITHUB_APP_ID", "7")
     monkeypatch.setenv("FREMFORGE_SECRET_KEY", "s")
+    monkeypatch.setenv("FREMFORGE_GITHUB_WEBHOOK_SECRET", "w")
     app = create_app()
     assert app.config["GITHUB_PRIVATE_KEY"] == "PEM" and app.config["GITHUB_APP_CONFIGURED"]
     monkeypatch.setenv("FREMFORGE_GITHUB_PRIVATE_KEY_FILE", str(tmp_path / "missing.pem"))
     with pytest.raises(ConfigError, match="cannot be read"):
         create_app()
+
+
+def test_github_app_without_webhook_secret_refuses_to_start(monkeypatch):
+    monkeypatch.setenv("FREMFORGE_GITHUB_APP_ID", "7")
+    monkeypatch.setenv("FREMFORGE_GITHUB_PRIVATE_KEY", "-----BEGIN RSA PRIVATE KEY-----")
+    monkeypatch.setenv("FREMFORGE_SECRET_KEY", "s")
+    with pytest.raises(ConfigError, match="FREMFORGE_GITHUB_WEBHOOK_SECRET"):
+        create_app()
+    monkeypatch.setenv("FREMFORGE_GITHUB_WEBHOOK_SECRET", "w")
+    assert create_app().config["GITHUB_WEBHOOK_SECRET"] == "w"
+    # Without a GitHub App the secret is optional: webhooks are then refused with 503 (fail closed).
+    monkeypatch.delenv("FREMFORGE_GITHUB_APP_ID")
+    monkeypatch.delenv("FREMFORGE_GITHUB_WEBHOOK_SECRET")
+    assert not create_app().config["GITHUB_APP_CONFIGURED"]

@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from app.models import SEVERITIES, Finding, OutboxItem, ScanRun
+from app.models import SEVERITIES, Finding, OutboxItem, PullRequestLink, ScanRun
 
 MAX_SCAN_ID = 2**31 - 1
 SEVERITY_ORDER = sa.case({s: i for i, s in enumerate(SEVERITIES)}, value=Finding.severity, else_=len(SEVERITIES))
@@ -67,6 +67,19 @@ LATEST_JUDGED = (
 def latest_judged_rows(conn: sa.Connection, org_id: int, repo: str, sha: str) -> Sequence[sa.Row[Any]]:
     """The latest scan of each image of a commit that was judged (not skipped under block action none)."""
     return conn.execute(LATEST_JUDGED, {"org": org_id, "repo": repo, "sha": sha}).all()
+
+
+_PR_FOR_COMMIT = sa.select(sa.func.max(PullRequestLink.number)).where(
+    PullRequestLink.org_id == sa.bindparam("org"),
+    PullRequestLink.repo_full_name == sa.bindparam("repo"),
+    PullRequestLink.head_sha == sa.bindparam("sha"),
+    PullRequestLink.state == "open",
+)
+
+
+def pr_for_commit(conn: sa.Connection, org_id: int, repo: str, sha: str) -> int | None:
+    """The open pull request whose head is this commit (the newest, if several), from pull_request webhooks."""
+    return conn.execute(_PR_FOR_COMMIT, {"org": org_id, "repo": repo, "sha": sha}).scalar()
 
 
 def findings_of(session: Session, scan_run_id: int) -> list[Finding]:

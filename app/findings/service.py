@@ -79,7 +79,8 @@ def ingest(
                 "signature_status": upload.signature.status,
                 "signature_issuer": upload.signature.issuer,
                 "signature_subject": upload.signature.subject,
-                "pr_number": next((r.pr_number for r in judged if r.pr_number), None),
+                "pr_number": queries.pr_for_commit(conn, org.id, upload.repo_full_name, upload.commit_sha)
+                or next((r.pr_number for r in judged if r.pr_number), None),
                 "status": status,
                 "block_action": pol.block_action,
                 "fixable": fixable,

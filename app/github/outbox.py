@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from app import policy
 from app.findings import queries
 from app.github import checks
-from app.models import SEVERITIES, Org, OutboxItem, utcnow
+from app.models import SEVERITIES, ChainHead, Org, OrgSettings, OutboxItem, utcnow
 
 NO_APP = "no GitHub App configured"
 
@@ -90,6 +90,32 @@ def enqueue(
     return {"context": status_body["context"], "state": status_body["state"], "description": status_body["description"]}
 
 
+def repost(conn: sa.Connection, org: Org, repo: str, sha: str, links: Links, deliver: bool) -> dict[str, Any] | None:
+    """Store the wish to post a commit's current aggregate again (check run re-requested); return the status asked.
+
+    Rebuilt from the latest judged scan of each image, each with its stored verdict, under the org's current
+    block action: nothing under `none` or a disabled policy, nor for a commit with no judged scan.
+    """
+    conn.execute(LOCK_HEAD, {"org": org.id})  # the lock ingest holds: a concurrent upload's wish stays the newest
+    settings = conn.execute(SETTINGS, {"org": org.id}).one_or_none()
+    enabled, block_action = settings if settings is not None else (True, "warn")
+    if not enabled or block_action == "none":
+        return None
+    judged = queries.latest_judged_rows(conn, org.id, repo, sha)
+    if not judged:
+        return None
+    newest = max(judged, key=lambda r: r.id)
+    this = policy.ImageResult(
+        newest.image_ref,
+        newest.status,
+        {s: getattr(newest, s) for s in SEVERITIES},
+        newest.fixable,
+        newest.id,
+        queries.top_findings(conn, newest.id),
+    )
+    return enqueue(conn, org, repo, sha, this, judged, block_action, links, deliver)
+
+
 def top_of(findings: list[dict[str, Any]], limit: int = 5) -> list[dict[str, Any]]:
     """The most severe findings of an upload, for its summary."""
     rank = {s: i for i, s in enumerate(SEVERITIES)}
@@ -98,6 +124,8 @@ def top_of(findings: list[dict[str, Any]], limit: int = 5) -> list[dict[str, Any
 
 _outbox = OutboxItem.__table__
 INSERT = sa.insert(_outbox)
+LOCK_HEAD = sa.select(ChainHead.seq).where(ChainHead.org_id == sa.bindparam("org")).with_for_update()
+SETTINGS = sa.select(OrgSettings.enabled, OrgSettings.block_action).where(OrgSettings.org_id == sa.bindparam("org"))
 SUPERSEDE = (
     sa.update(_outbox)
     .where(

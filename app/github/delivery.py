@@ -1,0 +1,322 @@
+"""The delivery worker: claims outbox rows, posts the commit status and check run, records what happened.
+
+Rules, so that several workers and crashes never lose or reorder a commit's state:
+- a worker claims a row with a lease (PostgreSQL: FOR UPDATE SKIP LOCKED); a crashed worker's row is
+  claimed again once its lease has run out;
+- at most one row per commit is in flight, and only the newest wish per commit is pending (older ones
+  are superseded when a newer one is stored), so a stale state never lands after a newer one;
+- GitHub calls happen outside any database transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from githubkit.exception import RateLimitExceeded, RequestError, RequestFailed, RequestTimeout
+from sqlalchemy.orm import Session, aliased
+
+from app.db import write_transaction
+from app.github.client import GitHubApp
+from app.models import CheckRunRecord, Org, OutboxItem, utcnow
+from app.policy import CONTEXT
+
+log = logging.getLogger(__name__)
+
+LEASE = timedelta(minutes=2)  # longer than the few GitHub calls one row needs, with their timeouts
+FIRST_DELAY = 1.0
+MAX_DELAY = 300.0
+MAX_ATTEMPTS = 12  # failures (not rate-limit waits) before a row is given up: about 25 minutes of retries
+DEFAULT_RATE_LIMIT_WAIT = timedelta(seconds=60)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def backoff(attempt: int, rng: random.Random) -> timedelta:
+    """About a second for the first retry, then doubling, with ±20% jitter, capped at five minutes."""
+    base = min(MAX_DELAY, FIRST_DELAY * 2 ** (attempt - 1))
+    return timedelta(seconds=min(MAX_DELAY, base * rng.uniform(0.8, 1.2)))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one delivery attempt came to."""
+
+    state: str  # delivered | retry | failed | superseded
+    error: str | None = None
+    status_code: int | None = None
+    wait: timedelta | None = None  # for retry: None = the backoff for this attempt
+    counts_as_attempt: bool = True
+
+
+class Permanent(Exception):
+    """GitHub refused for good (404, 422, ...): record the message, do not retry."""
+
+
+# ---------------------------------------------------------------- claiming
+
+
+def claim(session: Session, now: datetime, worker: str, limit: int = 20) -> list[int]:
+    """Lease up to `limit` due rows, at most one per commit and none of a commit already in flight."""
+    other = aliased(OutboxItem)
+    in_flight = (
+        sa.select(other.id)
+        .where(
+            other.org_id == OutboxItem.org_id,
+            other.repo_full_name == OutboxItem.repo_full_name,
+            other.commit_sha == OutboxItem.commit_sha,
+            other.id != OutboxItem.id,
+            other.lease_until > now,
+        )
+        .exists()
+    )
+    query = (
+        sa.select(OutboxItem.id, OutboxItem.org_id, OutboxItem.repo_full_name, OutboxItem.commit_sha)
+        .where(
+            OutboxItem.state == "pending",
+            OutboxItem.next_attempt_at <= now,
+            sa.or_(OutboxItem.lease_until.is_(None), OutboxItem.lease_until <= now),
+            ~in_flight,
+        )
+        .order_by(OutboxItem.id.desc())
+        .limit(limit)
+    )
+    with write_transaction(session):
+        if session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update(of=OutboxItem, skip_locked=True)
+        ids, seen = [], set()
+        for row in session.execute(query):
+            commit = (row.org_id, row.repo_full_name, row.commit_sha)
+            if commit not in seen:  # newest first: an older pending row of the same commit waits
+                seen.add(commit)
+                ids.append(row.id)
+        if ids:
+            session.execute(
+                sa.update(OutboxItem).where(OutboxItem.id.in_(ids)).values(lease_until=now + LEASE, claimed_by=worker)
+            )
+    return sorted(ids)
+
+
+# ---------------------------------------------------------------- delivering
+
+
+def run_once(
+    session: Session,
+    gh: GitHubApp,
+    now: datetime | None = None,
+    rng: random.Random | None = None,
+    worker: str | None = None,
+    limit: int = 20,
+) -> int:
+    """Claim due rows and deliver each; return how many were handled."""
+    now = now or utcnow()
+    rng = rng or random.Random()
+    ids = claim(session, now, worker or worker_name(), limit)
+    for item_id in ids:
+        outcome = deliver(session, gh, item_id, now)
+        record(session, item_id, outcome, now, rng)
+    return len(ids)
+
+
+def deliver(session: Session, gh: GitHubApp, item_id: int, now: datetime) -> Outcome:
+    """Post the status and check run of one claimed row (each at most once), outside any transaction."""
+    item = session.get(OutboxItem, item_id)
+    assert item is not None
+    if item.state != "pending":  # superseded while it waited
+        return Outcome("superseded")
+    org = session.get(Org, item.org_id)
+    assert org is not None
+    session.commit()  # end the read transaction before talking to GitHub
+    owner, repo = item.repo_full_name.split("/", 1)
+    try:
+        installation_id = org.installation_id or _find_installation(session, gh, org, owner, repo)
+        if not item.status_posted:
+            _call(
+                gh,
+                installation_id,
+                lambda c: c.rest.repos.create_commit_status(owner, repo, item.commit_sha, data=item.commit_status),
+            )
+            _mark(session, item_id, status_posted=True)
+        if not item.check_posted:
+            _post_check_run(session, gh, installation_id, org, item, owner, repo, now)
+            _mark(session, item_id, check_posted=True)
+    except (Permanent, RequestError) as exc:
+        return classify(exc)
+    return Outcome("delivered")
+
+
+def classify(exc: Exception) -> Outcome:
+    """Map a failed GitHub call onto retry-or-not, the way the worker records it."""
+    if isinstance(exc, RequestError) and not isinstance(exc, RequestFailed | RequestTimeout):
+        if isinstance(exc.exc, RequestError):  # githubkit wraps failures of the token exchange
+            return classify(exc.exc)
+        return Outcome("retry", f"could not reach GitHub: {type(exc.exc).__name__}")
+    if isinstance(exc, Permanent):
+        return Outcome("failed", str(exc), getattr(exc, "status_code", None))
+    if isinstance(exc, RequestTimeout):
+        return Outcome("retry", "GitHub did not answer in time")
+    assert isinstance(exc, RequestFailed)
+    code = exc.response.status_code
+    if isinstance(exc, RateLimitExceeded):
+        return Outcome("retry", _message(exc), code, exc.retry_after, counts_as_attempt=False)
+    if code == 429:
+        return Outcome("retry", _message(exc), code, DEFAULT_RATE_LIMIT_WAIT, counts_as_attempt=False)
+    if code >= 500 or code == 401:
+        return Outcome("retry", _message(exc), code)
+    return Outcome("failed", _message(exc), code)
+
+
+def _call(gh: GitHubApp, installation_id: int, fn: Any) -> Any:
+    """One GitHub call as the installation; on 401, mint a new token once and try again."""
+    try:
+        return fn(gh.installation(installation_id))
+    except RequestFailed as exc:
+        if exc.response.status_code != 401 or isinstance(exc, RateLimitExceeded):
+            raise
+        log.info("github.token.reminted installation=%s", installation_id)
+        gh.forget_token(installation_id)
+        return fn(gh.installation(installation_id))
+
+
+def _find_installation(session: Session, gh: GitHubApp, org: Org, owner: str, repo: str) -> int:
+    """The installation covering the repo, asked of GitHub with the App JWT, and remembered for the org."""
+    try:
+        found = gh.app.rest.apps.get_repo_installation(owner, repo).parsed_data.id
+    except RequestFailed as exc:
+        if exc.response.status_code == 404:
+            raise _permanent(f"the GitHub App is not installed on {owner}/{repo}", 404) from None
+        raise
+    with write_transaction(session):
+        session.execute(sa.update(Org).where(Org.id == org.id).values(installation_id=found))
+    return found
+
+
+def _post_check_run(
+    session: Session,
+    gh: GitHubApp,
+    installation_id: int,
+    org: Org,
+    item: OutboxItem,
+    owner: str,
+    repo: str,
+    now: datetime,
+) -> None:
+    """Create the commit's check run once, then update it in place; find a run whose create was lost."""
+    record = _check_record(session, org.id, item.repo_full_name, item.commit_sha)
+    body = dict(item.check_run)
+    if record.github_id is None and record.create_attempted_at is not None:
+        record_id = _find_lost_run(gh, installation_id, owner, repo, item.commit_sha, body.get("external_id"))
+        if record_id is not None:
+            _set_run(session, record.id, record_id)
+            record.github_id = record_id
+    if record.github_id is not None:
+        update = {k: v for k, v in body.items() if k != "head_sha"}
+        try:
+            _call(gh, installation_id, lambda c: c.rest.checks.update(owner, repo, record.github_id, data=update))
+            return
+        except RequestFailed as exc:
+            if exc.response.status_code != 404:  # a run deleted on GitHub's side: make a new one
+                raise
+    with write_transaction(session):
+        session.execute(sa.update(CheckRunRecord).where(CheckRunRecord.id == record.id).values(create_attempted_at=now))
+    created = _call(gh, installation_id, lambda c: c.rest.checks.create(owner, repo, data=body))
+    _set_run(session, record.id, created.parsed_data.id)
+
+
+def _find_lost_run(
+    gh: GitHubApp, installation_id: int, owner: str, repo: str, sha: str, external_id: str | None
+) -> int | None:
+    runs = _call(
+        gh,
+        installation_id,
+        lambda c: c.rest.checks.list_for_ref(owner, repo, sha, check_name=CONTEXT, filter_="latest"),
+    ).parsed_data.check_runs
+    for run in runs:
+        if run.external_id == external_id:
+            return run.id
+    return None
+
+
+def _check_record(session: Session, org_id: int, repo: str, sha: str) -> CheckRunRecord:
+    where = (CheckRunRecord.org_id == org_id, CheckRunRecord.repo_full_name == repo, CheckRunRecord.commit_sha == sha)
+    with write_transaction(session):
+        record = session.scalars(sa.select(CheckRunRecord).where(*where)).one_or_none()
+        if record is None:
+            record = CheckRunRecord(org_id=org_id, repo_full_name=repo, commit_sha=sha)
+            session.add(record)
+    return record
+
+
+def _set_run(session: Session, record_id: int, github_id: int) -> None:
+    with write_transaction(session):
+        session.execute(
+            sa.update(CheckRunRecord)
+            .where(CheckRunRecord.id == record_id)
+            .values(github_id=github_id, create_attempted_at=None, updated_at=utcnow())
+        )
+
+
+def _mark(session: Session, item_id: int, **values: Any) -> None:
+    with write_transaction(session):
+        session.execute(sa.update(OutboxItem).where(OutboxItem.id == item_id).values(**values))
+
+
+def _permanent(message: str, status_code: int | None = None) -> Permanent:
+    exc = Permanent(message)
+    exc.status_code = status_code  # type: ignore[attr-defined]
+    return exc
+
+
+def _message(exc: RequestFailed) -> str:
+    """GitHub's own message for a failed call, e.g. `GitHub answered 422: Validation Failed`."""
+    text = ""
+    try:
+        body = exc.response.json()
+        if isinstance(body, dict):
+            text = str(body.get("message") or "")
+    except ValueError:
+        pass
+    return f"GitHub answered {exc.response.status_code}" + (f": {text}" if text else "")
+
+
+# ---------------------------------------------------------------- recording
+
+
+def record(session: Session, item_id: int, outcome: Outcome, now: datetime, rng: random.Random) -> None:
+    """Store the outcome and release the lease: delivered, retry later, or failed for good."""
+    with write_transaction(session):
+        item = session.get(OutboxItem, item_id, with_for_update=True)
+        assert item is not None
+        item.lease_until = None
+        item.claimed_by = None
+        if outcome.state == "delivered":
+            item.state, item.delivered_at, item.last_error = "delivered", now, None
+            log.info("github.delivery.delivered outbox=%s commit=%s", item.id, item.commit_sha)
+            return
+        if outcome.state == "superseded":
+            return
+        item.last_error, item.last_status_code = outcome.error, outcome.status_code
+        if outcome.counts_as_attempt:
+            item.attempts += 1
+        if outcome.state == "failed" or item.attempts >= MAX_ATTEMPTS:
+            if item.state == "pending":
+                item.state = "failed"
+            log.warning("github.delivery.failed outbox=%s commit=%s error=%s", item.id, item.commit_sha, outcome.error)
+            return
+        wait = outcome.wait if outcome.wait is not None else backoff(item.attempts, rng)
+        item.next_attempt_at = now + wait
+        log.info(
+            "github.delivery.retry outbox=%s attempt=%s in=%.0fs error=%s",
+            item.id,
+            item.attempts,
+            wait.total_seconds(),
+            outcome.error,
+        )

@@ -1,0 +1,97 @@
+"""installation events: link an org to the app's installation on its account, unlink and relink it."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app import orgs
+from app.github.handlers.common import (
+    add_repositories,
+    full_names,
+    org_by_installation,
+    org_by_login,
+    remove_repositories,
+)
+from app.github.router import Router, need_int, need_str
+from app.models import Org
+
+log = logging.getLogger(__name__)
+router = Router()
+
+
+@router.register("installation", "created")
+def installation_created(session: Session, payload: dict[str, Any]) -> str | None:
+    """Link (or create) the account's org and record the repositories the installation can reach."""
+    org = _link(session, payload)
+    if org is None:
+        return "ignored"
+    names = full_names(payload.get("repositories"), "repositories")
+    # A fresh installation: what it lists is all it reaches (rows left from an earlier one go).
+    remove_repositories(session, org.id)
+    add_repositories(session, org.id, names)
+    return None
+
+
+@router.register("installation", "unsuspend")
+def installation_unsuspend(session: Session, payload: dict[str, Any]) -> str | None:
+    return None if _link(session, payload) is not None else "ignored"
+
+
+@router.register("installation", "deleted")
+def installation_deleted(session: Session, payload: dict[str, Any]) -> str | None:
+    """Unlink the org; the uninstalled app reaches none of its repositories any more."""
+    org = _unlink(session, payload)
+    if org is None:
+        return "ignored"
+    remove_repositories(session, org.id)
+    return None
+
+
+@router.register("installation", "suspend")
+def installation_suspend(session: Session, payload: dict[str, Any]) -> str | None:
+    """Unlink the org; its repositories are kept for the unsuspend."""
+    return None if _unlink(session, payload) is not None else "ignored"
+
+
+def _link(session: Session, payload: dict[str, Any]) -> Org | None:
+    """The org whose GitHub login is the account's (else the one holding the installation, else a new one),
+    now holding the installation id."""
+    inst_id = need_int(payload, "installation", "id")
+    login = need_str(payload, "installation", "account", "login")
+    org = org_by_login(session, login) or org_by_installation(session, inst_id)
+    if org is None:
+        try:
+            org = orgs.create(session, _free_slug(session, login), github_login=login, installation_id=inst_id)
+        except ValueError as exc:  # a login that cannot be a slug (managed users' `name_shortcode`)
+            log.warning("github.installation.cannot_create_org installation=%s reason=%s", inst_id, exc)
+            return None
+        log.info("github.installation.org_created org=%s installation=%s", org.slug, inst_id)
+    else:
+        org.installation_id = inst_id
+        log.info("github.installation.linked org=%s installation=%s", org.slug, inst_id)
+    session.flush()
+    return org
+
+
+def _unlink(session: Session, payload: dict[str, Any]) -> Org | None:
+    inst_id = need_int(payload, "installation", "id")
+    org = org_by_installation(session, inst_id)
+    if org is None:
+        log.info("github.installation.unknown installation=%s action=%s", inst_id, payload.get("action"))
+        return None
+    org.installation_id = None
+    session.flush()
+    log.info("github.installation.unlinked org=%s installation=%s action=%s", org.slug, inst_id, payload["action"])
+    return org
+
+
+def _free_slug(session: Session, login: str) -> str:
+    """The login itself, or login-2, login-3... where an org of another account took that slug."""
+    slug, n = login, 1
+    while orgs.by_slug(session, slug) is not None:
+        n += 1
+        slug = f"{login}-{n}"
+    return slug

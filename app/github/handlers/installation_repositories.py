@@ -1,0 +1,46 @@
+"""installation_repositories events: keep the repositories an org's installation reaches in step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.github.handlers.common import (
+    add_repositories,
+    full_names,
+    org_by_installation,
+    org_by_login,
+    remove_repositories,
+)
+from app.github.router import Router, get, need_int
+from app.models import Org
+
+router = Router()
+
+
+@router.register("installation_repositories", "added")
+def installation_repositories_added(session: Session, payload: dict[str, Any]) -> str | None:
+    org = _org(session, payload)
+    if org is None:
+        return "ignored"
+    add_repositories(session, org.id, full_names(payload.get("repositories_added"), "repositories_added"))
+    return None
+
+
+@router.register("installation_repositories", "removed")
+def installation_repositories_removed(session: Session, payload: dict[str, Any]) -> str | None:
+    org = _org(session, payload)
+    if org is None:
+        return "ignored"
+    names = full_names(payload.get("repositories_removed"), "repositories_removed")
+    if names:
+        remove_repositories(session, org.id, names)
+    return None
+
+
+def _org(session: Session, payload: dict[str, Any]) -> Org | None:
+    login = get(payload, "installation", "account", "login")
+    return org_by_installation(session, need_int(payload, "installation", "id")) or org_by_login(
+        session, login if isinstance(login, str) else None
+    )

@@ -1,0 +1,19 @@
+"""ping: GitHub's hello when the webhook is created; nothing to do but answer."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.github.router import Router, get
+
+log = logging.getLogger(__name__)
+router = Router()
+
+
+@router.register("ping")
+def ping(session: Session, payload: dict[str, Any]) -> str | None:
+    log.info("github.webhook.ping hook=%s app=%s", get(payload, "hook", "id"), get(payload, "hook", "app_id"))
+    return None

@@ -1,0 +1,90 @@
+"""pull_request events: learn which pull request a head commit belongs to, and link its scans."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from app.github.handlers.common import org_of_repository_event, upsert
+from app.github.router import BadPayload, Router, get, need_int, need_str
+from app.models import PullRequestLink, ScanRun, utcnow
+
+router = Router()
+_links = PullRequestLink.__table__
+_scans = ScanRun.__table__
+SHA = re.compile(r"[0-9a-f]{40}")
+
+LINK_SCANS = (
+    sa.update(_scans)
+    .where(
+        _scans.c.org_id == sa.bindparam("org"),
+        _scans.c.repo_full_name == sa.bindparam("repo"),
+        _scans.c.commit_sha == sa.bindparam("sha"),
+    )
+    .values(pr_number=sa.bindparam("number"))
+)
+
+
+@router.register("pull_request", "opened", "synchronize", "reopened")
+def pull_request_head(session: Session, payload: dict[str, Any]) -> str | None:
+    """The PR is open at this head commit: remember it, and link the commit's scans stored so far to it.
+
+    Scans uploaded later take the number at ingest (queries.pr_for_commit).
+    """
+    link = _upsert_link(session, payload, "open")
+    if link is None:
+        return "ignored"
+    session.execute(LINK_SCANS, link)
+    return None
+
+
+@router.register("pull_request", "closed")
+def pull_request_closed(session: Session, payload: dict[str, Any]) -> str | None:
+    """Mark the PR closed (merged or not); its scans keep their PR number."""
+    return None if _upsert_link(session, payload, "closed") is not None else "ignored"
+
+
+def _upsert_link(session: Session, payload: dict[str, Any], state: str) -> dict[str, Any] | None:
+    org = org_of_repository_event(session, payload)
+    if org is None:
+        return None
+    repo = need_str(payload, "repository", "full_name")
+    number = need_int(payload, "pull_request", "number", below=2**31)
+    sha = need_str(payload, "pull_request", "head", "sha").lower()
+    if not SHA.fullmatch(sha) or len(repo) > 200:
+        raise BadPayload("pull_request.head.sha must be a commit SHA and repository.full_name owner/name")
+    # GitHub does not promise delivery order, and anyone may redeliver an old event: a row changes only
+    # for an event at least as new (by the PR's updated_at) as the one it holds.
+    stamp = _github_time(get(payload, "pull_request", "updated_at")) or utcnow()
+    insert = upsert(session, _links).values(
+        org_id=org.id, repo_full_name=repo, number=number, head_sha=sha, state=state, updated_at=stamp
+    )
+    session.execute(
+        insert.on_conflict_do_update(
+            index_elements=["org_id", "repo_full_name", "number"],
+            set_={
+                "head_sha": insert.excluded.head_sha,
+                "state": insert.excluded.state,
+                "updated_at": insert.excluded.updated_at,
+            },
+            where=insert.excluded.updated_at >= _links.c.updated_at,
+        )
+    )
+    return {"org": org.id, "repo": repo, "sha": sha, "number": number}
+
+
+def _github_time(value: Any) -> datetime | None:
+    """GitHub's ISO-8601 time (`2019-05-15T15:20:33Z`) as the naive UTC the database keeps."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+    return parsed

@@ -1,0 +1,1063 @@
+"""A fake GitHub REST API, served over real HTTP on 127.0.0.1, for tests that drive the app's githubkit client.
+
+`FakeGitHub` answers the GitHub App endpoints the app uses (JWT → installation token, installations, commit
+statuses, check runs, the pull requests of a commit) with bodies shaped like GitHub's, starting from the examples
+in `shared/fixtures/github-api/github-rest-subset.openapi.json`. Every request it receives is checked against that
+OpenAPI subset (path and query parameters, JSON body); an invalid one gets 422 as on GitHub and is recorded in
+`invalid_requests`, so a test can assert the app never sent one. Its own answers are checked against the subset's
+response schemas too (`invalid_responses`), which keeps the fake honest.
+
+Faults (errors, held requests, secondary rate limits, bad credentials, outages) are armed per method and path
+regex. The server is threaded: a held request does not block other requests or `reset()`, and a held request
+that outlives a `reset()` is dropped without touching the new state.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import datetime as dt
+import functools
+import itertools
+import json
+import re
+import secrets
+import string
+import threading
+import time
+import urllib.parse
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+import jsonschema_rs
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.wrappers import Request, Response
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+SUBSET_PATH = SHARED / "fixtures" / "github-api" / "github-rest-subset.openapi.json"
+DOCS_URL = "https://docs.github.com/rest"
+SECONDARY_RATE_LIMIT_MESSAGE = (
+    "You have exceeded a secondary rate limit. Please wait a few minutes before you try again. "
+    "If you reach out to GitHub Support for help, please include the request ID 0000:0000:0000000:0000000:00000000."
+)
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # what githubkit parses `expires_at` with
+APP_SLUG = "fremforge"
+APP_PERMISSIONS = {"checks": "write", "statuses": "write", "metadata": "read", "pull_requests": "read"}
+JWT_MAX_LIFETIME = 600 + 60  # GitHub allows 10 minutes; one more minute of clock skew
+JWT_LEEWAY = 60
+STATUS_DESCRIPTION_MAX = 140
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The OpenAPI subset: routing and validation
+# --------------------------------------------------------------------------------------------------------------------
+
+_DATA_KEYWORDS = frozenset({"example", "examples", "default", "enum", "const", "discriminator", "externalDocs", "xml"})
+
+
+def to_json_schema(node: Any) -> Any:
+    """Turn an OpenAPI 3.0 schema into JSON Schema (draft 4): `nullable: true` becomes a null type / enum member."""
+    if isinstance(node, list):
+        return [to_json_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _DATA_KEYWORDS:
+            out[key] = value
+        elif key in ("properties", "patternProperties"):
+            out[key] = {name: to_json_schema(schema) for name, schema in value.items()}
+        else:
+            out[key] = to_json_schema(value)
+    return _nullable(out) if out.pop("nullable", False) else out
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """The same schema, also accepting null."""
+    if "type" not in schema:
+        return {"anyOf": [{"type": "null"}, schema]}
+    kinds = [schema["type"]] if isinstance(schema["type"], str) else list(schema["type"])
+    schema["type"] = [*kinds, "null"]
+    if "enum" in schema and None not in schema["enum"]:
+        schema["enum"] = [*schema["enum"], None]
+    return schema
+
+
+@dataclass
+class Parameter:
+    """One path or query parameter of an operation, with its compiled schema."""
+
+    name: str
+    location: str
+    required: bool
+    schema: dict[str, Any]
+    validator: Any
+    multi_segment: bool = False
+
+    def coerce(self, raw: str) -> Any:
+        """A URL string as the JSON value its schema expects (left as is where it does not convert)."""
+        kind = self.schema.get("type")
+        if kind == "integer" and re.fullmatch(r"-?\d+", raw):
+            return int(raw)
+        if kind == "boolean" and raw in ("true", "false"):
+            return raw == "true"
+        return raw
+
+
+@dataclass
+class Operation:
+    """One (method, path) of the subset, with everything needed to route and check a request and its answer."""
+
+    method: str
+    template: str
+    operation_id: str
+    pattern: re.Pattern[str]
+    parameters: list[Parameter]
+    body: Any  # compiled validator, or None where the operation takes no body
+    body_required: bool
+    responses: dict[int, Any]  # status -> compiled validator of the JSON body
+
+
+class OpenApiSubset:
+    """The GitHub REST subset: finds the operation of a request and lists what is wrong with it."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self.document = document
+        self.examples = {name: example["value"] for name, example in document["components"]["examples"].items()}
+        schemas = document["components"]["schemas"]
+        self._components = {"schemas": {name: to_json_schema(schema) for name, schema in schemas.items()}}
+        self.operations = [
+            self._operation(method, template, spec)
+            for template, item in document["paths"].items()
+            for method, spec in item.items()
+        ]
+
+    def match(self, method: str, path: str) -> tuple[Operation, dict[str, str]] | None:
+        """The operation serving `method path`, with its raw path parameters."""
+        for operation in self.operations:
+            found = operation.pattern.fullmatch(path)
+            if operation.method == method and found:
+                return operation, found.groupdict()
+        return None
+
+    def request_errors(
+        self, operation: Operation, path_params: dict[str, str], query: dict[str, str], body: Any, has_body: bool
+    ) -> list[str]:
+        """What is wrong with a request to `operation` (empty when it is valid)."""
+        errors: list[str] = []
+        for parameter in operation.parameters:
+            raw = (path_params if parameter.location == "path" else query).get(parameter.name)
+            if raw is None:
+                if parameter.required:
+                    errors.append(f"{parameter.location} parameter {parameter.name!r} is required")
+                continue
+            problems = parameter.validator.iter_errors(parameter.coerce(raw))
+            errors += [f"{parameter.location} parameter {parameter.name!r}: {e.message}" for e in problems]
+        if operation.body is None:
+            return errors
+        if not has_body:
+            return [*errors, "a JSON body is required"] if operation.body_required else errors
+        return errors + [_describe("body", error) for error in operation.body.iter_errors(body)]
+
+    def response_errors(self, operation: Operation, status: int, body: Any) -> list[str]:
+        """What is wrong with an answer of `operation` (empty when valid or when the subset has no schema for it)."""
+        validator = operation.responses.get(status)
+        if validator is None:
+            return []
+        return [_describe(f"{status} response", error) for error in validator.iter_errors(body)]
+
+    def _operation(self, method: str, template: str, spec: dict[str, Any]) -> Operation:
+        parameters = [self._parameter(self._deref(p)) for p in spec.get("parameters", [])]
+        request_body = self._deref(spec.get("requestBody", {}))
+        body_schema = request_body.get("content", {}).get("application/json", {}).get("schema")
+        responses: dict[int, Any] = {}
+        for status, response in spec.get("responses", {}).items():
+            schema = self._deref(response).get("content", {}).get("application/json", {}).get("schema")
+            if schema is not None:
+                responses[int(status)] = self._compile(schema)
+        return Operation(
+            method=method.upper(),
+            template=template,
+            operation_id=spec["operationId"],
+            pattern=_path_pattern(template, {p.name for p in parameters if p.multi_segment}),
+            parameters=parameters,
+            body=None if body_schema is None else self._compile(body_schema),
+            body_required=bool(request_body.get("required")),
+            responses=responses,
+        )
+
+    def _parameter(self, spec: dict[str, Any]) -> Parameter:
+        schema = to_json_schema(spec.get("schema", {}))
+        return Parameter(
+            name=spec["name"],
+            location=spec["in"],
+            required=bool(spec.get("required")),
+            schema=schema,
+            validator=self._compile(spec.get("schema", {})),
+            multi_segment=bool(spec.get("x-multi-segment")),
+        )
+
+    def _deref(self, node: dict[str, Any]) -> dict[str, Any]:
+        """Follow a `$ref` to a component (parameters, request bodies, responses) of the document."""
+        while "$ref" in node:
+            target: Any = self.document
+            for part in node["$ref"].removeprefix("#/").split("/"):
+                target = target[part]
+            node = target
+        return node
+
+    def _compile(self, schema: dict[str, Any]) -> Any:
+        """A draft-4 validator of the schema; its `$ref`s resolve against the document's components."""
+        root = {"allOf": [to_json_schema(schema)], "components": self._components}
+        return jsonschema_rs.Draft4Validator(root, validate_formats=True)
+
+
+def _path_pattern(template: str, multi_segment: set[str]) -> re.Pattern[str]:
+    """A regex of an OpenAPI path template; `x-multi-segment` parameters may contain slashes."""
+    parts = re.split(r"\{(\w+)\}", template)
+    regex = "".join(
+        re.escape(part) if i % 2 == 0 else f"(?P<{part}>{'.+' if part in multi_segment else '[^/]+'})"
+        for i, part in enumerate(parts)
+    )
+    return re.compile(regex)
+
+
+@functools.cache
+def load_subset(path: Path = SUBSET_PATH) -> OpenApiSubset:
+    """The subset at `path`, read and compiled once per process."""
+    return OpenApiSubset(json.loads(path.read_text(encoding="utf-8")))
+
+
+def _describe(where: str, error: Any) -> str:
+    """One validation error as GitHub-like text: where it is and what is wrong."""
+    pointer = "/".join(str(part) for part in error.instance_path)
+    message = error.message  # quotes the offending value, which may be huge: keep its start and its end
+    if len(message) > 300:
+        message = f"{message[:140]} … {message[-140:]}"
+    return f"{where}{'/' + pointer if pointer else ''}: {message}"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Recorded calls, armed faults and the fake's state
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Call:
+    """One request the fake received (faulted ones too), with the status it was answered with (0 while held)."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]  # lower-case names
+    json: Any
+    status: int = 0
+    at: float = 0.0
+
+
+@dataclass
+class Fault:
+    """An armed fault: the next `remaining` requests matching it (None: until cleared) are answered by it."""
+
+    method: str
+    pattern: re.Pattern[str]
+    remaining: int | None
+    status: int = 503
+    headers: dict[str, str] = field(default_factory=dict)
+    body: Any = None
+    hold: float = 0.0  # > 0: hold the request this long, then answer it normally
+
+    def hits(self, method: str, path: str) -> bool:
+        return self.remaining != 0 and self.method in (method, "*") and bool(self.pattern.search(path))
+
+    def consume(self) -> None:
+        if self.remaining is not None:
+            self.remaining -= 1
+
+
+@dataclass
+class Installation:
+    """An installation of the app on one account, on all its repositories or on the named ones."""
+
+    id: int
+    login: str
+    repos: frozenset[str] | None  # lower-case repository names; None: all
+    account_type: str = "Organization"
+    suspended: bool = False
+
+    def covers(self, owner: str, repo: str | None = None) -> bool:
+        if owner.lower() != self.login.lower():
+            return False
+        return repo is None or self.repos is None or repo.lower() in self.repos
+
+
+@dataclass
+class IssuedToken:
+    """An installation token the fake handed out."""
+
+    installation_id: int
+    expires_at: dt.datetime
+    repos: frozenset[str] | None  # a token asked for some repositories only covers those
+    revoked: bool = False
+
+    def live(self) -> bool:
+        return not self.revoked and dt.datetime.now(dt.UTC) < self.expires_at
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime(TIME_FORMAT)
+
+
+def _json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(body), status=status, headers=headers, content_type="application/json; charset=utf-8")
+
+
+def _error(status: int, message: str, **extra: Any) -> Response:
+    """An error body as GitHub sends it."""
+    return _json_response(status, {"message": message, "documentation_url": DOCS_URL, "status": str(status), **extra})
+
+
+def _reason(status: int) -> str:
+    """The reason phrase of an HTTP status."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _credential(authorization: str) -> tuple[str, str]:
+    """(scheme in lower case, credential) of an Authorization header."""
+    scheme, _, credential = authorization.strip().partition(" ")
+    return scheme.lower(), credential.strip()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """The werkzeug request handler without its access log."""
+
+    def log(self, *args: Any) -> None:
+        pass
+
+
+Handler = Callable[["Exchange"], Response]
+
+
+@dataclass
+class Route:
+    """Where a request goes: its operation id, the subset operation (None for an extra route) and path params."""
+
+    operation_id: str
+    operation: Operation | None
+    params: dict[str, str]
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Exchange:
+    """What a handler sees of a request."""
+
+    call: Call
+    params: dict[str, str]
+    body: Any
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The fake
+# --------------------------------------------------------------------------------------------------------------------
+
+APP_JWT_OPERATIONS = frozenset(
+    {
+        "apps/create-installation-access-token",
+        "apps/list-installations",
+        "apps/get-repo-installation",
+        "apps/get-org-installation",
+    }
+)
+# Served although not in the subset, so not validated: the app looks a check run up by name after a timed-out create.
+EXTRA_ROUTES = [
+    (
+        "GET",
+        re.compile(r"/repos/(?P<owner>[^/]+)/(?P<repo>[^/]+)/commits/(?P<ref>.+)/check-runs"),
+        "checks/list-for-ref",
+    ),
+]
+
+
+class FakeGitHub:
+    """GitHub's REST API for one GitHub App, over HTTP on 127.0.0.1. See the module docstring."""
+
+    def __init__(self, app_id: str = "424242") -> None:
+        self.app_id = str(app_id)
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.private_key_pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode()
+        self.public_key_pem = (
+            key.public_key()
+            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            .decode()
+        )
+        self.subset = load_subset()
+        self.url = ""
+        self._server: BaseWSGIServer | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.RLock()
+        self._ids = itertools.count(1000)  # ids keep growing across resets, so no id is ever reused
+        self._generation = 0
+        self._handlers: dict[str, Handler] = {
+            "apps/create-installation-access-token": self._create_token,
+            "apps/list-installations": self._list_installations,
+            "apps/get-repo-installation": self._get_repo_installation,
+            "apps/get-org-installation": self._get_org_installation,
+            "repos/create-commit-status": self._create_status,
+            "repos/get-combined-status-for-ref": self._combined_status,
+            "checks/create": self._create_check_run,
+            "checks/update": self._update_check_run,
+            "checks/list-for-ref": self._list_check_runs,
+            "repos/list-pull-requests-associated-with-commit": self._list_pulls,
+        }
+        self.reset()
+
+    # -- server --------------------------------------------------------------------------------------------------
+
+    def start(self) -> FakeGitHub:
+        """Serve on a free port of 127.0.0.1 in a daemon thread; `url` is then the base URL."""
+        if self._server is None:
+            self._server = make_server("127.0.0.1", 0, self._wsgi, threaded=True, request_handler=_QuietHandler)
+            self.url = f"http://127.0.0.1:{self._server.server_port}"
+            self._thread = threading.Thread(
+                target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-github", daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving (held requests still sleeping are dropped with their daemon threads)."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            if self._thread is not None:
+                self._thread.join(timeout=5)
+            self._server = self._thread = None
+
+    def __enter__(self) -> FakeGitHub:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def reset(self) -> None:
+        """Forget all state and faults; keep the server, the URL and the keys."""
+        with self._lock:
+            self._generation += 1
+            self.installations: dict[int, Installation] = {}
+            self.tokens: dict[str, IssuedToken] = {}
+            self.token_exchanges: collections.Counter[int] = collections.Counter()
+            self.token_lifetime = dt.timedelta(hours=1)
+            self.statuses: list[dict[str, Any]] = []
+            self._status_times: dict[int, str] = {}
+            self.check_runs: dict[int, dict[str, Any]] = {}
+            self.pull_requests: list[dict[str, Any]] = []
+            self.calls: list[Call] = []
+            self.invalid_requests: list[str] = []
+            self.invalid_responses: list[str] = []
+            self.faults: list[Fault] = []
+            self._outage = False
+
+    # -- state ---------------------------------------------------------------------------------------------------
+
+    def add_installation(
+        self, installation_id: int, login: str, repos: list[str] | None = None, account_type: str = "Organization"
+    ) -> None:
+        """Install the app on account `login`: on all its repositories (None) or on the named ones."""
+        names = None if repos is None else frozenset(r.rsplit("/", 1)[-1].lower() for r in repos)
+        with self._lock:
+            self.installations[installation_id] = Installation(installation_id, login, names, account_type)
+
+    def remove_installation(self, installation_id: int) -> None:
+        """Uninstall: token exchanges answer 404 and the installation's tokens 401."""
+        with self._lock:
+            self.installations.pop(installation_id, None)
+
+    def suspend_installation(self, installation_id: int, suspended: bool = True) -> None:
+        """Suspend (or unsuspend): token exchanges answer 403 "This installation has been suspended"."""
+        with self._lock:
+            self.installations[installation_id].suspended = suspended
+
+    def expire_tokens(self) -> None:
+        """Every token issued so far answers 401 Bad credentials from now on."""
+        with self._lock:
+            for token in self.tokens.values():
+                token.revoked = True
+
+    def add_pull_request(
+        self,
+        owner: str,
+        repo: str,
+        number: int,
+        head_sha: str,
+        head_ref: str = "feature",
+        base_ref: str = "main",
+        state: str = "open",
+    ) -> None:
+        """A pull request whose head is `head_sha`, listed by GET /repos/{o}/{r}/commits/{head_sha}/pulls."""
+        with self._lock:
+            self.pull_requests.append(
+                {
+                    "owner": owner,
+                    "repo": repo,
+                    "number": number,
+                    "head_sha": head_sha,
+                    "head_ref": head_ref,
+                    "base_ref": base_ref,
+                    "state": state,
+                }
+            )
+
+    def calls_to(self, method: str, path_regex: str) -> list[Call]:
+        """The recorded calls of `method` whose path matches `path_regex` (re.search)."""
+        with self._lock:
+            return [c for c in self.calls if c.method == method.upper() and re.search(path_regex, c.path)]
+
+    def latest_status(self, owner: str, repo: str, sha: str, context: str = "fremforge/image-scan") -> dict | None:
+        """The last commit status accepted for (owner/repo, sha, context), or None."""
+        with self._lock:
+            matching = [
+                s
+                for s in self.statuses
+                if _same_repo(s, owner, repo) and s["sha"] == sha and s["context"].lower() == context.lower()
+            ]
+            return matching[-1] if matching else None
+
+    # -- faults --------------------------------------------------------------------------------------------------
+
+    def fail(
+        self,
+        method: str,
+        path_regex: str,
+        status: int = 503,
+        times: int | None = 1,
+        headers: dict | None = None,
+        json: Any = None,
+    ) -> None:
+        """Answer the matching requests with `status` (body `json`, default {"message": <reason phrase>}).
+
+        Every fault method takes `method` ("*": any) and `path_regex` (re.search on the path, e.g. r"/check-runs$").
+        """
+        body = {"message": _reason(status)} if json is None else json
+        self._arm(Fault(method.upper(), re.compile(path_regex), times, status, dict(headers or {}), body))
+
+    def timeout(self, method: str, path_regex: str, times: int | None = 1, seconds: float = 5.0) -> None:
+        """Hold the matching requests `seconds`, then answer them normally (so the work is done on "GitHub")."""
+        self._arm(Fault(method.upper(), re.compile(path_regex), times, hold=seconds))
+
+    def rate_limit(
+        self,
+        method: str,
+        path_regex: str,
+        retry_after: int | None = 60,
+        reset_at: int | None = None,
+        status: int = 403,
+        times: int | None = 1,
+    ) -> None:
+        """GitHub's secondary rate limit: `Retry-After` and/or `x-ratelimit-remaining: 0` + `x-ratelimit-reset`."""
+        headers: dict[str, str] = {}
+        if retry_after is not None:
+            headers["Retry-After"] = str(retry_after)
+        if reset_at is not None:
+            headers.update(
+                {
+                    "x-ratelimit-limit": "5000",
+                    "x-ratelimit-remaining": "0",
+                    "x-ratelimit-used": "5000",
+                    "x-ratelimit-reset": str(reset_at),
+                    "x-ratelimit-resource": "core",
+                }
+            )
+        body = {"message": SECONDARY_RATE_LIMIT_MESSAGE, "documentation_url": DOCS_URL, "status": str(status)}
+        self._arm(Fault(method.upper(), re.compile(path_regex), times, status, headers, body))
+
+    def unauthorized(self, method: str, path_regex: str, times: int | None = 1) -> None:
+        """Answer the matching requests 401 Bad credentials."""
+        body = {"message": "Bad credentials", "documentation_url": DOCS_URL, "status": "401"}
+        self._arm(Fault(method.upper(), re.compile(path_regex), times, 401, {}, body))
+
+    def outage(self, on: bool = True) -> None:
+        """While on, every request is answered 503."""
+        with self._lock:
+            self._outage = on
+
+    def clear_faults(self) -> None:
+        """Disarm every fault and end any outage."""
+        with self._lock:
+            self.faults.clear()
+            self._outage = False
+
+    def _arm(self, fault: Fault) -> None:
+        with self._lock:
+            self.faults.append(fault)
+
+    def _take_fault(self, method: str, path: str) -> Fault | None:
+        """The first armed fault hitting this request, consumed once (call with the lock held)."""
+        for fault in self.faults:
+            if fault.hits(method, path):
+                fault.consume()
+                return fault
+        return None
+
+    # -- request handling ----------------------------------------------------------------------------------------
+
+    def _wsgi(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        return self._serve(Request(environ))(environ, start_response)
+
+    def _serve(self, request: Request) -> Response:
+        """Record, apply faults, route, authenticate, validate, handle; the lock is never held while sleeping."""
+        call, body, body_error = _call_of(request)
+        with self._lock:
+            generation = self._generation
+            self.calls.append(call)
+            fault = self._take_fault(call.method, call.path)
+        if fault is not None and fault.hold > 0:
+            time.sleep(fault.hold)
+            fault = None
+        with self._lock:
+            if generation != self._generation:
+                response = _error(503, "request dropped: the fake was reset while it was held")
+            else:
+                response = self._answer(call, body, body_error, fault)
+            call.status = response.status_code
+        return response
+
+    def _answer(self, call: Call, body: Any, body_error: str | None, fault: Fault | None) -> Response:
+        """The answer to a recorded request (call with the lock held)."""
+        route = self._route(call, body, body_error)
+        if self._outage:
+            return _error(503, "Service Unavailable")
+        if fault is not None:
+            return _json_response(fault.status, fault.body, fault.headers)
+        if route is None:
+            return _error(404, "Not Found")
+        if body_error is not None:
+            return _error(400, "Problems parsing JSON")
+        denied = self._authenticate(route, call)
+        if denied is not None:
+            return denied
+        if route.errors:
+            return _error(422, "Invalid request.\n\n" + "\n".join(route.errors))
+        response = self._handlers[route.operation_id](Exchange(call, route.params, body))
+        if route.operation is not None:
+            self._check_response(call, route.operation, response)
+        return response
+
+    def _route(self, call: Call, body: Any, body_error: str | None) -> Route | None:
+        """The route of a request, None where nothing serves it; records what makes it invalid."""
+        for method, pattern, operation_id in EXTRA_ROUTES:
+            found = pattern.fullmatch(call.path)
+            if method == call.method and found:
+                return Route(operation_id, None, found.groupdict())
+        matched = self.subset.match(call.method, call.path)
+        if matched is None:
+            self._invalid(call, "no operation of the GitHub REST subset matches")
+            return None
+        operation, params = matched
+        if body_error is not None:
+            errors = [body_error]
+        else:
+            errors = self.subset.request_errors(operation, params, call.query, body, call.json is not None)
+            errors += self._github_rules(operation.operation_id, body)
+        for error in errors:
+            self._invalid(call, error)
+        if operation.operation_id not in self._handlers:
+            self._invalid(call, f"{operation.operation_id} is in the subset but not served by FakeGitHub")
+            return None
+        return Route(operation.operation_id, operation, params, errors)
+
+    @staticmethod
+    def _github_rules(operation_id: str, body: Any) -> list[str]:
+        """Limits GitHub enforces that the OpenAPI description does not state."""
+        if operation_id == "repos/create-commit-status" and isinstance(body, dict):
+            description = body.get("description")
+            if isinstance(description, str) and len(description) > STATUS_DESCRIPTION_MAX:
+                return [f"body/description: is too long ({len(description)} > {STATUS_DESCRIPTION_MAX} characters)"]
+        return []
+
+    def _invalid(self, call: Call, error: str) -> None:
+        self.invalid_requests.append(f"{call.method} {call.path}: {error}")
+
+    def _check_response(self, call: Call, operation: Operation, response: Response) -> None:
+        """Record where the fake's own answer does not match the subset's response schema."""
+        body = json.loads(response.get_data())
+        for error in self.subset.response_errors(operation, response.status_code, body):
+            self.invalid_responses.append(f"{call.method} {call.path}: {error}")
+
+    # -- authentication ------------------------------------------------------------------------------------------
+
+    def _authenticate(self, route: Route, call: Call) -> Response | None:
+        """None when the request may go on, else GitHub's 401 (or 404 for a repository the token cannot see)."""
+        authorization = call.headers.get("authorization", "")
+        if route.operation_id in APP_JWT_OPERATIONS:
+            problem = self.jwt_problem(authorization)
+            return None if problem is None else _error(401, problem)
+        return self._installation_token_problem(authorization, route.params)
+
+    def jwt_problem(self, authorization: str) -> str | None:
+        """Why this Authorization header is not a valid app JWT (GitHub's wording where known), or None."""
+        scheme, credential = _credential(authorization)
+        if scheme != "bearer" or not credential:
+            return "A JSON web token could not be decoded"
+        try:
+            claims = jwt.decode(
+                credential,
+                self.public_key_pem,
+                algorithms=["RS256"],
+                leeway=JWT_LEEWAY,
+                options={"require": ["exp", "iat", "iss"]},
+            )
+        except jwt.ExpiredSignatureError:
+            return (
+                "'Expiration time' claim ('exp') must be a numeric value representing the future time at which "
+                "the assertion expires"
+            )
+        except (jwt.ImmatureSignatureError, jwt.InvalidIssuedAtError):
+            return "'Issued at' claim ('iat') must be an Integer representing the time that the assertion was issued"
+        except jwt.MissingRequiredClaimError as exc:
+            return f"'{exc.claim}' claim is missing"
+        except jwt.InvalidTokenError:
+            return "A JSON web token could not be decoded"
+        if str(claims["iss"]) != self.app_id:
+            return "'Issuer' claim ('iss') does not name this GitHub App"
+        if claims["exp"] - claims["iat"] > JWT_MAX_LIFETIME:
+            return "'Expiration time' claim ('exp') is too far in the future"
+        return None
+
+    def _installation_token_problem(self, authorization: str, params: dict[str, str]) -> Response | None:
+        scheme, credential = _credential(authorization)
+        issued = self.tokens.get(credential) if scheme in ("token", "bearer") else None
+        if issued is None or not issued.live() or issued.installation_id not in self.installations:
+            return _error(401, "Bad credentials")
+        installation = self.installations[issued.installation_id]
+        owner, repo = params["owner"], params["repo"]
+        if not installation.covers(owner, repo) or (issued.repos is not None and repo.lower() not in issued.repos):
+            return _error(404, "Not Found")
+        return None
+
+    # -- handlers: app (JWT) ---------------------------------------------------------------------------------------
+
+    def _create_token(self, exchange: Exchange) -> Response:
+        installation = self.installations.get(int(exchange.params["installation_id"]))
+        if installation is None:
+            return _error(404, "Not Found")
+        if installation.suspended:
+            return _error(403, "This installation has been suspended")
+        self.token_exchanges[installation.id] += 1
+        asked = (exchange.body or {}).get("repositories")
+        repos = installation.repos if asked is None else frozenset(r.lower() for r in asked)
+        token = "ghs_" + "".join(
+            secrets.choice(string.ascii_letters + string.digits) for _ in range(36 + secrets.randbelow(55))
+        )
+        expires = (dt.datetime.now(dt.UTC) + self.token_lifetime).replace(microsecond=0)
+        self.tokens[token] = IssuedToken(installation.id, expires, repos)
+        selection = "all" if repos is None else "selected"
+        return _json_response(
+            201,
+            {
+                "token": token,
+                "expires_at": expires.strftime(TIME_FORMAT),
+                "permissions": dict(APP_PERMISSIONS),
+                "repository_selection": selection,
+            },
+        )
+
+    def _list_installations(self, exchange: Exchange) -> Response:
+        return _json_response(200, [self._installation_json(i) for _, i in sorted(self.installations.items())])
+
+    def _get_repo_installation(self, exchange: Exchange) -> Response:
+        owner, repo = exchange.params["owner"], exchange.params["repo"]
+        found = [i for i in self.installations.values() if i.covers(owner, repo)]
+        return _json_response(200, self._installation_json(found[0])) if found else _error(404, "Not Found")
+
+    def _get_org_installation(self, exchange: Exchange) -> Response:
+        found = [i for i in self.installations.values() if i.covers(exchange.params["org"])]
+        return _json_response(200, self._installation_json(found[0])) if found else _error(404, "Not Found")
+
+    # -- handlers: installation token -------------------------------------------------------------------------------
+
+    def _create_status(self, exchange: Exchange) -> Response:
+        body, params = exchange.body, exchange.params
+        status = {
+            "owner": params["owner"],
+            "repo": params["repo"],
+            "sha": params["sha"],
+            "state": body["state"],
+            "description": body.get("description"),
+            "context": body.get("context", "default"),
+            "target_url": body.get("target_url"),
+            "id": next(self._ids),
+        }
+        self.statuses.append(status)
+        self._status_times[status["id"]] = _now()
+        return _json_response(201, {**self._status_json(status), "creator": self._bot_user()})
+
+    def _combined_status(self, exchange: Exchange) -> Response:
+        owner, repo, ref = exchange.params["owner"], exchange.params["repo"], exchange.params["ref"]
+        latest: dict[str, dict[str, Any]] = {}
+        for status in self.statuses:
+            if _same_repo(status, owner, repo) and status["sha"] == ref:
+                latest.pop(status["context"].lower(), None)
+                latest[status["context"].lower()] = status
+        statuses = list(reversed(latest.values()))
+        states = {s["state"] for s in statuses}
+        if states & {"error", "failure"}:
+            state = "failure"
+        elif not statuses or "pending" in states:
+            state = "pending"
+        else:
+            state = "success"
+        return _json_response(
+            200,
+            {
+                "state": state,
+                "statuses": [self._status_json(s) for s in statuses],
+                "sha": ref,
+                "total_count": len(statuses),
+                "repository": self._repository_json(owner, repo),
+                "commit_url": f"{self.url}/repos/{owner}/{repo}/commits/{ref}",
+                "url": f"{self.url}/repos/{owner}/{repo}/commits/{ref}/status",
+            },
+        )
+
+    def _create_check_run(self, exchange: Exchange) -> Response:
+        run_id = next(self._ids)
+        run = {
+            "id": run_id,
+            "owner": exchange.params["owner"],
+            "repo": exchange.params["repo"],
+            "head_sha": exchange.body["head_sha"],
+            "name": exchange.body["name"],
+            "status": "queued",
+            "conclusion": None,
+            "output": None,
+            "details_url": None,
+            "external_id": None,
+            "started_at": _now(),
+            "completed_at": None,
+            "annotations_count": 0,
+            "history": [],
+        }
+        _apply_check_run(run, exchange.body)
+        self.check_runs[run_id] = run
+        return _json_response(201, self._check_run_json(run))
+
+    def _update_check_run(self, exchange: Exchange) -> Response:
+        run = self.check_runs.get(int(exchange.params["check_run_id"]))
+        if run is None or not _same_repo(run, exchange.params["owner"], exchange.params["repo"]):
+            return _error(404, "Not Found")
+        _apply_check_run(run, exchange.body)
+        return _json_response(200, self._check_run_json(run))
+
+    def _list_check_runs(self, exchange: Exchange) -> Response:
+        """GET /repos/{o}/{r}/commits/{ref}/check-runs: newest first, `filter=latest` (default) one per name."""
+        query, params = exchange.call.query, exchange.params
+        runs = [
+            r
+            for r in self.check_runs.values()
+            if _same_repo(r, params["owner"], params["repo"])
+            and r["head_sha"] == params["ref"]
+            and query.get("check_name", r["name"]) == r["name"]
+            and query.get("status", r["status"]) == r["status"]
+        ]
+        runs.sort(key=lambda r: r["id"], reverse=True)
+        if query.get("filter", "latest") == "latest":
+            runs = _newest_per_name(runs)
+        return _json_response(200, {"total_count": len(runs), "check_runs": [self._check_run_json(r) for r in runs]})
+
+    def _list_pulls(self, exchange: Exchange) -> Response:
+        params = exchange.params
+        pulls = [
+            p
+            for p in self.pull_requests
+            if _same_repo(p, params["owner"], params["repo"]) and p["head_sha"] == params["commit_sha"]
+        ]
+        return _json_response(200, [self._pull_json(p) for p in pulls])
+
+    # -- GitHub-shaped bodies ----------------------------------------------------------------------------------------
+
+    def _user(self, login: str, account_type: str) -> dict[str, Any]:
+        """A simple-user for `login`, from the subset's example (the `creator` of a status)."""
+        template = self.subset.examples["status"]["creator"]
+        quoted = urllib.parse.quote(login)
+        user = {k: v.replace("octocat", quoted) if isinstance(v, str) else v for k, v in template.items()}
+        return {
+            **user,
+            "login": login,
+            "id": zlib.crc32(login.lower().encode()),
+            "node_id": f"U_{quoted}",
+            "type": account_type,
+        }
+
+    def _bot_user(self) -> dict[str, Any]:
+        return self._user(f"{APP_SLUG}[bot]", "Bot")
+
+    def _installation_json(self, installation: Installation) -> dict[str, Any]:
+        """An installation as GET /repos/{o}/{r}/installation answers it (from the subset's example)."""
+        body = copy.deepcopy(self.subset.examples["installation"])
+        account = self._user(installation.login, installation.account_type)
+        body.update(
+            id=installation.id,
+            account=account,
+            target_id=account["id"],
+            target_type=installation.account_type,
+            repository_selection="all" if installation.repos is None else "selected",
+            access_tokens_url=f"{self.url}/app/installations/{installation.id}/access_tokens",
+            repositories_url=f"{self.url}/installation/repositories",
+            html_url=f"https://github.com/organizations/{installation.login}/settings/installations/{installation.id}",
+            app_id=int(self.app_id) if self.app_id.isdigit() else 0,
+            app_slug=APP_SLUG,
+            permissions=dict(APP_PERMISSIONS),
+            events=["check_run", "pull_request"],
+            suspended_at=_now() if installation.suspended else None,
+        )
+        return body
+
+    def _status_json(self, status: dict[str, Any]) -> dict[str, Any]:
+        """A status as POST /repos/{o}/{r}/statuses/{sha} answers it (also the simple-commit-status of a combined)."""
+        created = self._status_times[status["id"]]
+        return {
+            "url": f"{self.url}/repos/{status['owner']}/{status['repo']}/statuses/{status['sha']}",
+            "avatar_url": "https://avatars.githubusercontent.com/in/1?v=4",
+            "id": status["id"],
+            "node_id": f"SC_{status['id']}",
+            "state": status["state"],
+            "description": status["description"],
+            "target_url": status["target_url"],
+            "context": status["context"],
+            "created_at": created,
+            "updated_at": created,
+        }
+
+    def _repository_json(self, owner: str, repo: str) -> dict[str, Any]:
+        """A minimal-repository for owner/repo (from the combined-status example)."""
+        template = self.subset.examples["combined-commit-status"]["repository"]
+        body = {
+            k: v.replace("octocat/Hello-World", f"{owner}/{repo}") if isinstance(v, str) else v
+            for k, v in template.items()
+        }
+        return {**body, "name": repo, "full_name": f"{owner}/{repo}", "owner": self._user(owner, "Organization")}
+
+    def _check_run_json(self, run: dict[str, Any]) -> dict[str, Any]:
+        """A check run as POST/PATCH .../check-runs answer it."""
+        base = f"{self.url}/repos/{run['owner']}/{run['repo']}/check-runs/{run['id']}"
+        output = run["output"] or {}
+        app = copy.deepcopy(self.subset.examples["check-run"]["app"])
+        app.update(id=int(self.app_id) if self.app_id.isdigit() else 0, slug=APP_SLUG, name=APP_SLUG)
+        suite = zlib.crc32(f"{run['owner']}/{run['repo']}@{run['head_sha']}".lower().encode())
+        return {
+            "id": run["id"],
+            "head_sha": run["head_sha"],
+            "node_id": f"CR_{run['id']}",
+            "external_id": run["external_id"] or "",
+            "url": base,
+            "html_url": f"https://github.com/{run['owner']}/{run['repo']}/runs/{run['id']}",
+            "details_url": run["details_url"],
+            "status": run["status"],
+            "conclusion": run["conclusion"],
+            "started_at": run["started_at"],
+            "completed_at": run["completed_at"],
+            "output": {
+                "title": output.get("title"),
+                "summary": output.get("summary"),
+                "text": output.get("text"),
+                "annotations_count": run["annotations_count"],
+                "annotations_url": f"{base}/annotations",
+            },
+            "name": run["name"],
+            "check_suite": {"id": suite},
+            "app": app,
+            "pull_requests": [],
+        }
+
+    def _pull_json(self, pull: dict[str, Any]) -> dict[str, Any]:
+        """A pull-request-simple (from the subset's example) for a pull request added with add_pull_request."""
+        body = copy.deepcopy(self.subset.examples["pull-request-simple-items"][0])
+        owner, repo, number = pull["owner"], pull["repo"], pull["number"]
+        body.update(
+            id=zlib.crc32(f"{owner}/{repo}#{number}".encode()),
+            number=number,
+            state=pull["state"],
+            url=f"{self.url}/repos/{owner}/{repo}/pulls/{number}",
+            html_url=f"https://github.com/{owner}/{repo}/pull/{number}",
+            title=f"Pull request {number}",
+            labels=[],
+            milestone=None,
+            assignee=None,
+            assignees=[],
+            requested_reviewers=[],
+            requested_teams=[],
+        )
+        body["head"].update(label=f"{owner}:{pull['head_ref']}", ref=pull["head_ref"], sha=pull["head_sha"])
+        body["base"].update(label=f"{owner}:{pull['base_ref']}", ref=pull["base_ref"])
+        return body
+
+
+def _same_repo(record: dict[str, Any], owner: str, repo: str) -> bool:
+    """Owner and repository names are case-insensitive on GitHub."""
+    return record["owner"].lower() == owner.lower() and record["repo"].lower() == repo.lower()
+
+
+def _newest_per_name(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The first run of each name in `runs` (sorted newest first)."""
+    newest: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        newest.setdefault(run["name"], run)
+    return list(newest.values())
+
+
+def _apply_check_run(run: dict[str, Any], body: dict[str, Any]) -> None:
+    """A create or update body applied as GitHub does: a conclusion completes the run."""
+    for key in ("name", "details_url", "external_id", "status", "conclusion", "started_at", "completed_at"):
+        if key in body:
+            run[key] = body[key]
+    if "output" in body:
+        run["output"] = {k: v for k, v in body["output"].items() if k not in ("annotations", "images")}
+        run["annotations_count"] += len(body["output"].get("annotations", []))
+    if body.get("conclusion") is not None:
+        run["status"] = "completed"
+        run["completed_at"] = body.get("completed_at") or _now()
+    run["history"].append(copy.deepcopy(body))
+
+
+def _call_of(request: Request) -> tuple[Call, Any, str | None]:
+    """(the Call to record, the parsed JSON body, why the body is not JSON or None)."""
+    raw = request.get_data(cache=True)
+    body: Any = None
+    problem = None
+    if raw:
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body, problem = raw.decode("utf-8", "replace"), "the body is not JSON"
+    call = Call(
+        method=request.method,
+        path=request.path,
+        query=request.args.to_dict(),
+        headers={k.lower(): v for k, v in request.headers.items()},
+        json=body,
+        at=time.time(),
+    )
+    return call, (None if problem else body), problem
+
+
+def github_app_config(fake: FakeGitHub) -> dict[str, str]:
+    """App config (create_app overrides) pointing the app's GitHub client at `fake`."""
+    return {
+        "GITHUB_APP_ID": fake.app_id,
+        "GITHUB_PRIVATE_KEY": fake.private_key_pem,
+        "GITHUB_API_URL": fake.url,
+        "GITHUB_WEBHOOK_SECRET": "webhook-secret",
+    }

@@ -1,0 +1,426 @@
+"""Delivery to GitHub through the one fake GitHub: what is posted, retries, leases and ordering."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+
+from app import create_app, db
+from app.github import delivery
+from app.github.client import github_app
+from app.models import CheckRunRecord, Org, OutboxItem, utcnow
+from tests.conftest import empty_database, github_app_config
+from tests.factories import SHA, SHA2, finding, make_org, make_token, post, seed
+
+CONTEXT = "fremforge/image-scan"
+INSTALLATION = 4711
+
+
+@pytest.fixture
+def app(database_url: str, tmp_path: Path, fake_github: Any) -> Iterator[Flask]:
+    """The app with a GitHub App configured against the fake (short client timeout for the timeout tests)."""
+    app = create_app(
+        {
+            "TESTING": True,
+            "DATABASE_URL": database_url,
+            "SECRET_KEY": "test-secret",
+            "PUBLIC_URL": "http://fremforge.test",
+            "GITHUB_TIMEOUT_SECONDS": "0.5",
+            **github_app_config(fake_github),
+        }
+    )
+    app.instance_path = str(tmp_path / "instance")
+    fake_github.add_installation(INSTALLATION, "acme", ["acme/api", "acme/web"])
+    yield app
+    empty_database(app)
+    app.extensions["fremforge.db"].engine.dispose()
+
+
+@pytest.fixture
+def token(app: Flask) -> str:
+    make_org(app, block_action="block_pull")
+    with app.app_context():
+        s = db.session()
+        s.execute(sa.update(Org).values(installation_id=INSTALLATION))
+        s.commit()
+    return make_token(app)
+
+
+class Clock:
+    """Simulated time for the worker: retries, leases and backoff without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = utcnow() + timedelta(minutes=1)  # ahead of the rows' real-time due dates
+
+    def advance(self, seconds: float) -> datetime:
+        self.now += timedelta(seconds=seconds)
+        return self.now
+
+
+def run(app: Flask, clock: Clock, worker: str = "w1", rng: random.Random | None = None) -> int:
+    with app.app_context():
+        gh = github_app()
+        assert gh is not None
+        return delivery.run_once(db.session(), gh, now=clock.now, rng=rng or random.Random(7), worker=worker)
+
+
+def drain(app: Flask, clock: Clock, step: float = 5.0, limit_seconds: float = 3600) -> None:
+    """Run the worker, advancing simulated time, until nothing is pending."""
+    for _ in range(int(limit_seconds / step)):
+        run(app, clock)
+        if not rows(app, state="pending"):
+            return
+        clock.advance(step)
+    raise AssertionError(f"still pending after {limit_seconds} s: {rows(app, state='pending')}")
+
+
+def rows(app: Flask, **where: Any) -> list[OutboxItem]:
+    with app.app_context():
+        q = sa.select(OutboxItem).order_by(OutboxItem.id)
+        for k, v in where.items():
+            q = q.where(getattr(OutboxItem, k) == v)
+        return list(db.session().scalars(q))
+
+
+def upload(
+    client: Any,
+    token: str,
+    *,
+    image: str = "ghcr.io/acme/api:1",
+    sha: str = SHA,
+    severity: str = "high",
+    repo: str = "acme/api",
+) -> dict:
+    r = post(client, token, seed([finding(severity=severity)], image_ref=image, sha=sha, repo=repo))
+    assert r.status_code == 202, r.json
+    return r.json
+
+
+def posted_states(fake: Any, sha: str = SHA) -> list[str]:
+    return [s["state"] for s in fake.statuses if s["sha"] == sha and s["context"] == CONTEXT]
+
+
+# ---------------------------------------------------------------- what is posted
+
+
+def test_status_and_check_run_are_posted_once_with_links(app, client, token, fake_github):
+    clock = Clock()
+    body = upload(client, token)
+    assert rows(app)[0].state == "pending"
+    assert run(app, clock) == 1
+    [status] = [s for s in fake_github.statuses if s["sha"] == SHA]
+    assert status["state"] == "failure" and status["context"] == CONTEXT
+    assert status["description"] == body["commit_status"]["description"] == "1 image · 1 high · blocking"
+    assert status["target_url"].startswith("http://fremforge.test/admin/orgs/acme/code-security/image-scanning/")
+    [check] = fake_github.check_runs.values()
+    assert check["name"] == CONTEXT and check["head_sha"] == SHA and check["conclusion"] == "failure"
+    assert check["details_url"] == status["target_url"] and check["external_id"]
+    assert "CVE-2023-1234" in check["output"]["summary"]
+    [row] = rows(app)
+    assert row.state == "delivered" and row.status_posted and row.check_posted and row.lease_until is None
+    detail = client.get(
+        f"/api/v1/orgs/acme/image-scans/{body['scan_run_id']}", headers={"Authorization": f"Bearer {token}"}
+    ).json["commit_status"]["delivery"]
+    assert detail["state"] == "delivered" and detail["detail"].startswith("delivered ")
+    assert run(app, clock) == 0  # nothing left
+    assert fake_github.invalid_requests == []
+
+
+@pytest.mark.parametrize(
+    "action,severity,expected",
+    [
+        ("warn", "critical", ["success"]),
+        ("block_pull", "critical", ["failure"]),
+        ("block_pull", "low", ["success"]),
+        ("none", "critical", []),
+    ],
+)
+def test_each_block_action(app, client, token, fake_github, runner, action, severity, expected):
+    assert runner.invoke(args=["policy", "set", "acme", "--block-action", action]).exit_code == 0
+    upload(client, token, severity=severity)
+    drain(app, Clock())
+    assert posted_states(fake_github) == expected
+    assert len(fake_github.check_runs) == len(expected)
+
+
+def test_images_aggregate_and_one_check_run_is_updated_in_place(app, client, token, fake_github):
+    clock = Clock()
+    upload(client, token, image="img-a", severity="critical")  # A fails
+    drain(app, clock)
+    upload(client, token, image="img-b", severity="low")  # B passes: the commit stays red
+    drain(app, clock)
+    upload(client, token, image="img-a", severity="low")  # A fixed: green
+    drain(app, clock)
+    assert posted_states(fake_github) == ["failure", "failure", "success"]
+    assert fake_github.latest_status("acme", "api", SHA)["description"].startswith("2 images")
+    [check] = fake_github.check_runs.values()
+    assert [h.get("conclusion") for h in check["history"]] == ["failure", "failure", "success"]
+    assert len(fake_github.calls_to("POST", r"/check-runs$")) == 1
+    assert len(fake_github.calls_to("PATCH", r"/check-runs/\d+$")) == 2
+
+
+def test_installation_is_looked_up_with_the_app_jwt_when_unknown(app, client, fake_github):
+    make_org(app)
+    token = make_token(app)
+    upload(client, token)
+    drain(app, Clock())
+    assert fake_github.calls_to("GET", r"^/repos/acme/api/installation$")
+    with app.app_context():
+        assert db.session().scalars(sa.select(Org.installation_id)).one() == INSTALLATION
+    assert posted_states(fake_github) == ["success"]
+
+
+def test_app_not_installed_is_a_permanent_failure(app, client, fake_github):
+    make_org(app, "other", github_login="other")
+    token = make_token(app, "other")
+    r = post(client, token, seed(repo="other/api"), slug="other")
+    assert r.status_code == 202
+    run(app, Clock())
+    [row] = rows(app)
+    assert row.state == "failed" and "not installed" in row.last_error
+
+
+# ---------------------------------------------------------------- tokens
+
+
+def test_many_posts_need_one_token_exchange_and_an_expired_token_is_renewed(app, client, token, fake_github):
+    clock = Clock()
+    for i in range(5):
+        upload(client, token, sha=f"{i:040x}")
+    drain(app, clock)
+    assert fake_github.token_exchanges[INSTALLATION] == 1
+    fake_github.expire_tokens()
+    upload(client, token, sha=SHA2)
+    drain(app, clock)
+    assert fake_github.token_exchanges[INSTALLATION] == 2
+    assert posted_states(fake_github, SHA2) == ["failure"]
+    assert [r.state for r in rows(app)] == ["delivered"] * 6
+
+
+# ---------------------------------------------------------------- failures
+
+
+def test_server_errors_retry_with_backoff(app, client, token, fake_github):
+    clock = Clock()
+    upload(client, token)
+    fake_github.fail("POST", r"/statuses/", status=502, times=3)
+    waits = []
+    for _ in range(3):
+        run(app, clock)
+        [row] = rows(app)
+        assert row.state == "pending" and row.last_status_code == 502 and "502" in row.last_error
+        waits.append((row.next_attempt_at - clock.now).total_seconds())
+        clock.now = row.next_attempt_at
+    assert 0.5 < waits[0] < 1.5 and 1.5 < waits[1] < 2.5 and 3 < waits[2] < 5  # about 1 s, then doubling
+    run(app, clock)
+    assert rows(app)[0].state == "delivered" and posted_states(fake_github) == ["failure"]
+
+
+def test_backoff_is_capped_at_five_minutes():
+    rng = random.Random(1)
+    assert all(delivery.backoff(n, rng) <= timedelta(minutes=5) for n in range(1, 40))
+    assert delivery.backoff(20, rng) >= timedelta(minutes=4)
+
+
+def test_rate_limit_waits_for_retry_after_without_counting_an_attempt(app, client, token, fake_github):
+    clock = Clock()
+    upload(client, token)
+    fake_github.rate_limit("POST", r"/statuses/", retry_after=120)
+    run(app, clock)
+    [row] = rows(app)
+    assert row.state == "pending" and row.attempts == 0
+    assert timedelta(seconds=119) <= row.next_attempt_at - clock.now <= timedelta(seconds=121)
+    clock.advance(60)
+    assert run(app, clock) == 0  # not before Retry-After
+    clock.advance(61)
+    run(app, clock)
+    assert rows(app)[0].state == "delivered"
+
+
+def test_rate_limit_without_retry_after_waits_until_reset(app, client, token, fake_github):
+    clock = Clock()
+    upload(client, token)
+    reset = int(datetime.now().timestamp()) + 300
+    fake_github.rate_limit("POST", r"/statuses/", retry_after=None, reset_at=reset)
+    run(app, clock)
+    [row] = rows(app)
+    assert timedelta(seconds=250) <= row.next_attempt_at - clock.now <= timedelta(seconds=301)
+
+
+@pytest.mark.parametrize("status", [404, 422])
+def test_permanent_errors_are_recorded_and_not_retried(app, client, token, fake_github, status):
+    clock = Clock()
+    upload(client, token)
+    fake_github.fail(
+        "POST",
+        r"/statuses/",
+        status=status,
+        times=None,
+        json={"message": "Validation Failed" if status == 422 else "Not Found"},
+    )
+    run(app, clock)
+    [row] = rows(app)
+    assert row.state == "failed" and row.last_status_code == status
+    assert row.last_error == f"GitHub answered {status}: {'Validation Failed' if status == 422 else 'Not Found'}"
+    clock.advance(3600)
+    assert run(app, clock) == 0
+    assert len(fake_github.calls_to("POST", r"/statuses/")) == 1
+
+
+def test_retries_are_bounded_and_the_final_failure_is_visible(app, client, token, fake_github):
+    clock = Clock()
+    body = upload(client, token)
+    fake_github.fail("POST", r"/statuses/", status=503, times=None)
+    for _ in range(delivery.MAX_ATTEMPTS + 5):
+        run(app, clock)
+        clock.advance(delivery.MAX_DELAY * 1.3)
+    [row] = rows(app)
+    assert row.state == "failed" and row.attempts == delivery.MAX_ATTEMPTS
+    assert len(fake_github.calls_to("POST", r"/statuses/")) == delivery.MAX_ATTEMPTS
+    detail = client.get(
+        f"/api/v1/orgs/acme/image-scans/{body['scan_run_id']}", headers={"Authorization": f"Bearer {token}"}
+    ).json["commit_status"]["delivery"]
+    assert detail["state"] == "failed" and "503" in detail["detail"]
+
+
+def test_401_mints_a_new_token_once(app, client, token, fake_github):
+    clock = Clock()
+    upload(client, token, sha=SHA2)
+    drain(app, clock)  # a token is cached
+    upload(client, token)
+    fake_github.unauthorized("POST", r"/statuses/", times=1)
+    run(app, clock)
+    assert rows(app)[-1].state == "delivered"
+    assert fake_github.token_exchanges[INSTALLATION] == 2
+
+
+def test_a_timed_out_check_run_create_is_found_not_duplicated(app, client, token, fake_github):
+    clock = Clock()
+    upload(client, token)
+    fake_github.timeout("POST", r"/check-runs$", times=1, seconds=1.5)
+    run(app, clock)
+    [row] = rows(app)
+    assert row.state == "pending" and row.status_posted and not row.check_posted
+    clock.now = row.next_attempt_at
+    drain(app, clock)
+    assert len(fake_github.check_runs) == 1
+    with app.app_context():
+        record = db.session().scalars(sa.select(CheckRunRecord)).one()
+    assert record.github_id in fake_github.check_runs
+    assert len(posted_states(fake_github)) == 1  # the status half was not posted again
+
+
+# ---------------------------------------------------------------- ordering, crashes, several workers
+
+
+def test_outage_of_minutes_during_100_uploads_loses_nothing(app, client, token, fake_github):
+    clock = Clock()
+    fake_github.outage(True)
+    shas = [f"{i:040x}" for i in range(50)]
+    for i in range(100):  # 50 commits, two images each; half the images get fixed later
+        sha = shas[i % 50]
+        upload(client, token, sha=sha, image=f"img-{i // 50}", severity="critical" if i % 3 else "low")
+        if i % 10 == 0:
+            run(app, clock)
+            clock.advance(20)
+    for _ in range(30):  # about ten minutes of outage
+        run(app, clock)
+        clock.advance(20)
+    fake_github.outage(False)
+    drain(app, clock, step=30)
+    ok_posts = Counter(s["sha"] for s in fake_github.statuses)
+    for sha in shas:
+        assert ok_posts[sha] == 1, sha  # its final state, exactly once
+        latest = rows(app, commit_sha=sha)[-1]
+        assert latest.state == "delivered"
+        assert fake_github.latest_status("acme", "api", sha)["state"] == latest.commit_status["state"]
+    assert all(r.state in ("delivered", "superseded") for r in rows(app))
+
+
+def test_a_stale_state_never_lands_after_a_newer_one(app, client, token, fake_github):
+    clock = Clock()
+    upload(client, token, severity="critical")  # wish 1: failure
+    with app.app_context():
+        s, gh = db.session(), github_app()
+        [first] = delivery.claim(s, clock.now, "slow-worker")  # wish 1 in flight
+    upload(client, token, severity="low")  # wish 2: success, supersedes 1
+    assert run(app, clock, worker="fast-worker") == 0  # the commit is in flight: wish 2 waits
+    with app.app_context():
+        s = db.session()
+        delivery.record(s, first, delivery.deliver(s, gh, first, clock.now), clock.now, random.Random(1))
+    drain(app, clock)
+    assert posted_states(fake_github) == ["success"]  # the superseded wish was not posted at all
+    assert [r.state for r in rows(app)] == ["superseded", "delivered"]
+
+
+def test_a_retry_of_an_old_wish_is_dropped_once_a_newer_one_exists(app, client, token, fake_github):
+    clock = Clock()
+    upload(client, token, severity="critical")
+    fake_github.fail("POST", r"/statuses/", status=503, times=1)
+    run(app, clock)  # wish 1 waits for its retry
+    upload(client, token, severity="low")  # wish 2
+    clock.advance(10)
+    drain(app, clock)
+    assert posted_states(fake_github) == ["success"]
+
+
+def test_a_worker_killed_mid_delivery_loses_nothing(app, client, token, fake_github):
+    clock = Clock()
+    upload(client, token)
+    with app.app_context():
+        assert delivery.claim(db.session(), clock.now, "doomed") != []  # claimed, then the worker dies
+    clock.advance(30)
+    assert run(app, clock) == 0  # its lease still holds
+    clock.advance(delivery.LEASE.total_seconds())
+    assert run(app, clock) == 1
+    assert rows(app)[0].state == "delivered" and posted_states(fake_github) == ["failure"]
+
+
+def test_two_workers_never_post_the_same_row_twice(app, client, token, fake_github):
+    shas = [f"{i:040x}" for i in range(40)]
+    for sha in shas:
+        upload(client, token, sha=sha)
+    clock = Clock()
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def work(name: str) -> None:
+        try:
+            start.wait()
+            for _ in range(20):
+                run(app, clock, worker=name)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert Counter(s["sha"] for s in fake_github.statuses) == Counter(shas)
+    assert len(fake_github.check_runs) == len(shas)
+    assert {r.state for r in rows(app)} == {"delivered"}
+
+
+def test_worker_command_once(app, client, token, runner, fake_github):
+    upload(client, token)
+    result = runner.invoke(args=["worker", "--once"])
+    assert result.exit_code == 0, result.output
+    assert "handled 1" in result.output
+    assert posted_states(fake_github) == ["failure"]
+
+
+def test_worker_command_without_a_github_app(tmp_path):
+    app = create_app({"TESTING": True, "SECRET_KEY": "x", "DATABASE_URL": f"sqlite:///{tmp_path / 'w.db'}"})
+    result = app.test_cli_runner().invoke(args=["worker", "--once"])
+    assert result.exit_code == 0 and "no GitHub App configured" in result.output

@@ -1,0 +1,521 @@
+"""POST /webhooks/github with GitHub's own example payloads, each signed here at test time."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import uuid
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from app import db
+from app.db import write_transaction
+from app.github.handlers import router
+from app.models import (
+    CheckRunRecord,
+    InstallationRepository,
+    Org,
+    OutboxItem,
+    PullRequestLink,
+    ScanRun,
+    WebhookDelivery,
+)
+from tests.conftest import ROOT, WEBHOOK_SECRET
+from tests.factories import census, finding, make_org, make_token, post, seed, set_policy
+
+HOOKS = ROOT.parent / "shared" / "fixtures" / "github-webhooks"
+PR_SHA = "ec26c3e57ca3a959ca5aad62de7213c562f8c821"  # the head of PR #2 in every pull_request example
+PR_REPO = "Codertocat/Hello-World"
+CHECK_SHA = "d6fde92930d4715a2b49857d24b940956b26d2d3"  # the head_sha of the check_run.rerequested examples
+# GitHub sends these to every GitHub App whether or not it subscribes (they cannot even be listed in
+# default_events); ping is sent once when the webhook is created. So they are routed without being in app.yml.
+ALWAYS_SENT = {"installation", "installation_repositories"}
+NOT_SUBSCRIBABLE = {"ping"}
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def example(name: str) -> bytes:
+    """An example body exactly as stored (the bytes are what gets signed and sent)."""
+    return (HOOKS / f"{name}.json").read_bytes()
+
+
+def edited(name: str, **changes: Any) -> bytes:
+    """An example with some fields changed: `check_run__name="x"` sets payload["check_run"]["name"]."""
+    doc = json.loads(example(name))
+    for path, value in changes.items():
+        *parents, last = path.split("__")
+        target = doc
+        for key in parents:
+            target = target[key]
+        target[last] = value
+    return json.dumps(doc).encode()
+
+
+def sign(body: bytes, secret: str = WEBHOOK_SECRET) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def deliver(
+    client,
+    name: str | None = None,
+    *,
+    body: bytes | None = None,
+    event: str | None = None,
+    delivery: str | None = None,
+    secret: str = WEBHOOK_SECRET,
+    headers: dict[str, str] | None = None,
+    signed: bool = True,
+):
+    """POST one delivery the way GitHub does; the event defaults to the example's file name prefix."""
+    data = body if body is not None else example(name or "")
+    hdrs = {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": event or (name or "").split(".", 1)[0],
+        "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
+        "User-Agent": "GitHub-Hookshot/test",
+    }
+    if signed:
+        hdrs["X-Hub-Signature-256"] = sign(data, secret)
+    hdrs.update(headers or {})
+    return client.post("/webhooks/github", data=data, headers=hdrs)
+
+
+def rows(app, model, *order) -> list[Any]:
+    with app.app_context():
+        return list(db.session().scalars(sa.select(model).order_by(*(order or model.__table__.primary_key))))
+
+
+def make_linked_org(app, slug: str, login: str, installation_id: int | None = None, repos: tuple[str, ...] = ()):
+    make_org(app, slug, login)
+    with app.app_context():
+        session = db.session()
+        with write_transaction(session):
+            org = session.scalars(sa.select(Org).where(Org.slug == slug)).one()
+            org.installation_id = installation_id
+            session.add_all(InstallationRepository(org_id=org.id, repo_full_name=r) for r in repos)
+
+
+def org_state(app) -> list[tuple[str, str, int | None]]:
+    return [(o.slug, o.github_login, o.installation_id) for o in rows(app, Org)]
+
+
+def repos_of(app) -> list[tuple[int, str]]:
+    return [(r.org_id, r.repo_full_name) for r in rows(app, InstallationRepository, InstallationRepository.id)]
+
+
+def links_of(app) -> list[tuple[str, int, str, str]]:
+    return [(p.repo_full_name, p.number, p.head_sha, p.state) for p in rows(app, PullRequestLink)]
+
+
+def upload(client, token: str, slug: str, repo: str, sha: str, image: str = "ghcr.io/x/app:1", findings=None) -> int:
+    r = post(client, token, seed(findings, image_ref=image, sha=sha, repo=repo), slug=slug)
+    assert r.status_code == 202, r.json
+    return r.json["scan_run_id"]
+
+
+@pytest.fixture
+def client(webhook_app):
+    return webhook_app.test_client()
+
+
+@pytest.fixture
+def app(webhook_app):
+    return webhook_app
+
+
+# ---------------------------------------------------------------- the manifest
+
+
+def test_routed_events_are_the_manifests_default_events():
+    """Every event app.yml subscribes to is handled, and nothing is handled that GitHub would not send.
+
+    The rule: routed events == app.yml default_events + the events GitHub sends every App unsubscribed
+    (installation, installation_repositories) + ping.
+    """
+    manifest = yaml.safe_load((ROOT / "app.yml").read_text())
+    subscribed = set(manifest["default_events"])
+    assert not subscribed & (ALWAYS_SENT | NOT_SUBSCRIBABLE)
+    assert router.routed_events() == subscribed | ALWAYS_SENT | NOT_SUBSCRIBABLE
+
+
+# ---------------------------------------------------------------- failure modes first
+
+
+def test_no_secret_configured_fails_closed(database_url, tmp_path):
+    from app import create_app
+
+    plain = create_app({"TESTING": True, "DATABASE_URL": database_url, "SECRET_KEY": "t"})
+    try:
+        before = census(plain)
+        r = deliver(plain.test_client(), "ping")
+        assert r.status_code == 503 and r.json["error"] == "webhooks_not_configured"
+        assert "FREMFORGE_GITHUB_WEBHOOK_SECRET" in r.json["message"]
+        assert census(plain) == before
+    finally:
+        plain.extensions["fremforge.db"].engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["missing", "wrong_secret", "changed_byte", "sha1_only", "sha1_in_sha256_header", "uppercase", "garbage", "latin1"],
+)
+def test_bad_or_missing_signature_is_401_and_changes_nothing(app, client, case, caplog):
+    body = example("installation.created")
+    headers: dict[str, str] = {}
+    signed = True
+    secret = WEBHOOK_SECRET
+    if case == "missing":
+        signed = False
+    elif case == "wrong_secret":
+        secret = "not-the-secret"
+    elif case == "changed_byte":
+        headers["X-Hub-Signature-256"] = sign(body)
+        body = body.replace(b"Codertocat", b"Codertocau", 1)
+    elif case == "sha1_only":
+        signed = False
+        headers["X-Hub-Signature"] = "sha1=" + hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha1).hexdigest()
+    elif case == "sha1_in_sha256_header":  # githubkit's verify alone would accept this downgrade
+        headers["X-Hub-Signature-256"] = "sha1=" + hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha1).hexdigest()
+    elif case == "uppercase":
+        headers["X-Hub-Signature-256"] = sign(body).upper().replace("SHA256=", "sha256=")
+    elif case == "garbage":
+        headers["X-Hub-Signature-256"] = "sha256=zz"
+    elif case == "latin1":
+        headers["X-Hub-Signature-256"] = "sha256=" + "é" * 64
+    before = census(app)
+    r = deliver(client, "installation", body=body, secret=secret, headers=headers, signed=signed, delivery="d-1")
+    assert r.status_code == 401
+    assert r.json["error"] == ("missing_signature" if case in ("missing", "sha1_only") else "bad_signature")
+    assert census(app) == before  # not even the delivery id
+    assert rows(app, WebhookDelivery) == []
+    assert "d-1" in caplog.text and WEBHOOK_SECRET not in caplog.text
+    assert "sha256=" not in caplog.text and "sha1=" not in caplog.text
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[1, 2]", b'"text"', b"\xff\xfe", b"[" * 5000])
+def test_signed_body_that_is_not_a_json_object_is_400(app, client, body):
+    before = census(app)
+    r = deliver(client, "ping", body=body)
+    assert r.status_code == 400 and r.json["error"] == "bad_request"
+    assert census(app) == before
+
+
+@pytest.mark.parametrize("header", ["X-GitHub-Delivery", "X-GitHub-Event"])
+def test_signed_delivery_without_its_headers_is_400(app, client, header):
+    r = deliver(client, "ping", headers={header: ""})
+    assert r.status_code == 400
+    assert rows(app, WebhookDelivery) == []
+
+
+def test_only_post(client):
+    r = client.get("/webhooks/github")
+    assert r.status_code == 405 and r.json["error"] == "method_not_allowed"
+
+
+def test_a_failed_handler_leaves_the_delivery_unseen(app, client):
+    make_linked_org(app, "codertocat", "Codertocat", installation_id=1)
+    bad = edited("pull_request.opened", pull_request__head__sha=None)
+    r = deliver(client, "pull_request", body=bad, delivery="d-42")
+    assert r.status_code == 400 and r.json["error"] == "bad_payload", r.json
+    assert "pull_request.head.sha" in r.json["message"]
+    assert rows(app, WebhookDelivery) == [] and links_of(app) == []
+    # GitHub's redelivery of the same id, once it can be handled, is handled, not taken for a duplicate.
+    r = deliver(client, "pull_request.opened", delivery="d-42")
+    assert r.status_code == 200 and r.json == {"status": "ok"}
+    assert links_of(app) == [(PR_REPO, 2, PR_SHA, "open")]
+
+
+def test_redelivery_is_acknowledged_and_ignored(app, client):
+    r = deliver(client, "installation.created", delivery="72d3162e-cc78-11e3-81ab-4c9367dc0958")
+    assert r.status_code == 200 and r.json == {"status": "ok"}
+    assert org_state(app) == [("Codertocat", "Codertocat", 957387)]
+    with app.app_context():  # the org goes; a replay of the delivery must not bring it back
+        session = db.session()
+        with write_transaction(session):
+            session.execute(sa.delete(Org))
+    before = census(app)
+    r = deliver(client, "installation.created", delivery="72d3162e-cc78-11e3-81ab-4c9367dc0958")
+    assert r.status_code == 200 and r.json == {"status": "duplicate"}
+    assert census(app) == before and org_state(app) == []
+    d = rows(app, WebhookDelivery)
+    assert [(x.delivery_id, x.event, x.action) for x in d] == [
+        ("72d3162e-cc78-11e3-81ab-4c9367dc0958", "installation", "created")
+    ]
+
+
+def test_unknown_event_is_202_ignored(app, client):
+    r = deliver(client, body=b'{"ref": "refs/heads/main", "commits": []}', event="push")
+    assert r.status_code == 202 and r.json == {"status": "ignored"}
+    assert org_state(app) == []
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "check_suite.requested",
+        "check_suite.requested.with-organization",
+        "check_suite.requested.with-email-with-special-characters",
+        "check_suite.rerequested",
+        "check_suite.rerequested.with-organization",
+        "check_run.created",  # no installation key at all
+        "check_run.completed",
+        "check_run.requested_action",
+        "check_run.rerequested",  # another app's run ("randscape")
+        "check_run.rerequested.with-organization",
+    ],
+)
+def test_events_and_actions_not_for_us_are_202_ignored(app, client, name):
+    make_linked_org(app, "codertocat", "Codertocat", installation_id=957387)
+    make_linked_org(app, "github", "github", installation_id=1)
+    before = census(app)
+    r = deliver(client, name)
+    assert r.status_code == 202 and r.json == {"status": "ignored"}
+    after = census(app)
+    assert after.pop("webhook_deliveries") == before.pop("webhook_deliveries") + 1
+    assert after == before
+
+
+@pytest.mark.parametrize("name", ["ping", "ping.with-app_id", "ping.with-organization"])
+def test_ping(app, client, name):
+    r = deliver(client, name)
+    assert r.status_code == 200 and r.json == {"status": "ok"}
+    assert [(d.event, d.action) for d in rows(app, WebhookDelivery)] == [("ping", None)]
+
+
+# ---------------------------------------------------------------- installation
+
+
+@pytest.mark.parametrize("name", ["installation.created", "installation.created.with-requester"])
+def test_installation_created_makes_the_org_with_its_repositories(app, client, name):
+    r = deliver(client, name)
+    assert r.status_code == 200 and r.json == {"status": "ok"}
+    assert org_state(app) == [("Codertocat", "Codertocat", 957387)]
+    (org,) = rows(app, Org)
+    assert repos_of(app) == [(org.id, "Codertocat/Hello-World")]
+    # The new org has its policy and chain: it can take tokens and uploads at once.
+    token = make_token(app, "Codertocat")
+    upload(client, token, "Codertocat", "Codertocat/Hello-World", PR_SHA)
+
+
+def test_installation_created_links_the_org_of_that_login_whatever_its_case(app, client):
+    make_linked_org(app, "coder", "codertocat", repos=("codertocat/Old",))
+    assert deliver(client, "installation.created").status_code == 200
+    assert org_state(app) == [("coder", "codertocat", 957387)]
+    (org,) = rows(app, Org)
+    assert repos_of(app) == [(org.id, "Codertocat/Hello-World")]
+
+
+def test_installation_created_when_the_slug_is_another_accounts(app, client):
+    make_linked_org(app, "Codertocat", "someone-else")
+    assert deliver(client, "installation.created").status_code == 200
+    assert org_state(app) == [("Codertocat", "someone-else", None), ("Codertocat-2", "Codertocat", 957387)]
+
+
+def test_installation_deleted_unlinks_the_org(app, client):
+    make_linked_org(app, "octocat", "octocat", installation_id=2, repos=("octocat/Hello-World", "octocat/Other"))
+    make_linked_org(app, "other", "other", installation_id=3, repos=("other/x",))
+    r = deliver(client, "installation.deleted")
+    assert r.status_code == 200 and r.json == {"status": "ok"}
+    assert org_state(app) == [("octocat", "octocat", None), ("other", "other", 3)]
+    assert [name for _, name in repos_of(app)] == ["other/x"]
+
+
+def test_installation_deleted_of_an_unknown_installation_is_ignored(app, client):
+    r = deliver(client, "installation.deleted")
+    assert r.status_code == 202 and r.json == {"status": "ignored"}
+    assert org_state(app) == []
+
+
+def test_installation_suspend_then_unsuspend(app, client):
+    make_linked_org(app, "codertocat", "Codertocat", installation_id=16598467, repos=("Codertocat/Hello-World",))
+    r = deliver(client, "installation.suspend")
+    assert r.status_code == 200 and r.json == {"status": "ok"}
+    assert org_state(app) == [("codertocat", "Codertocat", None)]
+    assert [name for _, name in repos_of(app)] == ["Codertocat/Hello-World"]  # kept for the unsuspend
+    r = deliver(client, "installation.unsuspend")
+    assert r.status_code == 200 and r.json == {"status": "ok"}
+    assert org_state(app) == [("codertocat", "Codertocat", 16598467)]
+
+
+# ---------------------------------------------------------------- installation_repositories
+
+
+def test_installation_repositories_added_and_removed(app, client):
+    make_linked_org(app, "codertocat", "Codertocat", installation_id=957387, repos=("Codertocat/Hello-World",))
+    make_linked_org(app, "octocat", "octocat", installation_id=2, repos=("octocat/Hello-World", "octocat/Keep"))
+    coder, octo = (o.id for o in rows(app, Org))
+    r = deliver(client, "installation_repositories.added")
+    assert r.status_code == 200 and r.json == {"status": "ok"}
+    assert deliver(client, "installation_repositories.added").status_code == 200  # another delivery: idempotent
+    r = deliver(client, "installation_repositories.removed")
+    assert r.status_code == 200 and r.json == {"status": "ok"}
+    assert sorted(repos_of(app)) == [
+        (coder, "Codertocat/Hello-World"),
+        (coder, "Codertocat/Space"),
+        (octo, "octocat/Keep"),
+    ]
+
+
+def test_installation_repositories_for_an_unknown_account_is_ignored(app, client):
+    r = deliver(client, "installation_repositories.added")
+    assert r.status_code == 202 and r.json == {"status": "ignored"}
+    assert repos_of(app) == []
+
+
+# ---------------------------------------------------------------- pull_request
+
+
+OPEN_EXAMPLES = [
+    "pull_request.opened",
+    "pull_request.opened.with-organization",
+    "pull_request.opened.with-null-body",
+    "pull_request.synchronize",
+    "pull_request.reopened",
+    "pull_request.reopened.with-organization",
+]
+
+
+@pytest.mark.parametrize("name", OPEN_EXAMPLES)
+def test_pull_request_links_its_head_commit_and_the_scans_uploaded_before(app, client, name):
+    make_linked_org(app, "codertocat", "Codertocat", installation_id=1)
+    token = make_token(app, "codertocat")
+    before = upload(client, token, "codertocat", PR_REPO, PR_SHA, "ghcr.io/c/a:1")
+    elsewhere = upload(client, token, "codertocat", PR_REPO, "f" * 40, "ghcr.io/c/a:1")
+    r = deliver(client, name)
+    assert r.status_code == 200 and r.json == {"status": "ok"}
+    assert links_of(app) == [(PR_REPO, 2, PR_SHA, "open")]
+    prs = {s.id: s.pr_number for s in rows(app, ScanRun)}
+    assert prs == {before: 2, elsewhere: None}
+    # A scan uploaded after the event takes the number at ingest (queries.pr_for_commit).
+    after = upload(client, token, "codertocat", PR_REPO, PR_SHA, "ghcr.io/c/b:1")
+    assert {s.id: s.pr_number for s in rows(app, ScanRun)}[after] == 2
+    r = client.get("/api/v1/orgs/codertocat/image-scans?pr=2", headers={"Authorization": f"Bearer {token}"})
+    assert sorted(s["scan_run_id"] for s in r.json["items"]) == [before, after]
+
+
+def test_pull_request_org_found_by_repository_owner_without_installation(app, client):
+    make_linked_org(app, "coder", "CODERTOCAT")
+    assert deliver(client, "pull_request.opened").status_code == 200
+    (link,) = rows(app, PullRequestLink)
+    assert link.org_id == rows(app, Org)[0].id and link.number == 2
+
+
+def test_pull_request_of_an_unknown_account_is_ignored(app, client):
+    make_linked_org(app, "acme", "acme", installation_id=99)
+    r = deliver(client, "pull_request.opened")
+    assert r.status_code == 202 and r.json == {"status": "ignored"}
+    assert links_of(app) == []
+
+
+@pytest.mark.parametrize("name", ["pull_request.closed", "pull_request.closed.with-organization"])
+def test_pull_request_closed_keeps_the_scans_linked(app, client, name):
+    make_linked_org(app, "codertocat", "Codertocat", installation_id=1)
+    token = make_token(app, "codertocat")
+    assert deliver(client, "pull_request.opened").status_code == 200
+    scan = upload(client, token, "codertocat", PR_REPO, PR_SHA)
+    r = deliver(client, name)
+    assert r.status_code == 200 and r.json == {"status": "ok"}
+    assert links_of(app) == [(PR_REPO, 2, PR_SHA, "closed")]
+    assert [(s.id, s.pr_number) for s in rows(app, ScanRun)] == [(scan, 2)]
+    # A closed PR is no longer what a new scan of its head belongs to; earlier scans still name it.
+    later = upload(client, token, "codertocat", PR_REPO, PR_SHA, "ghcr.io/c/other:1")
+    assert {s.id: s.pr_number for s in rows(app, ScanRun)}[later] == 2  # from the commit's earlier scans
+
+
+def test_pull_request_closed_alone_records_the_closed_pr_and_links_no_scan(app, client):
+    make_linked_org(app, "codertocat", "Codertocat", installation_id=1)
+    token = make_token(app, "codertocat")
+    scan = upload(client, token, "codertocat", PR_REPO, PR_SHA)
+    assert deliver(client, "pull_request.closed").status_code == 200
+    assert links_of(app) == [(PR_REPO, 2, PR_SHA, "closed")]
+    assert [(s.id, s.pr_number) for s in rows(app, ScanRun)] == [(scan, None)]
+
+
+def test_pull_request_events_out_of_order_never_step_back(app, client):
+    """GitHub does not promise order, and anyone may redeliver an old event: the newer PR state wins."""
+    make_linked_org(app, "codertocat", "Codertocat", installation_id=1)
+    assert deliver(client, "pull_request.closed").status_code == 200  # updated_at 15:21:18
+    assert deliver(client, "pull_request.opened").status_code == 200  # updated_at 15:20:33: older
+    assert links_of(app) == [(PR_REPO, 2, PR_SHA, "closed")]
+    reopened = edited("pull_request.reopened", pull_request__updated_at="2019-05-15T15:30:00Z")
+    assert deliver(client, "pull_request", body=reopened).status_code == 200
+    assert links_of(app) == [(PR_REPO, 2, PR_SHA, "open")]
+    pushed = edited(
+        "pull_request.synchronize", pull_request__updated_at="2019-05-15T15:40:00Z", pull_request__head__sha="a" * 40
+    )
+    assert deliver(client, "pull_request", body=pushed).status_code == 200
+    assert links_of(app) == [(PR_REPO, 2, "a" * 40, "open")]
+
+
+# ---------------------------------------------------------------- check_run
+
+
+def _ours(name: str = "check_run.rerequested") -> bytes:
+    return edited(name, check_run__name="fremforge/image-scan")
+
+
+def _remember_run(app, slug: str, github_id: int) -> None:
+    with app.app_context():
+        session = db.session()
+        with write_transaction(session):
+            org = session.scalars(sa.select(Org).where(Org.slug == slug)).one()
+            session.add(
+                CheckRunRecord(
+                    org_id=org.id, repo_full_name="github/hello-world", commit_sha=CHECK_SHA, github_id=github_id
+                )
+            )
+
+
+@pytest.mark.parametrize("name", ["check_run.rerequested", "check_run.rerequested.with-organization"])
+def test_check_run_rerequested_starts_a_new_run_with_the_commits_aggregate(app, client, name):
+    make_linked_org(app, "github", "github", installation_id=1)
+    set_policy(app, "github", block_action="block_pull")
+    token = make_token(app, "github")
+    failing = upload(
+        client, token, "github", "github/hello-world", CHECK_SHA, "ghcr.io/g/a:1", [finding(severity="critical")]
+    )
+    passing = upload(
+        client, token, "github", "github/hello-world", CHECK_SHA, "ghcr.io/g/b:1", [finding(severity="low")]
+    )
+    _remember_run(app, "github", 4)
+    before = [o.id for o in rows(app, OutboxItem)]
+    r = deliver(client, "check_run", body=_ours(name))
+    assert r.status_code == 202 and r.json == {"status": "queued"}
+    (record,) = rows(app, CheckRunRecord)
+    assert record.github_id is None and record.create_attempted_at is None
+    new = [o for o in rows(app, OutboxItem) if o.id not in before]
+    assert len(new) == 1
+    (item,) = new
+    assert item.scan_run_id == passing and item.commit_sha == CHECK_SHA and item.repo_full_name == "github/hello-world"
+    # The aggregate of both images: the later passing image does not turn the failing one green.
+    assert item.commit_status["state"] == "failure"
+    assert item.commit_status["description"] == "2 images · 1 critical, 1 low · blocking"
+    assert item.check_run["conclusion"] == "failure" and item.check_run["head_sha"] == CHECK_SHA
+    assert item.state == "not_delivered"  # no GitHub App configured in the tests
+    assert failing < passing
+
+
+def test_check_run_rerequested_under_block_action_none_queues_nothing(app, client):
+    make_linked_org(app, "github", "github", installation_id=1)
+    token = make_token(app, "github")
+    upload(client, token, "github", "github/hello-world", CHECK_SHA)
+    _remember_run(app, "github", 4)
+    set_policy(app, "github", block_action="none")
+    before = len(rows(app, OutboxItem))
+    r = deliver(client, "check_run", body=_ours())
+    assert r.status_code == 200 and r.json == {"status": "ok"}
+    assert len(rows(app, OutboxItem)) == before
+    assert rows(app, CheckRunRecord)[0].github_id is None  # a later scan makes a new run
+
+
+def test_check_run_rerequested_without_scans_queues_nothing(app, client):
+    make_linked_org(app, "github", "github", installation_id=1)
+    r = deliver(client, "check_run", body=_ours())
+    assert r.status_code == 200 and r.json == {"status": "ok"}
+    assert rows(app, OutboxItem) == []
