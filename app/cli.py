@@ -199,7 +199,7 @@ def policy_set(
     session = db.session()
     org = _org(slug)
     with write_transaction(session):
-        settings = orgs.settings_of(session, org.id)
+        settings = orgs.settings_for_update(session, org.id)
         settings_service.apply(session, settings, changes, actor="cli")
     _echo_json(settings_service.as_dict(settings))
 

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from flask import Flask, jsonify, request
+from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,17 @@ def init_app(app: Flask) -> None:
         headers = dict(err.get_headers())
         headers.pop("Content-Type", None)
         return jsonify(body), status, headers
+
+    @app.errorhandler(sa_exc.DataError)
+    def _data_error(err: sa_exc.DataError):  # type: ignore[no-untyped-def]
+        # Validation should refuse such values first; this keeps a missed case a 4xx, not a 500.
+        log.warning("request.unstorable_value path=%s error=%s", request.path, type(err.orig).__name__)
+        body = {
+            "error": "validation_failed",
+            "message": "A value cannot be stored (too long or malformed).",
+            "details": [],
+        }
+        return jsonify(body), 422
 
     @app.errorhandler(Exception)
     def _unexpected(err: Exception):  # type: ignore[no-untyped-def]

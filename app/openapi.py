@@ -65,7 +65,7 @@ CONTENT_ENCODING = {
     "name": "Content-Encoding",
     "in": "header",
     "required": False,
-    "schema": {"type": "string", "enum": ["gzip", "identity"]},
+    "schema": {"type": "string", "enum": ["gzip", "x-gzip", "identity"]},
 }
 
 SCHEMAS: dict[str, Any] = {
@@ -96,7 +96,7 @@ SCHEMAS: dict[str, Any] = {
         "required": ["cve_id", "severity", "package_name", "installed_version"],
         "properties": {
             "cve_id": {**ADVISORY_ID, "description": "Any advisory id: CVE-, GHSA-, GMS-, RUSTSEC-..."},
-            "severity": SEVERITY_ANY_CASE,
+            "severity": {**_nullable(SEVERITY_ANY_CASE), "description": "null counts as unknown."},
             "package_name": {**SHORT, "minLength": 1},
             "installed_version": {**_nullable(SHORT), "description": "null is taken as empty."},
             "fixed_version": {**_nullable(SHORT), "description": "null or empty: not fixable."},
@@ -111,7 +111,13 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["image_ref", "commit_sha", "repo_full_name", "findings"],
         "properties": {
-            "image_ref": {"type": "string", "minLength": 1, "maxLength": 1024, "pattern": r"\S"},
+            "image_ref": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 1024,
+                "pattern": r"\S",
+                "description": "At most 1024 bytes in UTF-8.",
+            },
             "commit_sha": {"type": "string", "pattern": COMMIT_SHA},
             "repo_full_name": {"type": "string", "pattern": REPO_FULL_NAME},
             "signature_status": _nullable(SIGNATURE_ANY_CASE),

@@ -37,6 +37,17 @@ def by_slug(session: Session, slug: str) -> Org | None:
     return session.scalars(sa.select(Org).where(Org.slug == slug)).one_or_none()
 
 
+def settings_for_update(session: Session, org_id: int) -> OrgSettings:
+    """The org's settings re-read and locked for the rest of the write transaction (never a stale copy)."""
+    found = session.scalars(
+        sa.select(OrgSettings)
+        .where(OrgSettings.org_id == org_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    return found if found is not None else settings_of(session, org_id)
+
+
 def settings_of(session: Session, org_id: int) -> OrgSettings:
     found = session.get(OrgSettings, org_id)
     if found is None:  # an org made by hand: the defaults apply

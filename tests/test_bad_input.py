@@ -276,7 +276,6 @@ BAD_BODIES = [
     pytest.param(m422("findings[0]", seed([None])), id="finding-null"),
     pytest.param(m422("findings[1]", seed([finding(), "CVE-2023-1234"])), id="finding-as-string"),
     pytest.param(m422("findings[2].severity", three_findings(severity=3)), id="severity-as-number"),
-    pytest.param(m422("findings[2].severity", three_findings(severity=None)), id="severity-null"),
     pytest.param(m422("findings[2].cve_id", three_findings(cve_id=20231234)), id="cve-id-as-int"),
     pytest.param(m422("findings[2].cve_id", three_findings(cve_id="")), id="cve-id-empty"),
     pytest.param(m422("findings[2].cve_id", three_findings(cve_id="C" * 201)), id="cve-id-too-long"),
@@ -680,6 +679,7 @@ def test_severity_in_any_letter_case_is_accepted(app: Flask, client: Any, token:
         pytest.param(seed(repo="ACME/api"), None, id="repo-owner-other-case"),
         pytest.param(seed([]), None, id="no-findings"),
         pytest.param(seed([finding(installed=None)]), None, id="installed-version-null-is-empty"),
+    pytest.param(seed([finding(severity=None)]), None, id="severity-null-is-unknown"),
         pytest.param(seed(signature_status="SIGNED"), None, id="signature-status-any-case"),
         pytest.param(
             trivy_report([{"VulnerabilityID": "CVE-1", "PkgName": "x", "InstalledVersion": None}]),
@@ -751,3 +751,21 @@ def test_duplicates_differing_only_in_severity_case_collapse(app: Flask, client:
     r = post(client, token, seed([finding(severity="HIGH"), finding(severity="high")]))
     assert r.status_code == 202, r.json
     assert (r.json["accepted"], r.json["duplicates"]) == (1, 1)
+
+
+def test_image_ref_is_bounded_in_utf8_bytes(app: Flask, client: Any, token: str) -> None:
+    before = census(app)
+    r = post(client, token, seed(image_ref="镜" * 1024))  # 1024 characters, 3072 bytes: too big for an index row
+    assert_error(r, 422, "validation_failed", "image_ref")
+    assert census(app) == before
+    assert post(client, token, seed(image_ref="镜" * 341)).status_code == 202
+
+
+def test_repository_names_are_case_insensitive(app: Flask, client: Any, token: str) -> None:
+    set_policy(app, "acme", block_action="block_pull")
+    first = post(client, token, seed([finding(severity="critical")], image_ref="a", repo="Acme/API"))
+    second = post(client, token, seed([finding(severity="low")], image_ref="b", repo="acme/api"))
+    assert first.status_code == second.status_code == 202
+    assert second.json["commit_status"]["state"] == "failure"  # one commit, two images: still red
+    listed = client.get("/api/v1/orgs/acme/image-scans?repo=ACME/Api", headers={"Authorization": f"Bearer {token}"})
+    assert [s["repo_full_name"] for s in listed.json["items"]] == ["acme/api", "acme/api"]

@@ -385,3 +385,14 @@ def test_summary_not_truncated_when_it_fits():
     v = verdict("failure")
     text = checks.summary(v)
     assert "truncated" not in text and len(text) < 1000
+
+
+def test_a_catastrophic_subject_pattern_cannot_stall_the_worker():
+    import time
+
+    from app.policy import AllowedIssuer
+
+    issuer = AllowedIssuer("https://token.actions.githubusercontent.com", r"^(a|a?)+$")
+    started = time.monotonic()
+    assert issuer.admits("https://token.actions.githubusercontent.com", "a" * 5000 + "!") is False
+    assert time.monotonic() - started < 2

@@ -29,7 +29,7 @@ from tests.factories import census, finding, make_org, make_token, post, seed, s
 
 HOOKS = ROOT.parent / "shared" / "fixtures" / "github-webhooks"
 PR_SHA = "ec26c3e57ca3a959ca5aad62de7213c562f8c821"  # the head of PR #2 in every pull_request example
-PR_REPO = "Codertocat/Hello-World"
+PR_REPO = "codertocat/hello-world"  # stored folded: GitHub names are case-insensitive
 CHECK_SHA = "d6fde92930d4715a2b49857d24b940956b26d2d3"  # the head_sha of the check_run.rerequested examples
 # GitHub sends these to every GitHub App whether or not it subscribes (they cannot even be listed in
 # default_events); ping is sent once when the webhook is created. So they are routed without being in app.yml.
@@ -297,10 +297,10 @@ def test_installation_created_makes_the_org_with_its_repositories(app, client, n
     assert r.status_code == 200 and r.json == {"status": "ok"}
     assert org_state(app) == [("Codertocat", "Codertocat", 957387)]
     (org,) = rows(app, Org)
-    assert repos_of(app) == [(org.id, "Codertocat/Hello-World")]
+    assert repos_of(app) == [(org.id, "codertocat/hello-world")]
     # The new org has its policy and chain: it can take tokens and uploads at once.
     token = make_token(app, "Codertocat")
-    upload(client, token, "Codertocat", "Codertocat/Hello-World", PR_SHA)
+    upload(client, token, "Codertocat", "Codertocat/Hello-World", PR_SHA)  # any case
 
 
 def test_installation_created_links_the_org_of_that_login_whatever_its_case(app, client):
@@ -308,7 +308,7 @@ def test_installation_created_links_the_org_of_that_login_whatever_its_case(app,
     assert deliver(client, "installation.created").status_code == 200
     assert org_state(app) == [("coder", "codertocat", 957387)]
     (org,) = rows(app, Org)
-    assert repos_of(app) == [(org.id, "Codertocat/Hello-World")]
+    assert repos_of(app) == [(org.id, "codertocat/hello-world")]
 
 
 def test_installation_created_when_the_slug_is_another_accounts(app, client):
@@ -333,11 +333,11 @@ def test_installation_deleted_of_an_unknown_installation_is_ignored(app, client)
 
 
 def test_installation_suspend_then_unsuspend(app, client):
-    make_linked_org(app, "codertocat", "Codertocat", installation_id=16598467, repos=("Codertocat/Hello-World",))
+    make_linked_org(app, "codertocat", "Codertocat", installation_id=16598467, repos=("codertocat/hello-world",))
     r = deliver(client, "installation.suspend")
     assert r.status_code == 200 and r.json == {"status": "ok"}
     assert org_state(app) == [("codertocat", "Codertocat", None)]
-    assert [name for _, name in repos_of(app)] == ["Codertocat/Hello-World"]  # kept for the unsuspend
+    assert [name for _, name in repos_of(app)] == ["codertocat/hello-world"]  # kept for the unsuspend
     r = deliver(client, "installation.unsuspend")
     assert r.status_code == 200 and r.json == {"status": "ok"}
     assert org_state(app) == [("codertocat", "Codertocat", 16598467)]
@@ -347,8 +347,8 @@ def test_installation_suspend_then_unsuspend(app, client):
 
 
 def test_installation_repositories_added_and_removed(app, client):
-    make_linked_org(app, "codertocat", "Codertocat", installation_id=957387, repos=("Codertocat/Hello-World",))
-    make_linked_org(app, "octocat", "octocat", installation_id=2, repos=("octocat/Hello-World", "octocat/Keep"))
+    make_linked_org(app, "codertocat", "Codertocat", installation_id=957387, repos=("codertocat/hello-world",))
+    make_linked_org(app, "octocat", "octocat", installation_id=2, repos=("octocat/hello-world", "octocat/keep"))
     coder, octo = (o.id for o in rows(app, Org))
     r = deliver(client, "installation_repositories.added")
     assert r.status_code == 200 and r.json == {"status": "ok"}
@@ -356,9 +356,9 @@ def test_installation_repositories_added_and_removed(app, client):
     r = deliver(client, "installation_repositories.removed")
     assert r.status_code == 200 and r.json == {"status": "ok"}
     assert sorted(repos_of(app)) == [
-        (coder, "Codertocat/Hello-World"),
-        (coder, "Codertocat/Space"),
-        (octo, "octocat/Keep"),
+        (coder, "codertocat/hello-world"),
+        (coder, "codertocat/space"),
+        (octo, "octocat/keep"),
     ]
 
 

@@ -32,11 +32,11 @@ def upload(slug: str) -> tuple[dict[str, Any], int]:
             f"The repository {upload.repo_full_name} is outside this organisation's GitHub account "
             f"({org.github_login})."
         )
-    if not settings.enabled:
+    result = None
+    if settings.enabled:
+        result = service.ingest(db.session(), org, upload, links(), deliver=current_app.config["GITHUB_APP_CONFIGURED"])
+    if result is None:  # disabled: the body was validated, then dropped
         return {"accepted": 0, "status": "disabled"}, 202
-    result = service.ingest(
-        db.session(), org, settings, upload, links(), deliver=current_app.config["GITHUB_APP_CONFIGURED"]
-    )
     return result.body(links().scan(org.slug, result.scan_run_id)), 202
 
 

@@ -135,7 +135,7 @@ def list_scans(
     """One page of scans, newest first (keyset on id); and the id to continue from, if there is more."""
     q = sa.select(ScanRun).where(ScanRun.org_id == org_id)
     if repo:
-        q = q.where(ScanRun.repo_full_name == repo)
+        q = q.where(ScanRun.repo_full_name == repo.lower())
     if commit_sha:
         q = q.where(ScanRun.commit_sha == commit_sha.lower())
     if image_ref:

@@ -10,6 +10,7 @@ from typing import Annotated, Any, NotRequired
 
 import orjson
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -39,9 +40,20 @@ def _signature_status(value: Any) -> str | None:
 
 
 SeverityText = Annotated[str, StringConstraints(pattern=SEVERITY_PATTERN)]
-ImageRef = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"\S")]
+
+
+def _utf8_within(limit: int) -> Any:
+    def check(value: str) -> str:
+        if len(value.encode()) > limit:  # indexed columns: PostgreSQL bounds an index row in bytes
+            raise PydanticCustomError("string_too_long", f"must be at most {limit} bytes in UTF-8")
+        return value
+
+    return AfterValidator(check)
+
+
+ImageRef = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"\S"), _utf8_within(1024)]
 CommitSha = Annotated[str, StringConstraints(pattern=COMMIT_SHA, to_lower=True)]
-RepoFullName = Annotated[str, StringConstraints(pattern=REPO_FULL_NAME)]
+RepoFullName = Annotated[str, StringConstraints(pattern=REPO_FULL_NAME, to_lower=True)]  # GitHub: any case
 AdvisoryId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 Short = Annotated[str, StringConstraints(max_length=500)]
 ShortNonEmpty = Annotated[str, StringConstraints(min_length=1, max_length=500)]
@@ -67,7 +79,7 @@ class UploadContext(BaseModel):
 @with_config(STRICT)
 class SeedFinding(TypedDict):
     cve_id: AdvisoryId
-    severity: SeverityText
+    severity: SeverityText | None  # null (jq's for a missing Severity) counts as unknown
     package_name: ShortNonEmpty
     installed_version: Short | None
     fixed_version: NotRequired[Short | None]
@@ -290,7 +302,7 @@ def _from_seed(seed: SeedUpload) -> Upload:
         if key not in unique:
             unique[key] = {
                 "cve_id": f["cve_id"],
-                "severity": f["severity"].lower(),
+                "severity": (f["severity"] or "unknown").lower(),
                 "package": f["package_name"],
                 "installed_version": installed,
                 "fixed_version": get("fixed_version") or None,

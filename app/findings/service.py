@@ -19,7 +19,21 @@ from app.models import GENESIS_HASH, ChainHead, Org, OrgSettings, ScanRun, utcno
 _heads = ChainHead.__table__
 _scans = ScanRun.__table__
 # Statements built once; the per-request path stays below the ORM.
-LOCK_HEAD = sa.select(_heads.c.seq, _heads.c.head_hash).where(_heads.c.org_id == sa.bindparam("org")).with_for_update()
+_settings = OrgSettings.__table__
+LOCK_HEAD = (
+    sa.select(
+        _heads.c.seq,
+        _heads.c.head_hash,
+        _settings.c.enabled,
+        _settings.c.block_action,
+        _settings.c.require_signed,
+        _settings.c.allowed_issuers,
+        _settings.c.retention_days,
+    )
+    .select_from(_heads.outerjoin(_settings, _settings.c.org_id == _heads.c.org_id))
+    .where(_heads.c.org_id == sa.bindparam("org"))
+    .with_for_update(of=_heads)
+)
 MOVE_HEAD = (
     sa.update(_heads)
     .where(_heads.c.org_id == sa.bindparam("org"))
@@ -51,23 +65,21 @@ class IngestResult:
         }
 
 
-def ingest(
-    session: Session, org: Org, settings: OrgSettings, upload: Upload, links: outbox.Links, deliver: bool
-) -> IngestResult:
+def ingest(session: Session, org: Org, upload: Upload, links: outbox.Links, deliver: bool) -> IngestResult | None:
     """Store the scan with its findings appended to the org's chain, and the wish to post its commit's state.
 
-    Everything that needs no lock (policy, counts) is done first; the org's chain head is then locked
-    for the few statements that must see a consistent commit and chain.
+    The org's chain head is locked first and the policy read with it, so a concurrent settings change
+    applies wholly before or after this upload. None when the policy is disabled (nothing stored).
     """
-    pol = policy.Policy.from_settings(settings)
-    findings = upload.findings + policy.signature_findings(pol, upload.signature, upload.image_ref)
-    counts, fixable = policy.count(findings)
-    status = policy.scan_status(pol, counts)
     now = utcnow()
-
     with write_transaction(session):
         conn = session.connection()
-        head = _lock_head(conn, org.id)
+        head, pol = _lock_head(conn, org.id)
+        if not pol.enabled:
+            return None
+        findings = upload.findings + policy.signature_findings(pol, upload.signature, upload.image_ref)
+        counts, fixable = policy.count(findings)
+        status = policy.scan_status(pol, counts)
         judged = queries.latest_judged_rows(conn, org.id, upload.repo_full_name, upload.commit_sha)
         scan_id = conn.execute(
             INSERT_SCAN,
@@ -100,12 +112,14 @@ def ingest(
     return IngestResult(scan_id, len(upload.findings), upload.duplicates, status, counts, fixable, commit_status)
 
 
-def _lock_head(conn: sa.Connection, org_id: int) -> tuple[int, str]:
-    head = conn.execute(LOCK_HEAD, {"org": org_id}).one_or_none()
-    if head is None:  # an org made by hand, without its chain head
+def _lock_head(conn: sa.Connection, org_id: int) -> tuple[tuple[int, str], policy.Policy]:
+    """Lock the org's chain head and read its policy in the same statement."""
+    row = conn.execute(LOCK_HEAD, {"org": org_id}).one_or_none()
+    if row is None:  # an org made by hand, without its chain head
         conn.execute(sa.insert(_heads).values(org_id=org_id, seq=0, head_hash=GENESIS_HASH))
-        return 0, GENESIS_HASH
-    return head[0], head[1]
+        return (0, GENESIS_HASH), policy.Policy()
+    pol = policy.Policy.from_settings(row) if row.enabled is not None else policy.Policy()
+    return (row.seq, row.head_hash), pol
 
 
 def _append_findings(

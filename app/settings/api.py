@@ -36,6 +36,6 @@ def change(slug: str) -> dict[str, Any]:
         raise validation_failed([error_detail(e) for e in exc.errors(include_url=False)]) from None
     session = db.session()
     with write_transaction(session):
-        settings = orgs.settings_of(session, org.id)
+        settings = orgs.settings_for_update(session, org.id)
         service.apply(session, settings, changes, actor(token))
     return service.as_dict(settings)

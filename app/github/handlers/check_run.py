@@ -42,7 +42,7 @@ def check_run_rerequested(session: Session, payload: dict[str, Any]) -> str | No
     org = org_of_repository_event(session, payload)
     if org is None:
         return "ignored"
-    repo = need_str(payload, "repository", "full_name")
+    repo = need_str(payload, "repository", "full_name").lower()
     sha = need_str(payload, "check_run", "head_sha").lower()
     if not SHA.fullmatch(sha):
         raise BadPayload("check_run.head_sha must be a commit SHA")

@@ -57,7 +57,7 @@ def full_names(value: Any, where: str) -> list[str]:
         name = repo.get("full_name") if isinstance(repo, dict) else None
         if not isinstance(name, str) or "/" not in name or len(name) > 200:
             raise BadPayload(f"{where}[{i}].full_name must be owner/name")
-        names.append(name)
+        names.append(name.lower())  # GitHub names are case-insensitive; stored folded
     return names
 
 

@@ -52,7 +52,7 @@ def _upsert_link(session: Session, payload: dict[str, Any], state: str) -> dict[
     org = org_of_repository_event(session, payload)
     if org is None:
         return None
-    repo = need_str(payload, "repository", "full_name")
+    repo = need_str(payload, "repository", "full_name").lower()
     number = need_int(payload, "pull_request", "number", below=2**31)
     sha = need_str(payload, "pull_request", "head", "sha").lower()
     if not SHA.fullmatch(sha) or len(repo) > 200:
