@@ -24,6 +24,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    if app.config["GITHUB_APP_CONFIGURED"] and not app.config.get("PUBLIC_URL"):
+        logging.getLogger(__name__).warning(
+            "config.no_public_url: set FREMFORGE_PUBLIC_URL; links posted to GitHub now follow each request's Host"
+        )
 
     from app import cli, db, errors, health, openapi
     from app.findings import api as findings_api

@@ -65,7 +65,7 @@ def _org_json(org: Org) -> dict[str, Any]:
 @orgs_cli.command("create")
 @click.argument("slug")
 @click.option("--github-login", help="The GitHub account (org or user) whose repos it scans; default: SLUG.")
-@click.option("--installation-id", type=click.IntRange(min=1), help="The GitHub App installation id, if known.")
+@click.option("--installation-id", type=click.IntRange(1, 2**63 - 1), help="The GitHub App installation id, if known.")
 def orgs_create(slug: str, github_login: str | None, installation_id: int | None) -> None:
     """Add an organisation (with the default policy)."""
     session = db.session()
@@ -117,8 +117,11 @@ def _token_json(t: Any) -> dict[str, Any]:
 def tokens_create(slug: str, scopes: tuple[str, ...], name: str | None, expires_days: int | None) -> None:
     """Make a token; it is printed once, alone on the last line, and only its hash is kept."""
     session = db.session()
-    with write_transaction(session):
-        new = tokens.create(session, _org(slug), list(scopes), name, expires_days, actor="cli")
+    try:
+        with write_transaction(session):
+            new = tokens.create(session, _org(slug), list(scopes), name, expires_days, actor="cli")
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     r = new.record
     click.echo(
         f"token {r.id} ({r.name}) for {slug} with scopes {' '.join(r.scope_list)}"
@@ -136,7 +139,7 @@ def tokens_list(slug: str) -> None:
 
 
 @tokens_cli.command("revoke")
-@click.argument("token_id", type=int)
+@click.argument("token_id", type=click.IntRange(1, 2**31 - 1))
 def tokens_revoke(token_id: int) -> None:
     """Revoke a token by id; it stops working at once."""
     session = db.session()

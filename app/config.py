@@ -22,7 +22,9 @@ DEFAULTS: dict[str, Any] = {
     "GITHUB_CLIENT_ID": None,
     "GITHUB_CLIENT_SECRET": None,
     "MAX_UPLOAD_MB": 64,
+    "GITHUB_TIMEOUT_SECONDS": 10,  # per GitHub call made by the worker
 }
+ENVIRONMENTS = ("development", "production")
 PREFIX = "FREMFORGE_"
 
 
@@ -31,9 +33,17 @@ class ConfigError(RuntimeError):
 
 
 def from_environment(environ: os._Environ[str] | dict[str, str] | None = None) -> dict[str, Any]:
-    """Return the FREMFORGE_* settings found in the environment, as strings, without the prefix."""
+    """The documented FREMFORGE_* settings found in the environment, as strings, without the prefix.
+
+    Only those: Flask's own keys (TESTING, DEBUG...) cannot be switched from the environment, so no
+    variable such as FREMFORGE_TESTING=0 can loosen the production checks.
+    """
     environ = os.environ if environ is None else environ
-    return {key[len(PREFIX) :]: value for key, value in environ.items() if key.startswith(PREFIX)}
+    return {
+        key[len(PREFIX) :]: value
+        for key, value in environ.items()
+        if key.startswith(PREFIX) and key[len(PREFIX) :] in DEFAULTS
+    }
 
 
 def finalize(config: dict[str, Any], instance_path: str) -> None:
@@ -62,6 +72,13 @@ def finalize(config: dict[str, Any], instance_path: str) -> None:
     if config.get("PUBLIC_URL"):
         config["PUBLIC_URL"] = str(config["PUBLIC_URL"]).rstrip("/")
 
+    config["ENV"] = str(config["ENV"]).strip().lower()
+    if config["ENV"] not in ENVIRONMENTS:
+        raise ConfigError(f"FREMFORGE_ENV must be one of {', '.join(ENVIRONMENTS)}, not {config['ENV']!r}")
+    try:
+        config["GITHUB_TIMEOUT_SECONDS"] = float(config["GITHUB_TIMEOUT_SECONDS"])
+    except (TypeError, ValueError):
+        raise ConfigError("FREMFORGE_GITHUB_TIMEOUT_SECONDS must be a number of seconds") from None
     production = config["ENV"] == "production" or config["GITHUB_APP_CONFIGURED"]
     if not config.get("SECRET_KEY"):
         if production and not config.get("TESTING"):

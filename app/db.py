@@ -41,8 +41,9 @@ def make_engine(url: str, **kwargs: Any) -> sa.Engine:
         sa.event.listen(engine, "connect", _sqlite_connect)
         sa.event.listen(engine, "begin", _sqlite_begin)
         return engine
-    # No pre-ping: it costs a round trip per request; a connection broken by a server restart is
-    # invalidated by SQLAlchemy on first use, and pool_recycle bounds how old a connection gets.
+    # Pre-ping costs a round trip per checkout, but without it the first request on each pooled
+    # connection after a database restart or failover would fail with a 500.
+    kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_recycle", 1800)
     return sa.create_engine(url, **kwargs)
 

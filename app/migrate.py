@@ -9,6 +9,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from flask import Flask
 from sqlalchemy.engine import make_url
 
@@ -29,6 +30,20 @@ def upgrade(app: Flask, revision: str = "head") -> None:
     if app.config["DATABASE_URL"].startswith("sqlite"):
         Path(app.instance_path).mkdir(parents=True, exist_ok=True)
     command.upgrade(alembic_config(app), revision)
+
+
+_HEAD: list[str] = []
+
+
+def head() -> str:
+    """The newest revision in migrations/ (read once per process)."""
+    if not _HEAD:
+        _HEAD.append(ScriptDirectory(str(MIGRATIONS)).get_current_head() or "")
+    return _HEAD[0]
+
+
+def revision_of(conn: Any) -> str | None:
+    return MigrationContext.configure(conn).get_current_revision()
 
 
 def current(app: Flask) -> str | None:

@@ -432,9 +432,48 @@ PATHS: dict[str, Any] = {
         "put": {
             "operationId": "putSettings",
             "summary": "Change the org's policy (fields left out keep their value). Scope settings:write.",
-            "parameters": [SLUG],
+            "parameters": [SLUG, CONTENT_ENCODING],
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("SettingsChange")}}},
             "responses": {"200": _json("The policy after the change.", _ref("Settings")), **BODY_ERRORS, **AUTH_ERRORS},
+        },
+    },
+    "/healthz": {
+        "get": {
+            "operationId": "healthz",
+            "summary": "The process answers.",
+            "security": [],
+            "responses": {
+                "200": _json(
+                    "Up.", {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}}
+                ),
+                **URL_ERRORS,
+            },
+        },
+    },
+    "/readyz": {
+        "get": {
+            "operationId": "readyz",
+            "summary": "The database answers and its schema is migrated to this version.",
+            "security": [],
+            "responses": {
+                "200": _json(
+                    "Ready.",
+                    {
+                        "type": "object",
+                        "required": ["status", "database"],
+                        "properties": {"status": {"const": "ok"}, "database": STR},
+                    },
+                ),
+                "503": _json(
+                    "Not ready: the database is unreachable or not migrated.",
+                    {
+                        "type": "object",
+                        "required": ["status", "database"],
+                        "properties": {"status": {"const": "unavailable"}, "database": STR},
+                    },
+                ),
+                **URL_ERRORS,
+            },
         },
     },
     "/api/v1/openapi.json": {

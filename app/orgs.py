@@ -9,20 +9,23 @@ from sqlalchemy.orm import Session
 
 from app.models import GENESIS_HASH, ChainHead, Org, OrgSettings
 
-SLUG = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,98})$")
+SLUG = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,98})")
 
 
 def create(session: Session, slug: str, github_login: str | None = None, installation_id: int | None = None) -> Org:
     """Add an org in the caller's write transaction; ValueError when the slug is taken or malformed."""
     login = github_login or slug
     for what, value in (("slug", slug), ("GitHub login", login)):
-        if not SLUG.match(value):
+        if not SLUG.fullmatch(value):
             raise ValueError(
                 f"{what} {value!r} must be letters, digits and hyphens (as a GitHub login), "
                 "starting with a letter or digit"
             )
     if by_slug(session, slug) is not None:
         raise ValueError(f"an organisation {slug!r} exists already")
+    same_login = session.scalars(sa.select(Org.slug).where(sa.func.lower(Org.github_login) == login.lower())).first()
+    if same_login is not None:  # one GitHub account, one org: else two orgs would post to the same commits
+        raise ValueError(f"the organisation {same_login!r} has the GitHub login {login!r} already")
     org = Org(slug=slug, github_login=login, installation_id=installation_id)
     session.add(org)
     session.flush()

@@ -135,3 +135,20 @@ def test_policy_set_rejects_bad_values_and_changes_nothing(runner, app):
         assert result.exit_code != 0, args
     assert runner.invoke(args=["policy", "show", "nope"]).exit_code != 0
     assert census(app) == before
+
+
+def test_out_of_range_numbers_are_refused_not_crashed(runner, app):
+    make_org(app)
+    for args in (["tokens", "revoke", "99999999999999999999"],
+                 ["orgs", "create", "x", "--installation-id", "99999999999999999999"],
+                 ["tokens", "create", "--org", "acme", "--scope", "findings:read", "--name", "n" * 101]):
+        result = runner.invoke(args=args)
+        assert result.exit_code == 2 or (result.exit_code == 1 and "Error" in result.output), args
+        assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+
+
+def test_one_org_per_github_login(runner, app):
+    make_org(app)
+    result = runner.invoke(args=["orgs", "create", "other", "--github-login", "ACME"])
+    assert result.exit_code != 0 and "GitHub login" in result.output
+    assert runner.invoke(args=["orgs", "create", "acme\n"]).exit_code != 0

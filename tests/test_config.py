@@ -92,3 +92,20 @@ def test_github_app_without_webhook_secret_refuses_to_start(monkeypatch):
     monkeypatch.delenv("FREMFORGE_GITHUB_APP_ID")
     monkeypatch.delenv("FREMFORGE_GITHUB_WEBHOOK_SECRET")
     assert not create_app().config["GITHUB_APP_CONFIGURED"]
+
+
+def test_flask_keys_cannot_be_set_from_the_environment(monkeypatch):
+    monkeypatch.setenv("FREMFORGE_ENV", "Production")
+    monkeypatch.setenv("FREMFORGE_TESTING", "0")  # must not switch off the production check
+    monkeypatch.setenv("FREMFORGE_DEBUG", "false")
+    with pytest.raises(ConfigError, match="FREMFORGE_SECRET_KEY"):
+        create_app()
+    monkeypatch.setenv("FREMFORGE_SECRET_KEY", "s" * 48)
+    app = create_app()
+    assert app.config["ENV"] == "production" and not app.debug and not app.testing
+
+
+def test_unknown_environment_name_is_refused(monkeypatch):
+    monkeypatch.setenv("FREMFORGE_ENV", "prod")
+    with pytest.raises(ConfigError, match="FREMFORGE_ENV"):
+        create_app()

@@ -31,6 +31,7 @@ from app.openapi import document
 from tests.factories import ALL_SCOPES, SHA, SHA2, finding, make_org, make_token, post, seed, set_policy
 
 API_PREFIX = "/api/v1"
+HEALTH_ROUTES = ("/healthz", "/readyz")  # documented too, though outside the API prefix
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 CHECK_NAMES = [
@@ -66,7 +67,7 @@ def _routes(app: Flask) -> set[tuple[str, str]]:
     return {
         (method, _openapi_path(rule.rule))
         for rule in app.url_map.iter_rules()
-        if rule.rule == API_PREFIX or rule.rule.startswith(API_PREFIX + "/")
+        if rule.rule == API_PREFIX or rule.rule.startswith(API_PREFIX + "/") or rule.rule in HEALTH_ROUTES
         for method in rule.methods or ()
         if method not in IGNORED_METHODS
     }
@@ -96,7 +97,7 @@ def test_document_is_true_to_the_routes(app, client):
     assert sorted(routes - documented) == [], "routes missing from the OpenAPI document"
     assert sorted(documented - routes) == [], "documented operations without a route"
     for path, item in served.json["paths"].items():
-        assert path.startswith(API_PREFIX + "/"), path
+        assert path.startswith(API_PREFIX + "/") or path in HEALTH_ROUTES, path
         names = set(re.findall(r"{([^{}]+)}", path))
         for method, op in item.items():
             if method not in HTTP_METHODS:
@@ -279,7 +280,7 @@ def test_api_answers_as_documented(app: Flask, acme: dict[str, Any]) -> None:
     success = {label: 202 if label.startswith("POST") else 200 for label in documented}
     assert [label for label, code in success.items() if not seen[label].get(code)] == [], seen
     # ... and refused what it should refuse.
-    takes_input = documented - {f"GET {SETTINGS}"}
+    takes_input = documented - {f"GET {SETTINGS}", "GET /healthz", "GET /readyz"}
     assert [
         label for label in takes_input if not any(400 <= code < 500 and code != 405 for code in seen[label])
     ] == [], seen

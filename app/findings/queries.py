@@ -64,6 +64,24 @@ LATEST_JUDGED = (
 )
 
 
+def top_findings_many(conn: sa.Connection, scan_ids: Sequence[int], limit: int = 5) -> dict[int, list[dict[str, Any]]]:
+    """The most severe findings of each of several scans, in one query."""
+    if not scan_ids:
+        return {}
+    rank = sa.func.row_number().over(
+        partition_by=Finding.scan_run_id, order_by=(SEVERITY_ORDER, Finding.package, Finding.cve_id)
+    )
+    ranked = (
+        sa.select(Finding.scan_run_id, *(getattr(Finding, c) for c in FINDING_COLUMNS), rank.label("rank"))
+        .where(Finding.scan_run_id.in_(scan_ids), Finding.cve_id.is_not(None))
+        .subquery()
+    )
+    found: dict[int, list[dict[str, Any]]] = {i: [] for i in scan_ids}
+    for row in conn.execute(sa.select(ranked).where(ranked.c.rank <= limit).order_by(ranked.c.rank)).mappings():
+        found[row["scan_run_id"]].append({c: row[c] for c in FINDING_COLUMNS})
+    return found
+
+
 def latest_judged_rows(conn: sa.Connection, org_id: int, repo: str, sha: str) -> Sequence[sa.Row[Any]]:
     """The latest scan of each image of a commit that was judged (not skipped under block action none)."""
     return conn.execute(LATEST_JUDGED, {"org": org_id, "repo": repo, "sha": sha}).all()

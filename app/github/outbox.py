@@ -52,17 +52,11 @@ def enqueue(
     """
     if block_action == "none":  # post nothing, leave earlier posts as they are
         return None
+    others = [r for r in judged if r.image_ref != this.image_ref]
+    tops = queries.top_findings_many(conn, [r.id for r in others])
     images = [this] + [
-        policy.ImageResult(
-            r.image_ref,
-            r.status,
-            {s: getattr(r, s) for s in SEVERITIES},
-            r.fixable,
-            r.id,
-            queries.top_findings(conn, r.id),
-        )
-        for r in judged
-        if r.image_ref != this.image_ref
+        policy.ImageResult(r.image_ref, r.status, {s: getattr(r, s) for s in SEVERITIES}, r.fixable, r.id, tops[r.id])
+        for r in others
     ]
     verdict = policy.commit_verdict(block_action, images)
     assert verdict is not None

@@ -1,0 +1,690 @@
+#!/usr/bin/env python3
+"""GitHub benchmark: issue 3's performance targets for webhooks and the delivery worker, on one backend.
+
+Measures:
+  * webhooks while GitHub is unreachable: the app under `gunicorn -w 2`, its GitHub API URL a closed loopback
+    port, its worker running (and failing to reach GitHub) alongside; --deliveries signed deliveries built from
+    GitHub's own example payloads, sent over --concurrency threads, each delivery on its own connection.
+    Target: p99 latency under 100 ms, and every answer 2xx with the outcome its handler should give;
+  * the worker: --commits uploads (each its own commit) leave as many pending outbox rows; the time of one
+    `flask --app wsgi worker --once` against a FakeGitHub (tests/fakes.py, in this process) until it exits.
+    Target: >= 50 commits/s, and every commit has exactly one status and one check run on the fake.
+
+Run from the repository root, with the virtualenv active:
+  . .venv/bin/activate
+  python bench/github_bench.py                                   # SQLite, a fresh temp dir per run
+  python bench/github_bench.py --database postgresql \\
+      --pg-url postgresql://postgres@127.0.0.1:5432/postgres    # fresh fremforge_bench_gh_* databases
+
+Everything listens on 127.0.0.1 only. The table is printed and written as JSON to bench/out/github-<backend>.json.
+Exit 0 when every target is met, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import hmac
+import http.client
+import json
+import os
+import random
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ingest_bench import (
+    HOST,
+    ROOT,
+    VENV_BIN,
+    app_env,
+    check_loopback_pg,
+    flask_cli,
+    free_port,
+    healthz_ok,
+    libpq_url,
+    pg_url_for,
+    stop,
+    tail,
+    wait_until,
+)
+
+if str(ROOT) not in sys.path:  # `app` and `tests.fakes` are imported from the repository root
+    sys.path.insert(0, str(ROOT))
+
+OUT_DIR = Path(__file__).resolve().parent / "out"
+FIXTURES = ROOT.parent / "shared" / "fixtures" / "github-webhooks"
+
+ORG = "codertocat"
+LOGIN = "Codertocat"  # the account of the example payloads
+REPO = "Codertocat/Hello-World"
+INSTALLATION = 957387  # the installation of installation_repositories.added.json; set in every payload
+CONTEXT = "fremforge/image-scan"  # the app's check run name (app.policy.CONTEXT)
+WEBHOOK_PATH = "/webhooks/github"
+UPLOAD_PATH = f"/api/v1/orgs/{ORG}/image-scans/findings"
+PG_DATABASES = {"webhooks": "fremforge_bench_gh_webhooks", "worker": "fremforge_bench_gh_worker"}
+
+# (fixture, X-GitHub-Event, the answer's "status" when the handler did its work, weight in the mix)
+MIX = (
+    ("pull_request.opened.json", "pull_request", "ok", 6),
+    ("pull_request.synchronize.json", "pull_request", "ok", 5),
+    ("check_run.rerequested.json", "check_run", "queued", 4),
+    ("installation_repositories.added.json", "installation_repositories", "ok", 3),
+    ("ping.json", "ping", "ok", 2),
+)
+SEEDED_COMMITS = 20  # commits with a judged scan before the burst: pull requests link them, re-runs repost them
+FINDINGS_PER_UPLOAD = 10
+WARMUP_DELIVERIES = 20
+WEBHOOK_P99_MS = 100.0
+WORKER_RATE = 50.0  # commits/s
+REQUEST_TIMEOUT = 60.0
+WORKER_TIMEOUT = 900.0  # seconds for `worker --once` to drain everything (a bound, not a target)
+LOG_SETTLE = 0.5  # seconds for gunicorn's access-log lines of the last answers to be written
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass
+class Row:
+    measurement: str
+    unit: str
+    value: float
+    op: str | None  # "<", ">=", "==": the target's comparison; None: reported for information
+    target: float | None = None
+
+    @property
+    def passed(self) -> bool:
+        if self.op is None or self.target is None:
+            return True
+        return {"<": self.value < self.target, ">=": self.value >= self.target, "==": self.value == self.target}[
+            self.op
+        ]
+
+
+@dataclass
+class Problems:
+    """Failed requests and wrong answers; a few samples."""
+
+    count: int = 0
+    samples: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, what: str) -> None:
+        with self.lock:
+            self.count += 1
+            if len(self.samples) < 10:
+                self.samples.append(what)
+
+
+def percentile(values: list[float], p: float) -> float:
+    """The nearest-rank percentile of `values` (p in 0..100)."""
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * p // 100))
+    return ordered[int(rank) - 1]
+
+
+def summary_ms(seconds: list[float]) -> dict[str, float]:
+    ms = [1000 * s for s in seconds]
+    return {
+        "n": len(ms),
+        "p50": percentile(ms, 50),
+        "p95": percentile(ms, 95),
+        "p99": percentile(ms, 99),
+        "max": max(ms),
+        "mean": statistics.fmean(ms),
+    }
+
+
+# ---------------------------------------------------------------- shared bodies and settings
+
+
+def commit_sha(label: str) -> str:
+    return hashlib.sha1(label.encode()).hexdigest()
+
+
+def findings(label: str) -> list[dict[str, Any]]:
+    """A small seed-shaped findings list, different per upload."""
+    rng = random.Random(label)
+    severities = ("CRITICAL", "HIGH", "MEDIUM", "LOW", "UNKNOWN")
+    return [
+        {
+            "cve_id": f"CVE-2024-{rng.randrange(1000, 99999)}",
+            "severity": rng.choice(severities),
+            "package_name": f"pkg-{rng.randrange(200)}",
+            "installed_version": f"1.{rng.randrange(20)}.{n}",
+            "fixed_version": f"1.{rng.randrange(20, 40)}.0" if rng.random() < 0.6 else None,
+            "title": "benchmark finding",
+            "target": "usr/lib/benchmark",
+        }
+        for n in range(FINDINGS_PER_UPLOAD)
+    ]
+
+
+def upload_body(label: str) -> bytes:
+    sha = commit_sha(label)
+    return json.dumps(
+        {
+            "image_ref": f"ghcr.io/codertocat/hello-world:{sha[:12]}",
+            "commit_sha": sha,
+            "repo_full_name": REPO,
+            "findings": findings(label),
+        }
+    ).encode()
+
+
+def rsa_private_key_pem() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+
+
+def github_env(env: dict[str, str], public_url: str, app_id: str, key_pem: str, api_url: str, secret: str) -> dict:
+    return {
+        **env,
+        "FREMFORGE_PUBLIC_URL": public_url,
+        "FREMFORGE_GITHUB_APP_ID": app_id,
+        "FREMFORGE_GITHUB_PRIVATE_KEY": key_pem,
+        "FREMFORGE_GITHUB_API_URL": api_url,
+        "FREMFORGE_GITHUB_WEBHOOK_SECRET": secret,
+    }
+
+
+def prepare_org(env: dict[str, str]) -> str:
+    """Migrate the empty database, add the org holding the installation, return a findings:write token."""
+    flask_cli(env, "db", "upgrade")
+    flask_cli(env, "orgs", "create", ORG, "--github-login", LOGIN, "--installation-id", str(INSTALLATION))
+    out = flask_cli(env, "tokens", "create", "--org", ORG, "--scope", "findings:write", "--name", "bench")
+    return out.strip().splitlines()[-1].strip()
+
+
+# ---------------------------------------------------------------- databases
+
+
+def database_urls(backend: str, pg_url: str, tmp: Path) -> dict[str, str]:
+    """One fresh database per part; on PostgreSQL the throwaway databases are dropped and re-created."""
+    if backend == "sqlite":
+        return {part: f"sqlite:///{tmp / (part + '.db')}" for part in PG_DATABASES}
+    import psycopg
+
+    with psycopg.connect(libpq_url(pg_url), autocommit=True) as conn:
+        for name in PG_DATABASES.values():
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{name}"')
+    return {part: pg_url_for(pg_url, name, "postgresql+psycopg") for part, name in PG_DATABASES.items()}
+
+
+def drop_pg_databases(pg_url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(libpq_url(pg_url), autocommit=True) as conn:
+        for name in PG_DATABASES.values():
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# ---------------------------------------------------------------- processes
+
+
+@contextmanager
+def gunicorn_on(port: int, env: dict[str, str], log: Path, access_log: Path) -> Iterator[subprocess.Popen]:
+    """`gunicorn -w 2` serving the app on 127.0.0.1:`port`, with an access log of request times (µs)."""
+    cmd = [
+        str(VENV_BIN / "gunicorn"),
+        "-w",
+        "2",
+        "-b",
+        f"{HOST}:{port}",
+        "--access-logfile",
+        str(access_log),
+        "--access-logformat",
+        "%(m)s %(U)s %(s)s %(D)s",
+        "wsgi:app",
+    ]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        stop(proc)
+
+
+@contextmanager
+def background_worker(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+    """`flask worker` polling as in production; stopped with SIGTERM (it finishes its batch and exits)."""
+    cmd = [str(VENV_BIN / "flask"), "--app", "wsgi", "worker", "--poll-seconds", "0.5"]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        stop(proc)
+
+
+def run_worker_once(env: dict[str, str], log: Path) -> tuple[float, str]:
+    """Time `flask --app wsgi worker --once` from spawn to exit; return (seconds, its last stdout line)."""
+    cmd = [str(VENV_BIN / "flask"), "--app", "wsgi", "worker", "--once"]
+    with log.open("wb") as err:
+        start = time.perf_counter()
+        done = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err, timeout=WORKER_TIMEOUT)
+        elapsed = time.perf_counter() - start
+    out = done.stdout.decode(errors="replace").strip()
+    if done.returncode != 0:
+        raise RuntimeError(f"worker --once exited with {done.returncode}:\n{out}\n{tail(log)}")
+    return elapsed, (out.splitlines() or [""])[-1]
+
+
+# ---------------------------------------------------------------- part 1: webhooks
+
+
+@dataclass
+class Delivery:
+    event: str
+    expect: str  # the answer's "status"
+    body: bytes
+    headers: dict[str, str]
+
+
+def load_fixture(name: str) -> dict[str, Any]:
+    return json.loads((FIXTURES / name).read_text())
+
+
+def adapt(fixture: str, payload: dict[str, Any], i: int, commits: list[str]) -> dict[str, Any]:
+    """The example payload made to concern our org's installation and commits, so its handler does real work."""
+    p = copy.deepcopy(payload)
+    if isinstance(p.get("installation"), dict):
+        p["installation"]["id"] = INSTALLATION
+    sha = commits[i % len(commits)]
+    if fixture.startswith("pull_request."):
+        p["number"] = p["pull_request"]["number"] = 1000 + i  # its own pull request
+        p["pull_request"]["head"]["sha"] = sha
+    elif fixture.startswith("check_run."):  # a "Re-run" on our own check run of a commit with a judged scan
+        p["check_run"]["name"] = CONTEXT
+        p["check_run"]["head_sha"] = p["check_run"]["check_suite"]["head_sha"] = sha
+        p["repository"].update(full_name=REPO, name=REPO.split("/")[1])
+        p["repository"]["owner"]["login"] = LOGIN
+    elif fixture.startswith("installation_repositories."):
+        added = p["repositories_added"][0]
+        p["repositories_added"] = [{**added, "id": 10_000 + i, "name": f"repo-{i}", "full_name": f"{LOGIN}/repo-{i}"}]
+    return p
+
+
+def sign(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def make_deliveries(count: int, secret: str, commits: list[str], seed: int) -> list[Delivery]:
+    """`count` deliveries in the MIX's proportions, shuffled, each with a unique X-GitHub-Delivery."""
+    fixtures = {name: load_fixture(name) for name, *_ in MIX}
+    kinds = [(name, event, expect) for name, event, expect, weight in MIX for _ in range(weight)]
+    rng = random.Random(seed)
+    chosen = [kinds[i % len(kinds)] for i in range(count)]
+    rng.shuffle(chosen)
+    out = []
+    for i, (name, event, expect) in enumerate(chosen):
+        body = json.dumps(adapt(name, fixtures[name], seed * 100_000 + i, commits)).encode()
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "GitHub-Hookshot/bench",
+            "X-GitHub-Event": event,
+            "X-GitHub-Delivery": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            "X-GitHub-Hook-ID": "1",
+            "X-Hub-Signature-256": sign(secret, body),
+        }
+        out.append(Delivery(event, expect, body, headers))
+    return out
+
+
+def send(port: int, d: Delivery, problems: Problems) -> float:
+    """Post one delivery on a connection of its own; return its latency (connect to last byte) in seconds."""
+    start = time.perf_counter()
+    conn = http.client.HTTPConnection(HOST, port, timeout=REQUEST_TIMEOUT)
+    try:
+        conn.request("POST", WEBHOOK_PATH, body=d.body, headers=d.headers)
+        resp = conn.getresponse()
+        status, payload = resp.status, resp.read()
+    except (OSError, http.client.HTTPException) as exc:
+        problems.add(f"{d.event}: {type(exc).__name__}: {exc}")
+        return time.perf_counter() - start
+    finally:
+        conn.close()
+    elapsed = time.perf_counter() - start
+    problem = webhook_problem(d, status, payload)
+    if problem:
+        problems.add(problem)
+    return elapsed
+
+
+def webhook_problem(d: Delivery, status: int, payload: bytes) -> str | None:
+    if not 200 <= status < 300:
+        return f"{d.event}: HTTP {status}: {payload[:300]!r}"
+    try:
+        outcome = json.loads(payload).get("status")
+    except (ValueError, AttributeError):
+        return f"{d.event}: HTTP {status} without a JSON status: {payload[:300]!r}"
+    return None if outcome == d.expect else f"{d.event}: answered {outcome!r}, expected {d.expect!r} (no real work)"
+
+
+def upload_over_http(port: int, token: str, labels: list[str]) -> None:
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+    for label in labels:
+        conn = http.client.HTTPConnection(HOST, port, timeout=REQUEST_TIMEOUT)
+        try:
+            conn.request("POST", UPLOAD_PATH, body=upload_body(label), headers=headers)
+            resp = conn.getresponse()
+            payload = resp.read()
+        finally:
+            conn.close()
+        if resp.status != 202:
+            raise RuntimeError(f"seed upload {label} answered {resp.status}: {payload[:300]!r}")
+
+
+def server_times(access_log: Path, offset: int) -> list[float]:
+    """The webhook request times (seconds) gunicorn logged after byte `offset` of its access log."""
+    times = []
+    with access_log.open("rb") as fh:
+        fh.seek(offset)
+        for line in fh.read().decode(errors="replace").splitlines():
+            parts = line.split()
+            if len(parts) == 4 and parts[0] == "POST" and parts[1] == WEBHOOK_PATH:
+                times.append(int(parts[3]) / 1e6)
+    return times
+
+
+def measure_webhooks(url: str, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Part 1: the burst of signed deliveries while GitHub is unreachable; latencies as the sender sees them."""
+    port, closed = free_port(), free_port()  # nothing listens on `closed`: GitHub is unreachable
+    secret = secrets.token_urlsafe(32)
+    env = github_env(
+        app_env(url), f"http://{HOST}:{port}", "424242", rsa_private_key_pem(), f"http://{HOST}:{closed}", secret
+    )
+    token = prepare_org(env)
+    commits = [commit_sha(f"seed-{n}") for n in range(SEEDED_COMMITS)]
+    access = tmp / "webhooks-access.log"
+    with (
+        gunicorn_on(port, env, tmp / "webhooks-app.log", access) as app_proc,
+        background_worker(env, tmp / "webhooks-worker.log") as worker_proc,
+    ):
+        wait_until(lambda: healthz_ok(port), app_proc, "app", tmp / "webhooks-app.log")
+        upload_over_http(port, token, [f"seed-{n}" for n in range(SEEDED_COMMITS)])
+        warm = Problems()
+        for d in make_deliveries(WARMUP_DELIVERIES, secret, commits, seed=1):
+            send(port, d, warm)
+        if warm.count:
+            raise RuntimeError(f"warm-up deliveries failed: {warm.samples}\n{tail(tmp / 'webhooks-app.log')}")
+        deliveries = make_deliveries(args.deliveries, secret, commits, seed=2)
+        problems = Problems()
+        time.sleep(LOG_SETTLE)
+        offset = access.stat().st_size
+        print(f"  {len(deliveries)} deliveries over {args.concurrency} threads, GitHub at closed port {closed}")
+        with ThreadPoolExecutor(args.concurrency, thread_name_prefix="hook") as pool:
+            start = time.perf_counter()
+            latencies = list(pool.map(lambda d: send(port, d, problems), deliveries))
+            wall = time.perf_counter() - start
+        time.sleep(LOG_SETTLE)
+        server = server_times(access, offset)
+        worker_alive = worker_proc.poll() is None
+    worker_tried = (tmp / "webhooks-worker.log").read_text(errors="replace").count("github.delivery.retry")
+    if problems.count:
+        print(f"\napp log tail:\n{tail(tmp / 'webhooks-app.log')}")
+    return {
+        "deliveries": len(deliveries),
+        "concurrency": args.concurrency,
+        "mix": Counter(d.event for d in deliveries),
+        "wall_seconds": wall,
+        "per_second": len(deliveries) / wall,
+        "client_ms": summary_ms(latencies),
+        "server_ms": summary_ms(server) if server else None,
+        "errors": problems.count,
+        "error_samples": problems.samples,
+        "worker_alive_during_burst": worker_alive,
+        "worker_failed_attempts": worker_tried,
+        "latencies_ms": sorted(round(1000 * s, 2) for s in latencies),
+    }
+
+
+# ---------------------------------------------------------------- part 2: the worker
+
+
+def upload_in_process(url: str, config: dict[str, str], token: str, labels: list[str]) -> float:
+    """Upload one scan per label through the Flask test client (in this process); return the seconds it took."""
+    from app import create_app
+
+    app = create_app({"DATABASE_URL": url, **config})
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {token}"}
+    start = time.perf_counter()
+    try:
+        for label in labels:
+            resp = client.post(UPLOAD_PATH, data=upload_body(label), headers=headers, content_type="application/json")
+            if resp.status_code != 202 or resp.get_json().get("commit_status") is None:
+                raise RuntimeError(f"upload {label} answered {resp.status_code}: {resp.get_data()[:300]!r}")
+        return time.perf_counter() - start
+    finally:
+        app.extensions["fremforge.db"].engine.dispose()
+
+
+def outbox_states(url: str) -> Counter[str]:
+    import sqlalchemy as sa
+
+    from app.config import normalise_database_url
+
+    engine = sa.create_engine(normalise_database_url(url))
+    try:
+        with engine.connect() as conn:
+            return Counter(dict(conn.execute(sa.text("SELECT state, count(*) FROM outbox GROUP BY state")).all()))
+    finally:
+        engine.dispose()
+
+
+def fake_census(fake: Any, shas: list[str]) -> dict[str, Any]:
+    """How many of the commits got exactly one status and exactly one check run on the fake."""
+    statuses = Counter(s["sha"] for s in fake.statuses if f"{s['owner']}/{s['repo']}".lower() == REPO.lower())
+    runs = Counter(r["head_sha"] for r in fake.check_runs.values())
+    exact = sum(1 for sha in shas if statuses[sha] == 1 and runs[sha] == 1)
+    return {
+        "commits_exactly_once": exact,
+        "statuses": len(fake.statuses),
+        "check_runs": len(fake.check_runs),
+        "check_run_updates": sum(len(r["history"]) - 1 for r in fake.check_runs.values()),
+        "token_exchanges": sum(fake.token_exchanges.values()),
+        "requests": len(fake.calls),
+        "invalid_requests": fake.invalid_requests[:10],
+        "invalid_request_count": len(fake.invalid_requests),
+    }
+
+
+def measure_worker(url: str, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Part 2: `worker --once` draining `--commits` pending commits against the fake GitHub."""
+    from tests.fakes import FakeGitHub
+
+    fake = FakeGitHub().start()
+    try:
+        fake.add_installation(INSTALLATION, LOGIN, None)
+        secret = secrets.token_urlsafe(32)
+        public = f"http://{HOST}:{free_port()}"
+        env = github_env(app_env(url), public, fake.app_id, fake.private_key_pem, fake.url, secret)
+        token = prepare_org(env)
+        config = {k.removeprefix("FREMFORGE_"): v for k, v in env.items() if k.startswith("FREMFORGE_")}
+        labels = [f"commit-{n}" for n in range(args.commits)]
+        print(f"  uploading {len(labels)} scans in-process (one commit each)", flush=True)
+        upload_seconds = upload_in_process(url, config, token, labels)
+        before = outbox_states(url)
+        if before.get("pending") != args.commits:
+            raise RuntimeError(f"expected {args.commits} pending outbox rows, found {dict(before)}")
+        print(f"  {args.commits} pending; timing `flask --app wsgi worker --once`", flush=True)
+        seconds, said = run_worker_once(env, tmp / "worker.log")
+        census = fake_census(fake, [commit_sha(label) for label in labels])
+        after = outbox_states(url)
+        idle_seconds, _ = run_worker_once(env, tmp / "worker-idle.log")  # start-up and exit with nothing due
+    finally:
+        fake.stop()
+    return {
+        "commits": args.commits,
+        "upload_seconds": upload_seconds,
+        "worker_seconds": seconds,
+        "commits_per_second": args.commits / seconds,
+        "worker_said": said,
+        "idle_worker_seconds": idle_seconds,
+        "outbox_before": dict(before),
+        "outbox_after": dict(after),
+        **census,
+    }
+
+
+# ---------------------------------------------------------------- report
+
+
+def build_rows(hooks: dict[str, Any] | None, work: dict[str, Any] | None) -> list[Row]:
+    rows = []
+    if hooks is not None:
+        c, s = hooks["client_ms"], hooks["server_ms"] or {}
+        n = f"{hooks['deliveries']} webhooks x{hooks['concurrency']}, GitHub down"
+        rows += [
+            Row(f"{n}: p50", "ms", c["p50"], None),
+            Row(f"{n}: p95", "ms", c["p95"], None),
+            Row(f"{n}: p99", "ms", c["p99"], "<", WEBHOOK_P99_MS),
+            Row(f"{n}: non-2xx, failed or wrong outcome", "count", hooks["errors"], "==", 0),
+            Row("webhooks: server-side time (gunicorn) p99", "ms", s.get("p99", float("nan")), None),
+            Row("webhooks: throughput", "req/s", hooks["per_second"], None),
+        ]
+    if work is not None:
+        rows += [
+            Row(
+                f"worker --once draining {work['commits']} commits",
+                "commits/s",
+                work["commits_per_second"],
+                ">=",
+                WORKER_RATE,
+            ),
+            Row(
+                "worker: commits with exactly 1 status + 1 check run",
+                "count",
+                work["commits_exactly_once"],
+                "==",
+                work["commits"],
+            ),
+            Row("worker: requests the fake found invalid", "count", work["invalid_request_count"], "==", 0),
+            Row("worker: wall time of the drain", "s", work["worker_seconds"], None),
+            Row("worker: start-up + exit with nothing due", "s", work["idle_worker_seconds"], None),
+        ]
+    return rows
+
+
+def print_table(backend: str, rows: list[Row]) -> None:
+    head = f"{'backend':<11}{'measurement':<66}{'value':>10}{'target':>10}  result"
+    print("\n" + head + "\n" + "-" * len(head))
+    for r in rows:
+        target = "-" if r.op is None else f"{r.op}{r.target:g}"
+        result = "info" if r.op is None else ("PASS" if r.passed else "MISS")
+        value = f"{r.value:>10.0f}" if r.unit == "count" else f"{r.value:>10.1f}"
+        print(f"{backend:<11}{r.measurement + ' [' + r.unit + ']':<66}{value}{target:>10}  {result}")
+
+
+def write_json(backend: str, rows: list[Row], hooks: dict | None, work: dict | None, args: argparse.Namespace) -> Path:
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    path = OUT_DIR / f"github-{backend}.json"
+    doc = {
+        "backend": backend,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "settings": {
+            "deliveries": args.deliveries,
+            "concurrency": args.concurrency,
+            "commits": args.commits,
+            "workers": 2,
+            "cpus": os.cpu_count(),
+            "loadavg_1_5_15_at_end": os.getloadavg(),
+        },
+        "rows": [
+            {
+                "backend": backend,
+                "measurement": r.measurement,
+                "unit": r.unit,
+                "value": r.value,
+                "target": None if r.op is None else f"{r.op}{r.target:g}",
+                "pass": r.passed,
+            }
+            for r in rows
+        ],
+        "webhooks": hooks,
+        "worker": work,
+    }
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
+    ap.add_argument(
+        "--pg-url",
+        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        help="maintenance URL of a loopback PostgreSQL (trust auth) for the throwaway databases",
+    )
+    ap.add_argument("--deliveries", type=int, default=200, help="webhook deliveries in the measured burst")
+    ap.add_argument("--concurrency", type=int, default=50, help="sender threads, one connection per delivery")
+    ap.add_argument("--commits", type=int, default=1000, help="pending commits for `worker --once` to drain")
+    ap.add_argument("--only", choices=("webhooks", "worker"), help="run one part only")
+    args = ap.parse_args(argv)
+    if not 1 <= args.deliveries <= 100_000:
+        ap.error("--deliveries must be between 1 and 100000")
+    if not 1 <= args.concurrency <= 500:
+        ap.error("--concurrency must be between 1 and 500")
+    if not 1 <= args.commits <= 100_000:
+        ap.error("--commits must be between 1 and 100000")
+    if args.database == "postgresql":
+        check_loopback_pg(args.pg_url)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    backend = args.database
+    tmp = Path(tempfile.mkdtemp(prefix=f"fremforge-github-bench-{backend}-"))
+    try:
+        print(f"[{backend}] load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; logs in {tmp}", flush=True)
+        urls = database_urls(backend, args.pg_url, tmp)
+        hooks = work = None
+        if args.only in (None, "webhooks"):
+            print(f"[{backend}] webhooks while GitHub is unreachable", flush=True)
+            hooks = measure_webhooks(urls["webhooks"], tmp, args)
+        if args.only in (None, "worker"):
+            print(f"[{backend}] worker against the fake GitHub", flush=True)
+            work = measure_worker(urls["worker"], tmp, args)
+        rows = build_rows(hooks, work)
+        print_table(backend, rows)
+        for sample in (hooks or {}).get("error_samples", []) + (work or {}).get("invalid_requests", []):
+            print(f"  sample: {sample}")
+        print(f"\nwritten: {write_json(backend, rows, hooks, work, args)}")
+        return 0 if all(r.passed for r in rows) else 1
+    finally:
+        if backend == "postgresql":
+            try:
+                drop_pg_databases(args.pg_url)
+            except Exception as exc:  # the result stands; say why the cleanup did not happen
+                print(f"note: could not drop the bench databases: {exc}", file=sys.stderr)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
