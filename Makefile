@@ -18,9 +18,10 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt | $(BIN)/python
 
 setup: $(VENV)/.installed
 
-## Run the app on its embedded default: SQLite in instance/, no GitHub App needed.
+## Run the app on its embedded default: SQLite in instance/, no GitHub App needed; a delivery worker beside it.
 run: setup
 	$(BIN)/flask --app wsgi db upgrade
+	$(BIN)/flask --app wsgi worker & worker=$$!; trap 'kill $$worker 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/gunicorn --workers 2 --bind 127.0.0.1:$(PORT) --access-logfile - wsgi:app
 
 ## Run the test suite (PostgreSQL too when FREMFORGE_TEST_DATABASE_URL is set).
