@@ -255,7 +255,7 @@ def gunicorn_on(port: int, env: dict[str, str], log: Path, access_log: Path) -> 
         "--access-logfile",
         str(access_log),
         "--access-logformat",
-        "%(m)s %(U)s %(s)s %(D)s",
+        "%(m)s %(U)s %(s)s %(D)s %({x-github-event}i)s",
         "wsgi:app",
     ]
     with log.open("wb") as out:
@@ -396,15 +396,15 @@ def upload_over_http(port: int, token: str, labels: list[str]) -> None:
             raise RuntimeError(f"seed upload {label} answered {resp.status}: {payload[:300]!r}")
 
 
-def server_times(access_log: Path, offset: int) -> list[float]:
-    """The webhook request times (seconds) gunicorn logged after byte `offset` of its access log."""
-    times = []
+def server_times(access_log: Path, offset: int) -> dict[str, list[float]]:
+    """The webhook request times (seconds) per event that gunicorn logged after byte `offset` of its access log."""
+    times: dict[str, list[float]] = {}
     with access_log.open("rb") as fh:
         fh.seek(offset)
         for line in fh.read().decode(errors="replace").splitlines():
             parts = line.split()
-            if len(parts) == 4 and parts[0] == "POST" and parts[1] == WEBHOOK_PATH:
-                times.append(int(parts[3]) / 1e6)
+            if len(parts) == 5 and parts[0] == "POST" and parts[1] == WEBHOOK_PATH:
+                times.setdefault(parts[4], []).append(int(parts[3]) / 1e6)
     return times
 
 
@@ -451,7 +451,8 @@ def measure_webhooks(url: str, tmp: Path, args: argparse.Namespace) -> dict[str,
         "wall_seconds": wall,
         "per_second": len(deliveries) / wall,
         "client_ms": summary_ms(latencies),
-        "server_ms": summary_ms(server) if server else None,
+        "server_ms": summary_ms([t for ts in server.values() for t in ts]) if server else None,
+        "server_ms_by_event": {event: summary_ms(ts) for event, ts in sorted(server.items())},
         "errors": problems.count,
         "error_samples": problems.samples,
         "worker_alive_during_burst": worker_alive,
