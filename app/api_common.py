@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from flask import current_app, request
 from pydantic import BaseModel, ValidationError
@@ -42,13 +42,6 @@ def validate_query(model: type[M]) -> M:
         return model.model_validate(request.args.to_dict())
     except ValidationError as exc:
         raise validation_failed([error_detail(e, where="query") for e in exc.errors(include_url=False)]) from None
-
-
-def validate_body(model: type[M], doc: Any) -> M:
-    try:
-        return model.model_validate(doc)
-    except ValidationError as exc:
-        raise validation_failed([error_detail(e) for e in exc.errors(include_url=False)]) from None
 
 
 def actor(token: ApiToken) -> str:

@@ -1,4 +1,4 @@
-"""Command line (`flask --app wsgi ...`): db, orgs, tokens and policy groups."""
+"""Command line (`flask --app wsgi ...`): db, orgs, tokens, policy and admin groups."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 
 from app import db, migrate, orgs, tokens
+from app.admin import links
 from app.db import write_transaction
 from app.github import delivery
 from app.github.client import github_app
@@ -22,6 +23,8 @@ db_cli = AppGroup("db", help="Create or migrate the schema.")
 orgs_cli = AppGroup("orgs", help="Organisations.")
 tokens_cli = AppGroup("tokens", help="The app's API tokens.")
 policy_cli = AppGroup("policy", help="An organisation's policy.")
+admin_cli = AppGroup("admin", help="The admin pages.")
+LOCAL_URL = "http://127.0.0.1:8000"  # where `make run` serves, for links made without FREMFORGE_PUBLIC_URL
 
 
 def _echo_json(value: Any) -> None:
@@ -207,6 +210,35 @@ def policy_set(
     _echo_json(settings_service.as_dict(settings))
 
 
+# ---------------------------------------------------------------- admin
+
+
+@admin_cli.command("login-url")
+@click.argument("slug")
+@click.option(
+    "--minutes",
+    type=click.IntRange(1, links.MAX_MINUTES),
+    default=links.DEFAULT_MINUTES,
+    show_default=True,
+    help="How long the link stays valid.",
+)
+def admin_login_url(slug: str, minutes: int) -> None:
+    """Print a one-time link that signs a browser in to SLUG's admin pages (the URL alone on the last line)."""
+    session = db.session()
+    org = _org(slug)
+    with write_transaction(session):
+        new = links.create(session, org, minutes, actor="cli")
+    base = current_app.config.get("PUBLIC_URL")
+    if not base:
+        click.echo(f"FREMFORGE_PUBLIC_URL is not set: the link assumes the app is served at {LOCAL_URL}.")
+        base = LOCAL_URL
+    click.echo(
+        f"One-time sign-in link to the admin pages of {slug}: it works once, until "
+        f"{new.record.expires_at:%Y-%m-%d %H:%M} UTC ({minutes} min). Keep it to yourself."
+    )
+    click.echo(f"{base}/admin/login/link/{new.token}")
+
+
 # ---------------------------------------------------------------- worker
 
 
@@ -243,6 +275,6 @@ def worker(once: bool, poll_seconds: float) -> None:
 
 
 def init_app(app: Flask) -> None:
-    for group in (db_cli, orgs_cli, tokens_cli, policy_cli):
+    for group in (db_cli, orgs_cli, tokens_cli, policy_cli, admin_cli):
         app.cli.add_command(group)
     app.cli.add_command(worker)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ DEFAULTS: dict[str, Any] = {
     "GITHUB_TIMEOUT_SECONDS": 10,  # per GitHub call made by the worker
 }
 ENVIRONMENTS = ("development", "production")
+SESSION_LIFETIME = timedelta(hours=12)  # an admin session lapses after this long without a request
 PREFIX = "FREMFORGE_"
 
 
@@ -71,6 +73,11 @@ def finalize(config: dict[str, Any], instance_path: str) -> None:
     config["GITHUB_APP_CONFIGURED"] = bool(config.get("GITHUB_APP_ID") and config.get("GITHUB_PRIVATE_KEY"))
     if config.get("PUBLIC_URL"):
         config["PUBLIC_URL"] = str(config["PUBLIC_URL"]).rstrip("/")
+    # The admin session cookie: out of reach of scripts, not sent on cross-site POSTs, HTTPS-only when served so.
+    config["SESSION_COOKIE_HTTPONLY"] = True
+    config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    config["SESSION_COOKIE_SECURE"] = str(config.get("PUBLIC_URL") or "").startswith("https://")
+    config["PERMANENT_SESSION_LIFETIME"] = SESSION_LIFETIME
 
     config["ENV"] = str(config["ENV"]).strip().lower()
     if config["ENV"] not in ENVIRONMENTS:

@@ -251,3 +251,16 @@ class WebhookDelivery(Base):
     event: Mapped[str] = mapped_column(sa.String(50))
     action: Mapped[str | None] = mapped_column(sa.String(50))
     received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class AdminLoginLink(Base):
+    """A one-time sign-in link to an org's admin pages (`admin login-url`); only its SHA-256 is kept."""
+
+    __tablename__ = "admin_login_links"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    org_id: Mapped[int] = mapped_column(sa.ForeignKey("orgs.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]  # set once, by the sign-in that spends the link

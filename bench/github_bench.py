@@ -442,6 +442,8 @@ def measure_webhooks(url: str, tmp: Path, args: argparse.Namespace) -> dict[str,
         server = server_times(access, offset)
         worker_alive = worker_proc.poll() is None
     worker_tried = (tmp / "webhooks-worker.log").read_text(errors="replace").count("github.delivery.retry")
+    if not worker_alive:
+        problems.add(f"the background worker exited during the burst:\n{tail(tmp / 'webhooks-worker.log')}")
     if problems.count:
         print(f"\napp log tail:\n{tail(tmp / 'webhooks-app.log')}")
     return {
@@ -557,34 +559,39 @@ def build_rows(hooks: dict[str, Any] | None, work: dict[str, Any] | None) -> lis
     rows = []
     if hooks is not None:
         c, s = hooks["client_ms"], hooks["server_ms"] or {}
-        n = f"{hooks['deliveries']} webhooks x{hooks['concurrency']}, GitHub down"
+        n = f"webhooks ({hooks['deliveries']} over {hooks['concurrency']} connections, GitHub down)"
+        little = 1000 * hooks["concurrency"] / hooks["per_second"]
         rows += [
             Row(f"{n}: p50", "ms", c["p50"], None),
             Row(f"{n}: p95", "ms", c["p95"], None),
             Row(f"{n}: p99", "ms", c["p99"], "<", WEBHOOK_P99_MS),
-            Row(f"{n}: non-2xx, failed or wrong outcome", "count", hooks["errors"], "==", 0),
-            Row("webhooks: server-side time (gunicorn) p99", "ms", s.get("p99", float("nan")), None),
-            Row("webhooks: throughput", "req/s", hooks["per_second"], None),
+            Row("webhooks: non-2xx, failed, or not the handler's outcome", "count", hooks["errors"], "==", 0),
+            Row("webhooks: server-side time p99 (gunicorn access log)", "ms", s.get("p99", float("nan")), None),
+            Row("webhooks: throughput during the burst", "req/s", hooks["per_second"], None),
+            Row("webhooks: connections / throughput (Little's law wait)", "ms", little, None),
+            Row(
+                "webhooks: worker attempts failed on unreachable GitHub", "count", hooks["worker_failed_attempts"], None
+            ),
         ]
     if work is not None:
         rows += [
             Row(
-                f"worker --once draining {work['commits']} commits",
+                f"worker --once: {work['commits']} pending commits drained",
                 "commits/s",
                 work["commits_per_second"],
                 ">=",
                 WORKER_RATE,
             ),
             Row(
-                "worker: commits with exactly 1 status + 1 check run",
+                "worker: commits with exactly 1 status and 1 check run",
                 "count",
                 work["commits_exactly_once"],
                 "==",
                 work["commits"],
             ),
-            Row("worker: requests the fake found invalid", "count", work["invalid_request_count"], "==", 0),
-            Row("worker: wall time of the drain", "s", work["worker_seconds"], None),
-            Row("worker: start-up + exit with nothing due", "s", work["idle_worker_seconds"], None),
+            Row("worker: requests the fake GitHub found invalid", "count", work["invalid_request_count"], "==", 0),
+            Row("worker: wall time of the drain (spawn to exit)", "s", work["worker_seconds"], None),
+            Row("worker: start-up and exit with nothing due", "s", work["idle_worker_seconds"], None),
         ]
     return rows
 

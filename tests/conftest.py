@@ -196,3 +196,69 @@ def fake_github(github_server: FakeGitHub) -> Iterator[FakeGitHub]:
 def fake_github_config(fake_github: FakeGitHub) -> dict[str, str]:
     """create_app config overrides pointing the app's GitHub client at the fake (see tests.fakes.github_app_config)."""
     return github_app_config(fake_github)
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Headless Debian Chromium driven by playwright; skipped (failed in strict mode) when either is missing."""
+    if not Path(CHROMIUM).exists():
+        skip_or_fail(f"browser tests need Chromium at {CHROMIUM} (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        skip_or_fail("browser tests need the playwright package (pip install -r requirements-dev.txt)")
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--disable-quic",
+            ],
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def live_server(app: Flask) -> Iterator[str]:
+    """The app served over real HTTP on loopback (for the browser); its base URL, also its PUBLIC_URL."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    base = f"http://127.0.0.1:{server.server_port}"
+    app.config["PUBLIC_URL"] = base
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield base
+    server.shutdown()
+    thread.join()
+
+
+# -- the admin pages: signing a test client in ----------------------------------------------------------------------
+
+
+def admin_login(app: Flask, client: FlaskClient, slug: str = "acme") -> None:
+    """Sign `client` in to `slug`'s admin pages as a browser would: through a one-time login link."""
+    from app import db, orgs
+    from app.admin import links
+    from app.db import write_transaction
+
+    with app.app_context():
+        session = db.session()
+        org = orgs.by_slug(session, slug)
+        assert org is not None, f"make the org {slug!r} first (tests.factories.make_org)"
+        with write_transaction(session):
+            token = links.create(session, org, actor="test").token
+    response = client.get(f"/admin/login/link/{token}")
+    assert response.status_code == 302, response.get_data(as_text=True)

@@ -7,6 +7,13 @@ OpenAPI subset (path and query parameters, JSON body); an invalid one gets 422 a
 `invalid_requests`, so a test can assert the app never sent one. Its own answers are checked against the subset's
 response schemas too (`invalid_responses`), which keeps the fake honest.
 
+It also plays github.com's side of the OAuth web flow through which admins sign in: users added with `add_user`
+(and their org memberships), `oauth_login_as` choosing who approves the next authorization, the authorize
+redirect, the code exchange (with the App's client id and secret), and GET /user and
+GET /user/memberships/orgs/{org} with the user token. (On github.com those two OAuth pages live on the web host,
+not the API host; here one server plays both, as `get_oauth_base_url` in githubkit expects of a base URL that
+is neither api.github.com nor GitHub Enterprise's /api/v3.)
+
 Faults (errors, held requests, secondary rate limits, bad credentials, outages) are armed per method and path
 regex. The server is threaded: a held request does not block other requests or `reset()`, and a held request
 that outlives a `reset()` is dropped without touching the new state.
@@ -53,6 +60,13 @@ APP_PERMISSIONS = {"checks": "write", "statuses": "write", "metadata": "read", "
 JWT_MAX_LIFETIME = 600 + 60  # GitHub allows 10 minutes; one more minute of clock skew
 JWT_LEEWAY = 60
 STATUS_DESCRIPTION_MAX = 140
+CLIENT_ID = "Iv1.f4ke0a11c11e47"  # the App's OAuth client id (a GitHub App's start with "Iv1." or "Iv23")
+OAUTH_CODE_LIFETIME = dt.timedelta(minutes=10)  # as on GitHub
+USER_TOKEN_LIFETIME = dt.timedelta(hours=8)  # a GitHub App's user tokens expire, unless expiry is turned off
+REFRESH_TOKEN_LIFETIME = dt.timedelta(days=184)
+OAUTH_DOCS_URL = (
+    "https://docs.github.com/apps/managing-oauth-apps/troubleshooting-oauth-app-access-token-request-errors"
+)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -311,6 +325,43 @@ class IssuedToken:
         return not self.revoked and dt.datetime.now(dt.UTC) < self.expires_at
 
 
+@dataclass
+class Membership:
+    """A user's membership of an org: role admin | member | billing_manager; state active | pending."""
+
+    org: str
+    role: str
+    state: str = "active"
+
+
+@dataclass
+class User:
+    """A GitHub user who can sign in through the OAuth web flow."""
+
+    login: str
+    memberships: dict[str, Membership]  # by lower-case org login
+
+
+@dataclass
+class OAuthCode:
+    """A code handed to the app's callback by the authorize redirect; exchanged once for a user token."""
+
+    login: str
+    redirect_uri: str
+    issued_at: dt.datetime
+
+
+@dataclass
+class UserToken:
+    """A user's OAuth token (ghu_...) the fake handed out; None: it does not expire."""
+
+    login: str
+    expires_at: dt.datetime | None
+
+    def live(self) -> bool:
+        return self.expires_at is None or dt.datetime.now(dt.UTC) < self.expires_at
+
+
 def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime(TIME_FORMAT)
 
@@ -379,13 +430,20 @@ APP_JWT_OPERATIONS = frozenset(
         "apps/get-org-installation",
     }
 )
-# Served although not in the subset, so not validated: the app looks a check run up by name after a timed-out create.
+# Answered with a user's OAuth token (from the web flow), not the App's JWT or an installation token.
+USER_TOKEN_OPERATIONS = frozenset({"users/get-authenticated", "orgs/get-membership-for-authenticated-user"})
+# github.com's OAuth web flow pages: no Authorization header; the token exchange takes a JSON or form body.
+OAUTH_WEB_OPERATIONS = frozenset({"oauth/authorize", "oauth/access-token"})
+# Served although not in the subset, so not validated: the app looks a check run up by name after a timed-out create;
+# and the OAuth web flow, which is not part of the REST API.
 EXTRA_ROUTES = [
     (
         "GET",
         re.compile(r"/repos/(?P<owner>[^/]+)/(?P<repo>[^/]+)/commits/(?P<ref>.+)/check-runs"),
         "checks/list-for-ref",
     ),
+    ("GET", re.compile(r"/login/oauth/authorize"), "oauth/authorize"),
+    ("POST", re.compile(r"/login/oauth/access_token"), "oauth/access-token"),
 ]
 
 
@@ -398,6 +456,8 @@ class FakeGitHub:
         self.private_key_pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         ).decode()
+        self.client_id = CLIENT_ID
+        self.client_secret = secrets.token_hex(20)
         self.public_key_pem = (
             key.public_key()
             .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -421,6 +481,10 @@ class FakeGitHub:
             "checks/update": self._update_check_run,
             "checks/list-for-ref": self._list_check_runs,
             "repos/list-pull-requests-associated-with-commit": self._list_pulls,
+            "oauth/authorize": self._oauth_authorize,
+            "oauth/access-token": self._oauth_access_token,
+            "users/get-authenticated": self._get_authenticated_user,
+            "orgs/get-membership-for-authenticated-user": self._get_own_membership,
         }
         self.reset()
 
@@ -469,6 +533,12 @@ class FakeGitHub:
             self.invalid_responses: list[str] = []
             self.faults: list[Fault] = []
             self._outage = False
+            self.users: dict[str, User] = {}  # by lower-case login
+            self.oauth_approver: str | None = None
+            self.oauth_approves = True
+            self.oauth_codes: dict[str, OAuthCode] = {}
+            self.user_tokens: dict[str, UserToken] = {}
+            self.expiring_user_tokens = True
 
     # -- state ---------------------------------------------------------------------------------------------------
 
@@ -519,6 +589,29 @@ class FakeGitHub:
                     "state": state,
                 }
             )
+
+    def add_user(self, login: str, memberships: dict[str, str] | None = None, pending: Iterable[str] = ()) -> None:
+        """A GitHub user who can sign in through OAuth.
+
+        `memberships` maps an org login to the user's role there ("admin", "member" or "billing_manager"); orgs
+        named in `pending` hold an invitation the user has not accepted yet (membership state "pending").
+        """
+        waiting = {org.lower() for org in pending}
+        with self._lock:
+            self.users[login.lower()] = User(
+                login,
+                {
+                    org.lower(): Membership(org, role, "pending" if org.lower() in waiting else "active")
+                    for org, role in (memberships or {}).items()
+                },
+            )
+
+    def oauth_login_as(self, login: str | None, approve: bool = True) -> None:
+        """Who is signed in to "github.com" when the next authorization is asked for, and whether they approve it
+        (False: they press Cancel, and the app gets `error=access_denied`)."""
+        with self._lock:
+            self.oauth_approver = login
+            self.oauth_approves = approve
 
     def calls_to(self, method: str, path_regex: str) -> list[Call]:
         """The recorded calls of `method` whose path matches `path_regex` (re.search)."""
@@ -643,7 +736,7 @@ class FakeGitHub:
             return _json_response(fault.status, fault.body, fault.headers)
         if route is None:
             return _error(404, "Not Found")
-        if body_error is not None:
+        if body_error is not None and route.operation_id != "oauth/access-token":  # that one also takes a form
             return _error(400, "Problems parsing JSON")
         denied = self._authenticate(route, call)
         if denied is not None:
@@ -704,7 +797,19 @@ class FakeGitHub:
         if route.operation_id in APP_JWT_OPERATIONS:
             problem = self.jwt_problem(authorization)
             return None if problem is None else _error(401, problem)
+        if route.operation_id in OAUTH_WEB_OPERATIONS:
+            return None  # the handlers check the client id (and secret) themselves
+        if route.operation_id in USER_TOKEN_OPERATIONS:
+            return None if self._user_of(authorization) is not None else _error(401, "Bad credentials")
         return self._installation_token_problem(authorization, route.params)
+
+    def _user_of(self, authorization: str) -> User | None:
+        """The user whose live OAuth token this Authorization header carries, or None."""
+        scheme, credential = _credential(authorization)
+        issued = self.user_tokens.get(credential) if scheme in ("token", "bearer") else None
+        if issued is None or not issued.live():
+            return None
+        return self.users.get(issued.login.lower())
 
     def jwt_problem(self, authorization: str) -> str | None:
         """Why this Authorization header is not a valid app JWT (GitHub's wording where known), or None."""
@@ -886,6 +991,103 @@ class FakeGitHub:
         ]
         return _json_response(200, [self._pull_json(p) for p in pulls])
 
+    # -- handlers: the OAuth web flow and the user token -------------------------------------------------------------
+
+    def _oauth_authorize(self, exchange: Exchange) -> Response:
+        """GET /login/oauth/authorize: the signed-in user approves (or cancels) at once; back to redirect_uri."""
+        query = exchange.call.query
+        if query.get("client_id") != self.client_id:
+            return _error(404, "Not Found")  # github.com shows its 404 page for an unknown client id
+        redirect_uri = query.get("redirect_uri")
+        if not redirect_uri:
+            return _error(400, "the fake needs redirect_uri (GitHub would use the App's callback URL)")
+        if self.oauth_approver is None or self.oauth_approver.lower() not in self.users:
+            return _error(403, "nobody is signed in to the fake GitHub: call add_user() and oauth_login_as() first")
+        answer: dict[str, str]
+        if self.oauth_approves:
+            code = secrets.token_hex(10)
+            self.oauth_codes[code] = OAuthCode(
+                self.users[self.oauth_approver.lower()].login, redirect_uri, dt.datetime.now(dt.UTC)
+            )
+            answer = {"code": code}
+        else:
+            answer = {
+                "error": "access_denied",
+                "error_description": "The user has denied your application access.",
+                "error_uri": OAUTH_DOCS_URL,
+            }
+        if "state" in query:
+            answer["state"] = query["state"]
+        sep = "&" if "?" in redirect_uri else "?"
+        return Response(status=302, headers={"Location": redirect_uri + sep + urllib.parse.urlencode(answer)})
+
+    def _oauth_access_token(self, exchange: Exchange) -> Response:
+        """POST /login/oauth/access_token: a code (used once, within 10 minutes) for a user token.
+
+        As on GitHub, failures are 200s with an `error`; JSON when asked for with Accept, else a form body.
+        """
+        raw = exchange.call.json
+        fields = exchange.body if isinstance(exchange.body, dict) else {}
+        if not fields and isinstance(raw, str):
+            fields = {k: v[-1] for k, v in urllib.parse.parse_qs(raw).items()}
+        as_json = "application/json" in exchange.call.headers.get("accept", "")
+        if fields.get("client_id") != self.client_id or fields.get("client_secret") != self.client_secret:
+            return _oauth_answer(
+                as_json,
+                {
+                    "error": "incorrect_client_credentials",
+                    "error_description": "The client_id and/or client_secret passed are incorrect.",
+                    "error_uri": OAUTH_DOCS_URL,
+                },
+            )
+        code = self.oauth_codes.pop(str(fields.get("code", "")), None)
+        if code is None or dt.datetime.now(dt.UTC) - code.issued_at > OAUTH_CODE_LIFETIME:
+            return _oauth_answer(
+                as_json,
+                {
+                    "error": "bad_verification_code",
+                    "error_description": "The code passed is incorrect or expired.",
+                    "error_uri": OAUTH_DOCS_URL,
+                },
+            )
+        if fields.get("redirect_uri") not in (None, code.redirect_uri):
+            return _oauth_answer(
+                as_json,
+                {
+                    "error": "redirect_uri_mismatch",
+                    "error_description": (
+                        "The redirect_uri MUST match the registered callback URL for this application."
+                    ),
+                    "error_uri": OAUTH_DOCS_URL,
+                },
+            )
+        token = "ghu_" + "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(36))
+        now = dt.datetime.now(dt.UTC)
+        answer: dict[str, Any] = {"access_token": token, "token_type": "bearer", "scope": ""}
+        if self.expiring_user_tokens:
+            answer.update(
+                expires_in=int(USER_TOKEN_LIFETIME.total_seconds()),
+                refresh_token="ghr_" + "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(76)),
+                refresh_token_expires_in=int(REFRESH_TOKEN_LIFETIME.total_seconds()),
+            )
+        expires = now + USER_TOKEN_LIFETIME if self.expiring_user_tokens else None
+        self.user_tokens[token] = UserToken(code.login, expires)
+        return _oauth_answer(as_json, answer)
+
+    def _get_authenticated_user(self, exchange: Exchange) -> Response:
+        user = self._user_of(exchange.call.headers.get("authorization", ""))
+        assert user is not None  # _authenticate let the request through
+        return _json_response(200, self._private_user_json(user.login))
+
+    def _get_own_membership(self, exchange: Exchange) -> Response:
+        """GET /user/memberships/orgs/{org}: the user's membership (active or pending), or 404 for a non-member."""
+        user = self._user_of(exchange.call.headers.get("authorization", ""))
+        assert user is not None
+        membership = user.memberships.get(exchange.params["org"].lower())
+        if membership is None:
+            return _error(404, "Not Found")
+        return _json_response(200, self._membership_json(user.login, membership))
+
     # -- GitHub-shaped bodies ----------------------------------------------------------------------------------------
 
     def _user(self, login: str, account_type: str) -> dict[str, Any]:
@@ -900,6 +1102,40 @@ class FakeGitHub:
             "node_id": f"U_{quoted}",
             "type": account_type,
         }
+
+    def _private_user_json(self, login: str) -> dict[str, Any]:
+        """The authenticated user as GET /user answers it (the subset's private-user example, renamed)."""
+        example = self.subset.examples["private-user-response-with-public-and-private-profile-information"]
+        body = copy.deepcopy(example)
+        body.update(self._user(login, "User"))
+        body.update(name=login, email=None, user_view_type="private")
+        return body
+
+    def _membership_json(self, login: str, membership: Membership) -> dict[str, Any]:
+        """An org-membership (from the subset's example) of `login` in `membership.org`."""
+        body = copy.deepcopy(self.subset.examples["org-membership"])
+        org = membership.org
+        body.pop("enterprise_teams_providing_indirect_membership", None)
+        body.update(
+            url=f"{self.url}/orgs/{org}/memberships/{login}",
+            state=membership.state,
+            role=membership.role,
+            organization_url=f"{self.url}/orgs/{org}",
+            user=self._user(login, "User"),
+        )
+        body["organization"].update(
+            login=org,
+            id=zlib.crc32(org.lower().encode()),
+            node_id=f"O_{org}",
+            url=f"{self.url}/orgs/{org}",
+            repos_url=f"{self.url}/orgs/{org}/repos",
+            events_url=f"{self.url}/orgs/{org}/events",
+            hooks_url=f"{self.url}/orgs/{org}/hooks",
+            issues_url=f"{self.url}/orgs/{org}/issues",
+            members_url=f"{self.url}/orgs/{org}/members{{/member}}",
+            public_members_url=f"{self.url}/orgs/{org}/public_members{{/member}}",
+        )
+        return body
 
     def _bot_user(self) -> dict[str, Any]:
         return self._user(f"{APP_SLUG}[bot]", "Bot")
@@ -1032,6 +1268,13 @@ def _apply_check_run(run: dict[str, Any], body: dict[str, Any]) -> None:
     run["history"].append(copy.deepcopy(body))
 
 
+def _oauth_answer(as_json: bool, body: dict[str, Any]) -> Response:
+    """An answer of the token endpoint: always 200, in JSON or (GitHub's default) a form body."""
+    if as_json:
+        return _json_response(200, body)
+    return Response(urllib.parse.urlencode(body), status=200, content_type="application/x-www-form-urlencoded")
+
+
 def _call_of(request: Request) -> tuple[Call, Any, str | None]:
     """(the Call to record, the parsed JSON body, why the body is not JSON or None)."""
     raw = request.get_data(cache=True)
@@ -1060,4 +1303,6 @@ def github_app_config(fake: FakeGitHub) -> dict[str, str]:
         "GITHUB_PRIVATE_KEY": fake.private_key_pem,
         "GITHUB_API_URL": fake.url,
         "GITHUB_WEBHOOK_SECRET": "webhook-secret",
+        "GITHUB_CLIENT_ID": fake.client_id,
+        "GITHUB_CLIENT_SECRET": fake.client_secret,
     }

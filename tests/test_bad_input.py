@@ -679,7 +679,7 @@ def test_severity_in_any_letter_case_is_accepted(app: Flask, client: Any, token:
         pytest.param(seed(repo="ACME/api"), None, id="repo-owner-other-case"),
         pytest.param(seed([]), None, id="no-findings"),
         pytest.param(seed([finding(installed=None)]), None, id="installed-version-null-is-empty"),
-    pytest.param(seed([finding(severity=None)]), None, id="severity-null-is-unknown"),
+        pytest.param(seed([finding(severity=None)]), None, id="severity-null-is-unknown"),
         pytest.param(seed(signature_status="SIGNED"), None, id="signature-status-any-case"),
         pytest.param(
             trivy_report([{"VulnerabilityID": "CVE-1", "PkgName": "x", "InstalledVersion": None}]),

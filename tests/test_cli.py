@@ -139,9 +139,11 @@ def test_policy_set_rejects_bad_values_and_changes_nothing(runner, app):
 
 def test_out_of_range_numbers_are_refused_not_crashed(runner, app):
     make_org(app)
-    for args in (["tokens", "revoke", "99999999999999999999"],
-                 ["orgs", "create", "x", "--installation-id", "99999999999999999999"],
-                 ["tokens", "create", "--org", "acme", "--scope", "findings:read", "--name", "n" * 101]):
+    for args in (
+        ["tokens", "revoke", "99999999999999999999"],
+        ["orgs", "create", "x", "--installation-id", "99999999999999999999"],
+        ["tokens", "create", "--org", "acme", "--scope", "findings:read", "--name", "n" * 101],
+    ):
         result = runner.invoke(args=args)
         assert result.exit_code == 2 or (result.exit_code == 1 and "Error" in result.output), args
         assert result.exception is None or isinstance(result.exception, SystemExit), result.exception

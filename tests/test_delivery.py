@@ -303,6 +303,7 @@ def test_401_mints_a_new_token_once(app, client, token, fake_github):
     assert fake_github.token_exchanges[INSTALLATION] == 2
 
 
+@pytest.mark.github_timeout(0.5)
 def test_a_timed_out_check_run_create_is_found_not_duplicated(app, client, token, fake_github):
     clock = Clock()
     upload(client, token)

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from githubkit import AppAuthStrategy, GitHub, UnauthAuthStrategy
+from githubkit import AppAuthStrategy, GitHub, OAuthAppAuthStrategy, UnauthAuthStrategy
 from githubkit.cache import MemCacheStrategy
 from githubkit.exception import RequestError, RequestFailed, RequestTimeout, SecondaryRateLimitExceeded
 from jwt.api_jws import PyJWS
@@ -131,6 +131,8 @@ def test_serves_on_loopback_and_config_points_at_it(fake: FakeGitHub) -> None:
         "GITHUB_PRIVATE_KEY": fake.private_key_pem,
         "GITHUB_API_URL": fake.url,
         "GITHUB_WEBHOOK_SECRET": "webhook-secret",
+        "GITHUB_CLIENT_ID": fake.client_id,
+        "GITHUB_CLIENT_SECRET": fake.client_secret,
     }
 
 
@@ -411,7 +413,8 @@ def test_bad_parameters_unknown_routes_and_broken_json_are_recorded(fake: FakeGi
     status_url = f"/repos/{OWNER}/{REPO}/commits/{SHA}/status"
     assert failed_status(lambda: gh.request("GET", status_url, params={"per_page": "many"})) == 422
     assert failed_status(lambda: gh.request("PATCH", f"/repos/{OWNER}/{REPO}/check-runs/abc", json={})) == 422
-    assert failed_status(lambda: gh.request("GET", "/user")) == 404  # in the subset, not served
+    membership = f"/orgs/{OWNER}/memberships/octocat"
+    assert failed_status(lambda: gh.request("GET", membership)) == 404  # in the subset, not served
     assert failed_status(lambda: gh.request("DELETE", f"/repos/{OWNER}/{REPO}")) == 404
     with pytest.raises(RequestFailed) as caught:
         gh.request(
@@ -422,7 +425,7 @@ def test_bad_parameters_unknown_routes_and_broken_json_are_recorded(fake: FakeGi
         )
     assert caught.value.response.status_code == 400
     recorded = "\n".join(fake.invalid_requests)
-    for expected in ("per_page", "check_run_id", "users/get-authenticated", "DELETE", "not JSON"):
+    for expected in ("per_page", "check_run_id", "orgs/get-membership-for-user", "DELETE", "not JSON"):
         assert expected in recorded
     assert gh.request("GET", status_url, params={"per_page": 5}).status_code == 200
 
@@ -560,3 +563,78 @@ def test_concurrent_posts_are_all_recorded(fake: FakeGitHub) -> None:
         thread.join()
     assert len(fake.statuses) == 9 and len({s["id"] for s in fake.statuses}) == 9
     assert fake.token_exchanges[INSTALLATION] == 1
+
+
+# -- the OAuth web flow (admin sign-in) ----------------------------------------------------------------------------
+
+CALLBACK = "http://fremforge.test/admin/oauth/callback"
+
+
+def authorize(fake: FakeGitHub, state: str = "s1") -> dict[str, str]:
+    """What the authorize page sends back to the callback (its query), for whoever `oauth_login_as` named."""
+    query = {"client_id": fake.client_id, "redirect_uri": CALLBACK, "state": state, "scope": "read:org"}
+    answer = httpx.get(f"{fake.url}/login/oauth/authorize", params=query)
+    assert answer.status_code == 302, answer.text
+    location = httpx.URL(answer.headers["location"])
+    assert str(location.copy_with(query=None)) == CALLBACK
+    return dict(location.params)
+
+
+def user_client(fake: FakeGitHub, code: str) -> GitHub:
+    """A githubkit client with the App's client credentials and a web-flow code, as the app's sign-in makes it."""
+    auth = OAuthAppAuthStrategy(fake.client_id, fake.client_secret).as_web_user(code, CALLBACK)
+    return GitHub(auth, **client_config(fake))
+
+
+def test_web_flow_through_githubkit_gives_the_user_and_their_memberships(fake: FakeGitHub) -> None:
+    fake.add_user("Octo", {"acme": "admin", "widgets": "member"}, pending=["gadgets"])
+    fake.add_user("someone-else", {"acme": "member"})
+    fake.add_user("octo-pending", {"gadgets": "admin"}, pending=["gadgets"])
+    fake.oauth_login_as("octo")
+    answer = authorize(fake, state="xyz")
+    assert answer["state"] == "xyz" and re.fullmatch(r"[0-9a-f]{20}", answer["code"])
+    with user_client(fake, answer["code"]) as gh:
+        assert gh.rest.users.get_authenticated().parsed_data.login == "Octo"
+        acme = gh.rest.orgs.get_membership_for_authenticated_user("ACME").parsed_data
+        assert (acme.role, acme.state, acme.organization.login) == ("admin", "active", "acme")
+        assert gh.rest.orgs.get_membership_for_authenticated_user("widgets").parsed_data.role == "member"
+        assert failed_status(lambda: gh.rest.orgs.get_membership_for_authenticated_user("gadgets")) == 404
+    [exchange] = fake.calls_to("POST", "/login/oauth/access_token")
+    assert exchange.json["code"] == answer["code"] and exchange.headers["accept"] == "application/json"
+    assert fake.calls_to("GET", "^/user$")[0].headers["authorization"].startswith("token ghu_")
+    assert fake.invalid_requests == []
+
+
+def test_codes_work_once_and_need_the_client_secret_and_the_same_redirect_uri(fake: FakeGitHub) -> None:
+    fake.add_user("octo", {"acme": "admin"})
+    fake.oauth_login_as("octo")
+    url = f"{fake.url}/login/oauth/access_token"
+    code = authorize(fake)["code"]
+    wrong_secret = {"client_id": fake.client_id, "client_secret": "nope", "code": code}
+    json_accept = {"Accept": "application/json"}
+    assert httpx.post(url, json=wrong_secret, headers=json_accept).json()["error"] == "incorrect_client_credentials"
+    good = {"client_id": fake.client_id, "client_secret": fake.client_secret, "code": code}
+    other_uri = {**good, "redirect_uri": "http://elsewhere.test/cb"}
+    assert httpx.post(url, json=other_uri, headers=json_accept).json()["error"] == "redirect_uri_mismatch"
+    code = authorize(fake)["code"]
+    form = httpx.post(url, data={**good, "code": code})  # a form body, and a form answer without Accept: JSON
+    assert form.status_code == 200 and form.headers["content-type"].startswith("application/x-www-form-urlencoded")
+    token = dict(httpx.QueryParams(form.text))
+    assert token["access_token"].startswith("ghu_") and token["refresh_token"].startswith("ghr_")
+    assert token["token_type"] == "bearer" and int(token["expires_in"]) == 8 * 3600
+    again = httpx.post(url, json={**good, "code": code}, headers=json_accept).json()
+    assert again["error"] == "bad_verification_code"
+    user = httpx.get(f"{fake.url}/user", headers={"Authorization": f"token {token['access_token']}"})
+    assert user.status_code == 200 and user.json()["login"] == "octo"
+    for authorization in ("token ghu_unknown", "", f"Bearer {fake.client_secret}"):
+        assert httpx.get(f"{fake.url}/user", headers={"Authorization": authorization}).status_code == 401
+
+
+def test_authorize_refuses_unknown_clients_and_reports_a_cancel(fake: FakeGitHub) -> None:
+    query = {"client_id": "Iv1.unknown", "redirect_uri": CALLBACK, "state": "s"}
+    assert httpx.get(f"{fake.url}/login/oauth/authorize", params=query).status_code == 404
+    query["client_id"] = fake.client_id
+    assert httpx.get(f"{fake.url}/login/oauth/authorize", params=query).status_code == 403  # nobody signed in
+    fake.add_user("octo")
+    fake.oauth_login_as("octo", approve=False)
+    assert authorize(fake, state="s")["error"] == "access_denied"

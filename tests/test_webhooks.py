@@ -392,7 +392,7 @@ def test_pull_request_links_its_head_commit_and_the_scans_uploaded_before(app, c
     assert links_of(app) == [(PR_REPO, 2, PR_SHA, "open")]
     prs = {s.id: s.pr_number for s in rows(app, ScanRun)}
     assert prs == {before: 2, elsewhere: None}
-    # A scan uploaded after the event takes the number at ingest (queries.pr_for_commit).
+    # A scan uploaded after the event takes the number at ingest (queries.PR_OF_COMMIT, a subquery of the scan insert).
     after = upload(client, token, "codertocat", PR_REPO, PR_SHA, "ghcr.io/c/b:1")
     assert {s.id: s.pr_number for s in rows(app, ScanRun)}[after] == 2
     r = client.get("/api/v1/orgs/codertocat/image-scans?pr=2", headers={"Authorization": f"Bearer {token}"})

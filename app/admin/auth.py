@@ -1,7 +1,9 @@
 """Who is signed in to the admin pages, and the guards every admin view uses (session, org, CSRF).
 
-The session (Flask's signed cookie) holds `session["admin"] = {"org": slug, "user": login, "via": "link" |
-"oauth", "at": ISO-8601 UTC}`: one org per session. Every state change is a POST carrying `csrf_token`.
+The session (Flask's signed cookie: HttpOnly, SameSite=Lax, Secure behind an https PUBLIC_URL, lapsing after
+PERMANENT_SESSION_LIFETIME without use; see app.config) holds
+`session["admin"] = {"org": slug, "user": login, "via": "link" | "oauth", "at": ISO-8601 UTC}`: one org per session.
+Every state change is a POST carrying `csrf_token`.
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ def current_admin() -> Admin | None:
 
 
 def sign_in(org: str, user: str, via: str, at: str) -> None:
+    """Start a session for `org`; whatever the session held before (another org, a pending OAuth state) goes."""
     session.clear()
+    session.permanent = True  # the cookie then expires with PERMANENT_SESSION_LIFETIME, not "never"
     session[SESSION_KEY] = {"org": org, "user": user, "via": via, "at": at}
     session[CSRF_KEY] = secrets.token_urlsafe(32)
 
@@ -69,7 +73,8 @@ def admin_required(view: Callable[..., Any]) -> Callable[..., Any]:
     def guarded(slug: str, *args: Any, **kwargs: Any) -> Any:
         admin = current_admin()
         if admin is None:
-            return redirect(url_for("admin.sign_in_page", next=request.full_path))
+            # full_path ends in a bare "?" when there is no query string.
+            return redirect(url_for("admin.sign_in_page", next=request.full_path.removesuffix("?")))
         if admin.org != slug:
             abort(403, description="You are signed in for another organisation.")
         if request.method == "POST":

@@ -87,17 +87,14 @@ def latest_judged_rows(conn: sa.Connection, org_id: int, repo: str, sha: str) ->
     return conn.execute(LATEST_JUDGED, {"org": org_id, "repo": repo, "sha": sha}).all()
 
 
-_PR_FOR_COMMIT = sa.select(sa.func.max(PullRequestLink.number)).where(
-    PullRequestLink.org_id == sa.bindparam("org"),
-    PullRequestLink.repo_full_name == sa.bindparam("repo"),
-    PullRequestLink.head_sha == sa.bindparam("sha"),
+# The open pull request whose head is a commit (the newest, if several), from pull_request webhooks;
+# a subquery of the scan's INSERT, so ingest pays no round trip for it.
+PR_OF_COMMIT = sa.select(sa.func.max(PullRequestLink.number)).where(
+    PullRequestLink.org_id == sa.bindparam("pr_org"),
+    PullRequestLink.repo_full_name == sa.bindparam("pr_repo"),
+    PullRequestLink.head_sha == sa.bindparam("pr_sha"),
     PullRequestLink.state == "open",
 )
-
-
-def pr_for_commit(conn: sa.Connection, org_id: int, repo: str, sha: str) -> int | None:
-    """The open pull request whose head is this commit (the newest, if several), from pull_request webhooks."""
-    return conn.execute(_PR_FOR_COMMIT, {"org": org_id, "repo": repo, "sha": sha}).scalar()
 
 
 def findings_of(session: Session, scan_run_id: int) -> list[Finding]:

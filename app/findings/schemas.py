@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -371,7 +370,3 @@ def _from_trivy(
         duplicates=total - len(unique),
         source=source,
     )
-
-
-def is_valid_repo(name: str) -> bool:
-    return re.match(REPO_FULL_NAME, name) is not None

@@ -39,7 +39,13 @@ MOVE_HEAD = (
     .where(_heads.c.org_id == sa.bindparam("org"))
     .values(seq=sa.bindparam("new_seq"), head_hash=sa.bindparam("new_hash"))
 )
-INSERT_SCAN = sa.insert(_scans).returning(_scans.c.id)
+INSERT_SCAN = (
+    sa.insert(_scans)
+    .values(
+        pr_number=sa.func.coalesce(queries.PR_OF_COMMIT.scalar_subquery(), sa.bindparam("earlier_pr", type_=sa.Integer))
+    )
+    .returning(_scans.c.id)
+)
 
 
 @dataclass(frozen=True)
@@ -91,8 +97,10 @@ def ingest(session: Session, org: Org, upload: Upload, links: outbox.Links, deli
                 "signature_status": upload.signature.status,
                 "signature_issuer": upload.signature.issuer,
                 "signature_subject": upload.signature.subject,
-                "pr_number": queries.pr_for_commit(conn, org.id, upload.repo_full_name, upload.commit_sha)
-                or next((r.pr_number for r in judged if r.pr_number), None),
+                "pr_org": org.id,
+                "pr_repo": upload.repo_full_name,
+                "pr_sha": upload.commit_sha,
+                "earlier_pr": next((r.pr_number for r in judged if r.pr_number), None),
                 "status": status,
                 "block_action": pol.block_action,
                 "fixable": fixable,

@@ -10,7 +10,6 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from app import audit
 from app.models import OrgSettings, utcnow
 
-FIELDS = ("enabled", "block_action", "require_signed", "allowed_issuers", "retention_days")
 MAX_RETENTION_DAYS = 3650
 
 
@@ -78,4 +77,4 @@ def apply(session: Any, settings: OrgSettings, changes: dict[str, Any], actor: s
     return changed
 
 
-__all__ = ["FIELDS", "ValidationError", "apply", "as_dict", "parse_change", "parse_issuer_option"]
+__all__ = ["ValidationError", "apply", "as_dict", "parse_change", "parse_issuer_option"]

@@ -33,7 +33,7 @@ LINK_SCANS = (
 def pull_request_head(session: Session, payload: dict[str, Any]) -> str | None:
     """The PR is open at this head commit: remember it, and link the commit's scans stored so far to it.
 
-    Scans uploaded later take the number at ingest (queries.pr_for_commit).
+    Scans uploaded later take the number at ingest (queries.PR_OF_COMMIT, a subquery of the scan insert).
     """
     link = _upsert_link(session, payload, "open")
     if link is None:
