@@ -88,6 +88,10 @@ class ScanRun(Base):
         sa.Index("ix_scan_runs_org_id_id", "org_id", "id"),
         sa.Index("ix_scan_runs_org_commit", "org_id", "repo_full_name", "commit_sha", "image_ref"),
         sa.Index("ix_scan_runs_org_image", "org_id", "image_ref", "id"),
+        # Filters of the scans page and API that would otherwise read every scan of the org.
+        sa.Index("ix_scan_runs_org_commit_sha", "org_id", "commit_sha", "id"),
+        sa.Index("ix_scan_runs_org_pr", "org_id", "pr_number", "id"),
+        sa.Index("ix_scan_runs_org_status", "org_id", "status", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
