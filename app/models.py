@@ -15,6 +15,20 @@ BLOCK_ACTIONS = ("none", "warn", "block_pull")
 SIGNATURE_STATUSES = ("signed", "unsigned", "unknown")
 SCAN_STATUSES = ("success", "failure", "skipped")
 GENESIS_HASH = "0" * 64
+# A finding's payload columns (what retention empties), in the order store.insert takes them.
+FINDING_PAYLOAD_COLUMNS = (
+    "cve_id",
+    "severity",
+    "package",
+    "installed_version",
+    "fixed_version",
+    "target",
+    "title",
+    "primary_url",
+    "references",
+    "vendor_ids",
+    "synthetic",
+)
 
 
 def utcnow() -> datetime:

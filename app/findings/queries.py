@@ -10,23 +10,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from app.models import SEVERITIES, Finding, OutboxItem, PullRequestLink, ScanRun
+from app.models import FINDING_PAYLOAD_COLUMNS, SEVERITIES, Finding, OutboxItem, PullRequestLink, ScanRun
 
 MAX_SCAN_ID = 2**31 - 1
 SEVERITY_ORDER = sa.case({s: i for i, s in enumerate(SEVERITIES)}, value=Finding.severity, else_=len(SEVERITIES))
-FINDING_COLUMNS = (
-    "cve_id",
-    "severity",
-    "package",
-    "installed_version",
-    "fixed_version",
-    "target",
-    "title",
-    "primary_url",
-    "references",
-    "vendor_ids",
-    "synthetic",
-)
+FINDING_COLUMNS = FINDING_PAYLOAD_COLUMNS
 
 
 def top_findings(conn: sa.Connection | Session, scan_run_id: int, limit: int = 5) -> list[dict[str, Any]]:

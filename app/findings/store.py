@@ -7,25 +7,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-COLUMNS = (
-    "org_id",
-    "scan_run_id",
-    "seq",
-    "payload_hash",
-    "chain_hash",
-    "created_at",
-    "cve_id",
-    "severity",
-    "package",
-    "installed_version",
-    "fixed_version",
-    "target",
-    "title",
-    "primary_url",
-    "references",
-    "vendor_ids",
-    "synthetic",
-)
+from app.models import FINDING_PAYLOAD_COLUMNS
+
+COLUMNS = ("org_id", "scan_run_id", "seq", "payload_hash", "chain_hash", "created_at", *FINDING_PAYLOAD_COLUMNS)
 _QUOTED = ", ".join(f'"{c}"' for c in COLUMNS)
 _SQLITE_INSERT = f"INSERT INTO findings ({_QUOTED}) VALUES ({', '.join('?' * len(COLUMNS))})"
 _POSTGRES_COPY = f"COPY findings ({_QUOTED}) FROM STDIN"
