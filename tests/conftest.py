@@ -21,9 +21,10 @@ from flask.testing import FlaskClient, FlaskCliRunner
 
 from app import create_app, migrate
 from app.db import Base
+from tests import paths
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
+SHARED = paths.SHARED
 STRICT = os.environ.get("FREMFORGE_TEST_STRICT") == "1"
 
 
@@ -262,3 +263,12 @@ def admin_login(app: Flask, client: FlaskClient, slug: str = "acme") -> None:
             token = links.create(session, org, actor="test").token
     response = client.get(f"/admin/login/link/{token}")
     assert response.status_code == 302, response.get_data(as_text=True)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not paths.FIXTURES.is_dir():
+        pytest.exit(
+            f"the tests need the shared fixtures at {paths.FIXTURES}: keep shared/ beside this repository "
+            "(as CI does), or set FREMFORGE_SHARED_DIR to it",
+            returncode=4,
+        )

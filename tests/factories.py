@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -15,11 +14,12 @@ from app import db, orgs, tokens
 from app.db import Base, write_transaction
 from app.models import Org
 from app.settings import service as settings_service
+from tests import paths
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 SHA2 = "89abcdef0123456789abcdef0123456789abcdef"
 REPO = "acme/api"
-FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
+FIXTURES = paths.FIXTURES
 TRIVY_REPORTS = sorted((FIXTURES / "trivy").glob("*.json")) + sorted((FIXTURES / "trivy-defectdojo").glob("*.json"))
 ALL_SCOPES = list(tokens.SCOPES)
 

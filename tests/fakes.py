@@ -47,7 +47,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from tests import paths
+
+SHARED = paths.SHARED
 SUBSET_PATH = SHARED / "fixtures" / "github-api" / "github-rest-subset.openapi.json"
 DOCS_URL = "https://docs.github.com/rest"
 SECONDARY_RATE_LIMIT_MESSAGE = (

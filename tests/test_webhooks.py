@@ -24,10 +24,11 @@ from app.models import (
     ScanRun,
     WebhookDelivery,
 )
+from tests import paths
 from tests.conftest import ROOT, WEBHOOK_SECRET
 from tests.factories import census, finding, make_org, make_token, post, seed, set_policy
 
-HOOKS = ROOT.parent / "shared" / "fixtures" / "github-webhooks"
+HOOKS = paths.FIXTURES / "github-webhooks"
 PR_SHA = "ec26c3e57ca3a959ca5aad62de7213c562f8c821"  # the head of PR #2 in every pull_request example
 PR_REPO = "codertocat/hello-world"  # stored folded: GitHub names are case-insensitive
 CHECK_SHA = "d6fde92930d4715a2b49857d24b940956b26d2d3"  # the head_sha of the check_run.rerequested examples
