@@ -29,7 +29,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             "config.no_public_url: set FREMFORGE_PUBLIC_URL; links posted to GitHub now follow each request's Host"
         )
 
-    from app import admin, cli, db, errors, health, openapi
+    from app import admin, audit_api, cli, db, errors, health, openapi
     from app.findings import api as findings_api
     from app.github import client as github_client
     from app.github import webhooks as github_webhooks
@@ -43,6 +43,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(settings_api.bp)
     app.register_blueprint(findings_api.bp)
     app.register_blueprint(github_webhooks.bp)
+    app.register_blueprint(audit_api.bp)
     admin.init_app(app)
     cli.init_app(app)
     return app

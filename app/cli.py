@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import threading
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 
-from app import db, migrate, orgs, tokens
+from app import checkpoints, db, migrate, orgs, retention, tokens
 from app.admin import links
 from app.db import write_transaction
 from app.github import delivery
 from app.github.client import github_app
-from app.models import Org
+from app.models import Org, utcnow
 from app.settings import service as settings_service
 
 db_cli = AppGroup("db", help="Create or migrate the schema.")
@@ -24,6 +27,8 @@ orgs_cli = AppGroup("orgs", help="Organisations.")
 tokens_cli = AppGroup("tokens", help="The app's API tokens.")
 policy_cli = AppGroup("policy", help="An organisation's policy.")
 admin_cli = AppGroup("admin", help="The admin pages.")
+chain_cli = AppGroup("chain", help="The tamper-evident chain of each organisation.")
+retention_cli = AppGroup("retention", help="Ageing out old payloads.")
 LOCAL_URL = "http://127.0.0.1:8000"  # where `make run` serves, for links made without FREMFORGE_PUBLIC_URL
 
 
@@ -239,11 +244,75 @@ def admin_login_url(slug: str, minutes: int) -> None:
     click.echo(f"{base}/admin/login/link/{new.token}")
 
 
+# ---------------------------------------------------------------- chain and retention
+
+
+@chain_cli.command("verify")
+@click.argument("slug")
+@click.option(
+    "--checkpoint",
+    "checkpoint_file",
+    type=click.File("r", encoding="utf-8-sig"),
+    help="Signed checkpoints to check the chain against: one JSON object, a JSON array or JSON lines.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
+@click.pass_context
+def chain_verify(ctx: click.Context, slug: str, checkpoint_file: Any, as_json: bool) -> None:
+    """Recompute the org's chain; exit 0 when intact, else 1 naming the first bad seq and what is wrong."""
+    org = _org(slug)
+    docs: list[dict[str, Any]] = []
+    if checkpoint_file is not None:
+        try:
+            docs = checkpoints.parse(checkpoint_file.read())
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--checkpoint") from None
+    db.session().rollback()
+    key = checkpoints.key_of(current_app)
+    verdict = checkpoints.verify_with(db.database().engine, org.id, slug, key, docs)
+    if as_json:
+        _echo_json({"org": slug, **verdict.as_dict(), "message": verdict.describe(slug)})
+    else:
+        click.echo(verdict.describe(slug))
+    ctx.exit(0 if verdict.intact else 1)
+
+
+@chain_cli.command("checkpoint")
+@click.argument("slug")
+def chain_checkpoint(slug: str) -> None:
+    """Print a signed checkpoint of the org's chain now (JSON), as GET /api/v1/orgs/SLUG/audit/checkpoint does."""
+    org = _org(slug)
+    session = db.session()
+    try:
+        with write_transaction(session):
+            doc = checkpoints.issue(session, checkpoints.key_of(current_app), org.id, slug, utcnow())
+    except checkpoints.Inconsistent as exc:
+        raise click.ClickException(f"no checkpoint signed: {exc}") from None
+    click.echo(json.dumps(doc))
+
+
+def _parse_now(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO-8601 time, e.g. 2026-11-25T00:00:00Z") from None
+    return at.astimezone(UTC).replace(tzinfo=None) if at.tzinfo else at
+
+
+@retention_cli.command("run")
+@click.option("--now", callback=_parse_now, help="Apply retention as of this time (ISO-8601; default: now, UTC).")
+def retention_run(now: datetime | None) -> None:
+    """Remove the payload of chain entries older than each org's retention_days; keep seq and hashes."""
+    for outcome in retention.run(db.session(), now or utcnow()):
+        click.echo(outcome.describe())
+
+
 # ---------------------------------------------------------------- worker
 
 
 @click.command("worker")
-@click.option("--once", is_flag=True, help="Deliver what is due now, then exit.")
+@click.option("--once", is_flag=True, help="Deliver what is due now, then exit (no retention run).")
 @click.option(
     "--poll-seconds",
     type=click.FloatRange(0.1, 60),
@@ -253,28 +322,47 @@ def admin_login_url(slug: str, minutes: int) -> None:
 )
 @with_appcontext
 def worker(once: bool, poll_seconds: float) -> None:
-    """Deliver pending commit statuses and check runs to GitHub, with retries."""
+    """Deliver pending commit statuses and check runs to GitHub, with retries; apply retention once a day."""
     gh = github_app()
     if gh is None:
         click.echo(
             "no GitHub App configured (FREMFORGE_GITHUB_APP_ID and FREMFORGE_GITHUB_PRIVATE_KEY): nothing to deliver"
         )
-        return
+        if once:
+            return
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     delivered = 0
+    retention_due = 0.0 if not once else float("inf")  # at start, then every RETENTION_EVERY seconds
     while not stop.is_set():
-        handled = delivery.run_once(db.session(), gh)
+        if time.monotonic() >= retention_due:
+            retention_due = time.monotonic() + _daily_retention()
+        handled = delivery.run_once(db.session(), gh) if gh is not None else 0
         delivered += handled
         if handled == 0:
             if once:
                 break
-            stop.wait(poll_seconds)
+            stop.wait(poll_seconds if gh is not None else min(60.0, max(0.0, retention_due - time.monotonic())))
     click.echo(f"handled {delivered} deliveries")
 
 
+RETENTION_EVERY = 24 * 3600.0
+RETENTION_RETRY = 3600.0
+
+
+def _daily_retention() -> float:
+    """Run retention; the seconds until the next run (an hour when this one failed)."""
+    try:
+        retention.run(db.session(), utcnow())
+    except Exception:  # the worker goes on delivering; the next try is logged again if it fails
+        logging.getLogger(__name__).exception("retention.failed: retrying in an hour")
+        db.session().rollback()
+        return RETENTION_RETRY
+    return RETENTION_EVERY
+
+
 def init_app(app: Flask) -> None:
-    for group in (db_cli, orgs_cli, tokens_cli, policy_cli, admin_cli):
+    for group in (db_cli, orgs_cli, tokens_cli, policy_cli, admin_cli, chain_cli, retention_cli):
         app.cli.add_command(group)
     app.cli.add_command(worker)

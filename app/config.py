@@ -24,6 +24,7 @@ DEFAULTS: dict[str, Any] = {
     "GITHUB_CLIENT_SECRET": None,
     "MAX_UPLOAD_MB": 64,
     "GITHUB_TIMEOUT_SECONDS": 10,  # per GitHub call made by the worker
+    "CHECKPOINT_KEY_FILE": None,  # None: checkpoint_ed25519.pem in the instance folder, made when absent
 }
 ENVIRONMENTS = ("development", "production")
 SESSION_LIFETIME = timedelta(hours=12)  # an admin session lapses after this long without a request

@@ -183,6 +183,21 @@ class AuditEvent(Base):
     redacted_at: Mapped[datetime | None]
 
 
+class ChainCheckpoint(Base):
+    """A signed statement of an org's chain (size and head hash at a time): what later checkpoints must extend."""
+
+    __tablename__ = "chain_checkpoints"
+    __table_args__ = (sa.Index("ix_chain_checkpoints_org_id_id", "org_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    org_id: Mapped[int] = mapped_column(sa.ForeignKey("orgs.id", ondelete="CASCADE"))
+    size: Mapped[int] = mapped_column(sa.BigInteger)
+    head_hash: Mapped[str] = mapped_column(sa.String(64))
+    signed_at: Mapped[str] = mapped_column(sa.String(40))  # the "time" of the signed statement, as signed
+    key_id: Mapped[str] = mapped_column(sa.String(100))
+    signature: Mapped[str] = mapped_column(sa.String(200))  # base64
+
+
 class OutboxItem(Base):
     """A wish to post a commit status and check run, written in the same transaction as its scan."""
 

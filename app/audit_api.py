@@ -1,0 +1,53 @@
+"""Thin views of the chain API: the verification verdict and signed checkpoints of an org's chain."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app
+
+from app import checkpoints, db
+from app.api_common import authenticate, request_body
+from app.db import write_transaction
+from app.errors import ApiError
+from app.models import utcnow
+
+bp = Blueprint("audit_api", __name__, url_prefix="/api/v1/orgs/<slug>/audit")
+
+
+@bp.get("/verify")
+def verify_chain(slug: str) -> dict[str, Any]:
+    """The same verdict as `flask chain verify SLUG`, for settings:write tokens."""
+    org = authenticate(slug, "settings:write").org
+    return _verdict(slug, org.id, [])
+
+
+@bp.post("/verify")
+def verify_against(slug: str) -> dict[str, Any]:
+    """The verdict of `chain verify SLUG --checkpoint FILE`: the body is the checkpoint file's content."""
+    org = authenticate(slug, "settings:write").org
+    try:
+        docs = checkpoints.parse(request_body().decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ApiError(422, "validation_failed", f"The body is not a checkpoint file: {exc}.") from None
+    return _verdict(slug, org.id, docs)
+
+
+@bp.get("/checkpoint")
+def checkpoint(slug: str) -> dict[str, Any]:
+    """A signed statement of the chain's size and head hash now (the previous one when nothing was added)."""
+    org = authenticate(slug, "findings:read", "settings:write").org
+    key = checkpoints.key_of(current_app)
+    session = db.session()
+    try:
+        with write_transaction(session):
+            return checkpoints.issue(session, key, org.id, slug, utcnow())
+    except checkpoints.Inconsistent as exc:
+        raise ApiError(409, "checkpoint_inconsistent", f"No checkpoint signed: {exc}.") from None
+
+
+def _verdict(slug: str, org_id: int, docs: list[dict[str, Any]]) -> dict[str, Any]:
+    db.session().rollback()  # the verification reads in a snapshot of its own
+    key = checkpoints.key_of(current_app)
+    verdict = checkpoints.verify_with(db.database().engine, org_id, slug, key, docs)
+    return {"org": slug, **verdict.as_dict(), "message": verdict.describe(slug)}

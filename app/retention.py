@@ -1,0 +1,137 @@
+"""Retention: chain entries older than the org's `retention_days` lose their payload; `seq`, the hashes, the ids
+and the time stay, so the chain still verifies. Idempotent, and recorded in the org's audit chain.
+
+Layout: a finding's payload lives in its chain row, and retention sets those columns to NULL in chunks of
+`CHUNK` seqs, each chunk a short write transaction (ingest keeps appending in between). Its cost is the rows
+that age, once: a daily run touches one day of rows. The freed bytes leave the database too: SQLite runs with
+`secure_delete` (freed space is zeroed) and the WAL is truncated afterwards; PostgreSQL is vacuumed, so the
+old row versions are gone.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from app import audit, chain
+from app.db import write_transaction
+from app.models import FINDING_PAYLOAD_COLUMNS, AuditEvent, ChainHead, Finding, Org, OrgSettings, OutboxItem
+
+log = logging.getLogger(__name__)
+CHUNK = 50_000
+DAY = timedelta(days=1)
+ACTOR = "system:retention"
+FINAL_OUTBOX_STATES = ("delivered", "failed", "superseded", "not_delivered")
+_f, _a, _o = Finding.__table__, AuditEvent.__table__, OutboxItem.__table__
+
+REDACT_FINDINGS = (
+    sa.update(_f)
+    .where(
+        _f.c.org_id == sa.bindparam("org"),
+        _f.c.seq > sa.bindparam("lo"),
+        _f.c.seq <= sa.bindparam("hi"),
+        _f.c.created_at < sa.bindparam("cutoff"),
+        _f.c.redacted_at.is_(None),
+    )
+    .values({**{c: sa.null() for c in FINDING_PAYLOAD_COLUMNS}, "redacted_at": sa.bindparam("now")})
+)
+REDACT_AUDIT = (
+    sa.update(_a)
+    .where(_a.c.org_id == sa.bindparam("org"), _a.c.created_at < sa.bindparam("cutoff"), _a.c.redacted_at.is_(None))
+    .values(action=sa.null(), actor=sa.null(), details=sa.null(), redacted_at=sa.bindparam("now"))
+)
+# The outbox holds what was posted to GitHub (a summary naming findings): finished rows age out with the rest.
+PRUNE_OUTBOX = sa.delete(_o).where(
+    _o.c.org_id == sa.bindparam("org"),
+    _o.c.created_at < sa.bindparam("cutoff"),
+    _o.c.state.in_(FINAL_OUTBOX_STATES),
+)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    slug: str
+    cutoff: datetime
+    findings: int
+    audit_events: int
+    outbox: int
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.findings or self.audit_events or self.outbox)
+
+    def describe(self) -> str:
+        when = chain.timestamp(self.cutoff)
+        if not self.changed:
+            return f"{self.slug}: nothing older than {when}"
+        return (
+            f"{self.slug}: removed the payload of {self.findings} finding(s) and {self.audit_events} audit "
+            f"event(s) older than {when}; {self.outbox} finished delivery row(s) deleted"
+        )
+
+
+def run(session: Session, now: datetime) -> list[Outcome]:
+    """Apply every org's retention as of `now` (naive UTC); then make the freed bytes leave the database."""
+    orgs = session.execute(
+        sa.select(Org.id, Org.slug, sa.func.coalesce(OrgSettings.retention_days, 365))
+        .outerjoin(OrgSettings, OrgSettings.org_id == Org.id)
+        .order_by(Org.id)
+    ).all()
+    session.rollback()  # no read snapshot held across the writes below
+    outcomes = [run_org(session, org_id, slug, days, now) for org_id, slug, days in orgs]
+    if any(o.changed for o in outcomes):
+        _reclaim(session)
+    return outcomes
+
+
+def run_org(session: Session, org_id: int, slug: str, retention_days: int, now: datetime) -> Outcome:
+    cutoff = now - timedelta(days=retention_days)
+    head_seq = session.scalar(sa.select(ChainHead.seq).where(ChainHead.org_id == org_id)) or 0
+    session.rollback()
+    params = {"org": org_id, "cutoff": cutoff, "now": now}
+    findings = 0
+    for lo in range(0, head_seq, CHUNK):  # short transactions: appends go on between chunks
+        with write_transaction(session):
+            findings += session.execute(REDACT_FINDINGS, {**params, "lo": lo, "hi": lo + CHUNK}).rowcount
+    with write_transaction(session):
+        audit_events = session.execute(REDACT_AUDIT, params).rowcount
+        outbox = session.execute(PRUNE_OUTBOX, params).rowcount
+        outcome = Outcome(slug, cutoff, findings, audit_events, outbox)
+        if outcome.changed:  # a run that changes nothing leaves nothing, so a second run is a no-op
+            details = {
+                "cutoff": chain.timestamp(cutoff),
+                "retention_days": retention_days,
+                "findings_redacted": findings,
+                "audit_events_redacted": audit_events,
+                "outbox_rows_deleted": outbox,
+            }
+            audit.record(session, org_id, "retention.run", ACTOR, details, at=now)
+    log.info(
+        "retention.org slug=%s cutoff=%s findings=%d audit_events=%d outbox=%d",
+        slug,
+        chain.timestamp(cutoff),
+        findings,
+        audit_events,
+        outbox,
+    )
+    return outcome
+
+
+def _reclaim(session: Session) -> None:
+    """Let the removed payloads leave the files too, not only the rows."""
+    engine = session.get_bind()
+    session.close()
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            for table in (_f.name, _a.name, _o.name):
+                conn.exec_driver_sql(f"VACUUM {table}")
+        else:  # secure_delete zeroed the freed space; the WAL still holds the old pages until truncated
+            raw = conn.connection.driver_connection  # outside any transaction (autocommit), as a checkpoint needs
+            busy, _, _ = raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()  # type: ignore[union-attr]
+            if busy:
+                log.warning("retention.wal_busy: readers kept the WAL; it is truncated at a later checkpoint")

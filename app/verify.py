@@ -1,0 +1,385 @@
+"""Verification of an org's chain: recompute every link from the first entry, check every payload still
+stored against its hash, and name the first bad entry with what is wrong with it.
+
+`walk` is pure: it takes the entries in chain order and the org's head, and asks the callables it is given
+only on the failure path (to tell "entry of another org" from "payload changed"). `verify_org` feeds it
+from the database, inside one snapshot, streaming: memory stays flat however long the chain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+
+from app.chain import DOMAINS
+from app.models import FINDING_PAYLOAD_COLUMNS, GENESIS_HASH, AuditEvent, ChainHead, Finding, Org
+
+# (seq, kind, row id, payload or None when redacted, payload_hash hex, chain_hash hex)
+Entry = tuple[int, str, int, dict[str, Any] | None, str, str]
+
+FAULTS = {
+    "payload_changed": "payload changed: its stored fields no longer hash to its payload_hash",
+    "payload_hash_changed": "payload_hash changed: it no longer links the entry into the chain",
+    "chain_hash_changed": "chain_hash changed: it is not H(previous chain_hash || payload_hash)",
+    "entry_missing": "entry missing",
+    "entry_inserted": "entry inserted",
+    "order_changed": "order changed: entries were swapped or moved",
+    "other_org": "entry of another org",
+    "head_mismatch": "the chain head does not match the last entry",
+    "checkpoint_signature": "checkpoint signature invalid",
+    "checkpoint_truncated": "chain shorter than a signed checkpoint: its tail was cut",
+    "checkpoint_mismatch": "chain differs from a signed checkpoint: it was rebuilt or rewritten",
+}
+_KIND_ORDER = {"audit": 0, "finding": 1}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    intact: bool
+    entries: int  # entries checked, in chain order, before the first fault
+    redacted: int  # of those, how many had their payload removed by retention
+    head_seq: int
+    head_hash: str
+    first_bad_seq: int | None = None
+    fault: str | None = None
+    kind: str | None = None  # finding | audit: the kind of the entry at fault, when there is one
+    entry_id: int | None = None
+    detail: str | None = None
+    checkpoints: int = 0  # signed checkpoints checked
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self, slug: str) -> str:
+        if self.intact:
+            extra = f", {self.checkpoints} checkpoint(s) consistent" if self.checkpoints else ""
+            return (
+                f"chain of {slug} is intact: {self.entries} entries ({self.redacted} redacted by retention), "
+                f"head seq {self.head_seq} {self.head_hash}{extra}"
+            )
+        where = f" ({self.kind} id {self.entry_id})" if self.kind else ""
+        return f"chain of {slug} is BROKEN at seq {self.first_bad_seq}{where}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class Lookups:
+    """What the failure path may ask of the store; each default knows nothing."""
+
+    other_org_ids: Callable[[], list[int]] = list
+    # Which other org holds an entry that links at `seq` after `prev` (an entry moved away)? Its slug or None.
+    holder_of: Callable[[int, bytes], str | None] = lambda seq, prev: None
+
+
+def payload_digest(kind: str, payload: dict[str, Any]) -> bytes:
+    return hashlib.sha256(DOMAINS[kind] + orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).digest()
+
+
+def walk(entries: Iterable[Entry], head: tuple[int, str], lookups: Lookups = Lookups()) -> Verdict:
+    """The verdict on a chain given its entries sorted by (seq, kind, id) and its head (seq, head_hash)."""
+    head_seq, head_hash = head
+    sha256, dumps, opt = hashlib.sha256, orjson.dumps, orjson.OPT_SORT_KEYS
+    stream = _Peekable(iter(entries))
+    prev, prevprev = bytes(32), None
+    expected, redacted = 1, 0
+
+    def bad(seq: int, fault: str, detail: str, entry: Entry | None = None) -> Verdict:
+        return Verdict(
+            False,
+            expected - 1,
+            redacted,
+            head_seq,
+            head_hash,
+            seq,
+            fault,
+            entry[1] if entry else None,
+            entry[2] if entry else None,
+            f"{FAULTS[fault].split(':')[0]}: {detail}" if detail else FAULTS[fault],
+        )
+
+    for entry in stream:
+        seq, kind, _id, payload, ph_hex, ch_hex = entry
+        if seq != expected or seq > head_seq:
+            return _out_of_place(entry, expected, prev, head_seq, lookups, bad)
+        try:
+            ph = bytes.fromhex(ph_hex)
+            link = sha256(prev + ph).digest()
+            p = None if payload is None else sha256(DOMAINS[kind] + dumps(payload, option=opt)).digest()
+        except ValueError:  # a stored hash that is not hex at all
+            return bad(seq, "payload_hash_changed", f"{ph_hex!r} is not a SHA-256", entry)
+        if link.hex() == ch_hex:
+            if p is not None and p != ph:
+                return _payload_fault(entry, p, stream, lookups, bad)
+            prevprev, prev = prev, link
+            expected += 1
+            redacted += payload is None
+            continue
+        return _link_fault(entry, p, ph, link, prev, prevprev, stream, head, lookups, bad)
+
+    last = expected - 1
+    if last < head_seq:
+        return bad(expected, "entry_missing", f"the chain ends at seq {last} but its head is at seq {head_seq}")
+    if prev.hex() != head_hash:
+        return bad(head_seq, "head_mismatch", f"the last chain_hash is {prev.hex()}, the head says {head_hash}")
+    return Verdict(True, last, redacted, head_seq, head_hash)
+
+
+def _out_of_place(entry: Entry, expected: int, prev: bytes, head_seq: int, lookups: Lookups, bad: Any) -> Verdict:
+    """An entry whose seq is not the next one: a gap, a second entry with a seq, or one past the head."""
+    seq, kind, _id, payload, ph_hex, _ch = entry
+    if expected <= seq <= head_seq:  # seq > expected: the entries from `expected` are gone
+        holder = lookups.holder_of(expected, prev)
+        where = f"; it is stored under org {holder!r}" if holder else ""
+        return bad(expected, "entry_missing", f"no entry has seq {expected} (the next one is {seq}){where}")
+    why = f"a second entry with seq {seq}" if seq < expected else f"seq {seq} is past the chain head ({head_seq})"
+    if payload is not None:
+        owner = _other_owner(kind, payload, ph_hex, lookups)
+        if owner is not None:
+            return bad(seq, "other_org", f"{why}, whose payload belongs to org id {owner}", entry)
+    if expected <= head_seq and seq > head_seq:  # past the head while entries are still due: they are missing
+        return bad(expected, "entry_missing", f"no entry has seq {expected} (the next one is {seq})")
+    return bad(seq, "entry_inserted", why, entry)
+
+
+def _payload_fault(entry: Entry, p: bytes, stream: _Peekable, lookups: Lookups, bad: Any) -> Verdict:
+    """The entry links into the chain, but its stored fields no longer hash to its payload_hash."""
+    seq, kind, _id, payload, _ph, _ch = entry
+    assert payload is not None
+    owner = _other_owner(kind, payload, entry[4], lookups)
+    if owner is not None:
+        return bad(seq, "other_org", f"its payload names org id {owner}", entry)
+    wanted = p.hex()
+    for later in stream:  # the failure path: one pass over the rest of the chain
+        if later[4] == wanted:
+            return bad(seq, "order_changed", f"it holds the payload of the entry with seq {later[0]}", entry)
+    return bad(seq, "payload_changed", "", entry)
+
+
+def _link_fault(
+    entry: Entry,
+    p: bytes | None,
+    ph: bytes,
+    link: bytes,
+    prev: bytes,
+    prevprev: bytes | None,
+    stream: _Peekable,
+    head: tuple[int, str],
+    lookups: Lookups,
+    bad: Any,
+) -> Verdict:
+    """The entry does not link to the one before it: say why, looking as far ahead as that needs."""
+    seq, kind, _id, payload, _ph, ch_hex = entry
+    sha = hashlib.sha256
+    if p is not None and p != ph:
+        owner = _other_owner(kind, payload or {}, entry[4], lookups)
+        if owner is not None:
+            return bad(seq, "other_org", f"its payload names org id {owner}", entry)
+        if sha(prev + p).hexdigest() == ch_hex:
+            return bad(seq, "payload_hash_changed", "", entry)
+    nxt = stream.peek()
+    if nxt is None:
+        if link.hex() == head[1] and seq == head[0]:
+            return bad(seq, "chain_hash_changed", "", entry)
+    elif _links(link, nxt):
+        return bad(seq, "chain_hash_changed", "the next entry links to the recomputed value", entry)
+    if prevprev is not None and sha(prevprev + ph).hexdigest() == ch_hex:
+        return bad(seq - 1, "entry_inserted", f"the entry with seq {seq} links to the one before seq {seq - 1}")
+    next_links_to_stored = nxt is not None and _links(_unhex(ch_hex), nxt)
+    prior = entry  # the entry just before `later` in the stream
+    for later in stream:  # where is the entry that belongs at this seq?
+        if _links(prev, later):
+            # Swapped: this entry belongs after the one before `later` (after `later` itself, when adjacent).
+            if _links(_unhex((later if prior is entry else prior)[5]), entry):
+                return bad(seq, "order_changed", f"it and the entry with seq {later[0]} were swapped", entry)
+            return bad(seq, "entry_inserted", f"the entry with seq {later[0]} links to the one before this", entry)
+        prior = later
+    if payload is None and (next_links_to_stored or nxt is None):
+        return bad(seq, "payload_hash_changed", "a redacted entry whose payload_hash was altered", entry)
+    if next_links_to_stored and p == ph:
+        return bad(seq, "entry_missing", f"an entry before seq {seq} was removed and the rest renumbered", entry)
+    return bad(seq, "chain_hash_changed", "it does not link to the entry before it", entry)
+
+
+def _unhex(value: str) -> bytes:
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        return b""
+
+
+def _links(prev: bytes, entry: Entry) -> bool:
+    try:
+        return hashlib.sha256(prev + bytes.fromhex(entry[4])).hexdigest() == entry[5]
+    except ValueError:
+        return False
+
+
+def _other_owner(kind: str, payload: dict[str, Any], ph_hex: str, lookups: Lookups) -> int | None:
+    """The id of another org whose id, put in this payload, makes it hash to the stored payload_hash."""
+    for org_id in lookups.other_org_ids():
+        if org_id != payload.get("org_id") and payload_digest(kind, {**payload, "org_id": org_id}).hex() == ph_hex:
+            return org_id
+    return None
+
+
+class _Peekable:
+    def __init__(self, it: Iterator[Entry]) -> None:
+        self._it, self._next = it, None
+
+    def __iter__(self) -> _Peekable:
+        return self
+
+    def __next__(self) -> Entry:
+        if self._next is not None:
+            out, self._next = self._next, None
+            return out
+        return next(self._it)
+
+    def peek(self) -> Entry | None:
+        if self._next is None:
+            self._next = next(self._it, None)
+        return self._next
+
+
+# ---------------------------------------------------------------- reading the chain from the database
+
+_f, _a, _h = Finding.__table__, AuditEvent.__table__, ChainHead.__table__
+_TEXT_JSON = {"references", "vendor_ids", "details"}  # read as JSON text, parsed with orjson (faster)
+_FINDING_COLUMNS = ("scan_run_id", *FINDING_PAYLOAD_COLUMNS)
+
+
+def _col(table: sa.Table, name: str) -> Any:
+    column = table.c[name]
+    return sa.type_coerce(column, sa.Text).label(name) if name in _TEXT_JSON else column
+
+
+FINDINGS = (
+    sa.select(
+        _f.c.seq, _f.c.id, _f.c.org_id, _f.c.created_at, _f.c.redacted_at, _f.c.payload_hash, _f.c.chain_hash,
+        *(_col(_f, c) for c in _FINDING_COLUMNS),
+    )
+    .where(_f.c.org_id == sa.bindparam("org"))
+    .order_by(_f.c.seq, _f.c.id)
+)  # fmt: skip
+AUDIT = (
+    sa.select(
+        _a.c.seq, _a.c.id, _a.c.org_id, _a.c.created_at, _a.c.redacted_at, _a.c.payload_hash, _a.c.chain_hash,
+        _a.c.action, _a.c.actor, _col(_a, "details"),
+    )
+    .where(_a.c.org_id == sa.bindparam("org"))
+    .order_by(_a.c.seq, _a.c.id)
+)  # fmt: skip
+HEAD = sa.select(_h.c.seq, _h.c.head_hash).where(_h.c.org_id == sa.bindparam("org"))
+
+
+def _stamp(value: Any) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _json(text: Any) -> Any:
+    return None if text is None else orjson.loads(text)
+
+
+def finding_entries(conn: sa.Connection, org_id: int) -> Iterator[Entry]:
+    loads = orjson.loads
+    for r in conn.execution_options(yield_per=5000).execute(FINDINGS, {"org": org_id}):
+        fields = {
+            "cve_id": r.cve_id,
+            "severity": r.severity,
+            "package": r.package,
+            "installed_version": r.installed_version,
+            "fixed_version": r.fixed_version,
+            "target": r.target,
+            "title": r.title,
+            "primary_url": r.primary_url,
+            "references": None if r.references is None else loads(r.references),
+            "vendor_ids": None if r.vendor_ids is None else loads(r.vendor_ids),
+            "synthetic": None if r.synthetic is None else bool(r.synthetic),
+        }
+        if r.redacted_at is not None and not any(v is not None for v in fields.values()):
+            yield (r.seq, "finding", r.id, None, r.payload_hash, r.chain_hash)
+            continue
+        payload = {"org_id": r.org_id, "scan_run_id": r.scan_run_id, "created_at": _stamp(r.created_at), **fields}
+        yield (r.seq, "finding", r.id, payload, r.payload_hash, r.chain_hash)
+
+
+def audit_entries(conn: sa.Connection, org_id: int) -> Iterator[Entry]:
+    for r in conn.execution_options(yield_per=5000).execute(AUDIT, {"org": org_id}):
+        details = _json(r.details)
+        if r.redacted_at is not None and r.action is None and r.actor is None and details is None:
+            yield (r.seq, "audit", r.id, None, r.payload_hash, r.chain_hash)
+            continue
+        payload = {
+            "org_id": r.org_id,
+            "created_at": _stamp(r.created_at),
+            "action": r.action,
+            "actor": r.actor,
+            "details": details,
+        }
+        yield (r.seq, "audit", r.id, payload, r.payload_hash, r.chain_hash)
+
+
+def entries(conn: sa.Connection, org_id: int) -> Iterator[Entry]:
+    """Every entry of the org's chain, by (seq, kind, id): findings and audit events merged."""
+    return heapq.merge(
+        finding_entries(conn, org_id), audit_entries(conn, org_id), key=lambda e: (e[0], _KIND_ORDER[e[1]], e[2])
+    )
+
+
+def head_of(conn: sa.Connection, org_id: int) -> tuple[int, str]:
+    row = conn.execute(HEAD, {"org": org_id}).one_or_none()
+    return (row.seq, row.head_hash) if row else (0, GENESIS_HASH)
+
+
+def chain_hash_at(conn: sa.Connection, org_id: int, seq: int) -> str | None:
+    """The stored chain_hash of the org's entry at `seq` (None when there is none, or more than one)."""
+    hashes = [
+        *conn.execute(sa.select(_f.c.chain_hash).where(_f.c.org_id == org_id, _f.c.seq == seq)).scalars(),
+        *conn.execute(sa.select(_a.c.chain_hash).where(_a.c.org_id == org_id, _a.c.seq == seq)).scalars(),
+    ]
+    return hashes[0] if len(hashes) == 1 else None
+
+
+def store_lookups(conn: sa.Connection, org_id: int) -> Lookups:
+    def other_org_ids() -> list[int]:
+        return list(conn.execute(sa.select(Org.id).where(Org.id != org_id).order_by(Org.id)).scalars())
+
+    def holder_of(seq: int, prev: bytes) -> str | None:
+        for table in (_f, _a):
+            rows = conn.execute(
+                sa.select(table.c.payload_hash, table.c.chain_hash, Org.slug)
+                .join(Org, Org.id == table.c.org_id)
+                .where(table.c.seq == seq, table.c.org_id != org_id)
+            )
+            for ph, ch, slug in rows:
+                if _links(prev, (seq, "", 0, None, ph, ch)):
+                    return slug
+        return None
+
+    return Lookups(other_org_ids, holder_of)
+
+
+def verify_org(engine: sa.Engine, org_id: int) -> Verdict:
+    """Verify the org's chain inside one snapshot of the database (concurrent appends are not seen half-way)."""
+    with snapshot(engine) as conn:
+        return walk(entries(conn, org_id), head_of(conn, org_id), store_lookups(conn, org_id))
+
+
+@contextmanager
+def snapshot(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """A read-only connection whose statements all see one snapshot (REPEATABLE READ on PostgreSQL; on SQLite
+    a read transaction keeps its WAL snapshot)."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin() as tx:
+            try:
+                yield conn
+            finally:
+                tx.rollback()
