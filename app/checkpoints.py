@@ -191,7 +191,8 @@ def verify_with(engine: sa.Engine, org_id: int, slug: str, key: Key, docs: list[
     """The chain's own verdict and then, if it is intact, the checkpoints' verdict, from one snapshot."""
     with verify.snapshot(engine) as conn:
         head = verify.head_of(conn, org_id)
-        verdict = verify.walk(verify.entries(conn, org_id), head, verify.store_lookups(conn, org_id))
+        with verify.entries(conn, org_id) as chain:
+            verdict = verify.walk(chain, head, verify.store_lookups(conn, org_id))
         if not verdict.intact or not docs:
             return verdict
         return check(conn, org_id, slug, head, key, docs) or dataclasses.replace(verdict, checkpoints=len(docs))

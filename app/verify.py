@@ -256,13 +256,19 @@ _FINDING_COLUMNS = ("scan_run_id", *FINDING_PAYLOAD_COLUMNS)
 
 def _col(table: sa.Table, name: str) -> Any:
     column = table.c[name]
-    return sa.type_coerce(column, sa.Text).label(name) if name in _TEXT_JSON else column
+    return sa.cast(column, sa.Text).label(name) if name in _TEXT_JSON else column
 
 
+def _raw(table: sa.Table, name: str) -> Any:
+    return sa.type_coerce(table.c[name], sa.String).label(name)
+
+
+# created_at and redacted_at as the driver gives them (SQLite: text; PostgreSQL: datetime): SQLAlchemy's
+# per-row parsing of SQLite's text is left to _findings, once per distinct value (a scan's findings share one).
 FINDINGS = (
     sa.select(
-        _f.c.seq, _f.c.id, _f.c.org_id, _f.c.created_at, _f.c.redacted_at, _f.c.payload_hash, _f.c.chain_hash,
-        *(_col(_f, c) for c in _FINDING_COLUMNS),
+        _f.c.seq, _f.c.id, _f.c.org_id, _raw(_f, "created_at"), _raw(_f, "redacted_at"), _f.c.payload_hash,
+        _f.c.chain_hash, *(_col(_f, c) for c in _FINDING_COLUMNS),
     )
     .where(_f.c.org_id == sa.bindparam("org"))
     .order_by(_f.c.seq, _f.c.id)
@@ -275,6 +281,7 @@ AUDIT = (
     .where(_a.c.org_id == sa.bindparam("org"))
     .order_by(_a.c.seq, _a.c.id)
 )  # fmt: skip
+STREAM = {"yield_per": 5000}  # a server-side cursor on PostgreSQL: memory stays flat
 HEAD = sa.select(_h.c.seq, _h.c.head_hash).where(_h.c.org_id == sa.bindparam("org"))
 
 
@@ -287,30 +294,56 @@ def _json(text: Any) -> Any:
 
 
 def finding_entries(conn: sa.Connection, org_id: int) -> Iterator[Entry]:
+    parse = sa.DateTime().dialect_impl(conn.dialect).result_processor(conn.dialect, None)
+    with conn.execute(FINDINGS, {"org": org_id}, execution_options=STREAM) as rows:
+        yield from _findings(rows, parse)
+
+
+def _findings(rows: Iterable[Any], parse: Callable[[Any], Any] | None = None) -> Iterator[Entry]:
+    """Entries from FINDINGS rows; `parse` turns a raw created_at into a datetime (None: it is one already)."""
     loads = orjson.loads
-    for r in conn.execution_options(yield_per=5000).execute(FINDINGS, {"org": org_id}):
-        fields = {
-            "cve_id": r.cve_id,
-            "severity": r.severity,
-            "package": r.package,
-            "installed_version": r.installed_version,
-            "fixed_version": r.fixed_version,
-            "target": r.target,
-            "title": r.title,
-            "primary_url": r.primary_url,
-            "references": None if r.references is None else loads(r.references),
-            "vendor_ids": None if r.vendor_ids is None else loads(r.vendor_ids),
-            "synthetic": None if r.synthetic is None else bool(r.synthetic),
-        }
-        if r.redacted_at is not None and not any(v is not None for v in fields.values()):
-            yield (r.seq, "finding", r.id, None, r.payload_hash, r.chain_hash)
+    last_created: Any = object()  # the previous row's raw created_at, and its stamp
+    stamp = ""
+    for row in rows:
+        (seq, id_, org, created, redacted, ph, ch, scan, cve, sev, pkg, inst, fixed, target, title, url, refs, vids,
+         syn) = row  # fmt: skip
+        refs = None if refs is None else loads(refs)
+        vids = None if vids is None else loads(vids)
+        syn = None if syn is None else bool(syn)
+        if redacted is not None and (
+            cve is None and sev is None and pkg is None and inst is None and fixed is None and target is None
+            and title is None and url is None and refs is None and vids is None and syn is None
+        ):  # fmt: skip
+            yield (seq, "finding", id_, None, ph, ch)
             continue
-        payload = {"org_id": r.org_id, "scan_run_id": r.scan_run_id, "created_at": _stamp(r.created_at), **fields}
-        yield (r.seq, "finding", r.id, payload, r.payload_hash, r.chain_hash)
+        if created != last_created:
+            stamp, last_created = _stamp(parse(created) if parse else created), created
+        payload = {
+            "org_id": org,
+            "scan_run_id": scan,
+            "created_at": stamp,
+            "cve_id": cve,
+            "severity": sev,
+            "package": pkg,
+            "installed_version": inst,
+            "fixed_version": fixed,
+            "target": target,
+            "title": title,
+            "primary_url": url,
+            "references": refs,
+            "vendor_ids": vids,
+            "synthetic": syn,
+        }
+        yield (seq, "finding", id_, payload, ph, ch)
 
 
 def audit_entries(conn: sa.Connection, org_id: int) -> Iterator[Entry]:
-    for r in conn.execution_options(yield_per=5000).execute(AUDIT, {"org": org_id}):
+    with conn.execute(AUDIT, {"org": org_id}, execution_options=STREAM) as rows:
+        yield from _audit_events(rows)
+
+
+def _audit_events(rows: Iterable[Any]) -> Iterator[Entry]:
+    for r in rows:
         details = _json(r.details)
         if r.redacted_at is not None and r.action is None and r.actor is None and details is None:
             yield (r.seq, "audit", r.id, None, r.payload_hash, r.chain_hash)
@@ -325,11 +358,16 @@ def audit_entries(conn: sa.Connection, org_id: int) -> Iterator[Entry]:
         yield (r.seq, "audit", r.id, payload, r.payload_hash, r.chain_hash)
 
 
-def entries(conn: sa.Connection, org_id: int) -> Iterator[Entry]:
-    """Every entry of the org's chain, by (seq, kind, id): findings and audit events merged."""
-    return heapq.merge(
-        finding_entries(conn, org_id), audit_entries(conn, org_id), key=lambda e: (e[0], _KIND_ORDER[e[1]], e[2])
-    )
+@contextmanager
+def entries(conn: sa.Connection, org_id: int) -> Iterator[Iterator[Entry]]:
+    """Every entry of the org's chain, by (seq, kind, id): findings and audit events merged; the cursors are
+    closed on leaving, however far the caller read."""
+    findings, events = finding_entries(conn, org_id), audit_entries(conn, org_id)
+    try:
+        yield heapq.merge(findings, events, key=lambda e: (e[0], _KIND_ORDER[e[1]], e[2]))
+    finally:
+        findings.close()
+        events.close()
 
 
 def head_of(conn: sa.Connection, org_id: int) -> tuple[int, str]:
@@ -367,8 +405,8 @@ def store_lookups(conn: sa.Connection, org_id: int) -> Lookups:
 
 def verify_org(engine: sa.Engine, org_id: int) -> Verdict:
     """Verify the org's chain inside one snapshot of the database (concurrent appends are not seen half-way)."""
-    with snapshot(engine) as conn:
-        return walk(entries(conn, org_id), head_of(conn, org_id), store_lookups(conn, org_id))
+    with snapshot(engine) as conn, entries(conn, org_id) as chain:
+        return walk(chain, head_of(conn, org_id), store_lookups(conn, org_id))
 
 
 @contextmanager
