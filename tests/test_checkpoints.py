@@ -1,0 +1,168 @@
+"""Signed checkpoints: what they hold and how they are signed, refusing to sign a chain that does not extend the
+last one, and `chain verify --checkpoint` finding a cut tail, a rebuilt chain and a foreign signature."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import stat
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from app import checkpoints, create_app, verify
+from tests.chainkit import build_chain, org_id, scalar, sql, verdict
+from tests.factories import finding, make_token, post, seed
+
+SIZE = 200
+DOMAIN = {"finding": b"fremforge/finding/v1\n", "audit": b"fremforge/audit/v1\n"}
+
+
+def signed_message(doc: dict) -> bytes:
+    """As the README documents it, written out independently of app.checkpoints."""
+    statement = {k: doc[k] for k in ("org", "size", "head_hash", "time")}
+    return b"fremforge/checkpoint/v1\n" + json.dumps(statement, sort_keys=True, separators=(",", ":")).encode()
+
+
+def get_checkpoint(client, token: str, slug: str = "acme"):
+    return client.get(f"/api/v1/orgs/{slug}/audit/checkpoint", headers={"Authorization": f"Bearer {token}"})
+
+
+@pytest.fixture
+def signed(app, client, tmp_path):
+    """acme's 200-entry chain, a checkpoint of it saved to a file, and acme's token."""
+    token = build_chain(app, client, size=SIZE, per_upload=50)
+    answer = get_checkpoint(client, token)
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    path = tmp_path / "checkpoints.jsonl"
+    path.write_text(json.dumps(answer.json) + "\n")
+    return token, answer.json, path
+
+
+def test_a_checkpoint_states_the_chain_and_verifies_with_its_public_key(app, signed):
+    _, doc, _ = signed
+    assert doc["org"] == "acme" and doc["size"] == SIZE
+    assert doc["head_hash"] == scalar(app, "SELECT head_hash FROM chain_heads")
+    public = base64.b64decode(doc["public_key"])
+    assert doc["key_id"] == "ed25519:" + hashlib.sha256(public).hexdigest()[:16]
+    Ed25519PublicKey.from_public_bytes(public).verify(base64.b64decode(doc["signature"]), signed_message(doc))
+
+
+def test_the_same_state_gives_the_same_checkpoint_and_growth_a_new_one(app, client, signed):
+    token, doc, _ = signed
+    assert get_checkpoint(client, token).json == doc
+    assert post(client, token, seed([finding("CVE-2030-0001")], image_ref="ghcr.io/acme/more:1")).status_code == 202
+    later = get_checkpoint(client, token).json
+    assert later["size"] == SIZE + 1 and later["head_hash"] != doc["head_hash"]
+    assert scalar(app, "SELECT count(*) FROM chain_checkpoints") == 2
+
+
+def test_the_chain_verifies_against_its_checkpoints(app, client, signed):
+    token, _, path = signed
+    assert post(client, token, seed([finding("CVE-2030-0001")], image_ref="ghcr.io/acme/more:1")).status_code == 202
+    with path.open("a") as fh:  # a file of several checkpoints (JSON lines), as a cron job would keep
+        fh.write(json.dumps(get_checkpoint(client, token).json) + "\n")
+    code, v = verdict(app, "acme", "--checkpoint", str(path))
+    assert (code, v["intact"], v["checkpoints"]) == (0, True, 2)
+
+
+def test_a_tail_cut_by_ten_fails_against_the_last_checkpoint(app, client, signed):
+    token, _, path = signed
+    acme = org_id(app, "acme")
+    # Cut the last 10 entries and move the head back, so the chain is consistent in itself.
+    sql(
+        app,
+        f"DELETE FROM findings WHERE org_id = :org AND seq > {SIZE - 10}",
+        "UPDATE chain_heads SET seq = :n,"
+        " head_hash = (SELECT chain_hash FROM findings WHERE org_id = :org AND seq = :n) WHERE org_id = :org",
+        org=acme,
+        n=SIZE - 10,
+    )
+    assert verdict(app)[0] == 0  # the chain alone cannot tell
+    code, v = verdict(app, "acme", "--checkpoint", str(path))
+    assert (code, v["fault"], v["first_bad_seq"]) == (1, "checkpoint_truncated", SIZE - 9), v["message"]
+    refused = get_checkpoint(client, token)
+    assert refused.status_code == 409 and refused.json["error"] == "checkpoint_inconsistent"
+
+
+def test_a_rebuilt_chain_fails_against_the_last_checkpoint(app, client, signed):
+    token, _, path = signed
+    acme = org_id(app, "acme")
+    sql(app, "UPDATE findings SET severity = 'low' WHERE org_id = :org AND seq = 100", org=acme)
+    rebuild(app, acme)
+    assert verdict(app)[0] == 0  # every hash recomputed: the chain alone cannot tell
+    code, v = verdict(app, "acme", "--checkpoint", str(path))
+    assert (code, v["fault"], v["first_bad_seq"]) == (1, "checkpoint_mismatch", SIZE), v["message"]
+    assert get_checkpoint(client, token).status_code == 409
+
+
+def test_a_checkpoint_signed_with_another_key_fails(app, signed, tmp_path):
+    _, doc, _ = signed
+    other = Ed25519PrivateKey.generate()
+    forged = {**doc, "signature": base64.b64encode(other.sign(signed_message(doc))).decode()}
+    raw = other.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    forged["public_key"] = base64.b64encode(raw).decode()
+    path = tmp_path / "forged.json"
+    path.write_text(json.dumps(forged))
+    code, v = verdict(app, "acme", "--checkpoint", str(path))
+    assert (code, v["fault"]) == (1, "checkpoint_signature"), v["message"]
+
+    changed = {**doc, "size": SIZE - 1}  # an edited checkpoint: the signature no longer covers it
+    path.write_text(json.dumps(changed))
+    assert verdict(app, "acme", "--checkpoint", str(path))[1]["fault"] == "checkpoint_signature"
+
+
+def test_the_api_verifies_against_posted_checkpoints(app, client, signed):
+    _, doc, path = signed
+    admin = make_token(app, scopes=["settings:write"])
+    auth = {"Authorization": f"Bearer {admin}", "Content-Type": "application/json"}
+    ok = client.post("/api/v1/orgs/acme/audit/verify", data=path.read_bytes(), headers=auth)
+    assert ok.status_code == 200 and ok.json["intact"] and ok.json["checkpoints"] == 1
+    bad = client.post("/api/v1/orgs/acme/audit/verify", data=b"{not json", headers=auth)
+    assert bad.status_code == 422 and bad.json["error"] == "validation_failed"
+    wrong = client.post("/api/v1/orgs/acme/audit/verify", data=json.dumps({**doc, "size": 5}), headers=auth)
+    assert wrong.status_code == 200 and wrong.json["fault"] == "checkpoint_signature"
+
+
+def test_a_bad_checkpoint_file_is_a_usage_error(app, signed, tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('{"org": "acme"}')
+    result = app.test_cli_runner().invoke(args=["chain", "verify", "acme", "--checkpoint", str(path)])
+    assert result.exit_code == 2 and "--checkpoint" in result.output
+
+
+def test_the_key_is_made_once_in_the_instance_folder(app, signed):
+    key = Path(app.instance_path) / "checkpoint_ed25519.pem"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert b"PRIVATE KEY" in key.read_bytes()
+
+
+def test_the_key_file_setting_is_honoured(database_url, tmp_path):
+    path = tmp_path / "keys" / "fremforge-checkpoint.pem"
+    app = create_app({"TESTING": True, "SECRET_KEY": "x", "DATABASE_URL": database_url, "CHECKPOINT_KEY_FILE": path})
+    with app.app_context():
+        made = checkpoints.key_of(app)
+    assert path.exists() and checkpoints.load_or_create(path).public_raw == made.public_raw
+    app.extensions["fremforge.db"].engine.dispose()
+
+
+def rebuild(app, org: int) -> None:
+    """Recompute every hash of the org's chain from its (altered) payloads, as a forger with the database would."""
+    engine = app.extensions["fremforge.db"].engine
+    with app.app_context(), verify.snapshot(engine) as conn, verify.entries(conn, org) as chain:
+        rows = list(chain)
+    prev, updates = bytes(32), []
+    for _seq, kind, row_id, payload, _, _ in rows:
+        canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        ph = hashlib.sha256(DOMAIN[kind] + canonical).digest()
+        prev = hashlib.sha256(prev + ph).digest()
+        updates.append((kind, row_id, ph.hex(), prev.hex()))
+    statements = []
+    for kind, row_id, ph, ch in updates:
+        table = "findings" if kind == "finding" else "audit_events"
+        statements.append(f"UPDATE {table} SET payload_hash = '{ph}', chain_hash = '{ch}' WHERE id = {row_id}")
+    statements.append(f"UPDATE chain_heads SET head_hash = '{prev.hex()}' WHERE org_id = {org}")
+    sql(app, *statements)
