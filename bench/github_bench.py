@@ -396,6 +396,65 @@ def upload_over_http(port: int, token: str, labels: list[str]) -> None:
             raise RuntimeError(f"seed upload {label} answered {resp.status}: {payload[:300]!r}")
 
 
+# ---------------------------------------------------------------- CPU accounting (Linux /proc; empty elsewhere)
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (gunicorn's master and workers)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                todo += [int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def cpu_ticks(pids: list[int]) -> int:
+    """User+system clock ticks used so far by `pids` (processes that are gone count 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of all CPUs since boot, from /proc/stat; (0, 0) where there is none."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except OSError:
+        return 0, 0
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+class CpuMeter:
+    """CPU seconds each group of processes used between start() and stop(): where the burst's CPU went."""
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        self.groups = groups
+
+    def start(self) -> None:
+        self.before = {name: cpu_ticks(pids) for name, pids in self.groups.items()}
+        self.machine_before = machine_ticks()
+
+    def stop(self) -> dict[str, float]:
+        used = {name: (cpu_ticks(pids) - self.before[name]) / CLOCK_TICKS for name, pids in self.groups.items()}
+        (busy0, total0), (busy1, total1) = self.machine_before, machine_ticks()
+        used["whole machine (all CPUs)"] = (busy1 - busy0) / CLOCK_TICKS
+        used["machine busy share"] = (busy1 - busy0) / (total1 - total0) if total1 > total0 else float("nan")
+        return used
+
+
 def server_times(access_log: Path, offset: int) -> dict[str, list[float]]:
     """The webhook request times (seconds) per event that gunicorn logged after byte `offset` of its access log."""
     times: dict[str, list[float]] = {}
@@ -434,10 +493,19 @@ def measure_webhooks(url: str, tmp: Path, args: argparse.Namespace) -> dict[str,
         time.sleep(LOG_SETTLE)
         offset = access.stat().st_size
         print(f"  {len(deliveries)} deliveries over {args.concurrency} threads, GitHub at closed port {closed}")
+        meter = CpuMeter(
+            {
+                "client (this process)": [os.getpid()],
+                "app (gunicorn master and workers)": process_tree(app_proc.pid),
+                "delivery worker": [worker_proc.pid],
+            }
+        )
         with ThreadPoolExecutor(args.concurrency, thread_name_prefix="hook") as pool:
+            meter.start()
             start = time.perf_counter()
             latencies = list(pool.map(lambda d: send(port, d, problems), deliveries))
             wall = time.perf_counter() - start
+            cpu = meter.stop()
         time.sleep(LOG_SETTLE)
         server = server_times(access, offset)
         worker_alive = worker_proc.poll() is None
@@ -451,6 +519,7 @@ def measure_webhooks(url: str, tmp: Path, args: argparse.Namespace) -> dict[str,
         "concurrency": args.concurrency,
         "mix": Counter(d.event for d in deliveries),
         "wall_seconds": wall,
+        "cpu_seconds_during_burst": cpu,
         "per_second": len(deliveries) / wall,
         "client_ms": summary_ms(latencies),
         "server_ms": summary_ms([t for ts in server.values() for t in ts]) if server else None,
@@ -566,6 +635,7 @@ def build_rows(hooks: dict[str, Any] | None, work: dict[str, Any] | None) -> lis
             Row(f"{n}: p95", "ms", c["p95"], None),
             Row(f"{n}: p99", "ms", c["p99"], "<", WEBHOOK_P99_MS),
             Row("webhooks: non-2xx, failed, or not the handler's outcome", "count", hooks["errors"], "==", 0),
+            Row("webhooks: server-side time p50 (gunicorn access log)", "ms", s.get("p50", float("nan")), None),
             Row("webhooks: server-side time p99 (gunicorn access log)", "ms", s.get("p99", float("nan")), None),
             Row("webhooks: throughput during the burst", "req/s", hooks["per_second"], None),
             Row("webhooks: connections / throughput (Little's law wait)", "ms", little, None),
@@ -681,6 +751,11 @@ def main(argv: list[str] | None = None) -> int:
             work = measure_worker(urls["worker"], tmp, args)
         rows = build_rows(hooks, work)
         print_table(backend, rows)
+        if hooks is not None:
+            cpu = hooks["cpu_seconds_during_burst"]
+            print(f"\nCPU during the burst ({hooks['wall_seconds']:.2f} s wall on {os.cpu_count()} CPUs):")
+            for name, value in cpu.items():
+                print(f"  {name:<36}{value:>8.2f}" + (" s" if name != "machine busy share" else ""))
         for sample in (hooks or {}).get("error_samples", []) + (work or {}).get("invalid_requests", []):
             print(f"  sample: {sample}")
         print(f"\nwritten: {write_json(backend, rows, hooks, work, args)}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import sqlalchemy as sa
@@ -13,9 +13,19 @@ import sqlalchemy as sa
 from app import policy
 from app.findings import queries
 from app.github import checks
-from app.models import SEVERITIES, ChainHead, Org, OrgSettings, OutboxItem, utcnow
+from app.models import SEVERITIES, ChainHead, OrgSettings, OutboxItem, utcnow
 
 NO_APP = "no GitHub App configured"
+
+
+class OrgLike(Protocol):
+    """What the outbox needs of an org: an ORM Org, or a handler's Core row (handlers.common.OrgRef)."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def slug(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -36,7 +46,7 @@ class Links:
 
 def enqueue(
     conn: sa.Connection,
-    org: Org,
+    org: OrgLike,
     repo: str,
     sha: str,
     this: policy.ImageResult,
@@ -84,7 +94,9 @@ def enqueue(
     return {"context": status_body["context"], "state": status_body["state"], "description": status_body["description"]}
 
 
-def repost(conn: sa.Connection, org: Org, repo: str, sha: str, links: Links, deliver: bool) -> dict[str, Any] | None:
+def repost(
+    conn: sa.Connection, org: OrgLike, repo: str, sha: str, links: Links, deliver: bool
+) -> dict[str, Any] | None:
     """Store the wish to post a commit's current aggregate again (check run re-requested); return the status asked.
 
     Rebuilt from the latest judged scan of each image, each with its stored verdict, under the org's current

@@ -22,7 +22,7 @@ from app.api_common import request_body
 from app.db import write_transaction
 from app.errors import ApiError
 from app.github.handlers import router
-from app.github.handlers.common import upsert
+from app.github.handlers.common import upsert_for
 from app.github.router import BadPayload
 from app.models import WebhookDelivery
 
@@ -33,6 +33,13 @@ SIGNATURE = re.compile(r"sha256=[0-9a-f]{64}")  # SHA-256 only: githubkit's veri
 DELIVERY_ID = re.compile(r"[0-9A-Za-z._:-]{1,100}")  # GitHub sends a UUID
 EVENT = re.compile(r"[a-z_]{1,50}")
 _deliveries = WebhookDelivery.__table__
+# INSERT ... ON CONFLICT DO NOTHING RETURNING, built once per dialect (the values come with each execution).
+_CLAIM = {
+    dialect: upsert_for(dialect, _deliveries)
+    .on_conflict_do_nothing(index_elements=["delivery_id"])
+    .returning(_deliveries.c.delivery_id)
+    for dialect in ("postgresql", "sqlite")
+}
 
 
 @bp.post("/github")
@@ -87,10 +94,8 @@ def receive() -> tuple[dict[str, Any], int]:
 
 def _claim(session: Session, delivery: str, event: str, action: str | None) -> bool:
     """Record the delivery; False when it was recorded before (on PostgreSQL a concurrent twin waits for ours)."""
-    result = session.execute(
-        upsert(session, _deliveries)
-        .values(delivery_id=delivery, event=event, action=action[:50] if action else None)
-        .on_conflict_do_nothing(index_elements=["delivery_id"])
-        .returning(_deliveries.c.delivery_id)
+    conn = session.connection()
+    result = conn.execute(
+        _CLAIM[conn.dialect.name], {"delivery_id": delivery, "event": event, "action": action[:50] if action else None}
     )
     return result.first() is not None

@@ -49,5 +49,6 @@ def check_run_rerequested(session: Session, payload: dict[str, Any]) -> str | No
     conn = session.connection()
     conn.execute(FORGET_RUN, {"org": org.id, "repo": repo, "sha": sha, "now": utcnow()})
     status = outbox.repost(conn, org, repo, sha, links(), deliver=current_app.config["GITHUB_APP_CONFIGURED"])
-    log.info("github.check_run.rerequested org=%s repo=%s sha=%s queued=%s", org.slug, repo, sha, status is not None)
+    # DEBUG: the view logs the delivery's one INFO line (github.webhook.queued or .handled, with the delivery id).
+    log.debug("github.check_run.rerequested org=%s repo=%s sha=%s queued=%s", org.slug, repo, sha, status is not None)
     return "queued" if status is not None else None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -12,35 +12,70 @@ from app.github.router import BadPayload, get, installation_id
 from app.models import InstallationRepository, Org, utcnow
 
 
+class OrgRef(NamedTuple):
+    """What a repository event's handler needs of its org: read with Core, no ORM object per delivery."""
+
+    id: int
+    slug: str
+
+
+_orgs = Org.__table__
+# Built once: webhooks answer many small deliveries, and building a statement costs more than running it here.
+_BY_INSTALLATION = sa.select(Org).where(Org.installation_id == sa.bindparam("inst")).order_by(Org.id).limit(1)
+_BY_LOGIN = sa.select(Org).where(sa.func.lower(Org.github_login) == sa.bindparam("login")).order_by(Org.id).limit(1)
+_REF_BY_INSTALLATION = (
+    sa.select(_orgs.c.id, _orgs.c.slug)
+    .where(_orgs.c.installation_id == sa.bindparam("inst"))
+    .order_by(_orgs.c.id)
+    .limit(1)
+)
+_REF_BY_LOGIN = (
+    sa.select(_orgs.c.id, _orgs.c.slug)
+    .where(sa.func.lower(_orgs.c.github_login) == sa.bindparam("login"))
+    .order_by(_orgs.c.id)
+    .limit(1)
+)
+
+
 def org_by_installation(session: Session, inst_id: int | None) -> Org | None:
     if inst_id is None:
         return None
-    return session.scalars(sa.select(Org).where(Org.installation_id == inst_id).order_by(Org.id).limit(1)).first()
+    return session.scalars(_BY_INSTALLATION, {"inst": inst_id}).first()
 
 
 def org_by_login(session: Session, login: str | None) -> Org | None:
     """The org of a GitHub account; logins are case-insensitive on GitHub, so the match is too."""
     if not login:
         return None
-    return session.scalars(
-        sa.select(Org).where(sa.func.lower(Org.github_login) == login.lower()).order_by(Org.id).limit(1)
-    ).first()
+    return session.scalars(_BY_LOGIN, {"login": login.lower()}).first()
 
 
-def org_of_repository_event(session: Session, payload: dict[str, Any]) -> Org | None:
-    """The org of an event about a repository: by the payload's installation, else by the repository owner."""
-    org = org_by_installation(session, installation_id(payload))
-    if org is None:
+def org_of_repository_event(session: Session, payload: dict[str, Any]) -> OrgRef | None:
+    """The org of an event about a repository: by the payload's installation, else by the repository owner.
+
+    The same rule as org_by_installation then org_by_login, read as a plain (id, slug) row.
+    """
+    conn = session.connection()
+    inst_id = installation_id(payload)
+    row = conn.execute(_REF_BY_INSTALLATION, {"inst": inst_id}).first() if inst_id is not None else None
+    if row is None:
         login = get(payload, "repository", "owner", "login")
-        org = org_by_login(session, login if isinstance(login, str) else None)
-    return org
+        if isinstance(login, str) and login:
+            row = conn.execute(_REF_BY_LOGIN, {"login": login.lower()}).first()
+    return OrgRef(row.id, row.slug) if row is not None else None
+
+
+def dialect_of(session: Session) -> str:
+    return session.get_bind().dialect.name
 
 
 def upsert(session: Session, table: sa.Table) -> Any:
     """An INSERT that can say ON CONFLICT (SQLite and PostgreSQL both can; SQLAlchemy spells it per dialect)."""
-    if session.get_bind().dialect.name == "postgresql":
-        return postgresql.insert(table)
-    return sqlite.insert(table)
+    return upsert_for(dialect_of(session), table)
+
+
+def upsert_for(dialect: str, table: sa.Table) -> Any:
+    return postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
 
 
 _repos = InstallationRepository.__table__

@@ -15,5 +15,6 @@ router = Router()
 
 @router.register("ping")
 def ping(session: Session, payload: dict[str, Any]) -> str | None:
-    log.info("github.webhook.ping hook=%s app=%s", get(payload, "hook", "id"), get(payload, "hook", "app_id"))
+    # DEBUG: the view logs the delivery's one INFO line (github.webhook.handled ... event=ping).
+    log.debug("github.webhook.ping hook=%s app=%s", get(payload, "hook", "id"), get(payload, "hook", "app_id"))
     return None

@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from app.github.handlers.common import org_of_repository_event, upsert
+from app.github.handlers.common import org_of_repository_event, upsert_for
 from app.github.router import BadPayload, Router, get, need_int, need_str
 from app.models import PullRequestLink, ScanRun, utcnow
 
@@ -29,6 +29,24 @@ LINK_SCANS = (
 )
 
 
+def _upsert_link_statement(dialect: str) -> Any:
+    # GitHub does not promise delivery order, and anyone may redeliver an old event: a row changes only
+    # for an event at least as new (by the PR's updated_at) as the one it holds.
+    insert = upsert_for(dialect, _links)
+    return insert.on_conflict_do_update(
+        index_elements=["org_id", "repo_full_name", "number"],
+        set_={
+            "head_sha": insert.excluded.head_sha,
+            "state": insert.excluded.state,
+            "updated_at": insert.excluded.updated_at,
+        },
+        where=insert.excluded.updated_at >= _links.c.updated_at,
+    )
+
+
+UPSERT_LINK = {dialect: _upsert_link_statement(dialect) for dialect in ("postgresql", "sqlite")}  # built once
+
+
 @router.register("pull_request", "opened", "synchronize", "reopened")
 def pull_request_head(session: Session, payload: dict[str, Any]) -> str | None:
     """The PR is open at this head commit: remember it, and link the commit's scans stored so far to it.
@@ -38,7 +56,7 @@ def pull_request_head(session: Session, payload: dict[str, Any]) -> str | None:
     link = _upsert_link(session, payload, "open")
     if link is None:
         return "ignored"
-    session.execute(LINK_SCANS, link)
+    session.connection().execute(LINK_SCANS, link)
     return None
 
 
@@ -57,22 +75,18 @@ def _upsert_link(session: Session, payload: dict[str, Any], state: str) -> dict[
     sha = need_str(payload, "pull_request", "head", "sha").lower()
     if not SHA.fullmatch(sha) or len(repo) > 200:
         raise BadPayload("pull_request.head.sha must be a commit SHA and repository.full_name owner/name")
-    # GitHub does not promise delivery order, and anyone may redeliver an old event: a row changes only
-    # for an event at least as new (by the PR's updated_at) as the one it holds.
     stamp = _github_time(get(payload, "pull_request", "updated_at")) or utcnow()
-    insert = upsert(session, _links).values(
-        org_id=org.id, repo_full_name=repo, number=number, head_sha=sha, state=state, updated_at=stamp
-    )
-    session.execute(
-        insert.on_conflict_do_update(
-            index_elements=["org_id", "repo_full_name", "number"],
-            set_={
-                "head_sha": insert.excluded.head_sha,
-                "state": insert.excluded.state,
-                "updated_at": insert.excluded.updated_at,
-            },
-            where=insert.excluded.updated_at >= _links.c.updated_at,
-        )
+    conn = session.connection()
+    conn.execute(
+        UPSERT_LINK[conn.dialect.name],
+        {
+            "org_id": org.id,
+            "repo_full_name": repo,
+            "number": number,
+            "head_sha": sha,
+            "state": state,
+            "updated_at": stamp,
+        },
     )
     return {"org": org.id, "repo": repo, "sha": sha, "number": number}
 
