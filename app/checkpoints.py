@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,7 +36,10 @@ from app.models import GENESIS_HASH, ChainCheckpoint
 
 log = logging.getLogger(__name__)
 DOMAIN = b"fremforge/checkpoint/v1\n"
+SIGNED_HASH = re.compile(r"[0-9a-f]{64}")
 SIGNED_FIELDS = ("org", "size", "head_hash", "time")
+HASH = re.compile(r"[0-9a-f]{64}")
+FIELDS = (*SIGNED_FIELDS, "key_id", "public_key", "signature")
 KEY_FILE_NAME = "checkpoint_ed25519.pem"  # in the instance folder, when FREMFORGE_CHECKPOINT_KEY_FILE is not set
 
 
@@ -143,11 +147,18 @@ def parse(text: str) -> list[dict[str, Any]]:
             docs = [orjson.loads(line) for line in text.splitlines() if line.strip()]
         except orjson.JSONDecodeError as exc:
             raise ValueError(f"not JSON, a JSON array or JSON lines: {exc}") from None
-    for i, d in enumerate(docs):
-        if not isinstance(d, dict) or not all(k in d for k in (*SIGNED_FIELDS, "signature")):
-            raise ValueError(f"checkpoint {i + 1} is not an object with {', '.join((*SIGNED_FIELDS, 'signature'))}")
-        if not isinstance(d["size"], int) or isinstance(d["size"], bool) or d["size"] < 0:
-            raise ValueError(f"checkpoint {i + 1}: size must be a whole number")
+    if not docs:
+        raise ValueError("no checkpoint in it")
+    for i, d in enumerate(docs, 1):
+        if not isinstance(d, dict) or not all(k in d for k in FIELDS):
+            raise ValueError(f"checkpoint {i} is not an object with {', '.join(FIELDS)}")
+        texts = [k for k in FIELDS if k != "size" and k in d and not isinstance(d[k], str)]
+        if texts:
+            raise ValueError(f"checkpoint {i}: {', '.join(texts)} must be text")
+        if not isinstance(d["size"], int) or isinstance(d["size"], bool) or not 0 <= d["size"] < 2**63:
+            raise ValueError(f"checkpoint {i}: size must be a whole number")
+        if not HASH.fullmatch(d["head_hash"]):
+            raise ValueError(f"checkpoint {i}: head_hash must be 64 lowercase hex digits")
     return docs
 
 

@@ -10,6 +10,7 @@ from app.findings.schemas import COMMIT_SHA, REPO_FULL_NAME
 from app.models import SEVERITIES, SIGNATURE_STATUSES
 from app.settings.service import MAX_RETENTION_DAYS
 from app.tokens import SCOPES
+from app.verify import FAULTS
 
 bp = Blueprint("openapi", __name__)
 
@@ -43,6 +44,7 @@ SHORT = {"type": "string", "maxLength": 500}
 ADVISORY_ID = {"type": "string", "minLength": 1, "maxLength": 200}
 LONG = {"type": "string", "maxLength": 1024}
 COUNT = {"type": "integer", "minimum": 0}
+HASH = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 
 UNAUTHORIZED = {
     **_error("Missing, unknown, expired or revoked token."),
@@ -330,6 +332,55 @@ SCHEMAS: dict[str, Any] = {
             "retention_days": {"type": "integer", "minimum": 1, "maximum": MAX_RETENTION_DAYS},
         },
     },
+    "Verdict": {
+        "type": "object",
+        "description": "The verdict on the org's chain, as `flask chain verify SLUG --json` prints it.",
+        "required": [
+            "org",
+            "intact",
+            "entries",
+            "redacted",
+            "head_seq",
+            "head_hash",
+            "first_bad_seq",
+            "fault",
+            "kind",
+            "entry_id",
+            "detail",
+            "checkpoints",
+            "message",
+        ],
+        "properties": {
+            "org": STR,
+            "intact": {"type": "boolean"},
+            "entries": {**COUNT, "description": "Entries checked, in chain order, before the first fault."},
+            "redacted": {**COUNT, "description": "Of those, how many lost their payload to retention."},
+            "head_seq": COUNT,
+            "head_hash": HASH,
+            "first_bad_seq": {**_nullable(COUNT), "description": "The first bad seq; null when intact."},
+            "fault": _nullable({"enum": list(FAULTS)}),
+            "kind": _nullable({"enum": ["finding", "audit"]}),
+            "entry_id": _nullable(COUNT),
+            "detail": _nullable(STR),
+            "checkpoints": {**COUNT, "description": "Signed checkpoints the chain was checked against."},
+            "message": STR,
+        },
+    },
+    "Checkpoint": {
+        "type": "object",
+        "description": "Ed25519 signature over b'fremforge/checkpoint/v1\\n' + the canonical JSON (sorted keys, "
+        "compact, UTF-8) of {org, size, head_hash, time}.",
+        "required": ["org", "size", "head_hash", "time", "key_id", "public_key", "signature"],
+        "properties": {
+            "org": STR,
+            "size": {**COUNT, "description": "Entries in the chain (the seq of its last entry)."},
+            "head_hash": HASH,
+            "time": {**STR, "description": "When it was signed, UTC, ISO 8601."},
+            "key_id": {**STR, "description": "ed25519: and the first 16 hex digits of SHA-256(public key)."},
+            "public_key": {**STR, "description": "The raw 32-byte Ed25519 public key, base64."},
+            "signature": {**STR, "description": "The 64-byte signature, base64."},
+        },
+    },
     "SettingsChange": {
         "type": "object",
         "description": "The fields to change; fields left out keep their value.",
@@ -435,6 +486,49 @@ PATHS: dict[str, Any] = {
             "parameters": [SLUG, CONTENT_ENCODING],
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("SettingsChange")}}},
             "responses": {"200": _json("The policy after the change.", _ref("Settings")), **BODY_ERRORS, **AUTH_ERRORS},
+        },
+    },
+    "/api/v1/orgs/{slug}/audit/verify": {
+        "get": {
+            "operationId": "verifyChain",
+            "summary": "Recompute the org's chain and name its first bad entry. Scope settings:write.",
+            "parameters": [SLUG],
+            "responses": {"200": _json("The verdict (intact or not).", _ref("Verdict")), **URL_ERRORS, **AUTH_ERRORS},
+        },
+        "post": {
+            "operationId": "verifyChainAgainstCheckpoints",
+            "summary": "The verdict, then the chain checked against the signed checkpoints sent (one, an array, or "
+            "JSON lines). Scope settings:write.",
+            "parameters": [SLUG],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"anyOf": [_ref("Checkpoint"), {"type": "array", "items": _ref("Checkpoint")}]}
+                    }
+                },
+            },
+            "responses": {
+                "200": _json("The verdict (intact or not).", _ref("Verdict")),
+                "413": BODY_ERRORS["413"],
+                "422": _error("The body is not a checkpoint, an array of them or JSON lines of them."),
+                **URL_ERRORS,
+                **AUTH_ERRORS,
+            },
+        },
+    },
+    "/api/v1/orgs/{slug}/audit/checkpoint": {
+        "get": {
+            "operationId": "getCheckpoint",
+            "summary": "A signed checkpoint of the org's chain now; the previous one when nothing was added. "
+            "Scope findings:read or settings:write.",
+            "parameters": [SLUG],
+            "responses": {
+                "200": _json("The checkpoint.", _ref("Checkpoint")),
+                "409": _error("The chain no longer extends the previous checkpoint: nothing is signed."),
+                **URL_ERRORS,
+                **AUTH_ERRORS,
+            },
         },
     },
     "/healthz": {
