@@ -425,3 +425,112 @@ def test_worker_command_without_a_github_app(tmp_path):
     app = create_app({"TESTING": True, "SECRET_KEY": "x", "DATABASE_URL": f"sqlite:///{tmp_path / 'w.db'}"})
     result = app.test_cli_runner().invoke(args=["worker", "--once"])
     assert result.exit_code == 0 and "no GitHub App configured" in result.output
+
+
+# ---------------------------------------------------------------- the circuit breaker
+
+
+def test_an_outage_stops_the_batch_at_the_first_failure_until_the_circuit_half_opens(app, client, token, fake_github):
+    clock = Clock()
+    shas = [f"{i:040x}" for i in range(6)]
+    for sha in shas:
+        upload(client, token, sha=sha, severity="critical")
+    upload(client, token, sha=shas[0], severity="low")  # newest wins: commit 0 ends green
+    fake_github.outage(True)
+    due = {r.id: r.next_attempt_at for r in rows(app, state="pending")}
+    before = len(fake_github.calls)
+
+    assert run(app, clock) == 1  # one attempt; the other rows of the batch are given back untried
+    assert len(fake_github.calls) == before + 1
+    pending = rows(app, state="pending")
+    assert sorted(r.attempts for r in pending) == [0] * 5 + [1]
+    for r in pending:
+        assert r.lease_until is None and r.claimed_by is None
+        if r.attempts == 0:
+            assert r.next_attempt_at == due[r.id] and r.last_error is None
+    assert run(app, clock) == 0 and len(fake_github.calls) == before + 1  # open: nothing is claimed
+    clock.advance(0.55)
+    assert run(app, clock) == 0 and len(fake_github.calls) == before + 1  # still open (0.6-0.8 s)
+
+    clock.advance(0.3)  # half-open: one probe, which fails; open again for about twice as long
+    assert run(app, clock) == 1 and len(fake_github.calls) == before + 2
+    assert sum(r.attempts for r in rows(app, state="pending")) == 2
+    clock.advance(1.0)
+    assert run(app, clock) == 0 and len(fake_github.calls) == before + 2
+
+    fake_github.outage(False)
+    clock.advance(5)  # the probe gets through: the circuit closes and the rest goes in the same batch
+    assert run(app, clock) == 6
+    assert rows(app, state="pending") == []
+    assert Counter(s["sha"] for s in fake_github.statuses) == Counter(shas)  # each commit exactly once
+    assert posted_states(fake_github, shas[0]) == ["success"] and posted_states(fake_github, shas[1]) == ["failure"]
+    assert len(fake_github.check_runs) == 6
+    assert sum(r.attempts for r in rows(app)) == 2
+    assert fake_github.invalid_requests == []
+
+
+@pytest.mark.parametrize(
+    "arm",
+    [
+        lambda fake: fake.fail("POST", r"/statuses/", status=422, times=1),
+        lambda fake: fake.rate_limit("POST", r"/statuses/", retry_after=60, times=1),
+        lambda fake: fake.unauthorized("POST", r"/statuses/", times=2),
+    ],
+    ids=["422", "rate-limit", "401"],
+)
+def test_answers_that_are_not_an_outage_leave_the_circuit_closed(app, client, token, fake_github, arm):
+    clock = Clock()
+    for i in range(3):
+        upload(client, token, sha=f"{i:040x}")
+    arm(fake_github)
+    assert run(app, clock) == 3  # the whole batch is tried
+    assert len(fake_github.calls_to("POST", r"/statuses/")) >= 3
+    assert len(rows(app, state="delivered")) == 2
+
+
+@pytest.mark.github_timeout(0.5)
+def test_a_timeout_opens_the_circuit(app, client, token, fake_github):
+    clock = Clock()
+    for i in range(3):
+        upload(client, token, sha=f"{i:040x}")
+    fake_github.timeout("POST", r"/statuses/", times=1, seconds=1.5)
+    assert run(app, clock) == 1
+    assert sorted(r.attempts for r in rows(app)) == [0, 0, 1]
+    clock.advance(1.0)
+    drain(app, clock)
+    assert {r.state for r in rows(app)} == {"delivered"}
+
+
+def test_circuit_delay_doubles_to_a_cap_and_resets_on_success():
+    circuit, rng, now = delivery.Circuit(), random.Random(3), utcnow()
+    down = delivery.Outcome("retry", "could not reach GitHub", unreachable=True)
+    delays = []
+    for _ in range(12):
+        assert circuit.allows(now)
+        circuit.observe(down, now, rng)
+        assert not circuit.allows(now) and circuit.probing
+        delays.append((circuit.open_until - now).total_seconds())
+        now = circuit.open_until
+    for n, delay in enumerate(delays):  # shorter than the backoff of the n+1-th attempt of the row that failed
+        base = min(delivery.CIRCUIT_MAX_DELAY, delivery.FIRST_DELAY * 2**n)
+        assert 0.6 * base <= delay <= 0.8 * base
+    assert delays[-1] <= delivery.CIRCUIT_MAX_DELAY
+    circuit.observe(delivery.Outcome("superseded"), now, rng)  # GitHub was not asked: still half-open
+    assert circuit.probing
+    circuit.observe(delivery.Outcome("delivered"), now, rng)
+    assert circuit.allows(now) and not circuit.probing and circuit.failures == 0
+
+
+def test_each_worker_process_keeps_its_own_circuit(app, client, token, fake_github):
+    clock = Clock()
+    for i in range(3):
+        upload(client, token, sha=f"{i:040x}")
+    fake_github.outage(True)
+    with app.app_context():
+        gh = github_app()
+        assert gh is not None
+        assert delivery.run_once(db.session(), gh, now=clock.now, worker="w1") == 1
+        assert gh.circuit is not None and gh.circuit.probing  # the process's circuit, kept on its GitHubApp
+        other = delivery.Circuit()  # another process: its own first attempt
+        assert delivery.run_once(db.session(), gh, now=clock.now, worker="w2", circuit=other) == 1
+    assert sorted(r.attempts for r in rows(app)) == [0, 1, 1]

@@ -7,12 +7,16 @@ import ssl
 import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import httpx
 from flask import Flask, current_app
 from githubkit import AppAuthStrategy, GitHub
 from githubkit.auth.app import AppInstallationAuthStrategy
 from githubkit.cache import MemCacheStrategy
+
+if TYPE_CHECKING:
+    from app.github.delivery import Circuit
 
 
 @functools.cache
@@ -31,6 +35,7 @@ class GitHubApp:
     api_url: str
     timeout: float = 10.0
     cache: MemCacheStrategy = field(default_factory=MemCacheStrategy)
+    circuit: Circuit | None = None  # the delivery worker's circuit breaker (app.github.delivery), per process
     _installations: dict[int, GitHub] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

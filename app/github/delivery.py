@@ -5,7 +5,9 @@ Rules, so that several workers and crashes never lose or reorder a commit's stat
   claimed again once its lease has run out;
 - at most one row per commit is in flight, and only the newest wish per commit is pending (older ones
   are superseded when a newer one is stored), so a stale state never lands after a newer one;
-- GitHub calls happen outside any database transaction.
+- GitHub calls happen outside any database transaction;
+- while GitHub is unreachable (connection errors, timeouts, 5xx) a circuit breaker stops the worker from
+  trying every due row: see `Circuit`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ FIRST_DELAY = 1.0
 MAX_DELAY = 300.0
 MAX_ATTEMPTS = 12  # failures (not rate-limit waits) before a row is given up: about 25 minutes of retries
 DEFAULT_RATE_LIMIT_WAIT = timedelta(seconds=60)
+CIRCUIT_MAX_DELAY = 60.0  # seconds, before jitter: the longest the circuit stays open before the next probe
 
 
 def worker_name() -> str:
@@ -55,6 +58,48 @@ class Outcome:
     status_code: int | None = None
     wait: timedelta | None = None  # for retry: None = the backoff for this attempt
     counts_as_attempt: bool = True
+    unreachable: bool = False  # GitHub did not answer, or answered 5xx: opens the circuit
+
+
+@dataclass
+class Circuit:
+    """The circuit breaker of one worker process (kept on its GitHubApp; each process has its own).
+
+    Closed: rows are delivered as claimed. After a failure that says GitHub is unreachable (connection error,
+    timeout, 5xx) it opens: the rest of the batch is released untouched (no attempt counted, due time kept) and
+    nothing is claimed until `open_until`. Then it is half-open: one row at a time is tried as a probe; the
+    first answer that is not an outage closes it, another outage opens it again for twice as long. The open
+    period is FIRST_DELAY doubling per consecutive outage, capped at CIRCUIT_MAX_DELAY, times 0.6-0.8: a little
+    shorter than the backoff of the row that tripped it (0.8-1.2 times the same base), so the probe is due no
+    later than that row, and several workers do not probe in step.
+    """
+
+    failures: int = 0  # consecutive outages; > 0 means open or half-open
+    open_until: datetime | None = None
+
+    def allows(self, now: datetime) -> bool:
+        return self.open_until is None or now >= self.open_until
+
+    @property
+    def probing(self) -> bool:
+        return self.failures > 0
+
+    def observe(self, outcome: Outcome, now: datetime, rng: random.Random) -> None:
+        if outcome.state == "superseded":  # GitHub was not asked
+            return
+        if outcome.unreachable:
+            self.failures += 1
+            base = min(CIRCUIT_MAX_DELAY, FIRST_DELAY * 2 ** min(self.failures - 1, 30))
+            self.open_until = now + timedelta(seconds=base * rng.uniform(0.6, 0.8))
+            log.warning(
+                "github.circuit.open failures=%s until=%s error=%s",
+                self.failures,
+                self.open_until.isoformat(timespec="seconds"),
+                outcome.error,
+            )
+        elif self.failures:
+            log.info("github.circuit.closed after=%s", self.failures)
+            self.failures, self.open_until = 0, None
 
 
 class Permanent(Exception):
@@ -115,15 +160,43 @@ def run_once(
     rng: random.Random | None = None,
     worker: str | None = None,
     limit: int = 20,
+    circuit: Circuit | None = None,
 ) -> int:
-    """Claim due rows and deliver each; return how many were handled."""
+    """Claim due rows and deliver each; return how many were handled (tried, or found superseded).
+
+    The circuit (by default the one of `gh`, i.e. of this process) may stop the batch early: see `Circuit`.
+    """
     now = now or utcnow()
     rng = rng or random.Random()
-    ids = claim(session, now, worker or worker_name(), limit)
-    for item_id in ids:
-        outcome = deliver(session, gh, item_id, now)
-        record(session, item_id, outcome, now, rng)
-    return len(ids)
+    worker = worker or worker_name()
+    if circuit is None:
+        circuit = gh.circuit = gh.circuit or Circuit()
+    handled = 0
+    while handled < limit and circuit.allows(now):
+        want = 1 if circuit.probing else limit - handled  # half-open: one probe at a time
+        ids = claim(session, now, worker, want)
+        for n, item_id in enumerate(ids):
+            outcome = deliver(session, gh, item_id, now)
+            record(session, item_id, outcome, now, rng)
+            handled += 1
+            circuit.observe(outcome, now, rng)
+            if not circuit.allows(now):
+                release(session, ids[n + 1 :], worker)
+                return handled
+        if len(ids) < want:  # nothing more is due
+            break
+    return handled
+
+
+def release(session: Session, ids: list[int], worker: str) -> None:
+    """Give claimed rows back untried (the circuit opened): no attempt counted, their due time unchanged."""
+    if ids:
+        with write_transaction(session):
+            session.execute(
+                sa.update(OutboxItem)
+                .where(OutboxItem.id.in_(ids), OutboxItem.claimed_by == worker)
+                .values(lease_until=None, claimed_by=None)
+            )
 
 
 def deliver(session: Session, gh: GitHubApp, item_id: int, now: datetime) -> Outcome:
@@ -158,11 +231,11 @@ def classify(exc: Exception) -> Outcome:
     if isinstance(exc, RequestError) and not isinstance(exc, RequestFailed | RequestTimeout):
         if isinstance(exc.exc, RequestError):  # githubkit wraps failures of the token exchange
             return classify(exc.exc)
-        return Outcome("retry", f"could not reach GitHub: {type(exc.exc).__name__}")
+        return Outcome("retry", f"could not reach GitHub: {type(exc.exc).__name__}", unreachable=True)
     if isinstance(exc, Permanent):
         return Outcome("failed", str(exc), getattr(exc, "status_code", None))
     if isinstance(exc, RequestTimeout):
-        return Outcome("retry", "GitHub did not answer in time")
+        return Outcome("retry", "GitHub did not answer in time", unreachable=True)
     assert isinstance(exc, RequestFailed)
     code = exc.response.status_code
     if isinstance(exc, RateLimitExceeded):
@@ -170,7 +243,7 @@ def classify(exc: Exception) -> Outcome:
     if code == 429:
         return Outcome("retry", _message(exc), code, DEFAULT_RATE_LIMIT_WAIT, counts_as_attempt=False)
     if code >= 500 or code == 401:
-        return Outcome("retry", _message(exc), code)
+        return Outcome("retry", _message(exc), code, unreachable=code >= 500)
     return Outcome("failed", _message(exc), code)
 
 
