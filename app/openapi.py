@@ -521,7 +521,7 @@ PATHS: dict[str, Any] = {
         "get": {
             "operationId": "getCheckpoint",
             "summary": "A signed checkpoint of the org's chain now; the previous one when nothing was added. "
-            "Scope findings:read or settings:write.",
+            "Any scope.",
             "parameters": [SLUG],
             "responses": {
                 "200": _json("The checkpoint.", _ref("Checkpoint")),

@@ -166,3 +166,12 @@ def rebuild(app, org: int) -> None:
         statements.append(f"UPDATE {table} SET payload_hash = '{ph}', chain_hash = '{ch}' WHERE id = {row_id}")
     statements.append(f"UPDATE chain_heads SET head_hash = '{prev.hex()}' WHERE org_id = {org}")
     sql(app, *statements)
+
+
+def test_any_token_of_the_org_may_fetch_a_checkpoint_and_no_other(app, client, signed):
+    _, doc, _ = signed
+    uploader = make_token(app, scopes=["findings:write"])  # e.g. the workflow, right after its upload
+    later = get_checkpoint(client, uploader).json
+    assert later["size"] == doc["size"] + 1  # + token.created
+    assert later["key_id"] == doc["key_id"]
+    assert client.get("/api/v1/orgs/acme/audit/checkpoint").status_code == 401
