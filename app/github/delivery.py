@@ -219,8 +219,7 @@ def deliver(session: Session, gh: GitHubApp, item_id: int, now: datetime) -> Out
             )
             _mark(session, item_id, status_posted=True)
         if not item.check_posted:
-            _post_check_run(session, gh, installation_id, org, item, owner, repo, now)
-            _mark(session, item_id, check_posted=True)
+            _post_check_run(session, gh, installation_id, org, item, owner, repo, now)  # marks check_posted
     except (Permanent, RequestError) as exc:
         return classify(exc)
     return Outcome("delivered")
@@ -282,10 +281,11 @@ def _post_check_run(
     repo: str,
     now: datetime,
 ) -> None:
-    """Create the commit's check run once, then update it in place; find a run whose create was lost."""
-    record = _check_record(session, org.id, item.repo_full_name, item.commit_sha)
+    """Create the commit's check run once, then update it in place; find a run whose create was lost.
+    Marks the row's check as posted in the transaction that records the run (one write per step)."""
+    record, attempt_marked = _check_record(session, org.id, item.repo_full_name, item.commit_sha, now)
     body = dict(item.check_run)
-    if record.github_id is None and record.create_attempted_at is not None:
+    if record.github_id is None and not attempt_marked:  # a create was tried before: did it land?
         record_id = _find_lost_run(gh, installation_id, owner, repo, item.commit_sha, body.get("external_id"))
         if record_id is not None:
             _set_run(session, record.id, record_id)
@@ -294,14 +294,19 @@ def _post_check_run(
         update = {k: v for k, v in body.items() if k != "head_sha"}
         try:
             _call(gh, installation_id, lambda c: c.rest.checks.update(owner, repo, record.github_id, data=update))
-            return
         except RequestFailed as exc:
             if exc.response.status_code != 404:  # a run deleted on GitHub's side: make a new one
                 raise
-    with write_transaction(session):
-        session.execute(sa.update(CheckRunRecord).where(CheckRunRecord.id == record.id).values(create_attempted_at=now))
+        else:
+            _mark(session, item.id, check_posted=True)
+            return
+    if not attempt_marked or record.github_id is not None:
+        with write_transaction(session):
+            session.execute(
+                sa.update(CheckRunRecord).where(CheckRunRecord.id == record.id).values(create_attempted_at=now)
+            )
     created = _call(gh, installation_id, lambda c: c.rest.checks.create(owner, repo, data=body))
-    _set_run(session, record.id, created.parsed_data.id)
+    _set_run(session, record.id, created.parsed_data.id, posted_item=item.id)
 
 
 def _find_lost_run(
@@ -318,23 +323,30 @@ def _find_lost_run(
     return None
 
 
-def _check_record(session: Session, org_id: int, repo: str, sha: str) -> CheckRunRecord:
+def _check_record(session: Session, org_id: int, repo: str, sha: str, now: datetime) -> tuple[CheckRunRecord, bool]:
+    """The commit's check run record, made if new; when it has no run and no create was ever tried, the create
+    about to happen is recorded in the same transaction (True)."""
     where = (CheckRunRecord.org_id == org_id, CheckRunRecord.repo_full_name == repo, CheckRunRecord.commit_sha == sha)
     with write_transaction(session):
         record = session.scalars(sa.select(CheckRunRecord).where(*where)).one_or_none()
         if record is None:
             record = CheckRunRecord(org_id=org_id, repo_full_name=repo, commit_sha=sha)
             session.add(record)
-    return record
+        marked = record.github_id is None and record.create_attempted_at is None
+        if marked:
+            record.create_attempted_at = now
+    return record, marked
 
 
-def _set_run(session: Session, record_id: int, github_id: int) -> None:
+def _set_run(session: Session, record_id: int, github_id: int, posted_item: int | None = None) -> None:
     with write_transaction(session):
         session.execute(
             sa.update(CheckRunRecord)
             .where(CheckRunRecord.id == record_id)
             .values(github_id=github_id, create_attempted_at=None, updated_at=utcnow())
         )
+        if posted_item is not None:
+            session.execute(sa.update(OutboxItem).where(OutboxItem.id == posted_item).values(check_posted=True))
 
 
 def _mark(session: Session, item_id: int, **values: Any) -> None:
