@@ -19,13 +19,24 @@ from sqlalchemy.orm import Session
 
 from app import audit, chain
 from app.db import write_transaction
-from app.models import FINDING_PAYLOAD_COLUMNS, AuditEvent, ChainHead, Finding, Org, OrgSettings, OutboxItem
+from app.models import (
+    FINDING_PAYLOAD_COLUMNS,
+    AuditEvent,
+    ChainHead,
+    Finding,
+    Org,
+    OrgSettings,
+    OutboxItem,
+    WebhookDelivery,
+)
 
 log = logging.getLogger(__name__)
 CHUNK = 50_000
 DAY = timedelta(days=1)
 ACTOR = "system:retention"
 FINAL_OUTBOX_STATES = ("delivered", "failed", "superseded", "not_delivered")
+# Webhook delivery ids are kept to ignore redeliveries; GitHub redelivers within days, so a month is plenty.
+WEBHOOK_DEDUPE_WINDOW = timedelta(days=30)
 _f, _a, _o = Finding.__table__, AuditEvent.__table__, OutboxItem.__table__
 
 REDACT_FINDINGS = (
@@ -83,6 +94,12 @@ def run(session: Session, now: datetime) -> list[Outcome]:
     ).all()
     session.rollback()  # no read snapshot held across the writes below
     outcomes = [run_org(session, org_id, slug, days, now) for org_id, slug, days in orgs]
+    with write_transaction(session):
+        pruned = session.execute(
+            sa.delete(WebhookDelivery).where(WebhookDelivery.received_at < now - WEBHOOK_DEDUPE_WINDOW)
+        ).rowcount
+    if pruned:
+        log.info("retention.webhook_deliveries deleted=%d", pruned)
     if any(o.changed for o in outcomes):
         _reclaim(session)
     return outcomes

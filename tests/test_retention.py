@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from app import cli, db, retention
 from app.findings import service
-from app.models import AuditEvent, Finding, ScanRun, utcnow
+from app.models import AuditEvent, Finding, ScanRun, WebhookDelivery, utcnow
 from tests.chainkit import FUTURE, org_id, scalar, verdict
 from tests.factories import finding, make_org, make_token, post, seed
 
@@ -143,3 +143,19 @@ def test_the_worker_runs_retention(app, aged):
     with app.app_context():
         assert cli._daily_retention() == cli.RETENTION_EVERY
     assert payloads(app, OLD_MARK) == 0
+
+
+def test_old_webhook_delivery_ids_are_pruned(app):
+    now = utcnow()
+    with app.app_context():
+        s = db.session()
+        s.add_all(
+            [
+                WebhookDelivery(delivery_id="old", event="ping", received_at=now - timedelta(days=31)),
+                WebhookDelivery(delivery_id="recent", event="ping", received_at=now - timedelta(days=29)),
+            ]
+        )
+        s.commit()
+        retention.run(db.session(), now)
+    assert scalar(app, "SELECT delivery_id FROM webhook_deliveries") == "recent"
+    assert scalar(app, "SELECT count(*) FROM webhook_deliveries") == 1
