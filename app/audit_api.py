@@ -37,7 +37,7 @@ def verify_against(slug: str) -> dict[str, Any]:
 def checkpoint(slug: str) -> dict[str, Any]:
     """A signed statement of the chain's size and head hash now (the previous one when nothing was added)."""
     org = authenticate(slug, *tokens.SCOPES).org  # any token of the org: a checkpoint reveals no finding
-    key = checkpoints.key_of(current_app)
+    key = _key(create=True)
     session = db.session()
     try:
         with write_transaction(session):
@@ -46,8 +46,15 @@ def checkpoint(slug: str) -> dict[str, Any]:
         raise ApiError(409, "checkpoint_inconsistent", f"No checkpoint signed: {exc}.") from None
 
 
+def _key(create: bool) -> checkpoints.Key:
+    try:
+        return checkpoints.key_of(current_app, create)
+    except checkpoints.KeyUnavailable as exc:
+        raise ApiError(503, "checkpoint_key_unavailable", f"{str(exc).capitalize()}.") from None
+
+
 def _verdict(slug: str, org_id: int, docs: list[dict[str, Any]]) -> dict[str, Any]:
     db.session().rollback()  # the verification reads in a snapshot of its own
-    key = checkpoints.key_of(current_app)
+    key = _key(create=False) if docs else None
     verdict = checkpoints.verify_with(db.database().engine, org_id, slug, key, docs)
     return {"org": slug, **verdict.as_dict(), "message": verdict.describe(slug)}

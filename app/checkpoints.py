@@ -43,6 +43,10 @@ FIELDS = (*SIGNED_FIELDS, "key_id", "public_key", "signature")
 KEY_FILE_NAME = "checkpoint_ed25519.pem"  # in the instance folder, when FREMFORGE_CHECKPOINT_KEY_FILE is not set
 
 
+class KeyUnavailable(Exception):
+    """The signing key cannot be read (or, where none may be made, does not exist)."""
+
+
 class Inconsistent(Exception):
     """The chain does not extend the org's previous checkpoint: the app will not sign it."""
 
@@ -57,17 +61,22 @@ class Key:
         return "ed25519:" + hashlib.sha256(self.public_raw).hexdigest()[:16]
 
 
-def key_of(app: Flask) -> Key:
-    """The app's signing key, read once per process from FREMFORGE_CHECKPOINT_KEY_FILE (made when absent)."""
+def key_of(app: Flask, create: bool = True) -> Key:
+    """The app's signing key, read once per process from FREMFORGE_CHECKPOINT_KEY_FILE; made when absent if
+    `create` (signing), never when only checking checkpoints. KeyUnavailable when it cannot be had."""
     key = app.extensions.get("fremforge.checkpoint_key")
     if key is None:
         path = app.config.get("CHECKPOINT_KEY_FILE") or Path(app.instance_path) / KEY_FILE_NAME
-        key = app.extensions["fremforge.checkpoint_key"] = load_or_create(Path(path))
+        key = app.extensions["fremforge.checkpoint_key"] = load_or_create(Path(path), create)
     return key
 
 
-def load_or_create(path: Path) -> Key:
+def load_or_create(path: Path, create: bool = True) -> Key:
     if not path.exists():
+        if not create:
+            raise KeyUnavailable(
+                f"there is no checkpoint key at {path} (FREMFORGE_CHECKPOINT_KEY_FILE): checkpoints cannot be checked"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         pem = Ed25519PrivateKey.generate().private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -84,9 +93,12 @@ def load_or_create(path: Path) -> Key:
             pass
         finally:
             tmp.unlink()
-    private = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    try:
+        private = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise KeyUnavailable(f"the checkpoint key {path} cannot be read: {exc}") from None
     if not isinstance(private, Ed25519PrivateKey):
-        raise ValueError(f"{path} does not hold an Ed25519 private key")
+        raise KeyUnavailable(f"{path} does not hold an Ed25519 private key")
     raw = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return Key(private, raw)
 
@@ -198,7 +210,9 @@ def check(
     return None
 
 
-def verify_with(engine: sa.Engine, org_id: int, slug: str, key: Key, docs: list[dict[str, Any]]) -> verify.Verdict:
+def verify_with(
+    engine: sa.Engine, org_id: int, slug: str, key: Key | None, docs: list[dict[str, Any]]
+) -> verify.Verdict:
     """The chain's own verdict and then, if it is intact, the checkpoints' verdict, from one snapshot."""
     with verify.snapshot(engine) as conn:
         head = verify.head_of(conn, org_id)
@@ -206,4 +220,6 @@ def verify_with(engine: sa.Engine, org_id: int, slug: str, key: Key, docs: list[
             verdict = verify.walk(chain, head, verify.store_lookups(conn, org_id))
         if not verdict.intact or not docs:
             return verdict
-        return check(conn, org_id, slug, head, key, docs) or dataclasses.replace(verdict, checkpoints=len(docs))
+        assert key is not None, "checking checkpoints needs the key"
+        state = head or (0, GENESIS_HASH)
+        return check(conn, org_id, slug, state, key, docs) or dataclasses.replace(verdict, checkpoints=len(docs))

@@ -247,6 +247,12 @@ def admin_login_url(slug: str, minutes: int) -> None:
 # ---------------------------------------------------------------- chain and retention
 
 
+class CannotCheck(click.ClickException):
+    """The verification could not be done (exit 2), as opposed to a broken chain (exit 1)."""
+
+    exit_code = 2
+
+
 @chain_cli.command("verify")
 @click.argument("slug")
 @click.option(
@@ -267,7 +273,10 @@ def chain_verify(ctx: click.Context, slug: str, checkpoint_file: Any, as_json: b
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--checkpoint") from None
     db.session().rollback()
-    key = checkpoints.key_of(current_app)
+    try:
+        key = checkpoints.key_of(current_app, create=False) if docs else None
+    except checkpoints.KeyUnavailable as exc:
+        raise CannotCheck(str(exc)) from None
     verdict = checkpoints.verify_with(db.database().engine, org.id, slug, key, docs)
     if as_json:
         _echo_json({"org": slug, **verdict.as_dict(), "message": verdict.describe(slug)})
@@ -285,6 +294,8 @@ def chain_checkpoint(slug: str) -> None:
     try:
         with write_transaction(session):
             doc = checkpoints.issue(session, checkpoints.key_of(current_app), org.id, slug, utcnow())
+    except checkpoints.KeyUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
     except checkpoints.Inconsistent as exc:
         raise click.ClickException(f"no checkpoint signed: {exc}") from None
     click.echo(json.dumps(doc))

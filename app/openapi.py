@@ -512,6 +512,7 @@ PATHS: dict[str, Any] = {
                 "200": _json("The verdict (intact or not).", _ref("Verdict")),
                 "413": BODY_ERRORS["413"],
                 "422": _error("The body is not a checkpoint, an array of them or JSON lines of them."),
+                "503": _error("The app's checkpoint key is missing or unreadable: checkpoints cannot be checked."),
                 **URL_ERRORS,
                 **AUTH_ERRORS,
             },
@@ -526,6 +527,7 @@ PATHS: dict[str, Any] = {
             "responses": {
                 "200": _json("The checkpoint.", _ref("Checkpoint")),
                 "409": _error("The chain no longer extends the previous checkpoint: nothing is signed."),
+                "503": _error("The app's checkpoint key cannot be read."),
                 **URL_ERRORS,
                 **AUTH_ERRORS,
             },

@@ -11,15 +11,16 @@ from __future__ import annotations
 import hashlib
 import heapq
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
 
 from app.chain import DOMAINS
-from app.models import FINDING_PAYLOAD_COLUMNS, GENESIS_HASH, AuditEvent, ChainHead, Finding, Org
+from app.models import FINDING_PAYLOAD_COLUMNS, GENESIS_HASH, AuditEvent, ChainHead, Finding, Org, utcnow
 
 # (seq, kind, row id, payload or None when redacted, payload_hash hex, chain_hash hex)
 Entry = tuple[int, str, int, dict[str, Any] | None, str, str]
@@ -33,11 +34,14 @@ FAULTS = {
     "order_changed": "order changed: entries were swapped or moved",
     "other_org": "entry of another org",
     "head_mismatch": "the chain head does not match the last entry",
+    "payload_removed": "payload removed before its retention time: not by a retention run",
     "checkpoint_signature": "checkpoint signature invalid",
     "checkpoint_truncated": "chain shorter than a signed checkpoint: its tail was cut",
     "checkpoint_mismatch": "chain differs from a signed checkpoint: it was rebuilt or rewritten",
 }
 _KIND_ORDER = {"audit": 0, "finding": 1}
+EARLY = "fremforge:removed-early"  # the payload the readers give an entry emptied outside a retention run
+MIN_AGE = timedelta(days=1)  # retention_days is at least 1
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,8 @@ class Verdict:
                 f"chain of {slug} is intact: {self.entries} entries ({self.redacted} redacted by retention), "
                 f"head seq {self.head_seq} {self.head_hash}{extra}"
             )
+        if self.first_bad_seq is None:  # the checkpoints, not the chain, were refused
+            return f"chain of {slug}: checkpoint rejected: {self.detail}"
         where = f" ({self.kind} id {self.entry_id})" if self.kind else ""
         return f"chain of {slug} is BROKEN at seq {self.first_bad_seq}{where}: {self.detail}"
 
@@ -81,8 +87,11 @@ def payload_digest(kind: str, payload: dict[str, Any]) -> bytes:
     return hashlib.sha256(DOMAINS[kind] + orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).digest()
 
 
-def walk(entries: Iterable[Entry], head: tuple[int, str], lookups: Lookups = Lookups()) -> Verdict:
-    """The verdict on a chain given its entries sorted by (seq, kind, id) and its head (seq, head_hash)."""
+def walk(entries: Iterable[Entry], head: tuple[int, str] | None, lookups: Lookups = Lookups()) -> Verdict:
+    """The verdict on a chain given its entries sorted by (seq, kind, id) and its head (seq, head_hash); a head
+    of None means the org's head row is gone."""
+    if head is None:
+        return _headless(entries)
     head_seq, head_hash = head
     sha256, dumps, opt = hashlib.sha256, orjson.dumps, orjson.OPT_SORT_KEYS
     stream = _Peekable(iter(entries))
@@ -109,10 +118,12 @@ def walk(entries: Iterable[Entry], head: tuple[int, str], lookups: Lookups = Loo
             return _out_of_place(entry, expected, prev, head_seq, lookups, bad)
         try:
             ph = bytes.fromhex(ph_hex)
+            if len(ph) != 32 or ph.hex() != ph_hex:  # only 64 lowercase hex digits, as stored
+                raise ValueError(ph_hex)
             link = sha256(prev + ph).digest()
             p = None if payload is None else sha256(DOMAINS[kind] + dumps(payload, option=opt)).digest()
-        except ValueError:  # a stored hash that is not hex at all
-            return bad(seq, "payload_hash_changed", f"{ph_hex!r} is not a SHA-256", entry)
+        except (ValueError, TypeError):  # a stored hash that is not a SHA-256 in lowercase hex
+            return bad(seq, "payload_hash_changed", f"{ph_hex!r} is not a SHA-256 in lowercase hex", entry)
         if link.hex() == ch_hex:
             if p is not None and p != ph:
                 return _payload_fault(entry, p, stream, lookups, bad)
@@ -130,9 +141,21 @@ def walk(entries: Iterable[Entry], head: tuple[int, str], lookups: Lookups = Loo
     return Verdict(True, last, redacted, head_seq, head_hash)
 
 
+def _headless(entries: Iterable[Entry]) -> Verdict:
+    last = None
+    for last in entries:  # noqa: B007  (only the last one matters)
+        pass
+    if last is None:  # no head and no entry: an org that never had any
+        return Verdict(True, 0, 0, 0, GENESIS_HASH)
+    detail = f"{FAULTS['head_mismatch'].split(':')[0]}: the org's chain head row is missing"
+    return Verdict(False, 0, 0, 0, GENESIS_HASH, last[0], "head_mismatch", None, None, detail)
+
+
 def _out_of_place(entry: Entry, expected: int, prev: bytes, head_seq: int, lookups: Lookups, bad: Any) -> Verdict:
     """An entry whose seq is not the next one: a gap, a second entry with a seq, or one past the head."""
     seq, kind, _id, payload, ph_hex, _ch = entry
+    if seq < 1:  # sorted first: an entry renumbered out of the chain (its own seq shows as missing, if it was one)
+        return bad(1 if head_seq else 0, "entry_inserted", f"an entry has seq {seq}; seqs start at 1", entry)
     if expected <= seq <= head_seq:  # seq > expected: the entries from `expected` are gone
         holder = lookups.holder_of(expected, prev)
         where = f"; it is stored under org {holder!r}" if holder else ""
@@ -151,6 +174,8 @@ def _payload_fault(entry: Entry, p: bytes, stream: _Peekable, lookups: Lookups, 
     """The entry links into the chain, but its stored fields no longer hash to its payload_hash."""
     seq, kind, _id, payload, _ph, _ch = entry
     assert payload is not None
+    if EARLY in payload:
+        return bad(seq, "payload_removed", payload[EARLY], entry)
     owner = _other_owner(kind, payload, entry[4], lookups)
     if owner is not None:
         return bad(seq, "other_org", f"its payload names org id {owner}", entry)
@@ -201,8 +226,11 @@ def _link_fault(
         prior = later
     if payload is None and (next_links_to_stored or nxt is None):
         return bad(seq, "payload_hash_changed", "a redacted entry whose payload_hash was altered", entry)
-    if next_links_to_stored and p == ph:
-        return bad(seq, "entry_missing", f"an entry before seq {seq} was removed and the rest renumbered", entry)
+    if next_links_to_stored and p == ph:  # the entry is whole, but does not follow the one before it
+        detail = (
+            "its payload and payload_hash were both replaced, or an entry before it was removed and the rest renumbered"
+        )
+        return bad(seq, "payload_hash_changed", detail, entry)
     return bad(seq, "chain_hash_changed", "it does not link to the entry before it", entry)
 
 
@@ -282,6 +310,9 @@ AUDIT = (
     .order_by(_a.c.seq, _a.c.id)
 )  # fmt: skip
 STREAM = {"yield_per": 5000}  # a server-side cursor on PostgreSQL: memory stays flat
+RETENTION_RUNS = sa.select(_a.c.created_at, _col(_a, "details")).where(
+    _a.c.org_id == sa.bindparam("org"), _a.c.action == "retention.run"
+)
 HEAD = sa.select(_h.c.seq, _h.c.head_hash).where(_h.c.org_id == sa.bindparam("org"))
 
 
@@ -293,17 +324,54 @@ def _json(text: Any) -> Any:
     return None if text is None else orjson.loads(text)
 
 
-def finding_entries(conn: sa.Connection, org_id: int) -> Iterator[Entry]:
+Aged = Callable[[datetime, datetime], str | None]  # (created_at, redacted_at) -> why it is not a retention's
+
+
+def retention_rule(conn: sa.Connection, org_id: int) -> Aged:
+    """Whether an entry's payload can have been removed by retention: by the cut-off of the retention.run event
+    of that run (same time) while that event keeps its details; else at least a day after it was made (the
+    shortest retention) and not later than now."""
+    cutoffs = {}
+    for at, details in conn.execute(RETENTION_RUNS, {"org": org_id}):
+        doc = _json(details) if details else None
+        cutoff = doc.get("cutoff") if isinstance(doc, dict) else None
+        if isinstance(cutoff, str):
+            with suppress(ValueError):
+                cutoffs[at] = datetime.strptime(cutoff, "%Y-%m-%dT%H:%M:%S.%fZ")
+    latest = utcnow() + MIN_AGE
+
+    def why_not(created: datetime, redacted: datetime) -> str | None:
+        cutoff = cutoffs.get(redacted)
+        if cutoff is not None:
+            if created < cutoff:
+                return None
+            return f"made {_stamp(created)}, after the cut-off {_stamp(cutoff)} of the run of {_stamp(redacted)}"
+        if created + MIN_AGE <= redacted <= latest:
+            return None
+        return f"made {_stamp(created)}, marked as removed by retention at {_stamp(redacted)}"
+
+    return why_not
+
+
+def _early(created: datetime, why: str) -> dict[str, Any]:
+    return {"created_at": _stamp(created), EARLY: why}
+
+
+def finding_entries(conn: sa.Connection, org_id: int, aged: Aged | None = None) -> Iterator[Entry]:
+    aged = aged or retention_rule(conn, org_id)
     parse = sa.DateTime().dialect_impl(conn.dialect).result_processor(conn.dialect, None)
     with conn.execute(FINDINGS, {"org": org_id}, execution_options=STREAM) as rows:
-        yield from _findings(rows, parse)
+        yield from _findings(rows, aged, parse)
 
 
-def _findings(rows: Iterable[Any], parse: Callable[[Any], Any] | None = None) -> Iterator[Entry]:
+def _findings(rows: Iterable[Any], aged: Aged, parse: Callable[[Any], Any] | None = None) -> Iterator[Entry]:
     """Entries from FINDINGS rows; `parse` turns a raw created_at into a datetime (None: it is one already)."""
     loads = orjson.loads
     last_created: Any = object()  # the previous row's raw created_at, and its stamp
     stamp = ""
+    last_judged: Any = None  # the previous redacted row's (created_at, redacted_at), its verdict and time
+    judged: str | None = None
+    made: Any = None
     for row in rows:
         (seq, id_, org, created, redacted, ph, ch, scan, cve, sev, pkg, inst, fixed, target, title, url, refs, vids,
          syn) = row  # fmt: skip
@@ -314,7 +382,10 @@ def _findings(rows: Iterable[Any], parse: Callable[[Any], Any] | None = None) ->
             cve is None and sev is None and pkg is None and inst is None and fixed is None and target is None
             and title is None and url is None and refs is None and vids is None and syn is None
         ):  # fmt: skip
-            yield (seq, "finding", id_, None, ph, ch)
+            if (created, redacted) != last_judged:  # a scan's findings share both times: judge once per scan
+                made, gone = (parse(created), parse(redacted)) if parse else (created, redacted)
+                judged, last_judged = aged(made, gone), (created, redacted)
+            yield (seq, "finding", id_, None if judged is None else _early(made, judged), ph, ch)
             continue
         if created != last_created:
             stamp, last_created = _stamp(parse(created) if parse else created), created
@@ -337,16 +408,19 @@ def _findings(rows: Iterable[Any], parse: Callable[[Any], Any] | None = None) ->
         yield (seq, "finding", id_, payload, ph, ch)
 
 
-def audit_entries(conn: sa.Connection, org_id: int) -> Iterator[Entry]:
+def audit_entries(conn: sa.Connection, org_id: int, aged: Aged | None = None) -> Iterator[Entry]:
+    aged = aged or retention_rule(conn, org_id)
     with conn.execute(AUDIT, {"org": org_id}, execution_options=STREAM) as rows:
-        yield from _audit_events(rows)
+        yield from _audit_events(rows, aged)
 
 
-def _audit_events(rows: Iterable[Any]) -> Iterator[Entry]:
+def _audit_events(rows: Iterable[Any], aged: Aged) -> Iterator[Entry]:
     for r in rows:
         details = _json(r.details)
         if r.redacted_at is not None and r.action is None and r.actor is None and details is None:
-            yield (r.seq, "audit", r.id, None, r.payload_hash, r.chain_hash)
+            why = aged(r.created_at, r.redacted_at)
+            early = None if why is None else _early(r.created_at, why)
+            yield (r.seq, "audit", r.id, early, r.payload_hash, r.chain_hash)
             continue
         payload = {
             "org_id": r.org_id,
@@ -362,7 +436,8 @@ def _audit_events(rows: Iterable[Any]) -> Iterator[Entry]:
 def entries(conn: sa.Connection, org_id: int) -> Iterator[Iterator[Entry]]:
     """Every entry of the org's chain, by (seq, kind, id): findings and audit events merged; the cursors are
     closed on leaving, however far the caller read."""
-    findings, events = finding_entries(conn, org_id), audit_entries(conn, org_id)
+    aged = retention_rule(conn, org_id)
+    findings, events = finding_entries(conn, org_id, aged), audit_entries(conn, org_id, aged)
     try:
         yield heapq.merge(findings, events, key=lambda e: (e[0], _KIND_ORDER[e[1]], e[2]))
     finally:
@@ -370,9 +445,9 @@ def entries(conn: sa.Connection, org_id: int) -> Iterator[Iterator[Entry]]:
         events.close()
 
 
-def head_of(conn: sa.Connection, org_id: int) -> tuple[int, str]:
+def head_of(conn: sa.Connection, org_id: int) -> tuple[int, str] | None:
     row = conn.execute(HEAD, {"org": org_id}).one_or_none()
-    return (row.seq, row.head_hash) if row else (0, GENESIS_HASH)
+    return (row.seq, row.head_hash) if row else None
 
 
 def chain_hash_at(conn: sa.Connection, org_id: int, seq: int) -> str | None:

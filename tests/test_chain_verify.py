@@ -58,6 +58,21 @@ MUTATIONS = {
         400,
         "order_changed",
     ),
+    "a fresh entry emptied as if by retention": (
+        [
+            "UPDATE findings SET cve_id = NULL, severity = NULL, package = NULL, installed_version = NULL,"
+            ' fixed_version = NULL, target = NULL, title = NULL, primary_url = NULL, "references" = NULL,'
+            f" vendor_ids = NULL, synthetic = NULL, redacted_at = created_at WHERE {ORG} AND seq = 500"
+        ],
+        500,
+        "payload_removed",
+    ),
+    "a payload_hash rewritten in capitals": (
+        [f"UPDATE findings SET payload_hash = upper(payload_hash) WHERE {ORG} AND seq = 500"],
+        500,
+        "payload_hash_changed",
+    ),
+    "the head row deleted": ([f"DELETE FROM chain_heads WHERE {ORG}"], SIZE, "head_mismatch"),
     "an entry deleted": ([f"DELETE FROM findings WHERE {ORG} AND seq = 500"], 500, "entry_missing"),
     "the tail deleted": ([f"DELETE FROM findings WHERE {ORG} AND seq > 990"], 991, "entry_missing"),
     "an entry inserted, the rest renumbered": (

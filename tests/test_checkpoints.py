@@ -109,6 +109,7 @@ def test_a_checkpoint_signed_with_another_key_fails(app, signed, tmp_path):
     path.write_text(json.dumps(forged))
     code, v = verdict(app, "acme", "--checkpoint", str(path))
     assert (code, v["fault"]) == (1, "checkpoint_signature"), v["message"]
+    assert "checkpoint rejected" in v["message"] and "seq None" not in v["message"]
 
     changed = {**doc, "size": SIZE - 1}  # an edited checkpoint: the signature no longer covers it
     path.write_text(json.dumps(changed))
@@ -175,3 +176,25 @@ def test_any_token_of_the_org_may_fetch_a_checkpoint_and_no_other(app, client, s
     assert later["size"] == doc["size"] + 1  # + token.created
     assert later["key_id"] == doc["key_id"]
     assert client.get("/api/v1/orgs/acme/audit/checkpoint").status_code == 401
+
+
+def test_checking_needs_the_key_and_never_makes_one(app, client, signed, tmp_path):
+    token, _, path = signed
+    admin = make_token(app, scopes=["settings:write"])
+    missing = tmp_path / "elsewhere" / "missing.pem"
+    app.config["CHECKPOINT_KEY_FILE"] = missing
+    app.extensions.pop("fremforge.checkpoint_key", None)
+
+    assert verdict(app)[0] == 0  # plain verification needs no key
+    result = app.test_cli_runner().invoke(args=["chain", "verify", "acme", "--checkpoint", str(path)])
+    assert result.exit_code == 2 and "there is no checkpoint key at" in result.output
+    answer = client.post(
+        "/api/v1/orgs/acme/audit/verify", data=path.read_bytes(), headers={"Authorization": f"Bearer {admin}"}
+    )
+    assert answer.status_code == 503 and answer.json["error"] == "checkpoint_key_unavailable"
+    assert not missing.exists()
+
+    missing.parent.mkdir()
+    missing.write_text("not a key")
+    refused = get_checkpoint(client, token)
+    assert refused.status_code == 503 and "cannot be read" in refused.json["message"]
