@@ -331,8 +331,15 @@ def retention_run(now: datetime | None) -> None:
     show_default=True,
     help="How long to wait when nothing is due.",
 )
+@click.option(
+    "--parallel",
+    type=click.IntRange(1, 32),
+    default=4,
+    show_default=True,
+    help="Rows delivered at once (threads): GitHub's latency, not this process, bounds a single thread.",
+)
 @with_appcontext
-def worker(once: bool, poll_seconds: float) -> None:
+def worker(once: bool, poll_seconds: float, parallel: int) -> None:
     """Deliver pending commit statuses and check runs to GitHub, with retries; apply retention once a day."""
     gh = github_app()
     if gh is None:
@@ -349,7 +356,7 @@ def worker(once: bool, poll_seconds: float) -> None:
     while not stop.is_set():
         if time.monotonic() >= retention_due:
             retention_due = time.monotonic() + _daily_retention()
-        handled = delivery.run_once(db.session(), gh) if gh is not None else 0
+        handled = delivery.run_once(db.session(), gh, parallel=parallel) if gh is not None else 0
         delivered += handled
         if handled == 0:
             if once:

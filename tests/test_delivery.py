@@ -66,17 +66,19 @@ class Clock:
         return self.now
 
 
-def run(app: Flask, clock: Clock, worker: str = "w1", rng: random.Random | None = None) -> int:
+def run(app: Flask, clock: Clock, worker: str = "w1", rng: random.Random | None = None, parallel: int = 1) -> int:
     with app.app_context():
         gh = github_app()
         assert gh is not None
-        return delivery.run_once(db.session(), gh, now=clock.now, rng=rng or random.Random(7), worker=worker)
+        return delivery.run_once(
+            db.session(), gh, now=clock.now, rng=rng or random.Random(7), worker=worker, parallel=parallel
+        )
 
 
-def drain(app: Flask, clock: Clock, step: float = 5.0, limit_seconds: float = 3600) -> None:
+def drain(app: Flask, clock: Clock, step: float = 5.0, limit_seconds: float = 3600, parallel: int = 1) -> None:
     """Run the worker, advancing simulated time, until nothing is pending."""
     for _ in range(int(limit_seconds / step)):
-        run(app, clock)
+        run(app, clock, parallel=parallel)
         if not rows(app, state="pending"):
             return
         clock.advance(step)
@@ -323,7 +325,8 @@ def test_a_timed_out_check_run_create_is_found_not_duplicated(app, client, token
 # ---------------------------------------------------------------- ordering, crashes, several workers
 
 
-def test_outage_of_minutes_during_100_uploads_loses_nothing(app, client, token, fake_github):
+@pytest.mark.parametrize("parallel", [1, 4])
+def test_outage_of_minutes_during_100_uploads_loses_nothing(app, client, token, fake_github, parallel):
     clock = Clock()
     fake_github.outage(True)
     shas = [f"{i:040x}" for i in range(50)]
@@ -331,13 +334,13 @@ def test_outage_of_minutes_during_100_uploads_loses_nothing(app, client, token, 
         sha = shas[i % 50]
         upload(client, token, sha=sha, image=f"img-{i // 50}", severity="critical" if i % 3 else "low")
         if i % 10 == 0:
-            run(app, clock)
+            run(app, clock, parallel=parallel)
             clock.advance(20)
     for _ in range(30):  # about ten minutes of outage
-        run(app, clock)
+        run(app, clock, parallel=parallel)
         clock.advance(20)
     fake_github.outage(False)
-    drain(app, clock, step=30)
+    drain(app, clock, step=30, parallel=parallel)
     ok_posts = Counter(s["sha"] for s in fake_github.statuses)
     for sha in shas:
         assert ok_posts[sha] == 1, sha  # its final state, exactly once
@@ -534,3 +537,41 @@ def test_each_worker_process_keeps_its_own_circuit(app, client, token, fake_gith
         other = delivery.Circuit()  # another process: its own first attempt
         assert delivery.run_once(db.session(), gh, now=clock.now, worker="w2", circuit=other) == 1
     assert sorted(r.attempts for r in rows(app)) == [0, 1, 1]
+
+
+def test_parallel_delivery_posts_each_commit_once_with_one_token_exchange(app, client, token, fake_github):
+    clock = Clock()
+    shas = [f"{i:040x}" for i in range(30)]
+    for sha in shas:
+        upload(client, token, sha=sha)
+    drain(app, clock, parallel=4)
+    assert Counter(s["sha"] for s in fake_github.statuses) == Counter(shas)
+    assert len(fake_github.check_runs) == len(shas)
+    assert fake_github.token_exchanges[INSTALLATION] == 1  # the batch's first row, alone, got the token
+    assert {r.state for r in rows(app)} == {"delivered"}
+
+
+def test_parallel_delivery_stops_at_the_first_row_when_github_is_down(app, client, token, fake_github):
+    clock = Clock()
+    for i in range(10):
+        upload(client, token, sha=f"{i:040x}")
+    fake_github.outage(True)
+    assert run(app, clock, parallel=4) == 1
+    assert sorted(r.attempts for r in rows(app)) == [0] * 9 + [1]
+    assert all(r.claimed_by is None for r in rows(app))
+
+
+def test_a_posted_status_is_not_posted_again_when_its_check_run_is_retried(app, client, token, fake_github):
+    clock = Clock()
+    upload(client, token)
+    fake_github.fail("POST", r"/check-runs$", status=502, times=1)
+    with app.app_context():  # one session for both runs, as the worker command keeps
+        gh = github_app()
+        assert gh is not None
+        delivery.run_once(db.session(), gh, now=clock.now, rng=random.Random(7), worker="w1")
+        [row] = rows(app)
+        assert row.state == "pending" and row.status_posted and not row.check_posted
+        clock.now = row.next_attempt_at
+        delivery.run_once(db.session(), gh, now=clock.now, rng=random.Random(7), worker="w1")
+    assert posted_states(fake_github) == ["failure"]  # the status once, though the row was tried twice
+    assert len(fake_github.check_runs) == 1 and rows(app)[0].state == "delivered"

@@ -16,13 +16,14 @@ import logging
 import os
 import random
 import socket
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from githubkit.exception import RateLimitExceeded, RequestError, RequestFailed, RequestTimeout
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from app.db import write_transaction
 from app.github.client import GitHubApp
@@ -161,10 +162,14 @@ def run_once(
     worker: str | None = None,
     limit: int = 20,
     circuit: Circuit | None = None,
+    parallel: int = 1,
 ) -> int:
     """Claim due rows and deliver each; return how many were handled (tried, or found superseded).
 
     The circuit (by default the one of `gh`, i.e. of this process) may stop the batch early: see `Circuit`.
+    With `parallel` > 1, after the batch's first row (delivered alone: it warms the installation token and
+    would trip the circuit on an outage) the rest go out on that many threads, each with its own session;
+    rows of one commit are never in one batch, so this never reorders a commit's states.
     """
     now = now or utcnow()
     rng = rng or random.Random()
@@ -175,16 +180,53 @@ def run_once(
     while handled < limit and circuit.allows(now):
         want = 1 if circuit.probing else limit - handled  # half-open: one probe at a time
         ids = claim(session, now, worker, want)
-        for n, item_id in enumerate(ids):
+        first, rest = (ids[:1], ids[1:]) if parallel > 1 and len(ids) > 2 else (ids, [])
+        for n, item_id in enumerate(first):
             outcome = deliver(session, gh, item_id, now)
             record(session, item_id, outcome, now, rng)
             handled += 1
             circuit.observe(outcome, now, rng)
             if not circuit.allows(now):
-                release(session, ids[n + 1 :], worker)
+                release(session, first[n + 1 :] + rest, worker)
+                return handled
+        if rest:
+            handled += _deliver_in_parallel(session, gh, rest, now, rng, worker, circuit, parallel)
+            if not circuit.allows(now):
                 return handled
         if len(ids) < want:  # nothing more is due
             break
+    return handled
+
+
+def _deliver_in_parallel(
+    session: Session,
+    gh: GitHubApp,
+    ids: list[int],
+    now: datetime,
+    rng: random.Random,
+    worker: str,
+    circuit: Circuit,
+    parallel: int,
+) -> int:
+    """Deliver claimed rows on `parallel` threads; on an outage, rows not yet started are released untried."""
+    sessions = sessionmaker(session.get_bind(), expire_on_commit=False)
+
+    def one(item_id: int) -> Outcome:
+        with sessions() as own:
+            outcome = deliver(own, gh, item_id, now)
+            record(own, item_id, outcome, now, rng)
+            return outcome
+
+    handled = 0
+    with ThreadPoolExecutor(parallel, thread_name_prefix="deliver") as pool:
+        futures = {pool.submit(one, item_id): item_id for item_id in ids}
+        for future in as_completed(futures):
+            if future.cancelled():
+                continue
+            handled += 1
+            circuit.observe(future.result(), now, rng)
+            if not circuit.allows(now):
+                release(session, [i for f, i in futures.items() if f.cancel()], worker)
     return handled
 
 
@@ -201,7 +243,7 @@ def release(session: Session, ids: list[int], worker: str) -> None:
 
 def deliver(session: Session, gh: GitHubApp, item_id: int, now: datetime) -> Outcome:
     """Post the status and check run of one claimed row (each at most once), outside any transaction."""
-    item = session.get(OutboxItem, item_id)
+    item = session.get(OutboxItem, item_id, populate_existing=True)  # fresh: marks are written with Core
     assert item is not None
     if item.state != "pending":  # superseded while it waited
         return Outcome("superseded")
@@ -217,7 +259,7 @@ def deliver(session: Session, gh: GitHubApp, item_id: int, now: datetime) -> Out
                 installation_id,
                 lambda c: c.rest.repos.create_commit_status(owner, repo, item.commit_sha, data=item.commit_status),
             )
-            _mark(session, item_id, status_posted=True)
+            _mark(session, MARK_STATUS, item_id)
         if not item.check_posted:
             _post_check_run(session, gh, installation_id, org, item, owner, repo, now)  # marks check_posted
     except (Permanent, RequestError) as exc:
@@ -298,7 +340,7 @@ def _post_check_run(
             if exc.response.status_code != 404:  # a run deleted on GitHub's side: make a new one
                 raise
         else:
-            _mark(session, item.id, check_posted=True)
+            _mark(session, MARK_CHECK, item.id)
             return
     if not attempt_marked or record.github_id is not None:
         with write_transaction(session):
@@ -338,20 +380,28 @@ def _check_record(session: Session, org_id: int, repo: str, sha: str, now: datet
     return record, marked
 
 
+# Core statements, built once: the worker's per-row writes skip the ORM's bulk-update bookkeeping.
+_outbox, _runs = OutboxItem.__table__, CheckRunRecord.__table__
+SET_RUN = (
+    sa.update(_runs)
+    .where(_runs.c.id == sa.bindparam("record"))
+    .values(github_id=sa.bindparam("github_id"), create_attempted_at=None, updated_at=sa.bindparam("at"))
+)
+MARK_STATUS = sa.update(_outbox).where(_outbox.c.id == sa.bindparam("item")).values(status_posted=True)
+MARK_CHECK = sa.update(_outbox).where(_outbox.c.id == sa.bindparam("item")).values(check_posted=True)
+
+
 def _set_run(session: Session, record_id: int, github_id: int, posted_item: int | None = None) -> None:
     with write_transaction(session):
-        session.execute(
-            sa.update(CheckRunRecord)
-            .where(CheckRunRecord.id == record_id)
-            .values(github_id=github_id, create_attempted_at=None, updated_at=utcnow())
-        )
+        conn = session.connection()
+        conn.execute(SET_RUN, {"record": record_id, "github_id": github_id, "at": utcnow()})
         if posted_item is not None:
-            session.execute(sa.update(OutboxItem).where(OutboxItem.id == posted_item).values(check_posted=True))
+            conn.execute(MARK_CHECK, {"item": posted_item})
 
 
-def _mark(session: Session, item_id: int, **values: Any) -> None:
+def _mark(session: Session, statement: sa.Update, item_id: int) -> None:
     with write_transaction(session):
-        session.execute(sa.update(OutboxItem).where(OutboxItem.id == item_id).values(**values))
+        session.connection().execute(statement, {"item": item_id})
 
 
 def _permanent(message: str, status_code: int | None = None) -> Permanent:
@@ -375,33 +425,40 @@ def _message(exc: RequestFailed) -> str:
 # ---------------------------------------------------------------- recording
 
 
+LOCK_ROW = (
+    sa.select(_outbox.c.state, _outbox.c.attempts, _outbox.c.commit_sha)
+    .where(_outbox.c.id == sa.bindparam("item"))
+    .with_for_update()
+)
+UPDATE_ROW = sa.update(_outbox).where(_outbox.c.id == sa.bindparam("item"))
+
+
 def record(session: Session, item_id: int, outcome: Outcome, now: datetime, rng: random.Random) -> None:
     """Store the outcome and release the lease: delivered, retry later, or failed for good."""
     with write_transaction(session):
-        item = session.get(OutboxItem, item_id, with_for_update=True)
-        assert item is not None
-        item.lease_until = None
-        item.claimed_by = None
+        conn = session.connection()
+        row = conn.execute(LOCK_ROW, {"item": item_id}).one()
+        values: dict[str, Any] = {"lease_until": None, "claimed_by": None}
         if outcome.state == "delivered":
-            item.state, item.delivered_at, item.last_error = "delivered", now, None
-            log.info("github.delivery.delivered outbox=%s commit=%s", item.id, item.commit_sha)
-            return
-        if outcome.state == "superseded":
-            return
-        item.last_error, item.last_status_code = outcome.error, outcome.status_code
-        if outcome.counts_as_attempt:
-            item.attempts += 1
-        if outcome.state == "failed" or item.attempts >= MAX_ATTEMPTS:
-            if item.state == "pending":
-                item.state = "failed"
-            log.warning("github.delivery.failed outbox=%s commit=%s error=%s", item.id, item.commit_sha, outcome.error)
-            return
-        wait = outcome.wait if outcome.wait is not None else backoff(item.attempts, rng)
-        item.next_attempt_at = now + wait
-        log.info(
-            "github.delivery.retry outbox=%s attempt=%s in=%.0fs error=%s",
-            item.id,
-            item.attempts,
-            wait.total_seconds(),
-            outcome.error,
-        )
+            values.update(state="delivered", delivered_at=now, last_error=None)
+            log.info("github.delivery.delivered outbox=%s commit=%s", item_id, row.commit_sha)
+        elif outcome.state != "superseded":
+            attempts = row.attempts + (1 if outcome.counts_as_attempt else 0)
+            values.update(last_error=outcome.error, last_status_code=outcome.status_code, attempts=attempts)
+            if outcome.state == "failed" or attempts >= MAX_ATTEMPTS:
+                if row.state == "pending":
+                    values["state"] = "failed"
+                log.warning(
+                    "github.delivery.failed outbox=%s commit=%s error=%s", item_id, row.commit_sha, outcome.error
+                )
+            else:
+                wait = outcome.wait if outcome.wait is not None else backoff(attempts, rng)
+                values["next_attempt_at"] = now + wait
+                log.info(
+                    "github.delivery.retry outbox=%s attempt=%s in=%.0fs error=%s",
+                    item_id,
+                    attempts,
+                    wait.total_seconds(),
+                    outcome.error,
+                )
+        conn.execute(UPDATE_ROW.values(**values), {"item": item_id})
