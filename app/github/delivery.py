@@ -19,7 +19,7 @@ import socket
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from githubkit.exception import RateLimitExceeded, RequestError, RequestFailed, RequestTimeout
@@ -243,16 +243,15 @@ def release(session: Session, ids: list[int], worker: str) -> None:
 
 def deliver(session: Session, gh: GitHubApp, item_id: int, now: datetime) -> Outcome:
     """Post the status and check run of one claimed row (each at most once), outside any transaction."""
-    item = session.get(OutboxItem, item_id, populate_existing=True)  # fresh: marks are written with Core
-    assert item is not None
+    item = session.connection().execute(ITEM, {"item": item_id}).one()  # the row with its org's installation
     if item.state != "pending":  # superseded while it waited
+        session.commit()
         return Outcome("superseded")
-    org = session.get(Org, item.org_id)
-    assert org is not None
     session.commit()  # end the read transaction before talking to GitHub
     owner, repo = item.repo_full_name.split("/", 1)
+    org = OrgIds(item.org_id)
     try:
-        installation_id = org.installation_id or _find_installation(session, gh, org, owner, repo)
+        installation_id = item.installation_id or _find_installation(session, gh, org, owner, repo)
         if not item.status_posted:
             _call(
                 gh,
@@ -300,7 +299,7 @@ def _call(gh: GitHubApp, installation_id: int, fn: Any) -> Any:
         return fn(gh.installation(installation_id))
 
 
-def _find_installation(session: Session, gh: GitHubApp, org: Org, owner: str, repo: str) -> int:
+def _find_installation(session: Session, gh: GitHubApp, org: OrgIds, owner: str, repo: str) -> int:
     """The installation covering the repo, asked of GitHub with the App JWT, and remembered for the org."""
     try:
         found = gh.app.rest.apps.get_repo_installation(owner, repo).parsed_data.id
@@ -317,8 +316,8 @@ def _post_check_run(
     session: Session,
     gh: GitHubApp,
     installation_id: int,
-    org: Org,
-    item: OutboxItem,
+    org: OrgIds,
+    item: Any,  # an ITEM row
     owner: str,
     repo: str,
     now: datetime,
@@ -425,6 +424,26 @@ def _message(exc: RequestFailed) -> str:
 # ---------------------------------------------------------------- recording
 
 
+class OrgIds(NamedTuple):
+    id: int
+
+
+ITEM = (
+    sa.select(
+        _outbox.c.id,
+        _outbox.c.state,
+        _outbox.c.org_id,
+        _outbox.c.repo_full_name,
+        _outbox.c.commit_sha,
+        _outbox.c.commit_status,
+        _outbox.c.check_run,
+        _outbox.c.status_posted,
+        _outbox.c.check_posted,
+        Org.__table__.c.installation_id,
+    )
+    .join_from(_outbox, Org.__table__, Org.__table__.c.id == _outbox.c.org_id)
+    .where(_outbox.c.id == sa.bindparam("item"))
+)
 LOCK_ROW = (
     sa.select(_outbox.c.state, _outbox.c.attempts, _outbox.c.commit_sha)
     .where(_outbox.c.id == sa.bindparam("item"))
