@@ -575,3 +575,18 @@ def test_a_posted_status_is_not_posted_again_when_its_check_run_is_retried(app, 
         delivery.run_once(db.session(), gh, now=clock.now, rng=random.Random(7), worker="w1")
     assert posted_states(fake_github) == ["failure"]  # the status once, though the row was tried twice
     assert len(fake_github.check_runs) == 1 and rows(app)[0].state == "delivered"
+
+
+def test_a_long_running_worker_updates_the_check_run_it_created(app, client, token, fake_github):
+    clock = Clock()
+    with app.app_context():  # one session across runs, as the worker command keeps
+        gh = github_app()
+        assert gh is not None
+        upload(client, token, image="ghcr.io/acme/api:1")
+        delivery.run_once(db.session(), gh, now=clock.now, rng=random.Random(7), worker="w1")
+        upload(client, token, image="ghcr.io/acme/web:1")
+        clock.advance(5)
+        delivery.run_once(db.session(), gh, now=clock.now, rng=random.Random(7), worker="w1")
+    assert len(fake_github.check_runs) == 1  # created once, then updated in place
+    assert fake_github.calls_to("GET", r"/check-runs$") == []  # known, not looked up as if its create were lost
+    assert [r.state for r in rows(app)] == ["delivered", "delivered"]

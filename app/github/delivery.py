@@ -369,7 +369,9 @@ def _check_record(session: Session, org_id: int, repo: str, sha: str, now: datet
     about to happen is recorded in the same transaction (True)."""
     where = (CheckRunRecord.org_id == org_id, CheckRunRecord.repo_full_name == repo, CheckRunRecord.commit_sha == sha)
     with write_transaction(session):
-        record = session.scalars(sa.select(CheckRunRecord).where(*where)).one_or_none()
+        # Fresh, not the session's copy: the run id is written with Core (SET_RUN), which leaves that copy stale.
+        fresh = sa.select(CheckRunRecord).where(*where).execution_options(populate_existing=True)
+        record = session.scalars(fresh).one_or_none()
         if record is None:
             record = CheckRunRecord(org_id=org_id, repo_full_name=repo, commit_sha=sha)
             session.add(record)
