@@ -343,9 +343,7 @@ def _post_check_run(
             return
     if not attempt_marked or record.github_id is not None:
         with write_transaction(session):
-            session.execute(
-                sa.update(CheckRunRecord).where(CheckRunRecord.id == record.id).values(create_attempted_at=now)
-            )
+            session.connection().execute(ATTEMPT_CREATE, {"record": record.id, "at": now})
     created = _call(gh, installation_id, lambda c: c.rest.checks.create(owner, repo, data=body))
     _set_run(session, record.id, created.parsed_data.id, posted_item=item.id)
 
@@ -364,21 +362,27 @@ def _find_lost_run(
     return None
 
 
-def _check_record(session: Session, org_id: int, repo: str, sha: str, now: datetime) -> tuple[CheckRunRecord, bool]:
+@dataclass
+class RunRecord:
+    """The commit's check run record, as the worker needs it."""
+
+    id: int
+    github_id: int | None
+
+
+def _check_record(session: Session, org_id: int, repo: str, sha: str, now: datetime) -> tuple[RunRecord, bool]:
     """The commit's check run record, made if new; when it has no run and no create was ever tried, the create
     about to happen is recorded in the same transaction (True)."""
-    where = (CheckRunRecord.org_id == org_id, CheckRunRecord.repo_full_name == repo, CheckRunRecord.commit_sha == sha)
     with write_transaction(session):
-        # Fresh, not the session's copy: the run id is written with Core (SET_RUN), which leaves that copy stale.
-        fresh = sa.select(CheckRunRecord).where(*where).execution_options(populate_existing=True)
-        record = session.scalars(fresh).one_or_none()
-        if record is None:
-            record = CheckRunRecord(org_id=org_id, repo_full_name=repo, commit_sha=sha)
-            session.add(record)
-        marked = record.github_id is None and record.create_attempted_at is None
+        conn = session.connection()
+        row = conn.execute(FIND_RUN, {"org": org_id, "repo": repo, "sha": sha}).one_or_none()
+        if row is None:
+            new = {"org_id": org_id, "repo_full_name": repo, "commit_sha": sha, "create_attempted_at": now}
+            return RunRecord(conn.execute(NEW_RUN, new).scalar_one(), None), True
+        marked = row.github_id is None and row.create_attempted_at is None
         if marked:
-            record.create_attempted_at = now
-    return record, marked
+            conn.execute(ATTEMPT_CREATE, {"record": row.id, "at": now})
+    return RunRecord(row.id, row.github_id), marked
 
 
 # Core statements, built once: the worker's per-row writes skip the ORM's bulk-update bookkeeping.
@@ -387,6 +391,15 @@ SET_RUN = (
     sa.update(_runs)
     .where(_runs.c.id == sa.bindparam("record"))
     .values(github_id=sa.bindparam("github_id"), create_attempted_at=None, updated_at=sa.bindparam("at"))
+)
+FIND_RUN = sa.select(_runs.c.id, _runs.c.github_id, _runs.c.create_attempted_at).where(
+    _runs.c.org_id == sa.bindparam("org"),
+    _runs.c.repo_full_name == sa.bindparam("repo"),
+    _runs.c.commit_sha == sa.bindparam("sha"),
+)
+NEW_RUN = sa.insert(_runs).returning(_runs.c.id)
+ATTEMPT_CREATE = (
+    sa.update(_runs).where(_runs.c.id == sa.bindparam("record")).values(create_attempted_at=sa.bindparam("at"))
 )
 MARK_STATUS = sa.update(_outbox).where(_outbox.c.id == sa.bindparam("item")).values(status_posted=True)
 MARK_CHECK = sa.update(_outbox).where(_outbox.c.id == sa.bindparam("item")).values(check_posted=True)
