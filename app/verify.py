@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from app.chain import DOMAINS
+from app.chain import DOMAINS, audit_payload, timestamp
 from app.models import FINDING_PAYLOAD_COLUMNS, GENESIS_HASH, AuditEvent, ChainHead, Finding, Org, utcnow
 
 # (seq, kind, row id, payload or None when redacted, payload_hash hex, chain_hash hex)
@@ -316,10 +316,6 @@ RETENTION_RUNS = sa.select(_a.c.created_at, _col(_a, "details")).where(
 HEAD = sa.select(_h.c.seq, _h.c.head_hash).where(_h.c.org_id == sa.bindparam("org"))
 
 
-def _stamp(value: Any) -> str:
-    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def _json(text: Any) -> Any:
     return None if text is None else orjson.loads(text)
 
@@ -345,16 +341,17 @@ def retention_rule(conn: sa.Connection, org_id: int) -> Aged:
         if cutoff is not None:
             if created < cutoff:
                 return None
-            return f"made {_stamp(created)}, after the cut-off {_stamp(cutoff)} of the run of {_stamp(redacted)}"
+            run = timestamp(redacted)
+            return f"made {timestamp(created)}, after the cut-off {timestamp(cutoff)} of the run of {run}"
         if created + MIN_AGE <= redacted <= latest:
             return None
-        return f"made {_stamp(created)}, marked as removed by retention at {_stamp(redacted)}"
+        return f"made {timestamp(created)}, marked as removed by retention at {timestamp(redacted)}"
 
     return why_not
 
 
 def _early(created: datetime, why: str) -> dict[str, Any]:
-    return {"created_at": _stamp(created), EARLY: why}
+    return {"created_at": timestamp(created), EARLY: why}
 
 
 def finding_entries(conn: sa.Connection, org_id: int, aged: Aged | None = None) -> Iterator[Entry]:
@@ -388,7 +385,7 @@ def _findings(rows: Iterable[Any], aged: Aged, parse: Callable[[Any], Any] | Non
             yield (seq, "finding", id_, None if judged is None else _early(made, judged), ph, ch)
             continue
         if created != last_created:
-            stamp, last_created = _stamp(parse(created) if parse else created), created
+            stamp, last_created = timestamp(parse(created) if parse else created), created
         payload = {
             "org_id": org,
             "scan_run_id": scan,
@@ -422,13 +419,7 @@ def _audit_events(rows: Iterable[Any], aged: Aged) -> Iterator[Entry]:
             early = None if why is None else _early(r.created_at, why)
             yield (r.seq, "audit", r.id, early, r.payload_hash, r.chain_hash)
             continue
-        payload = {
-            "org_id": r.org_id,
-            "created_at": _stamp(r.created_at),
-            "action": r.action,
-            "actor": r.actor,
-            "details": details,
-        }
+        payload = audit_payload(r.org_id, timestamp(r.created_at), r.action, r.actor, details)
         yield (r.seq, "audit", r.id, payload, r.payload_hash, r.chain_hash)
 
 
