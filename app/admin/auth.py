@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from flask import abort, g, redirect, request, session, url_for
+from flask import Flask, Request, abort, g, redirect, request, session, url_for
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 
 SESSION_KEY = "admin"
 CSRF_KEY = "csrf"
@@ -31,6 +32,19 @@ class Admin:
     def actor(self) -> str:
         """How audit events name this person."""
         return f"{self.via}:{self.user}"
+
+
+class CookieSessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, without the signing set-up for a request that carries no session cookie.
+
+    Uploads, webhooks and the API never carry one, yet Flask would build a signing serializer for each of them;
+    such a request gets the same empty session Flask would have given it.
+    """
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        if app.secret_key and not request.cookies.get(self.get_cookie_name(app)):
+            return self.session_class()
+        return super().open_session(app, request)
 
 
 def current_admin() -> Admin | None:

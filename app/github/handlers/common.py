@@ -50,19 +50,21 @@ def org_by_login(session: Session, login: str | None) -> Org | None:
     return session.scalars(_BY_LOGIN, {"login": login.lower()}).first()
 
 
-def org_of_repository_event(session: Session, payload: dict[str, Any]) -> OrgRef | None:
-    """The org of an event about a repository: by the payload's installation, else by the repository owner.
+def org_ref(session: Session, inst_id: int | None, login: Any) -> OrgRef | None:
+    """The org holding installation `inst_id`, else the org of the GitHub account `login`, as an (id, slug) row.
 
-    The same rule as org_by_installation then org_by_login, read as a plain (id, slug) row.
+    The same rule as org_by_installation then org_by_login, read with Core: no ORM object per delivery.
     """
     conn = session.connection()
-    inst_id = installation_id(payload)
     row = conn.execute(_REF_BY_INSTALLATION, {"inst": inst_id}).first() if inst_id is not None else None
-    if row is None:
-        login = get(payload, "repository", "owner", "login")
-        if isinstance(login, str) and login:
-            row = conn.execute(_REF_BY_LOGIN, {"login": login.lower()}).first()
+    if row is None and isinstance(login, str) and login:
+        row = conn.execute(_REF_BY_LOGIN, {"login": login.lower()}).first()
     return OrgRef(row.id, row.slug) if row is not None else None
+
+
+def org_of_repository_event(session: Session, payload: dict[str, Any]) -> OrgRef | None:
+    """The org of an event about a repository: by the payload's installation, else by the repository owner."""
+    return org_ref(session, installation_id(payload), get(payload, "repository", "owner", "login"))
 
 
 def dialect_of(session: Session) -> str:
@@ -96,11 +98,18 @@ def full_names(value: Any, where: str) -> list[str]:
     return names
 
 
+_ADD_REPOSITORIES = {  # built once per dialect
+    dialect: upsert_for(dialect, _repos).on_conflict_do_nothing(index_elements=["org_id", "repo_full_name"])
+    for dialect in ("postgresql", "sqlite")
+}
+
+
 def add_repositories(session: Session, org_id: int, names: list[str]) -> None:
     if names:
+        now = utcnow()
         session.execute(
-            upsert(session, _repos).on_conflict_do_nothing(index_elements=["org_id", "repo_full_name"]),
-            [{"org_id": org_id, "repo_full_name": n, "added_at": utcnow()} for n in names],
+            _ADD_REPOSITORIES[dialect_of(session)],
+            [{"org_id": org_id, "repo_full_name": n, "added_at": now} for n in names],
         )
 
 

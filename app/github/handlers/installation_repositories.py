@@ -6,15 +6,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app.github.handlers.common import (
-    add_repositories,
-    full_names,
-    org_by_installation,
-    org_by_login,
-    remove_repositories,
-)
+from app.github.handlers.common import OrgRef, add_repositories, full_names, org_ref, remove_repositories
 from app.github.router import Router, get, need_int
-from app.models import Org
 
 router = Router()
 
@@ -39,8 +32,6 @@ def installation_repositories_removed(session: Session, payload: dict[str, Any])
     return None
 
 
-def _org(session: Session, payload: dict[str, Any]) -> Org | None:
-    login = get(payload, "installation", "account", "login")
-    return org_by_installation(session, need_int(payload, "installation", "id")) or org_by_login(
-        session, login if isinstance(login, str) else None
-    )
+def _org(session: Session, payload: dict[str, Any]) -> OrgRef | None:
+    """The org holding the installation, else the org of the installation's account."""
+    return org_ref(session, need_int(payload, "installation", "id"), get(payload, "installation", "account", "login"))

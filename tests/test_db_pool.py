@@ -1,0 +1,81 @@
+"""Pooled connections: checked before use only after sitting idle (app.db.ping_when_idle), replaced when dead."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from flask.testing import FlaskClient
+
+from app import create_app, db
+from tests.conftest import postgres_base_url, skip_or_fail
+
+
+def count_pings(app: Flask, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Record each connection check the engine's dialect makes (the check itself still runs)."""
+    dialect = app.extensions["fremforge.db"].engine.dialect
+    pings: list[Any] = []
+    real = dialect.do_ping
+
+    def do_ping(dbapi_conn: Any) -> bool:
+        pings.append(dbapi_conn)
+        return real(dbapi_conn)
+
+    monkeypatch.setattr(dialect, "do_ping", do_ping)
+    return pings
+
+
+def test_a_connection_back_from_a_request_moments_ago_is_not_checked(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db, "PING_AFTER_IDLE", 3600.0)
+    pings = count_pings(app, monkeypatch)
+    for _ in range(5):
+        assert client.get("/readyz").status_code == 200
+    assert pings == []  # a round trip saved on each request of a busy server
+
+
+def test_a_connection_idle_past_the_window_is_checked_at_checkout(
+    app: Flask, client: FlaskClient, dialect: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db, "PING_AFTER_IDLE", 0.0)
+    pings = count_pings(app, monkeypatch)
+    for _ in range(3):
+        assert client.get("/readyz").status_code == 200
+    # PostgreSQL: the first request made its connection (new: nothing to check); each later one reused it after
+    # a pause. A SQLite file has no server to drop a connection, so nothing is checked there.
+    assert len(pings) == (2 if dialect == "postgresql" else 0)
+
+
+@pytest.fixture
+def postgres_app() -> Iterator[Flask]:
+    """The app on the test PostgreSQL database itself (this test needs a server, not the schema)."""
+    base = postgres_base_url()
+    if base is None:
+        skip_or_fail("this test needs a PostgreSQL server: set FREMFORGE_TEST_DATABASE_URL")
+    app = create_app({"TESTING": True, "DATABASE_URL": base, "SECRET_KEY": "test"})
+    yield app
+    app.extensions["fremforge.db"].engine.dispose()
+
+
+def test_a_connection_the_server_dropped_while_idle_is_replaced_without_an_error(
+    postgres_app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = postgres_app.extensions["fremforge.db"].engine
+    with engine.connect() as conn:  # the pool's only connection, back in the pool afterwards
+        dropped = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+    killer = sa.create_engine(engine.url)
+    try:
+        with killer.connect() as conn:  # as a restart, failover or idle timeout would
+            assert conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": dropped}).scalar_one()
+    finally:
+        killer.dispose()
+    monkeypatch.setattr(db, "PING_AFTER_IDLE", 0.0)  # it has sat idle "long enough"
+
+    with postgres_app.app_context():
+        now_on = db.session().execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+
+    assert now_on != dropped
