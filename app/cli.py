@@ -315,7 +315,11 @@ def _parse_now(_ctx: click.Context, _param: click.Parameter, value: str | None) 
 @click.option("--now", callback=_parse_now, help="Apply retention as of this time (ISO-8601; default: now, UTC).")
 def retention_run(now: datetime | None) -> None:
     """Remove the payload of chain entries older than each org's retention_days; keep seq and hashes."""
-    for outcome in retention.run(db.session(), now or utcnow()):
+    try:
+        outcomes = retention.run(db.session(), now or utcnow())
+    except retention.Busy as exc:
+        raise click.ClickException(f"{exc}; nothing done, try again when it ends") from None
+    for outcome in outcomes:
         click.echo(outcome.describe())
 
 
@@ -373,6 +377,9 @@ def _daily_retention() -> float:
     """Run retention; the seconds until the next run (an hour when this one failed)."""
     try:
         retention.run(db.session(), utcnow())
+    except retention.Busy:  # another worker is doing today's run
+        logging.getLogger(__name__).info("retention.skipped: another process is applying it")
+        return RETENTION_EVERY
     except Exception:  # the worker goes on delivering; the next try is logged again if it fails
         logging.getLogger(__name__).exception("retention.failed: retrying in an hour")
         db.session().rollback()

@@ -10,7 +10,10 @@ old row versions are gone.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -85,8 +88,62 @@ class Outcome:
         )
 
 
+# One run at a time per database, whichever processes start one (every worker runs it daily). On PostgreSQL an
+# advisory lock keyed by this class and the schema the app's tables are in (apps on other schemas don't collide).
+LOCK_CLASS = 0x66726574  # "fret"
+_LOCK_ARGS = (LOCK_CLASS, sa.func.hashtext(sa.func.current_schema()))
+
+
+class Busy(RuntimeError):
+    """Another process is applying retention to this database right now."""
+
+
 def run(session: Session, now: datetime) -> list[Outcome]:
-    """Apply every org's retention as of `now` (naive UTC); then make the freed bytes leave the database."""
+    """Apply every org's retention as of `now` (naive UTC); then make the freed bytes leave the database.
+
+    Raises Busy, having done nothing, while another process runs it.
+    """
+    with one_at_a_time(session.get_bind()) as mine:
+        if not mine:
+            raise Busy("another retention run is in progress on this database (a worker's daily run?)")
+        return _run(session, now)
+
+
+@contextmanager
+def one_at_a_time(engine: sa.Engine) -> Iterator[bool]:
+    """Whether this process holds the database's retention lock (held until the block ends).
+
+    PostgreSQL: a session advisory lock (see LOCK_CLASS), on a connection of its own. SQLite: an flock on a file
+    beside the database (all its users are on one host); not on the database file itself, whose locks are SQLite's.
+    """
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            mine = conn.scalar(sa.select(sa.func.pg_try_advisory_lock(*_LOCK_ARGS)))
+            conn.commit()
+            try:
+                yield bool(mine)
+            finally:
+                if mine:
+                    conn.scalar(sa.select(sa.func.pg_advisory_unlock(*_LOCK_ARGS)))
+                    conn.commit()
+        return
+    path = engine.url.database
+    if not path or path == ":memory:":  # a database of this process alone
+        yield True
+        return
+    with open(f"{path}.retention-lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _run(session: Session, now: datetime) -> list[Outcome]:
     orgs = session.execute(
         sa.select(Org.id, Org.slug, sa.func.coalesce(OrgSettings.retention_days, 365))
         .outerjoin(OrgSettings, OrgSettings.org_id == Org.id)

@@ -159,3 +159,21 @@ def test_old_webhook_delivery_ids_are_pruned(app):
         retention.run(db.session(), now)
     assert scalar(app, "SELECT delivery_id FROM webhook_deliveries") == "recent"
     assert scalar(app, "SELECT count(*) FROM webhook_deliveries") == 1
+
+
+def test_one_run_at_a_time_per_database(app, aged):
+    """Every worker runs retention daily: while one run holds the database's lock, another does nothing."""
+    engine = app.extensions["fremforge.db"].engine
+    runner = app.test_cli_runner()
+    with retention.one_at_a_time(engine) as mine:  # as another process's run would
+        assert mine
+        busy = runner.invoke(args=["retention", "run"])
+        with app.app_context():
+            assert cli._daily_retention() == cli.RETENTION_EVERY  # that worker leaves today's run to the other
+    assert busy.exit_code == 1 and "another retention run is in progress" in busy.output
+    assert payloads(app, OLD_MARK) == 30  # nothing done while busy
+    assert scalar(app, "SELECT count(*) FROM audit_events WHERE action = 'retention.run'") == 0
+
+    done = runner.invoke(args=["retention", "run"])  # the lock is free again
+    assert done.exit_code == 0, done.output
+    assert payloads(app, OLD_MARK) == 0
