@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -118,20 +119,24 @@ def one_at_a_time(engine: sa.Engine) -> Iterator[bool]:
     """
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
-            mine = conn.scalar(sa.select(sa.func.pg_try_advisory_lock(*_LOCK_ARGS)))
-            conn.commit()
             try:
-                yield bool(mine)
+                mine = bool(conn.scalar(sa.select(sa.func.pg_try_advisory_lock(*_LOCK_ARGS))))
+                conn.commit()
+            except BaseException:  # the lock may have been granted: a session that ends holds nothing
+                conn.invalidate()
+                raise
+            try:
+                yield mine
             finally:
                 if mine:
-                    conn.scalar(sa.select(sa.func.pg_advisory_unlock(*_LOCK_ARGS)))
-                    conn.commit()
+                    _unlock(conn)
         return
     path = engine.url.database
     if not path or path == ":memory:":  # a database of this process alone
         yield True
         return
-    with open(f"{path}.retention-lock", "a") as lock:
+    # Read-only is enough for flock, and works on a lock file another user (a CLI run as root?) created.
+    with open(os.open(f"{path}.retention-lock", os.O_RDONLY | os.O_CREAT, 0o644)) as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -141,6 +146,19 @@ def one_at_a_time(engine: sa.Engine) -> Iterator[bool]:
             yield True
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _unlock(conn: sa.Connection) -> None:
+    """Release the advisory lock; where that fails, end the connection's session, which releases it too."""
+    try:
+        released = conn.scalar(sa.select(sa.func.pg_advisory_unlock(*_LOCK_ARGS)))
+        conn.commit()
+    except Exception:
+        log.warning("retention.unlock_failed: closing the lock's connection instead", exc_info=True)
+        conn.invalidate()
+        return
+    if not released:
+        conn.invalidate()
 
 
 def _run(session: Session, now: datetime) -> list[Outcome]:

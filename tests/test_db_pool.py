@@ -69,8 +69,8 @@ def test_a_connection_the_server_dropped_while_idle_is_replaced_without_an_error
         dropped = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
     killer = sa.create_engine(engine.url)
     try:
-        with killer.connect() as conn:  # as a restart, failover or idle timeout would
-            assert conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": dropped}).scalar_one()
+        with killer.connect() as conn:  # as a restart, failover or idle timeout would; waits for it to end
+            assert conn.execute(sa.text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": dropped}).scalar_one()
     finally:
         killer.dispose()
     monkeypatch.setattr(db, "PING_AFTER_IDLE", 0.0)  # it has sat idle "long enough"
