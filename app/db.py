@@ -12,6 +12,8 @@ import sqlalchemy as sa
 from flask import Flask, current_app, g
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
+from app import sqlite_writers
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -81,7 +83,7 @@ def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
     # Let SQLAlchemy's "begin" event issue BEGIN, so a writer can ask for BEGIN IMMEDIATE (see write_session).
     dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={round(sqlite_writers.GIVE_UP_AFTER * 1000)}")
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
@@ -123,16 +125,19 @@ def _close_session(_exc: BaseException | None) -> None:
 def write_transaction(s: Session) -> Iterator[Session]:
     """A transaction that writes: committed on success, rolled back on error.
 
-    On SQLite it begins IMMEDIATE, which serialises writers; any read transaction still open on the
-    session is ended first, so the write never starts from a stale snapshot.
+    On SQLite it begins IMMEDIATE, which serialises writers, once this writer's turn has come (sqlite_writers);
+    any read transaction still open on the session is ended first, so the write never starts from a stale
+    snapshot.
     """
-    if s.in_transaction() and s.get_bind().dialect.name == "sqlite":
+    engine = s.get_bind().engine
+    if s.in_transaction() and engine.dialect.name == "sqlite":
         s.commit()
-    if not s.in_transaction():
-        s.connection(execution_options={"fremforge_write": True})
-    try:
-        yield s
-    except BaseException:
-        s.rollback()
-        raise
-    s.commit()
+    with sqlite_writers.turn(sqlite_writers.lock_path(engine)):
+        if not s.in_transaction():
+            s.connection(execution_options={"fremforge_write": True})
+        try:
+            yield s
+        except BaseException:
+            s.rollback()
+            raise
+        s.commit()
