@@ -113,11 +113,10 @@ def test_a_nested_write_in_the_same_thread_does_not_wait_for_itself(sessions, mo
         raise AssertionError("the nested write waited for its own thread's turn")
 
     monkeypatch.setattr(sqlite_writers.time, "sleep", pause)
-    with sessions() as s:
+    with sessions() as s, write_transaction(s):
+        mark(s, "outer")
         with write_transaction(s):
-            mark(s, "outer")
-            with write_transaction(s):
-                mark(s, "inner")
+            mark(s, "inner")
     assert marks(sessions) == ["outer", "inner"]
 
 
