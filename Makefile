@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
+WORKERS ?= 3
 PYTEST_ARGS ?= -n auto
 export FLASK_APP := wsgi
 
@@ -22,7 +23,7 @@ setup: $(VENV)/.installed
 run: setup
 	$(BIN)/flask --app wsgi db upgrade
 	$(BIN)/flask --app wsgi worker & worker=$$!; trap 'kill $$worker 2>/dev/null' EXIT INT TERM; \
-	$(BIN)/gunicorn --workers 2 --bind 127.0.0.1:$(PORT) --access-logfile - wsgi:app
+	$(BIN)/gunicorn --workers $(WORKERS) --bind 127.0.0.1:$(PORT) --access-logfile - wsgi:app
 
 ## Run the test suite (PostgreSQL too when FREMFORGE_TEST_DATABASE_URL is set).
 test: setup

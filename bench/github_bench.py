@@ -2,7 +2,7 @@
 """GitHub benchmark: issue 3's performance targets for webhooks and the delivery worker, on one backend.
 
 Measures:
-  * webhooks while GitHub is unreachable: the app under gunicorn as the README runs it (--workers: 2 on SQLite,
+  * webhooks while GitHub is unreachable: the app under gunicorn as the README runs it (--workers: 3 on SQLite,
     as `make run`; 4 on PostgreSQL, as the production command), its GitHub API URL a closed loopback port, its
     worker running (and failing to reach GitHub) alongside; --bursts bursts of --deliveries signed deliveries
     built from GitHub's own example payloads, each burst sent --concurrency at a time from one event loop, each
@@ -786,7 +786,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--workers",
         type=int,
-        help="gunicorn workers (default: 2 on SQLite, as `make run`; 4 on PostgreSQL, as the README's production)",
+        help="gunicorn workers (default: 3 on SQLite, as `make run`; 4 on PostgreSQL, as the README's production)",
     )
     ap.add_argument(
         "--concurrency", type=int, default=50, help="deliveries in flight at once, each on a connection of its own"
@@ -799,7 +799,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not 1 <= args.bursts <= 100:
         ap.error("--bursts must be between 1 and 100")
     if args.workers is None:
-        args.workers = 4 if args.database == "postgresql" else 2
+        args.workers = 4 if args.database == "postgresql" else 3
     if not 1 <= args.workers <= 32:
         ap.error("--workers must be between 1 and 32")
     if not 1 <= args.concurrency <= 500:
