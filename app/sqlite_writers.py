@@ -15,6 +15,7 @@ GIVE_UP_AFTER (the busy timeout), which then goes on without its turn rather tha
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import threading
 import time
@@ -27,6 +28,7 @@ FIRST_PAUSE = 20e-6  # seconds; doubled after each try that finds the lock taken
 LONGEST_PAUSE = 500e-6  # ... up to this: a waiter notices a free lock within half a millisecond
 GIVE_UP_AFTER = 30.0  # seconds; also the busy timeout (db._sqlite_connect), SQLite's own wait after this one
 
+log = logging.getLogger(__name__)
 _held = threading.local()  # the lock files this thread holds: a nested write waits for no one
 
 
@@ -38,6 +40,9 @@ def lock_path(engine: sa.Engine) -> str | None:
     return f"{path}.write-lock"
 
 
+_unusable: set[str] = set()  # lock files that could not be opened (warned about once)
+
+
 @contextmanager
 def turn(path: str | None) -> Iterator[None]:
     """Wait for this thread's turn to write (held until the block ends); with no path, go straight on."""
@@ -47,7 +52,14 @@ def turn(path: str | None) -> Iterator[None]:
         return
     # Read-only is enough for flock, and works on a lock file another user created. Closing releases the lock,
     # and so does the end of a process that dies holding it.
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    except OSError as exc:  # no lock file (a directory we may not write?): SQLite's own waiting still serialises
+        if path not in _unusable:
+            _unusable.add(path)
+            log.warning("sqlite.write_turn.unavailable path=%s: %s; writers wait in SQLite's busy handler", path, exc)
+        yield
+        return
     try:
         if _wait_for(fd):
             held.add(path)

@@ -159,3 +159,15 @@ def test_processes_writing_at_once_all_get_their_turns(sessions, db_file):
     assert [p.exitcode for p in procs] == [0, 0, 0]
     written = marks(sessions)
     assert sorted(set(written)) == ["p0", "p1", "p2"] and len(written) == 300
+
+
+def test_a_lock_file_that_cannot_be_made_leaves_the_waiting_to_sqlite(sessions, db_file, monkeypatch, caplog):
+    """Where `<db>.write-lock` cannot be opened, writes go on (SQLite's busy handler serialises them), warned once."""
+    monkeypatch.setattr(sqlite_writers, "lock_path", lambda _engine: str(db_file.parent / "missing" / "x.write-lock"))
+    with sessions() as s:
+        for who in ("first", "second"):
+            with write_transaction(s):
+                mark(s, who)
+    assert marks(sessions) == ["first", "second"]
+    warnings = [r for r in caplog.records if "sqlite.write_turn.unavailable" in r.getMessage()]
+    assert len(warnings) == 1
