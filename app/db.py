@@ -79,11 +79,14 @@ def ping_when_idle(engine: sa.Engine) -> None:
             raise
 
 
+SQLITE_BUSY_TIMEOUT_MS = 30_000  # how long SQLite waits for a lock another connection holds
+
+
 def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
     # Let SQLAlchemy's "begin" event issue BEGIN, so a writer can ask for BEGIN IMMEDIATE (see write_session).
     dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
-    cur.execute(f"PRAGMA busy_timeout={round(sqlite_writers.GIVE_UP_AFTER * 1000)}")
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from app import audit, chain
+from app import audit, chain, sqlite_writers
 from app.db import write_transaction
 from app.models import (
     FINDING_PAYLOAD_COLUMNS,
@@ -131,8 +131,8 @@ def one_at_a_time(engine: sa.Engine) -> Iterator[bool]:
                 if mine:
                     _unlock(conn)
         return
-    path = engine.url.database
-    if not path or path == ":memory:":  # a database of this process alone
+    path = sqlite_writers.database_file(engine)
+    if path is None:  # a database of this process alone
         yield True
         return
     # Read-only is enough for flock, and works on a lock file another user (a CLI run as root?) created.

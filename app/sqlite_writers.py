@@ -4,12 +4,14 @@ SQLite lets one writer in at a time. The others wait in its busy handler, which 
 between tries, however soon the lock comes free. Under a burst of small writes (webhook deliveries, uploads,
 from several gunicorn workers) those sleeps, not the work, bounded throughput: the machine sat about a third
 idle while deliveries queued. Here a writer first takes an exclusive flock on `<database>.write-lock`, tried
-again after pauses of at most LONGEST_PAUSE, so the next writer starts well within a millisecond of the last
-one's commit.
+again after pauses of at most LONGEST_PAUSE, so the next writer starts within half a millisecond of the last
+one's commit. The turns are not strictly first come, first served: a newcomer tries sooner than a writer that
+has waited a while, which matters little when each turn lasts about a millisecond.
 
 SQLite's own lock still decides who writes: a program that does not take the flock (the sqlite3 shell, a
-migration) is waited for in SQLite's busy handler as before, and so is a writer that waited here longer than
-GIVE_UP_AFTER (the busy timeout), which then goes on without its turn rather than failing sooner than before.
+migration) is waited for in SQLite's busy handler as before. So is a writer that waited here for GIVE_UP_AFTER
+(a turn held that long is not a burst of small writes): it goes on without its turn, and SQLite's busy
+timeout bounds the rest of its wait, as before.
 """
 
 from __future__ import annotations
@@ -26,21 +28,35 @@ import sqlalchemy as sa
 
 FIRST_PAUSE = 20e-6  # seconds; doubled after each try that finds the lock taken ...
 LONGEST_PAUSE = 500e-6  # ... up to this: a waiter notices a free lock within half a millisecond
-GIVE_UP_AFTER = 30.0  # seconds; also the busy timeout (db._sqlite_connect), SQLite's own wait after this one
+GIVE_UP_AFTER = 5.0  # seconds waiting for a turn, after which SQLite's busy handler takes over
 
 log = logging.getLogger(__name__)
 _held = threading.local()  # the lock files this thread holds: a nested write waits for no one
+_unusable: set[str] = set()  # lock files that could not be opened (warned about once)
+_pause = time.sleep  # between tries (tests watch it)
+
+
+def database_file(engine: sa.Engine) -> str | None:
+    """The file of a SQLite database (as SQLite resolves it); None for PostgreSQL and in-memory databases."""
+    url = engine.url
+    path = url.database
+    if engine.dialect.name != "sqlite" or not path or path == ":memory:":
+        return None
+    if path.startswith("file:"):  # a URI filename (?uri=true): file:name, file:/abs, file:///abs
+        if url.query.get("mode") == "memory":
+            return None
+        path = path.removeprefix("file:").split("?", 1)[0]
+        if path.startswith("//"):
+            path = path[2:]
+        if not path or path == ":memory:":
+            return None
+    return path
 
 
 def lock_path(engine: sa.Engine) -> str | None:
-    """The turn lock of a file database; None for PostgreSQL and in-memory SQLite (one process: nothing to share)."""
-    path = engine.url.database
-    if engine.dialect.name != "sqlite" or not path or path == ":memory:" or path.startswith("file:"):
-        return None
-    return f"{path}.write-lock"
-
-
-_unusable: set[str] = set()  # lock files that could not be opened (warned about once)
+    """The turn lock of a database file, beside it; None where there is no file (one process: nothing to share)."""
+    path = database_file(engine)
+    return f"{path}.write-lock" if path is not None else None
 
 
 @contextmanager
@@ -68,6 +84,9 @@ def turn(path: str | None) -> Iterator[None]:
             finally:
                 held.discard(path)
         else:
+            log.warning(
+                "sqlite.write_turn.gave_up path=%s after %.0f s; waiting in SQLite's busy handler", path, GIVE_UP_AFTER
+            )
             yield
     finally:
         os.close(fd)
@@ -84,5 +103,5 @@ def _wait_for(fd: int) -> bool:
         except BlockingIOError:
             if time.monotonic() >= deadline:
                 return False
-            time.sleep(pause)
+            _pause(pause)
             pause = min(2 * pause, LONGEST_PAUSE)

@@ -7,9 +7,9 @@ Measures:
     worker running (and failing to reach GitHub) alongside; --bursts bursts of --deliveries signed deliveries
     built from GitHub's own example payloads, each burst sent --concurrency at a time from one event loop, each
     delivery on its own connection, after an unmeasured burst of the same shape has warmed the server up.
-    Target: p99 latency under 100 ms in the median burst (a burst's p99 is its 2nd-slowest answer of 200, so
-    one burst is at the mercy of one hiccup; the worst burst is reported too), and every answer 2xx with the
-    outcome its handler should give;
+    Target: p99 latency under 100 ms over all measured deliveries (one burst's p99 is its third-slowest answer
+    of 200, at the mercy of one hiccup of a shared machine; the worst burst's p99 is reported too), and every
+    answer 2xx with the outcome its handler should give;
   * the worker: --commits uploads (each its own commit) leave as many pending outbox rows; the time of one
     `flask --app wsgi worker --once` against a FakeGitHub (tests/fakes.py, in this process) until it exits.
     Target: >= 50 commits/s, and every commit has exactly one status and one check run on the fake.
@@ -559,7 +559,7 @@ def measure_webhooks(url: str, tmp: Path, args: argparse.Namespace) -> dict[str,
         problems.add(f"the background worker exited during the burst:\n{tail(tmp / 'webhooks-worker.log')}")
     if problems.count:
         print(f"\napp log tail:\n{tail(tmp / 'webhooks-app.log')}")
-    p99s = sorted(summary_ms(burst)["p99"] for burst in latencies)
+    burst_p99s = [summary_ms(burst)["p99"] for burst in latencies]
     return {
         "deliveries": args.deliveries,
         "bursts": args.bursts,
@@ -569,8 +569,7 @@ def measure_webhooks(url: str, tmp: Path, args: argparse.Namespace) -> dict[str,
         "wall_seconds": wall,
         "cpu_seconds_during_burst": cpu,
         "per_second": args.bursts * args.deliveries / wall,
-        "burst_p99_ms": p99s,
-        "median_burst_p99_ms": statistics.median(p99s),
+        "burst_p99_ms": burst_p99s,
         "client_ms": summary_ms([t for burst in latencies for t in burst]),
         "cold_client_ms": summary_ms(cold),
         "server_ms": summary_ms([t for ts in server.values() for t in ts]) if server else None,
@@ -687,8 +686,8 @@ def build_rows(hooks: dict[str, Any] | None, work: dict[str, Any] | None) -> lis
         rows += [
             Row(f"{n}: p50", "ms", c["p50"], None),
             Row(f"{n}: p95", "ms", c["p95"], None),
-            Row(f"{n}: p99 of the median burst", "ms", hooks["median_burst_p99_ms"], "<", WEBHOOK_P99_MS),
-            Row(f"{n}: p99 of the worst burst", "ms", hooks["burst_p99_ms"][-1], None),
+            Row(f"{n}: p99", "ms", c["p99"], "<", WEBHOOK_P99_MS),
+            Row(f"{n}: p99 of the worst burst", "ms", max(hooks["burst_p99_ms"]), None),
             Row(
                 "webhooks: the same burst just after start (cold, unmeasured for the target): p99",
                 "ms",
@@ -782,7 +781,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="maintenance URL of a loopback PostgreSQL (trust auth) for the throwaway databases",
     )
     ap.add_argument("--deliveries", type=int, default=200, help="webhook deliveries in each measured burst")
-    ap.add_argument("--bursts", type=int, default=5, help="measured bursts (the target applies to the median's p99)")
+    ap.add_argument(
+        "--bursts",
+        type=int,
+        default=5,
+        help="measured bursts, one after the other (the target applies to the p99 over all of them)",
+    )
     ap.add_argument(
         "--workers",
         type=int,

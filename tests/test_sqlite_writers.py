@@ -75,13 +75,13 @@ def test_a_writer_waits_for_its_turn_then_writes(sessions, monkeypatch):
     """B, arriving while A writes, waits on the turn (not in SQLite's busy handler) and writes after A."""
     a_inside, a_may_finish, b_waiting = threading.Event(), threading.Event(), threading.Event()
     b_entered = threading.Event()
-    real_sleep = sqlite_writers.time.sleep
+    real_pause = sqlite_writers._pause
 
-    def pause(seconds: float) -> None:  # only a waiter pauses: B, finding A's turn taken
+    def pause(seconds: float) -> None:  # only a writer finding the turn taken pauses: B
         b_waiting.set()
-        real_sleep(seconds)
+        real_pause(seconds)
 
-    monkeypatch.setattr(sqlite_writers.time, "sleep", pause)
+    monkeypatch.setattr(sqlite_writers, "_pause", pause)
     failures: list[BaseException] = []
 
     def writer(who: str, inside: threading.Event, until: threading.Event | None) -> None:
@@ -112,7 +112,7 @@ def test_a_nested_write_in_the_same_thread_does_not_wait_for_itself(sessions, mo
     def pause(_seconds: float) -> None:
         raise AssertionError("the nested write waited for its own thread's turn")
 
-    monkeypatch.setattr(sqlite_writers.time, "sleep", pause)
+    monkeypatch.setattr(sqlite_writers, "_pause", pause)
     with sessions() as s, write_transaction(s):
         mark(s, "outer")
         with write_transaction(s):
@@ -120,24 +120,47 @@ def test_a_nested_write_in_the_same_thread_does_not_wait_for_itself(sessions, mo
     assert marks(sessions) == ["outer", "inner"]
 
 
-def test_a_writer_that_waited_too_long_writes_under_sqlites_own_lock(sessions, db_file, monkeypatch):
+def test_a_writer_that_waited_too_long_writes_under_sqlites_own_lock(sessions, db_file, monkeypatch, caplog):
     """A turn held elsewhere past GIVE_UP_AFTER (a stuck process, say) does not stop a write SQLite allows."""
     monkeypatch.setattr(sqlite_writers, "GIVE_UP_AFTER", 0.05)
+    failures: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            with sessions() as s, write_transaction(s):
+                mark(s, "went on")
+        except BaseException as exc:
+            failures.append(exc)
+
     fd = os.open(f"{db_file}.write-lock", os.O_RDONLY | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # held by another open file description, as another process would
-        with sessions() as s, write_transaction(s):
-            mark(s, "went on")
+        writer = threading.Thread(target=write)
+        writer.start()
+        writer.join(WAIT)
+        assert not writer.is_alive(), "the writer waited past GIVE_UP_AFTER"
     finally:
         os.close(fd)
+    assert not failures
     assert marks(sessions) == ["went on"]
+    assert any("sqlite.write_turn.gave_up" in r.getMessage() for r in caplog.records)
 
 
-def test_only_a_database_file_has_a_turn_lock():
-    assert sqlite_writers.lock_path(sa.create_engine("sqlite:////srv/fremforge.db")) == "/srv/fremforge.db.write-lock"
-    assert sqlite_writers.lock_path(sa.create_engine("sqlite://")) is None
-    assert sqlite_writers.lock_path(sa.create_engine("sqlite:///:memory:")) is None
-    assert sqlite_writers.lock_path(sa.create_engine("postgresql+psycopg://u@127.0.0.1/db")) is None
+@pytest.mark.parametrize(
+    ("url", "lock"),
+    [
+        ("sqlite:////srv/fremforge.db", "/srv/fremforge.db.write-lock"),
+        ("sqlite:///instance/fremforge.db", "instance/fremforge.db.write-lock"),  # relative, as SQLite opens it
+        ("sqlite:///file:/srv/fremforge.db?uri=true", "/srv/fremforge.db.write-lock"),
+        ("sqlite:///file:///srv/fremforge.db?uri=true&mode=rw", "/srv/fremforge.db.write-lock"),
+        ("sqlite:///file:mem?mode=memory&cache=shared&uri=true", None),
+        ("sqlite://", None),
+        ("sqlite:///:memory:", None),
+        ("postgresql+psycopg://u@127.0.0.1/db", None),
+    ],
+)
+def test_only_a_database_file_has_a_turn_lock(url, lock):
+    assert sqlite_writers.lock_path(sa.create_engine(url, poolclass=sa.pool.NullPool)) == lock
 
 
 def _write_many(path: str, who: str, count: int) -> None:
@@ -149,7 +172,8 @@ def _write_many(path: str, who: str, count: int) -> None:
     engine.dispose()
 
 
-def test_processes_writing_at_once_all_get_their_turns(sessions, db_file):
+def test_processes_writing_at_once_all_write(sessions, db_file):
+    """A smoke test across processes: every write of three processes at once lands (how they wait is above)."""
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_write_many, args=(str(db_file), f"p{i}", 100)) for i in range(3)]
     for p in procs:
