@@ -479,10 +479,16 @@ def test_check_run_rerequested_starts_a_new_run_with_the_commits_aggregate(app, 
     set_policy(app, "github", block_action="block_pull")
     token = make_token(app, "github")
     failing = upload(
-        client, token, "github", "github/hello-world", CHECK_SHA, "ghcr.io/g/a:1", [finding(severity="critical")]
+        client,
+        token,
+        "github",
+        "github/hello-world",
+        CHECK_SHA,
+        "ghcr.io/g/a:1",
+        [finding("CVE-2024-0001", severity="critical")],
     )
     passing = upload(
-        client, token, "github", "github/hello-world", CHECK_SHA, "ghcr.io/g/b:1", [finding(severity="low")]
+        client, token, "github", "github/hello-world", CHECK_SHA, "ghcr.io/g/b:1", [finding("CVE-2024-0002", "low")]
     )
     _remember_run(app, "github", 4)
     before = [o.id for o in rows(app, OutboxItem)]
@@ -498,6 +504,10 @@ def test_check_run_rerequested_starts_a_new_run_with_the_commits_aggregate(app, 
     assert item.commit_status["state"] == "failure"
     assert item.commit_status["description"] == "2 images · 1 critical, 1 low · blocking"
     assert item.check_run["conclusion"] == "failure" and item.check_run["head_sha"] == CHECK_SHA
+    summary = item.check_run["output"]["summary"]  # each image with its own top findings
+    a, b = summary.index("ghcr.io/g/a:1"), summary.index("ghcr.io/g/b:1")
+    first, second = sorted([(a, "CVE-2024-0001"), (b, "CVE-2024-0002")])
+    assert first[0] < summary.index(first[1]) < second[0] < summary.index(second[1])
     assert item.state == "not_delivered"  # no GitHub App configured in the tests
     assert failing < passing
 

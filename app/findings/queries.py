@@ -17,17 +17,6 @@ SEVERITY_ORDER = sa.case({s: i for i, s in enumerate(SEVERITIES)}, value=Finding
 FINDING_COLUMNS = FINDING_PAYLOAD_COLUMNS
 
 
-def top_findings(conn: sa.Connection | Session, scan_run_id: int, limit: int = 5) -> list[dict[str, Any]]:
-    """The most severe findings of a scan, for summaries."""
-    rows = conn.execute(
-        sa.select(*(getattr(Finding, c) for c in FINDING_COLUMNS))
-        .where(Finding.scan_run_id == scan_run_id, Finding.cve_id.is_not(None))
-        .order_by(SEVERITY_ORDER, Finding.package, Finding.cve_id)
-        .limit(limit)
-    ).mappings()
-    return [dict(r) for r in rows]
-
-
 _LATEST_JUDGED_IDS = (
     sa.select(sa.func.max(ScanRun.id))
     .where(

@@ -54,16 +54,19 @@ def enqueue(
     block_action: str,
     links: Links,
     deliver: bool,
+    tops: dict[int, list[dict[str, Any]]] | None = None,
 ) -> dict[str, Any] | None:
     """Aggregate the commit's images, store the wish to post it, supersede older wishes; return the status asked.
 
     `judged` holds the latest judged scan of each image as stored before this one; this scan replaces its
-    image's entry. With `deliver` false (no GitHub App configured) the row says why it will not be posted.
+    image's entry. `tops` may hold the other images' top findings already read (by scan id). With `deliver`
+    false (no GitHub App configured) the row says why it will not be posted.
     """
     if block_action == "none":  # post nothing, leave earlier posts as they are
         return None
     others = [r for r in judged if r.image_ref != this.image_ref]
-    tops = queries.top_findings_many(conn, [r.id for r in others])
+    if tops is None:
+        tops = queries.top_findings_many(conn, [r.id for r in others])
     images = [this] + [
         policy.ImageResult(r.image_ref, r.status, {s: getattr(r, s) for s in SEVERITIES}, r.fixable, r.id, tops[r.id])
         for r in others
@@ -102,24 +105,29 @@ def repost(
     Rebuilt from the latest judged scan of each image, each with its stored verdict, under the org's current
     block action: nothing under `none` or a disabled policy, nor for a commit with no judged scan.
     """
-    conn.execute(LOCK_HEAD, {"org": org.id})  # the lock ingest holds: a concurrent upload's wish stays the newest
-    settings = conn.execute(SETTINGS, {"org": org.id}).one_or_none()
-    enabled, block_action = settings if settings is not None else (True, "warn")
+    # The lock ingest holds (a concurrent upload's wish stays the newest), with the settings in the same statement.
+    # No chain head: the org never stored a scan, so there is nothing to post.
+    head = conn.execute(LOCK_HEAD_WITH_SETTINGS, {"org": org.id}).one_or_none()
+    if head is None:
+        return None
+    enabled = head.enabled if head.enabled is not None else True
+    block_action = head.block_action or "warn"
     if not enabled or block_action == "none":
         return None
     judged = queries.latest_judged_rows(conn, org.id, repo, sha)
     if not judged:
         return None
     newest = max(judged, key=lambda r: r.id)
+    tops = queries.top_findings_many(conn, [r.id for r in judged])  # every image's in one query
     this = policy.ImageResult(
         newest.image_ref,
         newest.status,
         {s: getattr(newest, s) for s in SEVERITIES},
         newest.fixable,
         newest.id,
-        queries.top_findings(conn, newest.id),
+        tops[newest.id],
     )
-    return enqueue(conn, org, repo, sha, this, judged, block_action, links, deliver)
+    return enqueue(conn, org, repo, sha, this, judged, block_action, links, deliver, tops)
 
 
 def top_of(findings: list[dict[str, Any]], limit: int = 5) -> list[dict[str, Any]]:
@@ -130,8 +138,13 @@ def top_of(findings: list[dict[str, Any]], limit: int = 5) -> list[dict[str, Any
 
 _outbox = OutboxItem.__table__
 INSERT = sa.insert(_outbox)
-LOCK_HEAD = sa.select(ChainHead.seq).where(ChainHead.org_id == sa.bindparam("org")).with_for_update()
-SETTINGS = sa.select(OrgSettings.enabled, OrgSettings.block_action).where(OrgSettings.org_id == sa.bindparam("org"))
+_heads, _settings = ChainHead.__table__, OrgSettings.__table__
+LOCK_HEAD_WITH_SETTINGS = (
+    sa.select(_heads.c.seq, _settings.c.enabled, _settings.c.block_action)
+    .select_from(_heads.outerjoin(_settings, _settings.c.org_id == _heads.c.org_id))
+    .where(_heads.c.org_id == sa.bindparam("org"))
+    .with_for_update(of=_heads)
+)
 SUPERSEDE = (
     sa.update(_outbox)
     .where(
