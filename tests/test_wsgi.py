@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_start_up_objects_are_frozen_out_of_full_collections(tmp_path):
-    """A gunicorn worker's full GC passes over start-up's ~120k objects took 45-100 ms: they are frozen instead."""
+    """A gunicorn worker's full GC passes over start-up's ~130k objects took 45-100 ms: they are frozen instead."""
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("FREMFORGE_")},
         "FREMFORGE_DATABASE_URL": f"sqlite:///{tmp_path / 'wsgi.db'}",
