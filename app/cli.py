@@ -7,6 +7,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -359,7 +360,7 @@ def worker(once: bool, poll_seconds: float, parallel: int) -> None:
     retention_due = 0.0 if not once else float("inf")  # at start, then every RETENTION_EVERY seconds
     while not stop.is_set():
         if time.monotonic() >= retention_due:
-            retention_due = time.monotonic() + _daily_retention()
+            retention_due = time.monotonic() + _daily_retention(stop.is_set)
         handled = delivery.run_once(db.session(), gh, parallel=parallel) if gh is not None else 0
         delivered += handled
         if handled == 0:
@@ -373,10 +374,10 @@ RETENTION_EVERY = 24 * 3600.0
 RETENTION_RETRY = 3600.0
 
 
-def _daily_retention() -> float:
-    """Run retention; the seconds until the next run (an hour when this one failed)."""
+def _daily_retention(stopping: Callable[[], bool] = retention.never) -> float:
+    """Run retention (ended early once `stopping` says so); the seconds until the next run (an hour when it failed)."""
     try:
-        retention.run(db.session(), utcnow())
+        retention.run(db.session(), utcnow(), stopping)
     except retention.Busy:  # another worker is doing today's run
         logging.getLogger(__name__).info("retention.skipped: another process is applying it")
         return RETENTION_EVERY

@@ -13,7 +13,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -99,15 +99,21 @@ class Busy(RuntimeError):
     """Another process is applying retention to this database right now."""
 
 
-def run(session: Session, now: datetime) -> list[Outcome]:
+def never() -> bool:
+    return False
+
+
+def run(session: Session, now: datetime, stopping: Callable[[], bool] = never) -> list[Outcome]:
     """Apply every org's retention as of `now` (naive UTC); then make the freed bytes leave the database.
 
-    Raises Busy, having done nothing, while another process runs it.
+    `stopping` is asked between chunks: once it says yes (a worker told to stop), the run ends after the chunk
+    in hand, recording what it did; the next run picks up the rest. Raises Busy, having done nothing, while
+    another process runs it.
     """
     with one_at_a_time(session.get_bind()) as mine:
         if not mine:
             raise Busy("another retention run is in progress on this database (a worker's daily run?)")
-        return _run(session, now)
+        return _run(session, now, stopping)
 
 
 @contextmanager
@@ -161,14 +167,19 @@ def _unlock(conn: sa.Connection) -> None:
         conn.invalidate()
 
 
-def _run(session: Session, now: datetime) -> list[Outcome]:
+def _run(session: Session, now: datetime, stopping: Callable[[], bool]) -> list[Outcome]:
     orgs = session.execute(
         sa.select(Org.id, Org.slug, sa.func.coalesce(OrgSettings.retention_days, 365))
         .outerjoin(OrgSettings, OrgSettings.org_id == Org.id)
         .order_by(Org.id)
     ).all()
     session.rollback()  # no read snapshot held across the writes below
-    outcomes = [run_org(session, org_id, slug, days, now) for org_id, slug, days in orgs]
+    outcomes = []
+    for org_id, slug, days in orgs:
+        if stopping():
+            log.info("retention.stopped: %d of %d orgs done; the next run does the rest", len(outcomes), len(orgs))
+            return outcomes  # no reclaiming either: it can take a while, and the next run does it
+        outcomes.append(run_org(session, org_id, slug, days, now, stopping))
     with write_transaction(session):
         pruned = session.execute(
             sa.delete(WebhookDelivery).where(WebhookDelivery.received_at < now - WEBHOOK_DEDUPE_WINDOW)
@@ -180,13 +191,17 @@ def _run(session: Session, now: datetime) -> list[Outcome]:
     return outcomes
 
 
-def run_org(session: Session, org_id: int, slug: str, retention_days: int, now: datetime) -> Outcome:
+def run_org(
+    session: Session, org_id: int, slug: str, retention_days: int, now: datetime, stopping: Callable[[], bool] = never
+) -> Outcome:
     cutoff = now - timedelta(days=retention_days)
     head_seq = session.scalar(sa.select(ChainHead.seq).where(ChainHead.org_id == org_id)) or 0
     session.rollback()
     params = {"org": org_id, "cutoff": cutoff, "now": now}
     findings = 0
     for lo in range(0, head_seq, CHUNK):  # short transactions: appends go on between chunks
+        if lo and stopping():  # what was redacted so far is recorded below; the rest waits for the next run
+            break
         with write_transaction(session):
             findings += session.execute(REDACT_FINDINGS, {**params, "lo": lo, "hi": lo + CHUNK}).rowcount
     with write_transaction(session):

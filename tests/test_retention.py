@@ -145,6 +145,37 @@ def test_the_worker_runs_retention(app, aged):
     assert payloads(app, OLD_MARK) == 0
 
 
+def test_a_worker_told_to_stop_ends_its_run_after_the_chunk_in_hand(app, aged, monkeypatch):
+    """SIGTERM during a long first run: the run stops between chunks, records what it did; the next run ends it."""
+    monkeypatch.setattr(retention, "CHUNK", 10)
+    asked = []
+
+    def stopping() -> bool:  # the first ask (before the org) says go on; the next (after one chunk) says stop
+        asked.append(True)
+        return len(asked) > 1
+
+    with app.app_context():
+        assert cli._daily_retention(stopping) == cli.RETENTION_EVERY
+    left = payloads(app, OLD_MARK)
+    assert 0 < left < 30 and payloads(app, YOUNG_MARK) == 20
+    assert len(asked) == 2
+    assert verdict(app)[0] == 0  # the chain still verifies
+
+    with app.app_context():
+        assert cli._daily_retention() == cli.RETENTION_EVERY  # the next run does the rest
+    assert payloads(app, OLD_MARK) == 0
+    with app.app_context():
+        events = db.session().scalars(sa.select(AuditEvent).where(AuditEvent.action == "retention.run")).all()
+        assert [e.details["findings_redacted"] for e in events] == [30 - left, left]
+
+
+def test_a_worker_told_to_stop_before_retention_leaves_it_to_the_next_run(app, aged):
+    with app.app_context():
+        assert cli._daily_retention(lambda: True) == cli.RETENTION_EVERY
+    assert payloads(app, OLD_MARK) == 30
+    assert scalar(app, "SELECT count(*) FROM audit_events WHERE action = 'retention.run'") == 0
+
+
 def test_old_webhook_delivery_ids_are_pruned(app):
     now = utcnow()
     with app.app_context():
