@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import logging
 import signal
-import threading
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,9 +12,9 @@ from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 
 from app import checkpoints, db, migrate, orgs, retention, tokens
+from app import worker as worker_loop
 from app.admin import links
 from app.db import write_transaction
-from app.github import delivery
 from app.github.client import github_app
 from app.models import Org, utcnow
 from app.settings import service as settings_service
@@ -353,39 +349,10 @@ def worker(once: bool, poll_seconds: float, parallel: int) -> None:
         )
         if once:
             return
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    delivered = 0
-    retention_due = 0.0 if not once else float("inf")  # at start, then every RETENTION_EVERY seconds
-    while not stop.is_set():
-        if time.monotonic() >= retention_due:
-            retention_due = time.monotonic() + _daily_retention(stop.is_set)
-        handled = delivery.run_once(db.session(), gh, parallel=parallel) if gh is not None else 0
-        delivered += handled
-        if handled == 0:
-            if once:
-                break
-            stop.wait(poll_seconds if gh is not None else min(60.0, max(0.0, retention_due - time.monotonic())))
-    click.echo(f"handled {delivered} deliveries")
-
-
-RETENTION_EVERY = 24 * 3600.0
-RETENTION_RETRY = 3600.0
-
-
-def _daily_retention(stopping: Callable[[], bool] = retention.never) -> float:
-    """Run retention (ended early once `stopping` says so); the seconds until the next run (an hour when it failed)."""
-    try:
-        retention.run(db.session(), utcnow(), stopping)
-    except retention.Busy:  # another worker is doing today's run
-        logging.getLogger(__name__).info("retention.skipped: another process is applying it")
-        return RETENTION_EVERY
-    except Exception:  # the worker goes on delivering; the next try is logged again if it fails
-        logging.getLogger(__name__).exception("retention.failed: retrying in an hour")
-        db.session().rollback()
-        return RETENTION_RETRY
-    return RETENTION_EVERY
+    loop = worker_loop.Loop(gh, poll_seconds=poll_seconds, parallel=parallel, once=once)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # finish the row in hand, give the rest back, then exit
+        signal.signal(sig, lambda *_: loop.stop.set())
+    click.echo(f"handled {loop.run()} deliveries")
 
 
 def init_app(app: Flask) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import logging
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +16,8 @@ from flask import Flask, current_app, g
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from app import sqlite_writers
+
+log = logging.getLogger(__name__)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -37,17 +42,48 @@ class Database:
         return self.engine.dialect.name
 
 
-def make_engine(url: str, **kwargs: Any) -> sa.Engine:
-    """An engine for `url`; on SQLite, WAL with a busy timeout, and transactions that we begin ourselves."""
+# The budget of one wait for a lock another connection holds: SQLite's busy_timeout, PostgreSQL's lock_timeout.
+# A request that waits longer is answered 503 with Retry-After (app.errors). It must stay well under the server's
+# request timeout (gunicorn's worker timeout, 30 s by default): a worker still waiting then is killed and its client
+# sees a dropped connection. On SQLite a writer first waits up to sqlite_writers.GIVE_UP_AFTER (5 s) for its turn,
+# then up to this for SQLite's lock: 15 s at most.
+DATABASE_BUSY_SECONDS = 10.0
+# How long opening a PostgreSQL connection may take (libpq connect_timeout, whole seconds, at least 2): a server
+# that does not answer (a host down, packets dropped) costs a request this long, not the kernel's minutes.
+DATABASE_CONNECT_TIMEOUT = 5
+
+
+def make_engine(url: str, busy_seconds: float = DATABASE_BUSY_SECONDS, **kwargs: Any) -> sa.Engine:
+    """An engine for `url` whose connections wait at most `busy_seconds` for a lock (then fail: see unavailable).
+
+    On SQLite, WAL with that busy timeout, and transactions that we begin ourselves; on PostgreSQL, that
+    lock_timeout, a connect timeout, and pooled connections checked after sitting idle.
+    """
+    busy_ms = max(1, round(busy_seconds * 1000))
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, **kwargs)
-        sa.event.listen(engine, "connect", _sqlite_connect)
+        sa.event.listen(engine, "connect", functools.partial(_sqlite_connect, busy_ms=busy_ms))
         sa.event.listen(engine, "begin", _sqlite_begin)
         return engine
     kwargs.setdefault("pool_recycle", 1800)
+    if "connect_timeout" not in sa.make_url(url).query:  # one given in the URL is kept
+        kwargs["connect_args"] = {"connect_timeout": DATABASE_CONNECT_TIMEOUT, **kwargs.get("connect_args", {})}
     engine = sa.create_engine(url, **kwargs)
+    sa.event.listen(engine, "connect", functools.partial(_postgres_connect, lock_timeout_ms=busy_ms))
     ping_when_idle(engine)
     return engine
+
+
+def _postgres_connect(dbapi_conn: Any, _record: Any, *, lock_timeout_ms: int) -> None:
+    # Set outside a transaction (as SQLAlchemy's documentation sets search_path): a SET inside the request's first
+    # transaction would be undone with it if that transaction rolled back.
+    autocommit = dbapi_conn.autocommit
+    dbapi_conn.autocommit = True
+    try:
+        with dbapi_conn.cursor() as cur:
+            cur.execute(f"SET lock_timeout = {int(lock_timeout_ms)}")
+    finally:
+        dbapi_conn.autocommit = autocommit
 
 
 # A pooled connection back in the pool for longer than this is checked before use (HikariCP's
@@ -79,14 +115,11 @@ def ping_when_idle(engine: sa.Engine) -> None:
             raise
 
 
-SQLITE_BUSY_TIMEOUT_MS = 30_000  # how long SQLite waits for a lock another connection holds
-
-
-def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+def _sqlite_connect(dbapi_conn: Any, _record: Any, *, busy_ms: int) -> None:
     # Let SQLAlchemy's "begin" event issue BEGIN, so a writer can ask for BEGIN IMMEDIATE (see write_session).
     dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
-    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cur.execute(f"PRAGMA busy_timeout={busy_ms}")  # how long SQLite waits for a lock another connection holds
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
@@ -102,7 +135,10 @@ def _sqlite_begin(conn: sa.Connection) -> None:
 
 
 def init_app(app: Flask) -> None:
-    engine = make_engine(app.config["DATABASE_URL"])
+    # DATABASE_BUSY_SECONDS is no FREMFORGE_* setting: tests lower the budget through create_app's test_config.
+    engine = make_engine(
+        app.config["DATABASE_URL"], busy_seconds=float(app.config.get("DATABASE_BUSY_SECONDS", DATABASE_BUSY_SECONDS))
+    )
     app.extensions["fremforge.db"] = Database(engine, sessionmaker(engine, expire_on_commit=False))
     app.teardown_appcontext(_close_session)
 
@@ -118,10 +154,75 @@ def session() -> Session:
     return g.db_session
 
 
+def reset_session() -> None:
+    """Drop this context's session after an error: its transaction is rolled back and its connection returned
+    (a dead one is discarded by the pool), so the next session() starts clean."""
+    s = g.pop("db_session", None)
+    if s is not None:
+        try:
+            s.close()
+        except Exception:  # closing a session on a dead connection can fail too; the pool replaces it
+            logging.getLogger(__name__).debug("db.session_close_failed", exc_info=True)
+
+
 def _close_session(_exc: BaseException | None) -> None:
     s = g.pop("db_session", None)
     if s is not None:
         s.close()
+
+
+def discard_session() -> None:
+    """End this request's session after a database failure: rolled back, its connection back to the pool.
+
+    A connection found dead was already invalidated (with every pooled connection made before it), so the next
+    request connects afresh; closing must not raise a second error over the first.
+    """
+    s = g.pop("db_session", None)
+    if s is None:
+        return
+    try:
+        s.close()
+    except sa.exc.SQLAlchemyError as exc:
+        log.warning("db.session_close_failed error=%s", type(exc.__cause__ or exc).__name__)
+
+
+# PostgreSQL SQLSTATEs of a database that is unreachable, restarting or busy past its budget (not of a bad query).
+_UNAVAILABLE_SQLSTATES = {
+    "53300",  # too_many_connections
+    "55P03",  # lock_not_available: lock_timeout passed
+    "57014",  # query_canceled: statement_timeout, or cancelled by an operator
+    "57P01",  # admin_shutdown: the server stops (a fast or smart shutdown), or an operator ended the backend
+    "57P02",  # crash_shutdown: another backend crashed, the server restarts
+    "57P03",  # cannot_connect_now: the server is starting up or shutting down
+}
+_SQLITE_BUSY_OR_LOCKED = {5, 6}  # SQLITE_BUSY, SQLITE_LOCKED (primary result codes)
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the database is unavailable or locked past its budget, so that trying again later may work.
+
+    Not for errors of the query or the data (a constraint, a missing table, a bad value): those are bugs or bad
+    input, and must not pass for an outage.
+    """
+    if isinstance(exc, sa.exc.TimeoutError):  # no pooled connection came free in time
+        return True
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return False
+    if exc.connection_invalidated:  # SQLAlchemy found the connection dead (server gone, restarted, network)
+        return True
+    orig = exc.orig
+    if isinstance(orig, sqlite3.Error):
+        code = getattr(orig, "sqlite_errorcode", None)
+        if code is not None:
+            return code & 0xFF in _SQLITE_BUSY_OR_LOCKED
+        message = str(orig).lower()
+        return isinstance(orig, sqlite3.OperationalError) and ("locked" in message or "busy" in message)
+    if not isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)):
+        return False
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate is None:  # psycopg: no answer from a server at all (cannot connect, connection lost or closed)
+        return True
+    return sqlstate.startswith("08") or sqlstate in _UNAVAILABLE_SQLSTATES  # 08: connection_exception
 
 
 @contextmanager

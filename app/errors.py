@@ -5,11 +5,18 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, jsonify, request
+from flask import Flask, Response, jsonify, request
 from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
+from app import db
+
 log = logging.getLogger(__name__)
+
+# Seconds a client is asked to wait (Retry-After) when the database is unavailable or locked past its budget
+# (app.db.DATABASE_BUSY_SECONDS): a restart or failover usually takes a few seconds.
+RETRY_AFTER_SECONDS = 5
+DATABASE_UNAVAILABLE = "The database is unavailable or busy; try again in a few seconds."
 
 
 class ApiError(Exception):
@@ -112,8 +119,43 @@ def init_app(app: Flask) -> None:
         }
         return jsonify(body), 422
 
+    # Flask picks the handler of the nearest class in the exception's MRO: DataError (a DBAPIError) keeps its own
+    # handler above; every other SQLAlchemy error comes here, and only an outage is a 503.
+    @app.errorhandler(sa_exc.SQLAlchemyError)
+    def _database_error(err: sa_exc.SQLAlchemyError):  # type: ignore[no-untyped-def]
+        if not db.unavailable(err):
+            return _unexpected(err)
+        return database_unavailable(err)
+
     @app.errorhandler(Exception)
     def _unexpected(err: Exception):  # type: ignore[no-untyped-def]
         log.exception("request.unhandled_error path=%s", request.path)
         body = {"error": "internal_error", "message": "An unexpected error happened; it was logged.", "details": []}
         return jsonify(body), 500
+
+
+def database_unavailable(err: BaseException) -> Response:
+    """A 503 with Retry-After for a database that is unavailable or locked past its budget (see db.unavailable):
+    JSON for API clients, a short page otherwise (the admin pages render their own, see note_database_unavailable).
+    """
+    headers = note_database_unavailable(err)
+    if _wants_json():
+        response = jsonify({"error": "database_unavailable", "message": DATABASE_UNAVAILABLE, "details": []})
+    else:
+        page = f"<!doctype html><title>Service unavailable</title><h1>Service unavailable</h1><p>{DATABASE_UNAVAILABLE}"
+        response = Response(page, mimetype="text/html")
+    response.status_code = 503
+    response.headers.update(headers)
+    return response
+
+
+def note_database_unavailable(err: BaseException) -> dict[str, str]:
+    """Close this request's session (so the next request starts on a good connection), log one line, and give
+    the headers of the 503. The line names the error's class and code, never its message (which may name the
+    server) nor the database URL.
+    """
+    db.discard_session()
+    orig = getattr(err, "orig", None) or err
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "sqlite_errorname", None) or "-"
+    log.warning("request.database_unavailable path=%s error=%s code=%s", request.path, type(orig).__name__, code)
+    return {"Retry-After": str(RETRY_AFTER_SECONDS)}

@@ -1,4 +1,5 @@
-"""Liveness (/healthz: the process answers) and readiness (/readyz: the database answers)."""
+"""Liveness (/healthz: the process answers) and readiness (/readyz: the database answers and, with a GitHub App,
+a delivery worker is alive)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ import logging
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Blueprint
+from flask import Blueprint, current_app
 
-from app import db, migrate
+from app import db, migrate, worker
 
 bp = Blueprint("health", __name__)
 log = logging.getLogger(__name__)
@@ -20,12 +21,15 @@ def healthz() -> dict[str, Any]:
 
 
 @bp.get("/readyz")
-def readyz() -> tuple[dict[str, Any], int]:
+def readyz() -> tuple[dict[str, Any], int, dict[str, str]] | tuple[dict[str, Any], int]:
     try:
-        revision = migrate.revision_of(db.session().connection())
+        conn = db.session().connection()
+        revision = migrate.revision_of(conn)
+        worker_alive = worker.alive(conn) if revision == migrate.head() else False
     except sa.exc.SQLAlchemyError as exc:
         log.warning("health.database_unreachable error=%s", type(exc).__name__)
-        return {"status": "unavailable", "database": "unreachable"}, 503
+        db.reset_session()
+        return {"status": "unavailable", "database": "unreachable"}, 503, {"Retry-After": "5"}
     if revision != migrate.head():
         return {
             "status": "unavailable",
@@ -33,4 +37,17 @@ def readyz() -> tuple[dict[str, Any], int]:
             "revision": revision,
             "expected": migrate.head(),
         }, 503
-    return {"status": "ok", "database": "ok", "revision": revision}, 200
+    if current_app.config["GITHUB_APP_CONFIGURED"] and not worker_alive:
+        # Uploads would get 202 while nothing posts their statuses: the gate would be silently open.
+        return {
+            "status": "unavailable",
+            "database": "ok",
+            "revision": revision,
+            "worker": "no delivery worker alive in the last minute: start `flask --app wsgi worker`",
+        }, 503
+    return {
+        "status": "ok",
+        "database": "ok",
+        "revision": revision,
+        "worker": "alive" if worker_alive else "none (no GitHub App configured: nothing to deliver)",
+    }, 200

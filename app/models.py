@@ -220,13 +220,20 @@ class OutboxItem(Base):
     status_posted: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     check_posted: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     attempts: Mapped[int] = mapped_column(default=0)
-    next_attempt_at: Mapped[datetime | None]
-    lease_until: Mapped[datetime | None]  # a worker's claim; past it, another worker may retry the row
-    claimed_by: Mapped[str | None] = mapped_column(sa.String(100))
+    refusals: Mapped[int] = mapped_column(default=0, server_default="0")  # 404/422 answers: retried a few times
+    # Bumped when the row must be posted again (a stale state landed after it): a worker that read an older
+    # revision records its outcome without marking the row delivered.
+    revision: Mapped[int] = mapped_column(default=0, server_default="0")
+    next_attempt_at: Mapped[datetime | None]  # on the database's clock
+    lease_until: Mapped[datetime | None]  # a worker's claim, on the database's clock; past it, another may take it
+    claimed_by: Mapped[str | None] = mapped_column(sa.String(100))  # the claim's fencing token
     last_status_code: Mapped[int | None]
     last_error: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[datetime | None]
+
+    # Not stored: what GitHub still shows while this wish is not posted (findings.queries.note_shown_before).
+    shown_before = None  # type: str | None
 
 
 class CheckRunRecord(Base):
@@ -241,8 +248,22 @@ class CheckRunRecord(Base):
     commit_sha: Mapped[str] = mapped_column(sa.String(40))
     github_id: Mapped[int | None] = mapped_column(sa.BigInteger)  # None: create one (new, or after rerequested)
     create_attempted_at: Mapped[datetime | None]  # a create whose answer was lost: look it up before creating
+    # Creates sent for this commit (answered or not) and when the last was sent: while GitHub lists fewer of our
+    # runs than were sent, a create that timed out may still land, so the worker looks again for a while.
+    creates_sent: Mapped[int] = mapped_column(default=0, server_default="0")
+    last_create_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WorkerHeartbeat(Base):
+    """A delivery worker's sign of life, on the database's clock: /readyz wants one from the last minute."""
+
+    __tablename__ = "worker_heartbeats"
+
+    name: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    started_at: Mapped[datetime]
+    beat_at: Mapped[datetime] = mapped_column(index=True)
 
 
 class PullRequestLink(Base):

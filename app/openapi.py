@@ -62,6 +62,27 @@ BODY_ERRORS = {
     "422": _error("The body breaks the schema; each detail names its JSON path."),
 }
 URL_ERRORS = {"400": _error("The URL contains a NUL character (%00).")}
+_RETRY_AFTER = {
+    "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    "description": "Seconds to wait before trying again.",
+}
+_DATABASE_UNAVAILABLE = "the database is unavailable or locked past its budget (error database_unavailable)"
+DATABASE_ERRORS = {
+    "503": {
+        **_error(f"Nothing was done: {_DATABASE_UNAVAILABLE}; try again after Retry-After seconds."),
+        "headers": {"Retry-After": {**_RETRY_AFTER, "required": True}},
+    }
+}
+
+
+def _or_database_unavailable(description: str) -> dict[str, Any]:
+    """A 503 of the operation's own, or the database's (which comes with Retry-After)."""
+    return {
+        **_error(f"{description} Or {_DATABASE_UNAVAILABLE}, with Retry-After."),
+        "headers": {"Retry-After": _RETRY_AFTER},
+    }
+
+
 SLUG = {"name": "slug", "in": "path", "required": True, "schema": STR, "description": "The organisation's slug."}
 CONTENT_ENCODING = {
     "name": "Content-Encoding",
@@ -209,11 +230,15 @@ SCHEMAS: dict[str, Any] = {
     },
     "Delivery": {
         "type": "object",
-        "required": ["state", "detail", "attempts"],
+        "required": ["state", "detail", "attempts", "github_shows_older"],
         "properties": {
             "state": {"enum": ["pending", "delivered", "failed", "superseded", "not_delivered"]},
             "detail": STR,
             "attempts": COUNT,
+            "github_shows_older": {
+                **_nullable({"enum": ["success", "failure"]}),
+                "description": "While this state is not on GitHub: the older state GitHub still shows, else null.",
+            },
         },
     },
     "CommitStatusPosted": {
@@ -437,6 +462,7 @@ PATHS: dict[str, Any] = {
                 ),
                 **BODY_ERRORS,
                 **AUTH_ERRORS,
+                **DATABASE_ERRORS,
             },
         },
     },
@@ -459,6 +485,7 @@ PATHS: dict[str, Any] = {
                 **URL_ERRORS,
                 "422": BODY_ERRORS["422"],
                 **AUTH_ERRORS,
+                **DATABASE_ERRORS,
             },
         },
     },
@@ -470,7 +497,12 @@ PATHS: dict[str, Any] = {
                 SLUG,
                 {"name": "scan_run_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}},
             ],
-            "responses": {"200": _json("The scan.", _ref("ScanDetail")), **URL_ERRORS, **AUTH_ERRORS},
+            "responses": {
+                "200": _json("The scan.", _ref("ScanDetail")),
+                **URL_ERRORS,
+                **AUTH_ERRORS,
+                **DATABASE_ERRORS,
+            },
         },
     },
     "/api/v1/orgs/{slug}/image-scans/settings": {
@@ -478,14 +510,24 @@ PATHS: dict[str, Any] = {
             "operationId": "getSettings",
             "summary": "The org's policy. Scope findings:read or settings:write.",
             "parameters": [SLUG],
-            "responses": {"200": _json("The policy.", _ref("Settings")), **URL_ERRORS, **AUTH_ERRORS},
+            "responses": {
+                "200": _json("The policy.", _ref("Settings")),
+                **URL_ERRORS,
+                **AUTH_ERRORS,
+                **DATABASE_ERRORS,
+            },
         },
         "put": {
             "operationId": "putSettings",
             "summary": "Change the org's policy (fields left out keep their value). Scope settings:write.",
             "parameters": [SLUG, CONTENT_ENCODING],
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("SettingsChange")}}},
-            "responses": {"200": _json("The policy after the change.", _ref("Settings")), **BODY_ERRORS, **AUTH_ERRORS},
+            "responses": {
+                "200": _json("The policy after the change.", _ref("Settings")),
+                **BODY_ERRORS,
+                **AUTH_ERRORS,
+                **DATABASE_ERRORS,
+            },
         },
     },
     "/api/v1/orgs/{slug}/audit/verify": {
@@ -493,7 +535,12 @@ PATHS: dict[str, Any] = {
             "operationId": "verifyChain",
             "summary": "Recompute the org's chain and name its first bad entry. Scope settings:write.",
             "parameters": [SLUG],
-            "responses": {"200": _json("The verdict (intact or not).", _ref("Verdict")), **URL_ERRORS, **AUTH_ERRORS},
+            "responses": {
+                "200": _json("The verdict (intact or not).", _ref("Verdict")),
+                **URL_ERRORS,
+                **AUTH_ERRORS,
+                **DATABASE_ERRORS,
+            },
         },
         "post": {
             "operationId": "verifyChainAgainstCheckpoints",
@@ -512,7 +559,9 @@ PATHS: dict[str, Any] = {
                 "200": _json("The verdict (intact or not).", _ref("Verdict")),
                 "413": BODY_ERRORS["413"],
                 "422": _error("The body is not a checkpoint, an array of them or JSON lines of them."),
-                "503": _error("The app's checkpoint key is missing or unreadable: checkpoints cannot be checked."),
+                "503": _or_database_unavailable(
+                    "The app's checkpoint key is missing or unreadable: checkpoints cannot be checked."
+                ),
                 **URL_ERRORS,
                 **AUTH_ERRORS,
             },
@@ -527,7 +576,7 @@ PATHS: dict[str, Any] = {
             "responses": {
                 "200": _json("The checkpoint.", _ref("Checkpoint")),
                 "409": _error("The chain no longer extends the previous checkpoint: nothing is signed."),
-                "503": _error("The app's checkpoint key cannot be read."),
+                "503": _or_database_unavailable("The app's checkpoint key cannot be read."),
                 **URL_ERRORS,
                 **AUTH_ERRORS,
             },

@@ -28,7 +28,10 @@ import sqlalchemy as sa
 
 FIRST_PAUSE = 20e-6  # seconds; doubled after each try that finds the lock taken ...
 LONGEST_PAUSE = 500e-6  # ... up to this: a waiter notices a free lock within half a millisecond
-GIVE_UP_AFTER = 5.0  # seconds waiting for a turn, after which SQLite's busy handler takes over
+# Seconds waiting for a turn, after which SQLite's busy handler takes over (for up to db.DATABASE_BUSY_SECONDS):
+# together well under gunicorn's 30 s worker timeout, so a write stuck behind another program gets a 503, not a
+# killed worker.
+GIVE_UP_AFTER = 5.0
 
 log = logging.getLogger(__name__)
 _held = threading.local()  # the lock files this thread holds: a nested write waits for no one

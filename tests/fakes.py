@@ -630,6 +630,15 @@ class FakeGitHub:
             ]
             return matching[-1] if matching else None
 
+    def runs_of(self, owner: str, repo: str, sha: str, name: str = "fremforge/image-scan") -> list[dict[str, Any]]:
+        """Every check run named `name` on the commit, oldest first (copies)."""
+        with self._lock:
+            return [
+                copy.deepcopy(r)
+                for r in sorted(self.check_runs.values(), key=lambda r: r["id"])
+                if _same_repo(r, owner, repo) and r["head_sha"] == sha and r["name"] == name
+            ]
+
     # -- faults --------------------------------------------------------------------------------------------------
 
     def fail(
@@ -651,6 +660,10 @@ class FakeGitHub:
     def timeout(self, method: str, path_regex: str, times: int | None = 1, seconds: float = 5.0) -> None:
         """Hold the matching requests `seconds`, then answer them normally (so the work is done on "GitHub")."""
         self._arm(Fault(method.upper(), re.compile(path_regex), times, hold=seconds))
+
+    def latency(self, method: str, path_regex: str, seconds: float, times: int | None = None) -> None:
+        """Answer the matching requests normally, `seconds` late (until cleared, by default)."""
+        self.timeout(method, path_regex, times=times, seconds=seconds)
 
     def rate_limit(
         self,
@@ -978,6 +991,7 @@ class FakeGitHub:
             and r["head_sha"] == params["ref"]
             and query.get("check_name", r["name"]) == r["name"]
             and query.get("status", r["status"]) == r["status"]
+            and query.get("app_id", self.app_id) == self.app_id  # every run here is this App's
         ]
         runs.sort(key=lambda r: r["id"], reverse=True)
         if query.get("filter", "latest") == "latest":

@@ -17,7 +17,12 @@ HIGH = [finding("CVE-2023-0001", "high")]
 CRITICAL = [finding("CVE-2023-0002", "critical")]
 CLEAN = [finding("CVE-2023-0003", "low", fixed=None)]
 TARGET = f"http://fremforge.test/admin/orgs/acme/code-security/image-scanning/commits/{SHA}?repo=acme%2Fapi"
-NOT_DELIVERED = {"state": "not_delivered", "detail": "not delivered: no GitHub App configured", "attempts": 0}
+NOT_DELIVERED = {
+    "state": "not_delivered",
+    "detail": "not delivered: no GitHub App configured",
+    "attempts": 0,
+    "github_shows_older": None,
+}
 
 
 @pytest.fixture
@@ -353,6 +358,11 @@ def test_newer_wish_supersedes_older_pending_ones(app, client, token):
     assert [r["state"] for r in rows] == ["superseded", "pending", "superseded", "pending"]
     assert rows[-1]["scan_run_id"] == a2["scan_run_id"] and rows[-1]["commit_status"]["state"] == "success"
     old = get_scan(client, token, a["scan_run_id"])["commit_status"]["delivery"]
-    assert old == {"state": "superseded", "detail": "superseded by a newer scan of the same commit", "attempts": 0}
+    assert old == {
+        "state": "superseded",
+        "detail": "superseded by a newer scan of the same commit",
+        "attempts": 0,
+        "github_shows_older": None,
+    }
     new = get_scan(client, token, a2["scan_run_id"])["commit_status"]["delivery"]
-    assert new == {"state": "pending", "detail": "waiting to be delivered", "attempts": 0}
+    assert new == {"state": "pending", "detail": "waiting to be delivered", "attempts": 0, "github_shows_older": None}

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -186,9 +187,13 @@ def test_app_not_installed_is_a_permanent_failure(app, client, fake_github):
     token = make_token(app, "other")
     r = post(client, token, seed(repo="other/api"), slug="other")
     assert r.status_code == 202
-    run(app, Clock())
+    clock = Clock()
+    for _ in range(delivery.REFUSAL_TRIES):
+        run(app, clock)
+        clock.advance(300)
     [row] = rows(app)
     assert row.state == "failed" and "not installed" in row.last_error
+    assert len(fake_github.calls_to("GET", r"/installation$")) == delivery.REFUSAL_TRIES
 
 
 # ---------------------------------------------------------------- tokens
@@ -259,23 +264,43 @@ def test_rate_limit_without_retry_after_waits_until_reset(app, client, token, fa
 
 
 @pytest.mark.parametrize("status", [404, 422])
-def test_permanent_errors_are_recorded_and_not_retried(app, client, token, fake_github, status):
+def test_refusals_are_retried_a_few_times_over_minutes_then_recorded_as_failed(app, client, token, fake_github, status):
     clock = Clock()
     upload(client, token)
-    fake_github.fail(
-        "POST",
-        r"/statuses/",
-        status=status,
-        times=None,
-        json={"message": "Validation Failed" if status == 422 else "Not Found"},
-    )
+    message = "Validation Failed" if status == 422 else "Not Found"
+    fake_github.fail("POST", r"/statuses/", status=status, times=None, json={"message": message})
     run(app, clock)
     [row] = rows(app)
+    assert row.state == "pending" and row.refusals == 1  # a one-off answer must not leave an older state standing
+    assert timedelta(seconds=20) <= row.next_attempt_at - clock.now <= timedelta(seconds=40)
+    waits = []
+    for _ in range(delivery.REFUSAL_TRIES - 1):
+        waits.append((rows(app)[0].next_attempt_at - clock.now).total_seconds())
+        clock.now = rows(app)[0].next_attempt_at
+        run(app, clock)
+    [row] = rows(app)
     assert row.state == "failed" and row.last_status_code == status
-    assert row.last_error == f"GitHub answered {status}: {'Validation Failed' if status == 422 else 'Not Found'}"
+    assert row.last_error == f"GitHub answered {status}: {message}"
+    assert waits[1] > waits[0] and sum(waits) >= 150  # over minutes, not seconds
     clock.advance(3600)
     assert run(app, clock) == 0
-    assert len(fake_github.calls_to("POST", r"/statuses/")) == 1
+    assert len(fake_github.calls_to("POST", r"/statuses/")) == delivery.REFUSAL_TRIES
+
+
+@pytest.mark.parametrize("status", [404, 422])
+def test_a_one_off_refusal_of_the_newer_failing_state_does_not_leave_the_older_green(
+    app, client, token, fake_github, status
+):
+    clock = Clock()
+    upload(client, token, severity="low")
+    drain(app, clock)
+    assert fake_github.latest_status("acme", "api", SHA)["state"] == "success"
+    upload(client, token, severity="critical")
+    fake_github.fail("POST", r"/statuses/", status=status, times=1)
+    fake_github.fail("PATCH", r"/check-runs/", status=status, times=1)
+    drain(app, clock)
+    assert fake_github.latest_status("acme", "api", SHA)["state"] == "failure"
+    assert {r["conclusion"] for r in fake_github.runs_of("acme", "api", SHA)} == {"failure"}
 
 
 def test_retries_are_bounded_and_the_final_failure_is_visible(app, client, token, fake_github):
@@ -360,7 +385,8 @@ def test_a_stale_state_never_lands_after_a_newer_one(app, client, token, fake_gi
     assert run(app, clock, worker="fast-worker") == 0  # the commit is in flight: wish 2 waits
     with app.app_context():
         s = db.session()
-        delivery.record(s, first, delivery.deliver(s, gh, first, clock.now), clock.now, random.Random(1))
+        outcome = delivery.deliver(s, gh, first, clock.now, "slow-worker")
+        delivery.record(s, first, outcome, clock.now, random.Random(1), "slow-worker")
     drain(app, clock)
     assert posted_states(fake_github) == ["success"]  # the superseded wish was not posted at all
     assert [r.state for r in rows(app)] == ["superseded", "delivered"]
@@ -571,8 +597,11 @@ def test_a_posted_status_is_not_posted_again_when_its_check_run_is_retried(app, 
         delivery.run_once(db.session(), gh, now=clock.now, rng=random.Random(7), worker="w1")
         [row] = rows(app)
         assert row.state == "pending" and row.status_posted and not row.check_posted
-        clock.now = row.next_attempt_at
-        delivery.run_once(db.session(), gh, now=clock.now, rng=random.Random(7), worker="w1")
+        for _ in range(20):  # a 502 may have made a run: GitHub's list is checked for a while before it is done
+            clock.now = rows(app)[0].next_attempt_at
+            delivery.run_once(db.session(), gh, now=clock.now, rng=random.Random(7), worker="w1")
+            if rows(app)[0].state != "pending":
+                break
     assert posted_states(fake_github) == ["failure"]  # the status once, though the row was tried twice
     assert len(fake_github.check_runs) == 1 and rows(app)[0].state == "delivered"
 
@@ -588,5 +617,187 @@ def test_a_long_running_worker_updates_the_check_run_it_created(app, client, tok
         clock.advance(5)
         delivery.run_once(db.session(), gh, now=clock.now, rng=random.Random(7), worker="w1")
     assert len(fake_github.check_runs) == 1  # created once, then updated in place
-    assert fake_github.calls_to("GET", r"/check-runs$") == []  # known, not looked up as if its create were lost
+    [run_id] = fake_github.check_runs
+    assert len(fake_github.calls_to("PATCH", rf"/check-runs/{run_id}$")) == 1
     assert [r.state for r in rows(app)] == ["delivered", "delivered"]
+
+
+# ---------------------------------------------------------------- faults: clocks, late creates, late posts
+
+
+def test_a_worker_whose_clock_runs_fast_does_not_take_another_workers_lease(
+    app, client, token, fake_github, monkeypatch
+):
+    upload(client, token)
+    with app.app_context():
+        [held] = delivery.claim(db.session(), None, "steady-worker")  # on the database's clock
+        fast = utcnow() + timedelta(minutes=2, seconds=30)
+        monkeypatch.setattr(delivery, "utcnow", lambda: fast)  # this process's clock, 2.5 minutes ahead
+        gh = github_app()
+        assert gh is not None
+        assert delivery.run_once(db.session(), gh, worker="fast-worker") == 0  # the lease still holds
+    assert fake_github.calls_to("POST", r"/statuses/") == []
+    [row] = rows(app)
+    assert row.id == held and row.claimed_by == "steady-worker"
+
+
+def test_a_web_process_whose_clock_runs_fast_does_not_delay_delivery(app, client, token, fake_github, monkeypatch):
+    from app.findings import service
+    from app.github import outbox
+
+    ahead = utcnow() + timedelta(minutes=5)
+    for module in (outbox, service):
+        monkeypatch.setattr(module, "utcnow", lambda: ahead, raising=False)
+    upload(client, token)
+    with app.app_context():
+        gh = github_app()
+        assert gh is not None
+        assert delivery.run_once(db.session(), gh) == 1  # due now on the database's clock
+    assert posted_states(fake_github) == ["failure"]
+
+
+def test_the_app_jwt_is_issued_a_minute_in_the_past(app, client, token, fake_github):
+    import jwt
+
+    with app.app_context():
+        s = db.session()
+        s.execute(sa.update(Org).values(installation_id=None))  # the worker asks GitHub with the App's JWT
+        s.commit()
+    upload(client, token)
+    before = datetime.now(UTC)
+    drain(app, Clock())
+    [call] = fake_github.calls_to("GET", r"/installation$")
+    claims = jwt.decode(call.headers["authorization"].split()[1], options={"verify_signature": False})
+    assert 55 <= call.at - claims["iat"] <= 70  # GitHub's advice for clock drift
+    assert claims["iat"] >= before.timestamp() - 3600  # (a real timestamp, not a constant)
+
+
+@pytest.mark.github_timeout(0.5)
+def test_a_check_run_create_that_lands_after_its_retry_is_brought_to_the_newest_conclusion(
+    app, client, token, fake_github
+):
+    clock = Clock()
+    upload(client, token, severity="low")  # success
+    fake_github.timeout("POST", r"/check-runs$", times=1, seconds=1.5)  # lands after the worker gave up on it
+    run(app, clock)
+    clock.now = rows(app)[0].next_attempt_at
+    run(app, clock)  # the lost create is not listed yet: a second run is created
+    assert len(fake_github.runs_of("acme", "api", SHA)) == 1
+    [row] = rows(app)
+    assert row.state == "pending" and row.check_posted  # but it keeps looking for the late one
+    assert "late check run" in delivery_detail(client, token, row.scan_run_id)
+    wait_until(lambda: len(fake_github.runs_of("acme", "api", SHA)) == 2)  # the first create lands now
+    upload(client, token, severity="critical")  # a newer, failing state
+    drain(app, clock)
+    runs = fake_github.runs_of("acme", "api", SHA)
+    assert len(runs) == 2 and {r["conclusion"] for r in runs} == {"failure"}
+    assert fake_github.latest_status("acme", "api", SHA)["state"] == "failure"
+
+
+@pytest.mark.github_timeout(0.5)
+def test_a_late_create_after_the_last_scan_is_still_brought_in_step(app, client, token, fake_github):
+    clock = Clock()
+    upload(client, token, severity="critical")
+    fake_github.timeout("POST", r"/check-runs$", times=1, seconds=1.5)
+    run(app, clock)
+    clock.now = rows(app)[0].next_attempt_at
+    run(app, clock)
+    wait_until(lambda: len(fake_github.runs_of("acme", "api", SHA)) == 2)
+    drain(app, clock)
+    runs = fake_github.runs_of("acme", "api", SHA)
+    assert [r["conclusion"] for r in runs] == ["failure", "failure"]
+    assert rows(app)[0].state == "delivered"
+
+
+def test_a_check_run_that_cannot_be_updated_is_replaced(app, client, token, fake_github):
+    clock = Clock()
+    upload(client, token, severity="low")
+    drain(app, clock)
+    [first] = fake_github.runs_of("acme", "api", SHA)
+    upload(client, token, severity="critical")
+    fake_github.fail("PATCH", rf"/check-runs/{first['id']}$", status=422, times=None)
+    drain(app, clock)
+    runs = fake_github.runs_of("acme", "api", SHA)
+    assert len(runs) == 2 and runs[-1]["conclusion"] == "failure"  # the newest run of the check is red
+    assert fake_github.latest_status("acme", "api", SHA)["state"] == "failure"
+    upload(client, token, severity="high", image="ghcr.io/acme/web:1")
+    drain(app, clock)  # later scans update the replacement
+    assert len(fake_github.runs_of("acme", "api", SHA)) == 2
+
+
+def test_a_worker_that_lost_its_lease_requeues_the_newest_state_it_may_have_covered(app, client, token, fake_github):
+    clock = Clock()
+    upload(client, token, severity="low")  # wish 1: success
+    with app.app_context():
+        s, gh = db.session(), github_app()
+        assert gh is not None
+        [first] = delivery.claim(s, clock.now, "stalled")
+    clock.advance(delivery.LEASE.total_seconds() + 1)  # the stalled worker's lease runs out
+    upload(client, token, severity="critical")  # wish 2: failure
+    drain(app, clock)  # another worker posts failure
+    assert fake_github.latest_status("acme", "api", SHA)["state"] == "failure"
+    with app.app_context():  # the stalled worker wakes up and posts its older state
+        s = db.session()
+        outcome = delivery.deliver(s, gh, first, clock.now, "stalled")
+        delivery.record(s, first, outcome, clock.now, random.Random(1), "stalled")
+    assert outcome.state in ("lost", "superseded")
+    if outcome.state == "lost":  # it posted before it could tell: the newest wish is queued again
+        assert fake_github.latest_status("acme", "api", SHA)["state"] == "success"
+        newest = rows(app)[-1]
+        assert newest.state == "pending" and not newest.status_posted
+        detail = delivery_detail(client, token, newest.scan_run_id)
+        assert detail.startswith("GitHub shows an older state: success;"), detail
+    drain(app, clock)
+    assert fake_github.latest_status("acme", "api", SHA)["state"] == "failure"
+    assert {r["conclusion"] for r in fake_github.runs_of("acme", "api", SHA)} == {"failure"}
+
+
+def test_a_row_in_hand_past_its_lease_is_fenced_at_its_first_post(app, client, token, fake_github):
+    clock = Clock()
+    upload(client, token, severity="low")
+    with app.app_context():
+        s, gh = db.session(), github_app()
+        assert gh is not None
+        [row_id] = delivery.claim(s, clock.now, "slow")
+        later = clock.advance(delivery.LEASE.total_seconds() + 1)
+        assert delivery.deliver(s, gh, row_id, later, "slow").state == "lost"
+    assert fake_github.calls_to("POST", r"/statuses/") == []  # nothing posted on a lease that ran out
+
+
+def test_the_circuits_probe_takes_the_oldest_due_row(app, client, token, fake_github):
+    clock = Clock()
+    shas = [f"{i:040x}" for i in range(4)]
+    for sha in shas:
+        upload(client, token, sha=sha)
+    fake_github.outage(True)
+    run(app, clock)  # opens the circuit
+    fake_github.outage(False)
+    before = len(fake_github.calls_to("POST", r"/statuses/"))
+    clock.advance(60)
+    oldest = min(rows(app, state="pending"), key=lambda r: (r.next_attempt_at, r.id))
+    assert oldest.commit_sha != shas[-1]
+    with app.app_context():
+        gh = github_app()
+        assert gh is not None and gh.circuit is not None and gh.circuit.probing
+        delivery.run_once(db.session(), gh, now=clock.now, limit=1, rng=random.Random(7))
+    probe = fake_github.calls_to("POST", r"/statuses/")[before]
+    assert probe.path.endswith(oldest.commit_sha)  # the row that waited longest, not the newest
+
+
+def delivery_detail(client: Any, token: str, scan_id: int) -> str:
+    read = make_token_for_reading(client)
+    r = client.get(f"/api/v1/orgs/acme/image-scans/{scan_id}", headers={"Authorization": f"Bearer {read}"})
+    assert r.status_code == 200, r.json
+    return r.json["commit_status"]["delivery"]["detail"]
+
+
+def make_token_for_reading(client: Any) -> str:
+    return make_token(client.application, scopes=["findings:read"])
+
+
+def wait_until(condition: Any, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)

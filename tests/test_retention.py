@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from app import cli, db, retention
+from app import db, retention, worker
 from app.findings import service
 from app.models import AuditEvent, Finding, ScanRun, WebhookDelivery, utcnow
 from tests.chainkit import FUTURE, org_id, scalar, verdict
@@ -141,7 +141,7 @@ def test_a_bad_now_is_a_usage_error(app):
 
 def test_the_worker_runs_retention(app, aged):
     with app.app_context():
-        assert cli._daily_retention() == cli.RETENTION_EVERY
+        assert worker.daily_retention() == worker.RETENTION_EVERY
     assert payloads(app, OLD_MARK) == 0
 
 
@@ -155,14 +155,14 @@ def test_a_worker_told_to_stop_ends_its_run_after_the_chunk_in_hand(app, aged, m
         return len(asked) > 1
 
     with app.app_context():
-        assert cli._daily_retention(stopping) == cli.RETENTION_EVERY
+        assert worker.daily_retention(stopping) == worker.RETENTION_EVERY
     left = payloads(app, OLD_MARK)
     assert 0 < left < 30 and payloads(app, YOUNG_MARK) == 20
     assert len(asked) == 2
     assert verdict(app)[0] == 0  # the chain still verifies
 
     with app.app_context():
-        assert cli._daily_retention() == cli.RETENTION_EVERY  # the next run does the rest
+        assert worker.daily_retention() == worker.RETENTION_EVERY  # the next run does the rest
     assert payloads(app, OLD_MARK) == 0
     with app.app_context():
         events = db.session().scalars(sa.select(AuditEvent).where(AuditEvent.action == "retention.run")).all()
@@ -171,7 +171,7 @@ def test_a_worker_told_to_stop_ends_its_run_after_the_chunk_in_hand(app, aged, m
 
 def test_a_worker_told_to_stop_before_retention_leaves_it_to_the_next_run(app, aged):
     with app.app_context():
-        assert cli._daily_retention(lambda: True) == cli.RETENTION_EVERY
+        assert worker.daily_retention(lambda: True) == worker.RETENTION_EVERY
     assert payloads(app, OLD_MARK) == 30
     assert scalar(app, "SELECT count(*) FROM audit_events WHERE action = 'retention.run'") == 0
 
@@ -200,7 +200,7 @@ def test_one_run_at_a_time_per_database(app, aged):
         assert mine
         busy = runner.invoke(args=["retention", "run"])
         with app.app_context():
-            assert cli._daily_retention() == cli.RETENTION_EVERY  # that worker leaves today's run to the other
+            assert worker.daily_retention() == worker.RETENTION_EVERY  # that worker leaves today's run to the other
     assert busy.exit_code == 1 and "another retention run is in progress" in busy.output
     assert payloads(app, OLD_MARK) == 30  # nothing done while busy
     assert scalar(app, "SELECT count(*) FROM audit_events WHERE action = 'retention.run'") == 0

@@ -18,6 +18,7 @@ from werkzeug.exceptions import (
     BadRequest,
     HTTPException,
     InternalServerError,
+    ServiceUnavailable,
     UnprocessableEntity,
     default_exceptions,
 )
@@ -26,7 +27,7 @@ from app import advisories, db, orgs, policy, tokens
 from app.admin.auth import admin_required
 from app.admin.blueprint import bp
 from app.db import write_transaction
-from app.errors import ApiError
+from app.errors import DATABASE_UNAVAILABLE, ApiError, note_database_unavailable
 from app.findings import queries
 from app.github.outbox import delivery_state
 from app.models import (
@@ -218,6 +219,7 @@ def commit(slug: str, sha: str) -> ResponseReturnValue:
         .order_by(OutboxItem.id.desc())
         .limit(1)
     ).first()
+    queries.note_shown_before(session, [newest])
     return render_template(
         "admin/commit.html",
         org=org,
@@ -361,6 +363,9 @@ def unexpected_error_page(err: Exception) -> ResponseReturnValue:
     if isinstance(err, sa_exc.DataError):
         log.warning("admin.unstorable_value path=%s error=%s", request.path, type(err.orig).__name__)
         return error_page(UnprocessableEntity("A value cannot be stored (too long or malformed)."))
+    if db.unavailable(err):  # an outage, or a lock held past its budget: 503, try again shortly
+        headers = note_database_unavailable(err)
+        return render_template("admin/error.html", error=ServiceUnavailable(DATABASE_UNAVAILABLE)), 503, headers
     log.exception("admin.unhandled_error path=%s", request.path)
     return error_page(InternalServerError("Something went wrong on our side; it was logged. Try again later."))
 

@@ -94,10 +94,40 @@ def findings_of(session: Session, scan_run_id: int) -> list[Finding]:
 
 
 def outbox_by_scan(session: Session, scan_ids: Sequence[int]) -> dict[int, OutboxItem]:
+    """Each scan's wish to post, with `shown_before` set (see note_shown_before)."""
     if not scan_ids:
         return {}
-    rows = session.scalars(sa.select(OutboxItem).where(OutboxItem.scan_run_id.in_(scan_ids)))
+    rows = list(session.scalars(sa.select(OutboxItem).where(OutboxItem.scan_run_id.in_(scan_ids))))
+    note_shown_before(session, rows)
     return {r.scan_run_id: r for r in rows}
+
+
+def note_shown_before(session: Session, wishes: Sequence[OutboxItem | None]) -> None:
+    """Set `shown_before` on each wish whose status is not on GitHub: the state of the commit's newest older wish
+    whose status was posted, which is what GitHub still shows (one query for all of them)."""
+    waiting = [w for w in wishes if w is not None and w.state in ("pending", "failed") and not w.status_posted]
+    if not waiting:
+        return
+    commits = {(w.org_id, w.repo_full_name, w.commit_sha) for w in waiting}
+    posted = session.execute(
+        sa.select(
+            OutboxItem.id, OutboxItem.org_id, OutboxItem.repo_full_name, OutboxItem.commit_sha, OutboxItem.commit_status
+        )
+        .where(
+            sa.tuple_(OutboxItem.org_id, OutboxItem.repo_full_name, OutboxItem.commit_sha).in_(list(commits)),
+            OutboxItem.status_posted.is_(True),
+        )
+        .order_by(OutboxItem.id)
+    ).all()
+    for wish in waiting:
+        older = [
+            p
+            for p in posted
+            if (p.org_id, p.repo_full_name, p.commit_sha) == (wish.org_id, wish.repo_full_name, wish.commit_sha)
+            and p.id < wish.id
+        ]
+        if older:
+            wish.shown_before = older[-1].commit_status.get("state")
 
 
 class BadCursor(ValueError):

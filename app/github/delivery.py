@@ -1,10 +1,16 @@
 """The delivery worker: claims outbox rows, posts the commit status and check run, records what happened.
 
-Rules, so that several workers and crashes never lose or reorder a commit's state:
-- a worker claims a row with a lease (PostgreSQL: FOR UPDATE SKIP LOCKED); a crashed worker's row is
-  claimed again once its lease has run out;
-- at most one row per commit is in flight, and only the newest wish per commit is pending (older ones
-  are superseded when a newer one is stored), so a stale state never lands after a newer one;
+Rules, so that several workers, stalls, crashes and skewed clocks never leave an older state on GitHub:
+- a worker claims rows with a lease taken and checked on the database's clock (PostgreSQL: FOR UPDATE SKIP
+  LOCKED); the claim's token fences it: every post is preceded by renewing the lease, every record of an
+  outcome is made only while the token still holds the row, and a row whose lease ran out is another's;
+- at most one row per commit is in flight, and only the newest wish per commit is pending (older ones are
+  superseded when a newer one is stored), so a stale state never lands after a newer one while leases hold;
+- a worker that finds, after a post, that it lost its lease re-queues the commit's newest wish if that one was
+  already (partly) posted: whatever it posted late is then overwritten by the newest state;
+- 404 and 422 are retried a few times over a few minutes before they count (a one-off answer must not leave an
+  older state standing); a check run that cannot be updated is replaced, and every run of the check the app
+  created on the commit is brought to the newest conclusion;
 - GitHub calls happen outside any database transaction;
 - while GitHub is unreachable (connection errors, timeouts, 5xx) a circuit breaker stops the worker from
   trying every due row: see `Circuit`.
@@ -15,16 +21,22 @@ from __future__ import annotations
 import logging
 import os
 import random
+import secrets
 import socket
+import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
+import httpx
 import sqlalchemy as sa
 from githubkit.exception import RateLimitExceeded, RequestError, RequestFailed, RequestTimeout
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
+from app import clock
 from app.db import write_transaction
 from app.github.client import GitHubApp
 from app.models import CheckRunRecord, Org, OutboxItem, utcnow
@@ -32,16 +44,33 @@ from app.policy import CONTEXT
 
 log = logging.getLogger(__name__)
 
-LEASE = timedelta(minutes=2)  # longer than the few GitHub calls one row needs, with their timeouts
+# A claim's lifetime on the database's clock. It is renewed before every GitHub call and, for rows still waiting
+# in a batch, every RENEW_EVERY; so it only has to outlast one call (GITHUB_TIMEOUT_SECONDS, 10 s by default, and
+# a token exchange) with a wide margin. A killed worker's rows are free again after it.
+LEASE = timedelta(seconds=60)
+RENEW_EVERY = 15.0  # seconds of the worker's monotonic clock
 FIRST_DELAY = 1.0
 MAX_DELAY = 300.0
 MAX_ATTEMPTS = 12  # failures (not rate-limit waits) before a row is given up: about 25 minutes of retries
+REFUSAL_TRIES = 4  # 404/422 answers before they count as permanent: retried after 30, 60 and 120 s
+REFUSAL_FIRST_WAIT = 30.0
+REFUSED = frozenset({404, 422})
 DEFAULT_RATE_LIMIT_WAIT = timedelta(seconds=60)
 CIRCUIT_MAX_DELAY = 60.0  # seconds, before jitter: the longest the circuit stays open before the next probe
+# A check-run create that timed out may still land on GitHub later; until GitHub lists as many of our runs as we
+# sent creates, or this long after the last create, the worker looks again (every SETTLE_WAIT) and brings any
+# run that appeared to the newest conclusion.
+SETTLE_WINDOW = timedelta(minutes=2)
+SETTLE_WAIT = timedelta(seconds=15)
+SETTLING = "checking for a late check run (a create timed out)"
 
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def never() -> bool:
+    return False
 
 
 def backoff(attempt: int, rng: random.Random) -> timedelta:
@@ -50,16 +79,23 @@ def backoff(attempt: int, rng: random.Random) -> timedelta:
     return timedelta(seconds=min(MAX_DELAY, base * rng.uniform(0.8, 1.2)))
 
 
+def refusal_wait(refusals: int, rng: random.Random) -> timedelta:
+    """30 s after the first 404/422, then 60 s, then 120 s (±20%)."""
+    return timedelta(seconds=REFUSAL_FIRST_WAIT * 2 ** (refusals - 1) * rng.uniform(0.8, 1.2))
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What one delivery attempt came to."""
 
-    state: str  # delivered | retry | failed | superseded
+    state: str  # delivered | retry | failed | superseded | lost (the lease went to another worker)
     error: str | None = None
     status_code: int | None = None
     wait: timedelta | None = None  # for retry: None = the backoff for this attempt
     counts_as_attempt: bool = True
     unreachable: bool = False  # GitHub did not answer, or answered 5xx: opens the circuit
+    refused: bool = False  # 404/422: retried REFUSAL_TRIES times, then failed
+    revision: int | None = None  # the row's revision the attempt read (a re-queued row is not marked delivered)
 
 
 @dataclass
@@ -68,11 +104,11 @@ class Circuit:
 
     Closed: rows are delivered as claimed. After a failure that says GitHub is unreachable (connection error,
     timeout, 5xx) it opens: the rest of the batch is released untouched (no attempt counted, due time kept) and
-    nothing is claimed until `open_until`. Then it is half-open: one row at a time is tried as a probe; the
-    first answer that is not an outage closes it, another outage opens it again for twice as long. The open
-    period is FIRST_DELAY doubling per consecutive outage, capped at CIRCUIT_MAX_DELAY, times 0.6-0.8: a little
-    shorter than the backoff of the row that tripped it (0.8-1.2 times the same base), so the probe is due no
-    later than that row, and several workers do not probe in step.
+    nothing is claimed until `open_until`. Then it is half-open: one row at a time, the oldest due, is tried as a
+    probe; the first answer that is not an outage closes it, another outage opens it again for twice as long.
+    The open period is FIRST_DELAY doubling per consecutive outage, capped at CIRCUIT_MAX_DELAY, times 0.6-0.8:
+    a little shorter than the backoff of the row that tripped it (0.8-1.2 times the same base), so the probe is
+    due no later than that row, and several workers do not probe in step.
     """
 
     failures: int = 0  # consecutive outages; > 0 means open or half-open
@@ -86,7 +122,7 @@ class Circuit:
         return self.failures > 0
 
     def observe(self, outcome: Outcome, now: datetime, rng: random.Random) -> None:
-        if outcome.state == "superseded":  # GitHub was not asked
+        if outcome.state in ("superseded", "lost"):  # GitHub was not asked, or what it said is another's
             return
         if outcome.unreachable:
             self.failures += 1
@@ -104,51 +140,92 @@ class Circuit:
 
 
 class Permanent(Exception):
-    """GitHub refused for good (404, 422, ...): record the message, do not retry."""
+    """GitHub refused (the App is not installed on the repository): recorded, retried as a refusal."""
+
+
+class LeaseLost(Exception):
+    """This worker's claim on a row ran out or went to another worker: post nothing more for it."""
+
+
+def _now(conn: sa.Connection, pinned: datetime | None) -> datetime:
+    """The database's clock, or the time a test pinned it to."""
+    return pinned if pinned is not None else clock.now_of(conn)
+
+
+def claim_token(worker: str) -> str:
+    """A fresh fencing token for one batch of claims (fits outbox.claimed_by)."""
+    return f"{worker[:90]}/{secrets.token_hex(4)}"
 
 
 # ---------------------------------------------------------------- claiming
 
 
-def claim(session: Session, now: datetime, worker: str, limit: int = 20) -> list[int]:
-    """Lease up to `limit` due rows, at most one per commit and none of a commit already in flight."""
+def claim(session: Session, now: datetime | None, token: str, limit: int = 20, oldest_first: bool = False) -> list[int]:
+    """Lease up to `limit` due rows for `token`, at most one per commit and none of a commit already in flight.
+
+    Due times and leases are compared on the database's clock (`now` pins it, for tests). Newest rows first,
+    or the oldest due first (`oldest_first`, the circuit's probe: the row that waited longest goes first).
+    """
     other = aliased(OutboxItem)
-    in_flight = (
-        sa.select(other.id)
-        .where(
-            other.org_id == OutboxItem.org_id,
-            other.repo_full_name == OutboxItem.repo_full_name,
-            other.commit_sha == OutboxItem.commit_sha,
-            other.id != OutboxItem.id,
-            other.lease_until > now,
-        )
-        .exists()
-    )
-    query = (
-        sa.select(OutboxItem.id, OutboxItem.org_id, OutboxItem.repo_full_name, OutboxItem.commit_sha)
-        .where(
-            OutboxItem.state == "pending",
-            OutboxItem.next_attempt_at <= now,
-            sa.or_(OutboxItem.lease_until.is_(None), OutboxItem.lease_until <= now),
-            ~in_flight,
-        )
-        .order_by(OutboxItem.id.desc())
-        .limit(limit)
-    )
     with write_transaction(session):
+        conn = session.connection()
+        at = _now(conn, now)
+        in_flight = (
+            sa.select(other.id)
+            .where(
+                other.org_id == OutboxItem.org_id,
+                other.repo_full_name == OutboxItem.repo_full_name,
+                other.commit_sha == OutboxItem.commit_sha,
+                other.id != OutboxItem.id,
+                other.lease_until > at,
+            )
+            .exists()
+        )
+        query = (
+            sa.select(OutboxItem.id, OutboxItem.org_id, OutboxItem.repo_full_name, OutboxItem.commit_sha)
+            .where(
+                OutboxItem.state == "pending",
+                OutboxItem.next_attempt_at <= at,
+                sa.or_(OutboxItem.lease_until.is_(None), OutboxItem.lease_until <= at),
+                ~in_flight,
+            )
+            .order_by(OutboxItem.next_attempt_at, OutboxItem.id if oldest_first else OutboxItem.id.desc())
+            .limit(limit)
+        )
         if session.get_bind().dialect.name == "postgresql":
             query = query.with_for_update(of=OutboxItem, skip_locked=True)
         ids, seen = [], set()
         for row in session.execute(query):
             commit = (row.org_id, row.repo_full_name, row.commit_sha)
-            if commit not in seen:  # newest first: an older pending row of the same commit waits
+            if commit not in seen:  # an older pending row of the same commit waits
                 seen.add(commit)
                 ids.append(row.id)
         if ids:
             session.execute(
-                sa.update(OutboxItem).where(OutboxItem.id.in_(ids)).values(lease_until=now + LEASE, claimed_by=worker)
+                sa.update(OutboxItem).where(OutboxItem.id.in_(ids)).values(lease_until=at + LEASE, claimed_by=token)
             )
     return sorted(ids)
+
+
+@dataclass
+class Batch:
+    """The rows one claim leased, with its fencing token; renews their leases while the batch runs."""
+
+    token: str
+    now: datetime | None  # pinned database clock (tests); None: the database's own
+    renewed: float = field(default_factory=time.monotonic)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def keep_alive(self, session: Session) -> None:
+        """Renew every lease of the batch that still holds, when the last renewal is RENEW_EVERY old."""
+        with self._lock:
+            if time.monotonic() - self.renewed < RENEW_EVERY:
+                return
+            self.renewed = time.monotonic()
+        with write_transaction(session):
+            conn = session.connection()
+            at = _now(conn, self.now)
+            conn.execute(RENEW_ALL, {"token": self.token, "now": at, "until": at + LEASE})
 
 
 # ---------------------------------------------------------------- delivering
@@ -163,35 +240,42 @@ def run_once(
     limit: int = 20,
     circuit: Circuit | None = None,
     parallel: int = 1,
+    stopping: Callable[[], bool] = never,
 ) -> int:
     """Claim due rows and deliver each; return how many were handled (tried, or found superseded).
 
+    `now` pins the database's clock (tests); by default leases and due times follow the database's own clock.
     The circuit (by default the one of `gh`, i.e. of this process) may stop the batch early: see `Circuit`.
     With `parallel` > 1, after the batch's first row (delivered alone: it warms the installation token and
     would trip the circuit on an outage) the rest go out on that many threads, each with its own session;
-    rows of one commit are never in one batch, so this never reorders a commit's states.
+    rows of one commit are never in one batch, so this never reorders a commit's states. Once `stopping` says
+    so, the row in hand is finished and the rest of the batch released untried.
     """
-    now = now or utcnow()
     rng = rng or random.Random()
     worker = worker or worker_name()
     if circuit is None:
         circuit = gh.circuit = gh.circuit or Circuit()
     handled = 0
-    while handled < limit and circuit.allows(now):
-        want = 1 if circuit.probing else limit - handled  # half-open: one probe at a time
-        ids = claim(session, now, worker, want)
+    while handled < limit and circuit.allows(now or utcnow()) and not stopping():
+        want = 1 if circuit.probing else limit - handled  # half-open: one probe at a time, the oldest due
+        batch = Batch(claim_token(worker), now)
+        ids = claim(session, now, batch.token, want, oldest_first=circuit.probing)
         first, rest = (ids[:1], ids[1:]) if parallel > 1 and len(ids) > 2 else (ids, [])
         for n, item_id in enumerate(first):
-            outcome = deliver(session, gh, item_id, now)
-            record(session, item_id, outcome, now, rng)
+            if stopping():
+                release(session, first[n:] + rest, batch.token)
+                return handled
+            batch.keep_alive(session)
+            outcome = deliver(session, gh, item_id, now, batch.token)
+            record(session, item_id, outcome, now, rng, batch.token)
             handled += 1
-            circuit.observe(outcome, now, rng)
-            if not circuit.allows(now):
-                release(session, first[n + 1 :] + rest, worker)
+            circuit.observe(outcome, now or utcnow(), rng)
+            if not circuit.allows(now or utcnow()):
+                release(session, first[n + 1 :] + rest, batch.token)
                 return handled
         if rest:
-            handled += _deliver_in_parallel(session, gh, rest, now, rng, worker, circuit, parallel)
-            if not circuit.allows(now):
+            handled += _deliver_in_parallel(session, gh, rest, now, rng, batch, circuit, parallel, stopping)
+            if not circuit.allows(now or utcnow()):
                 return handled
         if len(ids) < want:  # nothing more is due
             break
@@ -202,89 +286,154 @@ def _deliver_in_parallel(
     session: Session,
     gh: GitHubApp,
     ids: list[int],
-    now: datetime,
+    now: datetime | None,
     rng: random.Random,
-    worker: str,
+    batch: Batch,
     circuit: Circuit,
     parallel: int,
+    stopping: Callable[[], bool],
 ) -> int:
-    """Deliver claimed rows on `parallel` threads; on an outage, rows not yet started are released untried."""
+    """Deliver claimed rows on `parallel` threads; on an outage or a stop, rows not yet started are released."""
     sessions = sessionmaker(session.get_bind(), expire_on_commit=False)
+    halt = threading.Event()  # the circuit opened: start nothing more
 
-    def one(item_id: int) -> Outcome:
+    def one(item_id: int) -> Outcome | None:
+        if halt.is_set() or stopping():
+            return None
         with sessions() as own:
-            outcome = deliver(own, gh, item_id, now)
-            record(own, item_id, outcome, now, rng)
+            batch.keep_alive(own)
+            outcome = deliver(own, gh, item_id, now, batch.token)
+            record(own, item_id, outcome, now, rng, batch.token)
             return outcome
 
     handled = 0
+    untried: list[int] = []
     with ThreadPoolExecutor(parallel, thread_name_prefix="deliver") as pool:
         futures = {pool.submit(one, item_id): item_id for item_id in ids}
         for future in as_completed(futures):
-            if future.cancelled():
+            outcome = future.result()
+            if outcome is None:
+                untried.append(futures[future])
                 continue
             handled += 1
-            circuit.observe(future.result(), now, rng)
-            if not circuit.allows(now):
-                release(session, [i for f, i in futures.items() if f.cancel()], worker)
+            circuit.observe(outcome, now or utcnow(), rng)
+            if not circuit.allows(now or utcnow()):
+                halt.set()
+    release(session, untried, batch.token)
     return handled
 
 
-def release(session: Session, ids: list[int], worker: str) -> None:
-    """Give claimed rows back untried (the circuit opened): no attempt counted, their due time unchanged."""
+def release(session: Session, ids: list[int], token: str) -> None:
+    """Give claimed rows back untried (the circuit opened, or the worker stops): no attempt counted, due time kept."""
     if ids:
         with write_transaction(session):
             session.execute(
                 sa.update(OutboxItem)
-                .where(OutboxItem.id.in_(ids), OutboxItem.claimed_by == worker)
+                .where(OutboxItem.id.in_(ids), OutboxItem.claimed_by == token)
                 .values(lease_until=None, claimed_by=None)
             )
 
 
-def deliver(session: Session, gh: GitHubApp, item_id: int, now: datetime) -> Outcome:
+class Fence:
+    """One claimed row's lease, checked on the database's clock around each post."""
+
+    def __init__(self, session: Session, item: Any, now: datetime | None, token: str) -> None:
+        self.session, self.item, self.now, self.token = session, item, now, token
+
+    def hold(self) -> None:
+        """Renew the lease before a post; raise LeaseLost when it ran out or went to another worker."""
+        with write_transaction(self.session):
+            conn = self.session.connection()
+            at = _now(conn, self.now)
+            renewed = conn.execute(RENEW, {"item": self.item.id, "token": self.token, "now": at, "until": at + LEASE})
+        if renewed.rowcount != 1:
+            log.warning(
+                "github.delivery.lease_lost outbox=%s commit=%s before=post", self.item.id, self.item.commit_sha
+            )
+            raise LeaseLost()
+
+    def posted(self, mark: sa.Update) -> None:
+        """Record a post (a fact, whoever holds the row now), then check the lease still held through it.
+
+        If it did not, a newer wish of the commit may have been posted before this late post: that wish is
+        re-queued, so the newest state is posted again over whatever this one left, and LeaseLost is raised.
+        """
+        with write_transaction(self.session):
+            conn = self.session.connection()
+            conn.execute(mark, {"item": self.item.id, "read_revision": self.item.revision})
+            at = _now(conn, self.now)
+            held = conn.execute(RENEW, {"item": self.item.id, "token": self.token, "now": at, "until": at + LEASE})
+            if held.rowcount == 1:
+                return
+            keys = {"org": self.item.org_id, "repo": self.item.repo_full_name, "sha": self.item.commit_sha}
+            newest = conn.execute(NEWEST_OF_COMMIT, keys).one()
+            requeued = newest.id != self.item.id and (
+                newest.state in ("delivered", "failed") or newest.status_posted or newest.check_posted
+            )
+            if requeued:
+                conn.execute(REQUEUE, {"item": newest.id, "now": at})
+        log.warning(
+            "github.delivery.lease_lost outbox=%s commit=%s after=post requeued=%s",
+            self.item.id,
+            self.item.commit_sha,
+            newest.id if requeued else None,
+        )
+        raise LeaseLost()
+
+
+def deliver(session: Session, gh: GitHubApp, item_id: int, now: datetime | None, token: str) -> Outcome:
     """Post the status and check run of one claimed row (each at most once), outside any transaction."""
     item = session.connection().execute(ITEM, {"item": item_id}).one()  # the row with its org's installation
-    if item.state != "pending":  # superseded while it waited
-        session.commit()
-        return Outcome("superseded")
     session.commit()  # end the read transaction before talking to GitHub
+    if item.state != "pending":  # superseded while it waited
+        return Outcome("superseded")
     owner, repo = item.repo_full_name.split("/", 1)
-    org = OrgIds(item.org_id)
+    fence = Fence(session, item, now, token)
+    settled = True
     try:
-        installation_id = item.installation_id or _find_installation(session, gh, org, owner, repo)
+        installation_id = item.installation_id or _find_installation(session, gh, OrgIds(item.org_id), owner, repo)
         if not item.status_posted:
+            fence.hold()
             _call(
                 gh,
                 installation_id,
                 lambda c: c.rest.repos.create_commit_status(owner, repo, item.commit_sha, data=item.commit_status),
             )
-            _mark(session, MARK_STATUS, item_id)
+            fence.posted(MARK_STATUS)
         if not item.check_posted:
-            _post_check_run(session, gh, installation_id, org, item, owner, repo, now)  # marks check_posted
+            settled = CheckRuns(session, gh, installation_id, item, owner, repo, fence).post()
+    except LeaseLost:
+        return Outcome("lost", revision=item.revision)
     except (Permanent, RequestError) as exc:
-        return classify(exc)
-    return Outcome("delivered")
+        return classify(exc, item.revision)
+    if not settled:
+        return Outcome("retry", SETTLING, wait=SETTLE_WAIT, counts_as_attempt=False, revision=item.revision)
+    return Outcome("delivered", revision=item.revision)
 
 
-def classify(exc: Exception) -> Outcome:
+def classify(exc: Exception, revision: int | None = None) -> Outcome:
     """Map a failed GitHub call onto retry-or-not, the way the worker records it."""
     if isinstance(exc, RequestError) and not isinstance(exc, RequestFailed | RequestTimeout):
         if isinstance(exc.exc, RequestError):  # githubkit wraps failures of the token exchange
-            return classify(exc.exc)
-        return Outcome("retry", f"could not reach GitHub: {type(exc.exc).__name__}", unreachable=True)
+            return classify(exc.exc, revision)
+        error = f"could not reach GitHub: {type(exc.exc).__name__}"
+        return Outcome("retry", error, unreachable=True, revision=revision)
     if isinstance(exc, Permanent):
-        return Outcome("failed", str(exc), getattr(exc, "status_code", None))
+        return Outcome("retry", str(exc), getattr(exc, "status_code", None), refused=True, revision=revision)
     if isinstance(exc, RequestTimeout):
-        return Outcome("retry", "GitHub did not answer in time", unreachable=True)
+        return Outcome("retry", "GitHub did not answer in time", unreachable=True, revision=revision)
     assert isinstance(exc, RequestFailed)
     code = exc.response.status_code
     if isinstance(exc, RateLimitExceeded):
-        return Outcome("retry", _message(exc), code, exc.retry_after, counts_as_attempt=False)
+        return Outcome("retry", _message(exc), code, exc.retry_after, counts_as_attempt=False, revision=revision)
     if code == 429:
-        return Outcome("retry", _message(exc), code, DEFAULT_RATE_LIMIT_WAIT, counts_as_attempt=False)
+        wait = DEFAULT_RATE_LIMIT_WAIT
+        return Outcome("retry", _message(exc), code, wait, counts_as_attempt=False, revision=revision)
     if code >= 500 or code == 401:
-        return Outcome("retry", _message(exc), code, unreachable=code >= 500)
-    return Outcome("failed", _message(exc), code)
+        return Outcome("retry", _message(exc), code, unreachable=code >= 500, revision=revision)
+    if code in REFUSED:
+        return Outcome("retry", _message(exc), code, refused=True, revision=revision)
+    return Outcome("failed", _message(exc), code, revision=revision)
 
 
 def _call(gh: GitHubApp, installation_id: int, fn: Any) -> Any:
@@ -312,77 +461,149 @@ def _find_installation(session: Session, gh: GitHubApp, org: OrgIds, owner: str,
     return found
 
 
-def _post_check_run(
-    session: Session,
-    gh: GitHubApp,
-    installation_id: int,
-    org: OrgIds,
-    item: Any,  # an ITEM row
-    owner: str,
-    repo: str,
-    now: datetime,
-) -> None:
-    """Create the commit's check run once, then update it in place; find a run whose create was lost.
-    Marks the row's check as posted in the transaction that records the run (one write per step)."""
-    record, attempt_marked = _check_record(session, org.id, item.repo_full_name, item.commit_sha, now)
-    body = dict(item.check_run)
-    if record.github_id is None and not attempt_marked:  # a create was tried before: did it land?
-        record_id = _find_lost_run(gh, installation_id, owner, repo, item.commit_sha, body.get("external_id"))
-        if record_id is not None:
-            _set_run(session, record.id, record_id)
-            record.github_id = record_id
-    if record.github_id is not None:
-        update = {k: v for k, v in body.items() if k != "head_sha"}
-        try:
-            _call(gh, installation_id, lambda c: c.rest.checks.update(owner, repo, record.github_id, data=update))
-        except RequestFailed as exc:
-            if exc.response.status_code != 404:  # a run deleted on GitHub's side: make a new one
-                raise
-        else:
-            _mark(session, MARK_CHECK, item.id)
-            return
-    if not attempt_marked or record.github_id is not None:
-        with write_transaction(session):
-            session.connection().execute(ATTEMPT_CREATE, {"record": record.id, "at": now})
-    created = _call(gh, installation_id, lambda c: c.rest.checks.create(owner, repo, data=body))
-    _set_run(session, record.id, created.parsed_data.id, posted_item=item.id)
+def _not_created(exc: RequestError) -> bool:
+    """Whether a failed create surely made no run: GitHub refused it (4xx), or it never reached GitHub. A timeout
+    or a 5xx (a proxy's 502/504 among them) may have created one that GitHub lists later."""
+    if isinstance(exc, RequestFailed):
+        return exc.response.status_code < 500
+    return isinstance(exc, RequestError) and isinstance(exc.exc, httpx.ConnectError)
 
 
-def _find_lost_run(
-    gh: GitHubApp, installation_id: int, owner: str, repo: str, sha: str, external_id: str | None
-) -> int | None:
-    runs = _call(
-        gh,
-        installation_id,
-        lambda c: c.rest.checks.list_for_ref(owner, repo, sha, check_name=CONTEXT, filter_="latest"),
-    ).parsed_data.check_runs
-    for run in runs:
-        if run.external_id == external_id:
-            return run.id
-    return None
-
-
-@dataclass
-class RunRecord:
-    """The commit's check run record, as the worker needs it."""
+class Run(NamedTuple):
+    """A run of our check on the commit, as GitHub lists it."""
 
     id: int
-    github_id: int | None
+    external_id: str | None
+    conclusion: str | None
+    title: str | None
 
 
-def _check_record(session: Session, org_id: int, repo: str, sha: str, now: datetime) -> tuple[RunRecord, bool]:
-    """The commit's check run record, made if new; when it has no run and no create was ever tried, the create
-    about to happen is recorded in the same transaction (True)."""
-    with write_transaction(session):
-        conn = session.connection()
-        row = conn.execute(FIND_RUN, {"org": org_id, "repo": repo, "sha": sha}).one_or_none()
-        if row is None:
-            new = {"org_id": org_id, "repo_full_name": repo, "commit_sha": sha, "create_attempted_at": now}
-            return RunRecord(conn.execute(NEW_RUN, new).scalar_one(), None), True
-        marked = row.github_id is None and row.create_attempted_at is None
-        if marked:
-            conn.execute(ATTEMPT_CREATE, {"record": row.id, "at": now})
-    return RunRecord(row.id, row.github_id), marked
+class CheckRuns:
+    """The commit's runs of `fremforge/image-scan`: one updated in place, every other one the app made kept in step.
+
+    The run on record is PATCHed; a record with no run creates one (new commit, or after a re-run was asked),
+    unless a create whose answer was lost turns up in GitHub's list; a run that cannot be updated (404, 422) is
+    replaced by a new one. Every other run the app created on the commit (a create that timed out and landed
+    later, runs from before a re-run) that does not show the newest conclusion is updated too.
+    """
+
+    def __init__(
+        self, session: Session, gh: GitHubApp, installation_id: int, item: Any, owner: str, repo: str, fence: Fence
+    ) -> None:
+        self.session, self.gh, self.installation_id = session, gh, installation_id
+        self.item, self.owner, self.repo, self.fence = item, owner, repo, fence
+        self.body: dict[str, Any] = dict(item.check_run)
+        self.update = {k: v for k, v in self.body.items() if k != "head_sha"}
+
+    def post(self) -> bool:
+        """Bring the commit's runs to this row's state; True when no create of ours can still land later."""
+        record = self._record()
+        runs = self._ours()
+        target = record.github_id if record.github_id in {r.id for r in runs} else None
+        if target is None and record.github_id is None and record.create_attempted_at is not None:
+            lost = [r.id for r in runs if r.external_id == self.body.get("external_id")]
+            if lost:  # a create whose answer was lost landed: adopt it
+                target = max(lost)
+                self._set_run(record.id, target)
+        elif target is None and record.github_id is not None:
+            target = record.github_id  # not listed (yet): PATCH tells
+        self.fence.hold()
+        if target is not None and not self._patch(target, replace_on_refusal=True):
+            log.info("github.check_run.replaced outbox=%s run=%s", self.item.id, target)
+            target = None
+        if target is None:
+            record = self._count_create(record.id)
+            try:
+                created = _call(
+                    self.gh,
+                    self.installation_id,
+                    lambda c: c.rest.checks.create(self.owner, self.repo, data=self.body),
+                )
+            except RequestError as exc:
+                if _not_created(exc):  # a definite answer: no run will land from it
+                    self._uncount_create(record.id)
+                raise
+            target = created.parsed_data.id
+            self._set_run(record.id, target)
+        for run in runs:
+            if run.id != target and (
+                run.conclusion != self.body.get("conclusion") or run.title != self.body.get("output", {}).get("title")
+            ):
+                self.fence.hold()
+                self._patch(run.id, replace_on_refusal=False)
+        self.fence.posted(MARK_CHECK)
+        known = len({r.id for r in runs} | {target})
+        return (
+            known >= record.creates_sent
+            or record.last_create_at is None
+            or (self._now() - record.last_create_at >= SETTLE_WINDOW)
+        )
+
+    def _ours(self) -> list[Run]:
+        mine = {"app_id": int(self.gh.app_id)} if str(self.gh.app_id).isdigit() else {}
+        listed = _call(
+            self.gh,
+            self.installation_id,
+            lambda c: c.rest.checks.list_for_ref(
+                self.owner,
+                self.repo,
+                self.item.commit_sha,
+                check_name=CONTEXT,
+                filter_="all",
+                per_page=100,
+                **mine,
+            ),
+        ).parsed_data.check_runs
+        return [Run(r.id, r.external_id, r.conclusion, r.output.title if r.output else None) for r in listed]
+
+    def _patch(self, run_id: int, replace_on_refusal: bool) -> bool:
+        """PATCH one run; False when GitHub refuses it (gone, or cannot be updated)."""
+        try:
+            _call(
+                self.gh,
+                self.installation_id,
+                lambda c: c.rest.checks.update(self.owner, self.repo, run_id, data=self.update),
+            )
+        except RequestFailed as exc:
+            if exc.response.status_code not in REFUSED or isinstance(exc, RateLimitExceeded):
+                raise
+            if not replace_on_refusal:
+                log.warning("github.check_run.not_updated run=%s error=%s", run_id, _message(exc))
+            return False
+        return True
+
+    def _now(self) -> datetime:
+        at = _now(self.session.connection(), self.fence.now)
+        self.session.commit()
+        return at
+
+    def _record(self) -> Any:
+        """The commit's check run record, made if new."""
+        keys = {"org": self.item.org_id, "repo": self.item.repo_full_name, "sha": self.item.commit_sha}
+        with write_transaction(self.session):
+            conn = self.session.connection()
+            row = conn.execute(FIND_RUN, keys).one_or_none()
+            if row is None:
+                new = {"org_id": keys["org"], "repo_full_name": keys["repo"], "commit_sha": keys["sha"]}
+                conn.execute(NEW_RUN, new)
+                row = conn.execute(FIND_RUN, keys).one()
+        return row
+
+    def _count_create(self, record_id: int) -> Any:
+        """Record a create about to be sent, before sending it (its answer may be lost)."""
+        with write_transaction(self.session):
+            conn = self.session.connection()
+            at = _now(conn, self.fence.now)
+            conn.execute(ATTEMPT_CREATE, {"record": record_id, "at": at})
+            return conn.execute(FIND_RUN_BY_ID, {"record": record_id}).one()
+
+    def _uncount_create(self, record_id: int) -> None:
+        with write_transaction(self.session):
+            self.session.connection().execute(UNCOUNT_CREATE, {"record": record_id})
+
+    def _set_run(self, record_id: int, github_id: int) -> None:
+        with write_transaction(self.session):
+            self.session.connection().execute(SET_RUN, {"record": record_id, "github_id": github_id, "at": utcnow()})
 
 
 # Core statements, built once: the worker's per-row writes skip the ORM's bulk-update bookkeeping.
@@ -392,30 +613,64 @@ SET_RUN = (
     .where(_runs.c.id == sa.bindparam("record"))
     .values(github_id=sa.bindparam("github_id"), create_attempted_at=None, updated_at=sa.bindparam("at"))
 )
-FIND_RUN = sa.select(_runs.c.id, _runs.c.github_id, _runs.c.create_attempted_at).where(
+_RUN_COLUMNS = (
+    _runs.c.id,
+    _runs.c.github_id,
+    _runs.c.create_attempted_at,
+    _runs.c.creates_sent,
+    _runs.c.last_create_at,
+)
+FIND_RUN = sa.select(*_RUN_COLUMNS).where(
     _runs.c.org_id == sa.bindparam("org"),
     _runs.c.repo_full_name == sa.bindparam("repo"),
     _runs.c.commit_sha == sa.bindparam("sha"),
 )
-NEW_RUN = sa.insert(_runs).returning(_runs.c.id)
+FIND_RUN_BY_ID = sa.select(*_RUN_COLUMNS).where(_runs.c.id == sa.bindparam("record"))
+NEW_RUN = sa.insert(_runs)
 ATTEMPT_CREATE = (
-    sa.update(_runs).where(_runs.c.id == sa.bindparam("record")).values(create_attempted_at=sa.bindparam("at"))
+    sa.update(_runs)
+    .where(_runs.c.id == sa.bindparam("record"))
+    .values(
+        create_attempted_at=sa.bindparam("at"),
+        last_create_at=sa.bindparam("at"),
+        creates_sent=_runs.c.creates_sent + 1,
+    )
 )
-MARK_STATUS = sa.update(_outbox).where(_outbox.c.id == sa.bindparam("item")).values(status_posted=True)
-MARK_CHECK = sa.update(_outbox).where(_outbox.c.id == sa.bindparam("item")).values(check_posted=True)
-
-
-def _set_run(session: Session, record_id: int, github_id: int, posted_item: int | None = None) -> None:
-    with write_transaction(session):
-        conn = session.connection()
-        conn.execute(SET_RUN, {"record": record_id, "github_id": github_id, "at": utcnow()})
-        if posted_item is not None:
-            conn.execute(MARK_CHECK, {"item": posted_item})
-
-
-def _mark(session: Session, statement: sa.Update, item_id: int) -> None:
-    with write_transaction(session):
-        session.connection().execute(statement, {"item": item_id})
+UNCOUNT_CREATE = (
+    sa.update(_runs).where(_runs.c.id == sa.bindparam("record")).values(creates_sent=_runs.c.creates_sent - 1)
+)
+_same_revision = (_outbox.c.id == sa.bindparam("item"), _outbox.c.revision == sa.bindparam("read_revision"))
+MARK_STATUS = sa.update(_outbox).where(*_same_revision).values(status_posted=True)
+MARK_CHECK = sa.update(_outbox).where(*_same_revision).values(check_posted=True)
+_held = (_outbox.c.claimed_by == sa.bindparam("token"), _outbox.c.lease_until > sa.bindparam("now"))
+RENEW = sa.update(_outbox).where(_outbox.c.id == sa.bindparam("item"), *_held).values(lease_until=sa.bindparam("until"))
+RENEW_ALL = sa.update(_outbox).where(*_held).values(lease_until=sa.bindparam("until"))
+NEWEST_OF_COMMIT = (
+    sa.select(_outbox.c.id, _outbox.c.state, _outbox.c.status_posted, _outbox.c.check_posted)
+    .where(
+        _outbox.c.org_id == sa.bindparam("org"),
+        _outbox.c.repo_full_name == sa.bindparam("repo"),
+        _outbox.c.commit_sha == sa.bindparam("sha"),
+    )
+    .order_by(_outbox.c.id.desc())
+    .limit(1)
+)
+# Post the row again from the start; its lease (if a worker has it in hand) stays, and that worker, having read
+# an older revision, records its outcome without marking the row delivered.
+REQUEUE = (
+    sa.update(_outbox)
+    .where(_outbox.c.id == sa.bindparam("item"))
+    .values(
+        state="pending",
+        status_posted=False,
+        check_posted=False,
+        revision=_outbox.c.revision + 1,
+        attempts=0,
+        refusals=0,
+        next_attempt_at=sa.bindparam("now"),
+        last_error="GitHub may show an older state (a stalled worker posted it late): posting the newest again",
+    )
+)
 
 
 def _permanent(message: str, status_code: int | None = None) -> Permanent:
@@ -447,6 +702,7 @@ ITEM = (
     sa.select(
         _outbox.c.id,
         _outbox.c.state,
+        _outbox.c.revision,
         _outbox.c.org_id,
         _outbox.c.repo_full_name,
         _outbox.c.commit_sha,
@@ -460,34 +716,63 @@ ITEM = (
     .where(_outbox.c.id == sa.bindparam("item"))
 )
 LOCK_ROW = (
-    sa.select(_outbox.c.state, _outbox.c.attempts, _outbox.c.commit_sha)
+    sa.select(
+        _outbox.c.state,
+        _outbox.c.attempts,
+        _outbox.c.refusals,
+        _outbox.c.revision,
+        _outbox.c.claimed_by,
+        _outbox.c.commit_sha,
+    )
     .where(_outbox.c.id == sa.bindparam("item"))
     .with_for_update()
 )
 UPDATE_ROW = sa.update(_outbox).where(_outbox.c.id == sa.bindparam("item"))
 
 
-def record(session: Session, item_id: int, outcome: Outcome, now: datetime, rng: random.Random) -> None:
-    """Store the outcome and release the lease: delivered, retry later, or failed for good."""
+def record(
+    session: Session, item_id: int, outcome: Outcome, now: datetime | None, rng: random.Random, token: str
+) -> None:
+    """Store the outcome and release the lease: delivered, retry later, or failed for good.
+
+    Fenced: nothing is recorded unless `token` still holds the row (a worker that stalled past its lease has
+    nothing to say about a row another worker took). A row re-queued while it was in hand stays pending.
+    """
+    if outcome.state == "lost":
+        return
     with write_transaction(session):
         conn = session.connection()
         row = conn.execute(LOCK_ROW, {"item": item_id}).one()
+        if row.claimed_by != token:
+            log.warning("github.delivery.lease_lost outbox=%s commit=%s before=record", item_id, row.commit_sha)
+            return
+        at = _now(conn, now)
         values: dict[str, Any] = {"lease_until": None, "claimed_by": None}
-        if outcome.state == "delivered":
-            values.update(state="delivered", delivered_at=now, last_error=None)
+        if outcome.revision is not None and outcome.revision != row.revision:
+            values["next_attempt_at"] = at  # re-queued meanwhile: post it again from the start
+        elif outcome.state == "delivered":
+            values.update(state="delivered", delivered_at=at, last_error=None)
             log.info("github.delivery.delivered outbox=%s commit=%s", item_id, row.commit_sha)
         elif outcome.state != "superseded":
             attempts = row.attempts + (1 if outcome.counts_as_attempt else 0)
-            values.update(last_error=outcome.error, last_status_code=outcome.status_code, attempts=attempts)
-            if outcome.state == "failed" or attempts >= MAX_ATTEMPTS:
+            refusals = row.refusals + (1 if outcome.refused else 0)
+            values.update(
+                last_error=outcome.error, last_status_code=outcome.status_code, attempts=attempts, refusals=refusals
+            )
+            if outcome.state == "failed" or attempts >= MAX_ATTEMPTS or refusals >= REFUSAL_TRIES:
                 if row.state == "pending":
                     values["state"] = "failed"
                 log.warning(
                     "github.delivery.failed outbox=%s commit=%s error=%s", item_id, row.commit_sha, outcome.error
                 )
             else:
-                wait = outcome.wait if outcome.wait is not None else backoff(attempts, rng)
-                values["next_attempt_at"] = now + wait
+                if outcome.wait is not None:
+                    wait = outcome.wait
+                elif outcome.refused:
+                    wait = refusal_wait(refusals, rng)
+                else:
+                    wait = backoff(attempts, rng)
+                values["next_attempt_at"] = at + wait
                 log.info(
                     "github.delivery.retry outbox=%s attempt=%s in=%.0fs error=%s",
                     item_id,

@@ -11,6 +11,7 @@ from urllib.parse import quote
 import sqlalchemy as sa
 
 from app import policy
+from app.clock import database_now
 from app.findings import queries
 from app.github import checks
 from app.models import SEVERITIES, ChainHead, OrgSettings, OutboxItem, utcnow
@@ -79,7 +80,7 @@ def enqueue(
     if deliver:
         conn.execute(SUPERSEDE, {"org": org.id, "repo": repo, "sha": sha})
     conn.execute(
-        INSERT,
+        INSERT_DUE if deliver else INSERT,
         {
             "org_id": org.id,
             "scan_run_id": this.scan_run_id,
@@ -89,7 +90,6 @@ def enqueue(
             "commit_status": status_body,
             "check_run": check_body,
             "attempts": 0,
-            "next_attempt_at": utcnow() if deliver else None,
             "last_error": None if deliver else NO_APP,
             "created_at": utcnow(),
         },
@@ -137,7 +137,8 @@ def top_of(findings: list[dict[str, Any]], limit: int = 5) -> list[dict[str, Any
 
 
 _outbox = OutboxItem.__table__
-INSERT = sa.insert(_outbox)
+INSERT = sa.insert(_outbox).values(next_attempt_at=None)
+INSERT_DUE = sa.insert(_outbox).values(next_attempt_at=database_now())  # due now on the clock the worker reads
 _heads, _settings = ChainHead.__table__, OrgSettings.__table__
 LOCK_HEAD_WITH_SETTINGS = (
     sa.select(_heads.c.seq, _settings.c.enabled, _settings.c.block_action)
@@ -170,4 +171,12 @@ def delivery_state(item: OutboxItem | None) -> dict[str, Any] | None:
     }.get(item.state, item.state)
     if item.state == "pending" and item.attempts:
         detail = f"retrying: {item.last_error}"
-    return {"state": item.state, "detail": detail, "attempts": item.attempts}
+    elif item.state == "pending" and item.last_error and item.status_posted:
+        detail = f"delivered; {item.last_error}"  # e.g. checking for a late check run
+    shown = item.shown_before
+    if shown is not None:
+        doing = "retrying" if item.state == "pending" else detail
+        if item.state == "pending" and item.attempts:
+            doing = detail
+        detail = f"GitHub shows an older state: {shown}; {doing}"
+    return {"state": item.state, "detail": detail, "attempts": item.attempts, "github_shows_older": shown}

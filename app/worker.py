@@ -1,0 +1,143 @@
+"""The worker process's loop: deliver the outbox, apply retention daily, beat a heartbeat, survive every error."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from app import clock, db, retention
+from app.db import write_transaction
+from app.github import delivery
+from app.github.client import GitHubApp
+from app.models import WorkerHeartbeat, utcnow
+
+log = logging.getLogger(__name__)
+
+RETENTION_EVERY = 24 * 3600.0
+RETENTION_RETRY = 3600.0
+BEAT_EVERY = 10.0  # seconds; /readyz wants a beat from the last ALIVE_WITHIN
+ALIVE_WITHIN = timedelta(minutes=1)
+ERROR_FIRST_WAIT = 1.0  # after an error the loop waits this long, doubling per error in a row...
+ERROR_MAX_WAIT = 30.0  # ...up to this
+
+
+@dataclass
+class Loop:
+    """One worker process: what it delivers with, how it waits, and when it stops."""
+
+    gh: GitHubApp | None
+    poll_seconds: float = 1.0
+    parallel: int = 4
+    once: bool = False
+    stop: threading.Event = field(default_factory=threading.Event)
+    name: str = field(default_factory=delivery.worker_name)
+    handled: int = 0
+    errors_in_a_row: int = 0
+    started: datetime = field(default_factory=utcnow)
+    _next_beat: float = 0.0
+    _retention_due: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.once:
+            self._retention_due = float("inf")
+
+    def run(self) -> int:
+        """Until stopped (or, with `once`, until nothing is due): never exits on a database or GitHub error."""
+        while not self.stop.is_set():
+            try:
+                handled = self.step()
+            except Exception as exc:  # a database restart, a lock, a full disk, a bug: back off and go on
+                self.recover(exc)
+                if self.once:
+                    raise
+                continue
+            self.errors_in_a_row = 0
+            if handled == 0:
+                if self.once:
+                    break
+                self.stop.wait(self.idle_wait())
+        return self.handled
+
+    def step(self) -> int:
+        """Beat, run retention when due, deliver one round; the rows handled."""
+        if time.monotonic() >= self._next_beat:
+            beat(db.session(), self.name, self.started)
+            self._next_beat = time.monotonic() + BEAT_EVERY
+        if time.monotonic() >= self._retention_due:
+            self._retention_due = time.monotonic() + daily_retention(self.stop.is_set)
+        if self.gh is None:
+            return 0
+        handled = delivery.run_once(db.session(), self.gh, parallel=self.parallel, stopping=self.stop.is_set)
+        self.handled += handled
+        return handled
+
+    def idle_wait(self) -> float:
+        if self.gh is not None:
+            return min(self.poll_seconds, max(0.0, self._next_beat - time.monotonic()))
+        return min(BEAT_EVERY, max(0.0, self._retention_due - time.monotonic()))
+
+    def recover(self, exc: Exception) -> None:
+        """Log the error, drop the session (its connection may be dead), and wait before the next round."""
+        self.errors_in_a_row += 1
+        wait = min(ERROR_MAX_WAIT, ERROR_FIRST_WAIT * 2 ** (self.errors_in_a_row - 1)) * random.uniform(0.8, 1.2)
+        log.warning(
+            "worker.error errors_in_a_row=%s retry_in=%.1fs error=%s: %s",
+            self.errors_in_a_row,
+            wait,
+            type(exc).__name__,
+            str(exc).splitlines()[0][:300] if str(exc) else "",
+            exc_info=self.errors_in_a_row == 1,
+        )
+        db.reset_session()
+        self._next_beat = 0.0  # beat again as soon as the database answers
+        if not self.once:
+            self.stop.wait(wait)
+
+
+def beat(session: Session, name: str, started: datetime) -> None:
+    """Record that this worker is alive, on the database's clock."""
+    with write_transaction(session):
+        conn = session.connection()
+        done = conn.execute(BEAT, {"worker": name})
+        if done.rowcount == 0:
+            conn.execute(FIRST_BEAT, {"worker": name, "started": started})
+
+
+def alive(conn: sa.Connection) -> bool:
+    """Whether some worker beat within ALIVE_WITHIN, on the database's clock."""
+    newest = conn.execute(NEWEST_BEAT).scalar_one_or_none()
+    if newest is None:
+        return False
+    if not isinstance(newest, datetime):
+        newest = datetime.fromisoformat(newest)
+    return clock.now_of(conn) - newest <= ALIVE_WITHIN
+
+
+_beats = WorkerHeartbeat.__table__
+BEAT = sa.update(_beats).where(_beats.c.name == sa.bindparam("worker")).values(beat_at=clock.database_now())
+FIRST_BEAT = sa.insert(_beats).values(
+    name=sa.bindparam("worker"), started_at=sa.bindparam("started"), beat_at=clock.database_now()
+)
+NEWEST_BEAT = sa.select(sa.func.max(_beats.c.beat_at))
+
+
+def daily_retention(stopping: Callable[[], bool] = retention.never) -> float:
+    """Run retention (ended early once `stopping` says so); the seconds until the next run (an hour when it failed)."""
+    try:
+        retention.run(db.session(), utcnow(), stopping)
+    except retention.Busy:  # another worker is doing today's run
+        log.info("retention.skipped: another process is applying it")
+        return RETENTION_EVERY
+    except Exception:  # the worker goes on delivering; the next try is logged again if it fails
+        log.exception("retention.failed: retrying in an hour")
+        db.reset_session()
+        return RETENTION_RETRY
+    return RETENTION_EVERY
