@@ -19,10 +19,11 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt | $(BIN)/python
 
 setup: $(VENV)/.installed
 
-## Run the app on its embedded default: SQLite in instance/, no GitHub App needed; a delivery worker beside it.
+## Run the app on its embedded default: SQLite in instance/, no GitHub App needed; a delivery worker beside it,
+## started again if it ever exits.
 run: setup
 	$(BIN)/flask --app wsgi db upgrade
-	$(BIN)/flask --app wsgi worker & worker=$$!; trap 'kill $$worker 2>/dev/null' EXIT INT TERM; \
+	bash deploy/keep-running.sh $(BIN)/flask --app wsgi worker & worker=$$!; trap 'kill $$worker 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/gunicorn --workers $(WORKERS) --bind 127.0.0.1:$(PORT) --access-logfile - wsgi:app
 
 ## Run the test suite (PostgreSQL too when FREMFORGE_TEST_DATABASE_URL is set).

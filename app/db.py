@@ -154,25 +154,8 @@ def session() -> Session:
     return g.db_session
 
 
-def reset_session() -> None:
-    """Drop this context's session after an error: its transaction is rolled back and its connection returned
-    (a dead one is discarded by the pool), so the next session() starts clean."""
-    s = g.pop("db_session", None)
-    if s is not None:
-        try:
-            s.close()
-        except Exception:  # closing a session on a dead connection can fail too; the pool replaces it
-            logging.getLogger(__name__).debug("db.session_close_failed", exc_info=True)
-
-
-def _close_session(_exc: BaseException | None) -> None:
-    s = g.pop("db_session", None)
-    if s is not None:
-        s.close()
-
-
 def discard_session() -> None:
-    """End this request's session after a database failure: rolled back, its connection back to the pool.
+    """End this request's (or command's) session after a failure: rolled back, its connection back to the pool.
 
     A connection found dead was already invalidated (with every pooled connection made before it), so the next
     request connects afresh; closing must not raise a second error over the first.
@@ -184,6 +167,12 @@ def discard_session() -> None:
         s.close()
     except sa.exc.SQLAlchemyError as exc:
         log.warning("db.session_close_failed error=%s", type(exc.__cause__ or exc).__name__)
+
+
+def _close_session(_exc: BaseException | None) -> None:
+    s = g.pop("db_session", None)
+    if s is not None:
+        s.close()
 
 
 # PostgreSQL SQLSTATEs of a database that is unreachable, restarting or busy past its budget (not of a bad query).

@@ -28,7 +28,7 @@ def readyz() -> tuple[dict[str, Any], int, dict[str, str]] | tuple[dict[str, Any
         worker_alive = worker.alive(conn) if revision == migrate.head() else False
     except sa.exc.SQLAlchemyError as exc:
         log.warning("health.database_unreachable error=%s", type(exc).__name__)
-        db.reset_session()
+        db.discard_session()
         return {"status": "unavailable", "database": "unreachable"}, 503, {"Retry-After": "5"}
     if revision != migrate.head():
         return {

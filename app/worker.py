@@ -96,7 +96,7 @@ class Loop:
             str(exc).splitlines()[0][:300] if str(exc) else "",
             exc_info=self.errors_in_a_row == 1,
         )
-        db.reset_session()
+        db.discard_session()
         self._next_beat = 0.0  # beat again as soon as the database answers
         if not self.once:
             self.stop.wait(wait)
@@ -138,6 +138,6 @@ def daily_retention(stopping: Callable[[], bool] = retention.never) -> float:
         return RETENTION_EVERY
     except Exception:  # the worker goes on delivering; the next try is logged again if it fails
         log.exception("retention.failed: retrying in an hour")
-        db.reset_session()
+        db.discard_session()
         return RETENTION_RETRY
     return RETENTION_EVERY
