@@ -19,7 +19,7 @@ from app import create_app, db
 from app.github import delivery
 from app.github.client import github_app
 from app.models import CheckRunRecord, Org, OutboxItem, utcnow
-from tests.conftest import empty_database, github_app_config
+from tests.conftest import admin_login, empty_database, github_app_config
 from tests.factories import SHA, SHA2, finding, make_org, make_token, post, seed
 
 CONTEXT = "fremforge/image-scan"
@@ -725,31 +725,61 @@ def test_a_check_run_that_cannot_be_updated_is_replaced(app, client, token, fake
     assert len(fake_github.runs_of("acme", "api", SHA)) == 2
 
 
-def test_a_worker_that_lost_its_lease_requeues_the_newest_state_it_may_have_covered(app, client, token, fake_github):
-    clock = Clock()
+def test_a_worker_that_stalls_past_its_lease_mid_post_requeues_the_newest_state(
+    app, client, token, fake_github, monkeypatch
+):
+    """Worker A's status post stalls (held by GitHub) past its lease; B delivers a newer state; A's post lands last."""
+    monkeypatch.setattr(delivery, "LEASE", timedelta(seconds=1))
     upload(client, token, severity="low")  # wish 1: success
-    with app.app_context():
-        s, gh = db.session(), github_app()
-        assert gh is not None
-        [first] = delivery.claim(s, clock.now, "stalled")
-    clock.advance(delivery.LEASE.total_seconds() + 1)  # the stalled worker's lease runs out
-    upload(client, token, severity="critical")  # wish 2: failure
-    drain(app, clock)  # another worker posts failure
-    assert fake_github.latest_status("acme", "api", SHA)["state"] == "failure"
-    with app.app_context():  # the stalled worker wakes up and posts its older state
-        s = db.session()
-        outcome = delivery.deliver(s, gh, first, clock.now, "stalled")
-        delivery.record(s, first, outcome, clock.now, random.Random(1), "stalled")
-    assert outcome.state in ("lost", "superseded")
-    if outcome.state == "lost":  # it posted before it could tell: the newest wish is queued again
-        assert fake_github.latest_status("acme", "api", SHA)["state"] == "success"
-        newest = rows(app)[-1]
-        assert newest.state == "pending" and not newest.status_posted
-        detail = delivery_detail(client, token, newest.scan_run_id)
-        assert detail.startswith("GitHub shows an older state: success;"), detail
-    drain(app, clock)
+    fake_github.timeout("POST", r"/statuses/", times=1, seconds=3.0)
+    outcomes: list[delivery.Outcome] = []
+
+    def stalled_worker() -> None:
+        with app.app_context():
+            s, gh = db.session(), github_app()
+            assert gh is not None
+            gh.timeout = 10.0  # A waits for its answer (its installation client is made with this timeout)
+            [first] = delivery.claim(s, None, "stalled")  # on the database's clock
+            outcomes.append(delivery.deliver(s, gh, first, None, "stalled"))
+            delivery.record(s, first, outcomes[-1], None, random.Random(1), "stalled")
+
+    a = threading.Thread(target=stalled_worker)
+    a.start()
+    try:
+        wait_until(lambda: len(fake_github.calls_to("POST", r"/statuses/")) == 1)  # A is inside its post
+        wait_until(lambda: lease_ran_out(app, rows(app)[0].id))
+        upload(client, token, severity="critical")  # wish 2: failure
+        with app.app_context():
+            gh = github_app()
+            assert gh is not None
+            assert delivery.run_once(db.session(), gh, worker="other") == 1  # B, while A still stalls
+        assert rows(app)[-1].state == "delivered"
+    finally:
+        a.join(timeout=10)
+    assert outcomes[0].state == "lost"
+    assert fake_github.latest_status("acme", "api", SHA)["state"] == "success"  # A's late post landed last...
+    newest = rows(app)[-1]
+    assert newest.state == "pending" and not newest.status_posted  # ...so the newest wish is queued again
+    detail = delivery_detail(client, token, newest.scan_run_id)
+    assert detail.startswith("GitHub shows an older state: success;"), detail
+    admin_login(app, client)
+    page = client.get(f"/admin/orgs/acme/code-security/image-scanning/commits/{SHA}?repo=acme/api")
+    assert page.status_code == 200 and "GitHub shows an older state: success" in page.get_data(as_text=True)
+    drain(app, Clock())
     assert fake_github.latest_status("acme", "api", SHA)["state"] == "failure"
     assert {r["conclusion"] for r in fake_github.runs_of("acme", "api", SHA)} == {"failure"}
+    assert rows(app)[-1].state == "delivered"
+
+
+def lease_ran_out(app: Flask, row_id: int) -> bool:
+    from app import clock
+
+    with app.app_context():
+        s = db.session()
+        lease = s.get(OutboxItem, row_id).lease_until
+        now = clock.now_of(s.connection())
+        s.rollback()
+        return lease is None or lease <= now
 
 
 def test_a_row_in_hand_past_its_lease_is_fenced_at_its_first_post(app, client, token, fake_github):
@@ -801,3 +831,18 @@ def wait_until(condition: Any, seconds: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.02)
+
+
+def test_a_status_post_that_timed_out_and_lands_late_never_lands_after_a_newer_state(app, client, token, fake_github):
+    clock = Clock()
+    upload(client, token, severity="low")  # success
+    fake_github.timeout("POST", r"/statuses/", times=1, seconds=1.5)  # the client gives up at 0.5 s
+    run(app, clock)
+    upload(client, token, severity="critical")  # failure, while the older post may still land
+    clock.advance(5)
+    assert run(app, clock) == 0  # the commit stays in flight until a late landing is past
+    wait_until(lambda: fake_github.latest_status("acme", "api", SHA) is not None)  # it lands
+    clock.advance(delivery.LATE_LANDING.total_seconds())
+    drain(app, clock)
+    assert posted_states(fake_github) == ["success", "failure"]
+    assert {r["conclusion"] for r in fake_github.runs_of("acme", "api", SHA)} == {"failure"}

@@ -18,6 +18,7 @@ Rules, so that several workers, stalls, crashes and skewed clocks never leave an
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -63,6 +64,9 @@ CIRCUIT_MAX_DELAY = 60.0  # seconds, before jitter: the longest the circuit stay
 SETTLE_WINDOW = timedelta(minutes=2)
 SETTLE_WAIT = timedelta(seconds=15)
 SETTLING = "checking for a late check run (a create timed out)"
+# A post that timed out (or got a 5xx) may still be applied by GitHub a little later. Its commit stays in flight
+# this long, so no newer state of the commit is posted before a late landing of the older one could happen.
+LATE_LANDING = timedelta(seconds=30)
 
 
 def worker_name() -> str:
@@ -96,6 +100,7 @@ class Outcome:
     unreachable: bool = False  # GitHub did not answer, or answered 5xx: opens the circuit
     refused: bool = False  # 404/422: retried REFUSAL_TRIES times, then failed
     revision: int | None = None  # the row's revision the attempt read (a re-queued row is not marked delivered)
+    maybe_landed: bool = False  # a post timed out or got a 5xx: GitHub may still apply it (see LATE_LANDING)
 
 
 @dataclass
@@ -339,6 +344,7 @@ class Fence:
 
     def __init__(self, session: Session, item: Any, now: datetime | None, token: str) -> None:
         self.session, self.item, self.now, self.token = session, item, now, token
+        self.posting = False  # a post was sent and its outcome not yet recorded
 
     def hold(self) -> None:
         """Renew the lease before a post; raise LeaseLost when it ran out or went to another worker."""
@@ -358,6 +364,7 @@ class Fence:
         If it did not, a newer wish of the commit may have been posted before this late post: that wish is
         re-queued, so the newest state is posted again over whatever this one left, and LeaseLost is raised.
         """
+        self.posting = False
         with write_transaction(self.session):
             conn = self.session.connection()
             conn.execute(mark, {"item": self.item.id, "read_revision": self.item.revision})
@@ -405,7 +412,10 @@ def deliver(session: Session, gh: GitHubApp, item_id: int, now: datetime | None,
     except LeaseLost:
         return Outcome("lost", revision=item.revision)
     except (Permanent, RequestError) as exc:
-        return classify(exc, item.revision)
+        outcome = classify(exc, item.revision)
+        if fence.posting and isinstance(exc, RequestError) and not _not_created(exc):
+            return dataclasses.replace(outcome, maybe_landed=True)
+        return outcome
     if not settled:
         return Outcome("retry", SETTLING, wait=SETTLE_WAIT, counts_as_attempt=False, revision=item.revision)
     return Outcome("delivered", revision=item.revision)
@@ -748,6 +758,8 @@ def record(
             return
         at = _now(conn, now)
         values: dict[str, Any] = {"lease_until": None, "claimed_by": None}
+        if outcome.maybe_landed:  # the commit stays in flight until a late landing of that post is past
+            values["lease_until"] = at + LATE_LANDING
         if outcome.revision is not None and outcome.revision != row.revision:
             values["next_attempt_at"] = at  # re-queued meanwhile: post it again from the start
         elif outcome.state == "delivered":
