@@ -219,17 +219,27 @@ def test_many_posts_need_one_token_exchange_and_an_expired_token_is_renewed(app,
 def test_server_errors_retry_with_backoff(app, client, token, fake_github):
     clock = Clock()
     upload(client, token)
-    fake_github.fail("POST", r"/statuses/", status=502, times=3)
+    fake_github.fail("POST", r"/statuses/", status=503, times=3)
     waits = []
     for _ in range(3):
         run(app, clock)
         [row] = rows(app)
-        assert row.state == "pending" and row.last_status_code == 502 and "502" in row.last_error
+        assert row.state == "pending" and row.last_status_code == 503 and "503" in row.last_error
         waits.append((row.next_attempt_at - clock.now).total_seconds())
         clock.now = row.next_attempt_at
     assert 0.5 < waits[0] < 1.5 and 1.5 < waits[1] < 2.5 and 3 < waits[2] < 5  # about 1 s, then doubling
     run(app, clock)
     assert rows(app)[0].state == "delivered" and posted_states(fake_github) == ["failure"]
+
+
+def test_a_gateway_error_on_a_post_keeps_the_commit_in_flight_for_a_late_landing(app, client, token, fake_github):
+    clock = Clock()
+    upload(client, token)
+    fake_github.fail("POST", r"/statuses/", status=502, times=1)
+    run(app, clock)
+    [row] = rows(app)
+    assert row.state == "pending" and row.lease_until == row.next_attempt_at
+    assert row.next_attempt_at - clock.now >= delivery.LATE_LANDING - timedelta(seconds=1)
 
 
 def test_backoff_is_capped_at_five_minutes():

@@ -357,6 +357,7 @@ class Fence:
                 "github.delivery.lease_lost outbox=%s commit=%s before=post", self.item.id, self.item.commit_sha
             )
             raise LeaseLost()
+        self.posting = True
 
     def posted(self, mark: sa.Update) -> None:
         """Record a post (a fact, whoever holds the row now), then check the lease still held through it.
@@ -472,10 +473,12 @@ def _find_installation(session: Session, gh: GitHubApp, org: OrgIds, owner: str,
 
 
 def _not_created(exc: RequestError) -> bool:
-    """Whether a failed create surely made no run: GitHub refused it (4xx), or it never reached GitHub. A timeout
-    or a 5xx (a proxy's 502/504 among them) may have created one that GitHub lists later."""
+    """Whether a failed post surely changed nothing: GitHub answered it (4xx, 500, 503), or it never reached GitHub.
+    After a timeout, a dropped connection or a gateway's 502/504, GitHub may still apply it later."""
+    if not isinstance(exc, RequestFailed | RequestTimeout) and isinstance(exc.exc, RequestError):
+        return _not_created(exc.exc)  # githubkit wraps failures of the token exchange
     if isinstance(exc, RequestFailed):
-        return exc.response.status_code < 500
+        return exc.response.status_code not in (502, 504)  # a gateway's answer says nothing of what GitHub did
     return isinstance(exc, RequestError) and isinstance(exc.exc, httpx.ConnectError)
 
 
@@ -759,7 +762,7 @@ def record(
         at = _now(conn, now)
         values: dict[str, Any] = {"lease_until": None, "claimed_by": None}
         if outcome.maybe_landed:  # the commit stays in flight until a late landing of that post is past
-            values["lease_until"] = at + LATE_LANDING
+            values["lease_until"] = values["next_attempt_at"] = at + LATE_LANDING
         if outcome.revision is not None and outcome.revision != row.revision:
             values["next_attempt_at"] = at  # re-queued meanwhile: post it again from the start
         elif outcome.state == "delivered":
@@ -784,7 +787,7 @@ def record(
                     wait = refusal_wait(refusals, rng)
                 else:
                     wait = backoff(attempts, rng)
-                values["next_attempt_at"] = at + wait
+                values["next_attempt_at"] = max(at + wait, values.get("next_attempt_at", at))
                 log.info(
                     "github.delivery.retry outbox=%s attempt=%s in=%.0fs error=%s",
                     item_id,
