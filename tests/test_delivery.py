@@ -856,3 +856,26 @@ def test_a_status_post_that_timed_out_and_lands_late_never_lands_after_a_newer_s
     drain(app, clock)
     assert posted_states(fake_github) == ["success", "failure"]
     assert {r["conclusion"] for r in fake_github.runs_of("acme", "api", SHA)} == {"failure"}
+
+
+@pytest.mark.parametrize("skew_minutes", [5, -12])
+def test_a_worker_whose_clock_is_off_by_minutes_still_gets_its_tokens(
+    app, client, token, fake_github, monkeypatch, skew_minutes
+):
+    from app.github import client as github_client
+
+    off = timedelta(minutes=skew_minutes)
+    monkeypatch.setattr(github_client, "utcnow", lambda: datetime.now(UTC) + off)
+    upload(client, token, sha=SHA)
+    with app.app_context():
+        s = db.session()
+        s.execute(sa.update(Org).values(installation_id=None))  # the App's JWT is needed twice: lookup and exchange
+        s.commit()
+    drain(app, Clock())
+    assert posted_states(fake_github) == ["failure"]
+    refused = [c for c in fake_github.calls if c.status == 401]
+    assert len(refused) == 1  # GitHub's clock is learnt from its first refusal, then every JWT is on it
+    with app.app_context():
+        gh = github_app()
+        assert gh is not None
+        assert abs(gh.clock_offset + off) < timedelta(seconds=5)

@@ -2,21 +2,68 @@
 
 from __future__ import annotations
 
+import dataclasses
+import email.utils
 import functools
+import logging
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import TYPE_CHECKING
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import httpx
+import jwt
 from flask import Flask, current_app
 from githubkit import AppAuthStrategy, GitHub
-from githubkit.auth.app import AppInstallationAuthStrategy
+from githubkit.auth.app import AppAuth, AppInstallationAuthStrategy
 from githubkit.cache import MemCacheStrategy
 
 if TYPE_CHECKING:
     from app.github.delivery import Circuit
+
+
+log = logging.getLogger(__name__)
+
+JWT_BACKDATE = timedelta(seconds=60)  # GitHub's advice against clock drift: issue the JWT a minute in the past
+JWT_LIFETIME = timedelta(minutes=10)  # GitHub's maximum
+JWT_TIME_ERRORS = ("'Issued at' claim", "'Expiration time' claim")  # GitHub's words for a JWT whose times are off
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class _SkewAwareAppAuth(AppAuth):
+    """githubkit's App auth flow, with the JWT's times taken on GitHub's clock (ours plus the offset learnt)."""
+
+    offset: Callable[[], timedelta] = lambda: timedelta(0)
+
+    def _create_jwt(self) -> str:
+        issued = utcnow() + self.offset() - JWT_BACKDATE
+        claims = {"iss": self.issuer, "iat": issued, "exp": issued + JWT_LIFETIME}
+        return jwt.encode(claims, self.private_key, algorithm="RS256")
+
+
+@dataclass
+class _AppStrategy(AppAuthStrategy):
+    offset: Callable[[], timedelta] = lambda: timedelta(0)
+
+    def get_auth_flow(self, github: Any) -> httpx.Auth:
+        return _SkewAwareAppAuth(
+            github, self.app_id, self.private_key, self.client_id, self.client_secret, offset=self.offset
+        )
+
+
+@dataclass
+class _InstallationStrategy(AppInstallationAuthStrategy):
+    offset: Callable[[], timedelta] = lambda: timedelta(0)
+
+    def get_auth_flow(self, github: Any) -> httpx.Auth:
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(AppInstallationAuthStrategy)}
+        return _SkewAwareAppAuth(github, **fields, offset=self.offset)
 
 
 @functools.cache
@@ -36,11 +83,15 @@ class GitHubApp:
     timeout: float = 10.0
     cache: MemCacheStrategy = field(default_factory=MemCacheStrategy)
     circuit: Circuit | None = None  # the delivery worker's circuit breaker (app.github.delivery), per process
+    clock_offset: timedelta = timedelta(0)  # GitHub's clock minus ours, learnt when GitHub refused a JWT's times
     _installations: dict[int, GitHub] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        self.app = self._client(AppAuthStrategy(self.app_id, self.private_key))
+        self.app = self._client(_AppStrategy(self.app_id, self.private_key, offset=self._offset))
+
+    def _offset(self) -> timedelta:
+        return self.clock_offset
 
     def _client(self, auth: AppAuthStrategy | AppInstallationAuthStrategy) -> GitHub:
         # Our own retries (app.github.delivery) replace githubkit's: they survive restarts and honour leases.
@@ -59,7 +110,7 @@ class GitHubApp:
         with self._lock:
             client = self._installations.get(installation_id)
             if client is None:
-                auth = AppAuthStrategy(self.app_id, self.private_key).as_installation(installation_id)
+                auth = _InstallationStrategy(self.app_id, self.private_key, installation_id, offset=self._offset)
                 client = self._installations[installation_id] = self._client(auth)
             return client
 
@@ -69,6 +120,21 @@ class GitHubApp:
         flow = client.auth.get_auth_flow(client)
         key = flow._get_installation_cache_key()  # type: ignore[attr-defined]
         self.cache.get_cache_storage().set(key, "", timedelta(0))
+
+    def learn_clock(self, response: httpx.Response) -> bool:
+        """After GitHub refused a JWT for its times: take GitHub's clock from the answer's Date header, so the next
+        JWT is issued on it, and drop the cached one. False when the answer says nothing of the kind."""
+        if response.status_code != 401 or not any(words in response.text for words in JWT_TIME_ERRORS):
+            return False
+        try:
+            github_now = email.utils.parsedate_to_datetime(response.headers["date"])
+        except (KeyError, TypeError, ValueError):
+            return False
+        self.clock_offset = github_now - utcnow()
+        log.warning("github.jwt.clock_skew offset=%.0fs", self.clock_offset.total_seconds())
+        key = AppAuth.JWT_CACHE_KEY.format(issuer=self.app_id)
+        self.cache.get_cache_storage().set(key, "", timedelta(0))
+        return True
 
 
 def init_app(app: Flask) -> None:

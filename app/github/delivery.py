@@ -451,18 +451,33 @@ def _call(gh: GitHubApp, installation_id: int, fn: Any) -> Any:
     """One GitHub call as the installation; on 401, mint a new token once and try again."""
     try:
         return fn(gh.installation(installation_id))
-    except RequestFailed as exc:
-        if exc.response.status_code != 401 or isinstance(exc, RateLimitExceeded):
+    except RequestError as exc:
+        if _jwt_refused_for_its_times(gh, exc):  # our clock is off: the token exchange is tried again on GitHub's
+            return fn(gh.installation(installation_id))
+        if not isinstance(exc, RequestFailed) or exc.response.status_code != 401 or isinstance(exc, RateLimitExceeded):
             raise
         log.info("github.token.reminted installation=%s", installation_id)
         gh.forget_token(installation_id)
         return fn(gh.installation(installation_id))
 
 
+def _jwt_refused_for_its_times(gh: GitHubApp, exc: RequestError) -> bool:
+    """Whether GitHub refused the App's JWT because its times are off by its clock (then learnt: see learn_clock)."""
+    inner: Any = exc
+    while not isinstance(inner, RequestFailed | RequestTimeout) and isinstance(inner.exc, RequestError):
+        inner = inner.exc  # githubkit wraps failures of the token exchange
+    return isinstance(inner, RequestFailed) and gh.learn_clock(inner.response)
+
+
 def _find_installation(session: Session, gh: GitHubApp, org: OrgIds, owner: str, repo: str) -> int:
     """The installation covering the repo, asked of GitHub with the App JWT, and remembered for the org."""
     try:
-        found = gh.app.rest.apps.get_repo_installation(owner, repo).parsed_data.id
+        try:
+            found = gh.app.rest.apps.get_repo_installation(owner, repo).parsed_data.id
+        except RequestFailed as exc:
+            if not _jwt_refused_for_its_times(gh, exc):
+                raise
+            found = gh.app.rest.apps.get_repo_installation(owner, repo).parsed_data.id
     except RequestFailed as exc:
         if exc.response.status_code == 404:
             raise _permanent(f"the GitHub App is not installed on {owner}/{repo}", 404) from None
@@ -764,7 +779,7 @@ def record(
         if outcome.maybe_landed:  # the commit stays in flight until a late landing of that post is past
             values["lease_until"] = values["next_attempt_at"] = at + LATE_LANDING
         if outcome.revision is not None and outcome.revision != row.revision:
-            values["next_attempt_at"] = at  # re-queued meanwhile: post it again from the start
+            values.setdefault("next_attempt_at", at)  # re-queued meanwhile: post it again from the start
         elif outcome.state == "delivered":
             values.update(state="delivered", delivered_at=at, last_error=None)
             log.info("github.delivery.delivered outbox=%s commit=%s", item_id, row.commit_sha)
