@@ -41,6 +41,7 @@ class Loop:
     name: str = field(default_factory=delivery.worker_name)
     handled: int = 0
     errors_in_a_row: int = 0
+    holding_rows: bool = False  # an error may have left rows of this process claimed
     started: datetime = field(default_factory=utcnow)
     _next_beat: float = 0.0
     _retention_due: float = 0.0
@@ -75,7 +76,13 @@ class Loop:
             self._retention_due = time.monotonic() + daily_retention(self.stop.is_set)
         if self.gh is None:
             return 0
-        handled = delivery.run_once(db.session(), self.gh, parallel=self.parallel, stopping=self.stop.is_set)
+        if self.holding_rows:  # an error ended the last batch: its rows go back before anything else
+            released = delivery.release_worker(db.session(), self.name)
+            self.holding_rows = False
+            log.info("worker.released rows=%s", released)
+        handled = delivery.run_once(
+            db.session(), self.gh, worker=self.name, parallel=self.parallel, stopping=self.stop.is_set
+        )
         self.handled += handled
         return handled
 
@@ -97,6 +104,7 @@ class Loop:
             exc_info=self.errors_in_a_row == 1,
         )
         db.discard_session()
+        self.holding_rows = self.gh is not None
         self._next_beat = 0.0  # beat again as soon as the database answers
         if not self.once:
             self.stop.wait(wait)

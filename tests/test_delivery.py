@@ -879,3 +879,15 @@ def test_a_worker_whose_clock_is_off_by_minutes_still_gets_its_tokens(
         gh = github_app()
         assert gh is not None
         assert abs(gh.clock_offset + off) < timedelta(seconds=5)
+
+
+def test_after_an_error_a_worker_gives_back_the_rows_it_still_holds(app, client, token, fake_github):
+    for sha in (SHA, SHA2):
+        upload(client, token, sha=sha)
+    with app.app_context():
+        s = db.session()
+        [mine] = delivery.claim(s, None, delivery.claim_token("host:1"), limit=1)
+        [other] = delivery.claim(s, None, delivery.claim_token("host:12"), limit=1)
+        assert delivery.release_worker(s, "host:1") == 1  # not host:12's, whose name starts the same
+    held = {r.id: r.claimed_by for r in rows(app)}
+    assert held[mine] is None and held[other].startswith("host:12/")
