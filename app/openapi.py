@@ -598,23 +598,27 @@ PATHS: dict[str, Any] = {
     "/readyz": {
         "get": {
             "operationId": "readyz",
-            "summary": "The database answers and its schema is migrated to this version.",
+            "summary": (
+                "The database answers and its schema is migrated to this version; with a GitHub App configured, a "
+                "delivery worker beat in the last minute."
+            ),
             "security": [],
             "responses": {
                 "200": _json(
                     "Ready.",
                     {
                         "type": "object",
-                        "required": ["status", "database"],
-                        "properties": {"status": {"const": "ok"}, "database": STR},
+                        "required": ["status", "database", "worker"],
+                        "properties": {"status": {"const": "ok"}, "database": STR, "worker": STR},
                     },
                 ),
                 "503": _json(
-                    "Not ready: the database is unreachable or not migrated.",
+                    "Not ready: the database is unreachable or not migrated, or no delivery worker is alive while a "
+                    "GitHub App is configured (then `worker` says so).",
                     {
                         "type": "object",
                         "required": ["status", "database"],
-                        "properties": {"status": {"const": "unavailable"}, "database": STR},
+                        "properties": {"status": {"const": "unavailable"}, "database": STR, "worker": STR},
                     },
                 ),
                 **URL_ERRORS,
