@@ -177,6 +177,8 @@ def _close_session(_exc: BaseException | None) -> None:
 
 # PostgreSQL SQLSTATEs of a database that is unreachable, restarting or busy past its budget (not of a bad query).
 _UNAVAILABLE_SQLSTATES = {
+    "40001",  # serialization_failure: another transaction won; trying again works
+    "40P01",  # deadlock_detected: one side of a deadlock was cancelled; trying again works
     "53300",  # too_many_connections
     "55P03",  # lock_not_available: lock_timeout passed
     "57014",  # query_canceled: statement_timeout, or cancelled by an operator

@@ -25,6 +25,9 @@ RETENTION_EVERY = 24 * 3600.0
 RETENTION_RETRY = 3600.0
 BEAT_EVERY = 10.0  # seconds; /readyz wants a beat from the last ALIVE_WITHIN
 ALIVE_WITHIN = timedelta(minutes=1)
+# The heartbeat comes from a thread of its own (a long retention run or a slow round does not stop it), but only
+# while the loop shows progress: a round that began longer ago than this means the loop is stuck.
+STUCK_AFTER = 600.0
 ERROR_FIRST_WAIT = 1.0  # after an error the loop waits this long, doubling per error in a row...
 ERROR_MAX_WAIT = 30.0  # ...up to this
 
@@ -43,7 +46,7 @@ class Loop:
     errors_in_a_row: int = 0
     holding_rows: bool = False  # an error may have left rows of this process claimed
     started: datetime = field(default_factory=utcnow)
-    _next_beat: float = 0.0
+    round_began: float = field(default_factory=time.monotonic)
     _retention_due: float = 0.0
 
     def __post_init__(self) -> None:
@@ -52,6 +55,9 @@ class Loop:
 
     def run(self) -> int:
         """Until stopped (or, with `once`, until nothing is due): never exits on a database or GitHub error."""
+        if not self.once:
+            sessions = db.database().sessions
+            threading.Thread(target=self.heartbeat, args=(sessions,), name="heartbeat", daemon=True).start()
         while not self.stop.is_set():
             try:
                 handled = self.step()
@@ -67,11 +73,30 @@ class Loop:
                 self.stop.wait(self.idle_wait())
         return self.handled
 
+    def heartbeat(self, sessions: Callable[[], Session]) -> None:
+        """Beat every BEAT_EVERY from a session of its own until the loop stops."""
+        while not self.stop.is_set():
+            self.beat_once(sessions)
+            self.stop.wait(BEAT_EVERY)
+
+    def beat_once(self, sessions: Callable[[], Session]) -> bool:
+        """Beat if the loop makes progress (a round began within STUCK_AFTER); errors are only logged."""
+        if time.monotonic() - self.round_began >= STUCK_AFTER:
+            log.warning("worker.stuck round_began=%.0fs_ago", time.monotonic() - self.round_began)
+            return False
+        try:
+            with sessions() as session:
+                beat(session, self.name, self.started)
+        except Exception as exc:  # the database is away: no beat, and /readyz says so
+            log.warning("worker.heartbeat_failed error=%s", type(exc).__name__)
+            return False
+        return True
+
     def step(self) -> int:
-        """Beat, run retention when due, deliver one round; the rows handled."""
-        if time.monotonic() >= self._next_beat:
+        """Run retention when due, deliver one round; the rows handled."""
+        self.round_began = time.monotonic()
+        if self.once:
             beat(db.session(), self.name, self.started)
-            self._next_beat = time.monotonic() + BEAT_EVERY
         if time.monotonic() >= self._retention_due:
             self._retention_due = time.monotonic() + daily_retention(self.stop.is_set)
         if self.gh is None:
@@ -88,7 +113,7 @@ class Loop:
 
     def idle_wait(self) -> float:
         if self.gh is not None:
-            return min(self.poll_seconds, max(0.0, self._next_beat - time.monotonic()))
+            return self.poll_seconds
         return min(BEAT_EVERY, max(0.0, self._retention_due - time.monotonic()))
 
     def recover(self, exc: Exception) -> None:
@@ -105,7 +130,6 @@ class Loop:
         )
         db.discard_session()
         self.holding_rows = self.gh is not None
-        self._next_beat = 0.0  # beat again as soon as the database answers
         if not self.once:
             self.stop.wait(wait)
 

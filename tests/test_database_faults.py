@@ -75,12 +75,15 @@ UNAVAILABLE = {
     ),
     "sqlite_locked": lambda: _dbapi(sa_exc.OperationalError, sqlite3.OperationalError("database is locked")),
     "pool_timeout": lambda: sa_exc.TimeoutError("QueuePool limit of size 5 overflow 10 reached"),
+    "postgres_deadlock": lambda: _dbapi(sa_exc.OperationalError, psycopg.errors.DeadlockDetected("deadlock")),
+    "postgres_serialization": lambda: _dbapi(
+        sa_exc.OperationalError, psycopg.errors.SerializationFailure("could not serialize")
+    ),
 }
 NOT_UNAVAILABLE = {  # bugs, not outages: they stay a logged 500
     "sqlite_no_such_table": lambda: _dbapi(sa_exc.OperationalError, sqlite3.OperationalError("no such table: x")),
     "postgres_unique_violation": lambda: _dbapi(sa_exc.IntegrityError, psycopg.errors.UniqueViolation("duplicate")),
     "postgres_undefined_table": lambda: _dbapi(sa_exc.ProgrammingError, psycopg.errors.UndefinedTable("no table")),
-    "postgres_deadlock": lambda: _dbapi(sa_exc.OperationalError, psycopg.errors.DeadlockDetected("deadlock")),
 }
 
 

@@ -694,7 +694,7 @@ def test_a_check_run_create_that_lands_after_its_retry_is_brought_to_the_newest_
     run(app, clock)  # the lost create is not listed yet: a second run is created
     assert len(fake_github.runs_of("acme", "api", SHA)) == 1
     [row] = rows(app)
-    assert row.state == "pending" and row.check_posted  # but it keeps looking for the late one
+    assert row.state == "pending" and row.status_posted  # posted, but it keeps looking for the late one
     assert "late check run" in delivery_detail(client, token, row.scan_run_id)
     wait_until(lambda: len(fake_github.runs_of("acme", "api", SHA)) == 2)  # the first create lands now
     upload(client, token, severity="critical")  # a newer, failing state
@@ -891,3 +891,124 @@ def test_after_an_error_a_worker_gives_back_the_rows_it_still_holds(app, client,
         assert delivery.release_worker(s, "host:1") == 1  # not host:12's, whose name starts the same
     held = {r.id: r.claimed_by for r in rows(app)}
     assert held[mine] is None and held[other].startswith("host:12/")
+
+
+# ---------------------------------------------------------------- review: late posts and bad rows
+
+
+@pytest.mark.github_timeout(0.5)
+def test_a_late_older_create_is_found_by_the_newer_wishes_settling(app, client, token, fake_github):
+    """A (green) create times out, lands 3 s later; B (red) supersedes A; B's settle must catch the late green run."""
+    clock = Clock()
+    upload(client, token, severity="low")  # A: success
+    fake_github.timeout("POST", r"/check-runs$", times=1, seconds=3.0)
+    run(app, clock)  # status success posted; create of A's run times out (maybe landed)
+    upload(client, token, severity="critical")  # B: failure
+    clock.advance(delivery.LATE_LANDING.total_seconds() + 1)
+    run(app, clock)  # B: lists (A's run not landed yet), creates its own: creates_sent 2, known 1 -> settling
+    b = rows(app)[-1]
+    assert b.state == "pending" and b.status_posted and not b.check_posted  # settling
+    wait_until(lambda: len(fake_github.runs_of("acme", "api", SHA)) == 2)  # A's green run lands now
+    drain(app, clock)
+    runs = fake_github.runs_of("acme", "api", SHA)
+    assert {r["conclusion"] for r in runs} == {"failure"}, runs
+
+
+def test_a_row_that_cannot_be_delivered_does_not_stop_the_others(app, client, token, fake_github):
+    """An answer githubkit cannot read (a 200 with a malformed body) is a counted failure of that row only."""
+    clock = Clock()
+    upload(client, token, sha=SHA)
+    upload(client, token, sha=SHA2)
+    upload(client, token, sha="c" * 40)
+    fake_github.fail("GET", rf"/commits/{SHA}/check-runs", status=200, json={"check_runs": "garbage"}, times=None)
+    errors = []
+    for _ in range(5):
+        try:
+            run(app, clock, worker="w", parallel=4)
+        except Exception as exc:  # what worker.Loop would do: recover, then release_worker
+            errors.append(type(exc).__name__)
+            with app.app_context():
+                db.discard_session()
+                delivery.release_worker(db.session(), "w")
+        clock.advance(5)
+    assert errors == []
+    assert all(r.state == "delivered" for r in rows(app) if r.commit_sha != SHA)
+    [bad] = rows(app, commit_sha=SHA)
+    assert bad.state == "pending" and bad.attempts >= 1 and "unexpected error" in bad.last_error
+
+
+def test_a_post_that_timed_out_after_its_lease_ran_out_requeues_the_newest(
+    app, client, token, fake_github, monkeypatch
+):
+    """W's status post (older green) times out after W lost its lease; W2 delivered the newer red meanwhile; the
+    green lands last: W re-queues the newest, posted once a late landing is past."""
+    monkeypatch.setattr(delivery, "LEASE", timedelta(seconds=1))
+    upload(client, token, severity="low")  # A: success
+    fake_github.timeout("POST", r"/statuses/", times=1, seconds=3.0)
+    outcomes = []
+
+    def stalled_worker() -> None:
+        with app.app_context():
+            s, gh = db.session(), github_app()
+            gh.timeout = 2.0  # times out after the 1 s lease, before the fake applies the post at 3 s
+            [first] = delivery.claim(s, None, "stalled")
+            outcomes.append(delivery.deliver(s, gh, first, None, "stalled"))
+            delivery.record(s, first, outcomes[-1], None, random.Random(1), "stalled")
+
+    a = threading.Thread(target=stalled_worker)
+    a.start()
+    try:
+        wait_until(lambda: len(fake_github.calls_to("POST", r"/statuses/")) == 1)
+        wait_until(lambda: lease_ran_out(app, rows(app)[0].id))
+        upload(client, token, severity="critical")  # B
+        with app.app_context():
+            assert delivery.run_once(db.session(), github_app(), worker="other") == 1
+    finally:
+        a.join(timeout=10)
+    assert outcomes[0].state == "lost"
+    wait_until(lambda: fake_github.latest_status("acme", "api", SHA)["state"] == "success", seconds=5)
+    newest = rows(app)[-1]
+    assert newest.state == "pending" and not newest.status_posted  # re-queued, after a late landing
+    drain(app, Clock())
+    assert fake_github.latest_status("acme", "api", SHA)["state"] == "failure"
+
+
+def test_a_lease_lost_between_two_patches_requeues_the_newest(app, client, token, fake_github, monkeypatch):
+    """Two runs on the commit; W's PATCH of the target (older green) lands after W2 delivered red; W's next renewal
+    (before the other run's PATCH) finds the lease gone and re-queues the newest."""
+    clock = Clock()
+    upload(client, token, severity="critical")
+    fake_github.timeout("POST", r"/check-runs$", times=1, seconds=1.5)
+    run(app, clock)
+    clock.now = rows(app)[0].next_attempt_at
+    run(app, clock)
+    wait_until(lambda: len(fake_github.runs_of("acme", "api", SHA)) == 2)
+    drain(app, clock)
+    assert len(fake_github.runs_of("acme", "api", SHA)) == 2
+    monkeypatch.setattr(delivery, "LEASE", timedelta(seconds=1))
+    upload(client, token, severity="low")  # A: success
+    fake_github.timeout("PATCH", r"/check-runs/\d+$", times=1, seconds=3.0)
+    before = len(fake_github.calls_to("PATCH", r"/check-runs/"))
+
+    def stalled_worker() -> None:
+        with app.app_context():
+            s, gh = db.session(), github_app()
+            gh.timeout = 10.0
+            gh._installations.clear()  # made earlier with the 0.5 s timeout
+            [first] = delivery.claim(s, None, "stalled")
+            out = delivery.deliver(s, gh, first, None, "stalled")
+            delivery.record(s, first, out, None, random.Random(1), "stalled")
+
+    a = threading.Thread(target=stalled_worker)
+    a.start()
+    try:
+        wait_until(lambda: len(fake_github.calls_to("PATCH", r"/check-runs/")) > before)
+        wait_until(lambda: lease_ran_out(app, rows(app)[-1].id))
+        upload(client, token, severity="critical")  # B
+        with app.app_context():
+            assert delivery.run_once(db.session(), github_app(), worker="other") == 1
+    finally:
+        a.join(timeout=10)
+    drain(app, Clock())
+    runs = fake_github.runs_of("acme", "api", SHA)
+    assert {r["conclusion"] for r in runs} == {"failure"}

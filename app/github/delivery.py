@@ -19,6 +19,7 @@ Rules, so that several workers, stalls, crashes and skewed clocks never leave an
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import random
@@ -69,8 +70,10 @@ SETTLING = "checking for a late check run (a create timed out)"
 LATE_LANDING = timedelta(seconds=30)
 
 
+@functools.cache
 def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """This process's name among workers: host, pid, and a random part (containers often share both)."""
+    return f"{socket.gethostname()[:60]}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 def never() -> bool:
@@ -339,80 +342,104 @@ def release(session: Session, ids: list[int], token: str) -> None:
             )
 
 
+# Rows of this process with a post sent and the attempt's outcome not recorded yet (record() clears them). If an
+# error ends the batch first, they are given back with their commits in flight for LATE_LANDING, as after a post
+# that timed out: that post may still land.
+_unrecorded: set[int] = set()
+_unrecorded_lock = threading.Lock()
+
+
 def release_worker(session: Session, worker: str) -> int:
     """Give back every row this worker process still holds (after an error ended its batch), so they, and newer
     wishes of their commits, are not held up until the leases run out. Its threads have all stopped by then."""
+    with _unrecorded_lock:
+        in_doubt = sorted(_unrecorded)
+    mine = OutboxItem.claimed_by.startswith(f"{worker[:90]}/", autoescape=True)
     with write_transaction(session):
-        done = session.execute(
-            sa.update(OutboxItem)
-            .where(OutboxItem.claimed_by.startswith(f"{worker[:90]}/", autoescape=True))
-            .values(lease_until=None, claimed_by=None)
-        )
-    return done.rowcount
+        at = clock.now_of(session.connection())
+        if in_doubt:
+            session.execute(
+                sa.update(OutboxItem)
+                .where(mine, OutboxItem.id.in_(in_doubt))
+                .values(lease_until=at + LATE_LANDING, next_attempt_at=at + LATE_LANDING, claimed_by=None)
+            )
+        done = session.execute(sa.update(OutboxItem).where(mine).values(lease_until=None, claimed_by=None))
+    with _unrecorded_lock:
+        _unrecorded.difference_update(in_doubt)
+    return done.rowcount + len(in_doubt)
 
 
 class Fence:
-    """One claimed row's lease, checked on the database's clock around each post."""
+    """One claimed row's lease, checked on the database's clock before each post and after it.
+
+    Whenever it finds the lease lost after a post was sent (the post may have landed after a newer wish's), the
+    commit's newest wish is queued again, so the newest state is posted over whatever landed late.
+    """
 
     def __init__(self, session: Session, item: Any, now: datetime | None, token: str) -> None:
         self.session, self.item, self.now, self.token = session, item, now, token
         self.posting = False  # a post was sent and its outcome not yet recorded
-        self.renewed: float | None = None  # when this fence last renewed the lease (monotonic)
 
     def hold(self) -> None:
-        """Renew the lease before a post; raise LeaseLost when it ran out or went to another worker.
-
-        A lease this fence renewed less than RENEW_EVERY ago has most of LEASE left: as safe to post on as one
-        renewed now (a stall between any check and its post is the same gap), and a round trip cheaper.
-        """
-        if self.renewed is not None and time.monotonic() - self.renewed < RENEW_EVERY:
-            self.posting = True
-            return
+        """Renew the lease before a post; raise LeaseLost when it ran out or went to another worker."""
         with write_transaction(self.session):
             conn = self.session.connection()
-            at = _now(conn, self.now)
-            renewed = conn.execute(RENEW, {"item": self.item.id, "token": self.token, "now": at, "until": at + LEASE})
-        if renewed.rowcount != 1:
-            log.warning(
-                "github.delivery.lease_lost outbox=%s commit=%s before=post", self.item.id, self.item.commit_sha
-            )
-            raise LeaseLost()
-        self.renewed = time.monotonic()
-        self.posting = True
-
-    def posted(self, mark: sa.Update) -> None:
-        """Record a post (a fact, whoever holds the row now), then check the lease still held through it.
-
-        If it did not, a newer wish of the commit may have been posted before this late post: that wish is
-        re-queued, so the newest state is posted again over whatever this one left, and LeaseLost is raised.
-        """
-        self.posting = False
-        with write_transaction(self.session):
-            conn = self.session.connection()
-            conn.execute(mark, {"item": self.item.id, "read_revision": self.item.revision})
             at = _now(conn, self.now)
             held = conn.execute(RENEW, {"item": self.item.id, "token": self.token, "now": at, "until": at + LEASE})
-            if held.rowcount == 1:
-                self.renewed = time.monotonic()
-                return
-            keys = {"org": self.item.org_id, "repo": self.item.repo_full_name, "sha": self.item.commit_sha}
-            newest = conn.execute(NEWEST_OF_COMMIT, keys).one()
-            requeued = newest.id != self.item.id and (
-                newest.state in ("delivered", "failed") or newest.status_posted or newest.check_posted
-            )
-            if requeued:
-                conn.execute(REQUEUE, {"item": newest.id, "now": at})
+            if held.rowcount != 1:
+                requeued = self._requeue_newest(conn, at) if self.posting else None
+        if held.rowcount != 1:
+            self._lost("before=post", requeued)
+        self.posting = True
+        with _unrecorded_lock:
+            _unrecorded.add(self.item.id)
+
+    def posted(self, mark: sa.Update | None, maybe_later: bool = False) -> None:
+        """After a post: record it (`mark`, a fact whoever holds the row now), then check the lease held through it.
+
+        Also after a post that failed in a way that may still land (`maybe_later`): then a re-queued newest wish
+        waits LATE_LANDING before it is posted again.
+        """
+        with write_transaction(self.session):
+            conn = self.session.connection()
+            if mark is not None:
+                conn.execute(mark, {"item": self.item.id, "read_revision": self.item.revision})
+            at = _now(conn, self.now)
+            held = conn.execute(RENEW, {"item": self.item.id, "token": self.token, "now": at, "until": at + LEASE})
+            if held.rowcount != 1:
+                requeued = self._requeue_newest(conn, at + LATE_LANDING if maybe_later else at)
+        if held.rowcount != 1:
+            self._lost("after=post", requeued)
+        if not maybe_later:
+            self.posting = False
+
+    def _requeue_newest(self, conn: sa.Connection, due: datetime) -> int | None:
+        """Queue the commit's newest wish again, if it is not this one: it may have been (partly) posted before this
+        late post, or be in flight now (its worker, holding an older revision, will not mark it delivered)."""
+        keys = {"org": self.item.org_id, "repo": self.item.repo_full_name, "sha": self.item.commit_sha}
+        newest = conn.execute(NEWEST_OF_COMMIT, keys).one()
+        if newest.id == self.item.id:
+            return None
+        conn.execute(REQUEUE, {"item": newest.id, "now": due})
+        return int(newest.id)
+
+    def _lost(self, when: str, requeued: int | None) -> None:
         log.warning(
-            "github.delivery.lease_lost outbox=%s commit=%s after=post requeued=%s",
+            "github.delivery.lease_lost outbox=%s commit=%s %s requeued=%s",
             self.item.id,
             self.item.commit_sha,
-            newest.id if requeued else None,
+            when,
+            requeued,
         )
         raise LeaseLost()
 
 
 def deliver(session: Session, gh: GitHubApp, item_id: int, now: datetime | None, token: str) -> Outcome:
-    """Post the status and check run of one claimed row (each at most once), outside any transaction."""
+    """Post the status and check run of one claimed row (each at most once), outside any transaction.
+
+    A database error propagates (the worker backs off and reconnects); any other unexpected error counts as a
+    failed attempt of this row, so one bad row cannot stop the others.
+    """
     item = session.connection().execute(ITEM, {"item": item_id}).one()  # the row with its org's installation
     session.commit()  # end the read transaction before talking to GitHub
     if item.state != "pending":  # superseded while it waited
@@ -434,11 +461,21 @@ def deliver(session: Session, gh: GitHubApp, item_id: int, now: datetime | None,
             settled = CheckRuns(session, gh, installation_id, item, owner, repo, fence).post()
     except LeaseLost:
         return Outcome("lost", revision=item.revision)
+    except sa.exc.SQLAlchemyError:
+        raise
     except (Permanent, RequestError) as exc:
         outcome = classify(exc, item.revision)
         if fence.posting and isinstance(exc, RequestError) and not _not_created(exc):
+            try:  # it may still land: if the lease went meanwhile, the newest wish must be posted after it
+                fence.posted(None, maybe_later=True)
+            except LeaseLost:
+                return Outcome("lost", revision=item.revision)
             return dataclasses.replace(outcome, maybe_landed=True)
         return outcome
+    except Exception as exc:  # a bug or an answer we cannot read: counted, so the row ends failed, not retried forever
+        log.exception("github.delivery.unexpected_error outbox=%s commit=%s", item.id, item.commit_sha)
+        outcome = Outcome("retry", f"unexpected error: {type(exc).__name__}", revision=item.revision)
+        return dataclasses.replace(outcome, maybe_landed=fence.posting)
     if not settled:
         return Outcome("retry", SETTLING, wait=SETTLE_WAIT, counts_as_attempt=False, revision=item.revision)
     return Outcome("delivered", revision=item.revision)
@@ -519,6 +556,14 @@ def _not_created(exc: RequestError) -> bool:
     return isinstance(exc, RequestError) and isinstance(exc.exc, httpx.ConnectError)
 
 
+class _Refused(Exception):
+    """GitHub refused to update another run of ours (404/422): the rest go on, then the row retries."""
+
+    def __init__(self, cause: RequestFailed) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 class Run(NamedTuple):
     """A run of our check on the commit, as GitHub lists it."""
 
@@ -546,13 +591,19 @@ class CheckRuns:
         self.update = {k: v for k, v in self.body.items() if k != "head_sha"}
 
     def post(self) -> bool:
-        """Bring the commit's runs to this row's state; True when no create of ours can still land later."""
+        """Bring the commit's runs to this row's state; True when no create of ours can still land later.
+
+        The row's check half is marked posted only then: until it is, each retry lists the runs and brings any that
+        appeared in step. A 404/422 on another run of ours is raised after the rest are done (retried as a refusal).
+        """
         record = self._record()
         runs = self._ours()
         target = record.github_id if record.github_id in {r.id for r in runs} else None
         if target is None and record.github_id is None and record.create_attempted_at is not None:
             lost = [r.id for r in runs if r.external_id == self.body.get("external_id")]
-            if lost:  # a create whose answer was lost landed: adopt it
+            # A create whose answer was lost landed when GitHub lists every run we asked for: the newest is it (runs
+            # from before a re-run have the same external id, and older ids).
+            if lost and len(runs) >= record.creates_sent:
                 target = max(lost)
                 self._set_run(record.id, target)
         elif target is None and record.github_id is not None:
@@ -561,6 +612,7 @@ class CheckRuns:
         if target is not None and not self._patch(target, replace_on_refusal=True):
             log.info("github.check_run.replaced outbox=%s run=%s", self.item.id, target)
             target = None
+            self.fence.hold()
         if target is None:
             record = self._count_create(record.id)
             try:
@@ -575,19 +627,26 @@ class CheckRuns:
                 raise
             target = created.parsed_data.id
             self._set_run(record.id, target)
+        refused: RequestFailed | None = None
         for run in runs:
             if run.id != target and (
                 run.conclusion != self.body.get("conclusion") or run.title != self.body.get("output", {}).get("title")
             ):
                 self.fence.hold()
-                self._patch(run.id, replace_on_refusal=False)
-        self.fence.posted(MARK_CHECK)
+                try:
+                    self._patch(run.id, replace_on_refusal=False)
+                except _Refused as exc:
+                    refused = exc.cause
         known = len({r.id for r in runs} | {target})
-        return (
+        settled = (
             known >= record.creates_sent
             or record.last_create_at is None
             or (self._now() - record.last_create_at >= SETTLE_WINDOW)
         )
+        self.fence.posted(MARK_CHECK if settled and refused is None else None)
+        if refused is not None:
+            raise refused
+        return settled
 
     def _ours(self) -> list[Run]:
         mine = {"app_id": int(self.gh.app_id)} if str(self.gh.app_id).isdigit() else {}
@@ -607,7 +666,8 @@ class CheckRuns:
         return [Run(r.id, r.external_id, r.conclusion, r.output.title if r.output else None) for r in listed]
 
     def _patch(self, run_id: int, replace_on_refusal: bool) -> bool:
-        """PATCH one run; False when GitHub refuses it (gone, or cannot be updated)."""
+        """PATCH one run; False when GitHub refuses it (gone, or cannot be updated) and it is to be replaced, else
+        _Refused."""
         try:
             _call(
                 self.gh,
@@ -619,6 +679,7 @@ class CheckRuns:
                 raise
             if not replace_on_refusal:
                 log.warning("github.check_run.not_updated run=%s error=%s", run_id, _message(exc))
+                raise _Refused(exc) from exc
             return False
         return True
 
@@ -788,8 +849,15 @@ def record(
     Fenced: nothing is recorded unless `token` still holds the row (a worker that stalled past its lease has
     nothing to say about a row another worker took). A row re-queued while it was in hand stays pending.
     """
-    if outcome.state == "lost":
-        return
+    if outcome.state != "lost":
+        _record(session, item_id, outcome, now, rng, token)
+    with _unrecorded_lock:
+        _unrecorded.discard(item_id)
+
+
+def _record(
+    session: Session, item_id: int, outcome: Outcome, now: datetime | None, rng: random.Random, token: str
+) -> None:
     with write_transaction(session):
         conn = session.connection()
         row = conn.execute(LOCK_ROW, {"item": item_id}).one()
@@ -803,7 +871,9 @@ def record(
         if outcome.revision is not None and outcome.revision != row.revision:
             values.setdefault("next_attempt_at", at)  # re-queued meanwhile: post it again from the start
         elif outcome.state == "delivered":
-            values.update(state="delivered", delivered_at=at, last_error=None)
+            values.update(delivered_at=at, last_error=None)
+            if row.state == "pending":  # a wish superseded while in hand keeps saying so
+                values["state"] = "delivered"
             log.info("github.delivery.delivered outbox=%s commit=%s", item_id, row.commit_sha)
         elif outcome.state != "superseded":
             attempts = row.attempts + (1 if outcome.counts_as_attempt else 0)

@@ -172,7 +172,7 @@ def delivery_state(item: OutboxItem | None) -> dict[str, Any] | None:
     if item.state == "pending" and item.attempts:
         detail = f"retrying: {item.last_error}"
     elif item.state == "pending" and item.last_error and item.status_posted:
-        detail = f"delivered; {item.last_error}"  # e.g. checking for a late check run
+        detail = f"posted; {item.last_error}"  # e.g. checking for a late check run
     shown = item.shown_before
     if shown is not None:
         doing = "retrying" if item.state == "pending" else detail
