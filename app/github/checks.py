@@ -1,22 +1,134 @@
-"""Pure builders of the commit status and check run bodies from a commit's verdict; no I/O."""
+"""Pure builders of the commit status and check run bodies from a commit's verdict; no I/O.
+
+Every string that comes from an upload (image ref, advisory id, package, versions, title, target) reaches GitHub
+through one of three functions, all built on `one_line`:
+
+- `md_text`: Markdown text (also link text). Escaped so it renders literally and can add no link, image,
+  heading, HTML, comment, table cell, emphasis, math or autolink, at parse time or at GitHub's later passes.
+- `md_code`: an inline code span (image refs, packages, targets): literal by construction.
+- `plain_text`: the commit status description, which GitHub shows as plain text.
+
+Links go only to the advisory pages `app.advisories` builds (`md_link`); an uploaded URL never becomes one.
+"""
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from typing import Any
+from urllib.parse import quote
 
 from app import advisories
 from app.models import SEVERITIES
-from app.policy import CONTEXT, CommitVerdict
+from app.policy import CONTEXT, DESCRIPTION_LIMIT, CommitVerdict
 
 # One dict maps our verdict onto GitHub's vocabularies (commit status state, check run conclusion).
 STATES = {"success": ("success", "success"), "failure": ("failure", "failure")}
 SUMMARY_LIMIT = 65_535
+TITLE_LIMIT = 140
 TOP_FINDINGS = 5
+# Longest shown form of an uploaded field (characters, before escaping); longer values end in "…".
+FIELD_LIMIT = 200
+IMAGE_REF_LIMIT = 256
+
+# Where the summary may link: the advisory pages app.advisories.link builds, nothing an upload names.
+ADVISORY_LINK_PREFIXES = (
+    "https://www.cve.org/CVERecord?id=",
+    "https://github.com/advisories/",
+    "https://security-tracker.debian.org/tracker/",
+    "https://access.redhat.com/errata/",
+    "https://ubuntu.com/security/notices/",
+    "https://osv.dev/vulnerability/",
+)
+
+# U+2060 WORD JOINER: invisible, and no word character. Put after the character that starts a pattern GitHub
+# links after rendering (mentions, issue references, emoji, bare URLs are found in the rendered text, where
+# backslash escapes and character references are already gone), it breaks the pattern; nothing else can.
+BREAK = "\u2060"
+# ASCII punctuation with a meaning somewhere in GitHub Markdown, escaped with a backslash. Not escaped, as they
+# mean nothing within a line: - . + / , ; ? % ' " (a leading - + or "1." is escaped, see md_text).
+_BACKSLASHED = frozenset("\\`*_{}[]()#!|~=^:@")
+# As character references: HTML (< > &), and $ (GitHub's math; its docs do not rely on \$ outside math).
+_ENTITIES = {"<": "&lt;", ">": "&gt;", "&": "&amp;", "$": "&#36;"}
+# Characters after which BREAK goes: @mention, team and e-mail; #123 and owner/repo#123; scheme: (https://,
+# mailto:, xmpp:) and :emoji:.
+_BREAK_AFTER = frozenset("@#:")
+_BREAK_PATTERNS = re.compile(r"(?i)(www\.|gh-(?=\d))")  # www.example.com, GH-123
+# What would start a list item, thematic break or setext underline, should the text ever start a line:
+# a leading - or + (group 1), or the dot of a leading "1." (group 2).
+_LEADING_MARKER = re.compile(r"^(?:([-+])|(\d{1,9})(?=\.(?: |$)))")
+
+
+def one_line(value: Any, limit: int = FIELD_LIMIT) -> str:
+    """The text of an uploaded value on one line: line breaks, tabs and other control characters (also U+2028,
+    U+2029, U+0085) become a space; invisible format characters (zero-width, bidirectional overrides, BOM, soft
+    hyphen, word joiner) are dropped; runs of whitespace collapse to one space, none at either end; longer than
+    `limit` characters, it ends in "…"."""
+    if value is None:
+        return ""
+    kept = []
+    for ch in str(value):
+        category = unicodedata.category(ch)
+        if category in ("Cc", "Zl", "Zp"):
+            kept.append(" ")
+        elif category not in ("Cf", "Cs"):
+            kept.append(ch)
+    text = " ".join("".join(kept).split())
+    if len(text) > limit:
+        text = text[: max(limit - 1, 0)].rstrip() + "…"
+    return text
+
+
+def md_text(value: Any, limit: int = FIELD_LIMIT) -> str:
+    """An uploaded value as GitHub Markdown that renders as its `one_line` text (plus invisible word joiners),
+    wherever it is placed in a line or as link text: nothing in it can start a link, image, autolink, mention,
+    issue reference, emoji, heading, list, table cell, emphasis, code, math, HTML tag or comment."""
+    text = one_line(value, limit)
+    out: list[str] = []
+    for ch in text:
+        if ch in _ENTITIES:
+            out.append(_ENTITIES[ch])
+        elif ch in _BACKSLASHED:
+            out.append("\\" + ch)
+        else:
+            out.append(ch)
+        if ch in _BREAK_AFTER:
+            out.append(BREAK)
+    escaped = "".join(out)
+    escaped = _BREAK_PATTERNS.sub(lambda m: m.group(1) + BREAK, escaped)
+    return _LEADING_MARKER.sub(lambda m: "\\" + m.group(1) if m.group(1) else m.group(2) + "\\", escaped)
+
+
+def md_code(value: Any, limit: int = FIELD_LIMIT) -> str:
+    """An uploaded value as an inline code span, which Markdown and GitHub's later passes leave literal: fenced by
+    more backticks than any run inside it, padded when it starts or ends with one; on one line (`one_line`)."""
+    text = one_line(value, limit)
+    if not text:
+        return "` `"
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text[0] == "`" or text[-1] == "`" else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def plain_text(value: Any, limit: int) -> str:
+    """A plain-text field GitHub shows as is (the commit status description): one line, at most `limit`."""
+    return one_line(value, limit)
+
+
+def md_link(text: Any, url: str | None) -> str:
+    """A Markdown link to one of the advisory pages the app builds, with escaped text; any other URL (such as an
+    upload's primary_url or references) gives the text alone. The target is percent-encoded: no space, parenthesis,
+    angle bracket or backslash can end it early."""
+    label = md_text(text)
+    if not url or not url.startswith(ADVISORY_LINK_PREFIXES):
+        return label
+    return f"[{label}]({quote(url, safe=':/?=&%#~._-')})"
 
 
 def commit_status(verdict: CommitVerdict, target_url: str | None) -> dict[str, Any]:
     state, _ = STATES[verdict.state]
-    body: dict[str, Any] = {"state": state, "description": verdict.description, "context": CONTEXT}
+    description = plain_text(verdict.description, DESCRIPTION_LIMIT)
+    body: dict[str, Any] = {"state": state, "description": description, "context": CONTEXT}
     if target_url:
         body["target_url"] = target_url
     return body
@@ -30,30 +142,45 @@ def check_run(verdict: CommitVerdict, head_sha: str, details_url: str | None, ex
         "status": "completed",
         "conclusion": conclusion,
         "external_id": external_id,
-        "output": {"title": verdict.description, "summary": summary(verdict)},
+        "output": {"title": plain_text(verdict.description, TITLE_LIMIT), "summary": summary(verdict)},
     }
     if details_url:
         body["details_url"] = details_url
     return body
 
 
+def finding_line(f: Any) -> str:
+    """One top finding as a list item: severity, advisory link, package, versions, title and target."""
+    ids = advisories.links(f["cve_id"], f.get("vendor_ids") or (), f.get("references") or ())
+    name = md_link(f["cve_id"], ids[0][1]) if ids else md_code(f["cve_id"])
+    line = f"- **{md_text(f['severity'])}** {name} in {md_code(f['package'])} {md_text(f['installed_version'])}"
+    if f.get("fixed_version"):
+        line += f" → {md_text(f['fixed_version'])}"
+    if f.get("title"):
+        line += f" — {md_text(f['title'])}"
+    if f.get("target"):
+        line += f" ({md_code(f['target'])})"
+    return line
+
+
 def summary(verdict: CommitVerdict) -> str:
-    """Markdown: per image its verdict, severity counts, fixable count and top findings; within 65,535 chars."""
-    lines = [f"**{verdict.description}** (policy: `{verdict.block_action}`)", ""]
+    """Markdown: per image its verdict, severity counts, fixable count and top findings; within 65,535 chars.
+
+    Each uploaded value is one escaped line fragment (md_text, md_code, md_link), so the lines are the app's own.
+    """
+    lines = [f"**{md_text(verdict.description, TITLE_LIMIT)}** (policy: `{verdict.block_action}`)", ""]
     for image in verdict.images:
         mark = "❌" if image.status == "failure" else "✅"
-        lines += [f"### {mark} `{image.image_ref}`", ""]
+        lines += [f"### {mark} {md_code(image.image_ref, IMAGE_REF_LIMIT)}", ""]
         lines += ["| " + " | ".join(s.capitalize() for s in SEVERITIES) + " | Fixable |"]
         lines += ["|" + "---:|" * (len(SEVERITIES) + 1)]
-        lines += ["| " + " | ".join(str(image.counts[s]) for s in SEVERITIES) + f" | {image.fixable} |", ""]
-        for f in image.top_findings[:TOP_FINDINGS]:
-            ids = advisories.links(f["cve_id"], f.get("vendor_ids") or (), f.get("references") or ())
-            name = f"[{f['cve_id']}]({ids[0][1]})" if ids else f["cve_id"]
-            fix = f" → {f['fixed_version']}" if f.get("fixed_version") else ""
-            lines.append(f"- **{f['severity']}** {name} in `{f['package']}` {f['installed_version']}{fix}")
+        lines += ["| " + " | ".join(str(int(image.counts[s])) for s in SEVERITIES) + f" | {int(image.fixable)} |", ""]
+        lines += [finding_line(f) for f in image.top_findings[:TOP_FINDINGS]]
         lines.append("")
     text = "\n".join(lines)
     if len(text) > SUMMARY_LIMIT:
         cut = "\n\n… (truncated; see the details page for every image)"
-        text = text[: SUMMARY_LIMIT - len(cut)] + cut
+        kept = text[: SUMMARY_LIMIT - len(cut)]
+        # Whole lines only: a line cut short could leave a code span or an escape open.
+        text = kept[: max(kept.rfind("\n"), 0)] + cut
     return text

@@ -1,9 +1,10 @@
 """POST /webhooks/github: verify GitHub's signature over the raw body, then dedupe and dispatch by (event, action).
 
-The order is fixed and fails closed: secret configured? -> signature present? -> HMAC-SHA256 of the raw bytes,
-compared in constant time -> only then parse -> delivery seen before? -> dispatch. Handlers only write to the
-database (work for GitHub goes to the outbox), so the answer is fast. Neither the secret nor a signature is
-ever logged; log keys are stable (`github.webhook.*`) and carry the delivery id.
+The order is fixed and fails closed: secret configured? -> signature present? -> body within GitHub's 25 MiB cap
+(by its Content-Length, before a byte is read) -> HMAC-SHA256 of the raw bytes, compared in constant time -> only
+then parse -> delivery seen before? -> dispatch. Handlers only write to the database (work for GitHub goes to the
+outbox), so the answer is fast. Neither the secret nor a signature is ever logged; log keys are stable
+(`github.webhook.*`) and carry the delivery id.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from githubkit import webhooks
 from sqlalchemy.orm import Session
 
 from app import db
-from app.api_common import request_body
 from app.db import write_transaction
 from app.errors import ApiError
 from app.github.handlers import router
@@ -32,6 +32,10 @@ bp = Blueprint("github_webhooks", __name__, url_prefix="/webhooks")
 SIGNATURE = re.compile(r"sha256=[0-9a-f]{64}")  # SHA-256 only: githubkit's verify would take sha1= as well
 DELIVERY_ID = re.compile(r"[0-9A-Za-z._:-]{1,100}")  # GitHub sends a UUID
 EVENT = re.compile(r"[a-z_]{1,50}")
+# GitHub caps a delivery's payload at 25 MB (and sends none larger): a bigger body is not GitHub's, and is refused
+# before it is read or hashed. Independent of FREMFORGE_MAX_UPLOAD_MB; deploy/fremforge-nginx.conf holds the same cap.
+MAX_BODY_BYTES = 25 * 1024 * 1024
+_READ_SIZE = 64 * 1024
 _deliveries = WebhookDelivery.__table__
 # INSERT ... ON CONFLICT DO NOTHING RETURNING, built once per dialect (the values come with each execution).
 _CLAIM = {
@@ -56,7 +60,7 @@ def receive() -> tuple[dict[str, Any], int]:
     if not signature:
         log.warning("github.webhook.missing_signature delivery=%r", shown)
         raise ApiError(401, "missing_signature", "The X-Hub-Signature-256 header is missing.")
-    body = request_body()
+    body = _read_body(shown)
     if not SIGNATURE.fullmatch(signature) or not webhooks.verify(str(secret), body, signature):
         log.warning("github.webhook.bad_signature delivery=%r", shown)
         raise ApiError(401, "bad_signature", "The X-Hub-Signature-256 signature does not match the body.")
@@ -90,6 +94,34 @@ def receive() -> tuple[dict[str, Any], int]:
     if outcome is None:
         return {"status": "ok"}, 200
     return {"status": outcome}, 202
+
+
+def _read_body(shown: str) -> bytes:
+    """The raw body, refused with a JSON 413 as soon as it is known to be over MAX_BODY_BYTES: by its Content-Length
+    before a byte is read, and a chunked body (no Content-Length) once its bytes pass the cap, so no more than
+    the cap and one read are ever held."""
+    length = request.content_length
+    if length is not None and length > MAX_BODY_BYTES:
+        raise _too_large(shown, length)
+    # This route's limit, not the upload limit (FREMFORGE_MAX_UPLOAD_MB may be lower), set before the stream is made:
+    # one byte past the cap, so that the loop below sees an over-cap body itself (Werkzeug's stream raises on a read
+    # at its limit, even at the end of a body of exactly that size).
+    request.max_content_length = MAX_BODY_BYTES + 1
+    stream = request.stream
+    body = bytearray()
+    while len(body) <= MAX_BODY_BYTES:
+        chunk = stream.read(min(_READ_SIZE, MAX_BODY_BYTES + 1 - len(body)))
+        if not chunk:
+            return bytes(body)
+        body += chunk
+    raise _too_large(shown, length)
+
+
+def _too_large(shown: str, length: int | None) -> ApiError:
+    log.warning("github.webhook.too_large delivery=%r content_length=%s", shown, length)
+    return ApiError(
+        413, "payload_too_large", f"The body is over GitHub's webhook payload cap of {MAX_BODY_BYTES // 2**20} MiB."
+    )
 
 
 def _claim(session: Session, delivery: str, event: str, action: str | None) -> bool:
