@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
+from pathlib import Path
 from typing import Any
 
 from flask import Flask
@@ -11,13 +14,21 @@ from app import config
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
-    """Build the app: defaults, then FREMFORGE_* environment, then test overrides; then checked."""
+    """Build the app: defaults, then FREMFORGE_* environment, then test overrides; then checked.
+
+    A configuration that cannot be used is reported on stderr in one line, then config.ConfigError (a SystemExit)
+    ends the process without a traceback: gunicorn, `flask --app wsgi ...` and `python -c` alike.
+    """
     app = Flask(__name__, instance_relative_config=True)
     app.config.update(config.DEFAULTS)
     app.config.update(config.from_environment())
     if test_config:
         app.config.update(test_config)
-    config.finalize(app.config, app.instance_path)
+    try:
+        config.finalize(app.config, app.instance_path)
+    except config.ConfigError as exc:
+        print(f"fremforge cannot start: {exc}", file=sys.stderr, flush=True)
+        raise
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
 
@@ -36,6 +47,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from app.settings import api as settings_api
 
     db.init_app(app)
+    _private_files(app)
     github_client.init_app(app)
     errors.init_app(app)
     app.register_blueprint(health.bp)
@@ -47,3 +59,17 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     admin.init_app(app)
     cli.init_app(app)
     return app
+
+
+def _private_files(app: Flask) -> None:
+    """The instance folder (secret key, checkpoint key, the default SQLite database) readable by this user alone
+    (0700) when it is made here, and a SQLite database file made 0600 before SQLite opens it. Folders and files
+    that exist already are left as they are; one that cannot be made now is reported by whatever needs it later."""
+    from app import sqlite_writers
+
+    with contextlib.suppress(OSError):
+        config.make_private_dir(Path(app.instance_path))
+    database = sqlite_writers.database_file(app.extensions["fremforge.db"].engine)
+    if database is not None and Path(database).parent.is_dir():
+        with contextlib.suppress(OSError):
+            config.make_private_file(Path(database))

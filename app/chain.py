@@ -60,8 +60,12 @@ def extend(
 
 
 def finding_payload(org_id: int, scan_run_id: int, created_at: str, f: dict[str, Any]) -> dict[str, Any]:
-    """The hashed content of a finding row (every column but id, seq, the hashes and redaction time)."""
-    return {
+    """The hashed content of a finding row (every column but id, seq, the hashes and redaction time).
+
+    `truncated` (a descriptive field was cut at upload) is in it only when true: a finding that was not cut, and
+    every finding stored before the column existed, hashes exactly as before.
+    """
+    payload = {
         "org_id": org_id,
         "scan_run_id": scan_run_id,
         "created_at": created_at,
@@ -77,6 +81,9 @@ def finding_payload(org_id: int, scan_run_id: int, created_at: str, f: dict[str,
         "vendor_ids": f["vendor_ids"],
         "synthetic": f["synthetic"],
     }
+    if f.get("truncated"):
+        payload["truncated"] = True
+    return payload
 
 
 def audit_payload(org_id: int, created_at: str, action: str, actor: str, details: dict[str, Any]) -> dict[str, Any]:

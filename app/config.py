@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import secrets
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 # Every setting the app reads, with its default. Values from the environment arrive as strings
 # (Flask's own from_prefixed_env would turn an app id such as "1e5" into a float).
@@ -23,16 +26,55 @@ DEFAULTS: dict[str, Any] = {
     "GITHUB_CLIENT_ID": None,
     "GITHUB_CLIENT_SECRET": None,
     "MAX_UPLOAD_MB": 64,
+    "MAX_FINDINGS": 100_000,  # findings in one upload; past it a 413 (too_many_findings)
     "GITHUB_TIMEOUT_SECONDS": 10,  # per GitHub call made by the worker
     "CHECKPOINT_KEY_FILE": None,  # None: checkpoint_ed25519.pem in the instance folder, made when absent
 }
 ENVIRONMENTS = ("development", "production")
-SESSION_LIFETIME = timedelta(hours=12)  # an admin session lapses after this long without a request
+SESSION_LIFETIME = timedelta(hours=12)  # an admin session's cookie; the server-side record decides (app.admin.sessions)
 PREFIX = "FREMFORGE_"
+# In production FREMFORGE_SECRET_KEY must carry at least 32 random bytes' worth (spec section 8), and be none of
+# the values found in examples, tests and tutorials.
+SECRET_KEY_BITS = 256
+WEAK_SECRET_KEYS = {
+    "dev",
+    "development",
+    "prod",
+    "production",
+    "secret",
+    "secret-key",
+    "secret_key",
+    "secretkey",
+    "changeme",
+    "change-me",
+    "change_me",
+    "password",
+    "test",
+    "test-secret",
+    "testing",
+    "default",
+    "s",
+    "x",
+    "s" * 48,
+}
+PLACEHOLDER_WORDS = ("change", "replace", "example", "secret", "password", "insecure", "default", "fremforge")
+GENERATE_KEY = "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+EXIT_STATUS = 3  # gunicorn's "worker failed to boot": its master then stops too, instead of starting workers forever
 
 
-class ConfigError(RuntimeError):
-    """The configuration cannot be used; the message says which variable to set."""
+class ConfigError(SystemExit):
+    """The configuration cannot be used; the message says which variable to set.
+
+    A SystemExit (status 3): wherever it is raised at start-up (gunicorn, `flask --app wsgi ...`, `python -c`) the
+    process ends without a traceback. create_app writes the message to stderr, one line, before raising it.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(EXIT_STATUS)
+        self.message = " ".join(message.split())  # one line, whatever the message was built from
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def from_environment(environ: os._Environ[str] | dict[str, str] | None = None) -> dict[str, Any]:
@@ -61,6 +103,13 @@ def finalize(config: dict[str, Any], instance_path: str) -> None:
     config["MAX_UPLOAD_BYTES"] = int(max_mb * 1024 * 1024)
     # Compressed bodies are held to the same limit as what they decompress to.
     config["MAX_CONTENT_LENGTH"] = config["MAX_UPLOAD_BYTES"]
+    try:
+        max_findings = int(str(config["MAX_FINDINGS"]).strip())
+    except ValueError:
+        raise ConfigError("FREMFORGE_MAX_FINDINGS must be a whole number of findings") from None
+    if not 1 <= max_findings <= 10_000_000:
+        raise ConfigError("FREMFORGE_MAX_FINDINGS must be between 1 and 10000000")
+    config["MAX_FINDINGS"] = max_findings
 
     if not config.get("DATABASE_URL"):
         config["DATABASE_URL"] = f"sqlite:///{Path(instance_path) / 'fremforge.db'}"
@@ -73,12 +122,15 @@ def finalize(config: dict[str, Any], instance_path: str) -> None:
             raise ConfigError(f"FREMFORGE_GITHUB_PRIVATE_KEY_FILE cannot be read: {exc.strerror}") from None
     config["GITHUB_APP_CONFIGURED"] = bool(config.get("GITHUB_APP_ID") and config.get("GITHUB_PRIVATE_KEY"))
     if config.get("PUBLIC_URL"):
-        config["PUBLIC_URL"] = str(config["PUBLIC_URL"]).rstrip("/")
+        config["PUBLIC_URL"] = str(config["PUBLIC_URL"]).strip().rstrip("/")
+        check_public_url(config["PUBLIC_URL"])
     # The admin session cookie: out of reach of scripts, not sent on cross-site POSTs, HTTPS-only when served so.
+    # It holds the session's random id (and the CSRF token); who is signed in is kept in the database.
     config["SESSION_COOKIE_HTTPONLY"] = True
     config["SESSION_COOKIE_SAMESITE"] = "Lax"
     config["SESSION_COOKIE_SECURE"] = str(config.get("PUBLIC_URL") or "").startswith("https://")
     config["PERMANENT_SESSION_LIFETIME"] = SESSION_LIFETIME
+    config["SESSION_REFRESH_EACH_REQUEST"] = False  # the cookie expires 12 h after sign-in, as its record does
 
     config["ENV"] = str(config["ENV"]).strip().lower()
     if config["ENV"] not in ENVIRONMENTS:
@@ -96,12 +148,75 @@ def finalize(config: dict[str, Any], instance_path: str) -> None:
                 "print(secrets.token_urlsafe(48))'"
             )
         config["SECRET_KEY"] = _instance_secret_key(Path(instance_path))
+    elif config["ENV"] == "production":
+        weakness = secret_key_weakness(str(config["SECRET_KEY"]))
+        if weakness:
+            raise ConfigError(
+                f"FREMFORGE_SECRET_KEY is too weak for production ({weakness}); it needs at least 32 random bytes' "
+                f"worth. Generate one with: {GENERATE_KEY}"
+            )
     if config["GITHUB_APP_CONFIGURED"] and not config.get("GITHUB_WEBHOOK_SECRET") and not config.get("TESTING"):
         # Without it every webhook would be refused (fail closed): installations and PRs would go unseen.
         raise ConfigError(
             "FREMFORGE_GITHUB_WEBHOOK_SECRET is not set. A configured GitHub App needs its webhook secret "
             "(the one entered in the app's settings on GitHub) to verify webhook deliveries."
         )
+    if config["ENV"] == "production" and config["GITHUB_APP_CONFIGURED"] and not config.get("PUBLIC_URL"):
+        # Links posted to GitHub (a status's target_url, a check run's details) never come from a request's Host.
+        raise ConfigError(
+            "FREMFORGE_PUBLIC_URL is not set. In production a configured GitHub App needs it: the links posted to "
+            "GitHub are built from it, never from a request's Host header. Set it to the address people reach "
+            "this service at, e.g. https://fremforge.example.com"
+        )
+
+
+def check_public_url(url: str) -> None:
+    """PUBLIC_URL must be an absolute http(s) address (a path is allowed, for a service under a prefix)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError(
+            f"FREMFORGE_PUBLIC_URL must be an absolute http(s) address such as https://fremforge.example.com, "
+            f"not {url[:100]!r}"
+        )
+
+
+def secret_key_weakness(key: str) -> str | None:
+    """Why `key` is no production secret (a well-known value, too short, too little variety); None when it will do.
+
+    Its strength is estimated from its length and the kinds of character in it: hex digits give 4 bits each, a
+    mix of letters, digits and symbols up to about 6.6; 256 bits are needed (token_urlsafe(32), `openssl rand
+    -base64 32` and `openssl rand -hex 32` make it). A key that repeats a short pattern, or uses few distinct
+    characters, is refused whatever its length.
+    """
+    folded = key.strip().lower()
+    if folded in WEAK_SECRET_KEYS or any(word in folded for word in PLACEHOLDER_WORDS):
+        return "a well-known or placeholder value"
+    if len(set(key)) < 12 or _periodic(key):
+        return "it repeats a few characters"
+    bits = len(key) * math.log2(_alphabet(key))
+    # A little slack: a random key need not use every kind of character its generator could have chosen (one
+    # token_urlsafe(32) in some 7,000 has no digit and no - or _, and would count 245 bits).
+    if bits < SECRET_KEY_BITS - 16:
+        return f"{len(key)} characters of this kind carry about {int(bits)} bits, not {SECRET_KEY_BITS}"
+    return None
+
+
+def _periodic(key: str) -> bool:
+    """Whether `key` is a shorter piece repeated (abcabcabc...)."""
+    return any(key == (key[:p] * (len(key) // p + 1))[: len(key)] for p in range(1, len(key) // 2 + 1))
+
+
+def _alphabet(key: str) -> int:
+    """How many characters each of the key's characters could have been, going by the kinds it uses."""
+    if all(c in "0123456789abcdef" for c in key) or all(c in "0123456789ABCDEF" for c in key):
+        return 16
+    size = 0
+    size += 26 if any(c.islower() and c.isascii() for c in key) else 0
+    size += 26 if any(c.isupper() and c.isascii() for c in key) else 0
+    size += 10 if any(c.isdigit() and c.isascii() for c in key) else 0
+    size += 33 if any(not c.isalnum() and c.isascii() for c in key) else 0
+    size += 128 if any(not c.isascii() for c in key) else 0
+    return max(size, 2)
 
 
 def normalise_database_url(url: str) -> str:
@@ -116,7 +231,7 @@ def _instance_secret_key(instance: Path) -> str:
     """A random key kept in the instance folder, for local use without FREMFORGE_SECRET_KEY."""
     path = instance / "secret_key"
     if not path.exists():
-        instance.mkdir(parents=True, exist_ok=True)
+        make_private_dir(instance)
         # Written aside then linked into place, so concurrent workers all read the same whole key.
         tmp = instance / f".secret_key.{os.getpid()}.{secrets.token_hex(4)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -129,3 +244,24 @@ def _instance_secret_key(instance: Path) -> str:
         finally:
             tmp.unlink()
     return path.read_text().strip()
+
+
+def make_private_dir(path: Path) -> None:
+    """Create `path` (and missing parents) readable by this user alone (0700); an existing folder is left as it is."""
+    if path.is_dir():
+        return
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):
+        path.chmod(0o700)  # mkdir's mode is narrowed by the umask, never widened; this makes it exact
+
+
+def make_private_file(path: Path) -> bool:
+    """Create an empty file at `path` readable and writable by this user alone (0600) unless it exists; True when
+    made. Used for the SQLite database before SQLite opens it (SQLite would create it 0644, and its -wal and -shm
+    files take the database file's mode)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    return True

@@ -28,6 +28,7 @@ FINDING_PAYLOAD_COLUMNS = (
     "references",
     "vendor_ids",
     "synthetic",
+    "truncated",
 )
 
 
@@ -162,6 +163,9 @@ class Finding(Base):
     references: Mapped[list[str] | None] = mapped_column(sa.JSON)
     vendor_ids: Mapped[list[str] | None] = mapped_column(sa.JSON)
     synthetic: Mapped[bool | None]
+    # A descriptive field (title, primary_url, references) was cut to its limit at upload. In the hashed payload
+    # only when true, so every finding stored before it existed, and every finding not cut, hashes as it did.
+    truncated: Mapped[bool | None]
     redacted_at: Mapped[datetime | None]
 
 
@@ -231,6 +235,8 @@ class OutboxItem(Base):
     last_error: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[datetime | None]
+    # Set by retention, which trims the check run body to what names no finding (app.retention.trimmed).
+    redacted_at: Mapped[datetime | None]
 
     # Not stored: what GitHub still shows while this wish is not posted (findings.queries.note_shown_before).
     shown_before = None  # type: str | None
@@ -318,3 +324,26 @@ class AdminLoginLink(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]
     used_at: Mapped[datetime | None]  # set once, by the sign-in that spends the link
+
+
+class AdminSession(Base):
+    """A signed-in admin session (spec §6); the browser's cookie holds a random id, of which only the SHA-256 is kept.
+
+    It lives until `expires_at` (12 hours from sign-in, never extended) unless revoked first (signing out, or the
+    owner role found lost on GitHub). `github_token` is the user's GitHub token for re-checking that role, sealed
+    with a key derived from the cookie's id: the database alone cannot unseal it.
+    """
+
+    __tablename__ = "admin_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    org_id: Mapped[int] = mapped_column(sa.ForeignKey("orgs.id", ondelete="CASCADE"), index=True)
+    login: Mapped[str] = mapped_column(sa.String(100))  # the GitHub login, or "login-link"
+    via: Mapped[str] = mapped_column(sa.String(20))  # "oauth" | "link"
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    role_checked_at: Mapped[datetime | None]  # when GitHub last confirmed the owner role (oauth sessions)
+    github_token: Mapped[str | None] = mapped_column(sa.Text)
+    revoked_at: Mapped[datetime | None]
+    revoked_reason: Mapped[str | None] = mapped_column(sa.String(40))

@@ -43,6 +43,18 @@ STR = {"type": "string"}
 SHORT = {"type": "string", "maxLength": 500}
 ADVISORY_ID = {"type": "string", "minLength": 1, "maxLength": 200}
 LONG = {"type": "string", "maxLength": 1024}
+TARGET = {"type": "string", "maxLength": 1024}
+VENDOR_IDS = {"type": "array", "items": ADVISORY_ID, "maxItems": 64}
+REPO = {
+    "type": "string",
+    "pattern": REPO_FULL_NAME,
+    "maxLength": 140,
+    "description": "owner/name by GitHub's rules: the owner of letters, digits and single hyphens, at most 39 "
+    "characters; the name of letters, digits, '.', '-' and '_', at most 100, not '.' or '..'.",
+}
+CUT_TITLE = "Cut to 1024 characters (the finding is then marked truncated)."
+CUT_URL = "Cut to 2048 characters (the finding is then marked truncated)."
+CUT_REFERENCES = "URLs; each cut to 2048 characters and the first 64 kept (the finding is then marked truncated)."
 COUNT = {"type": "integer", "minimum": 0}
 HASH = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 
@@ -103,7 +115,13 @@ SCHEMAS: dict[str, Any] = {
                 "items": {
                     "type": "object",
                     "required": ["path", "code", "message"],
-                    "properties": {"path": STR, "code": STR, "message": STR, "in": {"enum": ["query", "body"]}},
+                    "properties": {
+                        "path": STR,
+                        "code": STR,
+                        "message": STR,
+                        "in": {"enum": ["query", "body"]},
+                        "limit": {"type": "integer", "description": "The limit the value is past, when it is one."},
+                    },
                 },
             },
         },
@@ -123,11 +141,11 @@ SCHEMAS: dict[str, Any] = {
             "package_name": {**SHORT, "minLength": 1},
             "installed_version": {**_nullable(SHORT), "description": "null is taken as empty."},
             "fixed_version": {**_nullable(SHORT), "description": "null or empty: not fixable."},
-            "title": _nullable(STR),
-            "target": _nullable(STR),
-            "primary_url": _nullable(STR),
-            "references": _nullable({"type": "array", "items": STR}),
-            "vendor_ids": _nullable({"type": "array", "items": ADVISORY_ID}),
+            "title": {**_nullable(STR), "description": CUT_TITLE},
+            "target": _nullable(TARGET),
+            "primary_url": {**_nullable(STR), "description": CUT_URL},
+            "references": {**_nullable({"type": "array", "items": STR}), "description": CUT_REFERENCES},
+            "vendor_ids": _nullable(VENDOR_IDS),
         },
     },
     "SeedUpload": {
@@ -142,11 +160,15 @@ SCHEMAS: dict[str, Any] = {
                 "description": "At most 1024 bytes in UTF-8.",
             },
             "commit_sha": {"type": "string", "pattern": COMMIT_SHA},
-            "repo_full_name": {"type": "string", "pattern": REPO_FULL_NAME},
+            "repo_full_name": REPO,
             "signature_status": _nullable(SIGNATURE_ANY_CASE),
             "signature_issuer": _nullable(LONG),
             "signature_subject": _nullable(LONG),
-            "findings": {"type": "array", "items": _ref("SeedFinding")},
+            "findings": {
+                "type": "array",
+                "items": _ref("SeedFinding"),
+                "description": "At most MAX_FINDINGS (default 100,000) per upload; past it a 413 too_many_findings.",
+            },
         },
     },
     "TrivyVulnerability": {
@@ -155,20 +177,24 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "VulnerabilityID": ADVISORY_ID,
             "PkgName": {**SHORT, "minLength": 1},
-            "PkgPath": _nullable(STR),
+            "PkgPath": _nullable(TARGET),
             "InstalledVersion": _nullable(SHORT),
             "FixedVersion": _nullable(SHORT),
             "Severity": _nullable(SEVERITY_ANY_CASE),
-            "Title": _nullable(STR),
-            "PrimaryURL": _nullable(STR),
-            "References": _nullable({"type": "array", "items": STR}),
-            "VendorIDs": _nullable({"type": "array", "items": ADVISORY_ID}),
+            "Title": {**_nullable(STR), "description": CUT_TITLE},
+            "PrimaryURL": {**_nullable(STR), "description": CUT_URL},
+            "References": {**_nullable({"type": "array", "items": STR}), "description": CUT_REFERENCES},
+            "VendorIDs": _nullable(VENDOR_IDS),
         },
     },
     "TrivyResult": {
         "type": "object",
         "properties": {
-            "Target": STR,
+            "Target": {
+                **STR,
+                "description": "The target of its vulnerabilities without PkgPath: at most 1024 "
+                "characters where one uses it.",
+            },
             "Vulnerabilities": _nullable({"type": "array", "items": _ref("TrivyVulnerability")}),
         },
     },
@@ -317,6 +343,11 @@ SCHEMAS: dict[str, Any] = {
                 "items": {"type": "object", "required": ["id", "url"], "properties": {"id": STR, "url": STR}},
             },
             "synthetic": {"type": "boolean", "description": "Made by the signing policy, not by the scanner."},
+            "truncated": {
+                "type": "boolean",
+                "description": "A descriptive field was cut to its limit at upload (title 1024 characters, "
+                "primary_url and each reference 2048, 64 references).",
+            },
         },
     },
     "ScanDetail": {
@@ -324,8 +355,19 @@ SCHEMAS: dict[str, Any] = {
             _ref("Scan"),
             {
                 "type": "object",
-                "required": ["findings"],
-                "properties": {"findings": {"type": "array", "items": _ref("Finding")}},
+                "required": ["findings", "findings_next_cursor"],
+                "properties": {
+                    "findings": {
+                        "type": "array",
+                        "items": _ref("Finding"),
+                        "maxItems": 1000,
+                        "description": "The first page of the scan's findings (at most 1,000), most severe first.",
+                    },
+                    "findings_next_cursor": {
+                        **_nullable(STR),
+                        "description": "Pass as `cursor` to .../{scan_run_id}/findings for more; null: no more.",
+                    },
+                },
             },
         ],
     },
@@ -333,6 +375,14 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["items", "next_cursor"],
         "properties": {"items": {"type": "array", "items": _ref("Scan")}, "next_cursor": _nullable(STR)},
+    },
+    "FindingList": {
+        "type": "object",
+        "required": ["items", "next_cursor"],
+        "properties": {
+            "items": {"type": "array", "items": _ref("Finding"), "maxItems": 1000},
+            "next_cursor": _nullable(STR),
+        },
     },
     "AllowedIssuer": {
         "type": "object",
@@ -432,9 +482,7 @@ TRIVY_QUERY = [
         "Raw Trivy uploads: the image; defaults to the report's ArtifactName.",
     ),
     _query("commit_sha", {"type": "string", "pattern": COMMIT_SHA}, "Raw Trivy uploads: the commit (required)."),
-    _query(
-        "repo_full_name", {"type": "string", "pattern": REPO_FULL_NAME}, "Raw Trivy uploads: owner/name (required)."
-    ),
+    _query("repo_full_name", REPO, "Raw Trivy uploads: owner/name (required)."),
     _query("signature_status", SIGNATURE_ANY_CASE, "Raw Trivy uploads: signed, unsigned or unknown."),
     _query("signature_issuer", LONG, "Raw Trivy uploads."),
     _query("signature_subject", LONG, "Raw Trivy uploads."),
@@ -461,6 +509,11 @@ PATHS: dict[str, Any] = {
                     {"oneOf": [_ref("IngestAccepted"), _ref("IngestDisabled")]},
                 ),
                 **BODY_ERRORS,
+                "413": _error(
+                    "Nothing was stored: the body (or what it decompresses to) is over the upload limit "
+                    "(payload_too_large), it holds more than MAX_FINDINGS findings (too_many_findings), or more than "
+                    "MAX_FINDINGS values besides them that it takes reading one by one (too_many_values)."
+                ),
                 **AUTH_ERRORS,
                 **DATABASE_ERRORS,
             },
@@ -472,7 +525,7 @@ PATHS: dict[str, Any] = {
             "summary": "Scans, newest first. Scope findings:read.",
             "parameters": [
                 SLUG,
-                _query("repo", {"type": "string", "maxLength": 200}, "owner/name"),
+                _query("repo", REPO, "owner/name, any letter case"),
                 _query("commit_sha", {"type": "string", "maxLength": 40}, "The full commit SHA."),
                 _query("image_ref", {"type": "string", "maxLength": 1024}, "The image."),
                 _query("pr", {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}, "Pull request number."),
@@ -500,6 +553,29 @@ PATHS: dict[str, Any] = {
             "responses": {
                 "200": _json("The scan.", _ref("ScanDetail")),
                 **URL_ERRORS,
+                **AUTH_ERRORS,
+                **DATABASE_ERRORS,
+            },
+        },
+    },
+    "/api/v1/orgs/{slug}/image-scans/{scan_run_id}/findings": {
+        "get": {
+            "operationId": "listFindings",
+            "summary": "A scan's findings, most severe first, a page at a time. Scope findings:read.",
+            "parameters": [
+                SLUG,
+                {"name": "scan_run_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}},
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 1000}, "Page size."),
+                _query(
+                    "cursor",
+                    {"type": "string", "maxLength": 4000},
+                    "findings_next_cursor of the scan, or next_cursor of the previous page.",
+                ),
+            ],
+            "responses": {
+                "200": _json("A page of findings.", _ref("FindingList")),
+                **URL_ERRORS,
+                "422": BODY_ERRORS["422"],
                 **AUTH_ERRORS,
                 **DATABASE_ERRORS,
             },

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -59,12 +60,30 @@ REDACT_AUDIT = (
     .where(_a.c.org_id == sa.bindparam("org"), _a.c.created_at < sa.bindparam("cutoff"), _a.c.redacted_at.is_(None))
     .values(action=sa.null(), actor=sa.null(), details=sa.null(), redacted_at=sa.bindparam("now"))
 )
-# The outbox holds what was posted to GitHub (a summary naming findings): finished rows age out with the rest.
-PRUNE_OUTBOX = sa.delete(_o).where(
+# The outbox holds what was posted to GitHub. Its check run body names findings (summary, text): that ages out
+# with them. What was posted stays, as the record of it (the commit status's state, description and link, the
+# check run's conclusion and title, the delivery's state and time): it names no finding.
+AGED_OUTBOX = sa.select(_o.c.id, _o.c.check_run).where(
     _o.c.org_id == sa.bindparam("org"),
     _o.c.created_at < sa.bindparam("cutoff"),
     _o.c.state.in_(FINAL_OUTBOX_STATES),
+    _o.c.redacted_at.is_(None),
 )
+TRIM_OUTBOX = (
+    sa.update(_o)
+    .where(_o.c.id == sa.bindparam("row"))
+    .values(check_run=sa.bindparam("trimmed"), redacted_at=sa.bindparam("now"))
+)
+KEPT_CHECK_RUN = ("name", "head_sha", "status", "conclusion", "details_url", "external_id")
+
+
+def trimmed(check_run: dict[str, Any]) -> dict[str, Any]:
+    """A check run body without what names findings: its conclusion and title stay."""
+    kept = {k: check_run[k] for k in KEPT_CHECK_RUN if k in check_run}
+    title = (check_run.get("output") or {}).get("title")
+    if title is not None:
+        kept["output"] = {"title": title}
+    return kept
 
 
 @dataclass(frozen=True)
@@ -85,7 +104,7 @@ class Outcome:
             return f"{self.slug}: nothing older than {when}"
         return (
             f"{self.slug}: removed the payload of {self.findings} finding(s) and {self.audit_events} audit "
-            f"event(s) older than {when}; {self.outbox} finished delivery row(s) deleted"
+            f"event(s) older than {when}; {self.outbox} finished delivery row(s) trimmed to what was posted"
         )
 
 
@@ -206,7 +225,10 @@ def run_org(
             findings += session.execute(REDACT_FINDINGS, {**params, "lo": lo, "hi": lo + CHUNK}).rowcount
     with write_transaction(session):
         audit_events = session.execute(REDACT_AUDIT, params).rowcount
-        outbox = session.execute(PRUNE_OUTBOX, params).rowcount
+        aged = session.execute(AGED_OUTBOX, params).all()
+        if aged:
+            session.execute(TRIM_OUTBOX, [{"row": r.id, "trimmed": trimmed(r.check_run), "now": now} for r in aged])
+        outbox = len(aged)
         outcome = Outcome(slug, cutoff, findings, audit_events, outbox)
         if outcome.changed:  # a run that changes nothing leaves nothing, so a second run is a no-op
             details = {
@@ -214,7 +236,7 @@ def run_org(
                 "retention_days": retention_days,
                 "findings_redacted": findings,
                 "audit_events_redacted": audit_events,
-                "outbox_rows_deleted": outbox,
+                "outbox_rows_trimmed": outbox,
             }
             audit.record(session, org_id, "retention.run", ACTOR, details, at=now)
     log.info(

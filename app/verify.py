@@ -371,13 +371,13 @@ def _findings(rows: Iterable[Any], aged: Aged, parse: Callable[[Any], Any] | Non
     made: Any = None
     for row in rows:
         (seq, id_, org, created, redacted, ph, ch, scan, cve, sev, pkg, inst, fixed, target, title, url, refs, vids,
-         syn) = row  # fmt: skip
+         syn, cut) = row  # fmt: skip
         refs = None if refs is None else loads(refs)
         vids = None if vids is None else loads(vids)
         syn = None if syn is None else bool(syn)
         if redacted is not None and (
             cve is None and sev is None and pkg is None and inst is None and fixed is None and target is None
-            and title is None and url is None and refs is None and vids is None and syn is None
+            and title is None and url is None and refs is None and vids is None and syn is None and cut is None
         ):  # fmt: skip
             if (created, redacted) != last_judged:  # a scan's findings share both times: judge once per scan
                 made, gone = (parse(created), parse(redacted)) if parse else (created, redacted)
@@ -402,6 +402,8 @@ def _findings(rows: Iterable[Any], aged: Aged, parse: Callable[[Any], Any] | Non
             "vendor_ids": vids,
             "synthetic": syn,
         }
+        if cut:  # in the payload only when true (app.chain.finding_payload)
+            payload["truncated"] = True
         yield (seq, "finding", id_, payload, ph, ch)
 
 

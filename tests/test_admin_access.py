@@ -19,8 +19,9 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from app import create_app, db
+from app.admin.sessions import hash_id
 from app.admin.signin import safe_next, web_base_url
-from app.models import AdminLoginLink, AuditEvent, utcnow
+from app.models import AdminLoginLink, AdminSession, AuditEvent, utcnow
 from tests.conftest import admin_login, empty_database
 from tests.factories import make_org
 from tests.fakes import FakeGitHub, github_app_config
@@ -85,6 +86,27 @@ def login_url(runner: Any, *args: str) -> str:
     result = runner.invoke(args=["admin", "login-url", *args])
     assert result.exit_code == 0, result.output
     return result.output.strip().splitlines()[-1]
+
+
+def form_csrf(response: TestResponse) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', text(response))
+    assert found, text(response)
+    return found.group(1)
+
+
+def open_link(client: FlaskClient, path: str, **kw: Any) -> TestResponse:
+    """What a browser does with a one-time link: its GET shows a button; pressing it POSTs the page's CSRF token."""
+    page = client.get(path, **kw)
+    assert page.status_code == 200, text(page)
+    return client.post(path, data={"csrf_token": form_csrf(page)}, **kw)
+
+
+def session_record(app: Flask, client: FlaskClient) -> AdminSession:
+    """The server-side record of the client's session cookie."""
+    with client.session_transaction() as cookie:
+        raw = cookie["sid"]
+    with app.app_context():
+        return db.session().scalars(sa.select(AdminSession).where(AdminSession.token_hash == hash_id(raw))).one()
 
 
 # -- sessions: no session, another org's, this org's ------------------------------------------------------------------
@@ -205,7 +227,7 @@ def session_cookie(response: TestResponse) -> str:
 def test_the_session_cookie_is_httponly_lax_and_expires(
     app: Flask, client: FlaskClient, runner: Any, acme: None
 ) -> None:
-    cookie = session_cookie(client.get(urlsplit(login_url(runner, "acme")).path))
+    cookie = session_cookie(open_link(client, urlsplit(login_url(runner, "acme")).path))
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Expires=" in cookie
     assert "Secure" not in cookie  # PUBLIC_URL is http://
 
@@ -219,7 +241,8 @@ def test_the_session_cookie_is_secure_behind_https(database_url: str, tmp_path: 
         make_org(app, "acme")
         url = login_url(app.test_cli_runner(), "acme")
         assert url.startswith("https://fremforge.example/admin/login/link/")
-        cookie = session_cookie(app.test_client().get(urlsplit(url).path, base_url="https://fremforge.example"))
+        browser = app.test_client()
+        cookie = session_cookie(open_link(browser, urlsplit(url).path, base_url="https://fremforge.example"))
         assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
         assert app.permanent_session_lifetime == timedelta(hours=12)
     finally:
@@ -238,15 +261,23 @@ def test_a_login_link_works_once(app: Flask, client: FlaskClient, runner: Any, a
     url = lines[-1]
     assert re.fullmatch(r"http://fremforge\.test/admin/login/link/[A-Za-z0-9_-]{43}", url)
     path = urlsplit(url).path
-    first = client.get(path)
-    assert location(first) == PAGE
+    first = open_link(client, path)
+    assert first.status_code == 303 and location(first) == PAGE
     assert first.headers["Cache-Control"] == "no-store" and first.headers["Referrer-Policy"] == "no-referrer"
     assert client.get(PAGE).status_code == 200
-    with client.session_transaction() as session:
-        assert session["admin"]["org"] == "acme" and session["admin"]["via"] == "link"
-        assert session["admin"]["user"] == "login-link" and re.fullmatch(r"\d{4}-.*Z", session["admin"]["at"])
+    record = session_record(app, client)
+    assert record.via == "link" and record.login == "login-link" and record.revoked_at is None
+    assert record.expires_at - record.created_at == timedelta(hours=12)
+    with client.session_transaction() as cookie:
+        assert set(cookie) <= {"sid", "csrf", "_permanent", "_flashes"}  # the id, not who is signed in
     again = app.test_client().get(path)
     assert again.status_code == 403 and "used or has expired" in text(again) and again.mimetype == "text/html"
+    other = app.test_client()
+    other.get("/admin/login")  # any page: a cookie of its own
+    with other.session_transaction() as cookie:
+        cookie["csrf"] = "c"
+    refused = other.post(path, data={"csrf_token": "c"})
+    assert refused.status_code == 403 and "used or has expired" in text(refused)
     [event] = audit_events(app, "admin.signed_in")
     assert event.actor == "link:login-link" and event.details is not None and event.details["via"] == "link"
     assert len(audit_events(app, "admin.login_link_created")) == 1
@@ -269,6 +300,9 @@ def test_an_expired_link_is_refused(app: Flask, client: FlaskClient, runner: Any
             session.execute(sa.update(AdminLoginLink).values(expires_at=utcnow() - timedelta(seconds=1)))
     response = client.get(path)
     assert response.status_code == 403 and "used or has expired" in text(response)
+    with client.session_transaction() as cookie:
+        cookie["csrf"] = "c"
+    assert client.post(path, data={"csrf_token": "c"}).status_code == 403
     assert urlsplit(location(client.get(PAGE))).path == "/admin/login"
     assert audit_events(app, "admin.signed_in") == []
 
@@ -276,6 +310,9 @@ def test_an_expired_link_is_refused(app: Flask, client: FlaskClient, runner: Any
 @pytest.mark.parametrize("token", ["nope", "A" * 43, "x" * 500])
 def test_an_unknown_link_is_refused(client: FlaskClient, acme: None, token: str) -> None:
     assert client.get(f"/admin/login/link/{token}").status_code == 403
+    with client.session_transaction() as cookie:
+        cookie["csrf"] = "c"
+    assert client.post(f"/admin/login/link/{token}", data={"csrf_token": "c"}).status_code == 403
 
 
 @pytest.mark.parametrize(
@@ -309,17 +346,18 @@ def test_a_link_opened_twice_at_once_signs_in_once(app: Flask, runner: Any, acme
     barrier = threading.Barrier(6)
     statuses: list[int] = []
 
-    def open_link() -> None:
+    def press() -> None:
         browser = app.test_client()
+        csrf = form_csrf(browser.get(path))  # every browser sees the button ...
         barrier.wait()
-        statuses.append(browser.get(path).status_code)
+        statuses.append(browser.post(path, data={"csrf_token": csrf}).status_code)  # ... one signs in
 
-    threads = [threading.Thread(target=open_link) for _ in range(6)]
+    threads = [threading.Thread(target=press) for _ in range(6)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(statuses) == [302] + [403] * 5
+    assert sorted(statuses) == [303] + [403] * 5
     assert len(audit_events(app, "admin.signed_in")) == 1
 
 
@@ -365,8 +403,10 @@ def test_an_owner_signs_in_with_github(oauth_app: Flask, oauth_client: FlaskClie
     assert location(sign_in_with_github(oauth_client)) == PAGE
     assert oauth_client.get(PAGE).status_code == 200
     with oauth_client.session_transaction() as session:
-        assert session["admin"]["org"] == "acme" and session["admin"]["user"] == "octo"
-        assert session["admin"]["via"] == "oauth" and "oauth" not in session
+        assert "oauth" not in session
+    record = session_record(oauth_app, oauth_client)
+    assert (record.login, record.via, record.role_checked_at) == ("octo", "oauth", record.created_at)
+    assert record.github_token and "ghu_" not in record.github_token  # sealed, not the token itself
     [exchange] = fake_github.calls_to("POST", "^/login/oauth/access_token$")
     assert exchange.json["client_id"] == fake_github.client_id and exchange.json["redirect_uri"] == CALLBACK
     [membership] = fake_github.calls_to("GET", "^/user/memberships/orgs/")
@@ -548,3 +588,262 @@ def test_github_com_is_the_authorize_host_for_the_public_api(database_url: str, 
     finally:
         empty_database(app)
         app.extensions["fremforge.db"].engine.dispose()
+
+
+# -- sessions kept in the database (spec section 6) -------------------------------------------------------------------
+
+
+class Clock:
+    """The sessions' clock (app.admin.sessions.now), moved on by hand instead of waiting."""
+
+    def __init__(self) -> None:
+        self.start = self.now = utcnow()
+
+    def at(self, **since_start: float) -> None:
+        self.now = self.start + timedelta(**since_start)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    from app.admin import sessions
+
+    c = Clock()
+    monkeypatch.setattr(sessions, "now", lambda: c.now)
+    return c
+
+
+def copy_of(client: FlaskClient, app: Flask) -> FlaskClient:
+    """Another browser holding a copy of `client`'s session cookie (as someone who stole it would)."""
+    cookie = client.get_cookie("session")
+    assert cookie is not None
+    thief = app.test_client()
+    thief.set_cookie("session", cookie.value)
+    return thief
+
+
+def sign_out(client: FlaskClient) -> None:
+    assert location(client.post("/admin/logout", data={"csrf_token": csrf_of(client)})) == "/admin/login"
+
+
+def token_names(app: Flask) -> list[str]:
+    from app.models import ApiToken
+
+    with app.app_context():
+        return list(db.session().scalars(sa.select(ApiToken.name)))
+
+
+def test_a_cookie_copied_before_signing_out_is_refused_after(app: Flask, client: FlaskClient, acme: None) -> None:
+    admin_login(app, client)
+    thief = copy_of(client, app)
+    assert thief.get(PAGE).status_code == 200  # while the session lives, the copy is as good as the original
+    stolen_csrf = csrf_of(thief)
+    sign_out(client)
+    replayed = thief.get(PAGE)
+    assert urlsplit(location(replayed)).path == "/admin/login"
+    assert "That session was signed out" in text(thief.get(location(replayed)))
+    refused = copy_of(client, app)  # the signed-out browser's own cookie no longer names the session either
+    assert urlsplit(location(refused.get(PAGE))).path == "/admin/login"
+    # Nor can the copy change anything, with the CSRF token it had.
+    settings_post = thief.post(SETTINGS, data={"block_action": "none", "csrf_token": stolen_csrf})
+    assert urlsplit(location(settings_post)).path == "/admin/login"
+    with app.app_context():
+        [record] = db.session().scalars(sa.select(AdminSession))
+        assert record.revoked_at is not None and record.revoked_reason == "signed_out"
+    [event] = audit_events(app, "admin.signed_out")
+    assert event.actor == "link:login-link" and event.details == {
+        "via": "link",
+        "user": "login-link",
+        "reason": "signed_out",
+    }
+
+
+def test_a_github_session_copied_before_signing_out_is_refused_after(
+    oauth_app: Flask, oauth_client: FlaskClient, fake_github: FakeGitHub
+) -> None:
+    fake_github.add_user("octo", {"acme-gh": "admin"})
+    fake_github.oauth_login_as("octo")
+    assert location(sign_in_with_github(oauth_client)) == PAGE
+    thief = copy_of(oauth_client, oauth_app)
+    assert thief.get(PAGE).status_code == 200
+    sign_out(oauth_client)
+    assert urlsplit(location(thief.get(PAGE))).path == "/admin/login"
+    assert session_record_of_hash(oauth_app).github_token is None  # nothing left to unseal
+
+
+def session_record_of_hash(app: Flask) -> AdminSession:
+    with app.app_context():
+        return db.session().scalars(sa.select(AdminSession)).one()
+
+
+def test_a_session_lasts_12_hours_from_sign_in_however_much_it_is_used(
+    app: Flask, client: FlaskClient, acme: None, clock: Clock
+) -> None:
+    admin_login(app, client)
+    for hours in (1, 3, 6, 9, 11, 11.99):  # in use all along: that does not extend it
+        clock.at(hours=hours)
+        assert client.get(PAGE).status_code == 200, hours
+    clock.at(hours=12)
+    ended = client.get(PAGE)
+    assert urlsplit(location(ended)).path == "/admin/login"
+    assert "a session lasts 12 hours" in text(client.get(location(ended)))
+    clock.at(hours=12, minutes=1)
+    assert urlsplit(location(client.get(PAGE))).path == "/admin/login"
+    # Signing in again starts a new 12 hours.
+    admin_login(app, client)
+    clock.at(hours=23)
+    assert client.get(PAGE).status_code == 200
+
+
+def test_the_session_cookie_holds_only_an_id(app: Flask, client: FlaskClient, acme: None) -> None:
+    admin_login(app, client)
+    with client.session_transaction() as cookie:
+        raw = cookie["sid"]
+        assert set(cookie) <= {"sid", "csrf", "_permanent", "_flashes"}
+    record = session_record(app, client)
+    assert record.token_hash == hashlib.sha256(raw.encode()).hexdigest() and raw not in record.token_hash
+    with client.session_transaction() as cookie:
+        cookie["sid"] = raw[:-1] + ("A" if raw[-1] != "A" else "B")  # an id of no session
+    assert urlsplit(location(client.get(PAGE))).path == "/admin/login"
+
+
+def signed_in_owner(client: FlaskClient, fake_github: FakeGitHub) -> None:
+    fake_github.add_user("octo", {"acme-gh": "admin"})
+    fake_github.oauth_login_as("octo")
+    assert location(sign_in_with_github(client)) == PAGE
+    assert len(membership_checks(fake_github)) == 1  # the sign-in's own
+
+
+def membership_checks(fake_github: FakeGitHub) -> list[Any]:
+    return fake_github.calls_to("GET", "^/user/memberships/orgs/acme-gh$")
+
+
+@pytest.mark.parametrize("then", ["page", "settings-change"])
+def test_an_owner_demoted_on_github_is_signed_out_within_15_minutes(
+    oauth_app: Flask, oauth_client: FlaskClient, fake_github: FakeGitHub, clock: Clock, then: str
+) -> None:
+    signed_in_owner(oauth_client, fake_github)
+    fake_github.add_user("octo", {"acme-gh": "member"})  # demoted on GitHub after signing in
+    clock.at(minutes=14)
+    assert oauth_client.get(PAGE).status_code == 200  # checked 14 minutes ago: not yet due
+    assert len(membership_checks(fake_github)) == 1
+    clock.at(minutes=16)
+    if then == "page":
+        response = oauth_client.get(PAGE)
+    else:
+        csrf = csrf_of(oauth_client)
+        response = oauth_client.post(SETTINGS, data={"block_action": "none", "csrf_token": csrf})
+    assert response.status_code == 403 and response.mimetype == "text/html", text(response)
+    assert "no longer an owner" in text(response) and "is a member of acme-gh on GitHub, not an owner" in text(response)
+    assert len(membership_checks(fake_github)) == 2
+    assert urlsplit(location(oauth_client.get(PAGE))).path == "/admin/login"  # signed out
+    record = session_record_of_hash(oauth_app)
+    assert record.revoked_reason == "role_lost" and record.github_token is None
+    [event] = audit_events(oauth_app, "admin.signed_out")
+    assert event.actor == "oauth:octo" and event.details is not None and event.details["reason"] == "role_lost"
+    assert [e.action for e in audit_events(oauth_app, "settings.changed")] == []
+
+
+def test_the_role_is_checked_again_right_before_a_token_is_created(
+    oauth_app: Flask, oauth_client: FlaskClient, fake_github: FakeGitHub
+) -> None:
+    signed_in_owner(oauth_client, fake_github)
+    form = {"name": "ci", "scopes": "findings:write", "expires_days": "30"}
+    created = oauth_client.post(PAGE + "/tokens", data={**form, "csrf_token": csrf_of(oauth_client)})
+    assert created.status_code == 201, text(created)
+    assert len(membership_checks(fake_github)) == 2  # asked again, a minute after signing in
+    fake_github.add_user("octo", {})  # no longer in the org at all
+    refused = oauth_client.post(PAGE + "/tokens", data={**form, "name": "ci-2", "csrf_token": csrf_of(oauth_client)})
+    assert refused.status_code == 403 and "is not a member of acme-gh" in text(refused)
+    assert token_names(oauth_app) == ["ci"]
+    assert urlsplit(location(oauth_client.get(PAGE))).path == "/admin/login"
+
+
+def test_an_owner_still_an_owner_is_asked_about_every_15_minutes(
+    oauth_app: Flask, oauth_client: FlaskClient, fake_github: FakeGitHub, clock: Clock
+) -> None:
+    signed_in_owner(oauth_client, fake_github)
+    expected = {0: 1, 10: 1, 15: 2, 20: 2, 29: 2, 30: 3, 44: 3, 46: 4}
+    for minutes, checks in expected.items():
+        clock.at(minutes=minutes)
+        assert oauth_client.get(PAGE).status_code == 200, minutes
+        assert len(membership_checks(fake_github)) == checks, minutes
+    assert session_record_of_hash(oauth_app).role_checked_at == clock.start + timedelta(minutes=46)
+
+
+def test_github_not_answering_a_role_check_shows_nothing_and_keeps_the_session(
+    oauth_app: Flask, oauth_client: FlaskClient, fake_github: FakeGitHub, clock: Clock
+) -> None:
+    signed_in_owner(oauth_client, fake_github)
+    clock.at(minutes=16)
+    fake_github.fail("GET", "^/user/memberships/", 502)
+    response = oauth_client.get(PAGE)
+    assert response.status_code == 503 and response.headers["Retry-After"] == "60"
+    assert "cannot be checked with GitHub" in text(response) and "Scans" not in text(response)
+    csrf = csrf_of(oauth_client)
+    fake_github.fail("GET", "^/user/memberships/", 502)
+    assert oauth_client.post(SETTINGS, data={"block_action": "none", "csrf_token": csrf}).status_code == 503
+    assert audit_events(oauth_app, "settings.changed") == []
+    assert oauth_client.get(PAGE).status_code == 200  # GitHub answers again: confirmed, and on it goes
+
+
+def test_a_rate_limited_role_check_keeps_the_session(
+    oauth_app: Flask, oauth_client: FlaskClient, fake_github: FakeGitHub, clock: Clock
+) -> None:
+    signed_in_owner(oauth_client, fake_github)
+    clock.at(minutes=16)
+    fake_github.rate_limit("GET", "^/user/memberships/", retry_after=30)  # a 403, but no answer about the role
+    assert oauth_client.get(PAGE).status_code == 503
+    assert session_record_of_hash(oauth_app).revoked_at is None
+    assert oauth_client.get(PAGE).status_code == 200
+
+
+def test_a_user_token_github_no_longer_accepts_ends_the_session(
+    oauth_app: Flask, oauth_client: FlaskClient, fake_github: FakeGitHub, clock: Clock
+) -> None:
+    signed_in_owner(oauth_client, fake_github)
+    fake_github.user_tokens.clear()  # e.g. the user revoked the app's authorisation on GitHub
+    clock.at(minutes=16)
+    response = oauth_client.get(PAGE)
+    assert response.status_code == 403 and "no longer accepts your sign-in" in text(response)
+    assert session_record_of_hash(oauth_app).revoked_reason == "github_token_refused"
+    assert urlsplit(location(oauth_client.get(PAGE))).path == "/admin/login"
+
+
+def test_a_login_link_session_has_no_github_role_to_check(
+    app: Flask, client: FlaskClient, acme: None, clock: Clock
+) -> None:
+    admin_login(app, client)
+    clock.at(hours=5)
+    assert client.get(PAGE).status_code == 200
+    csrf = csrf_of(client)
+    changed = client.post(SETTINGS, data={"block_action": "none", "retention_days": "30", "csrf_token": csrf})
+    assert location(changed) == SETTINGS
+
+
+# -- one-time links: spent by a POST only -----------------------------------------------------------------------------
+
+
+def link_row(app: Flask) -> AdminLoginLink:
+    with app.app_context():
+        return db.session().scalars(sa.select(AdminLoginLink)).one()
+
+
+def test_opening_a_link_spends_nothing_and_its_button_does(
+    app: Flask, client: FlaskClient, runner: Any, acme: None
+) -> None:
+    path = urlsplit(login_url(runner, "acme")).path
+    assert client.head(path).status_code == 200
+    preview = app.test_client().get(path, headers={"User-Agent": "Slackbot-LinkExpanding 1.0"})
+    assert preview.status_code == 200 and "Sign in to acme" in text(preview)
+    assert preview.headers["Cache-Control"] == "no-store" and preview.headers["Referrer-Policy"] == "no-referrer"
+    page = client.get(path)
+    assert page.status_code == 200
+    assert link_row(app).used_at is None and audit_events(app, "admin.signed_in") == []
+    assert urlsplit(location(client.get(PAGE))).path == "/admin/login"  # looking signed no one in
+    assert re.search(rf'<form method="post" action="{re.escape(path)}"', text(page))
+    assert client.post(path, data={"csrf_token": "wrong"}).status_code == 400  # not without the page's token
+    assert link_row(app).used_at is None
+    signed_in = client.post(path, data={"csrf_token": form_csrf(page)})
+    assert location(signed_in) == PAGE and client.get(PAGE).status_code == 200
+    assert link_row(app).used_at is not None
+    assert client.get(path).status_code == 403 and client.head(path).status_code == 403  # used now

@@ -205,7 +205,10 @@ def test_an_owner_uses_the_admin_pages_in_a_browser(
     assert result.exit_code == 0, result.output
     link = result.output.strip().splitlines()[-1]
     assert link.startswith(f"{live_server}/admin/login/link/"), result.output
-    page.goto(link)
+    page.goto(link)  # opening the link shows a button and spends nothing ...
+    expect(page.get_by_role("heading", level=1)).to_have_text("Sign in to acme")
+    shot("login-link")
+    page.get_by_role("button", name="Sign in to acme").click()  # ... pressing it signs in
     expect(page).to_have_url(scans_url)
     expect(page.get_by_role("heading", level=1)).to_have_text("Scans")
     expect(page.get_by_role("heading", name="No scans yet")).to_be_visible()
@@ -328,3 +331,19 @@ def test_an_owner_uses_the_admin_pages_in_a_browser(
     page.keyboard.press("Enter")
     expect(page).to_have_url(re.compile(r"#main$"))
     expect(page.locator("main#main")).to_be_focused()
+
+    # 7. The pages may not be framed (CSP and X-Frame-Options), and signing out ends the session for good.
+    answer = page.goto(scans_url)
+    assert answer is not None
+    assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
+    assert answer.headers["x-frame-options"] == "DENY" and answer.headers["cache-control"] == "no-store"
+    cookies = page.context.cookies()
+    page.get_by_role("button", name="Sign out").click()
+    expect(page).to_have_url(f"{live_server}/admin/login")
+    expect(page.locator(".flash-info")).to_contain_text("You are signed out.")
+    page.context.clear_cookies()
+    page.context.add_cookies(cookies)  # the cookie from before signing out, put back
+    page.goto(scans_url)
+    expect(page).to_have_url(re.compile(r"/admin/login\?next="))
+    expect(page.locator(".flash-info")).to_contain_text("That session was signed out")
+    shot("replayed-cookie-refused")

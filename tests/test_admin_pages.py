@@ -13,8 +13,9 @@ import sqlalchemy as sa
 from werkzeug.datastructures import MultiDict
 
 from app import db
+from app.admin import sessions as admin_sessions
 from app.admin import views
-from app.models import ApiToken, AuditEvent, Finding, OrgSettings, OutboxItem, ScanRun
+from app.models import ApiToken, AuditEvent, Finding, Org, OrgSettings, OutboxItem, ScanRun
 from tests.factories import FIXTURES, REPO, SHA, SHA2, census, finding, make_org, make_token, post, seed, set_policy
 
 BASE = "/admin/orgs/acme/code-security/image-scanning"
@@ -107,8 +108,18 @@ def text_of(html: str) -> str:
 
 
 def sign_in(client, org: str = "acme") -> None:
+    """Put a live session for `org` (made when missing) in place: its record in the database, its id in the cookie."""
+    app = client.application
+    if scalars(app, sa.select(Org).where(Org.slug == org)) == []:
+        make_org(app, org)
+    with app.app_context():
+        session = db.session()
+        with db.write_transaction(session):
+            [found] = session.scalars(sa.select(Org).where(Org.slug == org))
+            new = admin_sessions.start(session, found, "tester", "test")
     with client.session_transaction() as s:
-        s["admin"] = {"org": org, "user": "tester", "via": "test", "at": "2026-11-25T12:00:00Z"}
+        s.clear()
+        s["sid"] = new.raw_id
         s["csrf"] = "t"
 
 

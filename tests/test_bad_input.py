@@ -753,6 +753,27 @@ def test_duplicates_differing_only_in_severity_case_collapse(app: Flask, client:
     assert (r.json["accepted"], r.json["duplicates"]) == (1, 1)
 
 
+def test_duplicates_keep_the_most_severe_severity_and_a_fixed_version(app: Flask, client: Any, token: str) -> None:
+    """Today the first copy wins: a low without a fix would hide the critical copy from the gate."""
+    set_policy(app, "acme", block_action="block_pull")
+    copies = [
+        finding(severity="low", fixed=None),
+        finding(severity="CRITICAL", fixed=""),
+        finding(severity="unknown", fixed="3.0.7"),
+        finding(severity="high", fixed="3.0.9"),
+    ]
+    r = post(client, token, seed([*copies, finding("CVE-2024-0002", severity="low")]))
+    assert r.status_code == 202, r.json
+    assert (r.json["accepted"], r.json["duplicates"]) == (2, 3)
+    assert r.json["severity_counts"] == {"critical": 1, "high": 0, "medium": 0, "low": 1, "unknown": 0}
+    assert (r.json["fixable"], r.json["status"]) == (2, "failure")
+    scan = client.get(
+        f"/api/v1/orgs/acme/image-scans/{r.json['scan_run_id']}", headers={"Authorization": f"Bearer {token}"}
+    ).json
+    kept = next(f for f in scan["findings"] if f["cve_id"] == "CVE-2023-1234")
+    assert (kept["severity"], kept["fixed_version"]) == ("critical", "3.0.7")  # the first non-empty one
+
+
 def test_image_ref_is_bounded_in_utf8_bytes(app: Flask, client: Any, token: str) -> None:
     before = census(app)
     r = post(client, token, seed(image_ref="镜" * 1024))  # 1024 characters, 3072 bytes: too big for an index row
@@ -769,3 +790,75 @@ def test_repository_names_are_case_insensitive(app: Flask, client: Any, token: s
     assert second.json["commit_status"]["state"] == "failure"  # one commit, two images: still red
     listed = client.get("/api/v1/orgs/acme/image-scans?repo=ACME/Api", headers={"Authorization": f"Bearer {token}"})
     assert [s["repo_full_name"] for s in listed.json["items"]] == ["acme/api", "acme/api"]
+
+
+# ---------------------------------------------------------------- repository names: GitHub's rules
+
+GOOD_REPOS = [
+    "acme-corp/api",
+    "a/b",
+    "A1-b2-C3/API",
+    "0day/x",
+    "o" * 39 + "/n",
+    "acme-corp/" + "n" * 100,
+    "acme-corp/.github",
+    "acme-corp/.a",
+    "acme-corp/..a",
+    "acme-corp/a..",
+    "acme-corp/a.b-c_d",
+    "acme-corp/_",
+    "acme-corp/-",
+]
+BAD_REPOS = [
+    "acme",  # no name
+    "acme/",
+    "/api",
+    "acme/api/x",
+    "-acme/api",  # owner: no leading or trailing hyphen, no double hyphen, at most 39
+    "acme-/api",
+    "ac--me/api",
+    "o" * 40 + "/api",
+    "ac_me/api",
+    "ac.me/api",
+    "ac me/api",
+    "\u00e1cme/api",
+    "\uff41cme/api",  # a full-width letter
+    "acme/.",  # name: never . or .., at most 100, letters, digits, . - _
+    "acme/..",
+    "acme/" + "n" * 101,
+    "acme/a b",
+    "acme/\u00e4",
+    "acme/a%2Fb",
+    "acme/a\n",
+    "acme/a:b",
+    "",
+]
+
+
+@pytest.mark.parametrize("repo", BAD_REPOS)
+def test_repository_names_outside_githubs_rules_are_422(app: Flask, client: Any, token: str, repo: str) -> None:
+    before = census(app)
+    assert_error(post(client, token, seed(repo=repo)), 422, "validation_failed", "repo_full_name")
+    query = {**TRIVY_QUERY, "repo_full_name": repo}
+    assert_error(post(client, token, trivy_report(), query=query), 422, "validation_failed", "repo_full_name", "query")
+    listed = client.get("/api/v1/orgs/acme/image-scans", query_string={"repo": repo}, headers=_auth(token))
+    assert_error(listed, 422, "validation_failed", "repo", "query")
+    assert census(app) == before
+
+
+@pytest.mark.parametrize("repo", GOOD_REPOS)
+def test_repository_names_within_githubs_rules_are_accepted(app: Flask, client: Any, repo: str) -> None:
+    owner = repo.split("/")[0]
+    make_org(app, "gh", github_login=owner)
+    token = make_token(app, "gh")
+    r = post(client, token, seed(repo=repo), slug="gh")
+    assert r.status_code == 202, r.json
+    r = post(client, token, trivy_report(), slug="gh", query={**TRIVY_QUERY, "repo_full_name": repo})
+    assert r.status_code == 202, r.json
+    listed = client.get("/api/v1/orgs/gh/image-scans", query_string={"repo": repo}, headers=_auth(token))
+    assert listed.status_code == 200, listed.json
+    assert [s["repo_full_name"] for s in listed.json["items"]] == [repo.lower()] * 2
+
+
+def _auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
-import pytest
+import base64
+import os
+import secrets
+import stat
+import subprocess
+import sys
+import uuid
+from pathlib import Path
 
-from app import create_app
-from app.config import ConfigError
+import pytest
+from flask import Flask
+
+from app import create_app, migrate
+from app.config import ConfigError, secret_key_weakness
+from tests.factories import make_org
+
+STRONG_KEY = "kV3q9Zt2-Lw8xYb_Rm4NcH7pJ0sEfUa6DgT1iOyQhWn5XrBzCvKe"  # 52 characters of token_urlsafe's alphabet
 
 
 @pytest.fixture(autouse=True)
@@ -100,7 +113,7 @@ def test_flask_keys_cannot_be_set_from_the_environment(monkeypatch):
     monkeypatch.setenv("FREMFORGE_DEBUG", "false")
     with pytest.raises(ConfigError, match="FREMFORGE_SECRET_KEY"):
         create_app()
-    monkeypatch.setenv("FREMFORGE_SECRET_KEY", "s" * 48)
+    monkeypatch.setenv("FREMFORGE_SECRET_KEY", STRONG_KEY)
     app = create_app()
     assert app.config["ENV"] == "production" and not app.debug and not app.testing
 
@@ -109,3 +122,196 @@ def test_unknown_environment_name_is_refused(monkeypatch):
     monkeypatch.setenv("FREMFORGE_ENV", "prod")
     with pytest.raises(ConfigError, match="FREMFORGE_ENV"):
         create_app()
+
+
+# -- production refuses what would be unsafe, in one line on stderr (spec section 8) ---------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+WEAK_KEYS = [
+    "dev",
+    "secret",
+    "changeme",
+    "test",
+    "test-secret",
+    "s" * 48,
+    "a" * 64,
+    "0123456789" * 7,
+    "Tr0ub4dor&3",  # short
+    str(uuid.UUID(int=0x5D41402ABC4B2A76B9719D911017C592)),  # 122 random bits at most
+    "kV3q9Zt2Lw8xYb4Rm",  # 17 random-looking characters
+    "9f1c2b7e4a6d8053c1e2f4a7b9d0e3c5",  # 16 random bytes in hex: half of what is needed
+    "change-me-to-a-long-random-string-of-many-characters-42",
+    "replace_this_with_your_own_production_secret_value_2024",
+]
+
+
+@pytest.mark.parametrize("key", WEAK_KEYS)
+def test_weak_secret_keys_are_named_weak(key):
+    assert secret_key_weakness(key)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: secrets.token_urlsafe(32),
+        lambda: secrets.token_urlsafe(48),
+        lambda: secrets.token_hex(32),
+        lambda: base64.b64encode(secrets.token_bytes(32)).decode(),  # openssl rand -base64 32
+    ],
+    ids=["token_urlsafe-32", "token_urlsafe-48", "token_hex-32", "base64-32"],
+)
+def test_keys_of_32_random_bytes_are_strong(make):
+    weak = [(key, why) for key in (make() for _ in range(300)) if (why := secret_key_weakness(key))]
+    assert weak == []
+
+
+def test_production_refuses_a_weak_secret_key(monkeypatch, tmp_path):
+    monkeypatch.setenv("FREMFORGE_ENV", "production")
+    monkeypatch.setenv("FREMFORGE_DATABASE_URL", f"sqlite:///{tmp_path / 'p.db'}")
+    monkeypatch.setenv("FREMFORGE_SECRET_KEY", "changeme")
+    with pytest.raises(ConfigError, match="FREMFORGE_SECRET_KEY is too weak"):
+        create_app()
+    monkeypatch.setenv("FREMFORGE_SECRET_KEY", STRONG_KEY)
+    assert create_app().config["SECRET_KEY"] == STRONG_KEY
+    monkeypatch.setenv("FREMFORGE_ENV", "development")  # a development server may use what it likes
+    monkeypatch.setenv("FREMFORGE_SECRET_KEY", "dev")
+    assert create_app().config["SECRET_KEY"] == "dev"
+
+
+APP_ENV = {
+    "FREMFORGE_GITHUB_APP_ID": "7",
+    "FREMFORGE_GITHUB_PRIVATE_KEY": "-----BEGIN RSA PRIVATE KEY-----",
+    "FREMFORGE_GITHUB_WEBHOOK_SECRET": "w" * 40,
+}
+
+
+def test_production_refuses_a_github_app_without_public_url(monkeypatch, tmp_path):
+    monkeypatch.setenv("FREMFORGE_DATABASE_URL", f"sqlite:///{tmp_path / 'p.db'}")
+    monkeypatch.setenv("FREMFORGE_SECRET_KEY", STRONG_KEY)
+    for key, value in APP_ENV.items():
+        monkeypatch.setenv(key, value)
+    assert create_app().config["PUBLIC_URL"] is None  # development: links follow the request's host, as before
+    monkeypatch.setenv("FREMFORGE_ENV", "production")
+    with pytest.raises(ConfigError, match="FREMFORGE_PUBLIC_URL is not set"):
+        create_app()
+    monkeypatch.setenv("FREMFORGE_PUBLIC_URL", "https://fremforge.example.com/")
+    assert create_app().config["PUBLIC_URL"] == "https://fremforge.example.com"
+    for key in APP_ENV:  # without a GitHub App nothing is posted to GitHub: no PUBLIC_URL needed
+        monkeypatch.delenv(key)
+    monkeypatch.delenv("FREMFORGE_PUBLIC_URL")
+    assert not create_app().config["GITHUB_APP_CONFIGURED"]
+
+
+@pytest.mark.parametrize("url", ["fremforge.example.com", "ftp://fremforge.example.com", "https://", "https://x/?a=1"])
+def test_a_public_url_that_is_no_http_address_is_refused(monkeypatch, url):
+    monkeypatch.setenv("FREMFORGE_PUBLIC_URL", url)
+    with pytest.raises(ConfigError, match="FREMFORGE_PUBLIC_URL must be an absolute http"):
+        create_app()
+
+
+def start_up(tmp_path: Path, env: dict[str, str], *command: str) -> subprocess.CompletedProcess[str]:
+    """Run a start-up command from the repository root with only these FREMFORGE_* variables."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FREMFORGE_")}
+    clean["FREMFORGE_DATABASE_URL"] = f"sqlite:///{tmp_path / 'start.db'}"
+    return subprocess.run(
+        list(command), cwd=ROOT, env={**clean, **env}, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+PYTHON_IMPORT = (sys.executable, "-c", "import wsgi")
+FLASK_CLI = (sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade")
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"FREMFORGE_SECRET_KEY": "changeme"}, "FREMFORGE_SECRET_KEY is too weak for production"),
+        ({"FREMFORGE_SECRET_KEY": "kV3q9Zt2Lw8xYb4RmNcH7pJ0s"}, "FREMFORGE_SECRET_KEY is too weak for production"),
+        ({}, "FREMFORGE_SECRET_KEY is not set"),
+        ({"FREMFORGE_SECRET_KEY": STRONG_KEY, **APP_ENV}, "FREMFORGE_PUBLIC_URL is not set"),
+    ],
+    ids=["well-known-key", "short-key", "no-key", "app-without-public-url"],
+)
+@pytest.mark.parametrize("command", [PYTHON_IMPORT, FLASK_CLI], ids=["python-import", "flask-cli"])
+def test_production_refuses_to_start_with_one_line_and_no_traceback(tmp_path, env, says, command):
+    done = start_up(tmp_path, {"FREMFORGE_ENV": "production", **env}, *command)
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("fremforge cannot start: ") and says in lines[0]
+    assert "Traceback" not in done.stderr + done.stdout
+    key = env.get("FREMFORGE_SECRET_KEY", "")
+    if len(key) > 10:
+        assert key not in done.stderr  # the refused key is not printed
+    assert not (tmp_path / "start.db").exists() or (tmp_path / "start.db").stat().st_size == 0  # nothing migrated
+
+
+def test_production_starts_with_a_strong_key_and_a_public_url(tmp_path):
+    env = {"FREMFORGE_ENV": "production", "FREMFORGE_SECRET_KEY": STRONG_KEY, **APP_ENV}
+    env["FREMFORGE_PUBLIC_URL"] = "https://fremforge.example.com"
+    done = start_up(tmp_path, env, *PYTHON_IMPORT)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(
+    "options",
+    [("--workers", "2", "--preload"), ("--workers", "1")],
+    ids=["preloaded", "one-worker"],
+)
+def test_gunicorn_stops_with_the_reason_in_one_line(tmp_path, options):
+    """The master stops (status 3: "worker failed to boot", not endless restarts), having printed our line only.
+
+    (Several workers loading the app each print it, and gunicorn 27's master may then trip over its own halt with a
+    traceback of its own; loaded once in the master, with --preload, the line is the only output.)"""
+    env = {"FREMFORGE_ENV": "production", "FREMFORGE_SECRET_KEY": "changeme"}
+    command = (sys.executable, "-m", "gunicorn", *options, "--bind", "127.0.0.1:0", "wsgi:app")
+    done = start_up(tmp_path, env, *command)
+    assert done.returncode == 3, done.stderr
+    reasons = [line for line in done.stderr.splitlines() if line.startswith("fremforge cannot start: ")]
+    assert len(reasons) == 1 and "FREMFORGE_SECRET_KEY is too weak for production" in reasons[0], done.stderr
+    assert "Traceback" not in done.stderr
+    if "--preload" in options:
+        assert done.stderr.strip() == reasons[0]
+
+
+# -- the instance folder and the SQLite database are this user's alone ------------------------------------------------
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_the_instance_folder_is_made_0700_and_the_database_0600(monkeypatch, tmp_path):
+    instance = tmp_path / "instance"
+    monkeypatch.setattr(Flask, "auto_find_instance_path", lambda self: str(instance))
+    old_umask = os.umask(0o022)  # the usual umask, which leaves new files readable by everyone
+    try:
+        app = create_app()  # the defaults: SQLite and a generated secret key, both in the instance folder
+        try:
+            migrate.upgrade(app)
+            make_org(app, "acme")  # a write: the writers' lock file beside the database
+        finally:
+            app.extensions["fremforge.db"].engine.dispose()
+    finally:
+        os.umask(old_umask)
+    assert app.instance_path == str(instance)
+    assert mode(instance) == 0o700
+    assert mode(instance / "fremforge.db") == 0o600
+    assert mode(instance / "secret_key") == 0o600
+    for journal in instance.glob("fremforge.db-*"):  # -wal, -shm: SQLite gives them the database's mode
+        assert mode(journal) == 0o600, journal
+    lock = instance / "fremforge.db.write-lock"
+    assert lock.exists() and mode(lock) & 0o022 == 0  # no one else may write it
+
+
+def test_a_sqlite_database_elsewhere_is_made_0600_too(tmp_path):
+    old_umask = os.umask(0o022)
+    try:
+        app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'elsewhere.db'}", "SECRET_KEY": "x"})
+        try:
+            migrate.upgrade(app)
+        finally:
+            app.extensions["fremforge.db"].engine.dispose()
+    finally:
+        os.umask(old_umask)
+    assert mode(tmp_path / "elsewhere.db") == 0o600

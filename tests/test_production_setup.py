@@ -163,7 +163,8 @@ def running(cmd: list[str], log: Path, ready: Callable[[], bool], env: dict[str,
 
 @contextmanager
 def gunicorn(tmp: Path, database_url: str) -> Iterator[int]:
-    """`gunicorn --workers WORKERS --bind 127.0.0.1:PORT wsgi:app` in production mode, webhooks configured; its port."""
+    """`gunicorn --workers WORKERS --preload --bind 127.0.0.1:PORT wsgi:app` in production mode (as the README runs
+    it), webhooks configured; its port."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FREMFORGE_")}
     env.update(
@@ -175,7 +176,8 @@ def gunicorn(tmp: Path, database_url: str) -> Iterator[int]:
         FREMFORGE_CHECKPOINT_KEY_FILE=str(tmp / "checkpoint_ed25519.pem"),
         PYTHONDONTWRITEBYTECODE="1",
     )
-    cmd = [str(GUNICORN), "--workers", str(WORKERS), "--bind", f"{HOST}:{port}", "--no-control-socket", "wsgi:app"]
+    cmd = [str(GUNICORN), "--workers", str(WORKERS), "--preload", "--bind", f"{HOST}:{port}", "--no-control-socket"]
+    cmd.append("wsgi:app")
     log = tmp / "gunicorn.log"
     with running(cmd, log, lambda: answers_healthz(port), env):
         yield port

@@ -11,17 +11,22 @@ import sqlalchemy as sa
 
 from app import db, retention, worker
 from app.findings import service
+from app.github import outbox
 from app.models import AuditEvent, Finding, ScanRun, WebhookDelivery, utcnow
 from tests.chainkit import FUTURE, org_id, scalar, verdict
-from tests.factories import finding, make_org, make_token, post, seed
+from tests.conftest import admin_login
+from tests.factories import SHA, SHA2, finding, make_org, make_token, post, seed
 
 OLD_MARK = "OLD-PAYLOAD-7f3a9c"  # in the titles of the findings that age out
 YOUNG_MARK = "YOUNG-PAYLOAD-2b8e1d"
 
 
-def upload(client, token, n: int, mark: str, image: str, slug: str = "acme") -> None:
+def upload(client, token, n: int, mark: str, image: str, slug: str = "acme", sha: str = SHA) -> None:
     body = seed(
-        [finding(f"CVE-2024-{i:04d}", title=f"{mark} {i}") for i in range(n)], image_ref=image, repo=f"{slug}/api"
+        [finding(f"CVE-2024-{i:04d}", title=f"{mark} {i}") for i in range(n)],
+        image_ref=image,
+        repo=f"{slug}/api",
+        sha=sha,
     )
     assert post(client, token, body, slug=slug).status_code == 202
 
@@ -32,10 +37,12 @@ def aged(app, client, monkeypatch):
     make_org(app)
     token = make_token(app)
     long_ago = utcnow() - timedelta(days=400)
-    monkeypatch.setattr(service, "utcnow", lambda: long_ago)
+    for module in (service, outbox):  # the scan, its findings and the status it asked for, all that old
+        monkeypatch.setattr(module, "utcnow", lambda: long_ago)
     upload(client, token, 30, OLD_MARK, "ghcr.io/acme/old:1")
     monkeypatch.undo()
-    upload(client, token, 20, YOUNG_MARK, "ghcr.io/acme/new:1")
+    upload(client, token, 20, YOUNG_MARK, "ghcr.io/acme/new:1", sha=SHA2)  # another commit: its check run names
+    # only its own findings (a commit scanned again a year later would quote the old image's top findings)
     return token
 
 
@@ -208,3 +215,24 @@ def test_one_run_at_a_time_per_database(app, aged):
     done = runner.invoke(args=["retention", "run"])  # the lock is free again
     assert done.exit_code == 0, done.output
     assert payloads(app, OLD_MARK) == 0
+
+
+def test_what_was_posted_is_kept_and_only_the_check_run_details_go(app, client, aged):
+    read = make_token(app, scopes=["findings:read"])
+    scans = client.get("/api/v1/orgs/acme/image-scans", headers={"Authorization": f"Bearer {read}"}).json["items"]
+    old = next(s for s in scans if s["image_ref"] == "ghcr.io/acme/old:1")
+    assert scalar(app, "SELECT count(*) FROM outbox WHERE created_at < :t", t=utcnow() - timedelta(days=399)) == 1
+    named = "CVE-2024-00"  # the check run's summary names the top findings
+    assert named in str(scalar(app, "SELECT check_run FROM outbox WHERE scan_run_id = :s", s=old["scan_run_id"]))
+
+    assert app.test_cli_runner().invoke(args=["retention", "run"]).exit_code == 0
+    again = client.get(
+        f"/api/v1/orgs/acme/image-scans/{old['scan_run_id']}", headers={"Authorization": f"Bearer {read}"}
+    ).json
+    assert again["commit_status"] == old["commit_status"]  # state, description, link and delivery state kept
+    check_run = scalar(app, "SELECT check_run FROM outbox WHERE scan_run_id = :s", s=old["scan_run_id"])
+    assert named not in str(check_run) and "summary" not in str(check_run)  # the findings it named are gone
+    admin_login(app, client)
+    page = client.get("/admin/orgs/acme/code-security/image-scanning").get_data(as_text=True)
+    assert "nothing posted" not in page
+    assert app.test_cli_runner().invoke(args=["retention", "run"]).output.count("trimmed") == 0  # nothing left to do

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, skip_or_fail
-from tests.factories import FIXTURES, SHA, TRIVY_REPORTS, census, make_org, make_token, post
+from tests.factories import FIXTURES, SHA, TRIVY_REPORTS, census, make_org, make_token, post, set_policy
 
 SEVERITIES = ("critical", "high", "medium", "low", "unknown")
 SEED_JQ = ROOT / "contrib" / "seed.jq"
@@ -331,12 +331,17 @@ def check_mode(app, client, token, path: Path, mode: str) -> None:
         assert f["target"] == (v.get("PkgPath") or v["_target"]), key
         if mode != "seed_jq":  # the documented jq drops the advisory links; the rest keep them
             assert f["primary_url"] == v.get("PrimaryURL"), key
-            assert f["references"] == (v.get("References") or []), key
+            # at most 64 references are kept (spec section 2): npm.json and legacy_many_vulns have more
+            references = v.get("References") or []
+            assert f["references"] == references[:64], key
+            assert f["truncated"] is (len(references) > 64), key
             assert f["vendor_ids"] == (v.get("VendorIDs") or []), key
             assert f["title"] == v.get("Title"), key
             ids = [a["id"] for a in f["advisories"]]
             assert ids[0] == v["VulnerabilityID"]
             assert set(v.get("VendorIDs") or []) <= set(ids), key
+        else:
+            assert f["truncated"] is False, key
 
 
 def test_links_are_kept_somewhere():
@@ -346,6 +351,7 @@ def test_links_are_kept_somewhere():
     assert sum(1 for v in vulns if v.get("References")) > 50
     assert sum(1 for v in vulns if v.get("VendorIDs")) >= 15
     assert sum(1 for v in vulns if v.get("PkgPath")) >= 10
+    assert sum(1 for v in vulns if len(v.get("References") or []) > 64) >= 2  # the cut to 64 is exercised
 
 
 # ------------------------------------------------------------------ edited reports
@@ -448,3 +454,58 @@ def test_legacy_mix_without_the_malformed_entry(app, client, token, tmp_path, mo
         r = post(client, token, json.loads(proc.stdout))
     assert r.status_code == 202, r.json
     assert (r.json["accepted"], r.json["severity_counts"], r.json["fixable"]) == (6, exp.counts, 6)
+
+
+# ------------------------------------------------------------------ duplicates keep the worst copy
+
+ALPINE = FIXTURES / "trivy" / "alpine-39.json"
+# alpine-39.json has three pairs of vulnerabilities sharing id, installed version and target, in two packages
+# each (libcrypto1.1/libssl1.1 twice, musl/musl-utils): not duplicates, by the key (id, package, version, target).
+ALPINE_PAIRS = {"CVE-2019-1549": 2, "CVE-2019-1551": 2, "CVE-2019-14697": 2}
+
+
+def duplicated_alpine() -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """alpine-39.json with each pair made a true duplicate (the second copy in the first's package), the first
+    copy of each lowered to LOW without a fixed version: what a merge of scanners' output can look like."""
+    doc = copy.deepcopy(load(ALPINE))
+    vulns = doc["Results"][0]["Vulnerabilities"]
+    worst: dict[str, dict[str, Any]] = {}
+    for vid in ALPINE_PAIRS:
+        first, second = (v for v in vulns if v["VulnerabilityID"] == vid)
+        second["PkgName"] = first["PkgName"]
+        worst[vid] = {"severity": first["Severity"].lower(), "fixed_version": first["FixedVersion"]}
+        first["Severity"] = "LOW"
+        del first["FixedVersion"]
+        second.pop("PkgPath", None)
+    return doc, worst
+
+
+@pytest.mark.parametrize("mode", ["raw", "robust_jq"])
+def test_duplicates_keep_the_most_severe_copy_and_a_fixed_version(app, client, token, tmp_path, mode):
+    """Today the first copy wins, which drops CVE-2019-14697's CRITICAL (a gate must fail closed)."""
+    set_policy(app, "acme", block_action="block_pull")
+    original = load(ALPINE)["Results"][0]["Vulnerabilities"]
+    ids = [v["VulnerabilityID"] for v in original]
+    assert {i: ids.count(i) for i in ALPINE_PAIRS} == ALPINE_PAIRS
+    r, _ = upload(client, token, ALPINE, "raw")  # the real pairs are in two packages each: not duplicates
+    assert r.status_code == 202, r.json
+    assert (r.json["accepted"], r.json["duplicates"]) == (6, 0)
+    doc, worst = duplicated_alpine()
+    assert worst["CVE-2019-14697"]["severity"] == "critical"
+    if mode == "raw":
+        r = post(client, token, doc, query={"commit_sha": SHA, "repo_full_name": "acme/alpine"})
+    else:
+        path = tmp_path / "alpine-duplicated.json"
+        path.write_text(json.dumps(doc))
+        proc = run_jq(ROBUST_JQ, path, "registry.test/acme/alpine:1", "acme/alpine")
+        assert proc.returncode == 0, proc.stderr
+        r = post(client, token, json.loads(proc.stdout))
+    assert r.status_code == 202, r.json
+    assert (r.json["accepted"], r.json["duplicates"]) == (3, 3)
+    assert r.json["severity_counts"]["critical"] == 1
+    assert r.json["status"] == "failure"
+    s = client.get(
+        f"/api/v1/orgs/acme/image-scans/{r.json['scan_run_id']}", headers={"Authorization": f"Bearer {token}"}
+    ).json
+    stored = {f["cve_id"]: f for f in s["findings"]}
+    assert {vid: {k: stored[vid][k] for k in ("severity", "fixed_version")} for vid in worst} == worst

@@ -8,8 +8,9 @@ from flask import Flask
 def init_app(app: Flask) -> None:
     from app.admin import signin, views  # noqa: F401  (they add their routes to the blueprint)
     from app.admin.auth import CookieSessions, csrf_token
-    from app.admin.blueprint import bp
+    from app.admin.blueprint import bp, security_headers
 
     app.session_interface = CookieSessions()
     app.register_blueprint(bp)
+    app.after_request(security_headers)
     app.jinja_env.globals["csrf_token"] = csrf_token

@@ -1,8 +1,10 @@
-"""The admin blueprint that app.admin.signin and app.admin.views add their routes to."""
+"""The admin blueprint that app.admin.signin and app.admin.views add their routes to, and the headers its pages send."""
 
 from __future__ import annotations
 
-from flask import Blueprint
+from urllib.parse import urlsplit
+
+from flask import Blueprint, Response, current_app, request
 
 bp = Blueprint(
     "admin",
@@ -12,3 +14,38 @@ bp = Blueprint(
     static_folder="static",
     static_url_path="/static",
 )
+
+PREFIX = "/admin"
+# Spec section 6: every admin page (the sign-in pages and error pages under /admin too) is never framed, never
+# sniffed, leaks no URL in a Referer and is kept in no cache. Scripts, styles and images come from this site only;
+# forms post to it (and the sign-in form's redirect goes on to GitHub's authorize page).
+SECURITY_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "base-uri 'none'; object-src 'none'; frame-ancestors 'none'; form-action 'self'{github}"
+)
+
+
+def security_headers(response: Response) -> Response:
+    """After every request under /admin (whatever answered it: a page, a redirect, an error, a 404)."""
+    path = request.path
+    if path != PREFIX and not path.startswith(PREFIX + "/"):
+        return response
+    for name, value in SECURITY_HEADERS.items():
+        response.headers[name] = value
+    response.headers["Content-Security-Policy"] = CSP.format(github=_github_origin())
+    if request.endpoint != "admin.static":
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _github_origin() -> str:
+    """GitHub's web host, where the OAuth sign-in form's redirect goes (form-action covers redirects too)."""
+    from app.admin.signin import web_base_url
+
+    parts = urlsplit(web_base_url(str(current_app.config.get("GITHUB_API_URL") or "https://api.github.com")))
+    return f" {parts.scheme}://{parts.netloc}" if parts.scheme in ("http", "https") and parts.netloc else ""

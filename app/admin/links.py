@@ -1,4 +1,5 @@
-"""One-time sign-in links to an org's admin pages: made by `admin login-url`, spent by the first browser to open one."""
+"""One-time sign-in links to an org's admin pages: made by `admin login-url`; opening one shows a button, and the
+first browser to press it (a POST) spends it."""
 
 from __future__ import annotations
 
@@ -79,3 +80,19 @@ def spend(session: Session, token: str) -> tuple[Org, AdminLoginLink] | None:
     ).one()
     org = session.get(Org, link.org_id)
     return None if org is None else (org, link)
+
+
+def find(session: Session, token: str) -> tuple[Org, AdminLoginLink] | None:
+    """A valid, unused, unexpired link and its org, looked at without spending it (the GET of a link); else None."""
+    if not token or len(token) > MAX_TOKEN_LENGTH:
+        return None
+    row = session.execute(
+        sa.select(Org, AdminLoginLink)
+        .join(AdminLoginLink, AdminLoginLink.org_id == Org.id)
+        .where(
+            AdminLoginLink.token_hash == hash_token(token),
+            AdminLoginLink.used_at.is_(None),
+            AdminLoginLink.expires_at > utcnow(),
+        )
+    ).first()
+    return None if row is None else (row[0], row[1])

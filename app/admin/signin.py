@@ -7,23 +7,18 @@ import logging
 import re
 import secrets
 import time
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from flask import current_app, flash, g, redirect, render_template, request, session, url_for
 from flask.typing import ResponseReturnValue
-from githubkit import GitHub, OAuthAppAuthStrategy
-from githubkit.exception import AuthExpiredError, GitHubException, RequestError, RequestFailed, RequestTimeout
 from sqlalchemy.orm import Session
 
 from app import audit, db, orgs
-from app.admin import links
-from app.admin.auth import check_csrf, current_admin, sign_in, sign_out
+from app.admin import links, roles, sessions
+from app.admin.auth import Action, check_csrf, current_admin, end_session, message_page, sign_in
 from app.admin.blueprint import bp
 from app.db import write_transaction
-from app.github.client import tls_context
 from app.models import Org
 
 log = logging.getLogger(__name__)
@@ -33,7 +28,6 @@ OAUTH_PENDING_SECONDS = 600  # as long as GitHub's codes live
 SCOPE = "read:org"  # what an OAuth app would need; a GitHub App's user token gets the App's "members: read" instead
 ORG_IN_PATH = re.compile(r"/admin/orgs/([A-Za-z0-9-]+)(?:[/?#]|$)")
 LINK_COMMAND = "flask --app wsgi admin login-url {slug}"
-MEMBERSHIP_STEP = "read your membership of the organisation"
 
 
 # -- helpers ----------------------------------------------------------------------------------------------------------
@@ -73,10 +67,6 @@ def org_in(path: str | None) -> str | None:
     return found.group(1) if found else None
 
 
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _oauth_configured() -> bool:
     return bool(current_app.config.get("GITHUB_CLIENT_ID") and current_app.config.get("GITHUB_CLIENT_SECRET"))
 
@@ -93,24 +83,25 @@ def _home(slug: str) -> str:
     return url_for("admin.scans", slug=slug)
 
 
-@dataclass
-class Action:
-    """A link offered on a message page."""
-
-    url: str
-    label: str
-
-
 def _message(
     status: int, title: str, *paragraphs: str, command: str | None = None, action: Action | None = None
 ) -> ResponseReturnValue:
     """A page explaining why signing in did not work (and what to do), with its HTTP status."""
-    return (
-        render_template(
-            "admin/message.html", status=status, title=title, paragraphs=paragraphs, command=command, action=action
-        ),
-        status,
-    )
+    return message_page(status, title, *paragraphs, command=command, action=action)
+
+
+def _known_org(slug: str | None) -> Org | None:
+    return orgs.by_slug(db.session(), slug) if slug and orgs.SLUG.fullmatch(slug) else None
+
+
+def _link_command(org: Org | None) -> str:
+    """The command that makes a one-time link: for an org that exists here (its slug as stored), else for SLUG.
+
+    Nothing the request supplied goes into it: a command to copy and paste into a shell on the server must not
+    carry text from a link someone else crafted (an unknown slug, a query string).
+    """
+    slug = org.slug if org is not None and orgs.SLUG.fullmatch(org.slug) else "SLUG"
+    return LINK_COMMAND.format(slug=slug)
 
 
 def _start_again(slug: str | None, next_path: str | None = None) -> Action:
@@ -120,13 +111,15 @@ def _start_again(slug: str | None, next_path: str | None = None) -> Action:
 
 def _sign_in_form(error: str | None, org: str, next_path: str | None, status: int = 200) -> ResponseReturnValue:
     g.admin = current_admin()  # the page's frame then shows who is signed in, and "Sign out"
+    known = _known_org(org)
     page = render_template(
         "admin/sign_in.html",
         oauth=_oauth_configured(),
         org=org,
         next=next_path,
         error=error,
-        link_command=LINK_COMMAND.format(slug=org or "SLUG"),
+        unknown_org=bool(org) and known is None and error is None,
+        link_command=_link_command(known),
         link_minutes=links.DEFAULT_MINUTES,
     )
     return page, status
@@ -137,9 +130,10 @@ def _record_sign_in(s: Session, org: Org, user: str, via: str, details: dict[str
     audit.record(s, org.id, "admin.signed_in", f"{via}:{user}", {"via": via, "user": user, **details})
 
 
-def _start_session(org: Org, user: str, via: str) -> None:
-    sign_in(org.slug, user, via, _now())
-    log.info("admin.signed_in org=%s user=%s via=%s", org.slug, user, via)
+def _start_session(new: sessions.NewSession, org: Org) -> None:
+    end_session("replaced")  # a session this browser had before (this org's or another's) ends here
+    sign_in(new)
+    log.info("admin.signed_in org=%s user=%s via=%s", org.slug, new.record.login, new.record.via)
 
 
 # -- the sign-in page -------------------------------------------------------------------------------------------------
@@ -166,7 +160,7 @@ def oauth_start() -> ResponseReturnValue:
             "Sign-in with GitHub is not configured",
             "Set FREMFORGE_GITHUB_CLIENT_ID and FREMFORGE_GITHUB_CLIENT_SECRET (from the GitHub App's settings), "
             "or make a one-time sign-in link on the server:",
-            command=LINK_COMMAND.format(slug=slug or "SLUG"),
+            command=_link_command(_known_org(slug)),
         )
     if not slug:
         return _sign_in_form("Enter the organisation to sign in to.", slug, next_path, 400)
@@ -221,151 +215,63 @@ def oauth_callback() -> ResponseReturnValue:
         return _message(404, "No such organisation", f"There is no organisation {slug!r} here any more.")
 
     try:
-        login, membership = _github_membership(code, org.github_login)
-    except GitHubTrouble as trouble:
+        who = roles.identity(code, org.github_login, _callback_url())
+    except roles.GitHubTrouble as trouble:
         log.warning("admin.oauth.github_error org=%s status=%s reason=%s", slug, trouble.status, trouble.reason)
         return _message(trouble.status, trouble.title, trouble.explanation, action=_start_again(slug, next_path))
 
-    refused = _refusal(login, membership, org)
+    refused = roles.refusal(who.login, who.membership, org)
     if refused is not None:
-        log.info("admin.oauth.refused org=%s user=%s membership=%s", slug, login, membership)
+        log.info("admin.oauth.refused org=%s user=%s membership=%s", slug, who.login, who.membership)
         return _message(403, "You cannot sign in to this organisation", refused, action=_start_again(None))
 
     s = db.session()
     with write_transaction(s):
-        _record_sign_in(s, org, login, "oauth", {})
-    _start_session(org, login, "oauth")
+        _record_sign_in(s, org, who.login, sessions.VIA_OAUTH, {})
+        new = sessions.start(s, org, who.login, sessions.VIA_OAUTH, github_token=who.token)
+    _start_session(new, org)
     if next_path and org_in(next_path) == org.slug:
         return redirect(next_path)
     return redirect(_home(org.slug))
 
 
-@dataclass
-class GitHubTrouble(Exception):
-    """GitHub could not tell who signed in, or their membership: the page to show instead."""
-
-    status: int
-    title: str
-    explanation: str
-    reason: str
-
-
-def _github_membership(code: str, github_org: str) -> tuple[str, dict[str, str] | None]:
-    """(the user's login, their membership of `github_org` as {"role", "state"} or None where they are not a member),
-    asked with the user token that `code` is exchanged for. Raises GitHubTrouble."""
-    config = current_app.config
-    auth = OAuthAppAuthStrategy(config["GITHUB_CLIENT_ID"], config["GITHUB_CLIENT_SECRET"]).as_web_user(
-        code, _callback_url()
-    )
-    client = GitHub(
-        auth,
-        base_url=config["GITHUB_API_URL"],
-        timeout=float(config.get("GITHUB_TIMEOUT_SECONDS") or 10),
-        auto_retry=False,
-        http_cache=False,
-        ssl_verify=tls_context(),
-    )
-    step = "exchange the sign-in code for your GitHub identity"
-    try:
-        with client as gh:
-            # The first call made with the web-flow auth exchanges the code (POST .../login/oauth/access_token).
-            user = gh.rest.users.get_authenticated().parsed_data
-            step = MEMBERSHIP_STEP
-            try:
-                found = gh.rest.orgs.get_membership_for_authenticated_user(github_org).parsed_data
-            except RequestFailed as exc:
-                if exc.response.status_code == 404:
-                    return user.login, None
-                raise
-            return user.login, {"role": str(found.role), "state": str(found.state)}
-    except GitHubException as exc:
-        raise _trouble(exc, step) from exc
-    except ValueError as exc:  # pydantic's ValidationError: an answer not shaped as GitHub documents it
-        raise GitHubTrouble(
-            502, "GitHub's answer was not understood", f"Could not {step}; try again.", "unparsable answer"
-        ) from exc
-
-
-def _trouble(exc: GitHubException, step: str) -> GitHubTrouble:
-    """What a githubkit failure means for the person signing in."""
-    # A failure inside the code exchange (httpx's auth flow) arrives wrapped in a plain RequestError.
-    if type(exc) is RequestError and isinstance(exc.exc, GitHubException):
-        exc = exc.exc
-    if isinstance(exc, AuthExpiredError):  # the token endpoint answered 200 with {"error": ...}
-        answer = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], dict) else {}
-        error = str(answer.get("error", "unknown"))[:100]
-        described = str(answer.get("error_description") or error)[:300]
-        return GitHubTrouble(502, "GitHub did not accept the sign-in", f"GitHub said: {described}", error)
-    if isinstance(exc, RequestFailed):
-        status = exc.response.status_code
-        message = _github_message(exc)
-        if status == 403 and step == MEMBERSHIP_STEP:
-            # E.g. an organisation that requires SAML SSO, or one that restricts which apps may see it.
-            return GitHubTrouble(
-                403, "GitHub refused to show your membership", f"GitHub said: {message}", f"http {status}"
-            )
-        return GitHubTrouble(
-            502,
-            "GitHub answered with an error",
-            f"Could not {step}: GitHub answered {status} ({message}).",
-            f"http {status}",
-        )
-    if isinstance(exc, RequestTimeout):
-        return GitHubTrouble(
-            502, "GitHub did not answer", f"Could not {step}: GitHub did not answer in time.", "timeout"
-        )
-    return GitHubTrouble(502, "GitHub could not be reached", f"Could not {step}; try again.", type(exc).__name__)
-
-
-def _github_message(exc: RequestFailed) -> str:
-    try:
-        body = exc.response.json()
-    except ValueError:
-        return "no details"
-    return str(body.get("message") if isinstance(body, dict) else "no details")[:300]
-
-
-def _refusal(login: str, membership: dict[str, str] | None, org: Org) -> str | None:
-    """Why `login` may not sign in to `org`'s pages, or None for an active owner (role admin)."""
-    if membership is None:
-        return (
-            f"GitHub says {login} is not a member of {org.github_login} (or this app is not installed on it, "
-            "so cannot see the membership). Only the organisation's owners can sign in."
-        )
-    if membership["state"] != "active":
-        return f"{login}'s invitation to {org.github_login} is {membership['state']}: accept it on GitHub first."
-    if membership["role"] != "admin":
-        return (
-            f"{login} is a {membership['role']} of {org.github_login} on GitHub, not an owner. "
-            "Only the organisation's owners can change its image scanning; ask one of them."
-        )
-    return None
-
-
 # -- one-time login links (made by `flask --app wsgi admin login-url SLUG`) -------------------------------------------
 
 
-@bp.get("/login/link/<token>")
+LINK_REFUSED = "This link was used or has expired; make a new one on the server:"
+
+
+@bp.route("/login/link/<token>", methods=["GET", "POST"])
 def login_link(token: str) -> ResponseReturnValue:
-    """Spend a one-time link: a session for its org, once; a used or expired link is refused."""
+    """A one-time link: its GET (and HEAD, and a chat app's link preview) shows a button and spends nothing; the
+    button's POST, carrying the page's CSRF token, spends the link and signs this browser in to its org, once."""
+    if request.method != "POST":
+        pending = links.find(db.session(), token)
+        if pending is None:
+            log.info("admin.login_link.refused method=%s", request.method)
+            return _link_page(_refused_link())
+        return _link_page(render_template("admin/login_link.html", org=pending[0], link=pending[1], token=token))
+    check_csrf()
     s = db.session()
     with write_transaction(s):
         spent = links.spend(s, token)
         if spent is not None:
-            _record_sign_in(s, spent[0], "login-link", "link", {"link_id": spent[1].id})
+            org, link = spent
+            _record_sign_in(s, org, sessions.LINK_USER, sessions.VIA_LINK, {"link_id": link.id})
+            new = sessions.start(s, org, sessions.LINK_USER, sessions.VIA_LINK)
     if spent is None:
-        log.info("admin.login_link.refused")
-        response = current_app.make_response(
-            _message(
-                403,
-                "This link cannot sign you in",
-                "This link was used or has expired; make a new one on the server:",
-                command=LINK_COMMAND.format(slug="SLUG"),
-            )
-        )
-    else:
-        _start_session(spent[0], "login-link", "link")
-        response = current_app.make_response(redirect(_home(spent[0].slug)))
+        log.info("admin.login_link.refused method=POST")
+        return _link_page(_refused_link())
+    _start_session(new, spent[0])
+    return _link_page(redirect(_home(spent[0].slug), 303))
+
+
+def _refused_link() -> ResponseReturnValue:
+    return _message(403, "This link cannot sign you in", LINK_REFUSED, command=LINK_COMMAND.format(slug="SLUG"))
+
+
+def _link_page(answer: ResponseReturnValue) -> Any:
+    response = current_app.make_response(answer)
     # The token is in this URL: keep it out of caches and of the Referer of whatever is loaded next.
     response.headers["Cache-Control"] = "no-store"
     response.headers["Referrer-Policy"] = "no-referrer"
@@ -378,6 +284,6 @@ def login_link(token: str) -> ResponseReturnValue:
 @bp.post("/logout")
 def logout() -> ResponseReturnValue:
     check_csrf()
-    sign_out()
+    end_session("signed_out")
     flash("You are signed out.", "info")
     return redirect(url_for("admin.sign_in_page"))

@@ -83,6 +83,7 @@ ACTION_LABELS = {
     "token.revoked": "Token revoked",
     "admin.signed_in": "Signed in",
     "admin.sign_in": "Signed in",
+    "admin.signed_out": "Signed out",
     "retention.run": "Retention run",
 }
 WORKFLOW_SNIPPET = """\

@@ -20,13 +20,14 @@ bp = Blueprint("findings_api", __name__, url_prefix="/api/v1/orgs/<slug>/image-s
 @bp.post("/findings")
 def upload(slug: str) -> tuple[dict[str, Any], int]:
     org, _, settings = authenticate(slug, "findings:write")
-    doc = schemas.read_json(
+    body = schemas.read_body(
         request.content_type,
         request.headers.get("Content-Encoding"),
         request_body,
         current_app.config["MAX_UPLOAD_BYTES"],
     )
-    upload = schemas.parse_upload(doc, request.args)
+    upload = schemas.parse_upload(body, request.args, current_app.config["MAX_FINDINGS"])
+    del body  # the findings are out of it: up to 64 MiB less held while they are stored
     if upload.repo_owner.lower() != org.github_login.lower():
         raise forbidden(
             f"The repository {upload.repo_full_name} is outside this organisation's GitHub account "
@@ -43,7 +44,7 @@ def upload(slug: str) -> tuple[dict[str, Any], int]:
 class ListQuery(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    repo: Annotated[str, StringConstraints(max_length=200)] | None = None
+    repo: schemas.RepoFullName | None = None  # GitHub's naming rules: any other name is a 422
     commit_sha: Annotated[str, StringConstraints(max_length=40)] | None = None
     image_ref: Annotated[str, StringConstraints(max_length=1024)] | None = None
     pr: Annotated[int, Field(ge=1, le=MAX_INT32)] | None = None
@@ -93,8 +94,45 @@ def get_scan(slug: str, scan_run_id: int) -> dict[str, Any]:
         raise not_found(f"There is no scan {scan_run_id} in {slug!r}.")
     wish = queries.outbox_by_scan(session, [scan.id]).get(scan.id)
     body = scan_json(org.slug, scan, wish)
-    body["findings"] = [finding_json(f) for f in queries.findings_of(session, scan.id)]
+    page, next_key = queries.findings_page(session, scan.id, None, FINDINGS_PAGE_MAX)
+    body["findings"] = [finding_json(f) for f in page]
+    body["findings_next_cursor"] = queries.encode_finding_cursor(next_key) if next_key is not None else None
     return body
+
+
+FINDINGS_PAGE_MAX = 1000  # findings in one answer: a 100,000-finding scan is read in pages, never at once
+
+
+class FindingsQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    limit: Annotated[int, Field(ge=1, le=FINDINGS_PAGE_MAX)] = FINDINGS_PAGE_MAX
+    cursor: Annotated[str, StringConstraints(max_length=4000)] | None = None
+
+
+@bp.get("/<int:scan_run_id>/findings")
+def list_findings(slug: str, scan_run_id: int) -> dict[str, Any]:
+    """A scan's findings, most severe first, a page at a time."""
+    org, _, _ = authenticate(slug, "findings:read")
+    q = validate_query(FindingsQuery)
+    try:
+        after = queries.decode_finding_cursor(q.cursor) if q.cursor else None
+    except queries.BadCursor:
+        raise ApiError(
+            422,
+            "validation_failed",
+            "The cursor is not one this API gave out.",
+            [{"path": "cursor", "in": "query", "code": "cursor", "message": "is not valid"}],
+        ) from None
+    session = db.session()
+    scan = session.get(ScanRun, scan_run_id) if scan_run_id <= MAX_INT32 else None
+    if scan is None or scan.org_id != org.id:
+        raise not_found(f"There is no scan {scan_run_id} in {slug!r}.")
+    page, next_key = queries.findings_page(session, scan.id, after, q.limit)
+    return {
+        "items": [finding_json(f) for f in page],
+        "next_cursor": queries.encode_finding_cursor(next_key) if next_key is not None else None,
+    }
 
 
 def scan_json(slug: str, s: ScanRun, wish: OutboxItem | None) -> dict[str, Any]:
@@ -149,6 +187,7 @@ def finding_json(f: Finding) -> dict[str, Any]:
             {"id": i, "url": u} for i, u in advisories.links(f.cve_id, f.vendor_ids or (), f.references or ())
         ],
         "synthetic": bool(f.synthetic),
+        "truncated": bool(f.truncated),
         "redacted": False,
         "payload_hash": f.payload_hash,
         "chain_hash": f.chain_hash,

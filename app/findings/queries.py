@@ -7,6 +7,7 @@ import binascii
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
@@ -91,6 +92,51 @@ def findings_of(session: Session, scan_run_id: int) -> list[Finding]:
             .order_by(SEVERITY_ORDER, Finding.package, Finding.cve_id, Finding.seq)
         )
     )
+
+
+# A page of findings in that order, keyed by the last row's sort key (stable, and cheap however deep the page).
+# A finding emptied by retention sorts last (no severity), with '' for its package and id.
+_PAGE_KEY = (SEVERITY_ORDER, sa.func.coalesce(Finding.package, ""), sa.func.coalesce(Finding.cve_id, ""), Finding.seq)
+FindingKey = tuple[int, str, str, int]
+
+
+def findings_page(
+    session: Session, scan_run_id: int, after: FindingKey | None, limit: int
+) -> tuple[list[Finding], FindingKey | None]:
+    """Up to `limit` findings of a scan after `after`, most severe first; and the key to go on from, if more follow."""
+    q = sa.select(Finding).where(Finding.scan_run_id == scan_run_id).order_by(*_PAGE_KEY).limit(limit + 1)
+    if after is not None:
+        q = q.where(sa.tuple_(*_PAGE_KEY) > sa.tuple_(*(sa.literal(v) for v in after)))
+    rows = list(session.scalars(q))
+    if len(rows) <= limit:
+        return rows, None
+    last = rows[limit - 1]
+    rank = SEVERITIES.index(last.severity) if last.severity in SEVERITIES else len(SEVERITIES)
+    return rows[:limit], (rank, last.package or "", last.cve_id or "", last.seq)
+
+
+def encode_finding_cursor(key: FindingKey) -> str:
+    return base64.urlsafe_b64encode(b"f:" + orjson.dumps(list(key))).decode().rstrip("=")
+
+
+def decode_finding_cursor(cursor: str) -> FindingKey:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        if not raw.startswith(b"f:"):
+            raise ValueError
+        rank, package, cve_id, seq = orjson.loads(raw[2:])
+        if not (
+            isinstance(rank, int)
+            and 0 <= rank <= len(SEVERITIES)
+            and isinstance(package, str)
+            and isinstance(cve_id, str)
+            and isinstance(seq, int)
+            and 0 <= seq < 2**63
+        ):
+            raise ValueError
+    except (ValueError, TypeError, orjson.JSONDecodeError):
+        raise BadCursor(cursor) from None
+    return rank, package, cve_id, seq
 
 
 def outbox_by_scan(session: Session, scan_ids: Sequence[int]) -> dict[int, OutboxItem]:

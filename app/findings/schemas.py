@@ -1,33 +1,61 @@
-"""Parse and validate an upload (the seed shape or a raw Trivy report) into one normalised Upload, or raise."""
+"""Parse and validate an upload (the seed shape or a raw Trivy report) into one normalised Upload, or raise.
+
+Memory stays bounded whatever the body holds (spec sections 2 and 9). The body is never turned into Python
+objects whole: parsed whole, 64 MiB of tiny findings took 1.2 GiB (orjson's tree, then pydantic's copy of it),
+and 64 MiB of `[{},{},...]` 2 GiB. Instead `_Reader` walks the outer structure by byte positions (the top-level
+object, `findings`, `Results` and their `Vulnerabilities`) and parses each finding on its own with orjson,
+checks it by hand and keeps only its stored columns. So what is held at any time is the body, the unique findings
+as they will be stored, and one finding being read. An upload with more than MAX_FINDINGS findings is refused
+when the reader reaches the first one past the limit, before it is parsed.
+
+Values the walk does not keep (unknown keys, Trivy's Metadata, Packages, ...) are still parsed, so that a body
+that is not JSON is a 400 wherever the fault is, and then dropped. A value whose parse could take much memory
+(many small values: `_parse_cost` over `PARSE_BUDGET`) is walked the same way instead of parsed whole.
+"""
 
 from __future__ import annotations
 
+import functools
+import re
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, NotRequired
+from typing import Annotated, Any
 
 import orjson
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    StringConstraints,
-    TypeAdapter,
-    ValidationError,
-    with_config,
-)
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, StringConstraints, ValidationError
 from pydantic_core import PydanticCustomError
-from typing_extensions import TypedDict
 
-from app.errors import ApiError, validation_failed
+from app.errors import MAX_DETAILS, ApiError, validation_failed
 from app.policy import Signature
 
 COMMIT_SHA = r"^[0-9a-fA-F]{40}$"
-REPO_FULL_NAME = r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}$"
-# Checked in pydantic's Rust core (no Python call per finding); lower-cased when the finding is copied.
-SEVERITY_PATTERN = r"(?i)^(critical|high|medium|low|unknown)$"
+# GitHub's naming rules. Owner: letters, digits and single hyphens, neither first nor last, at most 39 characters;
+# name: letters, digits, '.', '-' and '_', at most 100 characters, never '.' or '..'. The server checks them all
+# (_REPO_RULE); the pattern in the OpenAPI document has no lookahead, so it leaves the owner's length to its text.
+REPO_FULL_NAME = (
+    r"^[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*/"
+    r"(?:[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}|\.[A-Za-z0-9_-][A-Za-z0-9._-]{0,98}|\.\.[A-Za-z0-9._-]{1,98})$"
+)
+_REPO_RULE = re.compile(r"(?=[A-Za-z0-9-]{1,39}/)" + REPO_FULL_NAME[1:-1])
+REPO_RULE_TEXT = (
+    "must be owner/name as GitHub allows them: the owner of letters, digits and single hyphens (not first or last), "
+    "at most 39 characters; the name of letters, digits, '.', '-' and '_', at most 100 characters, not '.' or '..'"
+)
+SEVERITY_ORDER = ("critical", "high", "medium", "low", "unknown")  # most severe first; unknown never blocks
+_SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITY_ORDER)}
+
+# Limits per finding (spec section 2). Identity fields over their limit are refused (422); descriptive fields
+# are cut to theirs, and the finding says so (`truncated`). The stricter bounds of cve_id, package and versions
+# are their columns' widths.
+DEFAULT_MAX_FINDINGS = 100_000
+ADVISORY_ID_MAX = 200  # cve_id and each vendor id: findings.cve_id is VARCHAR(200)
+SHORT_MAX = 500  # package_name, installed_version, fixed_version: VARCHAR(500)
+TARGET_MAX = 1024
+TITLE_MAX = 1024
+URL_MAX = 2048  # primary_url and each reference
+REFERENCES_MAX = 64
+VENDOR_IDS_MAX = 64  # ids an advisory is matched by (exceptions, advisory search): refused, never cut
 
 
 def _signature_status(value: Any) -> str | None:
@@ -36,9 +64,6 @@ def _signature_status(value: Any) -> str | None:
     if isinstance(value, str) and value.lower() in ("signed", "unsigned", "unknown"):
         return value.lower()
     raise PydanticCustomError("signature_status", "must be one of signed, unsigned, unknown (any letter case)")
-
-
-SeverityText = Annotated[str, StringConstraints(pattern=SEVERITY_PATTERN)]
 
 
 def _utf8_within(limit: int) -> Any:
@@ -50,12 +75,16 @@ def _utf8_within(limit: int) -> Any:
     return AfterValidator(check)
 
 
+def repo_full_name(value: str) -> str:
+    """owner/name in lower case (GitHub's names are case-insensitive), or a pattern error naming the rules."""
+    if _REPO_RULE.fullmatch(value) is None:
+        raise PydanticCustomError("string_pattern_mismatch", REPO_RULE_TEXT)
+    return value.lower()
+
+
 ImageRef = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"\S"), _utf8_within(1024)]
 CommitSha = Annotated[str, StringConstraints(pattern=COMMIT_SHA, to_lower=True)]
-RepoFullName = Annotated[str, StringConstraints(pattern=REPO_FULL_NAME, to_lower=True)]  # GitHub: any case
-AdvisoryId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-Short = Annotated[str, StringConstraints(max_length=500)]
-ShortNonEmpty = Annotated[str, StringConstraints(min_length=1, max_length=500)]
+RepoFullName = Annotated[str, AfterValidator(repo_full_name)]
 Long = Annotated[str, StringConstraints(max_length=1024)]
 SignatureStatus = Annotated[str | None, BeforeValidator(_signature_status)]
 STRICT = ConfigDict(strict=True, extra="ignore")
@@ -74,54 +103,15 @@ class UploadContext(BaseModel):
     signature_subject: Long | None = None
 
 
-# Findings are validated as TypedDicts: plain dicts out, several times faster than model objects.
-@with_config(STRICT)
-class SeedFinding(TypedDict):
-    cve_id: AdvisoryId
-    severity: SeverityText | None  # null (jq's for a missing Severity) counts as unknown
-    package_name: ShortNonEmpty
-    installed_version: Short | None
-    fixed_version: NotRequired[Short | None]
-    title: NotRequired[str | None]
-    target: NotRequired[str | None]
-    primary_url: NotRequired[str | None]
-    references: NotRequired[list[str] | None]
-    vendor_ids: NotRequired[list[AdvisoryId] | None]
+class TrivyHeader(BaseModel):
+    """The top-level fields of a SchemaVersion 2 report the upload reads (Results is walked on its own)."""
+
+    model_config = STRICT
+
+    SchemaVersion: int | None = None
+    ArtifactName: str | None = None
 
 
-class SeedUpload(UploadContext):
-    findings: list[SeedFinding]
-
-
-@with_config(STRICT)
-class TrivyVulnerability(TypedDict):
-    VulnerabilityID: AdvisoryId
-    PkgName: ShortNonEmpty
-    PkgPath: NotRequired[str | None]
-    InstalledVersion: NotRequired[Short | None]
-    FixedVersion: NotRequired[Short | None]
-    Severity: NotRequired[SeverityText | None]
-    Title: NotRequired[str | None]
-    PrimaryURL: NotRequired[str | None]
-    References: NotRequired[list[str] | None]
-    VendorIDs: NotRequired[list[AdvisoryId] | None]
-
-
-@with_config(STRICT)
-class TrivyResult(TypedDict):
-    Target: NotRequired[str]
-    Vulnerabilities: NotRequired[list[TrivyVulnerability] | None]
-
-
-@with_config(STRICT)
-class TrivyReport(TypedDict):
-    SchemaVersion: NotRequired[int | None]
-    ArtifactName: NotRequired[str | None]
-    Results: NotRequired[list[TrivyResult] | None]
-
-
-TrivyReportAdapter = TypeAdapter(TrivyReport)
-LegacyTrivyReport = TypeAdapter(list[TrivyResult])
 _TRIVY_KEYS = ("SchemaVersion", "Results", "ArtifactName", "ArtifactType")
 QUERY_FIELDS = tuple(UploadContext.model_fields)
 
@@ -146,10 +136,10 @@ class Upload:
 # ---------------------------------------------------------------- the body
 
 
-def read_json(
+def read_body(
     content_type: str | None, content_encoding: str | None, read_body: Callable[[], bytes], max_bytes: int
-) -> Any:
-    """The body's JSON value; 400/413/415 for what is not JSON, is too large, or is compressed wrongly."""
+) -> bytes:
+    """The body's bytes, decompressed; 400/413/415 for what is not JSON by its headers, too large or empty."""
     mimetype = (content_type or "").split(";", 1)[0].strip().lower()
     if mimetype != "application/json" and not (mimetype.startswith("application/") and mimetype.endswith("+json")):
         raise ApiError(
@@ -165,14 +155,24 @@ def read_json(
         raise ApiError(
             415, "unsupported_media_type", f"Content-Encoding {encoding!r} is not supported; send gzip or no encoding."
         )
-    if not body.strip():
+    if not body or body.isspace():
         raise ApiError(400, "empty_body", "The body is empty; send the findings as JSON.")
+    return body
+
+
+def read_json(
+    content_type: str | None, content_encoding: str | None, read_body_: Callable[[], bytes], max_bytes: int
+) -> Any:
+    """The body's JSON value, parsed whole (small bodies: settings, exceptions); 400/413/415/422 as read_body."""
+    body = read_body(content_type, content_encoding, read_body_, max_bytes)
     try:
-        doc = orjson.loads(body[3:] if body.startswith(b"\xef\xbb\xbf") else body)  # a BOM is tolerated
+        doc = orjson.loads(memoryview(body)[3:] if body.startswith(b"\xef\xbb\xbf") else body)  # a BOM is tolerated
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, "malformed_json", f"The body is not valid JSON: {exc}.") from None
     if b"u0000" in body or b"U0000" in body:
-        _refuse_nul(doc, "")
+        errors = _Errors()
+        _check_nul(doc, "", errors)
+        _refuse(errors)
     return doc
 
 
@@ -194,77 +194,45 @@ def gunzip(data: bytes, max_bytes: int) -> bytes:
         if not d.eof:
             raise ApiError(400, "malformed_gzip", "The gzip body is truncated.")
         data = d.unused_data
-    return bytes(out)
+    return out  # type: ignore[return-value]  # a bytearray: no second copy of up to max_bytes
 
 
-def _refuse_nul(value: Any, path: str) -> None:
-    # NUL cannot be stored in PostgreSQL text; name where it is rather than fail at insert time.
-    # Iterative, not recursive: orjson accepts 1024 levels of nesting, more than Python's recursion limit.
-    # Each entry keeps (parent trail, key), so a path string is only built for the value that fails.
-    stack: list[tuple[Any, Any]] = [(value, None)]
-    while stack:
-        value, trail = stack.pop()
-        if isinstance(value, str):
-            if "\x00" in value:
-                raise validation_failed(
-                    [
-                        {
-                            "path": _trail_path(path, trail),
-                            "code": "nul_character",
-                            "message": "contains a NUL character (\\u0000)",
-                        }
-                    ]
-                )
-        elif isinstance(value, dict):
-            for k in value:
-                if "\x00" in k:
-                    raise validation_failed(
-                        [
-                            {
-                                "path": _trail_path(path, trail),
-                                "code": "nul_character",
-                                "message": "contains a NUL character (\\u0000) in a key",
-                            }
-                        ]
-                    )
-            stack.extend((v, (trail, k)) for k, v in reversed(value.items()))
-        elif isinstance(value, list):
-            stack.extend((value[i], (trail, i)) for i in range(len(value) - 1, -1, -1))
+# ---------------------------------------------------------------- errors
 
 
-def _trail_path(path: str, trail: Any) -> str:
-    keys: list[Any] = []
-    while trail is not None:
-        trail, key = trail
-        keys.append(key)
-    for key in reversed(keys):
-        path += f"[{key}]" if isinstance(key, int) else (f".{key}" if path else key)
-    return path or "$"
+class _Errors:
+    """Schema violations: the first MAX_DETAILS kept, all counted, so a huge bad body gets a small answer."""
+
+    __slots__ = ("kept", "total")
+
+    def __init__(self) -> None:
+        self.kept: list[dict[str, Any]] = []
+        self.total = 0
+
+    def add(self, path: str, code: str, message: str, limit: int | None = None) -> None:
+        self.total += 1
+        if len(self.kept) < MAX_DETAILS:
+            detail: dict[str, Any] = {"path": path or "$", "code": code, "message": message}
+            if limit is not None:
+                detail["limit"] = limit
+            self.kept.append(detail)
+
+    def extend(self, details: list[dict[str, Any]]) -> None:
+        for d in details:
+            self.total += 1
+            if len(self.kept) < MAX_DETAILS:
+                self.kept.append(d)
 
 
-# ---------------------------------------------------------------- the upload
-
-
-def parse_upload(doc: Any, query: Mapping[str, str]) -> Upload:
-    """Validate a whole upload before anything is stored; raise ApiError 422 naming each bad JSON path."""
-    if isinstance(doc, list):
-        return _from_trivy(_validate(LegacyTrivyReport.validate_python, doc), None, query, "trivy-legacy")
-    if not isinstance(doc, dict):
-        raise validation_failed(
-            [{"path": "$", "code": "type", "message": "must be a JSON object: the seed shape or a Trivy report"}],
-            "The body must be a JSON object: the seed shape (with findings) or a Trivy JSON report.",
-        )
-    if "findings" not in doc and any(k in doc for k in _TRIVY_KEYS):
-        report = _validate(TrivyReportAdapter.validate_python, doc)
-        return _from_trivy(report.get("Results"), report.get("ArtifactName"), query, "trivy")
-    return _from_seed(_validate(SeedUpload.model_validate, doc))
-
-
-def _validate(fn: Any, value: Any, prefix: str = "") -> Any:
-    try:
-        return fn(value)
-    except ValidationError as exc:
-        raise validation_failed([error_detail(e, prefix) for e in exc.errors(include_url=False)]) from None
+def _refuse(*found: _Errors) -> None:
+    """Raise one 422 for every violation found, in the order given; nothing when there is none."""
+    total = sum(e.total for e in found)
+    if not total:
+        return
+    details = [d for e in found for d in e.kept][:MAX_DETAILS]
+    where = f" at {details[0]['path']}" if details[0].get("path") else ""
+    more = f" (and {total - 1} more)" if total > 1 else ""
+    raise validation_failed(details, f"The request is not valid{where}: {details[0]['message']}{more}.")
 
 
 def error_detail(err: Mapping[str, Any], prefix: str = "", where: str | None = None) -> dict[str, Any]:
@@ -284,89 +252,804 @@ def error_detail(err: Mapping[str, Any], prefix: str = "", where: str | None = N
 
 _PATTERN_MESSAGES = {
     "commit_sha": "must be a full commit SHA: 40 hexadecimal characters",
-    "repo_full_name": "must be owner/name, as in acme/api",
+    "repo_full_name": REPO_RULE_TEXT,
+    "repo": REPO_RULE_TEXT,
     "image_ref": "must not be blank",
     "severity": "must be one of critical, high, medium, low, unknown (any letter case)",
     "Severity": "must be one of critical, high, medium, low, unknown (any letter case)",
 }
 
 
-def _from_seed(seed: SeedUpload) -> Upload:
-    unique: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for f in seed.findings:
-        get = f.get
-        installed = f["installed_version"] or ""
-        target = get("target")
-        key = (f["cve_id"], f["package_name"], installed, target)
-        if key not in unique:
-            unique[key] = {
-                "cve_id": f["cve_id"],
-                "severity": (f["severity"] or "unknown").lower(),
-                "package": f["package_name"],
-                "installed_version": installed,
-                "fixed_version": get("fixed_version") or None,
-                "target": target,
-                "title": get("title"),
-                "primary_url": get("primary_url"),
-                "references": get("references") or [],
-                "vendor_ids": get("vendor_ids") or [],
-                "synthetic": False,
+def _check_nul(value: Any, path: str, errors: _Errors) -> None:
+    """Name where a NUL character is (PostgreSQL text cannot hold one) rather than fail at insert time.
+
+    Iterative, not recursive: orjson accepts 1024 levels of nesting, more than Python's recursion limit.
+    Each entry keeps (parent trail, key), so a path string is only built for the value that fails.
+    """
+    stack: list[tuple[Any, Any]] = [(value, None)]
+    while stack:
+        value, trail = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                errors.add(_trail_path(path, trail), "nul_character", "contains a NUL character (\\u0000)")
+                return
+        elif isinstance(value, dict):
+            if any("\x00" in k for k in value):
+                errors.add(_trail_path(path, trail), "nul_character", "contains a NUL character (\\u0000) in a key")
+                return
+            stack.extend((v, (trail, k)) for k, v in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend((value[i], (trail, i)) for i in range(len(value) - 1, -1, -1))
+
+
+def _trail_path(path: str, trail: Any) -> str:
+    keys: list[Any] = []
+    while trail is not None:
+        trail, key = trail
+        keys.append(key)
+    for key in reversed(keys):
+        path += f"[{key}]" if isinstance(key, int) else (f".{key}" if path else key)
+    return path or "$"
+
+
+def _join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+def too_many_findings(limit: int, path: str) -> ApiError:
+    return ApiError(
+        413,
+        "too_many_findings",
+        f"The upload holds more than {limit:,} findings, the most this server takes in one upload "
+        f"(MAX_FINDINGS); nothing was stored. Split the findings over several uploads.",
+        [
+            {
+                "path": path,
+                "code": "too_many_findings",
+                "message": f"is past the limit of {limit:,} findings per upload (MAX_FINDINGS)",
+                "limit": limit,
             }
-    return Upload(
-        image_ref=seed.image_ref,
-        commit_sha=seed.commit_sha,
-        repo_full_name=seed.repo_full_name,
-        signature=Signature(seed.signature_status or "unknown", seed.signature_issuer, seed.signature_subject),
-        findings=list(unique.values()),
-        duplicates=len(seed.findings) - len(unique),
-        source="seed",
+        ],
     )
 
 
-def _from_trivy(
-    results: list[TrivyResult] | None, artifact: str | None, query: Mapping[str, str], source: str
-) -> Upload:
-    params = {k: query[k] for k in QUERY_FIELDS if k in query}
-    if not params.get("image_ref"):
-        params["image_ref"] = artifact or ""
-    try:
-        ctx = UploadContext.model_validate(params)
-    except ValidationError as exc:
-        details = [error_detail(e, where="query") for e in exc.errors(include_url=False)]
-        for d in details:
-            if d["path"] == "image_ref":
-                d["message"] = "is required: pass ?image_ref=... (the report's ArtifactName is empty)"
-        raise validation_failed(details) from None
-    unique: dict[tuple[Any, ...], dict[str, Any]] = {}
-    total = 0
-    for r in results or ():
-        result_target = r.get("Target") or None
-        for v in r.get("Vulnerabilities") or ():
-            total += 1
-            get = v.get
-            installed = get("InstalledVersion") or ""
-            target = get("PkgPath") or result_target
-            key = (v["VulnerabilityID"], v["PkgName"], installed, target)
-            if key not in unique:
-                unique[key] = {
-                    "cve_id": v["VulnerabilityID"],
-                    "severity": (get("Severity") or "unknown").lower(),
-                    "package": v["PkgName"],
-                    "installed_version": installed,
-                    "fixed_version": get("FixedVersion") or None,
-                    "target": target,
-                    "title": get("Title"),
-                    "primary_url": get("PrimaryURL"),
-                    "references": get("References") or [],
-                    "vendor_ids": get("VendorIDs") or [],
-                    "synthetic": False,
-                }
-    return Upload(
-        image_ref=ctx.image_ref,
-        commit_sha=ctx.commit_sha,
-        repo_full_name=ctx.repo_full_name,
-        signature=Signature(ctx.signature_status or "unknown", ctx.signature_issuer, ctx.signature_subject),
-        findings=list(unique.values()),
-        duplicates=total - len(unique),
-        source=source,
+def too_many_values(limit: int, path: str) -> ApiError:
+    return ApiError(
+        413,
+        "too_many_values",
+        f"The upload holds a list or object too large to parse whole (at {path or '$'}), and more values in such "
+        f"than the {limit:,} this server reads one at a time in one upload (MAX_FINDINGS); nothing was stored.",
+        [
+            {
+                "path": path or "$",
+                "code": "too_many_values",
+                "message": f"is past the limit of {limit:,} values read one at a time (MAX_FINDINGS)",
+                "limit": limit,
+            }
+        ],
     )
+
+
+def _malformed(message: str, at: int | None = None) -> ApiError:
+    where = f" at byte {at}" if at is not None else ""
+    return ApiError(400, "malformed_json", f"The body is not valid JSON: {message}{where}.")
+
+
+# ---------------------------------------------------------------- reading JSON without building it whole
+
+_WS = re.compile(rb"[ \t\n\r]*")
+_STR = rb'"(?:[^"\\]++|\\.)*+"'
+_STRING = re.compile(_STR, re.S)
+_SCALAR = re.compile(rb'[^ \t\n\r,:\[\]{}"]++')
+_ATOM = rb'[^"\[\]{}]++|' + _STR
+_TOKEN = re.compile(_ATOM + rb"|[\[\]{}]", re.S)
+
+
+def _balanced(depth: int) -> bytes:
+    """A container nested at most `depth` + 1 levels, to its closing bracket: one regex call finds where a value
+    ends (valid JSON only; what it spans is then parsed by orjson, which checks everything)."""
+    inner = _ATOM
+    for _ in range(depth):
+        inner = rb"(?:" + _ATOM + rb"|[\[{](?:" + inner + rb")*+[\]}])"
+    return rb"[\[{](?:" + inner + rb")*+[\]}]"
+
+
+_CONTAINER = re.compile(_balanced(8), re.S)
+_ELEMENT = rb"[ \t\n\r]*+(?:" + _balanced(8) + rb"|" + _STR + rb'|[^ \t\n\r,:\[\]{}"]++)[ \t\n\r]*+,'
+
+
+@functools.lru_cache(maxsize=16)
+def _at_least(n: int) -> re.Pattern[bytes]:
+    """Matches the first `n` elements of an array and the comma after each: there are more than `n`."""
+    return re.compile(rb"(?:" + _ELEMENT + rb"){%d}" % n, re.S)
+
+
+MAX_DEPTH = 1024  # as orjson: deeper nesting is a 400
+SMALL_VALUE = 64 * 1024  # bytes of JSON parsed whole without counting what they hold
+PARSE_BUDGET = 48 * 2**20  # at most this much memory for one value parsed whole, by _parse_cost
+_OPEN = (0x5B, 0x7B)  # [ {
+_QUOTE, _COMMA, _COLON, _CLOSE_ARRAY, _CLOSE_OBJECT = 0x22, 0x2C, 0x3A, 0x5D, 0x7D
+
+
+class _TooBig:
+    """Stands for a container kept out of memory where a string or list was expected: its type is wrong."""
+
+    __slots__ = ()
+
+
+_TOO_BIG = _TooBig()
+
+
+class _Reader:
+    """Byte positions in one JSON text: walk its containers, find where values end, parse pieces with orjson."""
+
+    def __init__(self, buf: bytes, max_values: int) -> None:
+        self.buf = buf
+        self.view = memoryview(buf)
+        self.size = len(buf)
+        self.nul = b"u0000" in buf or b"U0000" in buf  # the only way a NUL character can be in valid JSON
+        self.braces = buf.count(b"}")  # at least one per object: more objects than this there cannot be
+        self.errors = _Errors()  # outside the findings (those have their own, see _Rows)
+        self.walked = 0  # values besides the findings read one by one (for too_many_values)
+        self.max_values = max_values
+
+    def ws(self, pos: int) -> int:
+        return _WS.match(self.buf, pos).end()  # type: ignore[union-attr]  # matches the empty string
+
+    def byte(self, pos: int) -> int:
+        return self.buf[pos] if pos < self.size else -1
+
+    def end_of(self, pos: int, depth: int) -> int:
+        """Where the value starting at `pos` ends (a structural check only: parse what it spans to validate)."""
+        c = self.byte(pos)
+        if c in _OPEN:
+            m = _CONTAINER.match(self.buf, pos)
+            return m.end() if m else self._end_of_deep(pos, depth)
+        m = (_STRING if c == _QUOTE else _SCALAR).match(self.buf, pos)
+        if m is None:
+            raise _malformed("a value was expected" if c != -1 else "the body ends early", pos)
+        return m.end()
+
+    def _end_of_deep(self, pos: int, depth: int) -> int:
+        """end_of, a token at a time: for values nested deeper than _CONTAINER reaches, or not well-formed."""
+        buf, match, level = self.buf, _TOKEN.match, 0
+        while True:
+            m = match(buf, pos)
+            if m is None:
+                raise _malformed("a string is not closed" if pos < self.size else "the body ends early", pos)
+            c = buf[pos]
+            if c in _OPEN:
+                level += 1
+                if depth + level > MAX_DEPTH:
+                    raise _malformed(f"nested deeper than {MAX_DEPTH} levels", pos)
+            elif c in (_CLOSE_ARRAY, _CLOSE_OBJECT):
+                level -= 1
+                if level <= 0:
+                    return m.end()
+            pos = m.end()
+
+    def more_than(self, pos: int, n: int, objects: int) -> bool:
+        """Whether the array at `pos` has more than `n` elements, found by one regex call that builds nothing
+        (False too when its elements nest deeper than _CONTAINER reaches: the caller counts as it reads).
+
+        Skipped when the body has at most `n` objects besides `objects` others known: then it cannot have more than
+        `n` findings that are objects, and entries of other types are refused (422) as they are counted, without
+        a row built for them."""
+        if n <= 0 or self.braces - objects <= n:
+            return False
+        return _at_least(n).match(self.buf, pos + 1) is not None
+
+    def load(self, start: int, end: int) -> Any:
+        try:
+            return orjson.loads(self.view[start:end])
+        except orjson.JSONDecodeError as exc:
+            raise _malformed(exc.msg, start + exc.pos) from None
+
+    def cheap(self, start: int, end: int) -> bool:
+        """Whether parsing buf[start:end] whole stays within PARSE_BUDGET (_parse_cost, an upper bound)."""
+        return end - start <= SMALL_VALUE or _parse_cost(self.buf, start, end) <= PARSE_BUDGET
+
+    def value(self, start: int, depth: int, path: str, errors: _Errors) -> tuple[Any, int]:
+        """The value at `start` and where it ends: parsed, or _TOO_BIG for a container too costly to hold (which
+        is then walked to validate it)."""
+        end = self.end_of(start, depth)
+        if self.cheap(start, end) or self.buf[start] not in _OPEN:  # a lone string is at most 4x its bytes
+            v = self.load(start, end)
+            if self.nul:
+                _check_nul(v, path, errors)
+            return v, end
+        self._walk(start, depth, path, errors)
+        return _TOO_BIG, end
+
+    def skip(self, start: int, depth: int, path: str, errors: _Errors) -> int:
+        """Validate the value at `start` without keeping it; return where it ends."""
+        return self.value(start, depth, path, errors)[1]
+
+    def _walk(self, start: int, depth: int, path: str, errors: _Errors) -> int:
+        def child(key: str | int, pos: int) -> int:
+            self.count_walked(path, key)
+            return self.skip(pos, depth + 1, _join(path, key), errors)
+
+        if self.buf[start] == _OPEN[1]:
+            return self.members(start, depth, path, errors, child)
+        return self.items(start, depth, child)
+
+    def count_walked(self, path: str, key: str | int) -> None:
+        """One more value read on its own inside a container too large to parse whole: at most max_values of
+        them in a body, so that a body of millions of tiny values is refused in well under a second."""
+        self.walked += 1
+        if self.walked > self.max_values:
+            raise too_many_values(self.max_values, _join(path, key))
+
+    def members(self, pos: int, depth: int, path: str, errors: _Errors, member: Callable[[str, int], int]) -> int:
+        """Call member(key, value position) for each member of the object at `pos` (which returns where that
+        value ends); return where the object ends."""
+        if depth + 1 > MAX_DEPTH:
+            raise _malformed(f"nested deeper than {MAX_DEPTH} levels", pos)
+        buf, ws = self.buf, self.ws
+        pos = ws(pos + 1)
+        if self.byte(pos) == _CLOSE_OBJECT:
+            return pos + 1
+        while True:
+            m = _STRING.match(buf, pos)
+            if m is None:
+                raise _malformed("a key was expected", pos)
+            key = self.load(pos, m.end())
+            if self.nul and "\x00" in key:
+                errors.add(path, "nul_character", "contains a NUL character (\\u0000) in a key")
+            pos = ws(m.end())
+            if self.byte(pos) != _COLON:
+                raise _malformed("':' was expected", pos)
+            pos = ws(member(key, ws(pos + 1)))
+            c = self.byte(pos)
+            if c == _COMMA:
+                pos = ws(pos + 1)
+            elif c == _CLOSE_OBJECT:
+                return pos + 1
+            else:
+                raise _malformed("',' or '}' was expected", pos)
+
+    def items(self, pos: int, depth: int, item: Callable[[int, int], int]) -> int:
+        """Call item(index, position) for each element of the array at `pos` (which returns where that element
+        ends); return where the array ends."""
+        if depth + 1 > MAX_DEPTH:
+            raise _malformed(f"nested deeper than {MAX_DEPTH} levels", pos)
+        ws = self.ws
+        pos = ws(pos + 1)
+        if self.byte(pos) == _CLOSE_ARRAY:
+            return pos + 1
+        i = 0
+        while True:
+            pos = ws(item(i, pos))
+            c = self.byte(pos)
+            if c == _COMMA:
+                pos = ws(pos + 1)
+                i += 1
+            elif c == _CLOSE_ARRAY:
+                return pos + 1
+            else:
+                raise _malformed("',' or ']' was expected", pos)
+
+
+def _parse_cost(buf: bytes, start: int, end: int) -> int:
+    """An upper bound of the memory orjson takes to build buf[start:end]: every value (at most one per ',', ':',
+    '[' or '{') as a Python object with its container slot, and every string at 4 bytes a character."""
+    values = buf.count(b",", start, end) + buf.count(b":", start, end)
+    values += buf.count(b"[", start, end) + buf.count(b"{", start, end)
+    return 160 * (values + 1) + 4 * (end - start)
+
+
+CHUNK = 256 * 1024  # bytes of findings parsed by one orjson call: at most some MiB of objects, whatever they hold
+_WS_BYTES = b" \t\n\r"
+
+
+def _cut(buf: bytes, start: int, end: int) -> int:
+    """The position of the last ',' in buf[start:end] that looks like one between two objects of a list ('}' ','
+    '{', with white space), or -1. A guess: the parse of what comes before it proves it (see _Upload._list)."""
+    j = end
+    for _ in range(64):  # a '{' inside a finding is preceded by ':' (a Trivy vulnerability has a few)
+        j = buf.rfind(b"{", start + 1, j)
+        if j < 0:
+            return -1
+        k = j - 1
+        while buf[k] in _WS_BYTES:
+            k -= 1
+        if buf[k] == _COMMA:
+            comma = k
+            k -= 1
+            while buf[k] in _WS_BYTES:
+                k -= 1
+            if buf[k] == _CLOSE_OBJECT:
+                return comma
+    return -1
+
+
+# ---------------------------------------------------------------- one finding
+
+
+_MISSING: Any = object()
+_SEVERITIES = {s: s for s in SEVERITY_ORDER}
+SEED_NAMES = (
+    "cve_id",
+    "severity",
+    "package_name",
+    "installed_version",
+    "fixed_version",
+    "target",
+    "title",
+    "primary_url",
+    "references",
+    "vendor_ids",
+)
+TRIVY_NAMES = (
+    "VulnerabilityID",
+    "Severity",
+    "PkgName",
+    "InstalledVersion",
+    "FixedVersion",
+    "PkgPath",
+    "Title",
+    "PrimaryURL",
+    "References",
+    "VendorIDs",
+)
+_LISTS = {"references", "vendor_ids", "References", "VendorIDs"}
+
+
+def _finding(f: Any, names: tuple[str, ...], path: str, errors: _Errors, seed: bool) -> dict[str, Any] | None:
+    """One finding as stored (the column names), or None when it breaks the schema (each fault added to
+    errors with its path). `names` are the body's field names, in the order of SEED_NAMES."""
+    if type(f) is not dict:
+        errors.add(path, "dict_type" if seed else "model_type", "must be an object")
+        return None
+    before = errors.total
+    k_id, k_sev, k_pkg, k_inst, k_fixed, k_target, k_title, k_url, k_refs, k_vids = names
+    get = f.get
+
+    cve_id = _text(get(k_id, _MISSING), ADVISORY_ID_MAX, path, k_id, errors, required=True, nullable=False)
+    package = _text(get(k_pkg, _MISSING), SHORT_MAX, path, k_pkg, errors, required=True, nullable=False)
+    installed = _text(get(k_inst, _MISSING), SHORT_MAX, path, k_inst, errors, required=seed)
+    fixed = _text(get(k_fixed), SHORT_MAX, path, k_fixed, errors)
+    target = _text(get(k_target), TARGET_MAX, path, k_target, errors)
+
+    severity = get(k_sev, _MISSING)
+    if severity is None or (severity is _MISSING and not seed):
+        severity = "unknown"
+    elif severity is _MISSING:
+        errors.add(f"{path}.{k_sev}", "missing", "is required")
+    elif type(severity) is not str:
+        errors.add(f"{path}.{k_sev}", "string_type", "must be a string")
+    else:
+        severity = _SEVERITIES.get(severity.lower())
+        if severity is None:
+            errors.add(f"{path}.{k_sev}", "string_pattern_mismatch", _PATTERN_MESSAGES["severity"])
+
+    truncated = False
+    title = get(k_title)
+    if title is not None:
+        if type(title) is not str:
+            errors.add(f"{path}.{k_title}", "string_type", "must be a string")
+        elif len(title) > TITLE_MAX:
+            title, truncated = title[:TITLE_MAX], True
+    url = get(k_url)
+    if url is not None:
+        if type(url) is not str:
+            errors.add(f"{path}.{k_url}", "string_type", "must be a string")
+        elif len(url) > URL_MAX:
+            url, truncated = url[:URL_MAX], True
+
+    # Tuples, not lists: a row holding only strings and tuples of strings drops out of the garbage collector's
+    # sight, which otherwise rescans every row kept so far (a third of the parse time of 100,000 findings).
+    references: Any = get(k_refs)
+    if references is None:
+        references = ()
+    elif type(references) is not list:
+        errors.add(f"{path}.{k_refs}", "list_type", "must be a list of strings")
+    else:
+        if len(references) > REFERENCES_MAX:
+            _check_items(references[REFERENCES_MAX:], REFERENCES_MAX, path, k_refs, errors)
+            del references[REFERENCES_MAX:]  # the list is this parse's own
+            truncated = True
+        for i, ref in enumerate(references):
+            if type(ref) is not str:
+                errors.add(f"{path}.{k_refs}[{i}]", "string_type", "must be a string")
+            elif len(ref) > URL_MAX:
+                references[i], truncated = ref[:URL_MAX], True
+        references = tuple(references)
+
+    vendor_ids: Any = get(k_vids)
+    if vendor_ids is None:
+        vendor_ids = ()
+    elif type(vendor_ids) is not list:
+        errors.add(f"{path}.{k_vids}", "list_type", "must be a list of advisory ids")
+    else:
+        if len(vendor_ids) > VENDOR_IDS_MAX:
+            errors.add(f"{path}.{k_vids}", "too_long", f"must hold at most {VENDOR_IDS_MAX} ids", VENDOR_IDS_MAX)
+        for i, vid in enumerate(vendor_ids):
+            _text(vid, ADVISORY_ID_MAX, f"{path}.{k_vids}", i, errors, nullable=False, item=True)
+        vendor_ids = tuple(vendor_ids)
+
+    if errors.total != before:
+        return None
+    return {
+        "cve_id": cve_id,
+        "severity": severity,
+        "package": package,
+        "installed_version": installed or "",
+        "fixed_version": fixed or None,
+        "target": target,
+        "title": title,
+        "primary_url": url,
+        "references": references,
+        "vendor_ids": vendor_ids,
+        "synthetic": False,
+        "truncated": truncated,
+    }
+
+
+def _text(
+    v: Any,
+    limit: int,
+    path: str,
+    key: str | int,
+    errors: _Errors,
+    *,
+    required: bool = False,
+    nullable: bool = True,
+    item: bool = False,
+) -> Any:
+    """A string field of at most `limit` characters (an empty one refused where null is: ids and names)."""
+    if v is None and nullable:
+        return None
+    if type(v) is str:
+        if len(v) > limit:
+            errors.add(
+                f"{path}[{key}]" if item else f"{path}.{key}",
+                "string_too_long",
+                f"must be at most {limit:,} characters",
+                limit,
+            )
+        elif not v and not nullable:
+            errors.add(f"{path}[{key}]" if item else f"{path}.{key}", "string_too_short", "must not be empty")
+        return v
+    where = f"{path}[{key}]" if item else f"{path}.{key}"
+    if v is _MISSING:
+        if required:
+            errors.add(where, "missing", "is required")
+        return None
+    errors.add(where, "string_type", "must be a string")
+    return None
+
+
+def _check_items(extra: list[Any], offset: int, path: str, key: str, errors: _Errors) -> None:
+    """References past the kept ones are dropped, but must still be strings."""
+    for i, ref in enumerate(extra, offset):
+        if type(ref) is not str:
+            errors.add(f"{path}.{key}[{i}]", "string_type", "must be a string")
+
+
+class _Rows:
+    """The unique findings of one finding list, merged as they are read."""
+
+    __slots__ = ("errors", "total", "unique")
+
+    def __init__(self) -> None:
+        self.unique: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self.total = 0
+        self.errors = _Errors()
+
+    def add(self, row: dict[str, Any]) -> None:
+        """Store a finding once per (id, package, installed version, target): the copy kept takes the most
+        severe severity and a non-empty fixed version of all copies (a gate fails closed)."""
+        key = (row["cve_id"], row["package"], row["installed_version"], row["target"])
+        kept = self.unique.setdefault(key, row)
+        if kept is not row:
+            if _SEVERITY_RANK[row["severity"]] < _SEVERITY_RANK[kept["severity"]]:
+                kept["severity"] = row["severity"]
+            if not kept["fixed_version"] and row["fixed_version"]:
+                kept["fixed_version"] = row["fixed_version"]
+
+    @property
+    def duplicates(self) -> int:
+        return self.total - len(self.unique)
+
+
+# ---------------------------------------------------------------- the upload
+
+
+def parse_upload(body: bytes, query: Mapping[str, str], max_findings: int = DEFAULT_MAX_FINDINGS) -> Upload:
+    """Validate a whole upload before anything is stored.
+
+    400 for a body that is not JSON, 413 (too_many_findings) past `max_findings` findings, 422 naming each bad
+    JSON path (the first MAX_DETAILS of them).
+    """
+    start = 3 if body.startswith(b"\xef\xbb\xbf") else 0  # a BOM is tolerated
+    return _Upload(_Reader(body, max_findings), max_findings).parse(start, query)
+
+
+class _Upload:
+    """One body read into an Upload: the top-level value, its findings and its context."""
+
+    def __init__(self, reader: _Reader, max_findings: int) -> None:
+        self.r = reader
+        self.max_findings = max_findings
+        self.findings: _Rows | None = None  # the last `findings` list of a seed body
+        self.results: _Rows | None = None  # the last `Results` list of a Trivy report
+
+    def parse(self, start: int, query: Mapping[str, str]) -> Upload:
+        r = self.r
+        pos = r.ws(start)
+        c = r.byte(pos)
+        if c == _OPEN[0]:
+            end = self._results(pos, 0, "")
+            self._end(end)
+            return self._trivy(None, query, "trivy-legacy")
+        if c != _OPEN[1]:
+            end = r.skip(pos, 0, "", r.errors)
+            self._end(end)
+            raise validation_failed(
+                [{"path": "$", "code": "type", "message": "must be a JSON object: the seed shape or a Trivy report"}],
+                "The body must be a JSON object: the seed shape (with findings) or a Trivy JSON report.",
+            )
+        present: set[str] = set()
+        fields: dict[str, Any] = {}
+
+        def member(key: str, pos: int) -> int:
+            present.add(key)
+            if key == "findings":
+                self.results = None  # a body with findings is the seed shape: its Results (if any) are not read
+                return self._findings(pos)
+            if key == "Results" and "findings" not in present:
+                return self._results(pos, 1, "Results")
+            if key in QUERY_FIELDS or key in ("SchemaVersion", "ArtifactName"):
+                fields[key], end = r.value(pos, 1, key, r.errors)
+                return end
+            return r.skip(pos, 1, key, r.errors)
+
+        self._end(r.members(pos, 0, "", r.errors, member))
+        if "findings" not in present and any(k in present for k in _TRIVY_KEYS):
+            return self._trivy(fields, query, "trivy")
+        return self._seed(fields, "findings" in present)
+
+    def _end(self, end: int) -> None:
+        end = self.r.ws(end)
+        if end != self.r.size:
+            raise _malformed("unexpected content after the JSON value", end)
+
+    def _findings(self, pos: int) -> int:
+        """The seed's findings array: each finding parsed, checked and merged on its own."""
+        r = self.r
+        rows = self.findings = _Rows()
+        c = r.byte(pos)
+        if c != _OPEN[0]:
+            end = r.skip(pos, 1, "findings", rows.errors)
+            rows.errors.add("findings", "list_type", "must be a list of findings")
+            return end
+        if r.more_than(pos, self.max_findings, 1):  # refused before a single finding is built (1: the body's own)
+            raise too_many_findings(self.max_findings, f"findings[{self.max_findings}]")
+
+        def take(i: int, f: Any) -> None:
+            row = _finding(f, SEED_NAMES, f"findings[{i}]", rows.errors, seed=True)
+            if row is not None and not rows.errors.total:
+                rows.add(row)
+
+        return self._list(pos, 1, "findings", rows, take)
+
+    def _list(self, pos: int, depth: int, prefix: str, rows: _Rows, take: Callable[[int, Any], None]) -> int:
+        """A list of findings at `pos` (its '['): each finding counted against MAX_FINDINGS, parsed, and handed to
+        take(index, value); return where the list ends.
+
+        Findings are parsed a chunk at a time: one orjson call for those in the next CHUNK bytes, up to a ','
+        between two of them. That ',' is guessed (the last '}' ',' '{' in the chunk, see _cut) and proven by the
+        parse: text that parses as a list of values from the start of a finding up to a ',' is exactly the
+        findings before that ','. Where the guess fails (the '{' was inside a string, or the text is not JSON),
+        the findings up to it are read one at a time.
+        """
+        r = self.r
+        buf, ws, byte = r.buf, r.ws, r.byte
+        pos = ws(pos + 1)
+        if byte(pos) == _CLOSE_ARRAY:
+            return pos + 1
+        i, misses, single_until = 0, 0, -1
+        while True:
+            if pos > single_until and misses < 8:
+                cut = _cut(buf, pos, min(pos + CHUNK, r.size))
+                if cut > 0:
+                    chunk = bytearray(b"[")
+                    chunk += r.view[pos:cut]
+                    chunk += b"]"
+                    try:
+                        values = orjson.loads(chunk)
+                    except orjson.JSONDecodeError:
+                        misses, single_until = misses + 1, cut
+                    else:
+                        if rows.total + len(values) > self.max_findings:
+                            past = i + self.max_findings - rows.total
+                            raise too_many_findings(self.max_findings, f"{prefix}[{past}]")
+                        rows.total += len(values)
+                        for value in values:
+                            if r.nul:
+                                _check_nul(value, f"{prefix}[{i}]", rows.errors)
+                            take(i, value)
+                            i += 1
+                        pos = ws(cut + 1)
+                        continue
+            if rows.total >= self.max_findings:
+                raise too_many_findings(self.max_findings, f"{prefix}[{i}]")
+            rows.total += 1
+            end = r.end_of(pos, depth + 1)
+            if r.cheap(pos, end):
+                value = r.load(pos, end)
+                if r.nul:
+                    _check_nul(value, f"{prefix}[{i}]", rows.errors)
+            else:
+                value = self._one_walked(pos, depth + 1, f"{prefix}[{i}]", rows.errors)
+            take(i, value)
+            i += 1
+            pos = ws(end)
+            c = byte(pos)
+            if c == _COMMA:
+                pos = ws(pos + 1)
+            elif c == _CLOSE_ARRAY:
+                return pos + 1
+            else:
+                raise _malformed("',' or ']' was expected", pos)
+
+    def _one_walked(self, pos: int, depth: int, path: str, errors: _Errors) -> Any:
+        """A finding too costly to parse whole (a list of a million references, say), a field at a time."""
+        r = self.r
+        if r.buf[pos] != _OPEN[1]:
+            r.skip(pos, depth, path, errors)
+            return _TOO_BIG
+        f: dict[str, Any] = {}
+
+        def member(key: str, pos: int) -> int:
+            where = _join(path, key)
+            if key in _LISTS and r.byte(pos) == _OPEN[0]:
+                kept: list[Any] = []
+
+                def item(i: int, pos: int) -> int:
+                    r.count_walked(where, i)
+                    if len(kept) <= max(REFERENCES_MAX, VENDOR_IDS_MAX):  # one more than kept: "there were more"
+                        v, end = r.value(pos, depth + 2, _join(where, i), errors)
+                        kept.append(v)
+                        return end
+                    if r.byte(pos) != _QUOTE:
+                        errors.add(_join(where, i), "string_type", "must be a string")
+                    return r.skip(pos, depth + 2, _join(where, i), errors)
+
+                end = r.items(pos, depth + 1, item)
+                f[key] = kept
+                return end
+            f[key], end = r.value(pos, depth + 1, where, errors)
+            return end
+
+        r.members(pos, depth, path, errors, member)
+        return f
+
+    def _results(self, pos: int, depth: int, prefix: str) -> int:
+        """Trivy's Results (the top-level array of a legacy report, depth 0): each Result's Vulnerabilities read
+        as the seed's findings, its other members validated and dropped."""
+        r = self.r
+        rows = self.results = _Rows()
+        c = r.byte(pos)
+        if c != _OPEN[0]:
+            end = r.skip(pos, depth, prefix or "$", rows.errors)
+            if r.buf[pos:end] != b"null":
+                rows.errors.add(prefix or "$", "list_type", "must be a list of Results")
+            return end
+
+        def result(i: int, pos: int) -> int:
+            where = f"{prefix}[{i}]"
+            if r.byte(pos) != _OPEN[1]:
+                end = r.skip(pos, depth + 1, where, rows.errors)
+                rows.errors.add(where, "model_type", "must be an object")
+                return end
+            target: Any = None
+            found: list[dict[str, Any]] = []
+
+            def member(key: str, pos: int) -> int:
+                nonlocal target, found
+                if key == "Target":
+                    target, end = r.value(pos, depth + 2, f"{where}.Target", rows.errors)
+                    if type(target) is not str:
+                        rows.errors.add(f"{where}.Target", "string_type", "must be a string")
+                        target = None
+                    return end
+                if key == "Vulnerabilities":
+                    found = []
+                    return self._vulnerabilities(pos, depth + 2, f"{where}.Vulnerabilities", rows, found)
+                return r.skip(pos, depth + 2, _join(where, key), rows.errors)
+
+            end = r.members(pos, depth + 1, where, rows.errors, member)
+            if found and target and len(target) > TARGET_MAX and any(row["target"] is None for row in found):
+                rows.errors.add(  # a vulnerability without PkgPath takes the Result's Target as its target
+                    f"{where}.Target", "string_too_long", f"must be at most {TARGET_MAX:,} characters", TARGET_MAX
+                )
+            if not rows.errors.total:
+                for row in found:
+                    if row["target"] is None:
+                        row["target"] = target or None
+                    rows.add(row)
+            return end
+
+        return r.items(pos, depth, result)
+
+    def _vulnerabilities(self, pos: int, depth: int, prefix: str, rows: _Rows, found: list[dict[str, Any]]) -> int:
+        r = self.r
+        if r.byte(pos) != _OPEN[0]:
+            end = r.skip(pos, depth, prefix, rows.errors)
+            if r.buf[pos:end] != b"null":
+                rows.errors.add(prefix, "list_type", "must be a list of vulnerabilities")
+            return end
+        room = self.max_findings - rows.total
+        if r.more_than(pos, room, 0):
+            raise too_many_findings(self.max_findings, f"{prefix}[{room}]")
+
+        def take(i: int, v: Any) -> None:
+            row = _finding(v, TRIVY_NAMES, f"{prefix}[{i}]", rows.errors, seed=False)
+            if row is not None and not rows.errors.total:
+                if not row["target"]:  # an empty PkgPath falls back to the Result's Target
+                    row["target"] = None
+                found.append(row)
+
+        return self._list(pos, depth, prefix, rows, take)
+
+    def _seed(self, fields: dict[str, Any], has_findings: bool) -> Upload:
+        context = _Errors()
+        try:
+            ctx = UploadContext.model_validate({k: v for k, v in fields.items() if k in QUERY_FIELDS})
+        except ValidationError as exc:
+            ctx = None
+            context.extend([error_detail(e) for e in exc.errors(include_url=False)])
+        rows = self.findings or _Rows()
+        if not has_findings:
+            context.add("findings", "missing", "is required")
+        _refuse(context, self.r.errors, rows.errors)
+        assert ctx is not None
+        return Upload(
+            image_ref=ctx.image_ref,
+            commit_sha=ctx.commit_sha,
+            repo_full_name=ctx.repo_full_name,
+            signature=Signature(ctx.signature_status or "unknown", ctx.signature_issuer, ctx.signature_subject),
+            findings=list(rows.unique.values()),
+            duplicates=rows.duplicates,
+            source="seed",
+        )
+
+    def _trivy(self, header: dict[str, Any] | None, query: Mapping[str, str], source: str) -> Upload:
+        """A Trivy report: its findings read from the body (with `header`, its top-level fields, None for the
+        legacy array), what it is about from the query."""
+        errors = _Errors()
+        artifact = None
+        if header is not None:
+            try:
+                artifact = TrivyHeader.model_validate(
+                    {k: v for k, v in header.items() if k in ("SchemaVersion", "ArtifactName")}
+                ).ArtifactName
+            except ValidationError as exc:
+                errors.extend([error_detail(e) for e in exc.errors(include_url=False)])
+        rows = self.results or _Rows()
+        _refuse(errors, self.r.errors, rows.errors)  # the body first: a bad body is refused whatever the query says
+        params = {k: query[k] for k in QUERY_FIELDS if k in query}
+        if not params.get("image_ref"):
+            params["image_ref"] = artifact or ""
+        try:
+            ctx = UploadContext.model_validate(params)
+        except ValidationError as exc:
+            details = [error_detail(e, where="query") for e in exc.errors(include_url=False)]
+            for d in details:
+                if d["path"] == "image_ref":
+                    d["message"] = "is required: pass ?image_ref=... (the report's ArtifactName is empty)"
+            raise validation_failed(details) from None
+        return Upload(
+            image_ref=ctx.image_ref,
+            commit_sha=ctx.commit_sha,
+            repo_full_name=ctx.repo_full_name,
+            signature=Signature(ctx.signature_status or "unknown", ctx.signature_issuer, ctx.signature_subject),
+            findings=list(rows.unique.values()),
+            duplicates=rows.duplicates,
+            source=source,
+        )

@@ -139,9 +139,9 @@ def _append_findings(
     )
     created = store.sqlite_datetime(now) if conn.dialect.name == "sqlite" else now
     dumps = orjson.dumps
-    store.insert(
+    store.insert(  # rows made as they are written, not all held at once
         conn,
-        [
+        (
             (
                 org_id,
                 scan_id,
@@ -160,8 +160,9 @@ def _append_findings(
                 dumps(f["references"]).decode(),
                 dumps(f["vendor_ids"]).decode(),
                 f["synthetic"],
+                f.get("truncated") or None,  # NULL unless cut, as for findings stored before the column
             )
             for (seq, ph, ch), f in zip(entries, findings, strict=True)
-        ],
+        ),
     )
     return new_seq, new_hash

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
+from itertools import islice
 from typing import Any
 
 import sqlalchemy as sa
@@ -13,6 +14,7 @@ COLUMNS = ("org_id", "scan_run_id", "seq", "payload_hash", "chain_hash", "create
 _QUOTED = ", ".join(f'"{c}"' for c in COLUMNS)
 _SQLITE_INSERT = f"INSERT INTO findings ({_QUOTED}) VALUES ({', '.join('?' * len(COLUMNS))})"
 _POSTGRES_COPY = f"COPY findings ({_QUOTED}) FROM STDIN"
+SQLITE_CHUNK = 10_000  # rows per executemany: the rows of a big upload are made a chunk at a time
 
 
 def sqlite_datetime(value: Any) -> str:
@@ -20,16 +22,26 @@ def sqlite_datetime(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-def insert(conn: sa.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-    """Insert rows given in COLUMNS order (JSON columns as JSON text, created_at as the dialect wants)."""
-    if not rows:
+def insert(conn: sa.Connection, rows: Iterable[tuple[Any, ...]]) -> None:
+    """Insert rows given in COLUMNS order (JSON columns as JSON text, created_at as the dialect wants).
+
+    `rows` may be a generator: rows are made as they are written (COPY) or a chunk at a time (SQLite), so a
+    100,000-finding upload never holds all of its rows at once.
+    """
+    it = iter(rows)
+    first = next(it, None)
+    if first is None:
         return
     dialect = conn.dialect.name
     if dialect == "postgresql":
         with conn.connection.driver_connection.cursor() as cur, cur.copy(_POSTGRES_COPY) as copy:  # type: ignore[union-attr]
-            for row in rows:
+            copy.write_row(first)
+            for row in it:
                 copy.write_row(row)
     elif dialect == "sqlite":
-        conn.exec_driver_sql(_SQLITE_INSERT, list(rows))
+        chunk = [first, *islice(it, SQLITE_CHUNK - 1)]
+        while chunk:
+            conn.exec_driver_sql(_SQLITE_INSERT, chunk)
+            chunk = list(islice(it, SQLITE_CHUNK))
     else:
         raise NotImplementedError(f"findings are stored on SQLite or PostgreSQL, not {dialect}")

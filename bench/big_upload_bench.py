@@ -1,0 +1,392 @@
+#!/usr/bin/env python3
+"""The largest accepted upload against shared/bench/floor_app.py, in the same run, both under `gunicorn -w 2`.
+
+Measures (spec section 9: "the largest accepted upload (MAX_FINDINGS findings) is answered within 2.5x the floor's
+time for it, with each server process's peak memory under 512 MiB"):
+  * 100,000 findings in the seed shape (the documented jq's mapping of a make_trivy.py report, ~27 MB);
+  * 100,000 findings filling the 64 MiB upload limit (the same, with advisory URLs and references);
+both to the floor and to the app (same bytes, alternating, --repeat times; median time, app/floor <= 2.5x), and
+for information:
+  * a raw Trivy report of ~64 MiB (make_trivy.py, as Trivy writes it, indented), against the floor's time for
+    the same findings in the seed shape;
+  * 100,001 findings: the app answers 413 too_many_findings;
+  * 64 MiB of ~800,000 tiny findings (what took > 1.2 GiB per worker before): 413 too_many_findings.
+Peak memory: each gunicorn worker's peak resident set (VmHWM in /proc/PID/status, reset before each measurement
+with `echo 5 > /proc/PID/clear_refs`); bar: under 512 MiB for every app worker in every measurement.
+
+  . .venv/bin/activate
+  python bench/big_upload_bench.py                          # SQLite, a fresh temp dir
+  python bench/big_upload_bench.py --database postgresql    # fresh fremforge_bench_big_{app,floor} databases
+
+Writes the table to stdout and bench/out/big-upload-<backend>.json; exit 1 when a bar is missed or an answer
+is not the expected one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import ingest_bench as ib  # the servers, the client and the bodies, as the ingest bench has them
+
+MAX_FINDINGS = 100_000  # the app's default (FREMFORGE_MAX_FINDINGS)
+LIMIT_BYTES = 64 * 2**20  # the app's default upload limit (FREMFORGE_MAX_UPLOAD_MB=64)
+TIME_BAR = 2.5
+RSS_BAR_MIB = 512
+GUNICORN_TIMEOUT = 30  # gunicorn's default worker timeout, stated
+ib.PG_DATABASES.update(app="fremforge_bench_big_app", floor="fremforge_bench_big_floor")
+
+
+# ---------------------------------------------------------------- bodies
+
+
+def filled_findings(findings: list[dict], report: dict, limit: int) -> list[dict]:
+    """The findings with their advisory links (PrimaryURL, References) and as many more references as bring
+    the seed body just under `limit` bytes: 100,000 findings in the largest body the app accepts."""
+    links = [(v["PrimaryURL"], v["References"]) for r in report["Results"] for v in r.get("Vulnerabilities") or ()]
+    out = [{**f, "primary_url": url, "references": list(refs)} for f, (url, refs) in zip(findings, links, strict=True)]
+    extra = "https://security-tracker.example.invalid/advisories/{cve}/{k:02d}"
+    room = limit - 64 * 1024 - len(ib.seed_body("size", out))
+    for k in range(40):
+        for f in out:
+            ref = extra.format(cve=f["cve_id"], k=k)
+            room -= len(ref) + 4  # quotes, comma, space
+            if room < 0:
+                assert len(ib.seed_body("size", out)) <= limit
+                return out
+            f["references"].append(ref)
+    return out
+
+
+def tiny_body(limit: int) -> tuple[bytes, int]:
+    """A seed body of as many tiny findings as fit in `limit` bytes (about 800,000)."""
+    head = json.dumps({**ib.context("tiny"), "findings": []})[:-2].encode()  # ends with "findings": [
+    parts, size, n = [], len(head) + 2, 0
+    while True:
+        one = b'{"cve_id":"CVE-%d","severity":"low","package_name":"p","installed_version":null}' % n
+        if size + len(one) + 1 > limit:
+            break
+        parts.append(one)
+        size += len(one) + 1
+        n += 1
+    return head + b",".join(parts) + b"]}", n
+
+
+def trivy_under(limit: int, tmp: Path) -> tuple[bytes, dict]:
+    """A make_trivy.py report (indented, as Trivy writes it) just under `limit` bytes, and the report."""
+    n = 44_000
+    while True:
+        path = tmp / f"trivy-{n}.json"
+        report = ib.make_trivy(n, path, seed=7)
+        data = path.read_bytes()
+        if len(data) <= limit:
+            return data, report
+        n -= 1000
+
+
+# ---------------------------------------------------------------- memory of the server processes
+
+
+def workers(master: int) -> list[int]:
+    """The pids whose parent is `master` (gunicorn's workers)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    if int(fh.read().rsplit(")", 1)[1].split()[1]) == master:
+                        out.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    return sorted(out)
+
+
+def reset_peaks(pids: list[int]) -> None:
+    for pid in pids:
+        with open(f"/proc/{pid}/clear_refs", "w") as fh:
+            fh.write("5")  # resets the peak resident set size (VmHWM) to the current one
+
+
+def peaks_mib(pids: list[int], field: str = "VmHWM") -> dict[int, float]:
+    """Each process's peak resident set since the last reset_peaks (VmHWM), or its current one (VmRSS)."""
+    out = {}
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    out[pid] = int(line.split()[1]) / 1024
+    return out
+
+
+# ---------------------------------------------------------------- measurements
+
+
+@dataclass
+class Result:
+    measurement: str
+    expect: str  # "202 N" or "413 too_many_findings"
+    app_seconds: list[float]
+    floor_seconds: list[float]
+    app_peak_mib: float
+    floor_peak_mib: float
+    bar: float | None
+    problems: list[str]
+
+    @property
+    def ratio(self) -> float | None:
+        if not self.floor_seconds:
+            return None
+        return statistics.median(self.app_seconds) / statistics.median(self.floor_seconds)
+
+    @property
+    def passed(self) -> bool:
+        time_ok = self.bar is None or (self.ratio is not None and self.ratio <= self.bar)
+        return time_ok and self.app_peak_mib < RSS_BAR_MIB and not self.problems
+
+
+def check(status: int, payload: bytes, expect: str) -> str | None:
+    want_status, want = expect.split(" ", 1)
+    if status != int(want_status):
+        return f"HTTP {status}, not {want_status}: {payload[:300]!r}"
+    try:
+        doc = json.loads(payload)
+    except ValueError:
+        return f"HTTP {status} without a JSON body: {payload[:300]!r}"
+    if status == 202 and doc.get("accepted") != int(want):
+        return f"accepted {doc.get('accepted')}, not {want}"
+    if status != 202 and doc.get("error") != want:
+        return f"error {doc.get('error')!r}, not {want!r}"
+    return None
+
+
+def post(client: ib.Client, body: bytes, expect: str, problems: list[str], query: dict | None = None) -> float:
+    start = time.perf_counter()
+    try:
+        status, payload = client.post(body, query)
+    except (OSError, ib.http.client.HTTPException) as exc:  # a worker killed at its timeout drops the connection
+        problems.append(f"{type(exc).__name__}: {exc}")
+        client.close_all()
+        return time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    problem = check(status, payload, expect)
+    if problem:
+        problems.append(problem)
+    return elapsed
+
+
+def measure(
+    name: str,
+    servers: dict[str, tuple[ib.Client, int]],
+    app_body: bytes,
+    expect: str,
+    repeat: int,
+    floor_body: bytes | None = None,
+    floor_expect: str | None = None,
+    query: dict | None = None,
+    bar: float | None = None,
+) -> Result:
+    """Alternate floor and app `repeat` times; each server's workers' peak memory over the measurement."""
+    pids = {s: workers(master) for s, (_, master) in servers.items()}
+    for s in pids:
+        reset_peaks(pids[s])
+    problems: list[str] = []
+    app_t: list[float] = []
+    floor_t: list[float] = []
+    for i in range(repeat):
+        if floor_body is not None:
+            floor_t.append(post(servers["floor"][0], floor_body, floor_expect or expect, problems))
+        app_t.append(post(servers["app"][0], app_body, expect, problems, query))
+        line = f"  {name} {i + 1}/{repeat}: app {app_t[-1]:.2f}s"
+        if floor_t:
+            line += f"  floor {floor_t[-1]:.2f}s"
+        print(line, flush=True)
+    peaks = {s: peaks_mib(pids[s]) for s in pids}
+    if workers(servers["app"][1]) != pids["app"]:
+        problems.append("an app worker was replaced during the measurement (killed at its timeout?)")
+    return Result(
+        name,
+        expect,
+        app_t,
+        floor_t,
+        max(peaks["app"].values()),
+        max(peaks["floor"].values()) if floor_body is not None else 0.0,
+        bar,
+        problems[:5],
+    )
+
+
+# ---------------------------------------------------------------- report
+
+
+def print_table(backend: str, results: list[Result]) -> None:
+    print(f"\n[{backend}] largest upload: app and floor under gunicorn -w 2 (timeout {GUNICORN_TIMEOUT}s)")
+    header = (
+        f"{'measurement':<52} {'answer':<24} {'floor s':>8} {'app s':>8} {'ratio':>6} {'bar':>5} "
+        f"{'app MiB':>8} {'floor MiB':>9}  ok"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        floor = f"{statistics.median(r.floor_seconds):8.2f}" if r.floor_seconds else f"{'-':>8}"
+        ratio = f"{r.ratio:6.2f}" if r.ratio is not None else f"{'-':>6}"
+        bar = f"{r.bar:5.1f}" if r.bar is not None else f"{'info':>5}"
+        floor_mib = f"{r.floor_peak_mib:9.0f}" if r.floor_seconds else f"{'-':>9}"
+        print(
+            f"{r.measurement:<52} {r.expect:<24} {floor} {statistics.median(r.app_seconds):8.2f} {ratio} {bar} "
+            f"{r.app_peak_mib:8.0f} {floor_mib}  {'yes' if r.passed else 'NO'}"
+        )
+        for p in r.problems:
+            print(f"    problem: {p}")
+    print(f"\nbars: app/floor time <= {TIME_BAR}x where a bar is shown; every app worker's peak < {RSS_BAR_MIB} MiB")
+
+
+def write_json(backend: str, results: list[Result], sizes: dict[str, Any], args: argparse.Namespace) -> Path:
+    ib.OUT_DIR.mkdir(exist_ok=True)
+    path = ib.OUT_DIR / f"big-upload-{backend}.json"
+    doc = {
+        "backend": backend,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "settings": {
+            "repeat": args.repeat,
+            "workers": 2,
+            "gunicorn_timeout": GUNICORN_TIMEOUT,
+            "cpus": os.cpu_count(),
+            "loadavg_1_5_15_at_end": os.getloadavg(),
+            "body_bytes": sizes,
+        },
+        "rows": [
+            {
+                "measurement": r.measurement,
+                "expect": r.expect,
+                "app_seconds": r.app_seconds,
+                "floor_seconds": r.floor_seconds,
+                "ratio": r.ratio,
+                "bar": r.bar,
+                "app_peak_mib": r.app_peak_mib,
+                "floor_peak_mib": r.floor_peak_mib,
+                "problems": r.problems,
+                "pass": r.passed,
+            }
+            for r in results
+        ],
+    }
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
+    ap.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    ap.add_argument("--repeat", type=int, default=3, help="uploads per server and measurement (median reported)")
+    args = ap.parse_args(argv)
+    if args.database == "postgresql":
+        ib.check_loopback_pg(args.pg_url)
+    backend = args.database
+    tmp = Path(tempfile.mkdtemp(prefix=f"fremforge-big-{backend}-"))
+    try:
+        load = os.getloadavg()[0]
+        print(f"[{backend}] load average {load:.2f} on {os.cpu_count()} CPUs; bodies in {tmp}", flush=True)
+        report = ib.make_trivy(MAX_FINDINGS, tmp / "trivy-100k.json")
+        findings = ib.seed_findings(report)
+        assert len(findings) == MAX_FINDINGS
+        seed_100k = ib.seed_body("big-100k", findings)
+        seed_64 = ib.seed_body("big-64mib", filled_findings(findings, report, LIMIT_BYTES))
+        over = ib.seed_body("over", [*findings, {**findings[0], "cve_id": "CVE-OVER-LIMIT"}])
+        tiny, tiny_n = tiny_body(LIMIT_BYTES)
+        del report
+        trivy_raw, trivy_report = trivy_under(LIMIT_BYTES, tmp)
+        trivy_findings = ib.seed_findings(trivy_report)
+        trivy_seed = ib.seed_body("trivy-as-seed", trivy_findings)
+        del trivy_report
+        sizes: dict[str, Any] = {
+            "seed_100k": len(seed_100k),
+            "seed_64mib": len(seed_64),
+            "trivy_raw": len(trivy_raw),
+            "trivy_as_seed": len(trivy_seed),
+            "over_limit": len(over),
+            "tiny": len(tiny),
+        }
+        print(f"[{backend}] bodies: " + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in sizes.items()), flush=True)
+
+        app_url, floor_url = ib.recreate_pg_databases(args.pg_url) if backend == "postgresql" else ib.sqlite_urls(tmp)
+        env_app = ib.app_env(app_url)
+        env_floor = {**ib.base_env(), "FLOOR_DB": floor_url}
+        token = ib.prepare_app(env_app)
+        ib.prepare_floor(env_floor)
+
+        results: list[Result] = []
+        with ExitStack() as stack:
+            app_port, app_proc = stack.enter_context(ib.gunicorn("wsgi:app", ib.ROOT, env_app, tmp / "app.log"))
+            floor_port, floor_proc = stack.enter_context(
+                ib.gunicorn("floor_app:app", ib.SHARED_BENCH, env_floor, tmp / "floor.log")
+            )
+            ib.wait_until(lambda: ib.healthz_ok(app_port), app_proc, "app", tmp / "app.log")
+            ib.wait_until(lambda: ib.tcp_open(floor_port), floor_proc, "floor", tmp / "floor.log")
+            servers = {
+                "app": (ib.Client(app_port, token), app_proc.pid),
+                "floor": (ib.Client(floor_port, None), floor_proc.pid),
+            }
+            ib.warm_up({"app": servers["app"][0], "floor": servers["floor"][0]}, ib.Errors(), findings)
+            print(f"[{backend}] app on {ib.HOST}:{app_port}, floor on {ib.HOST}:{floor_port}", flush=True)
+            idle = {s: peaks_mib(workers(master), "VmRSS") for s, (_, master) in servers.items()}
+            sizes["idle_rss_mib"] = {s: sorted(round(v) for v in idle[s].values()) for s in idle}
+            print(f"[{backend}] workers' resident set after warm-up (MiB): {sizes['idle_rss_mib']}", flush=True)
+            n = MAX_FINDINGS
+            results.append(
+                measure(
+                    f"{n:,} findings, seed shape ({len(seed_100k) / 2**20:.0f} MiB)",
+                    servers, seed_100k, f"202 {n}", args.repeat, seed_100k, bar=TIME_BAR,
+                )
+            )  # fmt: skip
+            results.append(
+                measure(
+                    f"{n:,} findings with references ({len(seed_64) / 2**20:.1f} MiB)",
+                    servers, seed_64, f"202 {n}", args.repeat, seed_64, bar=TIME_BAR,
+                )
+            )  # fmt: skip
+            results.append(
+                measure(
+                    f"raw Trivy report, {len(trivy_findings):,} vulns ({len(trivy_raw) / 2**20:.1f} MiB)",
+                    servers, trivy_raw, f"202 {len(trivy_findings)}", args.repeat, trivy_seed,
+                    f"202 {len(trivy_findings)}", query=ib.context("trivy-raw"),
+                )
+            )  # fmt: skip
+            results.append(
+                measure(f"{n + 1:,} findings (one past MAX_FINDINGS)", servers, over, "413 too_many_findings", 1)
+            )
+            results.append(
+                measure(
+                    f"{tiny_n:,} tiny findings ({len(tiny) / 2**20:.1f} MiB)",
+                    servers, tiny, "413 too_many_findings", 1,
+                )
+            )  # fmt: skip
+        print_table(backend, results)
+        print(f"\nwritten: {write_json(backend, results, sizes, args)}")
+        return 0 if all(r.passed for r in results) else 1
+    finally:
+        if backend == "postgresql":
+            try:
+                ib.drop_pg_databases(args.pg_url)
+            except Exception as exc:  # the result stands; say why the cleanup did not happen
+                print(f"note: could not drop the bench databases: {exc}", file=sys.stderr)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
