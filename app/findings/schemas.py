@@ -3,14 +3,16 @@
 Memory stays bounded whatever the body holds (spec sections 2 and 9). The body is never turned into Python
 objects whole: parsed whole, 64 MiB of tiny findings took 1.2 GiB (orjson's tree, then pydantic's copy of it),
 and 64 MiB of `[{},{},...]` 2 GiB. Instead `_Reader` walks the outer structure by byte positions (the top-level
-object, `findings`, `Results` and their `Vulnerabilities`) and parses each finding on its own with orjson,
-checks it by hand and keeps only its stored columns. So what is held at any time is the body, the unique findings
-as they will be stored, and one finding being read. An upload with more than MAX_FINDINGS findings is refused
-when the reader reaches the first one past the limit, before it is parsed.
+object, `findings`, `Results` and their `Vulnerabilities`); the findings are parsed by orjson a chunk (CHUNK
+bytes) at a time, checked by hand (`_finding`), and only their stored columns kept, merged by identity as they
+come. So what is held at any time is the body, the unique findings as they will be stored, and one chunk being
+read. A list of more than MAX_FINDINGS findings is refused before any of them is parsed (`_Reader.more_than`: a
+regex pass that counts and builds nothing), at the latest when the reader reaches the first one past the limit.
 
 Values the walk does not keep (unknown keys, Trivy's Metadata, Packages, ...) are still parsed, so that a body
 that is not JSON is a 400 wherever the fault is, and then dropped. A value whose parse could take much memory
-(many small values: `_parse_cost` over `PARSE_BUDGET`) is walked the same way instead of parsed whole.
+(many small values: `_parse_cost` over `PARSE_BUDGET`) is walked the same way instead of parsed whole, at most
+MAX_FINDINGS values in a body (413 too_many_values), so that no shape of body takes long either.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Str
 from pydantic_core import PydanticCustomError
 
 from app.errors import MAX_DETAILS, ApiError, validation_failed
+from app.models import SEVERITIES
 from app.policy import Signature
 
 COMMIT_SHA = r"^[0-9a-fA-F]{40}$"
@@ -42,8 +45,7 @@ REPO_RULE_TEXT = (
     "must be owner/name as GitHub allows them: the owner of letters, digits and single hyphens (not first or last), "
     "at most 39 characters; the name of letters, digits, '.', '-' and '_', at most 100 characters, not '.' or '..'"
 )
-SEVERITY_ORDER = ("critical", "high", "medium", "low", "unknown")  # most severe first; unknown never blocks
-_SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITY_ORDER)}
+_SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}  # most severe first; unknown never blocks
 
 # Limits per finding (spec section 2). Identity fields over their limit are refused (422); descriptive fields
 # are cut to theirs, and the finding says so (`truncated`). The stricter bounds of cve_id, package and versions
@@ -570,7 +572,7 @@ def _cut(buf: bytes, start: int, end: int) -> int:
 
 
 _MISSING: Any = object()
-_SEVERITIES = {s: s for s in SEVERITY_ORDER}
+_SEVERITIES = {s: s for s in SEVERITIES}
 SEED_NAMES = (
     "cve_id",
     "severity",
@@ -608,11 +610,25 @@ def _finding(f: Any, names: tuple[str, ...], path: str, errors: _Errors, seed: b
     k_id, k_sev, k_pkg, k_inst, k_fixed, k_target, k_title, k_url, k_refs, k_vids = names
     get = f.get
 
-    cve_id = _text(get(k_id, _MISSING), ADVISORY_ID_MAX, path, k_id, errors, required=True, nullable=False)
-    package = _text(get(k_pkg, _MISSING), SHORT_MAX, path, k_pkg, errors, required=True, nullable=False)
-    installed = _text(get(k_inst, _MISSING), SHORT_MAX, path, k_inst, errors, required=seed)
-    fixed = _text(get(k_fixed), SHORT_MAX, path, k_fixed, errors)
-    target = _text(get(k_target), TARGET_MAX, path, k_target, errors)
+    # Each check inline for a value that passes, through _text (which names the fault) for one that does not:
+    # this runs for every finding of every upload.
+    cve_id = get(k_id, _MISSING)
+    if type(cve_id) is not str or not 0 < len(cve_id) <= ADVISORY_ID_MAX:
+        _text(cve_id, ADVISORY_ID_MAX, path, k_id, errors, required=True, nullable=False)
+    package = get(k_pkg, _MISSING)
+    if type(package) is not str or not 0 < len(package) <= SHORT_MAX:
+        _text(package, SHORT_MAX, path, k_pkg, errors, required=True, nullable=False)
+    installed = get(k_inst, _MISSING)
+    if installed is _MISSING and not seed:
+        installed = None
+    elif installed is not None and (type(installed) is not str or len(installed) > SHORT_MAX):
+        _text(installed, SHORT_MAX, path, k_inst, errors, required=True)
+    fixed = get(k_fixed)
+    if fixed is not None and (type(fixed) is not str or len(fixed) > SHORT_MAX):
+        _text(fixed, SHORT_MAX, path, k_fixed, errors)
+    target = get(k_target)
+    if target is not None and (type(target) is not str or len(target) > TARGET_MAX):
+        _text(target, TARGET_MAX, path, k_target, errors)
 
     severity = get(k_sev, _MISSING)
     if severity is None or (severity is _MISSING and not seed):
@@ -622,7 +638,7 @@ def _finding(f: Any, names: tuple[str, ...], path: str, errors: _Errors, seed: b
     elif type(severity) is not str:
         errors.add(f"{path}.{k_sev}", "string_type", "must be a string")
     else:
-        severity = _SEVERITIES.get(severity.lower())
+        severity = _SEVERITIES.get(severity) or _SEVERITIES.get(severity.lower())
         if severity is None:
             errors.add(f"{path}.{k_sev}", "string_pattern_mismatch", _PATTERN_MESSAGES["severity"])
 
