@@ -348,6 +348,7 @@ def test_a_timed_out_check_run_create_is_found_not_duplicated(app, client, token
     run(app, clock)
     [row] = rows(app)
     assert row.state == "pending" and row.status_posted and not row.check_posted
+    wait_until(lambda: len(fake_github.runs_of("acme", "api", SHA)) == 1)  # the timed-out create lands
     clock.now = row.next_attempt_at
     drain(app, clock)
     assert len(fake_github.check_runs) == 1
