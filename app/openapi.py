@@ -40,8 +40,8 @@ def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 STR = {"type": "string"}
-SHORT = {"type": "string", "maxLength": 500}
-ADVISORY_ID = {"type": "string", "minLength": 1, "maxLength": 200}
+SHORT = {"type": "string", "maxLength": 1024}
+ADVISORY_ID = {"type": "string", "minLength": 1, "maxLength": 1024}
 LONG = {"type": "string", "maxLength": 1024}
 TARGET = {"type": "string", "maxLength": 1024}
 VENDOR_IDS = {"type": "array", "items": ADVISORY_ID, "maxItems": 64}

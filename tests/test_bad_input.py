@@ -278,7 +278,7 @@ BAD_BODIES = [
     pytest.param(m422("findings[2].severity", three_findings(severity=3)), id="severity-as-number"),
     pytest.param(m422("findings[2].cve_id", three_findings(cve_id=20231234)), id="cve-id-as-int"),
     pytest.param(m422("findings[2].cve_id", three_findings(cve_id="")), id="cve-id-empty"),
-    pytest.param(m422("findings[2].cve_id", three_findings(cve_id="C" * 201)), id="cve-id-too-long"),
+    pytest.param(m422("findings[2].cve_id", three_findings(cve_id="C" * 1025)), id="cve-id-too-long"),
     pytest.param(m422("findings[2].package_name", three_findings(package_name="")), id="package-empty"),
     pytest.param(
         m422("findings[2].installed_version", three_findings(installed_version=301)), id="installed-version-as-number"

@@ -228,10 +228,10 @@ def test_max_findings_comes_from_the_environment(monkeypatch, tmp_path) -> None:
     "body,query,path",
     [
         pytest.param(seed([finding(target="/" + "t" * 1024)]), None, "findings[0].target", id="target"),
-        pytest.param(seed([finding(cve_id="C" * 201)]), None, "findings[0].cve_id", id="cve_id"),
-        pytest.param(seed([finding(package="p" * 501)]), None, "findings[0].package_name", id="package_name"),
-        pytest.param(seed([finding(installed="1" * 501)]), None, "findings[0].installed_version", id="installed"),
-        pytest.param(seed([finding(vendor_ids=["D" * 201])]), None, "findings[0].vendor_ids[0]", id="vendor-id"),
+        pytest.param(seed([finding(cve_id="C" * 1025)]), None, "findings[0].cve_id", id="cve_id"),
+        pytest.param(seed([finding(package="p" * 1025)]), None, "findings[0].package_name", id="package_name"),
+        pytest.param(seed([finding(installed="1" * 1025)]), None, "findings[0].installed_version", id="installed"),
+        pytest.param(seed([finding(vendor_ids=["D" * 1025])]), None, "findings[0].vendor_ids[0]", id="vendor-id"),
         pytest.param(
             seed([finding(vendor_ids=[f"DSA-{i}" for i in range(65)])]), None, "findings[0].vendor_ids", id="vendor-ids"
         ),
@@ -259,10 +259,11 @@ def test_identity_field_too_long_is_422_with_its_path(app, client, token, body, 
 
 def test_identity_fields_at_their_limit_are_accepted(app, client, token) -> None:
     target = "/" + "t" * 1023
-    r = post(client, token, seed([finding("C" * 200, package="p" * 500, installed="1" * 500, target=target)]))
+    r = post(client, token, seed([finding("C" * 1024, package="p" * 1024, installed="1" * 1024, target=target)]))
     assert r.status_code == 202, r.json
     (f,) = scan_findings(client, token, r.json["scan_run_id"])
-    assert (f["target"], f["cve_id"], f["truncated"]) == (target, "C" * 200, False)
+    assert (f["target"], f["cve_id"], f["truncated"]) == (target, "C" * 1024, False)
+    assert (f["package_name"], f["installed_version"]) == ("p" * 1024, "1" * 1024)  # stored whole
     long_result_target = {"Target": "t" * 1025, "Vulnerabilities": [{**vulns(1)[0], "PkgPath": "lib/x.jar"}]}
     r = post(client, token, {**report(), "Results": [long_result_target]}, query=TRIVY_QUERY)
     assert r.status_code == 202, r.json  # the Result's Target is not a finding's target here

@@ -51,8 +51,8 @@ _SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}  # most severe first; 
 # are cut to theirs, and the finding says so (`truncated`). The stricter bounds of cve_id, package and versions
 # are their columns' widths.
 DEFAULT_MAX_FINDINGS = 100_000
-ADVISORY_ID_MAX = 200  # cve_id and each vendor id: findings.cve_id is VARCHAR(200)
-SHORT_MAX = 500  # package_name, installed_version, fixed_version: VARCHAR(500)
+ADVISORY_ID_MAX = 1024  # cve_id and each vendor id (spec §2: identity fields at most 1,024 characters)
+SHORT_MAX = 1024  # package_name, installed_version, fixed_version: VARCHAR(1024)
 TARGET_MAX = 1024
 TITLE_MAX = 1024
 URL_MAX = 2048  # primary_url and each reference
