@@ -359,6 +359,8 @@ def test_filters(app, admin, token):
         ("?commit=abc123", "commit", "full 40-character SHA"),
         ("?status=green", "status", "Choose success, failure or skipped"),
         ("?repo=api", "repo", "owner/name"),
+        ("?repo=acme/..", "repo", "as GitHub names them"),
+        ("?repo=-acme/api", "repo", "as GitHub names them"),
         ("?cursor=nonsense", "cursor", "page link is not valid"),
     ],
 )

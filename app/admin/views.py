@@ -28,7 +28,7 @@ from app.admin.auth import admin_required
 from app.admin.blueprint import bp
 from app.db import write_transaction
 from app.errors import DATABASE_UNAVAILABLE, ApiError, note_database_unavailable
-from app.findings import queries
+from app.findings import queries, schemas
 from app.github.outbox import delivery_state
 from app.models import (
     SCAN_STATUSES,
@@ -410,8 +410,8 @@ def _scan_filters(args: MultiDict[str, str]) -> tuple[dict[str, str], dict[str, 
     filters = {k: (args.get(k) or "").strip() for k in ("repo", "image", "commit", "pr", "status")}
     filters = {k: v for k, v in filters.items() if v}
     errors: dict[str, str] = {}
-    if len(filters.get("repo", "")) > 200 or ("repo" in filters and "/" not in filters["repo"]):
-        errors["repo"] = "Enter a repository as owner/name."
+    if "repo" in filters and not schemas.is_repo_full_name(filters["repo"]):
+        errors["repo"] = "Enter a repository as owner/name, as GitHub names them."
     if len(filters.get("image", "")) > 1024:
         errors["image"] = "An image reference is at most 1024 characters."
     if "commit" in filters and not SHA_RE.fullmatch(filters["commit"].lower()):

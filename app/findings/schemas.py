@@ -77,6 +77,11 @@ def _utf8_within(limit: int) -> Any:
     return AfterValidator(check)
 
 
+def is_repo_full_name(value: str) -> bool:
+    """Whether `value` is owner/name as GitHub allows them."""
+    return _REPO_RULE.fullmatch(value) is not None
+
+
 def repo_full_name(value: str) -> str:
     """owner/name in lower case (GitHub's names are case-insensitive), or a pattern error naming the rules."""
     if _REPO_RULE.fullmatch(value) is None:
