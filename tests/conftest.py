@@ -10,6 +10,7 @@ import os
 import secrets
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -176,6 +177,44 @@ def webhook_app(database_url: str, tmp_path: Path) -> Iterator[Flask]:
 # -- GitHub: one fake GitHub (real HTTP on 127.0.0.1) per test session, emptied for each test --------------------------
 
 from tests.fakes import FakeGitHub, github_app_config  # noqa: E402
+
+INSTALLATION = 4711  # the fake GitHub installation of org `acme` in the delivery tests
+
+
+@contextmanager
+def app_with_github(
+    database_url: str, tmp_path: Path, fake: FakeGitHub, repos: list[str], **config: Any
+) -> Iterator[Flask]:
+    """The app on `database_url` with a GitHub App configured against `fake`, installed on `repos` of acme."""
+    app = create_app(
+        {
+            "TESTING": True,
+            "DATABASE_URL": database_url,
+            "SECRET_KEY": "test-secret",
+            "PUBLIC_URL": "http://fremforge.test",
+            **config,
+            **github_app_config(fake),
+        }
+    )
+    app.instance_path = str(tmp_path / "instance")
+    fake.add_installation(INSTALLATION, "acme", repos)
+    yield app
+    empty_database(app)
+    app.extensions["fremforge.db"].engine.dispose()
+
+
+def org_with_installation(app: Flask) -> str:
+    """The org `acme` blocking pull requests, its installation known; a token with every scope."""
+    from app import db
+    from app.models import Org
+    from tests.factories import make_org, make_token
+
+    make_org(app, block_action="block_pull")
+    with app.app_context():
+        session = db.session()
+        session.execute(sa.update(Org).values(installation_id=INSTALLATION))
+        session.commit()
+    return make_token(app)
 
 
 @pytest.fixture(scope="session")

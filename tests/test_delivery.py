@@ -19,41 +19,25 @@ from app import create_app, db
 from app.github import delivery
 from app.github.client import github_app
 from app.models import CheckRunRecord, Org, OutboxItem, utcnow
-from tests.conftest import admin_login, empty_database, github_app_config
+from tests.conftest import INSTALLATION, admin_login, app_with_github, org_with_installation
 from tests.factories import SHA, SHA2, finding, make_org, make_token, post, seed
+from tests.fakes import FakeGitHub
 
 CONTEXT = "fremforge/image-scan"
-INSTALLATION = 4711
 
 
 @pytest.fixture
-def app(database_url: str, tmp_path: Path, fake_github: Any) -> Iterator[Flask]:
+def app(database_url: str, tmp_path: Path, fake_github: FakeGitHub) -> Iterator[Flask]:
     """The app with a GitHub App configured against the fake (short client timeout for the timeout tests)."""
-    app = create_app(
-        {
-            "TESTING": True,
-            "DATABASE_URL": database_url,
-            "SECRET_KEY": "test-secret",
-            "PUBLIC_URL": "http://fremforge.test",
-            "GITHUB_TIMEOUT_SECONDS": "0.5",
-            **github_app_config(fake_github),
-        }
-    )
-    app.instance_path = str(tmp_path / "instance")
-    fake_github.add_installation(INSTALLATION, "acme", ["acme/api", "acme/web"])
-    yield app
-    empty_database(app)
-    app.extensions["fremforge.db"].engine.dispose()
+    with app_with_github(
+        database_url, tmp_path, fake_github, ["acme/api", "acme/web"], GITHUB_TIMEOUT_SECONDS="0.5"
+    ) as app:
+        yield app
 
 
 @pytest.fixture
 def token(app: Flask) -> str:
-    make_org(app, block_action="block_pull")
-    with app.app_context():
-        s = db.session()
-        s.execute(sa.update(Org).values(installation_id=INSTALLATION))
-        s.commit()
-    return make_token(app)
+    return org_with_installation(app)
 
 
 class Clock:

@@ -16,20 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from flask import Flask
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
-from app import advisories, create_app, db, policy
+from app import advisories, policy
 from app.github import checks
-from app.models import SEVERITIES, Org
+from app.models import SEVERITIES
 from app.policy import CommitVerdict, ImageResult
-from tests.conftest import empty_database, github_app_config
-from tests.factories import SHA, finding, make_org, make_token, post, seed
-from tests.test_delivery import INSTALLATION, Clock, drain
+from tests.conftest import app_with_github, org_with_installation
+from tests.factories import SHA, finding, post, seed
+from tests.fakes import FakeGitHub
+from tests.test_delivery import Clock, drain
 
 # CommonMark plus the GFM table and strikethrough rules; raw HTML is parsed (html_inline / html_block tokens).
 MD = MarkdownIt("commonmark").enable(["table", "strikethrough"])
@@ -92,32 +92,15 @@ HOSTILE = {
 
 
 @pytest.fixture
-def app(database_url: str, tmp_path: Path, fake_github: Any) -> Iterator[Flask]:
+def app(database_url: str, tmp_path: Path, fake_github: FakeGitHub) -> Iterator[Flask]:
     """The app with a GitHub App configured against the fake (as in test_delivery)."""
-    app = create_app(
-        {
-            "TESTING": True,
-            "DATABASE_URL": database_url,
-            "SECRET_KEY": "test-secret",
-            "PUBLIC_URL": "http://fremforge.test",
-            **github_app_config(fake_github),
-        }
-    )
-    app.instance_path = str(tmp_path / "instance")
-    fake_github.add_installation(INSTALLATION, "acme", ["acme/api"])
-    yield app
-    empty_database(app)
-    app.extensions["fremforge.db"].engine.dispose()
+    with app_with_github(database_url, tmp_path, fake_github, ["acme/api"]) as app:
+        yield app
 
 
 @pytest.fixture
 def token(app: Flask) -> str:
-    make_org(app, block_action="block_pull")
-    with app.app_context():
-        s = db.session()
-        s.execute(sa.update(Org).values(installation_id=INSTALLATION))
-        s.commit()
-    return make_token(app)
+    return org_with_installation(app)
 
 
 # ---------------------------------------------------------------- reading what GitHub would show

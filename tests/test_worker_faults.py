@@ -35,12 +35,12 @@ from app import clock, create_app, db, migrate
 from app import worker as worker_loop
 from app.github import delivery
 from app.github.client import github_app
-from app.models import Org, OutboxItem, WorkerHeartbeat, utcnow
+from app.models import OutboxItem, WorkerHeartbeat, utcnow
 from tests import pgcluster
-from tests.conftest import empty_database, skip_or_fail
-from tests.factories import finding, make_org, make_token, post, seed
+from tests.conftest import INSTALLATION, app_with_github, org_with_installation, skip_or_fail
+from tests.factories import finding, make_token, post, seed
 from tests.fakes import FakeGitHub, github_app_config
-from tests.test_delivery import INSTALLATION, posted_states, rows, upload
+from tests.test_delivery import posted_states, rows, upload
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_ROOT = Path(os.environ.get("FREMFORGE_TEST_WORKER_ROOT") or ROOT)  # where the worker's code is taken from
@@ -61,30 +61,8 @@ T = TypeVar("T")
 @pytest.fixture
 def app(database_url: str, tmp_path: Path, fake_github: FakeGitHub) -> Iterator[Flask]:
     """The app with a GitHub App configured against the fake, on each backend (conftest's `client` uses it)."""
-    app = create_app(
-        {
-            "TESTING": True,
-            "DATABASE_URL": database_url,
-            "SECRET_KEY": "test-secret",
-            "PUBLIC_URL": "http://fremforge.test",
-            **github_app_config(fake_github),
-        }
-    )
-    app.instance_path = str(tmp_path / "instance")
-    fake_github.add_installation(INSTALLATION, "acme", ["acme/api"])
-    yield app
-    empty_database(app)
-    app.extensions["fremforge.db"].engine.dispose()
-
-
-def org_with_installation(app: Flask) -> str:
-    """The org `acme` blocking pull requests, its installation known; a token with every scope."""
-    make_org(app, block_action="block_pull")
-    with app.app_context():
-        session = db.session()
-        session.execute(sa.update(Org).values(installation_id=INSTALLATION))
-        session.commit()
-    return make_token(app)
+    with app_with_github(database_url, tmp_path, fake_github, ["acme/api"]) as app:
+        yield app
 
 
 @pytest.fixture

@@ -41,6 +41,16 @@ def upload(slug: str) -> tuple[dict[str, Any], int]:
     return result.body(links().scan(org.slug, result.scan_run_id)), 202
 
 
+def bad_cursor() -> ApiError:
+    """422 for a `cursor` this API did not give out (tampered, or of another list)."""
+    return ApiError(
+        422,
+        "validation_failed",
+        "The cursor is not one this API gave out.",
+        [{"path": "cursor", "in": "query", "code": "cursor", "message": "is not valid"}],
+    )
+
+
 class ListQuery(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -60,12 +70,7 @@ def list_scans(slug: str) -> dict[str, Any]:
     try:
         before = queries.decode_cursor(q.cursor) if q.cursor else None
     except queries.BadCursor:
-        raise ApiError(
-            422,
-            "validation_failed",
-            "The cursor is not one this API gave out.",
-            [{"path": "cursor", "in": "query", "code": "cursor", "message": "is not valid"}],
-        ) from None
+        raise bad_cursor() from None
     session = db.session()
     rows, next_id = queries.list_scans(
         session,
@@ -118,12 +123,7 @@ def list_findings(slug: str, scan_run_id: int) -> dict[str, Any]:
     try:
         after = queries.decode_finding_cursor(q.cursor) if q.cursor else None
     except queries.BadCursor:
-        raise ApiError(
-            422,
-            "validation_failed",
-            "The cursor is not one this API gave out.",
-            [{"path": "cursor", "in": "query", "code": "cursor", "message": "is not valid"}],
-        ) from None
+        raise bad_cursor() from None
     session = db.session()
     scan = session.get(ScanRun, scan_run_id) if scan_run_id <= MAX_INT32 else None
     if scan is None or scan.org_id != org.id:
