@@ -48,11 +48,21 @@ def extend(
     seq: int, head_hash: str, kind: str, payloads: Iterable[dict[str, Any]]
 ) -> tuple[list[tuple[int, str, str]], int, str]:
     """Append payloads after (seq, head_hash): (seq, payload_hash, chain_hash) per payload, and the new head."""
+    return link(seq, head_hash, payload_hashes(kind, payloads))
+
+
+def payload_hashes(kind: str, payloads: Iterable[dict[str, Any]]) -> list[bytes]:
+    """The payload hash of each payload: what can be computed before the org's chain head is locked."""
     sha256, dumps, opt, domain = hashlib.sha256, orjson.dumps, orjson.OPT_SORT_KEYS, DOMAINS[kind]
+    return [sha256(domain + dumps(payload, option=opt)).digest() for payload in payloads]
+
+
+def link(seq: int, head_hash: str, hashes: Iterable[bytes]) -> tuple[list[tuple[int, str, str]], int, str]:
+    """Chain payload hashes after (seq, head_hash): (seq, payload_hash, chain_hash) each (hex), and the new head."""
+    sha256 = hashlib.sha256
     prev = bytes.fromhex(head_hash)
     out = []
-    for payload in payloads:
-        ph = sha256(domain + dumps(payload, option=opt)).digest()
+    for ph in hashes:
         prev = sha256(prev + ph).digest()
         seq += 1
         out.append((seq, ph.hex(), prev.hex()))

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from flask import Flask, current_app, g
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -53,6 +54,11 @@ DATABASE_BUSY_SECONDS = 10.0
 DATABASE_CONNECT_TIMEOUT = 5
 
 
+def json_text(value: Any) -> str:
+    """JSON columns as stored: orjson, several times faster than json for the check run bodies of every upload."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
 def make_engine(url: str, busy_seconds: float = DATABASE_BUSY_SECONDS, **kwargs: Any) -> sa.Engine:
     """An engine for `url` whose connections wait at most `busy_seconds` for a lock (then fail: see unavailable).
 
@@ -60,6 +66,8 @@ def make_engine(url: str, busy_seconds: float = DATABASE_BUSY_SECONDS, **kwargs:
     lock_timeout, a connect timeout, and pooled connections checked after sitting idle.
     """
     busy_ms = max(1, round(busy_seconds * 1000))
+    kwargs.setdefault("json_serializer", json_text)
+    kwargs.setdefault("json_deserializer", orjson.loads)
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, **kwargs)
         sa.event.listen(engine, "connect", functools.partial(_sqlite_connect, busy_ms=busy_ms))

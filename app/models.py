@@ -145,8 +145,9 @@ class Finding(Base):
     )
 
     id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
-    org_id: Mapped[int] = mapped_column(sa.ForeignKey("orgs.id", ondelete="CASCADE"))
-    scan_run_id: Mapped[int] = mapped_column(sa.ForeignKey("scan_runs.id", ondelete="CASCADE"))
+    # No foreign keys (migration 0011): written only with its scan, in one transaction; neither is ever deleted.
+    org_id: Mapped[int]
+    scan_run_id: Mapped[int]
     seq: Mapped[int] = mapped_column(sa.BigInteger)
     payload_hash: Mapped[str] = mapped_column(sa.String(64))
     chain_hash: Mapped[str] = mapped_column(sa.String(64))

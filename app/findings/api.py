@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from flask import Blueprint, current_app, request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from app import advisories, db
+from app import advisories, db, policy
 from app.api_common import MAX_INT32, authenticate, links, request_body, validate_query
 from app.errors import ApiError, forbidden, not_found
 from app.findings import queries, schemas, service
@@ -35,7 +35,9 @@ def upload(slug: str) -> tuple[dict[str, Any], int]:
         )
     result = None
     if settings.enabled:
-        result = service.ingest(db.session(), org, upload, links(), deliver=current_app.config["GITHUB_APP_CONFIGURED"])
+        deliver = current_app.config["GITHUB_APP_CONFIGURED"]
+        expected = policy.Policy.from_settings(settings)
+        result = service.ingest(db.session(), org, upload, links(), deliver, expected)
     if result is None:  # disabled: the body was validated, then dropped
         return {"accepted": 0, "status": "disabled"}, 202
     return result.body(links().scan(org.slug, result.scan_run_id)), 202

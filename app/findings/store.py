@@ -1,20 +1,46 @@
-"""Bulk insert of finding rows, the hot path of ingest: COPY on PostgreSQL, one executemany on SQLite."""
+"""Bulk insert of finding rows, the hot path of ingest, with the move of the org's chain head.
+
+PostgreSQL: up to ONE_STATEMENT_ROWS rows in one statement (the rows as one JSON parameter, the head moved in the
+same statement), more by COPY; SQLite: executemany a chunk at a time.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from itertools import islice
-from typing import Any
+from typing import Any, NamedTuple
 
+import orjson
 import sqlalchemy as sa
 
-from app.models import FINDING_PAYLOAD_COLUMNS
+from app.models import FINDING_PAYLOAD_COLUMNS, ChainHead
 
 COLUMNS = ("org_id", "scan_run_id", "seq", "payload_hash", "chain_hash", "created_at", *FINDING_PAYLOAD_COLUMNS)
 _QUOTED = ", ".join(f'"{c}"' for c in COLUMNS)
 _SQLITE_INSERT = f"INSERT INTO findings ({_QUOTED}) VALUES ({', '.join('?' * len(COLUMNS))})"
 _POSTGRES_COPY = f"COPY findings ({_QUOTED}) FROM STDIN"
 SQLITE_CHUNK = 10_000  # rows per executemany: the rows of a big upload are made a chunk at a time
+ONE_STATEMENT_ROWS = 2_000  # up to this many rows, one statement; beyond, COPY streams them (memory stays flat)
+# The rows as one JSON parameter, typed by the table's own row type; the head moved in the same statement.
+_POSTGRES_JSON = (
+    "WITH moved AS (UPDATE chain_heads SET seq = %(head_seq)s, head_hash = %(head_hash)s "
+    "WHERE org_id = %(head_org)s AND %(head_moves)s) "
+    f"INSERT INTO findings ({_QUOTED}) SELECT {_QUOTED} FROM json_populate_recordset(NULL::findings, %(rows)s::json)"
+)
+_heads = ChainHead.__table__
+MOVE_HEAD = (
+    sa.update(_heads)
+    .where(_heads.c.org_id == sa.bindparam("org"))
+    .values(seq=sa.bindparam("new_seq"), head_hash=sa.bindparam("new_hash"))
+)
+
+
+class Head(NamedTuple):
+    """Where the org's chain head moves to once the rows are in."""
+
+    org_id: int
+    seq: int
+    hash: str
 
 
 def sqlite_datetime(value: Any) -> str:
@@ -22,26 +48,51 @@ def sqlite_datetime(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-def insert(conn: sa.Connection, rows: Iterable[tuple[Any, ...]]) -> None:
-    """Insert rows given in COLUMNS order (JSON columns as JSON text, created_at as the dialect wants).
+def insert(conn: sa.Connection, rows: Iterable[tuple[Any, ...]], count: int, head: Head | None) -> None:
+    """Insert `count` rows given in COLUMNS order (JSON columns as JSON text, created_at as the dialect wants), and
+    move the org's chain head to `head` (None: it stays).
 
-    `rows` may be a generator: rows are made as they are written (COPY) or a chunk at a time (SQLite), so a
-    100,000-finding upload never holds all of its rows at once.
+    `rows` may be a generator: beyond ONE_STATEMENT_ROWS rows are made as they are written (COPY) or a chunk at a time
+    (SQLite), so a 100,000-finding upload never holds all of its rows at once.
     """
-    it = iter(rows)
-    first = next(it, None)
-    if first is None:
-        return
     dialect = conn.dialect.name
+    if count == 0 and head is None:
+        return
+    if dialect == "postgresql" and count <= ONE_STATEMENT_ROWS:
+        moves = head is not None
+        conn.exec_driver_sql(
+            _POSTGRES_JSON,
+            {
+                "rows": _json_rows(rows),
+                "head_moves": moves,
+                "head_org": head.org_id if moves else 0,
+                "head_seq": head.seq if moves else 0,
+                "head_hash": head.hash if moves else "",
+            },
+        )
+        return
+    it = iter(rows)
     if dialect == "postgresql":
         with conn.connection.driver_connection.cursor() as cur, cur.copy(_POSTGRES_COPY) as copy:  # type: ignore[union-attr]
-            copy.write_row(first)
             for row in it:
                 copy.write_row(row)
     elif dialect == "sqlite":
-        chunk = [first, *islice(it, SQLITE_CHUNK - 1)]
+        chunk = list(islice(it, SQLITE_CHUNK))
         while chunk:
             conn.exec_driver_sql(_SQLITE_INSERT, chunk)
             chunk = list(islice(it, SQLITE_CHUNK))
     else:
         raise NotImplementedError(f"findings are stored on SQLite or PostgreSQL, not {dialect}")
+    if head is not None:
+        conn.execute(MOVE_HEAD, {"org": head.org_id, "new_seq": head.seq, "new_hash": head.hash})
+
+
+def _json_rows(rows: Iterable[tuple[Any, ...]]) -> str:
+    """Rows as a JSON array of objects keyed by column (the JSON columns' text embedded as JSON)."""
+    objects = []
+    for row in rows:
+        obj = dict(zip(COLUMNS, row, strict=True))
+        obj["references"] = orjson.Fragment(obj["references"])
+        obj["vendor_ids"] = orjson.Fragment(obj["vendor_ids"])
+        objects.append(obj)
+    return orjson.dumps(objects).decode()

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
 from app import advisories
 from app.models import SEVERITIES
-from app.policy import CONTEXT, DESCRIPTION_LIMIT, CommitVerdict
+from app.policy import CONTEXT, DESCRIPTION_LIMIT, CommitVerdict, ImageResult
 
 # One dict maps our verdict onto GitHub's vocabularies (commit status state, check run conclusion).
 STATES = {"success": ("success", "success"), "failure": ("failure", "failure")}
@@ -53,6 +54,13 @@ _ENTITIES = {"<": "&lt;", ">": "&gt;", "&": "&amp;", "$": "&#36;"}
 # Characters after which BREAK goes: @mention, team and e-mail; #123 and owner/repo#123; scheme: (https://,
 # mailto:, xmpp:) and :emoji:.
 _BREAK_AFTER = frozenset("@#:")
+# Each escaped character's replacement, for str.translate.
+_ESCAPES = str.maketrans(
+    {
+        ch: (_ENTITIES.get(ch) or "\\" + ch) + (BREAK if ch in _BREAK_AFTER else "")
+        for ch in (*_ENTITIES, *_BACKSLASHED, *_BREAK_AFTER)
+    }
+)
 _BREAK_PATTERNS = re.compile(r"(?i)(www\.|gh-(?=\d))")  # www.example.com, GH-123
 # What would start a list item, thematic break or setext underline, should the text ever start a line:
 # a leading - or + (group 1), or the dot of a leading "1." (group 2).
@@ -66,8 +74,12 @@ def one_line(value: Any, limit: int = FIELD_LIMIT) -> str:
     `limit` characters, it ends in "…"."""
     if value is None:
         return ""
+    value = str(value)
+    if value.isascii() and value.isprintable():  # the usual case: no control or format character to look up
+        text = " ".join(value.split())
+        return text if len(text) <= limit else text[: max(limit - 1, 0)].rstrip() + "…"
     kept = []
-    for ch in str(value):
+    for ch in value:
         category = unicodedata.category(ch)
         if category in ("Cc", "Zl", "Zp"):
             kept.append(" ")
@@ -83,18 +95,7 @@ def md_text(value: Any, limit: int = FIELD_LIMIT) -> str:
     """An uploaded value as GitHub Markdown that renders as its `one_line` text (plus invisible word joiners),
     wherever it is placed in a line or as link text: nothing in it can start a link, image, autolink, mention,
     issue reference, emoji, heading, list, table cell, emphasis, code, math, HTML tag or comment."""
-    text = one_line(value, limit)
-    out: list[str] = []
-    for ch in text:
-        if ch in _ENTITIES:
-            out.append(_ENTITIES[ch])
-        elif ch in _BACKSLASHED:
-            out.append("\\" + ch)
-        else:
-            out.append(ch)
-        if ch in _BREAK_AFTER:
-            out.append(BREAK)
-    escaped = "".join(out)
+    escaped = one_line(value, limit).translate(_ESCAPES)
     escaped = _BREAK_PATTERNS.sub(lambda m: m.group(1) + BREAK, escaped)
     return _LEADING_MARKER.sub(lambda m: "\\" + m.group(1) if m.group(1) else m.group(2) + "\\", escaped)
 
@@ -134,7 +135,14 @@ def commit_status(verdict: CommitVerdict, target_url: str | None) -> dict[str, A
     return body
 
 
-def check_run(verdict: CommitVerdict, head_sha: str, details_url: str | None, external_id: str) -> dict[str, Any]:
+def check_run(
+    verdict: CommitVerdict,
+    head_sha: str,
+    details_url: str | None,
+    external_id: str,
+    sections: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The check run's body; `sections` may hold images' `image_section` already rendered, by image ref."""
     _, conclusion = STATES[verdict.state]
     body: dict[str, Any] = {
         "name": CONTEXT,
@@ -142,11 +150,23 @@ def check_run(verdict: CommitVerdict, head_sha: str, details_url: str | None, ex
         "status": "completed",
         "conclusion": conclusion,
         "external_id": external_id,
-        "output": {"title": plain_text(verdict.description, TITLE_LIMIT), "summary": summary(verdict)},
+        "output": {"title": plain_text(verdict.description, TITLE_LIMIT), "summary": summary(verdict, sections)},
     }
     if details_url:
         body["details_url"] = details_url
     return body
+
+
+def image_section(image: ImageResult) -> str:
+    """One image's part of the summary: heading with its verdict, severity counts, top findings; then a blank line."""
+    mark = "❌" if image.status == "failure" else "✅"
+    lines = [f"### {mark} {md_code(image.image_ref, IMAGE_REF_LIMIT)}", ""]
+    lines += ["| " + " | ".join(s.capitalize() for s in SEVERITIES) + " | Fixable |"]
+    lines += ["|" + "---:|" * (len(SEVERITIES) + 1)]
+    lines += ["| " + " | ".join(str(int(image.counts[s])) for s in SEVERITIES) + f" | {int(image.fixable)} |", ""]
+    lines += [finding_line(f) for f in image.top_findings[:TOP_FINDINGS]]
+    lines.append("")
+    return "\n".join(lines)
 
 
 def finding_line(f: Any) -> str:
@@ -163,20 +183,15 @@ def finding_line(f: Any) -> str:
     return line
 
 
-def summary(verdict: CommitVerdict) -> str:
+def summary(verdict: CommitVerdict, sections: Mapping[str, str] | None = None) -> str:
     """Markdown: per image its verdict, severity counts, fixable count and top findings; within 65,535 chars.
 
     Each uploaded value is one escaped line fragment (md_text, md_code, md_link), so the lines are the app's own.
     """
+    sections = sections or {}
     lines = [f"**{md_text(verdict.description, TITLE_LIMIT)}** (policy: `{verdict.block_action}`)", ""]
     for image in verdict.images:
-        mark = "❌" if image.status == "failure" else "✅"
-        lines += [f"### {mark} {md_code(image.image_ref, IMAGE_REF_LIMIT)}", ""]
-        lines += ["| " + " | ".join(s.capitalize() for s in SEVERITIES) + " | Fixable |"]
-        lines += ["|" + "---:|" * (len(SEVERITIES) + 1)]
-        lines += ["| " + " | ".join(str(int(image.counts[s])) for s in SEVERITIES) + f" | {int(image.fixable)} |", ""]
-        lines += [finding_line(f) for f in image.top_findings[:TOP_FINDINGS]]
-        lines.append("")
+        lines.append(sections.get(image.image_ref) or image_section(image))
     text = "\n".join(lines)
     if len(text) > SUMMARY_LIMIT:
         cut = "\n\n… (truncated; see the details page for every image)"

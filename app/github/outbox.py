@@ -10,11 +10,11 @@ from urllib.parse import quote
 
 import sqlalchemy as sa
 
-from app import policy
+from app import locks, policy
 from app.clock import database_now
 from app.findings import queries
 from app.github import checks
-from app.models import SEVERITIES, ChainHead, OrgSettings, OutboxItem, utcnow
+from app.models import SEVERITIES, OutboxItem, utcnow
 
 NO_APP = "no GitHub App configured"
 
@@ -45,6 +45,74 @@ class Links:
         return f"{self.section(slug)}/commits/{sha}?repo={quote(repo, safe='')}"
 
 
+@dataclass(frozen=True)
+class Wish:
+    """The wish to post a commit's aggregate: the outbox row's values, and whether older wishes are superseded."""
+
+    params: dict[str, Any]  # the bind parameters of `statements`
+    deliver: bool
+
+    @property
+    def statements(self) -> tuple[sa.Executable, ...]:
+        """What stores it: older pending wishes of the commit superseded, this one inserted (due now when delivered)."""
+        return (SUPERSEDE, INSERT_DUE) if self.deliver else (INSERT,)
+
+    @property
+    def asked(self) -> dict[str, Any]:
+        """The commit status asked, as the upload's answer shows it."""
+        body = self.params["w_commit_status"]
+        return {"context": body["context"], "state": body["state"], "description": body["description"]}
+
+
+def wish(
+    conn: sa.Connection,
+    org: OrgLike,
+    repo: str,
+    sha: str,
+    this: policy.ImageResult,
+    judged: Sequence[sa.Row[Any]],
+    block_action: str,
+    links: Links,
+    deliver: bool,
+    tops: dict[int, list[dict[str, Any]]] | None = None,
+    sections: dict[str, str] | None = None,
+) -> Wish | None:
+    """Aggregate the commit's images into the wish to post them; None under block action `none` (post nothing,
+    leave earlier posts as they are).
+
+    `judged` holds the latest judged scan of each image as stored before this one; this scan replaces its
+    image's entry. `tops` may hold the other images' top findings already read (by scan id), `sections` images'
+    parts of the check run already rendered (by image ref: `checks.image_section`). With `deliver` false (no
+    GitHub App configured) the row says why it will not be posted.
+    """
+    if block_action == "none":
+        return None
+    others = [r for r in judged if r.image_ref != this.image_ref]
+    if tops is None:
+        tops = queries.top_findings_many(conn, [r.id for r in others])
+    images = [this] + [
+        policy.ImageResult(r.image_ref, r.status, {s: getattr(r, s) for s in SEVERITIES}, r.fixable, r.id, tops[r.id])
+        for r in others
+    ]
+    verdict = policy.commit_verdict(block_action, images)
+    assert verdict is not None
+    target = links.commit(org.slug, repo, sha)
+    row = {
+        "org_id": org.id,
+        "scan_run_id": this.scan_run_id,
+        "repo_full_name": repo,
+        "commit_sha": sha,
+        "state": "pending" if deliver else "not_delivered",
+        "commit_status": checks.commit_status(verdict, target),
+        "check_run": checks.check_run(verdict, sha, target, external_id=f"{org.slug}:{repo}@{sha}", sections=sections),
+        "attempts": 0,
+        "last_error": None if deliver else NO_APP,
+        "created_at": utcnow(),
+    }
+    params = {f"w_{k}": v for k, v in row.items()} | {"org": org.id, "repo": repo, "sha": sha}
+    return Wish(params, deliver)
+
+
 def enqueue(
     conn: sa.Connection,
     org: OrgLike,
@@ -57,44 +125,13 @@ def enqueue(
     deliver: bool,
     tops: dict[int, list[dict[str, Any]]] | None = None,
 ) -> dict[str, Any] | None:
-    """Aggregate the commit's images, store the wish to post it, supersede older wishes; return the status asked.
-
-    `judged` holds the latest judged scan of each image as stored before this one; this scan replaces its
-    image's entry. `tops` may hold the other images' top findings already read (by scan id). With `deliver`
-    false (no GitHub App configured) the row says why it will not be posted.
-    """
-    if block_action == "none":  # post nothing, leave earlier posts as they are
+    """Store the wish to post the commit's aggregate (see `wish`); return the commit status asked, if any."""
+    found = wish(conn, org, repo, sha, this, judged, block_action, links, deliver, tops)
+    if found is None:
         return None
-    others = [r for r in judged if r.image_ref != this.image_ref]
-    if tops is None:
-        tops = queries.top_findings_many(conn, [r.id for r in others])
-    images = [this] + [
-        policy.ImageResult(r.image_ref, r.status, {s: getattr(r, s) for s in SEVERITIES}, r.fixable, r.id, tops[r.id])
-        for r in others
-    ]
-    verdict = policy.commit_verdict(block_action, images)
-    assert verdict is not None
-    target = links.commit(org.slug, repo, sha)
-    status_body = checks.commit_status(verdict, target)
-    check_body = checks.check_run(verdict, sha, target, external_id=f"{org.slug}:{repo}@{sha}")
-    if deliver:
-        conn.execute(SUPERSEDE, {"org": org.id, "repo": repo, "sha": sha})
-    conn.execute(
-        INSERT_DUE if deliver else INSERT,
-        {
-            "org_id": org.id,
-            "scan_run_id": this.scan_run_id,
-            "repo_full_name": repo,
-            "commit_sha": sha,
-            "state": "pending" if deliver else "not_delivered",
-            "commit_status": status_body,
-            "check_run": check_body,
-            "attempts": 0,
-            "last_error": None if deliver else NO_APP,
-            "created_at": utcnow(),
-        },
-    )
-    return {"context": status_body["context"], "state": status_body["state"], "description": status_body["description"]}
+    for statement in found.statements:
+        conn.execute(statement, found.params)
+    return found.asked
 
 
 def repost(
@@ -105,14 +142,9 @@ def repost(
     Rebuilt from the latest judged scan of each image, each with its stored verdict, under the org's current
     block action: nothing under `none` or a disabled policy, nor for a commit with no judged scan.
     """
-    # The lock ingest holds (a concurrent upload's wish stays the newest), with the settings in the same statement.
-    # No chain head: the org never stored a scan, so there is nothing to post.
-    head = conn.execute(LOCK_HEAD_WITH_SETTINGS, {"org": org.id}).one_or_none()
-    if head is None:
-        return None
-    enabled = head.enabled if head.enabled is not None else True
-    block_action = head.block_action or "warn"
-    if not enabled or block_action == "none":
+    # The locks ingest takes first (a concurrent upload's wish stays the newest), and the policy with them.
+    pol = locks.commit_and_policy(conn, org.id, repo, sha)
+    if not pol.enabled or pol.block_action == "none":
         return None
     judged = queries.latest_judged_rows(conn, org.id, repo, sha)
     if not judged:
@@ -127,7 +159,7 @@ def repost(
         newest.id,
         tops[newest.id],
     )
-    return enqueue(conn, org, repo, sha, this, judged, block_action, links, deliver, tops)
+    return enqueue(conn, org, repo, sha, this, judged, pol.block_action, links, deliver, tops)
 
 
 def top_of(findings: list[dict[str, Any]], limit: int = 5) -> list[dict[str, Any]]:
@@ -137,15 +169,24 @@ def top_of(findings: list[dict[str, Any]], limit: int = 5) -> list[dict[str, Any
 
 
 _outbox = OutboxItem.__table__
-INSERT = sa.insert(_outbox).values(next_attempt_at=None)
-INSERT_DUE = sa.insert(_outbox).values(next_attempt_at=database_now())  # due now on the clock the worker reads
-_heads, _settings = ChainHead.__table__, OrgSettings.__table__
-LOCK_HEAD_WITH_SETTINGS = (
-    sa.select(_heads.c.seq, _settings.c.enabled, _settings.c.block_action)
-    .select_from(_heads.outerjoin(_settings, _settings.c.org_id == _heads.c.org_id))
-    .where(_heads.c.org_id == sa.bindparam("org"))
-    .with_for_update(of=_heads)
-)
+_WISH = {
+    c: sa.bindparam(f"w_{c}", type_=_outbox.c[c].type)
+    for c in (
+        "org_id",
+        "scan_run_id",
+        "repo_full_name",
+        "commit_sha",
+        "state",
+        "commit_status",
+        "check_run",
+        "attempts",
+        "last_error",
+        "created_at",
+    )
+}
+INSERT = sa.insert(_outbox).values({**_WISH, "next_attempt_at": None})
+# Due now on the clock the worker reads.
+INSERT_DUE = sa.insert(_outbox).values({**_WISH, "next_attempt_at": database_now()})
 SUPERSEDE = (
     sa.update(_outbox)
     .where(

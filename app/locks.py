@@ -1,0 +1,77 @@
+"""The locks a write transaction takes, always in this order, so that no two writers wait on each other in a cycle.
+
+1. The commit: one commit's aggregate (the latest judged scan of each image and the wish to post them). Uploads and
+   re-posts of one commit take turns; uploads to other commits of the org go on.
+2. The policy: the org's settings, shared. Uploads read the policy together; a settings change (which locks the row
+   for update) waits for the uploads in flight and they for it, so it applies wholly before or after each.
+   `commit_and_policy` takes both; nothing else takes a commit's lock, so their order cannot make a cycle.
+3. The org's chain head (`app.chain.lock_head`, `app.findings.service`), taken last and held to the commit: appends
+   to the org's chain are one at a time, so everything that can be prepared is prepared before it.
+
+PostgreSQL takes each lock as written. SQLite has one writer at a time (`app.db.write_transaction`), which
+holds all of them at once: there the functions only read.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from app import policy
+from app.models import OrgSettings
+
+_settings = OrgSettings.__table__
+POLICY_SHARED = (
+    sa.select(
+        _settings.c.enabled,
+        _settings.c.block_action,
+        _settings.c.require_signed,
+        _settings.c.allowed_issuers,
+        _settings.c.retention_days,
+    )
+    .where(_settings.c.org_id == sa.bindparam("org"))
+    .with_for_update(read=True)
+)
+
+
+def commit_and_policy(conn: sa.Connection, org_id: int, repo: str, sha: str) -> policy.Policy:
+    """Lock one commit of a repository of the org, then read the org's policy with its settings row locked in share
+    mode, both until the transaction ends (see `lock_commit_and_read`)."""
+    return lock_commit_and_read(conn, org_id, repo, sha)[0]
+
+
+def lock_commit_and_read(
+    conn: sa.Connection, org_id: int, repo: str, sha: str, *columns: sa.ColumnElement[Any]
+) -> tuple[policy.Policy, sa.Row[Any]]:
+    """`commit_and_policy` and `columns` read in the same statement: the policy, and the row read.
+
+    One statement on PostgreSQL (the commit's lock is an advisory lock). The commit's key is 64 bits of a hash: two
+    commits that share a key only take turns, which is harmless. A locking read returns the newest settings even
+    when a change committed while this waited. An org without a settings row (made by hand) gets one with the
+    defaults first, so that there is a row to lock.
+    """
+    postgres = conn.dialect.name == "postgresql"
+    statement, params = _statement(postgres, columns), {"org": org_id}
+    if postgres:
+        digest = hashlib.sha256(f"fremforge/commit\n{org_id}\n{repo}\n{sha}".encode()).digest()
+        params["key"] = int.from_bytes(digest[:8], "big", signed=True)
+    row = conn.execute(statement, params).one_or_none()
+    if row is None:
+        insert = postgresql.insert if postgres else sqlite.insert
+        conn.execute(
+            insert(_settings).values(org_id=org_id).on_conflict_do_nothing(index_elements=[_settings.c.org_id])
+        )  # the columns' defaults
+        row = conn.execute(statement, params).one()
+    return policy.Policy.from_settings(row), row
+
+
+@functools.cache
+def _statement(postgres: bool, columns: tuple[sa.ColumnElement[Any], ...]) -> sa.Select[Any]:
+    statement = POLICY_SHARED.add_columns(*columns)
+    if postgres:
+        statement = statement.add_columns(sa.func.pg_advisory_xact_lock(sa.bindparam("key", type_=sa.BigInteger)))
+    return statement
