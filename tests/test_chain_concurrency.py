@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from app import db, orgs
-from app.models import AuditEvent, ChainHead, Finding, ScanRun
+from app.models import AuditEvent, ChainHead, Finding, OutboxItem, ScanRun
 from app.verify import verify_org
 from tests.factories import finding, make_org, make_token, seed
 
@@ -109,9 +109,48 @@ def test_concurrent_uploads_keep_every_chain_whole(app: Flask, database_url: str
         assert (verdict.entries, verdict.head_seq) == (n, n), slug
 
 
-def upload_all(u: Uploader, port: int, start: threading.Barrier) -> None:
-    """Post UPLOADS bodies one after another; record every answer that is not a 202 accepting them all."""
-    bodies = [u.body(i) for i in range(UPLOADS)]
+@dataclass
+class ImageUploader(Uploader):
+    """Uploads its own image to the same commits as the other image uploaders, one commit after another."""
+
+    def body(self, i: int) -> tuple[bytes, int]:
+        sha = hashlib.sha1(f"{self.slug}/together/{i}".encode()).hexdigest()
+        findings = [finding(f"CVE-2024-{self.index:02d}{i:03d}", "high")]
+        doc = seed(findings, image_ref=f"ghcr.io/{self.slug}/img{self.index}:1", sha=sha, repo=f"{self.slug}/api")
+        return json.dumps(doc).encode(), 1
+
+
+IMAGES = 6
+COMMITS = 12
+
+
+def test_images_of_one_commit_uploaded_at_once_are_all_in_its_newest_wish(
+    app: Flask, database_url: str, tmp_path: Path
+) -> None:
+    """The aggregate a commit's newest wish holds names every image, however their uploads interleave."""
+    make_org(app, MAIN_ORG)
+    token = make_token(app, MAIN_ORG, ["findings:write"])
+    uploaders = [ImageUploader(MAIN_ORG, token, i) for i in range(IMAGES)]
+    with gunicorn(database_url, tmp_path / "gunicorn.log") as port:
+        start = threading.Barrier(len(uploaders), timeout=READY_TIMEOUT)
+        threads = [threading.Thread(target=upload_all, args=(u, port, start, COMMITS)) for u in uploaders]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    problems = [p for u in uploaders for p in u.problems]
+    assert not problems, "\n".join(problems[:10])
+    with app.app_context():
+        rows = db.session().execute(sa.select(OutboxItem.commit_sha, OutboxItem.commit_status).order_by(OutboxItem.id))
+        newest = {sha: status for sha, status in rows}  # the last row of each commit wins
+    assert len(newest) == COMMITS
+    short = {sha: s["description"] for sha, s in newest.items() if not s["description"].startswith(f"{IMAGES} images")}
+    assert not short, f"newest wishes missing images: {short}"
+
+
+def upload_all(u: Uploader, port: int, start: threading.Barrier, uploads: int = UPLOADS) -> None:
+    """Post `uploads` bodies one after another; record every answer that is not a 202 accepting them all."""
+    bodies = [u.body(i) for i in range(uploads)]
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {u.token}"}
     path = f"/api/v1/orgs/{u.slug}/image-scans/findings"
     start.wait()
