@@ -8,9 +8,26 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import orjson
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 
 from app import config
+
+
+class JSONProvider(DefaultJSONProvider):
+    """Answers in JSON by orjson (UTF-8, keys in the order given), several times faster than json for every answer.
+    Times are formatted by the views themselves; anything orjson does not know goes to Flask's default."""
+
+    sort_keys = False
+    ensure_ascii = False
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        option = orjson.OPT_NON_STR_KEYS | (orjson.OPT_INDENT_2 if kwargs.get("indent") else 0)
+        return orjson.dumps(obj, default=self.default, option=option).decode()
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        return orjson.loads(s)
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -29,8 +46,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     except config.ConfigError as exc:
         print(f"fremforge cannot start: {exc}", file=sys.stderr, flush=True)
         raise
-    app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    app.json = JSONProvider(app)
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")

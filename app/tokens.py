@@ -128,9 +128,15 @@ class Principal(NamedTuple):
 
 
 _token_t, _org_t, _settings_t = ApiToken.__table__, Org.__table__, OrgSettings.__table__
-# Core, not the ORM: this runs on every API request, and loading three mapped instances costs more than the query.
+# What a request's principal holds: the columns read on every API request (not the tokens' hashes or the rows'
+# times of creation), with Core, not the ORM: loading three mapped instances costs more than the query.
+_PRINCIPAL_COLUMNS = {
+    ApiToken: ("id", "org_id", "name", "prefix", "scopes", "expires_at", "revoked_at", "last_used_at"),
+    Org: ("id", "slug", "github_login", "installation_id"),
+    OrgSettings: ("org_id", "enabled", "block_action", "require_signed", "allowed_issuers", "retention_days"),
+}
 _AUTH = (
-    sa.select(_token_t, _org_t, _settings_t)
+    sa.select(*(model.__table__.c[c] for model, cs in _PRINCIPAL_COLUMNS.items() for c in cs))
     .select_from(
         _token_t.join(_org_t, _org_t.c.id == _token_t.c.org_id).outerjoin(
             _settings_t, _settings_t.c.org_id == _org_t.c.id
@@ -142,9 +148,9 @@ _AUTH = (
 
 
 def _detached(model: Any, row: Any) -> Any:
-    """A `model` instance holding the row's columns of its table, outside any session (read, never written)."""
-    table = model.__table__
-    return model(**{c.key: row[f"{table.name}_{c.name}"] for c in table.columns})
+    """A `model` instance holding the principal's columns of its table, outside any session (read, never written)."""
+    table = model.__table__.name
+    return model(**{c: row[f"{table}_{c}"] for c in _PRINCIPAL_COLUMNS[model]})
 
 
 def authenticate(session: Session, header: str | None, slug: str, scopes: tuple[str, ...]) -> Principal:

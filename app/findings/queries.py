@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import sqlalchemy as sa
@@ -68,18 +68,58 @@ def top_findings_many(conn: sa.Connection, scan_ids: Sequence[int], limit: int =
     return found
 
 
-def latest_judged_rows(conn: sa.Connection, org_id: int, repo: str, sha: str) -> Sequence[sa.Row[Any]]:
+class JudgedScan(NamedTuple):
+    """The latest judged scan of one image of a commit, as the commit's aggregate uses it."""
+
+    id: int
+    image_ref: str
+    status: str
+    fixable: int
+    pr_number: int | None
+    critical: int
+    high: int
+    medium: int
+    low: int
+    unknown: int
+
+
+def latest_judged_rows(conn: sa.Connection, org_id: int, repo: str, sha: str) -> list[JudgedScan]:
     """The latest scan of each image of a commit that was judged (not skipped under block action none)."""
-    return conn.execute(LATEST_JUDGED, {"org": org_id, "repo": repo, "sha": sha}).all()
+    return [JudgedScan(*row) for row in conn.execute(LATEST_JUDGED, {"org": org_id, "repo": repo, "sha": sha})]
 
 
-# The open pull request whose head is a commit (the newest, if several), from pull_request webhooks;
-# a subquery of the scan's INSERT, so ingest pays no round trip for it.
+# The same as one JSON array (PostgreSQL), for a statement that reads it beside other things: `judged_from_json`.
+_judged = LATEST_JUDGED.subquery("judged")
+LATEST_JUDGED_JSON = sa.select(
+    sa.func.coalesce(
+        sa.func.json_agg(sa.func.json_build_array(*(_judged.c[f] for f in JudgedScan._fields))),
+        sa.literal_column("'[]'::json"),
+    )
+).scalar_subquery()
+
+
+def judged_from_json(value: list[list[Any]]) -> list[JudgedScan]:
+    return [JudgedScan(*row) for row in value]
+
+
+# The open pull request whose head is a commit (the newest, if several), from pull_request webhooks; else the one
+# an earlier scan of the commit was stored with. Subqueries of the scan's INSERT: ingest pays no round trip for them.
 PR_OF_COMMIT = sa.select(sa.func.max(PullRequestLink.number)).where(
     PullRequestLink.org_id == sa.bindparam("pr_org"),
     PullRequestLink.repo_full_name == sa.bindparam("pr_repo"),
     PullRequestLink.head_sha == sa.bindparam("pr_sha"),
     PullRequestLink.state == "open",
+)
+PR_OF_EARLIER_SCAN = (
+    sa.select(ScanRun.pr_number)
+    .where(
+        ScanRun.org_id == sa.bindparam("pr_org"),
+        ScanRun.repo_full_name == sa.bindparam("pr_repo"),
+        ScanRun.commit_sha == sa.bindparam("pr_sha"),
+        ScanRun.pr_number.is_not(None),
+    )
+    .order_by(ScanRun.id.desc())
+    .limit(1)
 )
 
 

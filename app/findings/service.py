@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +43,7 @@ INSERT_SCAN = sa.insert(_scans).values(
     {
         **{c: sa.bindparam(f"s_{c}", type_=_scans.c[c].type) for c in _SCAN_COLUMNS},
         "pr_number": sa.func.coalesce(
-            queries.PR_OF_COMMIT.scalar_subquery(), sa.bindparam("earlier_pr", type_=sa.Integer)
+            queries.PR_OF_COMMIT.scalar_subquery(), queries.PR_OF_EARLIER_SCAN.scalar_subquery()
         ),
     }
 )
@@ -58,10 +57,14 @@ NEXT_SCAN_ID = {
 }
 
 
-@functools.cache
-def _one_statement(dml: tuple[sa.Executable, ...]) -> sa.Select[Any]:
-    """LOCK_HEAD with `dml` run first in the same statement, as PostgreSQL's data-modifying WITH queries."""
-    return LOCK_HEAD.add_cte(*(statement.cte(f"w{i}") for i, statement in enumerate(dml)))  # type: ignore[attr-defined]
+# PostgreSQL: the scan inserted, the org's chain head locked and read, and the commit's judged scans as stored
+# before this one (the statement's snapshot does not hold its own insert), in one statement.
+STORE_SCAN_AND_LOCK_HEAD = (
+    sa.select(_heads.c.seq, _heads.c.head_hash, queries.LATEST_JUDGED_JSON.label("judged"))
+    .where(_heads.c.org_id == sa.bindparam("org"))
+    .with_for_update(of=_heads)
+    .add_cte(INSERT_SCAN.cte("scan"))
+)
 
 
 @dataclass(frozen=True)
@@ -118,9 +121,9 @@ def ingest(
     """Store the scan with its findings appended to the org's chain, and the wish to post its commit's state.
 
     Locks in the order of `app.locks`: the commit (its aggregate) with the policy (shared), and last the org's
-    chain head, held only for the statement that writes the findings and moves it. The upload is assessed before
-    any lock under the `expected` policy (as the request read it), and again only if the locked policy differs.
-    None when the policy is disabled (nothing stored). On PostgreSQL, four statements and the commit.
+    chain head. The upload is assessed before any lock under the `expected` policy (as the request read it), and
+    again only if the locked policy differs; its payload hashes are made before the head is locked. None when the
+    policy is disabled (nothing stored). On PostgreSQL three statements and the commit, the head held for the last.
     """
     now = utcnow()
     repo, sha = upload.repo_full_name, upload.commit_sha
@@ -134,10 +137,6 @@ def ingest(
             assessed = assess(upload, pol)
         scan_id, findings, stamp = row.scan, assessed.findings, chain.timestamp(now)
         hashes = chain.payload_hashes("finding", (chain.finding_payload(org.id, scan_id, stamp, f) for f in findings))
-        judged = queries.latest_judged_rows(conn, org.id, repo, sha)
-        this = dataclasses.replace(assessed.image, scan_run_id=scan_id)
-        sections = {upload.image_ref: assessed.section}
-        wish = outbox.wish(conn, org, repo, sha, this, judged, pol.block_action, links, deliver, sections=sections)
         scan = {
             "s_id": scan_id,
             "s_org_id": org.id,
@@ -157,37 +156,49 @@ def ingest(
             "pr_org": org.id,
             "pr_repo": repo,
             "pr_sha": sha,
-            "earlier_pr": next((r.pr_number for r in judged if r.pr_number), None),
+            "org": org.id,
+            "repo": repo,
+            "sha": sha,
         }
-        seq, head_hash = _store_scan_and_lock_head(conn, org.id, scan, wish)
-        # The org's chain is held from here to the commit: the rows' links, then one statement.
+        seq, head_hash, judged = _store_scan_and_lock_head(conn, org.id, repo, sha, scan)
+        # The org's chain is held from here to the commit: the aggregate, the rows' links, then one statement.
+        this = dataclasses.replace(assessed.image, scan_run_id=scan_id)
+        sections = {upload.image_ref: assessed.section}
+        wish = outbox.wish(conn, org, repo, sha, this, judged, pol.block_action, links, deliver, sections=sections)
         entries, new_seq, new_hash = chain.link(seq, head_hash, hashes)
-        moved = store.Head(org.id, new_seq, new_hash) if new_seq != seq else None
-        store.insert(conn, _finding_rows(conn, org.id, scan_id, now, entries, findings), len(findings), moved)
+        store.insert(
+            conn,
+            _finding_rows(conn, org.id, scan_id, now, entries, findings),
+            len(findings),
+            store.Head(org.id, new_seq, new_hash) if new_seq != seq else None,
+            *((wish.statements, wish.params) if wish is not None else ()),
+        )
     a = assessed
     asked = wish.asked if wish is not None else None
     return IngestResult(scan_id, len(upload.findings), upload.duplicates, a.status, a.counts, a.fixable, asked)
 
 
 def _store_scan_and_lock_head(
-    conn: sa.Connection, org_id: int, scan: dict[str, Any], wish: outbox.Wish | None
-) -> tuple[int, str]:
-    """Insert the scan and its wish (superseding older ones), then lock the org's chain head and read it (seq, hash).
+    conn: sa.Connection, org_id: int, repo: str, sha: str, scan: dict[str, Any]
+) -> tuple[int, str, list[queries.JudgedScan]]:
+    """Insert the scan, then lock the org's chain head: its (seq, hash), and the commit's judged scans stored before.
 
     One statement on PostgreSQL; on SQLite, where its one writer holds everything, one after another.
     """
-    dml = (INSERT_SCAN, *(wish.statements if wish is not None else ()))
-    params = scan | (wish.params if wish is not None else {}) | {"org": org_id}
     if conn.dialect.name == "postgresql":
-        row = conn.execute(_one_statement(dml), params).one_or_none()
+        row = conn.execute(STORE_SCAN_AND_LOCK_HEAD, scan).one_or_none()
+        judged = queries.judged_from_json(row.judged) if row is not None else None
     else:
-        for statement in dml:
-            conn.execute(statement, params)
-        row = conn.execute(LOCK_HEAD, params).one_or_none()
+        judged = queries.latest_judged_rows(conn, org_id, repo, sha)
+        conn.execute(INSERT_SCAN, scan)
+        row = conn.execute(LOCK_HEAD, scan).one_or_none()
     if row is None:  # an org made by hand, without its chain head
         conn.execute(sa.insert(_heads).values(org_id=org_id, seq=0, head_hash=GENESIS_HASH))
-        return 0, GENESIS_HASH
-    return row.seq, row.head_hash
+        if judged is None:
+            judged = [j for j in queries.latest_judged_rows(conn, org_id, repo, sha) if j.id != scan["s_id"]]
+        return 0, GENESIS_HASH, judged
+    assert judged is not None
+    return row.seq, row.head_hash, judged
 
 
 def _finding_rows(

@@ -6,14 +6,16 @@ same statement), more by COPY; SQLite: executemany a chunk at a time.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Iterable, Mapping
 from itertools import islice
 from typing import Any, NamedTuple
 
 import orjson
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
-from app.models import FINDING_PAYLOAD_COLUMNS, ChainHead
+from app.models import FINDING_PAYLOAD_COLUMNS, ChainHead, Finding
 
 COLUMNS = ("org_id", "scan_run_id", "seq", "payload_hash", "chain_hash", "created_at", *FINDING_PAYLOAD_COLUMNS)
 _QUOTED = ", ".join(f'"{c}"' for c in COLUMNS)
@@ -21,18 +23,17 @@ _SQLITE_INSERT = f"INSERT INTO findings ({_QUOTED}) VALUES ({', '.join('?' * len
 _POSTGRES_COPY = f"COPY findings ({_QUOTED}) FROM STDIN"
 SQLITE_CHUNK = 10_000  # rows per executemany: the rows of a big upload are made a chunk at a time
 ONE_STATEMENT_ROWS = 2_000  # up to this many rows, one statement; beyond, COPY streams them (memory stays flat)
-# The rows as one JSON parameter, typed by the table's own row type; the head moved in the same statement.
-_POSTGRES_JSON = (
-    "WITH moved AS (UPDATE chain_heads SET seq = %(head_seq)s, head_hash = %(head_hash)s "
-    "WHERE org_id = %(head_org)s AND %(head_moves)s) "
-    f"INSERT INTO findings ({_QUOTED}) SELECT {_QUOTED} FROM json_populate_recordset(NULL::findings, %(rows)s::json)"
-)
 _heads = ChainHead.__table__
 MOVE_HEAD = (
     sa.update(_heads)
-    .where(_heads.c.org_id == sa.bindparam("org"))
+    .where(_heads.c.org_id == sa.bindparam("head_org"))
     .values(seq=sa.bindparam("new_seq"), head_hash=sa.bindparam("new_hash"))
 )
+# PostgreSQL: the rows as one JSON parameter, typed by the table's own row type.
+_json_rows_t = sa.func.json_populate_recordset(
+    sa.literal_column("NULL::findings"), sa.cast(sa.bindparam("rows", type_=sa.Text), postgresql.JSON)
+).table_valued(*COLUMNS)
+INSERT_FROM_JSON = sa.insert(Finding.__table__).from_select(COLUMNS, sa.select(*(_json_rows_t.c[c] for c in COLUMNS)))
 
 
 class Head(NamedTuple):
@@ -48,28 +49,28 @@ def sqlite_datetime(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-def insert(conn: sa.Connection, rows: Iterable[tuple[Any, ...]], count: int, head: Head | None) -> None:
-    """Insert `count` rows given in COLUMNS order (JSON columns as JSON text, created_at as the dialect wants), and
-    move the org's chain head to `head` (None: it stays).
+def insert(
+    conn: sa.Connection,
+    rows: Iterable[tuple[Any, ...]],
+    count: int,
+    head: Head | None,
+    also: tuple[sa.Executable, ...] = (),
+    params: Mapping[str, Any] | None = None,
+) -> None:
+    """Insert `count` rows given in COLUMNS order (JSON columns as JSON text, created_at as the dialect wants), move
+    the org's chain head to `head` (None: it stays), and run the statements `also` with `params`.
 
-    `rows` may be a generator: beyond ONE_STATEMENT_ROWS rows are made as they are written (COPY) or a chunk at a time
-    (SQLite), so a 100,000-finding upload never holds all of its rows at once.
+    On PostgreSQL up to ONE_STATEMENT_ROWS rows, all of it is one statement. `rows` may be a generator: beyond that
+    rows are made as they are written (COPY) or a chunk at a time (SQLite), so a 100,000-finding upload never holds
+    all of its rows at once.
     """
+    dml, params = also, dict(params or {})
+    if head is not None:
+        dml = (MOVE_HEAD, *also)
+        params |= {"head_org": head.org_id, "new_seq": head.seq, "new_hash": head.hash}
     dialect = conn.dialect.name
-    if count == 0 and head is None:
-        return
     if dialect == "postgresql" and count <= ONE_STATEMENT_ROWS:
-        moves = head is not None
-        conn.exec_driver_sql(
-            _POSTGRES_JSON,
-            {
-                "rows": _json_rows(rows),
-                "head_moves": moves,
-                "head_org": head.org_id if moves else 0,
-                "head_seq": head.seq if moves else 0,
-                "head_hash": head.hash if moves else "",
-            },
-        )
+        conn.execute(_with(dml), {**params, "rows": _json_rows(rows)})
         return
     it = iter(rows)
     if dialect == "postgresql":
@@ -83,8 +84,14 @@ def insert(conn: sa.Connection, rows: Iterable[tuple[Any, ...]], count: int, hea
             chunk = list(islice(it, SQLITE_CHUNK))
     else:
         raise NotImplementedError(f"findings are stored on SQLite or PostgreSQL, not {dialect}")
-    if head is not None:
-        conn.execute(MOVE_HEAD, {"org": head.org_id, "new_seq": head.seq, "new_hash": head.hash})
+    for statement in dml:
+        conn.execute(statement, params)
+
+
+@functools.cache
+def _with(dml: tuple[sa.Executable, ...]) -> sa.Insert:
+    """INSERT_FROM_JSON with `dml` run in the same statement (PostgreSQL's data-modifying WITH queries)."""
+    return INSERT_FROM_JSON.add_cte(*(statement.cte(f"w{i}") for i, statement in enumerate(dml)))  # type: ignore[attr-defined]
 
 
 def _json_rows(rows: Iterable[tuple[Any, ...]]) -> str:
