@@ -288,7 +288,7 @@ def tail(path: Path, lines: int = 30) -> str:
 
 @contextmanager
 def gunicorn(
-    target: str, chdir: Path, env: dict[str, str], log: Path, workers: int
+    target: str, chdir: Path, env: dict[str, str], log: Path, workers: int = 2
 ) -> Iterator[tuple[int, subprocess.Popen]]:
     """Serve `target` with `gunicorn -w <workers>` on a free loopback port; always stopped on the way out."""
     port = free_port()
