@@ -7,7 +7,7 @@ WORKERS ?= 3
 PYTEST_ARGS ?= -n auto
 export FLASK_APP := wsgi
 
-.PHONY: run test setup lint bench clean
+.PHONY: run test setup lint types bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: setup
 lint: setup
 	$(BIN)/ruff check app tests bench migrations
 	$(BIN)/ruff format --check app tests bench migrations
+
+## Check the types of app/ (mypy; its settings are in pyproject.toml).
+types: setup
+	$(BIN)/mypy
 
 bench: setup
 	$(BIN)/python bench/ingest_bench.py --database sqlite

@@ -56,11 +56,13 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             "config.no_public_url: set FREMFORGE_PUBLIC_URL; links posted to GitHub now follow each request's Host"
         )
 
-    from app import admin, audit_api, cli, db, errors, health, openapi
+    from app import admin, cli, db, health, openapi
+    from app.chain import api as chain_api
     from app.findings import api as findings_api
     from app.github import client as github_client
     from app.github import webhooks as github_webhooks
     from app.settings import api as settings_api
+    from app.web import errors
 
     db.init_app(app)
     _private_files(app)
@@ -71,7 +73,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(settings_api.bp)
     app.register_blueprint(findings_api.bp)
     app.register_blueprint(github_webhooks.bp)
-    app.register_blueprint(audit_api.bp)
+    app.register_blueprint(chain_api.bp)
     admin.init_app(app)
     cli.init_app(app)
     return app

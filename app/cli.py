@@ -11,13 +11,15 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 
-from app import checkpoints, db, migrate, orgs, retention, tokens
+from app import db, migrate, orgs, tokens
 from app import worker as worker_loop
 from app.admin import links
+from app.chain import checkpoints, retention
 from app.db import write_transaction
 from app.github.client import github_app
 from app.models import Org, utcnow
 from app.settings import service as settings_service
+from app.web import auth
 
 db_cli = AppGroup("db", help="Create or migrate the schema.")
 orgs_cli = AppGroup("orgs", help="Organisations.")
@@ -99,7 +101,7 @@ def _token_json(t: Any) -> dict[str, Any]:
         "name": t.name,
         "prefix": t.prefix,
         "scopes": t.scope_list,
-        "state": tokens.state(t),
+        "state": auth.state(t),
         "created_at": t.created_at,
         "expires_at": t.expires_at,
         "last_used_at": t.last_used_at,
@@ -114,7 +116,7 @@ def _token_json(t: Any) -> dict[str, Any]:
     "scopes",
     multiple=True,
     required=True,
-    type=click.Choice(tokens.SCOPES),
+    type=click.Choice(auth.SCOPES),
     help="Repeat for several scopes.",
 )
 @click.option("--name", help="A label to tell tokens apart, e.g. the workflow that uses it.")

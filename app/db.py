@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 import sqlalchemy as sa
@@ -31,6 +31,8 @@ NAMING_CONVENTION = {
 
 class Base(DeclarativeBase):
     metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+    # Every model maps one Table (no joined or polymorphic mappings): Core statements take Model.__table__ as one.
+    __table__: ClassVar[sa.Table]
 
 
 @dataclass
@@ -44,7 +46,7 @@ class Database:
 
 
 # The budget of one wait for a lock another connection holds: SQLite's busy_timeout, PostgreSQL's lock_timeout.
-# A request that waits longer is answered 503 with Retry-After (app.errors). It must stay well under the server's
+# A request that waits longer is answered 503 with Retry-After (app.web.errors). It must stay well under the server's
 # request timeout (gunicorn's worker timeout, 30 s by default): a worker still waiting then is killed and its client
 # sees a dropped connection. On SQLite a writer first waits up to sqlite_writers.GIVE_UP_AFTER (5 s) for its turn,
 # then up to this for SQLite's lock: 15 s at most.

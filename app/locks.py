@@ -1,7 +1,7 @@
 """The locks a write transaction takes, always in this order, so that no two writers wait on each other in a cycle.
 
-1. The commit: one commit's aggregate (the latest judged scan of each image and the wish to post them). Uploads and
-   re-posts of one commit take turns; uploads to other commits of the org go on.
+1. The commit: one commit's aggregate (the latest judged scan of each image and the outbox item posting them).
+   Uploads and re-posts of one commit take turns; uploads to other commits of the org go on.
 2. The policy: the org's settings, shared. Uploads read the policy together; a settings change (which locks the row
    for update) waits for the uploads in flight and they for it, so it applies wholly before or after each.
    `commit_and_policy` takes both; nothing else takes a commit's lock, so their order cannot make a cycle.

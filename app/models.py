@@ -12,6 +12,11 @@ from app.db import Base
 
 SEVERITIES = ("critical", "high", "medium", "low", "unknown")
 BLOCK_ACTIONS = ("none", "warn", "block_pull")
+# The policy of an org that never changed it (spec section 3): the one source of these defaults.
+DEFAULT_ENABLED = True
+DEFAULT_BLOCK_ACTION = "warn"
+DEFAULT_REQUIRE_SIGNED = False
+DEFAULT_RETENTION_DAYS = 365
 SIGNATURE_STATUSES = ("signed", "unsigned", "unknown")
 SCAN_STATUSES = ("success", "failure", "skipped")
 GENESIS_HASH = "0" * 64
@@ -49,18 +54,30 @@ class Org(Base):
 
 
 class OrgSettings(Base):
-    """The org's policy (spec section 3)."""
+    """The org's policy (spec section 3); an org that never changed it has the DEFAULT_* values."""
 
     __tablename__ = "org_settings"
 
     org_id: Mapped[int] = mapped_column(sa.ForeignKey("orgs.id", ondelete="CASCADE"), primary_key=True)
-    enabled: Mapped[bool] = mapped_column(default=True)
-    block_action: Mapped[str] = mapped_column(sa.String(20), default="warn")
-    require_signed: Mapped[bool] = mapped_column(default=False)
+    enabled: Mapped[bool] = mapped_column(default=DEFAULT_ENABLED)
+    block_action: Mapped[str] = mapped_column(sa.String(20), default=DEFAULT_BLOCK_ACTION)
+    require_signed: Mapped[bool] = mapped_column(default=DEFAULT_REQUIRE_SIGNED)
     # [{"issuer": "https://...", "subject_pattern": "^https://github.com/acme/" | null}, ...]
     allowed_issuers: Mapped[list[dict[str, Any]]] = mapped_column(sa.JSON, default=list)
-    retention_days: Mapped[int] = mapped_column(default=365)
+    retention_days: Mapped[int] = mapped_column(default=DEFAULT_RETENTION_DAYS)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    @classmethod
+    def defaults(cls, org_id: int) -> OrgSettings:
+        """The settings of an org that has no row (made by hand), not added to any session."""
+        return cls(
+            org_id=org_id,
+            enabled=DEFAULT_ENABLED,
+            block_action=DEFAULT_BLOCK_ACTION,
+            require_signed=DEFAULT_REQUIRE_SIGNED,
+            allowed_issuers=[],
+            retention_days=DEFAULT_RETENTION_DAYS,
+        )
 
 
 class ChainHead(Base):
@@ -204,7 +221,7 @@ class ChainCheckpoint(Base):
 
 
 class OutboxItem(Base):
-    """A wish to post a commit status and check run, written in the same transaction as its scan."""
+    """A item to post a commit status and check run, written in the same transaction as its scan."""
 
     __tablename__ = "outbox"
     __table_args__ = (
@@ -236,10 +253,10 @@ class OutboxItem(Base):
     last_error: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[datetime | None]
-    # Set by retention, which trims the check run body to what names no finding (app.retention.trimmed).
+    # Set by retention, which trims the check run body to what names no finding (app.chain.retention.trimmed).
     redacted_at: Mapped[datetime | None]
 
-    # Not stored: what GitHub still shows while this wish is not posted (findings.queries.note_shown_before).
+    # Not stored: what GitHub still shows while this item is not posted (findings.queries.note_shown_before).
     shown_before = None  # type: str | None
 
 

@@ -6,11 +6,11 @@ from typing import Any
 
 from flask import Blueprint
 
-from app.findings.schemas import COMMIT_SHA, REPO_FULL_NAME
+from app.chain.verify import FAULTS
+from app.fields import COMMIT_SHA, REPO_FULL_NAME
 from app.models import SEVERITIES, SIGNATURE_STATUSES
 from app.settings.service import MAX_RETENTION_DAYS
 from app.tokens import SCOPES
-from app.verify import FAULTS
 
 bp = Blueprint("openapi", __name__)
 
@@ -302,7 +302,7 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "scan_run_id": {"type": "integer"},
             "image_ref": STR,
-            "commit_sha": {"type": "string", "pattern": "^[0-9a-f]{40}$"},
+            "commit_sha": {"type": "string", "pattern": COMMIT_SHA},
             "repo_full_name": STR,
             "pr": _nullable({"type": "integer"}),
             "status": {"enum": ["success", "failure", "skipped"]},

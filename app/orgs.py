@@ -54,14 +54,7 @@ def settings_for_update(session: Session, org_id: int) -> OrgSettings:
 def settings_of(session: Session, org_id: int) -> OrgSettings:
     found = session.get(OrgSettings, org_id)
     if found is None:  # an org made by hand: the defaults apply
-        found = OrgSettings(
-            org_id=org_id,
-            enabled=True,
-            block_action="warn",
-            require_signed=False,
-            allowed_issuers=[],
-            retention_days=365,
-        )
+        found = OrgSettings.defaults(org_id)
         session.add(found)
         session.flush()
     return found

@@ -8,7 +8,13 @@ from typing import Any
 
 import regex
 
-from app.models import SEVERITIES
+from app.models import (
+    DEFAULT_BLOCK_ACTION,
+    DEFAULT_ENABLED,
+    DEFAULT_REQUIRE_SIGNED,
+    DEFAULT_RETENTION_DAYS,
+    SEVERITIES,
+)
 
 CONTEXT = "fremforge/image-scan"
 UNSIGNED_ID = "FREMFORGE-UNSIGNED-IMAGE"
@@ -37,11 +43,11 @@ class AllowedIssuer:
 
 @dataclass(frozen=True)
 class Policy:
-    enabled: bool = True
-    block_action: str = "warn"
-    require_signed: bool = False
+    enabled: bool = DEFAULT_ENABLED
+    block_action: str = DEFAULT_BLOCK_ACTION
+    require_signed: bool = DEFAULT_REQUIRE_SIGNED
     allowed_issuers: tuple[AllowedIssuer, ...] = ()
-    retention_days: int = 365
+    retention_days: int = DEFAULT_RETENTION_DAYS
 
     @classmethod
     def from_settings(cls, s: Any) -> Policy:

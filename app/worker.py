@@ -13,7 +13,8 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from app import clock, db, retention
+from app import clock, db
+from app.chain import retention
 from app.db import write_transaction
 from app.github import delivery
 from app.github.client import GitHubApp

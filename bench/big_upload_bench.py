@@ -25,28 +25,42 @@ is not the expected one.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import ingest_bench as ib  # the servers, the client and the bodies, as the ingest bench has them
+from common import (
+    HOST,
+    Client,
+    Errors,
+    app_and_floor,
+    bench_parser,
+    check_pg_url,
+    context,
+    machine_state,
+    make_trivy,
+    print_load,
+    seed_body,
+    seed_findings,
+    temp_dir,
+    throwaway_databases,
+    utc_now,
+    warm_up,
+    write_out,
+)
 
 MAX_FINDINGS = 100_000  # the app's default (FREMFORGE_MAX_FINDINGS)
 LIMIT_BYTES = 64 * 2**20  # the app's default upload limit (FREMFORGE_MAX_UPLOAD_MB=64)
 TIME_BAR = 2.5
 RSS_BAR_MIB = 512
 GUNICORN_TIMEOUT = 30  # gunicorn's default worker timeout, stated
-ib.PG_DATABASES.update(app="fremforge_bench_big_app", floor="fremforge_bench_big_floor")
+PG_DATABASES = {"app": "fremforge_bench_big_app", "floor": "fremforge_bench_big_floor"}
 
 
 # ---------------------------------------------------------------- bodies
@@ -58,13 +72,13 @@ def filled_findings(findings: list[dict], report: dict, limit: int) -> list[dict
     links = [(v["PrimaryURL"], v["References"]) for r in report["Results"] for v in r.get("Vulnerabilities") or ()]
     out = [{**f, "primary_url": url, "references": list(refs)} for f, (url, refs) in zip(findings, links, strict=True)]
     extra = "https://security-tracker.example.invalid/advisories/{cve}/{k:02d}"
-    room = limit - 64 * 1024 - len(ib.seed_body("size", out))
+    room = limit - 64 * 1024 - len(seed_body("size", out))
     for k in range(40):
         for f in out:
             ref = extra.format(cve=f["cve_id"], k=k)
             room -= len(ref) + 4  # quotes, comma, space
             if room < 0:
-                assert len(ib.seed_body("size", out)) <= limit
+                assert len(seed_body("size", out)) <= limit
                 return out
             f["references"].append(ref)
     return out
@@ -72,7 +86,7 @@ def filled_findings(findings: list[dict], report: dict, limit: int) -> list[dict
 
 def tiny_body(limit: int) -> tuple[bytes, int]:
     """A seed body of as many tiny findings as fit in `limit` bytes (about 800,000)."""
-    head = json.dumps({**ib.context("tiny"), "findings": []})[:-2].encode()  # ends with "findings": [
+    head = json.dumps({**context("tiny"), "findings": []})[:-2].encode()  # ends with "findings": [
     parts, size, n = [], len(head) + 2, 0
     while True:
         one = b'{"cve_id":"CVE-%d","severity":"low","package_name":"p","installed_version":null}' % n
@@ -89,7 +103,7 @@ def trivy_under(limit: int, tmp: Path) -> tuple[bytes, dict]:
     n = 44_000
     while True:
         path = tmp / f"trivy-{n}.json"
-        report = ib.make_trivy(n, path, seed=7)
+        report = make_trivy(n, path, seed=7)
         data = path.read_bytes()
         if len(data) <= limit:
             return data, report
@@ -171,11 +185,11 @@ def check(status: int, payload: bytes, expect: str) -> str | None:
     return None
 
 
-def post(client: ib.Client, body: bytes, expect: str, problems: list[str], query: dict | None = None) -> float:
+def post(client: Client, body: bytes, expect: str, problems: list[str], query: dict | None = None) -> float:
     start = time.perf_counter()
     try:
         status, payload = client.post(body, query)
-    except (OSError, ib.http.client.HTTPException) as exc:  # a worker killed at its timeout drops the connection
+    except (OSError, http.client.HTTPException) as exc:  # a worker killed at its timeout drops the connection
         problems.append(f"{type(exc).__name__}: {exc}")
         client.close_all()
         return time.perf_counter() - start
@@ -188,7 +202,7 @@ def post(client: ib.Client, body: bytes, expect: str, problems: list[str], query
 
 def measure(
     name: str,
-    servers: dict[str, tuple[ib.Client, int]],
+    servers: dict[str, tuple[Client, int]],
     app_body: bytes,
     expect: str,
     repeat: int,
@@ -253,17 +267,14 @@ def print_table(backend: str, results: list[Result]) -> None:
 
 
 def write_json(backend: str, results: list[Result], sizes: dict[str, Any], args: argparse.Namespace) -> Path:
-    ib.OUT_DIR.mkdir(exist_ok=True)
-    path = ib.OUT_DIR / f"big-upload-{backend}.json"
     doc = {
         "backend": backend,
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "when": utc_now(),
         "settings": {
             "repeat": args.repeat,
             "workers": 2,
             "gunicorn_timeout": GUNICORN_TIMEOUT,
-            "cpus": os.cpu_count(),
-            "loadavg_1_5_15_at_end": os.getloadavg(),
+            **machine_state(),
             "body_bytes": sizes,
         },
         "rows": [
@@ -282,110 +293,99 @@ def write_json(backend: str, results: list[Result], sizes: dict[str, Any], args:
             for r in results
         ],
     }
-    path.write_text(json.dumps(doc, indent=2) + "\n")
-    return path
+    return write_out(f"big-upload-{backend}.json", doc)
 
 
 # ---------------------------------------------------------------- main
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
-    ap.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = bench_parser(__doc__)
     ap.add_argument("--repeat", type=int, default=3, help="uploads per server and measurement (median reported)")
     args = ap.parse_args(argv)
-    if args.database == "postgresql":
-        ib.check_loopback_pg(args.pg_url)
+    check_pg_url(args)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     backend = args.database
-    tmp = Path(tempfile.mkdtemp(prefix=f"fremforge-big-{backend}-"))
-    try:
-        load = os.getloadavg()[0]
-        print(f"[{backend}] load average {load:.2f} on {os.cpu_count()} CPUs; bodies in {tmp}", flush=True)
-        report = ib.make_trivy(MAX_FINDINGS, tmp / "trivy-100k.json")
-        findings = ib.seed_findings(report)
-        assert len(findings) == MAX_FINDINGS
-        seed_100k = ib.seed_body("big-100k", findings)
-        seed_64 = ib.seed_body("big-64mib", filled_findings(findings, report, LIMIT_BYTES))
-        over = ib.seed_body("over", [*findings, {**findings[0], "cve_id": "CVE-OVER-LIMIT"}])
-        tiny, tiny_n = tiny_body(LIMIT_BYTES)
-        del report
-        trivy_raw, trivy_report = trivy_under(LIMIT_BYTES, tmp)
-        trivy_findings = ib.seed_findings(trivy_report)
-        trivy_seed = ib.seed_body("trivy-as-seed", trivy_findings)
-        del trivy_report
-        sizes: dict[str, Any] = {
-            "seed_100k": len(seed_100k),
-            "seed_64mib": len(seed_64),
-            "trivy_raw": len(trivy_raw),
-            "trivy_as_seed": len(trivy_seed),
-            "over_limit": len(over),
-            "tiny": len(tiny),
+    with (
+        temp_dir(f"fremforge-big-{backend}-") as tmp,
+        throwaway_databases(backend, args.pg_url, tmp, PG_DATABASES) as urls,
+    ):
+        return run(args, tmp, urls)
+
+
+def run(args: argparse.Namespace, tmp: Path, urls: dict[str, str]) -> int:
+    """The bodies, then the measurements on fresh databases; the table and the JSON; 0 when every bar is met."""
+    backend = args.database
+    print_load(backend, f"bodies in {tmp}")
+    report = make_trivy(MAX_FINDINGS, tmp / "trivy-100k.json")
+    findings = seed_findings(report)
+    assert len(findings) == MAX_FINDINGS
+    seed_100k = seed_body("big-100k", findings)
+    seed_64 = seed_body("big-64mib", filled_findings(findings, report, LIMIT_BYTES))
+    over = seed_body("over", [*findings, {**findings[0], "cve_id": "CVE-OVER-LIMIT"}])
+    tiny, tiny_n = tiny_body(LIMIT_BYTES)
+    del report
+    trivy_raw, trivy_report = trivy_under(LIMIT_BYTES, tmp)
+    trivy_findings = seed_findings(trivy_report)
+    trivy_seed = seed_body("trivy-as-seed", trivy_findings)
+    del trivy_report
+    sizes: dict[str, Any] = {
+        "seed_100k": len(seed_100k),
+        "seed_64mib": len(seed_64),
+        "trivy_raw": len(trivy_raw),
+        "trivy_as_seed": len(trivy_seed),
+        "over_limit": len(over),
+        "tiny": len(tiny),
+    }
+    print(f"[{backend}] bodies: " + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in sizes.items()), flush=True)
+
+    results: list[Result] = []
+    with app_and_floor(urls, tmp) as served:
+        servers = {
+            "app": (Client(served.app_port, served.token), served.app_proc.pid),
+            "floor": (Client(served.floor_port, None), served.floor_proc.pid),
         }
-        print(f"[{backend}] bodies: " + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in sizes.items()), flush=True)
-
-        app_url, floor_url = ib.recreate_pg_databases(args.pg_url) if backend == "postgresql" else ib.sqlite_urls(tmp)
-        env_app = ib.app_env(app_url)
-        env_floor = {**ib.base_env(), "FLOOR_DB": floor_url}
-        token = ib.prepare_app(env_app)
-        ib.prepare_floor(env_floor)
-
-        results: list[Result] = []
-        with ExitStack() as stack:
-            app_port, app_proc = stack.enter_context(ib.gunicorn("wsgi:app", ib.ROOT, env_app, tmp / "app.log"))
-            floor_port, floor_proc = stack.enter_context(
-                ib.gunicorn("floor_app:app", ib.SHARED_BENCH, env_floor, tmp / "floor.log")
+        warm_up({"app": servers["app"][0], "floor": servers["floor"][0]}, Errors(), findings)
+        print(f"[{backend}] app on {HOST}:{served.app_port}, floor on {HOST}:{served.floor_port}", flush=True)
+        idle = {name: peaks_mib(workers(master), "VmRSS") for name, (_, master) in servers.items()}
+        sizes["idle_rss_mib"] = {name: sorted(round(v) for v in idle[name].values()) for name in idle}
+        print(f"[{backend}] workers' resident set after warm-up (MiB): {sizes['idle_rss_mib']}", flush=True)
+        n = MAX_FINDINGS
+        results.append(
+            measure(
+                f"{n:,} findings, seed shape ({len(seed_100k) / 2**20:.0f} MiB)",
+                servers, seed_100k, f"202 {n}", args.repeat, seed_100k, bar=TIME_BAR,
             )
-            ib.wait_until(lambda: ib.healthz_ok(app_port), app_proc, "app", tmp / "app.log")
-            ib.wait_until(lambda: ib.tcp_open(floor_port), floor_proc, "floor", tmp / "floor.log")
-            servers = {
-                "app": (ib.Client(app_port, token), app_proc.pid),
-                "floor": (ib.Client(floor_port, None), floor_proc.pid),
-            }
-            ib.warm_up({"app": servers["app"][0], "floor": servers["floor"][0]}, ib.Errors(), findings)
-            print(f"[{backend}] app on {ib.HOST}:{app_port}, floor on {ib.HOST}:{floor_port}", flush=True)
-            idle = {s: peaks_mib(workers(master), "VmRSS") for s, (_, master) in servers.items()}
-            sizes["idle_rss_mib"] = {s: sorted(round(v) for v in idle[s].values()) for s in idle}
-            print(f"[{backend}] workers' resident set after warm-up (MiB): {sizes['idle_rss_mib']}", flush=True)
-            n = MAX_FINDINGS
-            results.append(
-                measure(
-                    f"{n:,} findings, seed shape ({len(seed_100k) / 2**20:.0f} MiB)",
-                    servers, seed_100k, f"202 {n}", args.repeat, seed_100k, bar=TIME_BAR,
-                )
-            )  # fmt: skip
-            results.append(
-                measure(
-                    f"{n:,} findings with references ({len(seed_64) / 2**20:.1f} MiB)",
-                    servers, seed_64, f"202 {n}", args.repeat, seed_64, bar=TIME_BAR,
-                )
-            )  # fmt: skip
-            results.append(
-                measure(
-                    f"raw Trivy report, {len(trivy_findings):,} vulns ({len(trivy_raw) / 2**20:.1f} MiB)",
-                    servers, trivy_raw, f"202 {len(trivy_findings)}", args.repeat, trivy_seed,
-                    f"202 {len(trivy_findings)}", query=ib.context("trivy-raw"),
-                )
-            )  # fmt: skip
-            results.append(
-                measure(f"{n + 1:,} findings (one past MAX_FINDINGS)", servers, over, "413 too_many_findings", 1)
+        )  # fmt: skip
+        results.append(
+            measure(
+                f"{n:,} findings with references ({len(seed_64) / 2**20:.1f} MiB)",
+                servers, seed_64, f"202 {n}", args.repeat, seed_64, bar=TIME_BAR,
             )
-            results.append(
-                measure(
-                    f"{tiny_n:,} tiny findings ({len(tiny) / 2**20:.1f} MiB)",
-                    servers, tiny, "413 too_many_findings", 1,
-                )
-            )  # fmt: skip
-        print_table(backend, results)
-        print(f"\nwritten: {write_json(backend, results, sizes, args)}")
-        return 0 if all(r.passed for r in results) else 1
-    finally:
-        if backend == "postgresql":
-            try:
-                ib.drop_pg_databases(args.pg_url)
-            except Exception as exc:  # the result stands; say why the cleanup did not happen
-                print(f"note: could not drop the bench databases: {exc}", file=sys.stderr)
-        shutil.rmtree(tmp, ignore_errors=True)
+        )  # fmt: skip
+        results.append(
+            measure(
+                f"raw Trivy report, {len(trivy_findings):,} vulns ({len(trivy_raw) / 2**20:.1f} MiB)",
+                servers, trivy_raw, f"202 {len(trivy_findings)}", args.repeat, trivy_seed,
+                f"202 {len(trivy_findings)}", query=context("trivy-raw"),
+            )
+        )  # fmt: skip
+        results.append(
+            measure(f"{n + 1:,} findings (one past MAX_FINDINGS)", servers, over, "413 too_many_findings", 1)
+        )
+        results.append(
+            measure(
+                f"{tiny_n:,} tiny findings ({len(tiny) / 2**20:.1f} MiB)",
+                servers, tiny, "413 too_many_findings", 1,
+            )
+        )  # fmt: skip
+    print_table(backend, results)
+    print(f"\nwritten: {write_json(backend, results, sizes, args)}")
+    return 0 if all(r.passed for r in results) else 1
 
 
 if __name__ == "__main__":

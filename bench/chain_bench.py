@@ -32,35 +32,43 @@ import os
 import random
 import re
 import secrets
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-ROOT = Path(__file__).resolve().parent.parent  # /work/main
-sys.path.insert(0, str(ROOT))  # the app package
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # admin_bench, for its seeding helpers
+import orjson
+import sqlalchemy as sa
+from common import (  # before `app`: importing common puts the repository root on sys.path
+    ROOT,
+    bench_parser,
+    bulk,
+    check_pg_url,
+    finding_pool,
+    forget_app_settings,
+    in_app,
+    machine_state,
+    move_chain_head,
+    print_load,
+    seeding_connection,
+    temp_dir,
+    throwaway_databases,
+    utc_now,
+    write_out,
+)
+from flask import Flask
+from flask.testing import FlaskClient
 
-import orjson  # noqa: E402
-import sqlalchemy as sa  # noqa: E402
-from admin_bench import bulk, check_loopback_pg, finding_pool, libpq_url, seeding_connection  # noqa: E402
-from flask import Flask  # noqa: E402
-from flask.testing import FlaskClient  # noqa: E402
+from app import chain
+from app.findings import store
+from app.models import FINDING_PAYLOAD_COLUMNS, utcnow
 
-from app import chain  # noqa: E402
-from app.findings import store  # noqa: E402
-from app.models import FINDING_PAYLOAD_COLUMNS, utcnow  # noqa: E402
-
-OUT_DIR = Path(__file__).resolve().parent / "out"
 ORG, SHORT_ORG = "acme", "newco"  # the long chain, and a short one to compare appends with
-PG_DATABASE = "fremforge_bench_chain_main"
+PG_DATABASES = {"chain": "fremforge_bench_chain_main"}  # SQLite: chain.db in the temp dir
 VERIFY_TARGET_S = 20.0
 RETENTION_TARGET_S = 60.0
 APPEND_RATIO_TARGET = 2.0  # long chain / short chain, median upload time
@@ -166,7 +174,7 @@ def seed(url: str, org_id: int, n: int, pool: list[dict[str, Any]], rng: random.
                     (
                         org_id, scan_id, s, ph, ch, created, f["cve_id"], f["severity"], f["package"],
                         f["installed_version"], f["fixed_version"], f["target"], f["title"], f["primary_url"],
-                        dumps(f["references"]).decode(), dumps(f["vendor_ids"]).decode(), f["synthetic"],
+                        dumps(f["references"]).decode(), dumps(f["vendor_ids"]).decode(), f["synthetic"], None,
                     )
                 )  # fmt: skip
             counts = [sum(1 for f in findings if f["severity"] == sev) for sev in SEVERITIES]
@@ -180,7 +188,7 @@ def seed(url: str, org_id: int, n: int, pool: list[dict[str, Any]], rng: random.
             )  # fmt: skip
             if len(rows) >= FINDINGS_BATCH or i == len(sizes) - 1:
                 bulk(conn, "scan_runs", SCAN_COLUMNS, scan_rows)  # before its findings (foreign key)
-                store.insert(conn, rows)
+                store.insert(conn, rows, len(rows), None)  # the head is moved at the end
                 in_transaction += len(rows)
                 out.findings += len(rows)
                 out.scans += len(scan_rows)
@@ -190,14 +198,7 @@ def seed(url: str, org_id: int, n: int, pool: list[dict[str, Any]], rng: random.
                     tx = conn.begin()
                     in_transaction = 0
                     print(f"  findings: {out.findings:,} rows, {time.perf_counter() - t:.0f}s", flush=True)
-        conn.execute(
-            sa.text("UPDATE chain_heads SET seq = :seq, head_hash = :hash WHERE org_id = :org"),
-            {"seq": seq, "hash": head, "org": org_id},
-        )
-        if dialect == "postgresql":  # the scans were given their ids; later inserts continue after them
-            conn.exec_driver_sql(
-                "SELECT setval(pg_get_serial_sequence('scan_runs', 'id'), (SELECT max(id) FROM scan_runs))"
-            )
+        move_chain_head(conn, org_id, seq, head)
         tx.commit()
         out.head_seq = seq
         out.seconds["findings_and_scans"] = time.perf_counter() - t
@@ -249,17 +250,6 @@ def make_app(url: str, secret: str, tmp: Path) -> Flask:
     app = create_app({"DATABASE_URL": url, "SECRET_KEY": secret, "CHECKPOINT_KEY_FILE": str(tmp / "key.pem")})
     app.instance_path = str(tmp / "instance")
     return app
-
-
-def in_app(app: Flask, fn: Any) -> Any:
-    """fn(session) in a write transaction of the app's own session, as a request or CLI command has it."""
-    from app import db
-    from app.db import write_transaction
-
-    with app.app_context():
-        session = db.session()
-        with write_transaction(session):
-            return fn(session)
 
 
 def create_org(app: Flask, slug: str) -> int:
@@ -418,23 +408,6 @@ def print_table(backend: str, rows: list[Row]) -> None:
 # ---------------------------------------------------------------- databases
 
 
-def recreate_pg_database(base: str) -> str:
-    import psycopg
-
-    with psycopg.connect(libpq_url(base), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{PG_DATABASE}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{PG_DATABASE}"')
-    parts = urlsplit(base)
-    return urlunsplit(("postgresql+psycopg", parts.netloc, "/" + PG_DATABASE, parts.query, ""))
-
-
-def drop_pg_database(base: str) -> None:
-    import psycopg
-
-    with psycopg.connect(libpq_url(base), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{PG_DATABASE}" WITH (FORCE)')
-
-
 def database_size(url: str) -> int | None:
     if url.startswith("sqlite"):
         path = Path(url.removeprefix("sqlite:///"))
@@ -451,13 +424,7 @@ def database_size(url: str) -> int | None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
-    ap.add_argument(
-        "--pg-url",
-        default="postgresql://postgres@127.0.0.1:5432/postgres",
-        help="maintenance URL of a loopback PostgreSQL (trust auth) for the throwaway database",
-    )
+    ap = bench_parser(__doc__)
     ap.add_argument("--findings", type=int, default=1_000_000, help="findings in acme's chain (default 1,000,000)")
     ap.add_argument("--uploads", type=int, default=15, help="timed 100-finding uploads per org and series")
     ap.add_argument("--seed", type=int, default=1, help="random seed of the generated data")
@@ -466,181 +433,174 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error("--findings must be between 1000 and 20000000")
     if not 1 <= args.uploads <= 500:
         ap.error("--uploads must be between 1 and 500")
-    if args.database == "postgresql":
-        check_loopback_pg(args.pg_url)
+    check_pg_url(args)
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    forget_app_settings()
+    with (
+        temp_dir(f"fremforge-bench-chain-{args.database}-") as tmp,
+        throwaway_databases(args.database, args.pg_url, tmp, PG_DATABASES) as urls,
+    ):
+        print_load(args.database, f"work dir {tmp}")
+        url = urls["chain"]
+        secret = secrets.token_urlsafe(32)
+        env = flask_env(url, tmp, secret)
+        upgrade = flask_cli(env, "db", "upgrade")
+        if upgrade.code != 0:
+            raise SystemExit(f"db upgrade failed: {upgrade.stderr}")
+        app = make_app(url, secret, tmp)
+        try:
+            return run(args, app, env, url)
+        finally:
+            app.extensions["fremforge.db"].engine.dispose()
+
+
+def run(args: argparse.Namespace, app: Flask, env: dict[str, str], url: str) -> int:
+    """Appends before and after seeding, then the commands; the table and the JSON; 0 when all is well, else 1."""
     backend = args.database
-    for key in [k for k in os.environ if k.startswith("FREMFORGE_")]:
-        del os.environ[key]  # the app's settings are the ones given here, not the caller's shell's
-    tmp = Path(tempfile.mkdtemp(prefix=f"fremforge-bench-chain-{backend}-"))
-    app: Flask | None = None
+    doc: dict[str, Any] = {"backend": backend, "when": utc_now()}
     rng = random.Random(args.seed)
     rows: list[Row] = []
     errors: list[str] = []
-    doc: dict[str, Any] = {"backend": backend, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    try:
-        print(f"[{backend}] load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; work dir {tmp}", flush=True)
-        url = recreate_pg_database(args.pg_url) if backend == "postgresql" else f"sqlite:///{tmp / 'chain.db'}"
-        secret = secrets.token_urlsafe(32)
-        env = flask_env(url, tmp, secret)
-        run = flask_cli(env, "db", "upgrade")
-        if run.code != 0:
-            raise SystemExit(f"db upgrade failed: {run.stderr}")
+    org_id = create_org(app, ORG)
+    create_org(app, SHORT_ORG)
+    pool = finding_dicts(rng, 4000)
+    short = Uploader(app, SHORT_ORG, create_token(app, SHORT_ORG), pool, rng)
 
-        app = make_app(url, secret, tmp)
-        org_id = create_org(app, ORG)
-        create_org(app, SHORT_ORG)
-        pool = finding_dicts(rng, 4000)
-        short = Uploader(app, SHORT_ORG, create_token(app, SHORT_ORG), pool, rng)
+    # Appends on an empty database (information: the same code with nothing stored yet).
+    [empty_db_times] = time_appends([short], args.uploads)
+    print(f"[{backend}] empty database: upload median {1000 * statistics.median(empty_db_times):.1f} ms")
 
-        # Appends on an empty database (information: the same code with nothing stored yet).
-        [empty_db_times] = time_appends([short], args.uploads)
-        print(f"[{backend}] empty database: upload median {1000 * statistics.median(empty_db_times):.1f} ms")
+    app.extensions["fremforge.db"].engine.dispose()  # seeding wants the database to itself
+    print(f"[{backend}] seeding {args.findings:,} findings into {ORG}'s chain", flush=True)
+    t = time.perf_counter()
+    seeded = seed(url, org_id, args.findings, pool, rng)
+    seed_s = time.perf_counter() - t
+    print(
+        f"[{backend}] seeded {seeded.findings:,} findings in {seeded.scans:,} scans in {seed_s:.0f}s "
+        f"({', '.join(f'{k} {v:.1f}s' for k, v in seeded.seconds.items())})",
+        flush=True,
+    )
+    rows.append(Row(f"seed {seeded.findings:,} findings, {seeded.scans:,} scans", seed_s, "s", "-", None))
 
-        app.extensions["fremforge.db"].engine.dispose()  # seeding wants the database to itself
-        print(f"[{backend}] seeding {args.findings:,} findings into {ORG}'s chain", flush=True)
-        t = time.perf_counter()
-        seeded = seed(url, org_id, args.findings, pool, rng)
-        seed_s = time.perf_counter() - t
-        print(
-            f"[{backend}] seeded {seeded.findings:,} findings in {seeded.scans:,} scans in {seed_s:.0f}s "
-            f"({', '.join(f'{k} {v:.1f}s' for k, v in seeded.seconds.items())})",
-            flush=True,
-        )
-        rows.append(Row(f"seed {seeded.findings:,} findings, {seeded.scans:,} scans", seed_s, "s", "-", None))
+    # Audit events through the app's code, after the seeded history (they happen now).
+    long = Uploader(app, ORG, create_token(app, ORG), pool, rng)  # token.created
+    change_settings(app, ORG, {"retention_days": 730})  # settings.changed
+    change_settings(app, ORG, {"allowed_issuers": [{"issuer": "https://token.actions.githubusercontent.com"}]})
+    audit_events = 3
 
-        # Audit events through the app's code, after the seeded history (they happen now).
-        long = Uploader(app, ORG, create_token(app, ORG), pool, rng)  # token.created
-        change_settings(app, ORG, {"retention_days": 730})  # settings.changed
-        change_settings(app, ORG, {"allowed_issuers": [{"issuer": "https://token.actions.githubusercontent.com"}]})
-        audit_events = 3
+    # Appends: the long chain against the short one, alternating.
+    long_times, short_times = time_appends([long, short], args.uploads)
+    long_ms, short_ms = 1000 * statistics.median(long_times), 1000 * statistics.median(short_times)
+    empty_ms = 1000 * statistics.median(empty_db_times)
+    ratio = long_ms / short_ms
+    errors += long.errors + short.errors
+    n_long = head_seq(url, ORG)
+    rows += [
+        Row(f"upload 100 findings, {SHORT_ORG} on an empty database", empty_ms, "ms", "-", None, "median"),
+        Row(f"upload 100 findings, {SHORT_ORG} (short chain)", short_ms, "ms", "-", None, "median"),
+        Row(f"upload 100 findings, {ORG} ({seeded.findings:,}-entry chain)", long_ms, "ms", "-", None, "median"),
+        Row(
+            f"append ratio {ORG} / {SHORT_ORG}",
+            ratio,
+            "x",
+            f"<= {APPEND_RATIO_TARGET:.0f}x",
+            ratio <= APPEND_RATIO_TARGET,
+            f"{ORG} / empty database {long_ms / empty_ms:.2f}x",
+        ),
+    ]
+    app.extensions["fremforge.db"].engine.dispose()
 
-        # Appends: the long chain against the short one, alternating.
-        long_times, short_times = time_appends([long, short], args.uploads)
-        long_ms, short_ms = 1000 * statistics.median(long_times), 1000 * statistics.median(short_times)
-        empty_ms = 1000 * statistics.median(empty_db_times)
-        ratio = long_ms / short_ms
-        errors += long.errors + short.errors
-        n_long = head_seq(url, ORG)
-        rows += [
-            Row(f"upload 100 findings, {SHORT_ORG} on an empty database", empty_ms, "ms", "-", None, "median"),
-            Row(f"upload 100 findings, {SHORT_ORG} (short chain)", short_ms, "ms", "-", None, "median"),
-            Row(f"upload 100 findings, {ORG} ({seeded.findings:,}-entry chain)", long_ms, "ms", "-", None, "median"),
-            Row(
-                f"append ratio {ORG} / {SHORT_ORG}",
-                ratio,
-                "x",
-                f"<= {APPEND_RATIO_TARGET:.0f}x",
-                ratio <= APPEND_RATIO_TARGET,
-                f"{ORG} / empty database {long_ms / empty_ms:.2f}x",
-            ),
-        ]
-        app.extensions["fremforge.db"].engine.dispose()
+    expected = seeded.findings + audit_events + long.accepted
+    if n_long != expected:
+        errors.append(f"{ORG}'s head is at seq {n_long}, {expected} entries expected")
+    print(f"[{backend}] {ORG}'s chain: {n_long:,} entries; timing `chain verify {ORG}`", flush=True)
+    size_before = database_size(url)
 
-        expected = seeded.findings + audit_events + long.accepted
-        if n_long != expected:
-            errors.append(f"{ORG}'s head is at seq {n_long}, {expected} entries expected")
-        print(f"[{backend}] {ORG}'s chain: {n_long:,} entries; timing `chain verify {ORG}`", flush=True)
-        size_before = database_size(url)
+    startup = flask_cli(env, "chain", "verify", SHORT_ORG)  # a short chain: the command's fixed cost
+    v1 = flask_cli(env, "chain", "verify", ORG)
+    v1_err = check_verify(v1, expected, 0)
+    print(f"  {v1.seconds:.1f}s: {v1.stdout.strip()}", flush=True)
 
-        startup = flask_cli(env, "chain", "verify", SHORT_ORG)  # a short chain: the command's fixed cost
-        v1 = flask_cli(env, "chain", "verify", ORG)
-        v1_err = check_verify(v1, expected, 0)
-        print(f"  {v1.seconds:.1f}s: {v1.stdout.strip()}", flush=True)
+    print(f"[{backend}] timing `retention run --now {FAR_FUTURE}`", flush=True)
+    ret = flask_cli(env, "retention", "run", "--now", FAR_FUTURE)
+    ret_err = [] if ret.code == 0 else [f"exit {ret.code}: {(ret.stdout + ret.stderr).strip()[-300:]}"]
+    print(f"  {ret.seconds:.1f}s: {ret.stdout.strip()}", flush=True)
+    line = next((x for x in ret.stdout.splitlines() if x.startswith(f"{ORG}:")), "")
+    want = f"removed the payload of {expected - audit_events} finding(s) and {audit_events} audit event(s)"
+    if want not in line:
+        ret_err.append(f"its line for {ORG} does not say {want!r}: {line!r}")
+    total, left = unredacted_findings(url)
+    if left:
+        ret_err.append(f"{left:,} of {total:,} findings still hold a payload column or have no redacted_at")
+    size_after = database_size(url)
 
-        print(f"[{backend}] timing `retention run --now {FAR_FUTURE}`", flush=True)
-        ret = flask_cli(env, "retention", "run", "--now", FAR_FUTURE)
-        ret_err = [] if ret.code == 0 else [f"exit {ret.code}: {(ret.stdout + ret.stderr).strip()[-300:]}"]
-        print(f"  {ret.seconds:.1f}s: {ret.stdout.strip()}", flush=True)
-        line = next((x for x in ret.stdout.splitlines() if x.startswith(f"{ORG}:")), "")
-        want = f"removed the payload of {expected - audit_events} finding(s) and {audit_events} audit event(s)"
-        if want not in line:
-            ret_err.append(f"its line for {ORG} does not say {want!r}: {line!r}")
-        total, left = unredacted_findings(url)
-        if left:
-            ret_err.append(f"{left:,} of {total:,} findings still hold a payload column or have no redacted_at")
-        size_after = database_size(url)
+    print(f"[{backend}] timing `chain verify {ORG}` after retention", flush=True)
+    v2 = flask_cli(env, "chain", "verify", ORG)
+    v2_err = check_verify(v2, expected + 1, expected)  # + retention.run's own audit event, not redacted
+    print(f"  {v2.seconds:.1f}s: {v2.stdout.strip()}", flush=True)
 
-        print(f"[{backend}] timing `chain verify {ORG}` after retention", flush=True)
-        v2 = flask_cli(env, "chain", "verify", ORG)
-        v2_err = check_verify(v2, expected + 1, expected)  # + retention.run's own audit event, not redacted
-        print(f"  {v2.seconds:.1f}s: {v2.stdout.strip()}", flush=True)
+    rows += [
+        Row(f"chain verify {SHORT_ORG} (start-up cost)", startup.seconds, "s", "-", None),
+        Row(
+            f"chain verify {ORG} ({expected:,} entries)",
+            v1.seconds,
+            "s",
+            f"< {VERIFY_TARGET_S:.0f} s",
+            v1.seconds < VERIFY_TARGET_S and not v1_err,
+            "; ".join(v1_err),
+        ),
+        Row(
+            f"retention run ({total:,} findings redacted)",
+            ret.seconds,
+            "s",
+            f"< {RETENTION_TARGET_S:.0f} s",
+            ret.seconds < RETENTION_TARGET_S and not ret_err,
+            "; ".join(ret_err) or f"database {size_before / 2**20:.0f} -> {size_after / 2**20:.0f} MiB",
+        ),
+        Row(
+            f"chain verify {ORG} after retention (all redacted)",
+            v2.seconds,
+            "s",
+            f"< {VERIFY_TARGET_S:.0f} s",
+            v2.seconds < VERIFY_TARGET_S and not v2_err,
+            "; ".join(v2_err),
+        ),
+    ]
+    errors += v1_err + ret_err + v2_err
+    print_table(backend, rows)
+    if errors:
+        print("\nerrors:\n  " + "\n  ".join(errors))
 
-        rows += [
-            Row(f"chain verify {SHORT_ORG} (start-up cost)", startup.seconds, "s", "-", None),
-            Row(
-                f"chain verify {ORG} ({expected:,} entries)",
-                v1.seconds,
-                "s",
-                f"< {VERIFY_TARGET_S:.0f} s",
-                v1.seconds < VERIFY_TARGET_S and not v1_err,
-                "; ".join(v1_err),
-            ),
-            Row(
-                f"retention run ({total:,} findings redacted)",
-                ret.seconds,
-                "s",
-                f"< {RETENTION_TARGET_S:.0f} s",
-                ret.seconds < RETENTION_TARGET_S and not ret_err,
-                "; ".join(ret_err) or f"database {size_before / 2**20:.0f} -> {size_after / 2**20:.0f} MiB",
-            ),
-            Row(
-                f"chain verify {ORG} after retention (all redacted)",
-                v2.seconds,
-                "s",
-                f"< {VERIFY_TARGET_S:.0f} s",
-                v2.seconds < VERIFY_TARGET_S and not v2_err,
-                "; ".join(v2_err),
-            ),
-        ]
-        errors += v1_err + ret_err + v2_err
-        print_table(backend, rows)
-        if errors:
-            print("\nerrors:\n  " + "\n  ".join(errors))
-
-        doc.update(
-            settings={
-                "findings": args.findings,
-                "uploads": args.uploads,
-                "warm_up": WARM_UP,
-                "upload_findings": UPLOAD_FINDINGS,
-                "seed": args.seed,
-                "cpus": os.cpu_count(),
-                "loadavg_1_5_15_at_end": os.getloadavg(),
-            },
-            seeding={"seconds": seed_s, "steps": seeded.seconds, "findings": seeded.findings, "scans": seeded.scans},
-            chain_entries=expected,
-            database_bytes={"before_retention": size_before, "after_retention": size_after},
-            rows=[r.__dict__ for r in rows],
-            upload_ms={
-                "empty_database": [1000 * x for x in empty_db_times],
-                "short_chain": [1000 * x for x in short_times],
-                "long_chain": [1000 * x for x in long_times],
-            },
-            commands={
-                name: {"args": r.args, "seconds": r.seconds, "exit": r.code, "stdout": r.stdout, "stderr": r.stderr}
-                for name, r in (("verify_short", startup), ("verify", v1), ("retention", ret), ("verify_after", v2))
-            },
-            errors=errors,
-        )
-        OUT_DIR.mkdir(parents=True, exist_ok=True)
-        path = OUT_DIR / f"chain-{backend}.json"
-        path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-        print(f"\nwritten: {path}")
-        return 0 if not errors and all(r.passed is not False for r in rows) else 1
-    finally:
-        if app is not None:
-            app.extensions["fremforge.db"].engine.dispose()
-        if backend == "postgresql":
-            try:
-                drop_pg_database(args.pg_url)
-            except Exception as exc:  # the result stands; say why the cleanup did not happen
-                print(f"note: could not drop {PG_DATABASE}: {exc}", file=sys.stderr)
-        shutil.rmtree(tmp, ignore_errors=True)
+    doc.update(
+        settings={
+            "findings": args.findings,
+            "uploads": args.uploads,
+            "warm_up": WARM_UP,
+            "upload_findings": UPLOAD_FINDINGS,
+            "seed": args.seed,
+            **machine_state(),
+        },
+        seeding={"seconds": seed_s, "steps": seeded.seconds, "findings": seeded.findings, "scans": seeded.scans},
+        chain_entries=expected,
+        database_bytes={"before_retention": size_before, "after_retention": size_after},
+        rows=[r.__dict__ for r in rows],
+        upload_ms={
+            "empty_database": [1000 * x for x in empty_db_times],
+            "short_chain": [1000 * x for x in short_times],
+            "long_chain": [1000 * x for x in long_times],
+        },
+        commands={
+            name: {"args": r.args, "seconds": r.seconds, "exit": r.code, "stdout": r.stdout, "stderr": r.stderr}
+            for name, r in (("verify_short", startup), ("verify", v1), ("retention", ret), ("verify_after", v2))
+        },
+        errors=errors,
+    )
+    print(f"\nwritten: {write_out(f'chain-{backend}.json', doc)}")
+    return 0 if not errors and all(r.passed is not False for r in rows) else 1
 
 
 if __name__ == "__main__":

@@ -36,11 +36,9 @@ import json
 import os
 import random
 import secrets
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -51,27 +49,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ingest_bench import (
+from common import (  # importing common puts the repository root on sys.path, for `app` and `tests.fakes`
     HOST,
     ROOT,
+    SHARED,
     VENV_BIN,
     app_env,
-    check_loopback_pg,
+    bench_parser,
+    check_pg_url,
+    commit_sha,
     flask_cli,
     free_port,
+    gunicorn,
     healthz_ok,
-    libpq_url,
-    pg_url_for,
+    machine_state,
+    print_load,
     stop,
     tail,
+    temp_dir,
+    throwaway_databases,
+    utc_now,
     wait_until,
+    write_out,
 )
 
-if str(ROOT) not in sys.path:  # `app` and `tests.fakes` are imported from the repository root
-    sys.path.insert(0, str(ROOT))
-
-OUT_DIR = Path(__file__).resolve().parent / "out"
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "github-webhooks"
+FIXTURES = SHARED / "fixtures" / "github-webhooks"
 
 ORG = "codertocat"
 LOGIN = "Codertocat"  # the account of the example payloads
@@ -80,7 +82,7 @@ INSTALLATION = 957387  # the installation of installation_repositories.added.jso
 CONTEXT = "fremforge/image-scan"  # the app's check run name (app.policy.CONTEXT)
 WEBHOOK_PATH = "/webhooks/github"
 UPLOAD_PATH = f"/api/v1/orgs/{ORG}/image-scans/findings"
-PG_DATABASES = {"webhooks": "fremforge_bench_gh_webhooks", "worker": "fremforge_bench_gh_worker"}
+PG_DATABASES = {"webhooks": "fremforge_bench_gh_webhooks", "worker": "fremforge_bench_gh_worker"}  # one per part
 
 # (fixture, X-GitHub-Event, the answer's "status" when the handler did its work, weight in the mix)
 MIX = (
@@ -156,10 +158,6 @@ def summary_ms(seconds: list[float]) -> dict[str, float]:
 # ---------------------------------------------------------------- shared bodies and settings
 
 
-def commit_sha(label: str) -> str:
-    return hashlib.sha1(label.encode()).hexdigest()
-
-
 def findings(label: str) -> list[dict[str, Any]]:
     """A small seed-shaped findings list, different per upload."""
     rng = random.Random(label)
@@ -219,56 +217,7 @@ def prepare_org(env: dict[str, str]) -> str:
     return out.strip().splitlines()[-1].strip()
 
 
-# ---------------------------------------------------------------- databases
-
-
-def database_urls(backend: str, pg_url: str, tmp: Path) -> dict[str, str]:
-    """One fresh database per part; on PostgreSQL the throwaway databases are dropped and re-created."""
-    if backend == "sqlite":
-        return {part: f"sqlite:///{tmp / (part + '.db')}" for part in PG_DATABASES}
-    import psycopg
-
-    with psycopg.connect(libpq_url(pg_url), autocommit=True) as conn:
-        for name in PG_DATABASES.values():
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            conn.execute(f'CREATE DATABASE "{name}"')
-    return {part: pg_url_for(pg_url, name, "postgresql+psycopg") for part, name in PG_DATABASES.items()}
-
-
-def drop_pg_databases(pg_url: str) -> None:
-    import psycopg
-
-    with psycopg.connect(libpq_url(pg_url), autocommit=True) as conn:
-        for name in PG_DATABASES.values():
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 # ---------------------------------------------------------------- processes
-
-
-@contextmanager
-def gunicorn_on(
-    port: int, env: dict[str, str], log: Path, access_log: Path, workers: int
-) -> Iterator[subprocess.Popen]:
-    """`gunicorn --workers N` serving the app on 127.0.0.1:`port`, with an access log of request times (µs)."""
-    cmd = [
-        str(VENV_BIN / "gunicorn"),
-        "--workers",
-        str(workers),
-        "-b",
-        f"{HOST}:{port}",
-        "--access-logfile",
-        str(access_log),
-        "--access-logformat",
-        "%(m)s %(U)s %(s)s %(D)s %({x-github-event}i)s",
-        "wsgi:app",
-    ]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield proc
-    finally:
-        stop(proc)
 
 
 @contextmanager
@@ -281,6 +230,11 @@ def background_worker(env: dict[str, str], log: Path) -> Iterator[subprocess.Pop
         yield proc
     finally:
         stop(proc)
+
+
+def access_log_options(access_log: Path) -> list[str]:
+    """gunicorn options for an access log of each request's method, path, status, time (µs) and GitHub event."""
+    return ["--access-logfile", str(access_log), "--access-logformat", "%(m)s %(U)s %(s)s %(D)s %({x-github-event}i)s"]
 
 
 def run_worker_once(env: dict[str, str], log: Path) -> tuple[float, str]:
@@ -519,10 +473,8 @@ def measure_webhooks(url: str, tmp: Path, args: argparse.Namespace) -> dict[str,
     token = prepare_org(env)
     commits = [commit_sha(f"seed-{n}") for n in range(SEEDED_COMMITS)]
     access = tmp / "webhooks-access.log"
-    with (
-        gunicorn_on(port, env, tmp / "webhooks-app.log", access, args.workers) as app_proc,
-        background_worker(env, tmp / "webhooks-worker.log") as worker_proc,
-    ):
+    served = gunicorn("wsgi:app", ROOT, env, tmp / "webhooks-app.log", args.workers, port, access_log_options(access))
+    with served as (_, app_proc), background_worker(env, tmp / "webhooks-worker.log") as worker_proc:
         wait_until(lambda: healthz_ok(port), app_proc, "app", tmp / "webhooks-app.log")
         upload_over_http(port, token, [f"seed-{n}" for n in range(SEEDED_COMMITS)])
         # A first burst of the same shape, unmeasured for the target: the server is measured warm, as it runs in
@@ -737,19 +689,16 @@ def print_table(backend: str, rows: list[Row]) -> None:
 
 
 def write_json(backend: str, rows: list[Row], hooks: dict | None, work: dict | None, args: argparse.Namespace) -> Path:
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    path = OUT_DIR / f"github-{backend}.json"
     doc = {
         "backend": backend,
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "when": utc_now(),
         "settings": {
             "deliveries": args.deliveries,
             "concurrency": args.concurrency,
             "commits": args.commits,
             "workers": args.workers,
             "bursts": args.bursts,
-            "cpus": os.cpu_count(),
-            "loadavg_1_5_15_at_end": os.getloadavg(),
+            **machine_state(),
         },
         "rows": [
             {
@@ -765,21 +714,14 @@ def write_json(backend: str, rows: list[Row], hooks: dict | None, work: dict | N
         "webhooks": hooks,
         "worker": work,
     }
-    path.write_text(json.dumps(doc, indent=2) + "\n")
-    return path
+    return write_out(f"github-{backend}.json", doc)
 
 
 # ---------------------------------------------------------------- main
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
-    ap.add_argument(
-        "--pg-url",
-        default="postgresql://postgres@127.0.0.1:5432/postgres",
-        help="maintenance URL of a loopback PostgreSQL (trust auth) for the throwaway databases",
-    )
+    ap = bench_parser(__doc__)
     ap.add_argument("--deliveries", type=int, default=200, help="webhook deliveries in each measured burst")
     ap.add_argument(
         "--bursts",
@@ -810,43 +752,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error("--concurrency must be between 1 and 500")
     if not 1 <= args.commits <= 100_000:
         ap.error("--commits must be between 1 and 100000")
-    if args.database == "postgresql":
-        check_loopback_pg(args.pg_url)
+    check_pg_url(args)
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    with (
+        temp_dir(f"fremforge-github-bench-{args.database}-") as tmp,
+        throwaway_databases(args.database, args.pg_url, tmp, PG_DATABASES) as urls,
+    ):
+        return run(args, tmp, urls)
+
+
+def run(args: argparse.Namespace, tmp: Path, urls: dict[str, str]) -> int:
+    """The parts asked for, each on its fresh database; the table and the JSON; 0 when every target is met, else 1."""
     backend = args.database
-    tmp = Path(tempfile.mkdtemp(prefix=f"fremforge-github-bench-{backend}-"))
-    try:
-        print(f"[{backend}] load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; logs in {tmp}", flush=True)
-        urls = database_urls(backend, args.pg_url, tmp)
-        hooks = work = None
-        if args.only in (None, "webhooks"):
-            print(f"[{backend}] webhooks while GitHub is unreachable", flush=True)
-            hooks = measure_webhooks(urls["webhooks"], tmp, args)
-        if args.only in (None, "worker"):
-            print(f"[{backend}] worker against the fake GitHub", flush=True)
-            work = measure_worker(urls["worker"], tmp, args)
-        rows = build_rows(hooks, work)
-        print_table(backend, rows)
-        if hooks is not None:
-            cpu = hooks["cpu_seconds_during_burst"]
-            print(f"\nCPU during the burst ({hooks['wall_seconds']:.2f} s wall on {os.cpu_count()} CPUs):")
-            for name, value in cpu.items():
-                print(f"  {name:<36}{value:>8.2f}" + (" s" if name != "machine busy share" else ""))
-        for sample in (hooks or {}).get("error_samples", []) + (work or {}).get("invalid_requests", []):
-            print(f"  sample: {sample}")
-        print(f"\nwritten: {write_json(backend, rows, hooks, work, args)}")
-        return 0 if all(r.passed for r in rows) else 1
-    finally:
-        if backend == "postgresql":
-            try:
-                drop_pg_databases(args.pg_url)
-            except Exception as exc:  # the result stands; say why the cleanup did not happen
-                print(f"note: could not drop the bench databases: {exc}", file=sys.stderr)
-        shutil.rmtree(tmp, ignore_errors=True)
+    print_load(backend, f"logs in {tmp}")
+    hooks = work = None
+    if args.only in (None, "webhooks"):
+        print(f"[{backend}] webhooks while GitHub is unreachable", flush=True)
+        hooks = measure_webhooks(urls["webhooks"], tmp, args)
+    if args.only in (None, "worker"):
+        print(f"[{backend}] worker against the fake GitHub", flush=True)
+        work = measure_worker(urls["worker"], tmp, args)
+    rows = build_rows(hooks, work)
+    print_table(backend, rows)
+    if hooks is not None:
+        cpu = hooks["cpu_seconds_during_burst"]
+        print(f"\nCPU during the burst ({hooks['wall_seconds']:.2f} s wall on {os.cpu_count()} CPUs):")
+        for name, value in cpu.items():
+            print(f"  {name:<36}{value:>8.2f}" + (" s" if name != "machine busy share" else ""))
+    for sample in (hooks or {}).get("error_samples", []) + (work or {}).get("invalid_requests", []):
+        print(f"  sample: {sample}")
+    print(f"\nwritten: {write_json(backend, rows, hooks, work, args)}")
+    return 0 if all(r.passed for r in rows) else 1
 
 
 if __name__ == "__main__":

@@ -19,59 +19,57 @@ import argparse
 import cProfile
 import io
 import pstats
-import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the app package
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # ingest_bench's body builders
-
-import ingest_bench as ib
 import sqlalchemy as sa
+from common import (
+    BIG,
+    ORG,
+    PATH,
+    ROOT,
+    check_loopback_pg,
+    context,
+    drop_pg_databases,
+    in_app,
+    make_trivy,
+    pg_url_for,
+    recreate_pg_databases,
+    seed_body,
+    seed_findings,
+    small_bodies,
+    temp_dir,
+)
 
 
-def _pg_admin(url: str) -> tuple[str, str]:
-    """The maintenance URL of the server in `url`, and the database name in it (loopback only)."""
-    parts = urlsplit(url)
-    if parts.hostname not in ("127.0.0.1", "localhost", "::1"):
-        raise SystemExit("loopback PostgreSQL only")
-    return urlunsplit(("postgresql", parts.netloc, "/postgres", parts.query, "")), parts.path.lstrip("/")
-
-
-def recreate_pg(url: str) -> None:
-    import psycopg
-
-    admin, name = _pg_admin(url)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-
-
-def drop_pg(url: str) -> None:
-    import psycopg
-
-    admin, name = _pg_admin(url)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+@contextmanager
+def throwaway_database(url: str) -> Iterator[None]:
+    """With a PostgreSQL URL (loopback only), the database named in it is dropped and re-created first, and dropped
+    again on the way out; any other URL is used as it is."""
+    if not url.startswith("postgres"):
+        yield
+        return
+    check_loopback_pg(url, "--database-url")
+    server, name = pg_url_for(url, "postgres", "postgresql"), urlsplit(url).path.lstrip("/")
+    recreate_pg_databases(server, [name])
+    try:
+        yield
+    finally:
+        drop_pg_databases(server, [name])
 
 
 def make_app(url: str):  # type: ignore[no-untyped-def]
+    """The app on `url`, migrated, with the org; returns the app and a findings:write token."""
     from app import create_app, migrate, orgs, tokens
-    from app.db import write_transaction
 
     app = create_app({"DATABASE_URL": url, "SECRET_KEY": "bench"})
     migrate.upgrade(app)
-    with app.app_context():
-        from app import db
-
-        s = db.session()
-        with write_transaction(s):
-            org = orgs.create(s, ib.ORG)
-            token = tokens.create(s, org, ["findings:write"], "profile").secret
+    token = in_app(app, lambda s: tokens.create(s, orgs.create(s, ORG), ["findings:write"], "profile").secret)
     return app, token
 
 
@@ -102,10 +100,10 @@ class StatementLog:
 
 def app_functions(prof: cProfile.Profile, requests: int) -> str:
     """The app's own functions (files under app/) by cumulative time per request: where to look first."""
-    app_dir = str(ib.ROOT / "app")
+    app_dir = str(ROOT / "app")
     stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
     rows = [
-        (ct, nc, f"{Path(file).relative_to(ib.ROOT)}:{line}({name})")
+        (ct, nc, f"{Path(file).relative_to(ROOT)}:{line}({name})")
         for (file, line, name), (_cc, nc, _tt, ct, _callers) in stats.items()
         if file.startswith(app_dir)
     ]
@@ -116,14 +114,14 @@ def app_functions(prof: cProfile.Profile, requests: int) -> str:
 
 
 def bodies(kind: str, count: int, tmp: Path) -> list[tuple[bytes, dict[str, str] | None]]:
-    report = ib.make_trivy(ib.BIG, tmp / "trivy.json")
-    findings = ib.seed_findings(report)
+    report = make_trivy(BIG, tmp / "trivy.json")
+    findings = seed_findings(report)
     if kind == "small":
-        return [(b, None) for b in ib.small_bodies("profile", count, findings)]
+        return [(b, None) for b in small_bodies("profile", count, findings)]
     if kind == "big":
-        return [(ib.seed_body(f"profile-big-{i}", findings), None) for i in range(count)]
+        return [(seed_body(f"profile-big-{i}", findings), None) for i in range(count)]
     raw = (tmp / "trivy.json").read_bytes()
-    return [(raw, ib.context(f"profile-trivy-{i}")) for i in range(count)]
+    return [(raw, context(f"profile-trivy-{i}")) for i in range(count)]
 
 
 def main() -> int:
@@ -134,20 +132,14 @@ def main() -> int:
     ap.add_argument("--top", type=int, default=30)
     args = ap.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="fremforge-profile-"))
-    url = args.database_url or f"sqlite:///{tmp / 'app.db'}"
-    if url.startswith("postgres"):
-        recreate_pg(url)
-    try:
-        app, token = make_app(url)
-        try:
-            profile(app, token, url, args, tmp)
-        finally:
-            app.extensions["fremforge.db"].engine.dispose()
-    finally:
-        if url.startswith("postgres"):
-            drop_pg(url)
-        shutil.rmtree(tmp, ignore_errors=True)
+    with temp_dir("fremforge-profile-") as tmp:
+        url = args.database_url or f"sqlite:///{tmp / 'app.db'}"
+        with throwaway_database(url):
+            app, token = make_app(url)
+            try:
+                profile(app, token, url, args, tmp)
+            finally:
+                app.extensions["fremforge.db"].engine.dispose()
     return 0
 
 
@@ -158,7 +150,7 @@ def profile(app, token: str, url: str, args: argparse.Namespace, tmp: Path) -> N
     work = bodies(args.kind, args.count + warm, tmp)
 
     def post(body: bytes, query: dict[str, str] | None) -> None:
-        path = ib.PATH + ("?" + urlencode(query) if query else "")
+        path = PATH + ("?" + urlencode(query) if query else "")
         resp = client.post(path, data=body, headers=headers)
         assert resp.status_code == 202, (resp.status_code, resp.get_data(as_text=True)[:300])
 

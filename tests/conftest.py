@@ -9,8 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -27,6 +26,8 @@ from tests import paths
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = paths.SHARED
 STRICT = os.environ.get("FREMFORGE_TEST_STRICT") == "1"
+TEST_CONFIG: dict[str, Any] = {"TESTING": True, "SECRET_KEY": "test-secret", "PUBLIC_URL": "http://fremforge.test"}
+MakeApp = Callable[..., Flask]  # the `make_app` fixture: make_app(**overrides) -> Flask
 
 
 def skip_or_fail(reason: str) -> None:
@@ -72,7 +73,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
             skip_or_fail(f"PostgreSQL at FREMFORGE_TEST_DATABASE_URL is not reachable: {exc.orig}")
         finally:
             engine.dispose()
-    app = create_app({"TESTING": True, "DATABASE_URL": url, "SECRET_KEY": "test"})
+    app = create_app({**TEST_CONFIG, "DATABASE_URL": url})
     migrate.upgrade(app)
     app.extensions["fremforge.db"].engine.dispose()
     yield url
@@ -90,19 +91,30 @@ def normalise(url: str) -> str:
 
 
 @pytest.fixture
-def app(database_url: str, tmp_path: Path) -> Iterator[Flask]:
-    app = create_app(
-        {
-            "TESTING": True,
-            "DATABASE_URL": database_url,
-            "SECRET_KEY": "test-secret",
-            "PUBLIC_URL": "http://fremforge.test",
-        }
-    )
-    app.instance_path = str(tmp_path / "instance")
-    yield app
-    empty_database(app)
-    app.extensions["fremforge.db"].engine.dispose()
+def make_app(database_url: str, tmp_path: Path) -> Iterator[MakeApp]:
+    """`make_app(**overrides)`: the app on the test's database (migrated already, see `database_url`), configured
+    with TEST_CONFIG and `overrides` (PUBLIC_URL=None: as if not set); its instance folder is the test's
+    tmp_path/instance. At teardown the database is emptied and every app made is disposed of."""
+    made: list[Flask] = []
+
+    def make(**overrides: Any) -> Flask:
+        app = create_app({**TEST_CONFIG, "DATABASE_URL": database_url, **overrides})
+        app.instance_path = str(tmp_path / "instance")
+        made.append(app)
+        return app
+
+    yield make
+    try:
+        for app in {a.config["DATABASE_URL"]: a for a in made}.values():  # each database once
+            empty_database(app)
+    finally:
+        for app in made:
+            app.extensions["fremforge.db"].engine.dispose()
+
+
+@pytest.fixture
+def app(make_app: MakeApp) -> Flask:
+    return make_app()
 
 
 def empty_database(app: Flask) -> None:
@@ -157,21 +169,9 @@ WEBHOOK_SECRET = "test-webhook-secret"
 
 
 @pytest.fixture
-def webhook_app(database_url: str, tmp_path: Path) -> Iterator[Flask]:
+def webhook_app(make_app: MakeApp) -> Flask:
     """The app with a GitHub webhook secret configured, as FREMFORGE_GITHUB_WEBHOOK_SECRET would set it."""
-    app = create_app(
-        {
-            "TESTING": True,
-            "DATABASE_URL": database_url,
-            "SECRET_KEY": "test-secret",
-            "PUBLIC_URL": "http://fremforge.test",
-            "GITHUB_WEBHOOK_SECRET": WEBHOOK_SECRET,
-        }
-    )
-    app.instance_path = str(tmp_path / "instance")
-    yield app
-    empty_database(app)
-    app.extensions["fremforge.db"].engine.dispose()
+    return make_app(GITHUB_WEBHOOK_SECRET=WEBHOOK_SECRET)
 
 
 # -- GitHub: one fake GitHub (real HTTP on 127.0.0.1) per test session, emptied for each test --------------------------
@@ -181,26 +181,11 @@ from tests.fakes import FakeGitHub, github_app_config  # noqa: E402
 INSTALLATION = 4711  # the fake GitHub installation of org `acme` in the delivery tests
 
 
-@contextmanager
-def app_with_github(
-    database_url: str, tmp_path: Path, fake: FakeGitHub, repos: list[str], **config: Any
-) -> Iterator[Flask]:
-    """The app on `database_url` with a GitHub App configured against `fake`, installed on `repos` of acme."""
-    app = create_app(
-        {
-            "TESTING": True,
-            "DATABASE_URL": database_url,
-            "SECRET_KEY": "test-secret",
-            "PUBLIC_URL": "http://fremforge.test",
-            **config,
-            **github_app_config(fake),
-        }
-    )
-    app.instance_path = str(tmp_path / "instance")
+def app_with_github(make_app: MakeApp, fake: FakeGitHub, repos: list[str], **config: Any) -> Flask:
+    """`make_app(**config)` with a GitHub App configured against `fake`, installed on `repos` of acme."""
+    app = make_app(**{**config, **github_app_config(fake)})
     fake.add_installation(INSTALLATION, "acme", repos)
-    yield app
-    empty_database(app)
-    app.extensions["fremforge.db"].engine.dispose()
+    return app
 
 
 def org_with_installation(app: Flask) -> str:
@@ -288,8 +273,15 @@ def live_server(app: Flask) -> Iterator[str]:
 # -- the admin pages: signing a test client in ----------------------------------------------------------------------
 
 
-def admin_login(app: Flask, client: FlaskClient, slug: str = "acme") -> None:
-    """Sign `client` in to `slug`'s admin pages as a browser would: through a one-time login link."""
+def csrf_of(client: FlaskClient) -> str:
+    """The CSRF token of `client`'s session (what the admin pages put in their forms)."""
+    with client.session_transaction() as cookie:
+        return cookie["csrf"]
+
+
+def admin_login(app: Flask, client: FlaskClient, slug: str = "acme") -> str:
+    """Sign `client` in to `slug`'s admin pages as a browser would, through a one-time login link; the session's
+    CSRF token. The one way tests sign an admin in: only the tests of a sign-in path itself go their own way."""
     from app import db, orgs
     from app.admin import links
     from app.db import write_transaction
@@ -303,10 +295,9 @@ def admin_login(app: Flask, client: FlaskClient, slug: str = "acme") -> None:
     # The link's GET shows a button (and spends nothing); its POST, with the page's CSRF token, signs in.
     page = client.get(f"/admin/login/link/{token}")
     assert page.status_code == 200, page.get_data(as_text=True)
-    with client.session_transaction() as cookie:
-        csrf = cookie["csrf"]
-    response = client.post(f"/admin/login/link/{token}", data={"csrf_token": csrf})
+    response = client.post(f"/admin/login/link/{token}", data={"csrf_token": csrf_of(client)})
     assert response.status_code == 303, response.get_data(as_text=True)
+    return csrf_of(client)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -7,7 +7,6 @@ import re
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -18,11 +17,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from app import create_app, db
+from app import db
 from app.admin.sessions import hash_id
 from app.admin.signin import safe_next, web_base_url
 from app.models import AdminLoginLink, AdminSession, AuditEvent, utcnow
-from tests.conftest import admin_login, empty_database
+from tests.conftest import MakeApp, admin_login, csrf_of
 from tests.factories import make_org
 from tests.fakes import FakeGitHub, github_app_config
 
@@ -38,24 +37,13 @@ def acme(app: Flask) -> None:
 
 
 @pytest.fixture
-def oauth_app(database_url: str, tmp_path: Path, fake_github: FakeGitHub) -> Iterator[Flask]:
+def oauth_app(make_app: MakeApp, fake_github: FakeGitHub) -> Iterator[Flask]:
     """The app with the GitHub App (and its OAuth client id and secret) pointing at the fake GitHub."""
-    app = create_app(
-        {
-            "TESTING": True,
-            "DATABASE_URL": database_url,
-            "SECRET_KEY": "test-secret",
-            "PUBLIC_URL": "http://fremforge.test",
-            **github_app_config(fake_github),
-        }
-    )
-    app.instance_path = str(tmp_path / "instance")
+    app = make_app(**github_app_config(fake_github))
     make_org(app, "acme", "acme-gh")
     make_org(app, "other", "other-gh")
     yield app
     assert fake_github.invalid_requests == [] and fake_github.invalid_responses == []
-    empty_database(app)
-    app.extensions["fremforge.db"].engine.dispose()
 
 
 @pytest.fixture
@@ -70,11 +58,6 @@ def location(response: TestResponse) -> str:
 
 def text(response: TestResponse) -> str:
     return response.get_data(as_text=True)
-
-
-def csrf_of(client: FlaskClient) -> str:
-    with client.session_transaction() as session:
-        return session["csrf"]
 
 
 def audit_events(app: Flask, action: str) -> list[AuditEvent]:
@@ -232,22 +215,15 @@ def test_the_session_cookie_is_httponly_lax_and_expires(
     assert "Secure" not in cookie  # PUBLIC_URL is http://
 
 
-def test_the_session_cookie_is_secure_behind_https(database_url: str, tmp_path: Path) -> None:
-    app = create_app(
-        {"TESTING": True, "DATABASE_URL": database_url, "SECRET_KEY": "s", "PUBLIC_URL": "https://fremforge.example"}
-    )
-    app.instance_path = str(tmp_path / "instance")
-    try:
-        make_org(app, "acme")
-        url = login_url(app.test_cli_runner(), "acme")
-        assert url.startswith("https://fremforge.example/admin/login/link/")
-        browser = app.test_client()
-        cookie = session_cookie(open_link(browser, urlsplit(url).path, base_url="https://fremforge.example"))
-        assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
-        assert app.permanent_session_lifetime == timedelta(hours=12)
-    finally:
-        empty_database(app)
-        app.extensions["fremforge.db"].engine.dispose()
+def test_the_session_cookie_is_secure_behind_https(make_app: MakeApp) -> None:
+    app = make_app(PUBLIC_URL="https://fremforge.example")
+    make_org(app, "acme")
+    url = login_url(app.test_cli_runner(), "acme")
+    assert url.startswith("https://fremforge.example/admin/login/link/")
+    browser = app.test_client()
+    cookie = session_cookie(open_link(browser, urlsplit(url).path, base_url="https://fremforge.example"))
+    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    assert app.permanent_session_lifetime == timedelta(hours=12)
 
 
 # -- one-time login links ---------------------------------------------------------------------------------------------
@@ -328,17 +304,12 @@ def test_login_url_refuses(runner: Any, acme: None, args: list[str], message: st
     assert result.exit_code != 0 and message in result.output
 
 
-def test_login_url_without_public_url_points_at_the_local_server(database_url: str, tmp_path: Path) -> None:
-    app = create_app({"TESTING": True, "DATABASE_URL": database_url, "SECRET_KEY": "s"})
-    app.instance_path = str(tmp_path / "instance")
-    try:
-        make_org(app, "acme")
-        result = app.test_cli_runner().invoke(args=["admin", "login-url", "acme"])
-        assert "FREMFORGE_PUBLIC_URL is not set" in result.output
-        assert result.output.strip().splitlines()[-1].startswith("http://127.0.0.1:8000/admin/login/link/")
-    finally:
-        empty_database(app)
-        app.extensions["fremforge.db"].engine.dispose()
+def test_login_url_without_public_url_points_at_the_local_server(make_app: MakeApp) -> None:
+    app = make_app(PUBLIC_URL=None)
+    make_org(app, "acme")
+    result = app.test_cli_runner().invoke(args=["admin", "login-url", "acme"])
+    assert "FREMFORGE_PUBLIC_URL is not set" in result.output
+    assert result.output.strip().splitlines()[-1].startswith("http://127.0.0.1:8000/admin/login/link/")
 
 
 def test_a_link_opened_twice_at_once_signs_in_once(app: Flask, runner: Any, acme: None) -> None:
@@ -568,26 +539,12 @@ def test_without_oauth_credentials_start_explains_the_login_link(client: FlaskCl
     assert response.status_code == 404 and "flask --app wsgi admin login-url acme" in text(response)
 
 
-def test_github_com_is_the_authorize_host_for_the_public_api(database_url: str, tmp_path: Path) -> None:
-    app = create_app(
-        {
-            "TESTING": True,
-            "DATABASE_URL": database_url,
-            "SECRET_KEY": "s",
-            "PUBLIC_URL": "https://fremforge.example",
-            "GITHUB_CLIENT_ID": "Iv1.abc",
-            "GITHUB_CLIENT_SECRET": "shh",
-        }
-    )
-    app.instance_path = str(tmp_path / "instance")
-    try:
-        make_org(app, "acme")
-        url = location(app.test_client().get("/admin/oauth/start?org=acme"))
-        assert url.startswith("https://github.com/login/oauth/authorize?client_id=Iv1.abc&")
-        assert "redirect_uri=https%3A%2F%2Ffremforge.example%2Fadmin%2Foauth%2Fcallback" in url
-    finally:
-        empty_database(app)
-        app.extensions["fremforge.db"].engine.dispose()
+def test_github_com_is_the_authorize_host_for_the_public_api(make_app: MakeApp) -> None:
+    app = make_app(PUBLIC_URL="https://fremforge.example", GITHUB_CLIENT_ID="Iv1.abc", GITHUB_CLIENT_SECRET="shh")
+    make_org(app, "acme")
+    url = location(app.test_client().get("/admin/oauth/start?org=acme"))
+    assert url.startswith("https://github.com/login/oauth/authorize?client_id=Iv1.abc&")
+    assert "redirect_uri=https%3A%2F%2Ffremforge.example%2Fadmin%2Foauth%2Fcallback" in url
 
 
 # -- sessions kept in the database (spec section 6) -------------------------------------------------------------------

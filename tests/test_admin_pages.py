@@ -1,4 +1,4 @@
-"""The admin pages of Admin → Code security → Image scanning, signed in by putting the session in place."""
+"""The admin pages of Admin → Code security → Image scanning, signed in through a one-time login link."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import sqlalchemy as sa
 from werkzeug.datastructures import MultiDict
 
 from app import db
-from app.admin import sessions as admin_sessions
-from app.admin import views
-from app.models import ApiToken, AuditEvent, Finding, Org, OrgSettings, OutboxItem, ScanRun
+from app.admin import audit_page, scan_pages, settings_page
+from app.models import ApiToken, AuditEvent, Finding, OrgSettings, OutboxItem, ScanRun
+from tests.conftest import admin_login, csrf_of
 from tests.factories import FIXTURES, REPO, SHA, SHA2, census, finding, make_org, make_token, post, seed, set_policy
 
 BASE = "/admin/orgs/acme/code-security/image-scanning"
@@ -107,22 +107,6 @@ def text_of(html: str) -> str:
     return " ".join(unescape(re.sub(r"<[^>]+>", " ", html)).split())
 
 
-def sign_in(client, org: str = "acme") -> None:
-    """Put a live session for `org` (made when missing) in place: its record in the database, its id in the cookie."""
-    app = client.application
-    if scalars(app, sa.select(Org).where(Org.slug == org)) == []:
-        make_org(app, org)
-    with app.app_context():
-        session = db.session()
-        with db.write_transaction(session):
-            [found] = session.scalars(sa.select(Org).where(Org.slug == org))
-            new = admin_sessions.start(session, found, "tester", "test")
-    with client.session_transaction() as s:
-        s.clear()
-        s["sid"] = new.raw_id
-        s["csrf"] = "t"
-
-
 def upload_report(client, token: str, name: str, image: str | None = None, sha: str = SHA, repo: str = REPO) -> int:
     query = {"image_ref": image or f"ghcr.io/acme/{name.removesuffix('.json')}:1", "commit_sha": sha}
     query["repo_full_name"] = repo
@@ -156,10 +140,16 @@ def token(app):
 
 
 @pytest.fixture
-def admin(client, token):
+def admin(app, client, token):
     """The test client signed in as an admin of acme (with the org and a token made)."""
-    sign_in(client)
+    admin_login(app, client)
     return client
+
+
+@pytest.fixture
+def csrf(admin):
+    """The CSRF token of the admin's session, for the forms' posts."""
+    return csrf_of(admin)
 
 
 # -- access ----------------------------------------------------------------------------------------------------------
@@ -175,8 +165,9 @@ def test_without_a_session_every_page_redirects_to_sign_in(client, token, page):
 
 
 @pytest.mark.parametrize("page", PAGES)
-def test_a_session_for_another_org_gets_403(client, token, page):
-    sign_in(client, "other")
+def test_a_session_for_another_org_gets_403(app, client, token, page):
+    make_org(app, "other")
+    admin_login(app, client, "other")
     assert client.get(BASE + page).status_code == 403
 
 
@@ -213,7 +204,7 @@ def test_base_layout(admin):
     page = text_of(r.text)
     assert "Admin → Code security → Image scanning" in page
     assert "Organisation acme" in page
-    assert "Signed in as tester" in page
+    assert "Signed in as login-link" in page
     assert 'href="#main"' in r.text and 'id="main"' in r.text  # the skip link and its target
     assert re.search(
         r'<form method="post" action="/admin/logout"[^>]*>\s*<input type="hidden" name="csrf_token"', r.text
@@ -314,7 +305,7 @@ def test_pr_and_delivery_columns(app, admin, token):
 
 def test_a_delivery_of_today_shows_its_time(app, admin, token):
     scan_id = upload(admin, token)
-    now = views.utcnow().replace(hour=12, minute=3, second=0, microsecond=0)
+    now = scan_pages.utcnow().replace(hour=12, minute=3, second=0, microsecond=0)
     run_sql(
         app, sa.update(OutboxItem).where(OutboxItem.scan_run_id == scan_id).values(state="delivered", delivered_at=now)
     )
@@ -376,7 +367,7 @@ def test_a_bad_filter_is_named_beside_its_field(admin, token, query, field, mess
 
 
 def test_pagination_follows_the_older_link(admin, token, monkeypatch):
-    monkeypatch.setattr(views, "SCANS_PER_PAGE", 2)
+    monkeypatch.setattr(scan_pages, "SCANS_PER_PAGE", 2)
     made = [upload(admin, token, image_ref=f"ghcr.io/acme/app:{i}") for i in range(5)]
     seen: list[int] = []
     url = BASE + "?repo=acme/api"
@@ -495,7 +486,7 @@ def test_detail_links_a_ghsa_vendor_id_and_distro_ids(admin, token):
 
 
 def test_severity_filter_and_pages_of_findings(admin, token, monkeypatch):
-    monkeypatch.setattr(views, "FINDINGS_PER_PAGE", 2)
+    monkeypatch.setattr(scan_pages, "FINDINGS_PER_PAGE", 2)
     scan_id = upload_report(admin, token, "alpine-39.json")
     r = admin.get(f"{BASE}/scans/{scan_id}?severity=critical")
     assert [row[0][0] for row in table(r.text, "findings")["rows"]] == ["critical", "critical"]
@@ -632,7 +623,6 @@ def test_the_target_url_posted_to_github_opens_the_commit_page(admin, token):
 # -- settings --------------------------------------------------------------------------------------------------------
 
 VALID = {
-    "csrf_token": "t",
     "enabled": "1",
     "block_action": "block_pull",
     "require_signed": "1",
@@ -644,7 +634,7 @@ VALID = {
 def settings_of(app) -> dict[str, Any]:
     with app.app_context():
         s = db.session().scalars(sa.select(OrgSettings)).one()
-        return {c: getattr(s, c) for c in views.SETTING_LABELS}
+        return {c: getattr(s, c) for c in settings_page.SETTING_LABELS}
 
 
 def audit_events(app, action: str) -> list[AuditEvent]:
@@ -669,7 +659,7 @@ def test_settings_form_shows_the_policy(app, admin):
     assert ">https://issuer.example ^repo:acme/\nhttps://token.actions.githubusercontent.com</textarea>" in r.text
     assert 'value="30"' in r.text
     for value in ("none", "warn", "block_pull"):  # a sentence for each block action
-        assert views.BLOCK_ACTION_HELP[value] in text_of(r.text)
+        assert settings_page.BLOCK_ACTION_HELP[value] in text_of(r.text)
     assert re.search(r'<label for="retention_days">', r.text)
 
 
@@ -701,7 +691,7 @@ class _Form(HTMLParser):
             self.data[-1] = (name, text + data)
 
 
-def test_the_settings_form_submitted_unchanged_changes_nothing(app, admin):
+def test_the_settings_form_submitted_unchanged_changes_nothing(app, admin, csrf):
     set_policy(
         app,
         "acme",
@@ -716,15 +706,15 @@ def test_the_settings_form_submitted_unchanged_changes_nothing(app, admin):
     before = settings_of(app), len(audit_events(app, "settings.changed"))
     form = _Form()
     form.feed(admin.get(BASE + "/settings").text)
-    data = MultiDict([(k, v) for k, v in form.data if k != "csrf_token"] + [("csrf_token", "t")])
+    data = MultiDict([(k, v) for k, v in form.data if k != "csrf_token"] + [("csrf_token", csrf)])
     r = admin.post(BASE + "/settings", data=data)
     assert r.status_code == 302
     assert (settings_of(app), len(audit_events(app, "settings.changed"))) == before
     assert "Saved. Nothing changed." in text_of(admin.get(BASE + "/settings").text)
 
 
-def test_settings_post_saves_and_records_old_and_new(app, admin):
-    r = admin.post(BASE + "/settings", data=VALID)
+def test_settings_post_saves_and_records_old_and_new(app, admin, csrf):
+    r = admin.post(BASE + "/settings", data={**VALID, "csrf_token": csrf})
     assert r.status_code == 302
     assert r.headers["Location"].endswith(BASE + "/settings")
     assert settings_of(app) == {
@@ -737,27 +727,30 @@ def test_settings_post_saves_and_records_old_and_new(app, admin):
         "retention_days": 90,
     }
     [event] = audit_events(app, "settings.changed")
-    assert event.actor == "test:tester"
+    assert event.actor == "link:login-link"
     assert event.details["changes"]["block_action"] == {"old": "warn", "new": "block_pull"}
     assert event.details["changes"]["retention_days"] == {"old": 365, "new": 90}
     assert set(event.details["changes"]) == {"block_action", "require_signed", "allowed_issuers", "retention_days"}
     page = admin.get(r.headers["Location"])
     assert "Saved" in text_of(page.text)
-    audit = text_of(admin.get(BASE + "/audit").text)
+    audit_page = admin.get(BASE + "/audit").text
+    audit = text_of(audit_page)
     assert "Settings changed" in audit
-    assert "test:tester" in audit
+    [who] = [row[1][0] for row in table(audit_page, "audit")["rows"] if row[2][0] == "Settings changed"]
+    assert who == "link:login-link"
     assert "Block action: warn → block_pull" in audit
     assert "Retention (days): 365 → 90" in audit
     assert "Require signed images: off → on" in audit
 
 
-def test_settings_post_unchecked_boxes_turn_off_and_nothing_changed_is_no_event(app, admin):
-    admin.post(BASE + "/settings", data=VALID)
-    r = admin.post(BASE + "/settings", data={k: v for k, v in VALID.items() if k not in ("enabled", "require_signed")})
+def test_settings_post_unchecked_boxes_turn_off_and_nothing_changed_is_no_event(app, admin, csrf):
+    admin.post(BASE + "/settings", data={**VALID, "csrf_token": csrf})
+    unchecked = {k: v for k, v in VALID.items() if k not in ("enabled", "require_signed")} | {"csrf_token": csrf}
+    r = admin.post(BASE + "/settings", data=unchecked)
     assert r.status_code == 302
     assert settings_of(app)["enabled"] is False
     assert settings_of(app)["require_signed"] is False
-    admin.post(BASE + "/settings", data={k: v for k, v in VALID.items() if k not in ("enabled", "require_signed")})
+    admin.post(BASE + "/settings", data=unchecked)
     assert len(audit_events(app, "settings.changed")) == 2
     assert "Nothing changed" in text_of(admin.get(BASE + "/settings").text)
 
@@ -783,9 +776,9 @@ def test_settings_post_unchecked_boxes_turn_off_and_nothing_changed_is_no_event(
         ),
     ],
 )
-def test_settings_post_invalid_is_422_beside_the_field_and_changes_nothing(app, admin, field, value, message):
+def test_settings_post_invalid_is_422_beside_the_field_and_changes_nothing(app, admin, csrf, field, value, message):
     before, rows = settings_of(app), census(app)
-    r = admin.post(BASE + "/settings", data={**VALID, field: value})
+    r = admin.post(BASE + "/settings", data={**VALID, "csrf_token": csrf, field: value})
     assert r.status_code == 422
     error = re.search(rf'<p class="field-error" id="{field}-error">(.*?)</p>', r.text, re.S)
     assert error is not None, r.text
@@ -801,11 +794,11 @@ def test_settings_post_invalid_is_422_beside_the_field_and_changes_nothing(app, 
 # -- tokens ----------------------------------------------------------------------------------------------------------
 
 
-def test_token_create_shows_the_secret_once_and_it_works(app, admin):
+def test_token_create_shows_the_secret_once_and_it_works(app, admin, csrf):
     r = admin.post(
         BASE + "/tokens",
         data={
-            "csrf_token": "t",
+            "csrf_token": csrf,
             "name": "acme/api CI",
             "scopes": ["findings:write", "findings:read"],
             "expires_days": "30",
@@ -823,19 +816,19 @@ def test_token_create_shows_the_secret_once_and_it_works(app, admin):
     row = next(row for row in table(listing.text, "tokens")["rows"] if row[0][0] == "acme/api CI")
     assert row[1][0] == secret[:11] + "…"
     assert row[2][0] == "findings:write findings:read"
-    assert row[3][0].endswith("by test:tester")
+    assert row[3][0].endswith("by link:login-link")
     assert row[4][0].endswith(" UTC")
     assert row[5][0].endswith(" UTC")  # just used for the upload
     assert row[6][0] == "active"
     [event] = [e for e in audit_events(app, "token.created") if e.details["name"] == "acme/api CI"]
-    assert event.actor == "test:tester"
+    assert event.actor == "link:login-link"
 
 
-def test_token_revoke(app, admin):
-    r = admin.post(BASE + "/tokens", data={"csrf_token": "t", "name": "short-lived", "scopes": "findings:write"})
+def test_token_revoke(app, admin, csrf):
+    r = admin.post(BASE + "/tokens", data={"csrf_token": csrf, "name": "short-lived", "scopes": "findings:write"})
     secret = re.search(r'id="secret" value="(ffis_[A-Za-z0-9]+)"', r.text).group(1)
     [token_id] = scalars(app, sa.select(ApiToken.id).where(ApiToken.name == "short-lived"))
-    r = admin.post(f"{BASE}/tokens/{token_id}/revoke", data={"csrf_token": "t"})
+    r = admin.post(f"{BASE}/tokens/{token_id}/revoke", data={"csrf_token": csrf})
     assert r.status_code == 302
     page = admin.get(r.headers["Location"])
     assert "Revoked the token “short-lived”" in text_of(page.text)
@@ -843,16 +836,16 @@ def test_token_revoke(app, admin):
     assert row[6][0].startswith("revoked")
     assert post(admin, secret, seed()).status_code == 401
     [event] = audit_events(app, "token.revoked")
-    assert event.actor == "test:tester"
+    assert event.actor == "link:login-link"
     assert "Token revoked" in text_of(admin.get(BASE + "/audit").text)
     # Revoking again changes nothing; another org's token is not found.
-    admin.post(f"{BASE}/tokens/{token_id}/revoke", data={"csrf_token": "t"})
+    admin.post(f"{BASE}/tokens/{token_id}/revoke", data={"csrf_token": csrf})
     assert len(audit_events(app, "token.revoked")) == 1
     make_org(app, "other")
     make_token(app, "other")
     [theirs] = scalars(app, sa.select(ApiToken.id).order_by(ApiToken.id.desc()).limit(1))
-    assert admin.post(f"{BASE}/tokens/{theirs}/revoke", data={"csrf_token": "t"}).status_code == 404
-    assert admin.post(f"{BASE}/tokens/99999999999/revoke", data={"csrf_token": "t"}).status_code == 404
+    assert admin.post(f"{BASE}/tokens/{theirs}/revoke", data={"csrf_token": csrf}).status_code == 404
+    assert admin.post(f"{BASE}/tokens/99999999999/revoke", data={"csrf_token": csrf}).status_code == 404
 
 
 @pytest.mark.parametrize(
@@ -866,9 +859,9 @@ def test_token_revoke(app, admin):
         ({"name": "ci", "scopes": "findings:write", "expires_days": "soon"}, "expires_days"),
     ],
 )
-def test_token_create_invalid_is_422_and_makes_nothing(app, admin, data, field):
+def test_token_create_invalid_is_422_and_makes_nothing(app, admin, csrf, data, field):
     before = census(app)
-    r = admin.post(BASE + "/tokens", data={"csrf_token": "t", **data})
+    r = admin.post(BASE + "/tokens", data={"csrf_token": csrf, **data})
     assert r.status_code == 422
     assert f'id="{field}-error"' in r.text
     assert 'id="secret"' not in r.text
@@ -878,10 +871,10 @@ def test_token_create_invalid_is_422_and_makes_nothing(app, admin, data, field):
 # -- audit -----------------------------------------------------------------------------------------------------------
 
 
-def test_audit_is_newest_first_and_paged(app, admin, monkeypatch):
-    monkeypatch.setattr(views, "EVENTS_PER_PAGE", 2)
+def test_audit_is_newest_first_and_paged(app, admin, csrf, monkeypatch):
+    monkeypatch.setattr(audit_page, "EVENTS_PER_PAGE", 2)
     for days in (10, 20, 30, 40):
-        admin.post(BASE + "/settings", data={**VALID, "retention_days": str(days)})
+        admin.post(BASE + "/settings", data={**VALID, "csrf_token": csrf, "retention_days": str(days)})
     seen: list[str] = []
     url = BASE + "/audit"
     while url:
@@ -898,7 +891,7 @@ def test_audit_is_newest_first_and_paged(app, admin, monkeypatch):
         "Block action: warn → block_pull Require signed images: off → on Allowed issuers: (none) → "
         "https://token.actions.githubusercontent.com ^https://github.com/acme/ Retention (days): 365 → 10",
     ]
-    assert len(seen) == 5  # and the token made for the fixture
+    assert len(seen) == 7  # and the fixture's: the token made, the login link made and the sign-in with it
     assert admin.get(BASE + "/audit?before=x").status_code == 400
 
 
@@ -919,7 +912,7 @@ def test_errors_are_pages_in_the_admin_frame(admin, monkeypatch, caplog):
     def broken(*_args: Any, **_kwargs: Any) -> Any:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(views.queries, "list_scans", broken)
+    monkeypatch.setattr(scan_pages.queries, "list_scans", broken)
     r = admin.get(BASE)
     assert r.status_code == 500
     assert "it was logged" in text_of(r.text)

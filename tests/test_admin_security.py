@@ -97,9 +97,7 @@ def test_the_api_is_left_alone(client: FlaskClient) -> None:
 
 def test_the_pages_run_no_inline_script(app: Flask, client: FlaskClient, acme: None) -> None:
     """The policy allows scripts from this site only: the pages' own script is a file, and no on...= handlers."""
-    admin_login(app, client)
-    with client.session_transaction() as cookie:
-        csrf = cookie["csrf"]
+    csrf = admin_login(app, client)
     pages = [client.get(SECTION).get_data(as_text=True)]  # no scans yet: the workflow snippet, its copy button
     form = {"name": "ci", "scopes": "findings:write", "expires_days": "30", "csrf_token": csrf}
     created = client.post(SECTION + "/tokens", data=form)

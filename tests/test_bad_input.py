@@ -14,7 +14,6 @@ import json
 import os
 import types
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,8 @@ import pytest
 from flask import Flask
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
-from app import create_app
-from app.findings import schemas
-from tests.conftest import empty_database
+from app.web import bodies
+from tests.conftest import MakeApp
 from tests.factories import FIXTURES, REPO, SHA, census, finding, make_org, make_token, post, seed, set_policy
 
 URL = "/api/v1/orgs/acme/image-scans/findings"
@@ -518,21 +516,9 @@ def bomb_200mb() -> bytes:
 
 
 @pytest.fixture
-def small_app(database_url: str, tmp_path: Path) -> Iterator[Flask]:
+def small_app(make_app: MakeApp) -> Flask:
     """The app with FREMFORGE_MAX_UPLOAD_MB=1, as a string the way the environment gives it."""
-    app = create_app(
-        {
-            "TESTING": True,
-            "DATABASE_URL": database_url,
-            "SECRET_KEY": "test-secret",
-            "PUBLIC_URL": "http://fremforge.test",
-            "MAX_UPLOAD_MB": "1",
-        }
-    )
-    app.instance_path = str(tmp_path / "instance")
-    yield app
-    empty_database(app)
-    app.extensions["fremforge.db"].engine.dispose()
+    return make_app(MAX_UPLOAD_MB="1")
 
 
 @pytest.fixture
@@ -560,7 +546,7 @@ def inflated(monkeypatch: pytest.MonkeyPatch) -> list[int]:
             return getattr(self._d, name)
 
     monkeypatch.setattr(
-        schemas, "zlib", types.SimpleNamespace(decompressobj=Counting, MAX_WBITS=zlib.MAX_WBITS, error=zlib.error)
+        bodies, "zlib", types.SimpleNamespace(decompressobj=Counting, MAX_WBITS=zlib.MAX_WBITS, error=zlib.error)
     )
     return produced
 

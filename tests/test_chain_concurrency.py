@@ -21,8 +21,8 @@ import sqlalchemy as sa
 from flask import Flask
 
 from app import db, orgs
+from app.chain.verify import verify_org
 from app.models import AuditEvent, ChainHead, Finding, OutboxItem, ScanRun
-from app.verify import verify_org
 from tests.factories import finding, make_org, make_token, seed
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from app import verify
+from app.chain import verify
 from tests.chainkit import FUTURE, build_chain, fake_hash, org_id, sql, verdict
 from tests.factories import make_org, make_token
 

@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from app import checkpoints, create_app, verify
+from app.chain import checkpoints, verify
 from tests.chainkit import build_chain, org_id, scalar, sql, verdict
 from tests.factories import finding, make_token, post, seed
 
@@ -22,7 +22,7 @@ DOMAIN = {"finding": b"fremforge/finding/v1\n", "audit": b"fremforge/audit/v1\n"
 
 
 def signed_message(doc: dict) -> bytes:
-    """As the README documents it, written out independently of app.checkpoints."""
+    """As the README documents it, written out independently of app.chain.checkpoints."""
     statement = {k: doc[k] for k in ("org", "size", "head_hash", "time")}
     return b"fremforge/checkpoint/v1\n" + json.dumps(statement, sort_keys=True, separators=(",", ":")).encode()
 
@@ -141,13 +141,12 @@ def test_the_key_is_made_once_in_the_instance_folder(app, signed):
     assert b"PRIVATE KEY" in key.read_bytes()
 
 
-def test_the_key_file_setting_is_honoured(database_url, tmp_path):
+def test_the_key_file_setting_is_honoured(make_app, tmp_path):
     path = tmp_path / "keys" / "fremforge-checkpoint.pem"
-    app = create_app({"TESTING": True, "SECRET_KEY": "x", "DATABASE_URL": database_url, "CHECKPOINT_KEY_FILE": path})
+    app = make_app(CHECKPOINT_KEY_FILE=path)
     with app.app_context():
         made = checkpoints.key_of(app)
     assert path.exists() and checkpoints.load_or_create(path).public_raw == made.public_raw
-    app.extensions["fremforge.db"].engine.dispose()
 
 
 def rebuild(app, org: int) -> None:

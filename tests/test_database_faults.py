@@ -32,11 +32,11 @@ from flask import Flask
 from sqlalchemy import exc as sa_exc
 
 from app import create_app, db, migrate
+from app.chain.verify import verify_org
 from app.findings import queries
 from app.models import Org, ScanRun
-from app.verify import verify_org
 from tests import pgcluster
-from tests.conftest import WEBHOOK_SECRET, admin_login, empty_database, normalise, skip_or_fail
+from tests.conftest import TEST_CONFIG, WEBHOOK_SECRET, MakeApp, admin_login, normalise, skip_or_fail
 from tests.factories import census, finding, make_org, make_token, post, seed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,15 +166,9 @@ def test_a_webhook_during_an_outage_is_a_json_503(webhook_app: Flask, monkeypatc
 
 
 @pytest.fixture
-def busy_app(database_url: str, tmp_path: Path) -> Iterator[Flask]:
+def busy_app(make_app: MakeApp) -> Flask:
     """The app with its database budget lowered to BUDGET seconds (so the tests need not wait 10 s)."""
-    app = create_app(
-        {"TESTING": True, "DATABASE_URL": database_url, "SECRET_KEY": "test-secret", "DATABASE_BUSY_SECONDS": BUDGET}
-    )
-    app.instance_path = str(tmp_path / "instance")
-    yield app
-    empty_database(app)
-    app.extensions["fremforge.db"].engine.dispose()
+    return make_app(DATABASE_BUSY_SECONDS=BUDGET)
 
 
 @contextmanager
@@ -339,7 +333,7 @@ def test_uploads_while_postgresql_restarts_get_202_or_503_never_a_500_nor_a_drop
         skip_or_fail(f"PostgreSQL fault injection needs a throwaway cluster: {exc}")
     with cluster:
         cluster.start()
-        app = create_app({"TESTING": True, "DATABASE_URL": cluster.url, "SECRET_KEY": "test"})
+        app = create_app({**TEST_CONFIG, "DATABASE_URL": cluster.url})
         engine = app.extensions["fremforge.db"].engine
         try:
             migrate.upgrade(app)

@@ -11,7 +11,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from app import create_app, db
-from tests.conftest import postgres_base_url, skip_or_fail
+from tests.conftest import TEST_CONFIG, postgres_base_url, skip_or_fail
 
 
 def count_pings(app: Flask, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
@@ -56,7 +56,7 @@ def postgres_app() -> Iterator[Flask]:
     base = postgres_base_url()
     if base is None:
         skip_or_fail("this test needs a PostgreSQL server: set FREMFORGE_TEST_DATABASE_URL")
-    app = create_app({"TESTING": True, "DATABASE_URL": base, "SECRET_KEY": "test"})
+    app = create_app({**TEST_CONFIG, "DATABASE_URL": base})
     yield app
     app.extensions["fremforge.db"].engine.dispose()
 

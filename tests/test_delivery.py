@@ -6,20 +6,18 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from app import create_app, db
+from app import db
 from app.github import delivery
 from app.github.client import github_app
 from app.models import CheckRunRecord, Org, OutboxItem, utcnow
-from tests.conftest import INSTALLATION, admin_login, app_with_github, org_with_installation
+from tests.conftest import INSTALLATION, MakeApp, admin_login, app_with_github, org_with_installation
 from tests.factories import SHA, SHA2, finding, make_org, make_token, post, seed
 from tests.fakes import FakeGitHub
 
@@ -27,12 +25,9 @@ CONTEXT = "fremforge/image-scan"
 
 
 @pytest.fixture
-def app(database_url: str, tmp_path: Path, fake_github: FakeGitHub) -> Iterator[Flask]:
+def app(make_app: MakeApp, fake_github: FakeGitHub) -> Flask:
     """The app with a GitHub App configured against the fake (short client timeout for the timeout tests)."""
-    with app_with_github(
-        database_url, tmp_path, fake_github, ["acme/api", "acme/web"], GITHUB_TIMEOUT_SECONDS="0.5"
-    ) as app:
-        yield app
+    return app_with_github(make_app, fake_github, ["acme/api", "acme/web"], GITHUB_TIMEOUT_SECONDS="0.5")
 
 
 @pytest.fixture
@@ -445,9 +440,8 @@ def test_worker_command_once(app, client, token, runner, fake_github):
     assert posted_states(fake_github) == ["failure"]
 
 
-def test_worker_command_without_a_github_app(tmp_path):
-    app = create_app({"TESTING": True, "SECRET_KEY": "x", "DATABASE_URL": f"sqlite:///{tmp_path / 'w.db'}"})
-    result = app.test_cli_runner().invoke(args=["worker", "--once"])
+def test_worker_command_without_a_github_app(make_app):
+    result = make_app().test_cli_runner().invoke(args=["worker", "--once"])
     assert result.exit_code == 0 and "no GitHub App configured" in result.output
 
 

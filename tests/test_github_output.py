@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +25,7 @@ from app import advisories, policy
 from app.github import checks
 from app.models import SEVERITIES
 from app.policy import CommitVerdict, ImageResult
-from tests.conftest import app_with_github, org_with_installation
+from tests.conftest import MakeApp, app_with_github, org_with_installation
 from tests.factories import SHA, finding, post, seed
 from tests.fakes import FakeGitHub
 from tests.test_delivery import Clock, drain
@@ -92,10 +91,9 @@ HOSTILE = {
 
 
 @pytest.fixture
-def app(database_url: str, tmp_path: Path, fake_github: FakeGitHub) -> Iterator[Flask]:
+def app(make_app: MakeApp, fake_github: FakeGitHub) -> Flask:
     """The app with a GitHub App configured against the fake (as in test_delivery)."""
-    with app_with_github(database_url, tmp_path, fake_github, ["acme/api"]) as app:
-        yield app
+    return app_with_github(make_app, fake_github, ["acme/api"])
 
 
 @pytest.fixture

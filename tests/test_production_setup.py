@@ -31,10 +31,9 @@ import pytest
 from flask import Flask
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
-from app import create_app
 from app.config import DEFAULTS
 from app.github import webhooks
-from tests.conftest import ROOT, WEBHOOK_SECRET, empty_database, skip_or_fail
+from tests.conftest import ROOT, WEBHOOK_SECRET, MakeApp, skip_or_fail
 from tests.factories import make_org, make_token, seed
 from tests.pgcluster import free_port
 
@@ -594,22 +593,9 @@ def test_a_delivery_of_exactly_25_mib_is_handled(webhook_app: Flask, how: str) -
     assert (r.status_code, r.get_json()) == (200, {"status": "ok"})
 
 
-def test_the_webhook_cap_does_not_follow_a_lower_upload_limit(database_url: str, tmp_path: Path) -> None:
+def test_the_webhook_cap_does_not_follow_a_lower_upload_limit(make_app: MakeApp) -> None:
     """FREMFORGE_MAX_UPLOAD_MB=1 limits uploads; GitHub's deliveries (up to 25 MiB) still arrive."""
-    small = create_app(
-        {
-            "TESTING": True,
-            "DATABASE_URL": database_url,
-            "SECRET_KEY": "test-secret",
-            "GITHUB_WEBHOOK_SECRET": WEBHOOK_SECRET,
-            "MAX_UPLOAD_MB": "1",
-        }
-    )
-    small.instance_path = str(tmp_path / "instance")
-    try:
-        body = ping_of_size(2 * MiB)
-        r = small.test_client().post("/webhooks/github", data=body, headers=signed(body))
-        assert (r.status_code, r.get_json()) == (200, {"status": "ok"})
-    finally:
-        empty_database(small)
-        small.extensions["fremforge.db"].engine.dispose()
+    small = make_app(GITHUB_WEBHOOK_SECRET=WEBHOOK_SECRET, MAX_UPLOAD_MB="1")
+    body = ping_of_size(2 * MiB)
+    r = small.test_client().post("/webhooks/github", data=body, headers=signed(body))
+    assert (r.status_code, r.get_json()) == (200, {"status": "ok"})

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from app import db, retention, worker
+from app import db, worker
+from app.chain import retention
 from app.findings import service
 from app.github import outbox
 from app.models import AuditEvent, Finding, ScanRun, WebhookDelivery, utcnow

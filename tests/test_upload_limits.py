@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -22,7 +20,7 @@ from app.config import ConfigError
 from app.models import Finding
 from app.openapi import document
 from tests.chainkit import org_id, sql, verdict
-from tests.conftest import empty_database
+from tests.conftest import MakeApp
 from tests.factories import REPO, SHA, census, finding, make_org, make_token, post, seed
 
 TRIVY_QUERY = {"commit_sha": SHA, "repo_full_name": REPO, "image_ref": "ghcr.io/acme/api:1"}
@@ -36,21 +34,9 @@ def token(app: Flask) -> str:
 
 
 @pytest.fixture
-def limited_app(database_url: str, tmp_path: Path) -> Iterator[Flask]:
+def limited_app(make_app: MakeApp) -> Flask:
     """The app with FREMFORGE_MAX_FINDINGS=5, a string as the environment gives it."""
-    app = create_app(
-        {
-            "TESTING": True,
-            "DATABASE_URL": database_url,
-            "SECRET_KEY": "test-secret",
-            "PUBLIC_URL": "http://fremforge.test",
-            "MAX_FINDINGS": "5",
-        }
-    )
-    app.instance_path = str(tmp_path / "instance")
-    yield app
-    empty_database(app)
-    app.extensions["fremforge.db"].engine.dispose()
+    return make_app(MAX_FINDINGS="5")
 
 
 @pytest.fixture

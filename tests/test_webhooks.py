@@ -148,18 +148,13 @@ def test_routed_events_are_the_manifests_default_events():
 # ---------------------------------------------------------------- failure modes first
 
 
-def test_no_secret_configured_fails_closed(database_url, tmp_path):
-    from app import create_app
-
-    plain = create_app({"TESTING": True, "DATABASE_URL": database_url, "SECRET_KEY": "t"})
-    try:
-        before = census(plain)
-        r = deliver(plain.test_client(), "ping")
-        assert r.status_code == 503 and r.json["error"] == "webhooks_not_configured"
-        assert "FREMFORGE_GITHUB_WEBHOOK_SECRET" in r.json["message"]
-        assert census(plain) == before
-    finally:
-        plain.extensions["fremforge.db"].engine.dispose()
+def test_no_secret_configured_fails_closed(make_app):
+    plain = make_app()
+    before = census(plain)
+    r = deliver(plain.test_client(), "ping")
+    assert r.status_code == 503 and r.json["error"] == "webhooks_not_configured"
+    assert "FREMFORGE_GITHUB_WEBHOOK_SECRET" in r.json["message"]
+    assert census(plain) == before
 
 
 @pytest.mark.parametrize(

@@ -37,7 +37,7 @@ from app.github import delivery
 from app.github.client import github_app
 from app.models import OutboxItem, WorkerHeartbeat, utcnow
 from tests import pgcluster
-from tests.conftest import INSTALLATION, app_with_github, org_with_installation, skip_or_fail
+from tests.conftest import INSTALLATION, TEST_CONFIG, MakeApp, app_with_github, org_with_installation, skip_or_fail
 from tests.factories import finding, make_token, post, seed
 from tests.fakes import FakeGitHub, github_app_config
 from tests.test_delivery import posted_states, rows, upload
@@ -59,10 +59,9 @@ T = TypeVar("T")
 
 
 @pytest.fixture
-def app(database_url: str, tmp_path: Path, fake_github: FakeGitHub) -> Iterator[Flask]:
+def app(make_app: MakeApp, fake_github: FakeGitHub) -> Flask:
     """The app with a GitHub App configured against the fake, on each backend (conftest's `client` uses it)."""
-    with app_with_github(database_url, tmp_path, fake_github, ["acme/api"]) as app:
-        yield app
+    return app_with_github(make_app, fake_github, ["acme/api"])
 
 
 @pytest.fixture
@@ -323,15 +322,7 @@ def test_the_worker_survives_a_sqlite_write_lock_held_past_its_budget(tmp_path: 
     """
     path = tmp_path / "w.db"
     url = f"sqlite:///{path}"
-    app = create_app(
-        {
-            "TESTING": True,
-            "DATABASE_URL": url,
-            "SECRET_KEY": "x",
-            "PUBLIC_URL": "http://fremforge.test",
-            **github_app_config(fake_github),
-        }
-    )
+    app = create_app({**TEST_CONFIG, "DATABASE_URL": url, **github_app_config(fake_github)})
     app.instance_path = str(tmp_path / "instance")
     engine = app.extensions["fremforge.db"].engine
     try:
@@ -412,15 +403,7 @@ def test_the_worker_goes_on_through_postgresql_restarts(tmp_path: Path, fake_git
         skip_or_fail(f"PostgreSQL fault injection needs a throwaway cluster: {exc}")
     with cluster:
         cluster.start()
-        app = create_app(
-            {
-                "TESTING": True,
-                "DATABASE_URL": cluster.url,
-                "SECRET_KEY": "test",
-                "PUBLIC_URL": "http://fremforge.test",
-                **github_app_config(fake_github),
-            }
-        )
+        app = create_app({**TEST_CONFIG, "DATABASE_URL": cluster.url, **github_app_config(fake_github)})
         app.instance_path = str(tmp_path / "instance")
         engine = app.extensions["fremforge.db"].engine
         try:
@@ -517,23 +500,16 @@ def upload_through_restarts(cluster: pgcluster.Cluster, client: Any, token: str)
 # ---------------------------------------------------------------- 5. /readyz and the heartbeat
 
 
-def test_readyz_wants_a_recent_worker_heartbeat_when_a_github_app_is_configured(
-    app: Flask, database_url: str, tmp_path: Path
-) -> None:
+def test_readyz_wants_a_recent_worker_heartbeat_when_a_github_app_is_configured(app: Flask, make_app: MakeApp) -> None:
     """Without a GitHub App nothing needs delivering: /readyz is 200 with no worker. With one, /readyz is 503 and
     names the worker until a worker beat within the last minute (on the database's clock); then 200.
 
     HEAD had no heartbeat: /readyz was 200 with no worker running, while uploads waited for a delivery that
     never came.
     """
-    plain = create_app({"TESTING": True, "DATABASE_URL": database_url, "SECRET_KEY": "x"})
-    plain.instance_path = str(tmp_path / "plain")
-    try:
-        r = plain.test_client().get("/readyz")
-        assert r.status_code == 200, r.json
-        assert r.json["status"] == "ok" and r.json["worker"].startswith("none"), r.json
-    finally:
-        plain.extensions["fremforge.db"].engine.dispose()
+    r = make_app().test_client().get("/readyz")  # no GitHub App
+    assert r.status_code == 200, r.json
+    assert r.json["status"] == "ok" and r.json["worker"].startswith("none"), r.json
 
     client = app.test_client()
     r = client.get("/readyz")

@@ -6,7 +6,7 @@ from flask import Flask
 
 
 def init_app(app: Flask) -> None:
-    from app.admin import signin, views  # noqa: F401  (they add their routes to the blueprint)
+    from app.admin import audit_page, scan_pages, settings_page, signin, tokens_page  # noqa: F401  (they add their routes)
     from app.admin.auth import CookieSessions, csrf_token
     from app.admin.blueprint import bp, security_headers
 

@@ -26,9 +26,11 @@ from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from flask.typing import ResponseReturnValue
 from sqlalchemy.orm.attributes import set_committed_value
 
-from app import audit, db
-from app.admin import roles, sessions
+from app import db
+from app.admin import sessions
+from app.chain import audit
 from app.db import write_transaction
+from app.github import oauth
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +135,7 @@ def end_session(reason: str) -> None:
                 audit.record(
                     s,
                     found.org.id,
-                    "admin.signed_out",
+                    audit.Action.SIGNED_OUT,
                     f"{record.via}:{record.login}",
                     {"via": record.via, "user": record.login, "reason": reason},
                 )
@@ -176,8 +178,8 @@ def check_role(found: sessions.Found, changing: bool) -> ResponseReturnValue | N
         flash("Your role has to be checked with GitHub again: sign in again.", "info")
         return redirect(_sign_in_again(here).url)
     try:
-        membership = roles.membership(token, org.github_login)
-    except roles.GitHubTrouble as trouble:
+        membership = oauth.membership(token, org.github_login)
+    except oauth.GitHubTrouble as trouble:
         log.warning("admin.role_check.github_error org=%s user=%s reason=%s", org.slug, record.login, trouble.reason)
         if trouble.token_refused or trouble.status == 403:
             end_session("github_token_refused" if trouble.token_refused else "github_refused")
@@ -192,7 +194,7 @@ def check_role(found: sessions.Found, changing: bool) -> ResponseReturnValue | N
             "before any change). Your session is kept: try again in a minute.",
             headers={"Retry-After": str(RETRY_ROLE_CHECK_SECONDS)},
         )
-    refused = roles.refusal(record.login, membership, org)
+    refused = oauth.refusal(record.login, membership, org)
     if refused is not None:
         end_session("role_lost")
         log.info("admin.role_check.refused org=%s user=%s membership=%s", org.slug, record.login, membership)

@@ -6,6 +6,8 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, current_app, request
 
+from app.github.client import web_base_url
+
 bp = Blueprint(
     "admin",
     __name__,
@@ -45,7 +47,5 @@ def security_headers(response: Response) -> Response:
 
 def _github_origin() -> str:
     """GitHub's web host, where the OAuth sign-in form's redirect goes (form-action covers redirects too)."""
-    from app.admin.signin import web_base_url
-
     parts = urlsplit(web_base_url(str(current_app.config.get("GITHUB_API_URL") or "https://api.github.com")))
     return f" {parts.scheme}://{parts.netloc}" if parts.scheme in ("http", "https") and parts.netloc else ""

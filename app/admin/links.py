@@ -10,7 +10,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from app import audit
+from app.chain import audit
 from app.models import AdminLoginLink, Org, utcnow
 from app.tokens import hash_token
 
@@ -45,7 +45,7 @@ def create(session: Session, org: Org, minutes: int = DEFAULT_MINUTES, actor: st
     audit.record(
         session,
         org.id,
-        "admin.login_link_created",
+        audit.Action.LOGIN_LINK_CREATED,
         actor,
         {"link_id": record.id, "expires_at": record.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")},
     )

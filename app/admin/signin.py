@@ -14,11 +14,14 @@ from flask import current_app, flash, g, redirect, render_template, request, ses
 from flask.typing import ResponseReturnValue
 from sqlalchemy.orm import Session
 
-from app import audit, db, orgs
-from app.admin import links, roles, sessions
+from app import db, orgs
+from app.admin import links, sessions
 from app.admin.auth import Action, check_csrf, current_admin, end_session, message_page, sign_in
 from app.admin.blueprint import bp
+from app.chain import audit
 from app.db import write_transaction
+from app.github import oauth
+from app.github.client import web_base_url
 from app.models import Org
 
 log = logging.getLogger(__name__)
@@ -31,18 +34,6 @@ LINK_COMMAND = "flask --app wsgi admin login-url {slug}"
 
 
 # -- helpers ----------------------------------------------------------------------------------------------------------
-
-
-def web_base_url(api_url: str) -> str:
-    """Where GitHub's web pages (the OAuth authorize page and token endpoint) are, from its REST API base URL.
-
-    https://api.github.com -> https://github.com; GitHub Enterprise Server's https://HOST/api/v3 -> https://HOST;
-    anything else (a test double) serves both from the same base. githubkit derives the token endpoint the same way.
-    """
-    api = api_url.rstrip("/")
-    if re.fullmatch(r"https://api\.github\.com", api, re.IGNORECASE):
-        return "https://github.com"
-    return api.removesuffix("/api/v3")
 
 
 def safe_next(value: str | None) -> str | None:
@@ -127,7 +118,7 @@ def _sign_in_form(error: str | None, org: str, next_path: str | None, status: in
 
 def _record_sign_in(s: Session, org: Org, user: str, via: str, details: dict[str, Any]) -> None:
     """The sign-in as an event of the org's audit chain, in the caller's write transaction."""
-    audit.record(s, org.id, "admin.signed_in", f"{via}:{user}", {"via": via, "user": user, **details})
+    audit.record(s, org.id, audit.Action.SIGNED_IN, f"{via}:{user}", {"via": via, "user": user, **details})
 
 
 def _start_session(new: sessions.NewSession, org: Org) -> None:
@@ -215,12 +206,12 @@ def oauth_callback() -> ResponseReturnValue:
         return _message(404, "No such organisation", f"There is no organisation {slug!r} here any more.")
 
     try:
-        who = roles.identity(code, org.github_login, _callback_url())
-    except roles.GitHubTrouble as trouble:
+        who = oauth.identity(code, org.github_login, _callback_url())
+    except oauth.GitHubTrouble as trouble:
         log.warning("admin.oauth.github_error org=%s status=%s reason=%s", slug, trouble.status, trouble.reason)
         return _message(trouble.status, trouble.title, trouble.explanation, action=_start_again(slug, next_path))
 
-    refused = roles.refusal(who.login, who.membership, org)
+    refused = oauth.refusal(who.login, who.membership, org)
     if refused is not None:
         log.info("admin.oauth.refused org=%s user=%s membership=%s", slug, who.login, who.membership)
         return _message(403, "You cannot sign in to this organisation", refused, action=_start_again(None))

@@ -7,23 +7,23 @@ from typing import Annotated, Any, Literal
 from flask import Blueprint, current_app, request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from app import advisories, db, policy
-from app.api_common import MAX_INT32, authenticate, links, request_body, validate_query
-from app.errors import ApiError, forbidden, not_found
+from app import advisories, db, fields, policy
 from app.findings import queries, schemas, service
 from app.github.outbox import delivery_state
 from app.models import Finding, OutboxItem, ScanRun
+from app.web import auth, bodies, urls
+from app.web.errors import ApiError, forbidden, not_found
 
 bp = Blueprint("findings_api", __name__, url_prefix="/api/v1/orgs/<slug>/image-scans")
 
 
 @bp.post("/findings")
 def upload(slug: str) -> tuple[dict[str, Any], int]:
-    org, _, settings = authenticate(slug, "findings:write")
-    body = schemas.read_body(
+    org, _, settings = auth.for_request(slug, "findings:write")
+    body = bodies.read_body(
         request.content_type,
         request.headers.get("Content-Encoding"),
-        request_body,
+        bodies.request_body,
         current_app.config["MAX_UPLOAD_BYTES"],
     )
     upload = schemas.parse_upload(body, request.args, current_app.config["MAX_FINDINGS"])
@@ -37,10 +37,10 @@ def upload(slug: str) -> tuple[dict[str, Any], int]:
     if settings.enabled:
         deliver = current_app.config["GITHUB_APP_CONFIGURED"]
         expected = policy.Policy.from_settings(settings)
-        result = service.ingest(db.session(), org, upload, links(), deliver, expected)
+        result = service.ingest(db.session(), org, upload, urls.for_request(), deliver, expected)
     if result is None:  # disabled: the body was validated, then dropped
         return {"accepted": 0, "status": "disabled"}, 202
-    return result.body(links().scan(org.slug, result.scan_run_id)), 202
+    return result.body(urls.for_request().scan(org.slug, result.scan_run_id)), 202
 
 
 def bad_cursor() -> ApiError:
@@ -59,7 +59,7 @@ class ListQuery(BaseModel):
     repo: schemas.RepoFullName | None = None  # GitHub's naming rules: any other name is a 422
     commit_sha: Annotated[str, StringConstraints(max_length=40)] | None = None
     image_ref: Annotated[str, StringConstraints(max_length=1024)] | None = None
-    pr: Annotated[int, Field(ge=1, le=MAX_INT32)] | None = None
+    pr: Annotated[int, Field(ge=1, le=fields.MAX_INT32)] | None = None
     status: Literal["success", "failure", "skipped"] | None = None
     limit: Annotated[int, Field(ge=1, le=1000)] = 50
     cursor: Annotated[str, StringConstraints(max_length=200)] | None = None
@@ -67,8 +67,8 @@ class ListQuery(BaseModel):
 
 @bp.get("")
 def list_scans(slug: str) -> dict[str, Any]:
-    org, _, _ = authenticate(slug, "findings:read")
-    q = validate_query(ListQuery)
+    org, _, _ = auth.for_request(slug, "findings:read")
+    q = bodies.validate_query(ListQuery)
     try:
         before = queries.decode_cursor(q.cursor) if q.cursor else None
     except queries.BadCursor:
@@ -85,22 +85,22 @@ def list_scans(slug: str) -> dict[str, Any]:
         before_id=before,
         limit=q.limit,
     )
-    wishes = queries.outbox_by_scan(session, [r.id for r in rows])
+    items = queries.outbox_by_scan(session, [r.id for r in rows])
     return {
-        "items": [scan_json(org.slug, r, wishes.get(r.id)) for r in rows],
+        "items": [scan_json(org.slug, r, items.get(r.id)) for r in rows],
         "next_cursor": queries.encode_cursor(next_id) if next_id is not None else None,
     }
 
 
 @bp.get("/<int:scan_run_id>")
 def get_scan(slug: str, scan_run_id: int) -> dict[str, Any]:
-    org, _, _ = authenticate(slug, "findings:read")
+    org, _, _ = auth.for_request(slug, "findings:read")
     session = db.session()
-    scan = session.get(ScanRun, scan_run_id) if scan_run_id <= MAX_INT32 else None
+    scan = session.get(ScanRun, scan_run_id) if scan_run_id <= fields.MAX_INT32 else None
     if scan is None or scan.org_id != org.id:
         raise not_found(f"There is no scan {scan_run_id} in {slug!r}.")
-    wish = queries.outbox_by_scan(session, [scan.id]).get(scan.id)
-    body = scan_json(org.slug, scan, wish)
+    item = queries.outbox_by_scan(session, [scan.id]).get(scan.id)
+    body = scan_json(org.slug, scan, item)
     page, next_key = queries.findings_page(session, scan.id, None, FINDINGS_PAGE_MAX)
     body["findings"] = [finding_json(f) for f in page]
     body["findings_next_cursor"] = queries.encode_finding_cursor(next_key) if next_key is not None else None
@@ -120,14 +120,14 @@ class FindingsQuery(BaseModel):
 @bp.get("/<int:scan_run_id>/findings")
 def list_findings(slug: str, scan_run_id: int) -> dict[str, Any]:
     """A scan's findings, most severe first, a page at a time."""
-    org, _, _ = authenticate(slug, "findings:read")
-    q = validate_query(FindingsQuery)
+    org, _, _ = auth.for_request(slug, "findings:read")
+    q = bodies.validate_query(FindingsQuery)
     try:
         after = queries.decode_finding_cursor(q.cursor) if q.cursor else None
     except queries.BadCursor:
         raise bad_cursor() from None
     session = db.session()
-    scan = session.get(ScanRun, scan_run_id) if scan_run_id <= MAX_INT32 else None
+    scan = session.get(ScanRun, scan_run_id) if scan_run_id <= fields.MAX_INT32 else None
     if scan is None or scan.org_id != org.id:
         raise not_found(f"There is no scan {scan_run_id} in {slug!r}.")
     page, next_key = queries.findings_page(session, scan.id, after, q.limit)
@@ -137,15 +137,15 @@ def list_findings(slug: str, scan_run_id: int) -> dict[str, Any]:
     }
 
 
-def scan_json(slug: str, s: ScanRun, wish: OutboxItem | None) -> dict[str, Any]:
+def scan_json(slug: str, s: ScanRun, item: OutboxItem | None) -> dict[str, Any]:
     commit_status = None
-    if wish is not None:
+    if item is not None:
         commit_status = {
-            "context": wish.commit_status["context"],
-            "state": wish.commit_status["state"],
-            "description": wish.commit_status["description"],
-            "target_url": wish.commit_status.get("target_url"),
-            "delivery": delivery_state(wish),
+            "context": item.commit_status["context"],
+            "state": item.commit_status["state"],
+            "description": item.commit_status["description"],
+            "target_url": item.commit_status.get("target_url"),
+            "delivery": delivery_state(item),
         }
     return {
         "scan_run_id": s.id,
@@ -163,7 +163,7 @@ def scan_json(slug: str, s: ScanRun, wish: OutboxItem | None) -> dict[str, Any]:
         "signature_issuer": s.signature_issuer,
         "signature_subject": s.signature_subject,
         "created_at": s.created_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "url": links().scan(slug, s.id),
+        "url": urls.for_request().scan(slug, s.id),
         "commit_status": commit_status,
     }
 

@@ -1,106 +1,19 @@
-"""Read-side queries over scans and findings, shared by the API, the outbox and the admin pages."""
+"""Read-side queries over scans and findings, shared by the API and the admin pages (a commit's aggregate:
+app.commits)."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 from collections.abc import Sequence
-from typing import Any, NamedTuple
 
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from app.models import FINDING_PAYLOAD_COLUMNS, SEVERITIES, Finding, OutboxItem, PullRequestLink, ScanRun
-
-MAX_SCAN_ID = 2**31 - 1
-SEVERITY_ORDER = sa.case({s: i for i, s in enumerate(SEVERITIES)}, value=Finding.severity, else_=len(SEVERITIES))
-FINDING_COLUMNS = FINDING_PAYLOAD_COLUMNS
-
-
-_LATEST_JUDGED_IDS = (
-    sa.select(sa.func.max(ScanRun.id))
-    .where(
-        ScanRun.org_id == sa.bindparam("org"),
-        ScanRun.repo_full_name == sa.bindparam("repo"),
-        ScanRun.commit_sha == sa.bindparam("sha"),
-        ScanRun.status != "skipped",
-    )
-    .group_by(ScanRun.image_ref)
-)
-LATEST_JUDGED = (
-    sa.select(
-        ScanRun.id,
-        ScanRun.image_ref,
-        ScanRun.status,
-        ScanRun.fixable,
-        ScanRun.pr_number,
-        *(getattr(ScanRun, s) for s in SEVERITIES),
-    )
-    .where(ScanRun.id.in_(_LATEST_JUDGED_IDS))
-    .order_by(ScanRun.image_ref)
-)
-
-
-def _top_findings_statement() -> sa.Select[Any]:
-    rank = sa.func.row_number().over(
-        partition_by=Finding.scan_run_id, order_by=(SEVERITY_ORDER, Finding.package, Finding.cve_id)
-    )
-    ranked = (
-        sa.select(Finding.scan_run_id, *(getattr(Finding, c) for c in FINDING_COLUMNS), rank.label("rank"))
-        .where(Finding.scan_run_id.in_(sa.bindparam("ids", expanding=True)), Finding.cve_id.is_not(None))
-        .subquery()
-    )
-    return sa.select(ranked).where(ranked.c.rank <= sa.bindparam("limit")).order_by(ranked.c.rank)
-
-
-# Built once: building this subquery took about a millisecond a call, more than running it.
-TOP_FINDINGS = _top_findings_statement()
-
-
-def top_findings_many(conn: sa.Connection, scan_ids: Sequence[int], limit: int = 5) -> dict[int, list[dict[str, Any]]]:
-    """The most severe findings of each of several scans, in one query."""
-    if not scan_ids:
-        return {}
-    found: dict[int, list[dict[str, Any]]] = {i: [] for i in scan_ids}
-    for row in conn.execute(TOP_FINDINGS, {"ids": list(scan_ids), "limit": limit}).mappings():
-        found[row["scan_run_id"]].append({c: row[c] for c in FINDING_COLUMNS})
-    return found
-
-
-class JudgedScan(NamedTuple):
-    """The latest judged scan of one image of a commit, as the commit's aggregate uses it."""
-
-    id: int
-    image_ref: str
-    status: str
-    fixable: int
-    pr_number: int | None
-    critical: int
-    high: int
-    medium: int
-    low: int
-    unknown: int
-
-
-def latest_judged_rows(conn: sa.Connection, org_id: int, repo: str, sha: str) -> list[JudgedScan]:
-    """The latest scan of each image of a commit that was judged (not skipped under block action none)."""
-    return [JudgedScan(*row) for row in conn.execute(LATEST_JUDGED, {"org": org_id, "repo": repo, "sha": sha})]
-
-
-# The same as one JSON array (PostgreSQL), for a statement that reads it beside other things: `judged_from_json`.
-_judged = LATEST_JUDGED.subquery("judged")
-LATEST_JUDGED_JSON = sa.select(
-    sa.func.coalesce(
-        sa.func.json_agg(sa.func.json_build_array(*(_judged.c[f] for f in JudgedScan._fields))),
-        sa.literal_column("'[]'::json"),
-    )
-).scalar_subquery()
-
-
-def judged_from_json(value: list[list[Any]]) -> list[JudgedScan]:
-    return [JudgedScan(*row) for row in value]
-
+from app.commits import SEVERITY_ORDER
+from app.fields import MAX_INT32
+from app.models import SEVERITIES, Finding, OutboxItem, PullRequestLink, ScanRun
 
 # The open pull request whose head is a commit (the newest, if several), from pull_request webhooks; else the one
 # an earlier scan of the commit was stored with. Subqueries of the scan's INSERT: ingest pays no round trip for them.
@@ -180,7 +93,7 @@ def decode_finding_cursor(cursor: str) -> FindingKey:
 
 
 def outbox_by_scan(session: Session, scan_ids: Sequence[int]) -> dict[int, OutboxItem]:
-    """Each scan's wish to post, with `shown_before` set (see note_shown_before)."""
+    """Each scan's outbox item, with `shown_before` set (see note_shown_before)."""
     if not scan_ids:
         return {}
     rows = list(session.scalars(sa.select(OutboxItem).where(OutboxItem.scan_run_id.in_(scan_ids))))
@@ -188,10 +101,10 @@ def outbox_by_scan(session: Session, scan_ids: Sequence[int]) -> dict[int, Outbo
     return {r.scan_run_id: r for r in rows}
 
 
-def note_shown_before(session: Session, wishes: Sequence[OutboxItem | None]) -> None:
-    """Set `shown_before` on each wish whose status is not on GitHub: the state of the commit's newest older wish
-    whose status was posted, which is what GitHub still shows (one query for all of them)."""
-    waiting = [w for w in wishes if w is not None and w.state in ("pending", "failed") and not w.status_posted]
+def note_shown_before(session: Session, items: Sequence[OutboxItem | None]) -> None:
+    """Set `shown_before` on each outbox item whose status is not on GitHub: the state of the commit's newest older
+    outbox item whose status was posted, which is what GitHub still shows (one query for all of them)."""
+    waiting = [w for w in items if w is not None and w.state in ("pending", "failed") and not w.status_posted]
     if not waiting:
         return
     commits = {(w.org_id, w.repo_full_name, w.commit_sha) for w in waiting}
@@ -205,15 +118,15 @@ def note_shown_before(session: Session, wishes: Sequence[OutboxItem | None]) -> 
         )
         .order_by(OutboxItem.id)
     ).all()
-    for wish in waiting:
+    for item in waiting:
         older = [
             p
             for p in posted
-            if (p.org_id, p.repo_full_name, p.commit_sha) == (wish.org_id, wish.repo_full_name, wish.commit_sha)
-            and p.id < wish.id
+            if (p.org_id, p.repo_full_name, p.commit_sha) == (item.org_id, item.repo_full_name, item.commit_sha)
+            and p.id < item.id
         ]
         if older:
-            wish.shown_before = older[-1].commit_status.get("state")
+            item.shown_before = older[-1].commit_status.get("state")
 
 
 class BadCursor(ValueError):
@@ -229,7 +142,7 @@ def decode_cursor(cursor: str) -> int:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         kind, _, value = text.partition(":")
         # Scan ids are 32-bit integers (PostgreSQL `integer`): a larger one is no cursor this API gave out.
-        if kind != "s" or not value.isdigit() or len(value) > 10 or int(value) > MAX_SCAN_ID:
+        if kind != "s" or not value.isdigit() or len(value) > 10 or int(value) > MAX_INT32:
             raise ValueError
         return int(value)
     except (ValueError, binascii.Error, UnicodeDecodeError):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import re
-import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -28,23 +27,18 @@ import orjson
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, StringConstraints, ValidationError
 from pydantic_core import PydanticCustomError
 
-from app.errors import MAX_DETAILS, ApiError, validation_failed
+from app.fields import COMMIT_SHA, REPO_RULE_TEXT, is_repo_full_name
 from app.models import SEVERITIES
 from app.policy import Signature
+from app.web.bodies import PATTERN_MESSAGES, Errors, check_nul, error_detail, refuse
+from app.web.errors import ApiError, validation_failed
 
-COMMIT_SHA = r"^[0-9a-fA-F]{40}$"
-# GitHub's naming rules. Owner: letters, digits and single hyphens, neither first nor last, at most 39 characters;
-# name: letters, digits, '.', '-' and '_', at most 100 characters, never '.' or '..'. The server checks them all
-# (_REPO_RULE); the pattern in the OpenAPI document has no lookahead, so it leaves the owner's length to its text.
-REPO_FULL_NAME = (
-    r"^[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*/"
-    r"(?:[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}|\.[A-Za-z0-9_-][A-Za-z0-9._-]{0,98}|\.\.[A-Za-z0-9._-]{1,98})$"
-)
-_REPO_RULE = re.compile(r"(?=[A-Za-z0-9-]{1,39}/)" + REPO_FULL_NAME[1:-1])
-REPO_RULE_TEXT = (
-    "must be owner/name as GitHub allows them: the owner of letters, digits and single hyphens (not first or last), "
-    "at most 39 characters; the name of letters, digits, '.', '-' and '_', at most 100 characters, not '.' or '..'"
-)
+FINDING_PATTERN_MESSAGES = {
+    **PATTERN_MESSAGES,
+    "image_ref": "must not be blank",
+    "severity": "must be one of critical, high, medium, low, unknown (any letter case)",
+    "Severity": "must be one of critical, high, medium, low, unknown (any letter case)",
+}
 _SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}  # most severe first; unknown never blocks
 
 # Limits per finding (spec section 2). Identity fields over their limit are refused (422); descriptive fields
@@ -77,14 +71,9 @@ def _utf8_within(limit: int) -> Any:
     return AfterValidator(check)
 
 
-def is_repo_full_name(value: str) -> bool:
-    """Whether `value` is owner/name as GitHub allows them."""
-    return _REPO_RULE.fullmatch(value) is not None
-
-
 def repo_full_name(value: str) -> str:
     """owner/name in lower case (GitHub's names are case-insensitive), or a pattern error naming the rules."""
-    if _REPO_RULE.fullmatch(value) is None:
+    if not is_repo_full_name(value):
         raise PydanticCustomError("string_pattern_mismatch", REPO_RULE_TEXT)
     return value.lower()
 
@@ -138,165 +127,6 @@ class Upload:
     @property
     def repo_owner(self) -> str:
         return self.repo_full_name.split("/", 1)[0]
-
-
-# ---------------------------------------------------------------- the body
-
-
-def read_body(
-    content_type: str | None, content_encoding: str | None, read_body: Callable[[], bytes], max_bytes: int
-) -> bytes:
-    """The body's bytes, decompressed; 400/413/415 for what is not JSON by its headers, too large or empty."""
-    mimetype = (content_type or "").split(";", 1)[0].strip().lower()
-    if mimetype != "application/json" and not (mimetype.startswith("application/") and mimetype.endswith("+json")):
-        raise ApiError(
-            415,
-            "unsupported_media_type",
-            f"The body must be JSON sent as Content-Type: application/json, not {mimetype or 'nothing'}.",
-        )
-    encoding = (content_encoding or "identity").strip().lower()
-    body = read_body()
-    if encoding in ("gzip", "x-gzip"):
-        body = gunzip(body, max_bytes)
-    elif encoding not in ("identity", ""):
-        raise ApiError(
-            415, "unsupported_media_type", f"Content-Encoding {encoding!r} is not supported; send gzip or no encoding."
-        )
-    if not body or body.isspace():
-        raise ApiError(400, "empty_body", "The body is empty; send the findings as JSON.")
-    return body
-
-
-def read_json(
-    content_type: str | None, content_encoding: str | None, read_body_: Callable[[], bytes], max_bytes: int
-) -> Any:
-    """The body's JSON value, parsed whole (small bodies: settings, exceptions); 400/413/415/422 as read_body."""
-    body = read_body(content_type, content_encoding, read_body_, max_bytes)
-    try:
-        doc = orjson.loads(memoryview(body)[3:] if body.startswith(b"\xef\xbb\xbf") else body)  # a BOM is tolerated
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "malformed_json", f"The body is not valid JSON: {exc}.") from None
-    if b"u0000" in body or b"U0000" in body:
-        errors = _Errors()
-        _check_nul(doc, "", errors)
-        _refuse(errors)
-    return doc
-
-
-def gunzip(data: bytes, max_bytes: int) -> bytes:
-    """Decompress gzip (several members allowed) without ever holding more than max_bytes of output."""
-    out = bytearray()
-    while data:
-        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        try:
-            out += d.decompress(data, max_bytes + 1 - len(out))
-        except zlib.error as exc:
-            raise ApiError(400, "malformed_gzip", f"The body is not valid gzip: {exc}.") from None
-        if len(out) > max_bytes:
-            raise ApiError(
-                413,
-                "payload_too_large",
-                f"The body decompresses to more than the upload limit of {max_bytes / 2**20:g} MiB.",
-            )
-        if not d.eof:
-            raise ApiError(400, "malformed_gzip", "The gzip body is truncated.")
-        data = d.unused_data
-    return out  # type: ignore[return-value]  # a bytearray: no second copy of up to max_bytes
-
-
-# ---------------------------------------------------------------- errors
-
-
-class _Errors:
-    """Schema violations: the first MAX_DETAILS kept, all counted, so a huge bad body gets a small answer."""
-
-    __slots__ = ("kept", "total")
-
-    def __init__(self) -> None:
-        self.kept: list[dict[str, Any]] = []
-        self.total = 0
-
-    def add(self, path: str, code: str, message: str, limit: int | None = None) -> None:
-        self.total += 1
-        if len(self.kept) < MAX_DETAILS:
-            detail: dict[str, Any] = {"path": path or "$", "code": code, "message": message}
-            if limit is not None:
-                detail["limit"] = limit
-            self.kept.append(detail)
-
-    def extend(self, details: list[dict[str, Any]]) -> None:
-        for d in details:
-            self.total += 1
-            if len(self.kept) < MAX_DETAILS:
-                self.kept.append(d)
-
-
-def _refuse(*found: _Errors) -> None:
-    """Raise one 422 for every violation found, in the order given; nothing when there is none."""
-    total = sum(e.total for e in found)
-    if not total:
-        return
-    details = [d for e in found for d in e.kept][:MAX_DETAILS]
-    where = f" at {details[0]['path']}" if details[0].get("path") else ""
-    more = f" (and {total - 1} more)" if total > 1 else ""
-    raise validation_failed(details, f"The request is not valid{where}: {details[0]['message']}{more}.")
-
-
-def error_detail(err: Mapping[str, Any], prefix: str = "", where: str | None = None) -> dict[str, Any]:
-    path = prefix
-    for part in err["loc"]:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    message = err["msg"]
-    if err["type"] == "missing":
-        message = "is required"
-    elif err["type"] == "string_pattern_mismatch":
-        message = _PATTERN_MESSAGES.get(err["loc"][-1] if err["loc"] else "", message)
-    detail = {"path": path or "$", "code": err["type"], "message": message}
-    if where:
-        detail["in"] = where
-    return detail
-
-
-_PATTERN_MESSAGES = {
-    "commit_sha": "must be a full commit SHA: 40 hexadecimal characters",
-    "repo_full_name": REPO_RULE_TEXT,
-    "repo": REPO_RULE_TEXT,
-    "image_ref": "must not be blank",
-    "severity": "must be one of critical, high, medium, low, unknown (any letter case)",
-    "Severity": "must be one of critical, high, medium, low, unknown (any letter case)",
-}
-
-
-def _check_nul(value: Any, path: str, errors: _Errors) -> None:
-    """Name where a NUL character is (PostgreSQL text cannot hold one) rather than fail at insert time.
-
-    Iterative, not recursive: orjson accepts 1024 levels of nesting, more than Python's recursion limit.
-    Each entry keeps (parent trail, key), so a path string is only built for the value that fails.
-    """
-    stack: list[tuple[Any, Any]] = [(value, None)]
-    while stack:
-        value, trail = stack.pop()
-        if isinstance(value, str):
-            if "\x00" in value:
-                errors.add(_trail_path(path, trail), "nul_character", "contains a NUL character (\\u0000)")
-                return
-        elif isinstance(value, dict):
-            if any("\x00" in k for k in value):
-                errors.add(_trail_path(path, trail), "nul_character", "contains a NUL character (\\u0000) in a key")
-                return
-            stack.extend((v, (trail, k)) for k, v in reversed(value.items()))
-        elif isinstance(value, list):
-            stack.extend((value[i], (trail, i)) for i in range(len(value) - 1, -1, -1))
-
-
-def _trail_path(path: str, trail: Any) -> str:
-    keys: list[Any] = []
-    while trail is not None:
-        trail, key = trail
-        keys.append(key)
-    for key in reversed(keys):
-        path += f"[{key}]" if isinstance(key, int) else (f".{key}" if path else key)
-    return path or "$"
 
 
 def _join(path: str, key: str | int) -> str:
@@ -398,7 +228,7 @@ class _Reader:
         self.size = len(buf)
         self.nul = b"u0000" in buf or b"U0000" in buf  # the only way a NUL character can be in valid JSON
         self.braces = buf.count(b"}")  # at least one per object: more objects than this there cannot be
-        self.errors = _Errors()  # outside the findings (those have their own, see _Rows)
+        self.errors = Errors()  # outside the findings (those have their own, see _Rows)
         self.walked = 0  # values besides the findings read one by one (for too_many_values)
         self.max_values = max_values
 
@@ -458,23 +288,23 @@ class _Reader:
         """Whether parsing buf[start:end] whole stays within PARSE_BUDGET (_parse_cost, an upper bound)."""
         return end - start <= SMALL_VALUE or _parse_cost(self.buf, start, end) <= PARSE_BUDGET
 
-    def value(self, start: int, depth: int, path: str, errors: _Errors) -> tuple[Any, int]:
+    def value(self, start: int, depth: int, path: str, errors: Errors) -> tuple[Any, int]:
         """The value at `start` and where it ends: parsed, or _TOO_BIG for a container too costly to hold (which
         is then walked to validate it)."""
         end = self.end_of(start, depth)
         if self.cheap(start, end) or self.buf[start] not in _OPEN:  # a lone string is at most 4x its bytes
             v = self.load(start, end)
             if self.nul:
-                _check_nul(v, path, errors)
+                check_nul(v, path, errors)
             return v, end
         self._walk(start, depth, path, errors)
         return _TOO_BIG, end
 
-    def skip(self, start: int, depth: int, path: str, errors: _Errors) -> int:
+    def skip(self, start: int, depth: int, path: str, errors: Errors) -> int:
         """Validate the value at `start` without keeping it; return where it ends."""
         return self.value(start, depth, path, errors)[1]
 
-    def _walk(self, start: int, depth: int, path: str, errors: _Errors) -> int:
+    def _walk(self, start: int, depth: int, path: str, errors: Errors) -> int:
         def child(key: str | int, pos: int) -> int:
             self.count_walked(path, key)
             return self.skip(pos, depth + 1, _join(path, key), errors)
@@ -490,7 +320,7 @@ class _Reader:
         if self.walked > self.max_values:
             raise too_many_values(self.max_values, _join(path, key))
 
-    def members(self, pos: int, depth: int, path: str, errors: _Errors, member: Callable[[str, int], int]) -> int:
+    def members(self, pos: int, depth: int, path: str, errors: Errors, member: Callable[[str, int], int]) -> int:
         """Call member(key, value position) for each member of the object at `pos` (which returns where that
         value ends); return where the object ends."""
         if depth + 1 > MAX_DEPTH:
@@ -605,7 +435,7 @@ TRIVY_NAMES = (
 _LISTS = {"references", "vendor_ids", "References", "VendorIDs"}
 
 
-def _finding(f: Any, names: tuple[str, ...], path: str, errors: _Errors, seed: bool) -> dict[str, Any] | None:
+def _finding(f: Any, names: tuple[str, ...], path: str, errors: Errors, seed: bool) -> dict[str, Any] | None:
     """One finding as stored (the column names), or None when it breaks the schema (each fault added to
     errors with its path). `names` are the body's field names, in the order of SEED_NAMES."""
     if type(f) is not dict:
@@ -645,7 +475,7 @@ def _finding(f: Any, names: tuple[str, ...], path: str, errors: _Errors, seed: b
     else:
         severity = _SEVERITIES.get(severity) or _SEVERITIES.get(severity.lower())
         if severity is None:
-            errors.add(f"{path}.{k_sev}", "string_pattern_mismatch", _PATTERN_MESSAGES["severity"])
+            errors.add(f"{path}.{k_sev}", "string_pattern_mismatch", FINDING_PATTERN_MESSAGES["severity"])
 
     truncated = False
     title = get(k_title)
@@ -715,7 +545,7 @@ def _text(
     limit: int,
     path: str,
     key: str | int,
-    errors: _Errors,
+    errors: Errors,
     *,
     required: bool = False,
     nullable: bool = True,
@@ -744,7 +574,7 @@ def _text(
     return None
 
 
-def _check_items(extra: list[Any], offset: int, path: str, key: str, errors: _Errors) -> None:
+def _check_items(extra: list[Any], offset: int, path: str, key: str, errors: Errors) -> None:
     """References past the kept ones are dropped, but must still be strings."""
     for i, ref in enumerate(extra, offset):
         if type(ref) is not str:
@@ -759,7 +589,7 @@ class _Rows:
     def __init__(self) -> None:
         self.unique: dict[tuple[Any, ...], dict[str, Any]] = {}
         self.total = 0
-        self.errors = _Errors()
+        self.errors = Errors()
 
     def add(self, row: dict[str, Any]) -> None:
         """Store a finding once per (id, package, installed version, target): the copy kept takes the most
@@ -892,7 +722,7 @@ class _Upload:
                         rows.total += len(values)
                         for value in values:
                             if r.nul:
-                                _check_nul(value, f"{prefix}[{i}]", rows.errors)
+                                check_nul(value, f"{prefix}[{i}]", rows.errors)
                             take(i, value)
                             i += 1
                         pos = ws(cut + 1)
@@ -904,7 +734,7 @@ class _Upload:
             if r.cheap(pos, end):
                 value = r.load(pos, end)
                 if r.nul:
-                    _check_nul(value, f"{prefix}[{i}]", rows.errors)
+                    check_nul(value, f"{prefix}[{i}]", rows.errors)
             else:
                 value = self._one_walked(pos, depth + 1, f"{prefix}[{i}]", rows.errors)
             take(i, value)
@@ -918,7 +748,7 @@ class _Upload:
             else:
                 raise _malformed("',' or ']' was expected", pos)
 
-    def _one_walked(self, pos: int, depth: int, path: str, errors: _Errors) -> Any:
+    def _one_walked(self, pos: int, depth: int, path: str, errors: Errors) -> Any:
         """A finding too costly to parse whole (a list of a million references, say), a field at a time."""
         r = self.r
         if r.buf[pos] != _OPEN[1]:
@@ -1019,16 +849,16 @@ class _Upload:
         return self._list(pos, depth, prefix, rows, take)
 
     def _seed(self, fields: dict[str, Any], has_findings: bool) -> Upload:
-        context = _Errors()
+        context = Errors()
         try:
             ctx = UploadContext.model_validate({k: v for k, v in fields.items() if k in QUERY_FIELDS})
         except ValidationError as exc:
             ctx = None
-            context.extend([error_detail(e) for e in exc.errors(include_url=False)])
+            context.extend([error_detail(e, messages=FINDING_PATTERN_MESSAGES) for e in exc.errors(include_url=False)])
         rows = self.findings or _Rows()
         if not has_findings:
             context.add("findings", "missing", "is required")
-        _refuse(context, self.r.errors, rows.errors)
+        refuse(context, self.r.errors, rows.errors)
         assert ctx is not None
         return Upload(
             image_ref=ctx.image_ref,
@@ -1043,7 +873,7 @@ class _Upload:
     def _trivy(self, header: dict[str, Any] | None, query: Mapping[str, str], source: str) -> Upload:
         """A Trivy report: its findings read from the body (with `header`, its top-level fields, None for the
         legacy array), what it is about from the query."""
-        errors = _Errors()
+        errors = Errors()
         artifact = None
         if header is not None:
             try:
@@ -1051,9 +881,10 @@ class _Upload:
                     {k: v for k, v in header.items() if k in ("SchemaVersion", "ArtifactName")}
                 ).ArtifactName
             except ValidationError as exc:
-                errors.extend([error_detail(e) for e in exc.errors(include_url=False)])
+                found = exc.errors(include_url=False)
+                errors.extend([error_detail(e, messages=FINDING_PATTERN_MESSAGES) for e in found])
         rows = self.results or _Rows()
-        _refuse(errors, self.r.errors, rows.errors)  # the body first: a bad body is refused whatever the query says
+        refuse(errors, self.r.errors, rows.errors)  # the body first: a bad body is refused whatever the query says
         params = {k: query[k] for k in QUERY_FIELDS if k in query}
         if not params.get("image_ref"):
             params["image_ref"] = artifact or ""

@@ -1,4 +1,4 @@
-"""Ingest: store one validated upload, its chain entries, its verdict and its outbox wish in one transaction."""
+"""Ingest: store one validated upload, its chain entries, its verdict and its outbox item in one transaction."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from app import chain, locks, policy
+from app import chain, commits, locks, policy
 from app.db import write_transaction
 from app.findings import queries, store
 from app.findings.schemas import Upload
 from app.github import checks, outbox
 from app.models import GENESIS_HASH, SEVERITIES, ChainHead, Org, ScanRun, utcnow
+from app.web.urls import Urls
 
 _heads = ChainHead.__table__
 _scans = ScanRun.__table__
@@ -60,7 +61,7 @@ NEXT_SCAN_ID = {
 # PostgreSQL: the scan inserted, the org's chain head locked and read, and the commit's judged scans as stored
 # before this one (the statement's snapshot does not hold its own insert), in one statement.
 STORE_SCAN_AND_LOCK_HEAD = (
-    sa.select(_heads.c.seq, _heads.c.head_hash, queries.LATEST_JUDGED_JSON.label("judged"))
+    sa.select(_heads.c.seq, _heads.c.head_hash, commits.LATEST_JUDGED_JSON.label("judged"))
     .where(_heads.c.org_id == sa.bindparam("org"))
     .with_for_update(of=_heads)
     .add_cte(INSERT_SCAN.cte("scan"))
@@ -114,11 +115,11 @@ def ingest(
     session: Session,
     org: Org,
     upload: Upload,
-    links: outbox.Links,
+    urls: Urls,
     deliver: bool,
     expected: policy.Policy | None = None,
 ) -> IngestResult | None:
-    """Store the scan with its findings appended to the org's chain, and the wish to post its commit's state.
+    """Store the scan with its findings appended to the org's chain, and the outbox item posting its commit's state.
 
     Locks in the order of `app.locks`: the commit (its aggregate) with the policy (shared), and last the org's
     chain head. The upload is assessed before any lock under the `expected` policy (as the request read it), and
@@ -164,38 +165,38 @@ def ingest(
         # The org's chain is held from here to the commit: the aggregate, the rows' links, then one statement.
         this = dataclasses.replace(assessed.image, scan_run_id=scan_id)
         sections = {upload.image_ref: assessed.section}
-        wish = outbox.wish(conn, org, repo, sha, this, judged, pol.block_action, links, deliver, sections=sections)
+        item = outbox.new_item(conn, org, repo, sha, this, judged, pol.block_action, urls, deliver, sections=sections)
         entries, new_seq, new_hash = chain.link(seq, head_hash, hashes)
         store.insert(
             conn,
             _finding_rows(conn, org.id, scan_id, now, entries, findings),
             len(findings),
             store.Head(org.id, new_seq, new_hash) if new_seq != seq else None,
-            *((wish.statements, wish.params) if wish is not None else ()),
+            *((item.statements, item.params) if item is not None else ()),
         )
     a = assessed
-    asked = wish.asked if wish is not None else None
+    asked = item.asked if item is not None else None
     return IngestResult(scan_id, len(upload.findings), upload.duplicates, a.status, a.counts, a.fixable, asked)
 
 
 def _store_scan_and_lock_head(
     conn: sa.Connection, org_id: int, repo: str, sha: str, scan: dict[str, Any]
-) -> tuple[int, str, list[queries.JudgedScan]]:
+) -> tuple[int, str, list[commits.JudgedScan]]:
     """Insert the scan, then lock the org's chain head: its (seq, hash), and the commit's judged scans stored before.
 
     One statement on PostgreSQL; on SQLite, where its one writer holds everything, one after another.
     """
     if conn.dialect.name == "postgresql":
         row = conn.execute(STORE_SCAN_AND_LOCK_HEAD, scan).one_or_none()
-        judged = queries.judged_from_json(row.judged) if row is not None else None
+        judged = commits.judged_from_json(row.judged) if row is not None else None
     else:
-        judged = queries.latest_judged_rows(conn, org_id, repo, sha)
+        judged = commits.latest_judged_rows(conn, org_id, repo, sha)
         conn.execute(INSERT_SCAN, scan)
         row = conn.execute(LOCK_HEAD, scan).one_or_none()
     if row is None:  # an org made by hand, without its chain head
         conn.execute(sa.insert(_heads).values(org_id=org_id, seq=0, head_hash=GENESIS_HASH))
         if judged is None:
-            judged = [j for j in queries.latest_judged_rows(conn, org_id, repo, sha) if j.id != scan["s_id"]]
+            judged = [j for j in commits.latest_judged_rows(conn, org_id, repo, sha) if j.id != scan["s_id"]]
         return 0, GENESIS_HASH, judged
     assert judged is not None
     return row.seq, row.head_hash, judged

@@ -6,12 +6,13 @@ import dataclasses
 import email.utils
 import functools
 import logging
+import re
 import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 import jwt
@@ -19,10 +20,6 @@ from flask import Flask, current_app
 from githubkit import AppAuthStrategy, GitHub
 from githubkit.auth.app import AppAuth, AppInstallationAuthStrategy
 from githubkit.cache import MemCacheStrategy
-
-if TYPE_CHECKING:
-    from app.github.delivery import Circuit
-
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +79,8 @@ class GitHubApp:
     api_url: str
     timeout: float = 10.0
     cache: MemCacheStrategy = field(default_factory=MemCacheStrategy)
-    circuit: Circuit | None = None  # the delivery worker's circuit breaker (app.github.delivery), per process
+    # The outbox worker's circuit breaker of this process (app.github.delivery.Circuit), kept here as it lives as long.
+    circuit: object | None = None
     clock_offset: timedelta = timedelta(0)  # GitHub's clock minus ours, learnt when GitHub refused a JWT's times
     _installations: dict[int, GitHub] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -94,16 +92,7 @@ class GitHubApp:
         return self.clock_offset
 
     def _client(self, auth: AppAuthStrategy | AppInstallationAuthStrategy) -> GitHub:
-        # Our own retries (app.github.delivery) replace githubkit's: they survive restarts and honour leases.
-        return GitHub(
-            auth,
-            base_url=self.api_url,
-            timeout=self.timeout,
-            auto_retry=False,
-            http_cache=False,
-            cache_strategy=self.cache,
-            ssl_verify=tls_context(),
-        )
+        return new_client(auth, self.api_url, self.timeout, self.cache)
 
     def installation(self, installation_id: int) -> GitHub:
         """A client acting as the installation; its token is exchanged once and reused until near expiry."""
@@ -135,6 +124,35 @@ class GitHubApp:
         key = AppAuth.JWT_CACHE_KEY.format(issuer=self.app_id)
         self.cache.get_cache_storage().set(key, "", timedelta(0))
         return True
+
+
+def new_client(auth: Any, api_url: str, timeout: float, cache: Any = None) -> GitHub[Any]:
+    """Every githubkit client the app makes (the App's, its installations', a signed-in user's): one set of options.
+
+    No retries by githubkit: ours (the outbox worker's) survive restarts and honour leases, and a person signing in
+    is better told at once. No HTTP cache; TLS by the system's trust store (tls_context).
+    """
+    return GitHub(
+        auth,
+        base_url=api_url,
+        timeout=timeout,
+        auto_retry=False,
+        http_cache=False,
+        cache_strategy=cache,
+        ssl_verify=tls_context(),
+    )
+
+
+def web_base_url(api_url: str) -> str:
+    """Where GitHub's web pages (the OAuth authorize page and token endpoint) are, from its REST API base URL.
+
+    https://api.github.com -> https://github.com; GitHub Enterprise Server's https://HOST/api/v3 -> https://HOST;
+    anything else (a test double) serves both from the same base. githubkit derives the token endpoint the same way.
+    """
+    api = api_url.rstrip("/")
+    if re.fullmatch(r"https://api\.github\.com", api, re.IGNORECASE):
+        return "https://github.com"
+    return api.removesuffix("/api/v3")
 
 
 def init_app(app: Flask) -> None:

@@ -4,9 +4,9 @@ Rules, so that several workers, stalls, crashes and skewed clocks never leave an
 - a worker claims rows with a lease taken and checked on the database's clock (PostgreSQL: FOR UPDATE SKIP
   LOCKED); the claim's token fences it: every post is preceded by renewing the lease, every record of an
   outcome is made only while the token still holds the row, and a row whose lease ran out is another's;
-- at most one row per commit is in flight, and only the newest wish per commit is pending (older ones are
+- at most one row per commit is in flight, and only the newest outbox item per commit is pending (older ones are
   superseded when a newer one is stored), so a stale state never lands after a newer one while leases hold;
-- a worker that finds, after a post, that it lost its lease re-queues the commit's newest wish if that one was
+- a worker that finds, after a post, that it lost its lease re-queues the commit's newest outbox item if that one was
   already (partly) posted: whatever it posted late is then overwritten by the newest state;
 - 404 and 422 are retried a few times over a few minutes before they count (a one-off answer must not leave an
   older state standing); a check run that cannot be updated is replaced, and every run of the check the app
@@ -262,7 +262,8 @@ def run_once(
     rng = rng or random.Random()
     worker = worker or worker_name()
     if circuit is None:
-        circuit = gh.circuit = gh.circuit or Circuit()
+        circuit = gh.circuit if isinstance(gh.circuit, Circuit) else Circuit()
+        gh.circuit = circuit
     handled = 0
     while handled < limit and circuit.allows(now or utcnow()) and not stopping():
         want = 1 if circuit.probing else limit - handled  # half-open: one probe at a time, the oldest due
@@ -351,7 +352,7 @@ _unrecorded_lock = threading.Lock()
 
 def release_worker(session: Session, worker: str) -> int:
     """Give back every row this worker process still holds (after an error ended its batch), so they, and newer
-    wishes of their commits, are not held up until the leases run out. Its threads have all stopped by then."""
+    outbox items of their commits, are not held up until the leases run out. Its threads have all stopped by then."""
     with _unrecorded_lock:
         in_doubt = sorted(_unrecorded)
     mine = OutboxItem.claimed_by.startswith(f"{worker[:90]}/", autoescape=True)
@@ -372,8 +373,8 @@ def release_worker(session: Session, worker: str) -> int:
 class Fence:
     """One claimed row's lease, checked on the database's clock before each post and after it.
 
-    Whenever it finds the lease lost after a post was sent (the post may have landed after a newer wish's), the
-    commit's newest wish is queued again, so the newest state is posted over whatever landed late.
+    Whenever it finds the lease lost after a post was sent (the post may have landed after a newer outbox item's), the
+    commit's newest outbox item is queued again, so the newest state is posted over whatever landed late.
     """
 
     def __init__(self, session: Session, item: Any, now: datetime | None, token: str) -> None:
@@ -397,7 +398,7 @@ class Fence:
     def posted(self, mark: sa.Update | None, maybe_later: bool = False) -> None:
         """After a post: record it (`mark`, a fact whoever holds the row now), then check the lease held through it.
 
-        Also after a post that failed in a way that may still land (`maybe_later`): then a re-queued newest wish
+        Also after a post that failed in a way that may still land (`maybe_later`): then a re-queued newest outbox item
         waits LATE_LANDING before it is posted again.
         """
         with write_transaction(self.session):
@@ -414,8 +415,8 @@ class Fence:
             self.posting = False
 
     def _requeue_newest(self, conn: sa.Connection, due: datetime) -> int | None:
-        """Queue the commit's newest wish again, if it is not this one: it may have been (partly) posted before this
-        late post, or be in flight now (its worker, holding an older revision, will not mark it delivered)."""
+        """Queue the commit's newest outbox item again, if it is not this one: it may have been (partly) posted before
+        this late post, or be in flight now (its worker, holding an older revision, will not mark it delivered)."""
         keys = {"org": self.item.org_id, "repo": self.item.repo_full_name, "sha": self.item.commit_sha}
         newest = conn.execute(NEWEST_OF_COMMIT, keys).one()
         if newest.id == self.item.id:
@@ -466,7 +467,7 @@ def deliver(session: Session, gh: GitHubApp, item_id: int, now: datetime | None,
     except (Permanent, RequestError) as exc:
         outcome = classify(exc, item.revision)
         if fence.posting and isinstance(exc, RequestError) and not _not_created(exc):
-            try:  # it may still land: if the lease went meanwhile, the newest wish must be posted after it
+            try:  # it may still land: if the lease went meanwhile, the newest outbox item must be posted after it
                 fence.posted(None, maybe_later=True)
             except LeaseLost:
                 return Outcome("lost", revision=item.revision)
@@ -872,7 +873,7 @@ def _record(
             values.setdefault("next_attempt_at", at)  # re-queued meanwhile: post it again from the start
         elif outcome.state == "delivered":
             values.update(delivered_at=at, last_error=None)
-            if row.state == "pending":  # a wish superseded while in hand keeps saying so
+            if row.state == "pending":  # an outbox item superseded while in hand keeps saying so
                 values["state"] = "delivered"
             log.info("github.delivery.delivered outbox=%s commit=%s", item_id, row.commit_sha)
         elif outcome.state != "superseded":

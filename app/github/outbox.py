@@ -1,4 +1,4 @@
-"""The outbox: the wish to post a commit's aggregate state, stored in the same transaction as its scan."""
+"""The outbox: the outbox item posting a commit's aggregate state, stored in the same transaction as its scan."""
 
 from __future__ import annotations
 
@@ -6,15 +6,14 @@ import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import quote
 
 import sqlalchemy as sa
 
-from app import locks, policy
+from app import commits, locks, policy
 from app.clock import database_now
-from app.findings import queries
 from app.github import checks
 from app.models import SEVERITIES, OutboxItem, utcnow
+from app.web.urls import Urls
 
 NO_APP = "no GitHub App configured"
 
@@ -30,31 +29,16 @@ class OrgLike(Protocol):
 
 
 @dataclass(frozen=True)
-class Links:
-    """Builds the admin page URLs that GitHub links back to."""
-
-    base_url: str
-
-    def section(self, slug: str) -> str:
-        return f"{self.base_url}/admin/orgs/{quote(slug)}/code-security/image-scanning"
-
-    def scan(self, slug: str, scan_id: int) -> str:
-        return f"{self.section(slug)}/scans/{scan_id}"
-
-    def commit(self, slug: str, repo: str, sha: str) -> str:
-        return f"{self.section(slug)}/commits/{sha}?repo={quote(repo, safe='')}"
-
-
-@dataclass(frozen=True)
-class Wish:
-    """The wish to post a commit's aggregate: the outbox row's values, and whether older wishes are superseded."""
+class NewItem:
+    """A new outbox item, posting a commit's aggregate: its row's values, and whether older pending items of the commit
+    are superseded (when it will be delivered)."""
 
     params: dict[str, Any]  # the bind parameters of `statements`
     deliver: bool
 
     @property
     def statements(self) -> tuple[sa.Executable, ...]:
-        """What stores it: older pending wishes of the commit superseded, this one inserted (due now when delivered)."""
+        """What stores it: older pending items of the commit superseded, this one inserted (due now when delivered)."""
         return (SUPERSEDE, INSERT_DUE) if self.deliver else (INSERT,)
 
     @property
@@ -64,7 +48,7 @@ class Wish:
         return {"context": body["context"], "state": body["state"], "description": body["description"]}
 
 
-def wish(
+def new_item(
     conn: sa.Connection,
     org: OrgLike,
     repo: str,
@@ -72,12 +56,12 @@ def wish(
     this: policy.ImageResult,
     judged: Sequence[sa.Row[Any]],
     block_action: str,
-    links: Links,
+    urls: Urls,
     deliver: bool,
     tops: dict[int, list[dict[str, Any]]] | None = None,
     sections: dict[str, str] | None = None,
-) -> Wish | None:
-    """Aggregate the commit's images into the wish to post them; None under block action `none` (post nothing,
+) -> NewItem | None:
+    """Aggregate the commit's images into the outbox item posting them; None under block action `none` (post nothing,
     leave earlier posts as they are).
 
     `judged` holds the latest judged scan of each image as stored before this one; this scan replaces its
@@ -89,14 +73,14 @@ def wish(
         return None
     others = [r for r in judged if r.image_ref != this.image_ref]
     if tops is None:
-        tops = queries.top_findings_many(conn, [r.id for r in others])
+        tops = commits.top_findings_many(conn, [r.id for r in others])
     images = [this] + [
         policy.ImageResult(r.image_ref, r.status, {s: getattr(r, s) for s in SEVERITIES}, r.fixable, r.id, tops[r.id])
         for r in others
     ]
     verdict = policy.commit_verdict(block_action, images)
     assert verdict is not None
-    target = links.commit(org.slug, repo, sha)
+    target = urls.commit(org.slug, repo, sha)
     row = {
         "org_id": org.id,
         "scan_run_id": this.scan_run_id,
@@ -110,7 +94,7 @@ def wish(
         "created_at": utcnow(),
     }
     params = {f"w_{k}": v for k, v in row.items()} | {"org": org.id, "repo": repo, "sha": sha}
-    return Wish(params, deliver)
+    return NewItem(params, deliver)
 
 
 def enqueue(
@@ -121,12 +105,12 @@ def enqueue(
     this: policy.ImageResult,
     judged: Sequence[sa.Row[Any]],
     block_action: str,
-    links: Links,
+    urls: Urls,
     deliver: bool,
     tops: dict[int, list[dict[str, Any]]] | None = None,
 ) -> dict[str, Any] | None:
-    """Store the wish to post the commit's aggregate (see `wish`); return the commit status asked, if any."""
-    found = wish(conn, org, repo, sha, this, judged, block_action, links, deliver, tops)
+    """Store the outbox item posting the commit's aggregate (see `item`); return the commit status asked, if any."""
+    found = new_item(conn, org, repo, sha, this, judged, block_action, urls, deliver, tops)
     if found is None:
         return None
     for statement in found.statements:
@@ -134,23 +118,22 @@ def enqueue(
     return found.asked
 
 
-def repost(
-    conn: sa.Connection, org: OrgLike, repo: str, sha: str, links: Links, deliver: bool
-) -> dict[str, Any] | None:
-    """Store the wish to post a commit's current aggregate again (check run re-requested); return the status asked.
+def repost(conn: sa.Connection, org: OrgLike, repo: str, sha: str, urls: Urls, deliver: bool) -> dict[str, Any] | None:
+    """Store an outbox item posting a commit's current aggregate again (check run re-requested); return the status
+    asked.
 
     Rebuilt from the latest judged scan of each image, each with its stored verdict, under the org's current
     block action: nothing under `none` or a disabled policy, nor for a commit with no judged scan.
     """
-    # The locks ingest takes first (a concurrent upload's wish stays the newest), and the policy with them.
+    # The locks ingest takes first (a concurrent upload's item stays the newest), and the policy with them.
     pol = locks.commit_and_policy(conn, org.id, repo, sha)
     if not pol.enabled or pol.block_action == "none":
         return None
-    judged = queries.latest_judged_rows(conn, org.id, repo, sha)
+    judged = commits.latest_judged_rows(conn, org.id, repo, sha)
     if not judged:
         return None
     newest = max(judged, key=lambda r: r.id)
-    tops = queries.top_findings_many(conn, [r.id for r in judged])  # every image's in one query
+    tops = commits.top_findings_many(conn, [r.id for r in judged])  # every image's in one query
     this = policy.ImageResult(
         newest.image_ref,
         newest.status,
@@ -159,7 +142,7 @@ def repost(
         newest.id,
         tops[newest.id],
     )
-    return enqueue(conn, org, repo, sha, this, judged, pol.block_action, links, deliver, tops)
+    return enqueue(conn, org, repo, sha, this, judged, pol.block_action, urls, deliver, tops)
 
 
 def top_of(findings: list[dict[str, Any]], limit: int = 5) -> list[dict[str, Any]]:
@@ -169,7 +152,7 @@ def top_of(findings: list[dict[str, Any]], limit: int = 5) -> list[dict[str, Any
 
 
 _outbox = OutboxItem.__table__
-_WISH = {
+_ITEM = {
     c: sa.bindparam(f"w_{c}", type_=_outbox.c[c].type)
     for c in (
         "org_id",
@@ -184,9 +167,9 @@ _WISH = {
         "created_at",
     )
 }
-INSERT = sa.insert(_outbox).values({**_WISH, "next_attempt_at": None})
+INSERT = sa.insert(_outbox).values({**_ITEM, "next_attempt_at": None})
 # Due now on the clock the worker reads.
-INSERT_DUE = sa.insert(_outbox).values({**_WISH, "next_attempt_at": database_now()})
+INSERT_DUE = sa.insert(_outbox).values({**_ITEM, "next_attempt_at": database_now()})
 SUPERSEDE = (
     sa.update(_outbox)
     .where(
@@ -200,7 +183,7 @@ SUPERSEDE = (
 
 
 def delivery_state(item: OutboxItem | None) -> dict[str, Any] | None:
-    """How the wish fared, for the API and the admin page: state plus a human sentence."""
+    """How the outbox item fared, for the API and the admin page: state plus a human sentence."""
     if item is None:
         return None
     detail = {

@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app.web.urls import Urls
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a handler may need beyond the payload, given by the view: handlers read no request or app config."""
+
+    urls: Urls  # the app's URLs, for what is queued to post to GitHub
+    deliver: bool  # a GitHub App is configured: queued work will be posted
+
+
 # A handler does database work only (no GitHub call) inside the caller's write transaction. It returns
 # None when it did its work, or the status to answer with: "queued" (work left for the worker) or
 # "ignored" (the event does not concern us, e.g. an account with no org here).
-Handler = Callable[[Session, dict[str, Any]], str | None]
+Handler = Callable[[Session, dict[str, Any], Context], str | None]
 
 
 class BadPayload(ValueError):

@@ -20,11 +20,12 @@ from sqlalchemy.orm import Session
 
 from app import db
 from app.db import write_transaction
-from app.errors import ApiError
 from app.github.handlers import router
 from app.github.handlers.common import upsert_for
-from app.github.router import BadPayload
+from app.github.router import BadPayload, Context
 from app.models import WebhookDelivery
+from app.web import urls
+from app.web.errors import ApiError
 
 log = logging.getLogger(__name__)
 bp = Blueprint("github_webhooks", __name__, url_prefix="/webhooks")
@@ -86,7 +87,8 @@ def receive() -> tuple[dict[str, Any], int]:
             if not _claim(session, delivery, event, action):
                 log.info("github.webhook.duplicate delivery=%s event=%s action=%s", delivery, event, action)
                 return {"status": "duplicate"}, 200
-            outcome = handler(session, payload) if handler is not None else "ignored"
+            ctx = Context(urls.for_request(), current_app.config["GITHUB_APP_CONFIGURED"])
+            outcome = handler(session, payload, ctx) if handler is not None else "ignored"
     except BadPayload as exc:
         log.warning("github.webhook.bad_payload delivery=%s event=%s action=%s: %s", delivery, event, action, exc)
         raise ApiError(400, "bad_payload", f"The {event} payload cannot be handled: {exc}.") from None

@@ -7,35 +7,34 @@ from typing import Any
 from flask import Blueprint, current_app, request
 
 from app import db, orgs
-from app.api_common import actor, authenticate, request_body
 from app.db import write_transaction
-from app.errors import validation_failed
-from app.findings.schemas import error_detail, read_json
 from app.settings import service
+from app.web import auth, bodies
+from app.web.errors import validation_failed
 
 bp = Blueprint("settings_api", __name__, url_prefix="/api/v1/orgs/<slug>/image-scans/settings")
 
 
 @bp.get("")
 def show(slug: str) -> dict[str, Any]:
-    return service.as_dict(authenticate(slug, "findings:read", "settings:write").settings)
+    return service.as_dict(auth.for_request(slug, "findings:read", "settings:write").settings)
 
 
 @bp.put("")
 def change(slug: str) -> dict[str, Any]:
-    org, token, _ = authenticate(slug, "settings:write")
-    doc = read_json(
+    org, token, _ = auth.for_request(slug, "settings:write")
+    doc = bodies.read_json(
         request.content_type,
         request.headers.get("Content-Encoding"),
-        request_body,
+        bodies.request_body,
         current_app.config["MAX_UPLOAD_BYTES"],
     )
     try:
         changes = service.parse_change(doc)
     except service.ValidationError as exc:
-        raise validation_failed([error_detail(e) for e in exc.errors(include_url=False)]) from None
+        raise validation_failed([bodies.error_detail(e) for e in exc.errors(include_url=False)]) from None
     session = db.session()
     with write_transaction(session):
         settings = orgs.settings_for_update(session, org.id)
-        service.apply(session, settings, changes, actor(token))
+        service.apply(session, settings, changes, auth.actor(token))
     return service.as_dict(settings)

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 import regex
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from app import audit
+from app.chain import audit
 from app.models import OrgSettings, utcnow
 
 MAX_RETENTION_DAYS = 3650
@@ -73,7 +73,7 @@ def apply(session: Any, settings: OrgSettings, changes: dict[str, Any], actor: s
     for key, diff in changed.items():
         setattr(settings, key, diff["new"])
     settings.updated_at = utcnow()
-    audit.record(session, settings.org_id, "settings.changed", actor, {"changes": changed})
+    audit.record(session, settings.org_id, audit.Action.SETTINGS_CHANGED, actor, {"changes": changed})
     return changed
 
 

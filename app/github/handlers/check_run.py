@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 import sqlalchemy as sa
-from flask import current_app
 from sqlalchemy.orm import Session
 
-from app.api_common import links
+from app import fields
 from app.github import outbox
 from app.github.handlers.common import org_of_repository_event
-from app.github.router import BadPayload, Router, get, need_str
+from app.github.router import BadPayload, Context, Router, get, need_str
 from app.models import CheckRunRecord, utcnow
 from app.policy import CONTEXT
 
 log = logging.getLogger(__name__)
 router = Router()
 _records = CheckRunRecord.__table__
-SHA = re.compile(r"[0-9a-f]{40}")
 
 FORGET_RUN = (
     sa.update(_records)
@@ -35,7 +32,7 @@ FORGET_RUN = (
 
 
 @router.register("check_run", "rerequested")
-def check_run_rerequested(session: Session, payload: dict[str, Any]) -> str | None:
+def check_run_rerequested(session: Session, payload: dict[str, Any], ctx: Context) -> str | None:
     """Forget the commit's run so the worker creates a new one, and queue the commit's current aggregate."""
     if get(payload, "check_run", "name") != CONTEXT:  # another app's check run
         return "ignored"
@@ -44,11 +41,11 @@ def check_run_rerequested(session: Session, payload: dict[str, Any]) -> str | No
         return "ignored"
     repo = need_str(payload, "repository", "full_name").lower()
     sha = need_str(payload, "check_run", "head_sha").lower()
-    if not SHA.fullmatch(sha):
+    if not fields.SHA.fullmatch(sha):
         raise BadPayload("check_run.head_sha must be a commit SHA")
     conn = session.connection()
     conn.execute(FORGET_RUN, {"org": org.id, "repo": repo, "sha": sha, "now": utcnow()})
-    status = outbox.repost(conn, org, repo, sha, links(), deliver=current_app.config["GITHUB_APP_CONFIGURED"])
+    status = outbox.repost(conn, org, repo, sha, ctx.urls, ctx.deliver)
     # DEBUG: the view logs the delivery's one INFO line (github.webhook.queued or .handled, with the delivery id).
     log.debug("github.check_run.rerequested org=%s repo=%s sha=%s queued=%s", org.slug, repo, sha, status is not None)
     return "queued" if status is not None else None

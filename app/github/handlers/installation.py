@@ -15,7 +15,7 @@ from app.github.handlers.common import (
     org_by_login,
     remove_repositories,
 )
-from app.github.router import Router, need_int, need_str
+from app.github.router import Context, Router, need_int, need_str
 from app.models import Org
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ router = Router()
 
 
 @router.register("installation", "created")
-def installation_created(session: Session, payload: dict[str, Any]) -> str | None:
+def installation_created(session: Session, payload: dict[str, Any], ctx: Context) -> str | None:
     """Link (or create) the account's org and record the repositories the installation can reach."""
     org = _link(session, payload)
     if org is None:
@@ -36,12 +36,12 @@ def installation_created(session: Session, payload: dict[str, Any]) -> str | Non
 
 
 @router.register("installation", "unsuspend")
-def installation_unsuspend(session: Session, payload: dict[str, Any]) -> str | None:
+def installation_unsuspend(session: Session, payload: dict[str, Any], ctx: Context) -> str | None:
     return None if _link(session, payload) is not None else "ignored"
 
 
 @router.register("installation", "deleted")
-def installation_deleted(session: Session, payload: dict[str, Any]) -> str | None:
+def installation_deleted(session: Session, payload: dict[str, Any], ctx: Context) -> str | None:
     """Unlink the org; the uninstalled app reaches none of its repositories any more."""
     org = _unlink(session, payload)
     if org is None:
@@ -51,7 +51,7 @@ def installation_deleted(session: Session, payload: dict[str, Any]) -> str | Non
 
 
 @router.register("installation", "suspend")
-def installation_suspend(session: Session, payload: dict[str, Any]) -> str | None:
+def installation_suspend(session: Session, payload: dict[str, Any], ctx: Context) -> str | None:
     """Unlink the org; its repositories are kept for the unsuspend."""
     return None if _unlink(session, payload) is not None else "ignored"
 

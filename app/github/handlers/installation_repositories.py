@@ -7,13 +7,13 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.github.handlers.common import OrgRef, add_repositories, full_names, org_ref, remove_repositories
-from app.github.router import Router, get, need_int
+from app.github.router import Context, Router, get, need_int
 
 router = Router()
 
 
 @router.register("installation_repositories", "added")
-def installation_repositories_added(session: Session, payload: dict[str, Any]) -> str | None:
+def installation_repositories_added(session: Session, payload: dict[str, Any], ctx: Context) -> str | None:
     org = _org(session, payload)
     if org is None:
         return "ignored"
@@ -22,7 +22,7 @@ def installation_repositories_added(session: Session, payload: dict[str, Any]) -
 
 
 @router.register("installation_repositories", "removed")
-def installation_repositories_removed(session: Session, payload: dict[str, Any]) -> str | None:
+def installation_repositories_removed(session: Session, payload: dict[str, Any], ctx: Context) -> str | None:
     org = _org(session, payload)
     if org is None:
         return "ignored"

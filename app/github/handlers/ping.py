@@ -7,14 +7,14 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app.github.router import Router, get
+from app.github.router import Context, Router, get
 
 log = logging.getLogger(__name__)
 router = Router()
 
 
 @router.register("ping")
-def ping(session: Session, payload: dict[str, Any]) -> str | None:
+def ping(session: Session, payload: dict[str, Any], ctx: Context) -> str | None:
     # DEBUG: the view logs the delivery's one INFO line (github.webhook.handled ... event=ping).
     log.debug("github.webhook.ping hook=%s app=%s", get(payload, "hook", "id"), get(payload, "hook", "app_id"))
     return None

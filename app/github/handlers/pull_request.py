@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from app import fields
 from app.github.handlers.common import org_of_repository_event, upsert_for
-from app.github.router import BadPayload, Router, get, need_int, need_str
+from app.github.router import BadPayload, Context, Router, get, need_int, need_str
 from app.models import PullRequestLink, ScanRun, utcnow
 
 router = Router()
 _links = PullRequestLink.__table__
 _scans = ScanRun.__table__
-SHA = re.compile(r"[0-9a-f]{40}")
 
 LINK_SCANS = (
     sa.update(_scans)
@@ -48,7 +47,7 @@ UPSERT_LINK = {dialect: _upsert_link_statement(dialect) for dialect in ("postgre
 
 
 @router.register("pull_request", "opened", "synchronize", "reopened")
-def pull_request_head(session: Session, payload: dict[str, Any]) -> str | None:
+def pull_request_head(session: Session, payload: dict[str, Any], ctx: Context) -> str | None:
     """The PR is open at this head commit: remember it, and link the commit's scans stored so far to it.
 
     Scans uploaded later take the number at ingest (queries.PR_OF_COMMIT, a subquery of the scan insert).
@@ -61,7 +60,7 @@ def pull_request_head(session: Session, payload: dict[str, Any]) -> str | None:
 
 
 @router.register("pull_request", "closed")
-def pull_request_closed(session: Session, payload: dict[str, Any]) -> str | None:
+def pull_request_closed(session: Session, payload: dict[str, Any], ctx: Context) -> str | None:
     """Mark the PR closed (merged or not); its scans keep their PR number."""
     return None if _upsert_link(session, payload, "closed") is not None else "ignored"
 
@@ -73,7 +72,7 @@ def _upsert_link(session: Session, payload: dict[str, Any], state: str) -> dict[
     repo = need_str(payload, "repository", "full_name").lower()
     number = need_int(payload, "pull_request", "number", below=2**31)
     sha = need_str(payload, "pull_request", "head", "sha").lower()
-    if not SHA.fullmatch(sha) or len(repo) > 200:
+    if not fields.SHA.fullmatch(sha) or len(repo) > 200:
         raise BadPayload("pull_request.head.sha must be a commit SHA and repository.full_name owner/name")
     stamp = _github_time(get(payload, "pull_request", "updated_at")) or utcnow()
     conn = session.connection()

@@ -22,9 +22,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from app import audit, chain, sqlite_writers
+from app import chain, sqlite_writers
+from app.chain import audit
 from app.db import write_transaction
 from app.models import (
+    DEFAULT_RETENTION_DAYS,
     FINDING_PAYLOAD_COLUMNS,
     AuditEvent,
     ChainHead,
@@ -188,7 +190,7 @@ def _unlock(conn: sa.Connection) -> None:
 
 def _run(session: Session, now: datetime, stopping: Callable[[], bool]) -> list[Outcome]:
     orgs = session.execute(
-        sa.select(Org.id, Org.slug, sa.func.coalesce(OrgSettings.retention_days, 365))
+        sa.select(Org.id, Org.slug, sa.func.coalesce(OrgSettings.retention_days, DEFAULT_RETENTION_DAYS))
         .outerjoin(OrgSettings, OrgSettings.org_id == Org.id)
         .order_by(Org.id)
     ).all()
@@ -238,7 +240,7 @@ def run_org(
                 "audit_events_redacted": audit_events,
                 "outbox_rows_trimmed": outbox,
             }
-            audit.record(session, org_id, "retention.run", ACTOR, details, at=now)
+            audit.record(session, org_id, audit.Action.RETENTION_RUN, ACTOR, details, at=now)
     log.info(
         "retention.org slug=%s cutoff=%s findings=%d audit_events=%d outbox=%d",
         slug,

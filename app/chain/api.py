@@ -6,11 +6,12 @@ from typing import Any
 
 from flask import Blueprint, current_app
 
-from app import checkpoints, db, tokens
-from app.api_common import authenticate, request_body
+from app import db
+from app.chain import checkpoints
 from app.db import write_transaction
-from app.errors import ApiError
 from app.models import utcnow
+from app.web import auth, bodies
+from app.web.errors import ApiError
 
 bp = Blueprint("audit_api", __name__, url_prefix="/api/v1/orgs/<slug>/audit")
 
@@ -18,16 +19,16 @@ bp = Blueprint("audit_api", __name__, url_prefix="/api/v1/orgs/<slug>/audit")
 @bp.get("/verify")
 def verify_chain(slug: str) -> dict[str, Any]:
     """The same verdict as `flask chain verify SLUG`, for settings:write tokens."""
-    org = authenticate(slug, "settings:write").org
+    org = auth.for_request(slug, "settings:write").org
     return _verdict(slug, org.id, [])
 
 
 @bp.post("/verify")
 def verify_against(slug: str) -> dict[str, Any]:
     """The verdict of `chain verify SLUG --checkpoint FILE`: the body is the checkpoint file's content."""
-    org = authenticate(slug, "settings:write").org
+    org = auth.for_request(slug, "settings:write").org
     try:
-        docs = checkpoints.parse(request_body().decode("utf-8-sig"))
+        docs = checkpoints.parse(bodies.request_body().decode("utf-8-sig"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ApiError(422, "validation_failed", f"The body is not a checkpoint file: {exc}.") from None
     return _verdict(slug, org.id, docs)
@@ -36,7 +37,7 @@ def verify_against(slug: str) -> dict[str, Any]:
 @bp.get("/checkpoint")
 def checkpoint(slug: str) -> dict[str, Any]:
     """A signed statement of the chain's size and head hash now (the previous one when nothing was added)."""
-    org = authenticate(slug, *tokens.SCOPES).org  # any token of the org: a checkpoint reveals no finding
+    org = auth.for_request(slug, *auth.SCOPES).org  # any token of the org: a checkpoint reveals no finding
     key = _key(create=True)
     session = db.session()
     try:

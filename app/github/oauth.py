@@ -1,5 +1,6 @@
-"""Asking GitHub who signed in and whether they own the org: at sign-in (with the OAuth code) and again later (with
-the user's token, kept sealed in the session record: see app.admin.sessions)."""
+"""Every GitHub call the admin pages make, with the App's OAuth credentials: who signed in, and whether they own
+the org, at sign-in (with the OAuth code) and again later (with the user's token, kept sealed in the session record:
+see app.admin.sessions). The clients are made as every other (app.github.client.new_client)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from flask import current_app
 from githubkit import GitHub, OAuthAppAuthStrategy, TokenAuthStrategy
 from githubkit.exception import AuthExpiredError, GitHubException, RequestError, RequestFailed, RequestTimeout
 
-from app.github.client import tls_context
+from app.github.client import new_client
 from app.models import Org
 
 MEMBERSHIP_STEP = "read your membership of the organisation"
@@ -37,14 +38,7 @@ class Identity:
 
 def _client(auth: Any) -> GitHub[Any]:
     config = current_app.config
-    return GitHub(
-        auth,
-        base_url=config["GITHUB_API_URL"],
-        timeout=float(config.get("GITHUB_TIMEOUT_SECONDS") or 10),
-        auto_retry=False,
-        http_cache=False,
-        ssl_verify=tls_context(),
-    )
+    return new_client(auth, config["GITHUB_API_URL"], float(config.get("GITHUB_TIMEOUT_SECONDS") or 10))
 
 
 def identity(code: str, github_org: str, callback_url: str) -> Identity:

@@ -31,7 +31,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from flask import Flask
 from sqlalchemy.orm import Session
 
-from app import chain, verify
+from app import chain
+from app.chain import verify
 from app.models import GENESIS_HASH, ChainCheckpoint
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,30 @@
+"""The shapes of values every part of the app checks alike: commit SHAs, repository names, 32-bit ids.
+
+One source for the API's schemas, the admin pages' filters, the webhook handlers and the OpenAPI document.
+"""
+
+from __future__ import annotations
+
+import re
+
+MAX_INT32 = 2**31 - 1  # ids and PR numbers are 32-bit columns: a larger one names nothing
+COMMIT_SHA = r"^[0-9a-fA-F]{40}$"  # as the API accepts it (stored in lower case)
+SHA = re.compile(r"[0-9a-f]{40}")  # a commit SHA as GitHub sends it and as it is stored
+COMMIT_SHA_TEXT = "must be a full commit SHA: 40 hexadecimal characters"
+# GitHub's naming rules. Owner: letters, digits and single hyphens, neither first nor last, at most 39 characters;
+# name: letters, digits, '.', '-' and '_', at most 100 characters, never '.' or '..'. The server checks them all
+# (_REPO_RULE); the pattern in the OpenAPI document has no lookahead, so it leaves the owner's length to its text.
+REPO_FULL_NAME = (
+    r"^[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*/"
+    r"(?:[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}|\.[A-Za-z0-9_-][A-Za-z0-9._-]{0,98}|\.\.[A-Za-z0-9._-]{1,98})$"
+)
+_REPO_RULE = re.compile(r"(?=[A-Za-z0-9-]{1,39}/)" + REPO_FULL_NAME[1:-1])
+REPO_RULE_TEXT = (
+    "must be owner/name as GitHub allows them: the owner of letters, digits and single hyphens (not first or last), "
+    "at most 39 characters; the name of letters, digits, '.', '-' and '_', at most 100 characters, not '.' or '..'"
+)
+
+
+def is_repo_full_name(value: str) -> bool:
+    """Whether `value` is owner/name as GitHub allows them."""
+    return _REPO_RULE.fullmatch(value) is not None

@@ -1,0 +1,190 @@
+"""Request bodies and their faults: JSON read by its headers (gzip allowed, bounded), pydantic's errors as details
+of a 422, and the collection of many faults into one answer. Every API view reads its body through here."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import orjson
+from flask import current_app, request
+from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from app.fields import COMMIT_SHA_TEXT, REPO_RULE_TEXT
+from app.web.errors import MAX_DETAILS, ApiError, validation_failed
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def request_body() -> bytes:
+    """The raw body, never silently cut: Werkzeug stops a body without Content-Length (chunked, which
+    gunicorn passes through) at MAX_CONTENT_LENGTH without an error, so a body that reaches it is a 413."""
+    data = request.get_data(cache=False)
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if request.content_length is None and limit is not None and len(data) >= limit:
+        raise RequestEntityTooLarge()
+    return data
+
+
+def validate_query(model: type[M]) -> M:
+    """The request's query string as `model`, or a 422 naming each bad parameter."""
+    try:
+        return model.model_validate(request.args.to_dict())
+    except ValidationError as exc:
+        raise validation_failed([error_detail(e, where="query") for e in exc.errors(include_url=False)]) from None
+
+
+def read_body(
+    content_type: str | None, content_encoding: str | None, read_body: Callable[[], bytes], max_bytes: int
+) -> bytes:
+    """The body's bytes, decompressed; 400/413/415 for what is not JSON by its headers, too large or empty."""
+    mimetype = (content_type or "").split(";", 1)[0].strip().lower()
+    if mimetype != "application/json" and not (mimetype.startswith("application/") and mimetype.endswith("+json")):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"The body must be JSON sent as Content-Type: application/json, not {mimetype or 'nothing'}.",
+        )
+    encoding = (content_encoding or "identity").strip().lower()
+    body = read_body()
+    if encoding in ("gzip", "x-gzip"):
+        body = gunzip(body, max_bytes)
+    elif encoding not in ("identity", ""):
+        raise ApiError(
+            415, "unsupported_media_type", f"Content-Encoding {encoding!r} is not supported; send gzip or no encoding."
+        )
+    if not body or body.isspace():
+        raise ApiError(400, "empty_body", "The body is empty; send the findings as JSON.")
+    return body
+
+
+def read_json(
+    content_type: str | None, content_encoding: str | None, read_body_: Callable[[], bytes], max_bytes: int
+) -> Any:
+    """The body's JSON value, parsed whole (small bodies: settings, exceptions); 400/413/415/422 as read_body."""
+    body = read_body(content_type, content_encoding, read_body_, max_bytes)
+    try:
+        doc = orjson.loads(memoryview(body)[3:] if body.startswith(b"\xef\xbb\xbf") else body)  # a BOM is tolerated
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "malformed_json", f"The body is not valid JSON: {exc}.") from None
+    if b"u0000" in body or b"U0000" in body:
+        errors = Errors()
+        check_nul(doc, "", errors)
+        refuse(errors)
+    return doc
+
+
+def gunzip(data: bytes, max_bytes: int) -> bytes:
+    """Decompress gzip (several members allowed) without ever holding more than max_bytes of output."""
+    out = bytearray()
+    while data:
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            out += d.decompress(data, max_bytes + 1 - len(out))
+        except zlib.error as exc:
+            raise ApiError(400, "malformed_gzip", f"The body is not valid gzip: {exc}.") from None
+        if len(out) > max_bytes:
+            raise ApiError(
+                413,
+                "payload_too_large",
+                f"The body decompresses to more than the upload limit of {max_bytes / 2**20:g} MiB.",
+            )
+        if not d.eof:
+            raise ApiError(400, "malformed_gzip", "The gzip body is truncated.")
+        data = d.unused_data
+    return out  # type: ignore[return-value]  # a bytearray: no second copy of up to max_bytes
+
+
+class Errors:
+    """Schema violations: the first MAX_DETAILS kept, all counted, so a huge bad body gets a small answer."""
+
+    __slots__ = ("kept", "total")
+
+    def __init__(self) -> None:
+        self.kept: list[dict[str, Any]] = []
+        self.total = 0
+
+    def add(self, path: str, code: str, message: str, limit: int | None = None) -> None:
+        self.total += 1
+        if len(self.kept) < MAX_DETAILS:
+            detail: dict[str, Any] = {"path": path or "$", "code": code, "message": message}
+            if limit is not None:
+                detail["limit"] = limit
+            self.kept.append(detail)
+
+    def extend(self, details: list[dict[str, Any]]) -> None:
+        for d in details:
+            self.total += 1
+            if len(self.kept) < MAX_DETAILS:
+                self.kept.append(d)
+
+
+def refuse(*found: Errors) -> None:
+    """Raise one 422 for every violation found, in the order given; nothing when there is none."""
+    total = sum(e.total for e in found)
+    if not total:
+        return
+    details = [d for e in found for d in e.kept][:MAX_DETAILS]
+    where = f" at {details[0]['path']}" if details[0].get("path") else ""
+    more = f" (and {total - 1} more)" if total > 1 else ""
+    raise validation_failed(details, f"The request is not valid{where}: {details[0]['message']}{more}.")
+
+
+def error_detail(
+    err: Mapping[str, Any], prefix: str = "", where: str | None = None, messages: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """One of pydantic's errors as a detail of a 422: its path, code and a message (`messages` by field name for a
+    pattern mismatch, PATTERN_MESSAGES by default); `where` the part of the request ("query")."""
+    path = prefix
+    for part in err["loc"]:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    message = err["msg"]
+    if err["type"] == "missing":
+        message = "is required"
+    elif err["type"] == "string_pattern_mismatch":
+        message = (messages or PATTERN_MESSAGES).get(err["loc"][-1] if err["loc"] else "", message)
+    detail = {"path": path or "$", "code": err["type"], "message": message}
+    if where:
+        detail["in"] = where
+    return detail
+
+
+PATTERN_MESSAGES = {  # the message of a pattern mismatch, by field name
+    "commit_sha": COMMIT_SHA_TEXT,
+    "repo_full_name": REPO_RULE_TEXT,
+    "repo": REPO_RULE_TEXT,
+}
+
+
+def check_nul(value: Any, path: str, errors: Errors) -> None:
+    """Name where a NUL character is (PostgreSQL text cannot hold one) rather than fail at insert time.
+
+    Iterative, not recursive: orjson accepts 1024 levels of nesting, more than Python's recursion limit.
+    Each entry keeps (parent trail, key), so a path string is only built for the value that fails.
+    """
+    stack: list[tuple[Any, Any]] = [(value, None)]
+    while stack:
+        value, trail = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                errors.add(trail_path(path, trail), "nul_character", "contains a NUL character (\\u0000)")
+                return
+        elif isinstance(value, dict):
+            if any("\x00" in k for k in value):
+                errors.add(trail_path(path, trail), "nul_character", "contains a NUL character (\\u0000) in a key")
+                return
+            stack.extend((v, (trail, k)) for k, v in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend((value[i], (trail, i)) for i in range(len(value) - 1, -1, -1))
+
+
+def trail_path(path: str, trail: Any) -> str:
+    keys: list[Any] = []
+    while trail is not None:
+        trail, key = trail
+        keys.append(key)
+    for key in reversed(keys):
+        path += f"[{key}]" if isinstance(key, int) else (f".{key}" if path else key)
+    return path or "$"

@@ -1,0 +1,34 @@
+"""The one builder of the app's own URLs: the admin pages GitHub links back to and the OAuth callback."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from flask import current_app, request
+
+
+@dataclass(frozen=True)
+class Urls:
+    """The app's URLs under `base_url` (FREMFORGE_PUBLIC_URL, else the request's own origin)."""
+
+    base_url: str
+
+    def section(self, slug: str) -> str:
+        """The org's Admin → Code security → Image scanning page."""
+        return f"{self.base_url}/admin/orgs/{quote(slug)}/code-security/image-scanning"
+
+    def scan(self, slug: str, scan_id: int) -> str:
+        return f"{self.section(slug)}/scans/{scan_id}"
+
+    def commit(self, slug: str, repo: str, sha: str) -> str:
+        return f"{self.section(slug)}/commits/{sha}?repo={quote(repo, safe='')}"
+
+    def oauth_callback(self) -> str:
+        """The GitHub App's registered callback URL."""
+        return f"{self.base_url}/admin/oauth/callback"
+
+
+def for_request() -> Urls:
+    """The URLs as this request's answer gives them: under PUBLIC_URL when set, else under the request's host."""
+    return Urls(current_app.config.get("PUBLIC_URL") or request.host_url.rstrip("/"))
