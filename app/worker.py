@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from app import clock, db
 from app.chain import retention
 from app.db import write_transaction
-from app.github import delivery
+from app.github import posting
 from app.github.client import GitHubApp
 from app.models import WorkerHeartbeat, utcnow
 
@@ -42,7 +42,7 @@ class Loop:
     parallel: int = 4
     once: bool = False
     stop: threading.Event = field(default_factory=threading.Event)
-    name: str = field(default_factory=delivery.worker_name)
+    name: str = field(default_factory=posting.worker_name)
     handled: int = 0
     errors_in_a_row: int = 0
     holding_rows: bool = False  # an error may have left rows of this process claimed
@@ -103,10 +103,10 @@ class Loop:
         if self.gh is None:
             return 0
         if self.holding_rows:  # an error ended the last batch: its rows go back before anything else
-            released = delivery.release_worker(db.session(), self.name)
+            released = posting.release_worker(db.session(), self.name)
             self.holding_rows = False
             log.info("worker.released rows=%s", released)
-        handled = delivery.run_once(
+        handled = posting.run_once(
             db.session(), self.gh, worker=self.name, parallel=self.parallel, stopping=self.stop.is_set
         )
         self.handled += handled

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from app import db
-from app.github import delivery
+from app.github import posting
 from app.github.client import github_app
 from app.models import CheckRunRecord, Org, OutboxItem, utcnow
 from tests.conftest import INSTALLATION, MakeApp, admin_login, app_with_github, org_with_installation
@@ -50,7 +50,7 @@ def run(app: Flask, clock: Clock, worker: str = "w1", rng: random.Random | None 
     with app.app_context():
         gh = github_app()
         assert gh is not None
-        return delivery.run_once(
+        return posting.run_once(
             db.session(), gh, now=clock.now, rng=rng or random.Random(7), worker=worker, parallel=parallel
         )
 
@@ -167,12 +167,12 @@ def test_app_not_installed_is_a_permanent_failure(app, client, fake_github):
     r = post(client, token, seed(repo="other/api"), slug="other")
     assert r.status_code == 202
     clock = Clock()
-    for _ in range(delivery.REFUSAL_TRIES):
+    for _ in range(posting.REFUSAL_TRIES):
         run(app, clock)
         clock.advance(300)
     [row] = rows(app)
     assert row.state == "failed" and "not installed" in row.last_error
-    assert len(fake_github.calls_to("GET", r"/installation$")) == delivery.REFUSAL_TRIES
+    assert len(fake_github.calls_to("GET", r"/installation$")) == posting.REFUSAL_TRIES
 
 
 # ---------------------------------------------------------------- tokens
@@ -218,13 +218,13 @@ def test_a_gateway_error_on_a_post_keeps_the_commit_in_flight_for_a_late_landing
     run(app, clock)
     [row] = rows(app)
     assert row.state == "pending" and row.lease_until == row.next_attempt_at
-    assert row.next_attempt_at - clock.now >= delivery.LATE_LANDING - timedelta(seconds=1)
+    assert row.next_attempt_at - clock.now >= posting.LATE_LANDING - timedelta(seconds=1)
 
 
 def test_backoff_is_capped_at_five_minutes():
     rng = random.Random(1)
-    assert all(delivery.backoff(n, rng) <= timedelta(minutes=5) for n in range(1, 40))
-    assert delivery.backoff(20, rng) >= timedelta(minutes=4)
+    assert all(posting.backoff(n, rng) <= timedelta(minutes=5) for n in range(1, 40))
+    assert posting.backoff(20, rng) >= timedelta(minutes=4)
 
 
 def test_rate_limit_waits_for_retry_after_without_counting_an_attempt(app, client, token, fake_github):
@@ -263,7 +263,7 @@ def test_refusals_are_retried_a_few_times_over_minutes_then_recorded_as_failed(a
     assert row.state == "pending" and row.refusals == 1  # a one-off answer must not leave an older state standing
     assert timedelta(seconds=20) <= row.next_attempt_at - clock.now <= timedelta(seconds=40)
     waits = []
-    for _ in range(delivery.REFUSAL_TRIES - 1):
+    for _ in range(posting.REFUSAL_TRIES - 1):
         waits.append((rows(app)[0].next_attempt_at - clock.now).total_seconds())
         clock.now = rows(app)[0].next_attempt_at
         run(app, clock)
@@ -273,7 +273,7 @@ def test_refusals_are_retried_a_few_times_over_minutes_then_recorded_as_failed(a
     assert waits[1] > waits[0] and sum(waits) >= 150  # over minutes, not seconds
     clock.advance(3600)
     assert run(app, clock) == 0
-    assert len(fake_github.calls_to("POST", r"/statuses/")) == delivery.REFUSAL_TRIES
+    assert len(fake_github.calls_to("POST", r"/statuses/")) == posting.REFUSAL_TRIES
 
 
 @pytest.mark.parametrize("status", [404, 422])
@@ -296,12 +296,12 @@ def test_retries_are_bounded_and_the_final_failure_is_visible(app, client, token
     clock = Clock()
     body = upload(client, token)
     fake_github.fail("POST", r"/statuses/", status=503, times=None)
-    for _ in range(delivery.MAX_ATTEMPTS + 5):
+    for _ in range(posting.MAX_ATTEMPTS + 5):
         run(app, clock)
-        clock.advance(delivery.MAX_DELAY * 1.3)
+        clock.advance(posting.MAX_DELAY * 1.3)
     [row] = rows(app)
-    assert row.state == "failed" and row.attempts == delivery.MAX_ATTEMPTS
-    assert len(fake_github.calls_to("POST", r"/statuses/")) == delivery.MAX_ATTEMPTS
+    assert row.state == "failed" and row.attempts == posting.MAX_ATTEMPTS
+    assert len(fake_github.calls_to("POST", r"/statuses/")) == posting.MAX_ATTEMPTS
     detail = client.get(
         f"/api/v1/orgs/acme/image-scans/{body['scan_run_id']}", headers={"Authorization": f"Bearer {token}"}
     ).json["commit_status"]["delivery"]
@@ -370,13 +370,13 @@ def test_a_stale_state_never_lands_after_a_newer_one(app, client, token, fake_gi
     upload(client, token, severity="critical")  # wish 1: failure
     with app.app_context():
         s, gh = db.session(), github_app()
-        [first] = delivery.claim(s, clock.now, "slow-worker")  # wish 1 in flight
+        [first] = posting.claim(s, clock.now, "slow-worker")  # wish 1 in flight
     upload(client, token, severity="low")  # wish 2: success, supersedes 1
     assert run(app, clock, worker="fast-worker") == 0  # the commit is in flight: wish 2 waits
     with app.app_context():
         s = db.session()
-        outcome = delivery.deliver(s, gh, first, clock.now, "slow-worker")
-        delivery.record(s, first, outcome, clock.now, random.Random(1), "slow-worker")
+        outcome = posting.deliver(s, gh, first, clock.now, "slow-worker")
+        posting.record(s, first, outcome, clock.now, random.Random(1), "slow-worker")
     drain(app, clock)
     assert posted_states(fake_github) == ["success"]  # the superseded wish was not posted at all
     assert [r.state for r in rows(app)] == ["superseded", "delivered"]
@@ -397,10 +397,10 @@ def test_a_worker_killed_mid_delivery_loses_nothing(app, client, token, fake_git
     clock = Clock()
     upload(client, token)
     with app.app_context():
-        assert delivery.claim(db.session(), clock.now, "doomed") != []  # claimed, then the worker dies
+        assert posting.claim(db.session(), clock.now, "doomed") != []  # claimed, then the worker dies
     clock.advance(30)
     assert run(app, clock) == 0  # its lease still holds
-    clock.advance(delivery.LEASE.total_seconds())
+    clock.advance(posting.LEASE.total_seconds())
     assert run(app, clock) == 1
     assert rows(app)[0].state == "delivered" and posted_states(fake_github) == ["failure"]
 
@@ -520,8 +520,8 @@ def test_a_timeout_opens_the_circuit(app, client, token, fake_github):
 
 
 def test_circuit_delay_doubles_to_a_cap_and_resets_on_success():
-    circuit, rng, now = delivery.Circuit(), random.Random(3), utcnow()
-    down = delivery.Outcome("retry", "could not reach GitHub", unreachable=True)
+    circuit, rng, now = posting.Circuit(), random.Random(3), utcnow()
+    down = posting.Outcome("retry", "could not reach GitHub", unreachable=True)
     delays = []
     for _ in range(12):
         assert circuit.allows(now)
@@ -530,12 +530,12 @@ def test_circuit_delay_doubles_to_a_cap_and_resets_on_success():
         delays.append((circuit.open_until - now).total_seconds())
         now = circuit.open_until
     for n, delay in enumerate(delays):  # shorter than the backoff of the n+1-th attempt of the row that failed
-        base = min(delivery.CIRCUIT_MAX_DELAY, delivery.FIRST_DELAY * 2**n)
+        base = min(posting.CIRCUIT_MAX_DELAY, posting.FIRST_DELAY * 2**n)
         assert 0.6 * base <= delay <= 0.8 * base
-    assert delays[-1] <= delivery.CIRCUIT_MAX_DELAY
-    circuit.observe(delivery.Outcome("superseded"), now, rng)  # GitHub was not asked: still half-open
+    assert delays[-1] <= posting.CIRCUIT_MAX_DELAY
+    circuit.observe(posting.Outcome("superseded"), now, rng)  # GitHub was not asked: still half-open
     assert circuit.probing
-    circuit.observe(delivery.Outcome("delivered"), now, rng)
+    circuit.observe(posting.Outcome("delivered"), now, rng)
     assert circuit.allows(now) and not circuit.probing and circuit.failures == 0
 
 
@@ -547,10 +547,10 @@ def test_each_worker_process_keeps_its_own_circuit(app, client, token, fake_gith
     with app.app_context():
         gh = github_app()
         assert gh is not None
-        assert delivery.run_once(db.session(), gh, now=clock.now, worker="w1") == 1
+        assert posting.run_once(db.session(), gh, now=clock.now, worker="w1") == 1
         assert gh.circuit is not None and gh.circuit.probing  # the process's circuit, kept on its GitHubApp
-        other = delivery.Circuit()  # another process: its own first attempt
-        assert delivery.run_once(db.session(), gh, now=clock.now, worker="w2", circuit=other) == 1
+        other = posting.Circuit()  # another process: its own first attempt
+        assert posting.run_once(db.session(), gh, now=clock.now, worker="w2", circuit=other) == 1
     assert sorted(r.attempts for r in rows(app)) == [0, 1, 1]
 
 
@@ -583,12 +583,12 @@ def test_a_posted_status_is_not_posted_again_when_its_check_run_is_retried(app, 
     with app.app_context():  # one session for both runs, as the worker command keeps
         gh = github_app()
         assert gh is not None
-        delivery.run_once(db.session(), gh, now=clock.now, rng=random.Random(7), worker="w1")
+        posting.run_once(db.session(), gh, now=clock.now, rng=random.Random(7), worker="w1")
         [row] = rows(app)
         assert row.state == "pending" and row.status_posted and not row.check_posted
         for _ in range(20):  # a 502 may have made a run: GitHub's list is checked for a while before it is done
             clock.now = rows(app)[0].next_attempt_at
-            delivery.run_once(db.session(), gh, now=clock.now, rng=random.Random(7), worker="w1")
+            posting.run_once(db.session(), gh, now=clock.now, rng=random.Random(7), worker="w1")
             if rows(app)[0].state != "pending":
                 break
     assert posted_states(fake_github) == ["failure"]  # the status once, though the row was tried twice
@@ -601,10 +601,10 @@ def test_a_long_running_worker_updates_the_check_run_it_created(app, client, tok
         gh = github_app()
         assert gh is not None
         upload(client, token, image="ghcr.io/acme/api:1")
-        delivery.run_once(db.session(), gh, now=clock.now, rng=random.Random(7), worker="w1")
+        posting.run_once(db.session(), gh, now=clock.now, rng=random.Random(7), worker="w1")
         upload(client, token, image="ghcr.io/acme/web:1")
         clock.advance(5)
-        delivery.run_once(db.session(), gh, now=clock.now, rng=random.Random(7), worker="w1")
+        posting.run_once(db.session(), gh, now=clock.now, rng=random.Random(7), worker="w1")
     assert len(fake_github.check_runs) == 1  # created once, then updated in place
     [run_id] = fake_github.check_runs
     assert len(fake_github.calls_to("PATCH", rf"/check-runs/{run_id}$")) == 1
@@ -619,12 +619,12 @@ def test_a_worker_whose_clock_runs_fast_does_not_take_another_workers_lease(
 ):
     upload(client, token)
     with app.app_context():
-        [held] = delivery.claim(db.session(), None, "steady-worker")  # on the database's clock
+        [held] = posting.claim(db.session(), None, "steady-worker")  # on the database's clock
         fast = utcnow() + timedelta(minutes=2, seconds=30)
-        monkeypatch.setattr(delivery, "utcnow", lambda: fast)  # this process's clock, 2.5 minutes ahead
+        monkeypatch.setattr(posting, "utcnow", lambda: fast)  # this process's clock, 2.5 minutes ahead
         gh = github_app()
         assert gh is not None
-        assert delivery.run_once(db.session(), gh, worker="fast-worker") == 0  # the lease still holds
+        assert posting.run_once(db.session(), gh, worker="fast-worker") == 0  # the lease still holds
     assert fake_github.calls_to("POST", r"/statuses/") == []
     [row] = rows(app)
     assert row.id == held and row.claimed_by == "steady-worker"
@@ -641,7 +641,7 @@ def test_a_web_process_whose_clock_runs_fast_does_not_delay_delivery(app, client
     with app.app_context():
         gh = github_app()
         assert gh is not None
-        assert delivery.run_once(db.session(), gh) == 1  # due now on the database's clock
+        assert posting.run_once(db.session(), gh) == 1  # due now on the database's clock
     assert posted_states(fake_github) == ["failure"]
 
 
@@ -718,19 +718,19 @@ def test_a_worker_that_stalls_past_its_lease_mid_post_requeues_the_newest_state(
     app, client, token, fake_github, monkeypatch
 ):
     """Worker A's status post stalls (held by GitHub) past its lease; B delivers a newer state; A's post lands last."""
-    monkeypatch.setattr(delivery, "LEASE", timedelta(seconds=1))
+    monkeypatch.setattr(posting, "LEASE", timedelta(seconds=1))
     upload(client, token, severity="low")  # wish 1: success
     fake_github.timeout("POST", r"/statuses/", times=1, seconds=3.0)
-    outcomes: list[delivery.Outcome] = []
+    outcomes: list[posting.Outcome] = []
 
     def stalled_worker() -> None:
         with app.app_context():
             s, gh = db.session(), github_app()
             assert gh is not None
             gh.timeout = 10.0  # A waits for its answer (its installation client is made with this timeout)
-            [first] = delivery.claim(s, None, "stalled")  # on the database's clock
-            outcomes.append(delivery.deliver(s, gh, first, None, "stalled"))
-            delivery.record(s, first, outcomes[-1], None, random.Random(1), "stalled")
+            [first] = posting.claim(s, None, "stalled")  # on the database's clock
+            outcomes.append(posting.deliver(s, gh, first, None, "stalled"))
+            posting.record(s, first, outcomes[-1], None, random.Random(1), "stalled")
 
     a = threading.Thread(target=stalled_worker)
     a.start()
@@ -741,7 +741,7 @@ def test_a_worker_that_stalls_past_its_lease_mid_post_requeues_the_newest_state(
         with app.app_context():
             gh = github_app()
             assert gh is not None
-            assert delivery.run_once(db.session(), gh, worker="other") == 1  # B, while A still stalls
+            assert posting.run_once(db.session(), gh, worker="other") == 1  # B, while A still stalls
         assert rows(app)[-1].state == "delivered"
     finally:
         a.join(timeout=10)
@@ -777,9 +777,9 @@ def test_a_row_in_hand_past_its_lease_is_fenced_at_its_first_post(app, client, t
     with app.app_context():
         s, gh = db.session(), github_app()
         assert gh is not None
-        [row_id] = delivery.claim(s, clock.now, "slow")
-        later = clock.advance(delivery.LEASE.total_seconds() + 1)
-        assert delivery.deliver(s, gh, row_id, later, "slow").state == "lost"
+        [row_id] = posting.claim(s, clock.now, "slow")
+        later = clock.advance(posting.LEASE.total_seconds() + 1)
+        assert posting.deliver(s, gh, row_id, later, "slow").state == "lost"
     assert fake_github.calls_to("POST", r"/statuses/") == []  # nothing posted on a lease that ran out
 
 
@@ -798,7 +798,7 @@ def test_the_circuits_probe_takes_the_oldest_due_row(app, client, token, fake_gi
     with app.app_context():
         gh = github_app()
         assert gh is not None and gh.circuit is not None and gh.circuit.probing
-        delivery.run_once(db.session(), gh, now=clock.now, limit=1, rng=random.Random(7))
+        posting.run_once(db.session(), gh, now=clock.now, limit=1, rng=random.Random(7))
     probe = fake_github.calls_to("POST", r"/statuses/")[before]
     assert probe.path.endswith(oldest.commit_sha)  # the row that waited longest, not the newest
 
@@ -831,7 +831,7 @@ def test_a_status_post_that_timed_out_and_lands_late_never_lands_after_a_newer_s
     clock.advance(5)
     assert run(app, clock) == 0  # the commit stays in flight until a late landing is past
     wait_until(lambda: fake_github.latest_status("acme", "api", SHA) is not None)  # it lands
-    clock.advance(delivery.LATE_LANDING.total_seconds())
+    clock.advance(posting.LATE_LANDING.total_seconds())
     drain(app, clock)
     assert posted_states(fake_github) == ["success", "failure"]
     assert {r["conclusion"] for r in fake_github.runs_of("acme", "api", SHA)} == {"failure"}
@@ -865,9 +865,9 @@ def test_after_an_error_a_worker_gives_back_the_rows_it_still_holds(app, client,
         upload(client, token, sha=sha)
     with app.app_context():
         s = db.session()
-        [mine] = delivery.claim(s, None, delivery.claim_token("host:1"), limit=1)
-        [other] = delivery.claim(s, None, delivery.claim_token("host:12"), limit=1)
-        assert delivery.release_worker(s, "host:1") == 1  # not host:12's, whose name starts the same
+        [mine] = posting.claim(s, None, posting.claim_token("host:1"), limit=1)
+        [other] = posting.claim(s, None, posting.claim_token("host:12"), limit=1)
+        assert posting.release_worker(s, "host:1") == 1  # not host:12's, whose name starts the same
     held = {r.id: r.claimed_by for r in rows(app)}
     assert held[mine] is None and held[other].startswith("host:12/")
 
@@ -883,7 +883,7 @@ def test_a_late_older_create_is_found_by_the_newer_wishes_settling(app, client, 
     fake_github.timeout("POST", r"/check-runs$", times=1, seconds=3.0)
     run(app, clock)  # status success posted; create of A's run times out (maybe landed)
     upload(client, token, severity="critical")  # B: failure
-    clock.advance(delivery.LATE_LANDING.total_seconds() + 1)
+    clock.advance(posting.LATE_LANDING.total_seconds() + 1)
     run(app, clock)  # B: lists (A's run not landed yet), creates its own: creates_sent 2, known 1 -> settling
     b = rows(app)[-1]
     assert b.state == "pending" and b.status_posted and not b.check_posted  # settling
@@ -908,7 +908,7 @@ def test_a_row_that_cannot_be_delivered_does_not_stop_the_others(app, client, to
             errors.append(type(exc).__name__)
             with app.app_context():
                 db.discard_session()
-                delivery.release_worker(db.session(), "w")
+                posting.release_worker(db.session(), "w")
         clock.advance(5)
     assert errors == []
     assert all(r.state == "delivered" for r in rows(app) if r.commit_sha != SHA)
@@ -921,7 +921,7 @@ def test_a_post_that_timed_out_after_its_lease_ran_out_requeues_the_newest(
 ):
     """W's status post (older green) times out after W lost its lease; W2 delivered the newer red meanwhile; the
     green lands last: W re-queues the newest, posted once a late landing is past."""
-    monkeypatch.setattr(delivery, "LEASE", timedelta(seconds=1))
+    monkeypatch.setattr(posting, "LEASE", timedelta(seconds=1))
     upload(client, token, severity="low")  # A: success
     fake_github.timeout("POST", r"/statuses/", times=1, seconds=3.0)
     outcomes = []
@@ -930,9 +930,9 @@ def test_a_post_that_timed_out_after_its_lease_ran_out_requeues_the_newest(
         with app.app_context():
             s, gh = db.session(), github_app()
             gh.timeout = 2.0  # times out after the 1 s lease, before the fake applies the post at 3 s
-            [first] = delivery.claim(s, None, "stalled")
-            outcomes.append(delivery.deliver(s, gh, first, None, "stalled"))
-            delivery.record(s, first, outcomes[-1], None, random.Random(1), "stalled")
+            [first] = posting.claim(s, None, "stalled")
+            outcomes.append(posting.deliver(s, gh, first, None, "stalled"))
+            posting.record(s, first, outcomes[-1], None, random.Random(1), "stalled")
 
     a = threading.Thread(target=stalled_worker)
     a.start()
@@ -941,7 +941,7 @@ def test_a_post_that_timed_out_after_its_lease_ran_out_requeues_the_newest(
         wait_until(lambda: lease_ran_out(app, rows(app)[0].id))
         upload(client, token, severity="critical")  # B
         with app.app_context():
-            assert delivery.run_once(db.session(), github_app(), worker="other") == 1
+            assert posting.run_once(db.session(), github_app(), worker="other") == 1
     finally:
         a.join(timeout=10)
     assert outcomes[0].state == "lost"
@@ -964,7 +964,7 @@ def test_a_lease_lost_between_two_patches_requeues_the_newest(app, client, token
     wait_until(lambda: len(fake_github.runs_of("acme", "api", SHA)) == 2)
     drain(app, clock)
     assert len(fake_github.runs_of("acme", "api", SHA)) == 2
-    monkeypatch.setattr(delivery, "LEASE", timedelta(seconds=1))
+    monkeypatch.setattr(posting, "LEASE", timedelta(seconds=1))
     upload(client, token, severity="low")  # A: success
     fake_github.timeout("PATCH", r"/check-runs/\d+$", times=1, seconds=3.0)
     before = len(fake_github.calls_to("PATCH", r"/check-runs/"))
@@ -974,9 +974,9 @@ def test_a_lease_lost_between_two_patches_requeues_the_newest(app, client, token
             s, gh = db.session(), github_app()
             gh.timeout = 10.0
             gh._installations.clear()  # made earlier with the 0.5 s timeout
-            [first] = delivery.claim(s, None, "stalled")
-            out = delivery.deliver(s, gh, first, None, "stalled")
-            delivery.record(s, first, out, None, random.Random(1), "stalled")
+            [first] = posting.claim(s, None, "stalled")
+            out = posting.deliver(s, gh, first, None, "stalled")
+            posting.record(s, first, out, None, random.Random(1), "stalled")
 
     a = threading.Thread(target=stalled_worker)
     a.start()
@@ -985,7 +985,7 @@ def test_a_lease_lost_between_two_patches_requeues_the_newest(app, client, token
         wait_until(lambda: lease_ran_out(app, rows(app)[-1].id))
         upload(client, token, severity="critical")  # B
         with app.app_context():
-            assert delivery.run_once(db.session(), github_app(), worker="other") == 1
+            assert posting.run_once(db.session(), github_app(), worker="other") == 1
     finally:
         a.join(timeout=10)
     drain(app, Clock())

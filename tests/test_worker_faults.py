@@ -3,7 +3,7 @@ stopped (SIGSTOP) past its lease, SIGTERM in the middle of a batch, a SQLite wri
 budget, PostgreSQL restarted under it; and /readyz, which wants a heartbeat (spec section 4, "posting is reliable"
 and "the worker never exits on a database or GitHub error").
 
-Each test fails on the code before the fenced worker (HEAD's app/github/delivery.py and app/cli.py: leases on the
+Each test fails on the code before the fenced worker (HEAD's app/github/posting.py and app/cli.py: leases on the
 worker's own clock, no fencing, no re-queue, a worker loop that exited on any exception, no heartbeat); why is said
 in each test. To check that, the worker subprocess can be run from another checkout: FREMFORGE_TEST_WORKER_ROOT=
 <a tree of HEAD's files, e.g. `git archive HEAD | tar -x -C /tmp/head`> runs it from there, against the schema of
@@ -33,7 +33,7 @@ from flask import Flask
 
 from app import clock, create_app, db, migrate
 from app import worker as worker_loop
-from app.github import delivery
+from app.github import posting
 from app.github.client import github_app
 from app.models import OutboxItem, WorkerHeartbeat, utcnow
 from tests import pgcluster
@@ -101,7 +101,7 @@ def deliver_in_process(app: Flask) -> int:
     with app.app_context():
         gh = github_app()
         assert gh is not None
-        return delivery.run_once(db.session(), gh, worker="in-process-B")
+        return posting.run_once(db.session(), gh, worker="in-process-B")
 
 
 def drain_in_process(app: Flask, worker: Worker | None = None) -> None:
@@ -119,7 +119,7 @@ def drain_in_process(app: Flask, worker: Worker | None = None) -> None:
 # `flask --app wsgi worker ...` with the lease shortened first: flask.cli.main reads its arguments from sys.argv[1:],
 # which for `python -c CODE ARGS...` are ARGS.
 HARNESS = (
-    "import datetime, app.github.delivery as d; d.LEASE = datetime.timedelta(seconds={lease!r}); "
+    "import datetime, app.github.posting as d; d.LEASE = datetime.timedelta(seconds={lease!r}); "
     "from flask.cli import main; main()"
 )
 
@@ -199,7 +199,7 @@ def test_a_worker_stopped_past_its_lease_and_resumed_leaves_github_showing_the_n
     posted again and GitHub ends red. On HEAD's code A posted `success` (and PATCHed B's check run to success)
     and recorded its row delivered: nothing re-queued the newest wish and GitHub stayed green.
     """
-    monkeypatch.setattr(delivery, "LEASE", timedelta(seconds=LEASE_SECONDS))  # worker B's
+    monkeypatch.setattr(posting, "LEASE", timedelta(seconds=LEASE_SECONDS))  # worker B's
     first = upload(client, token, severity="low")  # state success
     [row1] = rows(app)
     fake_github.timeout("POST", r"/access_tokens$", times=1, seconds=2.0)

@@ -31,6 +31,6 @@ def test_the_heartbeat_says_alive_while_rounds_begin_and_stops_when_the_loop_is_
 
 
 def test_each_worker_process_has_a_name_of_its_own():
-    name = worker.delivery.worker_name()
+    name = worker.posting.worker_name()
     _host, pid, suffix = name.rsplit(":", 2)
-    assert pid.isdigit() and len(suffix) == 6 and name == worker.delivery.worker_name()
+    assert pid.isdigit() and len(suffix) == 6 and name == worker.posting.worker_name()

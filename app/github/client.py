@@ -79,7 +79,7 @@ class GitHubApp:
     api_url: str
     timeout: float = 10.0
     cache: MemCacheStrategy = field(default_factory=MemCacheStrategy)
-    # The outbox worker's circuit breaker of this process (app.github.delivery.Circuit), kept here as it lives as long.
+    # The outbox worker's circuit breaker of this process (app.github.posting.Circuit), kept here as it lives as long.
     circuit: object | None = None
     clock_offset: timedelta = timedelta(0)  # GitHub's clock minus ours, learnt when GitHub refused a JWT's times
     _installations: dict[int, GitHub] = field(default_factory=dict)

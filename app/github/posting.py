@@ -426,7 +426,7 @@ class Fence:
 
     def _lost(self, when: str, requeued: int | None) -> None:
         log.warning(
-            "github.delivery.lease_lost outbox=%s commit=%s %s requeued=%s",
+            "github.posting.lease_lost outbox=%s commit=%s %s requeued=%s",
             self.item.id,
             self.item.commit_sha,
             when,
@@ -474,7 +474,7 @@ def deliver(session: Session, gh: GitHubApp, item_id: int, now: datetime | None,
             return dataclasses.replace(outcome, maybe_landed=True)
         return outcome
     except Exception as exc:  # a bug or an answer we cannot read: counted, so the row ends failed, not retried forever
-        log.exception("github.delivery.unexpected_error outbox=%s commit=%s", item.id, item.commit_sha)
+        log.exception("github.posting.unexpected_error outbox=%s commit=%s", item.id, item.commit_sha)
         outcome = Outcome("retry", f"unexpected error: {type(exc).__name__}", revision=item.revision)
         return dataclasses.replace(outcome, maybe_landed=fence.posting)
     if not settled:
@@ -863,7 +863,7 @@ def _record(
         conn = session.connection()
         row = conn.execute(LOCK_ROW, {"item": item_id}).one()
         if row.claimed_by != token:
-            log.warning("github.delivery.lease_lost outbox=%s commit=%s before=record", item_id, row.commit_sha)
+            log.warning("github.posting.lease_lost outbox=%s commit=%s before=record", item_id, row.commit_sha)
             return
         at = _now(conn, now)
         values: dict[str, Any] = {"lease_until": None, "claimed_by": None}
@@ -875,7 +875,7 @@ def _record(
             values.update(delivered_at=at, last_error=None)
             if row.state == "pending":  # an outbox item superseded while in hand keeps saying so
                 values["state"] = "delivered"
-            log.info("github.delivery.delivered outbox=%s commit=%s", item_id, row.commit_sha)
+            log.info("github.posting.delivered outbox=%s commit=%s", item_id, row.commit_sha)
         elif outcome.state != "superseded":
             attempts = row.attempts + (1 if outcome.counts_as_attempt else 0)
             refusals = row.refusals + (1 if outcome.refused else 0)
@@ -886,7 +886,7 @@ def _record(
                 if row.state == "pending":
                     values["state"] = "failed"
                 log.warning(
-                    "github.delivery.failed outbox=%s commit=%s error=%s", item_id, row.commit_sha, outcome.error
+                    "github.posting.failed outbox=%s commit=%s error=%s", item_id, row.commit_sha, outcome.error
                 )
             else:
                 if outcome.wait is not None:
@@ -897,7 +897,7 @@ def _record(
                     wait = backoff(attempts, rng)
                 values["next_attempt_at"] = max(at + wait, values.get("next_attempt_at", at))
                 log.info(
-                    "github.delivery.retry outbox=%s attempt=%s in=%.0fs error=%s",
+                    "github.posting.retry outbox=%s attempt=%s in=%.0fs error=%s",
                     item_id,
                     attempts,
                     wait.total_seconds(),
