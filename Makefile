@@ -19,7 +19,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt | $(BIN)/python
 
 setup: $(VENV)/.installed
 
-## Run the app on its embedded default: SQLite in instance/, no GitHub App needed; a delivery worker beside it,
+## Run the app on its embedded default: SQLite in instance/, no GitHub App needed; an outbox worker beside it,
 ## started again if it ever exits.
 run: setup
 	$(BIN)/flask --app wsgi db upgrade

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run a command and run it again whenever it exits (a second later), until this script is told to stop (TERM or
-# INT): then the command gets SIGTERM and is waited for. `make run` keeps its delivery worker alive this way; in
+# INT): then the command gets SIGTERM and is waited for. `make run` keeps its outbox worker alive this way; in
 # production, systemd's Restart=always does the same (deploy/fremforge-worker.service).
 set -u
 child=""

@@ -1,4 +1,4 @@
-"""The documented set-up keeps the delivery worker running: make run's restarter and the systemd units."""
+"""The documented set-up keeps the outbox worker running: make run's restarter and the systemd units."""
 
 from __future__ import annotations
 
