@@ -226,6 +226,17 @@ def unavailable(exc: BaseException) -> bool:
     return sqlstate.startswith("08") or sqlstate in _UNAVAILABLE_SQLSTATES  # 08: connection_exception
 
 
+def rowcount(result: sa.Result[*tuple[Any, ...]]) -> int:
+    """The rows an UPDATE or DELETE run by Session.execute matched.
+
+    SQLAlchemy types Session.execute as returning a Result (an ORM execution hook may answer with another kind); for
+    DML it returns a CursorResult, which has the row count: checked here, not assumed.
+    """
+    if not isinstance(result, sa.CursorResult):
+        raise TypeError(f"no row count: {type(result).__name__} is not a CursorResult")
+    return result.rowcount
+
+
 @contextmanager
 def write_transaction(s: Session) -> Iterator[Session]:
     """A transaction that writes: committed on success, rolled back on error.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,7 +134,7 @@ class ImageResult:
     counts: Mapping[str, int]
     fixable: int
     scan_run_id: int | None = None
-    top_findings: list[Mapping[str, Any]] = field(default_factory=list)
+    top_findings: Sequence[Mapping[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

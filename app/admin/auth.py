@@ -159,7 +159,8 @@ def check_csrf() -> None:
 
 
 def _sign_in_again(next_path: str | None = None) -> Action:
-    query = {"next": next_path} if next_path and request.method in SAFE_METHODS else {}
+    # Typed as url_for's **values (Any): mypy would match a dict[str, str] against its keyword-only _external too.
+    query: dict[str, Any] = {"next": next_path} if next_path and request.method in SAFE_METHODS else {}
     return Action(url_for("admin.sign_in_page", **query), "Sign in again")
 
 

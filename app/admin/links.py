@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from app.chain import audit
+from app.db import rowcount
 from app.models import AdminLoginLink, Org, utcnow
 from app.tokens import hash_token
 
@@ -71,7 +72,7 @@ def spend(session: Session, token: str) -> tuple[Org, AdminLoginLink] | None:
         .values(used_at=now)
         .execution_options(synchronize_session=False)
     )
-    if spent.rowcount != 1:  # type: ignore[attr-defined]
+    if rowcount(spent) != 1:
         return None
     link = session.scalars(
         sa.select(AdminLoginLink)

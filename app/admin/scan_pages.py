@@ -87,7 +87,9 @@ def scans(slug: str) -> ResponseReturnValue:
             limit=SCANS_PER_PAGE,
         )
         items = queries.outbox_by_scan(session, [r.id for r in rows])
-    older = url_for("admin.scans", slug=slug, **filters, cursor=queries.encode_cursor(next_id)) if next_id else None
+    # Typed as url_for's **values (Any): mypy would match a dict[str, str] against its keyword-only _external too.
+    query: dict[str, Any] = filters
+    older = url_for("admin.scans", slug=slug, **query, cursor=queries.encode_cursor(next_id)) if next_id else None
     return render_template(
         "admin/scans.html",
         org=org,

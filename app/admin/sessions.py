@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy.orm import Session
 
+from app.db import rowcount
 from app.models import AdminSession, Org, utcnow
 
 LIFETIME = timedelta(hours=12)  # from sign-in; never extended
@@ -124,7 +125,7 @@ def revoke(session: Session, record_id: int, reason: str) -> bool:
         .values(revoked_at=now(), revoked_reason=reason[:40], github_token=None)
         .execution_options(synchronize_session=False)
     )
-    return done.rowcount == 1  # type: ignore[attr-defined]
+    return rowcount(done) == 1
 
 
 def role_confirmed(session: Session, record_id: int, at: datetime) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import flash, g, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
+from pydantic_core import ErrorDetails
 from werkzeug.datastructures import MultiDict
 
 from app import db, orgs
@@ -107,7 +108,7 @@ def parse_settings_form(form: MultiDict[str, str]) -> tuple[dict[str, Any], dict
     return changes, shown, errors
 
 
-def _settings_error(e: Any, lines: list[int]) -> tuple[str, str]:
+def _settings_error(e: ErrorDetails, lines: list[int]) -> tuple[str, str]:
     """One pydantic error of SettingsChange as (form field, a sentence for beside that field)."""
     loc = e.get("loc") or ("",)
     field = str(loc[0])

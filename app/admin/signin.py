@@ -96,7 +96,8 @@ def _link_command(org: Org | None) -> str:
 
 
 def _start_again(slug: str | None, next_path: str | None = None) -> Action:
-    query = {k: v for k, v in (("org", slug), ("next", next_path)) if v}
+    # Typed as url_for's **values (Any): mypy would match a dict[str, str] against its keyword-only _external too.
+    query: dict[str, Any] = {k: v for k, v in (("org", slug), ("next", next_path)) if v}
     return Action(url_for("admin.sign_in_page", **query), "Sign in again")
 
 

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from app import chain, sqlite_writers
 from app.chain import audit
-from app.db import write_transaction
+from app.db import rowcount, write_transaction
 from app.models import (
     DEFAULT_RETENTION_DAYS,
     FINDING_PAYLOAD_COLUMNS,
@@ -131,10 +131,18 @@ def run(session: Session, now: datetime, stopping: Callable[[], bool] = never) -
     in hand, recording what it did; the next run picks up the rest. Raises Busy, having done nothing, while
     another process runs it.
     """
-    with one_at_a_time(session.get_bind()) as mine:
+    with one_at_a_time(_engine(session)) as mine:
         if not mine:
             raise Busy("another retention run is in progress on this database (a worker's daily run?)")
         return _run(session, now, stopping)
+
+
+def _engine(session: Session) -> sa.Engine:
+    """The engine the session is bound to: the lock and the reclaiming each take a connection of their own."""
+    bind = session.get_bind()
+    if not isinstance(bind, sa.Engine):
+        raise TypeError(f"retention needs a session bound to an Engine, not a {type(bind).__name__}")
+    return bind
 
 
 @contextmanager
@@ -195,16 +203,16 @@ def _run(session: Session, now: datetime, stopping: Callable[[], bool]) -> list[
         .order_by(Org.id)
     ).all()
     session.rollback()  # no read snapshot held across the writes below
-    outcomes = []
+    outcomes: list[Outcome] = []
     for org_id, slug, days in orgs:
         if stopping():
             log.info("retention.stopped: %d of %d orgs done; the next run does the rest", len(outcomes), len(orgs))
             return outcomes  # no reclaiming either: it can take a while, and the next run does it
         outcomes.append(run_org(session, org_id, slug, days, now, stopping))
     with write_transaction(session):
-        pruned = session.execute(
-            sa.delete(WebhookDelivery).where(WebhookDelivery.received_at < now - WEBHOOK_DEDUPE_WINDOW)
-        ).rowcount
+        pruned = rowcount(
+            session.execute(sa.delete(WebhookDelivery).where(WebhookDelivery.received_at < now - WEBHOOK_DEDUPE_WINDOW))
+        )
     if pruned:
         log.info("retention.webhook_deliveries deleted=%d", pruned)
     if any(o.changed for o in outcomes):
@@ -224,9 +232,9 @@ def run_org(
         if lo and stopping():  # what was redacted so far is recorded below; the rest waits for the next run
             break
         with write_transaction(session):
-            findings += session.execute(REDACT_FINDINGS, {**params, "lo": lo, "hi": lo + CHUNK}).rowcount
+            findings += rowcount(session.execute(REDACT_FINDINGS, {**params, "lo": lo, "hi": lo + CHUNK}))
     with write_transaction(session):
-        audit_events = session.execute(REDACT_AUDIT, params).rowcount
+        audit_events = rowcount(session.execute(REDACT_AUDIT, params))
         aged = session.execute(AGED_OUTBOX, params).all()
         if aged:
             session.execute(TRIM_OUTBOX, [{"row": r.id, "trimmed": trimmed(r.check_run), "now": now} for r in aged])
@@ -254,7 +262,7 @@ def run_org(
 
 def _reclaim(session: Session) -> None:
     """Let the removed payloads leave the files too, not only the rows."""
-    engine = session.get_bind()
+    engine = _engine(session)
     session.close()
     with engine.connect() as conn:
         if engine.dialect.name == "postgresql":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
@@ -258,7 +258,8 @@ def _other_owner(kind: str, payload: dict[str, Any], ph_hex: str, lookups: Looku
 
 class _Peekable:
     def __init__(self, it: Iterator[Entry]) -> None:
-        self._it, self._next = it, None
+        self._it = it
+        self._next: Entry | None = None
 
     def __iter__(self) -> _Peekable:
         return self
@@ -354,7 +355,7 @@ def _early(created: datetime, why: str) -> dict[str, Any]:
     return {"created_at": timestamp(created), EARLY: why}
 
 
-def finding_entries(conn: sa.Connection, org_id: int, aged: Aged | None = None) -> Iterator[Entry]:
+def finding_entries(conn: sa.Connection, org_id: int, aged: Aged | None = None) -> Generator[Entry, None, None]:
     aged = aged or retention_rule(conn, org_id)
     parse = sa.DateTime().dialect_impl(conn.dialect).result_processor(conn.dialect, None)
     with conn.execute(FINDINGS, {"org": org_id}, execution_options=STREAM) as rows:
@@ -407,7 +408,7 @@ def _findings(rows: Iterable[Any], aged: Aged, parse: Callable[[Any], Any] | Non
         yield (seq, "finding", id_, payload, ph, ch)
 
 
-def audit_entries(conn: sa.Connection, org_id: int, aged: Aged | None = None) -> Iterator[Entry]:
+def audit_entries(conn: sa.Connection, org_id: int, aged: Aged | None = None) -> Generator[Entry, None, None]:
     aged = aged or retention_rule(conn, org_id)
     with conn.execute(AUDIT, {"org": org_id}, execution_options=STREAM) as rows:
         yield from _audit_events(rows, aged)

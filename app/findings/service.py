@@ -186,6 +186,7 @@ def _store_scan_and_lock_head(
 
     One statement on PostgreSQL; on SQLite, where its one writer holds everything, one after another.
     """
+    row: sa.Row[*tuple[Any, ...]] | None  # (seq, head_hash), with judged on PostgreSQL
     if conn.dialect.name == "postgresql":
         row = conn.execute(STORE_SCAN_AND_LOCK_HEAD, scan).one_or_none()
         judged = commits.judged_from_json(row.judged) if row is not None else None

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import jwt
 from flask import Flask, current_app
-from githubkit import AppAuthStrategy, GitHub
+from githubkit import AppAuthStrategy, GitHub, Response
 from githubkit.auth.app import AppAuth, AppInstallationAuthStrategy
 from githubkit.cache import MemCacheStrategy
 
@@ -58,7 +58,7 @@ class _AppStrategy(AppAuthStrategy):
 class _InstallationStrategy(AppInstallationAuthStrategy):
     offset: Callable[[], timedelta] = lambda: timedelta(0)
 
-    def get_auth_flow(self, github: Any) -> httpx.Auth:
+    def get_auth_flow(self, github: Any) -> _SkewAwareAppAuth:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(AppInstallationAuthStrategy)}
         return _SkewAwareAppAuth(github, **fields, offset=self.offset)
 
@@ -82,7 +82,7 @@ class GitHubApp:
     # The outbox worker's circuit breaker of this process (app.github.posting.Circuit), kept here as it lives as long.
     circuit: object | None = None
     clock_offset: timedelta = timedelta(0)  # GitHub's clock minus ours, learnt when GitHub refused a JWT's times
-    _installations: dict[int, GitHub] = field(default_factory=dict)
+    _installations: dict[int, GitHub[_InstallationStrategy]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -94,7 +94,7 @@ class GitHubApp:
     def _client(self, auth: AppAuthStrategy | AppInstallationAuthStrategy) -> GitHub:
         return new_client(auth, self.api_url, self.timeout, self.cache)
 
-    def installation(self, installation_id: int) -> GitHub:
+    def installation(self, installation_id: int) -> GitHub[_InstallationStrategy]:
         """A client acting as the installation; its token is exchanged once and reused until near expiry."""
         with self._lock:
             client = self._installations.get(installation_id)
@@ -107,10 +107,10 @@ class GitHubApp:
         """Drop the cached installation token, so the next call mints a new one (after a 401)."""
         client = self.installation(installation_id)
         flow = client.auth.get_auth_flow(client)
-        key = flow._get_installation_cache_key()  # type: ignore[attr-defined]
+        key = flow._get_installation_cache_key()
         self.cache.get_cache_storage().set(key, "", timedelta(0))
 
-    def learn_clock(self, response: httpx.Response) -> bool:
+    def learn_clock(self, response: Response[Any, Any]) -> bool:
         """After GitHub refused a JWT for its times: take GitHub's clock from the answer's Date header, so the next
         JWT is issued on it, and drop the cached one. False when the answer says nothing of the kind."""
         if response.status_code != 401 or not any(words in response.text for words in JWT_TIME_ERRORS):

@@ -39,7 +39,7 @@ from githubkit.exception import RateLimitExceeded, RequestError, RequestFailed, 
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from app import clock
-from app.db import write_transaction
+from app.db import rowcount, write_transaction
 from app.github.client import GitHubApp
 from app.models import CheckRunRecord, Org, OutboxItem, utcnow
 from app.policy import CONTEXT
@@ -367,7 +367,7 @@ def release_worker(session: Session, worker: str) -> int:
         done = session.execute(sa.update(OutboxItem).where(mine).values(lease_until=None, claimed_by=None))
     with _unrecorded_lock:
         _unrecorded.difference_update(in_doubt)
-    return done.rowcount + len(in_doubt)
+    return rowcount(done) + len(in_doubt)
 
 
 class Fence:
