@@ -9,7 +9,7 @@ from urllib.parse import quote
 _GHSA_IN_URL = re.compile(r"github\.com/advisories/(GHSA(?:-[23456789cfghjmpqrvwx]{4}){3})", re.IGNORECASE)
 
 
-def link(advisory_id: str) -> str | None:
+def page(advisory_id: str) -> str | None:
     """The page that explains one advisory id, or None for the app's own synthetic ids."""
     upper = advisory_id.upper()
     quoted = quote(advisory_id, safe="")
@@ -28,13 +28,13 @@ def link(advisory_id: str) -> str | None:
     return f"https://osv.dev/vulnerability/{quoted}"
 
 
-def links(cve_id: str, vendor_ids: Iterable[str] = (), references: Iterable[str] = ()) -> list[tuple[str, str]]:
+def pages(cve_id: str, vendor_ids: Iterable[str] = (), references: Iterable[str] = ()) -> list[tuple[str, str]]:
     """(id, url) for the finding's id, its vendor ids, and a GHSA advisory named in its references."""
     seen: dict[str, str] = {}
     ids = [cve_id, *vendor_ids]
     ids += [m.group(1) for ref in references if (m := _GHSA_IN_URL.search(ref))]
     for i in ids:
-        url = link(i)
+        url = page(i)
         if url and i.upper() not in {k.upper() for k in seen}:
             seen[i] = url
     return list(seen.items())

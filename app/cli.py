@@ -13,7 +13,7 @@ from flask.cli import AppGroup, with_appcontext
 
 from app import db, migrate, orgs, tokens
 from app import worker as worker_loop
-from app.admin import links
+from app.admin import login_links
 from app.chain import checkpoints, retention
 from app.db import write_transaction
 from app.github.client import github_app
@@ -221,8 +221,8 @@ def policy_set(
 @click.argument("slug")
 @click.option(
     "--minutes",
-    type=click.IntRange(1, links.MAX_MINUTES),
-    default=links.DEFAULT_MINUTES,
+    type=click.IntRange(1, login_links.MAX_MINUTES),
+    default=login_links.DEFAULT_MINUTES,
     show_default=True,
     help="How long the link stays valid.",
 )
@@ -231,7 +231,7 @@ def admin_login_url(slug: str, minutes: int) -> None:
     session = db.session()
     org = _org(slug)
     with write_transaction(session):
-        new = links.create(session, org, minutes, actor="cli")
+        new = login_links.create(session, org, minutes, actor="cli")
     base = current_app.config.get("PUBLIC_URL")
     if not base:
         click.echo(f"FREMFORGE_PUBLIC_URL is not set: the link assumes the app is served at {LOCAL_URL}.")

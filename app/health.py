@@ -1,5 +1,5 @@
 """Liveness (/healthz: the process answers) and readiness (/readyz: the database answers and, with a GitHub App,
-a delivery worker is alive)."""
+an outbox worker is alive)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def readyz() -> tuple[dict[str, Any], int, dict[str, str]] | tuple[dict[str, Any
             "status": "unavailable",
             "database": "ok",
             "revision": revision,
-            "worker": "no delivery worker alive in the last minute: start `flask --app wsgi worker`",
+            "worker": "no outbox worker alive in the last minute: start `flask --app wsgi worker`",
         }, 503
     return {
         "status": "ok",

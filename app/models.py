@@ -281,7 +281,7 @@ class CheckRunRecord(Base):
 
 
 class WorkerHeartbeat(Base):
-    """A delivery worker's sign of life, on the database's clock: /readyz wants one from the last minute."""
+    """An outbox worker's sign of life, on the database's clock: /readyz wants one from the last minute."""
 
     __tablename__ = "worker_heartbeats"
 

@@ -675,8 +675,8 @@ PATHS: dict[str, Any] = {
         "get": {
             "operationId": "readyz",
             "summary": (
-                "The database answers and its schema is migrated to this version; with a GitHub App configured, a "
-                "delivery worker beat in the last minute."
+                "The database answers and its schema is migrated to this version; with a GitHub App configured, an "
+                "outbox worker beat in the last minute."
             ),
             "security": [],
             "responses": {
@@ -689,7 +689,7 @@ PATHS: dict[str, Any] = {
                     },
                 ),
                 "503": _json(
-                    "Not ready: the database is unreachable or not migrated, or no delivery worker is alive while a "
+                    "Not ready: the database is unreachable or not migrated, or no outbox worker is alive while a "
                     "GitHub App is configured (then `worker` says so).",
                     {
                         "type": "object",

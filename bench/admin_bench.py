@@ -371,9 +371,9 @@ def make_app(url: str, instance: Path) -> tuple[Flask, int]:
 def signed_in_client(app: Flask) -> FlaskClient:
     """A test client signed in to the org's admin pages as a browser is: through a one-time login link."""
     from app import orgs
-    from app.admin import links
+    from app.admin import login_links
 
-    token = in_app(app, lambda s: links.create(s, orgs.by_slug(s, ORG), actor="bench").token)
+    token = in_app(app, lambda s: login_links.create(s, orgs.by_slug(s, ORG), actor="bench").token)
     client = app.test_client()
     client.get(f"/admin/login/link/{token}")  # the link's page (a button) gives the session its CSRF token
     with client.session_transaction() as cookie:

@@ -283,7 +283,7 @@ def admin_login(app: Flask, client: FlaskClient, slug: str = "acme") -> str:
     """Sign `client` in to `slug`'s admin pages as a browser would, through a one-time login link; the session's
     CSRF token. The one way tests sign an admin in: only the tests of a sign-in path itself go their own way."""
     from app import db, orgs
-    from app.admin import links
+    from app.admin import login_links
     from app.db import write_transaction
 
     with app.app_context():
@@ -291,7 +291,7 @@ def admin_login(app: Flask, client: FlaskClient, slug: str = "acme") -> str:
         org = orgs.by_slug(session, slug)
         assert org is not None, f"make the org {slug!r} first (tests.factories.make_org)"
         with write_transaction(session):
-            token = links.create(session, org, actor="test").token
+            token = login_links.create(session, org, actor="test").token
     # The link's GET shows a button (and spends nothing); its POST, with the page's CSRF token, signs in.
     page = client.get(f"/admin/login/link/{token}")
     assert page.status_code == 200, page.get_data(as_text=True)

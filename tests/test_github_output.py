@@ -237,7 +237,7 @@ def test_an_uploaded_string_reaches_github_as_literal_text_on_one_line(app, clie
         # the finding reads as its fields, each whole: id (linked to its advisory), package, versions, title, target
         [item] = [t for t in tokens if t.type == "inline" and t.map and markdown.splitlines()[t.map[0]].startswith("-")]
         links = [t for t in flat(item.children) if t.type == "link_open"]
-        assert [t.attrGet("href") for t in links] == [advisories.link(value)]
+        assert [t.attrGet("href") for t in links] == [advisories.page(value)]
         assert text_of(item) == f"high {v} in {v} {v} → {v} — {v} ({v})"
 
 
@@ -373,7 +373,7 @@ def test_plain_values_are_shown_as_they_are():
 
 def test_links_go_only_to_the_advisory_pages_the_app_builds():
     for advisory_id in ("CVE-2024-1", "GHSA-jf85-cpcp-j695", "DSA-1-1", "RHSA-2024:1", "USN-1-1", "RUSTSEC-2024-1"):
-        url = advisories.link(advisory_id)
+        url = advisories.page(advisory_id)
         assert url is not None and url.startswith(checks.ADVISORY_LINK_PREFIXES) and url.startswith(ADVISORY_PAGES)
         assert checks.md_link(advisory_id, url) == f"[{checks.md_text(advisory_id)}]({url})"
     for url in (EVIL, "javascript:alert(1)", "http://www.cve.org/CVERecord?id=1", "https://osv.dev.evil.example/"):

@@ -254,7 +254,7 @@ def finding_view(f: Finding, scan: ScanRun) -> FindingView:
     explanation = None
     if f.synthetic or f.cve_id.upper().startswith("FREMFORGE-"):
         explanation = synthetic_explanation(f.cve_id, scan)
-    return FindingView(f, advisories.links(f.cve_id, f.vendor_ids or (), f.references or ()), explanation)
+    return FindingView(f, advisories.pages(f.cve_id, f.vendor_ids or (), f.references or ()), explanation)
 
 
 def synthetic_explanation(cve_id: str, scan: ScanRun) -> str:

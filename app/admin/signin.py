@@ -15,7 +15,7 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy.orm import Session
 
 from app import db, orgs
-from app.admin import links, sessions
+from app.admin import login_links, sessions
 from app.admin.auth import Action, check_csrf, current_admin, end_session, message_page, sign_in
 from app.admin.blueprint import bp
 from app.chain import audit
@@ -112,7 +112,7 @@ def _sign_in_form(error: str | None, org: str, next_path: str | None, status: in
         error=error,
         unknown_org=bool(org) and known is None and error is None,
         link_command=_link_command(known),
-        link_minutes=links.DEFAULT_MINUTES,
+        link_minutes=login_links.DEFAULT_MINUTES,
     )
     return page, status
 
@@ -238,7 +238,7 @@ def login_link(token: str) -> ResponseReturnValue:
     """A one-time link: its GET (and HEAD, and a chat app's link preview) shows a button and spends nothing; the
     button's POST, carrying the page's CSRF token, spends the link and signs this browser in to its org, once."""
     if request.method != "POST":
-        pending = links.find(db.session(), token)
+        pending = login_links.find(db.session(), token)
         if pending is None:
             log.info("admin.login_link.refused method=%s", request.method)
             return _link_page(_refused_link())
@@ -246,7 +246,7 @@ def login_link(token: str) -> ResponseReturnValue:
     check_csrf()
     s = db.session()
     with write_transaction(s):
-        spent = links.spend(s, token)
+        spent = login_links.spend(s, token)
         if spent is not None:
             org, link = spent
             _record_sign_in(s, org, sessions.LINK_USER, sessions.VIA_LINK, {"link_id": link.id})

@@ -89,7 +89,9 @@ def trimmed(check_run: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class OrgRetention:
+    """What one run of retention did to one org."""
+
     slug: str
     cutoff: datetime
     findings: int
@@ -124,7 +126,7 @@ def never() -> bool:
     return False
 
 
-def run(session: Session, now: datetime, stopping: Callable[[], bool] = never) -> list[Outcome]:
+def run(session: Session, now: datetime, stopping: Callable[[], bool] = never) -> list[OrgRetention]:
     """Apply every org's retention as of `now` (naive UTC); then make the freed bytes leave the database.
 
     `stopping` is asked between chunks: once it says yes (a worker told to stop), the run ends after the chunk
@@ -196,14 +198,14 @@ def _unlock(conn: sa.Connection) -> None:
         conn.invalidate()
 
 
-def _run(session: Session, now: datetime, stopping: Callable[[], bool]) -> list[Outcome]:
+def _run(session: Session, now: datetime, stopping: Callable[[], bool]) -> list[OrgRetention]:
     orgs = session.execute(
         sa.select(Org.id, Org.slug, sa.func.coalesce(OrgSettings.retention_days, DEFAULT_RETENTION_DAYS))
         .outerjoin(OrgSettings, OrgSettings.org_id == Org.id)
         .order_by(Org.id)
     ).all()
     session.rollback()  # no read snapshot held across the writes below
-    outcomes: list[Outcome] = []
+    outcomes: list[OrgRetention] = []
     for org_id, slug, days in orgs:
         if stopping():
             log.info("retention.stopped: %d of %d orgs done; the next run does the rest", len(outcomes), len(orgs))
@@ -222,7 +224,7 @@ def _run(session: Session, now: datetime, stopping: Callable[[], bool]) -> list[
 
 def run_org(
     session: Session, org_id: int, slug: str, retention_days: int, now: datetime, stopping: Callable[[], bool] = never
-) -> Outcome:
+) -> OrgRetention:
     cutoff = now - timedelta(days=retention_days)
     head_seq = session.scalar(sa.select(ChainHead.seq).where(ChainHead.org_id == org_id)) or 0
     session.rollback()
@@ -239,7 +241,7 @@ def run_org(
         if aged:
             session.execute(TRIM_OUTBOX, [{"row": r.id, "trimmed": trimmed(r.check_run), "now": now} for r in aged])
         outbox = len(aged)
-        outcome = Outcome(slug, cutoff, findings, audit_events, outbox)
+        outcome = OrgRetention(slug, cutoff, findings, audit_events, outbox)
         if outcome.changed:  # a run that changes nothing leaves nothing, so a second run is a no-op
             details = {
                 "cutoff": chain.timestamp(cutoff),

@@ -186,7 +186,7 @@ def finding_json(f: Finding) -> dict[str, Any]:
         "references": f.references or [],
         "vendor_ids": f.vendor_ids or [],
         "advisories": [
-            {"id": i, "url": u} for i, u in advisories.links(f.cve_id, f.vendor_ids or (), f.references or ())
+            {"id": i, "url": u} for i, u in advisories.pages(f.cve_id, f.vendor_ids or (), f.references or ())
         ],
         "synthetic": bool(f.synthetic),
         "truncated": bool(f.truncated),

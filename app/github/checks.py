@@ -32,7 +32,7 @@ TOP_FINDINGS = 5
 FIELD_LIMIT = 200
 IMAGE_REF_LIMIT = 256
 
-# Where the summary may link: the advisory pages app.advisories.link builds, nothing an upload names.
+# Where the summary may link: the advisory pages app.advisories.page builds, nothing an upload names.
 ADVISORY_LINK_PREFIXES = (
     "https://www.cve.org/CVERecord?id=",
     "https://github.com/advisories/",
@@ -171,7 +171,7 @@ def image_section(image: ImageResult) -> str:
 
 def finding_line(f: Any) -> str:
     """One top finding as a list item: severity, advisory link, package, versions, title and target."""
-    ids = advisories.links(f["cve_id"], f.get("vendor_ids") or (), f.get("references") or ())
+    ids = advisories.pages(f["cve_id"], f.get("vendor_ids") or (), f.get("references") or ())
     name = md_link(f["cve_id"], ids[0][1]) if ids else md_code(f["cve_id"])
     line = f"- **{md_text(f['severity'])}** {name} in {md_code(f['package'])} {md_text(f['installed_version'])}"
     if f.get("fixed_version"):

@@ -20,6 +20,7 @@ from flask import Flask, current_app
 from githubkit import AppAuthStrategy, GitHub, Response
 from githubkit.auth.app import AppAuth, AppInstallationAuthStrategy
 from githubkit.cache import MemCacheStrategy
+from githubkit.exception import RequestFailed
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,16 @@ def new_client(auth: Any, api_url: str, timeout: float, cache: Any = None) -> Gi
         cache_strategy=cache,
         ssl_verify=tls_context(),
     )
+
+
+def github_message(exc: RequestFailed) -> str | None:
+    """GitHub's own message for a failed call (its JSON body's `message`), at most 300 characters; None if none."""
+    try:
+        body = exc.response.json()
+    except ValueError:
+        return None
+    text = str(body.get("message") or "") if isinstance(body, dict) else ""
+    return text[:300] or None
 
 
 def web_base_url(api_url: str) -> str:

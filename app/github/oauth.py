@@ -11,7 +11,7 @@ from flask import current_app
 from githubkit import GitHub, OAuthAppAuthStrategy, TokenAuthStrategy
 from githubkit.exception import AuthExpiredError, GitHubException, RequestError, RequestFailed, RequestTimeout
 
-from app.github.client import new_client
+from app.github.client import github_message, new_client
 from app.models import Org
 
 MEMBERSHIP_STEP = "read your membership of the organisation"
@@ -101,7 +101,7 @@ def trouble(exc: GitHubException, step: str) -> GitHubTrouble:
         return GitHubTrouble(502, "GitHub did not accept the sign-in", f"GitHub said: {described}", error)
     if isinstance(exc, RequestFailed):
         status = exc.response.status_code
-        message = _github_message(exc)
+        message = _said(exc)
         headers = exc.response.headers
         if status in (403, 429) and (headers.get("retry-after") or headers.get("x-ratelimit-remaining") == "0"):
             # A rate limit says nothing about the user's role: a moment later GitHub answers again.
@@ -137,12 +137,8 @@ def trouble(exc: GitHubException, step: str) -> GitHubTrouble:
     return GitHubTrouble(502, "GitHub could not be reached", f"Could not {step}; try again.", type(exc).__name__)
 
 
-def _github_message(exc: RequestFailed) -> str:
-    try:
-        body = exc.response.json()
-    except ValueError:
-        return "no details"
-    return str(body.get("message") if isinstance(body, dict) else "no details")[:300]
+def _said(exc: RequestFailed) -> str:
+    return github_message(exc) or "no details"
 
 
 def refusal(login: str, membership: dict[str, str] | None, org: Org) -> str | None:

@@ -1,4 +1,4 @@
-"""The delivery worker: claims outbox rows, posts the commit status and check run, records what happened.
+"""The outbox worker: claims outbox rows, posts the commit status and check run, records what happened.
 
 Rules, so that several workers, stalls, crashes and skewed clocks never leave an older state on GitHub:
 - a worker claims rows with a lease taken and checked on the database's clock (PostgreSQL: FOR UPDATE SKIP
@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from app import clock
 from app.db import rowcount, write_transaction
-from app.github.client import GitHubApp
+from app.github.client import GitHubApp, github_message
 from app.models import CheckRunRecord, Org, OutboxItem, utcnow
 from app.policy import CONTEXT
 
@@ -792,14 +792,8 @@ def _permanent(message: str, status_code: int | None = None) -> Permanent:
 
 
 def _message(exc: RequestFailed) -> str:
-    """GitHub's own message for a failed call, e.g. `GitHub answered 422: Validation Failed`."""
-    text = ""
-    try:
-        body = exc.response.json()
-        if isinstance(body, dict):
-            text = str(body.get("message") or "")
-    except ValueError:
-        pass
+    """A failed call as recorded, e.g. `GitHub answered 422: Validation Failed`."""
+    text = github_message(exc)
     return f"GitHub answered {exc.response.status_code}" + (f": {text}" if text else "")
 
 

@@ -21,7 +21,9 @@ def _regex(value: str) -> str:
     return value
 
 
-class AllowedIssuer(BaseModel):
+class AllowedIssuerBody(BaseModel):
+    """An allowed issuer as the settings API and page take it (app.policy.AllowedIssuer is what is judged with)."""
+
     model_config = ConfigDict(strict=True, extra="forbid")
 
     issuer: Annotated[str, StringConstraints(pattern=r"^https://\S+$", max_length=1024)]
@@ -36,7 +38,7 @@ class SettingsChange(BaseModel):
     enabled: bool = None  # type: ignore[assignment]
     block_action: Literal["none", "warn", "block_pull"] = None  # type: ignore[assignment]
     require_signed: bool = None  # type: ignore[assignment]
-    allowed_issuers: Annotated[list[AllowedIssuer], Field(max_length=100)] = None  # type: ignore[assignment]
+    allowed_issuers: Annotated[list[AllowedIssuerBody], Field(max_length=100)] = None  # type: ignore[assignment]
     retention_days: Annotated[int, Field(ge=1, le=MAX_RETENTION_DAYS)] = None  # type: ignore[assignment]
 
 
