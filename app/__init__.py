@@ -61,7 +61,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from app.findings import api as findings_api
     from app.github import client as github_client
     from app.github import webhooks as github_webhooks
-    from app.settings import api as settings_api
+    from app.policy import api as policy_api
     from app.web import errors
 
     db.init_app(app)
@@ -70,7 +70,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
-    app.register_blueprint(settings_api.bp)
+    app.register_blueprint(policy_api.bp)
     app.register_blueprint(findings_api.bp)
     app.register_blueprint(github_webhooks.bp)
     app.register_blueprint(chain_api.bp)

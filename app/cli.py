@@ -18,7 +18,7 @@ from app.chain import checkpoints, retention
 from app.db import write_transaction
 from app.github.client import github_app
 from app.models import Org, utcnow
-from app.settings import service as settings_service
+from app.policy import settings as policy_settings
 from app.web import auth
 
 db_cli = AppGroup("db", help="Create or migrate the schema.")
@@ -165,7 +165,7 @@ def tokens_revoke(token_id: int) -> None:
 @click.argument("slug")
 def policy_show(slug: str) -> None:
     """Print the policy (JSON)."""
-    _echo_json(settings_service.as_dict(orgs.settings_of(db.session(), _org(slug).id)))
+    _echo_json(policy_settings.as_dict(orgs.settings_of(db.session(), _org(slug).id)))
 
 
 @policy_cli.command("set")
@@ -200,18 +200,18 @@ def policy_set(
         if value is not None:
             doc[key] = value
     if issuers:
-        doc["allowed_issuers"] = [settings_service.parse_issuer_option(i) for i in issuers if i.strip()]
+        doc["allowed_issuers"] = [policy_settings.parse_issuer_option(i) for i in issuers if i.strip()]
     try:
-        changes = settings_service.parse_change(doc)
-    except settings_service.ValidationError as exc:
+        changes = policy_settings.parse_change(doc)
+    except policy_settings.ValidationError as exc:
         lines = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False)]
         raise click.ClickException("invalid policy:\n" + "\n".join(lines)) from None
     session = db.session()
     org = _org(slug)
     with write_transaction(session):
         settings = orgs.settings_for_update(session, org.id)
-        settings_service.apply(session, settings, changes, actor="cli")
-    _echo_json(settings_service.as_dict(settings))
+        policy_settings.apply(session, settings, changes, actor="cli")
+    _echo_json(policy_settings.as_dict(settings))
 
 
 # ---------------------------------------------------------------- admin

@@ -9,7 +9,7 @@ from flask import Blueprint
 from app.chain.verify import FAULTS
 from app.fields import COMMIT_SHA, REPO_FULL_NAME
 from app.models import SEVERITIES, SIGNATURE_STATUSES
-from app.settings.service import MAX_RETENTION_DAYS
+from app.policy.settings import MAX_RETENTION_DAYS
 from app.tokens import SCOPES
 
 bp = Blueprint("openapi", __name__)

@@ -269,10 +269,12 @@ def create_token(app: Flask, slug: str) -> str:
 def change_settings(app: Flask, slug: str, doc: dict[str, Any]) -> None:
     """What `policy set` and the admin settings page do: validate, lock, apply (records settings.changed)."""
     from app import orgs
-    from app.settings import service
+    from app.policy import settings as policy_settings
 
-    changes = service.parse_change(doc)
-    in_app(app, lambda s: service.apply(s, orgs.settings_for_update(s, orgs.by_slug(s, slug).id), changes, "cli"))
+    changes = policy_settings.parse_change(doc)
+    in_app(
+        app, lambda s: policy_settings.apply(s, orgs.settings_for_update(s, orgs.by_slug(s, slug).id), changes, "cli")
+    )
 
 
 # ---------------------------------------------------------------- appends

@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 from app import db, orgs, tokens
 from app.db import Base, write_transaction
 from app.models import Org
-from app.settings import service as settings_service
+from app.policy import settings as policy_settings
 from tests import paths
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -30,8 +30,8 @@ def make_org(app: Flask, slug: str = "acme", github_login: str | None = None, **
         with write_transaction(session):
             org = orgs.create(session, slug, github_login)
             if policy:
-                settings_service.apply(
-                    session, orgs.settings_of(session, org.id), settings_service.parse_change(policy), actor="test"
+                policy_settings.apply(
+                    session, orgs.settings_of(session, org.id), policy_settings.parse_change(policy), actor="test"
                 )
         return org
 
@@ -42,8 +42,8 @@ def set_policy(app: Flask, slug: str, **policy: Any) -> None:
         org = orgs.by_slug(session, slug)
         assert org is not None
         with write_transaction(session):
-            settings_service.apply(
-                session, orgs.settings_of(session, org.id), settings_service.parse_change(policy), actor="test"
+            policy_settings.apply(
+                session, orgs.settings_of(session, org.id), policy_settings.parse_change(policy), actor="test"
             )
 
 

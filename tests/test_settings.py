@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from app import db, orgs
 from app.db import write_transaction
-from app.settings import service
+from app.policy import settings as policy_settings
 from tests.factories import make_org
 
 
@@ -17,10 +17,12 @@ def test_a_change_is_applied_to_the_row_as_stored_now(app):
         s.commit()
         other = app.extensions["fremforge.db"].sessions()  # another request changes the policy meanwhile
         with write_transaction(other):
-            service.apply(other, orgs.settings_for_update(other, org.id), {"block_action": "block_pull"}, "other")
+            policy_settings.apply(
+                other, orgs.settings_for_update(other, org.id), {"block_action": "block_pull"}, "other"
+            )
         other.close()
         assert stale.block_action == "warn"
         with write_transaction(s):
             fresh = orgs.settings_for_update(s, org.id)
-            changed = service.apply(s, fresh, {"block_action": "none"}, "me")
+            changed = policy_settings.apply(s, fresh, {"block_action": "none"}, "me")
         assert changed == {"block_action": {"old": "block_pull", "new": "none"}}

@@ -15,9 +15,9 @@ from app.admin.auth import admin_required
 from app.admin.blueprint import bp
 from app.admin.pages import SECTION, WHOLE_NUMBER, org_and_settings
 from app.db import write_transaction
-from app.settings import service as settings_service
+from app.policy import settings as policy_settings
 
-MAX_RETENTION_DAYS = settings_service.MAX_RETENTION_DAYS
+MAX_RETENTION_DAYS = policy_settings.MAX_RETENTION_DAYS
 
 
 BLOCK_ACTION_HELP = {
@@ -43,7 +43,7 @@ SETTING_LABELS = {
 @admin_required
 def settings(slug: str) -> ResponseReturnValue:
     org, current = org_and_settings(slug)
-    values = settings_service.as_dict(current)
+    values = policy_settings.as_dict(current)
     form = {**values, "allowed_issuers": issuers_text(values["allowed_issuers"])}
     errors: dict[str, str] = {}
     if request.method == "POST":
@@ -52,7 +52,7 @@ def settings(slug: str) -> ResponseReturnValue:
             session = db.session()
             with write_transaction(session):
                 row = orgs.settings_for_update(session, org.id)
-                changed = settings_service.apply(session, row, changes, g.admin.actor)
+                changed = policy_settings.apply(session, row, changes, g.admin.actor)
             if changed:
                 flash("Saved: " + ", ".join(SETTING_LABELS[k].lower() for k in changed) + ".", "success")
             else:
@@ -94,11 +94,11 @@ def parse_settings_form(form: MultiDict[str, str]) -> tuple[dict[str, Any], dict
         line = line.strip()
         if line and not line.startswith("#"):
             lines.append(n)
-            issuers.append(settings_service.parse_issuer_option(re.sub(r"\s+", " ", line, count=1)))
+            issuers.append(policy_settings.parse_issuer_option(re.sub(r"\s+", " ", line, count=1)))
     doc["allowed_issuers"] = issuers
     try:
-        changes = settings_service.parse_change(doc)
-    except settings_service.ValidationError as exc:
+        changes = policy_settings.parse_change(doc)
+    except policy_settings.ValidationError as exc:
         changes = {}
         for e in exc.errors(include_url=False):
             field, message = _settings_error(e, lines)

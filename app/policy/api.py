@@ -8,7 +8,7 @@ from flask import Blueprint, current_app, request
 
 from app import db, orgs
 from app.db import write_transaction
-from app.settings import service
+from app.policy import settings as policy_settings
 from app.web import auth, bodies
 from app.web.errors import validation_failed
 
@@ -17,7 +17,7 @@ bp = Blueprint("settings_api", __name__, url_prefix="/api/v1/orgs/<slug>/image-s
 
 @bp.get("")
 def show(slug: str) -> dict[str, Any]:
-    return service.as_dict(auth.for_request(slug, "findings:read", "settings:write").settings)
+    return policy_settings.as_dict(auth.for_request(slug, "findings:read", "settings:write").settings)
 
 
 @bp.put("")
@@ -30,11 +30,11 @@ def change(slug: str) -> dict[str, Any]:
         current_app.config["MAX_UPLOAD_BYTES"],
     )
     try:
-        changes = service.parse_change(doc)
-    except service.ValidationError as exc:
+        changes = policy_settings.parse_change(doc)
+    except policy_settings.ValidationError as exc:
         raise validation_failed([bodies.error_detail(e) for e in exc.errors(include_url=False)]) from None
     session = db.session()
     with write_transaction(session):
         settings = orgs.settings_for_update(session, org.id)
-        service.apply(session, settings, changes, auth.actor(token))
-    return service.as_dict(settings)
+        policy_settings.apply(session, settings, changes, auth.actor(token))
+    return policy_settings.as_dict(settings)

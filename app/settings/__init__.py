@@ -1,1 +1,0 @@
-"""The org's policy settings: validation, reading and audited changes."""
