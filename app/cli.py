@@ -11,13 +11,13 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 
-from app import db, migrate, orgs, tokens
+from app import db, fields, migrate, orgs, tokens
 from app import worker as worker_loop
 from app.admin import login_links
 from app.chain import checkpoints, retention
 from app.db import write_transaction
 from app.github.client import github_app
-from app.models import Org, utcnow
+from app.models import BLOCK_ACTIONS, Org, utcnow
 from app.policy import settings as policy_settings
 from app.web import auth
 
@@ -146,7 +146,7 @@ def tokens_list(slug: str) -> None:
 
 
 @tokens_cli.command("revoke")
-@click.argument("token_id", type=click.IntRange(1, 2**31 - 1))
+@click.argument("token_id", type=click.IntRange(1, fields.MAX_INT32))
 def tokens_revoke(token_id: int) -> None:
     """Revoke a token by id; it stops working at once."""
     session = db.session()
@@ -171,7 +171,7 @@ def policy_show(slug: str) -> None:
 @policy_cli.command("set")
 @click.argument("slug")
 @click.option("--enabled/--disabled", default=None, help="Turn image scanning on or off for the org.")
-@click.option("--block-action", type=click.Choice(["none", "warn", "block_pull"]))
+@click.option("--block-action", type=click.Choice(BLOCK_ACTIONS))
 @click.option("--require-signed/--no-require-signed", default=None)
 @click.option(
     "--allowed-issuer",

@@ -7,8 +7,8 @@ from typing import Any
 from flask import Blueprint
 
 from app.chain.verify import FAULTS
-from app.fields import COMMIT_SHA, REPO_FULL_NAME
-from app.models import SEVERITIES, SIGNATURE_STATUSES
+from app.fields import COMMIT_SHA, MAX_INT32, REPO_FULL_NAME
+from app.models import BLOCK_ACTIONS, SEVERITIES, SIGNATURE_STATUSES
 from app.policy.settings import MAX_RETENTION_DAYS
 from app.tokens import SCOPES
 
@@ -306,7 +306,7 @@ SCHEMAS: dict[str, Any] = {
             "repo_full_name": STR,
             "pr": _nullable({"type": "integer"}),
             "status": {"enum": ["success", "failure", "skipped"]},
-            "block_action": {"enum": ["none", "warn", "block_pull"]},
+            "block_action": {"enum": list(BLOCK_ACTIONS)},
             "severity_counts": _ref("SeverityCounts"),
             "fixable": COUNT,
             "accepted": COUNT,
@@ -401,7 +401,7 @@ SCHEMAS: dict[str, Any] = {
         "required": ["enabled", "block_action", "require_signed", "allowed_issuers", "retention_days"],
         "properties": {
             "enabled": {"type": "boolean"},
-            "block_action": {"enum": ["none", "warn", "block_pull"]},
+            "block_action": {"enum": list(BLOCK_ACTIONS)},
             "require_signed": {"type": "boolean"},
             "allowed_issuers": {"type": "array", "items": _ref("AllowedIssuer")},
             "retention_days": {"type": "integer", "minimum": 1, "maximum": MAX_RETENTION_DAYS},
@@ -462,7 +462,7 @@ SCHEMAS: dict[str, Any] = {
         "additionalProperties": False,
         "properties": {
             "enabled": {"type": "boolean"},
-            "block_action": {"enum": ["none", "warn", "block_pull"]},
+            "block_action": {"enum": list(BLOCK_ACTIONS)},
             "require_signed": {"type": "boolean"},
             "allowed_issuers": {"type": "array", "items": _ref("AllowedIssuer"), "maxItems": 100},
             "retention_days": {"type": "integer", "minimum": 1, "maximum": MAX_RETENTION_DAYS},
@@ -528,7 +528,7 @@ PATHS: dict[str, Any] = {
                 _query("repo", REPO, "owner/name, any letter case"),
                 _query("commit_sha", {"type": "string", "maxLength": 40}, "The full commit SHA."),
                 _query("image_ref", {"type": "string", "maxLength": 1024}, "The image."),
-                _query("pr", {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}, "Pull request number."),
+                _query("pr", {"type": "integer", "minimum": 1, "maximum": MAX_INT32}, "Pull request number."),
                 _query("status", {"enum": ["success", "failure", "skipped"]}, "The scan's verdict."),
                 _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}, "Page size."),
                 _query("cursor", {"type": "string", "maxLength": 200}, "next_cursor of the previous page."),

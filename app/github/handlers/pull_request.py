@@ -70,7 +70,7 @@ def _upsert_link(session: Session, payload: dict[str, Any], state: str) -> dict[
     if org is None:
         return None
     repo = need_str(payload, "repository", "full_name").lower()
-    number = need_int(payload, "pull_request", "number", below=2**31)
+    number = need_int(payload, "pull_request", "number", below=fields.MAX_INT32 + 1)
     sha = need_str(payload, "pull_request", "head", "sha").lower()
     if not fields.SHA.fullmatch(sha) or len(repo) > 200:
         raise BadPayload("pull_request.head.sha must be a commit SHA and repository.full_name owner/name")
