@@ -1,0 +1,78 @@
+"""Ingest's two ways of writing findings and its re-assessment under the locked policy.
+
+PostgreSQL writes up to store.ONE_STATEMENT_ROWS findings in one statement with the head's move and the outbox item,
+more by COPY; both must leave the same chain. An upload is judged first under the policy its request read; when the
+policy locked for the write differs (a change landed meanwhile), it is judged again: never under the stale one.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import sqlalchemy as sa
+
+from app import db, orgs, policy
+from app.chain.verify import verify_org
+from app.findings import schemas, service, store
+from app.models import ChainHead, Finding, OutboxItem, ScanRun
+from app.web.urls import Urls
+from tests.factories import finding, make_org, make_token, post, seed, set_policy
+
+
+@pytest.mark.parametrize(
+    "count", [store.ONE_STATEMENT_ROWS, store.ONE_STATEMENT_ROWS + 1], ids=["one-statement", "copy"]
+)
+def test_either_way_of_writing_findings_leaves_a_whole_chain(app, client, count):
+    make_org(app)
+    token = make_token(app)
+    findings = [finding(f"CVE-2024-{i:05d}", ("critical", "high", "low")[i % 3]) for i in range(count)]
+    r = post(client, token, seed(findings))
+    assert r.status_code == 202, r.get_json()
+    assert r.get_json()["accepted"] == count
+    with app.app_context():
+        s = db.session()
+        org = orgs.by_slug(s, "acme")
+        assert org is not None
+        head = s.get(ChainHead, org.id)
+        seqs = s.scalars(sa.select(Finding.seq).where(Finding.org_id == org.id).order_by(Finding.seq)).all()
+        assert head is not None and head.seq == seqs[-1] and len(seqs) == count
+        assert seqs == list(range(seqs[0], seqs[0] + count))  # contiguous, after the token's audit event
+        assert s.scalar(sa.select(sa.func.count()).select_from(OutboxItem)) == 1
+        verdict = verify_org(db.database().engine, org.id)
+    assert verdict.intact, verdict.describe("acme")
+
+
+def test_an_upload_is_judged_again_when_the_locked_policy_differs(app):
+    """The request read `warn`; block_pull landed before the write: the scan fails, as block_pull says."""
+    make_org(app)
+    set_policy(app, "acme", block_action="block_pull")
+    upload = schemas.parse_upload(_body([finding(severity="critical")]), {}, 100)
+    stale = policy.Policy(block_action="warn")
+    with app.app_context():
+        s = db.session()
+        org = orgs.by_slug(s, "acme")
+        assert org is not None
+        result = service.ingest(s, org, upload, Urls("http://fremforge.test"), deliver=False, expected=stale)
+        assert result is not None
+        scan = s.get(ScanRun, result.scan_run_id)
+        assert scan is not None
+        assert (result.status, scan.status, scan.block_action) == ("failure", "failure", "block_pull")
+        assert result.commit_status is not None and result.commit_status["state"] == "failure"
+
+
+def test_an_upload_under_a_policy_disabled_meanwhile_stores_nothing(app):
+    make_org(app)
+    set_policy(app, "acme", enabled=False)
+    upload = schemas.parse_upload(_body([finding()]), {}, 100)
+    with app.app_context():
+        s = db.session()
+        org = orgs.by_slug(s, "acme")
+        assert org is not None
+        result = service.ingest(s, org, upload, Urls("http://fremforge.test"), deliver=False, expected=policy.Policy())
+        assert result is None
+        assert s.scalar(sa.select(sa.func.count()).select_from(ScanRun)) == 0
+
+
+def _body(findings: list[dict]) -> bytes:
+    return json.dumps(seed(findings)).encode()
