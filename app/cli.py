@@ -17,7 +17,7 @@ from app.admin import login_links
 from app.chain import checkpoints, retention
 from app.db import write_transaction
 from app.github.client import github_app
-from app.models import BLOCK_ACTIONS, Org, utcnow
+from app.models import BLOCK_ACTIONS, BLOCK_ON, BLOCK_THRESHOLDS, Org, utcnow
 from app.policy import settings as policy_settings
 from app.web import auth
 
@@ -181,6 +181,11 @@ def policy_show(slug: str) -> None:
     help="Repeat for several; replaces the list. Pass '' once to empty it.",
 )
 @click.option("--retention-days", type=int)
+@click.option("--block-threshold", type=click.Choice(BLOCK_THRESHOLDS), help="The least severity that blocks.")
+@click.option(
+    "--ignore-unfixed/--no-ignore-unfixed", default=None, help="Findings without a fixed version never block."
+)
+@click.option("--block-on", type=click.Choice(BLOCK_ON), help="all, or new: only what the pull request introduces.")
 def policy_set(
     slug: str,
     enabled: bool | None,
@@ -188,6 +193,9 @@ def policy_set(
     require_signed: bool | None,
     issuers: tuple[str, ...],
     retention_days: int | None,
+    block_threshold: str | None,
+    ignore_unfixed: bool | None,
+    block_on: str | None,
 ) -> None:
     """Change the policy; options left out keep their value. Prints the policy (JSON)."""
     doc: dict[str, Any] = {}
@@ -196,6 +204,9 @@ def policy_set(
         ("block_action", block_action),
         ("require_signed", require_signed),
         ("retention_days", retention_days),
+        ("block_threshold", block_threshold),
+        ("ignore_unfixed", ignore_unfixed),
+        ("block_on", block_on),
     ):
         if value is not None:
             doc[key] = value

@@ -32,6 +32,9 @@ POLICY_SHARED = (
         _settings.c.require_signed,
         _settings.c.allowed_issuers,
         _settings.c.retention_days,
+        _settings.c.block_threshold,
+        _settings.c.ignore_unfixed,
+        _settings.c.block_on,
     )
     .where(_settings.c.org_id == sa.bindparam("org"))
     .with_for_update(read=True)

@@ -17,6 +17,11 @@ DEFAULT_ENABLED = True
 DEFAULT_BLOCK_ACTION = "warn"
 DEFAULT_REQUIRE_SIGNED = False
 DEFAULT_RETENTION_DAYS = 365
+BLOCK_THRESHOLDS = ("critical", "high", "medium", "low")  # the least severity that blocks; unknown never does
+DEFAULT_BLOCK_THRESHOLD = "high"
+DEFAULT_IGNORE_UNFIXED = False
+BLOCK_ON = ("all", "new")  # new: only what the pull request introduces blocks
+DEFAULT_BLOCK_ON = "all"
 SIGNATURE_STATUSES = ("signed", "unsigned", "unknown")
 SCAN_STATUSES = ("success", "failure", "skipped")
 GENESIS_HASH = "0" * 64
@@ -65,6 +70,11 @@ class OrgSettings(Base):
     # [{"issuer": "https://...", "subject_pattern": "^https://github.com/acme/" | null}, ...]
     allowed_issuers: Mapped[list[dict[str, Any]]] = mapped_column(sa.JSON, default=list)
     retention_days: Mapped[int] = mapped_column(default=DEFAULT_RETENTION_DAYS)
+    block_threshold: Mapped[str] = mapped_column(
+        sa.String(10), default=DEFAULT_BLOCK_THRESHOLD, server_default=DEFAULT_BLOCK_THRESHOLD
+    )
+    ignore_unfixed: Mapped[bool] = mapped_column(default=DEFAULT_IGNORE_UNFIXED, server_default=sa.false())
+    block_on: Mapped[str] = mapped_column(sa.String(10), default=DEFAULT_BLOCK_ON, server_default=DEFAULT_BLOCK_ON)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     @classmethod
@@ -77,6 +87,9 @@ class OrgSettings(Base):
             require_signed=DEFAULT_REQUIRE_SIGNED,
             allowed_issuers=[],
             retention_days=DEFAULT_RETENTION_DAYS,
+            block_threshold=DEFAULT_BLOCK_THRESHOLD,
+            ignore_unfixed=DEFAULT_IGNORE_UNFIXED,
+            block_on=DEFAULT_BLOCK_ON,
         )
 
 

@@ -8,7 +8,7 @@ from flask import Blueprint
 
 from app.chain.verify import FAULTS
 from app.fields import COMMIT_SHA, MAX_INT32, REPO_FULL_NAME
-from app.models import BLOCK_ACTIONS, SEVERITIES, SIGNATURE_STATUSES
+from app.models import BLOCK_ACTIONS, BLOCK_ON, BLOCK_THRESHOLDS, SEVERITIES, SIGNATURE_STATUSES
 from app.policy.settings import MAX_RETENTION_DAYS
 from app.tokens import SCOPES
 
@@ -398,13 +398,31 @@ SCHEMAS: dict[str, Any] = {
     },
     "Settings": {
         "type": "object",
-        "required": ["enabled", "block_action", "require_signed", "allowed_issuers", "retention_days"],
+        "required": [
+            "enabled",
+            "block_action",
+            "require_signed",
+            "allowed_issuers",
+            "retention_days",
+            "block_threshold",
+            "ignore_unfixed",
+            "block_on",
+        ],
         "properties": {
             "enabled": {"type": "boolean"},
             "block_action": {"enum": list(BLOCK_ACTIONS)},
             "require_signed": {"type": "boolean"},
             "allowed_issuers": {"type": "array", "items": _ref("AllowedIssuer")},
             "retention_days": {"type": "integer", "minimum": 1, "maximum": MAX_RETENTION_DAYS},
+            "block_threshold": {
+                "enum": list(BLOCK_THRESHOLDS),
+                "description": "The least severity that blocks under block_pull (unknown never does).",
+            },
+            "ignore_unfixed": {"type": "boolean", "description": "Findings without a fixed version never block."},
+            "block_on": {
+                "enum": list(BLOCK_ON),
+                "description": "all, or new: only findings the pull request introduces block (no baseline: all).",
+            },
         },
     },
     "Verdict": {
@@ -466,6 +484,15 @@ SCHEMAS: dict[str, Any] = {
             "require_signed": {"type": "boolean"},
             "allowed_issuers": {"type": "array", "items": _ref("AllowedIssuer"), "maxItems": 100},
             "retention_days": {"type": "integer", "minimum": 1, "maximum": MAX_RETENTION_DAYS},
+            "block_threshold": {
+                "enum": list(BLOCK_THRESHOLDS),
+                "description": "The least severity that blocks under block_pull (unknown never does).",
+            },
+            "ignore_unfixed": {"type": "boolean", "description": "Findings without a fixed version never block."},
+            "block_on": {
+                "enum": list(BLOCK_ON),
+                "description": "all, or new: only findings the pull request introduces block (no baseline: all).",
+            },
         },
     },
 }

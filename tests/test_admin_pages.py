@@ -714,7 +714,8 @@ def test_the_settings_form_submitted_unchanged_changes_nothing(app, admin, csrf)
 
 
 def test_settings_post_saves_and_records_old_and_new(app, admin, csrf):
-    r = admin.post(BASE + "/settings", data={**VALID, "csrf_token": csrf})
+    gate = {"block_threshold": "critical", "ignore_unfixed": "1", "block_on": "new"}
+    r = admin.post(BASE + "/settings", data={**VALID, **gate, "csrf_token": csrf})
     assert r.status_code == 302
     assert r.headers["Location"].endswith(BASE + "/settings")
     assert settings_of(app) == {
@@ -725,12 +726,24 @@ def test_settings_post_saves_and_records_old_and_new(app, admin, csrf):
             {"issuer": "https://token.actions.githubusercontent.com", "subject_pattern": "^https://github.com/acme/"}
         ],
         "retention_days": 90,
+        "block_threshold": "critical",
+        "ignore_unfixed": True,
+        "block_on": "new",
     }
     [event] = audit_events(app, "settings.changed")
     assert event.actor == "link:login-link"
     assert event.details["changes"]["block_action"] == {"old": "warn", "new": "block_pull"}
     assert event.details["changes"]["retention_days"] == {"old": 365, "new": 90}
-    assert set(event.details["changes"]) == {"block_action", "require_signed", "allowed_issuers", "retention_days"}
+    assert event.details["changes"]["block_threshold"] == {"old": "high", "new": "critical"}
+    assert set(event.details["changes"]) == {
+        "block_action",
+        "require_signed",
+        "allowed_issuers",
+        "retention_days",
+        "block_threshold",
+        "ignore_unfixed",
+        "block_on",
+    }
     page = admin.get(r.headers["Location"])
     assert "Saved" in text_of(page.text)
     audit_page = admin.get(BASE + "/audit").text
@@ -741,6 +754,7 @@ def test_settings_post_saves_and_records_old_and_new(app, admin, csrf):
     assert "Block action: warn → block_pull" in audit
     assert "Retention (days): 365 → 90" in audit
     assert "Require signed images: off → on" in audit
+    assert "Block threshold: high → critical" in audit and "Ignore unfixed findings: off → on" in audit
 
 
 def test_settings_post_unchecked_boxes_turn_off_and_nothing_changed_is_no_event(app, admin, csrf):
@@ -774,6 +788,8 @@ def test_settings_post_unchecked_boxes_turn_off_and_nothing_changed_is_no_event(
             "https://ok.example ([unclosed",
             "Line 1: the subject pattern is not a valid regular expression",
         ),
+        ("block_threshold", "severe", "Choose critical, high, medium or low."),
+        ("block_on", "changed", "Choose all or new."),
     ],
 )
 def test_settings_post_invalid_is_422_beside_the_field_and_changes_nothing(app, admin, csrf, field, value, message):
@@ -787,7 +803,7 @@ def test_settings_post_invalid_is_422_beside_the_field_and_changes_nothing(app, 
     assert "Nothing was changed" in text_of(r.text)
     assert settings_of(app) == before
     assert census(app) == rows
-    if field != "block_action":  # the form shows what was typed, to fix it
+    if field not in ("block_action", "block_threshold", "block_on"):  # a typed value is shown again, to fix it
         assert (value.splitlines() or [""])[0][:50] in r.text
 
 

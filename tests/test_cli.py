@@ -86,6 +86,9 @@ def test_policy_show_and_set(runner, app):
         "require_signed": False,
         "allowed_issuers": [],
         "retention_days": 365,
+        "block_threshold": "high",
+        "ignore_unfixed": False,
+        "block_on": "all",
     }
     changed = _json(
         runner.invoke(
@@ -102,9 +105,15 @@ def test_policy_show_and_set(runner, app):
                 "https://token.actions.githubusercontent.com ^https://github.com/acme/",
                 "--allowed-issuer",
                 "https://accounts.google.com",
+                "--block-threshold",
+                "critical",
+                "--ignore-unfixed",
+                "--block-on",
+                "new",
             ]
         )
     )
+    assert (changed["block_threshold"], changed["ignore_unfixed"], changed["block_on"]) == ("critical", True, "new")
     assert changed["block_action"] == "block_pull" and changed["require_signed"] is True
     assert changed["retention_days"] == 30
     assert changed["allowed_issuers"] == [

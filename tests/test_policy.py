@@ -121,7 +121,9 @@ def test_policy_matrix(enabled, block_action, sig, issuers, require_signed, seve
     assert fixable == base_fixable == sum(1 for f in uploaded if f["fixed_version"])
     assert c == {**base, "critical": base["critical"] + len(synthetic)}
     assert sum(c.values()) == len(uploaded) + len(synthetic)
-    assert policy.scan_status(pol, c) == expected_status(block_action, severities, want)
+    assert policy.scan_status(pol, policy.blocking(pol, uploaded + synthetic)) == expected_status(
+        block_action, severities, want
+    )
 
 
 def test_policy_defaults_match_the_spec():
@@ -133,6 +135,7 @@ def test_policy_defaults_match_the_spec():
         (),
         365,
     )
+    assert (p.block_threshold, p.ignore_unfixed, p.block_on) == ("high", False, "all")  # today's rule, kept
 
 
 def test_policy_from_settings():
@@ -145,6 +148,9 @@ def test_policy_from_settings():
             {"issuer": GHA, "subject_pattern": "^https://github.com/acme/"},
             {"issuer": "https://accounts.example"},
         ],
+        block_threshold="critical",
+        ignore_unfixed=True,
+        block_on="new",
     )
     p = Policy.from_settings(s)
     assert p == Policy(
@@ -153,6 +159,9 @@ def test_policy_from_settings():
         True,
         (AllowedIssuer(GHA, "^https://github.com/acme/"), AllowedIssuer("https://accounts.example")),
         30,
+        "critical",
+        True,
+        "new",
     )
     assert Policy.from_settings(SimpleNamespace(**{**vars(s), "allowed_issuers": None})).allowed_issuers == ()
 
@@ -173,12 +182,64 @@ def test_synthetic_titles_name_the_reason():
     assert "https://evil.example" in untrusted["title"] and "me" in untrusted["title"]
 
 
-def test_scan_status_counts_only_high_and_critical():
+def test_by_default_only_high_and_critical_block():
     block = Policy(block_action="block_pull")
-    assert policy.scan_status(block, counts(medium=10**6, low=5, unknown=7)) == "success"
-    assert policy.scan_status(block, counts(high=1)) == "failure"
-    assert policy.scan_status(block, counts(critical=1)) == "failure"
-    assert policy.scan_status(block, counts()) == "success"
+    harmless = [finding("medium")] * 1000 + [finding("low")] * 5 + [finding("unknown")] * 7
+    assert policy.blocking(block, harmless) == 0
+    assert policy.scan_status(block, policy.blocking(block, harmless)) == "success"
+    assert policy.blocking(block, [*harmless, finding("high", fixed=None)]) == 1  # unfixed counts by default
+    assert policy.blocking(block, [finding("critical"), finding("high")]) == 2
+    assert policy.scan_status(block, 1) == "failure"
+    assert policy.scan_status(block, 0) == "success"
+    assert policy.scan_status(Policy(block_action="warn"), 5) == "success"
+    assert policy.scan_status(Policy(block_action="none"), 5) == "skipped"
+
+
+# ------------------------------------------------------------------ the blocking matrix (spec section 3)
+
+BLOCK_MATRIX = list(
+    itertools.product(
+        ["critical", "high", "medium", "low"],  # threshold
+        [False, True],  # ignore_unfixed
+        ["all", "new"],  # block_on
+        [*SEVERITIES],  # the finding's severity
+        [True, False],  # fixed
+        [True, False],  # new
+        [False, True],  # synthetic
+    )
+)
+
+
+@pytest.mark.parametrize(
+    ("threshold", "ignore_unfixed", "block_on", "severity", "fixed", "new", "synthetic"),
+    BLOCK_MATRIX,
+    ids=[
+        f"{t}-{'ignore' if u else 'count'}-unfixed-on-{b}-{s}-{'fixed' if f else 'unfixed'}-"
+        f"{'new' if n else 'existing'}{'-synthetic' if y else ''}"
+        for t, u, b, s, f, n, y in BLOCK_MATRIX
+    ],
+)
+def test_blocking_matrix(threshold, ignore_unfixed, block_on, severity, fixed, new, synthetic):
+    pol = Policy(block_action="block_pull", block_threshold=threshold, ignore_unfixed=ignore_unfixed, block_on=block_on)
+    f = finding(severity, fixed="1.2.3" if fixed else None, synthetic=synthetic)
+    rank = ["critical", "high", "medium", "low"]
+    expected = synthetic or (
+        severity in rank
+        and rank.index(severity) <= rank.index(threshold)
+        and (fixed or not ignore_unfixed)
+        and (new or block_on == "all")
+    )
+    assert policy.blocks(pol, f, new=new) is expected
+
+
+def test_unknown_severity_never_meets_a_threshold():
+    assert not policy.blocks(Policy(block_threshold="low"), finding("unknown"))
+
+
+def test_a_scan_without_a_baseline_has_every_finding_new():
+    """block_on new, no baseline known to the upload: every finding counts (fails closed)."""
+    pol = Policy(block_action="block_pull", block_on="new")
+    assert policy.blocking(pol, [finding("high"), finding("critical")]) == 2
 
 
 def test_count_treats_empty_fixed_version_as_unfixable():

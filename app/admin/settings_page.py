@@ -15,6 +15,7 @@ from app.admin.auth import admin_required
 from app.admin.blueprint import bp
 from app.admin.pages import SECTION, WHOLE_NUMBER, org_and_settings
 from app.db import write_transaction
+from app.models import BLOCK_THRESHOLDS
 from app.policy import settings as policy_settings
 
 MAX_RETENTION_DAYS = policy_settings.MAX_RETENTION_DAYS
@@ -36,6 +37,16 @@ SETTING_LABELS = {
     "require_signed": "Require signed images",
     "allowed_issuers": "Allowed issuers",
     "retention_days": "Retention (days)",
+    "block_threshold": "Block threshold",
+    "ignore_unfixed": "Ignore unfixed findings",
+    "block_on": "Block on",
+}
+BLOCK_ON_HELP = {
+    "all": "Every finding that meets the threshold blocks, old or new.",
+    "new": (
+        "Only findings the pull request introduces block: those its base branch's scan of the same image does not "
+        "have. Without such a scan, every finding counts."
+    ),
 }
 
 
@@ -65,6 +76,8 @@ def settings(slug: str) -> ResponseReturnValue:
         form=form,
         errors=errors,
         block_actions=BLOCK_ACTION_HELP,
+        thresholds=BLOCK_THRESHOLDS,
+        block_on=BLOCK_ON_HELP,
         max_days=MAX_RETENTION_DAYS,
     ), (422 if errors else 200)
 
@@ -81,9 +94,13 @@ def parse_settings_form(form: MultiDict[str, str]) -> tuple[dict[str, Any], dict
         "require_signed": "require_signed" in form,
         "allowed_issuers": form.get("allowed_issuers", ""),
         "retention_days": form.get("retention_days", "").strip(),
+        "block_threshold": form.get("block_threshold", ""),
+        "ignore_unfixed": "ignore_unfixed" in form,
+        "block_on": form.get("block_on", ""),
     }
     errors: dict[str, str] = {}
-    doc: dict[str, Any] = {k: shown[k] for k in ("enabled", "block_action", "require_signed")}
+    doc: dict[str, Any] = {k: shown[k] for k in ("enabled", "block_action", "require_signed", "ignore_unfixed")}
+    doc |= {k: shown[k] for k in ("block_threshold", "block_on") if k in form}  # a form without them keeps them
     if WHOLE_NUMBER.fullmatch(shown["retention_days"]):
         doc["retention_days"] = int(shown["retention_days"])
     else:
@@ -116,6 +133,10 @@ def _settings_error(e: ErrorDetails, lines: list[int]) -> tuple[str, str]:
         return field, f"Enter a whole number of days, from 1 to {MAX_RETENTION_DAYS}."
     if field == "block_action":
         return field, "Choose none, warn or block_pull."
+    if field == "block_threshold":
+        return field, "Choose critical, high, medium or low."
+    if field == "block_on":
+        return field, "Choose all or new."
     if field == "allowed_issuers":
         if len(loc) >= 3 and isinstance(loc[1], int):
             line = lines[loc[1]] if loc[1] < len(lines) else loc[1] + 1

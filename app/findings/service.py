@@ -106,7 +106,7 @@ class Assessment:
 def assess(upload: Upload, pol: policy.Policy) -> Assessment:
     findings = upload.findings + policy.signature_findings(pol, upload.signature, upload.image_ref)
     counts, fixable = policy.count(findings)
-    status = policy.scan_status(pol, counts)
+    status = policy.scan_status(pol, policy.blocking(pol, findings))
     image = policy.ImageResult(upload.image_ref, status, counts, fixable, None, outbox.top_of(findings))
     return Assessment(findings, counts, fixable, status, image, checks.image_section(image))
 

@@ -9,8 +9,12 @@ from typing import Any
 import regex
 
 from app.models import (
+    BLOCK_THRESHOLDS,
     DEFAULT_BLOCK_ACTION,
+    DEFAULT_BLOCK_ON,
+    DEFAULT_BLOCK_THRESHOLD,
     DEFAULT_ENABLED,
+    DEFAULT_IGNORE_UNFIXED,
     DEFAULT_REQUIRE_SIGNED,
     DEFAULT_RETENTION_DAYS,
     SEVERITIES,
@@ -48,6 +52,9 @@ class Policy:
     require_signed: bool = DEFAULT_REQUIRE_SIGNED
     allowed_issuers: tuple[AllowedIssuer, ...] = ()
     retention_days: int = DEFAULT_RETENTION_DAYS
+    block_threshold: str = DEFAULT_BLOCK_THRESHOLD
+    ignore_unfixed: bool = DEFAULT_IGNORE_UNFIXED
+    block_on: str = DEFAULT_BLOCK_ON
 
     @classmethod
     def from_settings(cls, s: Any) -> Policy:
@@ -59,6 +66,9 @@ class Policy:
                 AllowedIssuer(i["issuer"], i.get("subject_pattern")) for i in (s.allowed_issuers or [])
             ),
             retention_days=s.retention_days,
+            block_threshold=s.block_threshold,
+            ignore_unfixed=s.ignore_unfixed,
+            block_on=s.block_on,
         )
 
 
@@ -116,11 +126,34 @@ def count(findings: Iterable[Mapping[str, Any]]) -> tuple[dict[str, int], int]:
     return counts, fixable
 
 
-def scan_status(policy: Policy, counts: Mapping[str, int]) -> str:
-    """This scan's own verdict under the policy: success, failure or skipped."""
+# Severities at least as severe as each threshold; unknown meets none.
+_AT_LEAST = {t: frozenset(BLOCK_THRESHOLDS[: BLOCK_THRESHOLDS.index(t) + 1]) for t in BLOCK_THRESHOLDS}
+
+
+def blocks(policy: Policy, finding: Mapping[str, Any], new: bool = True) -> bool:
+    """Whether a finding blocks a merge under `block_pull` (spec section 3): its severity is at least the threshold
+    (unknown never is), it has a fixed version or unfixed ones are not ignored, and it is new or every finding
+    counts. A synthetic signing finding always blocks. `new`: whether the pull request introduces it; a scan without
+    a baseline has every finding new (it fails closed)."""
+    if finding.get("synthetic"):
+        return True
+    if finding["severity"] not in _AT_LEAST[policy.block_threshold]:
+        return False
+    if policy.ignore_unfixed and not finding["fixed_version"]:
+        return False
+    return new or policy.block_on == "all"
+
+
+def blocking(policy: Policy, findings: Iterable[Mapping[str, Any]]) -> int:
+    """How many findings block (every finding new: no baseline is known to this upload)."""
+    return sum(1 for f in findings if blocks(policy, f))
+
+
+def scan_status(policy: Policy, blocking: int) -> str:
+    """This scan's own verdict under the policy, from how many of its findings block: success, failure, skipped."""
     if policy.block_action == "none":
         return "skipped"
-    if policy.block_action == "block_pull" and (counts["critical"] or counts["high"]):
+    if policy.block_action == "block_pull" and blocking:
         return "failure"
     return "success"
 

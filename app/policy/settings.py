@@ -40,6 +40,9 @@ class SettingsChange(BaseModel):
     require_signed: bool = None  # type: ignore[assignment]
     allowed_issuers: Annotated[list[AllowedIssuerBody], Field(max_length=100)] = None  # type: ignore[assignment]
     retention_days: Annotated[int, Field(ge=1, le=MAX_RETENTION_DAYS)] = None  # type: ignore[assignment]
+    block_threshold: Literal["critical", "high", "medium", "low"] = None  # type: ignore[assignment]
+    ignore_unfixed: bool = None  # type: ignore[assignment]
+    block_on: Literal["all", "new"] = None  # type: ignore[assignment]
 
 
 def parse_change(doc: Any) -> dict[str, Any]:
@@ -63,6 +66,9 @@ def as_dict(s: OrgSettings) -> dict[str, Any]:
             {"issuer": i["issuer"], "subject_pattern": i.get("subject_pattern")} for i in s.allowed_issuers or []
         ],
         "retention_days": s.retention_days,
+        "block_threshold": s.block_threshold,
+        "ignore_unfixed": s.ignore_unfixed,
+        "block_on": s.block_on,
     }
 
 

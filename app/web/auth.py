@@ -60,7 +60,17 @@ _token_t, _org_t, _settings_t = ApiToken.__table__, Org.__table__, OrgSettings._
 _PRINCIPAL_COLUMNS = {
     ApiToken: ("id", "org_id", "name", "prefix", "scopes", "expires_at", "revoked_at", "last_used_at"),
     Org: ("id", "slug", "github_login", "installation_id"),
-    OrgSettings: ("org_id", "enabled", "block_action", "require_signed", "allowed_issuers", "retention_days"),
+    OrgSettings: (
+        "org_id",
+        "enabled",
+        "block_action",
+        "require_signed",
+        "allowed_issuers",
+        "retention_days",
+        "block_threshold",
+        "ignore_unfixed",
+        "block_on",
+    ),
 }
 _AUTH = (
     sa.select(*(model.__table__.c[c] for model, cs in _PRINCIPAL_COLUMNS.items() for c in cs))

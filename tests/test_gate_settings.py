@@ -1,0 +1,118 @@
+"""The gate's settings (spec section 3): block_threshold, ignore_unfixed, block_on through the API and what an upload
+gets under them. Baselines (block_on: new with a pull request's base known) are not here yet: without one, every
+finding is new and counts (the spec's fail-closed rule)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from app import db
+from app.models import AuditEvent
+from tests.factories import census, finding, make_org, make_token, post, seed, set_policy
+
+SETTINGS = "/api/v1/orgs/acme/image-scans/settings"
+
+
+@pytest.fixture
+def admin_token(app) -> str:
+    make_org(app)
+    return make_token(app, "acme", ["settings:write", "findings:write"])
+
+
+def put(client: Any, token: str, body: Any) -> Any:
+    return client.put(SETTINGS, json=body, headers={"Authorization": f"Bearer {token}"})
+
+
+def test_defaults_keep_the_rule_every_org_had(client, admin_token):
+    shown = client.get(SETTINGS, headers={"Authorization": f"Bearer {admin_token}"}).get_json()
+    assert (shown["block_threshold"], shown["ignore_unfixed"], shown["block_on"]) == ("high", False, "all")
+
+
+def test_the_gate_settings_change_and_are_audited(app, client, admin_token):
+    r = put(client, admin_token, {"block_threshold": "critical", "ignore_unfixed": True, "block_on": "new"})
+    assert r.status_code == 200, r.get_json()
+    assert (r.get_json()["block_threshold"], r.get_json()["ignore_unfixed"], r.get_json()["block_on"]) == (
+        "critical",
+        True,
+        "new",
+    )
+    with app.app_context():
+        event = db.session().scalars(sa.select(AuditEvent).order_by(AuditEvent.seq.desc())).first()
+    assert event is not None and event.action == "settings.changed"
+    assert event.details["changes"] == {
+        "block_threshold": {"old": "high", "new": "critical"},
+        "ignore_unfixed": {"old": False, "new": True},
+        "block_on": {"old": "all", "new": "new"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("block_threshold", "unknown"),
+        ("block_threshold", "HIGH"),
+        ("block_threshold", None),
+        ("ignore_unfixed", "true"),
+        ("ignore_unfixed", 1),
+        ("block_on", "changed"),
+        ("block_on", ["new"]),
+    ],
+)
+def test_a_bad_gate_setting_is_422_naming_it_and_changes_nothing(app, client, admin_token, field, value):
+    before = census(app)
+    r = put(client, admin_token, {"block_action": "block_pull", field: value})
+    assert r.status_code == 422, r.get_json()
+    assert any(d["path"] == field for d in r.get_json()["details"]), r.get_json()
+    assert census(app) == before
+
+
+def status_of(client: Any, token: str, findings: list[dict[str, Any]], image: str, **extra: Any) -> str:
+    r = post(client, token, seed(findings, image_ref=image, **extra))
+    assert r.status_code == 202, r.get_json()
+    return r.get_json()["status"]
+
+
+@pytest.mark.parametrize(
+    ("policy", "findings", "expected"),
+    [
+        ({}, [finding(severity="high")], "failure"),
+        ({}, [finding(severity="medium")], "success"),
+        ({"block_threshold": "critical"}, [finding(severity="high")], "success"),
+        ({"block_threshold": "critical"}, [finding(severity="critical")], "failure"),
+        ({"block_threshold": "medium"}, [finding(severity="medium")], "failure"),
+        ({"block_threshold": "low"}, [finding(severity="unknown")], "success"),
+        ({"ignore_unfixed": True}, [finding(severity="critical", fixed=None)], "success"),
+        ({"ignore_unfixed": True}, [finding(severity="critical", fixed="1.0")], "failure"),
+        ({"block_on": "new"}, [finding(severity="high")], "failure"),  # no baseline: every finding is new
+    ],
+    ids=[
+        "default-high",
+        "default-medium",
+        "critical-high",
+        "critical-critical",
+        "medium-medium",
+        "low-unknown",
+        "unfixed-ignored",
+        "fixed-counts",
+        "new-without-baseline",
+    ],
+)
+def test_an_upload_is_judged_by_the_gate(app, client, admin_token, policy, findings, expected):
+    set_policy(app, "acme", block_action="block_pull", **policy)
+    assert status_of(client, admin_token, findings, "ghcr.io/acme/api:1") == expected
+
+
+def test_the_signing_finding_blocks_whatever_the_gate_ignores(app, client, admin_token):
+    set_policy(
+        app,
+        "acme",
+        block_action="block_pull",
+        require_signed=True,
+        block_threshold="critical",
+        ignore_unfixed=True,
+        block_on="new",
+    )
+    assert status_of(client, admin_token, [finding(severity="low")], "ghcr.io/acme/api:1") == "failure"
