@@ -28,3 +28,29 @@ REPO_RULE_TEXT = (
 def is_repo_full_name(value: str) -> bool:
     """Whether `value` is owner/name as GitHub allows them."""
     return _REPO_RULE.fullmatch(value) is not None
+
+
+# A git ref as GitHub Actions gives it ($GITHUB_REF: refs/heads/main, refs/pull/42/merge, refs/tags/v1): refs/, then
+# no white space, control character, ~ ^ : ? * [ \\ or "..", at most 255 characters.
+GIT_REF = r"^refs/[^\x00-\x20~^:?*\[\\\x7f]+$"  # and no "..": is_git_ref
+GIT_REF_MAX = 255
+GIT_REF_TEXT = "must be a git ref such as refs/heads/main ($GITHUB_REF): refs/..., at most 255 characters"
+_GIT_REF_RULE = re.compile(GIT_REF)
+
+
+def is_git_ref(value: str) -> bool:
+    """Whether `value` is a git ref by the rule above (a pattern, and no "..")."""
+    return len(value) <= GIT_REF_MAX and ".." not in value and _GIT_REF_RULE.fullmatch(value) is not None
+
+
+_DIGEST = re.compile(r"@[A-Za-z0-9_+.-]+:[0-9A-Fa-f]+$")
+_TAG = re.compile(r":[\w][\w.-]{0,127}$")
+
+
+def image_name(image_ref: str) -> str:
+    """An image reference without its tag and digest: ghcr.io/acme/api:1.2@sha256:… -> ghcr.io/acme/api.
+
+    A registry's port stays (localhost:5000/api:1 -> localhost:5000/api): a tag follows the last slash."""
+    name = _DIGEST.sub("", image_ref.strip())
+    head, slash, last = name.rpartition("/")
+    return head + slash + _TAG.sub("", last)

@@ -137,11 +137,15 @@ class ScanRun(Base):
         sa.Index("ix_scan_runs_org_commit_sha", "org_id", "commit_sha", "id"),
         sa.Index("ix_scan_runs_org_pr", "org_id", "pr_number", "id"),
         sa.Index("ix_scan_runs_org_status", "org_id", "status", "id"),
+        # A scan's baseline (spec section 3): the newest scan of an image name built from a branch, in one probe.
+        sa.Index("ix_scan_runs_baseline", "org_id", "repo_full_name", "image_name", "ref", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     org_id: Mapped[int] = mapped_column(sa.ForeignKey("orgs.id", ondelete="CASCADE"))
     image_ref: Mapped[str] = mapped_column(sa.String(1024))
+    image_name: Mapped[str | None] = mapped_column(sa.String(1024))  # image_ref without tag and digest
+    ref: Mapped[str | None] = mapped_column(sa.String(255))  # the git ref it was built from ($GITHUB_REF), if sent
     commit_sha: Mapped[str] = mapped_column(sa.String(40))
     repo_full_name: Mapped[str] = mapped_column(sa.String(200))
     signature_status: Mapped[str] = mapped_column(sa.String(20), default="unknown")

@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint
 
 from app.chain.verify import FAULTS
-from app.fields import COMMIT_SHA, MAX_INT32, REPO_FULL_NAME
+from app.fields import COMMIT_SHA, GIT_REF, GIT_REF_MAX, MAX_INT32, REPO_FULL_NAME
 from app.models import BLOCK_ACTIONS, BLOCK_ON, BLOCK_THRESHOLDS, SEVERITIES, SIGNATURE_STATUSES
 from app.policy.settings import MAX_RETENTION_DAYS
 from app.tokens import SCOPES
@@ -42,6 +42,7 @@ def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 STR = {"type": "string"}
 SHORT = {"type": "string", "maxLength": 1024}
 ADVISORY_ID = {"type": "string", "minLength": 1, "maxLength": 1024}
+GITREF = {"type": "string", "pattern": GIT_REF, "maxLength": GIT_REF_MAX}
 LONG = {"type": "string", "maxLength": 1024}
 TARGET = {"type": "string", "maxLength": 1024}
 VENDOR_IDS = {"type": "array", "items": ADVISORY_ID, "maxItems": 64}
@@ -164,6 +165,9 @@ SCHEMAS: dict[str, Any] = {
             "signature_status": _nullable(SIGNATURE_ANY_CASE),
             "signature_issuer": _nullable(LONG),
             "signature_subject": _nullable(LONG),
+            "ref": _nullable(
+                {**GITREF, "description": "The git ref the image was built from ($GITHUB_REF): finds baselines."}
+            ),
             "findings": {
                 "type": "array",
                 "items": _ref("SeedFinding"),
@@ -298,10 +302,12 @@ SCHEMAS: dict[str, Any] = {
             "created_at",
             "url",
             "commit_status",
+            "ref",
         ],
         "properties": {
             "scan_run_id": {"type": "integer"},
             "image_ref": STR,
+            "ref": _nullable(STR),
             "commit_sha": {"type": "string", "pattern": COMMIT_SHA},
             "repo_full_name": STR,
             "pr": _nullable({"type": "integer"}),
@@ -513,6 +519,7 @@ TRIVY_QUERY = [
     _query("signature_status", SIGNATURE_ANY_CASE, "Raw Trivy uploads: signed, unsigned or unknown."),
     _query("signature_issuer", LONG, "Raw Trivy uploads."),
     _query("signature_subject", LONG, "Raw Trivy uploads."),
+    _query("ref", GITREF, "Raw Trivy uploads: the git ref the image was built from ($GITHUB_REF)."),
 ]
 
 PATHS: dict[str, Any] = {
@@ -555,6 +562,7 @@ PATHS: dict[str, Any] = {
                 _query("repo", REPO, "owner/name, any letter case"),
                 _query("commit_sha", {"type": "string", "maxLength": 40}, "The full commit SHA."),
                 _query("image_ref", {"type": "string", "maxLength": 1024}, "The image."),
+                _query("ref", {"type": "string", "maxLength": GIT_REF_MAX}, "The git ref it was built from."),
                 _query("pr", {"type": "integer", "minimum": 1, "maximum": MAX_INT32}, "Pull request number."),
                 _query("status", {"enum": ["success", "failure", "skipped"]}, "The scan's verdict."),
                 _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}, "Page size."),

@@ -51,7 +51,7 @@ WORKFLOW_SNIPPET = """\
           gzip -c trivy.json > trivy.json.gz
           curl --fail-with-body -sS "$FREMFORGE_URL/api/v1/orgs/@SLUG@/image-scans/findings" \\
             --url-query "image_ref=$IMAGE" --url-query "commit_sha=$SHA" \\
-            --url-query "repo_full_name=$GITHUB_REPOSITORY" \\
+            --url-query "repo_full_name=$GITHUB_REPOSITORY" --url-query "ref=$GITHUB_REF" \\
             -H "Authorization: Bearer $FREMFORGE_TOKEN" \\
             -H "Content-Type: application/json" -H "Content-Encoding: gzip" \\
             --data-binary @trivy.json.gz
@@ -81,6 +81,7 @@ def scans(slug: str) -> ResponseReturnValue:
             repo=filters.get("repo"),
             commit_sha=filters.get("commit"),
             image_ref=filters.get("image"),
+            ref=filters.get("ref"),
             pr=int(filters["pr"]) if filters.get("pr") else None,
             status=filters.get("status"),
             before_id=before,
@@ -186,13 +187,15 @@ def commit(slug: str, sha: str) -> ResponseReturnValue:
 
 def _scan_filters(args: MultiDict[str, str]) -> tuple[dict[str, str], dict[str, str], int | None]:
     """The list's filters as typed (blank ones dropped), an error per bad field, and the cursor's scan id."""
-    filters = {k: (args.get(k) or "").strip() for k in ("repo", "image", "commit", "pr", "status")}
+    filters = {k: (args.get(k) or "").strip() for k in ("repo", "image", "ref", "commit", "pr", "status")}
     filters = {k: v for k, v in filters.items() if v}
     errors: dict[str, str] = {}
     if "repo" in filters and not fields.is_repo_full_name(filters["repo"]):
         errors["repo"] = "Enter a repository as owner/name, as GitHub names them."
     if len(filters.get("image", "")) > 1024:
         errors["image"] = "An image reference is at most 1024 characters."
+    if len(filters.get("ref", "")) > fields.GIT_REF_MAX:
+        errors["ref"] = "A git ref is at most 255 characters, such as refs/heads/main."
     if "commit" in filters and not fields.SHA.fullmatch(filters["commit"].lower()):
         errors["commit"] = "Enter the commit's full 40-character SHA."
     if "pr" in filters:

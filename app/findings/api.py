@@ -59,6 +59,7 @@ class ListQuery(BaseModel):
     repo: schemas.RepoFullName | None = None  # GitHub's naming rules: any other name is a 422
     commit_sha: Annotated[str, StringConstraints(max_length=40)] | None = None
     image_ref: Annotated[str, StringConstraints(max_length=1024)] | None = None
+    ref: Annotated[str, StringConstraints(max_length=255)] | None = None
     pr: Annotated[int, Field(ge=1, le=fields.MAX_INT32)] | None = None
     status: Literal["success", "failure", "skipped"] | None = None
     limit: Annotated[int, Field(ge=1, le=1000)] = 50
@@ -80,6 +81,7 @@ def list_scans(slug: str) -> dict[str, Any]:
         repo=q.repo,
         commit_sha=q.commit_sha,
         image_ref=q.image_ref,
+        ref=q.ref,
         pr=q.pr,
         status=q.status,
         before_id=before,
@@ -150,6 +152,7 @@ def scan_json(slug: str, s: ScanRun, item: OutboxItem | None) -> dict[str, Any]:
     return {
         "scan_run_id": s.id,
         "image_ref": s.image_ref,
+        "ref": s.ref,
         "commit_sha": s.commit_sha,
         "repo_full_name": s.repo_full_name,
         "pr": s.pr_number,

@@ -156,6 +156,7 @@ def list_scans(
     repo: str | None = None,
     commit_sha: str | None = None,
     image_ref: str | None = None,
+    ref: str | None = None,
     pr: int | None = None,
     status: str | None = None,
     before_id: int | None = None,
@@ -169,6 +170,8 @@ def list_scans(
         q = q.where(ScanRun.commit_sha == commit_sha.lower())
     if image_ref:
         q = q.where(ScanRun.image_ref == image_ref)
+    if ref:
+        q = q.where(ScanRun.ref == ref)
     if pr is not None:
         q = q.where(ScanRun.pr_number == pr)
     if status:

@@ -27,7 +27,7 @@ import orjson
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, StringConstraints, ValidationError
 from pydantic_core import PydanticCustomError
 
-from app.fields import COMMIT_SHA, REPO_RULE_TEXT, is_repo_full_name
+from app.fields import COMMIT_SHA, GIT_REF_TEXT, REPO_RULE_TEXT, is_git_ref, is_repo_full_name
 from app.models import SEVERITIES
 from app.policy import Signature
 from app.web.bodies import PATTERN_MESSAGES, Errors, check_nul, error_detail, refuse
@@ -35,6 +35,7 @@ from app.web.errors import ApiError, validation_failed
 
 FINDING_PATTERN_MESSAGES = {
     **PATTERN_MESSAGES,
+    "ref": GIT_REF_TEXT,
     "image_ref": "must not be blank",
     "severity": "must be one of critical, high, medium, low, unknown (any letter case)",
     "Severity": "must be one of critical, high, medium, low, unknown (any letter case)",
@@ -71,6 +72,13 @@ def _utf8_within(limit: int) -> Any:
     return AfterValidator(check)
 
 
+def git_ref(value: str) -> str:
+    """A git ref as sent ($GITHUB_REF), or a pattern error naming the rule."""
+    if not is_git_ref(value):
+        raise PydanticCustomError("string_pattern_mismatch", GIT_REF_TEXT)
+    return value
+
+
 def repo_full_name(value: str) -> str:
     """owner/name in lower case (GitHub's names are case-insensitive), or a pattern error naming the rules."""
     if not is_repo_full_name(value):
@@ -80,6 +88,7 @@ def repo_full_name(value: str) -> str:
 
 ImageRef = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"\S"), _utf8_within(1024)]
 CommitSha = Annotated[str, StringConstraints(pattern=COMMIT_SHA, to_lower=True)]
+GitRef = Annotated[str, AfterValidator(git_ref)]
 RepoFullName = Annotated[str, AfterValidator(repo_full_name)]
 Long = Annotated[str, StringConstraints(max_length=1024)]
 SignatureStatus = Annotated[str | None, BeforeValidator(_signature_status)]
@@ -97,6 +106,7 @@ class UploadContext(BaseModel):
     signature_status: SignatureStatus = None
     signature_issuer: Long | None = None
     signature_subject: Long | None = None
+    ref: GitRef | None = None
 
 
 class TrivyHeader(BaseModel):
@@ -123,6 +133,7 @@ class Upload:
     findings: list[dict[str, Any]]
     duplicates: int
     source: str  # "seed" | "trivy" | "trivy-legacy"
+    ref: str | None = None  # the git ref the image was built from ($GITHUB_REF)
 
     @property
     def repo_owner(self) -> str:
@@ -868,6 +879,7 @@ class _Upload:
             findings=list(rows.unique.values()),
             duplicates=rows.duplicates,
             source="seed",
+            ref=ctx.ref,
         )
 
     def _trivy(self, header: dict[str, Any] | None, query: Mapping[str, str], source: str) -> Upload:
@@ -904,4 +916,5 @@ class _Upload:
             findings=list(rows.unique.values()),
             duplicates=rows.duplicates,
             source=source,
+            ref=ctx.ref,
         )

@@ -11,7 +11,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from app import chain, commits, locks, policy
+from app import chain, commits, fields, locks, policy
 from app.db import write_transaction
 from app.findings import queries, store
 from app.findings.schemas import Upload
@@ -27,6 +27,8 @@ _SCAN_COLUMNS = (
     "id",
     "org_id",
     "image_ref",
+    "image_name",
+    "ref",
     "commit_sha",
     "repo_full_name",
     "signature_status",
@@ -142,6 +144,8 @@ def ingest(
             "s_id": scan_id,
             "s_org_id": org.id,
             "s_image_ref": upload.image_ref,
+            "s_image_name": fields.image_name(upload.image_ref),
+            "s_ref": upload.ref,
             "s_commit_sha": sha,
             "s_repo_full_name": repo,
             "s_signature_status": upload.signature.status,

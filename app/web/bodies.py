@@ -12,7 +12,7 @@ from flask import current_app, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from app.fields import COMMIT_SHA_TEXT, REPO_RULE_TEXT
+from app.fields import COMMIT_SHA_TEXT, GIT_REF_TEXT, REPO_RULE_TEXT
 from app.web.errors import MAX_DETAILS, ApiError, validation_failed
 
 M = TypeVar("M", bound=BaseModel)
@@ -155,6 +155,7 @@ PATTERN_MESSAGES = {  # the message of a pattern mismatch, by field name
     "commit_sha": COMMIT_SHA_TEXT,
     "repo_full_name": REPO_RULE_TEXT,
     "repo": REPO_RULE_TEXT,
+    "ref": GIT_REF_TEXT,
 }
 
 

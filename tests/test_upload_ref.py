@@ -1,0 +1,100 @@
+"""`ref` on uploads (spec section 2): the git ref an image was built from, stored with the scan beside the image's
+name without tag and digest (what a baseline is found by), listed and filtered; a bad one is a 422 naming it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from app import db, fields
+from app.models import ScanRun
+from tests import paths
+from tests.factories import SHA, census, finding, make_org, make_token, post, seed
+
+
+@pytest.fixture
+def token(app) -> str:
+    make_org(app)
+    return make_token(app, "acme", ["findings:write", "findings:read"])
+
+
+def stored(app: Any, scan_id: int) -> tuple[str | None, str | None]:
+    with app.app_context():
+        scan = db.session().get(ScanRun, scan_id)
+        assert scan is not None
+        return scan.ref, scan.image_name
+
+
+def test_a_seed_upload_keeps_its_ref_and_image_name(app, client, token):
+    r = post(client, token, seed([finding()], image_ref="ghcr.io/acme/api:1.2@sha256:00ff", ref="refs/heads/main"))
+    assert r.status_code == 202, r.get_json()
+    scan_id = r.get_json()["scan_run_id"]
+    assert stored(app, scan_id) == ("refs/heads/main", "ghcr.io/acme/api")
+    shown = client.get(f"/api/v1/orgs/acme/image-scans/{scan_id}", headers={"Authorization": f"Bearer {token}"})
+    assert shown.get_json()["ref"] == "refs/heads/main"
+
+
+def test_a_raw_trivy_upload_takes_its_ref_from_the_query(app, client, token):
+    report = (paths.SHARED / "fixtures" / "trivy" / "alpine-39.json").read_bytes()
+    query = {
+        "commit_sha": SHA,
+        "repo_full_name": "acme/api",
+        "image_ref": "ghcr.io/acme/api:1",
+        "ref": "refs/pull/4/merge",
+    }
+    r = post(client, token, raw=report, query=query)
+    assert r.status_code == 202, r.get_json()
+    assert stored(app, r.get_json()["scan_run_id"]) == ("refs/pull/4/merge", "ghcr.io/acme/api")
+
+
+def test_without_a_ref_the_scan_has_none(app, client, token):
+    r = post(client, token, seed([finding()]))
+    assert stored(app, r.get_json()["scan_run_id"]) == (None, "ghcr.io/acme/api")
+
+
+def test_scans_are_filtered_by_ref(client, token):
+    post(client, token, seed([finding()], image_ref="ghcr.io/acme/api:1", ref="refs/heads/main"))
+    post(client, token, seed([finding()], image_ref="ghcr.io/acme/api:2", ref="refs/heads/feature"))
+    r = client.get(
+        "/api/v1/orgs/acme/image-scans",
+        query_string={"ref": "refs/heads/main"},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert [s["image_ref"] for s in r.get_json()["items"]] == ["ghcr.io/acme/api:1"]
+
+
+@pytest.mark.parametrize(
+    "ref",
+    ["main", "heads/main", "refs/heads/a..b", "refs/heads/with space", "refs/heads/x~1", "refs/" + "a" * 251, "", 7],
+    ids=["bare-branch", "no-refs-prefix", "dot-dot", "space", "tilde", "too-long", "empty", "not-a-string"],
+)
+def test_a_bad_ref_is_422_naming_it_and_stores_nothing(app, client, token, ref):
+    before = census(app)
+    r = post(client, token, seed([finding()], ref=ref))
+    assert r.status_code == 422, r.get_json()
+    assert any(d["path"] == "ref" for d in r.get_json()["details"]), json.dumps(r.get_json())
+    assert census(app) == before
+
+
+@pytest.mark.parametrize(
+    ("image_ref", "name"),
+    [
+        ("ghcr.io/acme/api:1.2@sha256:0123abcd", "ghcr.io/acme/api"),
+        ("ghcr.io/acme/api@sha256:0123abcd", "ghcr.io/acme/api"),
+        ("localhost:5000/api:1", "localhost:5000/api"),
+        ("localhost:5000/api", "localhost:5000/api"),
+        ("ubuntu:22.04", "ubuntu"),
+        ("ubuntu", "ubuntu"),
+    ],
+)
+def test_the_image_name_drops_tag_and_digest_only(image_ref, name):
+    assert fields.image_name(image_ref) == name
+
+
+def test_the_ref_index_serves_the_baseline_probe(app):
+    with app.app_context():
+        indexes = sa.inspect(db.database().engine).get_indexes("scan_runs")
+    assert any(i["column_names"] == ["org_id", "repo_full_name", "image_name", "ref", "id"] for i in indexes)
