@@ -1,4 +1,5 @@
-"""The shapes of values every part of the app checks alike: commit SHAs, repository names, 32-bit ids.
+"""The shapes of values every part of the app checks alike: commit SHAs, repository names, git refs, image names,
+32-bit ids.
 
 One source for the API's schemas, the admin pages' filters, the webhook handlers and the OpenAPI document.
 """
