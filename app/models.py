@@ -321,6 +321,10 @@ class PullRequestLink(Base):
     repo_full_name: Mapped[str] = mapped_column(sa.String(200))
     number: Mapped[int]
     head_sha: Mapped[str] = mapped_column(sa.String(40))
+    # What a scan of the head is compared with (spec section 3): the base branch as a ref, refs/heads/<base>, and the
+    # base commit. NULL when the event did not say (or said something that is not a branch or a commit SHA).
+    base_ref: Mapped[str | None] = mapped_column(sa.String(255))
+    base_sha: Mapped[str | None] = mapped_column(sa.String(40))
     state: Mapped[str] = mapped_column(sa.String(20))  # open | closed
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -449,6 +449,37 @@ def test_pull_request_events_out_of_order_never_step_back(app, client):
     assert links_of(app) == [(PR_REPO, 2, "a" * 40, "open")]
 
 
+def bases_of(app) -> list[tuple[int, str | None, str | None]]:
+    return [(p.number, p.base_ref, p.base_sha) for p in rows(app, PullRequestLink)]
+
+
+@pytest.mark.parametrize("name", OPEN_EXAMPLES)
+def test_pull_request_records_its_base_branch_and_commit(app, client, name):
+    make_linked_org(app, "codertocat", "Codertocat", installation_id=1)
+    assert deliver(client, name).status_code == 200
+    assert bases_of(app) == [(2, "refs/heads/master", "f95f852bd8fca8fcc58a9a2d6c842781e32a215e")]
+
+
+def test_a_base_moved_by_a_newer_event_is_kept_and_an_odd_one_is_none(app, client):
+    make_linked_org(app, "codertocat", "Codertocat", installation_id=1)
+    rebased = edited(
+        "pull_request.synchronize",
+        pull_request__updated_at="2019-05-15T15:40:00Z",
+        pull_request__base__ref="release/1.2",
+        pull_request__base__sha="B" * 40,
+    )
+    assert deliver(client, "pull_request", body=rebased).status_code == 200
+    assert bases_of(app) == [(2, "refs/heads/release/1.2", "b" * 40)]
+    odd = edited(
+        "pull_request.synchronize",
+        pull_request__updated_at="2019-05-15T15:50:00Z",
+        pull_request__base__ref="bad..branch",
+        pull_request__base__sha="not-a-sha",
+    )
+    assert deliver(client, "pull_request", body=odd).status_code == 200  # the head is still worth knowing
+    assert bases_of(app) == [(2, None, None)]  # no baseline by it: every finding of the head counts
+
+
 # ---------------------------------------------------------------- check_run
 
 

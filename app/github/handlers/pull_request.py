@@ -36,6 +36,8 @@ def _upsert_link_statement(dialect: str) -> Any:
         index_elements=["org_id", "repo_full_name", "number"],
         set_={
             "head_sha": insert.excluded.head_sha,
+            "base_ref": insert.excluded.base_ref,
+            "base_sha": insert.excluded.base_sha,
             "state": insert.excluded.state,
             "updated_at": insert.excluded.updated_at,
         },
@@ -75,6 +77,7 @@ def _upsert_link(session: Session, payload: dict[str, Any], state: str) -> dict[
     if not fields.SHA.fullmatch(sha) or len(repo) > 200:
         raise BadPayload("pull_request.head.sha must be a commit SHA and repository.full_name owner/name")
     stamp = _github_time(get(payload, "pull_request", "updated_at")) or utcnow()
+    base_ref, base_sha = _base(payload)
     conn = session.connection()
     conn.execute(
         UPSERT_LINK[conn.dialect.name],
@@ -83,11 +86,23 @@ def _upsert_link(session: Session, payload: dict[str, Any], state: str) -> dict[
             "repo_full_name": repo,
             "number": number,
             "head_sha": sha,
+            "base_ref": base_ref,
+            "base_sha": base_sha,
             "state": state,
             "updated_at": stamp,
         },
     )
     return {"org": org.id, "repo": repo, "sha": sha, "number": number}
+
+
+def _base(payload: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The PR's base as (refs/heads/<branch>, commit SHA); None for what is missing or not a branch or a SHA: a scan
+    of the head then has no baseline by it, and every finding counts (fails closed)."""
+    branch, sha = get(payload, "pull_request", "base", "ref"), get(payload, "pull_request", "base", "sha")
+    ref = f"refs/heads/{branch}" if isinstance(branch, str) and branch else None
+    base_ref = ref if ref is not None and fields.is_git_ref(ref) else None
+    base_sha = sha.lower() if isinstance(sha, str) and fields.SHA.fullmatch(sha.lower()) else None
+    return base_ref, base_sha
 
 
 def _github_time(value: Any) -> datetime | None:
