@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
-from app.models import FINDING_PAYLOAD_COLUMNS, SEVERITIES, Finding, ScanRun
+from app.models import FINDING_PAYLOAD_COLUMNS, SEVERITIES, Finding, PullRequestLink, ScanRun
 
 SEVERITY_ORDER = sa.case({s: i for i, s in enumerate(SEVERITIES)}, value=Finding.severity, else_=len(SEVERITIES))
 FINDING_COLUMNS = FINDING_PAYLOAD_COLUMNS
@@ -98,3 +98,72 @@ LATEST_JUDGED_JSON = sa.select(
 
 def judged_from_json(value: list[list[Any]]) -> list[JudgedScan]:
     return [JudgedScan(*row) for row in value]
+
+
+# ---------------------------------------------------------------- baselines (spec section 3)
+
+_BY_BRANCH = (
+    sa.select(ScanRun.id)
+    .where(
+        ScanRun.org_id == sa.bindparam("org"),
+        ScanRun.repo_full_name == sa.bindparam("repo"),
+        ScanRun.image_name == sa.bindparam("name"),
+        ScanRun.ref == sa.bindparam("ref"),
+    )
+    .order_by(ScanRun.id.desc())
+    .limit(1)
+)
+_BY_COMMIT = (
+    sa.select(ScanRun.id)
+    .where(
+        ScanRun.org_id == sa.bindparam("org"),
+        ScanRun.repo_full_name == sa.bindparam("repo"),
+        ScanRun.commit_sha == sa.bindparam("sha"),
+        ScanRun.image_name == sa.bindparam("name"),
+    )
+    .order_by(ScanRun.id.desc())
+    .limit(1)
+)
+_PR_BASE = (
+    sa.select(PullRequestLink.base_ref, PullRequestLink.base_sha)
+    .where(
+        PullRequestLink.org_id == sa.bindparam("org"),
+        PullRequestLink.repo_full_name == sa.bindparam("repo"),
+        PullRequestLink.head_sha == sa.bindparam("sha"),
+        PullRequestLink.state == "open",
+    )
+    .order_by(PullRequestLink.number.desc())
+    .limit(1)
+)
+_KEYS = sa.select(Finding.cve_id, Finding.package).where(
+    Finding.scan_run_id == sa.bindparam("scan"), Finding.cve_id.is_not(None)
+)
+
+
+def pr_base(conn: sa.Connection, org_id: int, repo: str, sha: str) -> tuple[str | None, str | None] | None:
+    """The base (refs/heads/<branch>, commit) of the open pull request whose head is this commit; None: no PR known."""
+    row = conn.execute(_PR_BASE, {"org": org_id, "repo": repo, "sha": sha}).one_or_none()
+    return None if row is None else (row.base_ref, row.base_sha)
+
+
+def baseline(
+    conn: sa.Connection, org_id: int, repo: str, image_name: str, base_ref: str | None, base_sha: str | None
+) -> int | None:
+    """The baseline of a scan of `image_name` in `repo`: the newest scan of that image name built from the pull
+    request's base branch, else the newest of it at the base commit. None: no baseline, every finding is new."""
+    params = {"org": org_id, "repo": repo, "name": image_name}
+    if base_ref is not None:
+        found = conn.execute(_BY_BRANCH, {**params, "ref": base_ref}).scalar()
+        if found is not None:
+            return int(found)
+    if base_sha is not None:
+        found = conn.execute(_BY_COMMIT, {**params, "sha": base_sha}).scalar()
+        if found is not None:
+            return int(found)
+    return None
+
+
+def baseline_keys(conn: sa.Connection, scan_id: int) -> set[tuple[str, str]]:
+    """What a finding is the same as in a baseline by: (advisory id, package). A finding emptied by retention has
+    none, so what it was counts as new (fails closed)."""
+    return {(row.cve_id, row.package) for row in conn.execute(_KEYS, {"scan": scan_id})}
