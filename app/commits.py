@@ -1,41 +1,47 @@
-"""A commit's aggregate as stored: the latest judged scan of each of its images, and their most severe findings.
+"""A commit's aggregate: the latest scan of each of its images, their most severe findings, and their baselines.
 
-What ingest, a re-post and the commit page all read to say a commit's state (app.policy.commit_verdict judges it).
+What ingest, a re-post and the commit page all read to say a commit's state: each image's latest scan judged under
+the current policy (`evaluate`), then aggregated by app.policy.commit_verdict.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
+from app import policy
 from app.models import FINDING_PAYLOAD_COLUMNS, SEVERITIES, Finding, PullRequestLink, ScanRun
 
 SEVERITY_ORDER = sa.case({s: i for i, s in enumerate(SEVERITIES)}, value=Finding.severity, else_=len(SEVERITIES))
 FINDING_COLUMNS = FINDING_PAYLOAD_COLUMNS
 
 
-_LATEST_JUDGED_IDS = (
+_LATEST_IDS = (
     sa.select(sa.func.max(ScanRun.id))
     .where(
         ScanRun.org_id == sa.bindparam("org"),
         ScanRun.repo_full_name == sa.bindparam("repo"),
         ScanRun.commit_sha == sa.bindparam("sha"),
-        ScanRun.status != "skipped",
     )
     .group_by(ScanRun.image_ref)
 )
-LATEST_JUDGED = (
+LATEST = (
     sa.select(
         ScanRun.id,
         ScanRun.image_ref,
+        ScanRun.image_name,
         ScanRun.status,
         ScanRun.fixable,
         ScanRun.pr_number,
+        ScanRun.signature_status,
+        ScanRun.signature_issuer,
+        ScanRun.signature_subject,
         *(getattr(ScanRun, s) for s in SEVERITIES),
     )
-    .where(ScanRun.id.in_(_LATEST_JUDGED_IDS))
+    .where(ScanRun.id.in_(_LATEST_IDS))
     .order_by(ScanRun.image_ref)
 )
 
@@ -66,14 +72,19 @@ def top_findings_many(conn: sa.Connection, scan_ids: Sequence[int], limit: int =
     return found
 
 
-class JudgedScan(NamedTuple):
-    """The latest judged scan of one image of a commit, as the commit's aggregate uses it."""
+class LatestScan(NamedTuple):
+    """The latest scan of one image of a commit, as the commit's aggregate uses it (whatever it was judged at upload:
+    the aggregate judges it under the current policy, `evaluate`)."""
 
     id: int
     image_ref: str
+    image_name: str | None
     status: str
     fixable: int
     pr_number: int | None
+    signature_status: str
+    signature_issuer: str | None
+    signature_subject: str | None
     critical: int
     high: int
     medium: int
@@ -81,23 +92,23 @@ class JudgedScan(NamedTuple):
     unknown: int
 
 
-def latest_judged_rows(conn: sa.Connection, org_id: int, repo: str, sha: str) -> list[JudgedScan]:
-    """The latest scan of each image of a commit that was judged (not skipped under block action none)."""
-    return [JudgedScan(*row) for row in conn.execute(LATEST_JUDGED, {"org": org_id, "repo": repo, "sha": sha})]
+def latest_scans(conn: sa.Connection, org_id: int, repo: str, sha: str) -> list[LatestScan]:
+    """The latest scan of each image of a commit."""
+    return [LatestScan(*row) for row in conn.execute(LATEST, {"org": org_id, "repo": repo, "sha": sha})]
 
 
-# The same as one JSON array (PostgreSQL), for a statement that reads it beside other things: `judged_from_json`.
-_judged = LATEST_JUDGED.subquery("judged")
-LATEST_JUDGED_JSON = sa.select(
+# The same as one JSON array (PostgreSQL), for a statement that reads it beside other things: `latest_from_json`.
+_latest = LATEST.subquery("latest")
+LATEST_JSON = sa.select(
     sa.func.coalesce(
-        sa.func.json_agg(sa.func.json_build_array(*(_judged.c[f] for f in JudgedScan._fields))),
+        sa.func.json_agg(sa.func.json_build_array(*(_latest.c[f] for f in LatestScan._fields))),
         sa.literal_column("'[]'::json"),
     )
 ).scalar_subquery()
 
 
-def judged_from_json(value: list[list[Any]]) -> list[JudgedScan]:
-    return [JudgedScan(*row) for row in value]
+def latest_from_json(value: list[list[Any]]) -> list[LatestScan]:
+    return [LatestScan(*row) for row in value]
 
 
 # ---------------------------------------------------------------- baselines (spec section 3)
@@ -109,6 +120,7 @@ _BY_BRANCH = (
         ScanRun.repo_full_name == sa.bindparam("repo"),
         ScanRun.image_name == sa.bindparam("name"),
         ScanRun.ref == sa.bindparam("ref"),
+        ScanRun.id != sa.bindparam("self"),
     )
     .order_by(ScanRun.id.desc())
     .limit(1)
@@ -120,6 +132,7 @@ _BY_COMMIT = (
         ScanRun.repo_full_name == sa.bindparam("repo"),
         ScanRun.commit_sha == sa.bindparam("sha"),
         ScanRun.image_name == sa.bindparam("name"),
+        ScanRun.id != sa.bindparam("self"),
     )
     .order_by(ScanRun.id.desc())
     .limit(1)
@@ -147,11 +160,20 @@ def pr_base(conn: sa.Connection, org_id: int, repo: str, sha: str) -> tuple[str 
 
 
 def baseline(
-    conn: sa.Connection, org_id: int, repo: str, image_name: str, base_ref: str | None, base_sha: str | None
+    conn: sa.Connection,
+    org_id: int,
+    repo: str,
+    image_name: str | None,
+    base_ref: str | None,
+    base_sha: str | None,
+    scan_id: int = 0,
 ) -> int | None:
-    """The baseline of a scan of `image_name` in `repo`: the newest scan of that image name built from the pull
-    request's base branch, else the newest of it at the base commit. None: no baseline, every finding is new."""
-    params = {"org": org_id, "repo": repo, "name": image_name}
+    """The baseline of a scan (`scan_id`, never its own) of `image_name` in `repo`: the newest scan of that image
+    name built from the pull request's base branch, else the newest of it at the base commit. None: no baseline,
+    every finding is new."""
+    if image_name is None:  # a scan stored before image names were (migration 0013): nothing is the same image
+        return None
+    params = {"org": org_id, "repo": repo, "name": image_name, "self": scan_id}
     if base_ref is not None:
         found = conn.execute(_BY_BRANCH, {**params, "ref": base_ref}).scalar()
         if found is not None:
@@ -163,7 +185,93 @@ def baseline(
     return None
 
 
+@dataclass(frozen=True)
+class Baseline:
+    """What an upload's findings are compared with under block_on new: the baseline scan and its (advisory id,
+    package) pairs; scan_id None when no pull request is known or no baseline was found (every finding counts)."""
+
+    scan_id: int | None
+    keys: frozenset[tuple[str, str]] = frozenset()
+
+
+def baseline_of(conn: sa.Connection, org_id: int, repo: str, sha: str, image_name: str | None) -> Baseline:
+    """The baseline of an upload of `image_name` at commit `sha`, with its keys: three indexed reads at most."""
+    base = pr_base(conn, org_id, repo, sha)
+    found = baseline(conn, org_id, repo, image_name, *base) if base is not None else None
+    return Baseline(found, frozenset(baseline_keys(conn, found)) if found is not None else frozenset())
+
+
 def baseline_keys(conn: sa.Connection, scan_id: int) -> set[tuple[str, str]]:
     """What a finding is the same as in a baseline by: (advisory id, package). A finding emptied by retention has
     none, so what it was counts as new (fails closed)."""
     return {(row.cve_id, row.package) for row in conn.execute(_KEYS, {"scan": scan_id})}
+
+
+# ---------------------------------------------------------------- the aggregate under the current policy
+
+
+def _bucket_statement(compare: bool) -> sa.Select[Any]:
+    """A scan's findings counted by (severity, fixable, new): `new` against the baseline's (advisory id, package)
+    pairs when `compare`, else NULL. Synthetic findings are left out (the current policy makes its own), as are
+    findings emptied by retention."""
+    fixable = sa.func.coalesce(Finding.fixed_version, sa.literal_column("''")) != sa.literal_column("''")
+    new: sa.ColumnElement[Any] = sa.null()
+    base = sa.select(Finding.cve_id, Finding.package).where(Finding.scan_run_id == sa.bindparam("base"))
+    keys = base.distinct().subquery("base")
+    inner = sa.select(Finding.severity, fixable.label("fixable")).where(
+        Finding.scan_run_id == sa.bindparam("scan"),
+        Finding.cve_id.is_not(None),
+        sa.func.coalesce(Finding.synthetic, sa.false()) == sa.false(),
+    )
+    if compare:
+        new = keys.c.cve_id.is_(None)
+        inner = inner.outerjoin(keys, sa.and_(keys.c.cve_id == Finding.cve_id, keys.c.package == Finding.package))
+    rows = inner.add_columns(new.label("new")).subquery("f")
+    return sa.select(rows.c.severity, rows.c.fixable, rows.c.new, sa.func.count()).group_by(
+        rows.c.severity, rows.c.fixable, rows.c.new
+    )
+
+
+BUCKETS = {compare: _bucket_statement(compare) for compare in (False, True)}  # built once
+
+
+def buckets(conn: sa.Connection, scan_id: int, baseline_id: int | None) -> dict[policy.Bucket, int]:
+    """How a stored scan's findings fall into the blocking rule's buckets, compared with `baseline_id` if any."""
+    rows = conn.execute(BUCKETS[baseline_id is not None], {"scan": scan_id, "base": baseline_id})
+    return {(severity, bool(fixable), None if new is None else bool(new)): n for severity, fixable, new, n in rows}
+
+
+def evaluate(
+    conn: sa.Connection,
+    pol: policy.Policy,
+    org_id: int,
+    repo: str,
+    sha: str,
+    scans: Sequence[LatestScan],
+    tops: dict[int, list[dict[str, Any]]] | None = None,
+) -> list[policy.ImageResult]:
+    """Each scan judged under the policy as it is now (spec section 4): its findings against the baseline it has
+    now (block_on new), its signature against the signing rules now. A query for the pull request's base, then per
+    scan one for its baseline and one counting its findings. `tops` may hold the scans' top findings already read."""
+    if not scans:
+        return []
+    base = pr_base(conn, org_id, repo, sha) if pol.block_on == "new" else None
+    if tops is None:
+        tops = top_findings_many(conn, [s.id for s in scans])
+    results = []
+    for s in scans:
+        baseline_id = baseline(conn, org_id, repo, s.image_name, *base, scan_id=s.id) if base is not None else None
+        counted = buckets(conn, s.id, baseline_id)
+        signature = policy.Signature(s.signature_status, s.signature_issuer, s.signature_subject)
+        synthetic = policy.signature_findings(pol, signature, s.image_ref)
+        counts, fixable = dict.fromkeys(SEVERITIES, 0), 0
+        for (severity, fixed, _), n in counted.items():
+            if severity in counts:
+                counts[severity] += n
+            fixable += n if fixed else 0
+        counts["critical"] += len(synthetic)
+        judged = policy.tally(pol, counted, len(synthetic))
+        top = [*synthetic, *(f for f in tops.get(s.id, []) if not f.get("synthetic"))]
+        status = policy.scan_status(pol, judged.blocks)
+        results.append(policy.ImageResult(s.image_ref, status, counts, fixable, s.id, top, judged, baseline_id))
+    return results

@@ -163,6 +163,8 @@ class ScanRun(Base):
     accepted: Mapped[int] = mapped_column(default=0)
     duplicates: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    blocking: Mapped[int] = mapped_column(default=0, server_default="0")  # findings that counted toward `status`
+    baseline_scan_id: Mapped[int | None]  # the scan its findings were compared with (block_on new), if one was found
 
     @property
     def severity_counts(self) -> dict[str, int]:
@@ -202,6 +204,12 @@ class Finding(Base):
     # only when true, so every finding stored before it existed, and every finding not cut, hashes as it did.
     truncated: Mapped[bool | None]
     redacted_at: Mapped[datetime | None]
+    # The gate as evaluated at upload (history; what GitHub is shown follows the current policy, app.commits):
+    # whether it counted toward the scan's verdict, whether it is new against the baseline (NULL: no baseline, or
+    # block_on all asked none), and the exception that covered it. Not payload: retention keeps them.
+    blocking: Mapped[bool | None]
+    new: Mapped[bool | None]
+    exception_id: Mapped[int | None]
 
 
 class AuditEvent(Base):
@@ -295,6 +303,22 @@ class CheckRunRecord(Base):
     last_create_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Repost(Base):
+    """A commit whose posted state waits to be evaluated again under the current policy (app.reposts): one row per
+    commit however often it is asked, so a settings change makes at most one outbox item per commit."""
+
+    __tablename__ = "reposts"
+    __table_args__ = (sa.Index("ix_reposts_due", "claimed_until"),)
+
+    org_id: Mapped[int] = mapped_column(sa.ForeignKey("orgs.id", ondelete="CASCADE"), primary_key=True)
+    repo_full_name: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    commit_sha: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
+    base_url: Mapped[str] = mapped_column(sa.String(2048))  # where the posted links point (the asking request's)
+    version: Mapped[int]  # bumped by each ask: a worker done with an older one leaves the row for another pass
+    requested_at: Mapped[datetime]
+    claimed_until: Mapped[datetime | None]  # a worker's lease, on the database's clock
 
 
 class WorkerHeartbeat(Base):

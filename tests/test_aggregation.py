@@ -85,7 +85,7 @@ def test_passing_image_never_turns_a_failing_image_green(app, client, token):
     b1 = up(client, token, B, CLEAN)
     assert b1["status"] == "success"  # B's own verdict
     assert state_of(b1) == "failure"  # the commit's: A still blocks
-    assert b1["commit_status"]["description"] == "2 images · 1 high, 1 low · blocking"
+    assert b1["commit_status"]["description"] == "2 images · 1 high · blocking"  # what blocks
 
     b2 = up(client, token, B, [])  # B again, still passing: A is still failing
     assert b2["status"] == "success" and state_of(b2) == "failure"
@@ -100,7 +100,7 @@ def test_passing_image_never_turns_a_failing_image_green(app, client, token):
 
     b3 = up(client, token, B, CRITICAL)  # now B blocks
     assert b3["status"] == "failure" and state_of(b3) == "failure"
-    assert b3["commit_status"]["description"] == "2 images · 1 critical, 1 low · blocking"
+    assert b3["commit_status"]["description"] == "2 images · 1 critical · blocking"
 
 
 def test_only_the_latest_scan_of_each_image_counts(app, client, token):
@@ -110,7 +110,7 @@ def test_only_the_latest_scan_of_each_image_counts(app, client, token):
     # A's earlier three highs are not added to its latest scan's single critical
     assert a2["commit_status"]["description"] == "1 image · 1 critical · blocking"
     b = up(client, token, B, [finding("CVE-2023-0100", "medium")])
-    assert b["commit_status"]["description"] == "2 images · 1 critical, 1 medium · blocking"
+    assert b["commit_status"]["description"] == "2 images · 1 critical · blocking"
     a3 = up(client, token, A, [])
     assert a3["commit_status"] == {
         "context": "fremforge/image-scan",
@@ -128,13 +128,14 @@ def test_other_commits_and_repos_are_aggregated_apart(app, client, token):
     assert other_repo["commit_status"]["description"] == "1 image · 1 low" and state_of(other_repo) == "success"
 
 
-def test_each_image_keeps_the_verdict_it_got_when_stored(app, client, token):
+def test_stored_verdicts_are_history_the_posted_state_follows_the_current_policy(app, client, token):
     a = up(client, token, A, CRITICAL)  # default policy: warn
     assert a["status"] == "success"
     set_policy(app, "acme", block_action="block_pull")
     b = up(client, token, B, CLEAN)
-    assert state_of(b) == "success"  # A was judged under warn
-    assert b["commit_status"]["description"] == "2 images · 1 critical, 1 low"
+    assert state_of(b) == "failure"  # A judged again under block_pull (spec section 4)
+    assert b["commit_status"]["description"] == "2 images · 1 critical · blocking"
+    assert get_scan(client, token, a["scan_run_id"])["status"] == "success"  # the verdict it got, kept as history
 
 
 # ------------------------------------------------------------------ block actions
@@ -209,7 +210,7 @@ def test_require_signed_unsigned_gets_a_synthetic_critical(app, client, token):
     assert body["fixable"] == 0
     assert body["status"] == "failure"
     assert body["commit_status"]["state"] == "failure"
-    assert body["commit_status"]["description"] == "1 image · 1 critical, 1 low · blocking"
+    assert body["commit_status"]["description"] == "1 image · 1 critical · blocking"
 
     scan = get_scan(client, token, body["scan_run_id"])
     assert scan["signature_status"] == "unsigned"

@@ -251,7 +251,9 @@ def test_count_treats_empty_fixed_version_as_unfixable():
 
 
 def image(ref: str, status: str, fixable: int = 0, **kw: int) -> ImageResult:
-    return ImageResult(ref, status, counts(**kw), fixable)
+    """An image judged under the default rule: its critical and high findings block (or would, under warn)."""
+    tally = policy.Tally({s: n for s, n in kw.items() if s in ("critical", "high") and n})
+    return ImageResult(ref, status, counts(**kw), fixable, tally=tally)
 
 
 def test_commit_verdict_none_posts_nothing():
@@ -268,7 +270,7 @@ def test_any_failing_image_fails_the_commit(order):
     assert v is not None
     assert v.state == "failure"
     assert [i.image_ref for i in v.images] == ["reg/a:1", "reg/b:1"]  # stable order
-    assert v.description == "2 images · 3 critical, 5 high, 2 low · blocking"
+    assert v.description == "2 images · 3 critical, 5 high · blocking"  # what blocks
     assert v.block_action == "block_pull"
 
 
@@ -288,11 +290,11 @@ def test_all_passing_is_success():
 def test_warn_is_success_naming_the_count():
     v = policy.commit_verdict("warn", [image("a", "success", critical=2, high=1), image("b", "success", low=1)])
     assert v is not None and v.state == "success"
-    assert v.description == "2 images · 2 critical, 1 high, 1 low · warning only"
+    assert v.description == "2 images · 2 critical, 1 high · warning only"
 
 
-def test_verdicts_stored_under_another_policy_are_kept():
-    """Each image keeps the verdict it got when stored: a warn-era critical does not fail a later block_pull."""
+def test_the_commit_verdict_aggregates_the_images_verdicts_as_given():
+    """commit_verdict aggregates the images' verdicts; judging them under the current policy is commits.evaluate's."""
     v = policy.commit_verdict("block_pull", [image("a", "success", critical=1), image("b", "success")])
     assert v is not None and v.state == "success"
     v = policy.commit_verdict("warn", [image("a", "failure", critical=1), image("b", "success")])

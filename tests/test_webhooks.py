@@ -528,7 +528,7 @@ def test_check_run_rerequested_starts_a_new_run_with_the_commits_aggregate(app, 
     assert item.scan_run_id == passing and item.commit_sha == CHECK_SHA and item.repo_full_name == "github/hello-world"
     # The aggregate of both images: the later passing image does not turn the failing one green.
     assert item.commit_status["state"] == "failure"
-    assert item.commit_status["description"] == "2 images · 1 critical, 1 low · blocking"
+    assert item.commit_status["description"] == "2 images · 1 critical · blocking"
     assert item.check_run["conclusion"] == "failure" and item.check_run["head_sha"] == CHECK_SHA
     summary = item.check_run["output"]["summary"]  # each image with its own top findings
     a, b = summary.index("ghcr.io/g/a:1"), summary.index("ghcr.io/g/b:1")

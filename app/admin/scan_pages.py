@@ -161,7 +161,14 @@ def commit(slug: str, sha: str) -> ResponseReturnValue:
     rows, more = queries.list_scans(session, org.id, repo=repo, commit_sha=sha, limit=SCANS_PER_COMMIT)
     if not rows:
         abort(404, description=f"No scan of commit {sha} in {repo}.")
-    judged = {r.id for r in commits.latest_judged_rows(session.connection(), org.id, repo, sha)}
+    conn, pol = session.connection(), policy.Policy.from_settings(org_and_settings(slug)[1])
+    latest = commits.latest_scans(conn, org.id, repo, sha)
+    judged = {r.id for r in latest}
+    current = None
+    if pol.enabled:  # the aggregate as a re-post would build it now (spec section 4)
+        current = policy.commit_verdict(
+            pol.block_action, commits.evaluate(conn, pol, org.id, repo, sha, latest), pol.block_on
+        )
     items = queries.outbox_by_scan(session, [r.id for r in rows])
     newest = session.scalars(
         sa.select(OutboxItem)
@@ -182,6 +189,9 @@ def commit(slug: str, sha: str) -> ResponseReturnValue:
         more=more is not None,
         aggregate=newest,
         aggregate_delivery=delivery_state(newest),
+        current=current,
+        pol=pol,
+        not_blocking_labels=policy.NOT_BLOCKING,
     )
 
 

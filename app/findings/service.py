@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,8 @@ _SCAN_COLUMNS = (
     "accepted",
     "duplicates",
     "created_at",
+    "blocking",
+    "baseline_scan_id",
     *SEVERITIES,
 )
 INSERT_SCAN = sa.insert(_scans).values(
@@ -60,10 +63,10 @@ NEXT_SCAN_ID = {
 }
 
 
-# PostgreSQL: the scan inserted, the org's chain head locked and read, and the commit's judged scans as stored
-# before this one (the statement's snapshot does not hold its own insert), in one statement.
+# PostgreSQL: the scan inserted, the org's chain head locked and read, and the latest scan of each of the commit's
+# images as stored before this one (the statement's snapshot does not hold its own insert), in one statement.
 STORE_SCAN_AND_LOCK_HEAD = (
-    sa.select(_heads.c.seq, _heads.c.head_hash, commits.LATEST_JUDGED_JSON.label("judged"))
+    sa.select(_heads.c.seq, _heads.c.head_hash, commits.LATEST_JSON.label("latest"))
     .where(_heads.c.org_id == sa.bindparam("org"))
     .with_for_update(of=_heads)
     .add_cte(INSERT_SCAN.cte("scan"))
@@ -93,24 +96,55 @@ class IngestResult:
         }
 
 
+SYNTHETIC: policy.Bucket = ("synthetic", False, None)  # the synthetic findings' entry in Assessment.blocking_of
+
+
 @dataclass(frozen=True)
 class Assessment:
     """An upload judged under a policy: what ingest stores and posts, made before any lock is taken."""
 
     findings: list[dict[str, Any]]  # the upload's, and the synthetic one of an unsigned image where signing counts
+    buckets: list[policy.Bucket]  # each uploaded finding's (severity, fixable, new), in order
+    blocking_of: dict[policy.Bucket, bool]  # whether a finding of each bucket counts toward the verdict
     counts: dict[str, int]
     fixable: int
     status: str
+    blocking: int  # the findings that counted toward the verdict (block_pull only)
     image: policy.ImageResult  # without its scan id, which the database gives
     section: str  # the image's part of the check run (checks.image_section)
 
 
-def assess(upload: Upload, pol: policy.Policy) -> Assessment:
-    findings = upload.findings + policy.signature_findings(pol, upload.signature, upload.image_ref)
+def assess(upload: Upload, pol: policy.Policy, base: commits.Baseline | None = None) -> Assessment:
+    """Judge an upload under `pol`, its findings compared with `base` (block_on new; None: not compared)."""
+    synthetic = policy.signature_findings(pol, upload.signature, upload.image_ref)
+    findings = upload.findings + synthetic
+    keys = base.keys if base is not None and base.scan_id is not None else None
+    buckets: list[policy.Bucket] = [
+        (f["severity"], bool(f["fixed_version"]), None if keys is None else (f["cve_id"], f["package"]) not in keys)
+        for f in upload.findings
+    ]
+    counted = Counter(buckets)
+    judged = policy.tally(pol, counted, len(synthetic))
+    gating = pol.block_action == "block_pull"
+    blocking_of = {b: gating and policy.reason(pol, *b) is None for b in counted}
+    blocking_of[SYNTHETIC] = gating  # a synthetic signing finding blocks whenever anything can
     counts, fixable = policy.count(findings)
-    status = policy.scan_status(pol, policy.blocking(pol, findings))
-    image = policy.ImageResult(upload.image_ref, status, counts, fixable, None, outbox.top_of(findings))
-    return Assessment(findings, counts, fixable, status, image, checks.image_section(image))
+    status = policy.scan_status(pol, judged.blocks)
+    baseline_id = base.scan_id if base is not None else None
+    image = policy.ImageResult(
+        upload.image_ref, status, counts, fixable, None, outbox.top_of(findings), judged, baseline_id
+    )
+    section = checks.image_section(image, pol.block_action, pol.block_on)
+    blocking = judged.blocks if gating else 0
+    return Assessment(findings, buckets, blocking_of, counts, fixable, status, blocking, image, section)
+
+
+def _compared(conn: sa.Connection, org_id: int, upload: Upload, pol: policy.Policy) -> commits.Baseline | None:
+    """The upload's baseline when the policy asks for one (block_on new)."""
+    if pol.block_on != "new":
+        return None
+    name = fields.image_name(upload.image_ref)
+    return commits.baseline_of(conn, org_id, upload.repo_full_name, upload.commit_sha, name)
 
 
 def ingest(
@@ -124,20 +158,24 @@ def ingest(
     """Store the scan with its findings appended to the org's chain, and the outbox item posting its commit's state.
 
     Locks in the order of `app.locks`: the commit (its aggregate) with the policy (shared), and last the org's
-    chain head. The upload is assessed before any lock under the `expected` policy (as the request read it), and
-    again only if the locked policy differs; its payload hashes are made before the head is locked. None when the
-    policy is disabled (nothing stored). On PostgreSQL three statements and the commit, the head held for the last.
+    chain head. The upload is assessed before any lock under the `expected` policy (as the request read it; its
+    baseline read then too), and again only if the locked policy differs; its payload hashes are made before the
+    head is locked. The commit's other images are judged under the locked policy (`commits.evaluate`). None when
+    the policy is disabled (nothing stored). On PostgreSQL three statements and the commit, the head held for the
+    last (more when the commit has other images).
     """
     now = utcnow()
     repo, sha = upload.repo_full_name, upload.commit_sha
-    assessed = assess(upload, expected) if expected is not None and expected.enabled else None
+    assessed = None
+    if expected is not None and expected.enabled:
+        assessed = assess(upload, expected, _compared(session.connection(), org.id, upload, expected))
     with write_transaction(session):
         conn = session.connection()
         pol, row = locks.lock_commit_and_read(conn, org.id, repo, sha, NEXT_SCAN_ID[conn.dialect.name])
         if not pol.enabled:
             return None
         if assessed is None or pol != expected:
-            assessed = assess(upload, pol)
+            assessed = assess(upload, pol, _compared(conn, org.id, upload, pol))
         scan_id, findings, stamp = row.scan, assessed.findings, chain.timestamp(now)
         hashes = chain.payload_hashes("finding", (chain.finding_payload(org.id, scan_id, stamp, f) for f in findings))
         scan = {
@@ -157,6 +195,8 @@ def ingest(
             "s_accepted": len(upload.findings),
             "s_duplicates": upload.duplicates,
             "s_created_at": now,
+            "s_blocking": assessed.blocking,
+            "s_baseline_scan_id": assessed.image.baseline_scan_id,
             **{f"s_{k}": v for k, v in assessed.counts.items()},
             "pr_org": org.id,
             "pr_repo": repo,
@@ -165,15 +205,17 @@ def ingest(
             "repo": repo,
             "sha": sha,
         }
-        seq, head_hash, judged = _store_scan_and_lock_head(conn, org.id, repo, sha, scan)
+        seq, head_hash, latest = _store_scan_and_lock_head(conn, org.id, repo, sha, scan)
         # The org's chain is held from here to the commit: the aggregate, the rows' links, then one statement.
-        this = dataclasses.replace(assessed.image, scan_run_id=scan_id)
+        others = [s for s in latest if s.image_ref != upload.image_ref]
+        images = [dataclasses.replace(assessed.image, scan_run_id=scan_id)]
+        images += commits.evaluate(conn, pol, org.id, repo, sha, others)
         sections = {upload.image_ref: assessed.section}
-        item = outbox.new_item(conn, org, repo, sha, this, judged, pol.block_action, urls, deliver, sections=sections)
+        item = outbox.new_item(org, repo, sha, scan_id, images, pol, urls, deliver, sections=sections)
         entries, new_seq, new_hash = chain.link(seq, head_hash, hashes)
         store.insert(
             conn,
-            _finding_rows(conn, org.id, scan_id, now, entries, findings),
+            _finding_rows(conn, org.id, scan_id, now, entries, assessed),
             len(findings),
             store.Head(org.id, new_seq, new_hash) if new_seq != seq else None,
             *((item.statements, item.params) if item is not None else ()),
@@ -185,26 +227,26 @@ def ingest(
 
 def _store_scan_and_lock_head(
     conn: sa.Connection, org_id: int, repo: str, sha: str, scan: dict[str, Any]
-) -> tuple[int, str, list[commits.JudgedScan]]:
-    """Insert the scan, then lock the org's chain head: its (seq, hash), and the commit's judged scans stored before.
+) -> tuple[int, str, list[commits.LatestScan]]:
+    """Insert the scan, then lock the org's chain head: its (seq, hash), and the commit's latest scans stored before.
 
     One statement on PostgreSQL; on SQLite, where its one writer holds everything, one after another.
     """
-    row: sa.Row[*tuple[Any, ...]] | None  # (seq, head_hash), with judged on PostgreSQL
+    row: sa.Row[*tuple[Any, ...]] | None  # (seq, head_hash), with latest on PostgreSQL
     if conn.dialect.name == "postgresql":
         row = conn.execute(STORE_SCAN_AND_LOCK_HEAD, scan).one_or_none()
-        judged = commits.judged_from_json(row.judged) if row is not None else None
+        latest = commits.latest_from_json(row.latest) if row is not None else None
     else:
-        judged = commits.latest_judged_rows(conn, org_id, repo, sha)
+        latest = commits.latest_scans(conn, org_id, repo, sha)
         conn.execute(INSERT_SCAN, scan)
         row = conn.execute(LOCK_HEAD, scan).one_or_none()
     if row is None:  # an org made by hand, without its chain head
         conn.execute(sa.insert(_heads).values(org_id=org_id, seq=0, head_hash=GENESIS_HASH))
-        if judged is None:
-            judged = [j for j in commits.latest_judged_rows(conn, org_id, repo, sha) if j.id != scan["s_id"]]
-        return 0, GENESIS_HASH, judged
-    assert judged is not None
-    return row.seq, row.head_hash, judged
+        if latest is None:
+            latest = [j for j in commits.latest_scans(conn, org_id, repo, sha) if j.id != scan["s_id"]]
+        return 0, GENESIS_HASH, latest
+    assert latest is not None
+    return row.seq, row.head_hash, latest
 
 
 def _finding_rows(
@@ -213,12 +255,13 @@ def _finding_rows(
     scan_id: int,
     now: Any,
     entries: list[tuple[int, str, str]],
-    findings: list[dict[str, Any]],
+    assessed: Assessment,
 ) -> Iterator[tuple[Any, ...]]:
     """The findings as rows in store.COLUMNS order, made as they are written, not all held at once."""
     created = store.sqlite_datetime(now) if conn.dialect.name == "sqlite" else now
     dumps = orjson.dumps
-    for (seq, ph, ch), f in zip(entries, findings, strict=True):
+    flags = _flags(assessed)
+    for (seq, ph, ch), f, (blocks, new) in zip(entries, assessed.findings, flags, strict=True):
         yield (
             org_id,
             scan_id,
@@ -238,4 +281,16 @@ def _finding_rows(
             dumps(f["vendor_ids"]).decode(),
             f["synthetic"],
             f.get("truncated") or None,  # NULL unless cut, as for findings stored before the column
+            blocks,
+            new,
+            None,  # exception_id
         )
+
+
+def _flags(assessed: Assessment) -> Iterator[tuple[bool, bool | None]]:
+    """Each finding's (blocking, new): the uploaded ones by their bucket, then the synthetic ones (new: null)."""
+    blocking_of = assessed.blocking_of
+    for b in assessed.buckets:
+        yield blocking_of[b], b[2]
+    for _ in range(len(assessed.findings) - len(assessed.buckets)):
+        yield blocking_of[SYNTHETIC], None

@@ -17,7 +17,18 @@ from sqlalchemy.dialects import postgresql
 
 from app.models import FINDING_PAYLOAD_COLUMNS, ChainHead, Finding
 
-COLUMNS = ("org_id", "scan_run_id", "seq", "payload_hash", "chain_hash", "created_at", *FINDING_PAYLOAD_COLUMNS)
+COLUMNS = (
+    "org_id",
+    "scan_run_id",
+    "seq",
+    "payload_hash",
+    "chain_hash",
+    "created_at",
+    *FINDING_PAYLOAD_COLUMNS,
+    "blocking",
+    "new",
+    "exception_id",
+)
 _QUOTED = ", ".join(f'"{c}"' for c in COLUMNS)
 _SQLITE_INSERT = f"INSERT INTO findings ({_QUOTED}) VALUES ({', '.join('?' * len(COLUMNS))})"
 _POSTGRES_COPY = f"COPY findings ({_QUOTED}) FROM STDIN"

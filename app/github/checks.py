@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 from app import advisories
 from app.models import SEVERITIES
-from app.policy import CONTEXT, DESCRIPTION_LIMIT, CommitVerdict, ImageResult
+from app.policy import CONTEXT, DESCRIPTION_LIMIT, EXCEPTED, NOT_BLOCKING, CommitVerdict, ImageResult
 
 # One dict maps our verdict onto GitHub's vocabularies (commit status state, check run conclusion).
 STATES = {"success": ("success", "success"), "failure": ("failure", "failure")}
@@ -157,16 +157,39 @@ def check_run(
     return body
 
 
-def image_section(image: ImageResult) -> str:
-    """One image's part of the summary: heading with its verdict, severity counts, top findings; then a blank line."""
+def image_section(image: ImageResult, block_action: str, block_on: str) -> str:
+    """One image's part of the summary: heading with its verdict, severity counts, what blocks and what does not
+    (and why), its baseline under block_on new, top findings; then a blank line."""
     mark = "❌" if image.status == "failure" else "✅"
     lines = [f"### {mark} {md_code(image.image_ref, IMAGE_REF_LIMIT)}", ""]
     lines += ["| " + " | ".join(s.capitalize() for s in SEVERITIES) + " | Fixable |"]
     lines += ["|" + "---:|" * (len(SEVERITIES) + 1)]
     lines += ["| " + " | ".join(str(int(image.counts[s])) for s in SEVERITIES) + f" | {int(image.fixable)} |", ""]
+    lines += [split_line(image, block_action, block_on), ""]
     lines += [finding_line(f) for f in image.top_findings[:TOP_FINDINGS]]
     lines.append("")
     return "\n".join(lines)
+
+
+def split_line(image: ImageResult, block_action: str, block_on: str) -> str:
+    """`**Blocking: 2** (2 new high) · Not blocking: 7 (4 below the threshold, 2 unfixed, 1 existing on the base)`,
+    then the baseline: what block_on new compared with, or that there was none and every finding counts."""
+    t = image.tally
+    new = "new " if block_on == "new" else ""
+    blocking = ", ".join(f"{t.blocking[s]} {new}{s}" for s in SEVERITIES if t.blocking.get(s))
+    label = "Blocking" if block_action == "block_pull" else "Would block (warn: not enforced)"
+    text = f"**{label}: {t.blocks}**" + (f" ({blocking})" if blocking else "")
+    why = ", ".join(f"{n} {NOT_BLOCKING[r]}" for r, n in t.not_blocking.items() if r != EXCEPTED)
+    not_blocking = sum(n for r, n in t.not_blocking.items() if r != EXCEPTED)
+    text += f" · Not blocking: {not_blocking}" + (f" ({why})" if why else "")
+    if t.not_blocking.get(EXCEPTED):
+        text += f" · Excepted: {t.not_blocking[EXCEPTED]}"
+    if block_on == "new":
+        if image.baseline_scan_id is None:
+            text += " · No baseline: every finding counts"
+        else:
+            text += f" · Compared with the base's scan {int(image.baseline_scan_id)}"
+    return text
 
 
 def finding_line(f: Any) -> str:
@@ -191,7 +214,7 @@ def summary(verdict: CommitVerdict, sections: Mapping[str, str] | None = None) -
     sections = sections or {}
     lines = [f"**{md_text(verdict.description, TITLE_LIMIT)}** (policy: `{verdict.block_action}`)", ""]
     for image in verdict.images:
-        lines.append(sections.get(image.image_ref) or image_section(image))
+        lines.append(sections.get(image.image_ref) or image_section(image, verdict.block_action, verdict.block_on))
     text = "\n".join(lines)
     if len(text) > SUMMARY_LIMIT:
         cut = "\n\n… (truncated; see the details page for every image)"

@@ -49,41 +49,30 @@ class NewItem:
 
 
 def new_item(
-    conn: sa.Connection,
     org: OrgLike,
     repo: str,
     sha: str,
-    this: policy.ImageResult,
-    judged: Sequence[commits.JudgedScan],
-    block_action: str,
+    scan_run_id: int,
+    images: Sequence[policy.ImageResult],
+    pol: policy.Policy,
     urls: Urls,
     deliver: bool,
-    tops: dict[int, list[dict[str, Any]]] | None = None,
     sections: dict[str, str] | None = None,
 ) -> NewItem | None:
-    """Aggregate the commit's images into the outbox item posting them; None under block action `none` (post nothing,
-    leave earlier posts as they are).
+    """The outbox item posting a commit's aggregate of `images` (the latest scan of each, judged under `pol`, the
+    current policy); None under block action `none` (post nothing, leave earlier posts as they are).
 
-    `judged` holds the latest judged scan of each image as stored before this one; this scan replaces its
-    image's entry. `tops` may hold the other images' top findings already read (by scan id), `sections` images'
-    parts of the check run already rendered (by image ref: `checks.image_section`). With `deliver` false (no
-    GitHub App configured) the row says why it will not be posted.
+    `scan_run_id` is the scan that asked (the newest). `sections` may hold images' parts of the check run already
+    rendered (by image ref: `checks.image_section`). With `deliver` false (no GitHub App configured) the row says
+    why it will not be posted.
     """
-    if block_action == "none":
+    verdict = policy.commit_verdict(pol.block_action, images, pol.block_on)
+    if verdict is None:
         return None
-    others = [r for r in judged if r.image_ref != this.image_ref]
-    if tops is None:
-        tops = commits.top_findings_many(conn, [r.id for r in others])
-    images = [this] + [
-        policy.ImageResult(r.image_ref, r.status, {s: getattr(r, s) for s in SEVERITIES}, r.fixable, r.id, tops[r.id])
-        for r in others
-    ]
-    verdict = policy.commit_verdict(block_action, images)
-    assert verdict is not None
     target = urls.commit(org.slug, repo, sha)
     row = {
         "org_id": org.id,
-        "scan_run_id": this.scan_run_id,
+        "scan_run_id": scan_run_id,
         "repo_full_name": repo,
         "commit_sha": sha,
         "state": "pending" if deliver else "not_delivered",
@@ -97,52 +86,27 @@ def new_item(
     return NewItem(params, deliver)
 
 
-def enqueue(
-    conn: sa.Connection,
-    org: OrgLike,
-    repo: str,
-    sha: str,
-    this: policy.ImageResult,
-    judged: Sequence[commits.JudgedScan],
-    block_action: str,
-    urls: Urls,
-    deliver: bool,
-    tops: dict[int, list[dict[str, Any]]] | None = None,
-) -> dict[str, Any] | None:
-    """Store the outbox item posting the commit's aggregate (see `item`); return the commit status asked, if any."""
-    found = new_item(conn, org, repo, sha, this, judged, block_action, urls, deliver, tops)
-    if found is None:
-        return None
-    for statement in found.statements:
-        conn.execute(statement, found.params)
-    return found.asked
-
-
 def repost(conn: sa.Connection, org: OrgLike, repo: str, sha: str, urls: Urls, deliver: bool) -> dict[str, Any] | None:
-    """Store an outbox item posting a commit's current aggregate again (check run re-requested); return the status
-    asked.
+    """Store an outbox item posting a commit's aggregate as it is now (check run re-requested, the policy changed,
+    a pull request's base learnt); return the commit status asked.
 
-    Rebuilt from the latest judged scan of each image, each with its stored verdict, under the org's current
-    block action: nothing under `none` or a disabled policy, nor for a commit with no judged scan.
+    The latest scan of each image judged under the org's current policy (`commits.evaluate`): nothing under `none`
+    or a disabled policy, nor for a commit with no scan.
     """
     # The locks ingest takes first (a concurrent upload's item stays the newest), and the policy with them.
     pol = locks.commit_and_policy(conn, org.id, repo, sha)
     if not pol.enabled or pol.block_action == "none":
         return None
-    judged = commits.latest_judged_rows(conn, org.id, repo, sha)
-    if not judged:
+    scans = commits.latest_scans(conn, org.id, repo, sha)
+    if not scans:
         return None
-    newest = max(judged, key=lambda r: r.id)
-    tops = commits.top_findings_many(conn, [r.id for r in judged])  # every image's in one query
-    this = policy.ImageResult(
-        newest.image_ref,
-        newest.status,
-        {s: getattr(newest, s) for s in SEVERITIES},
-        newest.fixable,
-        newest.id,
-        tops[newest.id],
-    )
-    return enqueue(conn, org, repo, sha, this, judged, pol.block_action, urls, deliver, tops)
+    images = commits.evaluate(conn, pol, org.id, repo, sha, scans)
+    found = new_item(org, repo, sha, max(s.id for s in scans), images, pol, urls, deliver)
+    if found is None:
+        return None
+    for statement in found.statements:
+        conn.execute(statement, found.params)
+    return found.asked
 
 
 def top_of(findings: list[dict[str, Any]], limit: int = 5) -> list[dict[str, Any]]:

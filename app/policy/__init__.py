@@ -129,24 +129,84 @@ def count(findings: Iterable[Mapping[str, Any]]) -> tuple[dict[str, int], int]:
 # Severities at least as severe as each threshold; unknown meets none.
 _AT_LEAST = {t: frozenset(BLOCK_THRESHOLDS[: BLOCK_THRESHOLDS.index(t) + 1]) for t in BLOCK_THRESHOLDS}
 
+# Why a finding does not block (spec section 3), as the check run and the admin pages name it.
+BELOW_THRESHOLD = "below_threshold"
+UNFIXED = "unfixed"
+EXISTING = "existing"
+EXCEPTED = "excepted"
+NOT_BLOCKING = {
+    BELOW_THRESHOLD: "below the threshold",
+    UNFIXED: "unfixed",
+    EXISTING: "existing on the base",
+    EXCEPTED: "excepted",
+}
 
-def blocks(policy: Policy, finding: Mapping[str, Any], new: bool = True) -> bool:
-    """Whether a finding blocks a merge under `block_pull` (spec section 3): its severity is at least the threshold
-    (unknown never is), it has a fixed version or unfixed ones are not ignored, and it is new or every finding
-    counts. A synthetic signing finding always blocks. `new`: whether the pull request introduces it; a scan without
-    a baseline has every finding new (it fails closed)."""
-    if finding.get("synthetic"):
-        return True
-    if finding["severity"] not in _AT_LEAST[policy.block_threshold]:
-        return False
-    if policy.ignore_unfixed and not finding["fixed_version"]:
-        return False
-    return new or policy.block_on == "all"
+
+def reason(
+    policy: Policy, severity: str | None, fixable: bool, new: bool | None, synthetic: bool = False
+) -> str | None:
+    """Why a finding does not block under the policy's blocking rule, or None when it blocks (spec section 3).
+
+    A finding blocks when its severity is at least the threshold (unknown never is), it has a fixed version or
+    unfixed ones are not ignored, and it is new or every finding counts. `new`: whether the pull request introduces
+    it, None when no baseline is known (it counts as new: fails closed). A synthetic signing finding always blocks.
+    """
+    if synthetic:
+        return None
+    if severity not in _AT_LEAST[policy.block_threshold]:
+        return BELOW_THRESHOLD
+    if policy.ignore_unfixed and not fixable:
+        return UNFIXED
+    if policy.block_on == "new" and new is False:
+        return EXISTING
+    return None
+
+
+def blocks(policy: Policy, finding: Mapping[str, Any], new: bool | None = None) -> bool:
+    """Whether a finding (a dict as uploads and the database give it) meets the blocking rule (`reason`)."""
+    return (
+        reason(policy, finding["severity"], bool(finding["fixed_version"]), new, bool(finding.get("synthetic"))) is None
+    )
 
 
 def blocking(policy: Policy, findings: Iterable[Mapping[str, Any]]) -> int:
     """How many findings block (every finding new: no baseline is known to this upload)."""
     return sum(1 for f in findings if blocks(policy, f))
+
+
+# How a scan's findings are counted for the blocking rule: (severity, fixable, new) -> how many.
+Bucket = tuple[str | None, bool, bool | None]
+
+
+@dataclass(frozen=True)
+class Tally:
+    """How one scan's findings fall under the blocking rule: those that block, by severity, and those that do not,
+    by why (NOT_BLOCKING). Under `warn` the blocking ones are what would block."""
+
+    blocking: Mapping[str, int] = field(default_factory=dict)
+    not_blocking: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def blocks(self) -> int:
+        return sum(self.blocking.values())
+
+
+def tally(policy: Policy, buckets: Mapping[Bucket, int], synthetic: int = 0) -> Tally:
+    """Count `buckets` of a scan's findings (and its `synthetic` signing findings, critical) under the rule."""
+    by_severity = dict.fromkeys(SEVERITIES, 0)
+    by_severity["critical"] += synthetic
+    why = dict.fromkeys(NOT_BLOCKING, 0)
+    for (severity, fixable, new), n in buckets.items():
+        r = reason(policy, severity, fixable, new)
+        if r is None and severity is not None:
+            by_severity[severity] += n
+        elif r is not None:
+            why[r] += n
+    return Tally({s: n for s, n in by_severity.items() if n}, {r: n for r, n in why.items() if n})
+
+
+def bucket_of(finding: Mapping[str, Any], new: bool | None) -> Bucket:
+    return finding["severity"], bool(finding["fixed_version"]), new
 
 
 def scan_status(policy: Policy, blocking: int) -> str:
@@ -168,6 +228,8 @@ class ImageResult:
     fixable: int
     scan_run_id: int | None = None
     top_findings: Sequence[Mapping[str, Any]] = field(default_factory=list)
+    tally: Tally = field(default_factory=Tally)
+    baseline_scan_id: int | None = None  # the scan compared with under block_on new; None: every finding counts
 
 
 @dataclass(frozen=True)
@@ -176,27 +238,35 @@ class CommitVerdict:
     description: str
     images: tuple[ImageResult, ...]
     block_action: str
+    block_on: str = DEFAULT_BLOCK_ON
 
 
-def commit_verdict(block_action: str, images: Iterable[ImageResult]) -> CommitVerdict | None:
+def commit_verdict(block_action: str, images: Iterable[ImageResult], block_on: str = "all") -> CommitVerdict | None:
     """Aggregate the latest scan of each image: failure when any of them blocks. None: post nothing."""
     if block_action == "none":
         return None
     images = tuple(sorted(images, key=lambda i: i.image_ref))
     state = "failure" if any(i.status == "failure" for i in images) else "success"
-    return CommitVerdict(state, describe(state, block_action, images), images, block_action)
+    return CommitVerdict(state, describe(state, block_action, images, block_on), images, block_action, block_on)
 
 
-def describe(state: str, block_action: str, images: tuple[ImageResult, ...]) -> str:
-    """A commit status description within GitHub's 140 characters: `2 images · 3 critical, 5 high · blocking`."""
+def describe(state: str, block_action: str, images: tuple[ImageResult, ...], block_on: str = "all") -> str:
+    """A commit status description within GitHub's 140 characters, naming what blocks: `2 images · 2 new high ·
+    blocking` (under warn, what would block: `· warning only`); when nothing does, every finding's counts."""
+    blocking = {s: sum(i.tally.blocking.get(s, 0) for i in images) for s in SEVERITIES}
     totals = {s: sum(i.counts[s] for i in images) for s in SEVERITIES}
     n = len(images)
     parts = [f"{n} image" + ("" if n == 1 else "s")]
-    named = [f"{totals[s]} {s}" for s in SEVERITIES if totals[s]]
-    parts.append(", ".join(named) if named else "no findings")
+    flagged = state == "failure" or (block_action == "warn" and any(blocking.values()))
+    if flagged and any(blocking.values()):
+        new = "new " if block_on == "new" else ""
+        parts.append(", ".join(f"{blocking[s]} {new}{s}" for s in SEVERITIES if blocking[s]))
+    else:
+        named = [f"{totals[s]} {s}" for s in SEVERITIES if totals[s]]
+        parts.append(", ".join(named) if named else "no findings")
     if state == "failure":
         parts.append("blocking")
-    elif block_action == "warn" and (totals["critical"] or totals["high"]):
+    elif flagged:
         parts.append("warning only")
     text = " · ".join(parts)
     if len(text) > DESCRIPTION_LIMIT:  # shorten the counts, never the image count or the verdict
