@@ -165,6 +165,7 @@ class ScanRun(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     blocking: Mapped[int] = mapped_column(default=0, server_default="0")  # findings that counted toward `status`
     baseline_scan_id: Mapped[int | None]  # the scan its findings were compared with (block_on new), if one was found
+    block_on: Mapped[str | None] = mapped_column(sa.String(10))  # the policy's block_on it was judged under
 
     @property
     def severity_counts(self) -> dict[str, int]:

@@ -43,6 +43,7 @@ _SCAN_COLUMNS = (
     "created_at",
     "blocking",
     "baseline_scan_id",
+    "block_on",
     *SEVERITIES,
 )
 INSERT_SCAN = sa.insert(_scans).values(
@@ -197,6 +198,7 @@ def ingest(
             "s_created_at": now,
             "s_blocking": assessed.blocking,
             "s_baseline_scan_id": assessed.image.baseline_scan_id,
+            "s_block_on": pol.block_on,
             **{f"s_{k}": v for k, v in assessed.counts.items()},
             "pr_org": org.id,
             "pr_repo": repo,

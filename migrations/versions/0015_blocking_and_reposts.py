@@ -1,5 +1,5 @@
 """the gate's record (spec sections 2 and 3): each finding's blocking, new and exception_id as evaluated at upload;
-each scan's blocking count and baseline scan; the commits whose posted state waits to be re-evaluated (reposts)
+each scan's blocking count, baseline scan and block_on; the commits whose posted state waits to be re-evaluated (reposts)
 
 Scans stored before: blocking is what blocked under the rule they were judged by (a high or critical finding of
 a scan that failed); new and exception_id stay NULL (no baseline was asked, no exception existed).
@@ -28,6 +28,7 @@ def upgrade() -> None:
     with op.batch_alter_table("scan_runs") as batch:
         batch.add_column(sa.Column("blocking", sa.Integer(), nullable=False, server_default="0"))
         batch.add_column(sa.Column("baseline_scan_id", sa.Integer(), nullable=True))
+        batch.add_column(sa.Column("block_on", sa.String(10), nullable=True))
     op.execute("UPDATE scan_runs SET blocking = critical + high WHERE status = 'failure'")
     op.execute(
         "UPDATE findings SET blocking = (severity IN ('critical', 'high') AND scan_run_id IN "
@@ -50,6 +51,7 @@ def downgrade() -> None:
     op.drop_index("ix_reposts_due", table_name="reposts")
     op.drop_table("reposts")
     with op.batch_alter_table("scan_runs") as batch:
+        batch.drop_column("block_on")
         batch.drop_column("baseline_scan_id")
         batch.drop_column("blocking")
     with op.batch_alter_table("findings") as batch:
