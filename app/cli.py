@@ -20,6 +20,7 @@ from app.github.client import github_app
 from app.models import BLOCK_ACTIONS, BLOCK_ON, BLOCK_THRESHOLDS, Org, utcnow
 from app.policy import settings as policy_settings
 from app.web import auth
+from app.web.urls import Urls
 
 db_cli = AppGroup("db", help="Create or migrate the schema.")
 orgs_cli = AppGroup("orgs", help="Organisations.")
@@ -221,7 +222,10 @@ def policy_set(
     org = _org(slug)
     with write_transaction(session):
         settings = orgs.settings_for_update(session, org.id)
-        policy_settings.apply(session, settings, changes, actor="cli")
+        repost = None
+        if current_app.config["GITHUB_APP_CONFIGURED"]:  # links as `make run` serves them without PUBLIC_URL
+            repost = Urls(current_app.config.get("PUBLIC_URL") or LOCAL_URL)
+        policy_settings.apply(session, settings, changes, actor="cli", repost=repost)
     _echo_json(policy_settings.as_dict(settings))
 
 

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from app import clock, db
 from app.chain import retention
 from app.db import write_transaction
-from app.github import posting
+from app.github import outbox, posting
 from app.github.client import GitHubApp
 from app.models import WorkerHeartbeat, utcnow
 
@@ -94,7 +94,8 @@ class Loop:
         return True
 
     def step(self) -> int:
-        """Run retention when due, deliver one round; the rows handled."""
+        """Run retention when due, store the outbox items of commits asked to be posted again, deliver one round;
+        the rows handled."""
         self.round_began = time.monotonic()
         if self.once:
             beat(db.session(), self.name, self.started)
@@ -106,9 +107,13 @@ class Loop:
             released = posting.release_worker(db.session(), self.name)
             self.holding_rows = False
             log.info("worker.released rows=%s", released)
+        # Commits asked to be posted again (a settings change, a pull request's base learnt) become outbox items
+        # first, so this round delivers them.
+        reposted = outbox.repost_asked(db.session(), deliver=True, stopping=self.stop.is_set)
         handled = posting.run_once(
             db.session(), self.gh, worker=self.name, parallel=self.parallel, stopping=self.stop.is_set
         )
+        handled += reposted
         self.handled += handled
         return handled
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from flask import flash, g, redirect, render_template, request, url_for
+from flask import current_app, flash, g, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from pydantic_core import ErrorDetails
 from werkzeug.datastructures import MultiDict
@@ -17,6 +17,7 @@ from app.admin.pages import SECTION, WHOLE_NUMBER, org_and_settings
 from app.db import write_transaction
 from app.models import BLOCK_THRESHOLDS
 from app.policy import settings as policy_settings
+from app.web import urls
 
 MAX_RETENTION_DAYS = policy_settings.MAX_RETENTION_DAYS
 
@@ -63,7 +64,8 @@ def settings(slug: str) -> ResponseReturnValue:
             session = db.session()
             with write_transaction(session):
                 row = orgs.settings_for_update(session, org.id)
-                changed = policy_settings.apply(session, row, changes, g.admin.actor)
+                repost = urls.for_request() if current_app.config["GITHUB_APP_CONFIGURED"] else None
+                changed = policy_settings.apply(session, row, changes, g.admin.actor, repost)
             if changed:
                 flash("Saved: " + ", ".join(SETTING_LABELS[k].lower() for k in changed) + ".", "success")
             else:

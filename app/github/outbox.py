@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
-from app import commits, locks, policy
+from app import commits, locks, policy, reposts
 from app.clock import database_now
+from app.db import write_transaction
 from app.github import checks
 from app.models import SEVERITIES, OutboxItem, utcnow
 from app.web.urls import Urls
 
 NO_APP = "no GitHub App configured"
+log = logging.getLogger(__name__)
 
 
 class OrgLike(Protocol):
@@ -107,6 +111,34 @@ def repost(conn: sa.Connection, org: OrgLike, repo: str, sha: str, urls: Urls, d
     for statement in found.statements:
         conn.execute(statement, found.params)
     return found.asked
+
+
+def repost_asked(
+    session: Session, deliver: bool, limit: int = reposts.BATCH, stopping: Callable[[], bool] | None = None
+) -> int:
+    """Store the outbox item of each commit asked to be posted again (`app.reposts`), a batch at a time; the commits
+    handled. Rows left (the worker stopping, an error) are leased again once their lease ends."""
+    handled = 0
+    for row in reposts.claim(session, limit):
+        if stopping is not None and stopping():
+            break
+        with write_transaction(session):
+            conn = session.connection()
+            org = _Org(row.org_id, row.slug)
+            repost(conn, org, row.repo_full_name, row.commit_sha, Urls(row.base_url), deliver)
+            conn.execute(
+                reposts.DONE,
+                {"org": row.org_id, "repo": row.repo_full_name, "sha": row.commit_sha, "version": row.version},
+            )
+        handled += 1
+    if handled:
+        log.info("reposts.stored commits=%s", handled)
+    return handled
+
+
+class _Org(NamedTuple):
+    id: int
+    slug: str
 
 
 def top_of(findings: list[dict[str, Any]], limit: int = 5) -> list[dict[str, Any]]:

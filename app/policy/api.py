@@ -9,7 +9,7 @@ from flask import Blueprint, current_app, request
 from app import db, orgs
 from app.db import write_transaction
 from app.policy import settings as policy_settings
-from app.web import auth, bodies
+from app.web import auth, bodies, urls
 from app.web.errors import validation_failed
 
 bp = Blueprint("settings_api", __name__, url_prefix="/api/v1/orgs/<slug>/image-scans/settings")
@@ -36,5 +36,6 @@ def change(slug: str) -> dict[str, Any]:
     session = db.session()
     with write_transaction(session):
         settings = orgs.settings_for_update(session, org.id)
-        policy_settings.apply(session, settings, changes, auth.actor(token))
+        repost = urls.for_request() if current_app.config["GITHUB_APP_CONFIGURED"] else None
+        policy_settings.apply(session, settings, changes, auth.actor(token), repost)
     return policy_settings.as_dict(settings)

@@ -7,8 +7,10 @@ from typing import Annotated, Any, Literal
 import regex
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from app import reposts
 from app.chain import audit
 from app.models import OrgSettings, utcnow
+from app.web.urls import Urls
 
 MAX_RETENTION_DAYS = 3650
 
@@ -72,8 +74,19 @@ def as_dict(s: OrgSettings) -> dict[str, Any]:
     }
 
 
-def apply(session: Any, settings: OrgSettings, changes: dict[str, Any], actor: str) -> dict[str, Any]:
-    """Apply validated changes in the caller's write transaction; record old -> new; return what changed."""
+# The settings a verdict depends on: changing one re-posts the org's open pull request heads and recent commits.
+VERDICT_SETTINGS = frozenset(
+    {"enabled", "block_action", "require_signed", "allowed_issuers", "block_threshold", "ignore_unfixed", "block_on"}
+)
+
+
+def apply(
+    session: Any, settings: OrgSettings, changes: dict[str, Any], actor: str, repost: Urls | None = None
+) -> dict[str, Any]:
+    """Apply validated changes in the caller's write transaction; record old -> new; return what changed.
+
+    A change a verdict depends on asks for the affected commits to be posted again (`app.reposts`), with links
+    under `repost`; None: nothing is posted (no GitHub App configured)."""
     before = as_dict(settings)
     changed = {k: {"old": before[k], "new": v} for k, v in changes.items() if before[k] != v}
     if not changed:
@@ -82,6 +95,9 @@ def apply(session: Any, settings: OrgSettings, changes: dict[str, Any], actor: s
         setattr(settings, key, diff["new"])
     settings.updated_at = utcnow()
     audit.record(session, settings.org_id, audit.Action.SETTINGS_CHANGED, actor, {"changes": changed})
+    if repost is not None and VERDICT_SETTINGS & changed.keys():
+        session.flush()  # the new settings are what the worker judges by; it waits for this transaction's lock
+        reposts.ask_for_org(session.connection(), settings.org_id, repost)
     return changed
 
 

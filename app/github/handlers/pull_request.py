@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from app import fields
+from app import fields, reposts
 from app.github.handlers.common import org_of_repository_event, upsert_for
 from app.github.router import BadPayload, Context, Router, get, need_int, need_str
 from app.models import PullRequestLink, ScanRun, utcnow
@@ -48,16 +48,25 @@ def _upsert_link_statement(dialect: str) -> Any:
 UPSERT_LINK = {dialect: _upsert_link_statement(dialect) for dialect in ("postgresql", "sqlite")}  # built once
 
 
-@router.register("pull_request", "opened", "synchronize", "reopened")
+@router.register("pull_request", "opened", "synchronize", "reopened", "edited")
 def pull_request_head(session: Session, payload: dict[str, Any], ctx: Context) -> str | None:
-    """The PR is open at this head commit: remember it, and link the commit's scans stored so far to it.
+    """The PR is open at this head commit (or was edited: its base may have changed): remember it with its base,
+    link the commit's scans stored so far to it, and, when there are any, ask for the commit to be posted again:
+    its baseline (block_on new) may be new to it.
 
     Scans uploaded later take the number at ingest (queries.PR_OF_COMMIT, a subquery of the scan insert).
     """
-    link = _upsert_link(session, payload, "open")
+    state = "closed" if get(payload, "pull_request", "state") == "closed" else "open"  # an edited closed PR stays so
+    link = _upsert_link(session, payload, state)
     if link is None:
         return "ignored"
-    session.connection().execute(LINK_SCANS, link)
+    if state == "closed":
+        return None
+    conn = session.connection()
+    scanned = conn.execute(LINK_SCANS, link).rowcount
+    if scanned and link["changed"] and ctx.deliver:
+        reposts.ask(conn, link["org"], link["repo"], link["sha"], ctx.urls)
+        return "queued"
     return None
 
 
@@ -79,7 +88,7 @@ def _upsert_link(session: Session, payload: dict[str, Any], state: str) -> dict[
     stamp = _github_time(get(payload, "pull_request", "updated_at")) or utcnow()
     base_ref, base_sha = _base(payload)
     conn = session.connection()
-    conn.execute(
+    changed = conn.execute(
         UPSERT_LINK[conn.dialect.name],
         {
             "org_id": org.id,
@@ -91,8 +100,9 @@ def _upsert_link(session: Session, payload: dict[str, Any], state: str) -> dict[
             "state": state,
             "updated_at": stamp,
         },
-    )
-    return {"org": org.id, "repo": repo, "sha": sha, "number": number}
+    ).rowcount
+    # changed: the event was at least as new as what was known (an older one redelivered changes nothing)
+    return {"org": org.id, "repo": repo, "sha": sha, "number": number, "changed": bool(changed)}
 
 
 def _base(payload: dict[str, Any]) -> tuple[str | None, str | None]:

@@ -1,0 +1,149 @@
+"""Re-posting: what changes a verdict re-posts the affected commits' aggregates under the current policy (spec
+section 4) — a settings change (every commit that is the head of an open pull request or was scanned in the last
+RECENT), a pull request's link or base learnt (its head commit).
+
+`ask_for_org` and `ask` record the commits in the same transaction as the change: one row per commit however often
+asked, so a burst of changes makes at most one outbox item per commit each time the worker comes round. The worker
+(`app.github.outbox.repost_asked`) leases a batch of rows on the database's clock (`claim`) and stores each commit's
+outbox item with `outbox.repost` (the commit's lock, then the policy as it is by then), in a transaction of its own
+that also removes the row (`DONE`) — unless it was asked again meanwhile (its version moved): then it stays for the
+next round. A worker that dies mid-batch leaves its rows to be leased again when the lease ends: nothing is lost.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from app import clock
+from app.db import write_transaction
+from app.models import Org, PullRequestLink, Repost, ScanRun
+from app.web.urls import Urls
+
+RECENT = timedelta(days=7)
+LEASE = timedelta(minutes=2)
+BATCH = 200
+
+_reposts = Repost.__table__
+_scans = ScanRun.__table__
+_links = PullRequestLink.__table__
+_orgs = Org.__table__
+
+# The commits a change of the org's policy affects: scanned in the last RECENT, or the head of an open pull request
+# (with a scan: a head never scanned has nothing to post).
+_RECENT = sa.select(_scans.c.org_id, _scans.c.repo_full_name, _scans.c.commit_sha).where(
+    _scans.c.org_id == sa.bindparam("org"), _scans.c.created_at >= sa.bindparam("since")
+)
+_OPEN_HEADS = (
+    sa.select(_scans.c.org_id, _scans.c.repo_full_name, _scans.c.commit_sha)
+    .join(
+        _links,
+        sa.and_(
+            _links.c.org_id == _scans.c.org_id,
+            _links.c.repo_full_name == _scans.c.repo_full_name,
+            _links.c.head_sha == _scans.c.commit_sha,
+        ),
+    )
+    .where(_links.c.org_id == sa.bindparam("org"), _links.c.state == "open")
+)
+_AFFECTED = sa.union(_RECENT, _OPEN_HEADS).subquery("affected")
+
+
+def _upsert(dialect: str, source: sa.Select[Any] | None) -> Any:
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(_reposts)
+    if source is not None:
+        insert = insert.from_select(
+            ["org_id", "repo_full_name", "commit_sha", "base_url", "version", "requested_at"], source
+        )
+    else:
+        insert = insert.values(
+            org_id=sa.bindparam("org"),
+            repo_full_name=sa.bindparam("repo"),
+            commit_sha=sa.bindparam("sha"),
+            base_url=sa.bindparam("base_url"),
+            version=1,
+            requested_at=sa.bindparam("now"),
+        )
+    return insert.on_conflict_do_update(
+        index_elements=["org_id", "repo_full_name", "commit_sha"],
+        set_={
+            "version": _reposts.c.version + 1,
+            "base_url": insert.excluded.base_url,
+            "requested_at": insert.excluded.requested_at,
+            "claimed_until": None,
+        },
+    )
+
+
+# SQLite parses INSERT ... SELECT ... ON CONFLICT only when the SELECT has a WHERE clause.
+_FROM_AFFECTED = sa.select(
+    _AFFECTED.c.org_id,
+    _AFFECTED.c.repo_full_name,
+    _AFFECTED.c.commit_sha,
+    sa.bindparam("base_url", type_=sa.String),
+    sa.literal(1),
+    sa.bindparam("now", type_=sa.DateTime),
+).where(sa.true())
+ASK_FOR_ORG = {dialect: _upsert(dialect, _FROM_AFFECTED) for dialect in ("postgresql", "sqlite")}  # built once
+ASK_ONE = {dialect: _upsert(dialect, None) for dialect in ("postgresql", "sqlite")}
+
+
+def ask_for_org(conn: sa.Connection, org_id: int, urls: Urls) -> int:
+    """Ask for every commit the org's policy decides to be posted again (its settings changed); how many."""
+    now = clock.now_of(conn)
+    params = {"org": org_id, "since": now - RECENT, "base_url": urls.base_url, "now": now}
+    return int(conn.execute(ASK_FOR_ORG[conn.dialect.name], params).rowcount or 0)
+
+
+def ask(conn: sa.Connection, org_id: int, repo: str, sha: str, urls: Urls) -> None:
+    """Ask for one commit to be posted again (a pull request's link or base learnt)."""
+    params = {"org": org_id, "repo": repo, "sha": sha, "base_url": urls.base_url, "now": clock.now_of(conn)}
+    conn.execute(ASK_ONE[conn.dialect.name], params)
+
+
+_DUE = (
+    sa.select(_reposts.c.org_id, _reposts.c.repo_full_name, _reposts.c.commit_sha)
+    .where(sa.or_(_reposts.c.claimed_until.is_(None), _reposts.c.claimed_until <= sa.bindparam("now")))
+    .order_by(_reposts.c.requested_at)
+    .limit(sa.bindparam("limit"))
+)
+_KEY = sa.tuple_(_reposts.c.org_id, _reposts.c.repo_full_name, _reposts.c.commit_sha)
+DONE = sa.delete(_reposts).where(
+    _reposts.c.org_id == sa.bindparam("org"),
+    _reposts.c.repo_full_name == sa.bindparam("repo"),
+    _reposts.c.commit_sha == sa.bindparam("sha"),
+    _reposts.c.version == sa.bindparam("version"),
+)
+
+
+def claim(session: Session, limit: int = BATCH) -> list[sa.Row[Any]]:
+    """Lease up to `limit` asked commits (oldest asked first) until LEASE from now on the database's clock: their
+    keys, versions, base URLs and orgs' slugs."""
+    with write_transaction(session):
+        conn = session.connection()
+        now = clock.now_of(conn)
+        due = _DUE
+        if conn.dialect.name == "postgresql":
+            due = due.with_for_update(skip_locked=True)
+        keys = conn.execute(due, {"now": now, "limit": limit}).all()
+        if not keys:
+            return []
+        conn.execute(sa.update(_reposts).where(_KEY.in_([tuple(k) for k in keys])).values(claimed_until=now + LEASE))
+        rows = conn.execute(
+            sa.select(_reposts, _orgs.c.slug)
+            .join(_orgs, _orgs.c.id == _reposts.c.org_id)
+            .where(_KEY.in_([tuple(k) for k in keys]))
+            .order_by(_reposts.c.requested_at)
+        ).all()
+        return list(rows)
+
+
+def pending(conn: sa.Connection, org_id: int) -> int:
+    """How many commits of the org wait to be posted again."""
+    return int(
+        conn.execute(sa.select(sa.func.count()).select_from(_reposts).where(_reposts.c.org_id == org_id)).scalar_one()
+    )

@@ -1,0 +1,287 @@
+"""Re-posting under the current policy (spec section 4): a settings change, and a pull request's base learnt after the
+upload, re-post the affected commits through the outbox; asserted on what the fake GitHub ends up showing."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import json
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+
+from app import db, reposts
+from app.github.client import github_app
+from app.models import OutboxItem, Repost, ScanRun
+from app.worker import Loop
+from tests.conftest import INSTALLATION, MakeApp, app_with_github, org_with_installation
+from tests.factories import finding, make_org, make_token, post, seed
+from tests.fakes import FakeGitHub
+
+REPO = "acme/api"
+IMAGE = "ghcr.io/acme/api"
+SECRET = "webhook-secret"  # tests.fakes.github_app_config
+
+
+@pytest.fixture
+def app(make_app: MakeApp, fake_github: FakeGitHub) -> Flask:
+    return app_with_github(make_app, fake_github, [REPO])
+
+
+@pytest.fixture
+def token(app: Flask) -> str:
+    return org_with_installation(app)  # block_pull
+
+
+def sha_of(name: str) -> str:
+    return hashlib.sha1(name.encode()).hexdigest()
+
+
+def upload(client: Any, token: str, sha: str, findings: list[dict], image: str = f"{IMAGE}:1", **extra: Any) -> dict:
+    r = post(client, token, seed(findings, image_ref=image, sha=sha, repo=REPO, **extra))
+    assert r.status_code == 202, r.json
+    return r.json
+
+
+def settings(client: Any, token: str, **change: Any) -> dict:
+    r = client.put("/api/v1/orgs/acme/image-scans/settings", json=change, headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200, r.json
+    return r.json
+
+
+def pull_request(
+    client: Any,
+    number: int,
+    head: str,
+    base: str = "main",
+    base_sha: str | None = None,
+    action: str = "opened",
+    at=None,
+) -> dict:
+    """A signed pull_request delivery with what the handler reads (GitHub sends much more)."""
+    return deliver(
+        client,
+        "pull_request",
+        {
+            "action": action,
+            "number": number,
+            "pull_request": {
+                "number": number,
+                "state": "open",
+                "updated_at": at or "2026-12-01T10:00:00Z",
+                "head": {"sha": head, "ref": f"feature-{number}"},
+                "base": {"sha": base_sha or sha_of(f"base-{base}"), "ref": base},
+            },
+        },
+    )
+
+
+def rerun(client: Any, sha: str) -> dict:
+    """A reviewer's "Re-run" of the check run."""
+    doc = {"action": "rerequested", "check_run": {"name": "fremforge/image-scan", "head_sha": sha}}
+    return deliver(client, "check_run", doc)
+
+
+def deliver(client: Any, event: str, doc: dict[str, Any]) -> dict:
+    """POST a delivery signed as GitHub signs it; what the handlers read of the repository and installation added."""
+    doc = {**doc, "repository": {"full_name": REPO, "name": "api", "owner": {"login": "acme"}}}
+    body = json.dumps({**doc, "installation": {"id": INSTALLATION}}).encode()
+    headers = {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": event,
+        "X-GitHub-Delivery": str(uuid.uuid4()),
+        "X-Hub-Signature-256": "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest(),
+    }
+    r = client.post("/webhooks/github", data=body, headers=headers)
+    assert r.status_code in (200, 202), r.json
+    return r.json
+
+
+def work(app: Flask) -> int:
+    """The worker until nothing is left: asked commits become outbox items, and those are delivered."""
+    with app.app_context():
+        gh = github_app()
+        assert gh is not None
+        return Loop(gh, once=True).run()
+
+
+def shown(fake: FakeGitHub, sha: str) -> tuple[str, str] | None:
+    """What GitHub shows for the commit: the newest status (state, description), and the check run agrees."""
+    status = fake.latest_status("acme", "api", sha)
+    if status is None:
+        return None
+    runs = fake.runs_of("acme", "api", sha)
+    assert runs and runs[-1]["conclusion"] == status["state"], (runs, status)
+    return status["state"], status["description"]
+
+
+def items(app: Flask) -> list[OutboxItem]:
+    with app.app_context():
+        return list(db.session().scalars(sa.select(OutboxItem).order_by(OutboxItem.id)))
+
+
+HIGH = [finding(cve_id="CVE-2024-0001", severity="high", package="openssl")]
+CLEAN = [finding(cve_id="CVE-2024-0002", severity="low", package="zlib")]
+
+
+# ---------------------------------------------------------------- a settings change
+
+
+def test_block_pull_to_warn_turns_open_pull_request_heads_green_and_back_red(app, client, token, fake_github):
+    heads = [sha_of(f"head-{n}") for n in range(3)]
+    for n, sha in enumerate(heads, start=1):
+        upload(client, token, sha, HIGH)
+        pull_request(client, n, sha)
+    work(app)
+    assert [shown(fake_github, sha) for sha in heads] == [("failure", "1 image · 1 high · blocking")] * 3
+
+    settings(client, token, block_action="warn")
+    work(app)
+    assert [shown(fake_github, sha) for sha in heads] == [("success", "1 image · 1 high · warning only")] * 3
+
+    settings(client, token, block_action="block_pull")
+    work(app)
+    assert [shown(fake_github, sha) for sha in heads] == [("failure", "1 image · 1 high · blocking")] * 3
+
+
+def test_a_threshold_change_reposts_and_an_old_commit_outside_the_window_is_left(app, client, token, fake_github):
+    recent, old, old_pr_head = sha_of("recent"), sha_of("old"), sha_of("old-pr-head")
+    for sha in (recent, old, old_pr_head):
+        upload(client, token, sha, HIGH)
+    pull_request(client, 9, old_pr_head)
+    work(app)
+    with app.app_context():  # two scans from before the window; one is still the head of an open pull request
+        session = db.session()
+        session.execute(
+            sa.update(ScanRun)
+            .where(ScanRun.commit_sha.in_([old, old_pr_head]))
+            .values(created_at=ScanRun.created_at - reposts.RECENT - timedelta(days=1))
+        )
+        session.commit()
+    settings(client, token, block_threshold="critical")
+    work(app)
+    assert shown(fake_github, recent) == ("success", "1 image · 1 high")
+    assert shown(fake_github, old_pr_head) == ("success", "1 image · 1 high")
+    assert shown(fake_github, old) == ("failure", "1 image · 1 high · blocking")  # not re-posted
+
+
+def test_changes_before_the_worker_comes_make_one_outbox_item_per_commit(app, client, token, fake_github):
+    heads = [sha_of(f"burst-{n}") for n in range(4)]
+    for sha in heads:
+        upload(client, token, sha, HIGH)
+    work(app)
+    before = len(items(app))
+    settings(client, token, block_action="warn")
+    settings(client, token, block_threshold="critical")
+    settings(client, token, block_action="block_pull", ignore_unfixed=True)
+    with app.app_context():
+        asked = db.session().execute(sa.select(Repost.commit_sha, Repost.version)).all()
+    assert sorted(asked) == sorted((sha, 3) for sha in heads)
+    work(app)
+    assert len(items(app)) == before + len(heads)
+    assert {shown(fake_github, sha) for sha in heads} == {("success", "1 image · 1 high")}  # below critical
+
+
+def test_a_change_nothing_depends_on_asks_for_nothing(app, client, token):
+    upload(client, token, sha_of("c"), HIGH)
+    settings(client, token, retention_days=30)
+    with app.app_context():
+        assert reposts.pending(db.session().connection(), 1) == 0
+
+
+def test_without_a_github_app_nothing_is_asked(make_app):
+    app = make_app()
+    make_org(app, block_action="block_pull")
+    token = make_token(app)
+    client = app.test_client()
+    upload(client, token, sha_of("no-app"), HIGH)
+    settings(client, token, block_action="warn")
+    with app.app_context():
+        assert db.session().scalar(sa.select(sa.func.count()).select_from(Repost)) == 0
+
+
+def test_a_worker_that_dies_holding_asked_commits_loses_none(app, client, token, fake_github):
+    sha = sha_of("lease")
+    upload(client, token, sha, HIGH)
+    work(app)
+    settings(client, token, block_action="warn")
+    with app.app_context():
+        assert [r.commit_sha for r in reposts.claim(db.session())] == [sha]  # leased, then the worker dies
+    work(app)
+    assert shown(fake_github, sha)[0] == "failure"  # the lease holds: no other worker takes it yet
+    with app.app_context():  # the lease runs out (on the database's clock)
+        session = db.session()
+        session.execute(sa.update(Repost).values(claimed_until=Repost.requested_at - timedelta(minutes=1)))
+        session.commit()
+    work(app)
+    assert shown(fake_github, sha) == ("success", "1 image · 1 high · warning only")
+    with app.app_context():
+        assert reposts.pending(db.session().connection(), 1) == 0
+
+
+# ---------------------------------------------------------------- a pull request learnt later
+
+
+def test_a_pull_request_learnt_after_the_upload_reposts_with_its_baseline(app, client, token, fake_github):
+    settings(client, token, block_on="new")
+    base, head = sha_of("main-tip"), sha_of("feature")
+    upload(client, token, base, HIGH, ref="refs/heads/main")
+    body = upload(client, token, head, HIGH, ref="refs/pull/5/merge")
+    assert body["status"] == "failure"  # no pull request known yet: every finding counts
+    work(app)
+    assert shown(fake_github, head) == ("failure", "1 image · 1 new high · blocking")
+    run = fake_github.runs_of("acme", "api", head)[-1]
+    assert "No baseline: every finding counts" in run["output"]["summary"]
+
+    assert pull_request(client, 5, head, base="main") == {"status": "queued"}
+    work(app)
+    assert shown(fake_github, head) == ("success", "1 image · 1 high")
+    summary = fake_github.runs_of("acme", "api", head)[-1]["output"]["summary"]
+    assert "1 existing on the base" in summary and "Compared with the base's scan" in summary
+
+
+def test_a_base_changed_by_an_edit_reposts_against_the_new_base(app, client, token, fake_github):
+    settings(client, token, block_on="new")
+    head = sha_of("edited-head")
+    upload(client, token, sha_of("main"), HIGH, ref="refs/heads/main")
+    upload(client, token, sha_of("release"), CLEAN, ref="refs/heads/release")
+    upload(client, token, head, HIGH, ref="refs/pull/6/merge")
+    pull_request(client, 6, head, base="main")
+    work(app)
+    assert shown(fake_github, head)[0] == "success"  # the high is on main already
+    pull_request(client, 6, head, base="release", action="edited", at="2026-12-01T11:00:00Z")
+    work(app)
+    assert shown(fake_github, head) == ("failure", "1 image · 1 new high · blocking")  # not on release
+
+
+# ---------------------------------------------------------------- two images never turn green by any order
+
+
+EVENTS = ("upload_a", "upload_b", "pull_request", "settings", "rerun")
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(EVENTS))[::5])  # 24 of the 120 orders
+def test_a_failing_image_a_never_turns_green_by_any_order_of_events(app, client, token, fake_github, order):
+    sha, flip = sha_of("-".join(order)), itertools.cycle([True, False])
+    uploaded_a = False
+    for event in order:
+        if event == "upload_a":
+            upload(client, token, sha, HIGH, image="ghcr.io/acme/a:1")
+            uploaded_a = True
+        elif event == "upload_b":
+            upload(client, token, sha, CLEAN, image="ghcr.io/acme/b:1")
+        elif event == "pull_request":
+            pull_request(client, 3, sha)
+        elif event == "settings":  # changes a verdict could depend on, none that lets A's fixable high pass
+            settings(client, token, ignore_unfixed=next(flip), block_on="new")
+        elif event == "rerun":
+            rerun(client, sha)
+        work(app)
+        if uploaded_a:
+            state = shown(fake_github, sha)
+            assert state is not None and state[0] == "failure", (order, event, state)
