@@ -303,6 +303,8 @@ SCHEMAS: dict[str, Any] = {
             "url",
             "commit_status",
             "ref",
+            "blocking",
+            "baseline_scan_id",
         ],
         "properties": {
             "scan_run_id": {"type": "integer"},
@@ -315,6 +317,16 @@ SCHEMAS: dict[str, Any] = {
             "block_action": {"enum": list(BLOCK_ACTIONS)},
             "severity_counts": _ref("SeverityCounts"),
             "fixable": COUNT,
+            "blocking": {
+                **COUNT,
+                "description": "How many of its findings blocked: counted toward its status under block_pull, by the "
+                "blocking rule as it was at upload (0 under warn and none).",
+            },
+            "baseline_scan_id": {
+                **_nullable({"type": "integer"}),
+                "description": "The scan its findings were compared with under block_on new; null when none was found "
+                "(every finding counted) or block_on was all.",
+            },
             "accepted": COUNT,
             "duplicates": COUNT,
             "signature_status": {"enum": ["signed", "unsigned", "unknown"]},
@@ -327,10 +339,27 @@ SCHEMAS: dict[str, Any] = {
     },
     "Finding": {
         "type": "object",
-        "required": ["seq", "redacted", "payload_hash", "chain_hash"],
+        "required": ["seq", "redacted", "payload_hash", "chain_hash", "blocking", "new", "exception_id"],
         "properties": {
             "seq": {"type": "integer"},
-            "redacted": {"type": "boolean", "description": "Retention removed the payload; the hashes remain."},
+            "redacted": {
+                "type": "boolean",
+                "description": "Retention removed the payload; the hashes remain, and so do blocking, new and "
+                "exception_id.",
+            },
+            "blocking": {
+                "type": "boolean",
+                "description": "It counted toward this scan's status (block_pull, as judged at upload).",
+            },
+            "new": {
+                **_nullable({"type": "boolean"}),
+                "description": "Whether the baseline scan lacked it (same advisory id and package): true, or false "
+                "when it exists on the base; null when there was no baseline or block_on was all.",
+            },
+            "exception_id": {
+                **_nullable({"type": "integer"}),
+                "description": "The exception that covered it at upload, or null.",
+            },
             "payload_hash": STR,
             "chain_hash": STR,
             "cve_id": STR,

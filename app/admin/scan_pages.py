@@ -22,6 +22,7 @@ from app.models import (
     SEVERITIES,
     Finding,
     OutboxItem,
+    Repost,
     ScanRun,
     utcnow,
 )
@@ -177,6 +178,7 @@ def commit(slug: str, sha: str) -> ResponseReturnValue:
         .limit(1)
     ).first()
     queries.note_shown_before(session, [newest])
+    posted_now = (newest.commit_status.get("state"), newest.commit_status.get("description")) if newest else None
     return render_template(
         "admin/commit.html",
         org=org,
@@ -192,6 +194,10 @@ def commit(slug: str, sha: str) -> ResponseReturnValue:
         current=current,
         pol=pol,
         not_blocking_labels=policy.NOT_BLOCKING,
+        # What GitHub was last asked to show and what the current policy makes of the commit now: when they differ,
+        # the page says so (and whether a re-post is on its way).
+        differs=posted_now != ((current.state, current.description) if current else None),
+        repost_queued=session.get(Repost, (org.id, repo, sha)) is not None,
     )
 
 
@@ -259,15 +265,32 @@ class FindingView:
     finding: Finding
     links: list[tuple[str, str]]  # (advisory id, url): the finding's own id first
     explanation: str | None  # for the app's own synthetic findings
+    marks: list[tuple[str, str]]  # how the gate judged it at upload: (mark, words), see gate_marks
+
+
+def gate_marks(f: Finding) -> list[tuple[str, str]]:
+    """A finding's flags as stored at upload, in words: blocking; new, or existing on the base (block_on new with a
+    baseline); excepted. Not payload: a finding emptied by retention still has them."""
+    marks = []
+    if f.blocking:
+        marks.append(("blocking", "blocking"))
+    if f.new is True:
+        marks.append(("new", "new"))
+    elif f.new is False:
+        marks.append(("existing", policy.NOT_BLOCKING[policy.EXISTING]))
+    if f.exception_id is not None:
+        marks.append(("excepted", f"excepted (exception {f.exception_id})"))
+    return marks
 
 
 def finding_view(f: Finding, scan: ScanRun) -> FindingView:
+    marks = gate_marks(f)
     if f.redacted_at is not None or f.cve_id is None:
-        return FindingView(f, [], None)
+        return FindingView(f, [], None, marks)
     explanation = None
     if f.synthetic or f.cve_id.upper().startswith("FREMFORGE-"):
         explanation = synthetic_explanation(f.cve_id, scan)
-    return FindingView(f, advisories.pages(f.cve_id, f.vendor_ids or (), f.references or ()), explanation)
+    return FindingView(f, advisories.pages(f.cve_id, f.vendor_ids or (), f.references or ()), explanation, marks)
 
 
 def synthetic_explanation(cve_id: str, scan: ScanRun) -> str:

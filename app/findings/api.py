@@ -160,6 +160,8 @@ def scan_json(slug: str, s: ScanRun, item: OutboxItem | None) -> dict[str, Any]:
         "block_action": s.block_action,
         "severity_counts": s.severity_counts,
         "fixable": s.fixable,
+        "blocking": s.blocking,
+        "baseline_scan_id": s.baseline_scan_id,
         "accepted": s.accepted,
         "duplicates": s.duplicates,
         "signature_status": s.signature_status,
@@ -171,9 +173,20 @@ def scan_json(slug: str, s: ScanRun, item: OutboxItem | None) -> dict[str, Any]:
     }
 
 
+def gate_json(f: Finding) -> dict[str, Any]:
+    """How the gate judged a finding at upload; not payload, so a finding emptied by retention still says it."""
+    return {"blocking": bool(f.blocking), "new": f.new, "exception_id": f.exception_id}
+
+
 def finding_json(f: Finding) -> dict[str, Any]:
     if f.redacted_at is not None:
-        return {"seq": f.seq, "redacted": True, "payload_hash": f.payload_hash, "chain_hash": f.chain_hash}
+        return {
+            "seq": f.seq,
+            "redacted": True,
+            "payload_hash": f.payload_hash,
+            "chain_hash": f.chain_hash,
+            **gate_json(f),
+        }
     assert f.cve_id is not None  # only redaction empties the payload
     return {
         "seq": f.seq,
@@ -193,6 +206,7 @@ def finding_json(f: Finding) -> dict[str, Any]:
         ],
         "synthetic": bool(f.synthetic),
         "truncated": bool(f.truncated),
+        **gate_json(f),
         "redacted": False,
         "payload_hash": f.payload_hash,
         "chain_hash": f.chain_hash,
