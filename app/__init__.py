@@ -58,6 +58,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     from app import admin, cli, db, health, openapi
     from app.chain import api as chain_api
+    from app.exceptions import api as exceptions_api
     from app.findings import api as findings_api
     from app.github import client as github_client
     from app.github import webhooks as github_webhooks
@@ -74,6 +75,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(findings_api.bp)
     app.register_blueprint(github_webhooks.bp)
     app.register_blueprint(chain_api.bp)
+    app.register_blueprint(exceptions_api.bp)
     admin.init_app(app)
     cli.init_app(app)
     return app

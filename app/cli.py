@@ -19,8 +19,8 @@ from app.db import write_transaction
 from app.github.client import github_app
 from app.models import BLOCK_ACTIONS, BLOCK_ON, BLOCK_THRESHOLDS, Org, utcnow
 from app.policy import settings as policy_settings
-from app.web import auth
-from app.web.urls import Urls
+from app.web import auth, urls
+from app.web.urls import LOCAL_URL
 
 db_cli = AppGroup("db", help="Create or migrate the schema.")
 orgs_cli = AppGroup("orgs", help="Organisations.")
@@ -29,7 +29,6 @@ policy_cli = AppGroup("policy", help="An organisation's policy.")
 admin_cli = AppGroup("admin", help="The admin pages.")
 chain_cli = AppGroup("chain", help="The tamper-evident chain of each organisation.")
 retention_cli = AppGroup("retention", help="Ageing out old payloads.")
-LOCAL_URL = "http://127.0.0.1:8000"  # where `make run` serves, for links made without FREMFORGE_PUBLIC_URL
 
 
 def _echo_json(value: Any) -> None:
@@ -222,9 +221,7 @@ def policy_set(
     org = _org(slug)
     with write_transaction(session):
         settings = orgs.settings_for_update(session, org.id)
-        repost = None
-        if current_app.config["GITHUB_APP_CONFIGURED"]:  # links as `make run` serves them without PUBLIC_URL
-            repost = Urls(current_app.config.get("PUBLIC_URL") or LOCAL_URL)
+        repost = urls.configured() if current_app.config["GITHUB_APP_CONFIGURED"] else None
         policy_settings.apply(session, settings, changes, actor="cli", repost=repost)
     _echo_json(policy_settings.as_dict(settings))
 

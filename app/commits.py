@@ -6,6 +6,7 @@ the current policy (`evaluate`), then aggregated by app.policy.commit_verdict.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -13,7 +14,9 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 
 from app import policy
-from app.models import FINDING_PAYLOAD_COLUMNS, SEVERITIES, Finding, PullRequestLink, ScanRun
+from app.clock import database_now
+from app.models import FINDING_PAYLOAD_COLUMNS, SEVERITIES, Finding, PolicyException, PullRequestLink, ScanRun
+from app.policy.exceptions import ActiveException, Matcher
 
 SEVERITY_ORDER = sa.case({s: i for i, s in enumerate(SEVERITIES)}, value=Finding.severity, else_=len(SEVERITIES))
 FINDING_COLUMNS = FINDING_PAYLOAD_COLUMNS
@@ -210,35 +213,82 @@ def baseline_keys(conn: sa.Connection, scan_id: int) -> set[tuple[str, str]]:
 # ---------------------------------------------------------------- the aggregate under the current policy
 
 
-def _bucket_statement(compare: bool) -> sa.Select[Any]:
-    """A scan's findings counted by (severity, fixable, new): `new` against the baseline's (advisory id, package)
-    pairs when `compare`, else NULL. Synthetic findings are left out (the current policy makes its own), as are
-    findings emptied by retention."""
+def _rows_statement(compare: bool) -> sa.Select[Any]:
+    """A scan's findings as the blocking rule reads them: severity, fixable, `new` against the baseline's (advisory
+    id, package) pairs when `compare` (else NULL), and what exceptions match by. Synthetic findings are left out
+    (the current policy makes its own), as are findings emptied by retention."""
     fixable = sa.func.coalesce(Finding.fixed_version, sa.literal_column("''")) != sa.literal_column("''")
     new: sa.ColumnElement[Any] = sa.null()
     base = sa.select(Finding.cve_id, Finding.package).where(Finding.scan_run_id == sa.bindparam("base"))
     keys = base.distinct().subquery("base")
-    inner = sa.select(Finding.severity, fixable.label("fixable")).where(
+    rows = sa.select(
+        Finding.severity, fixable.label("fixable"), Finding.cve_id, Finding.package, Finding.vendor_ids
+    ).where(
         Finding.scan_run_id == sa.bindparam("scan"),
         Finding.cve_id.is_not(None),
         sa.func.coalesce(Finding.synthetic, sa.false()) == sa.false(),
     )
     if compare:
         new = keys.c.cve_id.is_(None)
-        inner = inner.outerjoin(keys, sa.and_(keys.c.cve_id == Finding.cve_id, keys.c.package == Finding.package))
-    rows = inner.add_columns(new.label("new")).subquery("f")
+        rows = rows.outerjoin(keys, sa.and_(keys.c.cve_id == Finding.cve_id, keys.c.package == Finding.package))
+    return rows.add_columns(new.label("new"))
+
+
+def _bucket_statement(compare: bool) -> sa.Select[Any]:
+    """`_rows_statement` counted by (severity, fixable, new), for a scan no exception applies to."""
+    rows = _rows_statement(compare).subquery("f")
     return sa.select(rows.c.severity, rows.c.fixable, rows.c.new, sa.func.count()).group_by(
         rows.c.severity, rows.c.fixable, rows.c.new
     )
 
 
-BUCKETS = {compare: _bucket_statement(compare) for compare in (False, True)}  # built once
+ROWS = {compare: _rows_statement(compare) for compare in (False, True)}  # built once
+BUCKETS = {compare: _bucket_statement(compare) for compare in (False, True)}
 
 
-def buckets(conn: sa.Connection, scan_id: int, baseline_id: int | None) -> dict[policy.Bucket, int]:
-    """How a stored scan's findings fall into the blocking rule's buckets, compared with `baseline_id` if any."""
-    rows = conn.execute(BUCKETS[baseline_id is not None], {"scan": scan_id, "base": baseline_id})
-    return {(severity, bool(fixable), None if new is None else bool(new)): n for severity, fixable, new, n in rows}
+def buckets(
+    conn: sa.Connection, scan_id: int, baseline_id: int | None, matcher: Matcher | None = None
+) -> tuple[dict[policy.Bucket, int], set[int]]:
+    """How a stored scan's findings fall into the blocking rule's buckets, compared with `baseline_id` if any, and
+    the exceptions of `matcher` that covered one. Counted by the database when no exception applies to the scan;
+    else its findings are read and matched here (one query either way)."""
+    params = {"scan": scan_id, "base": baseline_id}
+    compare = baseline_id is not None
+    if not matcher:
+        rows = conn.execute(BUCKETS[compare], params)
+        return {
+            (sev, bool(fixable), None if new is None else bool(new), False): n for sev, fixable, new, n in rows
+        }, set()
+    counted: Counter[policy.Bucket] = Counter()
+    used: set[int] = set()
+    for row in conn.execute(ROWS[compare], params):
+        covering = matcher.match(row.cve_id, row.package, row.vendor_ids)
+        if covering is not None:
+            used.add(covering)
+        counted[
+            (row.severity, bool(row.fixable), None if row.new is None else bool(row.new), covering is not None)
+        ] += 1
+    return dict(counted), used
+
+
+_ACTIVE = sa.select(
+    PolicyException.id,
+    PolicyException.advisory_id,
+    PolicyException.reason,
+    PolicyException.expires_at,
+    PolicyException.package_name,
+    PolicyException.repo_full_name,
+    PolicyException.image,
+).where(
+    PolicyException.org_id == sa.bindparam("org"),
+    PolicyException.revoked_at.is_(None),
+    PolicyException.expires_at > database_now(),
+)
+
+
+def active_exceptions(conn: sa.Connection, org_id: int) -> list[ActiveException]:
+    """The org's exceptions in force now, on the database's clock."""
+    return [ActiveException(*row) for row in conn.execute(_ACTIVE, {"org": org_id})]
 
 
 def evaluate(
@@ -249,23 +299,28 @@ def evaluate(
     sha: str,
     scans: Sequence[LatestScan],
     tops: dict[int, list[dict[str, Any]]] | None = None,
+    exceptions: Sequence[ActiveException] | None = None,
 ) -> list[policy.ImageResult]:
     """Each scan judged under the policy as it is now (spec section 4): its findings against the baseline it has
-    now (block_on new), its signature against the signing rules now. A query for the pull request's base, then per
-    scan one for its baseline and one counting its findings. `tops` may hold the scans' top findings already read."""
+    now (block_on new) and the exceptions active now, its signature against the signing rules now. A query for the
+    pull request's base and one for the exceptions (unless given), then per scan one for its baseline and one
+    counting its findings. `tops` may hold the scans' top findings already read."""
     if not scans:
         return []
     base = pr_base(conn, org_id, repo, sha) if pol.block_on == "new" else None
+    if exceptions is None:
+        exceptions = active_exceptions(conn, org_id)
     if tops is None:
         tops = top_findings_many(conn, [s.id for s in scans])
     results = []
     for s in scans:
         baseline_id = baseline(conn, org_id, repo, s.image_name, *base, scan_id=s.id) if base is not None else None
-        counted = buckets(conn, s.id, baseline_id)
+        matcher = Matcher(exceptions, repo, s.image_name) if exceptions else None
+        counted, used = buckets(conn, s.id, baseline_id, matcher)
         signature = policy.Signature(s.signature_status, s.signature_issuer, s.signature_subject)
         synthetic = policy.signature_findings(pol, signature, s.image_ref)
         counts, fixable = dict.fromkeys(SEVERITIES, 0), 0
-        for (severity, fixed, _), n in counted.items():
+        for (severity, fixed, _, _), n in counted.items():
             if severity in counts:
                 counts[severity] += n
             fixable += n if fixed else 0
@@ -273,5 +328,8 @@ def evaluate(
         judged = policy.tally(pol, counted, len(synthetic))
         top = [*synthetic, *(f for f in tops.get(s.id, []) if not f.get("synthetic"))]
         status = policy.scan_status(pol, judged.blocks)
-        results.append(policy.ImageResult(s.image_ref, status, counts, fixable, s.id, top, judged, baseline_id))
+        covering = tuple(e for e in exceptions if e.id in used)
+        results.append(
+            policy.ImageResult(s.image_ref, status, counts, fixable, s.id, top, judged, baseline_id, covering)
+        )
     return results

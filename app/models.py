@@ -76,6 +76,9 @@ class OrgSettings(Base):
     ignore_unfixed: Mapped[bool] = mapped_column(default=DEFAULT_IGNORE_UNFIXED, server_default=sa.false())
     block_on: Mapped[str] = mapped_column(sa.String(10), default=DEFAULT_BLOCK_ON, server_default=DEFAULT_BLOCK_ON)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The latest expiry of the org's exceptions not revoked: after it none is active, and an upload (which reads
+    # this row anyway) skips reading them. Kept by app.exceptions; NULL: the org has none.
+    exceptions_until: Mapped[datetime | None]
 
     @classmethod
     def defaults(cls, org_id: int) -> OrgSettings:
@@ -304,6 +307,43 @@ class CheckRunRecord(Base):
     last_create_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+EXCEPTION_SOURCES = ("api", "admin", "cli", "openvex", "trivyignore")
+EXCEPTION_STATES = ("active", "expired", "revoked")
+
+
+class PolicyException(Base):
+    """An accepted risk (spec section 10): this advisory does not block, here, until then, because. Never deleted:
+    revoked or expired, the row stays."""
+
+    __tablename__ = "exceptions"
+    __table_args__ = (
+        sa.Index("ix_exceptions_org_id_id", "org_id", "id"),
+        sa.Index("ix_exceptions_expiry", "expiry_recorded_at", "expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    org_id: Mapped[int] = mapped_column(sa.ForeignKey("orgs.id", ondelete="CASCADE"))
+    advisory_id: Mapped[str] = mapped_column(sa.String(1024))
+    package_name: Mapped[str | None] = mapped_column(sa.String(1024))
+    repo_full_name: Mapped[str | None] = mapped_column(sa.String(200))  # folded to lower case
+    image: Mapped[str | None] = mapped_column(sa.String(1024))  # an image-name pattern, `*` any run of characters
+    reason: Mapped[str] = mapped_column(sa.Text)
+    ticket_url: Mapped[str | None] = mapped_column(sa.String(2048))
+    expires_at: Mapped[datetime]
+    source: Mapped[str] = mapped_column(sa.String(20))
+    created_by: Mapped[str] = mapped_column(sa.String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_by: Mapped[str | None] = mapped_column(sa.String(200))
+    revoked_at: Mapped[datetime | None]
+    # When the worker recorded its expiry (audit event, re-posts); NULL while active or revoked before it expired.
+    expiry_recorded_at: Mapped[datetime | None]
+
+    def state(self, now: datetime) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        return "expired" if self.expires_at <= now else "active"
 
 
 class Repost(Base):

@@ -13,12 +13,13 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from app import clock, db
+from app import clock, db, exceptions
 from app.chain import retention
 from app.db import write_transaction
 from app.github import outbox, posting
 from app.github.client import GitHubApp
 from app.models import WorkerHeartbeat, utcnow
+from app.web import urls
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ ALIVE_WITHIN = timedelta(minutes=1)
 # The heartbeat comes from a thread of its own (a long retention run or a slow round does not stop it), but only
 # while the loop shows progress: a round that began longer ago than this means the loop is stuck.
 STUCK_AFTER = 600.0
+EXPIRY_EVERY = 10.0  # seconds between looks for expired exceptions (spec: re-posted within a minute)
 ERROR_FIRST_WAIT = 1.0  # after an error the loop waits this long, doubling per error in a row...
 ERROR_MAX_WAIT = 30.0  # ...up to this
 
@@ -49,6 +51,7 @@ class Loop:
     started: datetime = field(default_factory=utcnow)
     round_began: float = field(default_factory=time.monotonic)
     _retention_due: float = 0.0
+    _expiry_due: float = 0.0
 
     def __post_init__(self) -> None:
         if self.once:
@@ -101,6 +104,9 @@ class Loop:
             beat(db.session(), self.name, self.started)
         if time.monotonic() >= self._retention_due:
             self._retention_due = time.monotonic() + daily_retention(self.stop.is_set)
+        if time.monotonic() >= self._expiry_due:  # exceptions that expired: audited, their commits re-posted
+            self._expiry_due = time.monotonic() + EXPIRY_EVERY
+            exceptions.expire_due(db.session(), urls.configured() if self.gh is not None else None)
         if self.gh is None:
             return 0
         if self.holding_rows:  # an error ended the last batch: its rows go back before anything else

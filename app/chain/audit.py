@@ -22,6 +22,9 @@ class Action(StrEnum):
     SIGNED_OUT = "admin.signed_out"
     LOGIN_LINK_CREATED = "admin.login_link_created"
     RETENTION_RUN = "retention.run"
+    EXCEPTION_CREATED = "exception.created"
+    EXCEPTION_REVOKED = "exception.revoked"
+    EXCEPTION_EXPIRED = "exception.expired"
 
     @property
     def label(self) -> str:
@@ -36,6 +39,9 @@ _LABELS = {
     Action.SIGNED_OUT: "Signed out",
     Action.LOGIN_LINK_CREATED: "Login link created",
     Action.RETENTION_RUN: "Retention run",
+    Action.EXCEPTION_CREATED: "Exception created",
+    Action.EXCEPTION_REVOKED: "Exception revoked",
+    Action.EXCEPTION_EXPIRED: "Exception expired",
 }
 
 

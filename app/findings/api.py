@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from app import advisories, db, fields, policy
 from app.findings import queries, schemas, service
 from app.github.outbox import delivery_state
-from app.models import Finding, OutboxItem, ScanRun
+from app.models import Finding, OutboxItem, ScanRun, utcnow
 from app.web import auth, bodies, urls
 from app.web.errors import ApiError, forbidden, not_found
 
@@ -37,7 +37,8 @@ def upload(slug: str) -> tuple[dict[str, Any], int]:
     if settings.enabled:
         deliver = current_app.config["GITHUB_APP_CONFIGURED"]
         expected = policy.Policy.from_settings(settings)
-        result = service.ingest(db.session(), org, upload, urls.for_request(), deliver, expected)
+        may_except = settings.exceptions_until is not None and settings.exceptions_until > utcnow()
+        result = service.ingest(db.session(), org, upload, urls.for_request(), deliver, expected, may_except)
     if result is None:  # disabled: the body was validated, then dropped
         return {"accepted": 0, "status": "disabled"}, 202
     return result.body(urls.for_request().scan(org.slug, result.scan_run_id)), 202

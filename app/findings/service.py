@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from app.findings import queries, store
 from app.findings.schemas import Upload
 from app.github import checks, outbox
 from app.models import GENESIS_HASH, SEVERITIES, ChainHead, Org, ScanRun, utcnow
+from app.policy.exceptions import ActiveException, Matcher
 from app.web.urls import Urls
 
 _heads = ChainHead.__table__
@@ -97,7 +99,7 @@ class IngestResult:
         }
 
 
-SYNTHETIC: policy.Bucket = ("synthetic", False, None)  # the synthetic findings' entry in Assessment.blocking_of
+SYNTHETIC: policy.Bucket = ("synthetic", False, None, False)  # the synthetic findings' entry in blocking_of
 
 
 @dataclass(frozen=True)
@@ -105,8 +107,9 @@ class Assessment:
     """An upload judged under a policy: what ingest stores and posts, made before any lock is taken."""
 
     findings: list[dict[str, Any]]  # the upload's, and the synthetic one of an unsigned image where signing counts
-    buckets: list[policy.Bucket]  # each uploaded finding's (severity, fixable, new), in order
+    buckets: list[policy.Bucket]  # each uploaded finding's (severity, fixable, new, excepted), in order
     blocking_of: dict[policy.Bucket, bool]  # whether a finding of each bucket counts toward the verdict
+    exception_ids: list[int | None] | None  # each uploaded finding's covering exception; None: none applied
     counts: dict[str, int]
     fixable: int
     status: str
@@ -115,14 +118,28 @@ class Assessment:
     section: str  # the image's part of the check run (checks.image_section)
 
 
-def assess(upload: Upload, pol: policy.Policy, base: commits.Baseline | None = None) -> Assessment:
-    """Judge an upload under `pol`, its findings compared with `base` (block_on new; None: not compared)."""
+def assess(
+    upload: Upload,
+    pol: policy.Policy,
+    base: commits.Baseline | None = None,
+    exceptions: Sequence[ActiveException] = (),
+) -> Assessment:
+    """Judge an upload under `pol`, its findings compared with `base` (block_on new; None: not compared) and
+    matched against the org's active `exceptions`."""
     synthetic = policy.signature_findings(pol, upload.signature, upload.image_ref)
     findings = upload.findings + synthetic
     keys = base.keys if base is not None and base.scan_id is not None else None
+    matcher = Matcher(exceptions, upload.repo_full_name, fields.image_name(upload.image_ref)) if exceptions else None
+    exception_ids = [matcher.covering(f) for f in upload.findings] if matcher else None
+    covered = exception_ids or itertools.repeat(None)
     buckets: list[policy.Bucket] = [
-        (f["severity"], bool(f["fixed_version"]), None if keys is None else (f["cve_id"], f["package"]) not in keys)
-        for f in upload.findings
+        (
+            f["severity"],
+            bool(f["fixed_version"]),
+            None if keys is None else (f["cve_id"], f["package"]) not in keys,
+            e is not None,
+        )
+        for f, e in zip(upload.findings, covered, strict=False)
     ]
     counted = Counter(buckets)
     judged = policy.tally(pol, counted, len(synthetic))
@@ -132,12 +149,13 @@ def assess(upload: Upload, pol: policy.Policy, base: commits.Baseline | None = N
     counts, fixable = policy.count(findings)
     status = policy.scan_status(pol, judged.blocks)
     baseline_id = base.scan_id if base is not None else None
-    image = policy.ImageResult(
-        upload.image_ref, status, counts, fixable, None, outbox.top_of(findings), judged, baseline_id
-    )
+    used = set(exception_ids or ()) - {None}
+    covering = tuple(e for e in exceptions if e.id in used)
+    top = outbox.top_of(findings)
+    image = policy.ImageResult(upload.image_ref, status, counts, fixable, None, top, judged, baseline_id, covering)
     section = checks.image_section(image, pol.block_action, pol.block_on)
     blocking = judged.blocks if gating else 0
-    return Assessment(findings, buckets, blocking_of, counts, fixable, status, blocking, image, section)
+    return Assessment(findings, buckets, blocking_of, exception_ids, counts, fixable, status, blocking, image, section)
 
 
 def _compared(conn: sa.Connection, org_id: int, upload: Upload, pol: policy.Policy) -> commits.Baseline | None:
@@ -155,6 +173,7 @@ def ingest(
     urls: Urls,
     deliver: bool,
     expected: policy.Policy | None = None,
+    may_except: bool = True,
 ) -> IngestResult | None:
     """Store the scan with its findings appended to the org's chain, and the outbox item posting its commit's state.
 
@@ -167,16 +186,20 @@ def ingest(
     """
     now = utcnow()
     repo, sha = upload.repo_full_name, upload.commit_sha
-    assessed = None
+    assessed, exceptions = None, None
     if expected is not None and expected.enabled:
-        assessed = assess(upload, expected, _compared(session.connection(), org.id, upload, expected))
+        conn = session.connection()
+        exceptions = commits.active_exceptions(conn, org.id) if may_except else []
+        assessed = assess(upload, expected, _compared(conn, org.id, upload, expected), exceptions)
     with write_transaction(session):
         conn = session.connection()
         pol, row = locks.lock_commit_and_read(conn, org.id, repo, sha, NEXT_SCAN_ID[conn.dialect.name])
         if not pol.enabled:
             return None
+        if exceptions is None:
+            exceptions = commits.active_exceptions(conn, org.id)
         if assessed is None or pol != expected:
-            assessed = assess(upload, pol, _compared(conn, org.id, upload, pol))
+            assessed = assess(upload, pol, _compared(conn, org.id, upload, pol), exceptions)
         scan_id, findings, stamp = row.scan, assessed.findings, chain.timestamp(now)
         hashes = chain.payload_hashes("finding", (chain.finding_payload(org.id, scan_id, stamp, f) for f in findings))
         scan = {
@@ -211,7 +234,7 @@ def ingest(
         # The org's chain is held from here to the commit: the aggregate, the rows' links, then one statement.
         others = [s for s in latest if s.image_ref != upload.image_ref]
         images = [dataclasses.replace(assessed.image, scan_run_id=scan_id)]
-        images += commits.evaluate(conn, pol, org.id, repo, sha, others)
+        images += commits.evaluate(conn, pol, org.id, repo, sha, others, exceptions=exceptions if others else None)
         sections = {upload.image_ref: assessed.section}
         item = outbox.new_item(org, repo, sha, scan_id, images, pol, urls, deliver, sections=sections)
         entries, new_seq, new_hash = chain.link(seq, head_hash, hashes)
@@ -263,7 +286,7 @@ def _finding_rows(
     created = store.sqlite_datetime(now) if conn.dialect.name == "sqlite" else now
     dumps = orjson.dumps
     flags = _flags(assessed)
-    for (seq, ph, ch), f, (blocks, new) in zip(entries, assessed.findings, flags, strict=True):
+    for (seq, ph, ch), f, (blocks, new, exception_id) in zip(entries, assessed.findings, flags, strict=True):
         yield (
             org_id,
             scan_id,
@@ -285,14 +308,14 @@ def _finding_rows(
             f.get("truncated") or None,  # NULL unless cut, as for findings stored before the column
             blocks,
             new,
-            None,  # exception_id
+            exception_id,
         )
 
 
-def _flags(assessed: Assessment) -> Iterator[tuple[bool, bool | None]]:
-    """Each finding's (blocking, new): the uploaded ones by their bucket, then the synthetic ones (new: null)."""
-    blocking_of = assessed.blocking_of
-    for b in assessed.buckets:
-        yield blocking_of[b], b[2]
+def _flags(assessed: Assessment) -> Iterator[tuple[bool, bool | None, int | None]]:
+    """Each finding's (blocking, new, exception_id): the uploaded ones by their bucket, then the synthetic ones."""
+    blocking_of, covered = assessed.blocking_of, assessed.exception_ids or itertools.repeat(None)
+    for b, e in zip(assessed.buckets, covered, strict=False):
+        yield blocking_of[b], b[2], e
     for _ in range(len(assessed.findings) - len(assessed.buckets)):
-        yield blocking_of[SYNTHETIC], None
+        yield blocking_of[SYNTHETIC], None, None

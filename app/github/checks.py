@@ -22,6 +22,7 @@ from urllib.parse import quote
 from app import advisories
 from app.models import SEVERITIES
 from app.policy import CONTEXT, DESCRIPTION_LIMIT, EXCEPTED, NOT_BLOCKING, CommitVerdict, ImageResult
+from app.policy.exceptions import ActiveException, first_expiring
 
 # One dict maps our verdict onto GitHub's vocabularies (commit status state, check run conclusion).
 STATES = {"success": ("success", "success"), "failure": ("failure", "failure")}
@@ -166,6 +167,11 @@ def image_section(image: ImageResult, block_action: str, block_on: str) -> str:
     lines += ["|" + "---:|" * (len(SEVERITIES) + 1)]
     lines += ["| " + " | ".join(str(int(image.counts[s])) for s in SEVERITIES) + f" | {int(image.fixable)} |", ""]
     lines += [split_line(image, block_action, block_on), ""]
+    if image.exceptions:
+        lines += [exception_line(e) for e in image.exceptions[:TOP_FINDINGS]]
+        if len(image.exceptions) > TOP_FINDINGS:
+            lines.append(f"- … and {len(image.exceptions) - TOP_FINDINGS} more exceptions")
+        lines.append("")
     lines += [finding_line(f) for f in image.top_findings[:TOP_FINDINGS]]
     lines.append("")
     return "\n".join(lines)
@@ -183,13 +189,25 @@ def split_line(image: ImageResult, block_action: str, block_on: str) -> str:
     not_blocking = sum(n for r, n in t.not_blocking.items() if r != EXCEPTED)
     text += f" · Not blocking: {not_blocking}" + (f" ({why})" if why else "")
     if t.not_blocking.get(EXCEPTED):
-        text += f" · Excepted: {t.not_blocking[EXCEPTED]}"
+        first = first_expiring(image.exceptions)
+        until = f", the first expiring {first.expires_at:%Y-%m-%d}" if first is not None else ""
+        text += f" · Excepted: {t.not_blocking[EXCEPTED]}{until}"
     if block_on == "new":
         if image.baseline_scan_id is None:
             text += " · No baseline: every finding counts"
         else:
             text += f" · Compared with the base's scan {int(image.baseline_scan_id)}"
     return text
+
+
+def exception_line(e: ActiveException) -> str:
+    """An exception that covered findings of the image: what it excepts, until when, and why (the org's words,
+    escaped like an upload's)."""
+    scope = f" in {md_code(e.package_name)}" if e.package_name else ""
+    return (
+        f"- Excepted until {e.expires_at:%Y-%m-%d}: {md_code(e.advisory_id)}{scope} — {md_text(e.reason)}"
+        f" (exception {int(e.id)})"
+    )
 
 
 def finding_line(f: Any) -> str:

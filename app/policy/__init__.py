@@ -19,6 +19,7 @@ from app.models import (
     DEFAULT_RETENTION_DAYS,
     SEVERITIES,
 )
+from app.policy.exceptions import ActiveException
 
 CONTEXT = "fremforge/image-scan"
 UNSIGNED_ID = "FREMFORGE-UNSIGNED-IMAGE"
@@ -143,16 +144,24 @@ NOT_BLOCKING = {
 
 
 def reason(
-    policy: Policy, severity: str | None, fixable: bool, new: bool | None, synthetic: bool = False
+    policy: Policy,
+    severity: str | None,
+    fixable: bool,
+    new: bool | None,
+    excepted: bool = False,
+    synthetic: bool = False,
 ) -> str | None:
     """Why a finding does not block under the policy's blocking rule, or None when it blocks (spec section 3).
 
-    A finding blocks when its severity is at least the threshold (unknown never is), it has a fixed version or
-    unfixed ones are not ignored, and it is new or every finding counts. `new`: whether the pull request introduces
-    it, None when no baseline is known (it counts as new: fails closed). A synthetic signing finding always blocks.
+    A finding blocks when no active exception covers it (`excepted`, app.policy.exceptions), its severity is at
+    least the threshold (unknown never is), it has a fixed version or unfixed ones are not ignored, and it is new or
+    every finding counts. `new`: whether the pull request introduces it, None when no baseline is known (it counts
+    as new: fails closed). A synthetic signing finding always blocks.
     """
     if synthetic:
         return None
+    if excepted:
+        return EXCEPTED
     if severity not in _AT_LEAST[policy.block_threshold]:
         return BELOW_THRESHOLD
     if policy.ignore_unfixed and not fixable:
@@ -162,11 +171,10 @@ def reason(
     return None
 
 
-def blocks(policy: Policy, finding: Mapping[str, Any], new: bool | None = None) -> bool:
+def blocks(policy: Policy, finding: Mapping[str, Any], new: bool | None = None, excepted: bool = False) -> bool:
     """Whether a finding (a dict as uploads and the database give it) meets the blocking rule (`reason`)."""
-    return (
-        reason(policy, finding["severity"], bool(finding["fixed_version"]), new, bool(finding.get("synthetic"))) is None
-    )
+    synthetic = bool(finding.get("synthetic"))
+    return reason(policy, finding["severity"], bool(finding["fixed_version"]), new, excepted, synthetic) is None
 
 
 def blocking(policy: Policy, findings: Iterable[Mapping[str, Any]]) -> int:
@@ -174,8 +182,8 @@ def blocking(policy: Policy, findings: Iterable[Mapping[str, Any]]) -> int:
     return sum(1 for f in findings if blocks(policy, f))
 
 
-# How a scan's findings are counted for the blocking rule: (severity, fixable, new) -> how many.
-Bucket = tuple[str | None, bool, bool | None]
+# How a scan's findings are counted for the blocking rule: (severity, fixable, new, excepted) -> how many.
+Bucket = tuple[str | None, bool, bool | None, bool]
 
 
 @dataclass(frozen=True)
@@ -196,17 +204,13 @@ def tally(policy: Policy, buckets: Mapping[Bucket, int], synthetic: int = 0) -> 
     by_severity = dict.fromkeys(SEVERITIES, 0)
     by_severity["critical"] += synthetic
     why = dict.fromkeys(NOT_BLOCKING, 0)
-    for (severity, fixable, new), n in buckets.items():
-        r = reason(policy, severity, fixable, new)
+    for (severity, fixable, new, excepted), n in buckets.items():
+        r = reason(policy, severity, fixable, new, excepted)
         if r is None and severity is not None:
             by_severity[severity] += n
         elif r is not None:
             why[r] += n
     return Tally({s: n for s, n in by_severity.items() if n}, {r: n for r, n in why.items() if n})
-
-
-def bucket_of(finding: Mapping[str, Any], new: bool | None) -> Bucket:
-    return finding["severity"], bool(finding["fixed_version"]), new
 
 
 def scan_status(policy: Policy, blocking: int) -> str:
@@ -230,6 +234,7 @@ class ImageResult:
     top_findings: Sequence[Mapping[str, Any]] = field(default_factory=list)
     tally: Tally = field(default_factory=Tally)
     baseline_scan_id: int | None = None  # the scan compared with under block_on new; None: every finding counts
+    exceptions: tuple[ActiveException, ...] = ()  # those that covered a finding, by id
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,7 @@ _PRINCIPAL_COLUMNS = {
         "block_threshold",
         "ignore_unfixed",
         "block_on",
+        "exceptions_until",
     ),
 }
 _AUTH = (

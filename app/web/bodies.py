@@ -140,7 +140,7 @@ def error_detail(
     path = prefix
     for part in err["loc"]:
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    message = err["msg"]
+    message = str(err["msg"]).removeprefix("Value error, ")  # a validator's own sentence, as it wrote it
     if err["type"] == "missing":
         message = "is required"
     elif err["type"] == "string_pattern_mismatch":

@@ -7,6 +7,8 @@ from urllib.parse import quote
 
 from flask import current_app, request
 
+LOCAL_URL = "http://127.0.0.1:8000"  # where `make run` serves, for links made outside a request without PUBLIC_URL
+
 
 @dataclass(frozen=True)
 class Urls:
@@ -32,3 +34,8 @@ class Urls:
 def for_request() -> Urls:
     """The URLs as this request's answer gives them: under PUBLIC_URL when set, else under the request's host."""
     return Urls(current_app.config.get("PUBLIC_URL") or request.host_url.rstrip("/"))
+
+
+def configured() -> Urls:
+    """The URLs outside a request (the CLI, the worker): under PUBLIC_URL, else where `make run` serves."""
+    return Urls(current_app.config.get("PUBLIC_URL") or LOCAL_URL)
