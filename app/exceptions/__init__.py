@@ -173,9 +173,10 @@ def create_many(
         session.add(row)
         rows.append(row)
     session.flush()
+    _lock_settings(session, org_id)
     for row in rows:
         audit.record(session, org_id, audit.Action.EXCEPTION_CREATED, actor, _audit_details(row), at=now)
-    _changed(session, org_id, repost)
+    _repost(session, org_id, repost)
     return rows
 
 
@@ -191,18 +192,23 @@ def revoke(session: Session, org_id: int, exception_id: int, actor: str, repost:
         return row
     row.revoked_at, row.revoked_by = utcnow(), actor
     session.flush()
+    _lock_settings(session, org_id)
     audit.record(session, org_id, audit.Action.EXCEPTION_REVOKED, actor, _audit_details(row))
-    _changed(session, org_id, repost)
+    _repost(session, org_id, repost)
     return row
 
 
-def _changed(session: Session, org_id: int, repost: Urls | None) -> None:
-    """After exceptions changed: the org's settings row says until when any may be active (uploads skip reading
-    them after it), and the org's open pull request heads and recent commits are asked to be posted again."""
-    conn = session.connection()
-    conn.execute(UPDATE_UNTIL, {"org": org_id})
+def _lock_settings(session: Session, org_id: int) -> None:
+    """The org's settings row says until when any exception may be active (uploads skip reading them after it).
+    Updated before the chain head is locked (by the audit event): the order of app.locks, policy then head, so
+    an upload holding the policy shared and waiting for the head never waits on this in turn."""
+    session.connection().execute(UPDATE_UNTIL, {"org": org_id})
+
+
+def _repost(session: Session, org_id: int, repost: Urls | None) -> None:
+    """Ask for the org's open pull request heads and recent commits to be posted again (None: nothing is posted)."""
     if repost is not None:
-        reposts.ask_for_org(conn, org_id, repost)
+        reposts.ask_for_org(session.connection(), org_id, repost)
 
 
 _exceptions = PolicyException.__table__
@@ -283,9 +289,13 @@ def expire_due(session: Session, repost: Urls | None) -> int:
         rows = list(session.scalars(due, {"now": now}))
         for row in rows:
             row.expiry_recorded_at = now
-            session.flush()
+        session.flush()
+        orgs = sorted({row.org_id for row in rows})
+        for org_id in orgs:  # every settings row before any chain head (see _lock_settings)
+            _lock_settings(session, org_id)
+        for row in rows:
             details = _audit_details(row)
             audit.record(session, row.org_id, audit.Action.EXCEPTION_EXPIRED, "system", details, at=now)
-        for org_id in sorted({row.org_id for row in rows}):
-            _changed(session, org_id, repost)
+        for org_id in orgs:
+            _repost(session, org_id, repost)
     return len(rows)
