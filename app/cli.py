@@ -1,4 +1,4 @@
-"""Command line (`flask --app wsgi ...`): db, orgs, tokens, policy and admin groups."""
+"""Command line (`flask --app wsgi ...`): db, orgs, tokens, policy, exceptions and admin groups."""
 
 from __future__ import annotations
 
@@ -10,22 +10,25 @@ from typing import Any
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
+from pydantic import ValidationError
 
-from app import db, fields, migrate, orgs, tokens
+from app import db, exceptions, fields, migrate, orgs, tokens
 from app import worker as worker_loop
 from app.admin import login_links
 from app.chain import checkpoints, retention
 from app.db import write_transaction
+from app.exceptions import imports
 from app.github.client import github_app
 from app.models import BLOCK_ACTIONS, BLOCK_ON, BLOCK_THRESHOLDS, Org, utcnow
 from app.policy import settings as policy_settings
-from app.web import auth, urls
+from app.web import auth, bodies, urls
 from app.web.urls import LOCAL_URL
 
 db_cli = AppGroup("db", help="Create or migrate the schema.")
 orgs_cli = AppGroup("orgs", help="Organisations.")
 tokens_cli = AppGroup("tokens", help="The app's API tokens.")
 policy_cli = AppGroup("policy", help="An organisation's policy.")
+exceptions_cli = AppGroup("exceptions", help="An organisation's exceptions (accepted risks).")
 admin_cli = AppGroup("admin", help="The admin pages.")
 chain_cli = AppGroup("chain", help="The tamper-evident chain of each organisation.")
 retention_cli = AppGroup("retention", help="Ageing out old payloads.")
@@ -226,6 +229,139 @@ def policy_set(
     _echo_json(policy_settings.as_dict(settings))
 
 
+# ---------------------------------------------------------------- exceptions
+
+
+def _repost() -> urls.Urls | None:
+    """Where re-posted links point, when something is posted at all (a GitHub App is configured)."""
+    return urls.configured() if current_app.config["GITHUB_APP_CONFIGURED"] else None
+
+
+def _refused(what: str, details: list[dict[str, Any]]) -> click.ClickException:
+    """Each bad path and why, once each (a statement with several products repeats its statement's errors)."""
+    lines = dict.fromkeys(f"{d['path']}: {d['message']}" for d in details)
+    return click.ClickException(f"{what}, nothing stored:\n" + "\n".join(lines))
+
+
+# The create command's options, by the field each one gives (so an error names the option that was given).
+_CREATE_OPTIONS = {
+    "advisory_id": "--advisory",
+    "reason": "--reason",
+    "expires_at": "--expires",
+    "package_name": "--package",
+    "repo_full_name": "--repo",
+    "image": "--image",
+    "ticket_url": "--ticket",
+}
+
+
+@exceptions_cli.command("create")
+@click.argument("slug")
+@click.option("--advisory", required=True, help="The advisory id it covers (a finding's id or any vendor id).")
+@click.option("--reason", required=True, help="Why the risk is accepted (1-2,000 characters).")
+@click.option("--expires", required=True, metavar="ISO-8601", help="Until when: at most 365 days ahead.")
+@click.option("--package", help="Only findings in this package (exact name).")
+@click.option("--repo", help="Only findings of this repository (owner/name).")
+@click.option("--image", metavar="PATTERN", help="Only images named like this; * matches any run of characters.")
+@click.option("--ticket", metavar="URL", help="An https:// link to the ticket that tracks it.")
+def exceptions_create(
+    slug: str,
+    advisory: str,
+    reason: str,
+    expires: str,
+    package: str | None,
+    repo: str | None,
+    image: str | None,
+    ticket: str | None,
+) -> None:
+    """Add an exception: ADVISORY does not block in SLUG (where the options say) until EXPIRES. Prints it (JSON)."""
+    given = (advisory, reason, expires, package, repo, image, ticket)
+    doc = {key: value for key, value in zip(_CREATE_OPTIONS, given, strict=True) if value is not None}
+    org = _org(slug)
+    try:
+        body = exceptions.validate(doc, utcnow())
+    except ValidationError as exc:
+        details = [bodies.error_detail(e) for e in exc.errors(include_url=False)]
+        for d in details:
+            d["path"] = _CREATE_OPTIONS.get(d["path"], d["path"])
+        raise _refused("invalid exception", details) from None
+    session = db.session()
+    with write_transaction(session):
+        [row] = exceptions.create_many(session, org.id, [body], actor="cli", source="cli", repost=_repost())
+    _echo_json(exceptions.as_dict(row, utcnow()))
+
+
+@exceptions_cli.command("list")
+@click.argument("slug")
+@click.option("--all", "every", is_flag=True, help="Expired and revoked ones too (default: the active ones).")
+def exceptions_list(slug: str, every: bool) -> None:
+    """List an organisation's exceptions, newest first (JSON)."""
+    session = db.session()
+    org = _org(slug)
+    rows, before = [], None
+    while True:
+        found, before = exceptions.page(session, org.id, None if every else "active", before, 500)
+        rows += found
+        if before is None:
+            break
+    now = utcnow()
+    _echo_json([exceptions.as_dict(e, now) for e in rows])
+
+
+@exceptions_cli.command("revoke")
+@click.argument("slug")
+@click.argument("exception_id", type=click.IntRange(1, fields.MAX_INT32))
+def exceptions_revoke(slug: str, exception_id: int) -> None:
+    """Revoke one of SLUG's exceptions by id; it stays listed, as revoked. Prints it (JSON)."""
+    session = db.session()
+    org = _org(slug)
+    with write_transaction(session):
+        row = exceptions.revoke(session, org.id, exception_id, actor="cli", repost=_repost())
+    if row is None:
+        raise click.ClickException(f"there is no exception {exception_id} in {slug}")
+    _echo_json(exceptions.as_dict(row, utcnow()))
+
+
+@exceptions_cli.command("import")
+@click.argument("slug")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.option("--format", "fmt", required=True, type=click.Choice(imports.FORMATS), help="What FILE is.")
+@click.option("--reason", help="The reason of what FILE gives none for (every .trivyignore line).")
+@click.option("--expires", metavar="ISO-8601", help="The expiry of what FILE gives none for (required for openvex).")
+def exceptions_import(slug: str, file: str, fmt: str, reason: str | None, expires: str | None) -> None:
+    """Import an OpenVEX document's not_affected statements or a .trivyignore file (FILE; - for standard input) as
+    exceptions: all or nothing. Prints what was imported (JSON)."""
+    org = _org(slug)
+    with click.open_file(file, "rb") as stream:
+        data = stream.read()
+    try:
+        text = data.decode("utf-8-sig")
+        document = json.loads(text) if fmt == "openvex" else text
+    except UnicodeDecodeError:
+        raise click.ClickException(f"{file} is not UTF-8 text; nothing stored") from None
+    except json.JSONDecodeError as exc:
+        raise click.ClickException(f"{file} is not JSON ({exc}); nothing stored") from None
+    try:
+        items = imports.parse(fmt, document, reason=reason, expires_at=expires)
+    except imports.BadDocument as exc:
+        bad = [{"path": exc.where, "message": exc.message}]
+        raise _refused(f"{file} is not a valid {fmt} file", bad) from None
+    now = utcnow()
+    found, details = [], []
+    for item in items:
+        try:
+            found.append(exceptions.validate(item.doc, now))
+        except ValidationError as exc:
+            details += [bodies.error_detail(e, prefix=item.where) for e in exc.errors(include_url=False)]
+    if details:
+        raise _refused(f"{file} does not give valid exceptions", details)
+    session = db.session()
+    with write_transaction(session):
+        rows = exceptions.create_many(session, org.id, found, actor="cli", source=fmt, repost=_repost())
+    now = utcnow()
+    _echo_json({"imported": len(rows), "items": [exceptions.as_dict(e, now) for e in rows]})
+
+
 # ---------------------------------------------------------------- admin
 
 
@@ -370,6 +506,6 @@ def worker(once: bool, poll_seconds: float, parallel: int) -> None:
 
 
 def init_app(app: Flask) -> None:
-    for group in (db_cli, orgs_cli, tokens_cli, policy_cli, admin_cli, chain_cli, retention_cli):
+    for group in (db_cli, orgs_cli, tokens_cli, policy_cli, exceptions_cli, admin_cli, chain_cli, retention_cli):
         app.cli.add_command(group)
     app.cli.add_command(worker)

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from app import db, exceptions
 from app.db import write_transaction
 from app.exceptions import imports
+from app.fields import MAX_INT32
 from app.models import utcnow
 from app.web import auth, bodies, urls
 from app.web.errors import ApiError, not_found, validation_failed
@@ -79,9 +80,11 @@ def create(slug: str) -> tuple[dict[str, Any], int]:
 @bp.delete("/<int:exception_id>")
 def revoke(slug: str, exception_id: int) -> dict[str, Any]:
     org, token, _ = auth.for_request(slug, "settings:write")
-    session = db.session()
-    with write_transaction(session):
-        row = exceptions.revoke(session, org.id, exception_id, auth.actor(token), _repost())
+    row = None
+    if exception_id <= MAX_INT32:  # ids are 32-bit: a larger one names none (and cannot be bound on PostgreSQL)
+        session = db.session()
+        with write_transaction(session):
+            row = exceptions.revoke(session, org.id, exception_id, auth.actor(token), _repost())
     if row is None:
         raise not_found(f"There is no exception {exception_id} in {slug}.")
     return exceptions.as_dict(row, utcnow())
@@ -109,8 +112,8 @@ def import_(slug: str) -> tuple[dict[str, Any], int]:
             found.append(exceptions.validate(item.doc, now))
         except ValidationError as exc:
             details += [bodies.error_detail(e, prefix=item.where) for e in exc.errors(include_url=False)]
-    if details:
-        raise validation_failed(details)
+    if details:  # one statement's several exceptions (one per product) would repeat its faults
+        raise validation_failed(list({(d["path"], d["message"]): d for d in details}.values()))
     session = db.session()
     with write_transaction(session):
         rows = exceptions.create_many(session, org.id, found, auth.actor(token), q.format, _repost())
@@ -129,7 +132,14 @@ def _text_body() -> str:
         raise ApiError(
             415, "unsupported_media_type", f"Send a .trivyignore file as Content-Type: text/plain, not {mimetype}."
         )
+    encoding = (request.headers.get("Content-Encoding") or "identity").strip().lower()
+    if encoding not in ("gzip", "x-gzip", "identity", ""):
+        raise ApiError(
+            415, "unsupported_media_type", f"Content-Encoding {encoding!r} is not supported; send gzip or none."
+        )
     data = bodies.request_body()
+    if encoding in ("gzip", "x-gzip"):
+        data = bytes(bodies.gunzip(data, _max_bytes()))
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
