@@ -1,8 +1,9 @@
 """The admin pages in a real browser (headless Chromium via playwright), used as an org owner would use them.
 
 Signs in with a one-time link from `admin login-url`, changes the policy, trips a validation error, looks at
-uploaded Trivy reports in the scans list and a scan's findings, and moves by keyboard. Every page visited is
-saved as a full-page screenshot under test-output/browser/<backend>/ (gitignored) for a person to look at.
+uploaded Trivy reports in the scans list and a scan's findings, and moves by keyboard; with a GitHub App configured
+against the fake GitHub, accepts a blocking finding's risk from its row and sees GitHub turn green. Every page
+visited is saved as a full-page screenshot under test-output/browser/<backend>/ (gitignored) for a person to look at.
 Nothing leaves the machine: the browser context refuses every request not to 127.0.0.1.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -19,8 +21,12 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 
-from tests.conftest import ROOT
-from tests.factories import FIXTURES, make_org, make_token, post
+from app.github.client import github_app
+from app.models import PolicyException, utcnow
+from app.worker import Loop
+from tests.conftest import ROOT, MakeApp, app_with_github, org_with_installation
+from tests.factories import FIXTURES, finding, make_org, make_token, post, seed
+from tests.fakes import FakeGitHub
 
 SECTION = "/admin/orgs/acme/code-security/image-scanning"
 TIMEOUT_MS = 10_000
@@ -94,6 +100,15 @@ def same_url(url: str) -> str:
 
 
 # -- the browser ----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def app(request: pytest.FixtureRequest, make_app: MakeApp) -> Flask:
+    """The app; for a test parametrised with `app="github"`, with a GitHub App configured against the fake GitHub
+    (installed on REPO of acme)."""
+    if getattr(request, "param", None) == "github":
+        return app_with_github(make_app, request.getfixturevalue("fake_github"), [REPO])
+    return make_app()
 
 
 @pytest.fixture
@@ -347,3 +362,105 @@ def test_an_owner_uses_the_admin_pages_in_a_browser(
     expect(page).to_have_url(re.compile(r"/admin/login\?next="))
     expect(page.locator(".flash-info")).to_contain_text("That session was signed out")
     shot("replayed-cookie-refused")
+
+
+# -- accepting a risk from a finding's row ---------------------------------------------------------------------------
+
+
+def work(app: Flask) -> None:
+    """The outbox worker until nothing is left, as `flask worker run` does it: re-posts asked become deliveries."""
+    with app.app_context():
+        gh = github_app()
+        assert gh is not None
+        Loop(gh, once=True).run()
+
+
+@pytest.mark.parametrize("app", ["github"], indirect=True)
+def test_an_owner_accepts_a_findings_risk_and_github_turns_green(
+    app: Flask,
+    client: FlaskClient,
+    runner: FlaskCliRunner,
+    live_server: str,
+    page: Any,
+    out_dir: Path,
+    fake_github: FakeGitHub,
+) -> None:
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    folder = out_dir / "exceptions"  # apart from the other test's screenshots (each empties its own)
+    folder.mkdir(exist_ok=True)
+    for old in folder.glob("*.png"):
+        old.unlink()
+    shot = Shots(page, folder)
+    sha, image = "5" * 40, "ghcr.io/acme/api"
+    reason = "xz is only in the build stage; the runtime image never runs it."
+    expiry = (utcnow().date() + timedelta(days=30)).isoformat()
+
+    # 1. An org blocking pull requests, its App installed; a critical, fixable finding uploaded: GitHub shows red.
+    token = org_with_installation(app)
+    blocking = finding("CVE-2024-3094", "critical", package="xz-utils", installed="5.6.0", fixed="5.6.1")
+    r = post(client, token, seed([blocking], image_ref=f"{image}:1", sha=sha, repo=REPO))
+    assert r.status_code == 202, r.get_json()
+    scan_url = f"{live_server}{SECTION}/scans/{r.get_json()['scan_run_id']}"
+    work(app)
+    status = fake_github.latest_status("acme", "api", sha)
+    assert status is not None and status["state"] == "failure", status
+    assert fake_github.runs_of("acme", "api", sha)[-1]["conclusion"] == "failure"
+
+    # 2. Signed in, the scan's page marks the finding blocking; its row's link opens the form, prefilled.
+    result = runner.invoke(args=["admin", "login-url", "acme"])
+    assert result.exit_code == 0, result.output
+    page.goto(result.output.strip().splitlines()[-1])
+    page.get_by_role("button", name="Sign in to acme").click()
+    expect(page).to_have_url(live_server + SECTION)
+    page.goto(scan_url)
+    row = page.locator("table.findings tbody tr").filter(has_text="CVE-2024-3094")
+    expect(row.locator("td.gate")).to_have_text("blocking")
+    shot("scan-blocking")
+    row.get_by_role("link", name="Accept this risk").click()
+    expect(page).to_have_url(re.compile(re.escape(f"{live_server}{SECTION}/exceptions?") + r".*#create$"))
+    expect(page.get_by_role("heading", level=2, name="Accept a risk")).to_be_visible()
+    expect(page.get_by_label("Advisory", exact=True)).to_have_value("CVE-2024-3094")
+    expect(page.get_by_label("Package (optional)")).to_have_value("xz-utils")
+    expect(page.get_by_label("Repository (optional)")).to_have_value(REPO)
+    expect(page.get_by_label("Image (optional)")).to_have_value(image)  # the scan's image name: every tag
+    expect(page.get_by_label("Reason", exact=True)).to_have_value("")
+    with app.app_context():  # opening the form made nothing
+        from app import db
+
+        assert db.session().query(PolicyException).count() == 0
+    shot("exception-form-prefilled")
+
+    # 3. A reason and an expiry, then the POST: back on the scan, the finding excepted with both.
+    page.get_by_label("Reason", exact=True).fill(reason)
+    page.get_by_label("Expires", exact=True).fill(expiry)
+    page.get_by_role("button", name="Create exception").click()
+    expect(page).to_have_url(scan_url)
+    expect(page.locator(".flash-success")).to_contain_text("Created exception")
+    gate = row.locator("td.gate")
+    expect(gate).to_contain_text("excepted now")
+    expect(gate).to_contain_text(reason)
+    expect(gate).to_contain_text(f"until {expiry} 00:00 UTC")
+    expect(row.get_by_role("link", name="Accept this risk")).to_have_count(0)  # nothing left to accept
+    shot("scan-excepted")
+
+    # 4. The exception listed (active), linked from the finding.
+    gate.get_by_role("link", name=re.compile(r"^exception \d+$")).click()
+    listed = page.locator("table.exceptions tbody tr")
+    expect(listed).to_have_count(1)
+    expect(listed).to_contain_text("CVE-2024-3094")
+    expect(listed).to_contain_text(reason)
+    expect(listed).to_contain_text("via admin")
+    shot("exceptions-list")
+
+    # 5. The worker re-posts the commit: GitHub shows success, and the check run lists the exception.
+    work(app)
+    status = fake_github.latest_status("acme", "api", sha)
+    assert status is not None and status["state"] == "success", status
+    run = fake_github.runs_of("acme", "api", sha)[-1]
+    assert run["conclusion"] == "success", run
+    summary = run["output"]["summary"]
+    assert "Excepted: 1" in summary, summary
+    assert f"Excepted until {expiry}: `CVE-2024-3094` in `xz-utils`" in summary, summary
+    assert "xz is only in the build stage" in summary, summary

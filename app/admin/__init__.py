@@ -6,7 +6,14 @@ from flask import Flask
 
 
 def init_app(app: Flask) -> None:
-    from app.admin import audit_page, scan_pages, settings_page, signin, tokens_page  # noqa: F401  (they add their routes)
+    from app.admin import (  # noqa: F401  (they add their routes)
+        audit_page,
+        exceptions_page,
+        scan_pages,
+        settings_page,
+        signin,
+        tokens_page,
+    )
     from app.admin.auth import CookieSessions, csrf_token
     from app.admin.blueprint import bp, security_headers
 

@@ -20,6 +20,18 @@ from app.models import (
 )
 
 EVENTS_PER_PAGE = 50
+# An exception's event details (app.exceptions), named as its form names them; empty ones (any package...) left out.
+EXCEPTION_LABELS = {
+    "exception_id": "Exception",
+    "advisory_id": "Advisory",
+    "package_name": "Package",
+    "repo_full_name": "Repository",
+    "image": "Image",
+    "reason": "Reason",
+    "ticket_url": "Ticket",
+    "expires_at": "Expires",
+    "source": "Source",
+}
 
 
 @bp.get(SECTION + "/audit")
@@ -55,6 +67,10 @@ def event_view(e: AuditEvent) -> dict[str, Any]:
     if e.action == "settings.changed":
         for key, diff in (details.get("changes") or {}).items():
             rows.append((SETTING_LABELS.get(key, key), setting_text(diff.get("old")), setting_text(diff.get("new"))))
+    elif (e.action or "").startswith("exception."):
+        for key, value in details.items():
+            if value is not None:
+                rows.append((EXCEPTION_LABELS.get(key, key.replace("_", " ")), setting_text(value), None))
     else:
         for key, value in details.items():
             rows.append((key.replace("_", " "), setting_text(value), None))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -11,10 +13,11 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy.orm import Session
 from werkzeug.datastructures import MultiDict
 
-from app import advisories, commits, db, fields, policy
+from app import advisories, commits, db, exceptions, fields, policy
 from app.admin.auth import admin_required
 from app.admin.blueprint import bp
 from app.admin.pages import SECTION, WHOLE_NUMBER, org_and_settings, org_of, page_number, public_url
+from app.clock import now_of
 from app.findings import queries
 from app.github.outbox import delivery_state
 from app.models import (
@@ -22,10 +25,12 @@ from app.models import (
     SEVERITIES,
     Finding,
     OutboxItem,
+    PolicyException,
     Repost,
     ScanRun,
     utcnow,
 )
+from app.policy.exceptions import ActiveException, Matcher
 
 SCANS_PER_PAGE = 50
 
@@ -121,6 +126,8 @@ def scan(slug: str, scan_id: int) -> ResponseReturnValue:
     page = page_number(request.args.get("page"))
     shown = _findings_page(session, found.id, severity, page)
     more = len(shown) > FINDINGS_PER_PAGE
+    shown = shown[:FINDINGS_PER_PAGE]
+    notes = ExceptionNotes.of(session, org.id, found, shown)
     item = queries.outbox_by_scan(session, [found.id]).get(found.id)
     return render_template(
         "admin/scan.html",
@@ -129,7 +136,7 @@ def scan(slug: str, scan_id: int) -> ResponseReturnValue:
         scan=found,
         post=posted(found, item),
         item=item,
-        findings=[finding_view(f, found) for f in shown[:FINDINGS_PER_PAGE]],
+        findings=[finding_view(f, found, notes, org.slug) for f in shown],
         severity=severity,
         page=page,
         more=more,
@@ -261,11 +268,80 @@ def _findings_page(session: Session, scan_id: int, severity: str | None, page: i
 
 
 @dataclass(frozen=True)
+class ExceptionNote:
+    """An exception beside a finding: the one that covered it at upload, or an active one covering it now."""
+
+    id: int
+    reason: str
+    expires_at: datetime
+    state: str  # active, expired or revoked
+    now: bool  # covers the finding now, though it did not at upload (made since, or the upload's was another)
+
+
+@dataclass(frozen=True)
 class FindingView:
     finding: Finding
     links: list[tuple[str, str]]  # (advisory id, url): the finding's own id first
     explanation: str | None  # for the app's own synthetic findings
     marks: list[tuple[str, str]]  # how the gate judged it at upload: (mark, words), see gate_marks
+    exceptions: tuple[ExceptionNote, ...] = ()  # what covered it at upload, then what covers it now
+    accept_url: str | None = None  # the exceptions page's form, prefilled for this finding (None: nothing to accept)
+
+
+class ExceptionNotes:
+    """The exceptions beside a page of findings: those the findings name (their exception_id, in any state) and the
+    org's active ones that cover one of them now, read in one query."""
+
+    def __init__(self, rows: Sequence[PolicyException], now: datetime, scan: ScanRun) -> None:
+        self.by_id = {r.id: r for r in rows}
+        self.now = now
+        active = [
+            ActiveException(r.id, r.advisory_id, r.reason, r.expires_at, r.package_name, r.repo_full_name, r.image)
+            for r in rows
+            if exceptions.state_of(r, now) == "active"
+        ]
+        self.matcher = Matcher(active, scan.repo_full_name, scan.image_name) if active else None
+
+    @classmethod
+    def of(cls, session: Session, org_id: int, scan: ScanRun, findings: Sequence[Finding]) -> ExceptionNotes:
+        now = now_of(session.connection())
+        stored = {f.exception_id for f in findings if f.exception_id is not None}
+        ids = {
+            str(i).lower() for f in findings if f.cve_id and not f.synthetic for i in (f.cve_id, *(f.vendor_ids or ()))
+        }
+        e = PolicyException
+        wanted: list[sa.ColumnElement[bool]] = []
+        if stored:
+            wanted.append(e.id.in_(sorted(stored)))
+        if ids:
+            wanted.append(
+                sa.and_(e.revoked_at.is_(None), e.expires_at > now, sa.func.lower(e.advisory_id).in_(sorted(ids)))
+            )
+        rows = list(session.scalars(sa.select(e).where(e.org_id == org_id, sa.or_(*wanted)))) if wanted else []
+        return cls(rows, now, scan)
+
+    def note(self, exception_id: int, now: bool) -> ExceptionNote | None:
+        row = self.by_id.get(exception_id)
+        if row is None:  # an id the finding keeps, of an exception this page cannot read (none should be)
+            return None
+        return ExceptionNote(row.id, row.reason, row.expires_at, exceptions.state_of(row, self.now), now)
+
+    def of_finding(self, f: Finding) -> tuple[ExceptionNote, ...]:
+        notes = []
+        if f.exception_id is not None and (at_upload := self.note(f.exception_id, False)) is not None:
+            notes.append(at_upload)
+        covering = self.covering(f)
+        if covering is not None and covering != f.exception_id and (now := self.note(covering, True)) is not None:
+            notes.append(now)
+        return tuple(notes)
+
+    def covering(self, f: Finding) -> int | None:
+        """The active exception covering the finding now, as an upload would match it."""
+        if self.matcher is None or f.redacted_at is not None:
+            return None
+        return self.matcher.covering(
+            {"cve_id": f.cve_id, "package": f.package, "vendor_ids": f.vendor_ids, "synthetic": f.synthetic}
+        )
 
 
 def gate_marks(f: Finding) -> list[tuple[str, str]]:
@@ -283,14 +359,39 @@ def gate_marks(f: Finding) -> list[tuple[str, str]]:
     return marks
 
 
-def finding_view(f: Finding, scan: ScanRun) -> FindingView:
+def accept_url(f: Finding, scan: ScanRun, org_slug: str) -> str | None:
+    """The exceptions page's create form, prefilled with what the finding is (the advisory, its package, this
+    scan's repository and image name): opening it creates nothing. None for what no exception can cover."""
+    if f.redacted_at is not None or not f.cve_id or f.synthetic or f.cve_id.lower().startswith("fremforge-"):
+        return None
+    return url_for(
+        "admin.exceptions_list",
+        slug=org_slug,
+        advisory_id=f.cve_id,
+        package_name=f.package,
+        repo_full_name=scan.repo_full_name,
+        image=scan.image_name,
+        scan=scan.id,
+        _anchor="create",
+    )
+
+
+def finding_view(
+    f: Finding, scan: ScanRun, notes: ExceptionNotes | None = None, slug: str | None = None
+) -> FindingView:
+    """A finding for its row: advisory links, marks, the exceptions beside it, and (with the org's `slug`, when no
+    active exception covers it now) the link to accept its risk."""
     marks = gate_marks(f)
+    found = notes.of_finding(f) if notes is not None else ()
+    covered_now = notes is not None and notes.covering(f) is not None
+    accept = None if covered_now or slug is None else accept_url(f, scan, slug)
     if f.redacted_at is not None or f.cve_id is None:
-        return FindingView(f, [], None, marks)
+        return FindingView(f, [], None, marks, found)
     explanation = None
     if f.synthetic or f.cve_id.upper().startswith("FREMFORGE-"):
         explanation = synthetic_explanation(f.cve_id, scan)
-    return FindingView(f, advisories.pages(f.cve_id, f.vendor_ids or (), f.references or ()), explanation, marks)
+    links = advisories.pages(f.cve_id, f.vendor_ids or (), f.references or ())
+    return FindingView(f, links, explanation, marks, found, accept)
 
 
 def synthetic_explanation(cve_id: str, scan: ScanRun) -> str:
