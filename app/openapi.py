@@ -7,8 +7,16 @@ from typing import Any
 from flask import Blueprint
 
 from app.chain.verify import FAULTS
+from app.exceptions import MAX_DAYS, REASON_LIMIT
 from app.fields import COMMIT_SHA, GIT_REF, GIT_REF_MAX, MAX_INT32, REPO_FULL_NAME
-from app.models import BLOCK_ACTIONS, BLOCK_ON, BLOCK_THRESHOLDS, SEVERITIES, SIGNATURE_STATUSES
+from app.models import (
+    BLOCK_ACTIONS,
+    BLOCK_ON,
+    BLOCK_THRESHOLDS,
+    EXCEPTION_SOURCES,
+    SEVERITIES,
+    SIGNATURE_STATUSES,
+)
 from app.policy.settings import MAX_RETENTION_DAYS
 from app.tokens import SCOPES
 
@@ -530,6 +538,144 @@ SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "ExceptionCreate": {
+        "type": "object",
+        "description": "An accepted risk: this advisory does not block, here, until then, because. Text fields are "
+        "taken without leading and trailing white space.",
+        "required": ["advisory_id", "reason", "expires_at"],
+        "additionalProperties": False,
+        "properties": {
+            "advisory_id": {
+                **ADVISORY_ID,
+                "description": "Covers a finding whose id or any of its vendor ids equals it, letter case ignored. Any "
+                "advisory id (CVE-, GHSA-, DSA-, ...) without white space; FREMFORGE-* (the synthetic signing "
+                "findings) is refused: signing has its own allowlist.",
+            },
+            "package_name": {
+                **_nullable({"type": "string", "minLength": 1, "maxLength": 1024}),
+                "description": "Only findings of this package (exact); null or left out: any package.",
+            },
+            "repo_full_name": {
+                **_nullable(REPO),
+                "description": "Only scans of this repository (letter case ignored); null or left out: any.",
+            },
+            "image": {
+                **_nullable({"type": "string", "minLength": 1, "maxLength": 1024}),
+                "description": "Only scans of images whose name (the image_ref without tag and digest) matches this "
+                "pattern, `*` matching any run of characters: `ghcr.io/acme/*`. A registry path without a tag or "
+                "digest. Null or left out: any image.",
+            },
+            "reason": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": REASON_LIMIT,
+                "description": "Why, 1-2,000 characters.",
+            },
+            "ticket_url": {
+                **_nullable({"type": "string", "pattern": r"^https://[^\s/]+\S*$", "maxLength": 2048}),
+                "description": "An https:// URL of the ticket tracking the risk.",
+            },
+            "expires_at": {
+                "type": "string",
+                "minLength": 1,
+                "description": f"ISO 8601, a date (2027-01-04) or a date and time (2027-01-04T12:00:00Z; no zone "
+                f"means UTC); in the future and at most {MAX_DAYS} days ahead.",
+            },
+        },
+    },
+    "Exception": {
+        "type": "object",
+        "required": [
+            "id",
+            "advisory_id",
+            "package_name",
+            "repo_full_name",
+            "image",
+            "reason",
+            "ticket_url",
+            "expires_at",
+            "created_by",
+            "created_at",
+            "revoked_by",
+            "revoked_at",
+            "source",
+            "state",
+        ],
+        "properties": {
+            "id": {"type": "integer"},
+            "advisory_id": STR,
+            "package_name": _nullable(STR),
+            "repo_full_name": {**_nullable(STR), "description": "In lower case."},
+            "image": {**_nullable(STR), "description": "An image-name pattern, `*` any run of characters."},
+            "reason": STR,
+            "ticket_url": _nullable(STR),
+            "expires_at": {"type": "string", "format": "date-time", "description": "UTC, to the second."},
+            "created_by": {
+                **STR,
+                "description": "Who made it: `token:ID (NAME)` for a token, the admin's GitHub login, `cli`...",
+            },
+            "created_at": {"type": "string", "format": "date-time"},
+            "revoked_by": _nullable(STR),
+            "revoked_at": _nullable({"type": "string", "format": "date-time"}),
+            "source": {"enum": list(EXCEPTION_SOURCES), "description": "How it was made."},
+            "state": {
+                "enum": ["active", "expired", "revoked"],
+                "description": "revoked once revoked; else expired from expires_at on (the database's clock); else "
+                "active: it covers matching findings.",
+            },
+        },
+    },
+    "ExceptionList": {
+        "type": "object",
+        "required": ["items", "next_cursor"],
+        "properties": {
+            "items": {"type": "array", "items": _ref("Exception"), "maxItems": 1000},
+            "next_cursor": {**_nullable(STR), "description": "Pass as `cursor` for the next page; null: no more."},
+        },
+    },
+    "ExceptionImport": {
+        "type": "object",
+        "required": ["imported", "items"],
+        "properties": {
+            "imported": {**COUNT, "description": "How many exceptions were created: one per statement or line."},
+            "items": {"type": "array", "items": _ref("Exception")},
+        },
+    },
+    "OpenVex": {
+        "type": "object",
+        "description": "An OpenVEX document (https://github.com/openvex/spec). Each `not_affected` statement becomes "
+        "one exception per product and subcomponent: its vulnerability's name the advisory id; `justification: "
+        "impact_statement` the reason (else the `reason` parameter); its products, pkg:oci purls, image patterns "
+        "(the image name of their repository_url); its subcomponents, package purls, package names. OpenVEX has no "
+        "expiry: the `expires_at` parameter gives it. Statements of other statuses are left out.",
+        "required": ["@context", "statements"],
+        "properties": {
+            "@context": {
+                "anyOf": [STR, {"type": "array", "items": STR}],
+                "description": "https://openvex.dev/ns, or a version of it (https://openvex.dev/ns/v0.2.0).",
+            },
+            "statements": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["status"],
+                    "properties": {
+                        "status": {"enum": ["not_affected", "affected", "fixed", "under_investigation"]},
+                        "vulnerability": {
+                            "description": "An object whose `name` is the advisory id (v0.0.1: the id itself); "
+                            "required of a not_affected statement."
+                        },
+                        "justification": {"description": "A string."},
+                        "impact_statement": {"description": "A string."},
+                        "products": {
+                            "description": "pkg:oci purls (strings, or objects with the purl as `@id` or "
+                            "`identifiers.purl`), each with its optional `subcomponents` (package purls)."
+                        },
+                    },
+                },
+            },
+        },
+    },
 }
 
 
@@ -665,6 +811,114 @@ PATHS: dict[str, Any] = {
             "responses": {
                 "200": _json("The policy after the change.", _ref("Settings")),
                 **BODY_ERRORS,
+                **AUTH_ERRORS,
+                **DATABASE_ERRORS,
+            },
+        },
+    },
+    "/api/v1/orgs/{slug}/exceptions": {
+        "get": {
+            "operationId": "listExceptions",
+            "summary": "The org's exceptions, newest first. Scope findings:read.",
+            "parameters": [
+                SLUG,
+                _query("state", {"enum": ["active", "expired", "revoked"]}, "Only exceptions in this state."),
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}, "Page size."),
+                _query("cursor", {"type": "string", "maxLength": 200}, "next_cursor of the previous page."),
+            ],
+            "responses": {
+                "200": _json("A page of exceptions.", _ref("ExceptionList")),
+                **URL_ERRORS,
+                "422": _error("A bad query parameter (state, limit, or a cursor this API did not give out)."),
+                **AUTH_ERRORS,
+                **DATABASE_ERRORS,
+            },
+        },
+        "post": {
+            "operationId": "createException",
+            "summary": "Create an exception (an accepted risk). Scope settings:write.",
+            "description": "Recorded in the org's audit chain; the org's open pull request heads and recently scanned "
+            "commits are posted again under it.",
+            "parameters": [SLUG, CONTENT_ENCODING],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ExceptionCreate")}}},
+            "responses": {
+                "201": _json("Created.", _ref("Exception")),
+                **BODY_ERRORS,
+                "422": _error("A bad field (nothing was stored); each detail names it."),
+                **AUTH_ERRORS,
+                **DATABASE_ERRORS,
+            },
+        },
+    },
+    "/api/v1/orgs/{slug}/exceptions/{exception_id}": {
+        "delete": {
+            "operationId": "revokeException",
+            "summary": "Revoke an exception; the row stays, revoked. Revoking a revoked one changes nothing. "
+            "Scope settings:write.",
+            "parameters": [
+                SLUG,
+                {"name": "exception_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}},
+            ],
+            "responses": {
+                "200": _json("The exception, revoked.", _ref("Exception")),
+                **URL_ERRORS,
+                "401": UNAUTHORIZED,
+                "403": AUTH_ERRORS["403"],
+                "404": _error("Unknown organisation, or no such exception in it."),
+                **DATABASE_ERRORS,
+            },
+        },
+    },
+    "/api/v1/orgs/{slug}/exceptions/import": {
+        "post": {
+            "operationId": "importExceptions",
+            "summary": "Import an OpenVEX document's not_affected statements or a .trivyignore file as exceptions, "
+            "all or nothing. Scope settings:write.",
+            "description": "Each statement or line becomes one exception (source openvex or trivyignore), each an "
+            "audit event. A .trivyignore holds one advisory id a line, `#` comments, and Trivy's `exp:YYYY-MM-DD` "
+            "honoured as the expiry.",
+            "parameters": [
+                SLUG,
+                CONTENT_ENCODING,
+                {
+                    "name": "format",
+                    "in": "query",
+                    "required": True,
+                    "schema": {"enum": ["openvex", "trivyignore"]},
+                    "description": "openvex: an OpenVEX JSON document; trivyignore: a .trivyignore file as text.",
+                },
+                _query(
+                    "reason",
+                    {"type": "string", "maxLength": REASON_LIMIT},
+                    "The reason of each exception whose statement gives none (a .trivyignore gives none).",
+                ),
+                _query(
+                    "expires_at",
+                    {"type": "string", "maxLength": 100},
+                    "The expiry (ISO 8601) of each exception whose statement or line gives none.",
+                ),
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": _ref("OpenVex")},
+                    "text/plain": {"schema": {"type": "string"}},
+                },
+            },
+            "responses": {
+                "201": _json("Imported.", _ref("ExceptionImport")),
+                **BODY_ERRORS,
+                "400": _error(
+                    "Malformed JSON or gzip, a .trivyignore that is not UTF-8, or a NUL character (%00) in the URL."
+                ),
+                "415": _error(
+                    "An OpenVEX document not sent as application/json, a .trivyignore not sent as "
+                    "text/plain, or an unsupported Content-Encoding."
+                ),
+                "422": _error(
+                    "A bad query parameter, or a bad document: each detail names the statement or line "
+                    "(statements[2].vulnerability, line 5) and its field. Nothing was imported."
+                ),
                 **AUTH_ERRORS,
                 **DATABASE_ERRORS,
             },

@@ -7,8 +7,10 @@ positive and negative data, and fixed seeds; plus hand-picked requests for the p
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jsonschema_rs
@@ -26,6 +28,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from app.exceptions import encode_cursor as exception_cursor
 from app.findings.queries import encode_cursor
 from app.openapi import document
 from tests.factories import ALL_SCOPES, SHA, SHA2, finding, make_org, make_token, post, seed, set_policy
@@ -168,7 +171,21 @@ def acme(app: Flask) -> dict[str, Any]:
         r = post(client, token, body)
         assert r.status_code == 202, r.json
         scan_ids.append(r.json["scan_run_id"])
-    return {"token": token, "scan_ids": scan_ids, "client": client}
+    exception_ids = []
+    for advisory in ("CVE-2023-1234", "GHSA-xxxx-yyyy-zzzz"):
+        r = client.post(
+            EXCEPTIONS.format(slug="acme"),
+            json={"advisory_id": advisory, "reason": "accepted for the test", "expires_at": in_days(30)},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert r.status_code == 201, r.json
+        exception_ids.append(r.json["id"])
+    return {"token": token, "scan_ids": scan_ids, "exception_ids": exception_ids, "client": client}
+
+
+def in_days(days: int) -> str:
+    """An expiry `days` from now, as ISO 8601 (UTC)."""
+    return (datetime.now(UTC) + timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _config(acme: dict[str, Any]) -> schemathesis.Config:
@@ -180,11 +197,16 @@ def _config(acme: dict[str, Any]) -> schemathesis.Config:
             "dictionaries": {
                 "scans": {"values": acme["scan_ids"]},
                 "repos": {"values": ["acme/api", "acme/web", "ACME/api"]},
+                "exceptions": {"values": acme["exception_ids"]},
+                # expiries an exception may have: in the future, at most 365 days ahead
+                "expiries": {"values": [in_days(1), in_days(90), in_days(364), in_days(7)[:10]]},
             },
             "parameters": {
                 # The org is always acme (its token): unknown orgs and other tokens are hand-picked below.
                 "path.slug": "acme",
                 "path.scan_run_id": {"dictionary": "scans", "probability": 0.5},
+                "path.exception_id": {"dictionary": "exceptions", "probability": 0.5},
+                "body.expires_at": {"dictionary": "expiries", "probability": 0.7},
                 "body.repo_full_name": {"dictionary": "repos", "probability": 0.7},
                 "query.repo_full_name": {"dictionary": "repos", "probability": 0.7},
                 # schemathesis would send `Content-Encoding: gzip` over a body it does not compress; gzip is
@@ -276,8 +298,11 @@ def test_api_answers_as_documented(app: Flask, acme: dict[str, Any]) -> None:
 
     documented = {f"{m} {p}" for m, p in _documented(document()) if p != "/api/v1/openapi.json"}
     assert set(seen) == documented
-    # The runs reached past authentication and validation: each operation answered its success status.
+    # The runs reached past authentication and validation: each operation answered its success status. (Random
+    # documents are never a valid import: the hand-picked requests below import.)
     success = {label: 202 if label.startswith("POST") and "/audit/" not in label else 200 for label in documented}
+    success[f"POST {EXCEPTIONS}"] = 201
+    del success[f"POST {EXCEPTIONS}/import"]
     assert [label for label, code in success.items() if not seen[label].get(code)] == [], seen
     # ... and refused what it should refuse.
     no_input = {f"GET {SETTINGS}", "GET /healthz", "GET /readyz", f"GET {AUDIT}/verify", f"GET {AUDIT}/checkpoint"}
@@ -295,6 +320,8 @@ SCANS = "/api/v1/orgs/{slug}/image-scans"
 SCAN = "/api/v1/orgs/{slug}/image-scans/{scan_run_id}"
 SETTINGS = "/api/v1/orgs/{slug}/image-scans/settings"
 AUDIT = "/api/v1/orgs/{slug}/audit"
+EXCEPTIONS = "/api/v1/orgs/{slug}/exceptions"
+EXCEPTION = "/api/v1/orgs/{slug}/exceptions/{exception_id}"
 TRIVY_REPORT = {
     "SchemaVersion": 2,
     "ArtifactName": "ghcr.io/acme/api:trivy",
@@ -351,7 +378,7 @@ class Checked:
         if token is not None:
             hdrs["Authorization"] = f"Bearer {token}"
         url = path.format(slug=slug, **path_params)
-        if method == "POST":
+        if method == "POST" and path == FINDINGS:
             response = post(
                 self.client,
                 token,
@@ -372,6 +399,7 @@ class Checked:
             query=query,
             headers=hdrs,
             body=body if body is not None else NOT_SET,
+            media_type=hdrs.get("Content-Type", "application/json").split(";")[0],
         )
         case.validate_response(response, checks=CHECKS)
         assert response.status_code == expect, (response.status_code, response.get_data(as_text=True)[:500])
@@ -512,3 +540,133 @@ def test_refusals_answer_as_documented(app, acme, checked):
     big = seed(findings=[finding(f"CVE-2024-{i:05d}") for i in range(100)])
     checked("POST", FINDINGS, body=big, expect=413)
     checked("POST", FINDINGS, body=big, headers={"Content-Encoding": "gzip"}, expect=413)
+
+
+def test_exceptions_answer_as_documented(app, acme, checked):
+    created = checked(
+        "POST",
+        EXCEPTIONS,
+        body={
+            "advisory_id": "CVE-2024-0001",
+            "package_name": "openssl",
+            "repo_full_name": "ACME/api",
+            "image": "ghcr.io/acme/*",
+            "reason": "Not reachable: the parser is never fed input.",
+            "ticket_url": "https://tickets.example.com/SEC-12",
+            "expires_at": in_days(30),
+        },
+        expect=201,
+    )
+    assert (created["state"], created["source"], created["repo_full_name"]) == ("active", "api", "acme/api")
+    checked("POST", EXCEPTIONS, body={"advisory_id": "X-1", "reason": "r", "expires_at": in_days(1)[:10]}, expect=201)
+    page = checked("GET", EXCEPTIONS, query={"limit": "2"}, expect=200)
+    assert len(page["items"]) == 2 and page["next_cursor"]
+    rest = checked("GET", EXCEPTIONS, query={"cursor": page["next_cursor"], "state": "active"}, expect=200)
+    assert rest["next_cursor"] is None and rest["items"]
+    revoked = checked("DELETE", EXCEPTION, exception_id=created["id"], expect=200)
+    assert (revoked["state"], revoked["revoked_at"] is not None) == ("revoked", True)
+    assert checked("DELETE", EXCEPTION, exception_id=created["id"], expect=200) == revoked
+    assert [e["id"] for e in checked("GET", EXCEPTIONS, query={"state": "revoked"}, expect=200)["items"]] == [
+        created["id"]
+    ]
+    assert checked("GET", EXCEPTIONS, query={"state": "expired"}, expect=200) == {"items": [], "next_cursor": None}
+
+    trivyignore = b"# accepted risks\nCVE-2024-0002\nCVE-2024-0003 exp:2099-01-01\n"
+    imported = checked(
+        "POST",
+        EXCEPTIONS + "/import",
+        raw=trivyignore.replace(b"2099-01-01", in_days(10)[:10].encode()),
+        headers={"Content-Type": "text/plain"},
+        query={"format": "trivyignore", "reason": "Imported from .trivyignore", "expires_at": in_days(60)},
+        expect=201,
+    )
+    assert imported["imported"] == 2 and {e["source"] for e in imported["items"]} == {"trivyignore"}
+    gzipped = checked(
+        "POST",
+        EXCEPTIONS + "/import",
+        raw=gzip.compress(b"CVE-2024-0006\n"),
+        headers={"Content-Type": "text/plain", "Content-Encoding": "gzip"},
+        query={"format": "trivyignore", "reason": "Imported from .trivyignore", "expires_at": in_days(60)},
+        expect=201,
+    )
+    assert [e["advisory_id"] for e in gzipped["items"]] == ["CVE-2024-0006"]
+    vex = {
+        "@context": "https://openvex.dev/ns/v0.2.0",
+        "statements": [
+            {
+                "vulnerability": {"name": "CVE-2024-0004"},
+                "products": [{"@id": "pkg:oci/api?repository_url=ghcr.io/acme/api"}],
+                "status": "not_affected",
+                "justification": "vulnerable_code_not_in_execute_path",
+            },
+            {"vulnerability": {"name": "CVE-2024-0005"}, "status": "affected"},
+        ],
+    }
+    from_vex = checked(
+        "POST", EXCEPTIONS + "/import", body=vex, query={"format": "openvex", "expires_at": in_days(60)}, expect=201
+    )
+    assert from_vex["imported"] == 1 and from_vex["items"][0]["image"] == "ghcr.io/acme/api"
+
+
+def test_exception_refusals_answer_as_documented(app, acme, checked):
+    make_org(app, "other", github_login="other")
+    other_token = make_token(app, "other")
+    read_only = make_token(app, "acme", ["findings:read"])
+    writer = make_token(app, "acme", ["settings:write"])
+    exception_id = acme["exception_ids"][0]
+    good = {"advisory_id": "CVE-2024-0001", "reason": "r", "expires_at": in_days(30)}
+    for method, path, body in (
+        ("GET", EXCEPTIONS, None),
+        ("POST", EXCEPTIONS, good),
+        ("DELETE", EXCEPTION, None),
+        ("POST", EXCEPTIONS + "/import", {"@context": "https://openvex.dev/ns", "statements": []}),
+    ):
+        params = {"exception_id": exception_id} if path == EXCEPTION else {}
+        query = {"format": "openvex"} if path.endswith("/import") else None
+        checked(method, path, body=body, query=query, token=None, expect=401, **params)
+        checked(method, path, body=body, query=query, token=other_token, expect=403, **params)
+        checked(method, path, body=body, query=query, slug="nobody", expect=404, **params)
+        wrong_scope = writer if method == "GET" else read_only
+        checked(method, path, body=body, query=query, token=wrong_scope, expect=403, **params)
+    checked("DELETE", EXCEPTION, exception_id=2**31, expect=404)
+    checked("DELETE", EXCEPTION, exception_id=10**20, expect=404)
+    checked("DELETE", EXCEPTION, exception_id=0, expect=404)
+
+    checked("POST", EXCEPTIONS, body={**good, "advisory_id": "FREMFORGE-UNSIGNED-IMAGE"}, expect=422)
+    checked("POST", EXCEPTIONS, body={**good, "expires_at": "0001-01-01T00:00:00+01:00"}, expect=422)  # was a 500
+    checked("POST", EXCEPTIONS, body={**good, "unknown": 1}, expect=422)
+    checked("POST", EXCEPTIONS, body=[good], expect=422)
+    checked("POST", EXCEPTIONS, raw=b"{", expect=400)
+    checked("POST", EXCEPTIONS, raw=b"{}", headers={"Content-Type": "text/plain"}, expect=415)
+    checked("GET", EXCEPTIONS, query={"cursor": "nonsense"}, expect=422)
+    checked("GET", EXCEPTIONS, query={"cursor": exception_cursor(2**31)}, expect=422)
+    checked("GET", EXCEPTIONS, query={"cursor": encode_cursor(5)}, expect=422)  # a scans cursor
+    checked("GET", EXCEPTIONS, query={"state": "gone"}, expect=422)
+    checked("GET", EXCEPTIONS, query={"limit": "1001"}, expect=422)
+
+    imports = EXCEPTIONS + "/import"
+    checked("POST", imports, body={"statements": []}, query={"format": "yaml"}, expect=422)
+    checked("POST", imports, body={"statements": []}, expect=422)  # no format
+    checked("POST", imports, body={"statements": []}, query={"format": "openvex"}, expect=422)  # no @context
+    checked(
+        "POST", imports, raw=b"CVE-1\n", headers={"Content-Type": "text/plain"}, query={"format": "openvex"}, expect=415
+    )
+    checked("POST", imports, body={"x": 1}, query={"format": "trivyignore"}, expect=415)
+    checked(
+        "POST",
+        imports,
+        raw=b"CVE-1 maybe\n",
+        headers={"Content-Type": "text/plain"},
+        query={"format": "trivyignore", "reason": "r", "expires_at": in_days(30)},
+        expect=422,
+    )
+    checked(
+        "POST",
+        imports,
+        raw=b"CVE-1\n",
+        headers={"Content-Type": "text/plain", "Content-Encoding": "br"},
+        query={"format": "trivyignore", "reason": "r", "expires_at": in_days(30)},
+        expect=415,
+    )
+    listed = checked("GET", EXCEPTIONS, query={"limit": "1000"}, expect=200)["items"]
+    assert [e["id"] for e in listed] == acme["exception_ids"][::-1]  # nothing refused was stored

@@ -62,7 +62,10 @@ def parse_time(value: str) -> datetime:
     except ValueError:
         raise ValueError("is not an ISO 8601 date or time, such as 2027-01-04 or 2027-01-04T12:00:00Z") from None
     if parsed.tzinfo is not None:
-        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+        try:  # 0001-01-01T00:00+01:00 is before the first UTC time there is
+            parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+        except OverflowError:
+            raise ValueError("is out of the range of dates") from None
     return parsed
 
 
