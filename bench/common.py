@@ -364,10 +364,20 @@ def in_app(app: Any, fn: Callable[[Any], Any]) -> Any:
 # ---------------------------------------------------------------- upload bodies
 
 
-def make_trivy(n: int, out: Path, seed: int = 1) -> dict:
-    """A Trivy report of `n` vulnerabilities written to `out` by shared/bench/make_trivy.py; returns it parsed."""
+def make_trivy(n: int, out: Path, seed: int = 1, id_offset: int = 0) -> dict:
+    """A Trivy report of `n` vulnerabilities written to `out` by shared/bench/make_trivy.py; returns it parsed.
+    Its advisory ids are numbered from `id_offset` + 1, so reports with disjoint ranges share no advisory."""
     subprocess.run(
-        [sys.executable, str(SHARED_BENCH / "make_trivy.py"), str(n), str(out), "--seed", str(seed)],
+        [
+            sys.executable,
+            str(SHARED_BENCH / "make_trivy.py"),
+            str(n),
+            str(out),
+            "--seed",
+            str(seed),
+            "--id-offset",
+            str(id_offset),
+        ],
         check=True,
         stdout=subprocess.DEVNULL,
     )
