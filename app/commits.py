@@ -207,7 +207,8 @@ def baseline_of(conn: sa.Connection, org_id: int, repo: str, sha: str, image_nam
 def baseline_keys(conn: sa.Connection, scan_id: int) -> set[tuple[str, str]]:
     """What a finding is the same as in a baseline by: (advisory id, package). A finding emptied by retention has
     none, so what it was counts as new (fails closed)."""
-    return {(row.cve_id, row.package) for row in conn.execute(_KEYS, {"scan": scan_id})}
+    # The driver's rows as they come (plain tuples): building SQLAlchemy rows for 10,000 keys cost 3x the query.
+    return set(conn.execute(_KEYS, {"scan": scan_id}).cursor.fetchall())
 
 
 # ---------------------------------------------------------------- the aggregate under the current policy
