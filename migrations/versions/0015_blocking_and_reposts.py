@@ -1,5 +1,6 @@
 """the gate's record (spec sections 2 and 3): each finding's blocking, new and exception_id as evaluated at upload;
-each scan's blocking count, baseline scan and block_on; the commits whose posted state waits to be re-evaluated (reposts)
+each scan's blocking count, baseline scan and block_on; the commits whose posted state waits to be re-evaluated
+(reposts)
 
 Scans stored before: blocking is what blocked under the rule they were judged by (a high or critical finding of
 a scan that failed); new and exception_id stay NULL (no baseline was asked, no exception existed).
