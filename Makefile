@@ -20,9 +20,10 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt | $(BIN)/python
 setup: $(VENV)/.installed
 
 ## Run the app on its embedded default: SQLite in instance/, no GitHub App needed; an outbox worker beside it,
-## started again if it ever exits.
+## started again if it ever exits. Both count into instance/metrics (GET /metrics sums them: gunicorn.conf.py).
 run: setup
 	$(BIN)/flask --app wsgi db upgrade
+	export PROMETHEUS_MULTIPROC_DIR="$${PROMETHEUS_MULTIPROC_DIR:-$(CURDIR)/instance/metrics}"; \
 	bash deploy/keep-running.sh $(BIN)/flask --app wsgi worker & worker=$$!; trap 'kill $$worker 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/gunicorn --workers $(WORKERS) --bind 127.0.0.1:$(PORT) --access-logfile - wsgi:app
 
@@ -31,8 +32,8 @@ test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: setup
-	$(BIN)/ruff check app tests bench migrations
-	$(BIN)/ruff format --check app tests bench migrations
+	$(BIN)/ruff check app tests bench migrations action gunicorn.conf.py
+	$(BIN)/ruff format --check app tests bench migrations action gunicorn.conf.py
 
 ## Check the types of app/ (mypy; its settings are in pyproject.toml).
 types: setup

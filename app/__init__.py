@@ -12,7 +12,7 @@ import orjson
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
-from app import config
+from app import config, logs
 
 
 class JSONProvider(DefaultJSONProvider):
@@ -48,15 +48,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         raise
     app.json = JSONProvider(app)
 
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    # First: the log format (and the secrets kept out of every line), and each request's id before any other hook.
+    logs.init_app(app)
     if app.config["GITHUB_APP_CONFIGURED"] and not app.config.get("PUBLIC_URL"):
         logging.getLogger(__name__).warning(
             "config.no_public_url: set FREMFORGE_PUBLIC_URL; links posted to GitHub now follow each request's Host"
         )
 
-    from app import admin, cli, db, health, openapi
+    from app import admin, cli, db, health, home, metrics, openapi
     from app.chain import api as chain_api
     from app.exceptions import api as exceptions_api
     from app.findings import api as findings_api
@@ -69,7 +68,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     _private_files(app)
     github_client.init_app(app)
     errors.init_app(app)
+    metrics.init_app(app)
     app.register_blueprint(health.bp)
+    app.register_blueprint(home.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(policy_api.bp)
     app.register_blueprint(findings_api.bp)

@@ -1,4 +1,4 @@
-"""Command line (`flask --app wsgi ...`): db, orgs, tokens, policy, exceptions and admin groups."""
+"""Command line (`flask --app wsgi ...`): db, orgs, tokens, policy, exceptions, admin and webhooks groups."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from app.admin import login_links
 from app.chain import checkpoints, retention
 from app.db import write_transaction
 from app.exceptions import imports
+from app.github import redeliver
 from app.github.client import github_app
 from app.models import BLOCK_ACTIONS, BLOCK_ON, BLOCK_THRESHOLDS, Org, utcnow
 from app.policy import settings as policy_settings
@@ -32,6 +33,7 @@ exceptions_cli = AppGroup("exceptions", help="An organisation's exceptions (acce
 admin_cli = AppGroup("admin", help="The admin pages.")
 chain_cli = AppGroup("chain", help="The tamper-evident chain of each organisation.")
 retention_cli = AppGroup("retention", help="Ageing out old payloads.")
+webhooks_cli = AppGroup("webhooks", help="GitHub's webhook deliveries to this app.")
 
 
 def _echo_json(value: Any) -> None:
@@ -505,7 +507,31 @@ def worker(once: bool, poll_seconds: float, parallel: int) -> None:
     click.echo(f"handled {loop.run()} deliveries")
 
 
+# ---------------------------------------------------------------- webhooks
+
+
+@webhooks_cli.command("redeliver")
+@click.option(
+    "--since",
+    callback=_parse_now,
+    help="Look at deliveries since this time (ISO-8601; default: where the last look began; at most 3 days back).",
+)
+def webhooks_redeliver(since: datetime | None) -> None:
+    """Ask GitHub to redeliver the webhook deliveries that failed and that the app has not handled."""
+    gh = github_app()
+    if gh is None:
+        raise click.ClickException(
+            "no GitHub App configured (FREMFORGE_GITHUB_APP_ID and FREMFORGE_GITHUB_PRIVATE_KEY): nothing to redeliver"
+        )
+    look = redeliver.redeliver_failed(db.session(), gh, since=since)
+    for line in look.lines():
+        click.echo(line)
+    if look.error is not None:
+        raise click.ClickException(look.error)
+
+
 def init_app(app: Flask) -> None:
-    for group in (db_cli, orgs_cli, tokens_cli, policy_cli, exceptions_cli, admin_cli, chain_cli, retention_cli):
+    groups = (db_cli, orgs_cli, tokens_cli, policy_cli, exceptions_cli, admin_cli, chain_cli, retention_cli)
+    for group in (*groups, webhooks_cli):
         app.cli.add_command(group)
     app.cli.add_command(worker)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -29,8 +30,12 @@ DEFAULTS: dict[str, Any] = {
     "MAX_FINDINGS": 100_000,  # findings in one upload; past it a 413 (too_many_findings)
     "GITHUB_TIMEOUT_SECONDS": 10,  # per GitHub call made by the worker
     "CHECKPOINT_KEY_FILE": None,  # None: checkpoint_ed25519.pem in the instance folder, made when absent
+    "LOG_FORMAT": "text",  # text (one line a record, as before) or json (one JSON object a line): app.logs
+    "METRICS_TOKEN": None,  # None: GET /metrics is open (keep it on loopback); else it needs this bearer token
+    "RATE_LIMIT": None,  # requests per token, e.g. "600/minute" (second, minute or hour); None: no limit
 }
 ENVIRONMENTS = ("development", "production")
+LOG_FORMATS = ("text", "json")
 SESSION_LIFETIME = timedelta(hours=12)  # an admin session's cookie; the server-side record decides (app.admin.sessions)
 PREFIX = "FREMFORGE_"
 # In production FREMFORGE_SECRET_KEY must carry at least 32 random bytes' worth (spec section 8), and be none of
@@ -110,6 +115,8 @@ def finalize(config: dict[str, Any], instance_path: str) -> None:
     if not 1 <= max_findings <= 10_000_000:
         raise ConfigError("FREMFORGE_MAX_FINDINGS must be between 1 and 10000000")
     config["MAX_FINDINGS"] = max_findings
+    # (requests, seconds) of the per-token limit (app.web.ratelimit), or None
+    config["RATE_LIMIT_RULE"] = parse_rate_limit(config.get("RATE_LIMIT"))
 
     if not config.get("DATABASE_URL"):
         config["DATABASE_URL"] = f"sqlite:///{Path(instance_path) / 'fremforge.db'}"
@@ -131,6 +138,13 @@ def finalize(config: dict[str, Any], instance_path: str) -> None:
     config["SESSION_COOKIE_SECURE"] = str(config.get("PUBLIC_URL") or "").startswith("https://")
     config["PERMANENT_SESSION_LIFETIME"] = SESSION_LIFETIME
     config["SESSION_REFRESH_EACH_REQUEST"] = False  # the cookie expires 12 h after sign-in, as its record does
+
+    config["LOG_FORMAT"] = str(config.get("LOG_FORMAT") or "text").strip().lower()
+    if config["LOG_FORMAT"] not in LOG_FORMATS:
+        raise ConfigError(
+            f"FREMFORGE_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, not {str(config['LOG_FORMAT'])[:50]!r}"
+        )
+    config["METRICS_TOKEN"] = str(config.get("METRICS_TOKEN") or "").strip() or None
 
     config["ENV"] = str(config["ENV"]).strip().lower()
     if config["ENV"] not in ENVIRONMENTS:
@@ -168,6 +182,26 @@ def finalize(config: dict[str, Any], instance_path: str) -> None:
             "GitHub are built from it, never from a request's Host header. Set it to the address people reach "
             "this service at, e.g. https://fremforge.example.com"
         )
+
+
+RATE_LIMIT_UNITS = {"second": 1, "minute": 60, "hour": 3600}
+RATE_LIMIT_FORMAT = re.compile(r"(\d{1,10})\s*/\s*(second|minute|hour)s?", re.ASCII | re.IGNORECASE)
+MAX_RATE_LIMIT = 1_000_000_000  # requests per window (the count is a 32-bit column)
+
+
+def parse_rate_limit(value: Any) -> tuple[int, int] | None:
+    """`FREMFORGE_RATE_LIMIT` ("600/minute": a whole number of requests per second, minute or hour) as (requests,
+    window seconds); None when unset or empty (no limit). Anything else is a ConfigError."""
+    text = "" if value is None else str(value).strip()
+    if not text:
+        return None
+    match = RATE_LIMIT_FORMAT.fullmatch(text)
+    if match is None or not 1 <= int(match[1]) <= MAX_RATE_LIMIT:
+        raise ConfigError(
+            "FREMFORGE_RATE_LIMIT must be a whole number of requests (1 to 1000000000) per second, minute or hour, "
+            f"such as 600/minute, not {text[:100]!r}"
+        )
+    return int(match[1]), RATE_LIMIT_UNITS[match[2].lower()]
 
 
 def check_public_url(url: str) -> None:

@@ -272,6 +272,8 @@ class OutboxItem(Base):
     check_posted: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     attempts: Mapped[int] = mapped_column(default=0)
     refusals: Mapped[int] = mapped_column(default=0, server_default="0")  # 404/422 answers: retried a few times
+    # Times it was put back to pending after it was given up on during a GitHub outage (app.github.redeliver).
+    revivals: Mapped[int] = mapped_column(default=0, server_default="0")
     # Bumped when the row must be posted again (a stale state landed after it): a worker that read an older
     # revision records its outcome without marking the row delivered.
     revision: Mapped[int] = mapped_column(default=0, server_default="0")
@@ -451,3 +453,42 @@ class AdminSession(Base):
     github_token: Mapped[str | None] = mapped_column(sa.Text)
     revoked_at: Mapped[datetime | None]
     revoked_reason: Mapped[str | None] = mapped_column(sa.String(40))
+
+
+class IdempotencyKey(Base):
+    """An upload's `Idempotency-Key` (spec section 11), one per org and key: claimed before ingest, holding the first
+    answer for 24 hours (app.web.idempotency). Times on the database's clock."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (sa.Index("ix_idempotency_keys_created_at", "created_at"),)
+
+    org_id: Mapped[int] = mapped_column(sa.ForeignKey("orgs.id", ondelete="CASCADE"), primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(sa.String(64))  # SHA-256 of the decompressed body and the query string
+    claim: Mapped[str] = mapped_column(sa.String(32))  # the claiming request's random id: only it stores the answer
+    created_at: Mapped[datetime]  # when claimed; the key is forgotten 24 hours later
+    lease_until: Mapped[datetime]  # while no answer is stored: past it, the claim's request is taken for dead
+    status_code: Mapped[int | None]  # the first answer (NULL while in flight) ...
+    response: Mapped[str | None] = mapped_column(sa.Text)  # ... and its JSON body, as sent
+
+
+class RateLimitWindow(Base):
+    """A token's request count in the current fixed window of `FREMFORGE_RATE_LIMIT` (app.web.ratelimit): one row per
+    token, moved to each new window by the request that opens it."""
+
+    __tablename__ = "rate_limits"
+
+    token_id: Mapped[int] = mapped_column(sa.ForeignKey("api_tokens.id", ondelete="CASCADE"), primary_key=True)
+    window_start: Mapped[int] = mapped_column(sa.BigInteger)  # Unix seconds on the database's clock
+    count: Mapped[int]
+
+
+class RedeliveryLook(Base):
+    """The look for webhook deliveries that failed (app.github.redeliver), one row per webhook ("app": the App's),
+    shared by every worker process. Times on the database's clock."""
+
+    __tablename__ = "webhook_redelivery_looks"
+
+    hook: Mapped[str] = mapped_column(sa.String(50), primary_key=True)
+    looked_at: Mapped[datetime | None]  # when the last successful look began: the next one looks from there
+    tried_at: Mapped[datetime | None]  # when the worker's last hourly look began (successful or not)

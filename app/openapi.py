@@ -71,10 +71,22 @@ UNAUTHORIZED = {
     **_error("Missing, unknown, expired or revoked token."),
     "headers": {"WWW-Authenticate": {"schema": STR, "description": "Bearer"}},
 }
+_RETRY_AFTER = {
+    "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    "description": "Seconds to wait before trying again.",
+}
+RATE_LIMITED = {
+    **_error(
+        "The token made more requests than FREMFORGE_RATE_LIMIT allows in its current window (error rate_limited); "
+        "nothing was done. Retry-After gives the seconds to the window's end."
+    ),
+    "headers": {"Retry-After": {**_RETRY_AFTER, "required": True}},
+}
 AUTH_ERRORS = {
     "401": UNAUTHORIZED,
     "403": _error("The token belongs to another organisation or lacks the scope."),
     "404": _error("Unknown organisation (or scan)."),
+    "429": RATE_LIMITED,
 }
 BODY_ERRORS = {
     "400": _error("Malformed JSON or gzip, an empty body, or a NUL character (%00) in the URL."),
@@ -83,10 +95,6 @@ BODY_ERRORS = {
     "422": _error("The body breaks the schema; each detail names its JSON path."),
 }
 URL_ERRORS = {"400": _error("The URL contains a NUL character (%00).")}
-_RETRY_AFTER = {
-    "schema": {"type": "string", "pattern": "^[0-9]+$"},
-    "description": "Seconds to wait before trying again.",
-}
 _DATABASE_UNAVAILABLE = "the database is unavailable or locked past its budget (error database_unavailable)"
 DATABASE_ERRORS = {
     "503": {
@@ -105,6 +113,16 @@ def _or_database_unavailable(description: str) -> dict[str, Any]:
 
 
 SLUG = {"name": "slug", "in": "path", "required": True, "schema": STR, "description": "The organisation's slug."}
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+    "description": "1 to 255 visible ASCII characters (a UUID, say), per organisation. The same key with the same "
+    "body and query string within 24 hours gets the first answer again (same status and JSON, header "
+    "Idempotent-Replayed: true), and nothing is stored twice; with another body, 422 idempotency_key_reused; while "
+    "the first request is in flight, 409 idempotency_key_in_flight. A request that fails frees its key.",
+}
 CONTENT_ENCODING = {
     "name": "Content-Encoding",
     "in": "header",
@@ -128,7 +146,7 @@ SCHEMAS: dict[str, Any] = {
                         "path": STR,
                         "code": STR,
                         "message": STR,
-                        "in": {"enum": ["query", "body"]},
+                        "in": {"enum": ["query", "body", "header"]},
                         "limit": {"type": "integer", "description": "The limit the value is past, when it is one."},
                     },
                 },
@@ -703,7 +721,7 @@ PATHS: dict[str, Any] = {
             "operationId": "uploadFindings",
             "summary": "Upload one image's findings (the seed shape, or a raw Trivy report).",
             "description": "Scope findings:write. Validated whole before anything is stored.",
-            "parameters": [SLUG, CONTENT_ENCODING, *TRIVY_QUERY],
+            "parameters": [SLUG, CONTENT_ENCODING, IDEMPOTENCY_KEY, *TRIVY_QUERY],
             "requestBody": {
                 "required": True,
                 "content": {
@@ -713,11 +731,32 @@ PATHS: dict[str, Any] = {
                 },
             },
             "responses": {
-                "202": _json(
-                    "Stored (or dropped when the policy is disabled).",
-                    {"oneOf": [_ref("IngestAccepted"), _ref("IngestDisabled")]},
-                ),
+                "202": {
+                    **_json(
+                        "Stored (or dropped when the policy is disabled); or, for an Idempotency-Key seen before with "
+                        "the same body, the first answer again.",
+                        {"oneOf": [_ref("IngestAccepted"), _ref("IngestDisabled")]},
+                    ),
+                    "headers": {
+                        "Idempotent-Replayed": {
+                            "schema": {"type": "string", "enum": ["true"]},
+                            "description": "Present on an answer sent again for an Idempotency-Key.",
+                        }
+                    },
+                },
                 **BODY_ERRORS,
+                "409": {
+                    **_error(
+                        "The first request with this Idempotency-Key is still in flight "
+                        "(idempotency_key_in_flight); nothing was done. Try again after Retry-After seconds."
+                    ),
+                    "headers": {"Retry-After": {**_RETRY_AFTER, "required": True}},
+                },
+                "422": _error(
+                    "The body breaks the schema, each detail naming its JSON path; the Idempotency-Key header is "
+                    "malformed (the detail names it); or the key was sent before with another body or query string "
+                    "(idempotency_key_reused)."
+                ),
                 "413": _error(
                     "Nothing was stored: the body (or what it decompresses to) is over the upload limit "
                     "(payload_too_large), it holds more than MAX_FINDINGS findings (too_many_findings), or more than "
@@ -865,6 +904,7 @@ PATHS: dict[str, Any] = {
                 "401": UNAUTHORIZED,
                 "403": AUTH_ERRORS["403"],
                 "404": _error("Unknown organisation, or no such exception in it."),
+                "429": RATE_LIMITED,
                 **DATABASE_ERRORS,
             },
         },

@@ -1,4 +1,5 @@
-"""The worker process's loop: deliver the outbox, apply retention daily, beat a heartbeat, survive every error."""
+"""The worker process's loop: deliver the outbox, put back what an outage left undelivered, apply retention daily,
+beat a heartbeat, survive every error."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session
 from app import clock, db, exceptions
 from app.chain import retention
 from app.db import write_transaction
-from app.github import outbox, posting
+from app.github import outbox, posting, redeliver
 from app.github.client import GitHubApp
 from app.models import WorkerHeartbeat, utcnow
 from app.web import urls
@@ -33,6 +34,9 @@ STUCK_AFTER = 600.0
 EXPIRY_EVERY = 10.0  # seconds between looks for expired exceptions (spec: re-posted within a minute)
 ERROR_FIRST_WAIT = 1.0  # after an error the loop waits this long, doubling per error in a row...
 ERROR_MAX_WAIT = 30.0  # ...up to this
+# Seconds between looks at whether the hourly look for failed webhook deliveries is due (the database says, for every
+# worker process: see redeliver.hourly).
+REDELIVERY_CHECK_EVERY = 60.0
 
 
 @dataclass
@@ -52,10 +56,13 @@ class Loop:
     round_began: float = field(default_factory=time.monotonic)
     _retention_due: float = 0.0
     _expiry_due: float = 0.0
+    _revive_due: float = 0.0  # outbox items given up on in an outage: looked for every redeliver.REVIVE_EVERY...
+    _closings_seen: int = 0  # ...and when the circuit breaker closed since (GitHub answers again)
+    _redelivery_due: float = 0.0
 
     def __post_init__(self) -> None:
         if self.once:
-            self._retention_due = float("inf")
+            self._retention_due = self._redelivery_due = float("inf")
 
     def run(self) -> int:
         """Until stopped (or, with `once`, until nothing is due): never exits on a database or GitHub error."""
@@ -116,12 +123,37 @@ class Loop:
         # Commits asked to be posted again (a settings change, a pull request's base learnt) become outbox items
         # first, so this round delivers them.
         reposted = outbox.repost_asked(db.session(), deliver=True, stopping=self.stop.is_set)
+        revived = self.revive(self.gh)  # delivered by this round, and counted there
         handled = posting.run_once(
             db.session(), self.gh, worker=self.name, parallel=self.parallel, stopping=self.stop.is_set
         )
         handled += reposted
         self.handled += handled
-        return handled
+        if time.monotonic() >= self._redelivery_due and not self.stop.is_set():
+            self._redelivery_due = time.monotonic() + REDELIVERY_CHECK_EVERY
+            self.redeliver_webhooks(self.gh)
+        return handled or revived
+
+    def revive(self, gh: GitHubApp) -> int:
+        """Every REVIVE_EVERY, and at once when the circuit breaker closed (GitHub answers again): put back the outbox
+        items given up on during an outage that are still the newest of their commit (redeliver.revive_after_outage).
+        The items put back."""
+        circuit = gh.circuit if isinstance(gh.circuit, posting.Circuit) else None
+        closed = circuit is not None and circuit.closings != self._closings_seen
+        if not closed and time.monotonic() < self._revive_due:
+            return 0
+        self._revive_due = time.monotonic() + redeliver.REVIVE_EVERY
+        if circuit is not None:
+            self._closings_seen = circuit.closings
+        return redeliver.revive_after_outage(db.session(), gh, answered=closed)
+
+    def redeliver_webhooks(self, gh: GitHubApp) -> None:
+        """The hourly look for webhook deliveries that failed (redeliver.hourly); errors are logged, never raised."""
+        try:
+            redeliver.hourly(db.session(), gh, stopping=self.stop.is_set)
+        except Exception:  # a database error or a bug: the worker goes on delivering, and looks again later
+            log.exception("github.redelivery.failed")
+            db.discard_session()
 
     def idle_wait(self) -> float:
         if self.gh is not None:

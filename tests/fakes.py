@@ -1,11 +1,12 @@
 """A fake GitHub REST API, served over real HTTP on 127.0.0.1, for tests that drive the app's githubkit client.
 
 `FakeGitHub` answers the GitHub App endpoints the app uses (JWT → installation token, installations, commit
-statuses, check runs, the pull requests of a commit) with bodies shaped like GitHub's, starting from the examples
-in `shared/fixtures/github-api/github-rest-subset.openapi.json`. Every request it receives is checked against that
-OpenAPI subset (path and query parameters, JSON body); an invalid one gets 422 as on GitHub and is recorded in
-`invalid_requests`, so a test can assert the app never sent one. Its own answers are checked against the subset's
-response schemas too (`invalid_responses`), which keeps the fake honest.
+statuses, check runs, the pull requests of a commit, the App webhook's deliveries and their redelivery) with bodies
+shaped like GitHub's, starting from the examples in `tests/fixtures/github-api/github-rest-subset.openapi.json` (the
+shared subset of `shared/fixtures/github-api/` with the two webhook-delivery operations added: see its SOURCES.md).
+Every request it receives is checked against that OpenAPI subset (path and query parameters, JSON body); an invalid
+one gets 422 as on GitHub and is recorded in `invalid_requests`, so a test can assert the app never sent one. Its own
+answers are checked against the subset's response schemas too (`invalid_responses`), which keeps the fake honest.
 
 It also plays github.com's side of the OAuth web flow through which admins sign in: users added with `add_user`
 (and their org memberships), `oauth_login_as` choosing who approves the next authorization, the authorize
@@ -17,6 +18,11 @@ is neither api.github.com nor GitHub Enterprise's /api/v3.)
 Faults (errors, held requests, secondary rate limits, bad credentials, outages) are armed per method and path
 regex. The server is threaded: a held request does not block other requests or `reset()`, and a held request
 that outlives a `reset()` is dropped without touching the new state.
+
+The App webhook's deliveries are what a test records with `add_hook_delivery` (GitHub's list of them: listed newest
+first, paged by `cursor` with a Link header as GitHub does). A redelivery asked for is recorded in
+`redelivery_requests`; with a target set (`redeliver_to`), the fake then POSTs the event's payload there, signed with
+the webhook secret as GitHub signs it, and records that attempt as a new delivery of the event.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ import collections
 import copy
 import datetime as dt
 import functools
+import hashlib
+import hmac
 import itertools
 import json
 import re
@@ -33,6 +41,7 @@ import string
 import threading
 import time
 import urllib.parse
+import uuid
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -50,7 +59,7 @@ from werkzeug.wrappers import Request, Response
 from tests import paths
 
 SHARED = paths.SHARED
-SUBSET_PATH = SHARED / "fixtures" / "github-api" / "github-rest-subset.openapi.json"
+SUBSET_PATH = paths.ROOT / "tests" / "fixtures" / "github-api" / "github-rest-subset.openapi.json"
 DOCS_URL = "https://docs.github.com/rest"
 SECONDARY_RATE_LIMIT_MESSAGE = (
     "You have exceeded a secondary rate limit. Please wait a few minutes before you try again. "
@@ -418,6 +427,12 @@ class Exchange:
     call: Call
     params: dict[str, str]
     body: Any
+    after: list[Callable[[], None]] = field(default_factory=list)  # done once answered, without the fake's lock
+
+
+# What a redelivery target does with a delivery: POST it (headers, raw body) and return the answer's status code.
+WebhookTarget = Callable[[dict[str, str], bytes], int]
+PER_PAGE_DEFAULT, PER_PAGE_MAX = 30, 100
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -430,6 +445,8 @@ APP_JWT_OPERATIONS = frozenset(
         "apps/list-installations",
         "apps/get-repo-installation",
         "apps/get-org-installation",
+        "apps/list-webhook-deliveries",
+        "apps/redeliver-webhook-delivery",
     }
 )
 # Answered with a user's OAuth token (from the web flow), not the App's JWT or an installation token.
@@ -477,6 +494,8 @@ class FakeGitHub:
             "apps/list-installations": self._list_installations,
             "apps/get-repo-installation": self._get_repo_installation,
             "apps/get-org-installation": self._get_org_installation,
+            "apps/list-webhook-deliveries": self._list_hook_deliveries,
+            "apps/redeliver-webhook-delivery": self._redeliver_hook_delivery,
             "repos/create-commit-status": self._create_status,
             "repos/get-combined-status-for-ref": self._combined_status,
             "checks/create": self._create_check_run,
@@ -541,6 +560,11 @@ class FakeGitHub:
             self.oauth_codes: dict[str, OAuthCode] = {}
             self.user_tokens: dict[str, UserToken] = {}
             self.expiring_user_tokens = True
+            self.hook_deliveries: list[dict[str, Any]] = []  # hook-delivery-items, in the order recorded
+            self.hook_payloads: dict[str, tuple[str, bytes]] = {}  # by guid: (event, raw JSON payload)
+            self.redelivery_requests: list[int] = []  # delivery ids, in the order asked
+            self.webhook_target: WebhookTarget | None = None
+            self.webhook_secret = ""
 
     # -- state ---------------------------------------------------------------------------------------------------
 
@@ -614,6 +638,60 @@ class FakeGitHub:
         with self._lock:
             self.oauth_approver = login
             self.oauth_approves = approve
+
+    def add_hook_delivery(
+        self,
+        event: str = "pull_request",
+        action: str | None = "opened",
+        *,
+        status_code: int = 200,
+        status: str | None = None,
+        guid: str | None = None,
+        redelivery: bool = False,
+        delivered_at: dt.datetime | None = None,
+        payload: dict[str, Any] | None = None,
+        installation_id: int | None = None,
+        repository_id: int | None = None,
+    ) -> dict[str, Any]:
+        """Record a delivery of the App's webhook (a copy of it, as listed, is returned).
+
+        `guid` is the event's id (X-GitHub-Delivery; new by default); `status_code` what the app answered (0: GitHub
+        could not connect); `delivered_at` (UTC, default now) orders the list, newest first. `payload` is the event's
+        body (default `{"action": action}`), POSTed to the target when a redelivery is asked for.
+        """
+        guid = guid or str(uuid.uuid4())
+        at = delivered_at or dt.datetime.now(dt.UTC)
+        at = (at.astimezone(dt.UTC) if at.tzinfo else at).replace(tzinfo=None, microsecond=0)
+        with self._lock:
+            item = {
+                "id": next(self._ids),
+                "guid": guid,
+                "delivered_at": at.strftime(TIME_FORMAT),
+                "redelivery": redelivery,
+                "duration": 0.05,
+                "status": status or _delivery_status(status_code),
+                "status_code": status_code,
+                "event": event,
+                "action": action,
+                "installation_id": installation_id,
+                "repository_id": repository_id,
+                "throttled_at": None,
+            }
+            self.hook_deliveries.append(item)
+            if payload is not None or guid not in self.hook_payloads:
+                body = {"action": action} if payload is None and action else (payload or {})
+                self.hook_payloads[guid] = (event, json.dumps(body).encode())
+            return dict(item)
+
+    def redeliver_to(self, target: WebhookTarget | None, secret: str = "") -> None:
+        """Where redeliveries asked for go (None: nowhere, only recorded), and the secret they are signed with."""
+        with self._lock:
+            self.webhook_target, self.webhook_secret = target, secret
+
+    def deliveries_of(self, guid: str) -> list[dict[str, Any]]:
+        """The recorded deliveries of one event, oldest first (copies)."""
+        with self._lock:
+            return [dict(d) for d in self.hook_deliveries if d["guid"] == guid]
 
     def calls_to(self, method: str, path_regex: str) -> list[Call]:
         """The recorded calls of `method` whose path matches `path_regex` (re.search)."""
@@ -725,7 +803,8 @@ class FakeGitHub:
         return self._serve(Request(environ))(environ, start_response)
 
     def _serve(self, request: Request) -> Response:
-        """Record, apply faults, route, authenticate, validate, handle; the lock is never held while sleeping."""
+        """Record, apply faults, route, authenticate, validate, handle; the lock is never held while sleeping, nor
+        while what a handler left for after its answer (a redelivery's POST) is done."""
         call, body, body_error = _call_of(request)
         with self._lock:
             generation = self._generation
@@ -734,15 +813,25 @@ class FakeGitHub:
         if fault is not None and fault.hold > 0:
             time.sleep(fault.hold)
             fault = None
+        after: list[Callable[[], None]] = []
         with self._lock:
             if generation != self._generation:
                 response = _error(503, "request dropped: the fake was reset while it was held")
             else:
-                response = self._answer(call, body, body_error, fault)
+                response = self._answer(call, body, body_error, fault, after)
             call.status = response.status_code
+        for action in after:
+            action()
         return response
 
-    def _answer(self, call: Call, body: Any, body_error: str | None, fault: Fault | None) -> Response:
+    def _answer(
+        self,
+        call: Call,
+        body: Any,
+        body_error: str | None,
+        fault: Fault | None,
+        after: list[Callable[[], None]] | None = None,
+    ) -> Response:
         """The answer to a recorded request (call with the lock held)."""
         route = self._route(call, body, body_error)
         if self._outage:
@@ -758,7 +847,9 @@ class FakeGitHub:
             return denied
         if route.errors:
             return _error(422, "Invalid request.\n\n" + "\n".join(route.errors))
-        response = self._handlers[route.operation_id](Exchange(call, route.params, body))
+        response = self._handlers[route.operation_id](
+            Exchange(call, route.params, body, after if after is not None else [])
+        )
         if route.operation is not None:
             self._check_response(call, route.operation, response)
         return response
@@ -905,6 +996,69 @@ class FakeGitHub:
     def _get_org_installation(self, exchange: Exchange) -> Response:
         found = [i for i in self.installations.values() if i.covers(exchange.params["org"])]
         return _json_response(200, self._installation_json(found[0])) if found else _error(404, "Not Found")
+
+    def _list_hook_deliveries(self, exchange: Exchange) -> Response:
+        """GET /app/hook/deliveries: newest first, `per_page` at a time (at most 100), from the delivery `cursor`
+        names; a Link header with the next page's cursor while there is one, as GitHub pages this list."""
+        query = exchange.call.query
+        per_page = min(int(query.get("per_page") or PER_PAGE_DEFAULT), PER_PAGE_MAX)
+        if per_page < 1:
+            return _error(422, "per_page must be at least 1")
+        items = sorted(self.hook_deliveries, key=lambda d: (d["delivered_at"], d["id"]), reverse=True)
+        wanted = query.get("status")
+        if wanted is not None:
+            low, high = (200, 399) if wanted == "success" else (400, 599)
+            items = [d for d in items if low <= d["status_code"] <= high]
+        start = 0
+        cursor = query.get("cursor")
+        if cursor is not None:
+            found = re.fullmatch(r"v1_(\d+)", cursor)
+            positions = [i for i, d in enumerate(items) if found and d["id"] == int(found.group(1))]
+            if not positions:
+                return _error(400, "Invalid cursor")
+            start = positions[0]
+        page = items[start : start + per_page]
+        headers = {}
+        if start + per_page < len(items):
+            following = {"per_page": str(per_page), "cursor": f"v1_{items[start + per_page]['id']}"}
+            if wanted is not None:
+                following["status"] = wanted
+            headers["Link"] = f'<{self.url}/app/hook/deliveries?{urllib.parse.urlencode(following)}>; rel="next"'
+        return _json_response(200, [dict(d) for d in page], headers)
+
+    def _redeliver_hook_delivery(self, exchange: Exchange) -> Response:
+        """POST /app/hook/deliveries/{delivery_id}/attempts: recorded; with a target, the event is delivered there once
+        answered (202), and that attempt recorded as a delivery of the event."""
+        delivery_id = int(exchange.params["delivery_id"])
+        [item] = [d for d in self.hook_deliveries if d["id"] == delivery_id] or [None]
+        if item is None:
+            return _error(404, "Not Found")
+        self.redelivery_requests.append(delivery_id)
+        target, secret, generation = self.webhook_target, self.webhook_secret, self._generation
+        if target is not None:
+            exchange.after.append(lambda: self._deliver(target, secret, item, generation))
+        return _json_response(202, {})
+
+    def _deliver(self, target: WebhookTarget, secret: str, item: dict[str, Any], generation: int) -> None:
+        """POST an event's payload to `target` as GitHub delivers it (signed with `secret`); record the attempt."""
+        event, payload = self.hook_payloads[item["guid"]]
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "GitHub-Hookshot/fake",
+            "X-GitHub-Event": event,
+            "X-GitHub-Delivery": item["guid"],
+            "X-GitHub-Hook-ID": "1",
+            "X-Hub-Signature-256": "sha256=" + hmac.new(secret.encode(), payload, hashlib.sha256).hexdigest(),
+        }
+        try:
+            status_code = target(headers, payload)
+        except Exception:  # the target did not answer: as GitHub records a delivery it could not make
+            status_code = 0
+        with self._lock:
+            if generation == self._generation:
+                self.add_hook_delivery(
+                    event, item["action"], status_code=status_code, guid=item["guid"], redelivery=True
+                )
 
     # -- handlers: installation token -------------------------------------------------------------------------------
 
@@ -1255,6 +1409,13 @@ class FakeGitHub:
         body["head"].update(label=f"{owner}:{pull['head_ref']}", ref=pull["head_ref"], sha=pull["head_sha"])
         body["base"].update(label=f"{owner}:{pull['base_ref']}", ref=pull["base_ref"])
         return body
+
+
+def _delivery_status(status_code: int) -> str:
+    """A delivery's `status` as GitHub words it: "OK", the reason phrase, or why there was no answer."""
+    if status_code == 0:
+        return "failed to connect"
+    return "OK" if 200 <= status_code < 300 else _reason(status_code)
 
 
 def _same_repo(record: dict[str, Any], owner: str, repo: str) -> bool:

@@ -1,7 +1,9 @@
 """The documented production set-up, run as the README shows it: Debian's nginx with deploy/fremforge-nginx.conf in
-front of `gunicorn --workers N --bind 127.0.0.1:PORT wsgi:app` (sync workers). Slow clients without credentials
-never stall it, while without nginx the same clients stall gunicorn; a webhook body over GitHub's 25 MiB cap is
-refused before it is read, by nginx and by the app itself (spec sections 5 and 9).
+front of `gunicorn --workers N --bind 127.0.0.1:PORT wsgi:app` (sync workers). Uploads, signed webhooks, the admin
+pages and the front page go through it, and the app builds its links with the scheme and host nginx gives it (TLS
+ending in nginx as the file documents: https links), never what a client claims in X-Forwarded-* headers. Slow
+clients without credentials never stall it, while without nginx the same clients stall gunicorn; a webhook body
+over GitHub's 25 MiB cap is refused before it is read, by nginx and by the app itself (spec sections 5, 9 and 11).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import hashlib
 import hmac
 import http.client
 import io
+import ipaddress
 import json
 import os
 import re
@@ -18,20 +21,30 @@ import selectors
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from flask import Flask
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
+from app import db, orgs
+from app.admin import login_links
 from app.config import DEFAULTS
+from app.db import write_transaction
 from app.github import webhooks
 from tests.conftest import ROOT, WEBHOOK_SECRET, MakeApp, skip_or_fail
 from tests.factories import make_org, make_token, seed
@@ -107,14 +120,82 @@ def nginx_binary() -> str:
     return found
 
 
-def render_site(nginx_port: int, gunicorn_port: int) -> str:
-    """deploy/fremforge-nginx.conf with only its two ports changed (and no IPv6 listener: the test is on 127.0.0.1)."""
+@dataclass
+class Tls:
+    """TLS ending in nginx, as the site file's comment documents it: a certificate, and the port-80 redirect."""
+
+    cert: Path
+    key: Path
+    http_port: int  # the documented plain-HTTP server that redirects to https
+
+
+def render_site(nginx_port: int, gunicorn_port: int, tls: Tls | None = None) -> str:
+    """deploy/fremforge-nginx.conf with only its two ports changed (and no IPv6 listener: the test is on 127.0.0.1);
+    with `tls`, the TLS lines its comment documents put in place of the `listen 80` lines, with this test's
+    certificate, and the documented redirect server on `tls.http_port`."""
     text = SITE.read_text()
-    text, listen = re.subn(r"(?m)^(\s*)listen 80;$", rf"\g<1>listen {HOST}:{nginx_port};", text)
+    listen_line = f"listen {HOST}:{nginx_port};"
+    if tls is not None:
+        documented = tls_documented(text)
+        listen_line = " ".join(documented["listen"].replace("443", f"{HOST}:{nginx_port}", 1).split())
+        listen_line += "\n    " + f"ssl_certificate {tls.cert};\n    ssl_certificate_key {tls.key};"
+        listen_line += "\n    " + documented["ssl_protocols"]
+    text, listen = re.subn(r"(?m)^(\s*)listen 80;$", lambda m: m[1] + listen_line, text)
     text, listen6 = re.subn(r"(?m)^\s*listen \[::\]:80;\n", "", text)
     text, upstream = re.subn(r"(?m)^(\s*)server 127\.0\.0\.1:8000;", rf"\g<1>server {HOST}:{gunicorn_port};", text)
     assert (listen, listen6, upstream) == (1, 1, 1), f"{SITE.name} no longer has the lines this test changes"
+    if tls is not None:
+        redirect = documented["redirect"].replace("listen 80;", f"listen {HOST}:{tls.http_port};")
+        text += "\n" + redirect.replace(" listen [::]:80;", "") + "\n"
     return text
+
+
+def tls_documented(text: str) -> dict[str, str]:
+    """The TLS lines the site file's comment gives: the listen line, ssl_protocols, and the redirect server."""
+    match = re.search(r"(?s)Replace the two `listen 80` lines with:\n(.*?)# and set FREMFORGE_PUBLIC_URL", text)
+    assert match, f"{SITE.name} no longer documents its TLS lines where this test reads them"
+    lines = [line.strip().lstrip("#").strip() for line in match[1].splitlines()]
+    found = {
+        "listen": next(line for line in lines if line.startswith("listen 443 ")),
+        "ssl_protocols": next(line for line in lines if line.startswith("ssl_protocols ")),
+        "redirect": next(line for line in lines if line.startswith("server {") and "return 301 https://" in line),
+    }
+    assert any(line.startswith("ssl_certificate ") for line in lines)
+    assert any(line.startswith("ssl_certificate_key ") for line in lines)
+    return found
+
+
+def self_signed(tmp: Path) -> tuple[Path, Path]:
+    """A certificate for fremforge.test (and 127.0.0.1) and its key, for nginx in the TLS tests."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fremforge.test")])
+    now = datetime.now(UTC)
+    san = x509.SubjectAlternativeName([x509.DNSName("fremforge.test"), x509.IPAddress(ipaddress.ip_address(HOST))])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(san, critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "fremforge.test.crt", tmp / "fremforge.test.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
+def client_tls(cert: Path) -> ssl.SSLContext:
+    """A client that trusts the test's certificate alone."""
+    context = ssl.create_default_context(cafile=str(cert))
+    context.verify_flags &= ~getattr(ssl, "VERIFY_X509_STRICT", 0)  # a bare self-signed leaf, not a CA
+    return context
 
 
 # What Debian's /etc/nginx/nginx.conf gives the site (an http block), with every path under this test's directory.
@@ -160,22 +241,33 @@ def running(cmd: list[str], log: Path, ready: Callable[[], bool], env: dict[str,
             proc.wait(timeout=STOP)
 
 
+# What reached gunicorn from nginx, a line per request (the tests' access log, not the unit's).
+FORWARDED_LOG = (
+    "%(m)s %(U)s host=%({host}i)s xff=%({x-forwarded-for}i)s proto=%({x-forwarded-proto}i)s "
+    "ssl=%({x-forwarded-ssl}i)s protocol=%({x-forwarded-protocol}i)s fhost=%({x-forwarded-host}i)s "
+    "fport=%({x-forwarded-port}i)s forwarded=%({forwarded}i)s"
+)
+
+
 @contextmanager
-def gunicorn(tmp: Path, database_url: str) -> Iterator[int]:
+def gunicorn(tmp: Path, database_url: str, public_url: str | None = "http://fremforge.test") -> Iterator[int]:
     """`gunicorn --workers WORKERS --preload --bind 127.0.0.1:PORT wsgi:app` in production mode (as the README runs
-    it), webhooks configured; its port."""
+    it), webhooks configured, no GitHub App (so FREMFORGE_PUBLIC_URL may be left unset: `public_url=None`); its
+    port. Its access log (tmp/gunicorn-access.log) says which forwarding headers reached it."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FREMFORGE_")}
     env.update(
         FREMFORGE_ENV="production",
         FREMFORGE_DATABASE_URL=database_url,
         FREMFORGE_SECRET_KEY=secrets.token_urlsafe(48),
-        FREMFORGE_PUBLIC_URL="http://fremforge.test",
         FREMFORGE_GITHUB_WEBHOOK_SECRET=WEBHOOK_SECRET,
         FREMFORGE_CHECKPOINT_KEY_FILE=str(tmp / "checkpoint_ed25519.pem"),
         PYTHONDONTWRITEBYTECODE="1",
     )
+    if public_url is not None:
+        env["FREMFORGE_PUBLIC_URL"] = public_url
     cmd = [str(GUNICORN), "--workers", str(WORKERS), "--preload", "--bind", f"{HOST}:{port}", "--no-control-socket"]
+    cmd += ["--access-logfile", str(tmp / "gunicorn-access.log"), "--access-logformat", FORWARDED_LOG]
     cmd.append("wsgi:app")
     log = tmp / "gunicorn.log"
     with running(cmd, log, lambda: answers_healthz(port), env):
@@ -188,35 +280,42 @@ def gunicorn(tmp: Path, database_url: str) -> Iterator[int]:
 class Nginx:
     port: int
     prefix: Path
+    tls: ssl.SSLContext | None = None  # set when nginx speaks TLS on `port`
+    http_port: int | None = None  # then: the plain-HTTP server that redirects to https
 
     def access_log(self) -> list[str]:
         return (self.prefix / "access.log").read_text().splitlines()
 
 
 @contextmanager
-def nginx(tmp: Path, gunicorn_port: int) -> Iterator[Nginx]:
-    """nginx with the site config (its ports changed), checked with `nginx -t` first, in the foreground."""
+def nginx(tmp: Path, gunicorn_port: int, tls: bool = False) -> Iterator[Nginx]:
+    """nginx with the site config (its ports changed; with `tls`, its documented TLS lines in place), checked with
+    `nginx -t` first, in the foreground."""
     binary = nginx_binary()
     prefix = tmp / "nginx"
     for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (prefix / sub).mkdir(parents=True)
     port = free_port()
-    (prefix / "fremforge.conf").write_text(render_site(port, gunicorn_port))
+    site_tls = Tls(*self_signed(prefix), http_port=free_port()) if tls else None
+    context = client_tls(site_tls.cert) if site_tls else None
+    (prefix / "fremforge.conf").write_text(render_site(port, gunicorn_port, site_tls))
     # Started as root (as in CI), nginx runs its workers as `nobody`, who cannot reach this test's directory.
     user = "user root;\n" if os.geteuid() == 0 else ""
     (prefix / "nginx.conf").write_text(WRAPPER.format(user=user, prefix=prefix))
     base = [binary, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-e", str(prefix / "error.log")]
     checked = subprocess.run([*base, "-t"], capture_output=True, text=True, timeout=STOP)
     assert checked.returncode == 0, f"nginx -t refused the config:\n{checked.stderr}"
-    with running([*base, "-g", "daemon off;"], prefix / "nginx.out", lambda: answers_healthz(port)):
-        yield Nginx(port, prefix)
+    with running([*base, "-g", "daemon off;"], prefix / "nginx.out", lambda: answers_healthz(port, context)):
+        yield Nginx(port, prefix, context, site_tls.http_port if site_tls else None)
 
 
 @contextmanager
-def production(tmp: Path, database_url: str) -> Iterator[tuple[Nginx, int]]:
+def production(
+    tmp: Path, database_url: str, public_url: str | None = "http://fremforge.test", tls: bool = False
+) -> Iterator[tuple[Nginx, int]]:
     """gunicorn behind nginx, as the README documents them: (nginx, gunicorn's port)."""
     nginx_binary()  # skipped (failed in strict mode) before anything starts when nginx is not installed
-    with gunicorn(tmp, database_url) as gunicorn_port, nginx(tmp, gunicorn_port) as proxy:
+    with gunicorn(tmp, database_url, public_url) as gunicorn_port, nginx(tmp, gunicorn_port, tls) as proxy:
         yield proxy, gunicorn_port
 
 
@@ -246,10 +345,14 @@ def call(
     body: bytes | None = None,
     headers: dict[str, str] | None = None,
     timeout: float = PROMPT,
+    tls: ssl.SSLContext | None = None,
 ) -> Reply:
-    """One request on a new connection, answered within `timeout` seconds or an error."""
+    """One request on a new connection (over TLS with `tls`), answered within `timeout` seconds or an error."""
     started = time.monotonic()
-    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    if tls is not None:
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(HOST, port, timeout=timeout, context=tls)
+    else:
+        conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
@@ -259,9 +362,9 @@ def call(
     return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data, time.monotonic() - started)
 
 
-def answers_healthz(port: int) -> bool:
+def answers_healthz(port: int, tls: ssl.SSLContext | None = None) -> bool:
     try:
-        return call(port, "GET", "/healthz", timeout=2).status == 200
+        return call(port, "GET", "/healthz", timeout=2, tls=tls).status == 200
     except (OSError, http.client.HTTPException):
         return False
 
@@ -426,6 +529,137 @@ def normal_requests(port: int, token: str) -> list[Reply]:
         call(port, "POST", UPLOAD_PATH, upload, auth),
         call(port, "POST", "/webhooks/github", ping, signed(ping)),
     ]
+
+
+# ---------------------------------------------------------------- through nginx: what the set-up serves
+
+
+SCANS_PAGE = "/admin/orgs/acme/code-security/image-scanning"
+# What a client may claim; nginx replaces or drops each (the site's proxy_set_header lines). The app would read none
+# of X-Forwarded-For/-Host/-Port or Forwarded anyway (no ProxyFix: gunicorn takes the scheme from X-Forwarded-Proto
+# alone, from 127.0.0.1), and Host is nginx's $host.
+CLAIMS = {
+    "X-Forwarded-For": "203.0.113.9",
+    "X-Forwarded-Host": "evil.example",
+    "X-Forwarded-Port": "8443",
+    "X-Forwarded-Ssl": "on",
+    "X-Forwarded-Protocol": "ssl",
+    "Forwarded": "for=203.0.113.9;proto=https;host=evil.example",
+}
+FORWARDED_BY_NGINX = "host=fremforge.test xff=127.0.0.1 proto={} ssl=- protocol=- fhost=- fport=- forwarded=-"
+
+
+def login_link(app: Flask) -> str:
+    """A one-time admin sign-in link's token for acme, as `flask --app wsgi admin login-url acme` makes one."""
+    with app.app_context():
+        session = db.session()
+        org = orgs.by_slug(session, "acme")
+        assert org is not None
+        with write_transaction(session):
+            return login_links.create(session, org, actor="test").token
+
+
+def sign_in(proxy: Nginx, token: str, host: str) -> str:
+    """Sign in through nginx with a one-time link, as a browser does (the link's page, then its form): the cookie."""
+    page = call(proxy.port, "GET", f"/admin/login/link/{token}", headers={"Host": host}, tls=proxy.tls)
+    assert page.status == 200, page.body[:500]
+    cookie = page.headers["set-cookie"].split(";", 1)[0]
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.body.decode())
+    assert csrf, "no CSRF token on the sign-in link's page"
+    form = {"Host": host, "Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"}
+    body = urlencode({"csrf_token": csrf[1]}).encode()
+    done = call(proxy.port, "POST", f"/admin/login/link/{token}", body, form, tls=proxy.tls)
+    assert (done.status, done.headers.get("location")) == (303, SCANS_PAGE), done.body[:500]
+    return done.headers["set-cookie"].split(";", 1)[0]
+
+
+def forwarded(tmp: Path, path: str) -> list[str]:
+    """What gunicorn's access log says reached it for `path`: host, X-Forwarded-For/-Proto/-Ssl/-Protocol."""
+    found = re.finditer(r"\b[A-Z]+ (\S+) (host=.*? forwarded=\S*)", (tmp / "gunicorn-access.log").read_text())
+    return [m[2] for m in found if m[1] == path]  # (the app's logging may put a prefix before gunicorn's line)
+
+
+def test_uploads_webhooks_admin_pages_and_the_front_page_go_through_nginx(app: Flask, tmp_path: Path) -> None:
+    """No FREMFORGE_PUBLIC_URL (allowed without a GitHub App): the links follow what nginx forwards, http here,
+    whatever the client claims."""
+    make_org(app)
+    token = make_token(app)
+    link = login_link(app)
+    host = {"Host": "fremforge.test"}
+    upload = json.dumps(seed()).encode()
+    ping = ping_of_size(200)
+    with production(tmp_path, app.config["DATABASE_URL"], public_url=None) as (proxy, _):
+        front = call(proxy.port, "GET", "/", headers=host)
+        document = call(proxy.port, "GET", "/api/v1/openapi.json", headers=host)
+        auth = {**host, **CLAIMS, "X-Forwarded-Proto": "https", "Authorization": f"Bearer {token}"}
+        stored = call(proxy.port, "POST", UPLOAD_PATH, upload, {**auth, "Content-Type": "application/json"})
+        hook = call(proxy.port, "POST", "/webhooks/github", ping, {**signed(ping), **host, **CLAIMS})
+        cookie = sign_in(proxy, link, "fremforge.test")
+        scans = call(proxy.port, "GET", SCANS_PAGE, headers={**host, "Cookie": cookie})
+        refused = call(proxy.port, "GET", SCANS_PAGE, headers=host)  # no session: sent to sign in
+        log = proxy.access_log()
+    assert front.status == 200 and front.headers["content-type"].startswith("text/html"), front.body[:300]
+    assert_front_page(front.body.decode())
+    assert document.status == 200 and document.json()["openapi"].startswith("3.")
+    assert stored.status == 202, stored.body[:500]
+    answer = stored.json()
+    assert answer["url"] == f"http://fremforge.test{SCANS_PAGE}/scans/{answer['scan_run_id']}"
+    assert (hook.status, hook.json()) == (200, {"status": "ok"})
+    assert scans.status == 200 and b"ghcr.io/acme/api:1" in scans.body, scans.body[:500]
+    assert scans.headers["x-frame-options"] == "DENY" and scans.headers["cache-control"] == "no-store"
+    assert refused.status in (302, 303) and "/admin/login" in refused.headers["location"]
+    # Every one of them reached gunicorn through nginx, with nginx's own forwarding headers.
+    assert all("upstream=-" not in line for line in log if " / " in line or "/admin/" in line or "findings" in line)
+    for path in (UPLOAD_PATH, "/webhooks/github", SCANS_PAGE, "/"):
+        seen = forwarded(tmp_path, path)
+        assert seen and set(seen) == {FORWARDED_BY_NGINX.format("http")}, (path, seen)
+
+
+def test_behind_tls_in_nginx_the_app_builds_https_links(app: Flask, tmp_path: Path) -> None:
+    """The site's documented TLS lines in place: the app, told https by nginx (X-Forwarded-Proto, which gunicorn
+    trusts from 127.0.0.1), hands out https links; plain HTTP is redirected to https."""
+    make_org(app)
+    token = make_token(app)
+    link = login_link(app)
+    host = {"Host": "fremforge.test"}
+    upload = json.dumps(seed()).encode()
+    with production(tmp_path, app.config["DATABASE_URL"], public_url=None, tls=True) as (proxy, _):
+        assert proxy.tls is not None and proxy.http_port is not None
+        front = call(proxy.port, "GET", "/", headers=host, tls=proxy.tls)
+        claims = {**host, **CLAIMS, "X-Forwarded-Proto": "http", "Authorization": f"Bearer {token}"}
+        stored = call(
+            proxy.port, "POST", UPLOAD_PATH, upload, {**claims, "Content-Type": "application/json"}, tls=proxy.tls
+        )
+        cookie = sign_in(proxy, link, "fremforge.test")
+        scans = call(proxy.port, "GET", SCANS_PAGE, headers={**host, "Cookie": cookie}, tls=proxy.tls)
+        plain = call(proxy.http_port, "GET", f"{SCANS_PAGE}?x=1", headers=host)
+    assert front.status == 200
+    assert_front_page(front.body.decode())
+    assert stored.status == 202, stored.body[:500]
+    answer = stored.json()
+    assert answer["url"] == f"https://fremforge.test{SCANS_PAGE}/scans/{answer['scan_run_id']}"
+    assert scans.status == 200 and b"ghcr.io/acme/api:1" in scans.body
+    assert (plain.status, plain.headers["location"]) == (301, f"https://fremforge.test{SCANS_PAGE}?x=1")
+    for path in (UPLOAD_PATH, SCANS_PAGE, "/"):
+        seen = forwarded(tmp_path, path)
+        assert seen and set(seen) == {FORWARDED_BY_NGINX.format("https")}, (path, seen)
+
+
+def assert_front_page(page: str) -> None:
+    assert "<title>fremforge image scanning</title>" in page and "<h1>fremforge image scanning</h1>" in page
+    assert 'href="/admin/login"' in page and 'href="/api/v1/openapi.json"' in page
+
+
+def test_the_front_page_names_the_service_and_links_the_sign_in_and_the_api_document(app: Flask) -> None:
+    client = app.test_client()
+    page = client.get("/")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    assert_front_page(page.get_data(as_text=True))
+    assert page.headers["X-Frame-Options"] == "DENY" and "default-src 'none'" in page.headers["Content-Security-Policy"]
+    for href in re.findall(r'href="([^"]+)"', page.get_data(as_text=True)):
+        with client.get(href) as linked:  # every link on it answers (closed: a static file is streamed)
+            assert linked.status_code == 200, href
+    assert client.head("/").status_code == 200 and client.post("/").status_code == 405
 
 
 # ---------------------------------------------------------------- slow clients

@@ -36,6 +36,7 @@ from app.models import (
     OutboxItem,
     WebhookDelivery,
 )
+from app.web import idempotency
 
 log = logging.getLogger(__name__)
 CHUNK = 50_000
@@ -217,6 +218,9 @@ def _run(session: Session, now: datetime, stopping: Callable[[], bool]) -> list[
         )
     if pruned:
         log.info("retention.webhook_deliveries deleted=%d", pruned)
+    forgotten = idempotency.forget_old(session)  # uploads' Idempotency-Keys past their 24 hours
+    if forgotten:
+        log.info("retention.idempotency_keys deleted=%d", forgotten)
     if any(o.changed for o in outcomes):
         _reclaim(session)
     return outcomes

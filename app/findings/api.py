@@ -4,44 +4,76 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import sqlalchemy as sa
 from flask import Blueprint, current_app, request
+from flask.typing import ResponseReturnValue
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from app import advisories, db, fields, policy
 from app.findings import queries, schemas, service
 from app.github.outbox import delivery_state
-from app.models import Finding, OutboxItem, ScanRun, utcnow
-from app.web import auth, bodies, urls
+from app.models import Finding, Org, OrgSettings, OutboxItem, ScanRun, utcnow
+from app.web import auth, bodies, idempotency, urls
 from app.web.errors import ApiError, forbidden, not_found
 
 bp = Blueprint("findings_api", __name__, url_prefix="/api/v1/orgs/<slug>/image-scans")
 
 
 @bp.post("/findings")
-def upload(slug: str) -> tuple[dict[str, Any], int]:
+def upload(slug: str) -> ResponseReturnValue:
     org, _, settings = auth.for_request(slug, "findings:write")
+    key = idempotency.key_of(request.headers.get(idempotency.HEADER))
     body = bodies.read_body(
         request.content_type,
         request.headers.get("Content-Encoding"),
         bodies.request_body,
         current_app.config["MAX_UPLOAD_BYTES"],
     )
-    upload = schemas.parse_upload(body, request.args, current_app.config["MAX_FINDINGS"])
-    del body  # the findings are out of it: up to 64 MiB less held while they are stored
-    if upload.repo_owner.lower() != org.github_login.lower():
-        raise forbidden(
-            f"The repository {upload.repo_full_name} is outside this organisation's GitHub account "
-            f"({org.github_login})."
-        )
+    held = None
+    if key is not None:  # one statement more (app.web.idempotency): the key claimed, or its first answer sent again
+        claimed = idempotency.claim(db.session(), org.id, key, idempotency.fingerprint(body, request.query_string))
+        if isinstance(claimed, idempotency.Replay):
+            return claimed.body, claimed.status, idempotency.REPLAYED
+        held = claimed
+    try:
+        upload = schemas.parse_upload(body, request.args, current_app.config["MAX_FINDINGS"])
+        del body  # the findings are out of it: up to 64 MiB less held while they are stored
+        if upload.repo_owner.lower() != org.github_login.lower():
+            raise forbidden(
+                f"The repository {upload.repo_full_name} is outside this organisation's GitHub account "
+                f"({org.github_login})."
+            )
+        return _store(org, settings, upload, held)
+    except BaseException:
+        if held is not None:
+            idempotency.release(db.session(), held)  # nothing was stored: a retry runs afresh
+        raise
+
+
+def _store(
+    org: Org, settings: OrgSettings, upload: schemas.Upload, held: idempotency.Claim | None
+) -> tuple[dict[str, Any], int]:
+    """Store a valid upload (unless the policy is disabled) and answer it; with an Idempotency-Key `held`, the answer
+    is stored with the upload, in ingest's transaction."""
     result = None
+    links = urls.for_request()
     if settings.enabled:
         deliver = current_app.config["GITHUB_APP_CONFIGURED"]
         expected = policy.Policy.from_settings(settings)
         may_except = settings.exceptions_until is not None and settings.exceptions_until > utcnow()
-        result = service.ingest(db.session(), org, upload, urls.for_request(), deliver, expected, may_except)
+
+        def answer(r: service.IngestResult) -> tuple[sa.Executable, dict[str, Any]]:
+            assert held is not None
+            return idempotency.answer(held, 202, r.body(links.scan(org.slug, r.scan_run_id)))
+
+        also = answer if held is not None else None
+        result = service.ingest(db.session(), org, upload, links, deliver, expected, may_except, also)
     if result is None:  # disabled: the body was validated, then dropped
-        return {"accepted": 0, "status": "disabled"}, 202
-    return result.body(urls.for_request().scan(org.slug, result.scan_run_id)), 202
+        disabled = {"accepted": 0, "status": "disabled"}
+        if held is not None:
+            idempotency.finish(db.session(), held, 202, disabled)
+        return disabled, 202
+    return result.body(links.scan(org.slug, result.scan_run_id)), 202
 
 
 def bad_cursor() -> ApiError:

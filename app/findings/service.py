@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,6 +174,7 @@ def ingest(
     deliver: bool,
     expected: policy.Policy | None = None,
     may_except: bool = True,
+    also: Callable[[IngestResult], tuple[sa.Executable, dict[str, Any]]] | None = None,
 ) -> IngestResult | None:
     """Store the scan with its findings appended to the org's chain, and the outbox item posting its commit's state.
 
@@ -182,7 +183,8 @@ def ingest(
     baseline read then too), and again only if the locked policy differs; its payload hashes are made before the
     head is locked. The commit's other images are judged under the locked policy (`commits.evaluate`). None when
     the policy is disabled (nothing stored). On PostgreSQL three statements and the commit, the head held for the
-    last (more when the commit has other images).
+    last (more when the commit has other images). `also` gives, from the result, one more statement and its
+    parameters, run with the last (an Idempotency-Key's answer, `app.web.idempotency.answer`).
     """
     now = utcnow()
     repo, sha = upload.repo_full_name, upload.commit_sha
@@ -238,16 +240,23 @@ def ingest(
         sections = {upload.image_ref: assessed.section}
         item = outbox.new_item(org, repo, sha, scan_id, images, pol, urls, deliver, sections=sections)
         entries, new_seq, new_hash = chain.link(seq, head_hash, hashes)
+        a = assessed
+        asked = item.asked if item is not None else None
+        result = IngestResult(scan_id, len(upload.findings), upload.duplicates, a.status, a.counts, a.fixable, asked)
+        statements, params = (item.statements, item.params) if item is not None else ((), {})
+        if also is not None:
+            # Before the outbox item's: SQLAlchemy takes the column defaults of an INSERT in a WITH from the last one.
+            statement, more = also(result)
+            statements, params = (statement, *statements), {**params, **more}
         store.insert(
             conn,
             _finding_rows(conn, org.id, scan_id, now, entries, assessed),
             len(findings),
             store.Head(org.id, new_seq, new_hash) if new_seq != seq else None,
-            *((item.statements, item.params) if item is not None else ()),
+            statements,
+            params,
         )
-    a = assessed
-    asked = item.asked if item is not None else None
-    return IngestResult(scan_id, len(upload.findings), upload.duplicates, a.status, a.counts, a.fixable, asked)
+    return result
 
 
 def _store_scan_and_lock_head(

@@ -22,6 +22,8 @@ from githubkit.auth.app import AppAuth, AppInstallationAuthStrategy
 from githubkit.cache import MemCacheStrategy
 from githubkit.exception import RequestFailed
 
+from app import metrics
+
 log = logging.getLogger(__name__)
 
 JWT_BACKDATE = timedelta(seconds=60)  # GitHub's advice against clock drift: issue the JWT a minute in the past
@@ -131,7 +133,9 @@ def new_client(auth: Any, api_url: str, timeout: float, cache: Any = None) -> Gi
     """Every githubkit client the app makes (the App's, its installations', a signed-in user's): one set of options.
 
     No retries by githubkit: ours (the outbox worker's) survive restarts and honour leases, and a person signing in
-    is better told at once. No HTTP cache; TLS by the system's trust store (tls_context).
+    is better told at once. No HTTP cache; TLS by the system's trust store (tls_context). Every exchange is counted
+    in fremforge_github_requests_total: each answer by its status (the response hook, proxied ones included), each
+    request that got none as `error` (the transport).
     """
     return GitHub(
         auth,
@@ -141,7 +145,44 @@ def new_client(auth: Any, api_url: str, timeout: float, cache: Any = None) -> Gi
         http_cache=False,
         cache_strategy=cache,
         ssl_verify=tls_context(),
+        transport=CountingTransport(),
+        event_hooks={"response": [_count_answer]},
     )
+
+
+def _count_answer(response: httpx.Response) -> None:
+    metrics.github_request(str(response.status_code))
+
+
+class CountingTransport(httpx.BaseTransport):
+    """httpx's own transport (TLS by tls_context), counting the requests that got no answer.
+
+    githubkit makes an httpx client per call (or per `with` block) and closes it after, closing its transport; this
+    one is shared by every client of one githubkit client, so it keeps a pool per thread and closes only the calling
+    thread's: each call still gets a pool of its own, as it did with httpx's default transport.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def _pool(self) -> httpx.HTTPTransport:
+        pool = getattr(self._local, "pool", None)
+        if pool is None:
+            pool = self._local.pool = httpx.HTTPTransport(verify=tls_context())
+        return pool
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return self._pool().handle_request(request)
+        except Exception:
+            metrics.github_request("error")
+            raise
+
+    def close(self) -> None:
+        pool = getattr(self._local, "pool", None)
+        self._local.pool = None
+        if pool is not None:
+            pool.close()
 
 
 def github_message(exc: RequestFailed) -> str | None:

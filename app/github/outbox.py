@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from app import commits, locks, policy, reposts
 from app.clock import database_now
 from app.db import write_transaction
-from app.github import checks
+from app.github import checks, posting
 from app.models import SEVERITIES, OutboxItem, utcnow
 from app.web.urls import Urls
 
@@ -191,8 +191,12 @@ def delivery_state(item: OutboxItem | None) -> dict[str, Any] | None:
     }.get(item.state, item.state)
     if item.state == "pending" and item.attempts:
         detail = f"retrying: {item.last_error}"
+    elif item.state == "pending" and item.last_error == posting.REVIVED:  # put back after an outage, not tried yet
+        detail = posting.REVIVED
     elif item.state == "pending" and item.last_error and item.status_posted:
         detail = f"posted; {item.last_error}"  # e.g. checking for a late check run
+    elif posting.revivable(item):  # given up on during an outage: the worker puts it back once GitHub answers
+        detail = f"retrying after outage ({item.last_error}): delivered once GitHub answers again"
     shown = item.shown_before
     if shown is not None:
         doing = "retrying" if item.state == "pending" else detail

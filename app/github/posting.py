@@ -13,7 +13,9 @@ Rules, so that several workers, stalls, crashes and skewed clocks never leave an
   created on the commit is brought to the newest conclusion;
 - GitHub calls happen outside any database transaction;
 - while GitHub is unreachable (connection errors, timeouts, 5xx) a circuit breaker stops the worker from
-  trying every due row: see `Circuit`.
+  trying every due row: see `Circuit`;
+- a row given up on during an outage (`failed_in_outage`) is put back once GitHub answers again, if it is still the
+  newest of its commit: see `app.github.redeliver`.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import sqlalchemy as sa
 from githubkit.exception import RateLimitExceeded, RequestError, RequestFailed, RequestTimeout
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
-from app import clock
+from app import clock, logs
 from app.db import rowcount, write_transaction
 from app.github.client import GitHubApp, github_message
 from app.models import CheckRunRecord, Org, OutboxItem, utcnow
@@ -68,6 +70,13 @@ SETTLING = "checking for a late check run (a create timed out)"
 # A post that timed out (or got a 5xx) may still be applied by GitHub a little later. Its commit stays in flight
 # this long, so no newer state of the commit is posted before a late landing of the older one could happen.
 LATE_LANDING = timedelta(seconds=30)
+# What a try that found GitHub away records (classify): a row given up on after such tries, or after 5xx answers, was
+# given up for a transient reason and is put back once GitHub answers again (app.github.redeliver), MAX_REVIVALS
+# times at most: a row that keeps failing while GitHub answers is not retried forever.
+UNREACHABLE = "could not reach GitHub"
+NO_ANSWER = "GitHub did not answer in time"
+MAX_REVIVALS = 10
+REVIVED = "retrying after outage: GitHub answers again"  # a revived row's last_error until it is tried
 
 
 @functools.cache
@@ -121,6 +130,7 @@ class Circuit:
 
     failures: int = 0  # consecutive outages; > 0 means open or half-open
     open_until: datetime | None = None
+    closings: int = 0  # times it closed after an outage (the worker then puts back what the outage left failed)
 
     def allows(self, now: datetime) -> bool:
         return self.open_until is None or now >= self.open_until
@@ -145,6 +155,7 @@ class Circuit:
         elif self.failures:
             log.info("github.circuit.closed after=%s", self.failures)
             self.failures, self.open_until = 0, None
+            self.closings += 1
 
 
 class Permanent(Exception):
@@ -442,6 +453,7 @@ def deliver(session: Session, gh: GitHubApp, item_id: int, now: datetime | None,
     failed attempt of this row, so one bad row cannot stop the others.
     """
     item = session.connection().execute(ITEM, {"item": item_id}).one()  # the row with its org's installation
+    logs.set_context(org=item.slug, scan_run_id=item.scan_run_id, outbox_id=item.id)  # this thread's lines, to record()
     session.commit()  # end the read transaction before talking to GitHub
     if item.state != "pending":  # superseded while it waited
         return Outcome("superseded")
@@ -487,12 +499,12 @@ def classify(exc: Exception, revision: int | None = None) -> Outcome:
     if isinstance(exc, RequestError) and not isinstance(exc, RequestFailed | RequestTimeout):
         if isinstance(exc.exc, RequestError):  # githubkit wraps failures of the token exchange
             return classify(exc.exc, revision)
-        error = f"could not reach GitHub: {type(exc.exc).__name__}"
+        error = f"{UNREACHABLE}: {type(exc.exc).__name__}"
         return Outcome("retry", error, unreachable=True, revision=revision)
     if isinstance(exc, Permanent):
         return Outcome("retry", str(exc), getattr(exc, "status_code", None), refused=True, revision=revision)
     if isinstance(exc, RequestTimeout):
-        return Outcome("retry", "GitHub did not answer in time", unreachable=True, revision=revision)
+        return Outcome("retry", NO_ANSWER, unreachable=True, revision=revision)
     assert isinstance(exc, RequestFailed)
     code = exc.response.status_code
     if isinstance(exc, RateLimitExceeded):
@@ -505,6 +517,37 @@ def classify(exc: Exception, revision: int | None = None) -> Outcome:
     if code in REFUSED:
         return Outcome("retry", _message(exc), code, refused=True, revision=revision)
     return Outcome("failed", _message(exc), code, revision=revision)
+
+
+def failed_in_outage(status_code: int | None, error: str | None) -> bool:
+    """Whether a row given up on was given up for a transient reason: its last try found GitHub unreachable, got no
+    answer in time, or got a 5xx (or 429) answer. 404/422 after their tries, "not installed", bad credentials, other
+    4xx answers and errors of our own are permanent."""
+    if status_code is not None:
+        return status_code >= 500 or status_code == 429
+    return error is not None and error.startswith((UNREACHABLE, NO_ANSWER))
+
+
+def revivable(item: Any) -> bool:
+    """Whether a failed outbox item is put back to pending once GitHub answers again (if still the newest of its
+    commit): given up on in an outage, revived fewer than MAX_REVIVALS times, its check run body not trimmed by
+    retention."""
+    return (
+        item.state == "failed"
+        and failed_in_outage(item.last_status_code, item.last_error)
+        and (item.revivals or 0) < MAX_REVIVALS
+        and item.redacted_at is None
+    )
+
+
+def as_app(gh: GitHubApp, fn: Any) -> Any:
+    """One GitHub call as the App (its JWT); when GitHub refused the JWT for its times, once more on GitHub's clock."""
+    try:
+        return fn(gh.app)
+    except RequestFailed as exc:
+        if not _jwt_refused_for_its_times(gh, exc):
+            raise
+        return fn(gh.app)
 
 
 def _call(gh: GitHubApp, installation_id: int, fn: Any) -> Any:
@@ -767,6 +810,20 @@ NEWEST_OF_COMMIT = (
     .order_by(_outbox.c.id.desc())
     .limit(1)
 )
+# `revivable` in SQL: what app.github.redeliver puts back once GitHub answers (when still the newest of its commit).
+REVIVABLE = sa.and_(
+    _outbox.c.state == "failed",
+    sa.or_(
+        _outbox.c.last_status_code >= 500,
+        _outbox.c.last_status_code == 429,
+        sa.and_(
+            _outbox.c.last_status_code.is_(None),
+            sa.or_(_outbox.c.last_error.startswith(UNREACHABLE), _outbox.c.last_error.startswith(NO_ANSWER)),
+        ),
+    ),
+    _outbox.c.revivals < MAX_REVIVALS,
+    _outbox.c.redacted_at.is_(None),
+)
 # Post the row again from the start; its lease (if a worker has it in hand) stays, and that worker, having read
 # an older revision, records its outcome without marking the row delivered.
 REQUEUE = (
@@ -816,7 +873,9 @@ ITEM = (
         _outbox.c.check_run,
         _outbox.c.status_posted,
         _outbox.c.check_posted,
+        _outbox.c.scan_run_id,
         Org.__table__.c.installation_id,
+        Org.__table__.c.slug,
     )
     .join_from(_outbox, Org.__table__, Org.__table__.c.id == _outbox.c.org_id)
     .where(_outbox.c.id == sa.bindparam("item"))
@@ -844,8 +903,11 @@ def record(
     Fenced: nothing is recorded unless `token` still holds the row (a worker that stalled past its lease has
     nothing to say about a row another worker took). A row re-queued while it was in hand stays pending.
     """
-    if outcome.state != "lost":
-        _record(session, item_id, outcome, now, rng, token)
+    try:
+        if outcome.state != "lost":
+            _record(session, item_id, outcome, now, rng, token)
+    finally:
+        logs.clear_context()
     with _unrecorded_lock:
         _unrecorded.discard(item_id)
 

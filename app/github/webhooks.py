@@ -4,7 +4,8 @@ The order is fixed and fails closed: secret configured? -> signature present? ->
 (by its Content-Length, before a byte is read) -> HMAC-SHA256 of the raw bytes, compared in constant time -> only
 then parse -> delivery seen before? -> dispatch. Handlers only write to the database (work for GitHub goes to the
 outbox), so the answer is fast. Neither the secret nor a signature is ever logged; log keys are stable
-(`github.webhook.*`) and carry the delivery id.
+(`github.webhook.*`) and carry the delivery id. Every delivery is counted, by event and outcome, from its answer
+(app.metrics).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import re
 from typing import Any
 
 import orjson
-from flask import Blueprint, current_app, request
+from flask import Blueprint, current_app, g, request
 from githubkit import webhooks
 from sqlalchemy.orm import Session
 
@@ -77,6 +78,7 @@ def receive() -> tuple[dict[str, Any], int]:
     if not DELIVERY_ID.fullmatch(delivery) or not EVENT.fullmatch(event):
         log.warning("github.webhook.bad_headers delivery=%r event=%r", shown, event[:50])
         raise ApiError(400, "bad_request", "X-GitHub-Delivery and X-GitHub-Event must name the delivery and event.")
+    g.webhook_event = event  # signed by GitHub: fremforge_webhook_deliveries_total counts it by name (app.metrics)
     action = payload.get("action") if isinstance(payload.get("action"), str) else None
 
     handler = router.handler_for(event, action)

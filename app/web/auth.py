@@ -10,12 +10,13 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
-from flask import request
+from flask import current_app, request
 from sqlalchemy.orm import Session
 
 from app import db, orgs
 from app.db import write_transaction
 from app.models import ApiToken, Org, OrgSettings, utcnow
+from app.web import ratelimit
 from app.web.errors import forbidden, not_found, unauthorized
 
 PREFIX = "ffis_"  # fremforge image scanning: recognisable to secret scanners and to people
@@ -91,11 +92,18 @@ def _detached(model: Any, row: Any) -> Any:
     return model(**{c: row[f"{table}_{c}"] for c in _PRINCIPAL_COLUMNS[model]})
 
 
-def authenticate(session: Session, header: str | None, slug: str, scopes: tuple[str, ...]) -> Principal:
-    """The principal of a request allowed to act on org `slug` with one of `scopes`; else 401/403/404.
+def authenticate(
+    session: Session,
+    header: str | None,
+    slug: str,
+    scopes: tuple[str, ...],
+    rate_limit: tuple[int, int] | None = None,
+) -> Principal:
+    """The principal of a request allowed to act on org `slug` with one of `scopes`; else 401/403/404, or 429 when
+    the token is past its `rate_limit` (requests, seconds; `app.web.ratelimit`).
 
-    One query on the happy path. The token's last use is written at most once a minute, in a write
-    transaction of its own.
+    One query on the happy path, and with a rate limit one statement more, committed at once. The token's last use
+    is written at most once a minute, in a write transaction of its own.
     """
     secret = bearer(header)
     row = session.connection().execute(_AUTH, {"token_hash": hash_token(secret)}).mappings().one_or_none()
@@ -107,6 +115,8 @@ def authenticate(session: Session, header: str | None, slug: str, scopes: tuple[
     current = state(record, now)
     if current != "active":
         raise unauthorized(f"The token is {current}.")
+    if rate_limit is not None:  # every request a live token makes counts, whatever it asks
+        ratelimit.check(session, record.id, rate_limit)
     if org.slug != slug:
         if session.scalars(sa.select(Org.id).where(Org.slug == slug)).one_or_none() is None:
             raise not_found(f"There is no organisation {slug!r}.")
@@ -123,7 +133,8 @@ def authenticate(session: Session, header: str | None, slug: str, scopes: tuple[
 
 def for_request(slug: str, *scopes: str) -> Principal:
     """The principal of this request (its Authorization header) on org `slug` with one of `scopes`."""
-    return authenticate(db.session(), request.headers.get("Authorization"), slug, scopes)
+    rate_limit = current_app.config.get("RATE_LIMIT_RULE")
+    return authenticate(db.session(), request.headers.get("Authorization"), slug, scopes, rate_limit)
 
 
 def actor(token: ApiToken) -> str:

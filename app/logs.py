@@ -1,0 +1,299 @@
+"""Log lines: text as always, or one JSON object a line (FREMFORGE_LOG_FORMAT=json) with the request id and the ids in
+play; secrets are redacted from both.
+
+The app's lines read `event.name key=value ...` (`github.posting.delivered outbox=12 commit=abc`). In JSON the first
+word is `event` and the pairs become fields, beside `time`, `level`, `logger`, `message` (the whole line) and, where
+known, `request_id`, `org`, `scan_run_id`, `delivery_id` (a webhook's X-GitHub-Delivery) and `outbox_id`. Those come
+from the request being answered (its X-Request-Id, taken when sane and made otherwise, and sent back on every
+answer) or from what a thread bound with `set_context` (the outbox worker, for the item in hand).
+
+Whatever the format, a line never carries a secret: the configured ones (secret key, GitHub App private key, webhook
+and OAuth secrets, metrics token, database password, checkpoint key) are replaced wherever they appear, and so is
+anything shaped like a credential (API tokens, bearer values, GitHub tokens, JWTs, PEM private keys, credentials in a
+URL's query or userinfo, one-time login links), in messages and tracebacks alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import re
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import urlsplit
+
+import orjson
+from flask import Flask, Response, g, has_request_context, request
+
+REQUEST_ID_HEADER = "X-Request-Id"
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")  # taken from the client only when it looks like this
+DELIVERY_ID = re.compile(r"[0-9A-Za-z._:-]{1,100}")  # app.github.webhooks checks the same before trusting it
+WEBHOOK_ENDPOINT = "github_webhooks.receive"
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+REDACTED = "[redacted]"
+CHECKPOINT_KEY_NAME = "checkpoint_ed25519.pem"  # app.chain.checkpoints.KEY_FILE_NAME (in the instance folder)
+
+# A line's first word is its event when it looks like one (`github.webhook.bad_signature`, `retention.skipped:`);
+# other lines (gunicorn's, libraries') take their logger's name as event.
+_EVENT = re.compile(r"([a-z][a-z0-9_]*(?:\.[a-z0-9_]+)+):?(?=\s|$)")
+_PAIR = re.compile(r"(?<!\S)([A-Za-z_][A-Za-z0-9_]*)=('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|\S*)")
+_INTEGER = re.compile(r"-?(?:0|[1-9][0-9]{0,14})")
+_DECIMAL = re.compile(r"-?[0-9]{1,15}\.[0-9]{1,9}")
+# What the JSON formatter sets itself; a message's pair of the same name is kept as `<name>_`.
+_OWN_FIELDS = frozenset({"time", "level", "event", "logger", "message", "exc", "stack"})
+# Message keys named as the fields that carry them everywhere (`event=` in a webhook line is GitHub's event).
+_ALIASES = {"event": "github_event", "delivery": "delivery_id", "outbox": "outbox_id", "scan": "scan_run_id"}
+
+# Credential shapes, replaced wherever they appear (messages, tracebacks, gunicorn's lines).
+_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (
+        re.compile(r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END[A-Z0-9 ]*PRIVATE KEY-----|\Z)", re.S),
+        "[redacted private key]",
+    ),
+    (
+        re.compile(r"(?i)(\bauthorization[\"']?\s*[:=]\s*[\"']?)(?:(?:basic|bearer|token)\s+)?[A-Za-z0-9._~+/=-]+"),
+        rf"\1{REDACTED}",
+    ),
+    (re.compile(r"(?i)\b(bearer)(\s+)[A-Za-z0-9._~+/=-]{6,}"), rf"\1\2{REDACTED}"),
+    (re.compile(r"\bffis_[A-Za-z0-9]{6,}"), f"ffis_{REDACTED}"),  # the app's API tokens (app.web.auth.PREFIX)
+    (re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{16,}|github_pat_[A-Za-z0-9_]{16,})"), REDACTED),  # GitHub's tokens
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]*"), REDACTED),  # JWTs (the App's)
+    (
+        re.compile(
+            r"(?i)([?&;](?:access_token|refresh_token|token|code|state|client_secret|secret|password|passwd|key"
+            r"|api_key|sig|signature)=)[^&;\s\"'#]+"
+        ),
+        rf"\1{REDACTED}",
+    ),
+    (re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^/@\s:]*:)[^/@\s]+@"), rf"\1{REDACTED}@"),  # user:password@ in URLs
+    (re.compile(r"(/admin/login/link/)[^/?#\s\"']+"), rf"\1{REDACTED}"),  # one-time sign-in links
+)
+_MIN_SECRET = 8  # shorter configured values are not searched for (they would blank ordinary words)
+
+_secrets: set[str] = set()
+_secrets_pattern: re.Pattern[str] | None = None
+_secrets_lock = threading.Lock()
+
+_context: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar("fremforge_log", default=None)
+
+
+# ---------------------------------------------------------------- redaction
+
+
+def register_secrets(values: Iterable[Any]) -> None:
+    """Search every log line of this process for these values (and for each long line of a multi-line one, such as a
+    PEM key's), and replace them."""
+    global _secrets_pattern
+    found: set[str] = set()
+    for value in values:
+        if not value:
+            continue
+        text = value if isinstance(value, str) else str(value)
+        found.add(text.strip())
+        found.update(line.strip() for line in text.splitlines() if not line.strip().startswith("-----"))
+    found = {s for s in found if len(s) >= _MIN_SECRET}
+    with _secrets_lock:
+        if found <= _secrets:
+            return
+        _secrets.update(found)
+        alternatives = sorted(_secrets, key=len, reverse=True)  # the longest first: a whole key before its lines
+        _secrets_pattern = re.compile("|".join(re.escape(s) for s in alternatives))
+
+
+def redact(text: str) -> str:
+    """`text` without the configured secrets and without anything shaped like a credential."""
+    pattern = _secrets_pattern
+    if pattern is not None:
+        text = pattern.sub(REDACTED, text)
+    for shape, replacement in _PATTERNS:
+        text = shape.sub(replacement, text)
+    return text
+
+
+def secrets_of(config: Mapping[str, Any], instance_path: str | None = None) -> list[Any]:
+    """The configured values no log line may show (the checkpoint key's when its file exists already)."""
+    found = [config.get(name) for name in ("SECRET_KEY", "GITHUB_PRIVATE_KEY", "GITHUB_WEBHOOK_SECRET")]
+    found += [config.get(name) for name in ("GITHUB_CLIENT_SECRET", "METRICS_TOKEN")]
+    url = str(config.get("DATABASE_URL") or "")
+    with contextlib.suppress(ValueError):
+        found.append(urlsplit(url).password)
+    key_file = config.get("CHECKPOINT_KEY_FILE") or (instance_path and Path(instance_path) / CHECKPOINT_KEY_NAME)
+    if key_file:
+        # Made later, or unreadable: a whole PEM key is still caught by its shape.
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            found.append(Path(key_file).read_text())
+    return found
+
+
+# ---------------------------------------------------------------- what a line is about
+
+
+def set_context(**fields: Any) -> None:
+    """Add these fields to every line this thread logs from now on, until `clear_context` (the worker binds the outbox
+    item in hand: `outbox_id`, `scan_run_id`, `org`). Fields of a request come from the request itself."""
+    _context.set({k: v for k, v in fields.items() if v is not None})
+
+
+def clear_context() -> None:
+    _context.set(None)
+
+
+def context_fields() -> dict[str, Any]:
+    """The ids known where a line is logged: the request's (id, org, scan, webhook delivery) and the thread's."""
+    fields = dict(_context.get() or {})
+    if has_request_context():
+        request_id = g.get("request_id")
+        if request_id:
+            fields["request_id"] = request_id
+        args = request.view_args or {}
+        org = g.get("log_org") or args.get("slug")
+        if org:
+            fields.setdefault("org", str(org)[:100])
+        scan = g.get("scan_run_id") or args.get("scan_run_id")
+        if scan is not None:
+            fields.setdefault("scan_run_id", scan)
+        delivery = g.get("delivery_id")
+        if delivery:
+            fields.setdefault("delivery_id", delivery)
+    return fields
+
+
+def parse(message: str) -> tuple[str | None, dict[str, Any]]:
+    """A line's event (its first word, when it reads like `area.what`) and its `key=value` pairs."""
+    match = _EVENT.match(message)
+    event = match.group(1) if match else None
+    rest = message[match.end() :] if match else message
+    pairs: dict[str, Any] = {}
+    for key, raw in _PAIR.findall(rest):
+        pairs.setdefault(key, _value(raw))
+    return event, pairs
+
+
+def _value(raw: str) -> Any:
+    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
+        return raw[1:-1]
+    raw = raw.removesuffix(":").removesuffix(",")
+    if raw in ("None", "-", ""):
+        return None
+    if _INTEGER.fullmatch(raw):
+        return int(raw)
+    if _DECIMAL.fullmatch(raw):
+        return float(raw)
+    return raw
+
+
+# ---------------------------------------------------------------- formatters and the handler
+
+
+class TextFormatter(logging.Formatter):
+    """The text lines of old (`time LEVEL logger message`), secrets redacted (traceback included)."""
+
+    def __init__(self, fmt: str = TEXT_FORMAT) -> None:
+        super().__init__(fmt)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, event, logger, the ids known, the line's pairs, message, exc."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        event, pairs = parse(message)
+        at = datetime.fromtimestamp(record.created, UTC)
+        doc: dict[str, Any] = {
+            "time": at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "event": event or record.name,
+            "logger": record.name,
+        }
+        doc.update(context_fields())
+        for key, value in pairs.items():
+            name = _ALIASES.get(key, key)
+            if name in _OWN_FIELDS:
+                name += "_"
+            if value is not None:
+                doc.setdefault(name, value)
+        doc["message"] = message
+        if record.exc_info:
+            doc["exc_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None
+            doc["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            doc["exc"] = record.exc_text
+        if record.stack_info:
+            doc["stack"] = self.formatStack(record.stack_info)
+        clean = {k: redact(v) if isinstance(v, str) else v for k, v in doc.items()}
+        return orjson.dumps(clean, default=lambda v: redact(str(v))).decode()
+
+
+class Redacting(logging.Formatter):
+    """Another formatter's lines (gunicorn's own, say), secrets redacted."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(self.inner.format(record))
+
+
+def formatter(log_format: str) -> logging.Formatter:
+    """The formatter of FREMFORGE_LOG_FORMAT (`text` or `json`)."""
+    return JsonFormatter() if log_format == "json" else TextFormatter()
+
+
+class _Handler(logging.StreamHandler):
+    """The app's handler on the root logger (one per process, whichever app was made last sets its format)."""
+
+    fremforge = True
+
+
+def install(log_format: str, stream: TextIO | None = None) -> logging.Handler:
+    """Put the app's handler on the root logger (in place of one installed before), at INFO; writing to `stream`
+    (standard error by default)."""
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "fremforge", False)]:
+        root.removeHandler(old)
+    handler = _Handler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(formatter(log_format))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    return handler
+
+
+def init_app(app: Flask) -> None:
+    """Log in the configured format (unless something else, such as a test runner, configured logging first), keep
+    the app's secrets out of every line, and give every request an id."""
+    register_secrets(secrets_of(app.config, app.instance_path))
+    root = logging.getLogger()
+    if all(getattr(h, "fremforge", False) for h in root.handlers):
+        install(app.config["LOG_FORMAT"])
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    app.before_request(_begin)
+    app.after_request(_answer)
+
+
+def _begin() -> None:
+    """The request's id (the client's X-Request-Id when sane, else a new one) and start time; a webhook's delivery."""
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    g.request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    g.request_started = time.perf_counter()
+    if request.endpoint == WEBHOOK_ENDPOINT:
+        delivery = request.headers.get("X-GitHub-Delivery", "")
+        if DELIVERY_ID.fullmatch(delivery):
+            g.delivery_id = delivery
+
+
+def _answer(response: Response) -> Response:
+    if not g.get("request_id"):  # an earlier before_request answered first
+        _begin()
+    response.headers[REQUEST_ID_HEADER] = g.request_id
+    return response

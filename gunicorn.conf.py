@@ -1,0 +1,102 @@
+"""gunicorn's settings for the app, read from the working directory by every `gunicorn ... wsgi:app` started here
+(`make run`, deploy/fremforge-web.service, the tests); the command line still sets workers and the address.
+
+- Metrics across workers: prometheus_client's multiprocess mode. Each worker counts into files of
+  PROMETHEUS_MULTIPROC_DIR and GET /metrics sums them, whichever worker answers. The variable is set here, before
+  the app (and prometheus_client) is loaded, to a private temporary folder when the environment does not name one;
+  name one (the same for the outbox worker on this host) to add the worker's GitHub calls. At start the files of
+  processes no longer running are removed; gunicorn marks each worker that exits (child_exit).
+- gunicorn's own lines in the app's log format (FREMFORGE_LOG_FORMAT), secrets redacted, and an access line (when
+  --access-logfile is given) that names the path without its query string, never a header but the request id.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from gunicorn import glogging
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_MASTER = os.getpid()
+
+if not os.environ.get(MULTIPROC_ENV):
+    _own_dir = tempfile.mkdtemp(prefix="fremforge-metrics-")
+    os.environ[MULTIPROC_ENV] = _own_dir
+
+    def _remove_own_dir(path: str = _own_dir) -> None:
+        if os.getpid() == _MASTER:  # workers run atexit too, and must leave the folder to the others
+            shutil.rmtree(path, ignore_errors=True)
+
+    atexit.register(_remove_own_dir)
+
+# One line a request, key=value like the app's own (one JSON object a line with FREMFORGE_LOG_FORMAT=json): the
+# path without its query (a token could be in it), no Referer, no headers but the request id the app answered with.
+access_log_format = (
+    "http.request method=%(m)s path=%(U)s status=%(s)s bytes=%(B)s duration_ms=%(M)s "
+    "request_id=%({x-request-id}o)s remote=%(h)s"
+)
+
+
+def _log_format() -> str:
+    from app import config
+
+    chosen = str(config.from_environment().get("LOG_FORMAT") or "text").strip().lower()
+    return chosen if chosen in config.LOG_FORMATS else "text"  # the app itself refuses a bad value, in one line
+
+
+class Logger(glogging.Logger):  # type: ignore[misc]
+    """gunicorn's logger, secrets redacted from its lines. With FREMFORGE_LOG_FORMAT=json they are JSON like the app's
+    (app.logs); in text gunicorn's own lines look as always, and the access line above gets the app's time, level and
+    logger in front (an --access-logformat of one's own is left as it is)."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        from app import logs
+
+        log_format = _log_format()
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                if log_format == "json":
+                    handler.setFormatter(logs.JsonFormatter())
+                elif log is self.access_log and cfg.access_log_format == access_log_format:
+                    handler.setFormatter(logs.TextFormatter())
+                else:
+                    handler.setFormatter(logs.Redacting(handler.formatter))
+
+
+logger_class = Logger
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def on_starting(server: Any) -> None:
+    """Remove the counts of processes no longer running (a previous run's workers); a running process's (an outbox
+    worker sharing the folder) stay."""
+    folder = Path(os.environ[MULTIPROC_ENV])
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for path in folder.glob("*.db"):
+        pid = path.stem.rpartition("_")[2]
+        if not pid.isdigit() or not _alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker exited: its live gauges go (its counters stay in the sums, as counters must)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -1,0 +1,504 @@
+"""GET /metrics (spec section 11): the series move with uploads, webhooks and GitHub calls; the bearer token rule; the
+outbox gauges read from the database; the sums right across gunicorn workers and the outbox worker; the dashboard."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.client
+import importlib.util
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from datetime import timedelta
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from flask.testing import FlaskClient
+from githubkit import TokenAuthStrategy
+from githubkit.exception import RequestError
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
+
+from app import db
+from app.github import client as github_client
+from app.github.client import github_app
+from app.models import OutboxItem, utcnow
+from app.worker import Loop
+from tests import paths
+from tests.conftest import ROOT, WEBHOOK_SECRET, MakeApp, app_with_github, org_with_installation
+from tests.factories import finding, make_org, make_token, post, seed, set_policy
+from tests.fakes import FakeGitHub, github_app_config
+from tests.pgcluster import free_port
+
+HOST = "127.0.0.1"
+GUNICORN = ROOT / ".venv" / "bin" / "gunicorn"
+STRONG_KEY = "kV3q9Zt2-Lw8xYb_Rm4NcH7pJ0sEfUa6DgT1iOyQhWn5XrBzCvKe"
+REPO = "acme/api"
+SERIES = (
+    "fremforge_uploads_total",
+    "fremforge_findings_ingested_total",
+    "fremforge_upload_seconds",
+    "fremforge_outbox_pending",
+    "fremforge_outbox_oldest_pending_seconds",
+    "fremforge_github_requests_total",
+    "fremforge_webhook_deliveries_total",
+)
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def parse(text: str) -> Samples:
+    """Every sample of a scrape, by (sample name, sorted labels)."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def scrape(client: FlaskClient, token: str | None = None) -> Samples:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    r = client.get("/metrics", headers=headers)
+    assert r.status_code == 200, r.get_data(as_text=True)
+    assert r.content_type.startswith("text/plain; version=0.0.4")
+    return parse(r.get_data(as_text=True))
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def sha_of(name: str) -> str:
+    return hashlib.sha1(name.encode()).hexdigest()
+
+
+def signed(client: FlaskClient, event: str, payload: dict[str, Any], secret: str = WEBHOOK_SECRET, **extra: str) -> Any:
+    body = json.dumps(payload).encode()
+    headers = {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": event,
+        "X-GitHub-Delivery": extra.pop("delivery", str(uuid.uuid4())),
+        "X-Hub-Signature-256": "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest(),
+        **extra,
+    }
+    return client.post("/webhooks/github", data=body, headers=headers)
+
+
+def ping_payload() -> dict[str, Any]:
+    return json.loads((paths.FIXTURES / "github-webhooks" / "ping.json").read_text())
+
+
+# ---------------------------------------------------------------- the series move
+
+
+def test_every_series_is_exposed(app: Flask, client: FlaskClient) -> None:
+    text = client.get("/metrics").get_data(as_text=True)
+    names = {f.name for f in text_string_to_metric_families(text)}
+    # Families are named without _total; counters with no sample yet still have their HELP and TYPE lines.
+    for name in SERIES:
+        assert name.removesuffix("_total") in names or f"# TYPE {name.removesuffix('_total')}" in text, name
+    assert "_created" not in text
+
+
+def test_uploads_findings_and_latency_move_with_each_answer(app: Flask, client: FlaskClient) -> None:
+    make_org(app, block_action="block_pull")
+    token = make_token(app)
+    before = scrape(client)
+    ok = post(client, token, seed([finding(severity="low"), finding("CVE-2024-1", severity="low", package="zlib")]))
+    assert ok.status_code == 202 and ok.json["status"] == "success"
+    failing = post(client, token, seed([finding("CVE-2024-2", severity="critical")], image_ref="ghcr.io/acme/w:1"))
+    assert failing.status_code == 202 and failing.json["status"] == "failure"
+    assert post(client, "ffis_" + "x" * 40, seed()).status_code == 401
+    assert post(client, token, {"image_ref": "x"}).status_code == 422
+    set_policy(app, "acme", enabled=False)
+    disabled = post(client, token, seed())
+    assert disabled.status_code == 202 and disabled.json["status"] == "disabled"
+    after = scrape(client)
+
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert moved("fremforge_uploads_total", status="success") == 1
+    assert moved("fremforge_uploads_total", status="failure") == 1
+    assert moved("fremforge_uploads_total", status="disabled") == 1
+    assert moved("fremforge_uploads_total", status="401") == 1
+    assert moved("fremforge_uploads_total", status="422") == 1
+    assert moved("fremforge_findings_ingested_total") == ok.json["accepted"] + failing.json["accepted"] == 3
+    assert moved("fremforge_upload_seconds_count") == 3  # the accepted ones (disabled included), not the refused
+    assert moved("fremforge_upload_seconds_sum") > 0
+    assert moved("fremforge_upload_seconds_bucket", le="+Inf") == 3
+
+
+def test_an_idempotent_replay_counts_as_replayed_and_stores_nothing_more(app: Flask, client: FlaskClient) -> None:
+    make_org(app)
+    token = make_token(app)
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    assert post(client, token, seed(), headers=key).status_code == 202
+    before = scrape(client)
+    again = post(client, token, seed(), headers=key)
+    assert again.status_code == 202 and again.headers.get("Idempotent-Replayed") == "true"
+    after = scrape(client)
+    assert (
+        value(after, "fremforge_uploads_total", status="replayed")
+        - value(before, "fremforge_uploads_total", status="replayed")
+        == 1
+    )
+    assert value(after, "fremforge_uploads_total", status="success") == value(
+        before, "fremforge_uploads_total", status="success"
+    )
+    assert value(after, "fremforge_findings_ingested_total") == value(before, "fremforge_findings_ingested_total")
+
+
+def test_webhook_deliveries_by_event_and_outcome(webhook_app: Flask) -> None:
+    make_org(webhook_app)
+    client = webhook_app.test_client()
+    before = scrape(client)
+    delivery = str(uuid.uuid4())
+    assert signed(client, "ping", ping_payload(), delivery=delivery).status_code == 200
+    assert signed(client, "ping", ping_payload(), delivery=delivery).json == {"status": "duplicate"}
+    assert signed(client, "ping", ping_payload(), secret="another-secret").status_code == 401
+    unsigned = client.post("/webhooks/github", json={}, headers={"X-GitHub-Event": "ping"})
+    assert unsigned.status_code == 401
+    after = scrape(client)
+
+    def moved(event: str, outcome: str) -> float:
+        labels = {"event": event, "outcome": outcome}
+        return value(after, "fremforge_webhook_deliveries_total", **labels) - value(
+            before, "fremforge_webhook_deliveries_total", **labels
+        )
+
+    assert moved("ping", "ok") == 1
+    assert moved("ping", "duplicate") == 1
+    assert moved("unverified", "bad_signature") == 1  # the event of an unsigned delivery is nobody's word
+    assert moved("unverified", "missing_signature") == 1
+
+
+def test_outbox_gauges_and_github_requests_move_with_the_worker(make_app: MakeApp, fake_github: FakeGitHub) -> None:
+    app = app_with_github(make_app, fake_github, [REPO])
+    token = org_with_installation(app)
+    client = app.test_client()
+    for name in ("one", "two"):
+        assert post(client, token, seed(sha=sha_of(name))).status_code == 202
+    with app.app_context():  # the older item waited an hour (created_at is stamped by the web process)
+        session = db.session()
+        oldest = session.scalars(sa.select(sa.func.min(OutboxItem.id))).one()
+        session.execute(
+            sa.update(OutboxItem).where(OutboxItem.id == oldest).values(created_at=utcnow() - timedelta(hours=1))
+        )
+        session.commit()
+    before = scrape(client)
+    assert value(before, "fremforge_outbox_pending") == 2
+    assert 3590 < value(before, "fremforge_outbox_oldest_pending_seconds") < 3700
+
+    with app.app_context():
+        gh = github_app()
+        assert gh is not None
+        assert Loop(gh, once=True).run() == 2
+    after = scrape(client)
+    assert value(after, "fremforge_outbox_pending") == 0
+    assert value(after, "fremforge_outbox_oldest_pending_seconds") == 0
+    github_calls = len(fake_github.calls)
+    moved = sum(v - before.get(k, 0.0) for k, v in after.items() if k[0] == "fremforge_github_requests_total")
+    assert moved == github_calls > 0  # every exchange with GitHub (token included), once each
+    assert value(after, "fremforge_github_requests_total", status="201") > value(
+        before, "fremforge_github_requests_total", status="201"
+    )
+
+
+def test_a_github_call_without_an_answer_counts_as_error(app: Flask, client: FlaskClient) -> None:
+    before = scrape(client)
+    port = free_port()  # nothing listens there
+    gh = github_client.new_client(TokenAuthStrategy("ghs_" + "x" * 36), f"http://{HOST}:{port}", 2.0)
+    with pytest.raises(RequestError):
+        gh.rest.meta.root()
+    after = scrape(client)
+    assert (
+        value(after, "fremforge_github_requests_total", status="error")
+        - value(before, "fremforge_github_requests_total", status="error")
+        == 1
+    )
+
+
+# ---------------------------------------------------------------- who may scrape
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "Bearer wrong-token-of-some-length", "Basic bWV0cmljczp0b2tlbg==", "Bearer", "bearer  "],
+    ids=["none", "another-token", "basic", "empty-bearer", "blank"],
+)
+def test_with_a_metrics_token_a_scrape_without_it_is_401_json(make_app: MakeApp, authorization: str | None) -> None:
+    token = secrets.token_urlsafe(32)
+    client = make_app(METRICS_TOKEN=token).test_client()
+    r = client.get("/metrics", headers={"Authorization": authorization} if authorization else {})
+    assert r.status_code == 401
+    assert r.json["error"] == "unauthorized" and "FREMFORGE_METRICS_TOKEN" in r.json["message"]
+    assert r.headers["WWW-Authenticate"].startswith("Bearer ")
+    assert token not in r.get_data(as_text=True)
+    assert client.get("/metrics", headers={"Authorization": f"Bearer {token}x"}).status_code == 401
+    assert client.get("/metrics", headers={"Authorization": f"bearer {token}"}).status_code == 200
+    assert client.get("/metrics", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+
+
+def test_without_a_metrics_token_the_scrape_is_open(client: FlaskClient) -> None:
+    assert client.get("/metrics").status_code == 200
+
+
+def test_the_token_is_compared_in_constant_time(make_app: MakeApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    compared: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a: Any, b: Any) -> bool:
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr("app.metrics.hmac.compare_digest", spy)
+    client = make_app(METRICS_TOKEN="a-metrics-token-of-decent-length").test_client()
+    assert client.get("/metrics", headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert compared == [(b"nope", b"a-metrics-token-of-decent-length")]
+
+
+def test_metrics_are_never_rate_limited(make_app: MakeApp) -> None:
+    app = make_app(RATE_LIMIT="1/minute")
+    make_org(app)
+    token = make_token(app)
+    client = app.test_client()
+    listing = "/api/v1/orgs/acme/image-scans"
+    assert client.get(listing, headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    assert client.get(listing, headers={"Authorization": f"Bearer {token}"}).status_code == 429  # the limit is on
+    for _ in range(20):
+        assert client.get("/metrics", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+
+
+def test_metrics_are_outside_the_api_document(client: FlaskClient) -> None:
+    document = client.get("/api/v1/openapi.json").json
+    assert not any("metrics" in path for path in document["paths"])
+
+
+# ---------------------------------------------------------------- several processes
+
+
+def served_env(database_url: str, tmp: Path, **extra: str) -> dict[str, str]:
+    """The environment of a served app (development, with a strong key; files under `tmp`)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FREMFORGE_", "PROMETHEUS_"))}
+    env.update(
+        FREMFORGE_DATABASE_URL=database_url,
+        FREMFORGE_SECRET_KEY=STRONG_KEY,
+        FREMFORGE_PUBLIC_URL="http://fremforge.test",
+        FREMFORGE_CHECKPOINT_KEY_FILE=str(tmp / "checkpoint_ed25519.pem"),
+        PYTHONDONTWRITEBYTECODE="1",
+    )
+    env.update(extra)
+    return env
+
+
+def call(port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> Any:
+    """One request on a fresh connection (so that any worker may take it): (status, headers, body)."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, dict(r.getheaders()), r.read()
+    finally:
+        conn.close()
+
+
+@contextmanager
+def gunicorn(env: dict[str, str], log: Path, *options: str, workers: int = 2) -> Iterator[int]:
+    """`gunicorn --workers N ... wsgi:app` from the repository root (so gunicorn.conf.py applies); its port."""
+    port = free_port()
+    cmd = [str(GUNICORN), "--workers", str(workers), "--bind", f"{HOST}:{port}", "--no-control-socket", *options]
+    with log.open("wb") as out:
+        proc = subprocess.Popen([*cmd, "wsgi:app"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with suppress(OSError, http.client.HTTPException):
+                if call(port, "GET", "/healthz")[0] == 200:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"gunicorn did not come up:\n{log.read_text(errors='replace')}")
+            time.sleep(0.05)  # readiness poll
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def upload_over_http(port: int, token: str, sha: str) -> int:
+    body = json.dumps(seed([finding()], sha=sha)).encode()
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    return call(port, "POST", "/api/v1/orgs/acme/image-scans/findings", body, headers)[0]
+
+
+def uploads_by_file(folder: Path) -> dict[str, float]:
+    """fremforge_uploads_total{status="success"} as each process's file holds it."""
+    found = {}
+    for path in folder.glob("counter_*.db"):
+        for family in MultiProcessCollector.merge([str(path)], accumulate=False):
+            for sample in family.samples:
+                if sample.name == "fremforge_uploads_total" and sample.labels.get("status") == "success":
+                    found[path.name] = sample.value
+    return found
+
+
+def listen_queue(port: int) -> int:
+    """Connections waiting for a gunicorn worker to accept them on `port` (Linux: a listener's rx_queue)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+            return int(fields[4].split(":")[1], 16)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+def wait_accepted(port: int) -> None:
+    """Until every connection made so far has been taken by a worker."""
+    deadline = time.monotonic() + 10
+    while listen_queue(port):
+        assert time.monotonic() < deadline, "gunicorn's workers took no connection for 10 s"
+        time.sleep(0.01)  # polling the kernel's accept queue
+
+
+class HeldUpload:
+    """An upload whose body is sent in two halves: between them it holds the sync worker that took it."""
+
+    def __init__(self, port: int, token: str, sha: str) -> None:
+        self.body = json.dumps(seed([finding()], sha=sha)).encode()
+        self.conn = http.client.HTTPConnection(HOST, port, timeout=30)
+        self.conn.putrequest("POST", "/api/v1/orgs/acme/image-scans/findings")
+        for name, val in (("Authorization", f"Bearer {token}"), ("Content-Type", "application/json")):
+            self.conn.putheader(name, val)
+        self.conn.putheader("Content-Length", str(len(self.body)))
+        self.conn.endheaders(self.body[:10])
+        wait_accepted(port)
+
+    def finish(self) -> int:
+        self.conn.send(self.body[10:])
+        status = self.conn.getresponse().status
+        self.conn.close()
+        return status
+
+
+def scraped_uploads(port: int) -> float:
+    status, _headers, body = call(port, "GET", "/metrics")
+    assert status == 200
+    samples = parse(body.decode())
+    counts = (
+        value(samples, "fremforge_uploads_total", status="success"),
+        value(samples, "fremforge_upload_seconds_count"),
+        value(samples, "fremforge_findings_ingested_total"),
+    )
+    assert len(set(counts)) == 1, counts
+    return counts[0]
+
+
+@pytest.mark.parametrize("preload", [True, False], ids=["preload", "no-preload"])
+def test_the_count_is_the_sum_over_gunicorn_workers_whichever_answers(
+    make_app: MakeApp, database_url: str, tmp_path: Path, preload: bool
+) -> None:
+    """Two sync workers, A and B. An upload held half-sent keeps one busy, so the other answers, in turn: each worker
+    counts some uploads, and each answers a scrape with the sum of both."""
+    app = make_app()
+    make_org(app)
+    token = make_token(app)
+    folder = tmp_path / "prometheus"
+    env = served_env(database_url, tmp_path, PROMETHEUS_MULTIPROC_DIR=str(folder))
+    with gunicorn(env, tmp_path / "gunicorn.log", *(["--preload"] if preload else [])) as port:
+        held_by_a = HeldUpload(port, token, sha_of("held-a"))
+        for n in range(5):  # B alone answers
+            assert upload_over_http(port, token, sha_of(f"c{n}")) == 202
+        assert scraped_uploads(port) == 5  # B's answer
+        held_by_b = HeldUpload(port, token, sha_of("held-b"))
+        assert held_by_a.finish() == 202
+        assert scraped_uploads(port) == 6  # A's answer: B is busy
+        assert held_by_b.finish() == 202
+        per_worker = sorted(uploads_by_file(folder).values())
+        assert per_worker == [1, 6], per_worker  # A counted one, B six (with preload the master counted none)
+        for _ in range(5):  # whichever answers
+            assert scraped_uploads(port) == 7
+    assert "Traceback" not in (tmp_path / "gunicorn.log").read_text()
+
+
+def test_the_outbox_workers_github_calls_join_the_webs_metrics(
+    make_app: MakeApp, database_url: str, fake_github: FakeGitHub, tmp_path: Path
+) -> None:
+    """The outbox worker, given the web's PROMETHEUS_MULTIPROC_DIR on the same host, counts its GitHub calls there."""
+    app = app_with_github(make_app, fake_github, [REPO])
+    token = org_with_installation(app)
+    folder = tmp_path / "prometheus"
+    github = {f"FREMFORGE_{k}": v for k, v in github_app_config(fake_github).items()}
+    env = served_env(database_url, tmp_path, PROMETHEUS_MULTIPROC_DIR=str(folder), **github)
+    with gunicorn(env, tmp_path / "gunicorn.log", "--preload") as port:
+        for n in range(3):
+            assert upload_over_http(port, token, sha_of(f"w{n}")) == 202
+        samples = parse(call(port, "GET", "/metrics")[2].decode())
+        assert value(samples, "fremforge_outbox_pending") == 3
+        assert not any(k[0] == "fremforge_github_requests_total" for k in samples)  # the web called no GitHub
+        worker = [sys.executable, "-m", "flask", "--app", "wsgi", "worker", "--once"]
+        done = subprocess.run(worker, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        samples = parse(call(port, "GET", "/metrics")[2].decode())
+        assert value(samples, "fremforge_outbox_pending") == 0
+        counted = sum(v for k, v in samples.items() if k[0] == "fremforge_github_requests_total")
+        assert counted == len(fake_github.calls) > 0
+
+
+def load_gunicorn_conf(monkeypatch: pytest.MonkeyPatch, folder: Path) -> ModuleType:
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(folder))
+    spec = importlib.util.spec_from_file_location("fremforge_gunicorn_conf", ROOT / "gunicorn.conf.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gunicorn_start_removes_the_counts_of_processes_gone(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    folder = tmp_path / "prometheus"
+    folder.mkdir()
+    conf = load_gunicorn_conf(monkeypatch, folder)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead, alive = int(gone.stdout), os.getpid()  # an outbox worker sharing the folder, say
+    for name in (f"counter_{dead}.db", f"histogram_{dead}.db", f"counter_{alive}.db", f"gauge_livesum_{dead}.db"):
+        (folder / name).write_bytes(b"")
+    conf.on_starting(None)
+    assert sorted(p.name for p in folder.iterdir()) == [f"counter_{alive}.db"]
+    assert re.search(r"path=%\(U\)s", conf.access_log_format) and "%(r)s" not in conf.access_log_format
+    assert "%(q)s" not in conf.access_log_format and "%(f)s" not in conf.access_log_format
+
+
+# ---------------------------------------------------------------- the dashboard
+
+
+def test_the_grafana_dashboard_charts_every_series(client: FlaskClient) -> None:
+    dashboard = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
+    assert dashboard["__inputs"][0]["pluginId"] == "prometheus"
+    expressions = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert all(p["datasource"]["uid"] == "${DS_PROMETHEUS}" for p in dashboard["panels"])
+    used = {name for e in expressions for name in re.findall(r"\bfremforge_\w+", e)}
+    for name in SERIES:
+        assert any(u == name or u.startswith(name + "_") for u in used), f"{name} is charted nowhere"
+    exposed = client.get("/metrics").get_data(as_text=True)
+    for name in used:  # nothing charted that the app does not expose
+        base = re.sub(r"_(bucket|count|sum)$", "", name)
+        assert f"# TYPE {base} " in exposed, name
+    joined = " ".join(expressions)
+    assert "histogram_quantile(0.5," in joined and "histogram_quantile(0.95," in joined
+    assert "by (status)" in joined and "by (event, outcome)" in joined
