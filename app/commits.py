@@ -116,30 +116,25 @@ def latest_from_json(value: list[list[Any]]) -> list[LatestScan]:
 
 # ---------------------------------------------------------------- baselines (spec section 3)
 
-_BY_BRANCH = (
-    sa.select(ScanRun.id)
-    .where(
-        ScanRun.org_id == sa.bindparam("org"),
-        ScanRun.repo_full_name == sa.bindparam("repo"),
-        ScanRun.image_name == sa.bindparam("name"),
-        ScanRun.ref == sa.bindparam("ref"),
-        ScanRun.id != sa.bindparam("self"),
+
+def _newest_scan(*where: sa.ColumnElement[bool]) -> sa.Select[Any]:
+    """The newest scan of an image name in a repository (never the scan asking) that also meets `where`."""
+    return (
+        sa.select(ScanRun.id)
+        .where(
+            ScanRun.org_id == sa.bindparam("org"),
+            ScanRun.repo_full_name == sa.bindparam("repo"),
+            ScanRun.image_name == sa.bindparam("name"),
+            ScanRun.id != sa.bindparam("self"),
+            *where,
+        )
+        .order_by(ScanRun.id.desc())
+        .limit(1)
     )
-    .order_by(ScanRun.id.desc())
-    .limit(1)
-)
-_BY_COMMIT = (
-    sa.select(ScanRun.id)
-    .where(
-        ScanRun.org_id == sa.bindparam("org"),
-        ScanRun.repo_full_name == sa.bindparam("repo"),
-        ScanRun.commit_sha == sa.bindparam("sha"),
-        ScanRun.image_name == sa.bindparam("name"),
-        ScanRun.id != sa.bindparam("self"),
-    )
-    .order_by(ScanRun.id.desc())
-    .limit(1)
-)
+
+
+_BY_BRANCH = _newest_scan(ScanRun.ref == sa.bindparam("ref"))
+_BY_COMMIT = _newest_scan(ScanRun.commit_sha == sa.bindparam("sha"))
 _PR_BASE = (
     sa.select(PullRequestLink.base_ref, PullRequestLink.base_sha)
     .where(

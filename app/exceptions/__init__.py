@@ -6,8 +6,6 @@ Matching a finding against the active ones is pure, next to the blocking rule: a
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -21,10 +19,10 @@ from app import reposts
 from app.chain import audit
 from app.clock import now_of
 from app.db import write_transaction
-from app.fields import MAX_INT32
 from app.findings.schemas import RepoFullName
 from app.models import OrgSettings, PolicyException, utcnow
 from app.policy.exceptions import RESERVED_PREFIX
+from app.web import cursors
 from app.web.urls import Urls
 
 MAX_DAYS = 365
@@ -32,10 +30,6 @@ REASON_LIMIT = 2000
 # An image-name pattern: a repository path as registries name images (host[:port]/path), `*` for any run of
 # characters; no tag or digest (exceptions apply to every tag of an image).
 IMAGE_PATTERN = re.compile(r"[A-Za-z0-9*](?:[A-Za-z0-9._*-]|/(?!/)|:(?=[0-9*]+/))*")
-
-
-class BadCursor(ValueError):
-    pass
 
 
 def _advisory(value: str) -> str:
@@ -253,18 +247,11 @@ def page(
 
 
 def encode_cursor(exception_id: int) -> str:
-    return base64.urlsafe_b64encode(f"x:{exception_id}".encode()).decode().rstrip("=")
+    return cursors.encode("x", exception_id)
 
 
 def decode_cursor(cursor: str) -> int:
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        kind, _, value = text.partition(":")
-        if kind != "x" or not value.isdigit() or len(value) > 10 or int(value) > MAX_INT32:
-            raise ValueError
-        return int(value)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise BadCursor(cursor) from None
+    return cursors.decode("x", cursor)
 
 
 # ---------------------------------------------------------------- expiry (the worker)

@@ -12,7 +12,7 @@ from app.db import write_transaction
 from app.exceptions import imports
 from app.fields import MAX_INT32
 from app.models import utcnow
-from app.web import auth, bodies, urls
+from app.web import auth, bodies, cursors, urls
 from app.web.errors import ApiError, not_found, validation_failed
 
 bp = Blueprint("exceptions_api", __name__, url_prefix="/api/v1/orgs/<slug>/exceptions")
@@ -45,13 +45,8 @@ def index(slug: str) -> dict[str, Any]:
     q = bodies.validate_query(ListQuery)
     try:
         before = exceptions.decode_cursor(q.cursor) if q.cursor else None
-    except exceptions.BadCursor:
-        raise ApiError(
-            422,
-            "validation_failed",
-            "The cursor is not one this API gave out.",
-            [{"path": "cursor", "in": "query", "code": "cursor", "message": "is not valid"}],
-        ) from None
+    except cursors.BadCursor:
+        raise cursors.bad_cursor() from None
     session = db.session()
     rows, next_id = exceptions.page(session, org.id, q.state, before, q.limit)
     now = utcnow()

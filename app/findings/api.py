@@ -13,8 +13,8 @@ from app import advisories, db, fields, policy
 from app.findings import queries, schemas, service
 from app.github.outbox import delivery_state
 from app.models import Finding, Org, OrgSettings, OutboxItem, ScanRun, utcnow
-from app.web import auth, bodies, idempotency, urls
-from app.web.errors import ApiError, forbidden, not_found
+from app.web import auth, bodies, cursors, idempotency, urls
+from app.web.errors import forbidden, not_found
 
 bp = Blueprint("findings_api", __name__, url_prefix="/api/v1/orgs/<slug>/image-scans")
 
@@ -76,16 +76,6 @@ def _store(
     return result.body(links.scan(org.slug, result.scan_run_id)), 202
 
 
-def bad_cursor() -> ApiError:
-    """422 for a `cursor` this API did not give out (tampered, or of another list)."""
-    return ApiError(
-        422,
-        "validation_failed",
-        "The cursor is not one this API gave out.",
-        [{"path": "cursor", "in": "query", "code": "cursor", "message": "is not valid"}],
-    )
-
-
 class ListQuery(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -106,7 +96,7 @@ def list_scans(slug: str) -> dict[str, Any]:
     try:
         before = queries.decode_cursor(q.cursor) if q.cursor else None
     except queries.BadCursor:
-        raise bad_cursor() from None
+        raise cursors.bad_cursor() from None
     session = db.session()
     rows, next_id = queries.list_scans(
         session,
@@ -160,7 +150,7 @@ def list_findings(slug: str, scan_run_id: int) -> dict[str, Any]:
     try:
         after = queries.decode_finding_cursor(q.cursor) if q.cursor else None
     except queries.BadCursor:
-        raise bad_cursor() from None
+        raise cursors.bad_cursor() from None
     session = db.session()
     scan = session.get(ScanRun, scan_run_id) if scan_run_id <= fields.MAX_INT32 else None
     if scan is None or scan.org_id != org.id:

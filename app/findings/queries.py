@@ -4,7 +4,6 @@ app.commits)."""
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import Sequence
 
 import orjson
@@ -12,8 +11,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from app.commits import SEVERITY_ORDER
-from app.fields import MAX_INT32
 from app.models import SEVERITIES, Finding, OutboxItem, PullRequestLink, ScanRun
+from app.web import cursors
 
 # The open pull request whose head is a commit (the newest, if several), from pull_request webhooks; else the one
 # an earlier scan of the commit was stored with. Subqueries of the scan's INSERT: ingest pays no round trip for them.
@@ -129,24 +128,15 @@ def note_shown_before(session: Session, items: Sequence[OutboxItem | None]) -> N
             item.shown_before = older[-1].commit_status.get("state")
 
 
-class BadCursor(ValueError):
-    pass
+BadCursor = cursors.BadCursor
 
 
 def encode_cursor(scan_id: int) -> str:
-    return base64.urlsafe_b64encode(f"s:{scan_id}".encode()).decode().rstrip("=")
+    return cursors.encode("s", scan_id)
 
 
 def decode_cursor(cursor: str) -> int:
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        kind, _, value = text.partition(":")
-        # Scan ids are 32-bit integers (PostgreSQL `integer`): a larger one is no cursor this API gave out.
-        if kind != "s" or not value.isdigit() or len(value) > 10 or int(value) > MAX_INT32:
-            raise ValueError
-        return int(value)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise BadCursor(cursor) from None
+    return cursors.decode("s", cursor)
 
 
 def list_scans(

@@ -1,0 +1,41 @@
+"""Keyset cursors over ids, as every list of the API and the admin pages gives them out: opaque, tied to the kind
+of list (a scans cursor is no exceptions cursor), and checked when they come back."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from app.fields import MAX_INT32
+from app.web.errors import ApiError
+
+
+class BadCursor(ValueError):
+    """A cursor this app did not give out (tampered, or of another list)."""
+
+
+def encode(kind: str, row_id: int) -> str:
+    return base64.urlsafe_b64encode(f"{kind}:{row_id}".encode()).decode().rstrip("=")
+
+
+def decode(kind: str, cursor: str) -> int:
+    """The id a cursor of `kind` names. Ids are 32-bit integers (PostgreSQL `integer`): a larger one is no cursor
+    this app gave out."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        found, _, value = text.partition(":")
+        if found != kind or not value.isdigit() or len(value) > 10 or int(value) > MAX_INT32:
+            raise ValueError
+        return int(value)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise BadCursor(cursor) from None
+
+
+def bad_cursor() -> ApiError:
+    """422 for a `cursor` this API did not give out."""
+    return ApiError(
+        422,
+        "validation_failed",
+        "The cursor is not one this API gave out.",
+        [{"path": "cursor", "in": "query", "code": "cursor", "message": "is not valid"}],
+    )
