@@ -61,6 +61,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from app.findings import api as findings_api
     from app.github import client as github_client
     from app.github import webhooks as github_webhooks
+    from app.insights import api as insights_api
     from app.policy import api as policy_api
     from app.web import errors
 
@@ -77,6 +78,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(github_webhooks.bp)
     app.register_blueprint(chain_api.bp)
     app.register_blueprint(exceptions_api.bp)
+    app.register_blueprint(insights_api.bp)
     admin.init_app(app)
     cli.init_app(app)
     return app

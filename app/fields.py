@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 MAX_INT32 = 2**31 - 1  # ids and PR numbers are 32-bit columns: a larger one names nothing
+MAX_INT64 = 2**63 - 1  # findings' ids (64-bit on PostgreSQL)
 COMMIT_SHA = r"^[0-9a-fA-F]{40}$"  # as the API accepts it (stored in lower case)
 SHA = re.compile(r"[0-9a-f]{40}")  # a commit SHA as GitHub sends it and as it is stored
 COMMIT_SHA_TEXT = "must be a full commit SHA: 40 hexadecimal characters"

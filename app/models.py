@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base
@@ -142,6 +143,9 @@ class ScanRun(Base):
         sa.Index("ix_scan_runs_org_status", "org_id", "status", "id"),
         # A scan's baseline (spec section 3): the newest scan of an image name built from a branch, in one probe.
         sa.Index("ix_scan_runs_baseline", "org_id", "repo_full_name", "image_name", "ref", "id"),
+        # An image's history (app.insights: its scans before the trend's window).
+        sa.Index("ix_scan_runs_image_history", "org_id", "repo_full_name", "image_name", "created_at"),
+        sa.Index("ix_scan_runs_org_created", "org_id", "created_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -362,6 +366,59 @@ class Repost(Base):
     version: Mapped[int]  # bumped by each ask: a worker done with an older one leaves the row for another pass
     requested_at: Mapped[datetime]
     claimed_until: Mapped[datetime | None]  # a worker's lease, on the database's clock
+
+
+class Image(Base):
+    """An image as an org builds it, per repo and image name (an image reference without tag and digest), with its
+    latest scan: what the images-now list, the advisory search and the trend read (app.insights). Moved by every
+    upload in the upload's own transaction, to the highest scan id seen."""
+
+    __tablename__ = "images"
+    __table_args__ = (
+        sa.UniqueConstraint("org_id", "repo_full_name", "image_name", name="uq_images_org_repo_name"),
+        sa.Index("ix_images_org_id_id", "org_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    org_id: Mapped[int] = mapped_column(sa.ForeignKey("orgs.id", ondelete="CASCADE"))
+    repo_full_name: Mapped[str] = mapped_column(sa.String(200))
+    image_name: Mapped[str] = mapped_column(sa.String(1024))
+    latest_scan_id: Mapped[int] = mapped_column(sa.ForeignKey("scan_runs.id", ondelete="CASCADE"))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# Advisory ids compare byte by byte on PostgreSQL too (collation "C"), as on SQLite: a prefix is an index range.
+ADVISORY_ID = sa.String(1024).with_variant(postgresql.VARCHAR(1024, collation="C"), "postgresql")
+
+
+class LatestAdvisory(Base):
+    """An advisory id (a finding's own id or one of its vendor ids, in upper case) of a finding of an image's latest
+    scan: the advisory search's index (app.insights.advisories), so a search reads only the rows of that id, however
+    many images and scans there are. An upload moving its image's latest scan replaces the image's rows
+    (app.findings.latest), in its own transaction. No foreign keys, as for findings: written only with its scan."""
+
+    __tablename__ = "latest_advisories"
+    __table_args__ = (sa.Index("ix_latest_advisories_scan", "scan_run_id"),)
+
+    org_id: Mapped[int] = mapped_column(primary_key=True)
+    advisory_id: Mapped[str] = mapped_column(ADVISORY_ID, primary_key=True)
+    seq: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)  # the finding's (findings: org_id, seq)
+    scan_run_id: Mapped[int]
+
+
+class TrendChange(Base):
+    """How much an org's images' latest counts changed on a day: the sum, over the day's uploads that moved an
+    image's latest scan, of the new scan's counts minus the one it replaced. The org's trend is their running sum
+    (app.insights.trend); written with the image's move (app.insights.images), so reading it never walks scans."""
+
+    __tablename__ = "trend_changes"
+
+    org_id: Mapped[int] = mapped_column(sa.ForeignKey("orgs.id", ondelete="CASCADE"), primary_key=True)
+    day: Mapped[date] = mapped_column(primary_key=True)
+    critical: Mapped[int] = mapped_column(default=0)
+    high: Mapped[int] = mapped_column(default=0)
+    medium: Mapped[int] = mapped_column(default=0)
+    low: Mapped[int] = mapped_column(default=0)
 
 
 class WorkerHeartbeat(Base):

@@ -9,6 +9,9 @@ from flask import Blueprint
 from app.chain.verify import FAULTS
 from app.exceptions import MAX_DAYS, REASON_LIMIT
 from app.fields import COMMIT_SHA, GIT_REF, GIT_REF_MAX, MAX_INT32, REPO_FULL_NAME
+from app.insights.advisories import MAX_QUERY, MIN_PREFIX
+from app.insights.trend import DAYS as TREND_DAYS
+from app.insights.trend import LEVELS as TREND_LEVELS
 from app.models import (
     BLOCK_ACTIONS,
     BLOCK_ON,
@@ -146,7 +149,7 @@ SCHEMAS: dict[str, Any] = {
                         "path": STR,
                         "code": STR,
                         "message": STR,
-                        "in": {"enum": ["query", "body", "header"]},
+                        "in": {"enum": ["query", "body", "header", "path"]},
                         "limit": {"type": "integer", "description": "The limit the value is past, when it is one."},
                     },
                 },
@@ -694,12 +697,157 @@ SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "ImageNow": {
+        "type": "object",
+        "description": "An image as the org builds it (a repo and an image name: the image_ref without tag and "
+        "digest) with its latest scan.",
+        "required": [
+            "image_id",
+            "repo_full_name",
+            "image_name",
+            "image_ref",
+            "ref",
+            "commit_sha",
+            "pr",
+            "severity_counts",
+            "fixable",
+            "verdict",
+            "scan_run_id",
+            "scanned_at",
+            "url",
+        ],
+        "additionalProperties": False,
+        "properties": {
+            "image_id": {"type": "integer"},
+            "repo_full_name": STR,
+            "image_name": STR,
+            "image_ref": {**STR, "description": "The latest scan's image reference, with its tag or digest."},
+            "ref": _nullable(STR),
+            "commit_sha": {"type": "string", "pattern": COMMIT_SHA},
+            "pr": _nullable({"type": "integer"}),
+            "severity_counts": _ref("SeverityCounts"),
+            "fixable": COUNT,
+            "verdict": {"enum": ["success", "failure", "skipped"], "description": "The latest scan's own status."},
+            "scan_run_id": {"type": "integer"},
+            "scanned_at": {"type": "string", "format": "date-time"},
+            "url": {**STR, "description": "The latest scan's admin page."},
+        },
+    },
+    "ImageList": {
+        "type": "object",
+        "required": ["items", "next_cursor"],
+        "additionalProperties": False,
+        "properties": {
+            "items": {"type": "array", "items": _ref("ImageNow"), "maxItems": 1000},
+            "next_cursor": {**_nullable(STR), "description": "Pass as `cursor` for the next page; null: no more."},
+        },
+    },
+    "CoveringException": {
+        "type": "object",
+        "description": "The exception in force now that covers the finding (see /exceptions).",
+        "required": ["id", "advisory_id", "package_name", "repo_full_name", "image", "reason", "expires_at"],
+        "additionalProperties": False,
+        "properties": {
+            "id": {"type": "integer"},
+            "advisory_id": STR,
+            "package_name": _nullable(STR),
+            "repo_full_name": _nullable(STR),
+            "image": _nullable(STR),
+            "reason": STR,
+            "expires_at": {"type": "string", "format": "date-time"},
+        },
+    },
+    "AdvisoryHit": {
+        "type": "object",
+        "description": "A finding of an image's latest scan that has the advisory.",
+        "required": [
+            "image_id",
+            "repo_full_name",
+            "image_name",
+            "image_ref",
+            "ref",
+            "commit_sha",
+            "pr",
+            "scan_run_id",
+            "scanned_at",
+            "url",
+            "cve_id",
+            "vendor_ids",
+            "matched_as",
+            "package_name",
+            "installed_version",
+            "fixed_version",
+            "fixable",
+            "severity",
+            "excepted",
+            "exception",
+        ],
+        "additionalProperties": False,
+        "properties": {
+            "image_id": {"type": "integer"},
+            "repo_full_name": STR,
+            "image_name": STR,
+            "image_ref": STR,
+            "ref": _nullable(STR),
+            "commit_sha": {"type": "string", "pattern": COMMIT_SHA},
+            "pr": _nullable({"type": "integer"}),
+            "scan_run_id": {"type": "integer"},
+            "scanned_at": {"type": "string", "format": "date-time"},
+            "url": {**STR, "description": "The scan's admin page."},
+            "cve_id": {**STR, "description": "The finding's own advisory id."},
+            "vendor_ids": {"type": "array", "items": STR},
+            "matched_as": {
+                "enum": ["id", "vendor id"],
+                "description": "id: the finding's own id has the advisory; vendor id: one of its vendor ids.",
+            },
+            "package_name": _nullable(STR),
+            "installed_version": _nullable(STR),
+            "fixed_version": _nullable(STR),
+            "fixable": {"type": "boolean"},
+            "severity": _nullable({"enum": list(SEVERITIES)}),
+            "excepted": {"type": "boolean", "description": "An exception in force now covers it."},
+            "exception": _nullable(_ref("CoveringException")),
+        },
+    },
+    "AdvisorySearch": {
+        "type": "object",
+        "required": ["advisory_id", "prefix", "items", "next_cursor"],
+        "additionalProperties": False,
+        "properties": {
+            "advisory_id": {**STR, "description": "What was searched, in upper case (a prefix ends in *)."},
+            "prefix": {"type": "boolean"},
+            "items": {"type": "array", "items": _ref("AdvisoryHit"), "maxItems": 1000},
+            "next_cursor": {**_nullable(STR), "description": "Pass as `cursor` for the next page; null: no more."},
+        },
+    },
+    "Trend": {
+        "type": "object",
+        "required": ["days"],
+        "additionalProperties": False,
+        "properties": {
+            "days": {
+                "type": "array",
+                "minItems": TREND_DAYS,
+                "maxItems": TREND_DAYS,
+                "description": f"The last {TREND_DAYS} days (UTC), oldest first, today last.",
+                "items": {
+                    "type": "object",
+                    "required": ["day", *TREND_LEVELS],
+                    "additionalProperties": False,
+                    "properties": {"day": {"type": "string", "format": "date"}, **{s: COUNT for s in TREND_LEVELS}},
+                },
+            }
+        },
+    },
 }
 
 
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
+
+IMAGE_ID = {"name": "image_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}
+IMAGE_AUTH_ERRORS = {**AUTH_ERRORS, "404": _error("Unknown organisation, or no such image in it.")}
 
 TRIVY_QUERY = [
     _query(
@@ -1013,6 +1161,103 @@ PATHS: dict[str, Any] = {
                 "503": _or_database_unavailable("The app's checkpoint key cannot be read."),
                 **URL_ERRORS,
                 **AUTH_ERRORS,
+            },
+        },
+    },
+    "/api/v1/orgs/{slug}/images": {
+        "get": {
+            "operationId": "listImages",
+            "summary": "The org's images now: each (repo, image name) with its latest scan, in the order first seen. "
+            "Scope findings:read.",
+            "parameters": [
+                SLUG,
+                _query("repo", REPO, "Only this repository's images (any letter case)."),
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}, "Page size."),
+                _query("cursor", {"type": "string", "maxLength": 200}, "next_cursor of the previous page."),
+            ],
+            "responses": {
+                "200": _json("A page of images.", _ref("ImageList")),
+                **URL_ERRORS,
+                "422": _error("A bad query parameter (repo, limit, or a cursor this API did not give out)."),
+                **AUTH_ERRORS,
+                **DATABASE_ERRORS,
+            },
+        },
+    },
+    "/api/v1/orgs/{slug}/images/{image_id}": {
+        "get": {
+            "operationId": "getImage",
+            "summary": "One image with its latest scan. Scope findings:read.",
+            "parameters": [SLUG, IMAGE_ID],
+            "responses": {
+                "200": _json("The image.", _ref("ImageNow")),
+                **URL_ERRORS,
+                **IMAGE_AUTH_ERRORS,
+                **DATABASE_ERRORS,
+            },
+        },
+    },
+    "/api/v1/orgs/{slug}/images/{image_id}/trend": {
+        "get": {
+            "operationId": "getImageTrend",
+            "summary": f"One image's critical, high, medium and low findings per day over the last {TREND_DAYS} "
+            "days, as its latest scan had them that day. Scope findings:read.",
+            "parameters": [SLUG, IMAGE_ID],
+            "responses": {
+                "200": _json("The trend, oldest day first.", _ref("Trend")),
+                **URL_ERRORS,
+                **IMAGE_AUTH_ERRORS,
+                **DATABASE_ERRORS,
+            },
+        },
+    },
+    "/api/v1/orgs/{slug}/trend": {
+        "get": {
+            "operationId": "getTrend",
+            "summary": f"The org's critical, high, medium and low findings per day over the last {TREND_DAYS} days: "
+            "each image counted as its latest scan that day had them. Scope findings:read.",
+            "parameters": [SLUG],
+            "responses": {
+                "200": _json("The trend, oldest day first.", _ref("Trend")),
+                **URL_ERRORS,
+                **AUTH_ERRORS,
+                **DATABASE_ERRORS,
+            },
+        },
+    },
+    "/api/v1/orgs/{slug}/advisories/{advisory_id}/images": {
+        "get": {
+            "operationId": "searchAdvisory",
+            "summary": "Every image whose latest scan has the advisory, as its id or a vendor id: one item per "
+            "finding, newest first. Scope findings:read.",
+            "parameters": [
+                SLUG,
+                {
+                    "name": "advisory_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": MAX_QUERY + 1,
+                        "pattern": r"^[A-Za-z0-9][A-Za-z0-9._:+/-]*\*?$",
+                    },
+                    "description": f"An advisory id (CVE-2021-44228, GHSA-..., DSA-...; letter case ignored), at most "
+                    f"{MAX_QUERY} characters of letters, digits and . _ : + / -; or a prefix ending in * with at "
+                    f"least {MIN_PREFIX} characters before it (CVE-2024-*).",
+                },
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}, "Page size."),
+                _query("cursor", {"type": "string", "maxLength": 200}, "next_cursor of the previous page."),
+            ],
+            "responses": {
+                "200": _json("A page of findings.", _ref("AdvisorySearch")),
+                **URL_ERRORS,
+                "422": _error(
+                    "Not an advisory id or prefix (the detail names advisory_id and says why); or a bad limit or "
+                    "cursor."
+                ),
+                **AUTH_ERRORS,
+                **DATABASE_ERRORS,
             },
         },
     },

@@ -60,6 +60,7 @@ from common import (  # before `app`: importing common puts the repository root 
 from flask import Flask
 from flask.testing import FlaskClient
 
+from app import fields
 from app.findings import store
 
 ORG = "acme"
@@ -131,8 +132,9 @@ def repo_names(n: int) -> list[str]:
     return [f"acme/service-{i:03d}" for i in range(n)]
 
 
-def plan_scans(n: int, k: int, repos: int, seed: int) -> Plan:
-    """The history of an org: `n` scans over `repos` repositories, oldest first (so ids grow with time).
+def plan_scans(n: int, k: int, repos: int, seed: int, end: datetime = datetime(2026, 1, 1)) -> Plan:
+    """The history of an org: `n` scans over `repos` repositories, oldest first (so ids grow with time), three
+    minutes apart up to `end`.
 
     Repositories are busy in a Zipf-like way; a few stopped early (retired), so their scans all sit at the
     oldest ids. A commit scans each of its repo's 1-5 images; 5% of images get scanned again (a re-run).
@@ -153,7 +155,7 @@ def plan_scans(n: int, k: int, repos: int, seed: int) -> Plan:
     components = {r: COMPONENTS[: rng.randint(1, len(COMPONENTS))] for r in names}
     prs: dict[str, list[int]] = {r: [0, 0] for r in names}  # last number, commits left in the open one
     commits = Counter[str]()
-    start_time = datetime(2026, 1, 1) - timedelta(minutes=3 * n)
+    start_time = end - timedelta(minutes=3 * n)
     scans: list[Scan] = []
     while len(scans) < n:
         repo = rng.choices(names, cum_weights=cum_weights)[0]
@@ -216,7 +218,7 @@ def stamp(dialect: str, value: datetime) -> Any:
 
 
 SCAN_COLUMNS = (  # noqa: SIM905
-    "id org_id image_ref commit_sha repo_full_name signature_status signature_issuer signature_subject "
+    "id org_id image_ref image_name commit_sha repo_full_name signature_status signature_issuer signature_subject "
     "pr_number status block_action critical high medium low unknown fixable accepted duplicates "
     "created_at"
 ).split()
@@ -231,8 +233,8 @@ def scan_rows(plan: Plan, org_id: int, dialect: str) -> Iterator[tuple[Any, ...]
     for s in plan.scans:
         counts, fixable = plan.counts(s)
         yield (
-            s.id, org_id, s.image, s.sha, s.repo, *s.signature, s.pr, s.status, s.block_action,
-            *counts, fixable, k, 0, stamp(dialect, s.created_at),
+            s.id, org_id, s.image, fields.image_name(s.image), s.sha, s.repo, *s.signature, s.pr, s.status,
+            s.block_action, *counts, fixable, k, 0, stamp(dialect, s.created_at),
         )  # fmt: skip
 
 
@@ -295,7 +297,8 @@ def finding_rows(plan: Plan, org_id: int, dialect: str, scans: Sequence[Scan], s
             seq += 1
             ph = sha256(b"fremforge/bench/finding\n" + seq.to_bytes(8, "big")).digest()
             prev = sha256(prev + ph).digest()
-            rows.append((org_id, s.id, seq, ph.hex(), prev.hex(), created, *payload, None))  # truncated: NULL
+            # truncated, and the gate flags (blocking, new, exception_id): NULL
+            rows.append((org_id, s.id, seq, ph.hex(), prev.hex(), created, *payload, None, None, None, None))
     return rows, seq, prev
 
 

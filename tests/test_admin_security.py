@@ -11,10 +11,23 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from tests.conftest import admin_login
-from tests.factories import SHA, make_org
+from tests.factories import SHA, make_org, make_token, post, seed
 
 SECTION = "/admin/orgs/acme/code-security/image-scanning"
-SAMPLE_ARGS = {"slug": "acme", "scan_id": "1", "token_id": "1", "sha": SHA, "token": "x" * 43}
+SAMPLE_ARGS = {"slug": "acme", "scan_id": "1", "token_id": "1", "image_id": "1", "sha": SHA, "token": "x" * 43}
+# The pages of the section, each as it answers with something to show (an upload made first): they send the headers
+# on a page with content too, not only on the empty, error or redirect answers the route list gets.
+SHOWN = [
+    SECTION,
+    SECTION + "/scans/1",
+    SECTION + "/images",
+    SECTION + "/images/1",
+    SECTION + "/advisories",
+    SECTION + "/advisories?q=CVE-2023-1234",
+    SECTION + "/advisories?q=CVE-2023-*",
+    "/admin/orgs/acme/advisories?q=CVE-2023-1234",
+    SECTION + "/exceptions",
+]
 
 
 def assert_page_headers(response: Any, what: str) -> None:
@@ -47,7 +60,17 @@ def acme(app: Flask) -> None:
 
 def test_the_route_list_covers_the_admin_pages(app: Flask) -> None:
     urls = {url for _, url in admin_urls(app)}
-    for expected in ("/admin/login", f"/admin/login/link/{'x' * 43}", "/admin/logout", SECTION, SECTION + "/tokens"):
+    for expected in (
+        "/admin/login",
+        f"/admin/login/link/{'x' * 43}",
+        "/admin/logout",
+        SECTION,
+        SECTION + "/tokens",
+        SECTION + "/images",
+        SECTION + "/images/1",
+        SECTION + "/advisories",
+        "/admin/orgs/acme/advisories",
+    ):
         assert expected in urls
 
 
@@ -81,6 +104,17 @@ def test_every_admin_route_sends_the_security_headers(
 def test_errors_and_redirects_under_admin_send_them_too(app: Flask, client: FlaskClient, acme: None, url: str) -> None:
     admin_login(app, client)
     assert_page_headers(client.get(url), url)
+
+
+def test_the_pages_with_content_send_them(app: Flask, client: FlaskClient, acme: None) -> None:
+    token = make_token(app, "acme")
+    r = post(client, token, seed(repo="acme-gh/api"))
+    assert r.status_code == 202 and r.get_json()["scan_run_id"] == 1, r.get_json()
+    admin_login(app, client)
+    for url in SHOWN:
+        response = client.get(url)
+        assert response.status_code in (200, 302), (url, response.status_code)
+        assert_page_headers(response, url)
 
 
 def test_the_stylesheet_is_not_sniffed_or_framed_but_may_be_cached(client: FlaskClient) -> None:

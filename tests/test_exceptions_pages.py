@@ -155,7 +155,7 @@ def test_the_list_by_state_with_every_column(app, admin, token):
     assert re.search(r'aria-current="true">Active <span class="count">1</span>', html)
     assert 'Expired <span class="count">1</span>' in html and 'Revoked <span class="count">1</span>' in html
     [row] = listed(html)
-    assert row["Advisory"] == f"CVE-2024-0001 exception {active['id']}"
+    assert row["Advisory"] == f"CVE-2024-0001 exception {active['id']} · Images with it (CVE-2024-0001)"
     assert row["Applies to"] == "package openssl repository acme/api image ghcr.io/acme/*"
     assert row["Reason"] == "not reachable ticket: https://tracker.example/SEC-1"
     assert row["_links"]["Reason"] == ["https://tracker.example/SEC-1"]
@@ -225,7 +225,7 @@ def test_a_created_exception_is_listed_and_an_audit_event(app, admin, csrf):
     html = get(admin, r.headers["Location"])
     assert f"Created exception {row.id}: CVE-2024-0001 in openssl in acme/api for {IMAGE}, until" in text_of(html)
     [shown] = listed(html)
-    assert shown["Advisory"] == f"CVE-2024-0001 exception {row.id}"
+    assert shown["Advisory"] == f"CVE-2024-0001 exception {row.id} · Images with it (CVE-2024-0001)"
     assert shown["Created"].endswith("by link:login-link · via admin")
 
     [event] = scalars(app, sa.select(AuditEvent).where(AuditEvent.action == "exception.created"))
@@ -413,7 +413,7 @@ def test_a_findings_row_opens_the_form_prefilled_and_nothing_is_made_until_the_p
     assert accept_links(page)["CVE-2024-0002"] != []
     # The link beside the finding opens the list where the exception is.
     listing = listed(get(admin, hrefs[0]))
-    assert listing[0]["Advisory"] == f"CVE-2024-0001 exception {made.id}"
+    assert listing[0]["Advisory"] == f"CVE-2024-0001 exception {made.id} · Images with it (CVE-2024-0001)"
 
 
 def test_a_form_from_a_row_with_an_error_keeps_its_way_back_to_the_scan(app, admin, token, csrf):

@@ -1,10 +1,11 @@
 """What GitHub shows of an upload: every uploaded string is literal text on one line (spec §4).
 
 Hostile strings go into every field of an upload, through the API and the worker to the fake GitHub, and what it
-received is parsed as CommonMark (markdown-it-py) with GitHub's extensions in mind: no link except to the app's
-advisory pages, no image, no heading or table of the upload's, no HTML or comment, nothing GitHub would autolink
-after rendering (URLs, www., @mentions, #123, :emoji:), no line of the upload's; and each value still reads as
-itself. Then the escaping functions alone, also over generated strings.
+received is parsed as CommonMark (markdown-it-py) with GitHub's extensions in mind: no link except to the advisory
+pages the app builds and to the app's own advisory search (the id percent-encoded as its one query value), no
+image, no heading or table of the upload's, no HTML or comment, nothing GitHub would autolink after rendering
+(URLs, www., @mentions, #123, :emoji:), no line of the upload's; and each value still reads as itself. Then the
+escaping functions alone, also over generated strings.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import re
 import unicodedata
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from flask import Flask
@@ -23,6 +25,7 @@ from markdown_it.token import Token
 
 from app import advisories, policy
 from app.github import checks
+from app.insights import advisories as advisory_search
 from app.models import SEVERITIES
 from app.policy import CommitVerdict, ImageResult
 from tests.conftest import MakeApp, app_with_github, org_with_installation
@@ -54,6 +57,10 @@ GITHUB_AUTOLINKS = re.compile(
     | :[a-z0-9_+-]+:                 # :octocat:
     """
 )
+# The app's own advisory search of the org (its PUBLIC_URL in tests): the only other link target. What follows it
+# is the percent-encoded id alone: unreserved characters and %XX, nothing that could end the link or add a parameter.
+SEARCH_PAGE = "http://fremforge.test/admin/orgs/acme/code-security/image-scanning/advisories?q="
+ENCODED_VALUE = re.compile(r"(?:[A-Za-z0-9._~-]|%[0-9A-F]{2})+")
 EVIL = "https://evil.example/x"
 
 HOSTILE = {
@@ -142,11 +149,26 @@ def assert_inert(markdown: str) -> list[Token]:
         assert t.type not in ("html_block", "html_inline", "image"), (t.type, t.content)
         if t.type == "link_open":
             href = t.attrGet("href")
-            assert isinstance(href, str) and href.startswith(ADVISORY_PAGES), href
+            assert isinstance(href, str), href
+            if href.startswith(SEARCH_PAGE):
+                assert ENCODED_VALUE.fullmatch(href.removeprefix(SEARCH_PAGE)), href
+            else:
+                assert href.startswith(ADVISORY_PAGES), href
             assert " " not in href and ")" not in href, href
         if t.type == "text":
             assert not GITHUB_AUTOLINKS.search(t.content), t.content
     return tokens
+
+
+def search_href(advisory_id: str) -> str | None:
+    """The app's advisory search for an id, when the search takes it as that id (not a prefix, nothing around it)."""
+    try:
+        query = advisory_search.parse(advisory_id)
+    except advisory_search.BadQuery:
+        return None
+    if query.prefix or advisory_id != advisory_id.strip():
+        return None
+    return SEARCH_PAGE + quote(advisory_id, safe="")
 
 
 def hostile_finding(value: str) -> dict[str, Any]:
@@ -234,11 +256,14 @@ def test_an_uploaded_string_reaches_github_as_literal_text_on_one_line(app, clie
         heading = tokens[tokens.index(headings[0]) + 1]
         assert [c.type for c in heading.children] == ["text", "code_inline"]
         assert text_of(heading) == f"❌ {v}"
-        # the finding reads as its fields, each whole: id (linked to its advisory), package, versions, title, target
+        # the finding reads as its fields, each whole: id (linked to its advisory), package, versions, title, target;
+        # then the app's link to its advisory search, when the id is one the search takes
         [item] = [t for t in tokens if t.type == "inline" and t.map and markdown.splitlines()[t.map[0]].startswith("-")]
         links = [t for t in flat(item.children) if t.type == "link_open"]
-        assert [t.attrGet("href") for t in links] == [advisories.page(value)]
-        assert text_of(item) == f"high {v} in {v} {v} → {v} — {v} ({v})"
+        search = search_href(value)
+        assert [t.attrGet("href") for t in links] == [advisories.page(value), *([search] if search else [])]
+        more = " · images with it" if search else ""
+        assert text_of(item) == f"high {v} in {v} {v} → {v} — {v} ({v}){more}"
 
 
 def test_long_uploaded_strings_are_cut_short_on_one_line(app, client, token, fake_github):
@@ -274,8 +299,40 @@ def test_uploaded_urls_never_become_links(app, client, token, fake_github):
     _, output = posted(app, client, token, fake_github, "ghcr.io/acme/api:1", f)
     tokens = assert_inert(output["summary"])
     hrefs = [t.attrGet("href") for t in flat(tokens) if t.type == "link_open"]
-    assert hrefs == ["https://osv.dev/vulnerability/NOT-A-KNOWN-ID"]
+    assert hrefs == ["https://osv.dev/vulnerability/NOT-A-KNOWN-ID", SEARCH_PAGE + "NOT-A-KNOWN-ID"]
     assert "evil" not in output["summary"]
+
+
+def test_each_listed_finding_links_to_its_advisory_search(app, client, token, fake_github):
+    """Every top finding of every image links to the app's advisory search for its own id (percent-encoded), after
+    its advisory page; an id the search cannot take (white space, a trailing *) gets no search link."""
+    ids = ["CVE-2021-44228", "GHSA-jfh8-c2jp-5v3q", "RHSA-2020:1234", "DSA-5000-1", "GO-2022+0001/a", "CVE 2024 1"]
+    findings = [finding(i, "critical", package=f"p{n}") for n, i in enumerate(ids[:5])]
+    r = post(client, token, seed(findings, image_ref="ghcr.io/acme/api:1"))
+    assert r.status_code == 202, r.json
+    r = post(
+        client, token, seed([finding(ids[5], "high"), finding("CVE-2024-*", "high")], image_ref="ghcr.io/acme/web:1")
+    )
+    assert r.status_code == 202, r.json
+    drain(app, Clock())
+    [run] = fake_github.runs_of("acme", "api", SHA)
+    markdown = run["output"]["summary"]
+    tokens = assert_inert(markdown)
+    items = [t for t in tokens if t.type == "inline" and t.map and markdown.splitlines()[t.map[0]].startswith("- **")]
+    linked = {}
+    for item in items:
+        hrefs = [c.attrGet("href") for c in item.children or () if c.type == "link_open"]
+        searches = [h for h in hrefs if isinstance(h, str) and h.startswith(SEARCH_PAGE)]
+        linked[text_of(item).split(" in ")[0].split(" ", 1)[1]] = searches
+    assert linked == {
+        "CVE-2021-44228": [SEARCH_PAGE + "CVE-2021-44228"],
+        "GHSA-jfh8-c2jp-5v3q": [SEARCH_PAGE + "GHSA-jfh8-c2jp-5v3q"],
+        "RHSA-2020:1234": [SEARCH_PAGE + "RHSA-2020%3A1234"],
+        "DSA-5000-1": [SEARCH_PAGE + "DSA-5000-1"],
+        "GO-2022+0001/a": [SEARCH_PAGE + "GO-2022%2B0001%2Fa"],
+        "CVE 2024 1": [],
+        "CVE-2024-*": [],
+    }
 
 
 # ---------------------------------------------------------------- the summary, cut to GitHub's limit

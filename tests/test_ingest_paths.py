@@ -17,7 +17,7 @@ from app.chain.verify import verify_org
 from app.findings import schemas, service, store
 from app.models import ChainHead, Finding, OutboxItem, ScanRun
 from app.web.urls import Urls
-from tests.factories import finding, make_org, make_token, post, seed, set_policy
+from tests.factories import census, finding, make_org, make_token, post, seed, set_policy
 
 
 @pytest.mark.parametrize(
@@ -72,6 +72,29 @@ def test_an_upload_under_a_policy_disabled_meanwhile_stores_nothing(app):
         result = service.ingest(s, org, upload, Urls("http://fremforge.test"), deliver=False, expected=policy.Policy())
         assert result is None
         assert s.scalar(sa.select(sa.func.count()).select_from(ScanRun)) == 0
+
+
+def test_a_failing_last_statement_stores_nothing_and_the_next_upload_goes_on(app, client, monkeypatch):
+    """The upload's last statement fails: the answer is an error, nothing of the upload is stored, the chain head
+    stays, and the connection serves the next upload."""
+    make_org(app)
+    token = make_token(app)
+    real = store.MOVE_HEAD
+    monkeypatch.setattr(store, "MOVE_HEAD", real.values(seq=None))  # NOT NULL: refused by the database
+    before = census(app)
+    r = post(client, token, seed([finding()]))
+    assert r.status_code == 500, r.get_json()
+    assert census(app) == before
+    monkeypatch.setattr(store, "MOVE_HEAD", real)
+    r = post(client, token, seed([finding()]))
+    assert r.status_code == 202, r.get_json()
+    with app.app_context():
+        s = db.session()
+        org = orgs.by_slug(s, "acme")
+        assert org is not None
+        assert s.scalar(sa.select(sa.func.count()).select_from(Finding)) == 1
+        verdict = verify_org(db.database().engine, org.id)
+    assert verdict.intact, verdict.describe("acme")
 
 
 def _body(findings: list[dict]) -> bytes:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import sqlalchemy as sa
 
 from app import create_app, migrate
@@ -52,3 +54,68 @@ def test_db_upgrade_and_check_commands(tmp_path):
     assert "revision" in up.output
     check = runner.invoke(args=["db", "check"])
     assert check.exit_code == 0 and "agree" in check.output
+
+
+def _check_images_backfill(url: str) -> None:
+    """0019 derives each image's latest scan and the org's per-day trend changes from the scans already stored,
+    naming scans stored before image names were kept."""
+    app = create_app({"TESTING": True, "DATABASE_URL": url, "SECRET_KEY": "x"})
+    engine = app.extensions["fremforge.db"].engine
+    try:
+        migrate.upgrade(app, "0018")
+        scans = sa.table(
+            "scan_runs",
+            *(sa.column(c) for c in ("id", "org_id", "image_ref", "image_name", "commit_sha", "repo_full_name")),
+            *(sa.column(c) for c in ("status", "block_action", "created_at", "critical", "high", "medium", "low")),
+            *(sa.column(c) for c in ("unknown", "fixable", "accepted", "duplicates", "signature_status")),
+        )
+        made = [  # id, image ref, image name (None: stored before 0013), day, criticals
+            (1, "ghcr.io/acme/api:1", None, datetime(2026, 1, 1, 9), 5),
+            (2, "ghcr.io/acme/api:2", "ghcr.io/acme/api", datetime(2026, 1, 1, 10), 3),
+            (3, "ghcr.io/acme/web:1", "ghcr.io/acme/web", datetime(2026, 1, 2, 9), 2),
+            (4, "ghcr.io/acme/api:3", "ghcr.io/acme/api", datetime(2026, 1, 3, 9), 7),
+        ]
+        zeros = dict.fromkeys(("high", "medium", "low", "unknown", "fixable", "accepted", "duplicates"), 0)
+        with engine.begin() as conn:
+            org = "INSERT INTO orgs (id, slug, github_login, created_at) VALUES (1, 'acme', 'acme', :t)"
+            conn.execute(sa.text(org), {"t": datetime(2026, 1, 1)})
+            for scan_id, ref, name, at, crit in made:
+                conn.execute(
+                    sa.insert(scans).values(
+                        id=scan_id, org_id=1, image_ref=ref, image_name=name, commit_sha="a" * 40,
+                        repo_full_name="acme/api", status="success", block_action="warn", created_at=at,
+                        critical=crit, signature_status="unknown", **zeros,
+                    )
+                )  # fmt: skip
+        migrate.upgrade(app)
+        with engine.connect() as conn:
+            images = conn.execute(sa.text("SELECT image_name, latest_scan_id FROM images ORDER BY image_name")).all()
+            changes = conn.execute(sa.text("SELECT day, critical FROM trend_changes ORDER BY day")).all()
+            named = conn.execute(sa.text("SELECT image_name FROM scan_runs WHERE id = 1")).scalar()
+        assert [tuple(r) for r in images] == [("ghcr.io/acme/api", 4), ("ghcr.io/acme/web", 3)]
+        assert named == "ghcr.io/acme/api"
+        # Jan 1: api 5 then 3 (net 3); Jan 2: web 2; Jan 3: api 3 -> 7 (+4). Running: 3, 5, 9 = api 7 + web 2.
+        assert [(str(d)[:10], c) for d, c in changes] == [("2026-01-01", 3), ("2026-01-02", 2), ("2026-01-03", 4)]
+    finally:
+        engine.dispose()
+
+
+def test_images_backfill_on_sqlite(tmp_path):
+    _check_images_backfill(f"sqlite:///{tmp_path / 'backfill.db'}")
+
+
+def test_images_backfill_on_postgresql():
+    base = postgres_base_url()
+    if base is None:
+        skip_or_fail("PostgreSQL tests need FREMFORGE_TEST_DATABASE_URL")
+    assert base is not None
+    url, schema = _postgres_schema_url(base)
+    admin = sa.create_engine(normalise(base))
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        _check_images_backfill(url)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()

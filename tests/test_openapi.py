@@ -12,6 +12,7 @@ import json
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import jsonschema_rs
 import pytest
@@ -180,7 +181,16 @@ def acme(app: Flask) -> dict[str, Any]:
         )
         assert r.status_code == 201, r.json
         exception_ids.append(r.json["id"])
-    return {"token": token, "scan_ids": scan_ids, "exception_ids": exception_ids, "client": client}
+    r = client.get(IMAGES.format(slug="acme"), headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200, r.json
+    image_ids = [i["image_id"] for i in r.json["items"]]
+    return {
+        "token": token,
+        "scan_ids": scan_ids,
+        "exception_ids": exception_ids,
+        "image_ids": image_ids,
+        "client": client,
+    }
 
 
 def in_days(days: int) -> str:
@@ -198,6 +208,9 @@ def _config(acme: dict[str, Any]) -> schemathesis.Config:
                 "scans": {"values": acme["scan_ids"]},
                 "repos": {"values": ["acme/api", "acme/web", "ACME/api"]},
                 "exceptions": {"values": acme["exception_ids"]},
+                "images": {"values": acme["image_ids"]},
+                # ids the fixture's scans have (as their own id, or as a prefix), in any letter case
+                "advisories": {"values": ["CVE-2023-1234", "ghsa-xxxx-yyyy-zzzz", "CVE-2023-*", "cve-1999-0001"]},
                 # expiries an exception may have: in the future, at most 365 days ahead
                 "expiries": {"values": [in_days(1), in_days(90), in_days(364), in_days(7)[:10]]},
             },
@@ -206,6 +219,8 @@ def _config(acme: dict[str, Any]) -> schemathesis.Config:
                 "path.slug": "acme",
                 "path.scan_run_id": {"dictionary": "scans", "probability": 0.5},
                 "path.exception_id": {"dictionary": "exceptions", "probability": 0.5},
+                "path.image_id": {"dictionary": "images", "probability": 0.5},
+                "path.advisory_id": {"dictionary": "advisories", "probability": 0.5},
                 "body.expires_at": {"dictionary": "expiries", "probability": 0.7},
                 "body.repo_full_name": {"dictionary": "repos", "probability": 0.7},
                 "query.repo_full_name": {"dictionary": "repos", "probability": 0.7},
@@ -305,7 +320,14 @@ def test_api_answers_as_documented(app: Flask, acme: dict[str, Any]) -> None:
     del success[f"POST {EXCEPTIONS}/import"]
     assert [label for label, code in success.items() if not seen[label].get(code)] == [], seen
     # ... and refused what it should refuse.
-    no_input = {f"GET {SETTINGS}", "GET /healthz", "GET /readyz", f"GET {AUDIT}/verify", f"GET {AUDIT}/checkpoint"}
+    no_input = {
+        f"GET {SETTINGS}",
+        "GET /healthz",
+        "GET /readyz",
+        f"GET {AUDIT}/verify",
+        f"GET {AUDIT}/checkpoint",
+        f"GET {TREND}",
+    }
     takes_input = documented - no_input
     assert [
         label for label in takes_input if not any(400 <= code < 500 and code != 405 for code in seen[label])
@@ -322,6 +344,11 @@ SETTINGS = "/api/v1/orgs/{slug}/image-scans/settings"
 AUDIT = "/api/v1/orgs/{slug}/audit"
 EXCEPTIONS = "/api/v1/orgs/{slug}/exceptions"
 EXCEPTION = "/api/v1/orgs/{slug}/exceptions/{exception_id}"
+IMAGES = "/api/v1/orgs/{slug}/images"
+IMAGE = "/api/v1/orgs/{slug}/images/{image_id}"
+IMAGE_TREND = "/api/v1/orgs/{slug}/images/{image_id}/trend"
+TREND = "/api/v1/orgs/{slug}/trend"
+ADVISORY_SEARCH = "/api/v1/orgs/{slug}/advisories/{advisory_id}/images"
 TRIVY_REPORT = {
     "SchemaVersion": 2,
     "ArtifactName": "ghcr.io/acme/api:trivy",
@@ -670,3 +697,64 @@ def test_exception_refusals_answer_as_documented(app, acme, checked):
     )
     listed = checked("GET", EXCEPTIONS, query={"limit": "1000"}, expect=200)["items"]
     assert [e["id"] for e in listed] == acme["exception_ids"][::-1]  # nothing refused was stored
+
+
+def test_insights_answer_as_documented(app, acme, checked):
+    """The images now, one image, the trends and the advisory search, each answer checked against the document."""
+    reader = make_token(app, "acme", ["findings:read"])
+    images = checked("GET", IMAGES, token=reader, expect=200)
+    assert [i["image_id"] for i in images["items"]] == acme["image_ids"] and images["next_cursor"] is None
+    page = checked("GET", IMAGES, query={"limit": "1"}, expect=200)
+    rest = checked("GET", IMAGES, query={"limit": "1", "cursor": page["next_cursor"]}, expect=200)
+    assert [i["image_id"] for i in page["items"] + rest["items"]] == acme["image_ids"]
+    assert checked("GET", IMAGES, query={"repo": "ACME/web"}, expect=200)["items"] == rest["items"]
+    for image_id in acme["image_ids"]:
+        assert checked("GET", IMAGE, image_id=image_id, expect=200)["image_id"] == image_id
+        assert len(checked("GET", IMAGE_TREND, image_id=image_id, expect=200)["days"]) == 90
+    assert checked("GET", TREND, expect=200)["days"][-1]["critical"] == 1
+
+    found = checked("GET", ADVISORY_SEARCH, advisory_id="cve-2023-1234", expect=200)
+    assert [(i["cve_id"], i["excepted"]) for i in found["items"]] == [("CVE-2023-1234", True)] * 2
+    assert found["items"][0]["exception"]["id"] == acme["exception_ids"][0]
+    prefix = checked("GET", ADVISORY_SEARCH, advisory_id="GHSA-*", query={"limit": "1"}, expect=200)
+    assert prefix["prefix"] and [i["severity"] for i in prefix["items"]] == ["critical"]
+    assert prefix["next_cursor"] is None
+    more = checked("GET", ADVISORY_SEARCH, advisory_id="CVE-2023-1234", query={"limit": "1"}, expect=200)
+    last = checked(
+        "GET",
+        ADVISORY_SEARCH,
+        advisory_id="CVE-2023-1234",
+        query={"limit": "1", "cursor": more["next_cursor"]},
+        expect=200,
+    )
+    assert [i["scan_run_id"] for i in more["items"] + last["items"]] == acme["scan_ids"][::-1]
+
+
+def test_insights_refusals_answer_as_documented(app, acme, checked):
+    make_org(app, "other", github_login="other")
+    other_token = make_token(app, "other")
+    writer = make_token(app, "acme", ["findings:write", "settings:write"])
+    image_id = acme["image_ids"][0]
+    for path, params in (
+        (IMAGES, {}),
+        (IMAGE, {"image_id": image_id}),
+        (IMAGE_TREND, {"image_id": image_id}),
+        (TREND, {}),
+        (ADVISORY_SEARCH, {"advisory_id": "CVE-2023-1234"}),
+    ):
+        checked("GET", path, token=None, expect=401, **params)
+        checked("GET", path, token=other_token, expect=403, **params)
+        checked("GET", path, token=writer, expect=403, **params)
+        checked("GET", path, slug="nobody", expect=404, **params)
+    for path in (IMAGE, IMAGE_TREND):
+        for missing in (0, 2**31 - 1, 2**31, 10**20):
+            checked("GET", path, image_id=missing, expect=404)
+    for bad in ("*", "C*", "x" * 201, "CVE 1", "CVE-1%", " CVE-1", "CVE-**"):
+        body = checked("GET", ADVISORY_SEARCH, advisory_id=quote(bad, safe=""), expect=422)
+        assert [(d["path"], d["in"]) for d in body["details"]] == [("advisory_id", "path")]
+    checked("GET", ADVISORY_SEARCH, advisory_id="CVE-1", query={"cursor": "nonsense"}, expect=422)
+    checked("GET", ADVISORY_SEARCH, advisory_id="CVE-1", query={"cursor": encode_cursor(1)}, expect=422)
+    checked("GET", ADVISORY_SEARCH, advisory_id="CVE-1", query={"limit": "0"}, expect=422)
+    checked("GET", IMAGES, query={"cursor": encode_cursor(1)}, expect=422)
+    checked("GET", IMAGES, query={"repo": "not a repo"}, expect=422)
+    checked("GET", IMAGES, query={"limit": "1001"}, expect=422)

@@ -9,6 +9,7 @@ def init_app(app: Flask) -> None:
     from app.admin import (  # noqa: F401  (they add their routes)
         audit_page,
         exceptions_page,
+        insights_pages,
         scan_pages,
         settings_page,
         signin,

@@ -14,12 +14,14 @@ from sqlalchemy.orm import Session
 from werkzeug.datastructures import MultiDict
 
 from app import advisories, commits, db, exceptions, fields, policy
+from app.admin import insights_pages
 from app.admin.auth import admin_required
 from app.admin.blueprint import bp
 from app.admin.pages import SECTION, WHOLE_NUMBER, org_and_settings, org_of, page_number, public_url
 from app.clock import now_of
 from app.findings import queries
 from app.github.outbox import delivery_state
+from app.insights import advisories as insight_advisories
 from app.models import (
     SCAN_STATUSES,
     SEVERITIES,
@@ -79,21 +81,24 @@ def scans(slug: str) -> ResponseReturnValue:
     rows: list[ScanRun] = []
     items: dict[int, OutboxItem] = {}
     next_id = None
+    trend = None
     if not errors:
         session = db.session()
-        rows, next_id = queries.list_scans(
-            session,
-            org.id,
-            repo=filters.get("repo"),
-            commit_sha=filters.get("commit"),
-            image_ref=filters.get("image"),
-            ref=filters.get("ref"),
-            pr=int(filters["pr"]) if filters.get("pr") else None,
-            status=filters.get("status"),
-            before_id=before,
-            limit=SCANS_PER_PAGE,
-        )
+        wanted: dict[str, Any] = {
+            "repo": filters.get("repo"),
+            "commit_sha": filters.get("commit"),
+            "image_ref": filters.get("image"),
+            "ref": filters.get("ref"),
+            "pr": int(filters["pr"]) if filters.get("pr") else None,
+            "image_name": filters.get("name"),
+            "status": filters.get("status"),
+            "before_id": before,
+            "limit": SCANS_PER_PAGE,
+        }
+        rows, next_id = queries.list_scans(session, org.id, **wanted)
         items = queries.outbox_by_scan(session, [r.id for r in rows])
+        if rows and not filters and before is None:  # the org's trend, above its newest scans
+            trend = insights_pages.trend_of(session, org)
     # Typed as url_for's **values (Any): mypy would match a dict[str, str] against its keyword-only _external too.
     query: dict[str, Any] = filters
     older = url_for("admin.scans", slug=slug, **query, cursor=queries.encode_cursor(next_id)) if next_id else None
@@ -109,6 +114,7 @@ def scans(slug: str) -> ResponseReturnValue:
         paged=before is not None,
         older=older,
         workflow=_workflow_snippet(slug) if not rows and not filters and before is None else None,
+        trend=trend,
     ), (400 if errors else 200)
 
 
@@ -210,13 +216,15 @@ def commit(slug: str, sha: str) -> ResponseReturnValue:
 
 def _scan_filters(args: MultiDict[str, str]) -> tuple[dict[str, str], dict[str, str], int | None]:
     """The list's filters as typed (blank ones dropped), an error per bad field, and the cursor's scan id."""
-    filters = {k: (args.get(k) or "").strip() for k in ("repo", "image", "ref", "commit", "pr", "status")}
+    filters = {k: (args.get(k) or "").strip() for k in ("repo", "name", "image", "ref", "commit", "pr", "status")}
     filters = {k: v for k, v in filters.items() if v}
     errors: dict[str, str] = {}
     if "repo" in filters and not fields.is_repo_full_name(filters["repo"]):
         errors["repo"] = "Enter a repository as owner/name, as GitHub names them."
     if len(filters.get("image", "")) > 1024:
         errors["image"] = "An image reference is at most 1024 characters."
+    if "name" in filters and (len(filters["name"]) > 1024 or fields.image_name(filters["name"]) != filters["name"]):
+        errors["name"] = "Enter an image name without tag or digest, such as ghcr.io/acme/api."
     if len(filters.get("ref", "")) > fields.GIT_REF_MAX:
         errors["ref"] = "A git ref is at most 255 characters, such as refs/heads/main."
     if "commit" in filters and not fields.SHA.fullmatch(filters["commit"].lower()):
@@ -286,6 +294,7 @@ class FindingView:
     marks: list[tuple[str, str]]  # how the gate judged it at upload: (mark, words), see gate_marks
     exceptions: tuple[ExceptionNote, ...] = ()  # what covered it at upload, then what covers it now
     accept_url: str | None = None  # the exceptions page's form, prefilled for this finding (None: nothing to accept)
+    searchable: bool = False  # its id can be looked up in the advisory search (the row links there)
 
 
 class ExceptionNotes:
@@ -391,7 +400,16 @@ def finding_view(
     if f.synthetic or f.cve_id.upper().startswith("FREMFORGE-"):
         explanation = synthetic_explanation(f.cve_id, scan)
     links = advisories.pages(f.cve_id, f.vendor_ids or (), f.references or ())
-    return FindingView(f, links, explanation, marks, found, accept)
+    return FindingView(f, links, explanation, marks, found, accept, explanation is None and searchable(f.cve_id))
+
+
+def searchable(advisory_id: str) -> bool:
+    """Whether the advisory search takes `advisory_id` as it is (an id with odd characters links nowhere)."""
+    try:
+        insight_advisories.parse(advisory_id)
+    except insight_advisories.BadQuery:
+        return False
+    return not advisory_id.endswith("*")
 
 
 def synthetic_explanation(cve_id: str, scan: ScanRun) -> str:

@@ -146,13 +146,15 @@ def list_scans(
     repo: str | None = None,
     commit_sha: str | None = None,
     image_ref: str | None = None,
+    image_name: str | None = None,
     ref: str | None = None,
     pr: int | None = None,
     status: str | None = None,
     before_id: int | None = None,
     limit: int = 50,
 ) -> tuple[list[ScanRun], int | None]:
-    """One page of scans, newest first (keyset on id); and the id to continue from, if there is more."""
+    """One page of scans, newest first (keyset on id); and the id to continue from, if there is more. `image_name`:
+    every tag and digest of one image (an image page's "its scans")."""
     q = sa.select(ScanRun).where(ScanRun.org_id == org_id)
     if repo:
         q = q.where(ScanRun.repo_full_name == repo.lower())
@@ -160,6 +162,8 @@ def list_scans(
         q = q.where(ScanRun.commit_sha == commit_sha.lower())
     if image_ref:
         q = q.where(ScanRun.image_ref == image_ref)
+    if image_name:
+        q = q.where(ScanRun.image_name == image_name)
     if ref:
         q = q.where(ScanRun.ref == ref)
     if pr is not None:

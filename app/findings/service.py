@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from app import chain, commits, fields, locks, policy
 from app.db import write_transaction
+from app.findings import latest as image_latest
 from app.findings import queries, store
 from app.findings.schemas import Upload
 from app.github import checks, outbox
@@ -123,9 +125,11 @@ def assess(
     pol: policy.Policy,
     base: commits.Baseline | None = None,
     exceptions: Sequence[ActiveException] = (),
+    search: checks.SearchUrl | None = None,
 ) -> Assessment:
     """Judge an upload under `pol`, its findings compared with `base` (block_on new; None: not compared) and
-    matched against the org's active `exceptions`."""
+    matched against the org's active `exceptions`; its check-run section's findings linked by `search` (the org's
+    advisory search page of an id)."""
     synthetic = policy.signature_findings(pol, upload.signature, upload.image_ref)
     findings = upload.findings + synthetic
     keys = base.keys if base is not None and base.scan_id is not None else None
@@ -153,7 +157,7 @@ def assess(
     covering = tuple(e for e in exceptions if e.id in used)
     top = outbox.top_of(findings)
     image = policy.ImageResult(upload.image_ref, status, counts, fixable, None, top, judged, baseline_id, covering)
-    section = checks.image_section(image, pol.block_action, pol.block_on)
+    section = checks.image_section(image, pol.block_action, pol.block_on, search)
     blocking = judged.blocks if gating else 0
     return Assessment(findings, buckets, blocking_of, exception_ids, counts, fixable, status, blocking, image, section)
 
@@ -187,12 +191,14 @@ def ingest(
     parameters, run with the last (an Idempotency-Key's answer, `app.web.idempotency.answer`).
     """
     now = utcnow()
+    search = functools.partial(urls.advisory_search, org.slug)  # as outbox.new_item links the check run's findings
+    advisories = image_latest.advisory_rows(upload.findings)  # the search's index rows, made before any lock
     repo, sha = upload.repo_full_name, upload.commit_sha
     assessed, exceptions = None, None
     if expected is not None and expected.enabled:
         conn = session.connection()
         exceptions = commits.active_exceptions(conn, org.id) if may_except else []
-        assessed = assess(upload, expected, _compared(conn, org.id, upload, expected), exceptions)
+        assessed = assess(upload, expected, _compared(conn, org.id, upload, expected), exceptions, search)
     with write_transaction(session):
         conn = session.connection()
         pol, row = locks.lock_commit_and_read(conn, org.id, repo, sha, NEXT_SCAN_ID[conn.dialect.name])
@@ -201,7 +207,7 @@ def ingest(
         if exceptions is None:
             exceptions = commits.active_exceptions(conn, org.id)
         if assessed is None or pol != expected:
-            assessed = assess(upload, pol, _compared(conn, org.id, upload, pol), exceptions)
+            assessed = assess(upload, pol, _compared(conn, org.id, upload, pol), exceptions, search)
         scan_id, findings, stamp = row.scan, assessed.findings, chain.timestamp(now)
         hashes = chain.payload_hashes("finding", (chain.finding_payload(org.id, scan_id, stamp, f) for f in findings))
         scan = {
@@ -244,6 +250,12 @@ def ingest(
         asked = item.asked if item is not None else None
         result = IngestResult(scan_id, len(upload.findings), upload.duplicates, a.status, a.counts, a.fixable, asked)
         statements, params = (item.statements, item.params) if item is not None else ((), {})
+        # The image's latest scan moved and the org's trend changed, first: SQLAlchemy takes the column defaults of
+        # an INSERT in a WITH from the last one, the outbox item's.
+        name = scan["s_image_name"]
+        statements = (*image_latest.MOVE[conn.dialect.name], *statements)
+        moved = image_latest.move_params(org.id, repo, name, scan_id, now, assessed.counts, advisories, seq + 1)
+        params = {**params, **moved}
         if also is not None:
             # Before the outbox item's: SQLAlchemy takes the column defaults of an INSERT in a WITH from the last one.
             statement, more = also(result)

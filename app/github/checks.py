@@ -8,18 +8,20 @@ through one of three functions, all built on `one_line`:
 - `md_code`: an inline code span (image refs, packages, targets): literal by construction.
 - `plain_text`: the commit status description, which GitHub shows as plain text.
 
-Links go only to the advisory pages `app.advisories` builds (`md_link`); an uploaded URL never becomes one.
+Links go only to the advisory pages `app.advisories` builds (`md_link`) and to the app's own advisory search
+(`search_link`, a URL `app.web.urls` builds with the id percent-encoded); an uploaded URL never becomes one.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
 from app import advisories
+from app.insights import advisories as advisory_search
 from app.models import SEVERITIES
 from app.policy import CONTEXT, DESCRIPTION_LIMIT, EXCEPTED, NOT_BLOCKING, CommitVerdict, ImageResult
 from app.policy.exceptions import ActiveException, first_expiring
@@ -42,6 +44,11 @@ ADVISORY_LINK_PREFIXES = (
     "https://ubuntu.com/security/notices/",
     "https://osv.dev/vulnerability/",
 )
+
+# Where each listed finding links in the app itself: its org's advisory search for the finding's id
+# (Urls.advisory_search with the org's slug bound), so "which other images have it?" is one click away.
+SearchUrl = Callable[[str], str]
+SEARCH_LINK_TEXT = "images with it"
 
 # U+2060 WORD JOINER: invisible, and no word character. Put after the character that starts a pattern GitHub
 # links after rendering (mentions, issue references, emoji, bare URLs are found in the rendered text, where
@@ -127,6 +134,24 @@ def md_link(text: Any, url: str | None) -> str:
     return f"[{label}]({quote(url, safe=':/?=&%#~._-')})"
 
 
+def search_link(advisory_id: str, search: SearchUrl | None) -> str:
+    """` · [images with it](URL)`: a link to the app's advisory search for `advisory_id`, or "" when there is no
+    search (`search` None) or the id is not one it can take. The URL is the app's own (`search` is the URL builder),
+    the id percent-encoded in it; encoded once more here as md_link does, so nothing in it can end the link early."""
+    if search is None or not searchable(advisory_id):
+        return ""
+    return f" · [{md_text(SEARCH_LINK_TEXT)}]({quote(search(advisory_id), safe=':/?=&%#~._-')})"
+
+
+def searchable(advisory_id: str) -> bool:
+    """Whether the advisory search takes the id as that id (not a prefix, no white space around it)."""
+    try:
+        query = advisory_search.parse(advisory_id)
+    except advisory_search.BadQuery:
+        return False
+    return not query.prefix and advisory_id == advisory_id.strip()
+
+
 def commit_status(verdict: CommitVerdict, target_url: str | None) -> dict[str, Any]:
     state, _ = STATES[verdict.state]
     description = plain_text(verdict.description, DESCRIPTION_LIMIT)
@@ -142,8 +167,10 @@ def check_run(
     details_url: str | None,
     external_id: str,
     sections: Mapping[str, str] | None = None,
+    search: SearchUrl | None = None,
 ) -> dict[str, Any]:
-    """The check run's body; `sections` may hold images' `image_section` already rendered, by image ref."""
+    """The check run's body; `sections` may hold images' `image_section` already rendered, by image ref; `search`
+    gives the app's advisory search page of an id, where each listed finding links."""
     _, conclusion = STATES[verdict.state]
     body: dict[str, Any] = {
         "name": CONTEXT,
@@ -151,16 +178,20 @@ def check_run(
         "status": "completed",
         "conclusion": conclusion,
         "external_id": external_id,
-        "output": {"title": plain_text(verdict.description, TITLE_LIMIT), "summary": summary(verdict, sections)},
+        "output": {
+            "title": plain_text(verdict.description, TITLE_LIMIT),
+            "summary": summary(verdict, sections, search),
+        },
     }
     if details_url:
         body["details_url"] = details_url
     return body
 
 
-def image_section(image: ImageResult, block_action: str, block_on: str) -> str:
+def image_section(image: ImageResult, block_action: str, block_on: str, search: SearchUrl | None = None) -> str:
     """One image's part of the summary: heading with its verdict, severity counts, what blocks and what does not
-    (and why), its baseline under block_on new, top findings; then a blank line."""
+    (and why), its baseline under block_on new, top findings (each linked to the advisory search by `search`);
+    then a blank line."""
     mark = "❌" if image.status == "failure" else "✅"
     lines = [f"### {mark} {md_code(image.image_ref, IMAGE_REF_LIMIT)}", ""]
     lines += ["| " + " | ".join(s.capitalize() for s in SEVERITIES) + " | Fixable |"]
@@ -172,7 +203,7 @@ def image_section(image: ImageResult, block_action: str, block_on: str) -> str:
         if len(image.exceptions) > TOP_FINDINGS:
             lines.append(f"- … and {len(image.exceptions) - TOP_FINDINGS} more exceptions")
         lines.append("")
-    lines += [finding_line(f) for f in image.top_findings[:TOP_FINDINGS]]
+    lines += [finding_line(f, search) for f in image.top_findings[:TOP_FINDINGS]]
     lines.append("")
     return "\n".join(lines)
 
@@ -210,8 +241,9 @@ def exception_line(e: ActiveException) -> str:
     )
 
 
-def finding_line(f: Any) -> str:
-    """One top finding as a list item: severity, advisory link, package, versions, title and target."""
+def finding_line(f: Any, search: SearchUrl | None = None) -> str:
+    """One top finding as a list item: severity, advisory link, package, versions, title and target; then, with
+    `search`, a link to the app's advisory search for its id."""
     ids = advisories.pages(f["cve_id"], f.get("vendor_ids") or (), f.get("references") or ())
     name = md_link(f["cve_id"], ids[0][1]) if ids else md_code(f["cve_id"])
     line = f"- **{md_text(f['severity'])}** {name} in {md_code(f['package'])} {md_text(f['installed_version'])}"
@@ -221,18 +253,21 @@ def finding_line(f: Any) -> str:
         line += f" — {md_text(f['title'])}"
     if f.get("target"):
         line += f" ({md_code(f['target'])})"
-    return line
+    return line + search_link(f["cve_id"], search)
 
 
-def summary(verdict: CommitVerdict, sections: Mapping[str, str] | None = None) -> str:
+def summary(verdict: CommitVerdict, sections: Mapping[str, str] | None = None, search: SearchUrl | None = None) -> str:
     """Markdown: per image its verdict, severity counts, fixable count and top findings; within 65,535 chars.
 
     Each uploaded value is one escaped line fragment (md_text, md_code, md_link), so the lines are the app's own.
+    `sections`, made ahead (ingest's assessment, before its locks), must have been made with the same `search`.
     """
     sections = sections or {}
     lines = [f"**{md_text(verdict.description, TITLE_LIMIT)}** (policy: `{verdict.block_action}`)", ""]
     for image in verdict.images:
-        lines.append(sections.get(image.image_ref) or image_section(image, verdict.block_action, verdict.block_on))
+        lines.append(
+            sections.get(image.image_ref) or image_section(image, verdict.block_action, verdict.block_on, search)
+        )
     text = "\n".join(lines)
     if len(text) > SUMMARY_LIMIT:
         cut = "\n\n… (truncated; see the details page for every image)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import heapq
 import logging
 from collections.abc import Callable, Sequence
@@ -81,7 +82,14 @@ def new_item(
         "commit_sha": sha,
         "state": "pending" if deliver else "not_delivered",
         "commit_status": checks.commit_status(verdict, target),
-        "check_run": checks.check_run(verdict, sha, target, external_id=f"{org.slug}:{repo}@{sha}", sections=sections),
+        "check_run": checks.check_run(
+            verdict,
+            sha,
+            target,
+            external_id=f"{org.slug}:{repo}@{sha}",
+            sections=sections,
+            search=functools.partial(urls.advisory_search, org.slug),
+        ),
         "attempts": 0,
         "last_error": None if deliver else NO_APP,
         "created_at": utcnow(),

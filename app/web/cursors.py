@@ -18,13 +18,13 @@ def encode(kind: str, row_id: int) -> str:
     return base64.urlsafe_b64encode(f"{kind}:{row_id}".encode()).decode().rstrip("=")
 
 
-def decode(kind: str, cursor: str) -> int:
-    """The id a cursor of `kind` names. Ids are 32-bit integers (PostgreSQL `integer`): a larger one is no cursor
-    this app gave out."""
+def decode(kind: str, cursor: str, largest: int = MAX_INT32) -> int:
+    """The id a cursor of `kind` names. Ids are 32-bit integers (PostgreSQL `integer`), findings' 64-bit (pass
+    `largest=MAX_INT64`): a larger one is no cursor this app gave out."""
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         found, _, value = text.partition(":")
-        if found != kind or not value.isdigit() or len(value) > 10 or int(value) > MAX_INT32:
+        if found != kind or not value.isdigit() or len(value) > 19 or int(value) > largest:
             raise ValueError
         return int(value)
     except (ValueError, binascii.Error, UnicodeDecodeError):
@@ -39,3 +39,23 @@ def bad_cursor() -> ApiError:
         "The cursor is not one this API gave out.",
         [{"path": "cursor", "in": "query", "code": "cursor", "message": "is not valid"}],
     )
+
+
+def encode_key(kind: str, text: str, number: int) -> str:
+    """A cursor over a list keyed by (text, number), such as the advisory search's (advisory id, seq)."""
+    return encode(kind, number) + "." + base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def decode_key(kind: str, cursor: str, largest: int = MAX_INT32, longest: int = 1024) -> tuple[str, int]:
+    """The (text, number) a cursor of encode_key names; BadCursor if it is none this app gave out."""
+    number_part, dot, text_part = cursor.partition(".")
+    if not dot:
+        raise BadCursor(cursor)
+    number = decode(kind, number_part, largest)
+    try:
+        text = base64.urlsafe_b64decode(text_part + "=" * (-len(text_part) % 4)).decode()
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise BadCursor(cursor) from None
+    if not text or len(text) > longest:
+        raise BadCursor(cursor)
+    return text, number

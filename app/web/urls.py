@@ -26,6 +26,11 @@ class Urls:
     def commit(self, slug: str, repo: str, sha: str) -> str:
         return f"{self.section(slug)}/commits/{sha}?repo={quote(repo, safe='')}"
 
+    def advisory_search(self, slug: str, advisory_id: str) -> str:
+        """The org's advisory search page for one id (every image whose latest scan has it); the id percent-encoded,
+        so it is a query value and nothing more."""
+        return f"{self.section(slug)}/advisories?q={quote(advisory_id, safe='')}"
+
     def oauth_callback(self) -> str:
         """The GitHub App's registered callback URL."""
         return f"{self.base_url}/admin/oauth/callback"

@@ -1,0 +1,143 @@
+"""Each image's latest scan, its findings' advisory ids (the search's index) and the org's trend changes, written
+with an upload (app.findings.service) in the upload's own transaction; read by app.insights (images now, the
+advisory search, the trend)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from app.models import Image, LatestAdvisory, ScanRun, TrendChange
+
+_images = Image.__table__
+_changes = TrendChange.__table__
+_advisories = LatestAdvisory.__table__
+LEVELS = ("critical", "high", "medium", "low")  # what the trend counts
+_org = sa.bindparam("i_org", type_=sa.Integer)
+_repo = sa.bindparam("i_repo", type_=sa.String)
+_name = sa.bindparam("i_name", type_=sa.String)
+_scan = sa.bindparam("i_scan", type_=sa.Integer)
+_this_image = (_images.c.org_id == _org, _images.c.repo_full_name == _repo, _images.c.image_name == _name)
+
+
+def _move(insert: Any) -> sa.Insert:
+    """The image's row made, or moved to this scan unless a later one is already there (ids only grow)."""
+    statement = insert(_images).values(
+        org_id=_org,
+        repo_full_name=_repo,
+        image_name=_name,
+        latest_scan_id=_scan,
+        updated_at=sa.bindparam("i_at", type_=sa.DateTime),
+    )
+    excluded = statement.excluded
+    return statement.on_conflict_do_update(
+        index_elements=["org_id", "repo_full_name", "image_name"],
+        set_={"latest_scan_id": excluded.latest_scan_id, "updated_at": excluded.updated_at},
+        where=_images.c.latest_scan_id < excluded.latest_scan_id,
+    )
+
+
+def _replaced(level: str) -> sa.ColumnElement[int]:
+    """A count of the image's latest scan before this upload (0 for a new image)."""
+    latest = (
+        sa.select(getattr(ScanRun, level))
+        .select_from(_images)
+        .join(ScanRun, ScanRun.id == _images.c.latest_scan_id)
+        .where(*_this_image)
+        .scalar_subquery()
+    )
+    return sa.func.coalesce(latest, 0)
+
+
+def _change(insert: Any) -> sa.Insert:
+    """The day's trend change: this scan's counts minus those of the scan it replaces as the image's latest;
+    nothing when a later scan of the image is already there. Reads the image's row as it was before the move: on
+    SQLite it runs first, on PostgreSQL it is part of the same statement (one snapshot)."""
+    later = sa.exists().where(*_this_image, _images.c.latest_scan_id > _scan)
+    changes = {
+        level: sa.case((later, 0), else_=sa.bindparam(f"i_{level}", type_=sa.Integer) - _replaced(level))
+        for level in LEVELS
+    }
+    statement = insert(_changes).values(org_id=_org, day=sa.bindparam("i_day", type_=sa.Date), **changes)
+    excluded = statement.excluded
+    return statement.on_conflict_do_update(
+        index_elements=["org_id", "day"], set_={level: _changes.c[level] + excluded[level] for level in LEVELS}
+    )
+
+
+def advisory_rows(findings: Sequence[Mapping[str, Any]]) -> str:
+    """The uploaded findings' advisory ids (own and vendor ids, upper case, each once a finding) as the JSON that
+    ADD_ADVISORIES reads: [{"a": id, "i": the finding's index in the upload}]. Made before any lock; the finding's
+    chain seq is the first seq plus its index (chain.link numbers them in this order)."""
+    rows = []
+    for i, f in enumerate(findings):
+        ids = {str(f["cve_id"]).upper()}
+        ids.update(str(v).upper() for v in f.get("vendor_ids") or ())
+        rows += [{"a": a, "i": i} for a in sorted(ids)]
+    return orjson.dumps(rows).decode()
+
+
+_later = sa.exists().where(*_this_image, _images.c.latest_scan_id > _scan)  # a later scan of the image is stored
+# The rows of the scan this one replaces as the image's latest (none for a new image, or when a later one is there).
+DROP_ADVISORIES = sa.delete(_advisories).where(
+    _advisories.c.org_id == _org,
+    _advisories.c.scan_run_id
+    == sa.select(_images.c.latest_scan_id).where(*_this_image, _images.c.latest_scan_id < _scan).scalar_subquery(),
+)
+_first_seq = sa.bindparam("i_first_seq", type_=sa.BigInteger)
+
+
+def _add_advisories(dialect: str) -> sa.Insert:
+    """This scan's rows (advisory_rows' JSON), unless a later scan of the image is already there."""
+    rows = sa.bindparam("i_advisories", type_=sa.Text)
+    if dialect == "postgresql":
+        recordset = sa.func.json_to_recordset(sa.cast(rows, postgresql.JSON)).table_valued(
+            sa.column("a", sa.Text), sa.column("i", sa.BigInteger)
+        )
+        source: Any = recordset.render_derived(with_types=True)
+        advisory, index = source.c.a, source.c.i
+    else:
+        source = sa.func.json_each(rows).table_valued("value")
+        advisory = sa.func.json_extract(source.c.value, "$.a")
+        index = sa.func.json_extract(source.c.value, "$.i")
+    return sa.insert(_advisories).from_select(
+        ["org_id", "advisory_id", "seq", "scan_run_id"],
+        sa.select(_org, advisory, _first_seq + index, _scan).select_from(source).where(~_later),
+    )
+
+
+# Run with the upload's last statement (app.findings.store.insert: on PostgreSQL part of that one statement), in
+# this order (on SQLite, one after another: each reads the image's row before the move).
+MOVE = {
+    dialect: (_change(insert), DROP_ADVISORIES, _add_advisories(dialect), _move(insert))
+    for dialect, insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))
+}
+
+
+def move_params(
+    org_id: int,
+    repo: str,
+    image_name: str,
+    scan_id: int,
+    now: datetime,
+    counts: Mapping[str, int],
+    advisories: str,
+    first_seq: int,
+) -> dict[str, Any]:
+    """MOVE's parameters: `advisories` as advisory_rows gives them, `first_seq` the upload's first finding's seq."""
+    return {
+        "i_advisories": advisories,
+        "i_first_seq": first_seq,
+        "i_org": org_id,
+        "i_repo": repo,
+        "i_name": image_name,
+        "i_scan": scan_id,
+        "i_at": now,
+        "i_day": now.date(),
+        **{f"i_{level}": counts[level] for level in LEVELS},
+    }

@@ -1,0 +1,1 @@
+"""Insights: the org's images as they are now (each one's latest scan), where an advisory is, and the trend."""

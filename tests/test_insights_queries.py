@@ -1,0 +1,172 @@
+"""Insights queries (app.insights): images and their latest scans, the advisory search over latest scans only
+(ids and vendor ids, letter case, prefixes, paging, other orgs never), and the trend's day-by-day running counts."""
+
+from __future__ import annotations
+
+import random
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from app import db
+from app.findings import service
+from app.insights import advisories, images, trend
+from tests.factories import finding, make_org, make_token, post, seed
+
+
+@pytest.fixture
+def tokens(app) -> dict[str, str]:
+    make_org(app, "acme")
+    make_org(app, "other")
+    return {slug: make_token(app, slug, ["findings:write", "findings:read"]) for slug in ("acme", "other")}
+
+
+def upload(client: Any, token: str, slug: str = "acme", **kw: Any) -> int:
+    r = post(client, token, seed(**kw), slug=slug)
+    assert r.status_code == 202, r.get_json()
+    return int(r.get_json()["scan_run_id"])
+
+
+def org_id(app: Any, slug: str) -> int:
+    from app.models import Org
+
+    with app.app_context():
+        return int(db.session().scalar(sa.select(Org.id).where(Org.slug == slug)))
+
+
+def search(app: Any, slug: str, q: str, after: int | None = None, limit: int = 50) -> tuple[list[Any], int | None]:
+    with app.app_context():
+        return advisories.search(db.session(), org_id(app, slug), advisories.parse(q), after, limit)
+
+
+def test_each_image_keeps_its_latest_scan(app, client, tokens):
+    t = tokens["acme"]
+    a1 = upload(client, t, image_ref="ghcr.io/acme/api:1")
+    b1 = upload(client, t, image_ref="ghcr.io/acme/web:1")
+    a2 = upload(client, t, image_ref="ghcr.io/acme/api:2", sha="b" * 40)
+    other = upload(client, t, image_ref="ghcr.io/acme/api:3", repo="acme/other")
+    with app.app_context():
+        rows, more = images.images_now(db.session(), org_id(app, "acme"))
+    assert more is None
+    assert [(r.repo_full_name, r.image_name, r.scan.id) for r in rows] == [
+        ("acme/api", "ghcr.io/acme/api", a2),
+        ("acme/api", "ghcr.io/acme/web", b1),
+        ("acme/other", "ghcr.io/acme/api", other),
+    ]
+    assert a1 not in [r.scan.id for r in rows]
+
+
+def test_search_finds_ids_and_vendor_ids_in_latest_scans_only(app, client, tokens):
+    t = tokens["acme"]
+    log4j = finding("CVE-2021-44228", "critical", "log4j-core", "2.14.1", "2.15.0")
+    vendor = finding("DSA-5000-1", "high", "openssl", "1.1", "1.2", vendor_ids=["CVE-2021-44228"])
+    upload(client, t, image_ref="ghcr.io/acme/api:1", findings=[log4j])
+    upload(client, t, image_ref="ghcr.io/acme/api:2", findings=[finding()])  # fixed: drops out
+    upload(client, t, image_ref="ghcr.io/acme/web:1", findings=[vendor, finding()])
+    upload(client, tokens["other"], slug="other", repo="other/api", findings=[log4j])
+    hits, more = search(app, "acme", "cve-2021-44228")
+    assert more is None
+    assert [(h.image_name, h.cve_id, h.matched_as) for h in hits] == [("ghcr.io/acme/web", "DSA-5000-1", "vendor id")]
+    other, _ = search(app, "other", "CVE-2021-44228")
+    assert [(h.image_name, h.matched_as, h.package) for h in other] == [("ghcr.io/acme/api", "id", "log4j-core")]
+
+
+def test_prefix_search_and_paging(app, client, tokens):
+    t = tokens["acme"]
+    for i in range(5):
+        upload(client, t, image_ref=f"ghcr.io/acme/img{i}:1", findings=[finding(f"CVE-2024-{1000 + i}")])
+    upload(client, t, image_ref="ghcr.io/acme/old:1", findings=[finding("CVE-2023-1")])
+    seen, after = [], None
+    while True:
+        page, after = search(app, "acme", "cve-2024-*", after, limit=2)
+        seen += [h.cve_id for h in page]
+        if after is None:
+            break
+    assert sorted(seen) == [f"CVE-2024-{1000 + i}" for i in range(5)]
+    assert len(seen) == len(set(seen))
+
+
+@pytest.mark.parametrize("q", ["", "*", "C*", "CVE 2021", "CVE-2021-44228%", "x" * 201, "%", "_VE-2021-44228"])
+def test_bad_queries_are_refused(q):
+    with pytest.raises(advisories.BadQuery):
+        advisories.parse(q)
+
+
+def test_like_wildcards_in_a_query_match_only_themselves(app, client, tokens):
+    upload(client, tokens["acme"], findings=[finding("GO-2022-0001")])
+    assert search(app, "acme", "GO-2022-0001")[0]
+    assert not search(app, "acme", "GO_2022-0001")[0]
+
+
+def at_day(monkeypatch: Any, day: date, hour: int = 12) -> None:
+    """Uploads from now on are stored as made at `hour` on `day` (the ingest's clock)."""
+    monkeypatch.setattr(service, "utcnow", lambda: datetime.combine(day, datetime.min.time()) + timedelta(hours=hour))
+
+
+def criticals(n: int) -> list[dict[str, Any]]:
+    return [finding(f"CVE-2020-{i}", "critical") for i in range(n)]
+
+
+def test_the_trend_carries_each_images_latest_counts_forward(app, client, tokens, monkeypatch):
+    t = tokens["acme"]
+    today = date(2026, 12, 5)
+    plan = [  # (days ago, hour, image, criticals)
+        (120, 1, "api", 5),  # before the window: the starting point
+        (30, 1, "api", 2),
+        (30, 2, "web", 1),
+        (10, 1, "api", 4),
+        (10, 2, "api", 3),  # the day's last scan counts
+        (0, 1, "web", 0),
+    ]
+    for ago, hour, name, n in plan:
+        at_day(monkeypatch, today - timedelta(days=ago), hour)
+        upload(client, t, image_ref=f"ghcr.io/acme/{name}:1", findings=criticals(n))
+    with app.app_context():
+        session = db.session()
+        days = trend.trend(session, org_id(app, "acme"), today)
+        api = trend.trend(session, org_id(app, "acme"), today, ("acme/api", "ghcr.io/acme/api"))
+        now, _ = images.images_now(session, org_id(app, "acme"))
+    assert len(days) == 90 and days[-1].day == today and days[0].day == today - timedelta(days=89)
+    by_day = {d.day: d.critical for d in days}
+    assert by_day[today - timedelta(days=89)] == 5
+    assert by_day[today - timedelta(days=31)] == 5
+    assert by_day[today - timedelta(days=30)] == 3
+    assert by_day[today - timedelta(days=10)] == 4
+    assert by_day[today - timedelta(days=1)] == 4
+    assert by_day[today] == 3 == sum(i.scan.critical for i in now)
+    assert [d.critical for d in api][-1] == 3 and api[0].critical == 5
+
+
+def test_the_org_trend_is_the_sum_of_its_images_trends_and_of_a_model(app, client, tokens, monkeypatch):
+    """Random uploads over 40 days to four images (some days several, some none): each day of the org's trend is
+    what a model of "each image's last scan up to that day" says, and the sum of the images' own trends."""
+    rng = random.Random(17)
+    today = date(2026, 12, 5)
+    names = ["api", "web", "worker", "db"]
+    latest: dict[str, tuple[int, int, int, int]] = {}
+    model: dict[date, tuple[int, ...]] = {}
+    for ago in range(40, -1, -1):
+        day = today - timedelta(days=ago)
+        for hour in sorted(rng.sample(range(1, 23), rng.choice([0, 0, 1, 2, 3]))):
+            name = rng.choice(names)
+            counts = tuple(rng.randint(0, 3) for _ in range(4))
+            findings = [
+                finding(f"CVE-2021-{level}{i}", severity)
+                for level, (severity, n) in enumerate(zip(trend.LEVELS, counts, strict=True))
+                for i in range(n)
+            ]
+            at_day(monkeypatch, day, hour)
+            upload(client, tokens["acme"], image_ref=f"ghcr.io/acme/{name}:{ago}", findings=findings)
+            latest[name] = counts  # type: ignore[assignment]
+        model[day] = tuple(sum(c[i] for c in latest.values()) for i in range(4))
+    with app.app_context():
+        session = db.session()
+        org = trend.trend(session, org_id(app, "acme"), today, days=30)
+        per_image = [
+            trend.trend(session, org_id(app, "acme"), today, ("acme/api", f"ghcr.io/acme/{n}"), 30) for n in names
+        ]
+    assert [d.counts for d in org] == [model[d.day] for d in org]
+    summed = [tuple(sum(img[i].counts[j] for img in per_image) for j in range(4)) for i in range(30)]
+    assert summed == [d.counts for d in org]
