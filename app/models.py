@@ -377,6 +377,7 @@ class Image(Base):
     __table_args__ = (
         sa.UniqueConstraint("org_id", "repo_full_name", "image_name", name="uq_images_org_repo_name"),
         sa.Index("ix_images_org_id_id", "org_id", "id"),
+        sa.Index("ix_images_latest_scan", "latest_scan_id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -394,11 +395,11 @@ ADVISORY_ID = sa.String(1024).with_variant(postgresql.VARCHAR(1024, collation="C
 class LatestAdvisory(Base):
     """An advisory id (a finding's own id or one of its vendor ids, in upper case) of a finding of an image's latest
     scan: the advisory search's index (app.insights.advisories), so a search reads only the rows of that id, however
-    many images and scans there are. An upload moving its image's latest scan replaces the image's rows
-    (app.findings.latest), in its own transaction. No foreign keys, as for findings: written only with its scan."""
+    many images and scans there are. An upload moving its image's latest scan adds its rows in its own transaction
+    (app.findings.latest); the worker prunes those of scans no longer latest, and the search reads only the latest
+    scans' rows meanwhile. No foreign keys, as for findings: written only with its scan."""
 
     __tablename__ = "latest_advisories"
-    __table_args__ = (sa.Index("ix_latest_advisories_scan", "scan_run_id"),)
 
     org_id: Mapped[int] = mapped_column(primary_key=True)
     advisory_id: Mapped[str] = mapped_column(ADVISORY_ID, primary_key=True)

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from app import clock, db, exceptions
 from app.chain import retention
 from app.db import write_transaction
+from app.findings import latest as image_latest
 from app.github import outbox, posting, redeliver
 from app.github.client import GitHubApp
 from app.models import WorkerHeartbeat, utcnow
@@ -32,6 +33,7 @@ ALIVE_WITHIN = timedelta(minutes=1)
 # while the loop shows progress: a round that began longer ago than this means the loop is stuck.
 STUCK_AFTER = 600.0
 EXPIRY_EVERY = 10.0  # seconds between looks for expired exceptions (spec: re-posted within a minute)
+PRUNE_EVERY = 60.0  # seconds between prunings of the advisory search's index (rows of scans no longer latest)
 ERROR_FIRST_WAIT = 1.0  # after an error the loop waits this long, doubling per error in a row...
 ERROR_MAX_WAIT = 30.0  # ...up to this
 # Seconds between looks at whether the hourly look for failed webhook deliveries is due (the database says, for every
@@ -56,6 +58,7 @@ class Loop:
     round_began: float = field(default_factory=time.monotonic)
     _retention_due: float = 0.0
     _expiry_due: float = 0.0
+    _prune_due: float = 0.0
     _revive_due: float = 0.0  # outbox items given up on in an outage: looked for every redeliver.REVIVE_EVERY...
     _closings_seen: int = 0  # ...and when the circuit breaker closed since (GitHub answers again)
     _redelivery_due: float = 0.0
@@ -114,6 +117,9 @@ class Loop:
         if time.monotonic() >= self._expiry_due:  # exceptions that expired: audited, their commits re-posted
             self._expiry_due = time.monotonic() + EXPIRY_EVERY
             exceptions.expire_due(db.session(), urls.configured() if self.gh is not None else None)
+        if time.monotonic() >= self._prune_due:
+            self._prune_due = time.monotonic() + PRUNE_EVERY
+            image_latest.prune_advisories(db.session(), self.stop.is_set)
         if self.gh is None:
             return 0
         if self.holding_rows:  # an error ended the last batch: its rows go back before anything else

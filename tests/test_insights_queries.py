@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from app import db
-from app.findings import service
+from app.findings import latest, service
 from app.insights import advisories, images, trend
 from tests.factories import finding, make_org, make_token, post, seed
 
@@ -170,3 +170,41 @@ def test_the_org_trend_is_the_sum_of_its_images_trends_and_of_a_model(app, clien
     assert [d.counts for d in org] == [model[d.day] for d in org]
     summed = [tuple(sum(img[i].counts[j] for img in per_image) for j in range(4)) for i in range(30)]
     assert summed == [d.counts for d in org]
+
+
+def index_rows(app: Any) -> list[tuple[str, int]]:
+    from app.models import LatestAdvisory
+
+    with app.app_context():
+        rows = db.session().execute(sa.select(LatestAdvisory.advisory_id, LatestAdvisory.scan_run_id)).all()
+    return sorted((a, s) for a, s in rows)
+
+
+def test_the_search_index_keeps_only_latest_scans_once_pruned(app, client, tokens):
+    """An upload adds its scan's advisory ids (own and vendor ids, upper case, once a finding); the rows of the scan
+    it replaced stay until pruned, and the search never shows them meanwhile."""
+    t = tokens["acme"]
+    old = upload(client, t, findings=[finding("cve-2021-1", vendor_ids=["DSA-1-1", "CVE-2021-1"])])
+    new = upload(client, t, sha="b" * 40, findings=[finding("CVE-2021-2")])
+    other = upload(client, t, image_ref="ghcr.io/acme/web:1", findings=[finding("CVE-2021-1")])
+    assert index_rows(app) == sorted(
+        [("CVE-2021-1", old), ("DSA-1-1", old), ("CVE-2021-2", new), ("CVE-2021-1", other)]
+    )
+    assert [h.scan_run_id for h in search(app, "acme", "CVE-2021-1")[0]] == [other]
+    assert search(app, "acme", "DSA-1-1")[0] == []
+    with app.app_context():
+        assert latest.prune_advisories(db.session()) == 2
+        assert latest.prune_advisories(db.session()) == 0
+    assert index_rows(app) == sorted([("CVE-2021-2", new), ("CVE-2021-1", other)])
+    assert [h.scan_run_id for h in search(app, "acme", "CVE-2021-1")[0]] == [other]
+
+
+def test_the_worker_prunes_the_search_index(app, client, tokens):
+    from app.worker import Loop
+
+    t = tokens["acme"]
+    upload(client, t, findings=[finding("CVE-2021-1")])
+    new = upload(client, t, sha="b" * 40, findings=[finding("CVE-2021-2")])
+    with app.app_context():
+        Loop(gh=None, once=True).run()
+    assert index_rows(app) == [("CVE-2021-2", new)]

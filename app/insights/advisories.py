@@ -104,6 +104,7 @@ def _statement(query: Query, after: Key | None, limit: int) -> sa.Select[Any]:
     found = (
         sa.select(la.advisory_id, la.seq, la.scan_run_id)
         .where(la.org_id == sa.bindparam("org"), matches)
+        .where(la.scan_run_id.in_(sa.select(Image.latest_scan_id).where(Image.org_id == sa.bindparam("org"))))
         .order_by(la.advisory_id.desc(), la.seq.desc())
         .limit(limit + 1)
     )

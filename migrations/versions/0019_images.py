@@ -36,6 +36,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("org_id", "repo_full_name", "image_name", name="uq_images_org_repo_name"),
     )
     op.create_index("ix_images_org_id_id", "images", ["org_id", "id"])
+    op.create_index("ix_images_latest_scan", "images", ["latest_scan_id"])
     advisories = op.create_table(
         "latest_advisories",
         sa.Column("org_id", sa.Integer(), primary_key=True),
@@ -47,7 +48,6 @@ def upgrade() -> None:
         sa.Column("seq", sa.BigInteger(), primary_key=True),
         sa.Column("scan_run_id", sa.Integer(), nullable=False),
     )
-    op.create_index("ix_latest_advisories_scan", "latest_advisories", ["scan_run_id"])
     changes = op.create_table(
         "trend_changes",
         sa.Column("org_id", sa.Integer(), sa.ForeignKey("orgs.id", ondelete="CASCADE"), primary_key=True),
@@ -127,7 +127,7 @@ def downgrade() -> None:
         batch.drop_index("ix_scan_runs_org_created")
         batch.drop_index("ix_scan_runs_image_history")
     op.drop_table("trend_changes")
-    op.drop_index("ix_latest_advisories_scan", "latest_advisories")
     op.drop_table("latest_advisories")
+    op.drop_index("ix_images_latest_scan", "images")
     op.drop_index("ix_images_org_id_id", "images")
     op.drop_table("images")
