@@ -400,6 +400,7 @@ class LatestAdvisory(Base):
     scans' rows meanwhile. No foreign keys, as for findings: written only with its scan."""
 
     __tablename__ = "latest_advisories"
+    __table_args__ = {"sqlite_with_rowid": False}  # SQLite: the primary key is the table, one b-tree to write
 
     org_id: Mapped[int] = mapped_column(primary_key=True)
     advisory_id: Mapped[str] = mapped_column(ADVISORY_ID, primary_key=True)

@@ -70,37 +70,48 @@ def _change(insert: Any) -> sa.Insert:
     )
 
 
-def advisory_rows(findings: Sequence[Mapping[str, Any]]) -> str:
-    """The uploaded findings' advisory ids (own and vendor ids, upper case, each once a finding) as the JSON that
-    ADD_ADVISORIES reads: [{"a": id, "i": the finding's index in the upload}]. Made before any lock; the finding's
-    chain seq is the first seq plus its index (chain.link numbers them in this order)."""
+def advisory_ids(findings: Sequence[Mapping[str, Any]]) -> list[tuple[str, int]]:
+    """The uploaded findings' advisory ids (own and vendor ids, upper case, each once a finding), with the finding's
+    index in the upload. Made before any lock: a finding's chain seq is the first seq plus its index (chain.link
+    numbers them in this order)."""
     rows = []
     for i, f in enumerate(findings):
         ids = {str(f["cve_id"]).upper()}
         ids.update(str(v).upper() for v in f.get("vendor_ids") or ())
-        rows += [{"a": a, "i": i} for a in sorted(ids)]
-    return orjson.dumps(rows).decode()
+        rows += [(a, i) for a in sorted(ids)]
+    return rows
+
+
+def advisory_json(rows: Sequence[tuple[str, int]]) -> str:
+    """advisory_ids as the JSON PostgreSQL's ADD_ADVISORIES reads: [{"a": id, "i": index}]."""
+    return orjson.dumps([{"a": a, "i": i} for a, i in rows]).decode()
+
+
+_SQLITE_ADD = "INSERT INTO latest_advisories (org_id, advisory_id, seq, scan_run_id) VALUES (?, ?, ?, ?)"
+
+
+def add_advisories_sqlite(
+    conn: sa.Connection, org_id: int, scan_id: int, first_seq: int, rows: Sequence[tuple[str, int]]
+) -> None:
+    """SQLite: the scan's index rows, one executemany below SQLAlchemy. No later scan of the image can be stored
+    already: its one writer gives scan ids in commit order."""
+    if rows:
+        conn.exec_driver_sql(_SQLITE_ADD, [(org_id, a, first_seq + i, scan_id) for a, i in rows])
 
 
 _first_seq = sa.bindparam("i_first_seq", type_=sa.BigInteger)
 
 
-def _add_advisories(dialect: str) -> sa.Insert:
-    """This scan's rows (advisory_rows' JSON), unless a later scan of the image is already there."""
+def _add_advisories() -> sa.Insert:
+    """PostgreSQL: this scan's index rows (advisory_json), unless a later scan of the image is already there."""
     rows = sa.bindparam("i_advisories", type_=sa.Text)
-    if dialect == "postgresql":
-        recordset = sa.func.json_to_recordset(sa.cast(rows, postgresql.JSON)).table_valued(
-            sa.column("a", sa.Text), sa.column("i", sa.BigInteger)
-        )
-        source: Any = recordset.render_derived(with_types=True)
-        advisory, index = source.c.a, source.c.i
-    else:
-        source = sa.func.json_each(rows).table_valued("value")
-        advisory = sa.func.json_extract(source.c.value, "$.a")
-        index = sa.func.json_extract(source.c.value, "$.i")
+    recordset = sa.func.json_to_recordset(sa.cast(rows, postgresql.JSON)).table_valued(
+        sa.column("a", sa.Text), sa.column("i", sa.BigInteger)
+    )
+    source = recordset.render_derived(with_types=True)
     return sa.insert(_advisories).from_select(
         ["org_id", "advisory_id", "seq", "scan_run_id"],
-        sa.select(_org, advisory, _first_seq + index, _scan).select_from(source).where(~_later),
+        sa.select(_org, source.c.a, _first_seq + source.c.i, _scan).select_from(source).where(~_later),
     )
 
 
@@ -109,8 +120,8 @@ def _add_advisories(dialect: str) -> sa.Insert:
 # upload replaces are left to prune_advisories (the search filters on the latest scans): deleting them here, inside
 # the org's chain lock, cost a third of the upload throughput.
 MOVE = {
-    dialect: (_change(insert), _add_advisories(dialect), _move(insert))
-    for dialect, insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))
+    "postgresql": (_change(postgresql.insert), _add_advisories(), _move(postgresql.insert)),
+    "sqlite": (_change(sqlite.insert), _move(sqlite.insert)),  # the index rows: add_advisories_sqlite
 }
 
 
@@ -121,10 +132,11 @@ def move_params(
     scan_id: int,
     now: datetime,
     counts: Mapping[str, int],
-    advisories: str,
+    advisories: str | None,
     first_seq: int,
 ) -> dict[str, Any]:
-    """MOVE's parameters: `advisories` as advisory_rows gives them, `first_seq` the upload's first finding's seq."""
+    """MOVE's parameters: `advisories` as advisory_json gives them (PostgreSQL), `first_seq` the upload's first
+    finding's seq."""
     return {
         "i_advisories": advisories,
         "i_first_seq": first_seq,

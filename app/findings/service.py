@@ -192,7 +192,9 @@ def ingest(
     """
     now = utcnow()
     search = functools.partial(urls.advisory_search, org.slug)  # as outbox.new_item links the check run's findings
-    advisories = image_latest.advisory_rows(upload.findings)  # the search's index rows, made before any lock
+    advisories = image_latest.advisory_ids(upload.findings)  # the search's index rows, made before any lock
+    on_postgresql = session.get_bind().dialect.name == "postgresql"
+    advisories_json = image_latest.advisory_json(advisories) if on_postgresql else None
     repo, sha = upload.repo_full_name, upload.commit_sha
     assessed, exceptions = None, None
     if expected is not None and expected.enabled:
@@ -254,7 +256,7 @@ def ingest(
         # an INSERT in a WITH from the last one, the outbox item's.
         name = scan["s_image_name"]
         statements = (*image_latest.MOVE[conn.dialect.name], *statements)
-        moved = image_latest.move_params(org.id, repo, name, scan_id, now, assessed.counts, advisories, seq + 1)
+        moved = image_latest.move_params(org.id, repo, name, scan_id, now, assessed.counts, advisories_json, seq + 1)
         params = {**params, **moved}
         if also is not None:
             # Before the outbox item's: SQLAlchemy takes the column defaults of an INSERT in a WITH from the last one.
@@ -268,6 +270,8 @@ def ingest(
             statements,
             params,
         )
+        if not on_postgresql:
+            image_latest.add_advisories_sqlite(conn, org.id, scan_id, seq + 1, advisories)
     return result
 
 

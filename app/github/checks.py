@@ -14,6 +14,7 @@ Links go only to the advisory pages `app.advisories` builds (`md_link`) and to t
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Callable, Mapping
@@ -134,15 +135,19 @@ def md_link(text: Any, url: str | None) -> str:
     return f"[{label}]({quote(url, safe=':/?=&%#~._-')})"
 
 
+_SEARCH_LINK_TEXT = md_text(SEARCH_LINK_TEXT)
+
+
 def search_link(advisory_id: str, search: SearchUrl | None) -> str:
     """` · [images with it](URL)`: a link to the app's advisory search for `advisory_id`, or "" when there is no
     search (`search` None) or the id is not one it can take. The URL is the app's own (`search` is the URL builder),
     the id percent-encoded in it; encoded once more here as md_link does, so nothing in it can end the link early."""
     if search is None or not searchable(advisory_id):
         return ""
-    return f" · [{md_text(SEARCH_LINK_TEXT)}]({quote(search(advisory_id), safe=':/?=&%#~._-')})"
+    return f" · [{_SEARCH_LINK_TEXT}]({quote(search(advisory_id), safe=':/?=&%#~._-')})"
 
 
+@functools.lru_cache(maxsize=4096)  # the same ids come back upload after upload
 def searchable(advisory_id: str) -> bool:
     """Whether the advisory search takes the id as that id (not a prefix, no white space around it)."""
     try:

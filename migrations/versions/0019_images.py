@@ -47,6 +47,7 @@ def upgrade() -> None:
         ),
         sa.Column("seq", sa.BigInteger(), primary_key=True),
         sa.Column("scan_run_id", sa.Integer(), nullable=False),
+        sqlite_with_rowid=False,
     )
     changes = op.create_table(
         "trend_changes",
