@@ -237,3 +237,19 @@ def test_what_was_posted_is_kept_and_only_the_check_run_details_go(app, client, 
     page = client.get("/admin/orgs/acme/code-security/image-scanning").get_data(as_text=True)
     assert "nothing posted" not in page
     assert app.test_cli_runner().invoke(args=["retention", "run"]).output.count("trimmed") == 0  # nothing left to do
+
+
+def test_a_finding_that_lost_its_payload_leaves_the_advisory_search(app, client, aged):
+    """CVE-2024-0025 is only in the old image's findings (its latest scan): found before retention, not after,
+    while CVE-2024-0005, also in the young image, is still found there."""
+
+    def images_with(advisory: str) -> list[str]:
+        r = client.get(f"/api/v1/orgs/acme/advisories/{advisory}/images", headers={"Authorization": f"Bearer {aged}"})
+        assert r.status_code == 200, r.get_json()
+        return sorted(i["image_name"] for i in r.get_json()["items"])
+
+    assert images_with("CVE-2024-0025") == ["ghcr.io/acme/old"]
+    assert images_with("CVE-2024-0005") == ["ghcr.io/acme/new", "ghcr.io/acme/old"]
+    assert app.test_cli_runner().invoke(args=["retention", "run"]).exit_code == 0
+    assert images_with("CVE-2024-0025") == []
+    assert images_with("CVE-2024-0005") == ["ghcr.io/acme/new"]

@@ -31,6 +31,7 @@ from app.models import (
     AuditEvent,
     ChainHead,
     Finding,
+    LatestAdvisory,
     Org,
     OrgSettings,
     OutboxItem,
@@ -57,6 +58,15 @@ REDACT_FINDINGS = (
         _f.c.redacted_at.is_(None),
     )
     .values({**{c: sa.null() for c in FINDING_PAYLOAD_COLUMNS}, "redacted_at": sa.bindparam("now")})
+)
+# The advisory search's index rows of findings that lost their payload (app.findings.latest): the search shows the
+# finding's fields, and those are gone.
+_la = LatestAdvisory.__table__
+DROP_REDACTED_FROM_INDEX = sa.delete(_la).where(
+    _la.c.org_id == sa.bindparam("org"),
+    _la.c.seq > sa.bindparam("lo"),
+    _la.c.seq <= sa.bindparam("hi"),
+    sa.exists().where(_f.c.org_id == _la.c.org_id, _f.c.seq == _la.c.seq, _f.c.redacted_at.is_not(None)),
 )
 REDACT_AUDIT = (
     sa.update(_a)
@@ -239,6 +249,7 @@ def run_org(
             break
         with write_transaction(session):
             findings += rowcount(session.execute(REDACT_FINDINGS, {**params, "lo": lo, "hi": lo + CHUNK}))
+            session.execute(DROP_REDACTED_FROM_INDEX, {"org": org_id, "lo": lo, "hi": lo + CHUNK})
     with write_transaction(session):
         audit_events = rowcount(session.execute(REDACT_AUDIT, params))
         aged = session.execute(AGED_OUTBOX, params).all()
