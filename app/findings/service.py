@@ -184,8 +184,9 @@ def ingest(
 
     Locks in the order of `app.locks`: the commit (its aggregate) with the policy (shared), and last the org's
     chain head. The upload is assessed before any lock under the `expected` policy (as the request read it; its
-    baseline read then too), and again only if the locked policy differs; its payload hashes are made before the
-    head is locked. The commit's other images are judged under the locked policy (`commits.evaluate`). None when
+    baseline read then too), and again only if the locked policy differs; its payload hashes, its search index rows
+    and (unless the commit has other images) its outbox item are made before the head is locked. The commit's other
+    images are judged under the locked policy (`commits.evaluate`). None when
     the policy is disabled (nothing stored). On PostgreSQL three statements and the commit, the head held for the
     last (more when the commit has other images). `also` gives, from the result, one more statement and its
     parameters, run with the last (an Idempotency-Key's answer, `app.web.idempotency.answer`).
@@ -240,13 +241,17 @@ def ingest(
             "repo": repo,
             "sha": sha,
         }
+        # The outbox item as if the commit had no other image (most often so), made before the org's chain is
+        # locked; made again under the lock when the commit has others.
+        images = [dataclasses.replace(assessed.image, scan_run_id=scan_id)]
+        sections = {upload.image_ref: assessed.section}
+        item = outbox.new_item(org, repo, sha, scan_id, images, pol, urls, deliver, sections=sections)
         seq, head_hash, latest = _store_scan_and_lock_head(conn, org.id, repo, sha, scan)
         # The org's chain is held from here to the commit: the aggregate, the rows' links, then one statement.
         others = [s for s in latest if s.image_ref != upload.image_ref]
-        images = [dataclasses.replace(assessed.image, scan_run_id=scan_id)]
-        images += commits.evaluate(conn, pol, org.id, repo, sha, others, exceptions=exceptions if others else None)
-        sections = {upload.image_ref: assessed.section}
-        item = outbox.new_item(org, repo, sha, scan_id, images, pol, urls, deliver, sections=sections)
+        if others:
+            images += commits.evaluate(conn, pol, org.id, repo, sha, others, exceptions=exceptions)
+            item = outbox.new_item(org, repo, sha, scan_id, images, pol, urls, deliver, sections=sections)
         entries, new_seq, new_hash = chain.link(seq, head_hash, hashes)
         a = assessed
         asked = item.asked if item is not None else None
