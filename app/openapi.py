@@ -924,6 +924,11 @@ PATHS: dict[str, Any] = {
                 _query("repo", REPO, "owner/name, any letter case"),
                 _query("commit_sha", {"type": "string", "maxLength": 40}, "The full commit SHA."),
                 _query("image_ref", {"type": "string", "maxLength": 1024}, "The image."),
+                _query(
+                    "image_name",
+                    {"type": "string", "maxLength": 1024},
+                    "The image name (the image_ref without tag and digest): every scan of one image.",
+                ),
                 _query("ref", {"type": "string", "maxLength": GIT_REF_MAX}, "The git ref it was built from."),
                 _query("pr", {"type": "integer", "minimum": 1, "maximum": MAX_INT32}, "Pull request number."),
                 _query("status", {"enum": ["success", "failure", "skipped"]}, "The scan's verdict."),

@@ -431,3 +431,15 @@ def test_the_trend_follows_an_image_that_is_fixed(client, tokens):
     assert (last["critical"], last["low"]) == (1, 1)
     empty = get(client, tokens["other"], TREND, slug="other")["days"]
     assert len(empty) == 90 and all(d[level] == 0 for d in empty for level in LEVELS)
+
+
+def test_the_scans_list_filters_by_image_name_every_tag_and_digest(client, tokens):
+    """An image's scans (as the images list names it): every tag and digest of that name, no other image."""
+    t = tokens["acme"]
+    tagged = upload(client, t, image_ref="ghcr.io/acme/api:1")
+    digest = upload(client, t, image_ref="ghcr.io/acme/api@sha256:" + "ab" * 32, sha=SHA2)
+    upload(client, t, image_ref="ghcr.io/acme/api-worker:1")
+    upload(client, t, image_ref="ghcr.io/acme/web:1")
+    [image] = [i for i in get(client, t, IMAGES)["items"] if i["image_name"] == "ghcr.io/acme/api"]
+    listed = get(client, t, "/api/v1/orgs/{slug}/image-scans", image_name=image["image_name"])["items"]
+    assert [s["scan_run_id"] for s in listed] == [digest, tagged]

@@ -82,6 +82,7 @@ class ListQuery(BaseModel):
     repo: schemas.RepoFullName | None = None  # GitHub's naming rules: any other name is a 422
     commit_sha: Annotated[str, StringConstraints(max_length=40)] | None = None
     image_ref: Annotated[str, StringConstraints(max_length=1024)] | None = None
+    image_name: Annotated[str, StringConstraints(max_length=1024)] | None = None
     ref: Annotated[str, StringConstraints(max_length=255)] | None = None
     pr: Annotated[int, Field(ge=1, le=fields.MAX_INT32)] | None = None
     status: Literal["success", "failure", "skipped"] | None = None
@@ -104,6 +105,7 @@ def list_scans(slug: str) -> dict[str, Any]:
         repo=q.repo,
         commit_sha=q.commit_sha,
         image_ref=q.image_ref,
+        image_name=q.image_name,
         ref=q.ref,
         pr=q.pr,
         status=q.status,
