@@ -99,3 +99,21 @@ def test_a_failing_last_statement_stores_nothing_and_the_next_upload_goes_on(app
 
 def _body(findings: list[dict]) -> bytes:
     return json.dumps(seed(findings)).encode()
+
+
+def test_rows_made_before_the_head_is_locked_are_the_rows_made_after():
+    """store.linked_json(store.unlinked_json(...)) (most of the JSON made before the chain head is locked) says what
+    store's own JSON of the whole rows says, column for column, for hostile strings too."""
+    from datetime import datetime
+
+    rows = [
+        (7, 42, 100 + i, f"{i:064x}", f"{i + 1:064x}", datetime(2026, 12, 6, 1, 2, 3, 456789), f'CVE-"{i}"\\\n',
+         "high", "pkg\u2028", "1.0", None, "t", "title </script>", None, '["https://x"]', '["DSA-1"]', False, None,
+         True, None, 3)
+        for i in range(3)
+    ]  # fmt: skip
+    unlinked = store.unlinked_json(
+        tuple(v for c, v in zip(store.COLUMNS, r, strict=True) if c in store.UNLINKED_COLUMNS) for r in rows
+    )
+    linked = store.linked_json(unlinked, [(r[2], r[3], r[4]) for r in rows])
+    assert json.loads(linked) == json.loads(store._json_rows(rows))

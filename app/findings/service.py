@@ -246,6 +246,11 @@ def ingest(
         images = [dataclasses.replace(assessed.image, scan_run_id=scan_id)]
         sections = {upload.image_ref: assessed.section}
         item = outbox.new_item(org, repo, sha, scan_id, images, pol, urls, deliver, sections=sections)
+        # PostgreSQL, one statement: the rows' JSON made now but for their chain links.
+        one_statement = on_postgresql and len(findings) <= store.ONE_STATEMENT_ROWS
+        unlinked = (
+            store.unlinked_json(_unlinked_rows("postgresql", org.id, scan_id, now, assessed)) if one_statement else None
+        )
         seq, head_hash, latest = _store_scan_and_lock_head(conn, org.id, repo, sha, scan)
         # The org's chain is held from here to the commit: the aggregate, the rows' links, then one statement.
         others = [s for s in latest if s.image_ref != upload.image_ref]
@@ -269,11 +274,12 @@ def ingest(
             statements, params = (statement, *statements), {**params, **more}
         store.insert(
             conn,
-            _finding_rows(conn, org.id, scan_id, now, entries, assessed),
+            _finding_rows(conn.dialect.name, org.id, scan_id, now, entries, assessed),
             len(findings),
             store.Head(org.id, new_seq, new_hash) if new_seq != seq else None,
             statements,
             params,
+            store.linked_json(unlinked, entries) if unlinked is not None else None,
         )
         if not on_postgresql:
             image_latest.add_advisories_sqlite(conn, org.id, scan_id, seq + 1, advisories)
@@ -304,25 +310,16 @@ def _store_scan_and_lock_head(
     return row.seq, row.head_hash, latest
 
 
-def _finding_rows(
-    conn: sa.Connection,
-    org_id: int,
-    scan_id: int,
-    now: Any,
-    entries: list[tuple[int, str, str]],
-    assessed: Assessment,
+def _unlinked_rows(
+    dialect: str, org_id: int, scan_id: int, now: Any, assessed: Assessment
 ) -> Iterator[tuple[Any, ...]]:
-    """The findings as rows in store.COLUMNS order, made as they are written, not all held at once."""
-    created = store.sqlite_datetime(now) if conn.dialect.name == "sqlite" else now
+    """The findings as rows in store.UNLINKED_COLUMNS order (all but their chain links), made as they are used."""
+    created = store.sqlite_datetime(now) if dialect == "sqlite" else now
     dumps = orjson.dumps
-    flags = _flags(assessed)
-    for (seq, ph, ch), f, (blocks, new, exception_id) in zip(entries, assessed.findings, flags, strict=True):
+    for f, (blocks, new, exception_id) in zip(assessed.findings, _flags(assessed), strict=True):
         yield (
             org_id,
             scan_id,
-            seq,
-            ph,
-            ch,
             created,
             f["cve_id"],
             f["severity"],
@@ -340,6 +337,14 @@ def _finding_rows(
             new,
             exception_id,
         )
+
+
+def _finding_rows(
+    dialect: str, org_id: int, scan_id: int, now: Any, entries: list[tuple[int, str, str]], assessed: Assessment
+) -> Iterator[tuple[Any, ...]]:
+    """The findings as rows in store.COLUMNS order, made as they are written, not all held at once."""
+    for (seq, ph, ch), row in zip(entries, _unlinked_rows(dialect, org_id, scan_id, now, assessed), strict=True):
+        yield (row[0], row[1], seq, ph, ch, *row[2:])
 
 
 def _flags(assessed: Assessment) -> Iterator[tuple[bool, bool | None, int | None]]:

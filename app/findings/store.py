@@ -7,7 +7,7 @@ same statement), more by COPY; SQLite: executemany a chunk at a time.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import islice
 from typing import Any, NamedTuple
 
@@ -67,13 +67,15 @@ def insert(
     head: Head | None,
     also: tuple[sa.Executable, ...] = (),
     params: Mapping[str, Any] | None = None,
+    json_rows: str | None = None,
 ) -> None:
     """Insert `count` rows given in COLUMNS order (JSON columns as JSON text, created_at as the dialect wants), move
     the org's chain head to `head` (None: it stays), and run the statements `also` with `params`.
 
-    On PostgreSQL up to ONE_STATEMENT_ROWS rows, all of it is one statement. `rows` may be a generator: beyond that
-    rows are made as they are written (COPY) or a chunk at a time (SQLite), so a 100,000-finding upload never holds
-    all of its rows at once.
+    On PostgreSQL up to ONE_STATEMENT_ROWS rows, all of it is one statement (its rows as `json_rows`, when given:
+    linked_json's, made mostly before the chain head was locked; `rows` is then not read). `rows` may be a
+    generator: beyond that rows are made as they are written (COPY) or a chunk at a time (SQLite), so a
+    100,000-finding upload never holds all of its rows at once.
     """
     dml, params = also, dict(params or {})
     if head is not None:
@@ -81,7 +83,7 @@ def insert(
         params |= {"head_org": head.org_id, "new_seq": head.seq, "new_hash": head.hash}
     dialect = conn.dialect.name
     if dialect == "postgresql" and count <= ONE_STATEMENT_ROWS:
-        conn.execute(_with(dml), {**params, "rows": _json_rows(rows)})
+        conn.execute(_with(dml), {**params, "rows": json_rows if json_rows is not None else _json_rows(rows)})
         return
     it = iter(rows)
     if dialect == "postgresql":
@@ -114,3 +116,30 @@ def _json_rows(rows: Iterable[tuple[Any, ...]]) -> str:
         obj["vendor_ids"] = orjson.Fragment(obj["vendor_ids"])
         objects.append(obj)
     return orjson.dumps(objects).decode()
+
+
+# The columns of a row but the chain's (seq, payload_hash, chain_hash), in COLUMNS order: known before the org's
+# chain head is locked.
+UNLINKED_COLUMNS = tuple(c for c in COLUMNS if c not in ("seq", "payload_hash", "chain_hash"))
+
+
+def unlinked_json(rows: Iterable[tuple[Any, ...]]) -> list[bytes]:
+    """Rows in UNLINKED_COLUMNS order as JSON objects left open (no closing brace), for linked_json to finish once
+    the rows' chain links are known: the bulk of the JSON made before the head is locked, not while it is held."""
+    objects = []
+    for row in rows:
+        obj = dict(zip(UNLINKED_COLUMNS, row, strict=True))
+        obj["references"] = orjson.Fragment(obj["references"])
+        obj["vendor_ids"] = orjson.Fragment(obj["vendor_ids"])
+        objects.append(orjson.dumps(obj)[:-1])
+    return objects
+
+
+def linked_json(unlinked: Sequence[bytes], links: Sequence[tuple[int, str, str]]) -> str:
+    """The rows of insert's one statement: unlinked_json's objects closed with each row's (seq, payload_hash,
+    chain_hash), as chain.link gives them (hex digests: nothing to escape)."""
+    closed = (
+        b'%s,"seq":%d,"payload_hash":"%s","chain_hash":"%s"}' % (obj, seq, ph.encode(), ch.encode())
+        for obj, (seq, ph, ch) in zip(unlinked, links, strict=True)
+    )
+    return (b"[" + b",".join(closed) + b"]").decode()
