@@ -359,13 +359,13 @@ def analyze(conn: sa.Connection) -> None:
 # ---------------------------------------------------------------- the app, in-process
 
 
-def make_app(url: str, instance: Path) -> tuple[Flask, int]:
-    """The app on `url`, migrated (db upgrade), with the org; returns the app and the org's id."""
+def make_app(url: str, instance: Path, revision: str = "head") -> tuple[Flask, int]:
+    """The app on `url`, migrated to `revision` (db upgrade), with the org; returns the app and the org's id."""
     from app import create_app, migrate, orgs
 
     app = create_app({"DATABASE_URL": url, "SECRET_KEY": secrets.token_urlsafe(32)})
     app.instance_path = str(instance)
-    migrate.upgrade(app)
+    migrate.upgrade(app, revision)
     org_id = in_app(app, lambda s: orgs.create(s, ORG).id)
     app.extensions["fremforge.db"].engine.dispose()  # seeding wants the database to itself
     return app, org_id

@@ -30,18 +30,16 @@ from __future__ import annotations
 
 import gc
 import json
-import secrets
 import statistics
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from admin_bench import SECTION, Plan, Scan, Statements, plan_scans, seed, signed_in_client
+from admin_bench import SECTION, Plan, Scan, Statements, make_app, plan_scans, seed, signed_in_client
 from common import (
     bench_parser,
     check_pg_url,
@@ -268,18 +266,6 @@ def paging_checks(client: FlaskClient, headers: dict[str, str], plan: Plan, trut
 # ---------------------------------------------------------------- main
 
 
-def make_app(url: str, instance: Path) -> tuple[Flask, int]:
-    """The app on `url` migrated to 0018 (before images and trend changes), with the org."""
-    from app import create_app, migrate, orgs
-
-    app = create_app({"DATABASE_URL": url, "SECRET_KEY": secrets.token_urlsafe(32)})
-    app.instance_path = str(instance)
-    migrate.upgrade(app, "0018")
-    org_id = in_app(app, lambda s: orgs.create(s, ORG).id)
-    app.extensions["fremforge.db"].engine.dispose()
-    return app, org_id
-
-
 def parse_args(argv: list[str] | None) -> Any:
     ap = bench_parser(__doc__)
     ap.add_argument("--scans", type=int, default=100_000, help="scans to seed (default 100,000)")
@@ -304,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         throwaway_databases(args.database, args.pg_url, tmp, PG_DATABASES) as urls,
     ):
         print_load(args.database, f"work dir {tmp}")
-        app, org_id = make_app(urls["insights"], tmp / "instance")
+        app, org_id = make_app(urls["insights"], tmp / "instance", "0018")  # before images and trend changes
         try:
             return run(args, app, org_id, urls["insights"])
         finally:

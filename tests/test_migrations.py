@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -29,7 +31,9 @@ def test_upgrade_head_on_empty_sqlite(tmp_path):
     _check_fresh(f"sqlite:///{tmp_path / 'empty.db'}")
 
 
-def test_upgrade_head_on_empty_postgresql():
+@contextmanager
+def empty_postgresql_schema() -> Iterator[str]:
+    """The URL of a PostgreSQL schema of its own, empty, dropped afterwards (skips without PostgreSQL)."""
     base = postgres_base_url()
     if base is None:
         skip_or_fail("PostgreSQL tests need FREMFORGE_TEST_DATABASE_URL")
@@ -39,11 +43,16 @@ def test_upgrade_head_on_empty_postgresql():
     with admin.begin() as conn:
         conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
     try:
-        _check_fresh(url)
+        yield url
     finally:
         with admin.begin() as conn:
             conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+def test_upgrade_head_on_empty_postgresql():
+    with empty_postgresql_schema() as url:
+        _check_fresh(url)
 
 
 def test_db_upgrade_and_check_commands(tmp_path):
@@ -105,17 +114,5 @@ def test_images_backfill_on_sqlite(tmp_path):
 
 
 def test_images_backfill_on_postgresql():
-    base = postgres_base_url()
-    if base is None:
-        skip_or_fail("PostgreSQL tests need FREMFORGE_TEST_DATABASE_URL")
-    assert base is not None
-    url, schema = _postgres_schema_url(base)
-    admin = sa.create_engine(normalise(base))
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    try:
+    with empty_postgresql_schema() as url:
         _check_images_backfill(url)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
