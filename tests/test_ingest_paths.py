@@ -12,10 +12,10 @@ import json
 import pytest
 import sqlalchemy as sa
 
-from app import db, orgs, policy
+from app import chain, db, orgs, policy
 from app.chain.verify import verify_org
 from app.findings import schemas, service, store
-from app.models import ChainHead, Finding, OutboxItem, ScanRun
+from app.models import FINDING_PAYLOAD_COLUMNS, ChainHead, Finding, OutboxItem, ScanRun
 from app.web.urls import Urls
 from tests.factories import census, finding, make_org, make_token, post, seed, set_policy
 
@@ -102,18 +102,37 @@ def _body(findings: list[dict]) -> bytes:
 
 
 def test_rows_made_before_the_head_is_locked_are_the_rows_made_after():
-    """store.linked_json(store.unlinked_json(...)) (most of the JSON made before the chain head is locked) says what
-    store's own JSON of the whole rows says, column for column, for hostile strings too."""
+    """store.linked_json(store.unlinked_json(...)) (the rows' JSON made from their canonical payloads before the chain
+    head is locked) says what store's own JSON of the whole rows says, column for column, for hostile strings too:
+    but for created_at's "Z" (which PostgreSQL's timestamp input ignores) and an absent `truncated` (NULL)."""
     from datetime import datetime
 
-    rows = [
-        (7, 42, 100 + i, f"{i:064x}", f"{i + 1:064x}", datetime(2026, 12, 6, 1, 2, 3, 456789), f'CVE-"{i}"\\\n',
-         "high", "pkg\u2028", "1.0", None, "t", "title </script>", None, '["https://x"]', '["DSA-1"]', False, None,
-         True, None, 3)
+    now = datetime(2026, 12, 6, 1, 2, 3, 456789)
+    findings = [
+        {"cve_id": f'CVE-"{i}"\\\n', "severity": "high", "package": "pkg\u2028", "installed_version": "1.0",
+         "fixed_version": None, "target": "t", "title": "title </script>", "primary_url": None,
+         "references": ["https://x"], "vendor_ids": ["DSA-1"], "synthetic": False, "truncated": i == 1}
         for i in range(3)
     ]  # fmt: skip
-    unlinked = store.unlinked_json(
-        tuple(v for c, v in zip(store.COLUMNS, r, strict=True) if c in store.UNLINKED_COLUMNS) for r in rows
-    )
-    linked = store.linked_json(unlinked, [(r[2], r[3], r[4]) for r in rows])
-    assert json.loads(linked) == json.loads(store._json_rows(rows))
+    flags = [(True, None, 3), (False, True, None), (True, False, None)]
+    payloads = [chain.canonical(chain.finding_payload(7, 42, chain.timestamp(now), f)) for f in findings]
+    links = [(100 + i, f"{i:064x}", f"{i + 1:064x}") for i in range(3)]
+    rows = [
+        (7, 42, seq, ph, ch, now, *(_column(f, c) for c in FINDING_PAYLOAD_COLUMNS), *flag)
+        for f, flag, (seq, ph, ch) in zip(findings, flags, links, strict=True)
+    ]
+    linked = json.loads(store.linked_json(store.unlinked_json(payloads, flags), links))
+    for obj in linked:
+        assert obj.pop("created_at") == now.isoformat() + "Z"
+        obj.setdefault("truncated", None)
+    whole = json.loads(store._json_rows(rows))
+    for obj in whole:
+        assert obj.pop("created_at") == now.isoformat()
+    assert linked == whole
+
+
+def _column(finding: dict, column: str) -> object:
+    """A finding's value as store.insert takes it (JSON columns as JSON text; truncated NULL unless cut)."""
+    if column in ("references", "vendor_ids"):
+        return json.dumps(finding[column])
+    return (finding[column] or None) if column == "truncated" else finding[column]

@@ -57,6 +57,12 @@ def payload_hashes(kind: str, payloads: Iterable[dict[str, Any]]) -> list[bytes]
     return [sha256(domain + dumps(payload, option=opt)).digest() for payload in payloads]
 
 
+def hashes_of(kind: str, canonicals: Iterable[bytes]) -> list[bytes]:
+    """The payload hash of each payload given in its canonical encoding (`canonical`)."""
+    sha256, domain = hashlib.sha256, DOMAINS[kind]
+    return [sha256(domain + c).digest() for c in canonicals]
+
+
 def link(seq: int, head_hash: str, hashes: Iterable[bytes]) -> tuple[list[tuple[int, str, str]], int, str]:
     """Chain payload hashes after (seq, head_hash): (seq, payload_hash, chain_hash) each (hex), and the new head."""
     sha256 = hashlib.sha256

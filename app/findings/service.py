@@ -212,7 +212,11 @@ def ingest(
         if assessed is None or pol != expected:
             assessed = assess(upload, pol, _compared(conn, org.id, upload, pol), exceptions, search)
         scan_id, findings, stamp = row.scan, assessed.findings, chain.timestamp(now)
-        hashes = chain.payload_hashes("finding", (chain.finding_payload(org.id, scan_id, stamp, f) for f in findings))
+        # PostgreSQL, up to ONE_STATEMENT_ROWS rows: one statement, its rows' JSON made from their payloads (below).
+        one_statement = on_postgresql and len(findings) <= store.ONE_STATEMENT_ROWS
+        made = (chain.canonical(chain.finding_payload(org.id, scan_id, stamp, f)) for f in findings)
+        payloads = list(made) if one_statement else made  # held only when their JSON is made from them
+        hashes = chain.hashes_of("finding", payloads)
         scan = {
             "s_id": scan_id,
             "s_org_id": org.id,
@@ -246,11 +250,8 @@ def ingest(
         images = [dataclasses.replace(assessed.image, scan_run_id=scan_id)]
         sections = {upload.image_ref: assessed.section}
         item = outbox.new_item(org, repo, sha, scan_id, images, pol, urls, deliver, sections=sections)
-        # PostgreSQL, one statement: the rows' JSON made now but for their chain links.
-        one_statement = on_postgresql and len(findings) <= store.ONE_STATEMENT_ROWS
-        unlinked = (
-            store.unlinked_json(_unlinked_rows("postgresql", org.id, scan_id, now, assessed)) if one_statement else None
-        )
+        # The rows' JSON made now but for their chain links.
+        unlinked = store.unlinked_json(payloads, _flags(assessed)) if one_statement else None
         seq, head_hash, latest = _store_scan_and_lock_head(conn, org.id, repo, sha, scan)
         # The org's chain is held from here to the commit: the aggregate, the rows' links, then one statement.
         others = [s for s in latest if s.image_ref != upload.image_ref]

@@ -118,21 +118,19 @@ def _json_rows(rows: Iterable[tuple[Any, ...]]) -> str:
     return orjson.dumps(objects).decode()
 
 
-# The columns of a row but the chain's (seq, payload_hash, chain_hash), in COLUMNS order: known before the org's
-# chain head is locked.
-UNLINKED_COLUMNS = tuple(c for c in COLUMNS if c not in ("seq", "payload_hash", "chain_hash"))
+_JSON = {True: b"true", False: b"false", None: b"null"}
 
 
-def unlinked_json(rows: Iterable[tuple[Any, ...]]) -> list[bytes]:
-    """Rows in UNLINKED_COLUMNS order as JSON objects left open (no closing brace), for linked_json to finish once
-    the rows' chain links are known: the bulk of the JSON made before the head is locked, not while it is held."""
-    objects = []
-    for row in rows:
-        obj = dict(zip(UNLINKED_COLUMNS, row, strict=True))
-        obj["references"] = orjson.Fragment(obj["references"])
-        obj["vendor_ids"] = orjson.Fragment(obj["vendor_ids"])
-        objects.append(orjson.dumps(obj)[:-1])
-    return objects
+def unlinked_json(payloads: Iterable[bytes], flags: Iterable[tuple[bool, bool | None, int | None]]) -> list[bytes]:
+    """The rows of insert's one statement but for their chain links, made before the org's chain head is locked:
+    each finding's canonical payload (app.chain.finding_payload, whose keys are the row's column names) with its
+    (blocking, new, exception_id) added, left open (no closing brace) for linked_json. The payload's created_at ends
+    in "Z", which PostgreSQL's timestamp input ignores; an absent `truncated` is NULL, as for findings not cut."""
+    return [
+        b'%s,"blocking":%s,"new":%s,"exception_id":%s'
+        % (p[:-1], _JSON[blocking], _JSON[new], b"null" if exception_id is None else b"%d" % exception_id)
+        for p, (blocking, new, exception_id) in zip(payloads, flags, strict=True)
+    ]
 
 
 def linked_json(unlinked: Sequence[bytes], links: Sequence[tuple[int, str, str]]) -> str:

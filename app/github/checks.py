@@ -104,6 +104,11 @@ def md_text(value: Any, limit: int = FIELD_LIMIT) -> str:
     """An uploaded value as GitHub Markdown that renders as its `one_line` text (plus invisible word joiners),
     wherever it is placed in a line or as link text: nothing in it can start a link, image, autolink, mention,
     issue reference, emoji, heading, list, table cell, emphasis, code, math, HTML tag or comment."""
+    return _md_text(None if value is None else str(value), limit)
+
+
+@functools.lru_cache(maxsize=4096)  # severities, versions and titles come back upload after upload
+def _md_text(value: str | None, limit: int) -> str:
     escaped = one_line(value, limit).translate(_ESCAPES)
     escaped = _BREAK_PATTERNS.sub(lambda m: m.group(1) + BREAK, escaped)
     return _LEADING_MARKER.sub(lambda m: "\\" + m.group(1) if m.group(1) else m.group(2) + "\\", escaped)
@@ -112,6 +117,11 @@ def md_text(value: Any, limit: int = FIELD_LIMIT) -> str:
 def md_code(value: Any, limit: int = FIELD_LIMIT) -> str:
     """An uploaded value as an inline code span, which Markdown and GitHub's later passes leave literal: fenced by
     more backticks than any run inside it, padded when it starts or ends with one; on one line (`one_line`)."""
+    return _md_code(None if value is None else str(value), limit)
+
+
+@functools.lru_cache(maxsize=4096)  # packages, targets and image refs come back upload after upload
+def _md_code(value: str | None, limit: int) -> str:
     text = one_line(value, limit)
     if not text:
         return "` `"
