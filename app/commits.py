@@ -111,7 +111,8 @@ LATEST_JSON = sa.select(
 
 
 def latest_from_json(value: list[list[Any]]) -> list[LatestScan]:
-    return [LatestScan(*row) for row in value]
+    """LATEST's rows read as one JSON array (by image ref, as LATEST gives them)."""
+    return sorted((LatestScan(*row) for row in value), key=lambda scan: scan.image_ref)
 
 
 # ---------------------------------------------------------------- baselines (spec section 3)

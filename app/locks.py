@@ -50,7 +50,8 @@ def commit_and_policy(conn: sa.Connection, org_id: int, repo: str, sha: str) -> 
 def lock_commit_and_read(
     conn: sa.Connection, org_id: int, repo: str, sha: str, *columns: sa.ColumnElement[Any]
 ) -> tuple[policy.Policy, sa.Row[Any]]:
-    """`commit_and_policy` and `columns` read in the same statement: the policy, and the row read.
+    """`commit_and_policy` and `columns` read in the same statement: the policy, and the row read. `columns` may use
+    the parameters `org`, `repo` and `sha` (the commit's).
 
     One statement on PostgreSQL (the commit's lock is an advisory lock). The commit's key is 64 bits of a hash: two
     commits that share a key only take turns, which is harmless. A locking read returns the newest settings even
@@ -58,7 +59,7 @@ def lock_commit_and_read(
     defaults first, so that there is a row to lock.
     """
     postgres = conn.dialect.name == "postgresql"
-    statement, params = _statement(postgres, columns), {"org": org_id}
+    statement, params = _statement(postgres, columns), {"org": org_id, "repo": repo, "sha": sha}
     if postgres:
         digest = hashlib.sha256(f"fremforge/commit\n{org_id}\n{repo}\n{sha}".encode()).digest()
         params["key"] = int.from_bytes(digest[:8], "big", signed=True)

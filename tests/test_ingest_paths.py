@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from app import chain, db, orgs, policy
 from app.chain.verify import verify_org
 from app.findings import schemas, service, store
-from app.models import FINDING_PAYLOAD_COLUMNS, ChainHead, Finding, OutboxItem, ScanRun
+from app.models import FINDING_PAYLOAD_COLUMNS, ChainHead, Finding, Org, OutboxItem, ScanRun
 from app.web.urls import Urls
 from tests.factories import census, finding, make_org, make_token, post, seed, set_policy
 
@@ -41,6 +41,25 @@ def test_either_way_of_writing_findings_leaves_a_whole_chain(app, client, count)
         assert s.scalar(sa.select(sa.func.count()).select_from(OutboxItem)) == 1
         verdict = verify_org(db.database().engine, org.id)
     assert verdict.intact, verdict.describe("acme")
+
+
+def test_an_org_made_by_hand_gets_its_chain_head_and_settings_with_its_first_upload(app):
+    """An org inserted without the app (no chain head, no settings row): its first upload starts the chain at the
+    genesis hash, its second goes on from there, and the chain verifies."""
+    upload = schemas.parse_upload(_body([finding("CVE-2024-00001"), finding("CVE-2024-00002")]), {}, 100)
+    with app.app_context():
+        s = db.session()
+        s.execute(sa.insert(Org).values(slug="byhand", github_login="byhand"))
+        s.commit()
+        org = orgs.by_slug(s, "byhand")
+        assert org is not None and s.get(ChainHead, org.id) is None
+        for _ in range(2):
+            result = service.ingest(s, org, upload, Urls("http://fremforge.test"), False, policy.Policy())
+            assert result is not None and result.accepted == 2
+        head = s.get(ChainHead, org.id)
+        assert head is not None and head.seq == 4
+        verdict = verify_org(db.database().engine, org.id)
+    assert verdict.intact, verdict.describe("byhand")
 
 
 def test_an_upload_is_judged_again_when_the_locked_policy_differs(app):

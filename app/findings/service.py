@@ -27,7 +27,6 @@ from app.web.urls import Urls
 _heads = ChainHead.__table__
 _scans = ScanRun.__table__
 # Statements built once; the per-request path stays below the ORM.
-LOCK_HEAD = sa.select(_heads.c.seq, _heads.c.head_hash).where(_heads.c.org_id == sa.bindparam("org")).with_for_update()
 _SCAN_COLUMNS = (
     "id",
     "org_id",
@@ -65,6 +64,27 @@ INSERT_SCAN = sa.insert(_scans).values(
 NEXT_SCAN_ID = {
     "postgresql": sa.func.nextval(sa.func.pg_get_serial_sequence("scan_runs", "id")).label("scan"),
     "sqlite": sa.select(sa.func.coalesce(sa.func.max(_scans.c.id), 0) + 1).scalar_subquery().label("scan"),
+}
+
+
+# What the statement locking the commit and reading the policy (locks.lock_commit_and_read) also reads. PostgreSQL: the
+# next scan id. SQLite, whose one writer holds every lock from the start: also the org's chain head and the latest
+# scan of each of the commit's images (one statement, not three; read before this upload's scan is stored).
+_head_of_org = _heads.c.org_id == sa.bindparam("org")
+_latest = commits.LATEST.subquery("latest")
+READ_WITH_POLICY = {
+    "postgresql": (NEXT_SCAN_ID["postgresql"],),
+    "sqlite": (
+        NEXT_SCAN_ID["sqlite"],
+        sa.select(_heads.c.seq).where(_head_of_org).scalar_subquery().label("head_seq"),
+        sa.select(_heads.c.head_hash).where(_head_of_org).scalar_subquery().label("head_hash"),
+        sa.type_coerce(
+            sa.select(
+                sa.func.json_group_array(sa.func.json_array(*(_latest.c[f] for f in commits.LatestScan._fields)))
+            ).scalar_subquery(),
+            sa.JSON,
+        ).label("latest"),
+    ),
 }
 
 
@@ -204,7 +224,7 @@ def ingest(
         assessed = assess(upload, expected, _compared(conn, org.id, upload, expected), exceptions, search)
     with write_transaction(session):
         conn = session.connection()
-        pol, row = locks.lock_commit_and_read(conn, org.id, repo, sha, NEXT_SCAN_ID[conn.dialect.name])
+        pol, row = locks.lock_commit_and_read(conn, org.id, repo, sha, *READ_WITH_POLICY[conn.dialect.name])
         if not pol.enabled:
             return None
         if exceptions is None:
@@ -252,7 +272,7 @@ def ingest(
         item = outbox.new_item(org, repo, sha, scan_id, images, pol, urls, deliver, sections=sections)
         # The rows' JSON made now but for their chain links.
         unlinked = store.unlinked_json(payloads, _flags(assessed)) if one_statement else None
-        seq, head_hash, latest = _store_scan_and_lock_head(conn, org.id, repo, sha, scan)
+        seq, head_hash, latest = _store_scan_and_lock_head(conn, org.id, repo, sha, scan, row)
         # The org's chain is held from here to the commit: the aggregate, the rows' links, then one statement.
         others = [s for s in latest if s.image_ref != upload.image_ref]
         if others:
@@ -288,27 +308,26 @@ def ingest(
 
 
 def _store_scan_and_lock_head(
-    conn: sa.Connection, org_id: int, repo: str, sha: str, scan: dict[str, Any]
+    conn: sa.Connection, org_id: int, repo: str, sha: str, scan: dict[str, Any], read: sa.Row[Any]
 ) -> tuple[int, str, list[commits.LatestScan]]:
     """Insert the scan, then lock the org's chain head: its (seq, hash), and the commit's latest scans stored before.
 
-    One statement on PostgreSQL; on SQLite, where its one writer holds everything, one after another.
+    One statement on PostgreSQL; on SQLite, where its one writer holds everything, the insert alone (the rest was
+    `read` with the policy: READ_WITH_POLICY).
     """
-    row: sa.Row[*tuple[Any, ...]] | None  # (seq, head_hash), with latest on PostgreSQL
+    row: Any  # (seq, head_hash, latest)
     if conn.dialect.name == "postgresql":
-        row = conn.execute(STORE_SCAN_AND_LOCK_HEAD, scan).one_or_none()
-        latest = commits.latest_from_json(row.latest) if row is not None else None
+        found = conn.execute(STORE_SCAN_AND_LOCK_HEAD, scan).one_or_none()
+        row = (found.seq, found.head_hash, found.latest) if found is not None else None
     else:
-        latest = commits.latest_scans(conn, org_id, repo, sha)
         conn.execute(INSERT_SCAN, scan)
-        row = conn.execute(LOCK_HEAD, scan).one_or_none()
+        row = (read.head_seq, read.head_hash, read.latest) if read.head_seq is not None else None
     if row is None:  # an org made by hand, without its chain head
         conn.execute(sa.insert(_heads).values(org_id=org_id, seq=0, head_hash=GENESIS_HASH))
-        if latest is None:
-            latest = [j for j in commits.latest_scans(conn, org_id, repo, sha) if j.id != scan["s_id"]]
+        latest = [j for j in commits.latest_scans(conn, org_id, repo, sha) if j.id != scan["s_id"]]
         return 0, GENESIS_HASH, latest
-    assert latest is not None
-    return row.seq, row.head_hash, latest
+    seq, head_hash, latest_json = row
+    return seq, head_hash, commits.latest_from_json(latest_json)
 
 
 def _unlinked_rows(
