@@ -371,7 +371,8 @@ class Repost(Base):
 class Image(Base):
     """An image as an org builds it, per repo and image name (an image reference without tag and digest), with its
     latest scan: what the images-now list, the advisory search and the trend read (app.insights). Moved by every
-    upload in the upload's own transaction, to the highest scan id seen."""
+    upload in the upload's own transaction, to the highest scan id seen; its latest scan's advisory ids are indexed
+    by the worker after."""
 
     __tablename__ = "images"
     __table_args__ = (
@@ -386,6 +387,9 @@ class Image(Base):
     image_name: Mapped[str] = mapped_column(sa.String(1024))
     latest_scan_id: Mapped[int] = mapped_column(sa.ForeignKey("scan_runs.id", ondelete="CASCADE"))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The scan whose advisory ids are in latest_advisories (the worker's app.findings.latest.index_advisories); the
+    # advisory search reads an image whose latest scan is not that one from the scan's findings.
+    indexed_scan_id: Mapped[int | None] = mapped_column(sa.Integer)
 
 
 # Advisory ids compare byte by byte on PostgreSQL too (collation "C"), as on SQLite: a prefix is an index range.

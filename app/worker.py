@@ -33,6 +33,7 @@ ALIVE_WITHIN = timedelta(minutes=1)
 # while the loop shows progress: a round that began longer ago than this means the loop is stuck.
 STUCK_AFTER = 600.0
 EXPIRY_EVERY = 10.0  # seconds between looks for expired exceptions (spec: re-posted within a minute)
+INDEX_EVERY = 5.0  # seconds between additions to the advisory search's index (latest scans not indexed yet)
 PRUNE_EVERY = 60.0  # seconds between prunings of the advisory search's index (rows of scans no longer latest)
 ERROR_FIRST_WAIT = 1.0  # after an error the loop waits this long, doubling per error in a row...
 ERROR_MAX_WAIT = 30.0  # ...up to this
@@ -58,6 +59,7 @@ class Loop:
     round_began: float = field(default_factory=time.monotonic)
     _retention_due: float = 0.0
     _expiry_due: float = 0.0
+    _index_due: float = 0.0
     _prune_due: float = 0.0
     _revive_due: float = 0.0  # outbox items given up on in an outage: looked for every redeliver.REVIVE_EVERY...
     _closings_seen: int = 0  # ...and when the circuit breaker closed since (GitHub answers again)
@@ -107,8 +109,8 @@ class Loop:
         return True
 
     def step(self) -> int:
-        """Run retention when due, store the outbox items of commits asked to be posted again, deliver one round;
-        the rows handled."""
+        """Run retention, exceptions' expiry and the advisory index's upkeep when due, store the outbox items of commits
+        asked to be posted again, deliver one round; the rows handled."""
         self.round_began = time.monotonic()
         if self.once:
             beat(db.session(), self.name, self.started)
@@ -117,6 +119,9 @@ class Loop:
         if time.monotonic() >= self._expiry_due:  # exceptions that expired: audited, their commits re-posted
             self._expiry_due = time.monotonic() + EXPIRY_EVERY
             exceptions.expire_due(db.session(), urls.configured() if self.gh is not None else None)
+        if time.monotonic() >= self._index_due:  # before pruning: a round's rows of replaced scans go at once
+            self._index_due = time.monotonic() + INDEX_EVERY
+            image_latest.index_advisories(db.session(), self.stop.is_set)
         if time.monotonic() >= self._prune_due:
             self._prune_due = time.monotonic() + PRUNE_EVERY
             image_latest.prune_advisories(db.session(), self.stop.is_set)

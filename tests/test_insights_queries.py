@@ -180,23 +180,81 @@ def index_rows(app: Any) -> list[tuple[str, int]]:
     return sorted((a, s) for a, s in rows)
 
 
-def test_the_search_index_keeps_only_latest_scans_once_pruned(app, client, tokens):
-    """An upload adds its scan's advisory ids (own and vendor ids, upper case, once a finding); the rows of the scan
-    it replaced stay until pruned, and the search never shows them meanwhile."""
+def index(app: Any, images_at_most: int | None = None, monkeypatch: Any = None) -> int:
+    """The worker's indexing round; with `images_at_most`, one batch of that many images only."""
+    if images_at_most is not None:
+        monkeypatch.setattr(latest, "UNINDEXED", latest.UNINDEXED.limit(images_at_most))
+    with app.app_context():
+        return latest.index_advisories(db.session())
+
+
+def test_the_worker_indexes_latest_scans_and_prunes_replaced_ones(app, client, tokens):
+    """Uploads add no index rows; the worker adds each image's latest scan's advisory ids (own and vendor ids, upper
+    case, once a finding) and later prunes the rows of the scans replaced since. The search answers alike all along:
+    a latest scan not indexed yet is read from its findings."""
     t = tokens["acme"]
-    old = upload(client, t, findings=[finding("cve-2021-1", vendor_ids=["DSA-1-1", "CVE-2021-1"])])
+    old = upload(client, t, findings=[finding("cve-2021-1", vendor_ids=["DSA-1-1", "CVE-2021-1", "dsa-1-1"])])
+    assert index_rows(app) == []
+    assert [h.scan_run_id for h in search(app, "acme", "DSA-1-1")[0]] == [old]
+    assert index(app) == 1
+    assert index_rows(app) == sorted([("CVE-2021-1", old), ("DSA-1-1", old)])
+    assert index(app) == 0
     new = upload(client, t, sha="b" * 40, findings=[finding("CVE-2021-2")])
     other = upload(client, t, image_ref="ghcr.io/acme/web:1", findings=[finding("CVE-2021-1")])
+    for _ in range(2):  # before the worker's round, and after
+        assert [h.scan_run_id for h in search(app, "acme", "CVE-2021-1")[0]] == [other]
+        assert search(app, "acme", "DSA-1-1")[0] == []
+        assert [h.scan_run_id for h in search(app, "acme", "cve-2021-2")[0]] == [new]
+        assert index(app) in (2, 0)
     assert index_rows(app) == sorted(
         [("CVE-2021-1", old), ("DSA-1-1", old), ("CVE-2021-2", new), ("CVE-2021-1", other)]
     )
-    assert [h.scan_run_id for h in search(app, "acme", "CVE-2021-1")[0]] == [other]
-    assert search(app, "acme", "DSA-1-1")[0] == []
     with app.app_context():
         assert latest.prune_advisories(db.session()) == 2
         assert latest.prune_advisories(db.session()) == 0
     assert index_rows(app) == sorted([("CVE-2021-2", new), ("CVE-2021-1", other)])
     assert [h.scan_run_id for h in search(app, "acme", "CVE-2021-1")[0]] == [other]
+
+
+def all_hits(app: Any, q: str, limit: int) -> list[tuple[str, int, str]]:
+    """Every page of a search: (advisory id matched, finding id, how) a hit, in the order given."""
+    hits, after = [], None
+    while True:
+        page, after = search(app, "acme", q, after, limit)
+        hits += [(h.cve_id, h.finding_id, h.matched_as) for h in page]
+        if after is None:
+            return hits
+
+
+def test_the_search_answers_alike_before_during_and_after_the_worker_indexes(app, client, tokens, monkeypatch):
+    """Images whose latest scans are indexed, not yet indexed, or replaced since: every query, at every page size,
+    gives the same hits in the same order (a finding once for each of its ids the query takes)."""
+    rng = random.Random(7)
+    t = tokens["acme"]
+    ids = [f"CVE-2024-{n:04d}" for n in range(12)] + ["GHSA-aaaa-bbbb-cccc", "DSA-5000-1"]
+    for round_ in range(3):
+        for i in range(6):
+            picked = rng.sample(ids, 5)
+            findings = [
+                finding(a.lower() if rng.random() < 0.3 else a, vendor_ids=rng.sample(ids, rng.randint(0, 2)))
+                for a in picked
+            ]
+            upload(client, t, image_ref=f"ghcr.io/acme/img{i}:{round_}", sha=f"{round_}{i}" * 20, findings=findings)
+        if round_ == 1:
+            index(app)  # the first two rounds' latest scans indexed; the third round's replace them unindexed
+    queries = ["CVE-2024-0003", "cve-2024-00*", "GHSA-aaaa-bbbb-cccc", "DSA-5000-1", "CVE-2024-*", "CVE-1999-1"]
+    before = {(q, limit): all_hits(app, q, limit) for q in queries for limit in (1, 2, 3, 1000)}
+    assert len(before[("CVE-2024-*", 1000)]) > 20, "the history has hits"
+    for (q, limit), hits in before.items():
+        assert hits == before[(q, 1000)], (q, limit)
+    index(app, images_at_most=2, monkeypatch=monkeypatch)  # the worker part way through
+    assert {key: all_hits(app, *key) for key in before} == before
+    monkeypatch.undo()
+    assert index(app) == 4
+    assert {key: all_hits(app, *key) for key in before} == before
+    with app.app_context():
+        latest.prune_advisories(db.session())
+    assert {key: all_hits(app, *key) for key in before} == before
 
 
 def test_the_worker_prunes_the_search_index(app, client, tokens):

@@ -67,7 +67,7 @@ def test_db_upgrade_and_check_commands(tmp_path):
 
 def _check_images_backfill(url: str) -> None:
     """0019 derives each image's latest scan and the org's per-day trend changes from the scans already stored,
-    naming scans stored before image names were kept."""
+    naming scans stored before image names were kept; 0020 marks those latest scans indexed (0019 indexed them)."""
     app = create_app({"TESTING": True, "DATABASE_URL": url, "SECRET_KEY": "x"})
     engine = app.extensions["fremforge.db"].engine
     try:
@@ -98,10 +98,12 @@ def _check_images_backfill(url: str) -> None:
                 )  # fmt: skip
         migrate.upgrade(app)
         with engine.connect() as conn:
-            images = conn.execute(sa.text("SELECT image_name, latest_scan_id FROM images ORDER BY image_name")).all()
+            images = conn.execute(
+                sa.text("SELECT image_name, latest_scan_id, indexed_scan_id FROM images ORDER BY image_name")
+            ).all()
             changes = conn.execute(sa.text("SELECT day, critical FROM trend_changes ORDER BY day")).all()
             named = conn.execute(sa.text("SELECT image_name FROM scan_runs WHERE id = 1")).scalar()
-        assert [tuple(r) for r in images] == [("ghcr.io/acme/api", 4), ("ghcr.io/acme/web", 3)]
+        assert [tuple(r) for r in images] == [("ghcr.io/acme/api", 4, 4), ("ghcr.io/acme/web", 3, 3)]
         assert named == "ghcr.io/acme/api"
         # Jan 1: api 5 then 3 (net 3); Jan 2: web 2; Jan 3: api 3 -> 7 (+4). Running: 3, 5, 9 = api 7 + web 2.
         assert [(str(d)[:10], c) for d, c in changes] == [("2026-01-01", 3), ("2026-01-02", 2), ("2026-01-03", 4)]

@@ -1,19 +1,18 @@
-"""Each image's latest scan, its findings' advisory ids (the search's index) and the org's trend changes, written
-with an upload (app.findings.service) in the upload's own transaction; read by app.insights (images now, the
-advisory search, the trend)."""
+"""Each image's latest scan and the org's trend changes, written with an upload (app.findings.service) in the
+upload's own transaction; the advisory ids of the images' latest scans (the search's index), added by the worker in
+batches; read by app.insights (images now, the advisory search, the trend)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from app.db import write_transaction
-from app.models import Image, LatestAdvisory, ScanRun, TrendChange
+from app.models import Finding, Image, LatestAdvisory, ScanRun, TrendChange
 
 _images = Image.__table__
 _changes = TrendChange.__table__
@@ -70,76 +69,21 @@ def _change(insert: Any) -> sa.Insert:
     )
 
 
-def advisory_ids(findings: Sequence[Mapping[str, Any]]) -> list[tuple[str, int]]:
-    """The uploaded findings' advisory ids (own and vendor ids, upper case, each once a finding), with the finding's
-    index in the upload. Made before any lock: a finding's chain seq is the first seq plus its index (chain.link
-    numbers them in this order)."""
-    rows = []
-    for i, f in enumerate(findings):
-        ids = {str(f["cve_id"]).upper()}
-        ids.update(str(v).upper() for v in f.get("vendor_ids") or ())
-        rows += [(a, i) for a in sorted(ids)]
-    return rows
-
-
-def advisory_json(rows: Sequence[tuple[str, int]]) -> str:
-    """advisory_ids as the JSON PostgreSQL's ADD_ADVISORIES reads: [{"a": id, "i": index}]."""
-    return orjson.dumps([{"a": a, "i": i} for a, i in rows]).decode()
-
-
-_SQLITE_ADD = "INSERT INTO latest_advisories (org_id, advisory_id, seq, scan_run_id) VALUES (?, ?, ?, ?)"
-
-
-def add_advisories_sqlite(
-    conn: sa.Connection, org_id: int, scan_id: int, first_seq: int, rows: Sequence[tuple[str, int]]
-) -> None:
-    """SQLite: the scan's index rows, one executemany below SQLAlchemy. No later scan of the image can be stored
-    already: its one writer gives scan ids in commit order."""
-    if rows:
-        conn.exec_driver_sql(_SQLITE_ADD, [(org_id, a, first_seq + i, scan_id) for a, i in rows])
-
-
-_first_seq = sa.bindparam("i_first_seq", type_=sa.BigInteger)
-
-
-def _add_advisories() -> sa.Insert:
-    """PostgreSQL: this scan's index rows (advisory_json), unless a later scan of the image is already there."""
-    rows = sa.bindparam("i_advisories", type_=sa.Text)
-    recordset = sa.func.json_to_recordset(sa.cast(rows, postgresql.JSON)).table_valued(
-        sa.column("a", sa.Text), sa.column("i", sa.BigInteger)
-    )
-    source = recordset.render_derived(with_types=True)
-    return sa.insert(_advisories).from_select(
-        ["org_id", "advisory_id", "seq", "scan_run_id"],
-        sa.select(_org, source.c.a, _first_seq + source.c.i, _scan).select_from(source).where(~_later),
-    )
-
-
 # Run with the upload's last statement (app.findings.store.insert: on PostgreSQL part of that one statement), in
-# this order (on SQLite, one after another: each reads the image's row before the move). The rows of the scan an
-# upload replaces are left to prune_advisories (the search filters on the latest scans): deleting them here, inside
-# the org's chain lock, cost a third of the upload throughput.
+# this order (on SQLite, one after another: the trend change reads the image's row before the move). The index rows
+# of the image's new latest scan are the worker's (index_advisories): added with the upload, one index page per
+# advisory id, they cost a tenth of the upload throughput; the search reads a scan not yet indexed from its findings.
 MOVE = {
-    "postgresql": (_change(postgresql.insert), _add_advisories(), _move(postgresql.insert)),
-    "sqlite": (_change(sqlite.insert), _move(sqlite.insert)),  # the index rows: add_advisories_sqlite
+    "postgresql": (_change(postgresql.insert), _move(postgresql.insert)),
+    "sqlite": (_change(sqlite.insert), _move(sqlite.insert)),
 }
 
 
 def move_params(
-    org_id: int,
-    repo: str,
-    image_name: str,
-    scan_id: int,
-    now: datetime,
-    counts: Mapping[str, int],
-    advisories: str | None,
-    first_seq: int,
+    org_id: int, repo: str, image_name: str, scan_id: int, now: datetime, counts: Mapping[str, int]
 ) -> dict[str, Any]:
-    """MOVE's parameters: `advisories` as advisory_json gives them (PostgreSQL), `first_seq` the upload's first
-    finding's seq."""
+    """MOVE's parameters."""
     return {
-        "i_advisories": advisories,
-        "i_first_seq": first_seq,
         "i_org": org_id,
         "i_repo": repo,
         "i_name": image_name,
@@ -148,6 +92,79 @@ def move_params(
         "i_day": now.date(),
         **{f"i_{level}": counts[level] for level in LEVELS},
     }
+
+
+# ---------------------------------------------------------------- the advisory search's index
+
+
+def advisory_ids(
+    dialect: str,
+    *where: sa.ColumnElement[bool],
+    match: Callable[[sa.ColumnElement[str]], sa.ColumnElement[bool]] | None = None,
+) -> sa.CompoundSelect:
+    """The advisory ids of the findings meeting `where`, as rows (org_id, advisory_id, seq, scan_run_id): each
+    finding's own id and its vendor ids, upper case, each once a finding; with `match`, only the ids it takes. What
+    index_advisories adds to the index, and what the search reads of a scan not indexed yet. Ids compare byte by
+    byte (PostgreSQL: collation "C", as the index's column)."""
+    vendor = (
+        sa.func.json_array_elements_text(Finding.vendor_ids)
+        if dialect == "postgresql"
+        else sa.func.json_each(Finding.vendor_ids)
+    ).table_valued("value")
+    own: sa.ColumnElement[str] = sa.func.upper(Finding.cve_id)
+    theirs: sa.ColumnElement[str] = sa.func.upper(vendor.c.value)
+    if dialect == "postgresql":
+        own, theirs = own.collate("C"), theirs.collate("C")
+    columns = (Finding.org_id, Finding.seq, Finding.scan_run_id)
+    mine = sa.select(own.label("advisory_id"), *columns).where(*where, Finding.cve_id.is_not(None))
+    vendors = (
+        sa.select(theirs.label("advisory_id"), *columns)
+        .select_from(Finding)
+        .join(vendor, sa.true())
+        .where(*where, vendor.c.value.is_not(None))
+    )
+    if match is not None:
+        mine, vendors = mine.where(match(own)), vendors.where(match(theirs))
+    return sa.union(mine, vendors)
+
+
+INDEX_BATCH = 200  # images indexed a transaction
+_lagging = _images.c.indexed_scan_id.is_distinct_from(_images.c.latest_scan_id)
+UNINDEXED = sa.select(_images.c.id, _images.c.latest_scan_id).where(_lagging).order_by(_images.c.id).limit(INDEX_BATCH)
+MARK_INDEXED = (
+    sa.update(_images).where(_images.c.id == sa.bindparam("b_image")).values(indexed_scan_id=sa.bindparam("b_scan"))
+)
+
+
+def _add_advisories(dialect: str) -> sa.Insert:
+    """The index rows of the scans `scans`: their findings' advisory ids (a row there already is left as it is)."""
+    rows = advisory_ids(dialect, Finding.scan_run_id.in_(sa.bindparam("scans", expanding=True))).subquery("ids")
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    names = ("org_id", "advisory_id", "seq", "scan_run_id")
+    # SQLite reads "ON CONFLICT" after a bare SELECT as a join's: the SELECT gets a WHERE clause of its own.
+    source = sa.select(*(rows.c[n] for n in names)).where(rows.c.seq.is_not(None))
+    return insert(_advisories).from_select(names, source).on_conflict_do_nothing()
+
+
+ADD_ADVISORIES = {dialect: _add_advisories(dialect) for dialect in ("postgresql", "sqlite")}
+
+
+def index_advisories(session: Any, stopping: Callable[[], bool] = lambda: False) -> int:
+    """Add the index rows of each image's latest scan not indexed yet (the worker, every INDEX_EVERY), a batch of
+    images per transaction; the images indexed. An image whose latest scan moves meanwhile stays behind (its indexed
+    scan is the one indexed) until the next round; the rows of scans no longer latest are prune_advisories'."""
+    indexed = 0
+    while not stopping():
+        with write_transaction(session):
+            batch = session.execute(UNINDEXED).all()
+            if batch:
+                dialect = session.get_bind().dialect.name
+                session.execute(ADD_ADVISORIES[dialect], {"scans": sorted({scan for _, scan in batch})})
+                session.execute(MARK_INDEXED, [{"b_image": image, "b_scan": scan} for image, scan in batch])
+        indexed += len(batch)
+        if len(batch) < INDEX_BATCH:
+            break
+    return indexed
 
 
 PRUNE_BATCH = 5_000
@@ -163,8 +180,7 @@ PRUNE = sa.delete(_advisories).where(
 
 def prune_advisories(session: Any, stopping: Callable[[], bool] = lambda: False) -> int:
     """Delete the index rows of scans no longer any image's latest (the worker, every PRUNE_EVERY), a batch per
-    transaction; the rows deleted. An upload's rows and its image's move commit together, and ids only grow, so a
-    row seen stale stays stale."""
+    transaction; the rows deleted. An image's latest scan id only grows, so a row seen stale stays stale."""
     pruned = 0
     while not stopping():
         with write_transaction(session):

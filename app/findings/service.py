@@ -204,18 +204,17 @@ def ingest(
 
     Locks in the order of `app.locks`: the commit (its aggregate) with the policy (shared), and last the org's
     chain head. The upload is assessed before any lock under the `expected` policy (as the request read it; its
-    baseline read then too), and again only if the locked policy differs; its payload hashes, its search index rows
-    and (unless the commit has other images) its outbox item are made before the head is locked. The commit's other
-    images are judged under the locked policy (`commits.evaluate`). None when
-    the policy is disabled (nothing stored). On PostgreSQL three statements and the commit, the head held for the
+    baseline read then too), and again only if the locked policy differs; its payload hashes, its rows and (unless
+    the commit has other images) its outbox item are made before the head is locked. The commit's other images are
+    judged under the locked policy (`commits.evaluate`). The image's latest scan moves with it; the search's index
+    rows of that scan are the worker's (`latest.index_advisories`). None when the policy is disabled (nothing
+    stored). On PostgreSQL three statements and the commit, the head held for the
     last (more when the commit has other images). `also` gives, from the result, one more statement and its
     parameters, run with the last (an Idempotency-Key's answer, `app.web.idempotency.answer`).
     """
     now = utcnow()
     search = functools.partial(urls.advisory_search, org.slug)  # as outbox.new_item links the check run's findings
-    advisories = image_latest.advisory_ids(upload.findings)  # the search's index rows, made before any lock
     on_postgresql = session.get_bind().dialect.name == "postgresql"
-    advisories_json = image_latest.advisory_json(advisories) if on_postgresql else None
     repo, sha = upload.repo_full_name, upload.commit_sha
     assessed, exceptions = None, None
     if expected is not None and expected.enabled:
@@ -287,7 +286,7 @@ def ingest(
         # an INSERT in a WITH from the last one, the outbox item's.
         name = scan["s_image_name"]
         statements = (*image_latest.MOVE[conn.dialect.name], *statements)
-        moved = image_latest.move_params(org.id, repo, name, scan_id, now, assessed.counts, advisories_json, seq + 1)
+        moved = image_latest.move_params(org.id, repo, name, scan_id, now, assessed.counts)
         params = {**params, **moved}
         if also is not None:
             # Before the outbox item's: SQLAlchemy takes the column defaults of an INSERT in a WITH from the last one.
@@ -302,8 +301,6 @@ def ingest(
             params,
             store.linked_json(unlinked, entries) if unlinked is not None else None,
         )
-        if not on_postgresql:
-            image_latest.add_advisories_sqlite(conn, org.id, scan_id, seq + 1, advisories)
     return result
 
 

@@ -1,9 +1,11 @@
 """Advisory search: every image whose latest scan has an advisory, as its id or as a vendor id (spec section 6).
 
-It reads the latest_advisories index (each image's latest scan's advisory ids, kept by uploads: app.findings.latest):
-the rows of the id asked, or of the prefix's range, a page at a time in the index's order, so its cost follows the
-page, not how many images, scans or findings the org has. Two queries whatever the answer: the page, and the
-exceptions in force.
+It reads the latest_advisories index (each image's latest scan's advisory ids, added by the worker:
+app.findings.latest.index_advisories): the rows of the id asked, or of the prefix's range, a page at a time in the
+index's order, so its cost follows the page, not how many images, scans or findings the org has. A latest scan the
+worker has not indexed yet (stored since its last round, or the worker stopped) is read from its findings instead,
+in the same order: the answer is the same either way. Two queries whatever the answer: the page, and the exceptions
+in force.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import sqlalchemy as sa
 
 from app import commits
 from app.fields import MAX_INT64
+from app.findings import latest
 from app.models import Finding, Image, LatestAdvisory, ScanRun
 from app.policy.exceptions import ActiveException, Matcher
 from app.web import cursors
@@ -93,23 +96,45 @@ Key = tuple[str, int]  # where a page of the search ends: (advisory id, finding 
 HIGHEST = "\U0010ffff"  # sorts after every character: [prefix, prefix + HIGHEST) holds every id starting so
 
 
-def _statement(query: Query, after: Key | None, limit: int) -> sa.Select[Any]:
-    """The page: the index rows of the id (or in the prefix's range), in the index's order (descending), a page and
-    one more; then only those rows' findings (by org and seq), scans and images."""
+def _statement(dialect: str, query: Query, after: Key | None, limit: int) -> sa.Select[Any]:
+    """The page: the index rows of the id (or in the prefix's range), with the advisory ids of the latest scans not
+    indexed yet, in the index's order (descending), a page and one more; then only those rows' findings (by org and
+    seq), scans and images."""
     la = LatestAdvisory
-    if query.prefix:
-        matches = sa.and_(la.advisory_id >= query.text, la.advisory_id < query.text + HIGHEST)
-    else:
-        matches = la.advisory_id == query.text
-    found = (
+
+    def wanted(advisory_id: sa.ColumnElement[str] | Any, seq: sa.ColumnElement[int] | Any) -> sa.ColumnElement[bool]:
+        if query.prefix:
+            found = sa.and_(advisory_id >= query.text, advisory_id < query.text + HIGHEST)
+        else:
+            found = advisory_id == query.text
+        return found if after is None else sa.and_(found, sa.tuple_(advisory_id, seq) < sa.tuple_(*after))
+
+    org = sa.bindparam("org", type_=sa.Integer)
+    indexed = (
         sa.select(la.advisory_id, la.seq, la.scan_run_id)
-        .where(la.org_id == sa.bindparam("org"), matches)
-        .where(la.scan_run_id.in_(sa.select(Image.latest_scan_id).where(Image.org_id == sa.bindparam("org"))))
+        .where(la.org_id == org, wanted(la.advisory_id, la.seq))
+        .where(la.scan_run_id.in_(sa.select(Image.latest_scan_id).where(Image.org_id == org)))
         .order_by(la.advisory_id.desc(), la.seq.desc())
         .limit(limit + 1)
+        .subquery("indexed")
     )
-    if after is not None:
-        found = found.where(sa.tuple_(la.advisory_id, la.seq) < sa.tuple_(*after))
+    unindexed_scans = sa.select(Image.latest_scan_id).where(
+        Image.org_id == org, Image.indexed_scan_id.is_distinct_from(Image.latest_scan_id)
+    )
+    ids = latest.advisory_ids(
+        dialect,
+        Finding.org_id == org,
+        Finding.scan_run_id.in_(unindexed_scans),
+        match=lambda advisory_id: wanted(advisory_id, Finding.seq),
+    ).subquery("ids")
+    unindexed = (
+        sa.select(ids.c.advisory_id, ids.c.seq, ids.c.scan_run_id)
+        .order_by(ids.c.advisory_id.desc(), ids.c.seq.desc())
+        .limit(limit + 1)
+        .subquery("unindexed")
+    )
+    both = sa.union_all(sa.select(*indexed.c), sa.select(*unindexed.c)).subquery("both")
+    found = sa.select(*both.c).order_by(both.c.advisory_id.desc(), both.c.seq.desc()).limit(limit + 1)
     page = found.subquery("page")
     return (
         sa.select(
@@ -160,9 +185,11 @@ def search(
     session: Any, org_id: int, query: Query, after: Key | None = None, limit: int = 50
 ) -> tuple[list[Hit], Key | None]:
     """Up to `limit` findings of the org's images' latest scans that have the advisory (by the latest_advisories
-    index: the rows of that id only), after the key `after`; and the key to go on from when more follow. Newest
-    finding first for an id; for a prefix, by id descending (the newest advisories first), then newest first."""
-    rows = session.execute(_statement(query, after, limit), {"org": org_id}).all()
+    index: the rows of that id only; a latest scan not indexed yet by its findings), after the key `after`; and the
+    key to go on from when more follow. Newest finding first for an id; for a prefix, by id descending (the newest
+    advisories first), then newest first."""
+    dialect = session.get_bind().dialect.name
+    rows = session.execute(_statement(dialect, query, after, limit), {"org": org_id}).all()
     more = len(rows) > limit
     rows = rows[:limit]
     exceptions = commits.active_exceptions(session.connection(), org_id)  # read even for no rows: always two queries
