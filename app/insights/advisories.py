@@ -10,6 +10,7 @@ in force.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -96,45 +97,50 @@ Key = tuple[str, int]  # where a page of the search ends: (advisory id, finding 
 HIGHEST = "\U0010ffff"  # sorts after every character: [prefix, prefix + HIGHEST) holds every id starting so
 
 
-def _statement(dialect: str, query: Query, after: Key | None, limit: int) -> sa.Select[Any]:
-    """The page: the index rows of the id (or in the prefix's range), with the advisory ids of the latest scans not
-    indexed yet, in the index's order (descending), a page and one more; then only those rows' findings (by org and
-    seq), scans and images."""
+@functools.cache
+def _statement(dialect: str, prefix: bool, paged: bool) -> sa.Select[Any]:
+    """The page: the index rows of the id `q` (or, for a `prefix`, in the range [q, q_end)), with the advisory ids of
+    the latest scans not indexed yet, in the index's order (descending), `limit` of them (a page and one more), after
+    (after_id, after_seq) when `paged`; then only those rows' findings (by org and seq), scans and images. Built once
+    per dialect and kind: its values are parameters (`_parameters`)."""
     la = LatestAdvisory
+    limit = sa.bindparam("limit", type_=sa.Integer)
 
     def wanted(advisory_id: sa.ColumnElement[str] | Any, seq: sa.ColumnElement[int] | Any) -> sa.ColumnElement[bool]:
-        if query.prefix:
-            found = sa.and_(advisory_id >= query.text, advisory_id < query.text + HIGHEST)
-        else:
-            found = advisory_id == query.text
-        return found if after is None else sa.and_(found, sa.tuple_(advisory_id, seq) < sa.tuple_(*after))
+        q = sa.bindparam("q", type_=sa.String)
+        found = sa.and_(advisory_id >= q, advisory_id < sa.bindparam("q_end")) if prefix else advisory_id == q
+        if not paged:
+            return found
+        after = sa.tuple_(sa.bindparam("after_id", type_=sa.String), sa.bindparam("after_seq", type_=sa.BigInteger))
+        return sa.and_(found, sa.tuple_(advisory_id, seq) < after)
 
     org = sa.bindparam("org", type_=sa.Integer)
-    indexed = (
+    # The latest scans read from the index, and those read from their findings: one or the other, never both.
+    indexed = Image.indexed_scan_id == Image.latest_scan_id
+    in_index = (
         sa.select(la.advisory_id, la.seq, la.scan_run_id)
         .where(la.org_id == org, wanted(la.advisory_id, la.seq))
-        .where(la.scan_run_id.in_(sa.select(Image.latest_scan_id).where(Image.org_id == org)))
+        .where(la.scan_run_id.in_(sa.select(Image.latest_scan_id).where(Image.org_id == org, indexed)))
         .order_by(la.advisory_id.desc(), la.seq.desc())
-        .limit(limit + 1)
-        .subquery("indexed")
+        .limit(limit)
+        .subquery("in_index")
     )
-    unindexed_scans = sa.select(Image.latest_scan_id).where(
-        Image.org_id == org, Image.indexed_scan_id.is_distinct_from(Image.latest_scan_id)
-    )
+    unindexed = Image.indexed_scan_id.is_distinct_from(Image.latest_scan_id)  # NULL: never indexed
+    unindexed_scans = sa.select(Image.latest_scan_id).where(Image.org_id == org, unindexed)
     ids = latest.advisory_ids(
         dialect,
         Finding.org_id == org,
         Finding.scan_run_id.in_(unindexed_scans),
         match=lambda advisory_id: wanted(advisory_id, Finding.seq),
     ).subquery("ids")
-    unindexed = (
+    from_findings = (
         sa.select(ids.c.advisory_id, ids.c.seq, ids.c.scan_run_id)
         .order_by(ids.c.advisory_id.desc(), ids.c.seq.desc())
-        .limit(limit + 1)
-        .subquery("unindexed")
+        .limit(limit)
+        .subquery("from_findings")
     )
-    both = sa.union_all(sa.select(*indexed.c), sa.select(*unindexed.c)).subquery("both")
-    found = sa.select(*both.c).order_by(both.c.advisory_id.desc(), both.c.seq.desc()).limit(limit + 1)
+    both = sa.union_all(sa.select(*in_index.c), sa.select(*from_findings.c)).subquery("both")
+    found = sa.select(*both.c).order_by(both.c.advisory_id.desc(), both.c.seq.desc()).limit(limit)
     page = found.subquery("page")
     return (
         sa.select(
@@ -172,6 +178,13 @@ def _statement(dialect: str, query: Query, after: Key | None, limit: int) -> sa.
     )
 
 
+def _parameters(org_id: int, query: Query, after: Key | None, limit: int) -> dict[str, Any]:
+    params: dict[str, Any] = {"org": org_id, "q": query.text, "q_end": query.text + HIGHEST, "limit": limit + 1}
+    if after is not None:
+        params["after_id"], params["after_seq"] = after
+    return params
+
+
 def encode_cursor(key: Key) -> str:
     return cursors.encode_key(CURSOR, *key)
 
@@ -189,7 +202,8 @@ def search(
     key to go on from when more follow. Newest finding first for an id; for a prefix, by id descending (the newest
     advisories first), then newest first."""
     dialect = session.get_bind().dialect.name
-    rows = session.execute(_statement(dialect, query, after, limit), {"org": org_id}).all()
+    statement = _statement(dialect, query.prefix, after is not None)
+    rows = session.execute(statement, _parameters(org_id, query, after, limit)).all()
     more = len(rows) > limit
     rows = rows[:limit]
     exceptions = commits.active_exceptions(session.connection(), org_id)  # read even for no rows: always two queries
