@@ -387,7 +387,7 @@ class Image(Base):
     image_name: Mapped[str] = mapped_column(sa.String(1024))
     latest_scan_id: Mapped[int] = mapped_column(sa.ForeignKey("scan_runs.id", ondelete="CASCADE"))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
-    # The scan whose advisory ids are in latest_advisories (the worker's app.findings.latest.index_advisories); the
+    # The scan whose advisory ids are in latest_advisories (the worker's app.insights.index); the
     # advisory search reads an image whose latest scan is not that one from the scan's findings.
     indexed_scan_id: Mapped[int | None] = mapped_column(sa.Integer)
 

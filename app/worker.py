@@ -17,9 +17,9 @@ from sqlalchemy.orm import Session
 from app import clock, db, exceptions
 from app.chain import retention
 from app.db import write_transaction
-from app.findings import latest as image_latest
 from app.github import outbox, posting, redeliver
 from app.github.client import GitHubApp
+from app.insights import index as advisory_index
 from app.models import WorkerHeartbeat, utcnow
 from app.web import urls
 
@@ -121,10 +121,10 @@ class Loop:
             exceptions.expire_due(db.session(), urls.configured() if self.gh is not None else None)
         if time.monotonic() >= self._index_due:  # before pruning: a round's rows of replaced scans go at once
             self._index_due = time.monotonic() + INDEX_EVERY
-            image_latest.index_advisories(db.session(), self.stop.is_set)
+            advisory_index.index_advisories(db.session(), self.stop.is_set)
         if time.monotonic() >= self._prune_due:
             self._prune_due = time.monotonic() + PRUNE_EVERY
-            image_latest.prune_advisories(db.session(), self.stop.is_set)
+            advisory_index.prune_advisories(db.session(), self.stop.is_set)
         if self.gh is None:
             return 0
         if self.holding_rows:  # an error ended the last batch: its rows go back before anything else

@@ -11,8 +11,9 @@ import pytest
 import sqlalchemy as sa
 
 from app import db
-from app.findings import latest, service
+from app.findings import service
 from app.insights import advisories, images, trend
+from app.insights import index as index_module
 from tests.factories import finding, make_org, make_token, post, seed
 
 
@@ -183,9 +184,9 @@ def index_rows(app: Any) -> list[tuple[str, int]]:
 def index(app: Any, images_at_most: int | None = None, monkeypatch: Any = None) -> int:
     """The worker's indexing round; with `images_at_most`, one batch of that many images only."""
     if images_at_most is not None:
-        monkeypatch.setattr(latest, "UNINDEXED", latest.UNINDEXED.limit(images_at_most))
+        monkeypatch.setattr(index_module, "UNINDEXED", index_module.UNINDEXED.limit(images_at_most))
     with app.app_context():
-        return latest.index_advisories(db.session())
+        return index_module.index_advisories(db.session())
 
 
 def test_the_worker_indexes_latest_scans_and_prunes_replaced_ones(app, client, tokens):
@@ -210,8 +211,8 @@ def test_the_worker_indexes_latest_scans_and_prunes_replaced_ones(app, client, t
         [("CVE-2021-1", old), ("DSA-1-1", old), ("CVE-2021-2", new), ("CVE-2021-1", other)]
     )
     with app.app_context():
-        assert latest.prune_advisories(db.session()) == 2
-        assert latest.prune_advisories(db.session()) == 0
+        assert index_module.prune_advisories(db.session()) == 2
+        assert index_module.prune_advisories(db.session()) == 0
     assert index_rows(app) == sorted([("CVE-2021-2", new), ("CVE-2021-1", other)])
     assert [h.scan_run_id for h in search(app, "acme", "CVE-2021-1")[0]] == [other]
 
@@ -253,7 +254,7 @@ def test_the_search_answers_alike_before_during_and_after_the_worker_indexes(app
     assert index(app) == 4
     assert {key: all_hits(app, *key) for key in before} == before
     with app.app_context():
-        latest.prune_advisories(db.session())
+        index_module.prune_advisories(db.session())
     assert {key: all_hits(app, *key) for key in before} == before
     with app.app_context():  # every latest scan read from its findings, their index rows there or not: each hit once
         from app.models import Image

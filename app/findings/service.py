@@ -207,7 +207,7 @@ def ingest(
     baseline read then too), and again only if the locked policy differs; its payload hashes, its rows and (unless
     the commit has other images) its outbox item are made before the head is locked. The commit's other images are
     judged under the locked policy (`commits.evaluate`). The image's latest scan moves with it; the search's index
-    rows of that scan are the worker's (`latest.index_advisories`). None when the policy is disabled (nothing
+    rows of that scan are the worker's (`app.insights.index`). None when the policy is disabled (nothing
     stored). On PostgreSQL three statements and the commit, the head held for the
     last (more when the commit has other images). `also` gives, from the result, one more statement and its
     parameters, run with the last (an Idempotency-Key's answer, `app.web.idempotency.answer`).

@@ -1,7 +1,7 @@
 """Advisory search: every image whose latest scan has an advisory, as its id or as a vendor id (spec section 6).
 
 It reads the latest_advisories index (each image's latest scan's advisory ids, added by the worker:
-app.findings.latest.index_advisories): the rows of the id asked, or of the prefix's range, a page at a time in the
+app.insights.index): the rows of the id asked, or of the prefix's range, a page at a time in the
 index's order, so its cost follows the page, not how many images, scans or findings the org has. A latest scan the
 worker has not indexed yet (stored since its last round, or the worker stopped) is read from its findings instead,
 in the same order: the answer is the same either way. Two queries whatever the answer: the page, and the exceptions
@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from app import commits
 from app.fields import MAX_INT64
-from app.findings import latest
+from app.insights import index
 from app.models import Finding, Image, LatestAdvisory, ScanRun
 from app.policy.exceptions import ActiveException, Matcher
 from app.web import cursors
@@ -127,7 +127,7 @@ def _statement(dialect: str, prefix: bool, paged: bool) -> sa.Select[Any]:
     )
     unindexed = Image.indexed_scan_id.is_distinct_from(Image.latest_scan_id)  # NULL: never indexed
     unindexed_scans = sa.select(Image.latest_scan_id).where(Image.org_id == org, unindexed)
-    ids = latest.advisory_ids(
+    ids = index.advisory_ids(
         dialect,
         Finding.org_id == org,
         Finding.scan_run_id.in_(unindexed_scans),
