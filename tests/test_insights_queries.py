@@ -273,3 +273,20 @@ def test_the_worker_prunes_the_search_index(app, client, tokens):
     with app.app_context():
         Loop(gh=None, once=True).run()
     assert index_rows(app) == [("CVE-2021-2", new)]
+
+
+@pytest.mark.parametrize("stored", [None, "DSA-1-1"], ids=["json-null", "json-string"])
+def test_vendor_ids_stored_as_no_array_do_not_break_the_search_or_the_index(app, client, tokens, stored):
+    """vendor_ids is a JSON array as uploads store it; a JSON null or scalar written some other way (SQLAlchemy writes
+    None as JSON null) gives no vendor id, read from the findings or from the index, and no error."""
+    from app.models import Finding
+
+    scan = upload(client, tokens["acme"], findings=[finding("CVE-2021-1", vendor_ids=["DSA-9-9"])])
+    with app.app_context():
+        db.session().execute(sa.update(Finding).values(vendor_ids=stored))
+        db.session().commit()
+    assert [h.scan_run_id for h in search(app, "acme", "CVE-2021-1")[0]] == [scan]
+    assert search(app, "acme", "DSA-9-9")[0] == []
+    assert index(app) == 1
+    assert ("CVE-2021-1", scan) in index_rows(app)
+    assert [h.scan_run_id for h in search(app, "acme", "CVE-2021-1")[0]] == [scan]

@@ -28,11 +28,11 @@ def advisory_ids(
     finding's own id and its vendor ids, upper case, each once a finding; with `match`, only the ids it takes. What
     index_advisories adds to the index, and what the search reads of a scan not indexed yet. Ids compare byte by
     byte (PostgreSQL: collation "C", as the index's column)."""
-    vendor = (
-        sa.func.json_array_elements_text(Finding.vendor_ids)
-        if dialect == "postgresql"
-        else sa.func.json_each(Finding.vendor_ids)
-    ).table_valued("value")
+    if dialect == "postgresql":  # an array's elements; none of a JSON null or scalar (which would be an error)
+        array = sa.case((sa.func.json_typeof(Finding.vendor_ids) == "array", Finding.vendor_ids))
+        vendor = sa.func.json_array_elements_text(array).table_valued("value")
+    else:  # a JSON null's one element is NULL, left out below
+        vendor = sa.func.json_each(Finding.vendor_ids).table_valued("value")
     own: sa.ColumnElement[str] = sa.func.upper(Finding.cve_id)
     theirs: sa.ColumnElement[str] = sa.func.upper(vendor.c.value)
     if dialect == "postgresql":
