@@ -28,9 +28,10 @@ def advisory_ids(
     finding's own id and its vendor ids, upper case, each once a finding; with `match`, only the ids it takes. What
     index_advisories adds to the index, and what the search reads of a scan not indexed yet. Ids compare byte by
     byte (PostgreSQL: collation "C", as the index's column)."""
-    if dialect == "postgresql":  # an array's elements; none of a JSON null or scalar (which would be an error)
-        array = sa.case((sa.func.json_typeof(Finding.vendor_ids) == "array", Finding.vendor_ids))
-        vendor = sa.func.json_array_elements_text(array).table_valued("value")
+    arrays: tuple[sa.ColumnElement[bool], ...] = ()
+    if dialect == "postgresql":  # an array's elements; a JSON null or scalar, which it would refuse, is left out first
+        vendor = sa.func.json_array_elements_text(Finding.vendor_ids).table_valued("value")
+        arrays = (sa.func.json_typeof(Finding.vendor_ids) == "array",)
     else:  # a JSON null's one element is NULL, left out below
         vendor = sa.func.json_each(Finding.vendor_ids).table_valued("value")
     own: sa.ColumnElement[str] = sa.func.upper(Finding.cve_id)
@@ -43,7 +44,7 @@ def advisory_ids(
         sa.select(theirs.label("advisory_id"), *columns)
         .select_from(Finding)
         .join(vendor, sa.true())
-        .where(*where, vendor.c.value.is_not(None))
+        .where(*where, *arrays, vendor.c.value.is_not(None))
     )
     if match is not None:
         mine, vendors = mine.where(match(own)), vendors.where(match(theirs))
