@@ -112,6 +112,13 @@ def post(
     return client.post(f"/api/v1/orgs/{slug}/image-scans/findings", data=data, headers=hdrs, query_string=query)
 
 
+def stored_scan(client: FlaskClient, token: str, slug: str = "acme", **seed_fields: Any) -> int:
+    """Upload `seed(**seed_fields)` to org `slug`; the id of the scan stored (the answer must be a 202)."""
+    r = post(client, token, seed(**seed_fields), slug=slug)
+    assert r.status_code == 202, r.get_json()
+    return int(r.get_json()["scan_run_id"])
+
+
 def census(app: Flask) -> dict[str, int]:
     """Rows per table: what a refused request must leave unchanged."""
     with app.app_context():

@@ -12,7 +12,7 @@ import pytest
 from app.findings.queries import encode_cursor as scans_cursor
 from app.models import utcnow
 from app.web import cursors
-from tests.factories import SHA, SHA2, finding, make_org, make_token, post, seed
+from tests.factories import SHA, SHA2, finding, make_org, make_token, stored_scan
 
 SEARCH = "/api/v1/orgs/{slug}/advisories/{advisory_id}/images"
 IMAGES = "/api/v1/orgs/{slug}/images"
@@ -31,10 +31,7 @@ def tokens(app) -> dict[str, str]:
     return {slug: make_token(app, slug, ["findings:write", "findings:read"]) for slug in ("acme", "other")}
 
 
-def upload(client: Any, token: str, slug: str = "acme", **kw: Any) -> int:
-    r = post(client, token, seed(**kw), slug=slug)
-    assert r.status_code == 202, r.get_json()
-    return int(r.get_json()["scan_run_id"])
+upload = stored_scan  # the scan id of an upload that must be stored
 
 
 def get(client: Any, token: str | None, path: str, slug: str = "acme", expect: int = 200, **params: Any) -> Any:

@@ -14,7 +14,7 @@ from app import db
 from app.findings import service
 from app.insights import advisories, images, trend
 from app.insights import index as index_module
-from tests.factories import finding, make_org, make_token, post, seed
+from tests.factories import finding, make_org, make_token, stored_scan
 
 
 @pytest.fixture
@@ -24,10 +24,7 @@ def tokens(app) -> dict[str, str]:
     return {slug: make_token(app, slug, ["findings:write", "findings:read"]) for slug in ("acme", "other")}
 
 
-def upload(client: Any, token: str, slug: str = "acme", **kw: Any) -> int:
-    r = post(client, token, seed(**kw), slug=slug)
-    assert r.status_code == 202, r.get_json()
-    return int(r.get_json()["scan_run_id"])
+upload = stored_scan  # the scan id of an upload that must be stored
 
 
 def org_id(app: Any, slug: str) -> int:

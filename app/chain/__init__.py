@@ -53,8 +53,7 @@ def extend(
 
 def payload_hashes(kind: str, payloads: Iterable[dict[str, Any]]) -> list[bytes]:
     """The payload hash of each payload: what can be computed before the org's chain head is locked."""
-    sha256, dumps, opt, domain = hashlib.sha256, orjson.dumps, orjson.OPT_SORT_KEYS, DOMAINS[kind]
-    return [sha256(domain + dumps(payload, option=opt)).digest() for payload in payloads]
+    return hashes_of(kind, (canonical(payload) for payload in payloads))
 
 
 def hashes_of(kind: str, canonicals: Iterable[bytes]) -> list[bytes]:
