@@ -43,6 +43,7 @@ LATEST = (
         ScanRun.signature_issuer,
         ScanRun.signature_subject,
         *(getattr(ScanRun, s) for s in SEVERITIES),
+        ScanRun.accepted,
     )
     .where(ScanRun.id.in_(_LATEST_IDS))
     .order_by(ScanRun.image_ref)
@@ -93,6 +94,7 @@ class LatestScan(NamedTuple):
     medium: int
     low: int
     unknown: int
+    accepted: int  # the unique uploaded findings stored: the counts above less the scan's synthetic findings
 
 
 def latest_scans(conn: sa.Connection, org_id: int, repo: str, sha: str) -> list[LatestScan]:
@@ -213,7 +215,7 @@ def baseline_keys(conn: sa.Connection, scan_id: int) -> set[tuple[str, str]]:
 def _rows_statement(compare: bool) -> sa.Select[Any]:
     """A scan's findings as the blocking rule reads them: severity, fixable, `new` against the baseline's (advisory
     id, package) pairs when `compare` (else NULL), and what exceptions match by. Synthetic findings are left out
-    (the current policy makes its own), as are findings emptied by retention."""
+    (the current policy makes its own); findings emptied by retention come with a NULL severity (`redacted`)."""
     fixable = sa.func.coalesce(Finding.fixed_version, sa.literal_column("''")) != sa.literal_column("''")
     new: sa.ColumnElement[Any] = sa.null()
     base = sa.select(Finding.cve_id, Finding.package).where(Finding.scan_run_id == sa.bindparam("base"))
@@ -222,7 +224,6 @@ def _rows_statement(compare: bool) -> sa.Select[Any]:
         Finding.severity, fixable.label("fixable"), Finding.cve_id, Finding.package, Finding.vendor_ids
     ).where(
         Finding.scan_run_id == sa.bindparam("scan"),
-        Finding.cve_id.is_not(None),
         sa.func.coalesce(Finding.synthetic, sa.false()) == sa.false(),
     )
     if compare:
@@ -248,7 +249,8 @@ def buckets(
 ) -> tuple[dict[policy.Bucket, int], set[int]]:
     """How a stored scan's findings fall into the blocking rule's buckets, compared with `baseline_id` if any, and
     the exceptions of `matcher` that covered one. Counted by the database when no exception applies to the scan;
-    else its findings are read and matched here (one query either way)."""
+    else its findings are read and matched here (one query either way). Findings emptied by retention are counted
+    in the bucket of severity None (see `redacted`)."""
     params = {"scan": scan_id, "base": baseline_id}
     compare = baseline_id is not None
     if not matcher:
@@ -259,6 +261,9 @@ def buckets(
     counted: Counter[policy.Bucket] = Counter()
     used: set[int] = set()
     for row in conn.execute(ROWS[compare], params):
+        if row.severity is None:  # emptied by retention: nothing left to match
+            counted[(None, False, None, False)] += 1
+            continue
         covering = matcher.match(row.cve_id, row.package, row.vendor_ids)
         if covering is not None:
             used.add(covering)
@@ -314,6 +319,8 @@ def evaluate(
         baseline_id = baseline(conn, org_id, repo, s.image_name, *base, scan_id=s.id) if base is not None else None
         matcher = Matcher(exceptions, repo, s.image_name) if exceptions else None
         counted, used = buckets(conn, s.id, baseline_id, matcher)
+        readable_fixable = sum(n for (severity, fixed, _, _), n in counted.items() if severity is not None and fixed)
+        counted, removed = redacted(counted, s, baseline_id is not None)
         signature = policy.Signature(s.signature_status, s.signature_issuer, s.signature_subject)
         synthetic = policy.signature_findings(pol, signature, s.image_ref)
         counts, fixable = dict.fromkeys(SEVERITIES, 0), 0
@@ -326,7 +333,36 @@ def evaluate(
         top = [*synthetic, *(f for f in tops.get(s.id, []) if not f.get("synthetic"))]
         status = policy.scan_status(pol, judged.blocks)
         covering = tuple(e for e in exceptions if e.id in used)
+        if removed:  # those put back count as fixable to judge them; shown, the scan's stored count of them
+            fixable = max(readable_fixable, s.fixable)
         results.append(
-            policy.ImageResult(s.image_ref, status, counts, fixable, s.id, top, judged, baseline_id, covering)
+            policy.ImageResult(s.image_ref, status, counts, fixable, s.id, top, judged, baseline_id, covering, removed)
         )
     return results
+
+
+def redacted(
+    counted: dict[policy.Bucket, int], scan: LatestScan, compared: bool
+) -> tuple[dict[policy.Bucket, int], int]:
+    """`counted` with the scan's findings emptied by retention (the bucket of severity None) put back by the
+    severities the scan stored, judged as fixable, new and not excepted: what they were can no longer be read, so
+    they block wherever their severity could (a gate fails closed); and how many there were. A scan's stored counts
+    hold its synthetic findings (critical) too: those beyond `accepted`, which the current policy makes afresh."""
+    counted = dict(counted)
+    removed = sum(n for (severity, *_), n in counted.items() if severity is None)
+    for key in [k for k in counted if k[0] is None]:
+        del counted[key]
+    if not removed:
+        return counted, 0
+    stored = {severity: int(getattr(scan, severity) or 0) for severity in SEVERITIES}
+    stored["critical"] -= max(0, sum(stored.values()) - int(scan.accepted or 0))  # less the synthetic ones
+    readable = Counter[str]()
+    for (severity, *_), n in counted.items():
+        readable[str(severity)] += n
+    new = True if compared else None
+    for severity in SEVERITIES:
+        gone = max(0, stored[severity] - readable[severity])
+        if gone:
+            key = (severity, True, new, False)
+            counted[key] = counted.get(key, 0) + gone
+    return counted, removed

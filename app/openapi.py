@@ -860,7 +860,12 @@ TRIVY_QUERY = [
     _query("signature_status", SIGNATURE_ANY_CASE, "Raw Trivy uploads: signed, unsigned or unknown."),
     _query("signature_issuer", LONG, "Raw Trivy uploads."),
     _query("signature_subject", LONG, "Raw Trivy uploads."),
-    _query("ref", GITREF, "Raw Trivy uploads: the git ref the image was built from ($GITHUB_REF)."),
+    _query(
+        "ref",
+        GITREF,
+        "The git ref the image was built from ($GITHUB_REF); a seed body may carry it as its field `ref` instead "
+        "(422 when both are given and differ).",
+    ),
 ]
 
 PATHS: dict[str, Any] = {

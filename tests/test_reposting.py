@@ -16,8 +16,9 @@ import sqlalchemy as sa
 from flask import Flask
 
 from app import db, reposts
+from app.chain import retention
 from app.github.client import github_app
-from app.models import OutboxItem, Repost, ScanRun
+from app.models import OutboxItem, Repost, ScanRun, utcnow
 from app.worker import Loop
 from tests.conftest import INSTALLATION, MakeApp, app_with_github, org_with_installation
 from tests.factories import finding, make_org, make_token, post, seed
@@ -285,3 +286,62 @@ def test_a_failing_image_a_never_turns_green_by_any_order_of_events(app, client,
         if uploaded_a:
             state = shown(fake_github, sha)
             assert state is not None and state[0] == "failure", (order, event, state)
+
+
+# ---------------------------------------------------------------- findings emptied by retention
+
+
+def age_out(app: Flask, days: int = 2) -> None:
+    """Retention run as of `days` from now: every finding stored so far loses its payload (retention_days 1)."""
+    with app.app_context():
+        retention.run(db.session(), utcnow() + timedelta(days=days))
+
+
+MIXED = [
+    finding(cve_id="CVE-2024-0101", severity="critical", package="openssl"),
+    finding(cve_id="CVE-2024-0102", severity="high", package="curl", fixed=None),
+    finding(cve_id="CVE-2024-0103", severity="low", package="zlib"),
+]
+
+
+def test_a_scan_emptied_by_retention_still_blocks_when_another_image_passes(app, client, token, fake_github):
+    sha = sha_of("aged-a")
+    settings(client, token, retention_days=1)
+    upload(client, token, sha, HIGH, image="ghcr.io/acme/a:1")
+    pull_request(client, 11, sha)
+    work(app)
+    assert shown(fake_github, sha) == ("failure", "1 image · 1 high · blocking")
+    age_out(app)
+
+    answer = upload(client, token, sha, CLEAN, image="ghcr.io/acme/b:1")
+    work(app)
+    assert answer["commit_status"]["state"] == "failure"
+    assert shown(fake_github, sha) == ("failure", "2 images · 1 high · blocking")
+    summary = fake_github.runs_of("acme", "api", sha)[-1]["output"]["summary"]
+    assert "Removed by retention: 1 (judged by their stored severity, as fixable, new and not excepted)" in summary
+
+
+def test_findings_emptied_by_retention_are_judged_by_their_stored_severity_under_new_settings(
+    app, client, token, fake_github
+):
+    sha = sha_of("aged-mixed")
+    settings(client, token, retention_days=1)
+    upload(client, token, sha, MIXED)
+    pull_request(client, 12, sha)
+    work(app)
+    assert shown(fake_github, sha) == ("failure", "1 image · 1 critical, 1 high · blocking")
+    settings(client, token, ignore_unfixed=True)  # the high has no fixed version
+    work(app)
+    assert shown(fake_github, sha) == ("failure", "1 image · 1 critical · blocking")
+    age_out(app)
+
+    # What retention removed can no longer be read: unfixed, new or excepted, it blocks by its stored severity.
+    settings(client, token, ignore_unfixed=False, block_threshold="critical")
+    work(app)
+    assert shown(fake_github, sha) == ("failure", "1 image · 1 critical · blocking")
+    settings(client, token, block_threshold="high", ignore_unfixed=True)
+    work(app)
+    assert shown(fake_github, sha) == ("failure", "1 image · 1 critical, 1 high · blocking")
+    settings(client, token, block_action="warn")  # warn never blocks, whatever was removed
+    work(app)
+    assert shown(fake_github, sha) == ("success", "1 image · 1 critical, 1 high · warning only")

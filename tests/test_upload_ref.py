@@ -50,6 +50,28 @@ def test_a_raw_trivy_upload_takes_its_ref_from_the_query(app, client, token):
     assert stored(app, r.get_json()["scan_run_id"]) == ("refs/pull/4/merge", "ghcr.io/acme/api")
 
 
+def test_a_seed_upload_takes_its_ref_from_the_query_too(app, client, token):
+    r = post(client, token, seed([finding()]), query={"ref": "refs/heads/main"})
+    assert r.status_code == 202, r.get_json()
+    assert stored(app, r.get_json()["scan_run_id"]) == ("refs/heads/main", "ghcr.io/acme/api")
+    same = post(client, token, seed([finding()], ref="refs/heads/main"), query={"ref": "refs/heads/main"})
+    assert same.status_code == 202, same.get_json()
+
+
+@pytest.mark.parametrize(
+    ("body_ref", "query_ref"),
+    [(None, "main"), (None, "refs/heads/a..b"), ("refs/heads/main", "refs/heads/other")],
+    ids=["bad-query-ref", "dot-dot-query-ref", "body-and-query-differ"],
+)
+def test_a_seed_uploads_query_ref_is_checked_and_stores_nothing_when_bad(app, client, token, body_ref, query_ref):
+    before = census(app)
+    extra = {"ref": body_ref} if body_ref is not None else {}
+    r = post(client, token, seed([finding()], **extra), query={"ref": query_ref})
+    assert r.status_code == 422, r.get_json()
+    assert [d["path"] for d in r.get_json()["details"]] == ["ref"], json.dumps(r.get_json())
+    assert census(app) == before
+
+
 def test_without_a_ref_the_scan_has_none(app, client, token):
     r = post(client, token, seed([finding()]))
     assert stored(app, r.get_json()["scan_run_id"]) == (None, "ghcr.io/acme/api")

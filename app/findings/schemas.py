@@ -673,7 +673,7 @@ class _Upload:
         self._end(r.members(pos, 0, "", r.errors, member))
         if "findings" not in present and any(k in present for k in _TRIVY_KEYS):
             return self._trivy(fields, query, "trivy")
-        return self._seed(fields, "findings" in present)
+        return self._seed(fields, "findings" in present, query.get("ref"))
 
     def _end(self, end: int) -> None:
         end = self.r.ws(end)
@@ -859,8 +859,19 @@ class _Upload:
 
         return self._list(pos, depth, prefix, rows, take)
 
-    def _seed(self, fields: dict[str, Any], has_findings: bool) -> Upload:
+    def _seed(self, fields: dict[str, Any], has_findings: bool, query_ref: str | None) -> Upload:
+        """A seed body; its `ref` may come as a query parameter instead (spec section 2), not as both differing."""
         context = Errors()
+        if query_ref is not None:
+            if fields.get("ref") is None:
+                if is_git_ref(query_ref):
+                    fields["ref"] = query_ref
+                else:
+                    context.extend(
+                        [{"path": "ref", "code": "string_pattern_mismatch", "message": GIT_REF_TEXT, "in": "query"}]
+                    )
+            elif fields["ref"] != query_ref:
+                context.add("ref", "conflict", "differs from the query parameter ref: send the ref once")
         try:
             ctx = UploadContext.model_validate({k: v for k, v in fields.items() if k in QUERY_FIELDS})
         except ValidationError as exc:

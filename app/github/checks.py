@@ -238,6 +238,11 @@ def split_line(image: ImageResult, block_action: str, block_on: str) -> str:
         first = first_expiring(image.exceptions)
         until = f", the first expiring {first.expires_at:%Y-%m-%d}" if first is not None else ""
         text += f" · Excepted: {t.not_blocking[EXCEPTED]}{until}"
+    if image.redacted:
+        text += (
+            f" · Removed by retention: {int(image.redacted)} (judged by their stored severity,"
+            " as fixable, new and not excepted)"
+        )
     if block_on == "new":
         if image.baseline_scan_id is None:
             text += " · No baseline: every finding counts"

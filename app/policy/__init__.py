@@ -235,6 +235,7 @@ class ImageResult:
     tally: Tally = field(default_factory=Tally)
     baseline_scan_id: int | None = None  # the scan compared with under block_on new; None: every finding counts
     exceptions: tuple[ActiveException, ...] = ()  # those that covered a finding, by id
+    redacted: int = 0  # findings emptied by retention: judged by their stored severity, as fixable and new
 
 
 @dataclass(frozen=True)
