@@ -751,8 +751,10 @@ class FakeGitHub:
         reset_at: int | None = None,
         status: int = 403,
         times: int | None = 1,
+        remaining: int = 0,
     ) -> None:
-        """GitHub's secondary rate limit: `Retry-After` and/or `x-ratelimit-remaining: 0` + `x-ratelimit-reset`."""
+        """GitHub's secondary rate limit: `Retry-After` and/or `x-ratelimit-reset` with `x-ratelimit-remaining`
+        (`remaining`, 0 unless told: a secondary limit may leave requests of the primary one), or neither."""
         headers: dict[str, str] = {}
         if retry_after is not None:
             headers["Retry-After"] = str(retry_after)
@@ -760,8 +762,8 @@ class FakeGitHub:
             headers.update(
                 {
                     "x-ratelimit-limit": "5000",
-                    "x-ratelimit-remaining": "0",
-                    "x-ratelimit-used": "5000",
+                    "x-ratelimit-remaining": str(remaining),
+                    "x-ratelimit-used": str(5000 - remaining),
                     "x-ratelimit-reset": str(reset_at),
                     "x-ratelimit-resource": "core",
                 }

@@ -252,6 +252,31 @@ def test_rate_limit_without_retry_after_waits_until_reset(app, client, token, fa
     assert timedelta(seconds=250) <= row.next_attempt_at - clock.now <= timedelta(seconds=301)
 
 
+def test_a_secondary_rate_limit_without_headers_waits_a_minute_and_is_no_failure(app, client, token, fake_github):
+    clock = Clock()
+    upload(client, token)
+    fake_github.rate_limit("POST", r"/statuses/", retry_after=None)  # GitHub: "wait at least one minute"
+    run(app, clock)
+    [row] = rows(app)
+    assert row.state == "pending" and row.attempts == 0 and row.last_status_code == 403
+    assert timedelta(seconds=59) <= row.next_attempt_at - clock.now <= timedelta(seconds=61)
+    clock.advance(61)
+    run(app, clock)
+    assert rows(app)[0].state == "delivered"
+    assert fake_github.latest_status("acme", "api", SHA)["state"] == "failure"
+
+
+def test_a_429_with_requests_left_waits_until_its_reset(app, client, token, fake_github):
+    clock = Clock()
+    upload(client, token)
+    reset = int(datetime.now().timestamp()) + 300
+    fake_github.rate_limit("POST", r"/statuses/", retry_after=None, reset_at=reset, status=429, remaining=12)
+    run(app, clock)
+    [row] = rows(app)
+    assert row.state == "pending" and row.attempts == 0
+    assert timedelta(seconds=250) <= row.next_attempt_at - clock.now <= timedelta(seconds=301)
+
+
 @pytest.mark.parametrize("status", [404, 422])
 def test_refusals_are_retried_a_few_times_over_minutes_then_recorded_as_failed(app, client, token, fake_github, status):
     clock = Clock()

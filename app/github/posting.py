@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 import httpx
@@ -509,14 +509,26 @@ def classify(exc: Exception, revision: int | None = None) -> Outcome:
     code = exc.response.status_code
     if isinstance(exc, RateLimitExceeded):
         return Outcome("retry", _message(exc), code, exc.retry_after, counts_as_attempt=False, revision=revision)
-    if code == 429:
-        wait = DEFAULT_RATE_LIMIT_WAIT
+    if code == 429 or (code == 403 and "rate limit" in (github_message(exc) or "").lower()):
+        # A rate limit githubkit did not recognise (no Retry-After, requests left): a 429 whatever it says, or a 403
+        # saying so (a secondary limit): not a refusal. Wait until x-ratelimit-reset on a 429, else a minute.
+        wait = _reset_wait(exc.response) if code == 429 else DEFAULT_RATE_LIMIT_WAIT
         return Outcome("retry", _message(exc), code, wait, counts_as_attempt=False, revision=revision)
     if code >= 500 or code == 401:
         return Outcome("retry", _message(exc), code, unreachable=code >= 500, revision=revision)
     if code in REFUSED:
         return Outcome("retry", _message(exc), code, refused=True, revision=revision)
     return Outcome("failed", _message(exc), code, revision=revision)
+
+
+def _reset_wait(response: Any) -> timedelta:
+    """Until GitHub's x-ratelimit-reset (epoch seconds), when it names a time ahead; else DEFAULT_RATE_LIMIT_WAIT."""
+    try:
+        reset = datetime.fromtimestamp(int(response.headers["x-ratelimit-reset"]), tz=UTC)
+    except (KeyError, ValueError, OverflowError, OSError):
+        return DEFAULT_RATE_LIMIT_WAIT
+    left = reset - datetime.now(UTC)
+    return left if left > timedelta() else DEFAULT_RATE_LIMIT_WAIT
 
 
 def failed_in_outage(status_code: int | None, error: str | None) -> bool:
