@@ -810,6 +810,22 @@ def test_settings_post_invalid_is_422_beside_the_field_and_changes_nothing(app, 
 # -- tokens ----------------------------------------------------------------------------------------------------------
 
 
+def test_without_a_public_url_no_command_to_copy_takes_the_requests_host(app, admin, csrf):
+    app.config["PUBLIC_URL"] = None
+    cookie = admin.get_cookie("session")
+    assert cookie is not None
+    evil = {"Host": "evil.example", "Cookie": f"session={cookie.value}"}
+    form = {"csrf_token": csrf, "name": "ci", "scopes": ["findings:write"]}
+    bare = app.test_client(use_cookies=False)
+    created = bare.post(BASE + "/tokens", data=form, headers=evil)
+    empty = bare.get(BASE, headers=evil)  # no scans yet: the workflow steps to copy
+    for r in (created, empty):
+        assert r.status_code in (200, 201), r.text
+        assert "evil.example" not in r.text
+        assert "http://127.0.0.1:8000" in r.text  # where `make run` serves, said to be replaced
+        assert "FREMFORGE_PUBLIC_URL" in text_of(r.text)
+
+
 def test_token_create_shows_the_secret_once_and_it_works(app, admin, csrf):
     r = admin.post(
         BASE + "/tokens",

@@ -30,6 +30,7 @@ from app.models import (
     OrgSettings,
 )
 from app.web.errors import DATABASE_UNAVAILABLE, ApiError, note_database_unavailable
+from app.web.urls import LOCAL_URL
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,16 @@ def page_number(text: str | None) -> int:
     return 1
 
 
+@bp.app_template_global("public_url")
 def public_url() -> str:
-    return current_app.config.get("PUBLIC_URL") or request.host_url.rstrip("/")
+    """This service's address in commands shown to copy: FREMFORGE_PUBLIC_URL, else where `make run` serves; never
+    the request's Host header (a command to copy must not carry what a request supplied)."""
+    return current_app.config.get("PUBLIC_URL") or LOCAL_URL
+
+
+@bp.app_template_global("public_url_set")
+def public_url_set() -> bool:
+    return bool(current_app.config.get("PUBLIC_URL"))
 
 
 @bp.app_template_global("github_web_url")
