@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import re
@@ -41,6 +42,7 @@ PREFIX = "FREMFORGE_"
 # In production FREMFORGE_SECRET_KEY must carry at least 32 random bytes' worth (spec section 8), and be none of
 # the values found in examples, tests and tutorials.
 SECRET_KEY_BITS = 256
+IN_ORDER = 8  # characters in a row each next to the last (abcdefgh): in no random key
 WEAK_SECRET_KEYS = {
     "dev",
     "development",
@@ -225,14 +227,28 @@ def secret_key_weakness(key: str) -> str | None:
     folded = key.strip().lower()
     if folded in WEAK_SECRET_KEYS or any(word in folded for word in PLACEHOLDER_WORDS):
         return "a well-known or placeholder value"
-    if len(set(key)) < 12 or _periodic(key):
-        return "it repeats a few characters"
     bits = len(key) * math.log2(_alphabet(key))
     # A little slack: a random key need not use every kind of character its generator could have chosen (one
     # token_urlsafe(32) in some 7,000 has no digit and no - or _, and would count 245 bits).
     if bits < SECRET_KEY_BITS - 16:
         return f"{len(key)} characters of this kind carry about {int(bits)} bits, not {SECRET_KEY_BITS}"
+    if len(set(key)) < 12 or _periodic(key):
+        return "it repeats a few characters"
+    if _in_order(key):
+        return "it runs through characters in order (0123…, abcd…)"
     return None
+
+
+def _in_order(key: str) -> bool:
+    """Whether the key holds a run of IN_ORDER characters each next to the last (01234567, hgfedcba): one in a
+    random hex key of 64 is a chance of about one in four million."""
+    run, step = 1, 0
+    for a, b in itertools.pairwise(key):
+        d = ord(b) - ord(a)
+        run, step = (run + 1, d) if abs(d) == 1 and (run == 1 or d == step) else (2 if abs(d) == 1 else 1, d)
+        if run >= IN_ORDER:
+            return True
+    return False
 
 
 def _periodic(key: str) -> bool:

@@ -151,6 +151,20 @@ def test_weak_secret_keys_are_named_weak(key):
 
 
 @pytest.mark.parametrize(
+    ("key", "why"),
+    [
+        ("short", "5 characters of this kind carry about 23 bits, not 256"),  # its length, not its variety
+        ("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJ", "it runs through characters in order"),
+        ("zyxwvutsrqponmlkjihgfedcba9876543210ZYXWVUTSRQ", "it runs through characters in order"),
+        ("kV3q9Zt2Lw8xYb4RmNcH7pJ0s-Qe6Ud1Gi5Fo_abcdefgh", "it runs through characters in order"),
+        ("a" * 64, "it repeats a few characters"),
+    ],
+)
+def test_a_weak_secret_key_is_refused_for_what_makes_it_weak(key, why):
+    assert (secret_key_weakness(key) or "").startswith(why)
+
+
+@pytest.mark.parametrize(
     "make",
     [
         lambda: secrets.token_urlsafe(32),
