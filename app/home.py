@@ -12,7 +12,7 @@ HEADERS = {
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
-    "Cache-Control": "public, max-age=300",
+    "Cache-Control": "no-store",  # as every page of the service (spec section 6)
 }
 
 

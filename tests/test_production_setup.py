@@ -656,6 +656,16 @@ def test_the_front_page_names_the_service_and_links_the_sign_in_and_the_api_docu
     assert page.status_code == 200 and page.mimetype == "text/html"
     assert_front_page(page.get_data(as_text=True))
     assert page.headers["X-Frame-Options"] == "DENY" and "default-src 'none'" in page.headers["Content-Security-Policy"]
+    assert page.headers["X-Content-Type-Options"] == "nosniff" and page.headers["Cache-Control"] == "no-store"
+    missing = client.get("/nothing-here")  # Werkzeug's own page for a path no route serves, sent the same way
+    assert missing.status_code == 404 and missing.headers["Cache-Control"] == "no-store"
+    assert (
+        missing.headers["X-Frame-Options"] == "DENY"
+        and "frame-ancestors 'none'" in missing.headers["Content-Security-Policy"]
+    )
+    assert (
+        missing.headers["X-Content-Type-Options"] == "nosniff" and missing.headers["Referrer-Policy"] == "no-referrer"
+    )
     for href in re.findall(r'href="([^"]+)"', page.get_data(as_text=True)):
         with client.get(href) as linked:  # every link on it answers (closed: a static file is streamed)
             assert linked.status_code == 200, href

@@ -76,6 +76,16 @@ _HTTP_CODES = {
 }
 
 
+# An error page outside the API and the admin pages (which send their own): nothing to frame, sniff, script or keep.
+ERROR_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
 def _wants_json() -> bool:
     return request.path.startswith(("/api/", "/webhooks/", "/healthz", "/readyz"))
 
@@ -95,8 +105,11 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(err: HTTPException):  # type: ignore[no-untyped-def]
-        if not _wants_json():
-            return err
+        if not _wants_json():  # Werkzeug's short page, sent as every page of the service is (spec section 6)
+            response = err.get_response()
+            for name, value in ERROR_PAGE_HEADERS.items():
+                response.headers.setdefault(name, value)
+            return response
         status = err.code or 500
         if status == 413:
             limit = app.config["MAX_UPLOAD_MB"]
