@@ -25,9 +25,13 @@ CONTEXT = "fremforge/image-scan"
 
 
 @pytest.fixture
-def app(make_app: MakeApp, fake_github: FakeGitHub) -> Flask:
-    """The app with a GitHub App configured against the fake (short client timeout for the timeout tests)."""
-    return app_with_github(make_app, fake_github, ["acme/api", "acme/web"], GITHUB_TIMEOUT_SECONDS="0.5")
+def app(make_app: MakeApp, fake_github: FakeGitHub, request: pytest.FixtureRequest) -> Flask:
+    """The app with a GitHub App configured against the fake; its client timeout the app's default (10 s), or the
+    `github_timeout` marker's for the tests that make the fake slow (a short one keeps them quick; elsewhere it
+    would turn a loaded machine's slow answer into a retry)."""
+    marker = request.node.get_closest_marker("github_timeout")
+    timeout = str(marker.args[0]) if marker is not None else "10"
+    return app_with_github(make_app, fake_github, ["acme/api", "acme/web"], GITHUB_TIMEOUT_SECONDS=timeout)
 
 
 @pytest.fixture
@@ -847,6 +851,7 @@ def wait_until(condition: Any, seconds: float = 10.0) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.github_timeout(0.5)
 def test_a_status_post_that_timed_out_and_lands_late_never_lands_after_a_newer_state(app, client, token, fake_github):
     clock = Clock()
     upload(client, token, severity="low")  # success
@@ -977,6 +982,7 @@ def test_a_post_that_timed_out_after_its_lease_ran_out_requeues_the_newest(
     assert fake_github.latest_status("acme", "api", SHA)["state"] == "failure"
 
 
+@pytest.mark.github_timeout(0.5)
 def test_a_lease_lost_between_two_patches_requeues_the_newest(app, client, token, fake_github, monkeypatch):
     """Two runs on the commit; W's PATCH of the target (older green) lands after W2 delivered red; W's next renewal
     (before the other run's PATCH) finds the lease gone and re-queues the newest."""
