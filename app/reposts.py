@@ -25,7 +25,9 @@ from app.models import Org, PullRequestLink, Repost, ScanRun
 from app.web.urls import Urls
 
 RECENT = timedelta(days=7)
-LEASE = timedelta(minutes=2)
+# A worker that dies holding a batch holds it this long: with the worker's round, re-posted within a minute (spec
+# section 4). A batch is left (its rest leased again) once half of it has passed: `outbox.repost_asked`.
+LEASE = timedelta(seconds=30)
 BATCH = 200
 
 _reposts = Repost.__table__

@@ -17,6 +17,7 @@ from flask import Flask
 
 from app import db, reposts
 from app.chain import retention
+from app.github import outbox
 from app.github.client import github_app
 from app.models import OutboxItem, Repost, ScanRun, utcnow
 from app.worker import Loop
@@ -223,6 +224,20 @@ def test_a_worker_that_dies_holding_asked_commits_loses_none(app, client, token,
     assert shown(fake_github, sha) == ("success", "1 image · 1 high · warning only")
     with app.app_context():
         assert reposts.pending(db.session().connection(), 1) == 0
+
+
+def test_a_batch_is_left_before_its_lease_runs_out_and_the_rest_is_taken_again(app, client, token, monkeypatch):
+    shas = [sha_of(f"batch-{n}") for n in range(3)]
+    for sha in shas:
+        upload(client, token, sha, HIGH)
+    work(app)
+    settings(client, token, block_action="warn")
+    monkeypatch.setattr(reposts, "LEASE", timedelta(0))  # half of it is gone before the first commit is done
+    with app.app_context():
+        session = db.session()
+        rounds = [outbox.repost_asked(session, deliver=True) for _ in range(4)]
+        assert reposts.pending(session.connection(), 1) == 0
+    assert rounds == [1, 1, 1, 0]  # one commit a round (never none), the rest leased again at once
 
 
 # ---------------------------------------------------------------- a pull request learnt later

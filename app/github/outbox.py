@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import heapq
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
@@ -125,10 +126,13 @@ def repost_asked(
     session: Session, deliver: bool, limit: int = reposts.BATCH, stopping: Callable[[], bool] | None = None
 ) -> int:
     """Store the outbox item of each commit asked to be posted again (`app.reposts`), a batch at a time; the commits
-    handled. Rows left (the worker stopping, an error) are leased again once their lease ends."""
+    handled. Rows left (the worker stopping, an error, half the lease gone by: never past it, where another worker
+    could take them too) are leased again once their lease ends."""
     handled = 0
-    for row in reposts.claim(session, limit):
-        if stopping is not None and stopping():
+    leased = reposts.claim(session, limit)
+    until = time.monotonic() + reposts.LEASE.total_seconds() / 2
+    for row in leased:
+        if (stopping is not None and stopping()) or (handled and time.monotonic() > until):
             break
         with write_transaction(session):
             conn = session.connection()
