@@ -346,13 +346,14 @@ def redacted(
 ) -> tuple[dict[policy.Bucket, int], int]:
     """`counted` with the scan's findings emptied by retention (the bucket of severity None) put back by the
     severities the scan stored, judged as fixable, new and not excepted: what they were can no longer be read, so
-    they block wherever their severity could (a gate fails closed); and how many there were. A scan's stored counts
-    hold its synthetic findings (critical) too: those beyond `accepted`, which the current policy makes afresh."""
+    they block wherever their severity could (a gate fails closed); and how many were put back. A scan's stored
+    counts hold its synthetic findings (critical) too: those beyond `accepted`, which the current policy makes afresh
+    (emptied, they are not put back)."""
     counted = dict(counted)
-    removed = sum(n for (severity, *_), n in counted.items() if severity is None)
+    emptied = sum(n for (severity, *_), n in counted.items() if severity is None)  # synthetic ones too
     for key in [k for k in counted if k[0] is None]:
         del counted[key]
-    if not removed:
+    if not emptied:
         return counted, 0
     stored = {severity: int(getattr(scan, severity) or 0) for severity in SEVERITIES}
     stored["critical"] -= max(0, sum(stored.values()) - int(scan.accepted or 0))  # less the synthetic ones
@@ -360,9 +361,11 @@ def redacted(
     for (severity, *_), n in counted.items():
         readable[str(severity)] += n
     new = True if compared else None
+    removed = 0
     for severity in SEVERITIES:
         gone = max(0, stored[severity] - readable[severity])
         if gone:
             key = (severity, True, new, False)
             counted[key] = counted.get(key, 0) + gone
+            removed += gone
     return counted, removed

@@ -9,6 +9,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from flask import Flask
@@ -279,6 +280,54 @@ def test_a_429_with_requests_left_waits_until_its_reset(app, client, token, fake
     [row] = rows(app)
     assert row.state == "pending" and row.attempts == 0
     assert timedelta(seconds=250) <= row.next_attempt_at - clock.now <= timedelta(seconds=301)
+
+
+GITHUB_DATE = "Sun, 06 Dec 2026 10:00:00 GMT"  # GitHub's clock in its answer, whatever ours says
+AT_GITHUB_DATE = 1796551200  # the same instant, in epoch seconds
+
+
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [
+        ({"retry-after": "120"}, 120),
+        ({"retry-after": "Sun, 06 Dec 2026 10:02:00 GMT", "date": GITHUB_DATE}, 120),
+        ({"x-ratelimit-reset": str(AT_GITHUB_DATE + 300), "date": GITHUB_DATE}, 300),  # on GitHub's clock
+        ({"x-ratelimit-reset": str(AT_GITHUB_DATE - 5), "date": GITHUB_DATE}, 60),  # already past: a minute
+        ({"x-ratelimit-reset": str(AT_GITHUB_DATE + 30 * 86400), "date": GITHUB_DATE}, 3600),  # a wrong clock
+        ({"x-ratelimit-reset": "253402300799", "date": GITHUB_DATE}, 3600),
+        ({"x-ratelimit-reset": "soon"}, 60),
+        ({"retry-after": "0"}, 60),
+        ({}, 60),
+    ],
+    ids=[
+        "retry-after",
+        "retry-after-date",
+        "reset",
+        "reset-past",
+        "reset-month-ahead",
+        "reset-year-9999",
+        "unreadable",
+        "retry-after-zero",
+        "no-header",
+    ],
+)
+def test_a_rate_limit_waits_what_github_says_within_an_hour(headers, seconds):
+    assert posting.rate_limit_wait(httpx.Headers(headers)) == timedelta(seconds=seconds)
+
+
+def test_abuse_detection_is_a_rate_limit_and_a_permission_403_is_not(app, client, token, fake_github):
+    clock = Clock()
+    upload(client, token)
+    abuse = "You have triggered an abuse detection mechanism. Please wait a few minutes before you try again."
+    fake_github.fail("POST", r"/statuses/", status=403, json={"message": abuse})
+    run(app, clock)
+    [row] = rows(app)
+    assert row.state == "pending" and row.attempts == 0
+    clock.advance(61)
+    fake_github.fail("POST", r"/statuses/", status=403, json={"message": "Resource not accessible by integration"})
+    run(app, clock)
+    [row] = rows(app)
+    assert row.state == "failed" and row.last_error == "GitHub answered 403: Resource not accessible by integration"
 
 
 @pytest.mark.parametrize("status", [404, 422])

@@ -360,3 +360,22 @@ def test_findings_emptied_by_retention_are_judged_by_their_stored_severity_under
     settings(client, token, block_action="warn")  # warn never blocks, whatever was removed
     work(app)
     assert shown(fake_github, sha) == ("success", "1 image · 1 critical, 1 high · warning only")
+
+
+def test_an_emptied_scans_signing_finding_is_made_afresh_not_put_back(app, client, token, fake_github):
+    sha = sha_of("aged-unsigned")
+    settings(client, token, retention_days=1, require_signed=True)
+    upload(client, token, sha, HIGH, signature_status="unsigned")
+    pull_request(client, 13, sha)
+    work(app)
+    assert shown(fake_github, sha) == ("failure", "1 image · 1 critical, 1 high · blocking")
+    age_out(app)
+
+    settings(client, token, require_signed=False)  # the uploaded high is put back; the signing finding is not
+    work(app)
+    assert shown(fake_github, sha) == ("failure", "1 image · 1 high · blocking")
+    summary = fake_github.runs_of("acme", "api", sha)[-1]["output"]["summary"]
+    assert "Removed by retention: 1 (" in summary
+    settings(client, token, require_signed=True)  # the current policy makes its own again
+    work(app)
+    assert shown(fake_github, sha) == ("failure", "1 image · 1 critical, 1 high · blocking")

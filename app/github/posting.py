@@ -21,6 +21,7 @@ Rules, so that several workers, stalls, crashes and skewed clocks never leave an
 from __future__ import annotations
 
 import dataclasses
+import email.utils
 import functools
 import logging
 import os
@@ -29,7 +30,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -60,6 +61,7 @@ REFUSAL_TRIES = 4  # 404/422 answers before they count as permanent: retried aft
 REFUSAL_FIRST_WAIT = 30.0
 REFUSED = frozenset({404, 422})
 DEFAULT_RATE_LIMIT_WAIT = timedelta(seconds=60)
+MAX_RATE_LIMIT_WAIT = timedelta(hours=1)
 CIRCUIT_MAX_DELAY = 60.0  # seconds, before jitter: the longest the circuit stays open before the next probe
 # A check-run create that timed out may still land on GitHub later; until GitHub lists as many of our runs as we
 # sent creates, or this long after the last create, the worker looks again (every SETTLE_WAIT) and brings any
@@ -507,12 +509,10 @@ def classify(exc: Exception, revision: int | None = None) -> Outcome:
         return Outcome("retry", NO_ANSWER, unreachable=True, revision=revision)
     assert isinstance(exc, RequestFailed)
     code = exc.response.status_code
-    if isinstance(exc, RateLimitExceeded):
-        return Outcome("retry", _message(exc), code, exc.retry_after, counts_as_attempt=False, revision=revision)
-    if code == 429 or (code == 403 and "rate limit" in (github_message(exc) or "").lower()):
-        # A rate limit githubkit did not recognise (no Retry-After, requests left): a 429 whatever it says, or a 403
-        # saying so (a secondary limit): not a refusal. Wait until x-ratelimit-reset on a 429, else a minute.
-        wait = _reset_wait(exc.response) if code == 429 else DEFAULT_RATE_LIMIT_WAIT
+    # A rate limit: what githubkit recognised (Retry-After, or no requests left), any 429, and a 403 saying so (a
+    # secondary limit may come with none of those headers): not a refusal, and no attempt used up.
+    if isinstance(exc, RateLimitExceeded) or code == 429 or (code == 403 and _says_rate_limited(exc)):
+        wait = rate_limit_wait(exc.response.headers)
         return Outcome("retry", _message(exc), code, wait, counts_as_attempt=False, revision=revision)
     if code >= 500 or code == 401:
         return Outcome("retry", _message(exc), code, unreachable=code >= 500, revision=revision)
@@ -521,14 +521,44 @@ def classify(exc: Exception, revision: int | None = None) -> Outcome:
     return Outcome("failed", _message(exc), code, revision=revision)
 
 
-def _reset_wait(response: Any) -> timedelta:
-    """Until GitHub's x-ratelimit-reset (epoch seconds), when it names a time ahead; else DEFAULT_RATE_LIMIT_WAIT."""
+def _says_rate_limited(exc: RequestFailed) -> bool:
+    """Whether GitHub's message says the call was rate limited (GitHub Enterprise's older words: abuse detection)."""
+    message = (github_message(exc) or "").lower()
+    return "rate limit" in message or "abuse detection" in message
+
+
+def rate_limit_wait(headers: Mapping[str, str]) -> timedelta:
+    """How long a rate-limited call waits (spec section 4): what `Retry-After` asks, else until `x-ratelimit-reset`
+    (on GitHub's own clock, its answer's `Date`, so a skewed clock here changes nothing), else a minute; a time
+    already past, or one that cannot be read, waits the minute too, and no wait is longer than MAX_RATE_LIMIT_WAIT
+    (GitHub's limits reset hourly: a later time is a wrong clock or a wrong header)."""
     try:
-        reset = datetime.fromtimestamp(int(response.headers["x-ratelimit-reset"]), tz=UTC)
-    except (KeyError, ValueError, OverflowError, OSError):
+        if "retry-after" in headers:
+            value = headers["retry-after"].strip()
+            wait = timedelta(seconds=int(value)) if value.isdigit() else _until(value, headers)
+        elif "x-ratelimit-reset" in headers:
+            reset = datetime.fromtimestamp(int(headers["x-ratelimit-reset"]), tz=UTC)
+            wait = reset - _github_now(headers)
+        else:
+            return DEFAULT_RATE_LIMIT_WAIT
+    except (ValueError, TypeError, OverflowError, OSError):
         return DEFAULT_RATE_LIMIT_WAIT
-    left = reset - datetime.now(UTC)
-    return left if left > timedelta() else DEFAULT_RATE_LIMIT_WAIT
+    if wait <= timedelta():
+        return DEFAULT_RATE_LIMIT_WAIT
+    return min(wait, MAX_RATE_LIMIT_WAIT)
+
+
+def _until(http_date: str, headers: Mapping[str, str]) -> timedelta:
+    return email.utils.parsedate_to_datetime(http_date) - _github_now(headers)
+
+
+def _github_now(headers: Mapping[str, str]) -> datetime:
+    """GitHub's time as its answer's `Date` says it; ours when it has none."""
+    if "date" in headers:
+        found = email.utils.parsedate_to_datetime(headers["date"])
+        if found.tzinfo is not None:
+            return found
+    return datetime.now(UTC)
 
 
 def failed_in_outage(status_code: int | None, error: str | None) -> bool:

@@ -156,7 +156,7 @@ def database_unavailable(err: BaseException) -> Response:
         response = jsonify({"error": "database_unavailable", "message": DATABASE_UNAVAILABLE, "details": []})
     else:
         page = f"<!doctype html><title>Service unavailable</title><h1>Service unavailable</h1><p>{DATABASE_UNAVAILABLE}"
-        response = Response(page, mimetype="text/html")
+        response = Response(page, mimetype="text/html", headers=ERROR_PAGE_HEADERS)
     response.status_code = 503
     response.headers.update(headers)
     return response
