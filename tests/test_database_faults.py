@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from flask import Flask
 from sqlalchemy import exc as sa_exc
 
-from app import create_app, db, migrate
+from app import create_app, db, metrics, migrate
 from app.chain.verify import verify_org
 from app.findings import queries
 from app.models import Org, ScanRun
@@ -144,6 +144,17 @@ def test_an_admin_page_during_an_outage_is_a_503_page_with_retry_after(
     assert re.fullmatch(r"[1-9][0-9]*", r.headers.get("Retry-After", "")), r.headers
     assert "try again" in r.get_data(as_text=True)
     assert client.get(page).status_code == 200
+
+
+def test_a_page_outside_the_api_and_admin_during_an_outage_is_a_503_page_sent_as_pages_are(
+    app: Flask, client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(metrics, "outbox_families", failing(UNAVAILABLE["postgres_fast_shutdown"]))
+    r = client.get("/metrics")
+    assert r.status_code == 503 and r.mimetype == "text/html", r.get_data(as_text=True)
+    assert re.fullmatch(r"[1-9][0-9]*", r.headers.get("Retry-After", "")), r.headers
+    assert r.headers["Cache-Control"] == "no-store" and r.headers["X-Content-Type-Options"] == "nosniff"
+    assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"] and r.headers["X-Frame-Options"] == "DENY"
 
 
 def test_a_webhook_during_an_outage_is_a_json_503(webhook_app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
