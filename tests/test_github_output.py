@@ -10,13 +10,16 @@ escaping functions alone, also over generated strings.
 
 from __future__ import annotations
 
+import html
 import re
 import unicodedata
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
+import cmarkgfm
 import pytest
+from cmarkgfm.cmark import Options as CmarkOptions
 from flask import Flask
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -142,19 +145,32 @@ def text_of(inline: Token) -> str:
     return "".join(parts).replace(WORD_JOINER, "")
 
 
+def allowed_link(href: str) -> bool:
+    """An advisory page the app builds, or its own advisory search with the id percent-encoded as its one value."""
+    if href.startswith(SEARCH_PAGE):
+        return ENCODED_VALUE.fullmatch(href.removeprefix(SEARCH_PAGE)) is not None
+    return href.startswith(ADVISORY_PAGES) and " " not in href and ")" not in href
+
+
+def assert_inert_on_github(markdown: str) -> None:
+    """Rendered by GitHub's own Markdown renderer (cmark-gfm, its extensions on: autolinks, tables, strikethrough,
+    tag filter): no link but the app's own, no image, no HTML comment."""
+    rendered = cmarkgfm.github_flavored_markdown_to_html(markdown, options=CmarkOptions.CMARK_OPT_UNSAFE)
+    for href in re.findall(r'<a href="([^"]*)"', rendered):
+        assert allowed_link(html.unescape(href)), (href, rendered)
+    assert "<img" not in rendered and "<!--" not in rendered, rendered
+
+
 def assert_inert(markdown: str) -> list[Token]:
-    """No HTML, image, link but to an advisory page, or text GitHub would autolink; returns the tokens."""
+    """No HTML, image, link but to an advisory page, or text GitHub would autolink, read by CommonMark's rules and
+    by GitHub's renderer; returns CommonMark's tokens."""
+    assert_inert_on_github(markdown)
     tokens = MD.parse(markdown)
     for t in flat(tokens):
         assert t.type not in ("html_block", "html_inline", "image"), (t.type, t.content)
         if t.type == "link_open":
             href = t.attrGet("href")
-            assert isinstance(href, str), href
-            if href.startswith(SEARCH_PAGE):
-                assert ENCODED_VALUE.fullmatch(href.removeprefix(SEARCH_PAGE)), href
-            else:
-                assert href.startswith(ADVISORY_PAGES), href
-            assert " " not in href and ")" not in href, href
+            assert isinstance(href, str) and allowed_link(href), href
         if t.type == "text":
             assert not GITHUB_AUTOLINKS.search(t.content), t.content
     return tokens

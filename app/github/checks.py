@@ -70,7 +70,9 @@ _ESCAPES = str.maketrans(
         for ch in (*_ENTITIES, *_BACKSLASHED, *_BREAK_AFTER)
     }
 )
-_BREAK_PATTERNS = re.compile(r"(?i)(www\.|gh-(?=\d))")  # www.example.com, GH-123
+# www.example.com (broken inside "www": GitHub's autolinker takes a word joiner after "www." for part of the host
+# name) and GH-123.
+_BREAK_PATTERNS = re.compile(r"(?i)(ww(?=w\.)|gh-(?=\d))")
 # What would start a list item, thematic break or setext underline, should the text ever start a line:
 # a leading - or + (group 1), or the dot of a leading "1." (group 2).
 _LEADING_MARKER = re.compile(r"^(?:([-+])|(\d{1,9})(?=\.(?: |$)))")
