@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from flask import Flask
+from flask import Flask, Response
 from flask.json.provider import DefaultJSONProvider
 
 from app import config, logs
@@ -81,7 +81,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(insights_api.bp)
     admin.init_app(app)
     cli.init_app(app)
+    app.after_request(_nosniff)
     return app
+
+
+def _nosniff(response: Response) -> Response:
+    """Every answer is what its Content-Type says (JSON holding an upload's strings is never sniffed as HTML)."""
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    return response
 
 
 def _private_files(app: Flask) -> None:

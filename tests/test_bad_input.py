@@ -121,6 +121,22 @@ def token(app: Flask) -> str:
     return make_token(app, "acme")
 
 
+def test_every_api_answer_is_json_the_browser_may_not_sniff(client, token):
+    """An answer holding an upload's strings (`<script>` in an image ref) is read as JSON, never sniffed as HTML."""
+    hostile = seed([finding(title="<script>alert(1)</script>")], image_ref="reg/<img src=x onerror=alert(1)>:1")
+    answers = [
+        post(client, token, hostile),  # 202
+        post(client, token, {"findings": "<b>"}),  # 422
+        post(client, None, hostile),  # 401
+        post(client, token, hostile, slug="nobody"),  # 404
+        client.get("/api/v1/orgs/acme/image-scans", headers={"Authorization": f"Bearer {token}"}),  # 200
+        client.get("/api/v1/openapi.json"),
+    ]
+    assert [r.status_code for r in answers] == [202, 422, 401, 404, 200, 200]
+    for r in answers:
+        assert r.mimetype == "application/json" and r.headers["X-Content-Type-Options"] == "nosniff", r.headers
+
+
 @dataclass
 class Bad:
     """One refused request: keyword arguments of factories.post, and what must come back."""
