@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, render_template
 
+from app.web.errors import ERROR_PAGE_HEADERS
+
 bp = Blueprint("home", __name__)
 
-# A page of links: nothing to frame, sniff or script; the stylesheet is the admin pages' own.
+# A page of links: nothing to frame, sniff or script; sent as the service's other pages are, but for its stylesheet
+# (the admin pages' own).
 HEADERS = {
+    **ERROR_PAGE_HEADERS,
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; base-uri 'none'; frame-ancestors 'none'",
-    "X-Frame-Options": "DENY",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",  # as every page of the service (spec section 6)
 }
 
 

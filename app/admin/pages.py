@@ -29,8 +29,8 @@ from app.models import (
     Org,
     OrgSettings,
 )
+from app.web import urls
 from app.web.errors import DATABASE_UNAVAILABLE, ApiError, note_database_unavailable
-from app.web.urls import LOCAL_URL
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def page_number(text: str | None) -> int:
 def public_url() -> str:
     """This service's address in commands shown to copy: FREMFORGE_PUBLIC_URL, else where `make run` serves; never
     the request's Host header (a command to copy must not carry what a request supplied)."""
-    return current_app.config.get("PUBLIC_URL") or LOCAL_URL
+    return urls.configured().base_url
 
 
 @bp.app_template_global("public_url_set")
