@@ -347,6 +347,71 @@ def app_and_floor(urls: dict[str, str], tmp: Path, workers: int = 2) -> Iterator
         yield Servers(token, env_app, app_port, app_proc, floor_port, floor_proc)
 
 
+# ---------------------------------------------------------------- CPU used, from /proc (Linux)
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """The user + system CPU seconds the processes have used so far (those gone meanwhile count nothing)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+    return total / CLOCK_TICKS
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of a process (a gunicorn master's workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if parent == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def postgres_backends(dbname: str) -> list[int]:
+    """The PostgreSQL server processes serving connections to `dbname` on this machine, by their process title:
+    `postgres: [<cluster name>:] <user> <database> <client> <state>`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            words = title.split()
+            if words[:1] == ["postgres:"] and dbname in words[2:4]:
+                found.append(int(entry.name))
+    return found
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds used by one server's gunicorn workers and, on PostgreSQL, by the backends serving its database;
+    the processes are looked up at each reading (gunicorn may replace a worker, a pool may reconnect)."""
+
+    master: subprocess.Popen
+    database: str | None = None  # a PostgreSQL database name; None on SQLite
+
+    def read(self) -> dict[str, float]:
+        """Seconds so far, by part; nothing where there is no /proc to read."""
+        if not Path("/proc/self/stat").exists():
+            return {}
+        taken = {"workers": cpu_seconds(children(self.master.pid))}
+        if self.database is not None:
+            taken["database"] = cpu_seconds(postgres_backends(self.database))
+        return taken
+
+
 # ---------------------------------------------------------------- the app, in-process
 
 

@@ -35,6 +35,7 @@ from common import (
     ROOT,
     SMALL,
     Client,
+    CpuMeter,
     Errors,
     Servers,
     app_and_floor,
@@ -126,26 +127,37 @@ def measure_big(
 
 
 def measure_concurrent(
-    clients: dict[str, Client], errors: Errors, pool: list[dict], requests: int
-) -> dict[str, dict[str, float]]:
+    clients: dict[str, Client],
+    errors: Errors,
+    pool: list[dict],
+    requests: int,
+    meters: dict[str, CpuMeter] | None = None,
+) -> dict[str, dict[str, Any]]:
     """Warm up each server, then post `requests` 50-finding uploads to each over 16 connections.
 
     The requests go in ROUNDS alternating the servers (bodies alike: the same findings, each server its own
     commits, as two servers may share a database), so a change in machine load during the run weighs on all
-    alike; throughput is requests over summed wall time.
+    alike; throughput is requests over summed wall time. With `meters`, also the CPU milliseconds per upload that
+    each server's processes used during its rounds (its workers; on PostgreSQL its database's backends too): a
+    measure of work done that a busy machine moves less than it moves throughput.
     """
     size = -(-requests // ROUNDS)
     bodies = {server: small_bodies(f"small-{server}", requests, pool) for server in clients}
     rounds = [{server: b[i : i + size] for server, b in bodies.items()} for i in range(0, requests, size)]
     walls = dict.fromkeys(clients, 0.0)
+    cpu: dict[str, dict[str, float]] = {server: {} for server in clients}
     lats: dict[str, list[float]] = {server: [] for server in clients}
     for server in clients:
         run_concurrent(clients[server], server, errors, small_bodies(f"warm-{server}", CONCURRENCY * 4, pool))
     for chunk in rounds:
         for server in clients:
+            meter = meters.get(server) if meters else None
+            before = meter.read() if meter else {}
             wall, lat = run_concurrent(clients[server], server, errors, chunk[server])
             walls[server] += wall
             lats[server] += lat
+            for part, used in (meter.read() if meter else {}).items():
+                cpu[server][part] = cpu[server].get(part, 0.0) + used - before[part]
     out = {}
     for server in clients:
         lat = sorted(lats[server])
@@ -156,6 +168,7 @@ def measure_concurrent(
             "rps": requests / walls[server],
             "p50_ms": 1000 * lat[len(lat) // 2],
             "p95_ms": 1000 * lat[max(0, int(len(lat) * 0.95) - 1)],
+            "cpu_ms_per_upload": {part: 1000 * used / requests for part, used in cpu[server].items()},
         }
         print(
             f"  {server}: {requests} requests in {walls[server]:.2f}s = {out[server]['rps']:.1f} req/s "
@@ -197,6 +210,20 @@ def build_rows(big: dict[str, list[float]], conc: dict[str, Any]) -> list[Row]:
             higher_is_better=True,
         )
     ]
+    names = {"workers": "gunicorn workers' CPU per upload", "database": "PostgreSQL backends' CPU per upload"}
+    for part, name in names.items():
+        if conc["floor"]["cpu_ms_per_upload"].get(part) and part in conc["app"]["cpu_ms_per_upload"]:
+            rows.append(
+                Row(  # information: where the throughput goes (bench/README.md)
+                    f"{name} in that run",
+                    unit="ms",
+                    floor=conc["floor"]["cpu_ms_per_upload"][part],
+                    app=conc["app"]["cpu_ms_per_upload"][part],
+                    bar=None,
+                    goal=None,
+                    higher_is_better=False,
+                )
+            )
     if "scaling" in conc:
         sc = conc["scaling"]
         rows.append(
@@ -357,7 +384,12 @@ def run(args: argparse.Namespace, tmp: Path, urls: dict[str, str]) -> int:
             f"[{backend}] {SMALL}-finding uploads, {args.requests} per server over {CONCURRENCY} connections",
             flush=True,
         )
-        conc = measure_concurrent(clients, errors, findings, args.requests)
+        databases = PG_DATABASES if backend == "postgresql" else {}
+        meters = {
+            "floor": CpuMeter(servers.floor_proc, databases.get("floor")),
+            "app": CpuMeter(servers.app_proc, databases.get("app")),
+        }
+        conc = measure_concurrent(clients, errors, findings, args.requests, meters)
         if args.scaling is not None:
             conc["scaling"] = measure_scaling(args, tmp, servers, clients["app"], errors, findings)
         if sum(errors.count.values()):
