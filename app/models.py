@@ -80,6 +80,9 @@ class OrgSettings(Base):
     # The latest expiry of the org's exceptions not revoked: after it none is active, and an upload (which reads
     # this row anyway) skips reading them. Kept by app.exceptions; NULL: the org has none.
     exceptions_until: Mapped[datetime | None]
+    # Moved by every change to the org's exceptions (app.exceptions, with exceptions_until): an upload that read
+    # them before locking the policy reads them again when this moved meanwhile (app.findings.service).
+    exceptions_version: Mapped[int] = mapped_column(default=0, server_default="0")
 
     @classmethod
     def defaults(cls, org_id: int) -> OrgSettings:
@@ -94,6 +97,7 @@ class OrgSettings(Base):
             block_threshold=DEFAULT_BLOCK_THRESHOLD,
             ignore_unfixed=DEFAULT_IGNORE_UNFIXED,
             block_on=DEFAULT_BLOCK_ON,
+            exceptions_version=0,
         )
 
 

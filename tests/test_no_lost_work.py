@@ -180,6 +180,32 @@ def test_an_outage_past_the_retry_budget_ends_with_each_commits_newest_state_onc
     assert fake_github.invalid_requests == [] and fake_github.invalid_responses == []
 
 
+def test_answers_that_cannot_be_read_are_retried_and_revived_not_given_up_for_good(app, client, token, fake_github):
+    """GitHub (or a proxy before it) answers the check-run calls 200 with a body that is not a check run: GitHub was
+    not heard. The status turned red but the old green run stood; the row runs out of tries as in an outage, is put
+    back once GitHub answers readably, and the run turns red too."""
+    clock = Clock()
+    sha = sha_of(7)
+    upload(client, token, sha=sha, severity="low")
+    settle(app, clock)
+    assert [r["conclusion"] for r in fake_github.runs_of("acme", "api", sha)] == ["success"]
+    fake_github.fail("*", r"/check-runs", status=200, json={"unexpected": "shape"}, times=None)
+    upload(client, token, sha=sha, severity="critical")
+    settle(app, clock, step=150)
+    [given_up] = rows(app, state="failed")
+    assert given_up.last_error.startswith(posting.UNREADABLE) and posting.revivable(given_up), given_up.last_error
+    assert posted_states(fake_github, sha)[-1] == "failure"
+    assert fake_github.runs_of("acme", "api", sha)[-1]["conclusion"] == "success"  # the older green stands meanwhile
+
+    fake_github.clear_faults()
+    clock.advance(120)
+    assert revive(app, clock) == 1
+    settle(app, clock)
+    assert rows(app, commit_sha=sha)[-1].state == "delivered"
+    assert posted_states(fake_github, sha)[-1] == "failure"
+    assert [r["conclusion"] for r in fake_github.runs_of("acme", "api", sha)] == ["failure"]
+
+
 def test_a_revived_wish_waits_for_an_older_post_that_may_still_land(app, client, token, fake_github):
     clock = Clock()
     upload(client, token, severity="critical")

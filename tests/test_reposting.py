@@ -17,6 +17,7 @@ from flask import Flask
 
 from app import db, reposts
 from app.chain import retention
+from app.findings import service
 from app.github import outbox
 from app.github.client import github_app
 from app.models import OutboxItem, Repost, ScanRun, utcnow
@@ -379,3 +380,46 @@ def test_an_emptied_scans_signing_finding_is_made_afresh_not_put_back(app, clien
     settings(client, token, require_signed=True)  # the current policy makes its own again
     work(app)
     assert shown(fake_github, sha) == ("failure", "1 image · 1 critical, 1 high · blocking")
+
+
+# ---------------------------------------------------------------- an exception changed while an upload is in flight
+
+
+def accept(client: Any, token: str, cve_id: str) -> int:
+    """An exception for `cve_id` in every repo and image, for 30 days; its id."""
+    expires = (utcnow() + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    doc = {"advisory_id": cve_id, "reason": "accepted for the test", "expires_at": expires}
+    r = client.post("/api/v1/orgs/acme/exceptions", json=doc, headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 201, r.json
+    return r.json["id"]
+
+
+@pytest.mark.parametrize("change", ["revoked", "created"])
+def test_an_exception_changed_while_an_upload_is_in_flight_is_not_missed(
+    app, client, token, fake_github, monkeypatch, change
+):
+    """The upload read the org's exceptions and judged its findings; then, before it took the policy's lock, an
+    exception was revoked (or created). The revocation's re-posts only find commits already stored, so the upload
+    itself must see the change: the commit ends as the exceptions now say, in the answer and on GitHub."""
+    covering = accept(client, token, HIGH[0]["cve_id"]) if change == "revoked" else None
+    other = app.test_client()  # another request, landing while the upload is between its reads and its write
+    real = service.assess
+
+    def change_then_assess(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(service, "assess", real)  # once: the assessment made before the lock
+        if covering is not None:
+            r = other.delete(f"/api/v1/orgs/acme/exceptions/{covering}", headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 200, r.json
+        else:
+            accept(other, token, HIGH[0]["cve_id"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(service, "assess", change_then_assess)
+    sha = sha_of(f"exception-{change}-in-flight")
+    answer = upload(client, token, sha, HIGH)
+    assert service.assess is real  # the change landed mid-upload
+    expected = "failure" if change == "revoked" else "success"
+    assert (answer["status"], answer["commit_status"]["state"]) == (expected, expected)
+    work(app)
+    shows = shown(fake_github, sha)
+    assert shows is not None and shows[0] == expected

@@ -196,9 +196,10 @@ def revoke(session: Session, org_id: int, exception_id: int, actor: str, repost:
 
 
 def _lock_settings(session: Session, org_id: int) -> None:
-    """The org's settings row says until when any exception may be active (uploads skip reading them after it).
-    Updated before the chain head is locked (by the audit event): the order of app.locks, policy then head, so
-    an upload holding the policy shared and waiting for the head never waits on this in turn."""
+    """The org's settings row says until when any exception may be active (uploads skip reading them after it), and
+    moves its exceptions' version (an upload that read them before this change reads them again). Updated before
+    the chain head is locked (by the audit event): the order of app.locks, policy then head, so an upload holding
+    the policy shared and waiting for the head never waits on this in turn."""
     session.connection().execute(UPDATE_UNTIL, {"org": org_id})
 
 
@@ -217,7 +218,11 @@ _UNTIL = (
 
 
 _settings = OrgSettings.__table__
-UPDATE_UNTIL = sa.update(_settings).where(_settings.c.org_id == sa.bindparam("org")).values(exceptions_until=_UNTIL)
+UPDATE_UNTIL = (
+    sa.update(_settings)
+    .where(_settings.c.org_id == sa.bindparam("org"))
+    .values(exceptions_until=_UNTIL, exceptions_version=_settings.c.exceptions_version + 1)
+)
 
 
 def _state_filter(state: str | None, now: datetime) -> list[sa.ColumnElement[bool]]:

@@ -67,7 +67,8 @@ def _store(
             return idempotency.answer(held, 202, r.body(links.scan(org.slug, r.scan_run_id)))
 
         also = answer if held is not None else None
-        result = service.ingest(db.session(), org, upload, links, deliver, expected, may_except, also)
+        seen = settings.exceptions_version  # read with the policy, before ingest reads the exceptions themselves
+        result = service.ingest(db.session(), org, upload, links, deliver, expected, may_except, also, seen)
     if result is None:  # disabled: the body was validated, then dropped
         disabled = {"accepted": 0, "status": "disabled"}
         if held is not None:

@@ -20,7 +20,7 @@ from app.findings import latest as image_latest
 from app.findings import queries, store
 from app.findings.schemas import Upload
 from app.github import checks, outbox
-from app.models import GENESIS_HASH, SEVERITIES, ChainHead, Org, ScanRun, utcnow
+from app.models import GENESIS_HASH, SEVERITIES, ChainHead, Org, OrgSettings, ScanRun, utcnow
 from app.policy.exceptions import ActiveException, Matcher
 from app.web.urls import Urls
 
@@ -67,15 +67,18 @@ NEXT_SCAN_ID = {
 }
 
 
-# What the statement locking the commit and reading the policy (locks.lock_commit_and_read) also reads. PostgreSQL: the
-# next scan id. SQLite, whose one writer holds every lock from the start: also the org's chain head and the latest
-# scan of each of the commit's images (one statement, not three; read before this upload's scan is stored).
+# What the statement locking the commit and reading the policy (locks.lock_commit_and_read) also reads. Both: the
+# version of the org's exceptions (moved by every change to them). PostgreSQL: the next scan id. SQLite, whose one
+# writer holds every lock from the start: also the org's chain head and the latest scan of each of the commit's
+# images (one statement, not three; read before this upload's scan is stored).
 _head_of_org = _heads.c.org_id == sa.bindparam("org")
 _latest = commits.LATEST.subquery("latest")
+_exceptions_version = OrgSettings.__table__.c.exceptions_version
 READ_WITH_POLICY = {
-    "postgresql": (NEXT_SCAN_ID["postgresql"],),
+    "postgresql": (NEXT_SCAN_ID["postgresql"], _exceptions_version),
     "sqlite": (
         NEXT_SCAN_ID["sqlite"],
+        _exceptions_version,
         sa.select(_heads.c.seq).where(_head_of_org).scalar_subquery().label("head_seq"),
         sa.select(_heads.c.head_hash).where(_head_of_org).scalar_subquery().label("head_hash"),
         sa.type_coerce(
@@ -199,17 +202,21 @@ def ingest(
     expected: policy.Policy | None = None,
     may_except: bool = True,
     also: Callable[[IngestResult], tuple[sa.Executable, dict[str, Any]]] | None = None,
+    exceptions_seen: int | None = None,
 ) -> IngestResult | None:
     """Store the scan with its findings appended to the org's chain, and the outbox item posting its commit's state.
 
     Locks in the order of `app.locks`: the commit (its aggregate) with the policy (shared), and last the org's
     chain head. The upload is assessed before any lock under the `expected` policy (as the request read it; its
-    baseline read then too), and again only if the locked policy differs; its payload hashes, its rows and (unless
-    the commit has other images) its outbox item are made before the head is locked. The commit's other images are
-    judged under the locked policy (`commits.evaluate`). The image's latest scan moves with it; the search's index
-    rows of that scan are the worker's (`app.insights.index`). None when the policy is disabled (nothing
-    stored). On PostgreSQL three statements and the commit, the head held for the
-    last (more when the commit has other images). `also` gives, from the result, one more statement and its
+    baseline and the org's active exceptions read then too), and again only if the locked policy differs or the
+    exceptions changed: read again under the lock unless their version is still `exceptions_seen` (as the request
+    read it with the policy, before reading them; None: unknown), so an exception revoked while the upload was in
+    flight (whose re-posts only find commits already stored) is not applied to it. Its payload hashes, its rows
+    and (unless the commit has other images) its outbox item are made before the head is locked. The commit's
+    other images are judged under the locked policy (`commits.evaluate`). The image's latest scan moves with it;
+    the search's index rows of that scan are the worker's (`app.insights.index`). None when the policy is disabled
+    (nothing stored). On PostgreSQL three statements and the commit, the head held for the last (more when the
+    commit has other images). `also` gives, from the result, one more statement and its
     parameters, run with the last (an Idempotency-Key's answer, `app.web.idempotency.answer`).
     """
     now = utcnow()
@@ -226,8 +233,10 @@ def ingest(
         pol, row = locks.lock_commit_and_read(conn, org.id, repo, sha, *READ_WITH_POLICY[conn.dialect.name])
         if not pol.enabled:
             return None
-        if exceptions is None:
-            exceptions = commits.active_exceptions(conn, org.id)
+        if exceptions is None or row.exceptions_version != exceptions_seen:  # changed since they were read, or unread
+            fresh = commits.active_exceptions(conn, org.id)
+            if fresh != exceptions:
+                exceptions, assessed = fresh, None
         if assessed is None or pol != expected:
             assessed = assess(upload, pol, _compared(conn, org.id, upload, pol), exceptions, search)
         scan_id, findings, stamp = row.scan, assessed.findings, chain.timestamp(now)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import email.utils
 import functools
+import json
 import logging
 import os
 import random
@@ -37,6 +38,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 import httpx
+import pydantic
 import sqlalchemy as sa
 from githubkit.exception import RateLimitExceeded, RequestError, RequestFailed, RequestTimeout
 from sqlalchemy.orm import Session, aliased, sessionmaker
@@ -77,6 +79,12 @@ LATE_LANDING = timedelta(seconds=30)
 # times at most: a row that keeps failing while GitHub answers is not retried forever.
 UNREACHABLE = "could not reach GitHub"
 NO_ANSWER = "GitHub did not answer in time"
+# A 2xx answer that is not what GitHub's API describes (a proxy's page, a cut-off body): GitHub was not heard, so the
+# row is retried and, given up on, put back once GitHub answers again (as after an outage), so that an older green
+# does not stay. The circuit stays closed: one endpoint's odd answers do not hold up the other rows.
+UNREADABLE = "could not read GitHub's answer"
+UNREADABLE_ERRORS = (pydantic.ValidationError, json.JSONDecodeError, UnicodeDecodeError)
+TRANSIENT_ERRORS = (UNREACHABLE, NO_ANSWER, UNREADABLE)  # what a row's last_error starts with after such a try
 MAX_REVIVALS = 10
 REVIVED = "retrying after outage: GitHub answers again"  # a revived row's last_error until it is tried
 
@@ -487,7 +495,12 @@ def deliver(session: Session, gh: GitHubApp, item_id: int, now: datetime | None,
                 return Outcome("lost", revision=item.revision)
             return dataclasses.replace(outcome, maybe_landed=True)
         return outcome
-    except Exception as exc:  # a bug or an answer we cannot read: counted, so the row ends failed, not retried forever
+    except UNREADABLE_ERRORS as exc:  # GitHub's answer, or what githubkit made of it, could not be read
+        error = type(exc).__name__
+        log.warning("github.posting.unreadable_answer outbox=%s commit=%s error=%s", item.id, item.commit_sha, error)
+        outcome = Outcome("retry", f"{UNREADABLE}: {type(exc).__name__}", revision=item.revision)  # this row's alone
+        return dataclasses.replace(outcome, maybe_landed=fence.posting)
+    except Exception as exc:  # a bug of ours: counted, so the row ends failed, not retried forever
         log.exception("github.posting.unexpected_error outbox=%s commit=%s", item.id, item.commit_sha)
         outcome = Outcome("retry", f"unexpected error: {type(exc).__name__}", revision=item.revision)
         return dataclasses.replace(outcome, maybe_landed=fence.posting)
@@ -563,11 +576,11 @@ def _github_now(headers: Mapping[str, str]) -> datetime:
 
 def failed_in_outage(status_code: int | None, error: str | None) -> bool:
     """Whether a row given up on was given up for a transient reason: its last try found GitHub unreachable, got no
-    answer in time, or got a 5xx (or 429) answer. 404/422 after their tries, "not installed", bad credentials, other
-    4xx answers and errors of our own are permanent."""
+    answer in time, got an answer it could not read, or got a 5xx (or 429) answer. 404/422 after their tries, "not
+    installed", bad credentials, other 4xx answers and errors of our own are permanent."""
     if status_code is not None:
         return status_code >= 500 or status_code == 429
-    return error is not None and error.startswith((UNREACHABLE, NO_ANSWER))
+    return error is not None and error.startswith(TRANSIENT_ERRORS)
 
 
 def revivable(item: Any) -> bool:
@@ -860,7 +873,7 @@ REVIVABLE = sa.and_(
         _outbox.c.last_status_code == 429,
         sa.and_(
             _outbox.c.last_status_code.is_(None),
-            sa.or_(_outbox.c.last_error.startswith(UNREACHABLE), _outbox.c.last_error.startswith(NO_ANSWER)),
+            sa.or_(*(_outbox.c.last_error.startswith(prefix) for prefix in TRANSIENT_ERRORS)),
         ),
     ),
     _outbox.c.revivals < MAX_REVIVALS,

@@ -72,6 +72,7 @@ _PRINCIPAL_COLUMNS = {
         "ignore_unfixed",
         "block_on",
         "exceptions_until",
+        "exceptions_version",
     ),
 }
 _AUTH = (
