@@ -459,3 +459,17 @@ def test_a_catastrophic_subject_pattern_cannot_stall_the_worker():
     started = time.monotonic()
     assert issuer.admits("https://token.actions.githubusercontent.com", "a" * 5000 + "!") is False
     assert time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize(
+    "blocking,block_on,signing,text",
+    [
+        ({"critical": 2, "high": 1}, "all", 1, "2 critical, 1 high"),
+        ({"critical": 2, "high": 1}, "new", 1, "1 new critical, 1 new high, 1 signing"),
+        ({"critical": 1}, "new", 1, "1 signing"),
+        ({"high": 3}, "new", 0, "3 new high"),
+    ],
+)
+def test_blocking_counts_name_the_signing_findings_apart_from_the_new_ones(blocking, block_on, signing, text):
+    """Under block_on new the synthetic signing findings block whether or not the base had them: not "new"."""
+    assert policy.blocking_counts(blocking, block_on, signing) == text

@@ -24,7 +24,15 @@ from urllib.parse import quote
 from app import advisories
 from app.insights import advisories as advisory_search
 from app.models import SEVERITIES
-from app.policy import CONTEXT, DESCRIPTION_LIMIT, EXCEPTED, NOT_BLOCKING, CommitVerdict, ImageResult
+from app.policy import (
+    CONTEXT,
+    DESCRIPTION_LIMIT,
+    EXCEPTED,
+    NOT_BLOCKING,
+    CommitVerdict,
+    ImageResult,
+    blocking_counts,
+)
 from app.policy.exceptions import ActiveException, first_expiring
 
 # One dict maps our verdict onto GitHub's vocabularies (commit status state, check run conclusion).
@@ -229,8 +237,7 @@ def split_line(image: ImageResult, block_action: str, block_on: str) -> str:
     """`**Blocking: 2** (2 new high) · Not blocking: 7 (4 below the threshold, 2 unfixed, 1 existing on the base)`,
     then the baseline: what block_on new compared with, or that there was none and every finding counts."""
     t = image.tally
-    new = "new " if block_on == "new" else ""
-    blocking = ", ".join(f"{t.blocking[s]} {new}{s}" for s in SEVERITIES if t.blocking.get(s))
+    blocking = blocking_counts(t.blocking, block_on, t.signing)
     label = "Blocking" if block_action == "block_pull" else "Would block (warn: not enforced)"
     text = f"**{label}: {t.blocks}**" + (f" ({blocking})" if blocking else "")
     why = ", ".join(f"{n} {NOT_BLOCKING[r]}" for r, n in t.not_blocking.items() if r != EXCEPTED)

@@ -193,6 +193,7 @@ class Tally:
 
     blocking: Mapping[str, int] = field(default_factory=dict)
     not_blocking: Mapping[str, int] = field(default_factory=dict)
+    signing: int = 0  # of blocking["critical"]: the synthetic signing findings, which block whether new or not
 
     @property
     def blocks(self) -> int:
@@ -210,7 +211,18 @@ def tally(policy: Policy, buckets: Mapping[Bucket, int], synthetic: int = 0) -> 
             by_severity[severity] += n
         elif r is not None:
             why[r] += n
-    return Tally({s: n for s, n in by_severity.items() if n}, {r: n for r, n in why.items() if n})
+    blocking = {s: n for s, n in by_severity.items() if n}
+    return Tally(blocking, {r: n for r, n in why.items() if n}, synthetic)
+
+
+def blocking_counts(blocking: Mapping[str, int], block_on: str, signing: int = 0) -> str:
+    """`2 new high, 1 signing` (block_on new) or `2 high, 1 critical`: the counts of what blocks, by severity; under
+    block_on new the `signing` findings (counted in `critical`) are named apart, since they are not "new"."""
+    if block_on != "new":
+        return ", ".join(f"{blocking[s]} {s}" for s in SEVERITIES if blocking.get(s))
+    uploaded = {s: blocking.get(s, 0) - (signing if s == "critical" else 0) for s in SEVERITIES}
+    parts = [f"{uploaded[s]} new {s}" for s in SEVERITIES if uploaded[s] > 0]
+    return ", ".join(parts + ([f"{signing} signing"] if signing else []))
 
 
 def scan_status(policy: Policy, blocking: int) -> str:
@@ -260,13 +272,13 @@ def describe(state: str, block_action: str, images: tuple[ImageResult, ...], blo
     """A commit status description within GitHub's 140 characters, naming what blocks: `2 images · 2 new high ·
     blocking` (under warn, what would block: `· warning only`); when nothing does, every finding's counts."""
     blocking = {s: sum(i.tally.blocking.get(s, 0) for i in images) for s in SEVERITIES}
+    signing = sum(i.tally.signing for i in images)
     totals = {s: sum(i.counts[s] for i in images) for s in SEVERITIES}
     n = len(images)
     parts = [f"{n} image" + ("" if n == 1 else "s")]
     flagged = state == "failure" or (block_action == "warn" and any(blocking.values()))
     if flagged and any(blocking.values()):
-        new = "new " if block_on == "new" else ""
-        parts.append(", ".join(f"{blocking[s]} {new}{s}" for s in SEVERITIES if blocking[s]))
+        parts.append(blocking_counts(blocking, block_on, signing))
     else:
         named = [f"{totals[s]} {s}" for s in SEVERITIES if totals[s]]
         parts.append(", ".join(named) if named else "no findings")
