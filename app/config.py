@@ -13,6 +13,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import sqlalchemy as sa
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 # Every setting the app reads, with its default. Values from the environment arrive as strings
 # (Flask's own from_prefixed_env would turn an app id such as "1e5" into a float).
 DEFAULTS: dict[str, Any] = {
@@ -123,12 +128,15 @@ def finalize(config: dict[str, Any], instance_path: str) -> None:
     if not config.get("DATABASE_URL"):
         config["DATABASE_URL"] = f"sqlite:///{Path(instance_path) / 'fremforge.db'}"
     config["DATABASE_URL"] = normalise_database_url(config["DATABASE_URL"])
+    check_database_url(config["DATABASE_URL"])
 
     if config.get("GITHUB_PRIVATE_KEY_FILE") and not config.get("GITHUB_PRIVATE_KEY"):
         try:
             config["GITHUB_PRIVATE_KEY"] = Path(config["GITHUB_PRIVATE_KEY_FILE"]).read_text()
         except OSError as exc:
             raise ConfigError(f"FREMFORGE_GITHUB_PRIVATE_KEY_FILE cannot be read: {exc.strerror}") from None
+    if config.get("GITHUB_PRIVATE_KEY"):
+        check_private_key(str(config["GITHUB_PRIVATE_KEY"]))
     config["GITHUB_APP_CONFIGURED"] = bool(config.get("GITHUB_APP_ID") and config.get("GITHUB_PRIVATE_KEY"))
     if config.get("PUBLIC_URL"):
         config["PUBLIC_URL"] = str(config["PUBLIC_URL"]).strip().rstrip("/")
@@ -275,6 +283,39 @@ def normalise_database_url(url: str) -> str:
         if url.startswith(plain):
             return "postgresql+psycopg://" + url[len(plain) :]
     return url
+
+
+DATABASE_DRIVERS = ("sqlite", "sqlite+pysqlite", "postgresql+psycopg")
+DATABASE_URL_FORMS = "sqlite:///PATH or postgresql://USER@HOST:PORT/DATABASE"
+
+
+def check_database_url(url: str) -> None:
+    """Refuse a FREMFORGE_DATABASE_URL that is no URL, or not of SQLite or PostgreSQL (the backends the app ships
+    with), in one line that never repeats the URL (it may hold a password)."""
+    try:
+        driver = sa.engine.make_url(url).drivername
+    except sa.exc.ArgumentError:
+        raise ConfigError(f"FREMFORGE_DATABASE_URL is not a database URL: use {DATABASE_URL_FORMS}") from None
+    if driver not in DATABASE_DRIVERS:
+        shown = driver[:30] if driver.isascii() and driver.isprintable() else "another"
+        raise ConfigError(
+            f"FREMFORGE_DATABASE_URL must be a SQLite or PostgreSQL URL ({DATABASE_URL_FORMS}), not {shown!r}"
+        )
+
+
+def check_private_key(pem: str) -> None:
+    """Refuse a GitHub App private key that is not an RSA key in PEM (what GitHub gives an App), in one line that
+    never shows the key: without it no call to GitHub could be made, and the worker would retry for ever."""
+    where = "FREMFORGE_GITHUB_PRIVATE_KEY (or the file FREMFORGE_GITHUB_PRIVATE_KEY_FILE names)"
+    try:
+        key = serialization.load_pem_private_key(pem.strip().encode(), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise ConfigError(
+            f"{where} is not a private key in PEM: use the .pem file GitHub generated for the App "
+            "(the App's settings, Private keys)"
+        ) from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ConfigError(f"{where} is not an RSA key: GitHub Apps sign with the RSA key GitHub generated")
 
 
 def _instance_secret_key(instance: Path) -> str:

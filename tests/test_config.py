@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import secrets
 import stat
 import subprocess
@@ -12,6 +13,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from flask import Flask
 
 from app import create_app, migrate
@@ -19,6 +22,13 @@ from app.config import ConfigError, secret_key_weakness
 from tests.factories import make_org
 
 STRONG_KEY = "kV3q9Zt2-Lw8xYb_Rm4NcH7pJ0sEfUa6DgT1iOyQhWn5XrBzCvKe"  # 52 characters of token_urlsafe's alphabet
+PEM = (  # a GitHub App's private key, as GitHub gives it: RSA in PEM
+    rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    .private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    )
+    .decode()
+)
 
 
 @pytest.fixture(autouse=True)
@@ -62,7 +72,7 @@ def test_postgres_urls_use_psycopg(monkeypatch):
     "env",
     [
         {"FREMFORGE_ENV": "production"},
-        {"FREMFORGE_GITHUB_APP_ID": "123", "FREMFORGE_GITHUB_PRIVATE_KEY": "-----BEGIN RSA PRIVATE KEY-----"},
+        {"FREMFORGE_GITHUB_APP_ID": "123", "FREMFORGE_GITHUB_PRIVATE_KEY": PEM},
     ],
 )
 def test_production_without_secret_key_refuses_to_start(monkeypatch, env):
@@ -81,13 +91,13 @@ def test_bad_upload_limit_is_refused(monkeypatch, value):
 
 def test_private_key_file_is_read(monkeypatch, tmp_path):
     key = tmp_path / "app.pem"
-    key.write_text("PEM")
+    key.write_text(PEM)
     monkeypatch.setenv("FREMFORGE_GITHUB_PRIVATE_KEY_FILE", str(key))
     monkeypatch.setenv("FREMFORGE_GITHUB_APP_ID", "7")
     monkeypatch.setenv("FREMFORGE_SECRET_KEY", "s")
     monkeypatch.setenv("FREMFORGE_GITHUB_WEBHOOK_SECRET", "w")
     app = create_app()
-    assert app.config["GITHUB_PRIVATE_KEY"] == "PEM" and app.config["GITHUB_APP_CONFIGURED"]
+    assert app.config["GITHUB_PRIVATE_KEY"] == PEM and app.config["GITHUB_APP_CONFIGURED"]
     monkeypatch.setenv("FREMFORGE_GITHUB_PRIVATE_KEY_FILE", str(tmp_path / "missing.pem"))
     with pytest.raises(ConfigError, match="cannot be read"):
         create_app()
@@ -95,7 +105,7 @@ def test_private_key_file_is_read(monkeypatch, tmp_path):
 
 def test_github_app_without_webhook_secret_refuses_to_start(monkeypatch):
     monkeypatch.setenv("FREMFORGE_GITHUB_APP_ID", "7")
-    monkeypatch.setenv("FREMFORGE_GITHUB_PRIVATE_KEY", "-----BEGIN RSA PRIVATE KEY-----")
+    monkeypatch.setenv("FREMFORGE_GITHUB_PRIVATE_KEY", PEM)
     monkeypatch.setenv("FREMFORGE_SECRET_KEY", "s")
     with pytest.raises(ConfigError, match="FREMFORGE_GITHUB_WEBHOOK_SECRET"):
         create_app()
@@ -194,7 +204,7 @@ def test_production_refuses_a_weak_secret_key(monkeypatch, tmp_path):
 
 APP_ENV = {
     "FREMFORGE_GITHUB_APP_ID": "7",
-    "FREMFORGE_GITHUB_PRIVATE_KEY": "-----BEGIN RSA PRIVATE KEY-----",
+    "FREMFORGE_GITHUB_PRIVATE_KEY": PEM,
     "FREMFORGE_GITHUB_WEBHOOK_SECRET": "w" * 40,
 }
 
@@ -243,8 +253,14 @@ FLASK_CLI = (sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade")
         ({"FREMFORGE_SECRET_KEY": "kV3q9Zt2Lw8xYb4RmNcH7pJ0s"}, "FREMFORGE_SECRET_KEY is too weak for production"),
         ({}, "FREMFORGE_SECRET_KEY is not set"),
         ({"FREMFORGE_SECRET_KEY": STRONG_KEY, **APP_ENV}, "FREMFORGE_PUBLIC_URL is not set"),
+        ({"FREMFORGE_SECRET_KEY": STRONG_KEY, "FREMFORGE_DATABASE_URL": "garbage"}, "is not a database URL"),
+        ({"FREMFORGE_SECRET_KEY": STRONG_KEY, "FREMFORGE_DATABASE_URL": "mysql://u:pw@db/x"}, "not 'mysql'"),
+        (
+            {"FREMFORGE_SECRET_KEY": STRONG_KEY, **APP_ENV, "FREMFORGE_GITHUB_PRIVATE_KEY": "not a key"},
+            "is not a private key in PEM",
+        ),
     ],
-    ids=["well-known-key", "short-key", "no-key", "app-without-public-url"],
+    ids=["well-known-key", "short-key", "no-key", "app-without-public-url", "url", "mysql", "private-key"],
 )
 @pytest.mark.parametrize("command", [PYTHON_IMPORT, FLASK_CLI], ids=["python-import", "flask-cli"])
 def test_production_refuses_to_start_with_one_line_and_no_traceback(tmp_path, env, says, command):
@@ -258,6 +274,39 @@ def test_production_refuses_to_start_with_one_line_and_no_traceback(tmp_path, en
     if len(key) > 10:
         assert key not in done.stderr  # the refused key is not printed
     assert not (tmp_path / "start.db").exists() or (tmp_path / "start.db").stat().st_size == 0  # nothing migrated
+
+
+@pytest.mark.parametrize(
+    "url,says",
+    [
+        ("garbage", "FREMFORGE_DATABASE_URL is not a database URL"),
+        ("mysql://fremforge:hunter2@db/fremforge", "not 'mysql'"),
+        ("postgresql+asyncpg://fremforge:hunter2@db/fremforge", "not 'postgresql+asyncpg'"),
+    ],
+)
+def test_a_database_url_of_no_shipped_backend_is_refused_without_showing_it(monkeypatch, url, says):
+    monkeypatch.setenv("FREMFORGE_DATABASE_URL", url)
+    with pytest.raises(ConfigError, match=re.escape(says)) as refused:
+        create_app()
+    assert "hunter2" not in str(refused.value) and "sqlite:///PATH or postgresql://" in str(refused.value)
+
+
+def test_a_github_app_key_that_is_no_rsa_pem_is_refused_without_showing_it(monkeypatch):
+    monkeypatch.setenv("FREMFORGE_GITHUB_APP_ID", "7")
+    monkeypatch.setenv("FREMFORGE_GITHUB_WEBHOOK_SECRET", "w")
+    monkeypatch.setenv("FREMFORGE_SECRET_KEY", STRONG_KEY)
+    monkeypatch.setenv("FREMFORGE_GITHUB_PRIVATE_KEY", PEM.replace("A", "B"))  # a PEM whose contents are not a key
+    with pytest.raises(ConfigError, match="is not a private key in PEM") as refused:
+        create_app()
+    assert "BEGIN" not in str(refused.value)
+    elliptic = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    monkeypatch.setenv("FREMFORGE_GITHUB_PRIVATE_KEY", elliptic.decode())
+    with pytest.raises(ConfigError, match="is not an RSA key"):
+        create_app()
+    monkeypatch.setenv("FREMFORGE_GITHUB_PRIVATE_KEY", PEM)
+    assert create_app().config["GITHUB_APP_CONFIGURED"]
 
 
 def test_production_starts_with_a_strong_key_and_a_public_url(tmp_path):
