@@ -495,12 +495,10 @@ def retention_run(now: datetime | None) -> None:
 def worker(once: bool, poll_seconds: float, parallel: int) -> None:
     """Deliver pending commit statuses and check runs to GitHub, with retries; apply retention once a day."""
     gh = github_app()
-    if gh is None:
+    if gh is None:  # the rest of its work goes on: exceptions' expiry, the search's index, retention
         click.echo(
             "no GitHub App configured (FREMFORGE_GITHUB_APP_ID and FREMFORGE_GITHUB_PRIVATE_KEY): nothing to deliver"
         )
-        if once:
-            return
     loop = worker_loop.Loop(gh, poll_seconds=poll_seconds, parallel=parallel, once=once)
     for sig in (signal.SIGTERM, signal.SIGINT):  # finish the row in hand, give the rest back, then exit
         signal.signal(sig, lambda *_: loop.stop.set())

@@ -516,6 +516,16 @@ def test_a_synthetic_signing_finding_still_blocks_beside_an_excepted_one(app, cl
 # ---------------------------------------------------------------- the audit chain
 
 
+def test_worker_once_without_a_github_app_records_expiry_too(app, client, token):
+    """`worker --once` does one round of what is due, also with no GitHub App to deliver to (as the long-running
+    worker does): an expired exception's event is recorded."""
+    made = create(client, token, advisory_id="CVE-1", expires_at=in_days(1))
+    set_expiry(app, made["id"], timedelta(seconds=-1))
+    result = app.test_cli_runner().invoke(args=["worker", "--once"])
+    assert result.exit_code == 0 and "no GitHub App configured" in result.output, result.output
+    assert exception_events(app)[-1] == ("exception.expired", "system", made["id"])
+
+
 def test_create_revoke_and_expiry_are_entries_of_the_orgs_chain_which_verifies(app, client, token):
     first = create(client, token, advisory_id="CVE-1")
     upload(client, token, [finding("CVE-1", "high"), finding("CVE-2", "low")])  # findings between the events
