@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import click
+import sqlalchemy as sa
 from flask import Flask, current_app
-from flask.cli import AppGroup, with_appcontext
+from flask.cli import AppGroup, ScriptInfo, with_appcontext
 from pydantic import ValidationError
 
 from app import db, exceptions, fields, migrate, orgs, tokens
@@ -25,15 +26,43 @@ from app.policy import settings as policy_settings
 from app.web import auth, bodies, urls
 from app.web.urls import LOCAL_URL
 
-db_cli = AppGroup("db", help="Create or migrate the schema.")
-orgs_cli = AppGroup("orgs", help="Organisations.")
-tokens_cli = AppGroup("tokens", help="The app's API tokens.")
-policy_cli = AppGroup("policy", help="An organisation's policy.")
-exceptions_cli = AppGroup("exceptions", help="An organisation's exceptions (accepted risks).")
-admin_cli = AppGroup("admin", help="The admin pages.")
-chain_cli = AppGroup("chain", help="The tamper-evident chain of each organisation.")
-retention_cli = AppGroup("retention", help="Ageing out old payloads.")
-webhooks_cli = AppGroup("webhooks", help="GitHub's webhook deliveries to this app.")
+
+class Commands(AppGroup):
+    """A group of commands that end in one line, not a traceback, when the database cannot be reached, is locked past
+    its budget, or is not migrated to this version of the app."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except sa.exc.SQLAlchemyError as exc:
+            problem = database_problem(exc, ctx.ensure_object(ScriptInfo).load_app(), self.name != "db")
+            if problem is None:
+                raise
+            raise click.ClickException(problem) from None
+
+
+def database_problem(exc: sa.exc.SQLAlchemyError, app: Flask, ask_revision: bool = True) -> str | None:
+    """What a command says of a database error that is not its own bug: the database unavailable (its error's class
+    only: the message may name the server), or not migrated; None for any other error."""
+    if db.unavailable(exc):
+        error = type(getattr(exc, "orig", None) or exc).__name__
+        return f"the database cannot be reached or is busy ({error}); try again once it answers"
+    if ask_revision:
+        with app.app_context():
+            if migrate.behind(app):
+                return migrate.NOT_MIGRATED[0].lower() + migrate.NOT_MIGRATED[1:]
+    return None
+
+
+db_cli = Commands("db", help="Create or migrate the schema.")
+orgs_cli = Commands("orgs", help="Organisations.")
+tokens_cli = Commands("tokens", help="The app's API tokens.")
+policy_cli = Commands("policy", help="An organisation's policy.")
+exceptions_cli = Commands("exceptions", help="An organisation's exceptions (accepted risks).")
+admin_cli = Commands("admin", help="The admin pages.")
+chain_cli = Commands("chain", help="The tamper-evident chain of each organisation.")
+retention_cli = Commands("retention", help="Ageing out old payloads.")
+webhooks_cli = Commands("webhooks", help="GitHub's webhook deliveries to this app.")
 
 
 def _echo_json(value: Any) -> None:
@@ -502,7 +531,14 @@ def worker(once: bool, poll_seconds: float, parallel: int) -> None:
     loop = worker_loop.Loop(gh, poll_seconds=poll_seconds, parallel=parallel, once=once)
     for sig in (signal.SIGTERM, signal.SIGINT):  # finish the row in hand, give the rest back, then exit
         signal.signal(sig, lambda *_: loop.stop.set())
-    click.echo(f"handled {loop.run()} deliveries")
+    try:
+        handled = loop.run()  # never ends on a database error, but with --once
+    except sa.exc.SQLAlchemyError as exc:
+        problem = database_problem(exc, current_app)
+        if problem is None:
+            raise
+        raise click.ClickException(problem) from None
+    click.echo(f"handled {handled} deliveries")
 
 
 # ---------------------------------------------------------------- webhooks

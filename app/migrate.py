@@ -51,6 +51,19 @@ def current(app: Flask) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+NOT_MIGRATED = "The database is not migrated to this version of the app: run `flask --app wsgi db upgrade`."
+
+
+def behind(app: Flask) -> bool:
+    """Whether the database is not at this app's newest revision (never migrated, or migrated by an older version):
+    asked after a database error that is not an outage, so the answer names the fix rather than a bug. False when
+    it cannot be asked."""
+    try:
+        return current(app) != head()
+    except Exception:  # asked while answering another error: no new one from it
+        return False
+
+
 def differences(app: Flask) -> list[Any]:
     """What autogenerate would change to make the database (at head) match the models; [] when they agree."""
     with app.extensions["fremforge.db"].engine.connect() as conn:

@@ -98,7 +98,10 @@ BODY_ERRORS = {
     "422": _error("The body breaks the schema; each detail names its JSON path."),
 }
 URL_ERRORS = {"400": _error("The URL contains a NUL character (%00).")}
-_DATABASE_UNAVAILABLE = "the database is unavailable or locked past its budget (error database_unavailable)"
+_DATABASE_UNAVAILABLE = (
+    "the database is unavailable or locked past its budget (error database_unavailable), or not migrated to this "
+    "version of the app (error database_not_migrated: run flask --app wsgi db upgrade)"
+)
 DATABASE_ERRORS = {
     "503": {
         **_error(f"Nothing was done: {_DATABASE_UNAVAILABLE}; try again after Retry-After seconds."),

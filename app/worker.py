@@ -181,7 +181,7 @@ class Loop:
             wait,
             type(exc).__name__,
             str(exc).splitlines()[0][:300] if str(exc) else "",
-            exc_info=self.errors_in_a_row == 1,
+            exc_info=self.errors_in_a_row == 1 and not self.once,  # with once the error goes on up, to the command
         )
         db.discard_session()
         self.holding_rows = self.gh is not None

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 
+import pytest
 import sqlalchemy as sa
 
 from app import create_app, migrate
@@ -118,3 +122,56 @@ def test_images_backfill_on_sqlite(tmp_path):
 def test_images_backfill_on_postgresql():
     with empty_postgresql_schema() as url:
         _check_images_backfill(url)
+
+
+# ---------------------------------------------------------------- a database this version has not migrated
+
+
+def _unmigrated_app(tmp_path, revision: str | None = None):  # type: ignore[no-untyped-def]
+    """The app on a fresh SQLite file, not migrated (or migrated to an older `revision`)."""
+    config = {"TESTING": True, "DATABASE_URL": f"sqlite:///{tmp_path / 'old.db'}", "SECRET_KEY": "x" * 40}
+    app = create_app({**config, "GITHUB_WEBHOOK_SECRET": "webhook-secret"})
+    if revision is not None:
+        migrate.upgrade(app, revision)
+    return app
+
+
+@pytest.mark.parametrize("revision", [None, "0020"], ids=["never-migrated", "older-revision"])
+def test_requests_on_a_database_not_migrated_get_a_503_naming_the_fix(tmp_path, revision):
+    app = _unmigrated_app(tmp_path, revision)
+    client = app.test_client()
+    try:
+        r = client.get("/api/v1/orgs/acme/image-scans", headers={"Authorization": "Bearer ffis_unknown"})
+        assert r.status_code == 503, r.get_data(as_text=True)
+        assert r.json["error"] == "database_not_migrated" and "flask --app wsgi db upgrade" in r.json["message"]
+        if revision is not None:
+            return  # an older schema holds what a ping writes and what the sign-in page reads
+        page = client.get("/admin/orgs/acme/code-security/image-scanning", follow_redirects=True)
+        assert page.status_code == 503 and "flask --app wsgi db upgrade" in page.get_data(as_text=True)
+        body = json.dumps({"zen": "Keep it logically awesome.", "hook_id": 1}).encode()
+        signature = "sha256=" + hmac.new(b"webhook-secret", body, hashlib.sha256).hexdigest()
+        headers = {"X-GitHub-Event": "ping", "X-GitHub-Delivery": "d-1", "X-Hub-Signature-256": signature}
+        r = client.post("/webhooks/github", data=body, headers={**headers, "Content-Type": "application/json"})
+        assert r.status_code == 503 and r.json["error"] == "database_not_migrated", r.get_data(as_text=True)
+    finally:
+        app.extensions["fremforge.db"].engine.dispose()
+
+
+def test_commands_on_a_database_not_migrated_or_unreachable_say_so_in_one_line(tmp_path):
+    app = _unmigrated_app(tmp_path)
+    try:
+        for args in (["orgs", "list"], ["policy", "show", "acme"], ["chain", "verify", "acme"]):
+            result = app.test_cli_runner().invoke(args=args)
+            assert result.exit_code == 1, result.output
+            assert result.output.strip().splitlines() == [
+                "Error: the database is not migrated to this version of the app: run `flask --app wsgi db upgrade`."
+            ], result.output
+        assert app.test_cli_runner().invoke(args=["db", "upgrade"]).exit_code == 0  # the fix it names
+        assert app.test_cli_runner().invoke(args=["orgs", "list"]).exit_code == 0
+    finally:
+        app.extensions["fremforge.db"].engine.dispose()
+    down = create_app({"TESTING": True, "DATABASE_URL": "postgresql://fremforge@127.0.0.1:1/none", "SECRET_KEY": "x"})
+    result = down.test_cli_runner().invoke(args=["orgs", "list"])
+    assert result.exit_code == 1 and result.output.strip().splitlines() == [
+        "Error: the database cannot be reached or is busy (OperationalError); try again once it answers"
+    ], result.output

@@ -21,7 +21,7 @@ from werkzeug.exceptions import (
     default_exceptions,
 )
 
-from app import db, orgs
+from app import db, migrate, orgs
 from app.admin.blueprint import bp
 from app.github.client import web_base_url
 from app.models import (
@@ -60,6 +60,10 @@ def unexpected_error_page(err: Exception) -> ResponseReturnValue:
     if db.unavailable(err):  # an outage, or a lock held past its budget: 503, try again shortly
         headers = note_database_unavailable(err)
         return render_template("admin/error.html", error=ServiceUnavailable(DATABASE_UNAVAILABLE)), 503, headers
+    if isinstance(err, sa_exc.SQLAlchemyError) and migrate.behind(current_app):  # an operator's step, not a bug
+        db.discard_session()
+        log.error("admin.database_not_migrated path=%s error=%s", request.path, type(err).__name__)
+        return render_template("admin/error.html", error=ServiceUnavailable(migrate.NOT_MIGRATED)), 503
     log.exception("admin.unhandled_error path=%s", request.path)
     return error_page(InternalServerError("Something went wrong on our side; it was logged. Try again later."))
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, current_app, jsonify, request
 from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
-from app import db
+from app import db, migrate
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +136,11 @@ def init_app(app: Flask) -> None:
     # handler above; every other SQLAlchemy error comes here, and only an outage is a 503.
     @app.errorhandler(sa_exc.SQLAlchemyError)
     def _database_error(err: sa_exc.SQLAlchemyError):  # type: ignore[no-untyped-def]
-        if not db.unavailable(err):
-            return _unexpected(err)
-        return database_unavailable(err)
+        if db.unavailable(err):
+            return database_unavailable(err)
+        if migrate.behind(current_app):
+            return database_not_migrated(err)
+        return _unexpected(err)
 
     @app.errorhandler(Exception)
     def _unexpected(err: Exception):  # type: ignore[no-untyped-def]
@@ -159,6 +161,21 @@ def database_unavailable(err: BaseException) -> Response:
         response = Response(page, mimetype="text/html", headers=ERROR_PAGE_HEADERS)
     response.status_code = 503
     response.headers.update(headers)
+    return response
+
+
+def database_not_migrated(err: BaseException) -> Response:
+    """A 503 for a database this version of the app has not migrated (`migrate.behind`): an operator's step, not a
+    bug nor an outage; JSON for API clients, a short page otherwise. One line logged, the error's class only."""
+    db.discard_session()
+    log.error("request.database_not_migrated path=%s error=%s", request.path, type(getattr(err, "orig", err)).__name__)
+    if _wants_json():
+        response = jsonify({"error": "database_not_migrated", "message": migrate.NOT_MIGRATED, "details": []})
+    else:
+        page = f"<!doctype html><title>Service unavailable</title><h1>Service unavailable</h1><p>{migrate.NOT_MIGRATED}"
+        response = Response(page, mimetype="text/html", headers=ERROR_PAGE_HEADERS)
+    response.status_code = 503
+    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)  # as for an outage: the fix is one command away
     return response
 
 
