@@ -615,6 +615,24 @@ def test_uploads_webhooks_admin_pages_and_the_front_page_go_through_nginx(app: F
         assert seen and set(seen) == {FORWARDED_BY_NGINX.format("http")}, (path, seen)
 
 
+def test_nginx_answers_metrics_to_this_host_only(app: Flask, tmp_path: Path) -> None:
+    """/metrics is open in the app without FREMFORGE_METRICS_TOKEN; the documented nginx passes it on from this host
+    only (127.0.0.1), and refuses another address (127.0.0.2, another loopback address here) before gunicorn."""
+    with production(tmp_path, app.config["DATABASE_URL"]) as (proxy, _):
+        here = call(proxy.port, "GET", "/metrics")
+        conn = http.client.HTTPConnection(HOST, proxy.port, timeout=PROMPT, source_address=("127.0.0.2", 0))
+        try:
+            conn.request("GET", "/metrics")
+            elsewhere = conn.getresponse()
+            elsewhere.read()
+        finally:
+            conn.close()
+        log = proxy.access_log()
+    assert here.status == 200 and b"fremforge_uploads_total" in here.body, here.body[:300]
+    assert elsewhere.status == 403
+    assert "403 GET /metrics upstream=-" in log and "200 GET /metrics upstream=-" not in log, log
+
+
 def test_behind_tls_in_nginx_the_app_builds_https_links(app: Flask, tmp_path: Path) -> None:
     """The site's documented TLS lines in place: the app, told https by nginx (X-Forwarded-Proto, which gunicorn
     trusts from 127.0.0.1), hands out https links; plain HTTP is redirected to https."""
