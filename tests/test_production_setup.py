@@ -627,6 +627,11 @@ def test_nginx_answers_metrics_to_this_host_only(app: Flask, tmp_path: Path) -> 
             elsewhere.read()
         finally:
             conn.close()
+        deadline = time.monotonic() + PROMPT  # nginx logs a request once it has answered it: read until it has
+        while (
+            not any(line.startswith("403 GET /metrics") for line in proxy.access_log()) and time.monotonic() < deadline
+        ):
+            time.sleep(0.01)
         log = proxy.access_log()
     assert here.status == 200 and b"fremforge_uploads_total" in here.body, here.body[:300]
     assert elsewhere.status == 403
