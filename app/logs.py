@@ -141,6 +141,13 @@ def set_context(**fields: Any) -> None:
     _context.set({k: v for k, v in fields.items() if v is not None})
 
 
+def name_org(slug: str) -> None:
+    """The org this request turned out to be about (a webhook delivery's, found from its payload): the lines it logs
+    from now on carry it as `org`."""
+    if has_request_context():
+        g.log_org = slug
+
+
 def clear_context() -> None:
     _context.set(None)
 

@@ -229,11 +229,11 @@ def test_parsing_a_line_into_event_and_fields() -> None:
     assert pairs == {"delivery": "d-1", "event": "push", "action": None}
     assert logs.parse("retention.skipped: another process is applying it") == ("retention.skipped", {})
     assert logs.parse("Booting worker with pid: 42") == (None, {})
-    assert logs.parse("github.posting.retry outbox=12 attempt=3 in=4s error=could not reach GitHub")[1] == {
+    assert logs.parse("github.posting.retry outbox=12 attempt=3 in=4s error='could not reach GitHub'")[1] == {
         "outbox": 12,
         "attempt": 3,
         "in": "4s",
-        "error": "could",
+        "error": "could not reach GitHub",  # a value with spaces is logged quoted (%r), and read whole
     }
 
 
@@ -419,3 +419,39 @@ def test_create_app_installs_the_format_when_nothing_else_configured_logging(tmp
         root.setLevel(level)
         for app in made:
             app.extensions["fremforge.db"].engine.dispose()
+
+
+def test_json_lines_keep_an_error_with_spaces_whole_and_name_the_org(
+    make_app: MakeApp, fake_github: FakeGitHub, capture: Capture
+) -> None:
+    """A reason with spaces is one field (it was cut at its first word); a webhook delivery of a known org's
+    installation names the org; retention's line names the org as `org`, its counts by what they are."""
+    app = app_with_github(make_app, fake_github, [REPO], LOG_FORMAT="json")
+    token = org_with_installation(app)
+    client = app.test_client()
+    assert post(client, token, seed([finding()])).status_code == 202
+    buffer = capture("json")
+    fake_github.fail("POST", r"/statuses/", status=503)
+    with app.app_context():
+        gh = github_app()
+        assert gh is not None
+        Loop(gh, once=True).run()
+    doc = {"action": "rerequested", "check_run": {"name": "fremforge/image-scan", "head_sha": seed()["commit_sha"]}}
+    doc |= {"repository": {"full_name": REPO, "owner": {"login": "acme"}}, "installation": {"id": INSTALLATION}}
+    body = json.dumps(doc).encode()
+    headers = {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": "check_run",
+        "X-GitHub-Delivery": str(uuid.uuid4()),
+        "X-Hub-Signature-256": "sha256=" + hmac.new(b"webhook-secret", body, hashlib.sha256).hexdigest(),
+    }
+    assert client.post("/webhooks/github", data=body, headers=headers).status_code in (200, 202)
+    assert app.test_cli_runner().invoke(args=["retention", "run"]).exit_code == 0
+    lines = json_lines(buffer)
+    retry = next(line for line in lines if line["event"] == "github.posting.retry")
+    assert retry["error"].startswith("GitHub answered 503") and " " in retry["error"], retry
+    hook = next(line for line in lines if line["event"] in ("github.webhook.handled", "github.webhook.queued"))
+    assert hook["org"] == "acme", hook
+    kept = next(line for line in lines if line["event"] == "retention.org")
+    assert kept["org"] == "acme" and "slug" not in kept and "outbox_id" not in kept, kept
+    assert kept["outbox_rows_trimmed"] == 0

@@ -139,7 +139,7 @@ def end_session(reason: str) -> None:
                     f"{record.via}:{record.login}",
                     {"via": record.via, "user": record.login, "reason": reason},
                 )
-        log.info("admin.signed_out org=%s user=%s via=%s reason=%s", found.org.slug, record.login, record.via, reason)
+        log.info("admin.signed_out org=%s user=%s via=%s reason=%r", found.org.slug, record.login, record.via, reason)
     session.clear()
     g.pop("admin_found", None)
 
@@ -181,7 +181,7 @@ def check_role(found: sessions.Found, changing: bool) -> ResponseReturnValue | N
     try:
         membership = oauth.membership(token, org.github_login)
     except oauth.GitHubTrouble as trouble:
-        log.warning("admin.role_check.github_error org=%s user=%s reason=%s", org.slug, record.login, trouble.reason)
+        log.warning("admin.role_check.github_error org=%s user=%s reason=%r", org.slug, record.login, trouble.reason)
         if trouble.token_refused or trouble.status == 403:
             end_session("github_token_refused" if trouble.token_refused else "github_refused")
             return message_page(

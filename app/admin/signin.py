@@ -192,7 +192,7 @@ def oauth_callback() -> ResponseReturnValue:
         return _message(400, "This sign-in took too long", "Start it again.", action=_start_again(slug, next_path))
     if request.args.get("error"):
         reason = request.args.get("error_description") or request.args["error"]
-        log.info("admin.oauth.not_authorised org=%s error=%s", slug, request.args["error"][:100])
+        log.info("admin.oauth.not_authorised org=%s error=%r", slug, request.args["error"][:100])
         return _message(
             403,
             "GitHub did not authorise the sign-in",
@@ -209,7 +209,7 @@ def oauth_callback() -> ResponseReturnValue:
     try:
         who = oauth.identity(code, org.github_login, _callback_url())
     except oauth.GitHubTrouble as trouble:
-        log.warning("admin.oauth.github_error org=%s status=%s reason=%s", slug, trouble.status, trouble.reason)
+        log.warning("admin.oauth.github_error org=%s status=%s reason=%r", slug, trouble.status, trouble.reason)
         return _message(trouble.status, trouble.title, trouble.explanation, action=_start_again(slug, next_path))
 
     refused = oauth.refusal(who.login, who.membership, org)

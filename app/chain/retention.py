@@ -267,7 +267,7 @@ def run_org(
             }
             audit.record(session, org_id, audit.Action.RETENTION_RUN, ACTOR, details, at=now)
     log.info(
-        "retention.org slug=%s cutoff=%s findings=%d audit_events=%d outbox=%d",
+        "retention.org org=%s cutoff=%s findings_redacted=%d audit_events_redacted=%d outbox_rows_trimmed=%d",
         slug,
         chain.timestamp(cutoff),
         findings,

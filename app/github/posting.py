@@ -157,7 +157,7 @@ class Circuit:
             base = min(CIRCUIT_MAX_DELAY, FIRST_DELAY * 2 ** min(self.failures - 1, 30))
             self.open_until = now + timedelta(seconds=base * rng.uniform(0.6, 0.8))
             log.warning(
-                "github.circuit.open failures=%s until=%s error=%s",
+                "github.circuit.open failures=%s until=%s error=%r",
                 self.failures,
                 self.open_until.isoformat(timespec="seconds"),
                 outcome.error,
@@ -777,7 +777,7 @@ class CheckRuns:
             if exc.response.status_code not in REFUSED or isinstance(exc, RateLimitExceeded):
                 raise
             if not replace_on_refusal:
-                log.warning("github.check_run.not_updated run=%s error=%s", run_id, _message(exc))
+                log.warning("github.check_run.not_updated run=%s error=%r", run_id, _message(exc))
                 raise _Refused(exc) from exc
             return False
         return True
@@ -997,7 +997,7 @@ def _record(
                 if row.state == "pending":
                     values["state"] = "failed"
                 log.warning(
-                    "github.posting.failed outbox=%s commit=%s error=%s", item_id, row.commit_sha, outcome.error
+                    "github.posting.failed outbox=%s commit=%s error=%r", item_id, row.commit_sha, outcome.error
                 )
             else:
                 if outcome.wait is not None:
@@ -1008,7 +1008,7 @@ def _record(
                     wait = backoff(attempts, rng)
                 values["next_attempt_at"] = max(at + wait, values.get("next_attempt_at", at))
                 log.info(
-                    "github.posting.retry outbox=%s attempt=%s in=%.0fs error=%s",
+                    "github.posting.retry outbox=%s attempt=%s in=%.0fs error=%r",
                     item_id,
                     attempts,
                     wait.total_seconds(),

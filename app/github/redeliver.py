@@ -296,7 +296,7 @@ def redeliver_failed(
         deliveries, listed_all = _list(gh, look.since)
     except RequestError as exc:
         look.error = f"could not list the webhook's deliveries: {_failure(exc)}"
-        log.warning("github.redelivery.list_failed error=%s", look.error)
+        log.warning("github.redelivery.list_failed error=%r", look.error)
         return look
     look.seen = len(deliveries)
     wanted = _to_redeliver(session, deliveries)
@@ -312,7 +312,7 @@ def redeliver_failed(
                 break
             refused = _failure(exc)  # e.g. too old to redeliver: asking again would not do
             look.asked.append(Asked(delivery, False, refused))
-            log.warning("github.redelivery.refused delivery=%s id=%s error=%s", delivery.guid, delivery.id, refused)
+            log.warning("github.redelivery.refused delivery=%s id=%s error=%r", delivery.guid, delivery.id, refused)
             continue
         except RequestError as exc:
             look.error = f"could not ask for redeliveries: {_failure(exc)}"
@@ -326,7 +326,7 @@ def redeliver_failed(
             delivery.status_code,
         )
     if look.error is not None:
-        log.warning("github.redelivery.stopped asked=%s error=%s", len(look.asked), look.error)
+        log.warning("github.redelivery.stopped asked=%s error=%r", len(look.asked), look.error)
     look.complete = listed_all and look.error is None and len(wanted) <= MAX_ASKS
     if look.complete:
         with write_transaction(session):

@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from app import logs
 from app.github.router import BadPayload, get, installation_id
 from app.models import InstallationRepository, Org, utcnow
 
@@ -40,14 +41,14 @@ _REF_BY_LOGIN = (
 def org_by_installation(session: Session, inst_id: int | None) -> Org | None:
     if inst_id is None:
         return None
-    return session.scalars(_BY_INSTALLATION, {"inst": inst_id}).first()
+    return _named(session.scalars(_BY_INSTALLATION, {"inst": inst_id}).first())
 
 
 def org_by_login(session: Session, login: str | None) -> Org | None:
     """The org of a GitHub account; logins are case-insensitive on GitHub, so the match is too."""
     if not login:
         return None
-    return session.scalars(_BY_LOGIN, {"login": login.lower()}).first()
+    return _named(session.scalars(_BY_LOGIN, {"login": login.lower()}).first())
 
 
 def org_ref(session: Session, inst_id: int | None, login: Any) -> OrgRef | None:
@@ -59,7 +60,17 @@ def org_ref(session: Session, inst_id: int | None, login: Any) -> OrgRef | None:
     row = conn.execute(_REF_BY_INSTALLATION, {"inst": inst_id}).first() if inst_id is not None else None
     if row is None and isinstance(login, str) and login:
         row = conn.execute(_REF_BY_LOGIN, {"login": login.lower()}).first()
-    return OrgRef(row.id, row.slug) if row is not None else None
+    if row is None:
+        return None
+    logs.name_org(row.slug)
+    return OrgRef(row.id, row.slug)
+
+
+def _named(org: Org | None) -> Org | None:
+    """The org found, named in the delivery's log lines."""
+    if org is not None:
+        logs.name_org(org.slug)
+    return org
 
 
 def org_of_repository_event(session: Session, payload: dict[str, Any]) -> OrgRef | None:

@@ -66,7 +66,7 @@ def _link(session: Session, payload: dict[str, Any]) -> Org | None:
         try:
             org = orgs.create(session, _free_slug(session, login), github_login=login, installation_id=inst_id)
         except ValueError as exc:  # a login that cannot be a slug (managed users' `name_shortcode`)
-            log.warning("github.installation.cannot_create_org installation=%s reason=%s", inst_id, exc)
+            log.warning("github.installation.cannot_create_org installation=%s reason=%r", inst_id, str(exc))
             return None
         log.info("github.installation.org_created org=%s installation=%s", org.slug, inst_id)
     else:
