@@ -70,8 +70,12 @@ def _echo_json(value: Any) -> None:
 
 
 def _org(slug: str) -> Org:
-    org = orgs.by_slug(db.session(), slug)
+    session = db.session()
+    org = orgs.by_slug(session, slug)
     if org is None:
+        like = orgs.slug_like(session, slug)
+        if like is not None:  # slugs are exact; an org made from a GitHub login may have capitals
+            raise click.ClickException(f"there is no organisation {slug!r}; there is {like!r} (slugs are exact)")
         raise click.ClickException(f"there is no organisation {slug!r} (create it with: orgs create {slug})")
     return org
 

@@ -40,6 +40,12 @@ def by_slug(session: Session, slug: str) -> Org | None:
     return session.scalars(sa.select(Org).where(Org.slug == slug)).one_or_none()
 
 
+def slug_like(session: Session, slug: str) -> str | None:
+    """The slug of an org whose slug is `slug` in another letter case (the first made), if any."""
+    found = sa.select(Org.slug).where(sa.func.lower(Org.slug) == slug.lower()).order_by(Org.id).limit(1)
+    return session.scalars(found).first()
+
+
 def settings_for_update(session: Session, org_id: int) -> OrgSettings:
     """The org's settings re-read and locked for the rest of the write transaction (never a stale copy)."""
     found = session.scalars(

@@ -189,6 +189,12 @@ def test_verify_of_an_unknown_org_is_a_clear_error(app):
     assert result.exit_code == 1 and "there is no organisation 'nobody'" in result.output
 
 
+def test_a_slug_in_another_letter_case_names_the_org_there_is(app):
+    make_org(app, "Codertocat")  # as an installation of an older version made it
+    result = app.test_cli_runner().invoke(args=["chain", "verify", "codertocat"])
+    assert result.exit_code == 1 and "there is 'Codertocat'" in result.output and "orgs create" not in result.output
+
+
 # -- the pure walk, without a database ---------------------------------------------------------------------------
 
 

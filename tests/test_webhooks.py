@@ -230,7 +230,7 @@ def test_a_failed_handler_leaves_the_delivery_unseen(app, client):
 def test_redelivery_is_acknowledged_and_ignored(app, client):
     r = deliver(client, "installation.created", delivery="72d3162e-cc78-11e3-81ab-4c9367dc0958")
     assert r.status_code == 200 and r.json == {"status": "ok"}
-    assert org_state(app) == [("Codertocat", "Codertocat", 957387)]
+    assert org_state(app) == [("codertocat", "Codertocat", 957387)]
     with app.app_context():  # the org goes; a replay of the delivery must not bring it back
         session = db.session()
         with write_transaction(session):
@@ -291,12 +291,12 @@ def test_ping(app, client, name):
 def test_installation_created_makes_the_org_with_its_repositories(app, client, name):
     r = deliver(client, name)
     assert r.status_code == 200 and r.json == {"status": "ok"}
-    assert org_state(app) == [("Codertocat", "Codertocat", 957387)]
+    assert org_state(app) == [("codertocat", "Codertocat", 957387)]  # slug in lower case, login as GitHub has it
     (org,) = rows(app, Org)
     assert repos_of(app) == [(org.id, "codertocat/hello-world")]
     # The new org has its policy and chain: it can take tokens and uploads at once.
-    token = make_token(app, "Codertocat")
-    upload(client, token, "Codertocat", "Codertocat/Hello-World", PR_SHA)  # any case
+    token = make_token(app, "codertocat")
+    upload(client, token, "codertocat", "Codertocat/Hello-World", PR_SHA)  # any case
 
 
 def test_installation_created_links_the_org_of_that_login_whatever_its_case(app, client):
@@ -308,9 +308,20 @@ def test_installation_created_links_the_org_of_that_login_whatever_its_case(app,
 
 
 def test_installation_created_when_the_slug_is_another_accounts(app, client):
-    make_linked_org(app, "Codertocat", "someone-else")
+    make_linked_org(app, "CoderToCat", "someone-else")  # the slug in another letter case is taken too
     assert deliver(client, "installation.created").status_code == 200
-    assert org_state(app) == [("Codertocat", "someone-else", None), ("Codertocat-2", "Codertocat", 957387)]
+    assert org_state(app) == [("CoderToCat", "someone-else", None), ("codertocat-2", "Codertocat", 957387)]
+
+
+@pytest.mark.parametrize("name", ["installation.created", "installation.unsuspend"])
+def test_an_installation_known_under_another_login_takes_the_renamed_accounts_login(app, client, name):
+    """An installation is one account's for life: an event naming another login for it is a renamed account, and
+    uploads naming the new owner are accepted (they were refused as outside the org's account)."""
+    installation = 957387 if name == "installation.created" else 16598467
+    make_linked_org(app, "coder", "old-name", installation_id=installation)
+    assert deliver(client, name).status_code == 200
+    assert org_state(app) == [("coder", "Codertocat", installation)]
+    upload(client, make_token(app, "coder"), "coder", "Codertocat/Hello-World", PR_SHA)
 
 
 def test_installation_deleted_unlinks_the_org(app, client):

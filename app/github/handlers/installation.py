@@ -57,19 +57,25 @@ def installation_suspend(session: Session, payload: dict[str, Any], ctx: Context
 
 
 def _link(session: Session, payload: dict[str, Any]) -> Org | None:
-    """The org whose GitHub login is the account's (else the one holding the installation, else a new one),
-    now holding the installation id."""
+    """The org whose GitHub login is the account's (else the one holding the installation, else a new one, its slug
+    the login in lower case), now holding the installation id. An org found by the installation under another login
+    takes the account's login now: an installation belongs to one account for life, so the account was renamed (and
+    its uploads name the new login)."""
     inst_id = need_int(payload, "installation", "id")
     login = need_str(payload, "installation", "account", "login")
     org = org_by_login(session, login) or org_by_installation(session, inst_id)
     if org is None:
         try:
-            org = orgs.create(session, _free_slug(session, login), github_login=login, installation_id=inst_id)
+            slug = _free_slug(session, login.lower())
+            org = orgs.create(session, slug, github_login=login, installation_id=inst_id)
         except ValueError as exc:  # a login that cannot be a slug (managed users' `name_shortcode`)
             log.warning("github.installation.cannot_create_org installation=%s reason=%r", inst_id, str(exc))
             return None
         log.info("github.installation.org_created org=%s installation=%s", org.slug, inst_id)
     else:
+        if org.github_login.lower() != login.lower():  # found by the installation: its account was renamed
+            log.info("github.installation.account_renamed org=%s from=%s to=%s", org.slug, org.github_login, login)
+            org.github_login = login
         org.installation_id = inst_id
         log.info("github.installation.linked org=%s installation=%s", org.slug, inst_id)
     session.flush()
@@ -89,9 +95,10 @@ def _unlink(session: Session, payload: dict[str, Any]) -> Org | None:
 
 
 def _free_slug(session: Session, login: str) -> str:
-    """The login itself, or login-2, login-3... where an org of another account took that slug."""
+    """The login itself, or login-2, login-3... where an org of another account took that slug (in any letter case:
+    no two orgs' slugs differ only by it)."""
     slug, n = login, 1
-    while orgs.by_slug(session, slug) is not None:
+    while orgs.slug_like(session, slug) is not None:
         n += 1
         slug = f"{login}-{n}"
     return slug
