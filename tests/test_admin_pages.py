@@ -713,6 +713,15 @@ def test_the_settings_form_submitted_unchanged_changes_nothing(app, admin, csrf)
     assert "Saved. Nothing changed." in text_of(admin.get(BASE + "/settings").text)
 
 
+@pytest.mark.parametrize("page", ["/settings", "/tokens", "/exceptions"])
+def test_a_form_with_a_nul_character_is_refused_not_echoed(app, admin, csrf, page):
+    before = settings_of(app), census(app)
+    r = admin.post(BASE + page, data={**VALID, "retention_days": "\x00", "name": "a\x00b", "csrf_token": csrf})
+    assert r.status_code == 400 and r.mimetype == "text/html"
+    assert "\x00" not in r.text and "NUL character" in r.text
+    assert (settings_of(app), census(app)) == before
+
+
 def test_settings_post_saves_and_records_old_and_new(app, admin, csrf):
     gate = {"block_threshold": "critical", "ignore_unfixed": "1", "block_on": "new"}
     r = admin.post(BASE + "/settings", data={**VALID, **gate, "csrf_token": csrf})

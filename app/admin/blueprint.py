@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, abort, current_app, request
 
 from app.github.client import web_base_url
 
@@ -30,6 +30,14 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "base-uri 'none'; object-src 'none'; frame-ancestors 'none'; form-action 'self'{github}"
 )
+
+
+@bp.before_request
+def refuse_nul_in_form() -> None:
+    """A posted form with a NUL character is refused before any page reads it: no field can hold one (PostgreSQL
+    text cannot), and a form shown again with the values sent must not echo it."""
+    if request.method == "POST" and any("\x00" in k or "\x00" in v for k, v in request.form.items(multi=True)):
+        abort(400, description="The form contains a NUL character (%00).")
 
 
 def security_headers(response: Response) -> Response:
