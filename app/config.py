@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import psycopg
 import sqlalchemy as sa
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -135,8 +136,17 @@ def finalize(config: dict[str, Any], instance_path: str) -> None:
             config["GITHUB_PRIVATE_KEY"] = Path(config["GITHUB_PRIVATE_KEY_FILE"]).read_text()
         except OSError as exc:
             raise ConfigError(f"FREMFORGE_GITHUB_PRIVATE_KEY_FILE cannot be read: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError("FREMFORGE_GITHUB_PRIVATE_KEY_FILE is not a PEM text file") from None
+        if not config["GITHUB_PRIVATE_KEY"].strip():
+            raise ConfigError("FREMFORGE_GITHUB_PRIVATE_KEY_FILE is empty: it must hold the App's private key (PEM)")
     if config.get("GITHUB_PRIVATE_KEY"):
         check_private_key(str(config["GITHUB_PRIVATE_KEY"]))
+    elif str(config.get("GITHUB_APP_ID") or "").strip():  # half an App: nothing would be posted, and nothing said
+        raise ConfigError(
+            "FREMFORGE_GITHUB_APP_ID is set without the App's private key: set FREMFORGE_GITHUB_PRIVATE_KEY_FILE "
+            "(or FREMFORGE_GITHUB_PRIVATE_KEY) too, or unset the App id"
+        )
     config["GITHUB_APP_CONFIGURED"] = bool(config.get("GITHUB_APP_ID") and config.get("GITHUB_PRIVATE_KEY"))
     if config.get("PUBLIC_URL"):
         config["PUBLIC_URL"] = str(config["PUBLIC_URL"]).strip().rstrip("/")
@@ -293,14 +303,26 @@ def check_database_url(url: str) -> None:
     """Refuse a FREMFORGE_DATABASE_URL that is no URL, or not of SQLite or PostgreSQL (the backends the app ships
     with), in one line that never repeats the URL (it may hold a password)."""
     try:
-        driver = sa.engine.make_url(url).drivername
-    except sa.exc.ArgumentError:
+        parsed = sa.engine.make_url(url)
+        parsed.port  # noqa: B018 - read to have a port that is not a number refused here
+    except (sa.exc.ArgumentError, ValueError):
         raise ConfigError(f"FREMFORGE_DATABASE_URL is not a database URL: use {DATABASE_URL_FORMS}") from None
+    driver = parsed.drivername
     if driver not in DATABASE_DRIVERS:
         shown = driver[:30] if driver.isascii() and driver.isprintable() else "another"
         raise ConfigError(
             f"FREMFORGE_DATABASE_URL must be a SQLite or PostgreSQL URL ({DATABASE_URL_FORMS}), not {shown!r}"
         )
+    if driver.startswith("postgresql"):
+        known = {option.keyword.decode() for option in psycopg.pq.Conninfo.get_defaults()}
+        unknown = sorted(key for key in parsed.query if key not in known)
+        if unknown:
+            shown = ", ".join(repr(k[:30]) for k in unknown[:3])
+            raise ConfigError(f"FREMFORGE_DATABASE_URL has options PostgreSQL does not know: {shown}")
+    elif parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
+        folder = Path(parsed.database).parent
+        if not folder.is_dir():
+            raise ConfigError(f"FREMFORGE_DATABASE_URL names a SQLite file in a folder that does not exist: {folder}")
 
 
 def check_private_key(pem: str) -> None:

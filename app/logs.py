@@ -183,9 +183,12 @@ def parse(message: str) -> tuple[str | None, dict[str, Any]]:
     return event, pairs
 
 
+_ESCAPED = re.compile(r"\\([\\'\"])")  # what %r escapes in a quoted value: a backslash or a quote
+
+
 def _value(raw: str) -> Any:
     if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
-        return raw[1:-1]
+        return _ESCAPED.sub(r"\1", raw[1:-1])
     raw = raw.removesuffix(":").removesuffix(",")
     if raw in ("None", "-", ""):
         return None

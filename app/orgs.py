@@ -21,8 +21,9 @@ def create(session: Session, slug: str, github_login: str | None = None, install
                 f"{what} {value!r} must be letters, digits and hyphens (as a GitHub login), "
                 "starting with a letter or digit"
             )
-    if by_slug(session, slug) is not None:
-        raise ValueError(f"an organisation {slug!r} exists already")
+    taken = slug_like(session, slug)
+    if taken is not None:  # no two slugs differ only in letter case: a slug typed either way names one org
+        raise ValueError(f"an organisation {taken!r} exists already")
     same_login = session.scalars(sa.select(Org.slug).where(sa.func.lower(Org.github_login) == login.lower())).first()
     if same_login is not None:  # one GitHub account, one org: else two orgs would post to the same commits
         raise ValueError(f"the organisation {same_login!r} has the GitHub login {login!r} already")

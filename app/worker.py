@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
+from flask import current_app
 from sqlalchemy.orm import Session
 
-from app import clock, db, exceptions
+from app import clock, db, exceptions, migrate
 from app.chain import retention
 from app.db import write_transaction
 from app.github import outbox, posting, redeliver
@@ -175,13 +176,15 @@ class Loop:
         """Log the error, drop the session (its connection may be dead), and wait before the next round."""
         self.errors_in_a_row += 1
         wait = min(ERROR_MAX_WAIT, ERROR_FIRST_WAIT * 2 ** (self.errors_in_a_row - 1)) * random.uniform(0.8, 1.2)
+        behind = isinstance(exc, sa.exc.SQLAlchemyError) and not db.unavailable(exc) and migrate.behind(current_app)
         log.warning(
-            "worker.error errors_in_a_row=%s retry_in=%.1fs error=%s: %s",
+            "worker.error errors_in_a_row=%s retry_in=%.1fs error=%s detail=%r",
             self.errors_in_a_row,
             wait,
             type(exc).__name__,
-            str(exc).splitlines()[0][:300] if str(exc) else "",
-            exc_info=self.errors_in_a_row == 1 and not self.once,  # with once the error goes on up, to the command
+            migrate.NOT_MIGRATED if behind else (str(exc).splitlines()[0][:300] if str(exc) else ""),
+            # the first error's traceback, unless it is only the schema (or, with once, the command says it)
+            exc_info=self.errors_in_a_row == 1 and not self.once and not behind,
         )
         db.discard_session()
         self.holding_rows = self.gh is not None

@@ -32,6 +32,8 @@ def test_orgs_create_refuses_duplicates_and_bad_slugs(runner, app):
     before = census(app)
     dup = runner.invoke(args=["orgs", "create", "acme"])
     assert dup.exit_code != 0 and "exists already" in dup.output
+    other_case = runner.invoke(args=["orgs", "create", "ACME", "--github-login", "acme-corp"])
+    assert other_case.exit_code != 0 and "an organisation 'acme' exists already" in other_case.output
     bad = runner.invoke(args=["orgs", "create", "-bad slug"])
     assert bad.exit_code != 0
     assert census(app) == before

@@ -309,6 +309,46 @@ def test_a_github_app_key_that_is_no_rsa_pem_is_refused_without_showing_it(monke
     assert create_app().config["GITHUB_APP_CONFIGURED"]
 
 
+@pytest.mark.parametrize(
+    "url,says",
+    [
+        ("postgresql://fremforge:hunter2@db:notaport/fremforge", "is not a database URL"),
+        ("postgresql://fremforge:hunter2@db/fremforge?foo=bar", "options PostgreSQL does not know: 'foo'"),
+        ("sqlite:////nonexistent/folder/fremforge.db", "a folder that does not exist: /nonexistent/folder"),
+    ],
+    ids=["port", "option", "folder"],
+)
+def test_a_database_url_that_cannot_work_is_refused_at_start(monkeypatch, url, says):
+    monkeypatch.setenv("FREMFORGE_DATABASE_URL", url)
+    with pytest.raises(ConfigError, match=re.escape(says)) as refused:
+        create_app()
+    assert "hunter2" not in str(refused.value)
+
+
+def test_postgresql_options_libpq_knows_are_taken(monkeypatch):
+    monkeypatch.setenv("FREMFORGE_DATABASE_URL", "postgresql://u@127.0.0.1/db?sslmode=prefer&connect_timeout=3")
+    assert create_app().config["DATABASE_URL"].endswith("?sslmode=prefer&connect_timeout=3")
+
+
+def test_half_a_github_app_is_refused(monkeypatch, tmp_path):
+    """An App id whose key is missing, empty or not text would leave the app posting nothing, silently."""
+    monkeypatch.setenv("FREMFORGE_GITHUB_APP_ID", "7")
+    monkeypatch.setenv("FREMFORGE_GITHUB_WEBHOOK_SECRET", "w")
+    monkeypatch.setenv("FREMFORGE_SECRET_KEY", STRONG_KEY)
+    with pytest.raises(ConfigError, match="FREMFORGE_GITHUB_APP_ID is set without the App's private key"):
+        create_app()
+    key = tmp_path / "app.pem"
+    monkeypatch.setenv("FREMFORGE_GITHUB_PRIVATE_KEY_FILE", str(key))
+    key.write_text("\n")
+    with pytest.raises(ConfigError, match="FREMFORGE_GITHUB_PRIVATE_KEY_FILE is empty"):
+        create_app()
+    key.write_bytes(b"\xff\xfe-----BEGIN")
+    with pytest.raises(ConfigError, match="is not a PEM text file"):
+        create_app()
+    key.write_text(PEM)
+    assert create_app().config["GITHUB_APP_CONFIGURED"]
+
+
 def test_production_starts_with_a_strong_key_and_a_public_url(tmp_path):
     env = {"FREMFORGE_ENV": "production", "FREMFORGE_SECRET_KEY": STRONG_KEY, **APP_ENV}
     env["FREMFORGE_PUBLIC_URL"] = "https://fremforge.example.com"

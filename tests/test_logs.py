@@ -235,6 +235,8 @@ def test_parsing_a_line_into_event_and_fields() -> None:
         "in": "4s",
         "error": "could not reach GitHub",  # a value with spaces is logged quoted (%r), and read whole
     }
+    said = 'it\'s "quoted" \\ twice'
+    assert logs.parse(f"admin.signed_out reason={said!r} org=acme")[1] == {"reason": said, "org": "acme"}
 
 
 # ---------------------------------------------------------------- never a secret
@@ -455,3 +457,26 @@ def test_json_lines_keep_an_error_with_spaces_whole_and_name_the_org(
     kept = next(line for line in lines if line["event"] == "retention.org")
     assert kept["org"] == "acme" and "slug" not in kept and "outbox_id" not in kept, kept
     assert kept["outbox_rows_trimmed"] == 0
+
+
+def test_the_delivery_that_makes_an_org_names_it_and_worker_errors_keep_their_detail(
+    make_app: MakeApp, capture: Capture
+) -> None:
+    app = make_app(LOG_FORMAT="json", GITHUB_WEBHOOK_SECRET=WEBHOOK_SECRET)
+    buffer = capture("json")
+    body = (paths.FIXTURES / "github-webhooks" / "installation.created.json").read_bytes()
+    headers = {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": "installation",
+        "X-GitHub-Delivery": str(uuid.uuid4()),
+        "X-Hub-Signature-256": "sha256=" + hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest(),
+    }
+    assert app.test_client().post("/webhooks/github", data=body, headers=headers).status_code == 200
+    loop = Loop(None, once=True)
+    with app.app_context():
+        loop.recover(RuntimeError("the disk is full: no space left on device"))
+    lines = json_lines(buffer)
+    handled = next(line for line in lines if line["event"] == "github.webhook.handled")
+    assert handled["org"] == "codertocat", handled
+    failed = next(line for line in lines if line["event"] == "worker.error")
+    assert failed["error"] == "RuntimeError" and failed["detail"] == "the disk is full: no space left on device"

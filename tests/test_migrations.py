@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -14,6 +15,7 @@ import sqlalchemy as sa
 
 from app import create_app, migrate
 from app.db import Base
+from app.worker import Loop
 from tests.conftest import _postgres_schema_url, normalise, postgres_base_url, skip_or_fail
 
 
@@ -175,3 +177,19 @@ def test_commands_on_a_database_not_migrated_or_unreachable_say_so_in_one_line(t
     assert result.exit_code == 1 and result.output.strip().splitlines() == [
         "Error: the database cannot be reached or is busy (OperationalError); try again once it answers"
     ], result.output
+
+
+def test_the_worker_on_a_database_not_migrated_says_so_without_a_traceback(tmp_path, caplog):
+    app = _unmigrated_app(tmp_path)
+    try:
+        with app.app_context(), caplog.at_level(logging.WARNING, logger="app.worker"):
+            loop = Loop(None)
+            loop.stop.set()  # no wait after the error: one round's worth
+            with pytest.raises(sa.exc.SQLAlchemyError) as failed:
+                loop.step()
+            loop.recover(failed.value)  # as the loop does with it
+    finally:
+        app.extensions["fremforge.db"].engine.dispose()
+    [line] = [r for r in caplog.records if r.getMessage().startswith("worker.error")]
+    assert "not migrated" in line.getMessage() and "db upgrade" in line.getMessage()
+    assert not line.exc_info  # one line, not a traceback, for what one command fixes

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app import orgs
+from app import logs, orgs
 from app.github.handlers.common import (
     add_repositories,
     full_names,
@@ -71,6 +71,7 @@ def _link(session: Session, payload: dict[str, Any]) -> Org | None:
         except ValueError as exc:  # a login that cannot be a slug (managed users' `name_shortcode`)
             log.warning("github.installation.cannot_create_org installation=%s reason=%r", inst_id, str(exc))
             return None
+        logs.name_org(org.slug)  # the delivery's lines from here on name it
         log.info("github.installation.org_created org=%s installation=%s", org.slug, inst_id)
     else:
         if org.github_login.lower() != login.lower():  # found by the installation: its account was renamed
