@@ -126,10 +126,11 @@ def finalize(config: dict[str, Any], instance_path: str) -> None:
     # (requests, seconds) of the per-token limit (app.web.ratelimit), or None
     config["RATE_LIMIT_RULE"] = parse_rate_limit(config.get("RATE_LIMIT"))
 
-    if not config.get("DATABASE_URL"):
+    if config.get("DATABASE_URL"):
+        config["DATABASE_URL"] = normalise_database_url(config["DATABASE_URL"])
+        check_database_url(config["DATABASE_URL"])
+    else:  # the instance folder is made when the database is first opened
         config["DATABASE_URL"] = f"sqlite:///{Path(instance_path) / 'fremforge.db'}"
-    config["DATABASE_URL"] = normalise_database_url(config["DATABASE_URL"])
-    check_database_url(config["DATABASE_URL"])
 
     if config.get("GITHUB_PRIVATE_KEY_FILE") and not config.get("GITHUB_PRIVATE_KEY"):
         try:

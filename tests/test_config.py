@@ -53,6 +53,8 @@ def test_defaults_use_sqlite_in_instance_folder_and_a_generated_key(tmp_path, mo
 
 def test_values_are_read_as_strings(monkeypatch):
     monkeypatch.setenv("FREMFORGE_GITHUB_APP_ID", "1e5")
+    monkeypatch.setenv("FREMFORGE_GITHUB_PRIVATE_KEY", PEM)
+    monkeypatch.setenv("FREMFORGE_GITHUB_WEBHOOK_SECRET", "w")
     monkeypatch.setenv("FREMFORGE_GITHUB_CLIENT_ID", "0012")
     monkeypatch.setenv("FREMFORGE_SECRET_KEY", "s")
     monkeypatch.setenv("FREMFORGE_MAX_UPLOAD_MB", "2")
