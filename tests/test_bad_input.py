@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from gunicorn.http.errors import InvalidChunkSize
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from app.web import bodies
@@ -293,6 +294,30 @@ BAD_BODIES = [
     pytest.param(m422("findings[2].cve_id", three_findings(cve_id=20231234)), id="cve-id-as-int"),
     pytest.param(m422("findings[2].cve_id", three_findings(cve_id="")), id="cve-id-empty"),
     pytest.param(m422("findings[2].cve_id", three_findings(cve_id="C" * 1025)), id="cve-id-too-long"),
+    # 1,024 characters, but not 1,024 bytes: an advisory id is indexed (in upper case), and an index row has a limit
+    pytest.param(m422("findings[2].cve_id", three_findings(cve_id="\U0001f600" * 1024)), id="cve-id-too-many-bytes"),
+    pytest.param(m422("findings[2].cve_id", three_findings(cve_id="\u0390" * 400)), id="cve-id-upper-case-too-long"),
+    pytest.param(
+        m422("findings[2].vendor_ids[1]", three_findings(vendor_ids=["DSA-1", "\U0001f600" * 300])),
+        id="vendor-id-too-many-bytes",
+    ),
+    # A key given twice where the findings are: JSON parsers keep the last (a critical of the first list would vanish)
+    pytest.param(
+        Bad(422, "validation_failed", "findings", raw=b'{"findings": [], ' + json.dumps(seed())[1:].encode()),
+        id="findings-key-twice",
+    ),
+    pytest.param(
+        Bad(
+            422,
+            "validation_failed",
+            "Results[0].Vulnerabilities",
+            raw=b'{"SchemaVersion": 2, "ArtifactName": "ghcr.io/acme/api:1", "Results": [{"Target": "t", '
+            b'"Vulnerabilities": [{"VulnerabilityID": "CVE-1", "PkgName": "a", "InstalledVersion": "1", '
+            b'"Severity": "HIGH"}], "Vulnerabilities": []}]}',
+            query=TRIVY_QUERY,
+        ),
+        id="vulnerabilities-key-twice",
+    ),
     pytest.param(m422("findings[2].package_name", three_findings(package_name="")), id="package-empty"),
     pytest.param(
         m422("findings[2].installed_version", three_findings(installed_version=301)), id="installed-version-as-number"
@@ -656,6 +681,48 @@ def test_chunked_body_over_the_limit_is_413(small: tuple[Flask, Any, str]) -> No
     app_iter, status, headers = run_wsgi_app(app, environ, buffered=True)
     r = app.response_class(b"".join(app_iter), status=status, headers=headers)
     assert_error(r, 413, "payload_too_large")
+    assert census(app) == before
+
+
+class BrokenChunks(io.BytesIO):
+    """A request body whose chunked framing gunicorn finds broken as it is read (a chunk size of `zz`)."""
+
+    def read(self, *_args: Any) -> bytes:
+        raise InvalidChunkSize(b"zz")
+
+    readline = read1 = read
+
+    def readinto(self, *_args: Any) -> int:
+        raise InvalidChunkSize(b"zz")
+
+
+@pytest.mark.parametrize("path", [URL, "/webhooks/github", "/admin/orgs/acme/code-security/image-scanning/settings"])
+def test_a_body_with_broken_chunked_framing_is_400_not_500(make_app: Any, path: str) -> None:
+    app = make_app(GITHUB_WEBHOOK_SECRET="webhook-secret")
+    make_org(app)
+    token = make_token(app)
+    environ = EnvironBuilder(
+        path=path,
+        method="POST",
+        input_stream=BrokenChunks(),
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json" if "admin" not in path else "application/x-www-form-urlencoded",
+            "Transfer-Encoding": "chunked",
+            "X-GitHub-Event": "ping",
+            "X-GitHub-Delivery": "d-1",
+            "X-Hub-Signature-256": "sha256=" + "0" * 64,
+        },
+    ).get_environ()
+    environ.pop("CONTENT_LENGTH", None)
+    environ["wsgi.input_terminated"] = True
+    before = census(app)
+    app_iter, status, headers = run_wsgi_app(app, environ, buffered=True)
+    r = app.response_class(b"".join(app_iter), status=status, headers=headers)
+    assert r.status_code == 400, r.get_data(as_text=True)[:300]
+    assert "chunked transfer encoding is malformed" in r.get_data(as_text=True)
+    if path == URL:
+        assert_error(r, 400, "bad_request")
     assert census(app) == before
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from flask import abort, current_app, render_template, request
 from flask.typing import ResponseReturnValue
+from gunicorn.http.errors import ParseException
 from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import (
     BadRequest,
@@ -54,6 +55,9 @@ def unexpected_error_page(err: Exception) -> ResponseReturnValue:
     """Anything else as a page too; the app's own client errors (a NUL in the URL...) keep their status."""
     if isinstance(err, ApiError):
         return error_page(default_exceptions.get(err.status, BadRequest)(err.message))
+    if isinstance(err, ParseException):  # gunicorn found the body's chunked framing broken as the form was read
+        log.warning("admin.unreadable_body path=%s error=%s", request.path, type(err).__name__)
+        return error_page(BadRequest("The body could not be read: its chunked transfer encoding is malformed."))
     if isinstance(err, sa_exc.DataError):
         log.warning("admin.unstorable_value path=%s error=%s", request.path, type(err.orig).__name__)
         return error_page(UnprocessableEntity("A value cannot be stored (too long or malformed)."))

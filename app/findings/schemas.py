@@ -444,6 +444,9 @@ TRIVY_NAMES = (
     "VendorIDs",
 )
 _LISTS = {"references", "vendor_ids", "References", "VendorIDs"}
+_FINDING_LISTS = ("findings", "Results")  # a body's keys whose value holds findings
+# A key given twice where the findings are (JSON parsers keep the last; a gate must not guess, so the upload is a 422)
+TWICE = "is given twice in the same object: which one is meant is unclear"
 
 
 def _finding(f: Any, names: tuple[str, ...], path: str, errors: Errors, seed: bool) -> dict[str, Any] | None:
@@ -461,6 +464,8 @@ def _finding(f: Any, names: tuple[str, ...], path: str, errors: Errors, seed: bo
     cve_id = get(k_id, _MISSING)
     if type(cve_id) is not str or not 0 < len(cve_id) <= ADVISORY_ID_MAX:
         _text(cve_id, ADVISORY_ID_MAX, path, k_id, errors, required=True, nullable=False)
+    elif not cve_id.isascii():
+        _indexable(cve_id, f"{path}.{k_id}", errors)
     package = get(k_pkg, _MISSING)
     if type(package) is not str or not 0 < len(package) <= SHORT_MAX:
         _text(package, SHORT_MAX, path, k_pkg, errors, required=True, nullable=False)
@@ -531,6 +536,8 @@ def _finding(f: Any, names: tuple[str, ...], path: str, errors: Errors, seed: bo
             errors.add(f"{path}.{k_vids}", "too_long", f"must hold at most {VENDOR_IDS_MAX} ids", VENDOR_IDS_MAX)
         for i, vid in enumerate(vendor_ids):
             _text(vid, ADVISORY_ID_MAX, f"{path}.{k_vids}", i, errors, nullable=False, item=True)
+            if type(vid) is str and not vid.isascii() and len(vid) <= ADVISORY_ID_MAX:
+                _indexable(vid, f"{path}.{k_vids}[{i}]", errors)
         vendor_ids = tuple(vendor_ids)
 
     if errors.total != before:
@@ -583,6 +590,13 @@ def _text(
         return None
     errors.add(where, "string_type", "must be a string")
     return None
+
+
+def _indexable(advisory_id: str, where: str, errors: Errors) -> None:
+    """An advisory id is indexed in upper case (the advisory search's latest_advisories), and PostgreSQL bounds an
+    index row in bytes: beyond ASCII, its upper case must fit ADVISORY_ID_MAX bytes in UTF-8 (as image_ref must)."""
+    if len(advisory_id.upper().encode()) > ADVISORY_ID_MAX:
+        errors.add(where, "string_too_long", f"must be at most {ADVISORY_ID_MAX:,} bytes in UTF-8", ADVISORY_ID_MAX)
 
 
 def _check_items(extra: list[Any], offset: int, path: str, key: str, errors: Errors) -> None:
@@ -659,6 +673,9 @@ class _Upload:
         fields: dict[str, Any] = {}
 
         def member(key: str, pos: int) -> int:
+            if key in present and key in _FINDING_LISTS:  # two lists: which is meant is unclear, so neither is
+                r.errors.add(key, "duplicate_key", TWICE)
+                return r.skip(pos, 1, key, r.errors)
             present.add(key)
             if key == "findings":
                 self.results = None  # a body with findings is the seed shape: its Results (if any) are not read
@@ -811,9 +828,14 @@ class _Upload:
                 return end
             target: Any = None
             found: list[dict[str, Any]] = []
+            seen: set[str] = set()
 
             def member(key: str, pos: int) -> int:
                 nonlocal target, found
+                if key in seen and key in ("Target", "Vulnerabilities"):
+                    rows.errors.add(_join(where, key), "duplicate_key", TWICE)
+                    return r.skip(pos, depth + 2, _join(where, key), rows.errors)
+                seen.add(key)
                 if key == "Target":
                     target, end = r.value(pos, depth + 2, f"{where}.Target", rows.errors)
                     if type(target) is not str:

@@ -6,8 +6,9 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, current_app, jsonify, request
+from gunicorn.http.errors import ParseException
 from sqlalchemy import exc as sa_exc
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import BadRequest, HTTPException
 
 from app import db, migrate
 
@@ -120,6 +121,12 @@ def init_app(app: Flask) -> None:
         headers = dict(err.get_headers())
         headers.pop("Content-Type", None)
         return jsonify(body), status, headers
+
+    @app.errorhandler(ParseException)
+    def _unreadable_body(err: ParseException):  # type: ignore[no-untyped-def]
+        # gunicorn found the body's framing broken while a view read it (a chunk size that is no number...)
+        log.warning("request.unreadable_body path=%s error=%s", request.path, type(err).__name__)
+        return _http_error(BadRequest("The body could not be read: its chunked transfer encoding is malformed."))
 
     @app.errorhandler(sa_exc.DataError)
     def _data_error(err: sa_exc.DataError):  # type: ignore[no-untyped-def]
