@@ -72,6 +72,11 @@ class Logger(glogging.Logger):  # type: ignore[misc]
 
 logger_class = Logger
 
+# A raw Trivy report's context comes as query parameters (image_ref, the signature fields: up to 1,024 characters
+# each), so its request line can pass gunicorn's default 4094 bytes once percent-encoded: take up to gunicorn's
+# most, 8190 (deploy/fremforge-nginx.conf passes lines up to 8 KiB too).
+limit_request_line = 8190
+
 
 def _alive(pid: int) -> bool:
     try:

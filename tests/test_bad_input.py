@@ -301,6 +301,17 @@ BAD_BODIES = [
         m422("findings[2].vendor_ids[1]", three_findings(vendor_ids=["DSA-1", "\U0001f600" * 300])),
         id="vendor-id-too-many-bytes",
     ),
+    # The report's ArtifactName stands for image_ref: refused, it is named (in the body), not the query
+    pytest.param(
+        Bad(
+            422,
+            "validation_failed",
+            "ArtifactName",
+            body=trivy_report(artifact="x" * 1100),
+            query={"commit_sha": SHA, "repo_full_name": REPO},
+        ),
+        id="artifact-name-too-long",
+    ),
     # A key given twice where the findings are: JSON parsers keep the last (a critical of the first list would vanish)
     pytest.param(
         Bad(422, "validation_failed", "findings", raw=b'{"findings": [], ' + json.dumps(seed())[1:].encode()),

@@ -615,6 +615,29 @@ def test_uploads_webhooks_admin_pages_and_the_front_page_go_through_nginx(app: F
         assert seen and set(seen) == {FORWARDED_BY_NGINX.format("http")}, (path, seen)
 
 
+def test_a_raw_report_whose_query_fields_are_as_long_as_allowed_goes_through(app: Flask, tmp_path: Path) -> None:
+    """A raw Trivy upload's context is its query: image_ref and the signature subject at 1,024 characters (their
+    limit; here some needing percent-encoding) make a request line past gunicorn's default 4094 bytes."""
+    make_org(app)
+    token = make_token(app)
+    image = "ghcr.io/acme/" + "%/" * 505  # 1,023 characters, each of the 1,010 percent-encoded in 3 bytes
+    query = {"commit_sha": SHA_OF_LONG, "repo_full_name": "acme/api", "image_ref": image}
+    query |= {"signature_status": "signed", "signature_subject": "repo:acme/api:ref:refs/heads/" + "x/" * 480}
+    path = f"{UPLOAD_PATH}?{urlencode(query)}"
+    assert len(path) > 4094
+    report = json.dumps({"SchemaVersion": 2, "ArtifactName": "x", "Results": []}).encode()
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    with production(tmp_path, app.config["DATABASE_URL"]) as (proxy, gunicorn_port):
+        through_nginx = call(proxy.port, "POST", path, report, headers)
+        direct = call(gunicorn_port, "POST", path, report, headers)
+    assert through_nginx.status == 202, through_nginx.body[:300]
+    assert direct.status == 202, direct.body[:300]
+    assert through_nginx.json()["scan_run_id"] != direct.json()["scan_run_id"]
+
+
+SHA_OF_LONG = "c" * 40
+
+
 def test_nginx_answers_metrics_to_this_host_only(app: Flask, tmp_path: Path) -> None:
     """/metrics is open in the app without FREMFORGE_METRICS_TOKEN; the documented nginx passes it on from this host
     only (127.0.0.1), and refuses another address (127.0.0.2, another loopback address here) before gunicorn."""

@@ -931,14 +931,20 @@ class _Upload:
         rows = self.results or _Rows()
         refuse(errors, self.r.errors, rows.errors)  # the body first: a bad body is refused whatever the query says
         params = {k: query[k] for k in QUERY_FIELDS if k in query}
-        if not params.get("image_ref"):
+        from_report = not params.get("image_ref")  # the image is the report's ArtifactName unless the query names it
+        if from_report:
             params["image_ref"] = artifact or ""
         try:
             ctx = UploadContext.model_validate(params)
         except ValidationError as exc:
             details = [error_detail(e, where="query") for e in exc.errors(include_url=False)]
             for d in details:
-                if d["path"] == "image_ref":
+                if d["path"] != "image_ref" or not from_report:
+                    continue
+                if params["image_ref"].strip():  # the report's ArtifactName, refused: said where it came from
+                    d["path"], d["in"] = "ArtifactName", "body"
+                    d["message"] += " (the report's ArtifactName, taken as image_ref: pass ?image_ref=... instead)"
+                else:
                     d["message"] = "is required: pass ?image_ref=... (the report's ArtifactName is empty)"
             raise validation_failed(details) from None
         return Upload(
