@@ -10,7 +10,9 @@ for information:
   * a raw Trivy report of ~64 MiB (make_trivy.py, as Trivy writes it, indented), against the floor's time for
     the same findings in the seed shape;
   * 100,001 findings: the app answers 413 too_many_findings;
-  * 64 MiB of ~800,000 tiny findings (what took > 1.2 GiB per worker before): 413 too_many_findings.
+  * 64 MiB of ~800,000 tiny findings (what took > 1.2 GiB per worker before): 413 too_many_findings;
+  * up to 100,000 findings of 64 references and 64 vendor ids each, one character (62 MB) or four and all
+    different (64 MiB): each a Python string in the worker (what took 1.1 GiB before): 202, within the memory bar.
 Peak memory: each gunicorn worker's peak resident set (VmHWM in /proc/PID/status, reset before each measurement
 with `echo 5 > /proc/PID/clear_refs`); bar: under 512 MiB for every app worker in every measurement.
 
@@ -96,6 +98,28 @@ def tiny_body(limit: int) -> tuple[bytes, int]:
         size += len(one) + 1
         n += 1
     return head + b",".join(parts) + b"]}", n
+
+
+def short_lists_body(limit: int, n: int, distinct: bool) -> tuple[bytes, int]:
+    """A seed body of up to `n` findings (as many as fit in `limit` bytes), each with 64 references and 64 vendor
+    ids, all within the limits: one character each (`distinct` False), or four, every one different (True). Their
+    strings are what costs a worker memory (each a Python object of ~50 bytes), not their bytes."""
+    label = "short-distinct" if distinct else "short-same"
+    head = json.dumps({**context(label), "findings": []})[:-2].encode()  # ends with "findings": [
+    alphabet = [chr(c).encode() for c in range(0x30, 0x7B) if chr(c).isalnum()]
+    words = (a + b + c + d for a in alphabet for b in alphabet for c in alphabet for d in alphabet)
+    same = b",".join([b'"a"'] * 64)
+    parts, size = [], len(head) + 2
+    for i in range(n):
+        refs = b",".join(b'"%s"' % next(words) for _ in range(64)) if distinct else same
+        ids = b",".join(b'"%s"' % next(words) for _ in range(64)) if distinct else same
+        one = b'{"cve_id":"C%d","severity":"low","package_name":"p","installed_version":"",' % i
+        one += b'"references":[' + refs + b'],"vendor_ids":[' + ids + b"]}"
+        if size + len(one) + 1 > limit:
+            break
+        parts.append(one)
+        size += len(one) + 1
+    return head + b",".join(parts) + b"]}", len(parts)
 
 
 def trivy_under(limit: int, tmp: Path) -> tuple[bytes, dict]:
@@ -328,6 +352,7 @@ def run(args: argparse.Namespace, tmp: Path, urls: dict[str, str]) -> int:
     seed_64 = seed_body("big-64mib", filled_findings(findings, report, LIMIT_BYTES))
     over = seed_body("over", [*findings, {**findings[0], "cve_id": "CVE-OVER-LIMIT"}])
     tiny, tiny_n = tiny_body(LIMIT_BYTES)
+    lists = {distinct: short_lists_body(LIMIT_BYTES, MAX_FINDINGS, distinct) for distinct in (False, True)}
     del report
     trivy_raw, trivy_report = trivy_under(LIMIT_BYTES, tmp)
     trivy_findings = seed_findings(trivy_report)
@@ -383,6 +408,14 @@ def run(args: argparse.Namespace, tmp: Path, urls: dict[str, str]) -> int:
                 servers, tiny, "413 too_many_findings", 1,
             )
         )  # fmt: skip
+        for distinct, (body, count) in lists.items():
+            kind = "4-character, all different" if distinct else "1-character"
+            results.append(
+                measure(
+                    f"{count:,} findings x 128 {kind} refs/ids ({len(body) / 2**20:.1f} MiB)",
+                    servers, body, f"202 {count}", 1,
+                )
+            )  # fmt: skip
     print_table(backend, results)
     print(f"\nwritten: {write_json(backend, results, sizes, args)}")
     return 0 if all(r.passed for r in results) else 1

@@ -17,6 +17,7 @@ from flask import Flask
 
 from app import create_app
 from app.config import ConfigError
+from app.findings import schemas
 from app.models import Finding
 from app.openapi import document
 from tests.chainkit import org_id, sql, verdict
@@ -394,3 +395,23 @@ def test_openapi_documents_truncated_and_the_limits() -> None:
     assert "too_many_findings" in upload["413"]["description"] and "MAX_FINDINGS" in upload["413"]["description"]
     detail = schemas["Error"]["properties"]["details"]["items"]["properties"]
     assert detail["limit"]["type"] == "integer"
+
+
+def test_past_the_uploads_budget_of_distinct_references_and_ids_new_ones_are_cut(app, client, token, monkeypatch):
+    """Each kept reference or vendor id is a string object in the worker, however short: an upload keeps at most
+    KEPT_STRINGS_MAX distinct ones (here 10), values seen before are kept still, and a finding cut says so."""
+    monkeypatch.setattr(schemas, "KEPT_STRINGS_MAX", 10)
+    first = finding("CVE-2024-0001", references=[f"r{i}" for i in range(6)], vendor_ids=["DSA-1", "DSA-2"])
+    second = finding("CVE-2024-0002", references=["r0", "r9", "r8", "r7"], vendor_ids=["DSA-1", "DSA-3"])
+    third = finding("CVE-2024-0003", references=["r1", "r2"], vendor_ids=["DSA-2"])  # all seen: nothing cut
+    r = post(client, token, seed([first, second, third]))
+    assert r.status_code == 202 and r.json["accepted"] == 3, r.json
+    found = {f["cve_id"]: f for f in scan_findings(client, token, r.json["scan_run_id"])}
+    one, two, three = found["CVE-2024-0001"], found["CVE-2024-0002"], found["CVE-2024-0003"]
+    assert (one["references"], one["vendor_ids"], one["truncated"]) == (
+        [f"r{i}" for i in range(6)],
+        ["DSA-1", "DSA-2"],
+        False,
+    )
+    assert (two["references"], two["vendor_ids"], two["truncated"]) == (["r0", "r9", "r8"], ["DSA-1"], True)
+    assert (three["references"], three["vendor_ids"], three["truncated"]) == (["r1", "r2"], ["DSA-2"], False)

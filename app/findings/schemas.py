@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -449,9 +449,44 @@ _FINDING_LISTS = ("findings", "Results")  # a body's keys whose value holds find
 TWICE = "is given twice in the same object: which one is meant is unclear"
 
 
-def _finding(f: Any, names: tuple[str, ...], path: str, errors: Errors, seed: bool) -> dict[str, Any] | None:
+# Distinct references and vendor ids one upload keeps. Each is a Python string of about 50 bytes however short it is
+# in the body ("ab", five bytes there), so 64 MiB of short distinct ones would take most of a GiB: past this many
+# new ones are cut, as a cut reference is (`truncated`). A value seen before costs a pointer (_Kept keeps one string
+# of each), and a real report repeats its advisories' links and ids across packages: it comes nowhere near.
+KEPT_STRINGS_MAX = 1_000_000
+
+
+class _Kept:
+    """The distinct references and vendor ids of one upload, one string object each, at most KEPT_STRINGS_MAX."""
+
+    __slots__ = ("strings",)
+
+    def __init__(self) -> None:
+        self.strings: dict[str, str] = {}
+
+    def keep(self, values: Sequence[str]) -> tuple[tuple[str, ...], bool]:
+        """`values` (strings) as kept, and whether some were cut (new ones past KEPT_STRINGS_MAX)."""
+        strings = self.strings
+        if len(strings) + len(values) <= KEPT_STRINGS_MAX:  # room even if every one is new
+            same = strings.setdefault
+            return tuple([same(v, v) for v in values]), False
+        kept = []
+        for v in values:
+            found = strings.get(v)
+            if found is None:
+                if len(strings) >= KEPT_STRINGS_MAX:
+                    continue
+                strings[v] = found = v
+            kept.append(found)
+        return tuple(kept), len(kept) < len(values)
+
+
+def _finding(
+    f: Any, names: tuple[str, ...], path: str, errors: Errors, seed: bool, kept: _Kept
+) -> dict[str, Any] | None:
     """One finding as stored (the column names), or None when it breaks the schema (each fault added to
-    errors with its path). `names` are the body's field names, in the order of SEED_NAMES."""
+    errors with its path). `names` are the body's field names, in the order of SEED_NAMES; `kept` holds the
+    upload's references and vendor ids."""
     if type(f) is not dict:
         errors.add(path, "dict_type" if seed else "model_type", "must be an object")
         return None
@@ -524,7 +559,6 @@ def _finding(f: Any, names: tuple[str, ...], path: str, errors: Errors, seed: bo
                 errors.add(f"{path}.{k_refs}[{i}]", "string_type", "must be a string")
             elif len(ref) > URL_MAX:
                 references[i], truncated = ref[:URL_MAX], True
-        references = tuple(references)
 
     vendor_ids: Any = get(k_vids)
     if vendor_ids is None:
@@ -538,10 +572,12 @@ def _finding(f: Any, names: tuple[str, ...], path: str, errors: Errors, seed: bo
             _text(vid, ADVISORY_ID_MAX, f"{path}.{k_vids}", i, errors, nullable=False, item=True)
             if type(vid) is str and not vid.isascii() and len(vid) <= ADVISORY_ID_MAX:
                 _indexable(vid, f"{path}.{k_vids}[{i}]", errors)
-        vendor_ids = tuple(vendor_ids)
 
     if errors.total != before:
         return None
+    references, cut = kept.keep(references)  # every one a string by now
+    vendor_ids, cut_ids = kept.keep(vendor_ids)
+    truncated = truncated or cut or cut_ids
     return {
         "cve_id": cve_id,
         "severity": severity,
@@ -651,6 +687,7 @@ class _Upload:
     def __init__(self, reader: _Reader, max_findings: int) -> None:
         self.r = reader
         self.max_findings = max_findings
+        self.kept = _Kept()  # the references and vendor ids kept
         self.findings: _Rows | None = None  # the last `findings` list of a seed body
         self.results: _Rows | None = None  # the last `Results` list of a Trivy report
 
@@ -710,7 +747,7 @@ class _Upload:
             raise too_many_findings(self.max_findings, f"findings[{self.max_findings}]")
 
         def take(i: int, f: Any) -> None:
-            row = _finding(f, SEED_NAMES, f"findings[{i}]", rows.errors, seed=True)
+            row = _finding(f, SEED_NAMES, f"findings[{i}]", rows.errors, True, self.kept)
             if row is not None and not rows.errors.total:
                 rows.add(row)
 
@@ -873,7 +910,7 @@ class _Upload:
             raise too_many_findings(self.max_findings, f"{prefix}[{room}]")
 
         def take(i: int, v: Any) -> None:
-            row = _finding(v, TRIVY_NAMES, f"{prefix}[{i}]", rows.errors, seed=False)
+            row = _finding(v, TRIVY_NAMES, f"{prefix}[{i}]", rows.errors, False, self.kept)
             if row is not None and not rows.errors.total:
                 if not row["target"]:  # an empty PkgPath falls back to the Result's Target
                     row["target"] = None
