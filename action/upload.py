@@ -29,6 +29,7 @@ import contextlib
 import email.utils
 import gzip
 import hashlib
+import html
 import http.client
 import io
 import json
@@ -201,8 +202,8 @@ def read_report(path: str) -> tuple[bytes, str]:
                 digest.update(chunk)
                 size += len(chunk)
                 out.write(chunk)
-                if not first:
-                    first = chunk.lstrip()[:1]
+                if not first:  # the first character after white space and a byte-order mark (the server takes both)
+                    first = chunk.lstrip().removeprefix(b"\xef\xbb\xbf").lstrip()[:1]
                 chunk = f.read(1 << 20)
             if out is not packed:
                 out.close()
@@ -319,7 +320,8 @@ def describe(status: int, data: bytes) -> tuple[str, dict[str, Any] | None]:
             if shown:
                 text += " [" + "; ".join(shown) + more + "]"
         return text, answer
-    snippet = " ".join(re.sub(r"<[^>]*>", " ", data[:1000].decode("utf-8", "replace")).split())[:300]
+    text = html.unescape(re.sub(r"<[^>]*>", " ", data[:1000].decode("utf-8", "replace")))  # a proxy's page, as read
+    snippet = " ".join(text.split())[:300]
     return f"HTTP {status}" + (f": {snippet}" if snippet else ""), None
 
 

@@ -497,6 +497,13 @@ def test_a_missing_or_unusable_report_fails_before_any_request(
     assert scripted.requests == [] and token not in run.output
 
 
+def test_a_report_with_a_byte_order_mark_is_sent_as_it_is(scripted: Scripted, tmp_path: Path) -> None:
+    marked = tmp_path / "trivy.json"
+    marked.write_bytes(b"\xef\xbb\xbf" + REPORT.read_bytes())  # the server takes it (test_bad_input)
+    run = run_step(tmp_path, inputs_for(scripted.url, "tok_abcdef0123456789", report=str(marked)))
+    assert run.returncode == 0 and len(scripted.requests) == 1, run.output  # not refused as "not JSON"
+
+
 def test_a_gzipped_report_is_sent_as_it_is(scripted: Scripted, tmp_path: Path) -> None:
     packed = tmp_path / "trivy.json.gz"
     packed.write_bytes(gzip.compress(REPORT.read_bytes()))
@@ -524,6 +531,12 @@ def test_inputs_that_cannot_work_fail_with_status_2(tmp_path: Path, inputs: dict
 
 
 # ---------------------------------------------------------------- the script's parts
+
+
+def test_an_html_error_page_is_read_as_its_text() -> None:
+    """gunicorn's own pages (a 414, say) escape what they quote: the step's line says it as a person reads it."""
+    page = b"<html><body><h1>Bad Request</h1>Request Line is too large (4263 &gt; 4094)</body></html>"
+    assert upload_script.describe(414, page) == ("HTTP 414: Bad Request Request Line is too large (4263 > 4094)", None)
 
 
 def test_the_idempotency_key_is_one_per_run_attempt_step_image_and_report() -> None:
