@@ -833,6 +833,12 @@ def test_duplicates_differing_only_in_severity_case_collapse(app: Flask, client:
     assert (r.json["accepted"], r.json["duplicates"]) == (1, 1)
 
 
+def test_an_empty_target_and_no_target_are_one_finding(app: Flask, client: Any, token: str) -> None:
+    r = post(client, token, seed([finding(target=""), finding(severity="critical")]))
+    assert r.status_code == 202 and (r.json["accepted"], r.json["duplicates"]) == (1, 1), r.json
+    assert r.json["severity_counts"]["critical"] == 1  # the most severe copy kept
+
+
 def test_duplicates_keep_the_most_severe_severity_and_a_fixed_version(app: Flask, client: Any, token: str) -> None:
     """Today the first copy wins: a low without a fix would hide the critical copy from the gate."""
     set_policy(app, "acme", block_action="block_pull")

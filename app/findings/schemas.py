@@ -584,7 +584,7 @@ def _finding(
         "package": package,
         "installed_version": installed or "",
         "fixed_version": fixed or None,
-        "target": target,
+        "target": target or None,  # "" says what no target says: one finding, not two (duplicates)
         "title": title,
         "primary_url": url,
         "references": references,
