@@ -676,23 +676,22 @@ def test_chunked_body_over_the_limit_is_413(small: tuple[Flask, Any, str]) -> No
     """No Content-Length (Transfer-Encoding: chunked, as gunicorn presents it): the limit still holds."""
     app, _, token = small
     raw = json.dumps(seed([finding(title="0" * (2 * 1024 * 1024))])).encode()
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    before = census(app)
+    r = post_chunked(app, URL, io.BytesIO(raw), headers)
+    assert_error(r, 413, "payload_too_large")
+    assert census(app) == before
+
+
+def post_chunked(app: Flask, path: str, stream: io.BytesIO, headers: dict[str, str]) -> Any:
+    """POST `stream` as gunicorn presents a chunked body (no Content-Length, the input terminated); the answer."""
     environ = EnvironBuilder(
-        path=URL,
-        method="POST",
-        input_stream=io.BytesIO(raw),
-        headers={
-            "Authorization": f"Bearer {token}",
-            "Content-Type": "application/json",
-            "Transfer-Encoding": "chunked",
-        },
+        path=path, method="POST", input_stream=stream, headers={**headers, "Transfer-Encoding": "chunked"}
     ).get_environ()
     environ.pop("CONTENT_LENGTH", None)
     environ["wsgi.input_terminated"] = True
-    before = census(app)
-    app_iter, status, headers = run_wsgi_app(app, environ, buffered=True)
-    r = app.response_class(b"".join(app_iter), status=status, headers=headers)
-    assert_error(r, 413, "payload_too_large")
-    assert census(app) == before
+    app_iter, status, answer_headers = run_wsgi_app(app, environ, buffered=True)
+    return app.response_class(b"".join(app_iter), status=status, headers=answer_headers)
 
 
 class BrokenChunks(io.BytesIO):
@@ -712,24 +711,15 @@ def test_a_body_with_broken_chunked_framing_is_400_not_500(make_app: Any, path: 
     app = make_app(GITHUB_WEBHOOK_SECRET="webhook-secret")
     make_org(app)
     token = make_token(app)
-    environ = EnvironBuilder(
-        path=path,
-        method="POST",
-        input_stream=BrokenChunks(),
-        headers={
-            "Authorization": f"Bearer {token}",
-            "Content-Type": "application/json" if "admin" not in path else "application/x-www-form-urlencoded",
-            "Transfer-Encoding": "chunked",
-            "X-GitHub-Event": "ping",
-            "X-GitHub-Delivery": "d-1",
-            "X-Hub-Signature-256": "sha256=" + "0" * 64,
-        },
-    ).get_environ()
-    environ.pop("CONTENT_LENGTH", None)
-    environ["wsgi.input_terminated"] = True
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Content-Type": "application/json" if "admin" not in path else "application/x-www-form-urlencoded",
+        "X-GitHub-Event": "ping",
+        "X-GitHub-Delivery": "d-1",
+        "X-Hub-Signature-256": "sha256=" + "0" * 64,
+    }
     before = census(app)
-    app_iter, status, headers = run_wsgi_app(app, environ, buffered=True)
-    r = app.response_class(b"".join(app_iter), status=status, headers=headers)
+    r = post_chunked(app, path, BrokenChunks(), headers)
     assert r.status_code == 400, r.get_data(as_text=True)[:300]
     assert "chunked transfer encoding is malformed" in r.get_data(as_text=True)
     if path == URL:

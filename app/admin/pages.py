@@ -31,7 +31,7 @@ from app.models import (
     OrgSettings,
 )
 from app.web import urls
-from app.web.errors import DATABASE_UNAVAILABLE, ApiError, note_database_unavailable
+from app.web.errors import DATABASE_UNAVAILABLE, UNREADABLE_BODY, ApiError, note_database_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def unexpected_error_page(err: Exception) -> ResponseReturnValue:
         return error_page(default_exceptions.get(err.status, BadRequest)(err.message))
     if isinstance(err, ParseException):  # gunicorn found the body's chunked framing broken as the form was read
         log.warning("admin.unreadable_body path=%s error=%s", request.path, type(err).__name__)
-        return error_page(BadRequest("The body could not be read: its chunked transfer encoding is malformed."))
+        return error_page(BadRequest(UNREADABLE_BODY))
     if isinstance(err, sa_exc.DataError):
         log.warning("admin.unstorable_value path=%s error=%s", request.path, type(err.orig).__name__)
         return error_page(UnprocessableEntity("A value cannot be stored (too long or malformed)."))

@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 # Seconds a client is asked to wait (Retry-After) when the database is unavailable or locked past its budget
 # (app.db.DATABASE_BUSY_SECONDS): a restart or failover usually takes a few seconds.
 RETRY_AFTER_SECONDS = 5
+UNREADABLE_BODY = "The body could not be read: its chunked transfer encoding is malformed."
 DATABASE_UNAVAILABLE = "The database is unavailable or busy; try again in a few seconds."
 
 
@@ -126,7 +127,7 @@ def init_app(app: Flask) -> None:
     def _unreadable_body(err: ParseException):  # type: ignore[no-untyped-def]
         # gunicorn found the body's framing broken while a view read it (a chunk size that is no number...)
         log.warning("request.unreadable_body path=%s error=%s", request.path, type(err).__name__)
-        return _http_error(BadRequest("The body could not be read: its chunked transfer encoding is malformed."))
+        return _http_error(BadRequest(UNREADABLE_BODY))
 
     @app.errorhandler(sa_exc.DataError)
     def _data_error(err: sa_exc.DataError):  # type: ignore[no-untyped-def]
