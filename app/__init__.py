@@ -63,7 +63,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from app.github import webhooks as github_webhooks
     from app.insights import api as insights_api
     from app.policy import api as policy_api
-    from app.web import errors
+    from app.web import bodies, errors
 
     db.init_app(app)
     _private_files(app)
@@ -82,6 +82,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     admin.init_app(app)
     cli.init_app(app)
     app.after_request(_nosniff)
+    app.wsgi_app = bodies.WholeBodies(app.wsgi_app)  # type: ignore[method-assign]
     return app
 
 

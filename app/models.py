@@ -56,6 +56,9 @@ class Org(Base):
     slug: Mapped[str] = mapped_column(sa.String(100), unique=True)
     github_login: Mapped[str] = mapped_column(sa.String(100), index=True)
     installation_id: Mapped[int | None] = mapped_column(sa.BigInteger)
+    # The installation a suspension unlinked: its unsuspend finds the org by it, whatever the account's login is by
+    # then (renamed while suspended). Cleared when an installation is linked again.
+    suspended_installation_id: Mapped[int | None] = mapped_column(sa.BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -92,7 +92,10 @@ AUTH_ERRORS = {
     "429": RATE_LIMITED,
 }
 BODY_ERRORS = {
-    "400": _error("Malformed JSON or gzip, an empty body, or a NUL character (%00) in the URL."),
+    "400": _error(
+        "Malformed JSON or gzip, an empty body, a body that ends before its Content-Length, or a NUL character (%00)"
+        " in the URL."
+    ),
     "413": _error("The body (or what it decompresses to) is over the upload limit."),
     "415": _error("Not sent as application/json, or an unsupported Content-Encoding."),
     "422": _error("The body breaks the schema; each detail names its JSON path."),

@@ -727,6 +727,46 @@ def test_a_body_with_broken_chunked_framing_is_400_not_500(make_app: Any, path: 
     assert census(app) == before
 
 
+class Stalled(io.BytesIO):
+    """A request body as gunicorn gives it when the client stops sending early: the bytes sent, then the end."""
+
+
+def post_short(app: Flask, path: str, body: bytes, announced: int, headers: dict[str, str]) -> Any:
+    """POST `body` announcing `announced` bytes in Content-Length, the input terminated as gunicorn marks it (its
+    stream just ends where the client stopped); the answer."""
+    environ = EnvironBuilder(path=path, method="POST", input_stream=Stalled(body), headers=headers).get_environ()
+    environ["CONTENT_LENGTH"] = str(announced)
+    environ["wsgi.input_terminated"] = True
+    app_iter, status, answer_headers = run_wsgi_app(app.wsgi_app, environ, buffered=True)
+    return app.response_class(b"".join(app_iter), status=status, headers=answer_headers)
+
+
+@pytest.mark.parametrize("path", [URL, "/webhooks/github", "/admin/orgs/acme/code-security/image-scanning/settings"])
+def test_a_body_shorter_than_its_content_length_is_400_and_nothing_is_stored(make_app: Any, path: str) -> None:
+    """A complete JSON document, then the client stops though its Content-Length promised more: not a whole body."""
+    app = make_app(GITHUB_WEBHOOK_SECRET="webhook-secret")
+    make_org(app)
+    token = make_token(app)
+    body = json.dumps(seed([finding()])).encode() if "admin" not in path else b"block_action=none"
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Content-Type": "application/json" if "admin" not in path else "application/x-www-form-urlencoded",
+        "X-GitHub-Event": "ping",
+        "X-GitHub-Delivery": "d-1",
+        "X-Hub-Signature-256": "sha256=" + "0" * 64,
+    }
+    before = census(app)
+    r = post_short(app, path, body, len(body) + 100, headers)
+    assert r.status_code == 400, r.get_data(as_text=True)[:300]
+    assert f"The body ended after {len(body)} of the {len(body) + 100} bytes" in r.get_data(as_text=True)
+    if path == URL:
+        assert_error(r, 400, "bad_request")
+    assert census(app) == before
+    upload = json.dumps(seed([finding()])).encode()
+    whole = post_short(app, URL, upload, len(upload), {**headers, "Content-Type": "application/json"})
+    assert whole.status_code == 202, whole.get_data(as_text=True)[:300]  # the same way in, whole: stored
+
+
 # ---------------------------------------------------------------- accepted edge cases
 
 

@@ -638,6 +638,37 @@ def test_a_raw_report_whose_query_fields_are_as_long_as_allowed_goes_through(app
 SHA_OF_LONG = "c" * 40
 
 
+def test_gunicorn_refuses_a_body_that_ends_before_its_content_length(app: Flask, tmp_path: Path) -> None:
+    """A client sends a whole JSON upload, announces 100 bytes more and stops sending (half-closes): gunicorn's
+    stream ends there, and the app answers 400 instead of storing what came."""
+    make_org(app)
+    token = make_token(app)
+    body = json.dumps(seed()).encode()
+    head = (
+        f"POST {UPLOAD_PATH} HTTP/1.1\r\nHost: fremforge.test\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body) + 100}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    with gunicorn(tmp_path, app.config["DATABASE_URL"]) as port:
+        with socket.create_connection((HOST, port), timeout=PROMPT) as sock:
+            sock.sendall(head + body)
+            sock.shutdown(socket.SHUT_WR)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        whole = call(
+            port, "POST", UPLOAD_PATH, body, {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        )
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.startswith(b"HTTP/1.1 400"), answer[:500]
+    error = json.loads(rest.partition(b"\r\n\r\n")[2])
+    assert (
+        error["error"] == "bad_request"
+        and f"ended after {len(body)} of the {len(body) + 100} bytes" in error["message"]
+    )
+    assert whole.status == 202, whole.body[:300]  # the same upload, whole: stored
+    assert whole.json()["scan_run_id"] == 1  # the first scan stored: the short one was not
+
+
 def test_nginx_answers_metrics_to_this_host_only(app: Flask, tmp_path: Path) -> None:
     """/metrics is open in the app without FREMFORGE_METRICS_TOKEN; the documented nginx passes it on from this host
     only (127.0.0.1), and refuses another address (127.0.0.2, another loopback address here) before gunicorn."""

@@ -350,6 +350,29 @@ def test_installation_suspend_then_unsuspend(app, client):
     assert org_state(app) == [("codertocat", "Codertocat", 16598467)]
 
 
+def test_an_account_renamed_while_suspended_gets_its_org_back_on_unsuspend(app, client):
+    """The suspension unlinks the installation; the unsuspend names the account's new login: the same org is linked
+    again and takes that login (a second org was made before, and the first one's scans and settings were lost)."""
+    make_linked_org(app, "old-name", "old-name", installation_id=16598467, repos=("old-name/hello-world",))
+    assert deliver(client, "installation.suspend").status_code == 200
+    assert org_state(app) == [("old-name", "old-name", None)]
+    assert deliver(client, "installation.unsuspend").status_code == 200  # the payload's login: Codertocat
+    assert org_state(app) == [("old-name", "Codertocat", 16598467)]
+    upload(client, make_token(app, "old-name"), "old-name", "Codertocat/Hello-World", PR_SHA)
+    with app.app_context():
+        (org,) = db.session().scalars(sa.select(Org)).all()
+        assert org.suspended_installation_id is None  # linked again: nothing left to find it by
+
+
+def test_a_deleted_installation_is_not_found_again_by_its_id(app, client):
+    """Only a suspension keeps the id: an installation deleted is gone for good, its org unlinked for good."""
+    make_linked_org(app, "old-name", "old-name", installation_id=16598467)
+    deleted = edited("installation.suspend", action="deleted")
+    assert deliver(client, body=deleted, event="installation").status_code == 200
+    assert deliver(client, "installation.unsuspend").status_code == 200
+    assert org_state(app) == [("old-name", "old-name", None), ("codertocat", "Codertocat", 16598467)]
+
+
 # ---------------------------------------------------------------- installation_repositories
 
 

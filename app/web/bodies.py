@@ -10,12 +10,40 @@ from typing import Any, TypeVar
 import orjson
 from flask import current_app, request
 from pydantic import BaseModel, ValidationError
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
+from werkzeug.wsgi import LimitedStream, get_content_length
 
 from app.fields import COMMIT_SHA_TEXT, GIT_REF_TEXT, REPO_RULE_TEXT
 from app.web.errors import MAX_DETAILS, ApiError, validation_failed
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class WholeBodies:
+    """WSGI middleware: a body that ends before its Content-Length is a 400, never read as if it were whole.
+
+    gunicorn marks its input as terminated (`wsgi.input_terminated`), so Werkzeug reads it as it comes; when a client
+    stops sending early (it half-closes, or a proxy gives up), gunicorn's stream just ends, and a body that happened
+    to be valid JSON so far (a complete document followed by a promise of more bytes) would be stored. Here such a
+    request's input is held to its Content-Length: a read that finds the stream ended short raises the 400 (the API
+    answers it as JSON, the admin pages with their page). Chunked bodies carry their own framing (gunicorn raises on
+    a broken one: app.web.errors)."""
+
+    def __init__(self, wsgi_app: Any) -> None:
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        length = get_content_length(environ)
+        if length and environ.get("wsgi.input_terminated"):
+            environ["wsgi.input"] = _Announced(environ["wsgi.input"], length)
+        return self.wsgi_app(environ, start_response)
+
+
+class _Announced(LimitedStream):
+    """A request's input held to the length its Content-Length announced."""
+
+    def on_disconnect(self, error: Exception | None = None) -> None:
+        raise BadRequest(f"The body ended after {self._pos} of the {self.limit} bytes its Content-Length announced.")
 
 
 def request_body() -> bytes:

@@ -24,6 +24,7 @@ _orgs = Org.__table__
 # Built once: webhooks answer many small deliveries, and building a statement costs more than running it here.
 _BY_INSTALLATION = sa.select(Org).where(Org.installation_id == sa.bindparam("inst")).order_by(Org.id).limit(1)
 _BY_LOGIN = sa.select(Org).where(sa.func.lower(Org.github_login) == sa.bindparam("login")).order_by(Org.id).limit(1)
+_BY_SUSPENDED = sa.select(Org).where(Org.suspended_installation_id == sa.bindparam("inst")).order_by(Org.id).limit(1)
 _REF_BY_INSTALLATION = (
     sa.select(_orgs.c.id, _orgs.c.slug)
     .where(_orgs.c.installation_id == sa.bindparam("inst"))
@@ -42,6 +43,11 @@ def org_by_installation(session: Session, inst_id: int | None) -> Org | None:
     if inst_id is None:
         return None
     return _named(session.scalars(_BY_INSTALLATION, {"inst": inst_id}).first())
+
+
+def org_by_suspended_installation(session: Session, inst_id: int) -> Org | None:
+    """The org whose suspension unlinked this installation (its account may have been renamed since)."""
+    return _named(session.scalars(_BY_SUSPENDED, {"inst": inst_id}).first())
 
 
 def org_by_login(session: Session, login: str | None) -> Org | None:

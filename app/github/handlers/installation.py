@@ -13,6 +13,7 @@ from app.github.handlers.common import (
     full_names,
     org_by_installation,
     org_by_login,
+    org_by_suspended_installation,
     remove_repositories,
 )
 from app.github.router import Context, Router, need_int, need_str
@@ -52,18 +53,26 @@ def installation_deleted(session: Session, payload: dict[str, Any], ctx: Context
 
 @router.register("installation", "suspend")
 def installation_suspend(session: Session, payload: dict[str, Any], ctx: Context) -> str | None:
-    """Unlink the org; its repositories are kept for the unsuspend."""
-    return None if _unlink(session, payload) is not None else "ignored"
+    """Unlink the org; its repositories and the installation's id are kept for the unsuspend."""
+    org = _unlink(session, payload)
+    if org is None:
+        return "ignored"
+    org.suspended_installation_id = need_int(payload, "installation", "id")
+    return None
 
 
 def _link(session: Session, payload: dict[str, Any]) -> Org | None:
-    """The org whose GitHub login is the account's (else the one holding the installation, else a new one, its slug
-    the login in lower case), now holding the installation id. An org found by the installation under another login
-    takes the account's login now: an installation belongs to one account for life, so the account was renamed (and
-    its uploads name the new login)."""
+    """The org whose GitHub login is the account's (else the one holding the installation, or whose suspension
+    unlinked it, else a new one, its slug the login in lower case), now holding the installation id. An org found by
+    the installation under another login takes the account's login now: an installation belongs to one account for
+    life, so the account was renamed (and its uploads name the new login)."""
     inst_id = need_int(payload, "installation", "id")
     login = need_str(payload, "installation", "account", "login")
-    org = org_by_login(session, login) or org_by_installation(session, inst_id)
+    org = (
+        org_by_login(session, login)
+        or org_by_installation(session, inst_id)
+        or org_by_suspended_installation(session, inst_id)
+    )
     if org is None:
         try:
             slug = _free_slug(session, login.lower())
@@ -78,6 +87,7 @@ def _link(session: Session, payload: dict[str, Any]) -> Org | None:
             log.info("github.installation.account_renamed org=%s from=%s to=%s", org.slug, org.github_login, login)
             org.github_login = login
         org.installation_id = inst_id
+        org.suspended_installation_id = None
         log.info("github.installation.linked org=%s installation=%s", org.slug, inst_id)
     session.flush()
     return org
