@@ -291,6 +291,10 @@ class OutboxItem(Base):
     next_attempt_at: Mapped[datetime | None]  # on the database's clock
     lease_until: Mapped[datetime | None]  # a worker's claim, on the database's clock; past it, another may take it
     claimed_by: Mapped[str | None] = mapped_column(sa.String(100))  # the claim's fencing token
+    # Until when a post of this row may still land on GitHub (it timed out, or a gateway answered 502/504), on the
+    # database's clock: until then the commit's newest state is checked against what GitHub shows
+    # (app.github.posting.DOUBT_WINDOW).
+    doubt_until: Mapped[datetime | None]
     last_status_code: Mapped[int | None]
     last_error: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

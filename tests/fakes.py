@@ -70,6 +70,7 @@ APP_SLUG = "fremforge"
 APP_PERMISSIONS = {"checks": "write", "statuses": "write", "metadata": "read", "pull_requests": "read"}
 JWT_MAX_LIFETIME = 600 + 60  # GitHub allows 10 minutes; one more minute of clock skew
 JWT_LEEWAY = 60
+HOLD_LIMIT = 30.0  # seconds a hold_until request waits at most for its release (a test that forgot it still ends)
 STATUS_DESCRIPTION_MAX = 140
 CLIENT_ID = "Iv1.f4ke0a11c11e47"  # the App's OAuth client id (a GitHub App's start with "Iv1." or "Iv23")
 OAUTH_CODE_LIFETIME = dt.timedelta(minutes=10)  # as on GitHub
@@ -298,6 +299,7 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     body: Any = None
     hold: float = 0.0  # > 0: hold the request this long, then answer it normally
+    release: threading.Event | None = None  # set: hold the request until it is set, then answer it normally
 
     def hits(self, method: str, path: str) -> bool:
         return self.remaining != 0 and self.method in (method, "*") and bool(self.pattern.search(path))
@@ -739,6 +741,11 @@ class FakeGitHub:
         """Hold the matching requests `seconds`, then answer them normally (so the work is done on "GitHub")."""
         self._arm(Fault(method.upper(), re.compile(path_regex), times, hold=seconds))
 
+    def hold_until(self, method: str, path_regex: str, release: threading.Event, times: int | None = 1) -> None:
+        """Hold the matching requests until `release` is set (at most HOLD_LIMIT seconds), then answer them normally:
+        a post its client gave up on that "GitHub" applies as late as the test says."""
+        self._arm(Fault(method.upper(), re.compile(path_regex), times, release=release))
+
     def latency(self, method: str, path_regex: str, seconds: float, times: int | None = None) -> None:
         """Answer the matching requests normally, `seconds` late (until cleared, by default)."""
         self.timeout(method, path_regex, times=times, seconds=seconds)
@@ -812,7 +819,10 @@ class FakeGitHub:
             generation = self._generation
             self.calls.append(call)
             fault = self._take_fault(call.method, call.path)
-        if fault is not None and fault.hold > 0:
+        if fault is not None and fault.release is not None:
+            fault.release.wait(HOLD_LIMIT)
+            fault = None
+        elif fault is not None and fault.hold > 0:
             time.sleep(fault.hold)
             fault = None
         after: list[Callable[[], None]] = []

@@ -916,6 +916,135 @@ def test_a_status_post_that_timed_out_and_lands_late_never_lands_after_a_newer_s
     assert {r["conclusion"] for r in fake_github.runs_of("acme", "api", SHA)} == {"failure"}
 
 
+@pytest.mark.github_timeout(0.5)
+def test_an_older_post_that_lands_after_the_newer_state_is_posted_is_overwritten(app, client, token, fake_github):
+    """A green status post times out; GitHub applies it only after the newer red state was posted (a proxy held it
+    past LATE_LANDING): the worker, reading what GitHub shows until DOUBT_WINDOW is past, posts the red again."""
+    clock = Clock()
+    upload(client, token, severity="low")  # wish 1: success
+    release = threading.Event()
+    fake_github.hold_until("POST", r"/statuses/", release)
+    try:
+        run(app, clock)  # its status post times out: it may still land
+        [older] = rows(app)
+        assert older.doubt_until is not None and older.doubt_until >= clock.now + posting.DOUBT_WINDOW
+        upload(client, token, severity="critical")  # wish 2: failure
+        clock.advance(posting.LATE_LANDING.total_seconds() + 1)
+        assert run(app, clock) == 1  # the newest state posted...
+        assert fake_github.latest_status("acme", "api", SHA)["state"] == "failure"
+        newest = rows(app)[-1]
+        assert newest.state == "pending" and newest.last_error == posting.VERIFYING  # ...and looked at again
+    finally:
+        release.set()
+    wait_until(lambda: all(c.status for c in fake_github.calls_to("POST", r"/statuses/")))
+    assert fake_github.latest_status("acme", "api", SHA)["state"] == "success"  # the older post landed last
+    clock.advance(posting.SETTLE_WAIT.total_seconds())
+    drain(app, clock, step=posting.SETTLE_WAIT.total_seconds())
+    assert fake_github.latest_status("acme", "api", SHA)["state"] == "failure"
+    assert posted_states(fake_github) == ["failure", "success", "failure"]  # in the order GitHub applied them
+    assert {r["conclusion"] for r in fake_github.runs_of("acme", "api", SHA)} == {"failure"}
+    [delivered] = rows(app, state="delivered")
+    assert delivered.id == newest.id and delivered.delivered_at >= older.doubt_until
+    assert fake_github.invalid_requests == []
+
+
+@pytest.mark.github_timeout(0.5)
+def test_an_older_check_run_update_that_lands_late_is_overwritten(app, client, token, fake_github):
+    """The same for the check run: a green PATCH times out and lands after the newer red one."""
+    clock = Clock()
+    upload(client, token, severity="critical")  # wish 0: failure, its run created
+    drain(app, clock)
+    upload(client, token, severity="low")  # wish 1: success
+    release = threading.Event()
+    fake_github.hold_until("PATCH", r"/check-runs/\d+$", release)
+    try:
+        run(app, clock)  # its status is posted, its run's update times out
+        upload(client, token, severity="critical")  # wish 2: failure
+        clock.advance(posting.LATE_LANDING.total_seconds() + 1)
+        assert run(app, clock) == 1
+        assert {r["conclusion"] for r in fake_github.runs_of("acme", "api", SHA)} == {"failure"}
+    finally:
+        release.set()
+    wait_until(lambda: all(c.status for c in fake_github.calls_to("PATCH", r"/check-runs/")))
+    assert {r["conclusion"] for r in fake_github.runs_of("acme", "api", SHA)} == {"success"}  # landed last
+    clock.advance(posting.SETTLE_WAIT.total_seconds())
+    drain(app, clock, step=posting.SETTLE_WAIT.total_seconds())
+    assert {r["conclusion"] for r in fake_github.runs_of("acme", "api", SHA)} == {"failure"}
+    assert fake_github.latest_status("acme", "api", SHA)["state"] == "failure"
+    assert fake_github.invalid_requests == []
+
+
+@pytest.mark.github_timeout(0.5)
+def test_an_older_run_summary_with_the_same_title_that_lands_late_is_overwritten(app, client, token, fake_github):
+    """Same counts, other findings: the title alone does not tell the older run's update from the newer one."""
+    clock = Clock()
+    upload_advisory(client, token, "CVE-2020-0001")
+    drain(app, clock)
+    upload_advisory(client, token, "CVE-2020-0002")  # wish 1: one high
+    release = threading.Event()
+    fake_github.hold_until("PATCH", r"/check-runs/\d+$", release)
+    try:
+        run(app, clock)
+        upload_advisory(client, token, "CVE-2020-0003")  # wish 2: one high too, another advisory
+        clock.advance(posting.LATE_LANDING.total_seconds() + 1)
+        assert run(app, clock) == 1
+    finally:
+        release.set()
+    wait_until(lambda: all(c.status for c in fake_github.calls_to("PATCH", r"/check-runs/")))
+    assert "CVE-2020-0002" in fake_github.runs_of("acme", "api", SHA)[0]["output"]["summary"]  # landed last
+    clock.advance(posting.SETTLE_WAIT.total_seconds())
+    drain(app, clock, step=posting.SETTLE_WAIT.total_seconds())
+    [shown] = fake_github.runs_of("acme", "api", SHA)
+    assert "CVE-2020-0003" in shown["output"]["summary"] and "CVE-2020-0002" not in shown["output"]["summary"]
+
+
+def upload_advisory(client: Any, token: str, cve_id: str) -> None:
+    r = post(client, token, seed([finding(cve_id=cve_id, severity="high")]))
+    assert r.status_code == 202, r.json
+
+
+def test_without_a_doubtful_post_nothing_is_read_back(app, client, token, fake_github):
+    """Checking what GitHub shows costs calls: only after a post that may land late."""
+    upload(client, token)
+    drain(app, Clock())
+    assert fake_github.calls_to("GET", r"/status$") == []
+    assert rows(app)[0].state == "delivered"
+
+
+@pytest.mark.github_timeout(0.5)
+def test_a_post_that_may_land_late_with_nothing_newer_is_not_read_back(app, client, token, fake_github):
+    """A late landing of the row's own state changes nothing: it is posted again after LATE_LANDING, and done."""
+    clock = Clock()
+    upload(client, token)
+    fake_github.timeout("POST", r"/statuses/", times=1, seconds=0.8)
+    run(app, clock)
+    started = clock.now
+    clock.advance(posting.LATE_LANDING.total_seconds() + 1)
+    drain(app, clock, step=posting.SETTLE_WAIT.total_seconds())
+    [row] = rows(app)
+    assert row.state == "delivered" and row.delivered_at - started < posting.DOUBT_WINDOW
+    assert fake_github.calls_to("GET", r"/status$") == []
+
+
+@pytest.mark.github_timeout(0.5)
+def test_a_doubt_waited_out_is_cleared_and_later_wishes_are_not_read_back(app, client, token, fake_github):
+    clock = Clock()
+    upload(client, token, severity="low")
+    fake_github.timeout("POST", r"/statuses/", times=1, seconds=0.8)
+    run(app, clock)  # may land late
+    upload(client, token, severity="critical")  # newer: in doubt until the window is past
+    clock.advance(posting.LATE_LANDING.total_seconds() + 1)
+    drain(app, clock, step=posting.SETTLE_WAIT.total_seconds())
+    assert [r.doubt_until for r in rows(app)] == [None, None]  # waited out, checked after it: cleared
+    read_back = len(fake_github.calls_to("GET", r"/status$"))
+    assert read_back >= 1
+    upload(client, token, severity="low")
+    fake_github.fail("POST", r"/check-runs$", status=500, times=2)  # the check half retried: no read-back either
+    drain(app, clock)
+    assert len(fake_github.calls_to("GET", r"/status$")) == read_back
+    assert fake_github.latest_status("acme", "api", SHA)["state"] == "success"
+
+
 @pytest.mark.parametrize("skew_minutes", [5, -12])
 def test_a_worker_whose_clock_is_off_by_minutes_still_gets_its_tokens(
     app, client, token, fake_github, monkeypatch, skew_minutes
@@ -949,6 +1078,55 @@ def test_after_an_error_a_worker_gives_back_the_rows_it_still_holds(app, client,
         assert posting.release_worker(s, "host:1") == 1  # not host:12's, whose name starts the same
     held = {r.id: r.claimed_by for r in rows(app)}
     assert held[mine] is None and held[other].startswith("host:12/")
+
+
+def test_rows_given_back_after_an_error_are_in_doubt_only_when_their_post_may_still_land(
+    app, client, token, fake_github, monkeypatch
+):
+    """An error ended the batch after both rows' posts were sent: one was answered, the other timed out. Both commits
+    stay in flight for LATE_LANDING; only the one whose post may still land is in doubt (checked for DOUBT_WINDOW)."""
+    monkeypatch.setattr(posting, "_unrecorded", set())
+    monkeypatch.setattr(posting, "_uncertain", set())
+    for sha in (SHA, SHA2):
+        upload(client, token, sha=sha)
+    with app.app_context():
+        s = db.session()
+        answered, timed_out = posting.claim(s, None, posting.claim_token("host:1"))
+        posting._unrecorded.update({answered, timed_out})  # what Fence.hold leaves
+        posting._uncertain.add(timed_out)  # what Fence.posted(maybe_later=True) leaves before its write fails
+        assert posting.release_worker(s, "host:1") == 2
+    by_id = {r.id: r for r in rows(app)}
+    assert by_id[answered].doubt_until is None and by_id[timed_out].doubt_until is not None
+    assert all(r.claimed_by is None and r.next_attempt_at == r.lease_until for r in by_id.values())
+    assert not posting._unrecorded and not posting._uncertain
+
+
+def test_a_doubt_given_back_after_the_lease_ran_out_requeues_the_newest(app, client, token, fake_github, monkeypatch):
+    """The error was backed off past the lease: another worker delivered a newer state of the commit meanwhile,
+    without the doubt. The doubt is still recorded, and that newer state is posted again after LATE_LANDING."""
+    monkeypatch.setattr(posting, "_unrecorded", set())
+    monkeypatch.setattr(posting, "_uncertain", set())
+    upload(client, token, severity="low")
+    with app.app_context():
+        s = db.session()
+        [older] = posting.claim(s, None, posting.claim_token("host:1"))
+    posting._unrecorded.add(older)
+    posting._uncertain.add(older)  # its post timed out; recording that failed, and the worker backed off
+    with app.app_context():  # its lease ran out; another worker takes over
+        s = db.session()
+        s.execute(sa.update(OutboxItem).values(lease_until=utcnow() - timedelta(seconds=1)))
+        s.commit()
+    upload(client, token, severity="critical")
+    clock = Clock()
+    drain(app, clock)  # the newer state, delivered with no doubt known
+    newest = rows(app)[-1]
+    assert newest.state == "delivered" and newest.revision == 0
+    with app.app_context():
+        posting.release_worker(db.session(), "host:1")
+    by_id = {r.id: r for r in rows(app)}
+    assert by_id[older].doubt_until is not None
+    again = by_id[newest.id]
+    assert again.state == "pending" and again.revision == 1 and not again.status_posted
 
 
 # ---------------------------------------------------------------- review: late posts and bad rows

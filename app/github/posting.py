@@ -74,6 +74,11 @@ SETTLING = "checking for a late check run (a create timed out)"
 # A post that timed out (or got a 5xx) may still be applied by GitHub a little later. Its commit stays in flight
 # this long, so no newer state of the commit is posted before a late landing of the older one could happen.
 LATE_LANDING = timedelta(seconds=30)
+# ... and a landing later than that (a proxy that held the request) is caught for this long after the post: until
+# then, the commit's newest outbox item is not done when posted; every SETTLE_WAIT the worker reads what GitHub shows
+# (the commit's combined status, the app's check runs) and posts again what differs, once more after the window.
+DOUBT_WINDOW = timedelta(minutes=5)
+VERIFYING = "checking that GitHub shows this state (an earlier post of the commit may still land)"
 # What a try that found GitHub away records (classify): a row given up on after such tries, or after 5xx answers, was
 # given up for a transient reason and is put back once GitHub answers again (app.github.redeliver), MAX_REVIVALS
 # times at most: a row that keeps failing while GitHub answers is not retried forever.
@@ -123,6 +128,7 @@ class Outcome:
     refused: bool = False  # 404/422: retried REFUSAL_TRIES times, then failed
     revision: int | None = None  # the row's revision the attempt read (a re-queued row is not marked delivered)
     maybe_landed: bool = False  # a post timed out or got a 5xx: GitHub may still apply it (see LATE_LANDING)
+    doubt: datetime | None = None  # delivered: the commit's doubt it waited out (cleared then: nothing left to check)
 
 
 @dataclass
@@ -366,8 +372,10 @@ def release(session: Session, ids: list[int], token: str) -> None:
 
 # Rows of this process with a post sent and the attempt's outcome not recorded yet (record() clears them). If an
 # error ends the batch first, they are given back with their commits in flight for LATE_LANDING, as after a post
-# that timed out: that post may still land.
+# that timed out: that post may still land. Those whose post did time out (or got a 502/504) are also in doubt for
+# DOUBT_WINDOW (the others' posts were answered: landed or refused, nothing more can land from them).
 _unrecorded: set[int] = set()
+_uncertain: set[int] = set()
 _unrecorded_lock = threading.Lock()
 
 
@@ -375,10 +383,16 @@ def release_worker(session: Session, worker: str) -> int:
     """Give back every row this worker process still holds (after an error ended its batch), so they, and newer
     outbox items of their commits, are not held up until the leases run out. Its threads have all stopped by then."""
     with _unrecorded_lock:
-        in_doubt = sorted(_unrecorded)
+        in_doubt, uncertain = sorted(_unrecorded), sorted(_uncertain)
     mine = OutboxItem.claimed_by.startswith(f"{worker[:90]}/", autoescape=True)
     with write_transaction(session):
-        at = clock.now_of(session.connection())
+        conn = session.connection()
+        at = clock.now_of(conn)
+        for item in conn.execute(_COMMIT_OF, {"ids": uncertain}).all() if uncertain else ():
+            # Whoever holds the row now (the lease may have run out while the error was backed off): the doubt is a
+            # fact, and a newer state posted meanwhile without it is posted again after a late landing, then checked.
+            conn.execute(MARK_DOUBT, {"item": item.id, "until": at + DOUBT_WINDOW})
+            _requeue_newest(conn, item, at + LATE_LANDING)
         if in_doubt:
             session.execute(
                 sa.update(OutboxItem)
@@ -388,7 +402,20 @@ def release_worker(session: Session, worker: str) -> int:
         done = session.execute(sa.update(OutboxItem).where(mine).values(lease_until=None, claimed_by=None))
     with _unrecorded_lock:
         _unrecorded.difference_update(in_doubt)
+        _uncertain.difference_update(uncertain)
     return rowcount(done) + len(in_doubt)
+
+
+def _requeue_newest(conn: sa.Connection, item: Any, due: datetime) -> int | None:
+    """Queue the newest outbox item of `item`'s commit again, if it is not `item`: it may have been (partly) posted
+    before a late post of `item`, or be in flight now (its worker, holding an older revision, will not mark it
+    delivered)."""
+    keys = {"org": item.org_id, "repo": item.repo_full_name, "sha": item.commit_sha}
+    newest = conn.execute(NEWEST_OF_COMMIT, keys).one()
+    if newest.id == item.id:
+        return None
+    conn.execute(REQUEUE, {"item": newest.id, "now": due})
+    return int(newest.id)
 
 
 class Fence:
@@ -420,13 +447,18 @@ class Fence:
         """After a post: record it (`mark`, a fact whoever holds the row now), then check the lease held through it.
 
         Also after a post that failed in a way that may still land (`maybe_later`): then a re-queued newest outbox item
-        waits LATE_LANDING before it is posted again.
+        waits LATE_LANDING before it is posted again, and the commit is in doubt for DOUBT_WINDOW.
         """
+        if maybe_later:
+            with _unrecorded_lock:
+                _uncertain.add(self.item.id)
         with write_transaction(self.session):
             conn = self.session.connection()
             if mark is not None:
                 conn.execute(mark, {"item": self.item.id, "read_revision": self.item.revision})
             at = _now(conn, self.now)
+            if maybe_later:  # a fact whoever holds the row now: the commit's newest state is checked until then
+                conn.execute(MARK_DOUBT, {"item": self.item.id, "until": at + DOUBT_WINDOW})
             held = conn.execute(RENEW, {"item": self.item.id, "token": self.token, "now": at, "until": at + LEASE})
             if held.rowcount != 1:
                 requeued = self._requeue_newest(conn, at + LATE_LANDING if maybe_later else at)
@@ -436,14 +468,7 @@ class Fence:
             self.posting = False
 
     def _requeue_newest(self, conn: sa.Connection, due: datetime) -> int | None:
-        """Queue the commit's newest outbox item again, if it is not this one: it may have been (partly) posted before
-        this late post, or be in flight now (its worker, holding an older revision, will not mark it delivered)."""
-        keys = {"org": self.item.org_id, "repo": self.item.repo_full_name, "sha": self.item.commit_sha}
-        newest = conn.execute(NEWEST_OF_COMMIT, keys).one()
-        if newest.id == self.item.id:
-            return None
-        conn.execute(REQUEUE, {"item": newest.id, "now": due})
-        return int(newest.id)
+        return _requeue_newest(conn, self.item, due)
 
     def _lost(self, when: str, requeued: int | None) -> None:
         log.warning(
@@ -462,7 +487,9 @@ def deliver(session: Session, gh: GitHubApp, item_id: int, now: datetime | None,
     A database error propagates (the worker backs off and reconnects); any other unexpected error counts as a
     failed attempt of this row, so one bad row cannot stop the others.
     """
-    item = session.connection().execute(ITEM, {"item": item_id}).one()  # the row with its org's installation
+    conn = session.connection()
+    item = conn.execute(ITEM, {"item": item_id}).one()  # the row with its org's installation and the commit's doubt
+    at = _now(conn, now) if item.doubt is not None else None
     logs.set_context(org=item.slug, scan_run_id=item.scan_run_id, outbox_id=item.id)  # this thread's lines, to record()
     session.commit()  # end the read transaction before talking to GitHub
     if item.state != "pending":  # superseded while it waited
@@ -480,8 +507,13 @@ def deliver(session: Session, gh: GitHubApp, item_id: int, now: datetime | None,
                 lambda c: c.rest.repos.create_commit_status(owner, repo, item.commit_sha, data=item.commit_status),
             )
             fence.posted(MARK_STATUS)
+        elif item.doubt is not None:  # posted on an earlier pass; an older post may have landed since
+            _status_in_step(gh, installation_id, item, owner, repo, fence)
+        runs = CheckRuns(session, gh, installation_id, item, owner, repo, fence)
         if not item.check_posted:
-            settled = CheckRuns(session, gh, installation_id, item, owner, repo, fence).post()
+            settled = runs.post()
+        elif item.doubt is not None:
+            runs.in_step()
     except LeaseLost:
         return Outcome("lost", revision=item.revision)
     except sa.exc.SQLAlchemyError:
@@ -506,7 +538,36 @@ def deliver(session: Session, gh: GitHubApp, item_id: int, now: datetime | None,
         return dataclasses.replace(outcome, maybe_landed=fence.posting)
     if not settled:
         return Outcome("retry", SETTLING, wait=SETTLE_WAIT, counts_as_attempt=False, revision=item.revision)
-    return Outcome("delivered", revision=item.revision)
+    if at is not None and at < item.doubt:  # looked at again until the doubt is past, and once after it
+        return Outcome("retry", VERIFYING, wait=SETTLE_WAIT, counts_as_attempt=False, revision=item.revision)
+    return Outcome("delivered", revision=item.revision, doubt=item.doubt)
+
+
+def _status_in_step(gh: GitHubApp, installation_id: int, item: Any, owner: str, repo: str, fence: Fence) -> None:
+    """Post the row's commit status again if GitHub shows another one for our context (an older post landed late)."""
+    combined = _call(
+        gh,
+        installation_id,
+        lambda c: c.rest.repos.get_combined_status_for_ref(owner, repo, item.commit_sha, per_page=100),
+    ).parsed_data
+    shown = next(((s.state, s.description) for s in combined.statuses if s.context == CONTEXT), None)
+    wanted = (item.commit_status["state"], item.commit_status.get("description"))
+    if shown == wanted:
+        return
+    log.warning(
+        "github.posting.status_not_in_step outbox=%s commit=%s shown=%s wanted=%s",
+        item.id,
+        item.commit_sha,
+        shown[0] if shown else None,
+        wanted[0],
+    )
+    fence.hold()
+    _call(
+        gh,
+        installation_id,
+        lambda c: c.rest.repos.create_commit_status(owner, repo, item.commit_sha, data=item.commit_status),
+    )
+    fence.posted(None)
 
 
 def classify(exc: Exception, revision: int | None = None) -> Outcome:
@@ -670,6 +731,7 @@ class Run(NamedTuple):
     external_id: str | None
     conclusion: str | None
     title: str | None
+    summary: str | None = None
 
 
 class CheckRuns:
@@ -747,6 +809,24 @@ class CheckRuns:
             raise refused
         return settled
 
+    def in_step(self) -> None:
+        """After this row's runs were posted: bring any of ours that shows another state to this row's (an older
+        post landed late). A 404/422 is raised after the rest are done (retried as a refusal)."""
+        refused: RequestFailed | None = None
+        output = self.body.get("output", {})
+        wanted = (self.body.get("conclusion"), output.get("title"), output.get("summary"))
+        for run in self._ours():
+            if (run.conclusion, run.title, run.summary) != wanted:  # the summary too: same counts, other findings
+                log.warning("github.check_run.not_in_step outbox=%s run=%s", self.item.id, run.id)
+                self.fence.hold()
+                try:
+                    self._patch(run.id, replace_on_refusal=False)
+                except _Refused as exc:
+                    refused = exc.cause
+                self.fence.posted(None)
+        if refused is not None:
+            raise refused
+
     def _ours(self) -> list[Run]:
         mine = {"app_id": int(self.gh.app_id)} if str(self.gh.app_id).isdigit() else {}
         listed = _call(
@@ -762,7 +842,10 @@ class CheckRuns:
                 **mine,
             ),
         ).parsed_data.check_runs
-        return [Run(r.id, r.external_id, r.conclusion, r.output.title if r.output else None) for r in listed]
+        return [
+            Run(r.id, r.external_id, r.conclusion, *((r.output.title, r.output.summary) if r.output else (None, None)))
+            for r in listed
+        ]
 
     def _patch(self, run_id: int, replace_on_refusal: bool) -> bool:
         """PATCH one run; False when GitHub refuses it (gone, or cannot be updated) and it is to be replaced, else
@@ -852,6 +935,27 @@ UNCOUNT_CREATE = (
 _same_revision = (_outbox.c.id == sa.bindparam("item"), _outbox.c.revision == sa.bindparam("read_revision"))
 MARK_STATUS = sa.update(_outbox).where(*_same_revision).values(status_posted=True)
 MARK_CHECK = sa.update(_outbox).where(*_same_revision).values(check_posted=True)
+CLEAR_DOUBT = (
+    sa.update(_outbox)
+    .where(
+        _outbox.c.org_id == sa.bindparam("org"),
+        _outbox.c.repo_full_name == sa.bindparam("repo"),
+        _outbox.c.commit_sha == sa.bindparam("sha"),
+        _outbox.c.doubt_until <= sa.bindparam("seen"),
+    )
+    .values(doubt_until=None)
+)
+_COMMIT_OF = sa.select(_outbox.c.id, _outbox.c.org_id, _outbox.c.repo_full_name, _outbox.c.commit_sha).where(
+    _outbox.c.id.in_(sa.bindparam("ids", expanding=True))
+)
+MARK_DOUBT = (
+    sa.update(_outbox)
+    .where(
+        _outbox.c.id == sa.bindparam("item"),
+        sa.or_(_outbox.c.doubt_until.is_(None), _outbox.c.doubt_until < sa.bindparam("until")),
+    )
+    .values(doubt_until=sa.bindparam("until"))
+)
 _held = (_outbox.c.claimed_by == sa.bindparam("token"), _outbox.c.lease_until > sa.bindparam("now"))
 RENEW = sa.update(_outbox).where(_outbox.c.id == sa.bindparam("item"), *_held).values(lease_until=sa.bindparam("until"))
 RENEW_ALL = sa.update(_outbox).where(*_held).values(lease_until=sa.bindparam("until"))
@@ -916,6 +1020,18 @@ class OrgIds(NamedTuple):
     id: int
 
 
+# The latest time until which a post of an older outbox item of the item's commit may still land (their doubt_until).
+_same_commit = _outbox.alias("same_commit")
+_COMMIT_DOUBT = (
+    sa.select(sa.func.max(_same_commit.c.doubt_until))
+    .where(
+        _same_commit.c.org_id == _outbox.c.org_id,
+        _same_commit.c.repo_full_name == _outbox.c.repo_full_name,
+        _same_commit.c.commit_sha == _outbox.c.commit_sha,
+        _same_commit.c.id < _outbox.c.id,  # a late landing of the row's own state changes nothing
+    )
+    .scalar_subquery()
+)
 ITEM = (
     sa.select(
         _outbox.c.id,
@@ -931,6 +1047,7 @@ ITEM = (
         _outbox.c.scan_run_id,
         Org.__table__.c.installation_id,
         Org.__table__.c.slug,
+        _COMMIT_DOUBT.label("doubt"),
     )
     .join_from(_outbox, Org.__table__, Org.__table__.c.id == _outbox.c.org_id)
     .where(_outbox.c.id == sa.bindparam("item"))
@@ -942,6 +1059,8 @@ LOCK_ROW = (
         _outbox.c.refusals,
         _outbox.c.revision,
         _outbox.c.claimed_by,
+        _outbox.c.org_id,
+        _outbox.c.repo_full_name,
         _outbox.c.commit_sha,
     )
     .where(_outbox.c.id == sa.bindparam("item"))
@@ -965,6 +1084,7 @@ def record(
         logs.clear_context()
     with _unrecorded_lock:
         _unrecorded.discard(item_id)
+        _uncertain.discard(item_id)
 
 
 def _record(
@@ -980,12 +1100,16 @@ def _record(
         values: dict[str, Any] = {"lease_until": None, "claimed_by": None}
         if outcome.maybe_landed:  # the commit stays in flight until a late landing of that post is past
             values["lease_until"] = values["next_attempt_at"] = at + LATE_LANDING
+            values["doubt_until"] = at + DOUBT_WINDOW
         if outcome.revision is not None and outcome.revision != row.revision:
             values.setdefault("next_attempt_at", at)  # re-queued meanwhile: post it again from the start
         elif outcome.state == "delivered":
             values.update(delivered_at=at, last_error=None)
             if row.state == "pending":  # an outbox item superseded while in hand keeps saying so
                 values["state"] = "delivered"
+            if outcome.doubt is not None:  # waited out and checked after: later passes of the commit need not read back
+                commit = {"org": row.org_id, "repo": row.repo_full_name, "sha": row.commit_sha}
+                conn.execute(CLEAR_DOUBT, {**commit, "seen": outcome.doubt})
             log.info("github.posting.delivered outbox=%s commit=%s", item_id, row.commit_sha)
         elif outcome.state != "superseded":
             attempts = row.attempts + (1 if outcome.counts_as_attempt else 0)
