@@ -295,6 +295,9 @@ class OutboxItem(Base):
     # database's clock: until then the commit's newest state is checked against what GitHub shows
     # (app.github.posting.DOUBT_WINDOW).
     doubt_until: Mapped[datetime | None]
+    # Set when a post of this row is sent (to when its doubt would end, were it never answered), cleared when the
+    # worker that sent it records the answer: one left set is a post whose worker died before its answer came.
+    posting_until: Mapped[datetime | None]
     last_status_code: Mapped[int | None]
     last_error: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -820,7 +820,8 @@ def test_a_worker_that_stalls_past_its_lease_mid_post_requeues_the_newest_state(
             gh = github_app()
             assert gh is not None
             assert posting.run_once(db.session(), gh, worker="other") == 1  # B, while A still stalls
-        assert rows(app)[-1].state == "delivered"
+        b = rows(app)[-1]  # posted, not done: A's post is still out (its mark says so), and may land after it
+        assert b.state == "pending" and b.status_posted and b.last_error == posting.VERIFYING
     finally:
         a.join(timeout=10)
     assert outcomes[0].state == "lost"
@@ -998,6 +999,47 @@ def test_an_older_run_summary_with_the_same_title_that_lands_late_is_overwritten
     assert "CVE-2020-0003" in shown["output"]["summary"] and "CVE-2020-0002" not in shown["output"]["summary"]
 
 
+def test_a_worker_killed_mid_post_leaves_the_commit_in_doubt(app, client, token, fake_github):
+    """A worker sent the green post and died before its answer (nothing recorded). Its post lands after the newer
+    red one was posted by another worker: the red is checked until the dead post's doubt is past, and posted again."""
+    clock = Clock()
+    upload(client, token, severity="low")  # wish 1: success
+    with app.app_context():
+        s = db.session()
+        [older] = posting.claim(s, clock.now, "dead-worker")
+        item = s.connection().execute(posting.ITEM, {"item": older}).one()
+        s.commit()
+        posting.Fence(s, item, clock.now, "dead-worker").hold()  # its post is sent; then the process is killed
+    assert rows(app)[0].posting_until == clock.now + posting.DOUBT_WINDOW
+    upload(client, token, severity="critical")  # wish 2: failure
+    clock.advance(posting.LEASE.total_seconds() + 1)  # the dead worker's lease runs out
+    assert run(app, clock) == 1
+    newest = rows(app)[-1]
+    assert fake_github.latest_status("acme", "api", SHA)["state"] == "failure"
+    assert newest.state == "pending" and newest.last_error == posting.VERIFYING
+    with app.app_context():  # the dead worker's post lands now
+        gh = github_app()
+        assert gh is not None
+        green = {k: v for k, v in item.commit_status.items()}
+        posting._call(gh, INSTALLATION, lambda c: c.rest.repos.create_commit_status("acme", "api", SHA, data=green))
+    assert fake_github.latest_status("acme", "api", SHA)["state"] == "success"
+    clock.advance(posting.SETTLE_WAIT.total_seconds())
+    drain(app, clock, step=posting.SETTLE_WAIT.total_seconds())
+    assert fake_github.latest_status("acme", "api", SHA)["state"] == "failure"
+    assert [r.posting_until for r in rows(app)] == [None, None]  # waited out: cleared
+
+
+def test_a_post_answered_leaves_no_mark(app, client, token, fake_github):
+    """The mark a post leaves while it is sent goes with its answer: the next wish of the commit is not read back."""
+    clock = Clock()
+    upload(client, token, severity="low")
+    drain(app, clock)
+    upload(client, token, severity="critical")
+    drain(app, clock)
+    assert [(r.posting_until, r.doubt_until) for r in rows(app)] == [(None, None), (None, None)]
+    assert fake_github.calls_to("GET", r"/status$") == []
+
+
 def upload_advisory(client: Any, token: str, cve_id: str) -> None:
     r = post(client, token, seed([finding(cve_id=cve_id, severity="high")]))
     assert r.status_code == 202, r.json
@@ -1085,14 +1127,14 @@ def test_rows_given_back_after_an_error_are_in_doubt_only_when_their_post_may_st
 ):
     """An error ended the batch after both rows' posts were sent: one was answered, the other timed out. Both commits
     stay in flight for LATE_LANDING; only the one whose post may still land is in doubt (checked for DOUBT_WINDOW)."""
-    monkeypatch.setattr(posting, "_unrecorded", set())
+    monkeypatch.setattr(posting, "_unrecorded", {})
     monkeypatch.setattr(posting, "_uncertain", set())
     for sha in (SHA, SHA2):
         upload(client, token, sha=sha)
     with app.app_context():
         s = db.session()
         answered, timed_out = posting.claim(s, None, posting.claim_token("host:1"))
-        posting._unrecorded.update({answered, timed_out})  # what Fence.hold leaves
+        posting._unrecorded.update({answered: None, timed_out: None})  # what Fence.hold leaves
         posting._uncertain.add(timed_out)  # what Fence.posted(maybe_later=True) leaves before its write fails
         assert posting.release_worker(s, "host:1") == 2
     by_id = {r.id: r for r in rows(app)}
@@ -1104,13 +1146,13 @@ def test_rows_given_back_after_an_error_are_in_doubt_only_when_their_post_may_st
 def test_a_doubt_given_back_after_the_lease_ran_out_requeues_the_newest(app, client, token, fake_github, monkeypatch):
     """The error was backed off past the lease: another worker delivered a newer state of the commit meanwhile,
     without the doubt. The doubt is still recorded, and that newer state is posted again after LATE_LANDING."""
-    monkeypatch.setattr(posting, "_unrecorded", set())
+    monkeypatch.setattr(posting, "_unrecorded", {})
     monkeypatch.setattr(posting, "_uncertain", set())
     upload(client, token, severity="low")
     with app.app_context():
         s = db.session()
         [older] = posting.claim(s, None, posting.claim_token("host:1"))
-    posting._unrecorded.add(older)
+    posting._unrecorded[older] = None
     posting._uncertain.add(older)  # its post timed out; recording that failed, and the worker backed off
     with app.app_context():  # its lease ran out; another worker takes over
         s = db.session()

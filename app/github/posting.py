@@ -374,7 +374,7 @@ def release(session: Session, ids: list[int], token: str) -> None:
 # error ends the batch first, they are given back with their commits in flight for LATE_LANDING, as after a post
 # that timed out: that post may still land. Those whose post did time out (or got a 502/504) are also in doubt for
 # DOUBT_WINDOW (the others' posts were answered: landed or refused, nothing more can land from them).
-_unrecorded: set[int] = set()
+_unrecorded: dict[int, datetime | None] = {}  # row -> the posting_until its Fence wrote (cleared if answered)
 _uncertain: set[int] = set()
 _unrecorded_lock = threading.Lock()
 
@@ -383,7 +383,7 @@ def release_worker(session: Session, worker: str) -> int:
     """Give back every row this worker process still holds (after an error ended its batch), so they, and newer
     outbox items of their commits, are not held up until the leases run out. Its threads have all stopped by then."""
     with _unrecorded_lock:
-        in_doubt, uncertain = sorted(_unrecorded), sorted(_uncertain)
+        in_doubt, uncertain, sent = sorted(_unrecorded), sorted(_uncertain), dict(_unrecorded)
     mine = OutboxItem.claimed_by.startswith(f"{worker[:90]}/", autoescape=True)
     with write_transaction(session):
         conn = session.connection()
@@ -393,6 +393,9 @@ def release_worker(session: Session, worker: str) -> int:
             # fact, and a newer state posted meanwhile without it is posted again after a late landing, then checked.
             conn.execute(MARK_DOUBT, {"item": item.id, "until": at + DOUBT_WINDOW})
             _requeue_newest(conn, item, at + LATE_LANDING)
+        for item_id, until in sent.items():  # answered, or in doubt now: no longer a post whose worker died
+            if until is not None:
+                conn.execute(CLEAR_POSTING, {"item": item_id, "sent": until})
         if in_doubt:
             session.execute(
                 sa.update(OutboxItem)
@@ -401,7 +404,8 @@ def release_worker(session: Session, worker: str) -> int:
             )
         done = session.execute(sa.update(OutboxItem).where(mine).values(lease_until=None, claimed_by=None))
     with _unrecorded_lock:
-        _unrecorded.difference_update(in_doubt)
+        for item_id in in_doubt:
+            _unrecorded.pop(item_id, None)
         _uncertain.difference_update(uncertain)
     return rowcount(done) + len(in_doubt)
 
@@ -428,20 +432,23 @@ class Fence:
     def __init__(self, session: Session, item: Any, now: datetime | None, token: str) -> None:
         self.session, self.item, self.now, self.token = session, item, now, token
         self.posting = False  # a post was sent and its outcome not yet recorded
+        self.sent: datetime | None = None  # the row's posting_until this fence wrote, until the post's answer
 
     def hold(self) -> None:
         """Renew the lease before a post; raise LeaseLost when it ran out or went to another worker."""
         with write_transaction(self.session):
             conn = self.session.connection()
             at = _now(conn, self.now)
-            held = conn.execute(RENEW, {"item": self.item.id, "token": self.token, "now": at, "until": at + LEASE})
+            sent = self.sent or at + DOUBT_WINDOW  # kept if set: a post of a worker that died keeps its doubt
+            keys = {"item": self.item.id, "token": self.token, "now": at}
+            held = conn.execute(HOLD, {**keys, "until": at + LEASE, "posting": sent})
             if held.rowcount != 1:
                 requeued = self._requeue_newest(conn, at) if self.posting else None
         if held.rowcount != 1:
             self._lost("before=post", requeued)
-        self.posting = True
+        self.posting, self.sent = True, sent
         with _unrecorded_lock:
-            _unrecorded.add(self.item.id)
+            _unrecorded[self.item.id] = sent
 
     def posted(self, mark: sa.Update | None, maybe_later: bool = False) -> None:
         """After a post: record it (`mark`, a fact whoever holds the row now), then check the lease held through it.
@@ -459,9 +466,14 @@ class Fence:
             at = _now(conn, self.now)
             if maybe_later:  # a fact whoever holds the row now: the commit's newest state is checked until then
                 conn.execute(MARK_DOUBT, {"item": self.item.id, "until": at + DOUBT_WINDOW})
-            held = conn.execute(RENEW, {"item": self.item.id, "token": self.token, "now": at, "until": at + LEASE})
+            # Answered, or in doubt from here on: the sent post's own mark goes (with the renewal, when it holds).
+            keys = {"item": self.item.id, "token": self.token, "now": at, "sent": self.sent}
+            held = conn.execute(POSTED, {**keys, "until": at + LEASE})
             if held.rowcount != 1:
+                if self.sent is not None:
+                    conn.execute(CLEAR_POSTING, keys)
                 requeued = self._requeue_newest(conn, at + LATE_LANDING if maybe_later else at)
+        self.sent = None
         if held.rowcount != 1:
             self._lost("after=post", requeued)
         if not maybe_later:
@@ -489,7 +501,9 @@ def deliver(session: Session, gh: GitHubApp, item_id: int, now: datetime | None,
     """
     conn = session.connection()
     item = conn.execute(ITEM, {"item": item_id}).one()  # the row with its org's installation and the commit's doubt
-    at = _now(conn, now) if item.doubt is not None else None
+    # Until when an older post of the commit may still land: one that timed out, or one whose worker died unanswered.
+    doubt = max((d for d in (item.doubt, item.posting) if d is not None), default=None)
+    at = _now(conn, now) if doubt is not None else None
     logs.set_context(org=item.slug, scan_run_id=item.scan_run_id, outbox_id=item.id)  # this thread's lines, to record()
     session.commit()  # end the read transaction before talking to GitHub
     if item.state != "pending":  # superseded while it waited
@@ -507,12 +521,12 @@ def deliver(session: Session, gh: GitHubApp, item_id: int, now: datetime | None,
                 lambda c: c.rest.repos.create_commit_status(owner, repo, item.commit_sha, data=item.commit_status),
             )
             fence.posted(MARK_STATUS)
-        elif item.doubt is not None:  # posted on an earlier pass; an older post may have landed since
+        elif doubt is not None:  # posted on an earlier pass; an older post may have landed since
             _status_in_step(gh, installation_id, item, owner, repo, fence)
         runs = CheckRuns(session, gh, installation_id, item, owner, repo, fence)
         if not item.check_posted:
             settled = runs.post()
-        elif item.doubt is not None:
+        elif doubt is not None:
             runs.in_step()
     except LeaseLost:
         return Outcome("lost", revision=item.revision)
@@ -538,9 +552,9 @@ def deliver(session: Session, gh: GitHubApp, item_id: int, now: datetime | None,
         return dataclasses.replace(outcome, maybe_landed=fence.posting)
     if not settled:
         return Outcome("retry", SETTLING, wait=SETTLE_WAIT, counts_as_attempt=False, revision=item.revision)
-    if at is not None and at < item.doubt:  # looked at again until the doubt is past, and once after it
+    if at is not None and doubt is not None and at < doubt:  # looked at again until the doubt is past, once after
         return Outcome("retry", VERIFYING, wait=SETTLE_WAIT, counts_as_attempt=False, revision=item.revision)
-    return Outcome("delivered", revision=item.revision, doubt=item.doubt)
+    return Outcome("delivered", revision=item.revision, doubt=doubt)
 
 
 def _status_in_step(gh: GitHubApp, installation_id: int, item: Any, owner: str, repo: str, fence: Fence) -> None:
@@ -941,9 +955,12 @@ CLEAR_DOUBT = (
         _outbox.c.org_id == sa.bindparam("org"),
         _outbox.c.repo_full_name == sa.bindparam("repo"),
         _outbox.c.commit_sha == sa.bindparam("sha"),
-        _outbox.c.doubt_until <= sa.bindparam("seen"),
+        sa.or_(_outbox.c.doubt_until <= sa.bindparam("seen"), _outbox.c.posting_until <= sa.bindparam("seen")),
     )
-    .values(doubt_until=None)
+    .values(
+        doubt_until=sa.case((_outbox.c.doubt_until <= sa.bindparam("seen"), None), else_=_outbox.c.doubt_until),
+        posting_until=sa.case((_outbox.c.posting_until <= sa.bindparam("seen"), None), else_=_outbox.c.posting_until),
+    )
 )
 _COMMIT_OF = sa.select(_outbox.c.id, _outbox.c.org_id, _outbox.c.repo_full_name, _outbox.c.commit_sha).where(
     _outbox.c.id.in_(sa.bindparam("ids", expanding=True))
@@ -958,6 +975,16 @@ MARK_DOUBT = (
 )
 _held = (_outbox.c.claimed_by == sa.bindparam("token"), _outbox.c.lease_until > sa.bindparam("now"))
 RENEW = sa.update(_outbox).where(_outbox.c.id == sa.bindparam("item"), *_held).values(lease_until=sa.bindparam("until"))
+# Before a post: the lease renewed, and the post marked as sent (a mark already there, of a worker that died, stays).
+HOLD = RENEW.values(posting_until=sa.func.coalesce(_outbox.c.posting_until, sa.bindparam("posting")))
+# After it: the lease renewed, and this post's own mark cleared.
+_own_mark_cleared = sa.case((_outbox.c.posting_until == sa.bindparam("sent"), None), else_=_outbox.c.posting_until)
+POSTED = RENEW.values(posting_until=_own_mark_cleared)
+CLEAR_POSTING = (
+    sa.update(_outbox)
+    .where(_outbox.c.id == sa.bindparam("item"), _outbox.c.posting_until == sa.bindparam("sent"))
+    .values(posting_until=None)
+)
 RENEW_ALL = sa.update(_outbox).where(*_held).values(lease_until=sa.bindparam("until"))
 NEWEST_OF_COMMIT = (
     sa.select(_outbox.c.id, _outbox.c.state, _outbox.c.status_posted, _outbox.c.check_posted)
@@ -1022,16 +1049,14 @@ class OrgIds(NamedTuple):
 
 # The latest time until which a post of an older outbox item of the item's commit may still land (their doubt_until).
 _same_commit = _outbox.alias("same_commit")
-_COMMIT_DOUBT = (
-    sa.select(sa.func.max(_same_commit.c.doubt_until))
-    .where(
-        _same_commit.c.org_id == _outbox.c.org_id,
-        _same_commit.c.repo_full_name == _outbox.c.repo_full_name,
-        _same_commit.c.commit_sha == _outbox.c.commit_sha,
-        _same_commit.c.id < _outbox.c.id,  # a late landing of the row's own state changes nothing
-    )
-    .scalar_subquery()
+_older_of_commit = (
+    _same_commit.c.org_id == _outbox.c.org_id,
+    _same_commit.c.repo_full_name == _outbox.c.repo_full_name,
+    _same_commit.c.commit_sha == _outbox.c.commit_sha,
+    _same_commit.c.id < _outbox.c.id,  # a late landing of the row's own state changes nothing
 )
+_COMMIT_DOUBT = sa.select(sa.func.max(_same_commit.c.doubt_until)).where(*_older_of_commit).scalar_subquery()
+_COMMIT_POSTING = sa.select(sa.func.max(_same_commit.c.posting_until)).where(*_older_of_commit).scalar_subquery()
 ITEM = (
     sa.select(
         _outbox.c.id,
@@ -1048,6 +1073,7 @@ ITEM = (
         Org.__table__.c.installation_id,
         Org.__table__.c.slug,
         _COMMIT_DOUBT.label("doubt"),
+        _COMMIT_POSTING.label("posting"),
     )
     .join_from(_outbox, Org.__table__, Org.__table__.c.id == _outbox.c.org_id)
     .where(_outbox.c.id == sa.bindparam("item"))
@@ -1083,7 +1109,7 @@ def record(
     finally:
         logs.clear_context()
     with _unrecorded_lock:
-        _unrecorded.discard(item_id)
+        _unrecorded.pop(item_id, None)
         _uncertain.discard(item_id)
 
 
