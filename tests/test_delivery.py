@@ -1040,6 +1040,53 @@ def test_a_post_answered_leaves_no_mark(app, client, token, fake_github):
     assert fake_github.calls_to("GET", r"/status$") == []
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param(lambda fake: fake.fail("POST", r"/statuses/", status=422, times=1), id="refused"),
+        pytest.param(lambda fake: fake.fail("POST", r"/statuses/", status=503, times=1), id="unavailable"),
+        pytest.param(lambda fake: fake.rate_limit("POST", r"/statuses/", retry_after=60, times=1), id="rate-limited"),
+    ],
+)
+def test_a_post_answered_with_an_error_leaves_no_mark(app, client, token, fake_github, answer):
+    """GitHub answered (nothing more can land from that post): the next wish of the commit is done when posted."""
+    clock = Clock()
+    upload(client, token, severity="low")
+    answer(fake_github)
+    assert run(app, clock) == 1
+    assert rows(app)[0].posting_until is None and rows(app)[0].doubt_until is None
+    upload(client, token, severity="critical")
+    clock.advance(posting.DOUBT_WINDOW.total_seconds())  # past any backoff
+    run(app, clock)
+    assert rows(app)[-1].state == "delivered" and fake_github.calls_to("GET", r"/status$") == []
+
+
+def test_a_mark_made_on_a_whole_second_is_cleared(app, client, token, fake_github):
+    """The mark is stored as every time of the table is (SQLite: text with microseconds), so its own clearing finds
+    it whatever the clock says."""
+    clock = Clock()
+    clock.now = clock.now.replace(microsecond=0)
+    upload(client, token)
+    drain(app, clock)
+    assert rows(app)[0].posting_until is None
+
+
+def test_a_later_post_of_a_killed_worker_is_covered_from_its_own_time(app, client, token, fake_github):
+    """An earlier pass's mark, long past, does not stand for a post sent now."""
+    clock = Clock()
+    upload(client, token, severity="low")
+    fake_github.fail("POST", r"/statuses/", status=503, times=1)
+    run(app, clock)
+    clock.advance(posting.DOUBT_WINDOW.total_seconds() + 60)
+    with app.app_context():
+        s = db.session()
+        [item_id] = posting.claim(s, clock.now, "w2/x")
+        item = s.connection().execute(posting.ITEM, {"item": item_id}).one()
+        s.commit()
+        posting.Fence(s, item, clock.now, "w2/x").hold()  # the post is sent; the worker is killed
+    assert rows(app)[0].posting_until == clock.now + posting.DOUBT_WINDOW
+
+
 def upload_advisory(client: Any, token: str, cve_id: str) -> None:
     r = post(client, token, seed([finding(cve_id=cve_id, severity="high")]))
     assert r.status_code == 202, r.json

@@ -439,16 +439,30 @@ class Fence:
         with write_transaction(self.session):
             conn = self.session.connection()
             at = _now(conn, self.now)
-            sent = self.sent or at + DOUBT_WINDOW  # kept if set: a post of a worker that died keeps its doubt
-            keys = {"item": self.item.id, "token": self.token, "now": at}
-            held = conn.execute(HOLD, {**keys, "until": at + LEASE, "posting": sent})
+            sent = at + DOUBT_WINDOW
+            keys = {"item": self.item.id, "token": self.token, "now": at, "until": at + LEASE, "posting": sent}
+            if self.sent is None:
+                held = conn.execute(HOLD, keys)
+            else:  # a later post of the same pass: its own mark moves on
+                held = conn.execute(HOLD_AGAIN, {**keys, "sent": self.sent})
             if held.rowcount != 1:
+                if self.sent is not None:  # the posts since the pass's first hold were all answered
+                    conn.execute(CLEAR_POSTING, {"item": self.item.id, "sent": self.sent})
                 requeued = self._requeue_newest(conn, at) if self.posting else None
         if held.rowcount != 1:
+            self.sent = None
             self._lost("before=post", requeued)
         self.posting, self.sent = True, sent
         with _unrecorded_lock:
             _unrecorded[self.item.id] = sent
+
+    def answered(self) -> None:
+        """The post was answered (refused, rate limited, a 500/503) or never reached GitHub: its mark goes."""
+        if self.sent is None:
+            return
+        with write_transaction(self.session):
+            self.session.connection().execute(CLEAR_POSTING, {"item": self.item.id, "sent": self.sent})
+        self.sent = None
 
     def posted(self, mark: sa.Update | None, maybe_later: bool = False) -> None:
         """After a post: record it (`mark`, a fact whoever holds the row now), then check the lease held through it.
@@ -540,6 +554,7 @@ def deliver(session: Session, gh: GitHubApp, item_id: int, now: datetime | None,
             except LeaseLost:
                 return Outcome("lost", revision=item.revision)
             return dataclasses.replace(outcome, maybe_landed=True)
+        fence.answered()
         return outcome
     except UNREADABLE_ERRORS as exc:  # GitHub's answer, or what githubkit made of it, could not be read
         error = type(exc).__name__
@@ -976,7 +991,18 @@ MARK_DOUBT = (
 _held = (_outbox.c.claimed_by == sa.bindparam("token"), _outbox.c.lease_until > sa.bindparam("now"))
 RENEW = sa.update(_outbox).where(_outbox.c.id == sa.bindparam("item"), *_held).values(lease_until=sa.bindparam("until"))
 # Before a post: the lease renewed, and the post marked as sent (a mark already there, of a worker that died, stays).
-HOLD = RENEW.values(posting_until=sa.func.coalesce(_outbox.c.posting_until, sa.bindparam("posting")))
+_posting = sa.bindparam("posting", type_=sa.DateTime())
+_live_mark_of_another = sa.and_(
+    _outbox.c.posting_until > sa.bindparam("now"),
+    sa.or_(_outbox.c.doubt_until.is_(None), _outbox.c.doubt_until < _outbox.c.posting_until),
+)
+HOLD = RENEW.values(
+    doubt_until=sa.case((_live_mark_of_another, _outbox.c.posting_until), else_=_outbox.c.doubt_until),
+    posting_until=_posting,
+)
+HOLD_AGAIN = RENEW.values(
+    posting_until=sa.case((_outbox.c.posting_until == sa.bindparam("sent"), _posting), else_=_outbox.c.posting_until)
+)
 # After it: the lease renewed, and this post's own mark cleared.
 _own_mark_cleared = sa.case((_outbox.c.posting_until == sa.bindparam("sent"), None), else_=_outbox.c.posting_until)
 POSTED = RENEW.values(posting_until=_own_mark_cleared)
