@@ -88,7 +88,21 @@ class Loop:
                 if self.once:
                     break
                 self.stop.wait(self.idle_wait())
+        if self.holding_rows:  # stopped while backing off after an error: its rows go back on the way out
+            self.release_on_exit()
         return self.handled
+
+    def release_on_exit(self) -> None:
+        """Give back the rows an error left this process holding (their posts' marks cleared, doubts recorded), so
+        newer states of their commits are not held up until the leases run out; best effort: the database may still
+        be away, and then the leases do it."""
+        try:
+            released = posting.release_worker(db.session(), self.name)
+        except Exception as exc:
+            log.warning("worker.release_failed error=%s", type(exc).__name__)
+            return
+        self.holding_rows = False
+        log.info("worker.released rows=%s", released)
 
     def heartbeat(self, sessions: Callable[[], Session]) -> None:
         """Beat every BEAT_EVERY from a session of its own until the loop stops."""

@@ -512,3 +512,24 @@ def test_a_redelivery_github_refuses_is_reported_and_the_rest_go_on(app, runner,
     assert "GitHub refused (GitHub answered 422" in result.output
     assert result.output.splitlines()[-1] == "asked for 1 redelivery"
     assert asked(fake_github) == [kept["id"]]
+
+
+def test_a_worker_stopped_while_it_backs_off_after_an_error_gives_its_rows_back(app, client, token, fake_github):
+    """SIGTERM during the back-off after an error: the rows that error left claimed are given back on the way out
+    (not held until their leases run out, with newer states of their commits waiting behind them)."""
+    upload(client, token, sha=sha_of(1))
+    with app.app_context():
+        gh = github_app()
+        assert gh is not None
+        loop = worker.Loop(gh)
+        [held] = posting.claim(db.session(), None, posting.claim_token(loop.name))
+
+        def failing_step() -> int:
+            loop.stop.set()  # the stop arrives while the error is backed off
+            raise sa.exc.OperationalError("select 1", {}, Exception("the database went away"))
+
+        loop.step = failing_step  # type: ignore[method-assign]
+        assert loop.run() == 0
+        assert not loop.holding_rows
+    [row] = rows(app)
+    assert row.id == held and row.claimed_by is None and row.lease_until is None and row.state == "pending"
