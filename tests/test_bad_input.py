@@ -706,18 +706,23 @@ class BrokenChunks(io.BytesIO):
         raise InvalidChunkSize(b"zz")
 
 
-@pytest.mark.parametrize("path", [URL, "/webhooks/github", "/admin/orgs/acme/code-security/image-scanning/settings"])
-def test_a_body_with_broken_chunked_framing_is_400_not_500(make_app: Any, path: str) -> None:
-    app = make_app(GITHUB_WEBHOOK_SECRET="webhook-secret")
-    make_org(app)
-    token = make_token(app)
-    headers = {
+def body_headers(token: str, path: str) -> dict[str, str]:
+    """Headers that get a body read at `path`: the API's token, a webhook's (wrongly signed) delivery, an admin form."""
+    return {
         "Authorization": f"Bearer {token}",
         "Content-Type": "application/json" if "admin" not in path else "application/x-www-form-urlencoded",
         "X-GitHub-Event": "ping",
         "X-GitHub-Delivery": "d-1",
         "X-Hub-Signature-256": "sha256=" + "0" * 64,
     }
+
+
+@pytest.mark.parametrize("path", [URL, "/webhooks/github", "/admin/orgs/acme/code-security/image-scanning/settings"])
+def test_a_body_with_broken_chunked_framing_is_400_not_500(make_app: Any, path: str) -> None:
+    app = make_app(GITHUB_WEBHOOK_SECRET="webhook-secret")
+    make_org(app)
+    token = make_token(app)
+    headers = body_headers(token, path)
     before = census(app)
     r = post_chunked(app, path, BrokenChunks(), headers)
     assert r.status_code == 400, r.get_data(as_text=True)[:300]
@@ -748,13 +753,7 @@ def test_a_body_shorter_than_its_content_length_is_400_and_nothing_is_stored(mak
     make_org(app)
     token = make_token(app)
     body = json.dumps(seed([finding()])).encode() if "admin" not in path else b"block_action=none"
-    headers = {
-        "Authorization": f"Bearer {token}",
-        "Content-Type": "application/json" if "admin" not in path else "application/x-www-form-urlencoded",
-        "X-GitHub-Event": "ping",
-        "X-GitHub-Delivery": "d-1",
-        "X-Hub-Signature-256": "sha256=" + "0" * 64,
-    }
+    headers = body_headers(token, path)
     before = census(app)
     r = post_short(app, path, body, len(body) + 100, headers)
     assert r.status_code == 400, r.get_data(as_text=True)[:300]

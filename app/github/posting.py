@@ -964,12 +964,15 @@ UNCOUNT_CREATE = (
 _same_revision = (_outbox.c.id == sa.bindparam("item"), _outbox.c.revision == sa.bindparam("read_revision"))
 MARK_STATUS = sa.update(_outbox).where(*_same_revision).values(status_posted=True)
 MARK_CHECK = sa.update(_outbox).where(*_same_revision).values(check_posted=True)
+_OF_COMMIT = (  # the rows of one commit: parameters org, repo, sha
+    _outbox.c.org_id == sa.bindparam("org"),
+    _outbox.c.repo_full_name == sa.bindparam("repo"),
+    _outbox.c.commit_sha == sa.bindparam("sha"),
+)
 CLEAR_DOUBT = (
     sa.update(_outbox)
     .where(
-        _outbox.c.org_id == sa.bindparam("org"),
-        _outbox.c.repo_full_name == sa.bindparam("repo"),
-        _outbox.c.commit_sha == sa.bindparam("sha"),
+        *_OF_COMMIT,
         sa.or_(_outbox.c.doubt_until <= sa.bindparam("seen"), _outbox.c.posting_until <= sa.bindparam("seen")),
     )
     .values(
@@ -1014,11 +1017,7 @@ CLEAR_POSTING = (
 RENEW_ALL = sa.update(_outbox).where(*_held).values(lease_until=sa.bindparam("until"))
 NEWEST_OF_COMMIT = (
     sa.select(_outbox.c.id, _outbox.c.state, _outbox.c.status_posted, _outbox.c.check_posted)
-    .where(
-        _outbox.c.org_id == sa.bindparam("org"),
-        _outbox.c.repo_full_name == sa.bindparam("repo"),
-        _outbox.c.commit_sha == sa.bindparam("sha"),
-    )
+    .where(*_OF_COMMIT)
     .order_by(_outbox.c.id.desc())
     .limit(1)
 )
