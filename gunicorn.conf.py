@@ -7,7 +7,8 @@
   name one (the same for the outbox worker on this host) to add the worker's GitHub calls. At start the files of
   processes no longer running are removed; gunicorn marks each worker that exits (child_exit).
 - gunicorn's own lines in the app's log format (FREMFORGE_LOG_FORMAT), secrets redacted, and an access line (when
-  --access-logfile is given) that names the path without its query string, never a header but the request id.
+  --access-logfile is given) that names the path without its query string, never a header but the request id; a
+  value a client chose (the path) cannot forge a line or a field (app.logs).
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ if not os.environ.get(MULTIPROC_ENV):
 
 # One line a request, key=value like the app's own (one JSON object a line with FREMFORGE_LOG_FORMAT=json): the
 # path without its query (a token could be in it), no Referer, no headers but the request id the app answered with.
+# %(U)s is the client's path, percent-decoded: app.logs's formatters write every value of a record as data (quoted
+# and escaped, `path='/x\n...'`, when it holds a control character or a ` key=` of its own), so it can neither end
+# the line nor add a field to its JSON object; the request_id field is always the one answered in X-Request-Id.
 access_log_format = (
     "http.request method=%(m)s path=%(U)s status=%(s)s bytes=%(B)s duration_ms=%(M)s "
     "request_id=%({x-request-id}o)s remote=%(h)s"
@@ -76,6 +80,11 @@ logger_class = Logger
 # each), so its request line can pass gunicorn's default 4094 bytes once percent-encoded: take up to gunicorn's
 # most, 8190 (deploy/fremforge-nginx.conf passes lines up to 8 KiB too).
 limit_request_line = 8190
+
+# gunicorn's control socket (`gunicornc`) is not used: by default every instance on a host would share
+# ~/.gunicorn/gunicorn.ctl (a second one takes it over), and a home the service may not write (systemd's
+# ProtectHome=true) logs an error at each start.
+control_socket_disable = True
 
 
 def _alive(pid: int) -> bool:

@@ -110,8 +110,8 @@ def finalize(config: dict[str, Any], instance_path: str) -> None:
         max_mb = float(config["MAX_UPLOAD_MB"])
     except (TypeError, ValueError):
         raise ConfigError("FREMFORGE_MAX_UPLOAD_MB must be a number of megabytes") from None
-    if not 0 < max_mb <= 4096:
-        raise ConfigError("FREMFORGE_MAX_UPLOAD_MB must be between 0 and 4096")
+    if not 1 <= max_mb <= 4096:  # (not NaN either)
+        raise ConfigError("FREMFORGE_MAX_UPLOAD_MB must be between 1 and 4096")
     config["MAX_UPLOAD_MB"] = max_mb
     config["MAX_UPLOAD_BYTES"] = int(max_mb * 1024 * 1024)
     # Compressed bodies are held to the same limit as what they decompress to.
@@ -174,6 +174,10 @@ def finalize(config: dict[str, Any], instance_path: str) -> None:
         config["GITHUB_TIMEOUT_SECONDS"] = float(config["GITHUB_TIMEOUT_SECONDS"])
     except (TypeError, ValueError):
         raise ConfigError("FREMFORGE_GITHUB_TIMEOUT_SECONDS must be a number of seconds") from None
+    if not 0.1 <= config["GITHUB_TIMEOUT_SECONDS"] <= 300:  # (not NaN either): a call must end, and not at once
+        raise ConfigError("FREMFORGE_GITHUB_TIMEOUT_SECONDS must be between 0.1 and 300 seconds")
+    config["GITHUB_API_URL"] = str(config.get("GITHUB_API_URL") or DEFAULTS["GITHUB_API_URL"]).strip().rstrip("/")
+    check_github_api_url(config["GITHUB_API_URL"])
     production = config["ENV"] == "production" or config["GITHUB_APP_CONFIGURED"]
     if not config.get("SECRET_KEY"):
         if production and not config.get("TESTING"):
@@ -223,6 +227,17 @@ def parse_rate_limit(value: Any) -> tuple[int, int] | None:
             f"such as 600/minute, not {text[:100]!r}"
         )
     return int(match[1]), RATE_LIMIT_UNITS[match[2].lower()]
+
+
+def check_github_api_url(url: str) -> None:
+    """GITHUB_API_URL must be an absolute http(s) address: github.com's API, or a GitHub Enterprise Server's
+    (`https://github.example.com/api/v3`)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError(
+            "FREMFORGE_GITHUB_API_URL must be an absolute http(s) address such as https://api.github.com (or a "
+            f"GitHub Enterprise Server's https://HOST/api/v3), not {url[:100]!r}"
+        )
 
 
 def check_public_url(url: str) -> None:

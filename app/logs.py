@@ -11,19 +11,31 @@ Whatever the format, a line never carries a secret: the configured ones (secret 
 and OAuth secrets, metrics token, database password, checkpoint key) are replaced wherever they appear, and so is
 anything shaped like a credential (API tokens, bearer values, GitHub tokens, JWTs, PEM private keys, credentials in a
 URL's query or userinfo, one-time login links), in messages and tracebacks alike.
+
+Nor can a value logged forge a line or a field (a request's path, a header, a webhook's payload: whatever a client
+chose). The formatters, not the call sites, make sure of it: a record's template is the code's, its arguments are
+data. An argument that could change how the line reads (a control character or a line separator, a `key=` or a quote
+at its start or after a space) is written quoted and escaped, as `%r` writes it (`path='/x org=victim'`); others as
+they are (`path=/api/v1/orgs/acme/image-scans`). A JSON line's fields come from the template's `key=` words only,
+each argument read whole as the value of the pair it stands in (or of none), so no value adds or replaces a field.
+And no text line carries a raw control character: whatever is left (in a template, an f-string, a library's line) is
+escaped the same way (`\\n`, `\\x00`, `\\u2028`), and a traceback's lines are indented, so that a line that does not
+begin with a space always begins a record.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 import logging
+import numbers
 import re
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -132,6 +144,145 @@ def secrets_of(config: Mapping[str, Any], instance_path: str | None = None) -> l
     return found
 
 
+# ---------------------------------------------------------------- values as data: no forged line, no forged field
+
+# What no line may carry raw: C0 and C1 controls (LF, CR, NUL, ESC...), DEL, and the line and paragraph separators.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Inside a value, what would read as the start of a token of the line: a pair (` key=`) or a quoted value.
+_TOKEN_START = re.compile(r"(?:^|\s)(?:[A-Za-z_][A-Za-z0-9_]*=|['\"])")
+# Where an argument stands in a record's template while the line is laid out (the template has no raw NUL: escaped).
+_MARK = re.compile("\x00([0-9]+)\x00")
+
+
+def escape(text: str) -> str:
+    """`text` on one line: each control character or line separator written as Python writes it (`\\n`, `\\x00`)."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def _as_data(text: str) -> str:
+    """A value as it may stand in a line: as it is, unless it could change how the line reads (a control character or
+    another unprintable one, a ` key=` or a quote that would start a token); then quoted and escaped, as %r does."""
+    if text.isprintable() and not _TOKEN_START.search(text):
+        return text
+    return repr(text)
+
+
+class _Slot:
+    """A record's argument while its template is laid out: `%s` or `%r` leaves a mark where it stands and keeps the
+    text it is written as (`_as_data`; %r's of a string as it always is), its secrets redacted."""
+
+    __slots__ = ("texts", "value")
+
+    def __init__(self, value: Any, texts: list[str]) -> None:
+        self.value, self.texts = value, texts
+
+    def _mark(self, text: str) -> str:
+        self.texts.append(text)
+        return f"\x00{len(self.texts) - 1}\x00"
+
+    def __str__(self) -> str:
+        return self._mark(_as_data(redact(str(self.value))))
+
+    def __repr__(self) -> str:
+        if isinstance(self.value, str):
+            return self._mark(repr(redact(self.value)))  # quoted and escaped already
+        return self._mark(_as_data(redact(repr(self.value))))
+
+
+class _Slots(Mapping[str, Any]):
+    """A record's mapping of arguments (gunicorn's access atoms: `%(U)s`...) while its template is laid out."""
+
+    def __init__(self, values: Mapping[str, Any], texts: list[str]) -> None:
+        self.given, self.texts = values, texts
+
+    def __getitem__(self, key: str) -> Any:
+        return _slot(self.given[key], self.texts)  # the mapping's own lookup: gunicorn's gives "-" for a missing atom
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.given)
+
+    def __len__(self) -> int:
+        return len(self.given)
+
+    def __str__(self) -> str:  # the mapping itself, given to a plain `%s`
+        return str(_Slot(self.given, self.texts))
+
+    def __repr__(self) -> str:
+        return repr(_Slot(self.given, self.texts))
+
+
+def _slot(value: Any, texts: list[str]) -> Any:
+    return value if isinstance(value, numbers.Number) else _Slot(value, texts)  # a number stays one: %d, %.3f
+
+
+def _lay_out(record: logging.LogRecord) -> tuple[str, list[str]] | None:
+    """The record's template with its arguments put in as marks, and the texts the marks stand for; None for a
+    template that wants what a mark is not (`%x` of a string...)."""
+    template = escape(redact(str(record.msg)))  # redacted first: a secret is searched for as it is
+    texts: list[str] = []
+    args = record.args
+    try:
+        if not args:  # as logging: no arguments, no % formatting
+            skeleton = template
+        elif isinstance(args, Mapping):
+            skeleton = template % _Slots(args, texts)
+        else:
+            skeleton = template % tuple(_slot(arg, texts) for arg in args)
+    except (TypeError, ValueError, KeyError):
+        return None
+    if "\x00" in _MARK.sub("", skeleton):  # a mark cut short (%.3s...), or a NUL made by %c
+        return None
+    return skeleton, texts
+
+
+def _filled(skeleton: str, texts: list[str]) -> str:
+    return _MARK.sub(lambda m: texts[int(m.group(1))], skeleton)
+
+
+def message(record: logging.LogRecord) -> str:
+    """The record's message on one line: its arguments written as data (`_as_data`), every control character left
+    escaped, secrets redacted."""
+    laid_out = _lay_out(record)
+    text = _filled(*laid_out) if laid_out else record.getMessage()
+    return escape(redact(text))
+
+
+def read(record: logging.LogRecord) -> tuple[str, str | None, dict[str, Any]]:
+    """The record's message (`message`), its event and its `key=value` pairs: the keys are the template's, never a
+    value's (a value logged is read whole, as the value of the pair its template gives it, or of none)."""
+    laid_out = _lay_out(record)
+    if laid_out is None:  # no telling the template from the values: no pairs
+        text = escape(redact(record.getMessage()))
+        return text, None, {}
+    skeleton, texts = laid_out
+    if not texts:
+        text = redact(skeleton)
+        return (text, *parse(text))
+    text = escape(redact(_filled(skeleton, texts)))
+    match = None if skeleton.startswith("\x00") else _EVENT.match(text)  # an event begins in the code's words
+    pairs: dict[str, Any] = {}
+    for key, raw in _PAIR.findall(skeleton):  # (an event has no `=`: no pair in it)
+        pairs.setdefault(key, _value(redact(_filled(raw, texts))))
+    return text, match.group(1) if match else None, pairs
+
+
+def _indented(text: str) -> str:
+    """A traceback's (or a stack's) lines, each indented and escaped: none can pass for a record of its own."""
+    return "\n".join(f"  {escape(line)}" if line else "" for line in redact(text).split("\n"))
+
+
+def _safe_copy(record: logging.LogRecord, formatter: logging.Formatter) -> logging.LogRecord:
+    """A copy of the record for `formatter` to write: its message made by `message`, its traceback `_indented` (the
+    record itself is left as it is, for the other handlers)."""
+    safe = copy.copy(record)
+    safe.msg, safe.args = message(record), None
+    safe.exc_info = None
+    exc = formatter.formatException(record.exc_info) if record.exc_info else record.exc_text
+    safe.exc_text = _indented(exc) if exc else None
+    safe.stack_info = _indented(formatter.formatStack(record.stack_info)) if record.stack_info else None
+    return safe
+
+
 # ---------------------------------------------------------------- what a line is about
 
 
@@ -203,21 +354,21 @@ def _value(raw: str) -> Any:
 
 
 class TextFormatter(logging.Formatter):
-    """The text lines of old (`time LEVEL logger message`), secrets redacted (traceback included)."""
+    """The text lines of old (`time LEVEL logger message`), secrets redacted (traceback included); one line a record
+    (its traceback's lines indented), the values logged written as data."""
 
     def __init__(self, fmt: str = TEXT_FORMAT) -> None:
         super().__init__(fmt)
 
     def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
+        return redact(super().format(_safe_copy(record, self)))
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object a line: time, level, event, logger, the ids known, the line's pairs, message, exc."""
 
     def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
-        event, pairs = parse(message)
+        text, event, pairs = read(record)  # the fields named in the code, never by a value logged
         at = datetime.fromtimestamp(record.created, UTC)
         doc: dict[str, Any] = {
             "time": at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
@@ -232,7 +383,7 @@ class JsonFormatter(logging.Formatter):
                 name += "_"
             if value is not None:
                 doc.setdefault(name, value)
-        doc["message"] = message
+        doc["message"] = text
         if record.exc_info:
             doc["exc_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None
             doc["exc"] = self.formatException(record.exc_info)
@@ -240,19 +391,28 @@ class JsonFormatter(logging.Formatter):
             doc["exc"] = record.exc_text
         if record.stack_info:
             doc["stack"] = self.formatStack(record.stack_info)
-        clean = {k: redact(v) if isinstance(v, str) else v for k, v in doc.items()}
+        clean = {k: _clean(k, v) for k, v in doc.items()}
         return orjson.dumps(clean, default=lambda v: redact(str(v))).decode()
 
 
+def _clean(key: str, value: Any) -> Any:
+    """A JSON field, redacted; a string on one line (a traceback's breaks are JSON's to escape)."""
+    if not isinstance(value, str):
+        return value
+    value = redact(value)
+    return value if key in ("exc", "stack") else escape(value)
+
+
 class Redacting(logging.Formatter):
-    """Another formatter's lines (gunicorn's own, say), secrets redacted."""
+    """Another formatter's lines (gunicorn's own, say), secrets redacted; its message made as the text lines' are (one
+    line, the values logged written as data), its traceback's lines indented."""
 
     def __init__(self, inner: logging.Formatter | None) -> None:
         super().__init__()
         self.inner = inner or logging.Formatter()
 
     def format(self, record: logging.LogRecord) -> str:
-        return redact(self.inner.format(record))
+        return redact(self.inner.format(_safe_copy(record, self.inner)))
 
 
 def formatter(log_format: str) -> logging.Formatter:

@@ -96,7 +96,11 @@ BODY_ERRORS = {
         "Malformed JSON or gzip, an empty body, a body that ends before its Content-Length, or a NUL character (%00)"
         " in the URL."
     ),
-    "413": _error("The body (or what it decompresses to) is over the upload limit."),
+    "413": _error(
+        "The body (or what it decompresses to) is over the route's limit: the upload limit "
+        "(FREMFORGE_MAX_UPLOAD_MB), and at most 1 MiB for settings and an exception, 4 MiB for an import or "
+        "checkpoints."
+    ),
     "415": _error("Not sent as application/json, or an unsupported Content-Encoding."),
     "422": _error("The body breaks the schema; each detail names its JSON path."),
 }
@@ -244,7 +248,7 @@ SCHEMAS: dict[str, Any] = {
         "anyOf": [{"required": [k]} for k in ("SchemaVersion", "Results", "ArtifactName", "ArtifactType")],
         "not": {"required": ["findings"]},
         "properties": {
-            "SchemaVersion": _nullable({"type": "integer"}),
+            "SchemaVersion": _nullable({"type": "integer", "enum": [2]}),
             "ArtifactName": _nullable(STR),
             "ArtifactType": {},
             "Results": _nullable({"type": "array", "items": _ref("TrivyResult")}),
@@ -674,7 +678,10 @@ SCHEMAS: dict[str, Any] = {
         "one exception per product and subcomponent: its vulnerability's name the advisory id; `justification: "
         "impact_statement` the reason (else the `reason` parameter); its products, pkg:oci purls, image patterns "
         "(the image name of their repository_url); its subcomponents, package purls, package names. OpenVEX has no "
-        "expiry: the `expires_at` parameter gives it. Statements of other statuses are left out.",
+        "expiry: the `expires_at` parameter gives it. A later statement (by its timestamp, else the document's, "
+        "else its place) about the same vulnerability and product supersedes an earlier one: an `affected`, `fixed` "
+        "or `under_investigation` one withdraws the earlier `not_affected` for that product. A `not_affected` "
+        "statement without products is a 422 (it would except the advisory everywhere).",
         "required": ["@context", "statements"],
         "properties": {
             "@context": {
@@ -689,8 +696,8 @@ SCHEMAS: dict[str, Any] = {
                     "properties": {
                         "status": {"enum": ["not_affected", "affected", "fixed", "under_investigation"]},
                         "vulnerability": {
-                            "description": "An object whose `name` is the advisory id (v0.0.1: the id itself); "
-                            "required of a not_affected statement."
+                            "description": "An object whose `name` is the advisory id (v0.0.1: the id itself), "
+                            "with optional `aliases`; required of every statement."
                         },
                         "justification": {"description": "A string."},
                         "impact_statement": {"description": "A string."},
@@ -879,7 +886,9 @@ PATHS: dict[str, Any] = {
         "post": {
             "operationId": "uploadFindings",
             "summary": "Upload one image's findings (the seed shape, or a raw Trivy report).",
-            "description": "Scope findings:write. Validated whole before anything is stored.",
+            "description": "Scope findings:write. Validated whole before anything is stored. The query parameters "
+            "are a raw report's context; each at most once (422), and with a seed body one that its own field "
+            "contradicts is a 422 too.",
             "parameters": [SLUG, CONTENT_ENCODING, IDEMPOTENCY_KEY, *TRIVY_QUERY],
             "requestBody": {
                 "required": True,

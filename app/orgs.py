@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import sqlalchemy as sa
@@ -27,6 +28,11 @@ def create(session: Session, slug: str, github_login: str | None = None, install
     same_login = session.scalars(sa.select(Org.slug).where(sa.func.lower(Org.github_login) == login.lower())).first()
     if same_login is not None:  # one GitHub account, one org: else two orgs would post to the same commits
         raise ValueError(f"the organisation {same_login!r} has the GitHub login {login!r} already")
+    if installation_id is not None:  # one installation, one org: else its webhooks would go to either
+        lock_installation(session, installation_id)
+        holder = installation_holder(session, installation_id)
+        if holder is not None:
+            raise ValueError(f"the organisation {holder!r} has the GitHub App installation {installation_id} already")
     org = Org(slug=slug, github_login=login, installation_id=installation_id)
     session.add(org)
     session.flush()
@@ -35,6 +41,23 @@ def create(session: Session, slug: str, github_login: str | None = None, install
     )
     session.flush()
     return org
+
+
+def lock_installation(session: Session, installation_id: int) -> None:
+    """Hold installation `installation_id` until the write transaction ends: which org holds an installation is
+    decided by one writer at a time (its webhooks, `orgs create --installation-id`), so that two never both find it
+    free and link it to two orgs. A PostgreSQL advisory lock, taken by transactions that take none of app.locks' (so
+    no order between them to keep); on SQLite the one writer at a time holds it already."""
+    if session.get_bind().dialect.name == "postgresql":
+        digest = hashlib.sha256(f"fremforge/installation\n{installation_id}".encode()).digest()
+        key = int.from_bytes(digest[:8], "big", signed=True)
+        session.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.literal(key, sa.BigInteger))))
+
+
+def installation_holder(session: Session, installation_id: int) -> str | None:
+    """The slug of the org holding the installation: linked to it, or unlinked by its suspension (first made first)."""
+    held = sa.or_(Org.installation_id == installation_id, Org.suspended_installation_id == installation_id)
+    return session.scalars(sa.select(Org.slug).where(held).order_by(Org.id).limit(1)).first()
 
 
 def by_slug(session: Session, slug: str) -> Org | None:

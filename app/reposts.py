@@ -1,6 +1,7 @@
 """Re-posting: what changes a verdict re-posts the affected commits' aggregates under the current policy (spec
 section 4) — a settings change (every commit that is the head of an open pull request or was scanned in the last
-RECENT), a pull request's link or base learnt (its head commit).
+RECENT), a pull request's link or base learnt (its head commit), a new scan of a pull request's base under block_on
+new (the heads whose baseline it may be).
 
 `ask_for_org` and `ask` record the commits in the same transaction as the change: one row per commit however often
 asked, so a burst of changes makes at most one outbox item per commit each time the worker comes round. The worker
@@ -95,6 +96,26 @@ ASK_FOR_ORG = {dialect: _upsert(dialect, _FROM_AFFECTED) for dialect in ("postgr
 ASK_ONE = {dialect: _upsert(dialect, None) for dialect in ("postgresql", "sqlite")}
 
 
+# The heads of the open pull requests whose baseline a new scan of `repo` may be (block_on new): built from their base
+# branch (`ref`), or at their base commit (`sha`); the scan's own commit aside, with a scan of their own.
+_BASED_ON = sa.select(
+    _links.c.org_id,
+    _links.c.repo_full_name,
+    _links.c.head_sha,
+    sa.bindparam("base_url", type_=sa.String),
+    sa.literal(1),
+    sa.bindparam("now", type_=sa.DateTime),
+).where(
+    _links.c.org_id == sa.bindparam("org"),
+    _links.c.repo_full_name == sa.bindparam("repo"),
+    _links.c.state == "open",
+    sa.or_(_links.c.base_ref == sa.bindparam("ref"), _links.c.base_sha == sa.bindparam("sha")),
+    _links.c.head_sha != sa.bindparam("sha"),
+    _SCANNED,
+)
+ASK_FOR_BASE = {dialect: _upsert(dialect, _BASED_ON) for dialect in ("postgresql", "sqlite")}
+
+
 def ask_for_org(conn: sa.Connection, org_id: int, urls: Urls) -> int:
     """Ask for every commit the org's policy decides to be posted again (its settings changed); how many."""
     now = clock.now_of(conn)
@@ -106,6 +127,14 @@ def ask(conn: sa.Connection, org_id: int, repo: str, sha: str, urls: Urls) -> No
     """Ask for one commit to be posted again (a pull request's link or base learnt)."""
     params = {"org": org_id, "repo": repo, "sha": sha, "base_url": urls.base_url, "now": clock.now_of(conn)}
     conn.execute(ASK_ONE[conn.dialect.name], params)
+
+
+def ask_for_base(conn: sa.Connection, org_id: int, repo: str, ref: str | None, sha: str, urls: Urls) -> None:
+    """Ask for the heads of the open pull requests a new scan at `sha` (built from `ref`) may be the baseline of:
+    their `new` findings are judged against it now (block_on new), so a fix on the base branch is not left green
+    on a pull request that brings the finding back."""
+    params = {"org": org_id, "repo": repo, "ref": ref, "sha": sha, "base_url": urls.base_url}
+    conn.execute(ASK_FOR_BASE[conn.dialect.name], {**params, "now": clock.now_of(conn)})
 
 
 _DUE = (

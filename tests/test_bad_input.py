@@ -25,7 +25,19 @@ from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from app.web import bodies
 from tests.conftest import MakeApp
-from tests.factories import FIXTURES, REPO, SHA, census, finding, make_org, make_token, post, seed, set_policy
+from tests.factories import (
+    ALL_SCOPES,
+    FIXTURES,
+    REPO,
+    SHA,
+    census,
+    finding,
+    make_org,
+    make_token,
+    post,
+    seed,
+    set_policy,
+)
 
 URL = "/api/v1/orgs/acme/image-scans/findings"
 TRIVY_QUERY = {"commit_sha": SHA, "repo_full_name": REPO, "image_ref": "ghcr.io/acme/api:1"}
@@ -432,6 +444,10 @@ BAD_BODIES = [
     pytest.param(
         m422("Results", {**trivy_report(), "Results": {"Target": "x"}}, query=TRIVY_QUERY), id="trivy-results-as-object"
     ),
+    # Another schema's findings could be where this reader does not look: read as empty, it would pass the gate.
+    pytest.param(m422("SchemaVersion", {**trivy_report(), "SchemaVersion": 3}, query=TRIVY_QUERY), id="trivy-v3"),
+    pytest.param(m422("SchemaVersion", {**trivy_report(), "SchemaVersion": 1}, query=TRIVY_QUERY), id="trivy-v1"),
+    pytest.param(m422("SchemaVersion", {**trivy_report(), "SchemaVersion": "2"}, query=TRIVY_QUERY), id="trivy-v-text"),
     pytest.param(
         m422(
             "Results[1].Vulnerabilities",
@@ -683,10 +699,82 @@ def test_chunked_body_over_the_limit_is_413(small: tuple[Flask, Any, str]) -> No
     assert census(app) == before
 
 
-def post_chunked(app: Flask, path: str, stream: io.BytesIO, headers: dict[str, str]) -> Any:
+@pytest.mark.parametrize("extra, status", [(0, 202), (1, 413)])
+def test_chunked_body_of_exactly_the_limit_is_accepted(small: tuple[Flask, Any, str], extra: int, status: int) -> None:
+    """A chunked body is held to the limit, not cut at it: exactly the limit is a body like any other."""
+    app, _, token = small
+    raw = json.dumps(seed([finding()])).encode()
+    raw += b" " * (app.config["MAX_UPLOAD_BYTES"] - len(raw) + extra)  # JSON may end in whitespace
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    r = post_chunked(app, URL, io.BytesIO(raw), headers)
+    assert r.status_code == status, r.get_data()[:300]
+
+
+# The routes that parse their body whole, each with a JSON body of tiny values just past its own limit: orjson's tree
+# of such a body takes about 34 times its bytes (64 MiB took a worker past 2 GiB).
+WHOLE_BODY_ROUTES = [
+    ("PUT", "/api/v1/orgs/acme/image-scans/settings", "", bodies.SMALL_BODY_BYTES),
+    ("POST", "/api/v1/orgs/acme/exceptions", "", bodies.SMALL_BODY_BYTES),
+    ("POST", "/api/v1/orgs/acme/exceptions/import", "?format=openvex", bodies.DOCUMENT_BODY_BYTES),
+    ("POST", "/api/v1/orgs/acme/exceptions/import", "?format=trivyignore", bodies.DOCUMENT_BODY_BYTES),
+    ("POST", "/api/v1/orgs/acme/audit/verify", "", bodies.DOCUMENT_BODY_BYTES),  # read as sent: never gunzipped
+]
+
+
+def tiny_values(size: int) -> bytes:
+    """A JSON object of `size` bytes or a little more, nearly all of it `{}` values."""
+    count = size // 3 + 1
+    return b'{"x":[' + b",".join([b"{}"] * count) + b"]}"
+
+
+@pytest.mark.parametrize(
+    "method, path, query, limit, how",
+    [
+        (*route, how)
+        for route in WHOLE_BODY_ROUTES
+        for how in ("raw", "gzip", "chunked")
+        if not (how == "gzip" and route[1].endswith("/verify"))  # a checkpoint file is read as sent, never gunzipped
+    ],
+)
+def test_routes_that_parse_whole_bodies_have_their_own_small_limit(
+    app: Flask, client: Any, method: str, path: str, query: str, limit: int, how: str
+) -> None:
+    make_org(app, "acme")
+    token = make_token(app, "acme", ALL_SCOPES)
+    raw = tiny_values(limit + 1)
+    assert limit < len(raw) < app.config["MAX_UPLOAD_BYTES"]  # under the upload limit, over the route's
+    content_type = "text/plain" if "trivyignore" in query else "application/json"
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": content_type}
+    before = census(app)
+    if how == "chunked":
+        r = post_chunked(app, path + query, io.BytesIO(raw), headers, method)
+    else:
+        if how == "gzip":
+            raw, headers = gzip.compress(raw), {**headers, "Content-Encoding": "gzip"}
+            assert len(raw) < 64 * 1024  # a few KiB on the wire
+        r = client.open(path + query, method=method, data=raw, headers=headers)
+    body = assert_error(r, 413, "payload_too_large")
+    assert f"{limit / 2**20:g} MiB" in body["message"]
+    assert census(app) == before
+
+
+@pytest.mark.parametrize("method, path, query, limit", WHOLE_BODY_ROUTES[:1])
+def test_a_whole_body_within_its_route_limit_is_read(
+    app: Flask, client: Any, method: str, path: str, query: str, limit: int
+) -> None:
+    make_org(app, "acme")
+    token = make_token(app, "acme", ALL_SCOPES)
+    raw = b'{"block_action": "block_pull"}'
+    raw += b" " * (limit - len(raw))
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    r = client.open(path + query, method=method, data=raw, headers=headers)
+    assert r.status_code == 200 and r.json["block_action"] == "block_pull", r.json
+
+
+def post_chunked(app: Flask, path: str, stream: io.BytesIO, headers: dict[str, str], method: str = "POST") -> Any:
     """POST `stream` as gunicorn presents a chunked body (no Content-Length, the input terminated); the answer."""
     environ = EnvironBuilder(
-        path=path, method="POST", input_stream=stream, headers={**headers, "Transfer-Encoding": "chunked"}
+        path=path, method=method, input_stream=stream, headers={**headers, "Transfer-Encoding": "chunked"}
     ).get_environ()
     environ.pop("CONTENT_LENGTH", None)
     environ["wsgi.input_terminated"] = True

@@ -35,7 +35,7 @@ OTHER_ORGS = ["o1", "o2", "o3", "o4"]
 UPLOADS = 50  # per uploader
 READY_TIMEOUT = 60.0  # seconds for gunicorn to answer /healthz
 # Log lines of an error: app and gunicorn ERROR/CRITICAL lines (a worker timed out or died), and exceptions.
-SERVER_ERROR = re.compile(r"\b(ERROR|CRITICAL|WORKER TIMEOUT)\b|^\S*(Error|Exception): |database is locked")
+SERVER_ERROR = re.compile(r"\b(ERROR|CRITICAL|WORKER TIMEOUT)\b|^\s*\S*(Error|Exception): |database is locked")
 REQUEST_TIMEOUT = 120.0  # seconds for one upload (a SQLite writer may wait 5 s for its turn + 10 s busy_timeout)
 
 

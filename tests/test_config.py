@@ -84,7 +84,7 @@ def test_production_without_secret_key_refuses_to_start(monkeypatch, env):
         create_app()
 
 
-@pytest.mark.parametrize("value", ["lots", "0", "-1", "99999"])
+@pytest.mark.parametrize("value", ["lots", "0", "-1", "99999", "1e-9", "0.5", "nan", "inf"])
 def test_bad_upload_limit_is_refused(monkeypatch, value):
     monkeypatch.setenv("FREMFORGE_MAX_UPLOAD_MB", value)
     with pytest.raises(ConfigError, match="MAX_UPLOAD_MB"):
@@ -232,6 +232,28 @@ def test_production_refuses_a_github_app_without_public_url(monkeypatch, tmp_pat
 def test_a_public_url_that_is_no_http_address_is_refused(monkeypatch, url):
     monkeypatch.setenv("FREMFORGE_PUBLIC_URL", url)
     with pytest.raises(ConfigError, match="FREMFORGE_PUBLIC_URL must be an absolute http"):
+        create_app()
+
+
+@pytest.mark.parametrize("url", ["notaurl", "api.github.com", "ftp://api.github.com", "https://", "https://x/?a=1"])
+def test_a_github_api_url_that_is_no_http_address_is_refused(monkeypatch, url):
+    """Else the worker would start and fail every post, saying GitHub could not be reached."""
+    monkeypatch.setenv("FREMFORGE_GITHUB_API_URL", url)
+    with pytest.raises(ConfigError, match="FREMFORGE_GITHUB_API_URL must be an absolute http"):
+        create_app()
+
+
+def test_github_api_url_defaults_to_github_com_and_loses_a_trailing_slash(monkeypatch):
+    monkeypatch.setenv("FREMFORGE_GITHUB_API_URL", "")
+    assert create_app().config["GITHUB_API_URL"] == "https://api.github.com"
+    monkeypatch.setenv("FREMFORGE_GITHUB_API_URL", "https://github.example.com/api/v3/")
+    assert create_app().config["GITHUB_API_URL"] == "https://github.example.com/api/v3"
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "0", "nan", "inf", "301"])
+def test_a_bad_github_timeout_is_refused(monkeypatch, value):
+    monkeypatch.setenv("FREMFORGE_GITHUB_TIMEOUT_SECONDS", value)
+    with pytest.raises(ConfigError, match="FREMFORGE_GITHUB_TIMEOUT_SECONDS must be"):
         create_app()
 
 

@@ -166,6 +166,23 @@ def test_installation_is_looked_up_with_the_app_jwt_when_unknown(app, client, fa
     assert posted_states(fake_github) == ["success"]
 
 
+def test_an_installation_another_org_holds_is_used_but_not_remembered(app, client, fake_github):
+    """An installation is one org's (app.github.handlers.installation): the lookup does not link it to a second."""
+    make_org(app, "holder", github_login="holder")
+    with app.app_context():
+        s = db.session()
+        s.execute(sa.update(Org).where(Org.slug == "holder").values(installation_id=INSTALLATION))
+        s.commit()
+    make_org(app)
+    token = make_token(app)
+    upload(client, token)
+    drain(app, Clock())
+    assert posted_states(fake_github) == ["success"]  # GitHub's answer for the repo is still the one to post with
+    with app.app_context():
+        held = {slug: found for slug, found in db.session().execute(sa.select(Org.slug, Org.installation_id))}
+    assert held == {"holder": INSTALLATION, "acme": None}
+
+
 def test_app_not_installed_is_a_permanent_failure(app, client, fake_github):
     make_org(app, "other", github_login="other")
     token = make_token(app, "other")

@@ -1,7 +1,9 @@
 """Importing exceptions (spec section 10): OpenVEX not_affected statements and .trivyignore files, through the API,
 then real Trivy reports uploaded under block_pull must be excepted on exactly the findings the documents speak of;
 bad documents are refused whole, naming the statement or line. The expectations are computed here from the
-documents and the report JSON, not by app code. Then `imports.parse` alone, rule by rule."""
+documents and the report JSON, not by app code. Then an OpenVEX document's later statements superseding earlier ones
+(a later affected withdraws an earlier not_affected), through the API and an upload, and rule by rule. Then
+`imports.parse` alone, rule by rule."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import sqlalchemy as sa
 from app import db
 from app.exceptions import imports
 from app.models import PolicyException
-from tests.factories import FIXTURES, SHA, census, make_org, make_token, post
+from tests.factories import FIXTURES, SHA, census, finding, make_org, make_token, post, seed
 
 HERE = Path(__file__).resolve().parent / "fixtures" / "exceptions"
 OPENVEX = HERE / "acme-images.openvex.json"
@@ -274,6 +276,10 @@ def _bad_subcomponent(doc):
     doc["statements"][0]["products"][0]["subcomponents"][1] = {"@id": "libss2"}
 
 
+def _no_products(doc):
+    del doc["statements"][2]["products"]
+
+
 CYCLONEDX_VEX = {  # a VEX document, but CycloneDX's, not OpenVEX
     "bomFormat": "CycloneDX",
     "specVersion": "1.5",
@@ -293,6 +299,7 @@ BAD = [
     pytest.param("openvex", vex_with(_no_name), {}, ["statements[2].vulnerability"], id="no-vulnerability-name"),
     pytest.param("openvex", vex_with(_not_oci), {}, ["statements[0].products[0]"], id="product-not-oci"),
     pytest.param("openvex", vex_with(_bad_status), {}, ["statements[4].status"], id="unknown-status"),
+    pytest.param("openvex", vex_with(_no_products), {}, ["statements[2].products"], id="not-affected-names-no-product"),
     pytest.param(
         "openvex",
         vex_with(_bad_subcomponent),
@@ -400,7 +407,8 @@ OCI = "pkg:oci/api@sha256%3Aabc?repository_url=ghcr.io%2Facme%2Fapi&tag=1.2"
 
 
 def stmt(**fields: Any) -> dict[str, Any]:
-    return {"vulnerability": {"name": "CVE-2024-1"}, "status": "not_affected", **fields}
+    """A not_affected statement about CVE-2024-1 in ghcr.io/acme/api (OCI), unless `fields` say otherwise."""
+    return {"vulnerability": {"name": "CVE-2024-1"}, "status": "not_affected", "products": [OCI], **fields}
 
 
 def docs(items: list[imports.Item]) -> list[tuple[str, dict[str, Any]]]:
@@ -447,10 +455,12 @@ def test_parse_openvex_reason(said, reason, expected):
 
 def test_parse_openvex_skips_other_statuses():
     statuses = ["affected", "fixed", "under_investigation", "not_affected"]
-    items = parse_vex([{"vulnerability": {"name": f"CVE-{s}"}, "status": s} for s in statuses])
-    assert docs(items) == [("statements[3]", {"advisory_id": "CVE-not_affected"})]
-    # a statement that is skipped needs no vulnerability name
-    assert parse_vex([{"status": "affected"}]) == []
+    items = parse_vex([{"vulnerability": {"name": f"CVE-{s}"}, "status": s, "products": [OCI]} for s in statuses])
+    assert docs(items) == [("statements[3]", {"advisory_id": "CVE-not_affected", "image": "ghcr.io/acme/api"})]
+    # a statement of another status makes no exception, but may withdraw one: it needs its vulnerability's name
+    with pytest.raises(imports.BadDocument) as exc:
+        parse_vex([stmt(), {"status": "affected", "products": [OCI]}])
+    assert exc.value.where == "statements[1].vulnerability"
 
 
 @pytest.mark.parametrize(
@@ -516,9 +526,22 @@ def test_parse_openvex_one_exception_per_product_and_subcomponent():
     ]
 
 
-def test_parse_openvex_without_products_excepts_everywhere():
-    assert docs(parse_vex([stmt()])) == [("statements[0]", {"advisory_id": "CVE-2024-1"})]
-    assert docs(parse_vex([stmt(products=[])])) == [("statements[0]", {"advisory_id": "CVE-2024-1"})]
+@pytest.mark.parametrize(
+    "statement",
+    [
+        {"vulnerability": {"name": "CVE-2024-1"}, "status": "not_affected", "justification": "component_not_present"},
+        stmt(products=None),
+        stmt(products=[]),
+        stmt(products=None, subcomponents=["pkg:deb/debian/openssl@3"]),  # v0.0.1: subcomponents, no product
+    ],
+)
+def test_parse_openvex_refuses_not_affected_without_products(statement):
+    """OpenVEX: a statement must name its products (or inherit them from an encapsulating document, which an import
+    has not); an exception in every image of the org would except more than the statement says."""
+    with pytest.raises(imports.BadDocument) as exc:
+        parse_vex([stmt(), statement])
+    assert exc.value.where == "statements[1].products"
+    assert "names no product" in exc.value.message
 
 
 @pytest.mark.parametrize(
@@ -568,9 +591,9 @@ def test_parse_openvex_v0_0_1_shape():
             },
         )
     ]
-    # subcomponents on a statement without products: package-scoped, in any image
-    [item] = parse_vex([stmt(subcomponents=["pkg:deb/debian/openssl@3"])])
-    assert item.doc == {"advisory_id": "CVE-2024-1", "package_name": "openssl"}
+    # subcomponents on a statement with products in object form: for each product without its own
+    [item] = parse_vex([stmt(subcomponents=["pkg:deb/debian/openssl@3"], products=[{"@id": OCI}])])
+    assert item.doc == {"advisory_id": "CVE-2024-1", "image": "ghcr.io/acme/api", "package_name": "openssl"}
 
 
 @pytest.mark.parametrize(
@@ -673,3 +696,392 @@ def test_parse_unknown_format_and_not_text():
     with pytest.raises(imports.BadDocument) as exc:
         imports.parse("trivyignore", {"CVE-1": True})
     assert exc.value.where == "$"
+
+
+# ------------------------------------------------------------------ OpenVEX: later statements supersede earlier ones
+#
+# OpenVEX: a document is a sequence of statements; for the same vulnerability and product, a later one (by its
+# timestamp, else the document's; on a tie, or with none at all, the later in the document) supersedes an earlier
+# one. Only where the latest statement is not_affected is an exception made.
+
+API_IMAGE = "pkg:oci/api?repository_url=ghcr.io/acme/api"
+WEB_IMAGE = "pkg:oci/web?repository_url=ghcr.io/acme/web"
+
+
+def said(status: str, when: str | None = None, products: Any = (API_IMAGE,), name: str = "CVE-2024-0001", **more):
+    """A statement as its author wrote it: not_affected with its justification, affected with its action."""
+    st: dict[str, Any] = {"vulnerability": {"name": name}, "status": status, **more}
+    if products is not None:
+        st["products"] = list(products)
+    if when is not None:
+        st["timestamp"] = when
+    if status == "not_affected":
+        st.setdefault("justification", "vulnerable_code_not_in_execute_path")
+    if status == "affected":
+        st.setdefault("action_statement", "upgrade now")
+    return st
+
+
+def vex_doc(*statements: dict[str, Any], **document: Any) -> dict[str, Any]:
+    return {
+        "@context": "https://openvex.dev/ns/v0.2.0",
+        "@id": "https://acme.example/vex/api",
+        "author": "Acme Security Team",
+        "version": 2,
+        **document,
+        "statements": list(statements),
+    }
+
+
+def upload_high(client, token, image_ref: str, cve: str = "CVE-2024-0001") -> dict[str, Any]:
+    """An upload under block_pull with one high finding of `cve`; the upload's answer."""
+    r = post(client, token, seed([finding(cve_id=cve, severity="high", package="openssl")], image_ref=image_ref))
+    assert r.status_code == 202, r.json
+    return r.json
+
+
+def test_auditors_repro_later_affected_statement_blocks_again(app, client, token):
+    """The repro: not_affected on 2026-01-01, then affected on 2026-06-01 with an action statement, same
+    vulnerability and product. Before: imported 1, and the upload answered success."""
+    doc = vex_doc(
+        said("not_affected", "2026-01-01T00:00:00Z"),
+        said("affected", "2026-06-01T00:00:00Z", action_statement="upgrade now"),
+        timestamp="2026-06-01T00:00:00Z",
+    )
+    r = import_(client, token, "openvex", doc, expires_at=in_days(30))
+    assert r.status_code == 201, r.json
+    answer = upload_high(client, token, "ghcr.io/acme/api:1")
+    assert (r.json["imported"], answer["status"]) == (0, "failure"), (r.json, answer)
+    assert r.json["items"] == [] and stored(app) == 0
+    scan = client.get(f"/api/v1/orgs/acme/image-scans/{answer['scan_run_id']}", headers=auth(token)).json
+    assert [(f["cve_id"], f["blocking"], f["exception_id"]) for f in scan["findings"]] == [
+        ("CVE-2024-0001", True, None)
+    ]
+
+
+@pytest.mark.parametrize(
+    "statements, document, in_force",
+    [
+        pytest.param(
+            [said("not_affected", "2026-01-01"), said("affected", "2026-06-01")], {}, False, id="later-affected"
+        ),
+        pytest.param([said("affected", "2026-01-01"), said("not_affected", "2026-06-01")], {}, True, id="later-na"),
+        pytest.param(  # the timestamps say which is later, not the place in the document
+            [said("affected", "2026-06-01"), said("not_affected", "2026-01-01")], {}, False, id="by-timestamp"
+        ),
+        pytest.param(
+            [said("not_affected", "2026-01-01T10:00:00Z"), said("fixed", "2026-01-01T10:00:01Z")],
+            {},
+            False,
+            id="later-fixed",
+        ),
+        pytest.param(
+            [said("not_affected", "2026-01-01"), said("under_investigation", "2026-02-01")],
+            {},
+            False,
+            id="later-under-investigation",
+        ),
+        pytest.param(  # a tie: the later in the document
+            [said("not_affected", "2026-03-01T00:00:00Z"), said("affected", "2026-03-01T01:00:00+01:00")],
+            {},
+            False,
+            id="tie-affected-last",
+        ),
+        pytest.param(
+            [said("affected", "2026-03-01T00:00:00Z"), said("not_affected", "2026-03-01T00:00:00.000Z")],
+            {},
+            True,
+            id="tie-not-affected-last",
+        ),
+        pytest.param(  # no statement timestamps: both inherit the document's, a tie
+            [said("not_affected"), said("affected")], {"timestamp": "2026-05-01T00:00:00Z"}, False, id="inherited"
+        ),
+        pytest.param(  # the document's timestamp stands in for the statement's that has none
+            [said("affected"), said("not_affected", "2026-01-01")],
+            {"timestamp": "2026-05-01T00:00:00Z"},
+            False,
+            id="inherited-is-later",
+        ),
+        pytest.param([said("not_affected"), said("affected")], {}, False, id="no-timestamps-document-order"),
+        pytest.param([said("affected"), said("not_affected")], {}, True, id="no-timestamps-na-last"),
+        pytest.param(  # another vulnerability's statement changes nothing
+            [said("not_affected", "2026-01-01"), said("affected", "2026-06-01", name="CVE-2024-0002")],
+            {},
+            True,
+            id="other-vulnerability",
+        ),
+        pytest.param(  # another product's statement changes nothing
+            [said("not_affected", "2026-01-01"), said("affected", "2026-06-01", products=[WEB_IMAGE])],
+            {},
+            True,
+            id="other-product",
+        ),
+    ],
+)
+def test_openvex_latest_statement_decides_through_an_upload(app, client, token, statements, document, in_force):
+    r = import_(client, token, "openvex", vex_doc(*statements, **document), expires_at=in_days(30))
+    assert r.status_code == 201, r.json
+    assert r.json["imported"] == (1 if in_force else 0)
+    assert [(e["advisory_id"], e["image"]) for e in r.json["items"]] == (
+        [("CVE-2024-0001", "ghcr.io/acme/api")] if in_force else []
+    )
+    answer = upload_high(client, token, "ghcr.io/acme/api:1")
+    assert answer["status"] == ("success" if in_force else "failure"), answer
+
+
+def test_openvex_later_affected_withdraws_for_that_product_only(app, client, token):
+    doc = vex_doc(
+        said("not_affected", "2026-01-01", products=[API_IMAGE, WEB_IMAGE]),
+        said("affected", "2026-06-01", products=[API_IMAGE]),
+    )
+    r = import_(client, token, "openvex", doc, expires_at=in_days(30))
+    assert r.status_code == 201, r.json
+    assert [(e["image"], e["advisory_id"]) for e in r.json["items"]] == [("ghcr.io/acme/web", "CVE-2024-0001")]
+    assert upload_high(client, token, "ghcr.io/acme/api:1")["status"] == "failure"
+    assert upload_high(client, token, "ghcr.io/acme/web:1")["status"] == "success"
+
+
+def test_openvex_later_affected_package_withdraws_in_a_real_report(app, client, token):
+    """The fixture, with a later statement that e2fsprogs (one of the two packages its first statement speaks of) is
+    affected after all: the e2fsprogs exception is not made, libss2's is, on Trivy's own debian-stretch report."""
+    doc = openvex()
+    doc["statements"].append(
+        {
+            "vulnerability": {"name": "CVE-2019-5094"},
+            "timestamp": "2026-12-06T09:00:00Z",
+            "products": [
+                {
+                    "@id": "pkg:oci/debian-stretch?repository_url=registry.test%2Facme%2Fdebian-stretch",
+                    "subcomponents": [{"@id": "pkg:deb/debian/e2fsprogs@1.43.4-2?arch=amd64&distro=debian-9.9"}],
+                }
+            ],
+            "status": "affected",
+            "action_statement": "e2fsck now runs on uploaded images: rebuild with e2fsprogs 1.45.4.",
+        }
+    )
+    r = import_(client, token, "openvex", doc, expires_at=in_days(30))
+    assert r.status_code == 201, r.json
+    assert r.json["imported"] == 3
+    rules = [rule for rule in vex_rules(openvex()) if rule[0] != "CVE-2019-5094"] + [
+        ("CVE-2019-5094", "registry.test/acme/debian-stretch", {"libss2"})
+    ]
+    image = "registry.test/acme/debian-stretch"
+    expected = expected_by_vex(report("debian-stretch"), image, rules)
+    assert ("CVE-2019-5094", "libss2") in expected and ("CVE-2019-5094", "e2fsprogs") not in expected
+    assert_covers_exactly(upload(client, token, "debian-stretch", f"{image}:1@sha256:{'a' * 64}"), expected)
+
+
+def test_openvex_supersession_refusals_store_nothing(app, client, token):
+    """Which statement is later cannot be told (a statement without a timestamp, in a document without one, beside
+    one with a timestamp), or a timestamp is not one: 422 naming it, nothing stored."""
+    for doc, where in [
+        (vex_doc(said("not_affected", "2026-01-01"), said("affected")), "statements[1].timestamp"),
+        (vex_doc(said("not_affected", "2026-13-01"), said("affected", "2026-06-01")), "statements[0].timestamp"),
+        (vex_doc(said("not_affected"), timestamp="yesterday"), "timestamp"),
+    ]:
+        r = import_(client, token, "openvex", doc, expires_at=in_days(30))
+        assert r.status_code == 422, r.json
+        assert [d["path"] for d in r.json["details"]] == [where]
+    assert stored(app) == 0
+
+
+def kept(*statements: dict[str, Any], **document: Any) -> list[tuple[str, str | None, str | None]]:
+    """The exceptions parse makes: (statement, image, package)."""
+    items = imports.parse("openvex", vex_doc(*statements, **document), expires_at="2027-01-04")
+    return [(i.where, i.doc.get("image"), i.doc.get("package_name")) for i in items]
+
+
+API = "ghcr.io/acme/api"
+OPENSSL = "pkg:deb/debian/openssl@3.0.11-1?arch=amd64"
+ZLIB = "pkg:deb/debian/zlib1g@1.2.13"
+
+
+def with_subs(purl: str, *subcomponents: str) -> dict[str, Any]:
+    return {"@id": purl, "subcomponents": [{"@id": s} for s in subcomponents]}
+
+
+def test_parse_openvex_supersession_by_package():
+    # a later affected for one package withdraws an exception covering every package of the image
+    assert (
+        kept(
+            said("not_affected", "2026-01-01"),
+            said("affected", "2026-06-01", products=[with_subs(API_IMAGE, OPENSSL)]),
+        )
+        == []
+    )
+    # ... but not the other packages' own exceptions
+    assert kept(
+        said("not_affected", "2026-01-01", products=[with_subs(API_IMAGE, OPENSSL, ZLIB)]),
+        said("affected", "2026-06-01", products=[with_subs(API_IMAGE, OPENSSL)]),
+    ) == [("statements[0]", API, "zlib1g")]
+    # a later not_affected for one package (every version of it), after the image was affected: that package's
+    # exception stands
+    assert kept(
+        said("affected", "2026-01-01"),
+        said("not_affected", "2026-06-01", products=[with_subs(API_IMAGE, "pkg:deb/debian/openssl")]),
+    ) == [("statements[1]", API, "openssl")]
+    # for one version of it only, not: the exception would cover the package's other versions, still affected
+    assert (
+        kept(
+            said("affected", "2026-01-01"),
+            said("not_affected", "2026-06-01", products=[with_subs(API_IMAGE, OPENSSL)]),
+        )
+        == []
+    )
+    # a later not_affected for the whole image supersedes an affected package
+    assert kept(
+        said("affected", "2026-01-01", products=[with_subs(API_IMAGE, OPENSSL)]),
+        said("not_affected", "2026-06-01"),
+    ) == [("statements[1]", API, None)]
+    # another version of the package is the same package to an exception, which covers every version
+    assert (
+        kept(
+            said("not_affected", "2026-06-01", products=[with_subs(API_IMAGE, "pkg:deb/debian/openssl@3.0.12-1")]),
+            said("affected", "2026-01-01", products=[with_subs(API_IMAGE, "pkg:deb/debian/openssl@3.0.11-1")]),
+        )
+        == []
+    )
+
+
+def test_parse_openvex_supersession_by_image_version():
+    """An exception covers every digest, tag and platform of its image: an affected statement in force for any of
+    them withdraws it, whichever is later; one about every version that is later than it does not."""
+    digest_a = "pkg:oci/api@sha256%3Aaaaa?repository_url=ghcr.io/acme/api"
+    digest_b = "pkg:oci/api@sha256%3Abbbb?repository_url=ghcr.io/acme/api"
+    assert (
+        kept(
+            said("not_affected", "2026-06-01", products=[digest_b]), said("affected", "2026-01-01", products=[digest_a])
+        )
+        == []
+    )
+    assert (
+        kept(
+            said("not_affected", "2026-01-01", products=[digest_b]), said("affected", "2026-06-01", products=[digest_a])
+        )
+        == []
+    )
+    assert kept(said("affected", "2026-01-01", products=[digest_a]), said("not_affected", "2026-06-01")) == [
+        ("statements[1]", API, None)
+    ]
+    # the same digest, written percent-encoded or not
+    assert kept(
+        said("affected", "2026-01-01", products=["pkg:oci/api@sha256:aaaa?repository_url=ghcr.io%2Facme%2Fapi"]),
+        said("not_affected", "2026-06-01", products=[digest_a]),
+    ) == [("statements[1]", API, None)]
+    amd64, arm64 = API_IMAGE + "&arch=amd64", API_IMAGE + "&arch=arm64"
+    assert (
+        kept(said("affected", "2026-01-01", products=[amd64]), said("not_affected", "2026-06-01", products=[arm64]))
+        == []
+    )
+    assert kept(
+        said("affected", "2026-01-01", products=[amd64]), said("not_affected", "2026-06-01", products=[amd64])
+    ) == [("statements[1]", API, None)]
+
+
+def test_parse_openvex_supersession_same_vulnerability_by_alias_and_letter_case():
+    ghsa = {"name": "GHSA-aaaa-bbbb-cccc", "aliases": ["cve-2024-0001"]}
+    assert kept(said("not_affected", "2026-01-01"), said("affected", "2026-06-01", vulnerability=ghsa)) == []
+    assert kept(said("not_affected", "2026-01-01"), said("affected", "2026-06-01", name="cve-2024-0001")) == []
+    assert kept(said("affected", "2026-01-01", vulnerability=ghsa), said("not_affected", "2026-06-01")) == [
+        ("statements[1]", API, None)
+    ]
+    with pytest.raises(imports.BadDocument) as exc:
+        kept(said("not_affected", vulnerability={"name": "CVE-2024-0001", "aliases": "GHSA-aaaa-bbbb-cccc"}))
+    assert exc.value.where == "statements[0].vulnerability.aliases"
+
+
+def test_parse_openvex_supersession_other_statuses_products():
+    # naming no product, a statement of another status may speak of any image: it withdraws in every image
+    assert (
+        kept(
+            said("not_affected", "2026-01-01", products=[API_IMAGE, WEB_IMAGE]),
+            said("affected", "2026-06-01", products=None),
+        )
+        == []
+    )
+    # ... in the packages it names
+    assert kept(
+        said("not_affected", "2026-01-01", products=[with_subs(API_IMAGE, OPENSSL), with_subs(WEB_IMAGE, ZLIB)]),
+        said("affected", "2026-06-01", products=None, subcomponents=[OPENSSL]),
+    ) == [("statements[0]", "ghcr.io/acme/web", "zlib1g")]
+    # a product that is no image (a package, a CPE) is another product: no exception speaks of it
+    assert kept(
+        said("not_affected", "2026-01-01"),
+        said(
+            "affected",
+            "2026-06-01",
+            products=[OPENSSL, {"identifiers": {"cpe23": "cpe:2.3:a:acme:api:1:*:*:*:*:*:*:*"}}],
+        ),
+    ) == [("statements[0]", API, None)]
+    # but an image it cannot read is refused, as in a not_affected statement
+    with pytest.raises(imports.BadDocument) as exc:
+        kept(
+            said("not_affected", "2026-01-01"),
+            said("affected", "2026-06-01", products=["pkg:oci/api?repository_url=ghcr.io/acme/*"]),
+        )
+    assert exc.value.where == "statements[1].products[0]"
+
+
+@pytest.mark.parametrize(
+    "earlier, later",
+    [
+        ("2026-01-01", "2026-01-02"),
+        ("2026-01-01T00:00:00Z", "2026-01-01T00:00:00.000000001Z"),  # nanoseconds, as Go tools write them
+        ("2026-01-01T00:00:00.999999999Z", "2026-01-01T00:00:01Z"),
+        ("2026-01-01T01:00:00+02:00", "2026-01-01T00:00:00Z"),  # 23:00 UTC the day before
+        ("2026-01-01T00:00:00-0100", "2026-01-01T01:00:00.5Z"),
+        ("2026-01-01T12:00:00", "2026-01-01T12:00:01Z"),  # no zone: UTC
+        ("0001-01-01T00:00:00+01:00", "0001-01-01T00:00:00Z"),  # before the first instant a datetime holds in UTC
+    ],
+)
+def test_parse_openvex_timestamps(earlier, later):
+    assert kept(said("not_affected", earlier), said("affected", later)) == []
+    assert kept(said("affected", earlier), said("not_affected", later)) == [("statements[1]", API, None)]
+    # the place in the document does not matter
+    assert kept(said("affected", later), said("not_affected", earlier)) == []
+
+
+@pytest.mark.parametrize(
+    "statements, document, where",
+    [
+        ([said("not_affected", "2026-01-01"), said("affected")], {}, "statements[1].timestamp"),
+        ([said("not_affected"), said("affected", "2026-01-01")], {}, "statements[0].timestamp"),
+        ([said("not_affected", "01/06/2026")], {}, "statements[0].timestamp"),
+        ([said("not_affected", 20260601)], {}, "statements[0].timestamp"),
+        ([said("not_affected", "2026-06-01T25:00:00Z")], {}, "statements[0].timestamp"),
+        ([said("not_affected", "\uff12\uff10\uff12\uff16-06-01")], {}, "statements[0].timestamp"),
+        ([said("not_affected")], {"timestamp": "2026-06-31"}, "timestamp"),
+    ],
+)
+def test_parse_openvex_refuses_what_cannot_be_ordered(statements, document, where):
+    with pytest.raises(imports.BadDocument) as exc:
+        kept(*statements, **document)
+    assert exc.value.where == where
+
+
+def test_parse_openvex_untimed_statements_of_vulnerabilities_without_conflict_are_kept():
+    # a statement without a timestamp, in a document without one, is refused only beside a timed statement of
+    # another status about the same vulnerability: elsewhere its place in time does not matter
+    assert kept(said("not_affected", "2026-01-01"), said("affected", name="CVE-2024-0002")) == [
+        ("statements[0]", API, None)
+    ]
+    assert kept(said("not_affected", "2026-01-01"), said("not_affected")) == [
+        ("statements[0]", API, None),
+        ("statements[1]", API, None),
+    ]
+
+
+def test_parse_openvex_bounds_the_comparisons(monkeypatch):
+    """Statements about one vulnerability that overlap in many ways take comparisons; past MAX_COMPARISONS (about a
+    second's work) the document is refused, naming that vulnerability's first statement."""
+    statements = [said("affected", products=[f"{API_IMAGE}&arch=a{i}"]) for i in range(20)]
+    statements += [said("not_affected", products=[f"{API_IMAGE}&arch=a{i}"]) for i in reversed(range(20))]
+    assert kept(said("not_affected", name="CVE-2024-0002"), *statements) == [
+        ("statements[0]", API, None),  # another vulnerability
+        *[(f"statements[{21 + i}]", API, None) for i in range(20)],
+    ]
+    monkeypatch.setattr(imports, "MAX_COMPARISONS", 50)
+    with pytest.raises(imports.BadDocument) as exc:
+        kept(said("not_affected", name="CVE-2024-0002"), *statements)
+    assert exc.value.where == "statements[1]"
+    assert "split the document" in exc.value.message

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import random
 
 import pytest
@@ -75,7 +77,24 @@ def test_the_findings_route_pages_from_the_start_and_ends_with_a_null_cursor(cli
     assert len(last.json["items"]) == 345 and last.json["next_cursor"] is None
 
 
-@pytest.mark.parametrize("cursor", ["nonsense", "czoxMg", "ZjpbMSwieCJd", "ZjpbOSwiIiwiIiwxXQ"])
+def _finding_cursor(*key: object) -> str:
+    """A findings cursor as the API encodes one, of any key."""
+    return base64.urlsafe_b64encode(b"f:" + json.dumps(list(key)).encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "nonsense",
+        "czoxMg",
+        "ZjpbMSwieCJd",
+        "ZjpbOSwiIiwiIiwxXQ",
+        _finding_cursor(True, "a", "b", 1),  # a bool is no rank (PostgreSQL compared it to an integer: a 500)
+        _finding_cursor(1, "a", "b", True),
+        _finding_cursor(1, "a\x00", "b", 1),  # no stored package has a NUL
+        _finding_cursor(1, "a", "b" * 1025, 1),
+    ],
+)
 def test_a_cursor_this_api_did_not_give_out_is_a_422(client, big_scan, cursor):
     scan_id, token = big_scan
     r = get(client, token, SCAN.format(slug="acme", id=scan_id) + "/findings", cursor=cursor)

@@ -10,7 +10,8 @@ import pytest
 import sqlalchemy as sa
 
 from app import db
-from app.models import AuditEvent
+from app.db import write_transaction
+from app.models import AuditEvent, OrgSettings
 from tests.factories import census, finding, make_org, make_token, post, seed, set_policy
 
 SETTINGS = "/api/v1/orgs/acme/image-scans/settings"
@@ -116,3 +117,41 @@ def test_the_signing_finding_blocks_whatever_the_gate_ignores(app, client, admin
         block_on="new",
     )
     assert status_of(client, admin_token, [finding(severity="low")], "ghcr.io/acme/api:1") == "failure"
+
+
+GHA = "https://token.actions.githubusercontent.com"
+COSTLY_BUT_QUICK = "^(?:a{1000})$|(?:b{300}){300}"  # 91,000 written out: over the bound, compiled in a few ms
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "(?:a{3000}){3000}",  # 17 characters: 7 s and 2.4 GiB to compile
+        "(?:a{65535}){65535}",  # never finished compiling
+        "(?:(?:ab){100}){100}{100}",
+        r"\p{L}{60000}",  # syntax only `regex` reads: measured by its counts
+    ],
+)
+def test_a_subject_pattern_too_costly_to_compile_is_422_at_once(app, client, admin_token, pattern):
+    before = census(app)
+    issuers = [{"issuer": GHA, "subject_pattern": pattern}]
+    r = put(client, admin_token, {"require_signed": True, "allowed_issuers": issuers})
+    assert r.status_code == 422, r.get_json()
+    [detail] = r.get_json()["details"]
+    assert detail["path"] == "allowed_issuers[0].subject_pattern" and "too costly" in detail["message"]
+    assert census(app) == before
+
+
+def test_a_costly_pattern_stored_before_the_check_admits_no_one(app, client, admin_token):
+    """Stored by an earlier version (or by hand): never compiled, so it matches no subject and the upload fails.
+    (This one would compile in a few ms, and match.)"""
+    set_policy(app, "acme", block_action="block_pull", require_signed=True)
+    with app.app_context():
+        session = db.session()
+        with write_transaction(session):
+            session.execute(
+                sa.update(OrgSettings).values(allowed_issuers=[{"issuer": GHA, "subject_pattern": COSTLY_BUT_QUICK}])
+            )
+    body = seed([], signature_status="signed", signature_issuer=GHA, signature_subject="a" * 1000)
+    r = post(client, admin_token, body)
+    assert r.status_code == 202 and r.get_json()["status"] == "failure", r.get_json()

@@ -3,6 +3,7 @@ prefixes, paging, other orgs never), the images-now list and one image, the tren
 
 from __future__ import annotations
 
+import base64
 from datetime import timedelta
 from typing import Any
 from urllib.parse import quote
@@ -252,6 +253,8 @@ def test_an_advisory_id_may_hold_a_slash_and_a_long_one_is_fine(client, tokens):
         cursors.encode_key("a", "CVE-2021-44228", -1),
         cursors.encode_key("a", "", 1),  # no advisory id
         cursors.encode("a", 1),  # a seq without its advisory id
+        cursors.encode_key("a", "CVE-2021-44228\x00", 1),  # no stored id has a NUL
+        base64.urlsafe_b64encode("i:\u0663".encode()).decode(),  # an Arabic-Indic digit three
         "x" * 201,
     ],
 )

@@ -263,15 +263,18 @@ def gunicorn(tmp: Path, database_url: str, public_url: str | None = "http://frem
         FREMFORGE_GITHUB_WEBHOOK_SECRET=WEBHOOK_SECRET,
         FREMFORGE_CHECKPOINT_KEY_FILE=str(tmp / "checkpoint_ed25519.pem"),
         PYTHONDONTWRITEBYTECODE="1",
+        HOME=str(tmp / "home"),  # where gunicorn would put its control socket: gunicorn.conf.py turns it off
     )
+    (tmp / "home").mkdir(exist_ok=True)
     if public_url is not None:
         env["FREMFORGE_PUBLIC_URL"] = public_url
-    cmd = [str(GUNICORN), "--workers", str(WORKERS), "--preload", "--bind", f"{HOST}:{port}", "--no-control-socket"]
+    cmd = [str(GUNICORN), "--workers", str(WORKERS), "--preload", "--bind", f"{HOST}:{port}"]
     cmd += ["--access-logfile", str(tmp / "gunicorn-access.log"), "--access-logformat", FORWARDED_LOG]
     cmd.append("wsgi:app")
     log = tmp / "gunicorn.log"
     with running(cmd, log, lambda: answers_healthz(port), env):
         yield port
+    assert not (tmp / "home" / ".gunicorn").exists()  # no control socket shared by every instance on the host
     trouble = [line for line in log.read_text(errors="replace").splitlines() if SERVER_TROUBLE.search(line)]
     assert not trouble, "gunicorn logged trouble:\n" + "\n".join(trouble[:20])
 

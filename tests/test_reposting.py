@@ -276,6 +276,39 @@ def test_a_base_changed_by_an_edit_reposts_against_the_new_base(app, client, tok
     assert shown(fake_github, head) == ("failure", "1 image · 1 new high · blocking")  # not on release
 
 
+def test_a_newer_scan_of_the_base_reposts_the_open_pull_requests_on_it(app, client, token, fake_github):
+    """Main fixes the high: a pull request that still has it now adds it (block_on new), and GitHub shows so."""
+    settings(client, token, block_on="new")
+    head, other = sha_of("feature"), sha_of("other-feature")
+    upload(client, token, sha_of("main-1"), HIGH, ref="refs/heads/main")
+    pull_request(client, 8, head, base="main")
+    pull_request(client, 9, other, base="release")  # on another base: not asked again
+    upload(client, token, head, HIGH, ref="refs/pull/8/merge")
+    upload(client, token, other, HIGH, ref="refs/pull/9/merge")
+    work(app)
+    assert shown(fake_github, head) == ("success", "1 image · 1 high")  # the high is on main already
+    posts_of_other = len(fake_github.runs_of("acme", "api", other)[-1]["history"])
+
+    upload(client, token, sha_of("main-2"), CLEAN, ref="refs/heads/main")  # main fixed it
+    work(app)
+    assert shown(fake_github, head) == ("failure", "1 image · 1 new high · blocking")
+    assert len(fake_github.runs_of("acme", "api", other)[-1]["history"]) == posts_of_other
+
+
+def test_a_newer_scan_at_the_base_commit_reposts_the_pull_request_when_the_branch_has_none(
+    app, client, token, fake_github
+):
+    settings(client, token, block_on="new")
+    head, base = sha_of("feature"), sha_of("base-commit")
+    pull_request(client, 8, head, base="main", base_sha=base)
+    upload(client, token, head, HIGH, ref="refs/pull/8/merge")
+    work(app)
+    assert shown(fake_github, head) == ("failure", "1 image · 1 new high · blocking")  # no baseline yet
+    upload(client, token, base, HIGH)  # the base commit scanned, without a ref: the baseline by commit
+    work(app)
+    assert shown(fake_github, head) == ("success", "1 image · 1 high")
+
+
 # ---------------------------------------------------------------- two images never turn green by any order
 
 

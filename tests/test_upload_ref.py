@@ -120,3 +120,41 @@ def test_the_ref_index_serves_the_baseline_probe(app):
     with app.app_context():
         indexes = sa.inspect(db.database().engine).get_indexes("scan_runs")
     assert any(i["column_names"] == ["org_id", "repo_full_name", "image_name", "ref", "id"] for i in indexes)
+
+
+@pytest.mark.parametrize("key", ["repo_full_name", "commit_sha", "image_ref", "signature_status"])
+def test_a_seed_uploads_field_and_a_query_parameter_that_differ_are_422(app, client, token, key):
+    """The query parameters are a raw report's context; sent with a seed body too, they must say the same."""
+    other = {
+        "repo_full_name": "acme/web",
+        "commit_sha": "f" * 40,
+        "image_ref": "ghcr.io/acme/evil:1",
+        "signature_status": "unsigned",
+    }
+    body = seed([finding()], signature_status="signed")
+    before = census(app)
+    r = post(client, token, body, query={key: other[key]})
+    assert r.status_code == 422, r.get_json()
+    assert [(d["path"], d["code"]) for d in r.get_json()["details"]] == [(key, "conflict")]
+    assert census(app) == before
+    same = post(client, token, body, query={key: body[key]})
+    assert same.status_code == 202, same.get_json()
+
+
+@pytest.mark.parametrize("shape", ["seed", "trivy"])
+def test_a_context_parameter_given_twice_in_the_query_is_422(app, client, token, shape):
+    report = (paths.SHARED / "fixtures" / "trivy" / "alpine-39.json").read_bytes()
+    data = json.dumps(seed([finding()])).encode() if shape == "seed" else report
+    query = f"commit_sha={SHA}&image_ref=ghcr.io/acme/api:1&repo_full_name=acme/api&repo_full_name=otherco/x"
+    before = census(app)
+    r = client.post(
+        "/api/v1/orgs/acme/image-scans/findings",
+        data=data,
+        query_string=query,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    assert r.status_code == 422, r.get_json()
+    assert [(d["path"], d["code"], d["in"]) for d in r.get_json()["details"]] == [
+        ("repo_full_name", "duplicate_key", "query")
+    ]
+    assert census(app) == before

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import threading
+import time
 import uuid
 from typing import Any
 
@@ -12,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from app import db
+from app import db, orgs
 from app.db import write_transaction
 from app.github.handlers import router
 from app.models import (
@@ -373,6 +375,140 @@ def test_a_deleted_installation_is_not_found_again_by_its_id(app, client):
     assert org_state(app) == [("old-name", "old-name", None), ("codertocat", "Codertocat", 16598467)]
 
 
+# ---------------------------------------------------------------- one installation, one org
+
+
+RENAMED = {"installation__id": 777, "installation__account__login": "NewName"}  # the auditor's account, renamed
+
+
+def renamed(name: str) -> bytes:
+    """An installation event of installation 777, whose account acme is called NewName now."""
+    return edited(name, **RENAMED)
+
+
+def holders_of(app, installation: int) -> list[tuple[str, int | None, int | None]]:
+    return [
+        (o.slug, o.installation_id, o.suspended_installation_id)
+        for o in rows(app, Org)
+        if installation in (o.installation_id, o.suspended_installation_id)
+    ]
+
+
+def renamed_into_a_hand_made_org(app) -> None:
+    """`orgs create newname`, then `orgs create acme --installation-id 777`: the account of acme's installation is
+    renamed NewName, the login of the org made by hand."""
+    make_org(app, "newname")
+    make_linked_org(app, "acme", "acme", installation_id=777, repos=("acme/api",))
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ["installation.created"],
+        ["installation_repositories.added", "installation.created"],
+        ["installation.unsuspend"],
+        ["installation.suspend", "installation.unsuspend"],
+    ],
+)
+def test_an_installation_is_never_linked_to_a_second_org(app, client, caplog, names):
+    """The org holding the installation (or whose suspension unlinked it) stays its org; the org made by hand with
+    the account's new login is not linked too, and keeps its login (acme keeps its own: no two orgs share one)."""
+    renamed_into_a_hand_made_org(app)
+    for name in names:
+        r = deliver(client, body=renamed(name), event=name.split(".")[0])
+        assert r.status_code == 200 and r.json == {"status": "ok"}, (name, r.json)
+    assert org_state(app) == [("newname", "newname", None), ("acme", "acme", 777)]
+    assert holders_of(app, 777) == [("acme", 777, None)]
+    assert "github.installation.login_taken org=acme login=NewName other=newname" in caplog.text
+
+
+def test_a_renamed_account_takes_its_new_login_when_no_other_org_has_it(app, client):
+    make_org(app, "someone", "someone-else")
+    make_linked_org(app, "acme", "acme", installation_id=777)
+    assert deliver(client, body=renamed("installation.suspend"), event="installation").status_code == 200
+    assert deliver(client, body=renamed("installation.unsuspend"), event="installation").status_code == 200
+    assert org_state(app) == [("someone", "someone-else", None), ("acme", "NewName", 777)]
+    assert holders_of(app, 777) == [("acme", 777, None)]
+
+
+def test_a_created_installation_of_the_login_of_an_org_holding_another_moves_nothing(app, client):
+    """A new installation of an account whose org holds another id (its deletion not seen): the org of the login is
+    linked to the new one; the org holding 777 keeps it."""
+    make_linked_org(app, "acme", "acme", installation_id=777)
+    make_linked_org(app, "newname", "NewName", installation_id=5)
+    assert deliver(client, body=renamed("installation.created"), event="installation").status_code == 200
+    assert org_state(app) == [("acme", "acme", 777), ("newname", "NewName", 5)]
+
+
+@pytest.mark.parametrize("name", ["installation.created", "installation.unsuspend"])
+def test_an_installation_left_on_two_orgs_is_kept_by_one(app, client, caplog, name):
+    """Where an older version linked a second org, the next installation event leaves it on one: the org with the
+    account's login (where its repository events go, see below); the other gives it up, with a warning."""
+    make_linked_org(app, "newname", "newname", installation_id=777)
+    make_linked_org(app, "acme", "acme", installation_id=777)
+    assert deliver(client, body=renamed(name), event="installation").status_code == 200
+    assert org_state(app) == [("newname", "newname", 777), ("acme", "acme", None)]
+    assert "github.installation.held_twice installation=777 kept=newname unlinked=acme" in caplog.text
+
+
+def test_a_suspension_left_beside_a_link_is_kept_by_one(app, client):
+    """acme's suspension unlinked 777, then an older version linked newname to it on the unsuspend: the next
+    suspension unlinks newname, and acme no longer holds 777 either."""
+    make_linked_org(app, "acme", "acme")
+    make_linked_org(app, "newname", "newname", installation_id=777)
+    with app.app_context():
+        session = db.session()
+        with write_transaction(session):
+            session.execute(sa.update(Org).where(Org.slug == "acme").values(suspended_installation_id=777))
+    assert deliver(client, body=renamed("installation.suspend"), event="installation").status_code == 200
+    assert holders_of(app, 777) == [("newname", None, 777)]
+
+
+@pytest.mark.parametrize("suspended", [False, True])
+def test_orgs_create_refuses_an_installation_another_org_holds(app, suspended):
+    make_linked_org(app, "acme", "acme", installation_id=777)
+    if suspended:
+        client = app.test_client()
+        assert deliver(client, body=renamed("installation.suspend"), event="installation").status_code == 200
+    before = census(app)
+    result = app.test_cli_runner().invoke(args=["orgs", "create", "newname", "--installation-id", "777"])
+    assert result.exit_code != 0
+    assert "the organisation 'acme' has the GitHub App installation 777 already" in result.output
+    assert census(app) == before
+
+
+def test_two_writers_never_link_one_installation_to_two_orgs(app):
+    """Two transactions linking installation 777 to two orgs: the second waits for the first (PostgreSQL: the
+    installation's lock; SQLite: one writer at a time), then finds it taken."""
+    first_linked, outcome = threading.Event(), {}
+
+    def first() -> None:
+        with app.app_context():
+            session = db.session()
+            with write_transaction(session):
+                orgs.create(session, "acme", installation_id=777)
+                first_linked.set()
+                time.sleep(0.5)  # the second runs meanwhile
+
+    def second() -> None:
+        first_linked.wait(10)
+        with app.app_context():
+            session = db.session()
+            try:
+                with write_transaction(session):
+                    orgs.create(session, "newname", installation_id=777)
+            except ValueError as exc:
+                outcome["refused"] = str(exc)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert org_state(app) == [("acme", "acme", 777)]
+    assert "'acme' has the GitHub App installation 777 already" in outcome["refused"]
+
+
 # ---------------------------------------------------------------- installation_repositories
 
 
@@ -570,6 +706,46 @@ def test_check_run_rerequested_starts_a_new_run_with_the_commits_aggregate(app, 
     assert first[0] < summary.index(first[1]) < second[0] < summary.index(second[1])
     assert item.state == "not_delivered"  # no GitHub App configured in the tests
     assert failing < passing
+
+
+def _acme_failing_at(app, client) -> int:
+    set_policy(app, "acme", block_action="block_pull")
+    token = make_token(app, "acme")
+    return upload(client, token, "acme", "acme/api", CHECK_SHA, "ghcr.io/a/api:1", [finding("CVE-2024-0001")])
+
+
+def _rerequested_for_acme() -> bytes:
+    return edited(
+        "check_run.rerequested",
+        check_run__name="fremforge/image-scan",
+        installation__id=777,
+        repository__full_name="acme/api",
+        repository__owner__login="acme",
+    )
+
+
+def test_check_run_rerequested_after_a_rename_goes_to_the_installations_org(app, client):
+    """The auditor's case: after installation.created for 777 under the login of an org made by hand, a re-run on
+    acme's repository is acme's (it was the other org's, which has no scans: 200 ok, no check run)."""
+    renamed_into_a_hand_made_org(app)
+    assert deliver(client, body=renamed("installation.created"), event="installation").status_code == 200
+    scan = _acme_failing_at(app, client)
+    r = deliver(client, "check_run", body=_rerequested_for_acme())
+    assert r.status_code == 202 and r.json == {"status": "queued"}
+    (item,) = rows(app, OutboxItem)[1:]  # after the upload's own
+    assert item.scan_run_id == scan and item.repo_full_name == "acme/api" and item.check_run["head_sha"] == CHECK_SHA
+
+
+def test_check_run_rerequested_for_an_installation_on_two_orgs_goes_by_the_repository_owner(app, client, caplog):
+    """Two orgs holding one installation (left by an older version): the lookup by its id guesses neither (it took
+    the first made); the repository owner's org it is."""
+    make_linked_org(app, "newname", "newname", installation_id=777)
+    make_linked_org(app, "acme", "acme", installation_id=777)
+    scan = _acme_failing_at(app, client)
+    r = deliver(client, "check_run", body=_rerequested_for_acme())
+    assert r.status_code == 202 and r.json == {"status": "queued"}
+    assert rows(app, OutboxItem)[-1].scan_run_id == scan
+    assert "github.installation.held_twice installation=777 orgs=newname,acme" in caplog.text
 
 
 def test_check_run_rerequested_under_block_action_none_queues_nothing(app, client):

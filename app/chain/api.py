@@ -28,7 +28,7 @@ def verify_against(slug: str) -> dict[str, Any]:
     """The verdict of `chain verify SLUG --checkpoint FILE`: the body is the checkpoint file's content."""
     org = auth.for_request(slug, "settings:write").org
     try:
-        docs = checkpoints.parse(bodies.request_body().decode("utf-8-sig"))
+        docs = checkpoints.parse(bodies.request_body(bodies.DOCUMENT_BODY_BYTES).decode("utf-8-sig"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ApiError(422, "validation_failed", f"The body is not a checkpoint file: {exc}.") from None
     return _verdict(slug, org.id, docs)

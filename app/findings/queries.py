@@ -78,17 +78,22 @@ def decode_finding_cursor(cursor: str) -> FindingKey:
             raise ValueError
         rank, package, cve_id, seq = orjson.loads(raw[2:])
         if not (
-            isinstance(rank, int)
+            type(rank) is int  # not a bool, which is an int to isinstance
             and 0 <= rank <= len(SEVERITIES)
-            and isinstance(package, str)
-            and isinstance(cve_id, str)
-            and isinstance(seq, int)
+            and _cursor_text(package)
+            and _cursor_text(cve_id)
+            and type(seq) is int
             and 0 <= seq < 2**63
         ):
             raise ValueError
     except (ValueError, TypeError, orjson.JSONDecodeError):
         raise BadCursor(cursor) from None
     return rank, package, cve_id, seq
+
+
+def _cursor_text(value: object) -> bool:
+    """Whether a cursor's text part could be a stored package or advisory id (no NUL, at most 1,024 characters)."""
+    return isinstance(value, str) and len(value) <= 1024 and "\x00" not in value
 
 
 def outbox_by_scan(session: Session, scan_ids: Sequence[int]) -> dict[int, OutboxItem]:

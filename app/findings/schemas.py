@@ -109,12 +109,23 @@ class UploadContext(BaseModel):
     ref: GitRef | None = None
 
 
+def _schema_version(value: int | None) -> int | None:
+    """Only SchemaVersion 2 is read as such (or none: a report cut down by hand): another version's findings could
+    be where this reader does not look, and a report read as empty passes the gate."""
+    if value is not None and value != 2:
+        raise PydanticCustomError(
+            "schema_version",
+            f"is {value}: only Trivy's SchemaVersion 2 reports (and the legacy top-level array) are read",
+        )
+    return value
+
+
 class TrivyHeader(BaseModel):
     """The top-level fields of a SchemaVersion 2 report the upload reads (Results is walked on its own)."""
 
     model_config = STRICT
 
-    SchemaVersion: int | None = None
+    SchemaVersion: Annotated[int | None, AfterValidator(_schema_version)] = None
     ArtifactName: str | None = None
 
 
@@ -447,6 +458,7 @@ _LISTS = {"references", "vendor_ids", "References", "VendorIDs"}
 _FINDING_LISTS = ("findings", "Results")  # a body's keys whose value holds findings
 # A key given twice where the findings are (JSON parsers keep the last; a gate must not guess, so the upload is a 422)
 TWICE = "is given twice in the same object: which one is meant is unclear"
+TWICE_IN_QUERY = "is given twice in the query: which one is meant is unclear"
 
 
 # Distinct references and vendor ids one upload keeps. Each is a Python string of about 50 bytes however short it is
@@ -677,6 +689,13 @@ def parse_upload(body: bytes, query: Mapping[str, str], max_findings: int = DEFA
     400 for a body that is not JSON, 413 (too_many_findings) past `max_findings` findings, 422 naming each bad
     JSON path (the first MAX_DETAILS of them).
     """
+    getlist = getattr(query, "getlist", None)  # a request's arguments: a name may come more than once
+    if getlist is not None:
+        twice = [k for k in QUERY_FIELDS if len(getlist(k)) > 1]
+        if twice:  # which one is meant is unclear, as with a JSON key given twice
+            raise validation_failed(
+                [{"path": k, "code": "duplicate_key", "message": TWICE_IN_QUERY, "in": "query"} for k in twice]
+            )
     start = 3 if body.startswith(b"\xef\xbb\xbf") else 0  # a BOM is tolerated
     return _Upload(_Reader(body, max_findings), max_findings).parse(start, query)
 
@@ -727,7 +746,7 @@ class _Upload:
         self._end(r.members(pos, 0, "", r.errors, member))
         if "findings" not in present and any(k in present for k in _TRIVY_KEYS):
             return self._trivy(fields, query, "trivy")
-        return self._seed(fields, "findings" in present, query.get("ref"))
+        return self._seed(fields, "findings" in present, query)
 
     def _end(self, end: int) -> None:
         end = self.r.ws(end)
@@ -918,9 +937,12 @@ class _Upload:
 
         return self._list(pos, depth, prefix, rows, take)
 
-    def _seed(self, fields: dict[str, Any], has_findings: bool, query_ref: str | None) -> Upload:
-        """A seed body; its `ref` may come as a query parameter instead (spec section 2), not as both differing."""
+    def _seed(self, fields: dict[str, Any], has_findings: bool, query: Mapping[str, str]) -> Upload:
+        """A seed body; its `ref` may come as a query parameter instead (spec section 2). Another field given both
+        in the body and as a query parameter (as a raw report's context comes) must say the same: which one was
+        meant is unclear otherwise."""
         context = Errors()
+        query_ref = query.get("ref")
         if query_ref is not None:
             if fields.get("ref") is None:
                 if is_git_ref(query_ref):
@@ -931,6 +953,9 @@ class _Upload:
                     )
             elif fields["ref"] != query_ref:
                 context.add("ref", "conflict", "differs from the query parameter ref: send the ref once")
+        for key in QUERY_FIELDS:
+            if key != "ref" and key in query and key in fields and fields[key] != query[key]:
+                context.add(key, "conflict", f"differs from the query parameter {key}: send it once")
         try:
             ctx = UploadContext.model_validate({k: v for k, v in fields.items() if k in QUERY_FIELDS})
         except ValidationError as exc:

@@ -14,7 +14,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from app import chain, commits, fields, locks, policy
+from app import chain, commits, fields, locks, policy, reposts
 from app.db import write_transaction
 from app.findings import latest as image_latest
 from app.findings import queries, store
@@ -310,6 +310,8 @@ def ingest(
             params,
             store.linked_json(unlinked, entries) if unlinked is not None else None,
         )
+        if pol.block_on == "new":  # the scan may be an open pull request's baseline: its head is judged again
+            reposts.ask_for_base(conn, org.id, repo, upload.ref, sha, urls)
     return result
 
 

@@ -43,7 +43,7 @@ import sqlalchemy as sa
 from githubkit.exception import RateLimitExceeded, RequestError, RequestFailed, RequestTimeout
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
-from app import clock, logs
+from app import clock, logs, orgs
 from app.db import rowcount, write_transaction
 from app.github.client import GitHubApp, github_message
 from app.models import CheckRunRecord, Org, OutboxItem, utcnow
@@ -638,7 +638,7 @@ def rate_limit_wait(headers: Mapping[str, str]) -> timedelta:
     try:
         if "retry-after" in headers:
             value = headers["retry-after"].strip()
-            wait = timedelta(seconds=int(value)) if value.isdigit() else _until(value, headers)
+            wait = timedelta(seconds=int(value)) if value.isascii() and value.isdigit() else _until(value, headers)
         elif "x-ratelimit-reset" in headers:
             reset = datetime.fromtimestamp(int(headers["x-ratelimit-reset"]), tz=UTC)
             wait = reset - _github_now(headers)
@@ -730,8 +730,14 @@ def _find_installation(session: Session, gh: GitHubApp, org: OrgIds, owner: str,
         if exc.response.status_code == 404:
             raise _permanent(f"the GitHub App is not installed on {owner}/{repo}", 404) from None
         raise
-    with write_transaction(session):
-        session.execute(sa.update(Org).where(Org.id == org.id).values(installation_id=found))
+    with write_transaction(session):  # remembered unless another org holds it: an installation is one org's
+        orgs.lock_installation(session, found)
+        held = sa.or_(Org.installation_id == found, Org.suspended_installation_id == found)
+        other = session.scalars(sa.select(Org.slug).where(held, Org.id != org.id).limit(1)).first()
+        if other is None:
+            session.execute(sa.update(Org).where(Org.id == org.id).values(installation_id=found))
+        else:
+            log.warning("github.installation.held_by_another org_id=%s installation=%s other=%s", org.id, found, other)
     return found
 
 

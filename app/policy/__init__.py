@@ -19,6 +19,7 @@ from app.models import (
     DEFAULT_RETENTION_DAYS,
     SEVERITIES,
 )
+from app.policy import patterns
 from app.policy.exceptions import ActiveException
 
 CONTEXT = "fremforge/image-scan"
@@ -38,7 +39,7 @@ class AllowedIssuer:
             return False
         if self.subject_pattern is None:
             return True
-        if subject is None:
+        if subject is None or patterns.too_costly(self.subject_pattern):  # stored before they were measured
             return False
         try:  # patterns are the org's, subjects the uploader's: bounded time, never a stuck worker
             return regex.search(self.subject_pattern, subject, timeout=SUBJECT_MATCH_SECONDS) is not None

@@ -10,12 +10,19 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from app import reposts
 from app.chain import audit
 from app.models import OrgSettings, utcnow
+from app.policy import patterns
 from app.web.urls import Urls
 
 MAX_RETENTION_DAYS = 3650
 
 
 def _regex(value: str) -> str:
+    size = patterns.expanded_size(value)
+    if size > patterns.MAX_EXPANDED:
+        raise ValueError(
+            f"is too costly to compile: its counted repeats written out come to {size:,} characters, "
+            f"over {patterns.MAX_EXPANDED:,}"
+        )
     try:
         regex.compile(value)
     except regex.error as exc:

@@ -46,13 +46,37 @@ class _Announced(LimitedStream):
         raise BadRequest(f"The body ended after {self._pos} of the {self.limit} bytes its Content-Length announced.")
 
 
-def request_body() -> bytes:
-    """The raw body, never silently cut: Werkzeug stops a body without Content-Length (chunked, which
-    gunicorn passes through) at MAX_CONTENT_LENGTH without an error, so a body that reaches it is a 413."""
+# The largest body of the routes that parse theirs whole (settings, one exception; imports and checkpoint files),
+# whatever FREMFORGE_MAX_UPLOAD_MB allows uploads: orjson's tree of a body of tiny values takes about 34 times its
+# bytes (64 MiB of `[{},{},...]` took 2.2 GiB), so these stay small enough to parse within the 512 MiB a process
+# has. Uploads are walked, never parsed whole (app.findings.schemas).
+SMALL_BODY_BYTES = 1 * 2**20
+DOCUMENT_BODY_BYTES = 4 * 2**20
+
+
+def too_large(limit: int) -> ApiError:
+    """413 for a body (or what it decompresses to) over `limit` bytes."""
+    return ApiError(413, "payload_too_large", f"The body is over this route's limit of {limit / 2**20:g} MiB.")
+
+
+def request_body(max_bytes: int | None = None) -> bytes:
+    """The raw body, at most `max_bytes` (default: the upload limit, MAX_CONTENT_LENGTH) or a 413, never silently
+    cut. A Content-Length over the limit is refused before anything is read. A body without one (chunked, which
+    gunicorn passes through) is read to one byte past the limit: Werkzeug would stop at the limit itself without an
+    error, so that a body of exactly the limit and a longer one looked the same."""
+    upload_limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    limit = upload_limit if max_bytes is None else min(max_bytes, upload_limit or max_bytes)
+    if limit is None:
+        return request.get_data(cache=False)
+    over = too_large(limit) if max_bytes is not None else RequestEntityTooLarge()  # the upload limit's own answer
+    if request.content_length is not None:
+        if request.content_length > limit:
+            raise over
+        return request.get_data(cache=False)
+    request.max_content_length = limit + 1  # set before the stream is made
     data = request.get_data(cache=False)
-    limit = current_app.config.get("MAX_CONTENT_LENGTH")
-    if request.content_length is None and limit is not None and len(data) >= limit:
-        raise RequestEntityTooLarge()
+    if len(data) > limit:
+        raise over
     return data
 
 
@@ -88,11 +112,12 @@ def read_body(
     return body
 
 
-def read_json(
-    content_type: str | None, content_encoding: str | None, read_body_: Callable[[], bytes], max_bytes: int
-) -> Any:
-    """The body's JSON value, parsed whole (small bodies: settings, exceptions); 400/413/415/422 as read_body."""
-    body = read_body(content_type, content_encoding, read_body_, max_bytes)
+def read_json(max_bytes: int) -> Any:
+    """The request's JSON value, parsed whole, for the small bodies of settings, exceptions and imports: the body and
+    what it decompresses to at most `max_bytes` (SMALL_BODY_BYTES, DOCUMENT_BODY_BYTES); 400/413/415/422 as
+    read_body."""
+    limit = min(max_bytes, current_app.config["MAX_UPLOAD_BYTES"])
+    body = read_body(request.content_type, request.headers.get("Content-Encoding"), lambda: request_body(limit), limit)
     try:
         doc = orjson.loads(memoryview(body)[3:] if body.startswith(b"\xef\xbb\xbf") else body)  # a BOM is tolerated
     except orjson.JSONDecodeError as exc:
@@ -115,9 +140,7 @@ def gunzip(data: bytes, max_bytes: int) -> bytes:
             raise ApiError(400, "malformed_gzip", f"The body is not valid gzip: {exc}.") from None
         if len(out) > max_bytes:
             raise ApiError(
-                413,
-                "payload_too_large",
-                f"The body decompresses to more than the upload limit of {max_bytes / 2**20:g} MiB.",
+                413, "payload_too_large", f"The body decompresses to more than the limit of {max_bytes / 2**20:g} MiB."
             )
         if not d.eof:
             raise ApiError(400, "malformed_gzip", "The gzip body is truncated.")

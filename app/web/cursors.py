@@ -24,7 +24,7 @@ def decode(kind: str, cursor: str, largest: int = MAX_INT32) -> int:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         found, _, value = text.partition(":")
-        if found != kind or not value.isdigit() or len(value) > 19 or int(value) > largest:
+        if found != kind or not (value.isascii() and value.isdigit()) or len(value) > 19 or int(value) > largest:
             raise ValueError
         return int(value)
     except (ValueError, binascii.Error, UnicodeDecodeError):
@@ -56,6 +56,6 @@ def decode_key(kind: str, cursor: str, largest: int = MAX_INT32, longest: int = 
         text = base64.urlsafe_b64decode(text_part + "=" * (-len(text_part) % 4)).decode()
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise BadCursor(cursor) from None
-    if not text or len(text) > longest:
+    if not text or len(text) > longest or "\x00" in text:
         raise BadCursor(cursor)
     return text, number

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
@@ -11,6 +12,8 @@ from sqlalchemy.orm import Session
 from app import logs
 from app.github.router import BadPayload, get, installation_id
 from app.models import InstallationRepository, Org, utcnow
+
+log = logging.getLogger(__name__)
 
 
 class OrgRef(NamedTuple):
@@ -22,14 +25,21 @@ class OrgRef(NamedTuple):
 
 _orgs = Org.__table__
 # Built once: webhooks answer many small deliveries, and building a statement costs more than running it here.
-_BY_INSTALLATION = sa.select(Org).where(Org.installation_id == sa.bindparam("inst")).order_by(Org.id).limit(1)
+_HOLDERS = (
+    sa.select(Org)
+    .where(sa.or_(Org.installation_id == sa.bindparam("inst"), Org.suspended_installation_id == sa.bindparam("inst")))
+    .order_by(Org.id)
+)
 _BY_LOGIN = sa.select(Org).where(sa.func.lower(Org.github_login) == sa.bindparam("login")).order_by(Org.id).limit(1)
-_BY_SUSPENDED = sa.select(Org).where(Org.suspended_installation_id == sa.bindparam("inst")).order_by(Org.id).limit(1)
-_REF_BY_INSTALLATION = (
-    sa.select(_orgs.c.id, _orgs.c.slug)
-    .where(_orgs.c.installation_id == sa.bindparam("inst"))
-    .order_by(_orgs.c.id)
+_OTHER_WITH_LOGIN = (
+    sa.select(Org.slug)
+    .where(sa.func.lower(Org.github_login) == sa.bindparam("login"), Org.id != sa.bindparam("org"))
+    .order_by(Org.id)
     .limit(1)
+)
+# Every org holding it, not the first: one is the rule, and two (left by an older version) must not be guessed from.
+_REF_BY_INSTALLATION = (
+    sa.select(_orgs.c.id, _orgs.c.slug).where(_orgs.c.installation_id == sa.bindparam("inst")).order_by(_orgs.c.id)
 )
 _REF_BY_LOGIN = (
     sa.select(_orgs.c.id, _orgs.c.slug)
@@ -39,15 +49,13 @@ _REF_BY_LOGIN = (
 )
 
 
-def org_by_installation(session: Session, inst_id: int | None) -> Org | None:
-    if inst_id is None:
-        return None
-    return _named(session.scalars(_BY_INSTALLATION, {"inst": inst_id}).first())
+def installation_holders(session: Session, inst_id: int) -> list[Org]:
+    """The orgs holding installation `inst_id`, linked to it or unlinked by its suspension, first made first.
 
-
-def org_by_suspended_installation(session: Session, inst_id: int) -> Org | None:
-    """The org whose suspension unlinked this installation (its account may have been renamed since)."""
-    return _named(session.scalars(_BY_SUSPENDED, {"inst": inst_id}).first())
+    One at most, the rule since installation events keep it (`handlers.installation`); more than one only where an
+    older version linked a second org, or the worker remembered it for another org of the account.
+    """
+    return list(session.scalars(_HOLDERS, {"inst": inst_id}))
 
 
 def org_by_login(session: Session, login: str | None) -> Org | None:
@@ -57,13 +65,30 @@ def org_by_login(session: Session, login: str | None) -> Org | None:
     return _named(session.scalars(_BY_LOGIN, {"login": login.lower()}).first())
 
 
+def other_org_with_login(session: Session, login: str, org_id: int) -> str | None:
+    """The slug of an org other than `org_id` whose GitHub login is `login` (in any letter case), if any."""
+    return session.scalars(_OTHER_WITH_LOGIN, {"login": login.lower(), "org": org_id}).first()
+
+
 def org_ref(session: Session, inst_id: int | None, login: Any) -> OrgRef | None:
     """The org holding installation `inst_id`, else the org of the GitHub account `login`, as an (id, slug) row.
 
-    The same rule as org_by_installation then org_by_login, read with Core: no ORM object per delivery.
+    Read with Core: no ORM object per delivery. Never a guess: where two orgs hold the installation (see
+    installation_holders), it names neither, and the org is the account's by `login`, as for an unknown installation.
     """
     conn = session.connection()
-    row = conn.execute(_REF_BY_INSTALLATION, {"inst": inst_id}).first() if inst_id is not None else None
+    row = None
+    if inst_id is not None:
+        holders = conn.execute(_REF_BY_INSTALLATION, {"inst": inst_id}).all()
+        if len(holders) == 1:
+            row = holders[0]
+        elif holders:
+            log.warning(
+                "github.installation.held_twice installation=%s orgs=%s: the org is found by the login %r",
+                inst_id,
+                ",".join(h.slug for h in holders),
+                login,
+            )
     if row is None and isinstance(login, str) and login:
         row = conn.execute(_REF_BY_LOGIN, {"login": login.lower()}).first()
     if row is None:

@@ -11,12 +11,12 @@ from app import logs, orgs
 from app.github.handlers.common import (
     add_repositories,
     full_names,
-    org_by_installation,
+    installation_holders,
     org_by_login,
-    org_by_suspended_installation,
+    other_org_with_login,
     remove_repositories,
 )
-from app.github.router import Context, Router, need_int, need_str
+from app.github.router import Context, Router, get, need_int, need_str
 from app.models import Org
 
 log = logging.getLogger(__name__)
@@ -62,17 +62,19 @@ def installation_suspend(session: Session, payload: dict[str, Any], ctx: Context
 
 
 def _link(session: Session, payload: dict[str, Any]) -> Org | None:
-    """The org whose GitHub login is the account's (else the one holding the installation, or whose suspension
-    unlinked it, else a new one, its slug the login in lower case), now holding the installation id. An org found by
-    the installation under another login takes the account's login now: an installation belongs to one account for
-    life, so the account was renamed (and its uploads name the new login)."""
+    """The installation's org, now holding its id (and no other org holding it).
+
+    An installation id belongs to one org at a time. Its org is the one holding the id (or whose suspension unlinked
+    it), else the org whose GitHub login is the account's, else a new one (its slug the login in lower case). An
+    installation belongs to one account for life, so its org found under another login means the account was
+    renamed: the org takes the new login (its uploads name the new owner) - unless another org has that login
+    already (made by hand before the installation was known). Then no second org is linked: the installation stays
+    with its org under its old login, and a warning names both for an admin to settle.
+    """
     inst_id = need_int(payload, "installation", "id")
     login = need_str(payload, "installation", "account", "login")
-    org = (
-        org_by_login(session, login)
-        or org_by_installation(session, inst_id)
-        or org_by_suspended_installation(session, inst_id)
-    )
+    orgs.lock_installation(session, inst_id)
+    org = _installations_org(session, inst_id, login) or org_by_login(session, login)
     if org is None:
         try:
             slug = _free_slug(session, login.lower())
@@ -84,8 +86,7 @@ def _link(session: Session, payload: dict[str, Any]) -> Org | None:
         log.info("github.installation.org_created org=%s installation=%s", org.slug, inst_id)
     else:
         if org.github_login.lower() != login.lower():  # found by the installation: its account was renamed
-            log.info("github.installation.account_renamed org=%s from=%s to=%s", org.slug, org.github_login, login)
-            org.github_login = login
+            _take_login(session, org, login)
         org.installation_id = inst_id
         org.suspended_installation_id = None
         log.info("github.installation.linked org=%s installation=%s", org.slug, inst_id)
@@ -93,15 +94,65 @@ def _link(session: Session, payload: dict[str, Any]) -> Org | None:
     return org
 
 
+def _take_login(session: Session, org: Org, login: str) -> None:
+    """The installation's org takes its renamed account's login, unless another org has that login."""
+    other = other_org_with_login(session, login, org.id)
+    if other is None:
+        log.info("github.installation.account_renamed org=%s from=%s to=%s", org.slug, org.github_login, login)
+        org.github_login = login
+        return
+    log.warning(
+        "github.installation.login_taken org=%s login=%s other=%s: the account %s is %s now, the login of the org %s; "
+        "the installation stays with %s, under its login",
+        org.slug,
+        login,
+        other,
+        org.github_login,
+        login,
+        other,
+        org.slug,
+    )
+
+
 def _unlink(session: Session, payload: dict[str, Any]) -> Org | None:
     inst_id = need_int(payload, "installation", "id")
-    org = org_by_installation(session, inst_id)
-    if org is None:
+    orgs.lock_installation(session, inst_id)
+    org = _installations_org(session, inst_id, get(payload, "installation", "account", "login"))
+    if org is None or org.installation_id != inst_id:  # unknown, or suspended already
         log.info("github.installation.unknown installation=%s action=%s", inst_id, payload.get("action"))
         return None
     org.installation_id = None
     session.flush()
     log.info("github.installation.unlinked org=%s installation=%s action=%s", org.slug, inst_id, payload["action"])
+    return org
+
+
+def _installations_org(session: Session, inst_id: int, login: Any) -> Org | None:
+    """The org holding the installation, linked or suspended; None when none does.
+
+    Where an older version left it on more than one org, the one keeping it is the one with the account's login (the
+    org its repository events go to then, see common.org_ref), else a linked one, else the first made; the others
+    give it up, with a warning naming them.
+    """
+    holders = installation_holders(session, inst_id)
+    if not holders:
+        return None
+    folded = login.lower() if isinstance(login, str) else None
+    org = min(holders, key=lambda o: (o.github_login.lower() != folded, o.installation_id != inst_id, o.id))
+    others = [o for o in holders if o is not org]
+    if others:
+        log.warning(
+            "github.installation.held_twice installation=%s kept=%s unlinked=%s",
+            inst_id,
+            org.slug,
+            ",".join(o.slug for o in others),
+        )
+        for other in others:
+            if other.installation_id == inst_id:
+                other.installation_id = None
+            if other.suspended_installation_id == inst_id:
+                other.suspended_installation_id = None
+    logs.name_org(org.slug)
     return org
 
 
