@@ -257,6 +257,8 @@ def read(record: logging.LogRecord) -> tuple[str, str | None, dict[str, Any]]:
     skeleton, texts = laid_out
     if not texts:
         text = redact(skeleton)
+        if not _ours(record):  # a library's line made before it was logged (gunicorn's "Invalid request from ...:
+            return text, None, {}  # the request line"): no telling its words from a client's, so no pairs
         return (text, *parse(text))
     text = escape(redact(_filled(skeleton, texts)))
     match = None if skeleton.startswith("\x00") else _EVENT.match(text)  # an event begins in the code's words
@@ -264,6 +266,11 @@ def read(record: logging.LogRecord) -> tuple[str, str | None, dict[str, Any]]:
     for key, raw in _PAIR.findall(skeleton):  # (an event has no `=`: no pair in it)
         pairs.setdefault(key, _value(redact(_filled(raw, texts))))
     return text, match.group(1) if match else None, pairs
+
+
+def _ours(record: logging.LogRecord) -> bool:
+    """Whether the record is the app's own (its template written in this code, never made from a request's values)."""
+    return record.name == "app" or record.name.startswith("app.")
 
 
 def _indented(text: str) -> str:

@@ -97,7 +97,18 @@ ASK_ONE = {dialect: _upsert(dialect, None) for dialect in ("postgresql", "sqlite
 
 
 # The heads of the open pull requests whose baseline a new scan of `repo` may be (block_on new): built from their base
-# branch (`ref`), or at their base commit (`sha`); the scan's own commit aside, with a scan of their own.
+# branch (`ref`), or at their base commit (`sha`); the scan's own commit aside, with a scan of the same image (`name`:
+# a head's baseline is per image).
+_SCANNED_IMAGE = (
+    sa.select(_scans.c.id)
+    .where(
+        _scans.c.org_id == _links.c.org_id,
+        _scans.c.repo_full_name == _links.c.repo_full_name,
+        _scans.c.commit_sha == _links.c.head_sha,
+        _scans.c.image_name == sa.bindparam("name"),
+    )
+    .exists()
+)
 _BASED_ON = sa.select(
     _links.c.org_id,
     _links.c.repo_full_name,
@@ -111,7 +122,7 @@ _BASED_ON = sa.select(
     _links.c.state == "open",
     sa.or_(_links.c.base_ref == sa.bindparam("ref"), _links.c.base_sha == sa.bindparam("sha")),
     _links.c.head_sha != sa.bindparam("sha"),
-    _SCANNED,
+    _SCANNED_IMAGE,
 )
 ASK_FOR_BASE = {dialect: _upsert(dialect, _BASED_ON) for dialect in ("postgresql", "sqlite")}
 
@@ -129,11 +140,13 @@ def ask(conn: sa.Connection, org_id: int, repo: str, sha: str, urls: Urls) -> No
     conn.execute(ASK_ONE[conn.dialect.name], params)
 
 
-def ask_for_base(conn: sa.Connection, org_id: int, repo: str, ref: str | None, sha: str, urls: Urls) -> None:
-    """Ask for the heads of the open pull requests a new scan at `sha` (built from `ref`) may be the baseline of:
-    their `new` findings are judged against it now (block_on new), so a fix on the base branch is not left green
-    on a pull request that brings the finding back."""
-    params = {"org": org_id, "repo": repo, "ref": ref, "sha": sha, "base_url": urls.base_url}
+def ask_for_base(
+    conn: sa.Connection, org_id: int, repo: str, ref: str | None, sha: str, image_name: str, urls: Urls
+) -> None:
+    """Ask for the heads of the open pull requests a new scan of `image_name` at `sha` (built from `ref`) may be the
+    baseline of: their `new` findings are judged against it now (block_on new), so a fix on the base branch is not
+    left green on a pull request that brings the finding back."""
+    params = {"org": org_id, "repo": repo, "ref": ref, "sha": sha, "name": image_name, "base_url": urls.base_url}
     conn.execute(ASK_FOR_BASE[conn.dialect.name], {**params, "now": clock.now_of(conn)})
 
 

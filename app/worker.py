@@ -81,6 +81,8 @@ class Loop:
             except Exception as exc:  # a database restart, a lock, a full disk, a bug: back off and go on
                 self.recover(exc)
                 if self.once:
+                    if self.holding_rows:  # its rows go back before the command fails
+                        self.release_on_exit()
                     raise
                 continue
             self.errors_in_a_row = 0

@@ -1004,15 +1004,15 @@ def test_parse_openvex_supersession_other_statuses_products():
         said("not_affected", "2026-01-01", products=[with_subs(API_IMAGE, OPENSSL), with_subs(WEB_IMAGE, ZLIB)]),
         said("affected", "2026-06-01", products=None, subcomponents=[OPENSSL]),
     ) == [("statements[0]", "ghcr.io/acme/web", "zlib1g")]
-    # a product that is no image (a package, a CPE) is another product: no exception speaks of it
+    # a package as the product (Trivy matches it against the image's packages): that package, in any image
+    assert kept(said("not_affected", "2026-01-01"), said("affected", "2026-06-01", products=[OPENSSL])) == []
     assert kept(
-        said("not_affected", "2026-01-01"),
-        said(
-            "affected",
-            "2026-06-01",
-            products=[OPENSSL, {"identifiers": {"cpe23": "cpe:2.3:a:acme:api:1:*:*:*:*:*:*:*"}}],
-        ),
-    ) == [("statements[0]", API, None)]
+        said("not_affected", "2026-01-01", products=[with_subs(API_IMAGE, ZLIB)]),
+        said("affected", "2026-06-01", products=[OPENSSL]),
+    ) == [("statements[0]", API, "zlib1g")]
+    # an image named without its registry (any registry's), or a product this reader cannot tell (a CPE): any image
+    for product in ("pkg:oci/api", {"identifiers": {"cpe23": "cpe:2.3:a:acme:api:1:*:*:*:*:*:*:*"}}):
+        assert kept(said("not_affected", "2026-01-01"), said("affected", "2026-06-01", products=[product])) == []
     # but an image it cannot read is refused, as in a not_affected statement
     with pytest.raises(imports.BadDocument) as exc:
         kept(

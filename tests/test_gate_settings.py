@@ -130,6 +130,8 @@ COSTLY_BUT_QUICK = "^(?:a{1000})$|(?:b{300}){300}"  # 91,000 written out: over t
         "(?:a{65535}){65535}",  # never finished compiling
         "(?:(?:ab){100}){100}{100}",
         r"\p{L}{60000}",  # syntax only `regex` reads: measured by its counts
+        "(?V1)(?:a{3000}){3000}",
+        "(?:a{3000,}){3000,}",
     ],
 )
 def test_a_subject_pattern_too_costly_to_compile_is_422_at_once(app, client, admin_token, pattern):
@@ -139,6 +141,18 @@ def test_a_subject_pattern_too_costly_to_compile_is_422_at_once(app, client, adm
     assert r.status_code == 422, r.get_json()
     [detail] = r.get_json()["details"]
     assert detail["path"] == "allowed_issuers[0].subject_pattern" and "too costly" in detail["message"]
+    assert census(app) == before
+
+
+@pytest.mark.parametrize("pattern", ["(?x)(?:a{30 00}){30 00}", "(?x:(?:a{30 00}){30 00})", "(?ix)^repo:acme/"])
+def test_a_subject_pattern_in_verbose_mode_is_422(app, client, admin_token, pattern):
+    """`regex` reads `{30 00}` as 3000 in verbose mode, Python's parser as text: such a pattern cannot be measured."""
+    before = census(app)
+    issuers = [{"issuer": GHA, "subject_pattern": pattern}]
+    r = put(client, admin_token, {"require_signed": True, "allowed_issuers": issuers})
+    assert r.status_code == 422, r.get_json()
+    [detail] = r.get_json()["details"]
+    assert detail["path"] == "allowed_issuers[0].subject_pattern" and "verbose" in detail["message"]
     assert census(app) == before
 
 

@@ -127,6 +127,16 @@ def test_a_json_line_takes_its_fields_from_the_code_never_from_a_value() -> None
     assert "\n" not in doc["path"] and "\u2028" not in doc["path"] and "\x00" not in doc["path"]
 
 
+def test_a_librarys_line_made_before_it_was_logged_gives_no_fields() -> None:
+    """gunicorn makes "Invalid request from ip=...: <the request line>" itself, then logs it without arguments: the
+    client's words are in the template, so none of its pairs are read as fields."""
+    line = f"Invalid request from ip=127.0.0.1: Invalid HTTP Version: 'X{INJECTED}'"
+    made = logging.LogRecord("gunicorn.error", logging.WARNING, __file__, 1, line, None, None)
+    doc = json.loads(logs.JsonFormatter().format(made))
+    assert not INJECTED_FIELDS & doc.keys() and "request_id" not in doc and "ip" not in doc, doc
+    assert doc["message"] == line and doc["event"] == "gunicorn.error"
+
+
 @pytest.mark.parametrize("log_format", ["text", "json"])
 def test_gunicorns_access_line_writes_its_path_as_data(log_format: str) -> None:
     """The access line's atoms (a mapping: `%(U)s` is the path, percent-decoded) as gunicorn.conf.py formats them."""

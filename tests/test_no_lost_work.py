@@ -533,3 +533,24 @@ def test_a_worker_stopped_while_it_backs_off_after_an_error_gives_its_rows_back(
         assert not loop.holding_rows
     [row] = rows(app)
     assert row.id == held and row.claimed_by is None and row.lease_until is None and row.state == "pending"
+
+
+def test_worker_once_that_fails_gives_its_rows_back_before_the_command_fails(app, client, token, fake_github):
+    """`worker --once` ends at its first error (the command fails, saying why); the rows that error left claimed are
+    given back first, not held until their leases run out."""
+    upload(client, token, sha=sha_of(1))
+    with app.app_context():
+        gh = github_app()
+        assert gh is not None
+        loop = worker.Loop(gh, once=True)
+        [held] = posting.claim(db.session(), None, posting.claim_token(loop.name))
+
+        def failing_step() -> int:
+            raise sa.exc.OperationalError("select 1", {}, Exception("the database went away"))
+
+        loop.step = failing_step  # type: ignore[method-assign]
+        with pytest.raises(sa.exc.OperationalError):
+            loop.run()
+        assert not loop.holding_rows
+    [row] = rows(app)
+    assert row.id == held and row.claimed_by is None and row.lease_until is None and row.state == "pending"

@@ -279,20 +279,22 @@ def test_a_base_changed_by_an_edit_reposts_against_the_new_base(app, client, tok
 def test_a_newer_scan_of_the_base_reposts_the_open_pull_requests_on_it(app, client, token, fake_github):
     """Main fixes the high: a pull request that still has it now adds it (block_on new), and GitHub shows so."""
     settings(client, token, block_on="new")
-    head, other = sha_of("feature"), sha_of("other-feature")
+    head, other, web = sha_of("feature"), sha_of("other-feature"), sha_of("web-feature")
     upload(client, token, sha_of("main-1"), HIGH, ref="refs/heads/main")
     pull_request(client, 8, head, base="main")
     pull_request(client, 9, other, base="release")  # on another base: not asked again
+    pull_request(client, 10, web, base="main")  # on main, but its scans are of another image: not asked again
     upload(client, token, head, HIGH, ref="refs/pull/8/merge")
     upload(client, token, other, HIGH, ref="refs/pull/9/merge")
+    upload(client, token, web, HIGH, image="ghcr.io/acme/web:1", ref="refs/pull/10/merge")
     work(app)
     assert shown(fake_github, head) == ("success", "1 image · 1 high")  # the high is on main already
-    posts_of_other = len(fake_github.runs_of("acme", "api", other)[-1]["history"])
+    posts = {sha: len(fake_github.runs_of("acme", "api", sha)[-1]["history"]) for sha in (other, web)}
 
     upload(client, token, sha_of("main-2"), CLEAN, ref="refs/heads/main")  # main fixed it
     work(app)
     assert shown(fake_github, head) == ("failure", "1 image · 1 new high · blocking")
-    assert len(fake_github.runs_of("acme", "api", other)[-1]["history"]) == posts_of_other
+    assert {sha: len(fake_github.runs_of("acme", "api", sha)[-1]["history"]) for sha in (other, web)} == posts
 
 
 def test_a_newer_scan_at_the_base_commit_reposts_the_pull_request_when_the_branch_has_none(

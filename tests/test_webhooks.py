@@ -432,8 +432,8 @@ def test_a_renamed_account_takes_its_new_login_when_no_other_org_has_it(app, cli
 
 
 def test_a_created_installation_of_the_login_of_an_org_holding_another_moves_nothing(app, client):
-    """A new installation of an account whose org holds another id (its deletion not seen): the org of the login is
-    linked to the new one; the org holding 777 keeps it."""
+    """`created` for 777, known to acme, under a login another org has (holding another installation, its deletion
+    not seen): nothing moves, and a warning names both: acme keeps 777 under its login, newname keeps its own."""
     make_linked_org(app, "acme", "acme", installation_id=777)
     make_linked_org(app, "newname", "NewName", installation_id=5)
     assert deliver(client, body=renamed("installation.created"), event="installation").status_code == 200

@@ -49,11 +49,13 @@ overriding an earlier one; Trivy applies the latest statement matching a finding
   or platform of it, or for one of its packages withdraws it, in that image only; a later not_affected for the
   whole image (or the whole package) restores it. Parts compare as purls match: no version is every version,
   qualifiers must be among the other's.
-- Products of another-status statements: pkg:oci purls are read as above (a bad one: BadDocument); other products (a
-  package, a CPE, an IRI) are other products than any image and are left out; no products at all (incomplete, as
-  above) speaks of every image, so it withdraws in every image.
-- A document whose statements about one vulnerability take more than MAX_COMPARISONS comparisons to tell this is
-  refused (BadDocument at the vulnerability's first statement): about a second's work.
+- Products of another-status statements: pkg:oci purls with a repository_url are read as above (a bad one:
+  BadDocument); a package purl speaks of that package in any image (Trivy matches a package purl product against the
+  image's packages); an image without its repository_url (any registry's) or a product this reader cannot tell (a
+  CPE, an IRI) speaks of any image; no products at all (incomplete, as above) speaks of every image. Each withdraws
+  wherever it may apply: fails closed.
+- A document whose statements take more than MAX_COMPARISONS comparisons in all to tell this is refused
+  (BadDocument at the statement where the budget ran out): about a second's work.
 
 .trivyignore (Trivy's format):
 
@@ -237,8 +239,12 @@ def _statement(statement: Any, index: int, issued: _When | None) -> _Said:
         except BadDocument:
             if granting:
                 raise
-            continue  # another status about a product that is no image: it withdraws no exception
-        if p.type != "oci" and not granting:
+            scopes.append(_Scope(None))  # another status about a product this reader cannot tell: any image
+            continue
+        if not granting and (p.type != "oci" or not p.qualifiers.get("repository_url")):
+            # Another status about a package (Trivy matches a package purl product against the image's packages) or
+            # an image by its name alone (any registry's): it withdraws wherever it may apply, in any image.
+            scopes.append(_withdrawn_anywhere(p, purl, at))
             continue
         image, qualifiers = _oci_image(p, purl, at), _qualifiers(p, "repository_url")
         own = product.get("subcomponents") if isinstance(product, dict) else None
@@ -255,6 +261,19 @@ def _statement(statement: Any, index: int, issued: _When | None) -> _Said:
         scopes = [_Scope(None, **package) for package in _packages(shared, f"{where}.subcomponents")]
     when = _timestamp(statement.get("timestamp"), f"{where}.timestamp") or issued
     return _Said(index, status, names, when, tuple(scopes), advisory, because)
+
+
+def _withdrawn_anywhere(p: Purl, purl: str, where: str) -> _Scope:
+    """What a statement of another status about `p` speaks of, in any image: the package a package purl names (any
+    image's), else every package (an image named without its registry)."""
+    if p.type == "oci":
+        return _Scope(None)
+    try:
+        return _Scope(
+            None, package=_package(p, purl, where), package_version=p.version, package_qualifiers=_qualifiers(p)
+        )
+    except BadDocument:
+        return _Scope(None)
 
 
 def _vulnerability(value: Any, where: str) -> str:

@@ -280,6 +280,8 @@ def ingest(
         item = outbox.new_item(org, repo, sha, scan_id, images, pol, urls, deliver, sections=sections)
         # The rows' JSON made now but for their chain links.
         unlinked = store.unlinked_json(payloads, _flags(assessed)) if one_statement else None
+        if pol.block_on == "new":  # the scan may be an open pull request's baseline: its heads are judged again
+            reposts.ask_for_base(conn, org.id, repo, upload.ref, sha, scan["s_image_name"], urls)  # before the head
         seq, head_hash, latest = _store_scan_and_lock_head(conn, org.id, repo, sha, scan, row)
         # The org's chain is held from here to the commit: the aggregate, the rows' links, then one statement.
         others = [s for s in latest if s.image_ref != upload.image_ref]
@@ -310,8 +312,6 @@ def ingest(
             params,
             store.linked_json(unlinked, entries) if unlinked is not None else None,
         )
-        if pol.block_on == "new":  # the scan may be an open pull request's baseline: its head is judged again
-            reposts.ask_for_base(conn, org.id, repo, upload.ref, sha, urls)
     return result
 
 

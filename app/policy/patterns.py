@@ -17,6 +17,9 @@ import re._parser as sre_parse  # type: ignore[import-not-found]
 from typing import Any
 
 MAX_EXPANDED = 50_000  # about 15 ms to compile; a subject pattern needs far less
+# The verbose flag, inline (`(?x)`, `(?ix:...)`): `regex` then reads `{30 00}` as a count of 3000, Python's parser as
+# literal text, so such a pattern cannot be measured. Refused (a subject pattern has no need of it).
+_VERBOSE = re.compile(r"\(\?[-a-zA-Z0-9^]*x")
 _COUNT = re.compile(r"(?<!\\)\{\s*(\d*)\s*(?:,\s*(\d*)\s*)?\}")
 
 
@@ -30,9 +33,15 @@ def expanded_size(pattern: str) -> int:
 
 
 @functools.lru_cache(maxsize=256)
+def verbose(pattern: str) -> bool:
+    """Whether the pattern turns on verbose mode, which this measure cannot read."""
+    return _VERBOSE.search(pattern) is not None
+
+
 def too_costly(pattern: str) -> bool:
-    """Whether compiling the pattern could take long (over MAX_EXPANDED): such a pattern is never compiled."""
-    return expanded_size(pattern) > MAX_EXPANDED
+    """Whether compiling the pattern could take long (over MAX_EXPANDED, or unmeasurable: verbose): such a pattern is
+    never compiled."""
+    return verbose(pattern) or expanded_size(pattern) > MAX_EXPANDED
 
 
 def _size(items: Any) -> int:

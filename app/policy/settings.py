@@ -17,6 +17,8 @@ MAX_RETENTION_DAYS = 3650
 
 
 def _regex(value: str) -> str:
+    if patterns.verbose(value):
+        raise ValueError("turns on verbose mode (the x flag), which a subject pattern may not use")
     size = patterns.expanded_size(value)
     if size > patterns.MAX_EXPANDED:
         raise ValueError(
