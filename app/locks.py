@@ -5,7 +5,11 @@
 2. The policy: the org's settings, shared. Uploads read the policy together; a settings change (which locks the row
    for update) waits for the uploads in flight and they for it, so it applies wholly before or after each.
    `commit_and_policy` takes both; nothing else takes a commit's lock, so their order cannot make a cycle.
-3. The org's chain head (`app.chain.lock_head`, `app.findings.service`), taken last and held to the commit: appends
+3. The image (under block_on new only): one image name of a repository. An upload reads its baseline under it, and
+   asks for the pull requests it may be the baseline of to be re-posted under it (`app.reposts.ask_for_base`), so a
+   base's scan and a head's upload in flight at once take turns: the head reads the base's new scan, or the base's
+   scan finds the head's and asks for it again. Only uploads take it, each holding its commit and policy already.
+4. The org's chain head (`app.chain.lock_head`, `app.findings.service`), taken last and held to the commit: appends
    to the org's chain are one at a time, so everything that can be prepared is prepared before it.
 
 PostgreSQL takes each lock as written. SQLite has one writer at a time (`app.db.write_transaction`), which
@@ -71,6 +75,17 @@ def lock_commit_and_read(
         )  # the columns' defaults
         row = conn.execute(statement, params).one()
     return policy.Policy.from_settings(row), row
+
+
+_IMAGE_LOCK = sa.select(sa.func.pg_advisory_xact_lock(sa.bindparam("key", type_=sa.BigInteger)))
+
+
+def image(conn: sa.Connection, org_id: int, repo: str, image_name: str) -> None:
+    """Lock one image of a repository of the org until the transaction ends (3. above; a 64-bit hash as with the
+    commit's key). On SQLite the one writer holds it already."""
+    if conn.dialect.name == "postgresql":
+        digest = hashlib.sha256(f"fremforge/image\n{org_id}\n{repo}\n{image_name}".encode()).digest()
+        conn.execute(_IMAGE_LOCK, {"key": int.from_bytes(digest[:8], "big", signed=True)})
 
 
 @functools.cache

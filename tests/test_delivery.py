@@ -344,10 +344,11 @@ def test_abuse_detection_is_a_rate_limit_and_a_permission_403_is_not(app, client
     fake_github.fail("POST", r"/statuses/", status=403, json={"message": "Resource not accessible by integration"})
     run(app, clock)
     [row] = rows(app)
-    assert row.state == "failed" and row.last_error == "GitHub answered 403: Resource not accessible by integration"
+    assert row.state == "pending" and row.refusals == 1  # a refusal: retried a few times, as 404 and 422 are
+    assert row.last_error == "GitHub answered 403: Resource not accessible by integration"
 
 
-@pytest.mark.parametrize("status", [404, 422])
+@pytest.mark.parametrize("status", [404, 422, 400, 403, 409, 410])
 def test_refusals_are_retried_a_few_times_over_minutes_then_recorded_as_failed(app, client, token, fake_github, status):
     clock = Clock()
     upload(client, token)

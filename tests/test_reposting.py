@@ -297,6 +297,32 @@ def test_a_newer_scan_of_the_base_reposts_the_open_pull_requests_on_it(app, clie
     assert {sha: len(fake_github.runs_of("acme", "api", sha)[-1]["history"]) for sha in (other, web)} == posts
 
 
+def test_a_base_scan_stored_while_a_head_upload_is_in_flight_is_its_baseline(
+    app, client, token, fake_github, monkeypatch
+):
+    """main had the high; the head's upload assesses against that scan before its locks, and main's fix lands just
+    then (its re-post asks cannot see the head's scan, not stored yet): the head reads its baseline again under the
+    image's lock (app.locks), so the high is new and blocks."""
+    settings(client, token, block_on="new")
+    head = sha_of("feature-in-flight")
+    upload(client, token, sha_of("main-1"), HIGH, ref="refs/heads/main")
+    pull_request(client, 8, head, base="main")
+    other = app.test_client()
+    real = service.assess
+
+    def base_fixed_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(service, "assess", real)  # once: the head's assessment before its locks
+        upload(other, token, sha_of("main-2"), CLEAN, ref="refs/heads/main")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(service, "assess", base_fixed_meanwhile)
+    answer = upload(client, token, head, HIGH, ref="refs/pull/8/merge")
+    assert service.assess is real  # main's fix landed mid-upload
+    assert answer["status"] == "failure"
+    work(app)
+    assert shown(fake_github, head) == ("failure", "1 image · 1 new high · blocking")
+
+
 def test_a_newer_scan_at_the_base_commit_reposts_the_pull_request_when_the_branch_has_none(
     app, client, token, fake_github
 ):

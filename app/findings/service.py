@@ -237,8 +237,15 @@ def ingest(
             fresh = commits.active_exceptions(conn, org.id)
             if fresh != exceptions:
                 exceptions, assessed = fresh, None
+        compared = None
+        if pol.block_on == "new":  # the baseline read again under the image's lock: a base's scan may just have landed
+            locks.image(conn, org.id, repo, fields.image_name(upload.image_ref))
+            compared = _compared(conn, org.id, upload, pol)
+            if assessed is not None and compared is not None and assessed.image.baseline_scan_id != compared.scan_id:
+                assessed = None
+            reposts.ask_for_base(conn, org.id, repo, upload.ref, sha, fields.image_name(upload.image_ref), urls)
         if assessed is None or pol != expected:
-            assessed = assess(upload, pol, _compared(conn, org.id, upload, pol), exceptions, search)
+            assessed = assess(upload, pol, compared, exceptions, search)
         scan_id, findings, stamp = row.scan, assessed.findings, chain.timestamp(now)
         # PostgreSQL, up to ONE_STATEMENT_ROWS rows: one statement, its rows' JSON made from their payloads (below).
         one_statement = on_postgresql and len(findings) <= store.ONE_STATEMENT_ROWS
@@ -280,8 +287,6 @@ def ingest(
         item = outbox.new_item(org, repo, sha, scan_id, images, pol, urls, deliver, sections=sections)
         # The rows' JSON made now but for their chain links.
         unlinked = store.unlinked_json(payloads, _flags(assessed)) if one_statement else None
-        if pol.block_on == "new":  # the scan may be an open pull request's baseline: its heads are judged again
-            reposts.ask_for_base(conn, org.id, repo, upload.ref, sha, scan["s_image_name"], urls)  # before the head
         seq, head_hash, latest = _store_scan_and_lock_head(conn, org.id, repo, sha, scan, row)
         # The org's chain is held from here to the commit: the aggregate, the rows' links, then one statement.
         others = [s for s in latest if s.image_ref != upload.image_ref]

@@ -133,7 +133,8 @@ def new_client(auth: Any, api_url: str, timeout: float, cache: Any = None) -> Gi
     """Every githubkit client the app makes (the App's, its installations', a signed-in user's): one set of options.
 
     No retries by githubkit: ours (the outbox worker's) survive restarts and honour leases, and a person signing in
-    is better told at once. No HTTP cache; TLS by the system's trust store (tls_context). Every exchange is counted
+    is better told at once. No redirects followed. No HTTP cache; TLS by the system's trust store (tls_context).
+    Every exchange is counted
     in fremforge_github_requests_total: each answer by its status (the response hook, proxied ones included), each
     request that got none as `error` (the transport).
     """
@@ -142,6 +143,7 @@ def new_client(auth: Any, api_url: str, timeout: float, cache: Any = None) -> Gi
         base_url=api_url,
         timeout=timeout,
         auto_retry=False,
+        follow_redirects=False,  # a POST redirected would become a GET, its 200 taken for the post (app.github.posting)
         http_cache=False,
         cache_strategy=cache,
         ssl_verify=tls_context(),

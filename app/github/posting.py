@@ -59,7 +59,7 @@ RENEW_EVERY = 15.0  # seconds of the worker's monotonic clock
 FIRST_DELAY = 1.0
 MAX_DELAY = 300.0
 MAX_ATTEMPTS = 12  # failures (not rate-limit waits) before a row is given up: about 25 minutes of retries
-REFUSAL_TRIES = 4  # 404/422 answers before they count as permanent: retried after 30, 60 and 120 s
+REFUSAL_TRIES = 4  # 4xx answers (404, 422, ...) before they count as permanent: retried after 30, 60 and 120 s
 REFUSAL_FIRST_WAIT = 30.0
 REFUSED = frozenset({404, 422})
 DEFAULT_RATE_LIMIT_WAIT = timedelta(seconds=60)
@@ -88,7 +88,14 @@ NO_ANSWER = "GitHub did not answer in time"
 # row is retried and, given up on, put back once GitHub answers again (as after an outage), so that an older green
 # does not stay. The circuit stays closed: one endpoint's odd answers do not hold up the other rows.
 UNREADABLE = "could not read GitHub's answer"
-UNREADABLE_ERRORS = (pydantic.ValidationError, json.JSONDecodeError, UnicodeDecodeError)
+
+
+class NotItsAnswer(Exception):
+    """A 2xx whose body is not GitHub's answer to the post (a proxy's page, another commit's run, another state): the
+    post is not known to have landed, so it counts as unheard (retried, the commit in doubt)."""
+
+
+UNREADABLE_ERRORS = (pydantic.ValidationError, json.JSONDecodeError, UnicodeDecodeError, NotItsAnswer)
 TRANSIENT_ERRORS = (UNREACHABLE, NO_ANSWER, UNREADABLE)  # what a row's last_error starts with after such a try
 MAX_REVIVALS = 10
 REVIVED = "retrying after outage: GitHub answers again"  # a revived row's last_error until it is tried
@@ -125,7 +132,7 @@ class Outcome:
     wait: timedelta | None = None  # for retry: None = the backoff for this attempt
     counts_as_attempt: bool = True
     unreachable: bool = False  # GitHub did not answer, or answered 5xx: opens the circuit
-    refused: bool = False  # 404/422: retried REFUSAL_TRIES times, then failed
+    refused: bool = False  # a 4xx (404, 422, ...): retried REFUSAL_TRIES times, then failed
     revision: int | None = None  # the row's revision the attempt read (a re-queued row is not marked delivered)
     maybe_landed: bool = False  # a post timed out or got a 5xx: GitHub may still apply it (see LATE_LANDING)
     doubt: datetime | None = None  # delivered: the commit's doubt it waited out (cleared then: nothing left to check)
@@ -527,14 +534,25 @@ def deliver(session: Session, gh: GitHubApp, item_id: int, now: datetime | None,
     settled = True
     try:
         installation_id = item.installation_id or _find_installation(session, gh, OrgIds(item.org_id), owner, repo)
+        status_refused: RequestFailed | None = None
         if not item.status_posted:
             fence.hold()
-            _call(
-                gh,
-                installation_id,
-                lambda c: c.rest.repos.create_commit_status(owner, repo, item.commit_sha, data=item.commit_status),
-            )
-            fence.posted(MARK_STATUS)
+            try:
+                posted = _call(
+                    gh,
+                    installation_id,
+                    lambda c: c.rest.repos.create_commit_status(owner, repo, item.commit_sha, data=item.commit_status),
+                )
+            except RequestFailed as exc:
+                if not classify(exc).refused:
+                    raise
+                # Refused (a 422 once a commit has 1,000 statuses, a permission's 403): the check run is posted all
+                # the same, so that it does not keep an older conclusion; the refusal is raised after it.
+                fence.answered()
+                status_refused = exc
+            else:
+                _check_status_answer(posted.parsed_data, item.commit_status)
+                fence.posted(MARK_STATUS)
         elif doubt is not None:  # posted on an earlier pass; an older post may have landed since
             _status_in_step(gh, installation_id, item, owner, repo, fence)
         runs = CheckRuns(session, gh, installation_id, item, owner, repo, fence)
@@ -542,6 +560,8 @@ def deliver(session: Session, gh: GitHubApp, item_id: int, now: datetime | None,
             settled = runs.post()
         elif doubt is not None:
             runs.in_step()
+        if status_refused is not None:
+            raise status_refused
     except LeaseLost:
         return Outcome("lost", revision=item.revision)
     except sa.exc.SQLAlchemyError:
@@ -619,9 +639,9 @@ def classify(exc: Exception, revision: int | None = None) -> Outcome:
         return Outcome("retry", _message(exc), code, wait, counts_as_attempt=False, revision=revision)
     if code >= 500 or code == 401:
         return Outcome("retry", _message(exc), code, unreachable=code >= 500, revision=revision)
-    if code in REFUSED:
-        return Outcome("retry", _message(exc), code, refused=True, revision=revision)
-    return Outcome("failed", _message(exc), code, revision=revision)
+    if 400 <= code < 500:  # a refusal (404, 422, a permission's 403, a proxy's 400 or 409...): a one-off answer
+        return Outcome("retry", _message(exc), code, refused=True, revision=revision)  # must not be final
+    return Outcome("failed", _message(exc), code, revision=revision)  # (a 3xx or 1xx: not GitHub's API answering)
 
 
 def _says_rate_limited(exc: RequestFailed) -> bool:
@@ -696,17 +716,55 @@ def as_app(gh: GitHubApp, fn: Any) -> Any:
 
 
 def _call(gh: GitHubApp, installation_id: int, fn: Any) -> Any:
-    """One GitHub call as the installation; on 401, mint a new token once and try again."""
+    """One GitHub call as the installation; on 401, mint a new token once and try again. A redirect is not followed
+    (app.github.client): it is a refusal here."""
     try:
-        return fn(gh.installation(installation_id))
+        return _not_redirected(fn(gh.installation(installation_id)))
     except RequestError as exc:
         if _jwt_refused_for_its_times(gh, exc):  # our clock is off: the token exchange is tried again on GitHub's
-            return fn(gh.installation(installation_id))
+            return _not_redirected(fn(gh.installation(installation_id)))
         if not isinstance(exc, RequestFailed) or exc.response.status_code != 401 or isinstance(exc, RateLimitExceeded):
             raise
         log.info("github.token.reminted installation=%s", installation_id)
         gh.forget_token(installation_id)
-        return fn(gh.installation(installation_id))
+        return _not_redirected(fn(gh.installation(installation_id)))
+
+
+def _not_redirected(answer: Any) -> Any:
+    """The answer, unless it is a redirect (a renamed or transferred repository, a proxy's): nothing was posted, and
+    following it would turn a POST into a GET whose 200 passed for the post. Refused (retried as a refusal)."""
+    code = getattr(answer, "status_code", None)
+    if isinstance(code, int) and 300 <= code < 400:
+        where = str(answer.headers.get("location") or "")[:200]
+        raise _permanent(
+            f"GitHub answered {code}: a redirect to {where!r} (was the repository renamed or moved?)", code
+        )
+    return answer
+
+
+def _check_status_answer(answer: Any, asked: Mapping[str, Any]) -> None:
+    """The status GitHub answered a post with is the one posted; else NotItsAnswer."""
+    if getattr(answer, "state", None) != asked.get("state") or getattr(answer, "context", None) != asked.get("context"):
+        raise NotItsAnswer(f"the answer to a status post is not that status: {_said(answer, 'state', 'context')}")
+
+
+def _check_run_answer(answer: Any, asked: Mapping[str, Any], run_id: int | None) -> Any:
+    """The check run GitHub answered a create (`run_id` None) or an update with is the one asked for: its id, name,
+    commit and conclusion; else NotItsAnswer. The answer."""
+    said = {"name": asked.get("name"), "conclusion": asked.get("conclusion")}
+    if run_id is None:
+        said["head_sha"] = asked.get("head_sha")
+    else:
+        said["id"] = run_id
+    if any(getattr(answer, key, None) != value for key, value in said.items() if value is not None):
+        raise NotItsAnswer(f"the answer is not the check run asked for: {_said(answer, *said)}")
+    if not isinstance(getattr(answer, "id", None), int):
+        raise NotItsAnswer("the answer names no check run")
+    return answer
+
+
+def _said(answer: Any, *keys: str) -> str:
+    return ", ".join(f"{k}={str(getattr(answer, k, None))[:80]!r}" for k in keys)
 
 
 def _jwt_refused_for_its_times(gh: GitHubApp, exc: RequestError) -> bool:
@@ -821,7 +879,7 @@ class CheckRuns:
                 if _not_created(exc):  # a definite answer: no run will land from it
                     self._uncount_create(record.id)
                 raise
-            target = created.parsed_data.id
+            target = _check_run_answer(created.parsed_data, self.body, None).id
             self._set_run(record.id, target)
         refused: RequestFailed | None = None
         for run in runs:
@@ -886,11 +944,12 @@ class CheckRuns:
         """PATCH one run; False when GitHub refuses it (gone, or cannot be updated) and it is to be replaced, else
         _Refused."""
         try:
-            _call(
+            updated = _call(
                 self.gh,
                 self.installation_id,
                 lambda c: c.rest.checks.update(self.owner, self.repo, run_id, data=self.update),
             )
+            _check_run_answer(updated.parsed_data, self.body, run_id)
         except RequestFailed as exc:
             if exc.response.status_code not in REFUSED or isinstance(exc, RateLimitExceeded):
                 raise
