@@ -395,8 +395,24 @@ def _reason(exc: BaseException) -> str:
     return str(text)
 
 
+def pull_request_ref(env: dict[str, str]) -> str:
+    """The ref to send: FREMFORGE_REF, unless it is the base branch's a `pull_request_target` run gives (github.ref):
+    then the pull request's own, refs/pull/N/merge (N from the event's payload). A scan of a pull request's head sent
+    with its base's ref would pass for a scan of the base, the baseline of every pull request into it."""
+    ref = (env.get("FREMFORGE_REF") or "").strip()
+    if env.get("GITHUB_EVENT_NAME") != "pull_request_target" or ref != (env.get("GITHUB_REF") or "").strip():
+        return ref
+    try:
+        with open(env.get("GITHUB_EVENT_PATH") or "", encoding="utf-8") as f:
+            number = json.load(f)["pull_request"]["number"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ref
+    return f"refs/pull/{number}/merge" if isinstance(number, int) and not isinstance(number, bool) else ref
+
+
 def main(env: dict[str, str] | None = None) -> int:
     env = dict(os.environ if env is None else env)
+    env["FREMFORGE_REF"] = pull_request_ref(env)
     out = Out((env.get("FREMFORGE_TOKEN") or "").strip(), annotate=env.get("GITHUB_ACTIONS") == "true")
     summary_path = env.get("GITHUB_STEP_SUMMARY") or ""
     try:

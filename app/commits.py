@@ -136,8 +136,24 @@ def _newest_scan(*where: sa.ColumnElement[bool]) -> sa.Select[Any]:
     )
 
 
-_BY_BRANCH = _newest_scan(ScanRun.ref == sa.bindparam("ref"))
+# A scan stored under the base branch's ref whose commit is the head of an open pull request into that branch was not
+# built from the branch: its workflow ran for the pull request with the base's ref (`pull_request_target` gives
+# `github.ref` = the base). As a baseline it would make the pull request's own findings, and every other pull
+# request's like them, existing ones.
+_NOT_A_HEAD_INTO_ITS_REF = ~(
+    sa.select(PullRequestLink.id)
+    .where(
+        PullRequestLink.org_id == ScanRun.org_id,
+        PullRequestLink.repo_full_name == ScanRun.repo_full_name,
+        PullRequestLink.head_sha == ScanRun.commit_sha,
+        PullRequestLink.base_ref == ScanRun.ref,
+        PullRequestLink.state == "open",
+    )
+    .exists()
+)
+_BY_BRANCH = _newest_scan(ScanRun.ref == sa.bindparam("ref"), _NOT_A_HEAD_INTO_ITS_REF)
 _BY_COMMIT = _newest_scan(ScanRun.commit_sha == sa.bindparam("sha"))
+# The bases of the open pull requests whose head is the commit (two are enough to tell it has more than one).
 _PR_BASE = (
     sa.select(PullRequestLink.base_ref, PullRequestLink.base_sha)
     .where(
@@ -146,8 +162,8 @@ _PR_BASE = (
         PullRequestLink.head_sha == sa.bindparam("sha"),
         PullRequestLink.state == "open",
     )
-    .order_by(PullRequestLink.number.desc())
-    .limit(1)
+    .distinct()
+    .limit(2)
 )
 _KEYS = sa.select(Finding.cve_id, Finding.package).where(
     Finding.scan_run_id == sa.bindparam("scan"), Finding.cve_id.is_not(None)
@@ -155,9 +171,11 @@ _KEYS = sa.select(Finding.cve_id, Finding.package).where(
 
 
 def pr_base(conn: sa.Connection, org_id: int, repo: str, sha: str) -> tuple[str | None, str | None] | None:
-    """The base (refs/heads/<branch>, commit) of the open pull request whose head is this commit; None: no PR known."""
-    row = conn.execute(_PR_BASE, {"org": org_id, "repo": repo, "sha": sha}).one_or_none()
-    return None if row is None else (row.base_ref, row.base_sha)
+    """The base (refs/heads/<branch>, commit) of the open pull request whose head is this commit; None: no PR known,
+    or open pull requests into different bases (one commit status serves them all: every finding counts, which
+    fails closed for each)."""
+    rows = conn.execute(_PR_BASE, {"org": org_id, "repo": repo, "sha": sha}).all()
+    return (rows[0].base_ref, rows[0].base_sha) if len(rows) == 1 else None
 
 
 def baseline(

@@ -572,3 +572,16 @@ def test_retry_after_in_seconds_or_as_a_date() -> None:
 
 def test_workflow_command_text_from_the_server_cannot_start_a_command() -> None:
     assert upload_script._escape_data("a\n::set-output name=x::y%") == "a%0A::set-output name=x::y%25"
+
+
+def test_under_pull_request_target_the_pull_requests_own_ref_is_sent(tmp_path: Path) -> None:
+    """pull_request_target runs with the base branch's github.ref: the head's scan must not pass for the base's."""
+    event = tmp_path / "event.json"
+    event.write_text(json.dumps({"pull_request": {"number": 12, "head": {"sha": SHA}}}))
+    base = {"GITHUB_REF": "refs/heads/main", "FREMFORGE_REF": "refs/heads/main", "GITHUB_EVENT_PATH": str(event)}
+    assert upload_script.pull_request_ref({**base, "GITHUB_EVENT_NAME": "pull_request_target"}) == "refs/pull/12/merge"
+    assert upload_script.pull_request_ref({**base, "GITHUB_EVENT_NAME": "push"}) == "refs/heads/main"
+    given = {**base, "GITHUB_EVENT_NAME": "pull_request_target", "FREMFORGE_REF": "refs/heads/release"}
+    assert upload_script.pull_request_ref(given) == "refs/heads/release"  # the input `ref` wins
+    unreadable = {**base, "GITHUB_EVENT_NAME": "pull_request_target", "GITHUB_EVENT_PATH": str(tmp_path / "none")}
+    assert upload_script.pull_request_ref(unreadable) == "refs/heads/main"

@@ -20,7 +20,7 @@ from app.chain import retention
 from app.findings import service
 from app.github import outbox
 from app.github.client import github_app
-from app.models import OutboxItem, Repost, ScanRun, utcnow
+from app.models import Finding, OutboxItem, Repost, ScanRun, utcnow
 from app.worker import Loop
 from tests.conftest import INSTALLATION, MakeApp, app_with_github, org_with_installation
 from tests.factories import finding, make_org, make_token, post, seed
@@ -319,6 +319,64 @@ def test_a_base_scan_stored_while_a_head_upload_is_in_flight_is_its_baseline(
     answer = upload(client, token, head, HIGH, ref="refs/pull/8/merge")
     assert service.assess is real  # main's fix landed mid-upload
     assert answer["status"] == "failure"
+    work(app)
+    assert shown(fake_github, head) == ("failure", "1 image · 1 new high · blocking")
+
+
+def test_a_head_scanned_with_its_bases_ref_is_no_baseline_of_any_pull_request(app, client, token, fake_github):
+    """pull_request_target runs with github.ref = the base branch's: such a scan of a head is not one of the base."""
+    settings(client, token, block_on="new")
+    upload(client, token, sha_of("main-tip"), CLEAN, ref="refs/heads/main")
+    a, b = sha_of("pr-a"), sha_of("pr-b")
+    pull_request(client, 1, a)
+    pull_request(client, 2, b)
+    upload(client, token, b, HIGH, ref="refs/pull/2/merge")
+    work(app)
+    assert shown(fake_github, b) == ("failure", "1 image · 1 new high · blocking")
+    assert upload(client, token, a, HIGH, ref="refs/heads/main")["status"] == "failure"  # as pull_request_target
+    again = upload(client, token, a, HIGH, ref="refs/heads/main")  # its job re-run: not its own baseline either
+    assert again["status"] == "failure"
+    later = upload(client, token, b, HIGH, ref="refs/pull/2/merge")
+    assert later["status"] == "failure"
+    work(app)
+    assert shown(fake_github, a)[0] == shown(fake_github, b)[0] == "failure"
+
+
+@pytest.mark.parametrize("numbers", [(1, 2), (2, 1)])
+def test_a_head_of_pull_requests_into_different_bases_counts_every_finding(app, client, token, fake_github, numbers):
+    """One commit status serves both: the high is new to release, so it blocks, whichever pull request came last."""
+    settings(client, token, block_on="new")
+    head = sha_of("shared-head")
+    upload(client, token, sha_of("release-tip"), CLEAN, ref="refs/heads/release")
+    upload(client, token, sha_of("main-tip"), HIGH, ref="refs/heads/main")
+    into_release, into_main = numbers
+    pull_request(client, into_release, head, base="release")
+    pull_request(client, into_main, head, base="main")
+    upload(client, token, head, HIGH, ref=f"refs/pull/{into_main}/merge")
+    work(app)
+    assert shown(fake_github, head) == ("failure", "1 image · 1 new high · blocking")
+
+
+def test_retention_emptying_a_baseline_reposts_the_heads_judged_against_it(app, client, token, fake_github):
+    """The base's findings dropped by retention count as gone: the high is new on the head again, and GitHub says so
+    without waiting for another event."""
+    settings(client, token, block_on="new", retention_days=1)
+    head = sha_of("retention-head")
+    upload(client, token, sha_of("retention-main"), HIGH, ref="refs/heads/main")
+    pull_request(client, 8, head, base="main")
+    upload(client, token, head, HIGH, ref="refs/pull/8/merge")
+    work(app)
+    assert shown(fake_github, head) == ("success", "1 image · 1 high")
+    with app.app_context():  # only the base's findings are past retention
+        s = db.session()
+        base_id = s.scalar(sa.select(ScanRun.id).where(ScanRun.ref == "refs/heads/main"))
+        s.execute(
+            sa.update(Finding)
+            .where(Finding.scan_run_id == base_id)
+            .values(created_at=Finding.created_at - timedelta(days=3))
+        )
+        s.commit()
+        retention.run(db.session(), utcnow())
     work(app)
     assert shown(fake_github, head) == ("failure", "1 image · 1 new high · blocking")
 

@@ -20,9 +20,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from flask import current_app
 from sqlalchemy.orm import Session
 
-from app import chain, sqlite_writers
+from app import chain, reposts, sqlite_writers
 from app.chain import audit
 from app.db import rowcount, write_transaction
 from app.models import (
@@ -37,7 +38,7 @@ from app.models import (
     OutboxItem,
     WebhookDelivery,
 )
-from app.web import idempotency
+from app.web import idempotency, urls
 
 log = logging.getLogger(__name__)
 CHUNK = 50_000
@@ -266,6 +267,10 @@ def run_org(
                 "outbox_rows_trimmed": outbox,
             }
             audit.record(session, org_id, audit.Action.RETENTION_RUN, ACTOR, details, at=now)
+        if findings and _judged_against_baselines(session, org_id):
+            # A baseline emptied counts its dropped findings as gone (new on the heads again, failing closed): the
+            # open pull requests' heads are posted again under it, as after a settings change.
+            reposts.ask_for_org(session.connection(), org_id, urls.configured())
     log.info(
         "retention.org org=%s cutoff=%s findings_redacted=%d audit_events_redacted=%d outbox_rows_trimmed=%d",
         slug,
@@ -275,6 +280,13 @@ def run_org(
         outbox,
     )
     return outcome
+
+
+def _judged_against_baselines(session: Session, org_id: int) -> bool:
+    """Whether the org's commits are judged against baselines (block_on new) and posted (a GitHub App)."""
+    if not current_app.config.get("GITHUB_APP_CONFIGURED"):
+        return False
+    return session.scalar(sa.select(OrgSettings.block_on).where(OrgSettings.org_id == org_id)) == "new"
 
 
 def _reclaim(session: Session) -> None:
