@@ -242,9 +242,22 @@ def _filled(skeleton: str, texts: list[str]) -> str:
 def message(record: logging.LogRecord) -> str:
     """The record's message on one line: its arguments written as data (`_as_data`), every control character left
     escaped, secrets redacted."""
+    if _plain(record.args):  # every value reads as itself (the upload's line): no need to lay the template out
+        return escape(redact(record.getMessage()))
     laid_out = _lay_out(record)
     text = _filled(*laid_out) if laid_out else record.getMessage()
     return escape(redact(text))
+
+
+def _plain(args: Any) -> bool:
+    """Whether every argument is a number or a string `_as_data` writes as it is."""
+    if not isinstance(args, tuple):
+        return False
+    return all(
+        (isinstance(a, numbers.Number) and not isinstance(a, bool))
+        or (type(a) is str and a.isprintable() and not _TOKEN_START.search(a))
+        for a in args
+    )
 
 
 def read(record: logging.LogRecord) -> tuple[str, str | None, dict[str, Any]]:
