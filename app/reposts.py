@@ -41,15 +41,23 @@ _orgs = Org.__table__
 _RECENT = sa.select(_scans.c.org_id, _scans.c.repo_full_name, _scans.c.commit_sha).where(
     _scans.c.org_id == sa.bindparam("org"), _scans.c.created_at >= sa.bindparam("since")
 )
-_SCANNED = (
-    sa.select(_scans.c.id)
-    .where(
-        _scans.c.org_id == _links.c.org_id,
-        _scans.c.repo_full_name == _links.c.repo_full_name,
-        _scans.c.commit_sha == _links.c.head_sha,
+
+
+def _head_scanned(*where: sa.ColumnElement[bool]) -> sa.Exists:
+    """Whether the pull request's head has a scan (that also meets `where`)."""
+    return (
+        sa.select(_scans.c.id)
+        .where(
+            _scans.c.org_id == _links.c.org_id,
+            _scans.c.repo_full_name == _links.c.repo_full_name,
+            _scans.c.commit_sha == _links.c.head_sha,
+            *where,
+        )
+        .exists()
     )
-    .exists()
-)
+
+
+_SCANNED = _head_scanned()
 # A semi-join the planner runs as one index probe per open pull request, whatever the tables' statistics say.
 _OPEN_HEADS = sa.select(_links.c.org_id, _links.c.repo_full_name, _links.c.head_sha).where(
     _links.c.org_id == sa.bindparam("org"), _links.c.state == "open", _SCANNED
@@ -83,15 +91,15 @@ def _upsert(dialect: str, source: sa.Select[Any] | None) -> Any:
     )
 
 
+def _asking(org: sa.ColumnElement[Any], repo: sa.ColumnElement[Any], sha: sa.ColumnElement[Any]) -> sa.Select[Any]:
+    """The rows of `reposts` asking for these commits, as the upsert's source takes them."""
+    return sa.select(
+        org, repo, sha, sa.bindparam("base_url", type_=sa.String), sa.literal(1), sa.bindparam("now", type_=sa.DateTime)
+    )
+
+
 # SQLite parses INSERT ... SELECT ... ON CONFLICT only when the SELECT has a WHERE clause.
-_FROM_AFFECTED = sa.select(
-    _AFFECTED.c.org_id,
-    _AFFECTED.c.repo_full_name,
-    _AFFECTED.c.commit_sha,
-    sa.bindparam("base_url", type_=sa.String),
-    sa.literal(1),
-    sa.bindparam("now", type_=sa.DateTime),
-).where(sa.true())
+_FROM_AFFECTED = _asking(_AFFECTED.c.org_id, _AFFECTED.c.repo_full_name, _AFFECTED.c.commit_sha).where(sa.true())
 ASK_FOR_ORG = {dialect: _upsert(dialect, _FROM_AFFECTED) for dialect in ("postgresql", "sqlite")}  # built once
 ASK_ONE = {dialect: _upsert(dialect, None) for dialect in ("postgresql", "sqlite")}
 
@@ -99,30 +107,13 @@ ASK_ONE = {dialect: _upsert(dialect, None) for dialect in ("postgresql", "sqlite
 # The heads of the open pull requests whose baseline a new scan of `repo` may be (block_on new): built from their base
 # branch (`ref`), or at their base commit (`sha`); the scan's own commit aside, with a scan of the same image (`name`:
 # a head's baseline is per image).
-_SCANNED_IMAGE = (
-    sa.select(_scans.c.id)
-    .where(
-        _scans.c.org_id == _links.c.org_id,
-        _scans.c.repo_full_name == _links.c.repo_full_name,
-        _scans.c.commit_sha == _links.c.head_sha,
-        _scans.c.image_name == sa.bindparam("name"),
-    )
-    .exists()
-)
-_BASED_ON = sa.select(
-    _links.c.org_id,
-    _links.c.repo_full_name,
-    _links.c.head_sha,
-    sa.bindparam("base_url", type_=sa.String),
-    sa.literal(1),
-    sa.bindparam("now", type_=sa.DateTime),
-).where(
+_BASED_ON = _asking(_links.c.org_id, _links.c.repo_full_name, _links.c.head_sha).where(
     _links.c.org_id == sa.bindparam("org"),
     _links.c.repo_full_name == sa.bindparam("repo"),
     _links.c.state == "open",
     sa.or_(_links.c.base_ref == sa.bindparam("ref"), _links.c.base_sha == sa.bindparam("sha")),
     _links.c.head_sha != sa.bindparam("sha"),
-    _SCANNED_IMAGE,
+    _head_scanned(_scans.c.image_name == sa.bindparam("name")),
 )
 ASK_FOR_BASE = {dialect: _upsert(dialect, _BASED_ON) for dialect in ("postgresql", "sqlite")}
 

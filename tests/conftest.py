@@ -6,6 +6,8 @@ instead of skipping it.
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import secrets
 from collections import Counter
@@ -19,7 +21,7 @@ import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 
-from app import create_app, migrate
+from app import create_app, logs, migrate
 from app.db import Base
 from tests import paths
 
@@ -307,3 +309,28 @@ def pytest_configure(config: pytest.Config) -> None:
             "(as CI does), or set FREMFORGE_SHARED_DIR to it",
             returncode=4,
         )
+
+
+# ---------------------------------------------------------------- logs
+
+Capture = Callable[[str], io.StringIO]
+
+
+@pytest.fixture
+def capture() -> Iterator[Capture]:
+    """`capture(format)`: the app's log handler (app.logs.install), writing to a buffer at INFO, as a process with no
+    logging of its own (gunicorn, the flask CLI) gets it; removed afterwards. (pytest's own handlers keep
+    create_app from installing it in tests.)"""
+    root = logging.getLogger()
+    level = root.level
+    installed: list[logging.Handler] = []
+
+    def install(log_format: str) -> io.StringIO:
+        buffer = io.StringIO()
+        installed.append(logs.install(log_format, buffer))
+        return buffer
+
+    yield install
+    for handler in installed:
+        root.removeHandler(handler)
+    root.setLevel(level)

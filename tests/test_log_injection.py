@@ -11,7 +11,6 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,8 @@ from flask import Flask, request
 from gunicorn.glogging import SafeAtoms
 
 from app import logs
-from tests.conftest import ROOT, MakeApp
-from tests.test_logs import Capture, json_lines
+from tests.conftest import ROOT, Capture, MakeApp
+from tests.test_logs import json_lines
 from tests.test_metrics import call, gunicorn, served_env
 
 FORGED_RECORD = "2026-12-06 12:00:00,000 ERROR app.forged admin.signed_in org=acme user=attacker"
@@ -46,24 +45,6 @@ TEXT_FORMATTERS = [
     pytest.param(logs.TextFormatter(), id="text"),
     pytest.param(logs.Redacting(logging.Formatter(logs.TEXT_FORMAT)), id="redacting"),  # gunicorn's own lines
 ]
-
-
-@pytest.fixture
-def capture() -> Iterator[Capture]:
-    """`capture(format)`: the app's log handler writing to a buffer, as in tests/test_logs.py."""
-    root = logging.getLogger()
-    level = root.level
-    installed: list[logging.Handler] = []
-
-    def install(log_format: str) -> io.StringIO:
-        buffer = io.StringIO()
-        installed.append(logs.install(log_format, buffer))
-        return buffer
-
-    yield install
-    for handler in installed:
-        root.removeHandler(handler)
-    root.setLevel(level)
 
 
 def record(msg: str, *args: Any, exc_info: Any = None) -> logging.LogRecord:

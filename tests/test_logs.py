@@ -14,7 +14,6 @@ import secrets
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,33 +29,12 @@ from app.findings import service
 from app.github.client import github_app
 from app.worker import Loop
 from tests import paths
-from tests.conftest import INSTALLATION, ROOT, WEBHOOK_SECRET, MakeApp, app_with_github, org_with_installation
+from tests.conftest import INSTALLATION, ROOT, WEBHOOK_SECRET, Capture, MakeApp, app_with_github, org_with_installation
 from tests.factories import finding, make_org, make_token, post, seed
 from tests.fakes import FakeGitHub, github_app_config
 from tests.test_metrics import call, gunicorn, served_env
 
 REPO = "acme/api"
-Capture = Callable[[str], io.StringIO]
-
-
-@pytest.fixture
-def capture() -> Iterator[Capture]:
-    """`capture(format)`: the app's log handler (app.logs.install), writing to a buffer at INFO, as a process with no
-    logging of its own (gunicorn, the flask CLI) gets it; removed afterwards. (pytest's own handlers keep
-    create_app from installing it in tests.)"""
-    root = logging.getLogger()
-    level = root.level
-    installed: list[logging.Handler] = []
-
-    def install(log_format: str) -> io.StringIO:
-        buffer = io.StringIO()
-        installed.append(logs.install(log_format, buffer))
-        return buffer
-
-    yield install
-    for handler in installed:
-        root.removeHandler(handler)
-    root.setLevel(level)
 
 
 def json_lines(buffer: io.StringIO) -> list[dict[str, Any]]:
