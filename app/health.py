@@ -1,5 +1,5 @@
 """Liveness (/healthz: the process answers) and readiness (/readyz: the database answers and, with a GitHub App,
-an outbox worker is alive)."""
+an outbox worker posting as that App is alive; without one, none posting as an App: this process lost its settings)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def readyz() -> tuple[dict[str, Any], int, dict[str, str]] | tuple[dict[str, Any
     try:
         conn = db.session().connection()
         revision = migrate.revision_of(conn)
-        worker_alive = worker.alive(conn) if revision == migrate.head() else False
+        apps = worker.apps_alive(conn) if revision == migrate.head() else set()
     except sa.exc.SQLAlchemyError as exc:
         log.warning("health.database_unreachable error=%s", type(exc).__name__)
         db.discard_session()
@@ -37,17 +37,39 @@ def readyz() -> tuple[dict[str, Any], int, dict[str, str]] | tuple[dict[str, Any
             "revision": revision,
             "expected": migrate.head(),
         }, 503
-    if current_app.config["GITHUB_APP_CONFIGURED"] and not worker_alive:
-        # Uploads would get 202 while nothing posts their statuses: the gate would be silently open.
-        return {
-            "status": "unavailable",
-            "database": "ok",
-            "revision": revision,
-            "worker": "no outbox worker alive in the last minute: start `flask --app wsgi worker`",
-        }, 503
+    mine = str(current_app.config["GITHUB_APP_ID"]) if current_app.config["GITHUB_APP_CONFIGURED"] else None
+    problem = worker_problem(mine, apps)
+    if problem is not None:
+        # Uploads would get 202 while nothing posts their statuses as this process expects: the gate silently open.
+        return {"status": "unavailable", "database": "ok", "revision": revision, "worker": problem}, 503
     return {
         "status": "ok",
         "database": "ok",
         "revision": revision,
-        "worker": "alive" if worker_alive else "none (no GitHub App configured: nothing to deliver)",
+        "worker": "alive" if apps else "none (no GitHub App configured: nothing to deliver)",
     }, 200
+
+
+def worker_problem(mine: str | None, apps: set[str | None]) -> str | None:
+    """Why this process is not ready, given the GitHub App it is configured with (None: none) and those the outbox
+    workers alive post as (`worker.apps_alive`); None when they agree.
+
+    With an App, a worker posting as that App must be alive. Without one, this process stores every upload's state
+    as not delivered: a worker alive that posts as an App says this process lost the settings the others have.
+    """
+    if mine is not None and mine not in apps:
+        if not apps - {None}:
+            return "no outbox worker alive in the last minute: start `flask --app wsgi worker`"
+        others = ", ".join(sorted(a for a in apps if a is not None))
+        return (
+            f"no outbox worker of GitHub App {mine} alive in the last minute (the workers alive post as App "
+            f"{others}): give this process and the workers the same FREMFORGE_GITHUB_APP_ID"
+        )
+    if mine is None and apps - {None}:
+        others = ", ".join(sorted(a for a in apps if a is not None))
+        return (
+            f"this process has no GitHub App configured, but the outbox workers post as App {others}: its uploads "
+            "would be stored as not delivered; give it the workers' FREMFORGE_GITHUB_APP_ID and "
+            "FREMFORGE_GITHUB_PRIVATE_KEY"
+        )
+    return None

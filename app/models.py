@@ -449,6 +449,7 @@ class WorkerHeartbeat(Base):
     name: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
     started_at: Mapped[datetime]
     beat_at: Mapped[datetime] = mapped_column(index=True)
+    github_app_id: Mapped[str | None] = mapped_column(sa.String(200))  # the App it posts as; NULL: none configured
 
 
 class PullRequestLink(Base):

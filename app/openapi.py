@@ -1304,7 +1304,8 @@ PATHS: dict[str, Any] = {
             "operationId": "readyz",
             "summary": (
                 "The database answers and its schema is migrated to this version; with a GitHub App configured, an "
-                "outbox worker beat in the last minute."
+                "outbox worker posting as that App beat in the last minute; without one, no worker posting as an App "
+                "is alive (this process would store every state as not delivered)."
             ),
             "security": [],
             "responses": {

@@ -119,7 +119,7 @@ class Loop:
             return False
         try:
             with sessions() as session:
-                beat(session, self.name, self.started)
+                beat(session, self.name, self.started, self.gh.app_id if self.gh is not None else None)
         except Exception as exc:  # the database is away: no beat, and /readyz says so
             log.warning("worker.heartbeat_failed error=%s", type(exc).__name__)
             return False
@@ -208,31 +208,48 @@ class Loop:
             self.stop.wait(wait)
 
 
-def beat(session: Session, name: str, started: datetime) -> None:
-    """Record that this worker is alive, on the database's clock."""
+def beat(session: Session, name: str, started: datetime, github_app_id: str | None = None) -> None:
+    """Record that this worker is alive, on the database's clock, and the GitHub App it posts as (None: none)."""
     with write_transaction(session):
         conn = session.connection()
-        done = conn.execute(BEAT, {"worker": name})
+        params = {"worker": name, "app": github_app_id}
+        done = conn.execute(BEAT, params)
         if done.rowcount == 0:
-            conn.execute(FIRST_BEAT, {"worker": name, "started": started})
+            conn.execute(FIRST_BEAT, {**params, "started": started})
 
 
 def alive(conn: sa.Connection) -> bool:
     """Whether some worker beat within ALIVE_WITHIN, on the database's clock."""
-    newest = conn.execute(NEWEST_BEAT).scalar_one_or_none()
-    if newest is None:
-        return False
-    if not isinstance(newest, datetime):
-        newest = datetime.fromisoformat(newest)
-    return clock.now_of(conn) - newest <= ALIVE_WITHIN
+    return bool(apps_alive(conn))
+
+
+def apps_alive(conn: sa.Connection) -> set[str | None]:
+    """The GitHub Apps the workers that beat within ALIVE_WITHIN (on the database's clock) post as; None stands for
+    a worker with no GitHub App. Empty: no worker alive."""
+    since = clock.now_of(conn) - ALIVE_WITHIN
+    apps: set[str | None] = set()
+    for beat_at, app_id in conn.execute(BEATS).all():
+        if not isinstance(beat_at, datetime):
+            beat_at = datetime.fromisoformat(beat_at)
+        if beat_at >= since:
+            apps.add(app_id)
+    return apps
 
 
 _beats = WorkerHeartbeat.__table__
-BEAT = sa.update(_beats).where(_beats.c.name == sa.bindparam("worker")).values(beat_at=clock.database_now())
-FIRST_BEAT = sa.insert(_beats).values(
-    name=sa.bindparam("worker"), started_at=sa.bindparam("started"), beat_at=clock.database_now()
+BEAT = (
+    sa.update(_beats)
+    .where(_beats.c.name == sa.bindparam("worker"))
+    .values(beat_at=clock.database_now(), github_app_id=sa.bindparam("app"))
 )
-NEWEST_BEAT = sa.select(sa.func.max(_beats.c.beat_at))
+FIRST_BEAT = sa.insert(_beats).values(
+    name=sa.bindparam("worker"),
+    started_at=sa.bindparam("started"),
+    beat_at=clock.database_now(),
+    github_app_id=sa.bindparam("app"),
+)
+# The newest beats, one row per worker process ever started (its name): those alive are among them.
+BEATS = sa.select(_beats.c.beat_at, _beats.c.github_app_id).order_by(_beats.c.beat_at.desc()).limit(1000)
 
 
 def daily_retention(stopping: Callable[[], bool] = retention.never) -> float:

@@ -526,7 +526,52 @@ def test_readyz_wants_a_recent_worker_heartbeat_when_a_github_app_is_configured(
     assert r.status_code == 503 and "worker" in r.json, r.json
 
     with app.app_context():
-        worker_loop.beat(db.session(), "w", utcnow())
+        worker_loop.beat(db.session(), "w", utcnow(), str(app.config["GITHUB_APP_ID"]))
     r = client.get("/readyz")
     assert r.status_code == 200, r.json
     assert r.json["status"] == "ok" and r.json["worker"] == "alive", r.json
+
+
+def test_readyz_is_503_when_this_process_and_the_workers_post_as_different_github_apps(
+    app: Flask, make_app: MakeApp
+) -> None:
+    """A web process whose environment lost the GitHub App settings stores every upload's state as "not delivered",
+    which no worker posts: GitHub shows nothing for those commits while the upload said 202. /readyz says so (503)
+    while a worker posting as an App is alive, and so does a process whose App is not the one the workers post as;
+    a worker with no App beside a web process with one is no worker for it.
+
+    HEAD: /readyz was 200 ("alive") in all three cases: the heartbeat did not say which App a worker posts as.
+    """
+    ours = str(app.config["GITHUB_APP_ID"])
+    without_app = make_app().test_client()
+    other_app = make_app(GITHUB_APP_ID="999999", GITHUB_PRIVATE_KEY=app.config["GITHUB_PRIVATE_KEY"]).test_client()
+    with app.app_context():
+        worker_loop.beat(db.session(), "no-app", utcnow(), None)  # a worker with no App: nothing to deliver
+    r = without_app.get("/readyz")
+    assert r.status_code == 200 and r.json["worker"] == "alive", r.json
+    r = app.test_client().get("/readyz")
+    assert r.status_code == 503 and "flask --app wsgi worker" in r.json["worker"], r.json
+
+    with app.app_context():
+        worker_loop.beat(db.session(), "ours", utcnow(), ours)
+    r = app.test_client().get("/readyz")
+    assert r.status_code == 200 and r.json["worker"] == "alive", r.json
+    r = without_app.get("/readyz")
+    assert r.status_code == 503, r.json
+    assert "no GitHub App configured" in r.json["worker"] and f"App {ours}" in r.json["worker"], r.json
+    r = other_app.get("/readyz")
+    assert r.status_code == 503, r.json
+    assert "App 999999" in r.json["worker"] and f"post as App {ours}" in r.json["worker"], r.json
+
+
+def test_the_worker_beats_with_the_github_app_it_posts_as(app: Flask, make_app: MakeApp) -> None:
+    """The heartbeat a worker process beats names its App (None without one): what /readyz compares."""
+    with app.app_context():
+        assert worker_loop.Loop(github_app()).beat_once(db.database().sessions)
+        assert worker_loop.apps_alive(db.session().connection()) == {str(app.config["GITHUB_APP_ID"])}
+    plain = make_app()
+    with plain.app_context():
+        db.session().execute(sa.delete(WorkerHeartbeat))
+        db.session().commit()
+        assert worker_loop.Loop(None).beat_once(db.database().sessions)
+        assert worker_loop.apps_alive(db.session().connection()) == {None}
