@@ -76,6 +76,8 @@ def _org(slug: str) -> Org:
         like = orgs.slug_like(session, slug)
         if like is not None:  # slugs are exact; an org made from a GitHub login may have capitals
             raise click.ClickException(f"there is no organisation {slug!r}; there is {like!r} (slugs are exact)")
+        if not orgs.SLUG.fullmatch(slug):  # no command to copy from what was typed: it could be a shell's
+            raise click.ClickException(f"there is no organisation {slug!r}: a slug is letters, digits and hyphens")
         raise click.ClickException(f"there is no organisation {slug!r} (create it with: orgs create {slug})")
     return org
 

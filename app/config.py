@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 # Every setting the app reads, with its default. Values from the environment arrive as strings
 # (Flask's own from_prefixed_env would turn an app id such as "1e5" into a float).
@@ -149,6 +150,12 @@ def finalize(config: dict[str, Any], instance_path: str) -> None:
             "(or FREMFORGE_GITHUB_PRIVATE_KEY) too, or unset the App id"
         )
     config["GITHUB_APP_CONFIGURED"] = bool(config.get("GITHUB_APP_ID") and config.get("GITHUB_PRIVATE_KEY"))
+    if config.get("GITHUB_WEBHOOK_SECRET") and not str(config["GITHUB_WEBHOOK_SECRET"]).strip():  # spaces only
+        raise ConfigError(
+            "FREMFORGE_GITHUB_WEBHOOK_SECRET is blank: set the webhook secret entered on GitHub, or unset it"
+        )
+    if config.get("CHECKPOINT_KEY_FILE"):
+        check_checkpoint_key_file(Path(str(config["CHECKPOINT_KEY_FILE"])))
     if config.get("PUBLIC_URL"):
         config["PUBLIC_URL"] = str(config["PUBLIC_URL"]).strip().rstrip("/")
         check_public_url(config["PUBLIC_URL"])
@@ -315,12 +322,32 @@ DATABASE_DRIVERS = ("sqlite", "sqlite+pysqlite", "postgresql+psycopg")
 DATABASE_URL_FORMS = "sqlite:///PATH or postgresql://USER@HOST:PORT/DATABASE"
 
 
+def check_checkpoint_key_file(path: Path) -> None:
+    """CHECKPOINT_KEY_FILE, when it exists, must hold an Ed25519 private key (PEM); when it does not, its folder is
+    where the key is made on first use."""
+    if path.is_dir():
+        raise ConfigError(f"FREMFORGE_CHECKPOINT_KEY_FILE names a folder, not a key file: {path}")
+    if not path.exists():
+        return
+    try:
+        private = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except OSError as exc:
+        raise ConfigError(f"FREMFORGE_CHECKPOINT_KEY_FILE cannot be read: {exc.strerror}") from None
+    except (ValueError, TypeError):
+        raise ConfigError(
+            f"FREMFORGE_CHECKPOINT_KEY_FILE does not hold a PEM private key (unencrypted): {path}"
+        ) from None
+    if not isinstance(private, Ed25519PrivateKey):
+        raise ConfigError(f"FREMFORGE_CHECKPOINT_KEY_FILE holds another kind of key than Ed25519: {path}")
+
+
 def check_database_url(url: str) -> None:
     """Refuse a FREMFORGE_DATABASE_URL that is no URL, or not of SQLite or PostgreSQL (the backends the app ships
     with), in one line that never repeats the URL (it may hold a password)."""
     try:
         parsed = sa.engine.make_url(url)
-        parsed.port  # noqa: B018 - read to have a port that is not a number refused here
+        if parsed.port is not None and not 1 <= parsed.port <= 65535:
+            raise ValueError("no such port")
     except (sa.exc.ArgumentError, ValueError):
         raise ConfigError(f"FREMFORGE_DATABASE_URL is not a database URL: use {DATABASE_URL_FORMS}") from None
     driver = parsed.drivername

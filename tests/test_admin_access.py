@@ -304,6 +304,15 @@ def test_login_url_refuses(runner: Any, acme: None, args: list[str], message: st
     assert result.exit_code != 0 and message in result.output
 
 
+def test_an_unknown_slug_is_never_echoed_into_a_command_to_copy(runner: Any, acme: None) -> None:
+    """`orgs create nobody` is offered for a slug that could be one; what could not ('acme; rm -rf /') gets no
+    command to paste into a shell."""
+    assert "(create it with: orgs create nobody)" in runner.invoke(args=["admin", "login-url", "nobody"]).output
+    result = runner.invoke(args=["admin", "login-url", "acme; rm -rf /"])
+    assert result.exit_code == 1 and "orgs create" not in result.output, result.output
+    assert "letters, digits and hyphens" in result.output
+
+
 def test_login_url_without_public_url_points_at_the_local_server(make_app: MakeApp) -> None:
     app = make_app(PUBLIC_URL=None)
     make_org(app, "acme")

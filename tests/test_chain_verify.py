@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 
 from app.chain import verify
+from app.models import FINDING_PAYLOAD_COLUMNS, AuditEvent, Finding, utcnow
 from tests.chainkit import FUTURE, build_chain, fake_hash, org_id, sql, verdict
 from tests.factories import make_org, make_token
 
@@ -155,6 +158,39 @@ def test_a_payload_emptied_without_retention_is_a_changed_payload(app, chain):
     sql(app, f"UPDATE findings SET title = NULL, cve_id = NULL WHERE {ORG} AND seq = 700", org=chain)
     code, v = verdict(app)
     assert (code, v["first_bad_seq"], v["fault"]) == (1, 700, "payload_changed")
+
+
+def _update(app, table, where, **values) -> None:
+    """An UPDATE with typed values (times as each backend keeps them), straight on the database."""
+    with app.extensions["fremforge.db"].engine.begin() as conn:
+        conn.execute(sa.update(table).where(where).values(**values))
+
+
+def test_a_fresh_entry_emptied_and_backdated_is_no_retentions(app, chain):
+    """A finding emptied a minute ago and made to look two days old: no retention ran then (no run's event has that
+    time), so it is no retention's work, whatever its age. HEAD: intact, as the day-old rule took any such time."""
+    now = utcnow()
+    emptied = {c: None for c in FINDING_PAYLOAD_COLUMNS}
+    where = (Finding.org_id == chain) & (Finding.seq == 500)
+    _update(app, Finding, where, **emptied, created_at=now - timedelta(days=2), redacted_at=now - timedelta(minutes=1))
+    code, v = verdict(app)
+    assert (code, v["first_bad_seq"], v["fault"]) == (1, 500, "payload_removed"), v["message"]
+    assert "when no retention ran" in v["message"]
+
+
+def test_entries_aged_out_by_a_run_whose_own_event_aged_out_since_are_intact(app, chain):
+    """The run of three days ago aged out everything made ten days ago; today's run (retention 1 day) aged out that
+    run's event, which keeps only its time: the entries it emptied are still a retention's."""
+    long_ago = utcnow() - timedelta(days=10)
+    _update(app, Finding, Finding.org_id == chain, created_at=long_ago)
+    _update(app, AuditEvent, AuditEvent.org_id == chain, created_at=long_ago)
+    runner = app.test_cli_runner()
+    assert runner.invoke(args=["policy", "set", "acme", "--retention-days", "1"]).exit_code == 0
+    before = (utcnow() - timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert runner.invoke(args=["retention", "run", "--now", before]).exit_code == 0
+    assert runner.invoke(args=["retention", "run"]).exit_code == 0
+    code, v = verdict(app)
+    assert (code, v["intact"], v["redacted"]) == (0, True, SIZE + 1), v  # + the first run's event
 
 
 def test_the_head_row_must_match_the_last_entry(app, chain):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import stat
 from pathlib import Path
 
@@ -177,7 +178,7 @@ def test_any_token_of_the_org_may_fetch_a_checkpoint_and_no_other(app, client, s
     assert client.get("/api/v1/orgs/acme/audit/checkpoint").status_code == 401
 
 
-def test_checking_needs_the_key_and_never_makes_one(app, client, signed, tmp_path):
+def test_checking_needs_the_key_and_never_makes_one(app, client, signed, tmp_path, caplog):
     token, _, path = signed
     admin = make_token(app, scopes=["settings:write"])
     missing = tmp_path / "elsewhere" / "missing.pem"
@@ -191,9 +192,13 @@ def test_checking_needs_the_key_and_never_makes_one(app, client, signed, tmp_pat
         "/api/v1/orgs/acme/audit/verify", data=path.read_bytes(), headers={"Authorization": f"Bearer {admin}"}
     )
     assert answer.status_code == 503 and answer.json["error"] == "checkpoint_key_unavailable"
+    assert str(tmp_path) not in answer.json["message"]  # an org's token learns no file of the server's
     assert not missing.exists()
 
     missing.parent.mkdir()
     missing.write_text("not a key")
-    refused = get_checkpoint(client, token)
-    assert refused.status_code == 503 and "cannot be read" in refused.json["message"]
+    with caplog.at_level(logging.ERROR, logger="app.chain.api"):
+        refused = get_checkpoint(client, token)
+    assert refused.status_code == 503 and refused.json["error"] == "checkpoint_key_unavailable", refused.json
+    assert str(tmp_path) not in refused.json["message"], refused.json
+    assert "cannot be read" in caplog.text and str(missing) in caplog.text  # the operator's log says which and why

@@ -337,10 +337,11 @@ def test_a_github_app_key_that_is_no_rsa_pem_is_refused_without_showing_it(monke
     "url,says",
     [
         ("postgresql://fremforge:hunter2@db:notaport/fremforge", "is not a database URL"),
+        ("postgresql://fremforge:hunter2@db:99999/fremforge", "is not a database URL"),
         ("postgresql://fremforge:hunter2@db/fremforge?foo=bar", "options PostgreSQL does not know: 'foo'"),
         ("sqlite:////nonexistent/folder/fremforge.db", "a folder that does not exist: /nonexistent/folder"),
     ],
-    ids=["port", "option", "folder"],
+    ids=["port", "port-range", "option", "folder"],
 )
 def test_a_database_url_that_cannot_work_is_refused_at_start(monkeypatch, url, says):
     monkeypatch.setenv("FREMFORGE_DATABASE_URL", url)
@@ -442,3 +443,33 @@ def test_a_sqlite_database_elsewhere_is_made_0600_too(tmp_path):
     finally:
         os.umask(old_umask)
     assert mode(tmp_path / "elsewhere.db") == 0o600
+
+
+def test_a_webhook_secret_of_spaces_only_is_refused(monkeypatch):
+    """Every delivery would be checked against a key of blanks: a typo in an env file, not a secret."""
+    monkeypatch.setenv("FREMFORGE_GITHUB_WEBHOOK_SECRET", "  ")
+    with pytest.raises(ConfigError, match="FREMFORGE_GITHUB_WEBHOOK_SECRET is blank"):
+        create_app()
+
+
+def test_a_checkpoint_key_file_that_is_no_ed25519_key_is_refused_at_start(monkeypatch, tmp_path):
+    """Else the app started, and every checkpoint answered 503 naming the server's file to any org token."""
+    key = tmp_path / "checkpoint.pem"
+    monkeypatch.setenv("FREMFORGE_CHECKPOINT_KEY_FILE", str(tmp_path))
+    with pytest.raises(ConfigError, match="names a folder"):
+        create_app()
+    monkeypatch.setenv("FREMFORGE_CHECKPOINT_KEY_FILE", str(key))
+    key.write_text("not a key\n")
+    with pytest.raises(ConfigError, match="does not hold a PEM private key"):
+        create_app()
+    key.write_text(PEM)  # an RSA key
+    with pytest.raises(ConfigError, match="another kind of key than Ed25519"):
+        create_app()
+    key.unlink()  # absent: made on first use, in a folder of its own made private
+    monkeypatch.setenv("FREMFORGE_CHECKPOINT_KEY_FILE", str(tmp_path / "keys" / "checkpoint.pem"))
+    app = create_app()
+    from app.chain import checkpoints
+
+    checkpoints.key_of(app)
+    assert (tmp_path / "keys").stat().st_mode & 0o777 == 0o700
+    assert create_app().config["CHECKPOINT_KEY_FILE"]  # the key made is taken at the next start

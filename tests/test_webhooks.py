@@ -8,6 +8,7 @@ import json
 import threading
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -617,6 +618,21 @@ def test_pull_request_events_out_of_order_never_step_back(app, client):
     )
     assert deliver(client, "pull_request", body=pushed).status_code == 200
     assert links_of(app) == [(PR_REPO, 2, "a" * 40, "open")]
+
+
+@pytest.mark.parametrize("stamp", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59Z", "not a time"])
+def test_a_pull_request_stamped_out_of_range_is_handled_as_received_now(app, client, stamp):
+    """A stamp that cannot be a time (year 1 east of UTC overflowed: a 500) or lies in the future (it held the row
+    against every later event) is taken as the time of receipt: the event is handled, and a later one still wins."""
+    make_linked_org(app, "codertocat", "Codertocat", installation_id=1)
+    odd = edited("pull_request.closed", pull_request__updated_at=stamp)
+    r = deliver(client, "pull_request", body=odd)
+    assert r.status_code == 200 and r.json == {"status": "ok"}, r.json
+    assert links_of(app) == [(PR_REPO, 2, PR_SHA, "closed")]
+    later = (datetime.now(UTC) + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    reopened = edited("pull_request.reopened", pull_request__updated_at=later)
+    assert deliver(client, "pull_request", body=reopened).status_code == 200
+    assert links_of(app) == [(PR_REPO, 2, PR_SHA, "open")]
 
 
 def bases_of(app) -> list[tuple[int, str | None, str | None]]:

@@ -314,6 +314,7 @@ STREAM = {"yield_per": 5000}  # a server-side cursor on PostgreSQL: memory stays
 RETENTION_RUNS = sa.select(_a.c.created_at, _col(_a, "details")).where(
     _a.c.org_id == sa.bindparam("org"), _a.c.action == "retention.run"
 )
+AGED_OUT_EVENTS = sa.select(_a.c.created_at).where(_a.c.org_id == sa.bindparam("org"), _a.c.redacted_at.is_not(None))
 HEAD = sa.select(_h.c.seq, _h.c.head_hash).where(_h.c.org_id == sa.bindparam("org"))
 
 
@@ -326,8 +327,9 @@ Aged = Callable[[datetime, datetime], str | None]  # (created_at, redacted_at) -
 
 def retention_rule(conn: sa.Connection, org_id: int) -> Aged:
     """Whether an entry's payload can have been removed by retention: by the cut-off of the retention.run event
-    of that run (same time) while that event keeps its details; else at least a day after it was made (the
-    shortest retention) and not later than now."""
+    of that run (same time) while that event keeps its details; else, when an event of that time was aged out
+    itself (a run's event keeps only its time and hashes, as every entry aged out), at least a day after it was made
+    (the shortest retention) and not later than now. A time at which no run left an event is no run's."""
     cutoffs = {}
     for at, details in conn.execute(RETENTION_RUNS, {"org": org_id}):
         doc = _json(details) if details else None
@@ -335,6 +337,7 @@ def retention_rule(conn: sa.Connection, org_id: int) -> Aged:
         if isinstance(cutoff, str):
             with suppress(ValueError):
                 cutoffs[at] = datetime.strptime(cutoff, "%Y-%m-%dT%H:%M:%S.%fZ")
+    aged_out = set(conn.execute(AGED_OUT_EVENTS, {"org": org_id}).scalars())
     latest = utcnow() + MIN_AGE
 
     def why_not(created: datetime, redacted: datetime) -> str | None:
@@ -344,8 +347,10 @@ def retention_rule(conn: sa.Connection, org_id: int) -> Aged:
                 return None
             run = timestamp(redacted)
             return f"made {timestamp(created)}, after the cut-off {timestamp(cutoff)} of the run of {run}"
-        if created + MIN_AGE <= redacted <= latest:
+        if redacted in aged_out and created + MIN_AGE <= redacted <= latest:
             return None
+        if redacted not in aged_out:
+            return f"made {timestamp(created)}, marked as removed at {timestamp(redacted)}, when no retention ran"
         return f"made {timestamp(created)}, marked as removed by retention at {timestamp(redacted)}"
 
     return why_not

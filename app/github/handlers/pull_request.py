@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -116,13 +116,17 @@ def _base(payload: dict[str, Any]) -> tuple[str | None, str | None]:
 
 
 def _github_time(value: Any) -> datetime | None:
-    """GitHub's ISO-8601 time (`2019-05-15T15:20:33Z`) as the naive UTC the database keeps."""
+    """GitHub's ISO-8601 time (`2019-05-15T15:20:33Z`) as the naive UTC the database keeps; None when unreadable or
+    later than FUTURE_SKEW from now (such a stamp would hold the row against every later event)."""
     if not isinstance(value, str):
         return None
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
+        if parsed.tzinfo is not None:
+            parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+    except (ValueError, OverflowError):  # OverflowError: year 1 with an offset east of UTC
         return None
-    if parsed.tzinfo is not None:
-        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
-    return parsed
+    return parsed if parsed <= utcnow() + FUTURE_SKEW else None
+
+
+FUTURE_SKEW = timedelta(hours=1)  # GitHub's clock ahead of ours by at most this
