@@ -463,6 +463,30 @@ BAD_BODIES = [
         m422("[0].Vulnerabilities[0].VulnerabilityID", load(LEGACY_MIX), query=TRIVY_QUERY),
         id="trivy-legacy-missing-vulnerability-id",
     ),
+    # Where the findings could be and are not read: read as no findings, each of these passed the gate (202 success).
+    pytest.param(
+        m422("[0].SchemaVersion", [trivy_report(), trivy_report()], query=TRIVY_QUERY), id="trivy-reports-slurped"
+    ),
+    pytest.param(
+        m422("results", {k.lower() if k == "Results" else k: v for k, v in trivy_report().items()}, query=TRIVY_QUERY),
+        id="trivy-results-lower-case",
+    ),
+    pytest.param(
+        m422(
+            "Results[1].vulnerabilities",
+            {**trivy_report(), "Results": [{"Target": "x"}, {"Target": "y", "vulnerabilities": [{}]}]},
+            query=TRIVY_QUERY,
+        ),
+        id="trivy-vulnerabilities-lower-case",
+    ),
+    pytest.param(
+        m422("findings", {**trivy_report(), **seed(), "findings": []}, query=TRIVY_QUERY),
+        id="trivy-report-with-findings",
+    ),
+    pytest.param(m422("Results", {**seed(), **trivy_report()}), id="seed-with-results"),
+    pytest.param(
+        m422("Findings", {**seed(), "Findings": seed()["findings"], "findings": []}), id="findings-spelt-twice"
+    ),
     pytest.param(
         m422("image_ref", load(NO_ARTIFACT), query={"commit_sha": SHA, "repo_full_name": REPO}, where="query"),
         id="trivy-empty-artifact-name-no-image-ref",

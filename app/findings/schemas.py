@@ -458,6 +458,16 @@ _LISTS = {"references", "vendor_ids", "References", "VendorIDs"}
 _FINDING_LISTS = ("findings", "Results")  # a body's keys whose value holds findings
 # A key given twice where the findings are (JSON parsers keep the last; a gate must not guess, so the upload is a 422)
 TWICE = "is given twice in the same object: which one is meant is unclear"
+BOTH_LISTS = (
+    "findings (the seed shape) and Results (a Trivy report) are both given: which holds the findings is unclear, so "
+    "neither is read; send one"
+)
+# The lists a body's findings are in, by their spelling folded: another spelling would be skipped as an unknown
+# member, and the findings in it with it (0 findings: a green gate). Vulnerabilities is a Result's.
+_LISTS_FOLDED = {"findings": "findings", "results": "Results", "vulnerabilities": "Vulnerabilities"}
+# Members of a whole Trivy report: an array of reports (`jq -s` of several) read as a legacy array of Results would
+# give Results with no Vulnerabilities.
+_REPORT_ONLY_KEYS = ("SchemaVersion", "Results", "ArtifactName", "ArtifactType", "Metadata")
 TWICE_IN_QUERY = "is given twice in the query: which one is meant is unclear"
 
 
@@ -733,10 +743,15 @@ class _Upload:
                 r.errors.add(key, "duplicate_key", TWICE)
                 return r.skip(pos, 1, key, r.errors)
             present.add(key)
+            if key in _FINDING_LISTS and present.issuperset(_FINDING_LISTS):  # a report with seed fields added?
+                r.errors.add(key, "conflict", BOTH_LISTS)
+                return r.skip(pos, 1, key, r.errors)
+            if key not in _FINDING_LISTS and key.lower() in _LISTS_FOLDED:
+                r.errors.add(key, "unknown_spelling", f"is not read: the list is spelt {_LISTS_FOLDED[key.lower()]}")
+                return r.skip(pos, 1, key, r.errors)
             if key == "findings":
-                self.results = None  # a body with findings is the seed shape: its Results (if any) are not read
                 return self._findings(pos)
-            if key == "Results" and "findings" not in present:
+            if key == "Results":
                 return self._results(pos, 1, "Results")
             if key in QUERY_FIELDS or key in ("SchemaVersion", "ArtifactName"):
                 fields[key], end = r.value(pos, 1, key, r.errors)
@@ -892,6 +907,18 @@ class _Upload:
                     rows.errors.add(_join(where, key), "duplicate_key", TWICE)
                     return r.skip(pos, depth + 2, _join(where, key), rows.errors)
                 seen.add(key)
+                if key in _REPORT_ONLY_KEYS:
+                    rows.errors.add(
+                        _join(where, key),
+                        "report_in_results",
+                        "belongs to a whole Trivy report, not to a Result: upload each report on its own",
+                    )
+                    return r.skip(pos, depth + 2, _join(where, key), rows.errors)
+                if key != "Vulnerabilities" and key.lower() == "vulnerabilities":
+                    rows.errors.add(
+                        _join(where, key), "unknown_spelling", "is not read: the list is spelt Vulnerabilities"
+                    )
+                    return r.skip(pos, depth + 2, _join(where, key), rows.errors)
                 if key == "Target":
                     target, end = r.value(pos, depth + 2, f"{where}.Target", rows.errors)
                     if type(target) is not str:
