@@ -342,6 +342,24 @@ def test_a_head_scanned_with_its_bases_ref_is_no_baseline_of_any_pull_request(ap
     assert shown(fake_github, a)[0] == shown(fake_github, b)[0] == "failure"
 
 
+def test_a_head_scanned_with_its_bases_ref_stays_no_baseline_once_its_pull_request_is_closed(
+    app, client, token, fake_github
+):
+    """Pull request 8 (its head scanned as pull_request_target stores it, under refs/heads/main) is closed unmerged:
+    its scan is still not main's, so pull request 7's high stays new. HEAD excluded only open pull requests' heads:
+    once 8 closed, its scan was main's newest, and 7 went green."""
+    settings(client, token, block_on="new")
+    upload(client, token, sha_of("main-tip"), CLEAN, ref="refs/heads/main")
+    seven, eight = sha_of("pr-7"), sha_of("pr-8")
+    pull_request(client, 7, seven)
+    pull_request(client, 8, eight)
+    upload(client, token, eight, HIGH, ref="refs/heads/main")  # as pull_request_target
+    pull_request(client, 8, eight, action="closed", at="2026-12-01T11:00:00Z")
+    assert upload(client, token, seven, HIGH, ref="refs/heads/main")["status"] == "failure"
+    work(app)
+    assert shown(fake_github, seven) == ("failure", "1 image · 1 new high · blocking")
+
+
 @pytest.mark.parametrize("numbers", [(1, 2), (2, 1)])
 def test_a_head_of_pull_requests_into_different_bases_counts_every_finding(app, client, token, fake_github, numbers):
     """One commit status serves both: the high is new to release, so it blocks, whichever pull request came last."""
