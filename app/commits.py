@@ -51,8 +51,10 @@ LATEST = (
 
 
 def _top_findings_statement() -> sa.Select[Any]:
+    # Those that blocked when the scan was judged first (as an upload's own summary lists them: outbox.top_of).
+    blocked_first = sa.case((Finding.blocking.is_(True), 0), else_=1)
     rank = sa.func.row_number().over(
-        partition_by=Finding.scan_run_id, order_by=(SEVERITY_ORDER, Finding.package, Finding.cve_id)
+        partition_by=Finding.scan_run_id, order_by=(blocked_first, SEVERITY_ORDER, Finding.package, Finding.cve_id)
     )
     ranked = (
         sa.select(Finding.scan_run_id, *(getattr(Finding, c) for c in FINDING_COLUMNS), rank.label("rank"))

@@ -262,6 +262,26 @@ def test_a_pull_request_learnt_after_the_upload_reposts_with_its_baseline(app, c
     assert "1 existing on the base" in summary and "Compared with the base's scan" in summary
 
 
+def test_the_check_run_lists_the_findings_that_block_before_existing_ones(app, client, token, fake_github):
+    """main has five criticals; the pull request adds one high, which alone blocks. HEAD listed the five criticals
+    (the most severe) and never the high: the reviewer was pointed at what does not hold the pull request. Also when
+    the commit's image is judged again (another image uploaded: `commits.evaluate` reads its top findings)."""
+    settings(client, token, block_on="new")
+    existing = [finding(cve_id=f"CVE-2024-10{i}", severity="critical", package=f"lib{i}") for i in range(5)]
+    added = finding(cve_id="CVE-2024-9999", severity="high", package="zzz")
+    head = sha_of("adds-a-high")
+    upload(client, token, sha_of("main-tip"), existing, ref="refs/heads/main")
+    pull_request(client, 6, head)
+    assert upload(client, token, head, [*existing, added], ref="refs/pull/6/merge")["status"] == "failure"
+    work(app)
+    summary = fake_github.runs_of("acme", "api", head)[-1]["output"]["summary"]
+    assert "**Blocking: 1** (1 new high)" in summary and "CVE-2024-9999" in summary, summary
+    upload(client, token, head, CLEAN, image="ghcr.io/acme/other:1", ref="refs/pull/6/merge")
+    work(app)
+    summary = fake_github.runs_of("acme", "api", head)[-1]["output"]["summary"]
+    assert "2 images" in summary and "CVE-2024-9999" in summary, summary
+
+
 def test_a_base_changed_by_an_edit_reposts_against_the_new_base(app, client, token, fake_github):
     settings(client, token, block_on="new")
     head = sha_of("edited-head")

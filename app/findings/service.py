@@ -178,7 +178,8 @@ def assess(
     baseline_id = base.scan_id if base is not None else None
     used = set(exception_ids or ()) - {None}
     covering = tuple(e for e in exceptions if e.id in used)
-    top = outbox.top_of(findings)
+    flags = [blocking_of[b] for b in buckets] + [blocking_of[SYNTHETIC]] * len(synthetic)
+    top = outbox.top_of(findings, flags)
     image = policy.ImageResult(upload.image_ref, status, counts, fixable, None, top, judged, baseline_id, covering)
     section = checks.image_section(image, pol.block_action, pol.block_on, search)
     blocking = judged.blocks if gating else 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -153,10 +154,18 @@ class _Org(NamedTuple):
     slug: str
 
 
-def top_of(findings: list[dict[str, Any]], limit: int = 5) -> list[dict[str, Any]]:
-    """The most severe findings of an upload, for its summary."""
+def top_of(
+    findings: list[dict[str, Any]], blocking: Sequence[bool] | None = None, limit: int = 5
+) -> list[dict[str, Any]]:
+    """The findings an upload's summary lists: those that block first (each finding's flag in `blocking`), then the
+    most severe: a reviewer is shown what holds the pull request, not an existing critical that does not."""
     rank = {s: i for i, s in enumerate(SEVERITIES)}
-    return heapq.nsmallest(limit, findings, key=lambda f: (rank[f["severity"]], f["package"], f["cve_id"]))
+    flags = blocking if blocking is not None else itertools.repeat(False)
+    ranked = zip(findings, flags, strict=False)
+    chosen = heapq.nsmallest(
+        limit, ranked, key=lambda fb: (not fb[1], rank[fb[0]["severity"]], fb[0]["package"], fb[0]["cve_id"])
+    )
+    return [f for f, _ in chosen]
 
 
 _outbox = OutboxItem.__table__
