@@ -173,12 +173,27 @@ _KEYS = sa.select(Finding.cve_id, Finding.package).where(
 )
 
 
+# Why a scan has no baseline under block_on new (the check run says which, after "No baseline: every finding counts").
+NO_PULL_REQUEST = "no open pull request known with this commit as its head"
+MANY_BASES = "open pull requests with this head into different bases"
+NO_BASE_SCAN = "no scan of this image from the base branch or at the base commit"
+
+
 def pr_base(conn: sa.Connection, org_id: int, repo: str, sha: str) -> tuple[str | None, str | None] | None:
     """The base (refs/heads/<branch>, commit) of the open pull request whose head is this commit; None: no PR known,
     or open pull requests into different bases (one commit status serves them all: every finding counts, which
     fails closed for each)."""
+    return pr_base_or_why(conn, org_id, repo, sha)[0]
+
+
+def pr_base_or_why(
+    conn: sa.Connection, org_id: int, repo: str, sha: str
+) -> tuple[tuple[str | None, str | None] | None, str | None]:
+    """pr_base, and when it is None why not (NO_PULL_REQUEST, MANY_BASES)."""
     rows = conn.execute(_PR_BASE, {"org": org_id, "repo": repo, "sha": sha}).all()
-    return (rows[0].base_ref, rows[0].base_sha) if len(rows) == 1 else None
+    if len(rows) == 1:
+        return (rows[0].base_ref, rows[0].base_sha), None
+    return None, MANY_BASES if rows else NO_PULL_REQUEST
 
 
 def baseline(
@@ -214,13 +229,16 @@ class Baseline:
 
     scan_id: int | None
     keys: frozenset[tuple[str, str]] = frozenset()
+    why_none: str | None = None  # with no scan: why (NO_PULL_REQUEST, MANY_BASES, NO_BASE_SCAN)
 
 
 def baseline_of(conn: sa.Connection, org_id: int, repo: str, sha: str, image_name: str | None) -> Baseline:
     """The baseline of an upload of `image_name` at commit `sha`, with its keys: three indexed reads at most."""
-    base = pr_base(conn, org_id, repo, sha)
+    base, why = pr_base_or_why(conn, org_id, repo, sha)
     found = baseline(conn, org_id, repo, image_name, *base) if base is not None else None
-    return Baseline(found, frozenset(baseline_keys(conn, found)) if found is not None else frozenset())
+    if found is None:
+        return Baseline(None, frozenset(), why or NO_BASE_SCAN)
+    return Baseline(found, frozenset(baseline_keys(conn, found)))
 
 
 def baseline_keys(conn: sa.Connection, scan_id: int) -> set[tuple[str, str]]:
@@ -330,7 +348,7 @@ def evaluate(
     counting its findings. `tops` may hold the scans' top findings already read."""
     if not scans:
         return []
-    base = pr_base(conn, org_id, repo, sha) if pol.block_on == "new" else None
+    base, why = pr_base_or_why(conn, org_id, repo, sha) if pol.block_on == "new" else (None, None)
     if exceptions is None:
         exceptions = active_exceptions(conn, org_id)
     if tops is None:
@@ -356,8 +374,11 @@ def evaluate(
         covering = tuple(e for e in exceptions if e.id in used)
         if removed:  # those put back count as fixable to judge them; shown, the scan's stored count of them
             fixable = max(readable_fixable, s.fixable)
+        no_baseline = (why or NO_BASE_SCAN) if pol.block_on == "new" and baseline_id is None else None
         results.append(
-            policy.ImageResult(s.image_ref, status, counts, fixable, s.id, top, judged, baseline_id, covering, removed)
+            policy.ImageResult(
+                s.image_ref, status, counts, fixable, s.id, top, judged, baseline_id, covering, removed, no_baseline
+            )
         )
     return results
 

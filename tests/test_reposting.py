@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from app import db, reposts
+from app import commits, db, reposts
 from app.chain import retention
 from app.findings import service
 from app.github import outbox
@@ -253,7 +253,7 @@ def test_a_pull_request_learnt_after_the_upload_reposts_with_its_baseline(app, c
     work(app)
     assert shown(fake_github, head) == ("failure", "1 image · 1 new high · blocking")
     run = fake_github.runs_of("acme", "api", head)[-1]
-    assert "No baseline: every finding counts" in run["output"]["summary"]
+    assert f"No baseline: every finding counts ({commits.NO_PULL_REQUEST})" in run["output"]["summary"]
 
     assert pull_request(client, 5, head, base="main") == {"status": "queued"}
     work(app)
@@ -393,6 +393,18 @@ def test_a_head_of_pull_requests_into_different_bases_counts_every_finding(app, 
     upload(client, token, head, HIGH, ref=f"refs/pull/{into_main}/merge")
     work(app)
     assert shown(fake_github, head) == ("failure", "1 image · 1 new high · blocking")
+    assert f"({commits.MANY_BASES})" in fake_github.runs_of("acme", "api", head)[-1]["output"]["summary"]
+
+
+def test_a_pull_request_whose_base_has_no_scan_says_so(app, client, token, fake_github):
+    """The check run says which of the reasons for no baseline holds (spec section 3): here, no scan of the base."""
+    settings(client, token, block_on="new")
+    head = sha_of("into-unscanned")
+    pull_request(client, 9, head, base="unscanned")
+    assert upload(client, token, head, HIGH, ref="refs/pull/9/merge")["status"] == "failure"
+    work(app)
+    summary = fake_github.runs_of("acme", "api", head)[-1]["output"]["summary"]
+    assert f"No baseline: every finding counts ({commits.NO_BASE_SCAN})" in summary, summary
 
 
 def test_retention_emptying_a_baseline_reposts_the_heads_judged_against_it(app, client, token, fake_github):

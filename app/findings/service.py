@@ -180,7 +180,10 @@ def assess(
     covering = tuple(e for e in exceptions if e.id in used)
     flags = [blocking_of[b] for b in buckets] + [blocking_of[SYNTHETIC]] * len(synthetic)
     top = outbox.top_of(findings, flags)
-    image = policy.ImageResult(upload.image_ref, status, counts, fixable, None, top, judged, baseline_id, covering)
+    why = base.why_none if base is not None and base.scan_id is None else None
+    image = policy.ImageResult(
+        upload.image_ref, status, counts, fixable, None, top, judged, baseline_id, covering, no_baseline=why
+    )
     section = checks.image_section(image, pol.block_action, pol.block_on, search)
     blocking = judged.blocks if gating else 0
     return Assessment(findings, buckets, blocking_of, exception_ids, counts, fixable, status, blocking, image, section)

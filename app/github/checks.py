@@ -254,7 +254,7 @@ def split_line(image: ImageResult, block_action: str, block_on: str) -> str:
         )
     if block_on == "new":
         if image.baseline_scan_id is None:
-            text += " · No baseline: every finding counts"
+            text += " · No baseline: every finding counts" + (f" ({image.no_baseline})" if image.no_baseline else "")
         else:
             text += f" · Compared with the base's scan {int(image.baseline_scan_id)}"
     return text

@@ -249,6 +249,7 @@ class ImageResult:
     baseline_scan_id: int | None = None  # the scan compared with under block_on new; None: every finding counts
     exceptions: tuple[ActiveException, ...] = ()  # those that covered a finding, by id
     redacted: int = 0  # findings emptied by retention: judged by their stored severity, as fixable and new
+    no_baseline: str | None = None  # under block_on new with no baseline: why (app.commits NO_PULL_REQUEST, ...)
 
 
 @dataclass(frozen=True)
