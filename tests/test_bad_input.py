@@ -928,6 +928,9 @@ def test_severity_in_any_letter_case_is_accepted(app: Flask, client: Any, token:
         ),
         pytest.param(load(LEGACY_MIX)[1:], TRIVY_QUERY, id="trivy-legacy"),
         pytest.param([], TRIVY_QUERY, id="trivy-legacy-empty"),
+        pytest.param(
+            {**trivy_report(), "Results": [{"Target": None, "Vulnerabilities": None}]}, TRIVY_QUERY, id="trivy-nulls"
+        ),
     ],
 )
 def test_edge_cases_that_are_valid(app: Flask, client: Any, token: str, body: Any, query: Any) -> None:

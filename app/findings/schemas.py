@@ -921,7 +921,7 @@ class _Upload:
                     return r.skip(pos, depth + 2, _join(where, key), rows.errors)
                 if key == "Target":
                     target, end = r.value(pos, depth + 2, f"{where}.Target", rows.errors)
-                    if type(target) is not str:
+                    if target is not None and type(target) is not str:  # null: no Target, as Vulnerabilities null
                         rows.errors.add(f"{where}.Target", "string_type", "must be a string")
                         target = None
                     return end

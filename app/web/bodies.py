@@ -108,7 +108,7 @@ def read_body(
             415, "unsupported_media_type", f"Content-Encoding {encoding!r} is not supported; send gzip or no encoding."
         )
     if not body or body.isspace():
-        raise ApiError(400, "empty_body", "The body is empty; send the findings as JSON.")
+        raise ApiError(400, "empty_body", "The body is empty; send a JSON document.")
     return body
 
 
