@@ -499,6 +499,13 @@ def _parse_now(_ctx: click.Context, _param: click.Parameter, value: str | None) 
 @click.option("--now", callback=_parse_now, help="Apply retention as of this time (ISO-8601; default: now, UTC).")
 def retention_run(now: datetime | None) -> None:
     """Remove the payload of chain entries older than each org's retention_days; keep seq and hashes."""
+    ahead = (now - utcnow()).total_seconds() if now is not None else 0.0
+    if ahead > 60:  # allowed (to see what a later run will do), but nothing undoes it: said first
+        click.echo(
+            f"warning: --now is {ahead / 86400:.1f} days ahead of this machine's clock: payloads are aged out as of "
+            "then, which no later run undoes",
+            err=True,
+        )
     try:
         outcomes = retention.run(db.session(), now or utcnow())
     except retention.Busy as exc:
