@@ -138,21 +138,26 @@ def _newest_scan(*where: sa.ColumnElement[bool]) -> sa.Select[Any]:
     )
 
 
-# A scan stored under the base branch's ref whose commit is the head of a pull request into that branch was not
+# A scan stored under the base branch's ref whose commit is the head of an open pull request into that branch was not
 # built from the branch: its workflow ran for the pull request with the base's ref (`pull_request_target` gives
 # `github.ref` = the base). As a baseline it would make the pull request's own findings, and every other pull
-# request's like them, existing ones. Closed pull requests too: a head closed unmerged never reached the branch (and
-# one merged by a merge commit or a rebase is not the commit the branch has); a push of that very commit to the branch
-# is then no baseline either, and the one before it is (fails closed).
-_NOT_A_HEAD_INTO_ITS_REF = ~(
-    sa.select(PullRequestLink.id)
-    .where(
-        PullRequestLink.org_id == ScanRun.org_id,
-        PullRequestLink.repo_full_name == ScanRun.repo_full_name,
-        PullRequestLink.head_sha == ScanRun.commit_sha,
-        PullRequestLink.base_ref == ScanRun.ref,
-    )
-    .exists()
+# request's like them, existing ones. Such a scan is marked (`pr_head`) when stored, or when the pull request becomes
+# known (its webhook), so it stays no baseline once the pull request closes unmerged or moves to another head; a scan
+# of the same commit stored later under the branch, once no open pull request has it as its head (a fast-forward
+# merge pushed), is the branch's.
+_NOT_A_HEAD_INTO_ITS_REF = sa.and_(
+    ScanRun.pr_head.is_(False),
+    ~(
+        sa.select(PullRequestLink.id)
+        .where(
+            PullRequestLink.org_id == ScanRun.org_id,
+            PullRequestLink.repo_full_name == ScanRun.repo_full_name,
+            PullRequestLink.head_sha == ScanRun.commit_sha,
+            PullRequestLink.base_ref == ScanRun.ref,
+            PullRequestLink.state == "open",
+        )
+        .exists()
+    ),
 )
 _BY_BRANCH = _newest_scan(ScanRun.ref == sa.bindparam("ref"), _NOT_A_HEAD_INTO_ITS_REF)
 _BY_COMMIT = _newest_scan(ScanRun.commit_sha == sa.bindparam("sha"))

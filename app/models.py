@@ -180,6 +180,9 @@ class ScanRun(Base):
     blocking: Mapped[int] = mapped_column(default=0, server_default="0")  # findings that counted toward `status`
     baseline_scan_id: Mapped[int | None]  # the scan its findings were compared with (block_on new), if one was found
     block_on: Mapped[str | None] = mapped_column(sa.String(10))  # the policy's block_on it was judged under
+    # A scan of an open pull request's head stored under that pull request's base ref (pull_request_target): never a
+    # baseline of the base (app.commits), marked when stored or when the pull request becomes known.
+    pr_head: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
 
     @property
     def severity_counts(self) -> dict[str, int]:

@@ -14,8 +14,10 @@ with engine.connect() as connection:
     sqlite = connection.dialect.name == "sqlite"
     if sqlite:
         # Batch mode rebuilds a table by copy, drop and rename: with foreign keys on, dropping the old
-        # table would cascade-delete its children. Off for the migration, checked before it commits.
-        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        # table would cascade-delete its children. Off for the migration, checked before it commits. On the driver's
+        # connection: through SQLAlchemy the app's "begin" event would open a transaction first, inside which SQLite
+        # ignores the pragma (and every rebuild then emptied the tables referencing the rebuilt one).
+        connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
     context.configure(
         connection=connection,
         target_metadata=Base.metadata,
@@ -28,4 +30,4 @@ with engine.connect() as connection:
             raise RuntimeError("the migration left rows whose foreign keys point nowhere; rolled back")
     connection.commit()
     if sqlite:
-        connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+        connection.connection.driver_connection.execute("PRAGMA foreign_keys=ON")  # outside a transaction, as above

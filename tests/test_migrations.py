@@ -193,3 +193,26 @@ def test_the_worker_on_a_database_not_migrated_says_so_without_a_traceback(tmp_p
     [line] = [r for r in caplog.records if r.getMessage().startswith("worker.error")]
     assert "not migrated" in line.getMessage() and "db upgrade" in line.getMessage()
     assert not line.exc_info  # one line, not a traceback, for what one command fixes
+
+
+def test_foreign_keys_are_off_while_sqlite_migrates_and_on_after(tmp_path):
+    """SQLite rebuilds a table to alter it in batch mode (copy, drop, rename): with foreign keys on, dropping the old
+    copy deletes every row referencing it (ON DELETE CASCADE: a scan's outbox rows, its image). migrations/env.py turns
+    them off for the migration. HEAD's pragma ran inside the transaction the app's "begin" event had opened, where
+    SQLite ignores it: they stayed on while 0026 ran (seen from its statement's own connection)."""
+    app = create_app({"TESTING": True, "DATABASE_URL": f"sqlite:///{tmp_path / 'old.db'}", "SECRET_KEY": "x"})
+    engine = app.extensions["fremforge.db"].engine
+    migrate.upgrade(app, "0025")
+    seen: list[int] = []
+
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def _foreign_keys_then(conn, cursor, statement, *_):  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith("ALTER TABLE"):
+            seen.append(cursor.connection.execute("PRAGMA foreign_keys").fetchone()[0])
+
+    migrate.upgrade(app)
+    sa.event.remove(engine, "before_cursor_execute", _foreign_keys_then)
+    assert seen and set(seen) == {0}, seen
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("PRAGMA foreign_keys")).scalar() == 1
+    engine.dispose()

@@ -380,6 +380,43 @@ def test_a_head_scanned_with_its_bases_ref_stays_no_baseline_once_its_pull_reque
     assert shown(fake_github, seven) == ("failure", "1 image · 1 new high · blocking")
 
 
+@pytest.mark.parametrize("webhook_first", [True, False], ids=["pr-known", "upload-first"])
+def test_a_superseded_heads_scan_under_its_bases_ref_is_no_baseline(app, client, token, fake_github, webhook_first):
+    """Pull request 7 moved from h1 to h2; h1's scan (under refs/heads/main, as pull_request_target stores it) is
+    still no scan of main, whether the pull request was known when it was stored or became known after (its opened
+    event arriving late). HEAD: the exclusion followed the pull request's current head only, and 8's high went green."""
+    settings(client, token, block_on="new")
+    upload(client, token, sha_of("main-tip"), CLEAN, ref="refs/heads/main")
+    h1, h2, eight = sha_of("pr-7-h1"), sha_of("pr-7-h2"), sha_of("pr-8")
+    if webhook_first:
+        pull_request(client, 7, h1)
+    upload(client, token, h1, HIGH, ref="refs/heads/main")
+    if not webhook_first:
+        pull_request(client, 7, h1)
+    pull_request(client, 7, h2, action="synchronize", at="2026-12-01T11:00:00Z")
+    pull_request(client, 8, eight)
+    assert upload(client, token, eight, HIGH, ref="refs/pull/8/merge")["status"] == "failure"
+    work(app)
+    assert shown(fake_github, eight) == ("failure", "1 image · 1 new high · blocking")
+
+
+def test_a_fast_forward_merged_head_pushed_to_its_base_is_the_bases_scan(app, client, token, fake_github):
+    """Pull request 1 fixes main's high and is merged by pushing its head to main; main's push workflow scans that
+    commit under refs/heads/main: that scan is main's (the pull request is closed), so pull request 2 bringing the high
+    back is new and blocks. (Its pull_request_target scan, stored while it was open, stays no baseline.)"""
+    settings(client, token, block_on="new")
+    upload(client, token, sha_of("main-1"), HIGH, ref="refs/heads/main")
+    fix, again = sha_of("pr-1-fix"), sha_of("pr-2-again")
+    pull_request(client, 1, fix)
+    upload(client, token, fix, CLEAN, ref="refs/heads/main")  # pull_request_target, while open
+    pull_request(client, 1, fix, action="closed", at="2026-12-01T11:00:00Z")
+    upload(client, token, fix, CLEAN, ref="refs/heads/main")  # main's push workflow, the same commit
+    pull_request(client, 2, again)
+    assert upload(client, token, again, HIGH, ref="refs/pull/2/merge")["status"] == "failure"
+    work(app)
+    assert shown(fake_github, again) == ("failure", "1 image · 1 new high · blocking")
+
+
 @pytest.mark.parametrize("numbers", [(1, 2), (2, 1)])
 def test_a_head_of_pull_requests_into_different_bases_counts_every_finding(app, client, token, fake_github, numbers):
     """One commit status serves both: the high is new to release, so it blocks, whichever pull request came last."""

@@ -26,6 +26,19 @@ LINK_SCANS = (
     )
     .values(pr_number=sa.bindparam("number"))
 )
+# The head's scans stored under the pull request's base ref (a pull_request_target run, whose github.ref is the
+# base's) are marked as a head's: none is ever the base's baseline (app.commits), also once the pull request closes.
+MARK_HEAD_SCANS = (
+    sa.update(_scans)
+    .where(
+        _scans.c.org_id == sa.bindparam("org"),
+        _scans.c.repo_full_name == sa.bindparam("repo"),
+        _scans.c.commit_sha == sa.bindparam("sha"),
+        _scans.c.ref == sa.bindparam("base_ref"),
+        _scans.c.pr_head.is_(False),
+    )
+    .values(pr_head=True)
+)
 
 
 def _upsert_link_statement(dialect: str) -> Any:
@@ -41,7 +54,8 @@ def _upsert_link_statement(dialect: str) -> Any:
             "state": insert.excluded.state,
             "updated_at": insert.excluded.updated_at,
         },
-        where=insert.excluded.updated_at >= _links.c.updated_at,
+        # A row stamped in the future (before such stamps were taken as the time of receipt) yields too.
+        where=(insert.excluded.updated_at >= _links.c.updated_at) | (_links.c.updated_at > sa.bindparam("future")),
     )
 
 
@@ -63,6 +77,8 @@ def pull_request_head(session: Session, payload: dict[str, Any], ctx: Context) -
     if state == "closed":
         return None
     conn = session.connection()
+    if link["base_ref"] is not None:
+        conn.execute(MARK_HEAD_SCANS, link)
     scanned = conn.execute(LINK_SCANS, link).rowcount
     if scanned and link["changed"] and ctx.deliver:
         reposts.ask(conn, link["org"], link["repo"], link["sha"], ctx.urls)
@@ -99,10 +115,12 @@ def _upsert_link(session: Session, payload: dict[str, Any], state: str) -> dict[
             "base_sha": base_sha,
             "state": state,
             "updated_at": stamp,
+            "future": utcnow() + FUTURE_SKEW,
         },
     ).rowcount
     # changed: the event was at least as new as what was known (an older one redelivered changes nothing)
-    return {"org": org.id, "repo": repo, "sha": sha, "number": number, "changed": bool(changed)}
+    link = {"org": org.id, "repo": repo, "sha": sha, "number": number, "changed": bool(changed)}
+    return {**link, "base_ref": base_ref}
 
 
 def _base(payload: dict[str, Any]) -> tuple[str | None, str | None]:
