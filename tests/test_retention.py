@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from app import db, worker
-from app.chain import retention
+from app.chain import audit, retention
 from app.findings import service
 from app.github import outbox
 from app.models import AuditEvent, Finding, ScanRun, WebhookDelivery, utcnow
@@ -74,7 +74,7 @@ def test_aged_payloads_leave_and_the_chain_still_verifies(app, aged):
     assert scalar(app, "SELECT count(*) FROM findings WHERE payload_hash IS NOT NULL") == heads_before
 
     code, after = verdict(app)
-    assert code == 0 and after["entries"] == before["entries"] + 1  # + the retention.run event
+    assert code == 0 and after["entries"] == before["entries"] + 2  # + its retention.started and retention.run events
     assert after["redacted"] == 30
 
 
@@ -140,7 +140,7 @@ def test_everything_can_age_out_and_still_verify(app, aged):
     result = app.test_cli_runner().invoke(args=["retention", "run", "--now", FUTURE])
     assert result.exit_code == 0 and "warning: --now is" in result.output  # ahead of the clock: said first
     code, v = verdict(app)
-    assert code == 0 and v["redacted"] == v["entries"] - 1  # all but the retention.run event itself
+    assert code == 0 and v["redacted"] == v["entries"] - 2  # all but the run's own two events
 
 
 def test_a_bad_now_is_a_usage_error(app):
@@ -254,3 +254,22 @@ def test_a_finding_that_lost_its_payload_leaves_the_advisory_search(app, client,
     assert app.test_cli_runner().invoke(args=["retention", "run"]).exit_code == 0
     assert images_with("CVE-2024-0025") == []
     assert images_with("CVE-2024-0005") == ["ghcr.io/acme/new"]
+
+
+def test_a_run_cut_short_after_its_first_removal_still_verifies(app, aged, monkeypatch):
+    """The database went away (or the worker was killed) between a chunk's removals and the run's retention.run event:
+    the retention.started event that came with the first removal holds the run's cut-off, so `chain verify` takes the
+    removals as retention's. HEAD wrote the cut-off only at the end: the chain was reported BROKEN for good."""
+    real = audit.record
+
+    def database_gone(session, org_id, action, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if action == audit.Action.RETENTION_RUN:
+            raise sa.exc.OperationalError("INSERT", {}, Exception("server closed the connection"))
+        return real(session, org_id, action, *args, **kwargs)
+
+    monkeypatch.setattr(audit, "record", database_gone)
+    result = app.test_cli_runner().invoke(args=["retention", "run"])
+    assert result.exit_code != 0
+    assert payloads(app, OLD_MARK) == 0  # its chunk was committed
+    code, v = verdict(app)
+    assert (code, v["intact"]) == (0, True), v

@@ -21,6 +21,7 @@ class Action(StrEnum):
     SIGNED_IN = "admin.signed_in"
     SIGNED_OUT = "admin.signed_out"
     LOGIN_LINK_CREATED = "admin.login_link_created"
+    RETENTION_STARTED = "retention.started"  # before a run's first removal: its cut-off, should the run be cut short
     RETENTION_RUN = "retention.run"
     EXCEPTION_CREATED = "exception.created"
     EXCEPTION_REVOKED = "exception.revoked"
@@ -38,6 +39,7 @@ _LABELS = {
     Action.SIGNED_IN: "Signed in",
     Action.SIGNED_OUT: "Signed out",
     Action.LOGIN_LINK_CREATED: "Login link created",
+    Action.RETENTION_STARTED: "Retention run started",
     Action.RETENTION_RUN: "Retention run",
     Action.EXCEPTION_CREATED: "Exception created",
     Action.EXCEPTION_REVOKED: "Exception revoked",

@@ -245,12 +245,18 @@ def run_org(
     session.rollback()
     params = {"org": org_id, "cutoff": cutoff, "now": now}
     findings = 0
+    started = {"cutoff": chain.timestamp(cutoff), "retention_days": retention_days}
     for lo in range(0, head_seq, CHUNK):  # short transactions: appends go on between chunks
         if lo and stopping():  # what was redacted so far is recorded below; the rest waits for the next run
             break
         with write_transaction(session):
-            findings += rowcount(session.execute(REDACT_FINDINGS, {**params, "lo": lo, "hi": lo + CHUNK}))
+            removed = rowcount(session.execute(REDACT_FINDINGS, {**params, "lo": lo, "hi": lo + CHUNK}))
             session.execute(DROP_REDACTED_FROM_INDEX, {"org": org_id, "lo": lo, "hi": lo + CHUNK})
+            if removed and not findings:
+                # The run's cut-off goes in with its first removal: if the run is cut short (the database away, the
+                # worker killed) before its retention.run event below, `chain verify` still finds whose they were.
+                audit.record(session, org_id, audit.Action.RETENTION_STARTED, ACTOR, started, at=now)
+            findings += removed
     with write_transaction(session):
         audit_events = rowcount(session.execute(REDACT_AUDIT, params))
         aged = session.execute(AGED_OUTBOX, params).all()

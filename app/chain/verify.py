@@ -312,8 +312,8 @@ AUDIT = (
 )  # fmt: skip
 STREAM = {"yield_per": 5000}  # a server-side cursor on PostgreSQL: memory stays flat
 RETENTION_RUNS = sa.select(_a.c.created_at, _col(_a, "details")).where(
-    _a.c.org_id == sa.bindparam("org"), _a.c.action == "retention.run"
-)
+    _a.c.org_id == sa.bindparam("org"), _a.c.action.in_(("retention.started", "retention.run"))
+)  # a run's first removal comes with its retention.started event: a run cut short after it still has its cut-off
 AGED_OUT_EVENTS = sa.select(_a.c.created_at).where(_a.c.org_id == sa.bindparam("org"), _a.c.redacted_at.is_not(None))
 HEAD = sa.select(_h.c.seq, _h.c.head_hash).where(_h.c.org_id == sa.bindparam("org"))
 
