@@ -55,18 +55,21 @@ def worker_problem(mine: str | None, apps: set[str | None]) -> str | None:
     workers alive post as (`worker.apps_alive`); None when they agree.
 
     With an App, a worker posting as that App must be alive. Without one, this process stores every upload's state
-    as not delivered: a worker alive that posts as an App says this process lost the settings the others have.
+    as not delivered: a worker alive that posts as an App says this process lost the settings the others have. A
+    worker of an earlier release (mid-upgrade) names no App: it is taken for whichever this process has.
     """
-    if mine is not None and mine not in apps:
-        if not apps - {None}:
+    named = {a for a in apps if a is not None and a != worker.UNKNOWN_APP}
+    if mine is not None and mine not in apps and worker.UNKNOWN_APP not in apps:
+        if not named:
             return "no outbox worker alive in the last minute: start `flask --app wsgi worker`"
-        others = ", ".join(sorted(a for a in apps if a is not None))
+        others = ", ".join(sorted(named))
         return (
             f"no outbox worker of GitHub App {mine} alive in the last minute (the workers alive post as App "
-            f"{others}): give this process and the workers the same FREMFORGE_GITHUB_APP_ID"
+            f"{others}): give this process and the workers the same FREMFORGE_GITHUB_APP_ID (the App's id in both, "
+            "not its client id in one)"
         )
-    if mine is None and apps - {None}:
-        others = ", ".join(sorted(a for a in apps if a is not None))
+    if mine is None and named:
+        others = ", ".join(sorted(named))
         return (
             f"this process has no GitHub App configured, but the outbox workers post as App {others}: its uploads "
             "would be stored as not delivered; give it the workers' FREMFORGE_GITHUB_APP_ID and "

@@ -70,6 +70,11 @@ class Loop:
         if self.once:
             self._retention_due = self._redelivery_due = float("inf")
 
+    @property
+    def app_id(self) -> str | None:
+        """The GitHub App this worker posts as (None: none), as its heartbeat says."""
+        return self.gh.app_id if self.gh is not None else None
+
     def run(self) -> int:
         """Until stopped (or, with `once`, until nothing is due): never exits on a database or GitHub error."""
         if not self.once:
@@ -119,7 +124,7 @@ class Loop:
             return False
         try:
             with sessions() as session:
-                beat(session, self.name, self.started, self.gh.app_id if self.gh is not None else None)
+                beat(session, self.name, self.started, self.app_id)
         except Exception as exc:  # the database is away: no beat, and /readyz says so
             log.warning("worker.heartbeat_failed error=%s", type(exc).__name__)
             return False
@@ -130,7 +135,7 @@ class Loop:
         asked to be posted again, deliver one round; the rows handled."""
         self.round_began = time.monotonic()
         if self.once:
-            beat(db.session(), self.name, self.started)
+            beat(db.session(), self.name, self.started, self.app_id)
         if time.monotonic() >= self._retention_due:
             self._retention_due = time.monotonic() + daily_retention(self.stop.is_set)
         if time.monotonic() >= self._expiry_due:  # exceptions that expired: audited, their commits re-posted
@@ -209,10 +214,11 @@ class Loop:
 
 
 def beat(session: Session, name: str, started: datetime, github_app_id: str | None = None) -> None:
-    """Record that this worker is alive, on the database's clock, and the GitHub App it posts as (None: none)."""
+    """Record that this worker is alive, on the database's clock, and the GitHub App it posts as (None: none, stored
+    as "": NULL is a worker of an earlier release, which did not say)."""
     with write_transaction(session):
         conn = session.connection()
-        params = {"worker": name, "app": github_app_id}
+        params = {"worker": name, "app": github_app_id or ""}
         done = conn.execute(BEAT, params)
         if done.rowcount == 0:
             conn.execute(FIRST_BEAT, {**params, "started": started})
@@ -223,16 +229,19 @@ def alive(conn: sa.Connection) -> bool:
     return bool(apps_alive(conn))
 
 
+UNKNOWN_APP = "an App an earlier release's worker did not name"  # its heartbeat's github_app_id is NULL
+
+
 def apps_alive(conn: sa.Connection) -> set[str | None]:
     """The GitHub Apps the workers that beat within ALIVE_WITHIN (on the database's clock) post as; None stands for
-    a worker with no GitHub App. Empty: no worker alive."""
+    a worker with no GitHub App, UNKNOWN_APP for one of an earlier release (during an upgrade). Empty: none alive."""
     since = clock.now_of(conn) - ALIVE_WITHIN
     apps: set[str | None] = set()
     for beat_at, app_id in conn.execute(BEATS).all():
         if not isinstance(beat_at, datetime):
             beat_at = datetime.fromisoformat(beat_at)
         if beat_at >= since:
-            apps.add(app_id)
+            apps.add(UNKNOWN_APP if app_id is None else app_id or None)
     return apps
 
 

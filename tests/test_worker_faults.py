@@ -565,13 +565,33 @@ def test_readyz_is_503_when_this_process_and_the_workers_post_as_different_githu
 
 
 def test_the_worker_beats_with_the_github_app_it_posts_as(app: Flask, make_app: MakeApp) -> None:
-    """The heartbeat a worker process beats names its App (None without one): what /readyz compares."""
+    """The heartbeat a worker process beats names its App (None without one), `worker --once` too: what /readyz
+    compares."""
+    ours = str(app.config["GITHUB_APP_ID"])
     with app.app_context():
         assert worker_loop.Loop(github_app()).beat_once(db.database().sessions)
-        assert worker_loop.apps_alive(db.session().connection()) == {str(app.config["GITHUB_APP_ID"])}
+        assert worker_loop.apps_alive(db.session().connection()) == {ours}
+        db.session().execute(sa.delete(WorkerHeartbeat))
+        db.session().commit()
+        worker_loop.Loop(github_app(), once=True).run()  # beats once per round, from its own loop
+        assert worker_loop.apps_alive(db.session().connection()) == {ours}
     plain = make_app()
     with plain.app_context():
         db.session().execute(sa.delete(WorkerHeartbeat))
         db.session().commit()
         assert worker_loop.Loop(None).beat_once(db.database().sessions)
         assert worker_loop.apps_alive(db.session().connection()) == {None}
+
+
+def test_a_worker_of_an_earlier_release_is_taken_for_any_app_during_an_upgrade(app: Flask, make_app: MakeApp) -> None:
+    """Migrated, but the workers still run the release before: their beats name no App (NULL). A web process with an
+    App is ready, as before; one without an App too (nothing says the workers post as one)."""
+    with app.app_context():
+        session = db.session()
+        at = clock.now_of(session.connection())
+        session.add(WorkerHeartbeat(name="old-release", started_at=at, beat_at=at, github_app_id=None))
+        session.commit()
+    r = app.test_client().get("/readyz")
+    assert r.status_code == 200 and r.json["worker"] == "alive", r.json
+    r = make_app().test_client().get("/readyz")
+    assert r.status_code == 200, r.json
