@@ -467,6 +467,11 @@ BAD_BODIES = [
     pytest.param(
         m422("[0].SchemaVersion", [trivy_report(), trivy_report()], query=TRIVY_QUERY), id="trivy-reports-slurped"
     ),
+    pytest.param(m422("[0].findings", [seed(), seed()], query=TRIVY_QUERY), id="seed-bodies-slurped"),
+    pytest.param(
+        m422("Vulnerabilities", {**trivy_report(), "Vulnerabilities": [{}]}, query=TRIVY_QUERY),
+        id="trivy-vulnerabilities-at-the-top",
+    ),
     pytest.param(
         m422("results", {k.lower() if k == "Results" else k: v for k, v in trivy_report().items()}, query=TRIVY_QUERY),
         id="trivy-results-lower-case",

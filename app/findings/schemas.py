@@ -747,7 +747,13 @@ class _Upload:
                 r.errors.add(key, "conflict", BOTH_LISTS)
                 return r.skip(pos, 1, key, r.errors)
             if key not in _FINDING_LISTS and key.lower() in _LISTS_FOLDED:
-                r.errors.add(key, "unknown_spelling", f"is not read: the list is spelt {_LISTS_FOLDED[key.lower()]}")
+                where_it_goes = _LISTS_FOLDED[key.lower()]
+                why = (
+                    "is not read here: Vulnerabilities are a Result's, in Results"
+                    if where_it_goes == "Vulnerabilities"
+                    else f"is not read: the list is spelt {where_it_goes}"
+                )
+                r.errors.add(key, "unknown_spelling", why)
                 return r.skip(pos, 1, key, r.errors)
             if key == "findings":
                 return self._findings(pos)
@@ -907,11 +913,11 @@ class _Upload:
                     rows.errors.add(_join(where, key), "duplicate_key", TWICE)
                     return r.skip(pos, depth + 2, _join(where, key), rows.errors)
                 seen.add(key)
-                if key in _REPORT_ONLY_KEYS:
-                    rows.errors.add(
+                if key in _REPORT_ONLY_KEYS or key == "findings" or key in QUERY_FIELDS:
+                    rows.errors.add(  # a whole report, or a seed body, in an array (`jq -s`): none is a Result
                         _join(where, key),
                         "report_in_results",
-                        "belongs to a whole Trivy report, not to a Result: upload each report on its own",
+                        "belongs to a whole report or upload body, not to a Trivy Result: upload each on its own",
                     )
                     return r.skip(pos, depth + 2, _join(where, key), rows.errors)
                 if key != "Vulnerabilities" and key.lower() == "vulnerabilities":
