@@ -323,17 +323,18 @@ DATABASE_URL_FORMS = "sqlite:///PATH or postgresql://USER@HOST:PORT/DATABASE"
 
 
 def check_checkpoint_key_file(path: Path) -> None:
-    """CHECKPOINT_KEY_FILE, when it exists, must hold an Ed25519 private key (PEM); when it does not, its folder is
-    where the key is made on first use."""
-    if path.is_dir():
-        raise ConfigError(f"FREMFORGE_CHECKPOINT_KEY_FILE names a folder, not a key file: {path}")
-    if not path.exists():
+    """CHECKPOINT_KEY_FILE, when this process can read it, must hold an Ed25519 private key (PEM); when it does not
+    exist, its folder is where the key is made on first use. One this process may not read (a command run as another
+    user) is left to the processes that sign, which say so when they do."""
+    try:
+        if path.is_dir():
+            raise ConfigError(f"FREMFORGE_CHECKPOINT_KEY_FILE names a folder, not a key file: {path}")
+        pem = path.read_bytes()
+    except OSError:  # absent, or not ours to read
         return
     try:
-        private = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except OSError as exc:
-        raise ConfigError(f"FREMFORGE_CHECKPOINT_KEY_FILE cannot be read: {exc.strerror}") from None
-    except (ValueError, TypeError):
+        private = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise ConfigError(
             f"FREMFORGE_CHECKPOINT_KEY_FILE does not hold a PEM private key (unencrypted): {path}"
         ) from None

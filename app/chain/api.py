@@ -55,7 +55,7 @@ def _key(create: bool) -> checkpoints.Key:
     except checkpoints.KeyUnavailable as exc:  # the operator's log names the file; an org's token learns no path
         log.error("checkpoint.key_unavailable: %s", exc)
         raise ApiError(
-            503, "checkpoint_key_unavailable", "The service's checkpoint key cannot be had: its operator is told."
+            503, "checkpoint_key_unavailable", "The service's checkpoint key cannot be read; its log says why."
         ) from None
 
 

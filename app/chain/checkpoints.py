@@ -78,7 +78,7 @@ def load_or_create(path: Path, create: bool = True) -> Key:
             raise KeyUnavailable(
                 f"there is no checkpoint key at {path} (FREMFORGE_CHECKPOINT_KEY_FILE): checkpoints cannot be checked"
             )
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # a folder made for it is the key's alone
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # its own folder, when made here, is private
         pem = Ed25519PrivateKey.generate().private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
