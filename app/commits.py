@@ -51,7 +51,7 @@ LATEST = (
 
 
 def _top_findings_statement() -> sa.Select[Any]:
-    # Those that blocked when the scan was judged first (as an upload's own summary lists them: outbox.top_of).
+    # Those that blocked when the scan was judged first: candidates for `listed`, which judges them under the policy now.
     blocked_first = sa.case((Finding.blocking.is_(True), 0), else_=1)
     rank = sa.func.row_number().over(
         partition_by=Finding.scan_run_id, order_by=(blocked_first, SEVERITY_ORDER, Finding.package, Finding.cve_id)
@@ -356,8 +356,8 @@ def evaluate(
     base, why = pr_base_or_why(conn, org_id, repo, sha) if pol.block_on == "new" else (None, None)
     if exceptions is None:
         exceptions = active_exceptions(conn, org_id)
-    if tops is None:
-        tops = top_findings_many(conn, [s.id for s in scans])
+    if tops is None:  # more than are listed: listed, those that block now first (`listed`)
+        tops = top_findings_many(conn, [s.id for s in scans], CANDIDATES)
     results = []
     for s in scans:
         baseline_id = baseline(conn, org_id, repo, s.image_name, *base, scan_id=s.id) if base is not None else None
@@ -374,7 +374,8 @@ def evaluate(
             fixable += n if fixed else 0
         counts["critical"] += len(synthetic)
         judged = policy.tally(pol, counted, len(synthetic))
-        top = [*synthetic, *(f for f in tops.get(s.id, []) if not f.get("synthetic"))]
+        keys = baseline_keys(conn, baseline_id) if baseline_id is not None else None
+        top = [*synthetic, *listed(pol, tops.get(s.id, []), keys, matcher)]
         status = policy.scan_status(pol, judged.blocks)
         covering = tuple(e for e in exceptions if e.id in used)
         if removed:  # those put back count as fixable to judge them; shown, the scan's stored count of them
@@ -386,6 +387,28 @@ def evaluate(
             )
         )
     return results
+
+
+CANDIDATES = 10  # a scan's findings read to list five: those that blocked at upload first, then the most severe
+
+
+def listed(
+    pol: policy.Policy,
+    candidates: Sequence[dict[str, Any]],
+    keys: set[tuple[str, str]] | None,
+    matcher: Matcher | None,
+    limit: int = 5,
+) -> list[dict[str, Any]]:
+    """The findings a scan's summary lists, judged under the policy now (`keys`: its baseline's, None: not compared):
+    those that block first, then the most severe, as an upload's own (policy.top_findings)."""
+    uploaded = [f for f in candidates if not f.get("synthetic")]
+
+    def blocks(f: dict[str, Any]) -> bool:
+        new = None if keys is None else (f["cve_id"], f["package"]) not in keys
+        excepted = matcher is not None and matcher.covering(f) is not None
+        return policy.reason(pol, f["severity"], bool(f["fixed_version"]), new, excepted) is None
+
+    return [dict(f) for f in policy.top_findings(uploaded, [blocks(f) for f in uploaded], limit)]
 
 
 def redacted(

@@ -282,6 +282,25 @@ def test_the_check_run_lists_the_findings_that_block_before_existing_ones(app, c
     assert "2 images" in summary and "CVE-2024-9999" in summary, summary
 
 
+def test_the_listed_findings_follow_the_policy_of_each_post(app, client, token, fake_github):
+    """Under warn, what would block is listed first too; once the policy changes (block_on all, only criticals block),
+    the commit posted again lists the criticals that block now, not the high that blocked at upload."""
+    settings(client, token, block_on="new", block_action="warn")
+    existing = [finding(cve_id=f"CVE-2024-20{i}", severity="critical", package=f"lib{i}") for i in range(5)]
+    added = finding(cve_id="CVE-2024-8888", severity="high", package="aaa")
+    head = sha_of("warned")
+    upload(client, token, sha_of("main-tip"), existing, ref="refs/heads/main")
+    pull_request(client, 6, head)
+    upload(client, token, head, [*existing, added], ref="refs/pull/6/merge")
+    work(app)
+    summary = fake_github.runs_of("acme", "api", head)[-1]["output"]["summary"]
+    assert "Would block (warn: not enforced): 1" in summary and "CVE-2024-8888" in summary, summary
+    settings(client, token, block_on="all", block_action="block_pull", block_threshold="critical")
+    work(app)
+    summary = fake_github.runs_of("acme", "api", head)[-1]["output"]["summary"]
+    assert "**Blocking: 5** (5 critical)" in summary and "CVE-2024-8888" not in summary, summary
+
+
 def test_a_base_changed_by_an_edit_reposts_against_the_new_base(app, client, token, fake_github):
     settings(client, token, block_on="new")
     head = sha_of("edited-head")

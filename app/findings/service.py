@@ -179,8 +179,8 @@ def assess(
     baseline_id = base.scan_id if base is not None else None
     used = set(exception_ids or ()) - {None}
     covering = tuple(e for e in exceptions if e.id in used)
-    flags = [blocking_of[b] for b in buckets] + [blocking_of[SYNTHETIC]] * len(synthetic)
-    top = outbox.top_of(findings, flags)
+    would = {b: policy.reason(pol, *b) is None for b in counted}  # under warn too: what would block is listed first
+    top = policy.top_findings(findings, [would[b] for b in buckets] + [True] * len(synthetic))
     why = base.why_none if base is not None and base.scan_id is None else None
     image = policy.ImageResult(
         upload.image_ref, status, counts, fixable, None, top, judged, baseline_id, covering, no_baseline=why

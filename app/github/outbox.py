@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import functools
-import heapq
-import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -18,7 +16,7 @@ from app import commits, locks, policy, reposts
 from app.clock import database_now
 from app.db import write_transaction
 from app.github import checks, posting
-from app.models import SEVERITIES, OutboxItem, utcnow
+from app.models import OutboxItem, utcnow
 from app.web.urls import Urls
 
 NO_APP = "no GitHub App configured"
@@ -152,20 +150,6 @@ def repost_asked(
 class _Org(NamedTuple):
     id: int
     slug: str
-
-
-def top_of(
-    findings: list[dict[str, Any]], blocking: Sequence[bool] | None = None, limit: int = 5
-) -> list[dict[str, Any]]:
-    """The findings an upload's summary lists: those that block first (each finding's flag in `blocking`), then the
-    most severe: a reviewer is shown what holds the pull request, not an existing critical that does not."""
-    rank = {s: i for i, s in enumerate(SEVERITIES)}
-    flags = blocking if blocking is not None else itertools.repeat(False)
-    ranked = zip(findings, flags, strict=False)
-    chosen = heapq.nsmallest(
-        limit, ranked, key=lambda fb: (not fb[1], rank[fb[0]["severity"]], fb[0]["package"], fb[0]["cve_id"])
-    )
-    return [f for f, _ in chosen]
 
 
 _outbox = OutboxItem.__table__

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -294,3 +296,18 @@ def describe(state: str, block_action: str, images: tuple[ImageResult, ...], blo
         parts[1] = parts[1][: max(room, 0)] + "…"
         text = " · ".join(parts)[:DESCRIPTION_LIMIT]
     return text
+
+
+def top_findings(
+    findings: Sequence[Mapping[str, Any]], blocking: Sequence[bool] | None = None, limit: int = 5
+) -> list[Mapping[str, Any]]:
+    """The findings a summary lists: those that block first (each finding's flag in `blocking`), then the most
+    severe: a reviewer is shown what holds the pull request, not an existing critical that does not."""
+    rank = {s: i for i, s in enumerate(SEVERITIES)}
+    flags = blocking if blocking is not None else itertools.repeat(False)
+    chosen = heapq.nsmallest(
+        limit,
+        zip(findings, flags, strict=False),
+        key=lambda fb: (not fb[1], rank.get(fb[0]["severity"], len(rank)), fb[0]["package"], fb[0]["cve_id"]),
+    )
+    return [f for f, _ in chosen]
