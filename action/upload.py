@@ -15,7 +15,9 @@ Inputs come from the environment (action.yml maps its inputs onto these names; r
 The report is gzipped and POSTed as a raw Trivy upload (POST /api/v1/orgs/{org}/image-scans/findings, the
 fields above as query parameters) with an Idempotency-Key that stays the same on every retry of this run, so a
 retry never stores the scan twice. 5xx, 429, 409 (the same key still in flight) and connection errors are tried
-again, at most FREMFORGE_UPLOAD_ATTEMPTS times in all (default 5), after Retry-After when the server sends one,
+again, at most FREMFORGE_UPLOAD_ATTEMPTS times in all (default 5), after Retry-After when the server sends one
+(a 409 "in flight" is asked again for up to 150 s without spending attempts: the first request's own answer is
+awaited, even when it died and its key waits out the server's 2-minute lease),
 else after 2, 4, 8, … seconds, never more than FREMFORGE_UPLOAD_MAX_WAIT seconds (default 60) at a time. Any
 other answer, or the last one, that is not a 2xx fails: exit status 1 (2 for inputs that cannot work).
 
@@ -50,6 +52,9 @@ VERSION = "1"
 USER_AGENT = f"fremforge-upload-action/{VERSION} python/{sys.version_info[0]}.{sys.version_info[1]}"
 GZIP_MAGIC = b"\x1f\x8b"
 RETRIED_STATUSES = {409, 429}  # and every 5xx
+IN_FLIGHT_PATIENCE = (
+    150.0  # seconds of 409 "in flight" waited for: the server's lease on a dead request's key, and more
+)
 SEVERITIES = ("critical", "high", "medium", "low", "unknown")
 QUERY = (  # query parameter <- environment variable
     ("image_ref", "FREMFORGE_IMAGE_REF"),
@@ -203,7 +208,10 @@ def read_report(path: str) -> tuple[bytes, str]:
                 size += len(chunk)
                 out.write(chunk)
                 if not first:  # the first character after white space and a byte-order mark (the server takes both)
-                    first = chunk.lstrip().removeprefix(b"\xef\xbb\xbf").lstrip()[:1]
+                    start = chunk.lstrip()
+                    first = (start[3:] if start.startswith(b"\xef\xbb\xbf") else start).lstrip()[
+                        :1
+                    ]  # 3.8: no removeprefix
                 chunk = f.read(1 << 20)
             if out is not packed:
                 out.close()
@@ -351,7 +359,9 @@ def upload(env: dict[str, str], out: Out) -> dict[str, Any]:
     )
     out.say(f"fremforge: Idempotency-Key: {key}")
     last = ""
-    for attempt in range(1, settings.attempts + 1):
+    attempt, waited_in_flight = 0, 0.0
+    while attempt < settings.attempts:
+        attempt += 1
         asked: float | None = None
         try:
             status, answer_headers, data = send(url, body, headers, settings.timeout)
@@ -370,12 +380,24 @@ def upload(env: dict[str, str], out: Out) -> dict[str, Any]:
                 if answer_headers.get("idempotent-replayed") == "true":
                     out.say("fremforge: the server had this upload already (same Idempotency-Key): its first answer")
                 return answer
-            text, _ = describe(status, data)
+            text, error = describe(status, data)
             if not (status >= 500 or status in RETRIED_STATUSES):
-                hint = " (the input `url` must be the app's base URL)" if 300 <= status < 400 else ""
+                where = answer_headers.get("location")
+                hint = f" (the input `url` must be the app's base URL; it answered Location: {where})" if where else ""
+                hint = hint or (" (the input `url` must be the app's base URL)" if 300 <= status < 400 else "")
                 raise Failed(f"{text}{hint}")
             last = text
             asked = retry_after(answer_headers.get("retry-after"), time.time())
+            in_flight = isinstance(error, dict) and error.get("error") == "idempotency_key_in_flight"
+            if status == 409 and in_flight and waited_in_flight < IN_FLIGHT_PATIENCE:
+                # The first request with this key is still running, or died and holds its key until the server's
+                # lease (2 minutes) ends: waited for without spending attempts, so the upload it made is the answer.
+                attempt -= 1
+                wait = max(min(asked if asked is not None else 2.0, settings.max_wait), 1.0)
+                waited_in_flight += wait
+                out.say(f"fremforge: {last}: the upload with this key is still in flight; asking again in {wait:g} s")
+                time.sleep(wait * settings.time_scale)
+                continue
         if attempt == settings.attempts:
             break
         wait = backoff(settings, attempt, asked)

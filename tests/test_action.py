@@ -3,6 +3,7 @@ loopback and against a loopback server that answers what a test tells it to (spe
 
 from __future__ import annotations
 
+import ast
 import gzip
 import importlib.util
 import itertools
@@ -411,6 +412,18 @@ def test_5xx_429_and_409_are_tried_again_with_the_same_key_honouring_retry_after
     assert token not in run.output + run.summary
 
 
+def test_a_key_still_in_flight_is_waited_for_without_spending_attempts(scripted: Scripted, tmp_path: Path) -> None:
+    """The first request died (its worker killed) or waits on a lock: the server answers 409 in flight until its
+    answer is there or the key's 2-minute lease ends. HEAD spent an attempt on each 409 and failed the step after about
+    8 s, though the upload it made was stored a moment later (and a re-run of the job stored it again)."""
+    in_flight = error(409, "idempotency_key_in_flight", "Still being processed.", **{"Retry-After": "2"})
+    scripted.answers = [error(502, "bad_gateway", "The proxy lost the worker."), *[in_flight] * 30, accepted(43)]
+    run = run_step(tmp_path, inputs_for(scripted.url, "tok_abcdef0123456789"), {"FREMFORGE_UPLOAD_ATTEMPTS": "3"})
+    assert run.returncode == 0, run.output
+    assert run.outputs["scan-run-id"] == "43" and len(scripted.requests) == 32
+    assert "still in flight; asking again in 2 s" in run.output
+
+
 def test_5xx_to_the_last_attempt_fails_the_step(scripted: Scripted, tmp_path: Path) -> None:
     scripted.answers = [error(503, "database_unavailable", "The database is unavailable.", **{"Retry-After": "1"})]
     run = run_step(tmp_path, inputs_for(scripted.url, "tok_abcdef0123456789"), {"FREMFORGE_UPLOAD_ATTEMPTS": "3"})
@@ -585,3 +598,18 @@ def test_under_pull_request_target_the_pull_requests_own_ref_is_sent(tmp_path: P
     assert upload_script.pull_request_ref(given) == "refs/heads/release"  # the input `ref` wins
     unreadable = {**base, "GITHUB_EVENT_NAME": "pull_request_target", "GITHUB_EVENT_PATH": str(tmp_path / "none")}
     assert upload_script.pull_request_ref(unreadable) == "refs/heads/main"
+
+
+# What Python 3.9 and later added that the script, for 3.8, must not use (its runners' python3 may be that old).
+NEWER_THAN_3_8 = re.compile(
+    r"\.removeprefix\(|\.removesuffix\(|functools\.cache\b|\bzoneinfo\b|\bgraphlib\b|itertools\.pairwise|math\.lcm"
+    r"|strict=|\bmatch\s+\w+:|\(\s*\)\s*\|"
+)
+
+
+def test_the_script_keeps_to_python_3_8_as_it_says() -> None:
+    """HEAD used bytes.removeprefix (3.9): on 3.8 the step died with a traceback, no annotation, no summary."""
+    source = SCRIPT.read_text()
+    assert "Python 3.8+" in source
+    ast.parse(source, feature_version=(3, 8))
+    assert NEWER_THAN_3_8.findall(source) == []
