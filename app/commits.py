@@ -51,7 +51,7 @@ LATEST = (
 
 
 def _top_findings_statement() -> sa.Select[Any]:
-    # Those that blocked when the scan was judged first: candidates for `listed`, which judges them under the policy now.
+    # Those that blocked when the scan was judged first: the candidates `listed` judges under the policy now.
     blocked_first = sa.case((Finding.blocking.is_(True), 0), else_=1)
     rank = sa.func.row_number().over(
         partition_by=Finding.scan_run_id, order_by=(blocked_first, SEVERITY_ORDER, Finding.package, Finding.cve_id)

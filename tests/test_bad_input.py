@@ -469,6 +469,11 @@ BAD_BODIES = [
     ),
     pytest.param(m422("[0].findings", [seed(), seed()], query=TRIVY_QUERY), id="seed-bodies-slurped"),
     pytest.param(
+        m422("$", {"version": "2.1.0", "$schema": "https://json.schemastore.org/sarif-2.1.0.json", "runs": []}),
+        id="sarif-not-trivy",
+    ),
+    pytest.param(m422("$", {"bomFormat": "CycloneDX", "specVersion": "1.5"}, query=TRIVY_QUERY), id="cyclonedx"),
+    pytest.param(
         m422("Vulnerabilities", {**trivy_report(), "Vulnerabilities": [{}]}, query=TRIVY_QUERY),
         id="trivy-vulnerabilities-at-the-top",
     ),

@@ -465,6 +465,8 @@ BOTH_LISTS = (
 # The lists a body's findings are in, by their spelling folded: another spelling would be skipped as an unknown
 # member, and the findings in it with it (0 findings: a green gate). Vulnerabilities is a Result's.
 _LISTS_FOLDED = {"findings": "findings", "results": "Results", "vulnerabilities": "Vulnerabilities"}
+# A top-level member by which another scanner format is known: such a body has no findings this reader could read.
+_OTHER_FORMATS = {"runs": "SARIF", "bomFormat": "CycloneDX", "spdxVersion": "SPDX"}
 # Members of a whole Trivy report: an array of reports (`jq -s` of several) read as a legacy array of Results would
 # give Results with no Vulnerabilities.
 _REPORT_ONLY_KEYS = ("SchemaVersion", "Results", "ArtifactName", "ArtifactType", "Metadata")
@@ -767,6 +769,13 @@ class _Upload:
         self._end(r.members(pos, 0, "", r.errors, member))
         if "findings" not in present and any(k in present for k in _TRIVY_KEYS):
             return self._trivy(fields, query, "trivy")
+        other = next((name for key, name in _OTHER_FORMATS.items() if key in present), None)
+        if "findings" not in present and other is not None:
+            message = f"is a {other} document, not a Trivy JSON report: run trivy with --format json"
+            raise validation_failed(
+                [{"path": "$", "code": "format", "message": message}],
+                f"The body {message} (or send the seed shape, with findings).",
+            )
         return self._seed(fields, "findings" in present, query)
 
     def _end(self, end: int) -> None:
