@@ -42,11 +42,17 @@ class Commands(AppGroup):
 
 
 def database_problem(exc: sa.exc.SQLAlchemyError, app: Flask, ask_revision: bool = True) -> str | None:
-    """What a command says of a database error that is not its own bug: the database unavailable (its error's class
-    only: the message may name the server), or not migrated; None for any other error."""
+    """What a command says of a database error that is not its own bug: the database unavailable (with the driver's
+    first line, which says which: no such role or database, refused, a lock; the URL's password never), or not
+    migrated; None for any other error."""
     if db.unavailable(exc):
-        error = type(getattr(exc, "orig", None) or exc).__name__
-        return f"the database cannot be reached or is busy ({error}); try again once it answers"
+        orig = getattr(exc, "orig", None) or exc
+        said = " ".join(str(orig).strip().splitlines()[:1])[:300]
+        password = sa.engine.make_url(app.config["DATABASE_URL"]).password
+        if password:
+            said = said.replace(str(password), "***")
+        why = f"{type(orig).__name__}: {said}" if said else type(orig).__name__
+        return f"the database cannot be reached or is busy ({why}); try again once it answers"
     if ask_revision:
         with app.app_context():
             if migrate.behind(app):

@@ -172,11 +172,30 @@ def test_commands_on_a_database_not_migrated_or_unreachable_say_so_in_one_line(t
         assert app.test_cli_runner().invoke(args=["orgs", "list"]).exit_code == 0
     finally:
         app.extensions["fremforge.db"].engine.dispose()
-    down = create_app({"TESTING": True, "DATABASE_URL": "postgresql://fremforge@127.0.0.1:1/none", "SECRET_KEY": "x"})
+    url = "postgresql://fremforge:hunter2@127.0.0.1:1/none"
+    down = create_app({"TESTING": True, "DATABASE_URL": url, "SECRET_KEY": "x"})
     result = down.test_cli_runner().invoke(args=["orgs", "list"])
-    assert result.exit_code == 1 and result.output.strip().splitlines() == [
-        "Error: the database cannot be reached or is busy (OperationalError); try again once it answers"
-    ], result.output
+    (line,) = result.output.strip().splitlines()
+    assert result.exit_code == 1 and line.startswith("Error: the database cannot be reached or is busy"), line
+    assert "(OperationalError: " in line and "refused" in line and "hunter2" not in line, line  # the driver says why
+
+
+def test_a_missing_role_or_database_is_named_by_the_command_line():
+    """HEAD said only "cannot be reached or is busy (OperationalError); try again", for a role or a database that
+    does not exist: the operator waited for something that would never answer."""
+    base = postgres_base_url()
+    if base is None:
+        skip_or_fail("PostgreSQL tests need FREMFORGE_TEST_DATABASE_URL")
+    assert base is not None
+    parts = sa.engine.make_url(normalise(base))
+    for url, says in (
+        (parts.set(username="no_such_role_fremforge"), 'role "no_such_role_fremforge" does not exist'),
+        (parts.set(database="no_such_db_fremforge"), 'database "no_such_db_fremforge" does not exist'),
+    ):
+        app = create_app({"TESTING": True, "DATABASE_URL": url.render_as_string(False), "SECRET_KEY": "x"})
+        result = app.test_cli_runner().invoke(args=["orgs", "list"])
+        assert result.exit_code == 1 and says in result.output, result.output
+        app.extensions["fremforge.db"].engine.dispose()
 
 
 def test_the_worker_on_a_database_not_migrated_says_so_without_a_traceback(tmp_path, caplog):
