@@ -395,7 +395,8 @@ def upload(env: dict[str, str], out: Out) -> dict[str, Any]:
                 attempt -= 1
                 wait = max(min(asked if asked is not None else 2.0, settings.max_wait), 1.0)
                 waited_in_flight += wait
-                out.say(f"fremforge: {last}: the upload with this key is still in flight; asking again in {wait:g} s")
+                said = last.rstrip(".")
+                out.say(f"fremforge: {said}: the upload with this key is still in flight; asking again in {wait:g} s")
                 time.sleep(wait * settings.time_scale)
                 continue
         if attempt == settings.attempts:
@@ -403,7 +404,8 @@ def upload(env: dict[str, str], out: Out) -> dict[str, Any]:
         wait = backoff(settings, attempt, asked)
         because = f"Retry-After: {asked:g} s" if asked is not None else "backing off"
         out.say(
-            f"fremforge: attempt {attempt} of {settings.attempts}: {last}; trying again in {wait:.1f} s ({because})"
+            f"fremforge: attempt {attempt} of {settings.attempts}: {last.rstrip('.')}; trying again in {wait:.1f} s"
+            f" ({because})"
         )
         time.sleep(wait * settings.time_scale)
     raise Failed(f"{last} (gave up after {settings.attempts} attempts)")
