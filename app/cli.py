@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import signal
 from datetime import UTC, datetime
 from typing import Any
@@ -47,10 +49,7 @@ def database_problem(exc: sa.exc.SQLAlchemyError, app: Flask, ask_revision: bool
     migrated; None for any other error."""
     if db.unavailable(exc):
         orig = getattr(exc, "orig", None) or exc
-        said = " ".join(str(orig).strip().splitlines()[:1])[:300]
-        password = sa.engine.make_url(app.config["DATABASE_URL"]).password
-        if password:
-            said = said.replace(str(password), "***")
+        said = _without_secrets(" ".join(str(orig).strip().splitlines()[:1])[:300], app.config["DATABASE_URL"])
         why = f"{type(orig).__name__}: {said}" if said else type(orig).__name__
         return f"the database cannot be reached or is busy ({why}); try again once it answers"
     if ask_revision:
@@ -58,6 +57,24 @@ def database_problem(exc: sa.exc.SQLAlchemyError, app: Flask, ask_revision: bool
             if migrate.behind(app):
                 return migrate.NOT_MIGRATED[0].lower() + migrate.NOT_MIGRATED[1:]
     return None
+
+
+def _without_secrets(text: str, url: str) -> str:
+    """`text` with whatever of the database URL's password it may hold blanked: the password as parsed, the raw text
+    between `://` and the host's `@` (a password with an unencoded `@` is parsed short, and the rest shows up in the
+    driver's message as a host name), each of its pieces, and a `password=` query parameter."""
+    secrets_ = set()
+    with contextlib.suppress(Exception):
+        parsed = sa.engine.make_url(url)
+        secrets_ |= {str(parsed.password or ""), str(parsed.query.get("password") or "")}
+    rest = url.split("://", 1)[-1]
+    userinfo = rest.rsplit("@", 1)[0] if "@" in rest else ""
+    secrets_.add(userinfo.split(":", 1)[1] if ":" in userinfo else "")
+    for piece in list(secrets_):
+        secrets_ |= set(re.split(r"[@:/?#&=]", piece))
+    for secret in sorted((p for p in secrets_ if len(p) >= 3), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 db_cli = Commands("db", help="Create or migrate the schema.")

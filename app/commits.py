@@ -15,7 +15,15 @@ import sqlalchemy as sa
 
 from app import policy
 from app.clock import database_now
-from app.models import FINDING_PAYLOAD_COLUMNS, SEVERITIES, Finding, PolicyException, PullRequestLink, ScanRun
+from app.models import (
+    FINDING_PAYLOAD_COLUMNS,
+    SEVERITIES,
+    Finding,
+    PolicyException,
+    PullRequestHead,
+    PullRequestLink,
+    ScanRun,
+)
 from app.policy.exceptions import ActiveException, Matcher
 
 SEVERITY_ORDER = sa.case({s: i for i, s in enumerate(SEVERITIES)}, value=Finding.severity, else_=len(SEVERITIES))
@@ -138,26 +146,30 @@ def _newest_scan(*where: sa.ColumnElement[bool]) -> sa.Select[Any]:
     )
 
 
-# A scan stored under the base branch's ref whose commit is the head of an open pull request into that branch was not
-# built from the branch: its workflow ran for the pull request with the base's ref (`pull_request_target` gives
+# A scan stored under the base branch's ref whose commit is (or was) the head of a pull request into that branch was
+# not built from the branch: its workflow ran for the pull request with the base's ref (`pull_request_target` gives
 # `github.ref` = the base). As a baseline it would make the pull request's own findings, and every other pull
-# request's like them, existing ones. Such a scan is marked (`pr_head`) when stored, or when the pull request becomes
-# known (its webhook), so it stays no baseline once the pull request closes unmerged or moves to another head; a scan
-# of the same commit stored later under the branch, once no open pull request has it as its head (a fast-forward
-# merge pushed), is the branch's.
-_NOT_A_HEAD_INTO_ITS_REF = sa.and_(
-    ScanRun.pr_head.is_(False),
-    ~(
-        sa.select(PullRequestLink.id)
+# request's like them, existing ones. Every head a pull request had is kept (PullRequestHead), so this holds once it
+# moves on or closes, whenever the scan was stored; but not for a head that itself reached the base (a fast-forward
+# merge: the pull request's merge commit is its head), whose scans are the base's.
+_ph = PullRequestHead.__table__
+_NOT_A_HEAD_INTO_ITS_REF = ~(
+    sa.select(_ph.c.id)
+    .where(
+        _ph.c.org_id == ScanRun.org_id,
+        _ph.c.repo_full_name == ScanRun.repo_full_name,
+        _ph.c.head_sha == ScanRun.commit_sha,
+        _ph.c.base_ref == ScanRun.ref,
+        ~sa.select(PullRequestLink.id)
         .where(
-            PullRequestLink.org_id == ScanRun.org_id,
-            PullRequestLink.repo_full_name == ScanRun.repo_full_name,
-            PullRequestLink.head_sha == ScanRun.commit_sha,
-            PullRequestLink.base_ref == ScanRun.ref,
-            PullRequestLink.state == "open",
+            PullRequestLink.org_id == _ph.c.org_id,
+            PullRequestLink.repo_full_name == _ph.c.repo_full_name,
+            PullRequestLink.number == _ph.c.number,
+            PullRequestLink.merge_sha == _ph.c.head_sha,
         )
-        .exists()
-    ),
+        .exists(),
+    )
+    .exists()
 )
 _BY_BRANCH = _newest_scan(ScanRun.ref == sa.bindparam("ref"), _NOT_A_HEAD_INTO_ITS_REF)
 _BY_COMMIT = _newest_scan(ScanRun.commit_sha == sa.bindparam("sha"))

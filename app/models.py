@@ -180,9 +180,6 @@ class ScanRun(Base):
     blocking: Mapped[int] = mapped_column(default=0, server_default="0")  # findings that counted toward `status`
     baseline_scan_id: Mapped[int | None]  # the scan its findings were compared with (block_on new), if one was found
     block_on: Mapped[str | None] = mapped_column(sa.String(10))  # the policy's block_on it was judged under
-    # A scan of an open pull request's head stored under that pull request's base ref (pull_request_target): never a
-    # baseline of the base (app.commits), marked when stored or when the pull request becomes known.
-    pr_head: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
 
     @property
     def severity_counts(self) -> dict[str, int]:
@@ -476,6 +473,28 @@ class PullRequestLink(Base):
     base_sha: Mapped[str | None] = mapped_column(sa.String(40))
     state: Mapped[str] = mapped_column(sa.String(20))  # open | closed
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Closed by a merge: GitHub's merge_commit_sha; equal to head_sha when the head itself reached the base (a
+    # fast-forward), whose scans under the base's ref are then the base's (app.commits).
+    merge_sha: Mapped[str | None] = mapped_column(sa.String(40))
+
+
+class PullRequestHead(Base):
+    """Every (head commit, base ref) a pull request had, as its webhooks said, kept when it moves on or closes: a scan
+    of such a head stored under that base's ref (a pull_request_target run) is never the base's baseline."""
+
+    __tablename__ = "pull_request_heads"
+    __table_args__ = (
+        sa.UniqueConstraint(
+            "org_id", "repo_full_name", "head_sha", "base_ref", "number", name="uq_pull_request_heads_head"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    org_id: Mapped[int] = mapped_column(sa.ForeignKey("orgs.id", ondelete="CASCADE"))
+    repo_full_name: Mapped[str] = mapped_column(sa.String(200))
+    head_sha: Mapped[str] = mapped_column(sa.String(40))
+    base_ref: Mapped[str] = mapped_column(sa.String(255))
+    number: Mapped[int]
 
 
 class InstallationRepository(Base):

@@ -473,6 +473,7 @@ BAD_BODIES = [
         id="sarif-not-trivy",
     ),
     pytest.param(m422("$", {"bomFormat": "CycloneDX", "specVersion": "1.5"}, query=TRIVY_QUERY), id="cyclonedx"),
+    pytest.param(m422("[0].runs", [{"version": "2.1.0", "runs": []}], query=TRIVY_QUERY), id="sarif-slurped"),
     pytest.param(
         m422("Vulnerabilities", {**trivy_report(), "Vulnerabilities": [{}]}, query=TRIVY_QUERY),
         id="trivy-vulnerabilities-at-the-top",

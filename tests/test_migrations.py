@@ -180,6 +180,21 @@ def test_commands_on_a_database_not_migrated_or_unreachable_say_so_in_one_line(t
     assert "(OperationalError: " in line and "refused" in line and "hunter2" not in line, line  # the driver says why
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://fremforge:hunter@2secret@127.0.0.1:1/none",  # an unencoded @: parsed short, the rest a host
+        "postgresql://fremforge@127.0.0.1:1/none?password=hunter2secret",
+    ],
+)
+def test_the_command_lines_database_error_never_shows_the_password(url):
+    app = create_app({"TESTING": True, "DATABASE_URL": url, "SECRET_KEY": "x"})
+    result = app.test_cli_runner().invoke(args=["orgs", "list"])
+    assert result.exit_code == 1 and "cannot be reached" in result.output, result.output
+    assert "hunter" not in result.output and "2secret" not in result.output, result.output
+    app.extensions["fremforge.db"].engine.dispose()
+
+
 def test_a_missing_role_or_database_is_named_by_the_command_line():
     """HEAD said only "cannot be reached or is busy (OperationalError); try again", for a role or a database that
     does not exist: the operator waited for something that would never answer."""

@@ -65,8 +65,10 @@ def pull_request(
     base_sha: str | None = None,
     action: str = "opened",
     at=None,
+    merged: str | None = None,
 ) -> dict:
-    """A signed pull_request delivery with what the handler reads (GitHub sends much more)."""
+    """A signed pull_request delivery with what the handler reads (GitHub sends much more); `merged`: closed by a
+    merge whose merge commit is that SHA."""
     return deliver(
         client,
         "pull_request",
@@ -79,6 +81,8 @@ def pull_request(
                 "updated_at": at or "2026-12-01T10:00:00Z",
                 "head": {"sha": head, "ref": f"feature-{number}"},
                 "base": {"sha": base_sha or sha_of(f"base-{base}"), "ref": base},
+                "merged": merged is not None,
+                "merge_commit_sha": merged,
             },
         },
     )
@@ -381,8 +385,9 @@ def test_a_head_scanned_with_its_bases_ref_is_no_baseline_of_any_pull_request(ap
     assert shown(fake_github, a)[0] == shown(fake_github, b)[0] == "failure"
 
 
+@pytest.mark.parametrize("scanned_after_close", [False, True], ids=["scanned-while-open", "scanned-after-close"])
 def test_a_head_scanned_with_its_bases_ref_stays_no_baseline_once_its_pull_request_is_closed(
-    app, client, token, fake_github
+    app, client, token, fake_github, scanned_after_close
 ):
     """Pull request 8 (its head scanned as pull_request_target stores it, under refs/heads/main) is closed unmerged:
     its scan is still not main's, so pull request 7's high stays new. HEAD excluded only open pull requests' heads:
@@ -392,14 +397,17 @@ def test_a_head_scanned_with_its_bases_ref_stays_no_baseline_once_its_pull_reque
     seven, eight = sha_of("pr-7"), sha_of("pr-8")
     pull_request(client, 7, seven)
     pull_request(client, 8, eight)
-    upload(client, token, eight, HIGH, ref="refs/heads/main")  # as pull_request_target
+    if not scanned_after_close:
+        upload(client, token, eight, HIGH, ref="refs/heads/main")  # as pull_request_target
     pull_request(client, 8, eight, action="closed", at="2026-12-01T11:00:00Z")
+    if scanned_after_close:  # its job ran late (a re-run, a queue)
+        upload(client, token, eight, HIGH, ref="refs/heads/main")
     assert upload(client, token, seven, HIGH, ref="refs/heads/main")["status"] == "failure"
     work(app)
     assert shown(fake_github, seven) == ("failure", "1 image · 1 new high · blocking")
 
 
-@pytest.mark.parametrize("webhook_first", [True, False], ids=["pr-known", "upload-first"])
+@pytest.mark.parametrize("webhook_first", [True, False, None], ids=["pr-known", "upload-first", "moved-on-first"])
 def test_a_superseded_heads_scan_under_its_bases_ref_is_no_baseline(app, client, token, fake_github, webhook_first):
     """Pull request 7 moved from h1 to h2; h1's scan (under refs/heads/main, as pull_request_target stores it) is
     still no scan of main, whether the pull request was known when it was stored or became known after (its opened
@@ -407,29 +415,36 @@ def test_a_superseded_heads_scan_under_its_bases_ref_is_no_baseline(app, client,
     settings(client, token, block_on="new")
     upload(client, token, sha_of("main-tip"), CLEAN, ref="refs/heads/main")
     h1, h2, eight = sha_of("pr-7-h1"), sha_of("pr-7-h2"), sha_of("pr-8")
-    if webhook_first:
+    if webhook_first is not False:
         pull_request(client, 7, h1)
-    upload(client, token, h1, HIGH, ref="refs/heads/main")
-    if not webhook_first:
+    if webhook_first is not None:
+        upload(client, token, h1, HIGH, ref="refs/heads/main")
+    if webhook_first is False:
         pull_request(client, 7, h1)
     pull_request(client, 7, h2, action="synchronize", at="2026-12-01T11:00:00Z")
+    if webhook_first is None:  # h1's job finished after the pull request moved on to h2
+        upload(client, token, h1, HIGH, ref="refs/heads/main")
     pull_request(client, 8, eight)
     assert upload(client, token, eight, HIGH, ref="refs/pull/8/merge")["status"] == "failure"
     work(app)
     assert shown(fake_github, eight) == ("failure", "1 image · 1 new high · blocking")
 
 
-def test_a_fast_forward_merged_head_pushed_to_its_base_is_the_bases_scan(app, client, token, fake_github):
-    """Pull request 1 fixes main's high and is merged by pushing its head to main; main's push workflow scans that
-    commit under refs/heads/main: that scan is main's (the pull request is closed), so pull request 2 bringing the high
-    back is new and blocks. (Its pull_request_target scan, stored while it was open, stays no baseline.)"""
+@pytest.mark.parametrize("push_first", [False, True], ids=["closed-then-pushed", "pushed-then-closed"])
+def test_a_fast_forward_merged_head_pushed_to_its_base_is_the_bases_scan(app, client, token, fake_github, push_first):
+    """Pull request 1 fixes main's high and is merged by fast-forward (its merge commit is its head); main's push
+    workflow scans that commit under refs/heads/main: that scan is main's, in whichever order the scan and the closed
+    event come, so pull request 2 bringing the high back is new and blocks."""
     settings(client, token, block_on="new")
     upload(client, token, sha_of("main-1"), HIGH, ref="refs/heads/main")
     fix, again = sha_of("pr-1-fix"), sha_of("pr-2-again")
     pull_request(client, 1, fix)
     upload(client, token, fix, CLEAN, ref="refs/heads/main")  # pull_request_target, while open
-    pull_request(client, 1, fix, action="closed", at="2026-12-01T11:00:00Z")
-    upload(client, token, fix, CLEAN, ref="refs/heads/main")  # main's push workflow, the same commit
+    if push_first:
+        upload(client, token, fix, CLEAN, ref="refs/heads/main")  # main's push workflow, the same commit
+    pull_request(client, 1, fix, action="closed", at="2026-12-01T11:00:00Z", merged=fix)  # its head is the merge
+    if not push_first:
+        upload(client, token, fix, CLEAN, ref="refs/heads/main")
     pull_request(client, 2, again)
     assert upload(client, token, again, HIGH, ref="refs/pull/2/merge")["status"] == "failure"
     work(app)

@@ -22,14 +22,6 @@ PR_OF_COMMIT = sa.select(sa.func.max(PullRequestLink.number)).where(
     PullRequestLink.head_sha == sa.bindparam("pr_sha"),
     PullRequestLink.state == "open",
 )
-# An open pull request whose head is the commit and whose base is the ref the scan is stored under.
-HEAD_INTO_REF = sa.select(PullRequestLink.id).where(
-    PullRequestLink.org_id == sa.bindparam("pr_org"),
-    PullRequestLink.repo_full_name == sa.bindparam("pr_repo"),
-    PullRequestLink.head_sha == sa.bindparam("pr_sha"),
-    PullRequestLink.base_ref == sa.bindparam("s_ref"),
-    PullRequestLink.state == "open",
-)
 PR_OF_EARLIER_SCAN = (
     sa.select(ScanRun.pr_number)
     .where(

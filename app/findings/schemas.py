@@ -922,7 +922,7 @@ class _Upload:
                     rows.errors.add(_join(where, key), "duplicate_key", TWICE)
                     return r.skip(pos, depth + 2, _join(where, key), rows.errors)
                 seen.add(key)
-                if key in _REPORT_ONLY_KEYS or key == "findings" or key in QUERY_FIELDS:
+                if key in _REPORT_ONLY_KEYS or key in _OTHER_FORMATS or key == "findings" or key in QUERY_FIELDS:
                     rows.errors.add(  # a whole report, or a seed body, in an array (`jq -s`): none is a Result
                         _join(where, key),
                         "report_in_results",

@@ -55,7 +55,6 @@ INSERT_SCAN = sa.insert(_scans).values(
         "pr_number": sa.func.coalesce(
             queries.PR_OF_COMMIT.scalar_subquery(), queries.PR_OF_EARLIER_SCAN.scalar_subquery()
         ),
-        "pr_head": queries.HEAD_INTO_REF.exists(),
     }
 )
 

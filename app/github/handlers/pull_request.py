@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from app import fields, reposts
 from app.github.handlers.common import org_of_repository_event, upsert_for
 from app.github.router import BadPayload, Context, Router, get, need_int, need_str
-from app.models import PullRequestLink, ScanRun, utcnow
+from app.models import PullRequestHead, PullRequestLink, ScanRun, utcnow
 
 router = Router()
 _links = PullRequestLink.__table__
@@ -26,19 +26,15 @@ LINK_SCANS = (
     )
     .values(pr_number=sa.bindparam("number"))
 )
-# The head's scans stored under the pull request's base ref (a pull_request_target run, whose github.ref is the
-# base's) are marked as a head's: none is ever the base's baseline (app.commits), also once the pull request closes.
-MARK_HEAD_SCANS = (
-    sa.update(_scans)
-    .where(
-        _scans.c.org_id == sa.bindparam("org"),
-        _scans.c.repo_full_name == sa.bindparam("repo"),
-        _scans.c.commit_sha == sa.bindparam("sha"),
-        _scans.c.ref == sa.bindparam("base_ref"),
-        _scans.c.pr_head.is_(False),
+# Every head a pull request had into its base, kept (app.commits: such a head's scans under the base's ref are never
+# the base's baseline).
+_heads = PullRequestHead.__table__
+REMEMBER_HEAD = {
+    dialect: upsert_for(dialect, _heads).on_conflict_do_nothing(
+        index_elements=["org_id", "repo_full_name", "head_sha", "base_ref", "number"]
     )
-    .values(pr_head=True)
-)
+    for dialect in ("postgresql", "sqlite")
+}
 
 
 def _upsert_link_statement(dialect: str) -> Any:
@@ -53,6 +49,7 @@ def _upsert_link_statement(dialect: str) -> Any:
             "base_sha": insert.excluded.base_sha,
             "state": insert.excluded.state,
             "updated_at": insert.excluded.updated_at,
+            "merge_sha": insert.excluded.merge_sha,
         },
         # A row stamped in the future (before such stamps were taken as the time of receipt) yields too.
         where=(insert.excluded.updated_at >= _links.c.updated_at) | (_links.c.updated_at > sa.bindparam("future")),
@@ -77,8 +74,6 @@ def pull_request_head(session: Session, payload: dict[str, Any], ctx: Context) -
     if state == "closed":
         return None
     conn = session.connection()
-    if link["base_ref"] is not None:
-        conn.execute(MARK_HEAD_SCANS, link)
     scanned = conn.execute(LINK_SCANS, link).rowcount
     if scanned and link["changed"] and ctx.deliver:
         reposts.ask(conn, link["org"], link["repo"], link["sha"], ctx.urls)
@@ -115,12 +110,25 @@ def _upsert_link(session: Session, payload: dict[str, Any], state: str) -> dict[
             "base_sha": base_sha,
             "state": state,
             "updated_at": stamp,
+            "merge_sha": _merge_sha(payload) if state == "closed" else None,
             "future": utcnow() + FUTURE_SKEW,
         },
     ).rowcount
+    if base_ref is not None:  # whatever its state or age: it was a head into that base
+        head = {"org_id": org.id, "repo_full_name": repo, "head_sha": sha, "base_ref": base_ref, "number": number}
+        conn.execute(REMEMBER_HEAD[conn.dialect.name].values(**head))
     # changed: the event was at least as new as what was known (an older one redelivered changes nothing)
     link = {"org": org.id, "repo": repo, "sha": sha, "number": number, "changed": bool(changed)}
     return {**link, "base_ref": base_ref}
+
+
+def _merge_sha(payload: dict[str, Any]) -> str | None:
+    """The merge commit of a pull request closed by a merge (None: closed unmerged, or not said)."""
+    sha = get(payload, "pull_request", "merge_commit_sha")
+    if get(payload, "pull_request", "merged") is not True or not isinstance(sha, str):
+        return None
+    sha = sha.lower()
+    return sha if fields.SHA.fullmatch(sha) else None
 
 
 def _base(payload: dict[str, Any]) -> tuple[str | None, str | None]:
