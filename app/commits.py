@@ -148,12 +148,13 @@ def _newest_scan(*where: sa.ColumnElement[bool]) -> sa.Select[Any]:
 
 # A scan stored under the base branch's ref whose commit is (or was) the head of a pull request into that branch was
 # not built from the branch: its workflow ran for the pull request with the base's ref (`pull_request_target` gives
-# `github.ref` = the base). As a baseline it would make the pull request's own findings, and every other pull
-# request's like them, existing ones. Every head a pull request had is kept (PullRequestHead), so this holds once it
-# moves on or closes, whenever the scan was stored; but not for a head that itself reached the base (a fast-forward
-# merge: the pull request's merge commit is its head), whose scans are the base's.
+# `github.ref` = the base). Every head a pull request had is kept (PullRequestHead), whenever its scan came; a head
+# that itself reached that base (a fast-forward merge: some pull request into it has it as its merge commit) is the
+# base's. When the base's newest scan is such a head's, the base as it is now is unknown: no baseline by the branch
+# (an older scan would count as existing what the base fixed since: fail open), and the base commit's scan, if any,
+# is the baseline.
 _ph = PullRequestHead.__table__
-_NOT_A_HEAD_INTO_ITS_REF = ~(
+_A_HEAD_INTO_ITS_REF = (
     sa.select(_ph.c.id)
     .where(
         _ph.c.org_id == ScanRun.org_id,
@@ -164,14 +165,14 @@ _NOT_A_HEAD_INTO_ITS_REF = ~(
         .where(
             PullRequestLink.org_id == _ph.c.org_id,
             PullRequestLink.repo_full_name == _ph.c.repo_full_name,
-            PullRequestLink.number == _ph.c.number,
+            PullRequestLink.base_ref == _ph.c.base_ref,
             PullRequestLink.merge_sha == _ph.c.head_sha,
         )
         .exists(),
     )
     .exists()
 )
-_BY_BRANCH = _newest_scan(ScanRun.ref == sa.bindparam("ref"), _NOT_A_HEAD_INTO_ITS_REF)
+_BY_BRANCH = _newest_scan(ScanRun.ref == sa.bindparam("ref")).add_columns(_A_HEAD_INTO_ITS_REF.label("a_head"))
 _BY_COMMIT = _newest_scan(ScanRun.commit_sha == sa.bindparam("sha"))
 # The bases of the open pull requests whose head is the commit (two are enough to tell it has more than one).
 _PR_BASE = (
@@ -194,6 +195,7 @@ _KEYS = sa.select(Finding.cve_id, Finding.package).where(
 NO_PULL_REQUEST = "no open pull request known with this commit as its head"
 MANY_BASES = "open pull requests with this head into different bases"
 NO_BASE_SCAN = "no scan of this image from the base branch or at the base commit"
+BASE_IS_A_HEAD = "the base branch's newest scan of this image is of a pull request's head, not of the branch"
 
 
 def pr_base(conn: sa.Connection, org_id: int, repo: str, sha: str) -> tuple[str | None, str | None] | None:
@@ -223,20 +225,36 @@ def baseline(
     scan_id: int = 0,
 ) -> int | None:
     """The baseline of a scan (`scan_id`, never its own) of `image_name` in `repo`: the newest scan of that image
-    name built from the pull request's base branch, else the newest of it at the base commit. None: no baseline,
-    every finding is new."""
+    name built from the pull request's base branch (unless that is a pull request head's: _A_HEAD_INTO_ITS_REF), else
+    the newest of it at the base commit. None: no baseline, every finding is new."""
+    return baseline_or_why(conn, org_id, repo, image_name, base_ref, base_sha, scan_id)[0]
+
+
+def baseline_or_why(
+    conn: sa.Connection,
+    org_id: int,
+    repo: str,
+    image_name: str | None,
+    base_ref: str | None,
+    base_sha: str | None,
+    scan_id: int = 0,
+) -> tuple[int | None, str | None]:
+    """`baseline`, and when there is none why (NO_BASE_SCAN, BASE_IS_A_HEAD)."""
     if image_name is None:  # a scan stored before image names were (migration 0013): nothing is the same image
-        return None
+        return None, NO_BASE_SCAN
     params = {"org": org_id, "repo": repo, "name": image_name, "self": scan_id}
+    why = NO_BASE_SCAN
     if base_ref is not None:
-        found = conn.execute(_BY_BRANCH, {**params, "ref": base_ref}).scalar()
-        if found is not None:
-            return int(found)
+        newest = conn.execute(_BY_BRANCH, {**params, "ref": base_ref}).one_or_none()
+        if newest is not None and not newest.a_head:
+            return int(newest.id), None
+        if newest is not None:
+            why = BASE_IS_A_HEAD
     if base_sha is not None:
         found = conn.execute(_BY_COMMIT, {**params, "sha": base_sha}).scalar()
         if found is not None:
-            return int(found)
-    return None
+            return int(found), None
+    return None, why
 
 
 @dataclass(frozen=True)
@@ -252,7 +270,9 @@ class Baseline:
 def baseline_of(conn: sa.Connection, org_id: int, repo: str, sha: str, image_name: str | None) -> Baseline:
     """The baseline of an upload of `image_name` at commit `sha`, with its keys: three indexed reads at most."""
     base, why = pr_base_or_why(conn, org_id, repo, sha)
-    found = baseline(conn, org_id, repo, image_name, *base) if base is not None else None
+    found = None
+    if base is not None:
+        found, why = baseline_or_why(conn, org_id, repo, image_name, *base)
     if found is None:
         return Baseline(None, frozenset(), why or NO_BASE_SCAN)
     return Baseline(found, frozenset(baseline_keys(conn, found)))
@@ -372,7 +392,9 @@ def evaluate(
         tops = top_findings_many(conn, [s.id for s in scans], CANDIDATES)
     results = []
     for s in scans:
-        baseline_id = baseline(conn, org_id, repo, s.image_name, *base, scan_id=s.id) if base is not None else None
+        baseline_id, why_none = None, why
+        if base is not None:
+            baseline_id, why_none = baseline_or_why(conn, org_id, repo, s.image_name, *base, scan_id=s.id)
         matcher = Matcher(exceptions, repo, s.image_name) if exceptions else None
         counted, used = buckets(conn, s.id, baseline_id, matcher)
         readable_fixable = sum(n for (severity, fixed, _, _), n in counted.items() if severity is not None and fixed)
@@ -392,7 +414,7 @@ def evaluate(
         covering = tuple(e for e in exceptions if e.id in used)
         if removed:  # those put back count as fixable to judge them; shown, the scan's stored count of them
             fixable = max(readable_fixable, s.fixable)
-        no_baseline = (why or NO_BASE_SCAN) if pol.block_on == "new" and baseline_id is None else None
+        no_baseline = (why_none or NO_BASE_SCAN) if pol.block_on == "new" and baseline_id is None else None
         results.append(
             policy.ImageResult(
                 s.image_ref, status, counts, fixable, s.id, top, judged, baseline_id, covering, removed, no_baseline

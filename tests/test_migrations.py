@@ -250,3 +250,38 @@ def test_foreign_keys_are_off_while_sqlite_migrates_and_on_after(tmp_path):
     with engine.connect() as conn:
         assert conn.execute(sa.text("PRAGMA foreign_keys")).scalar() == 1
     engine.dispose()
+
+
+def test_0027_keeps_the_heads_known_before_it(tmp_path):
+    """A pull request's current head, a head its scans were linked under (pr_number, stored under its base's ref),
+    and 0026's marks all become pull_request_heads; scan_runs.pr_head goes."""
+    app = create_app({"TESTING": True, "DATABASE_URL": f"sqlite:///{tmp_path / 'old.db'}", "SECRET_KEY": "x"})
+    engine = app.extensions["fremforge.db"].engine
+    migrate.upgrade(app, "0026")
+    now = "2026-01-01 00:00:00.000000"
+    scan = (
+        "INSERT INTO scan_runs (id, org_id, image_ref, image_name, ref, commit_sha, repo_full_name, signature_status,"
+        " pr_number, status, block_action, critical, high, medium, low, unknown, fixable, accepted, duplicates,"
+        " created_at, blocking, pr_head) VALUES (:id, 1, 'i:1', 'i', 'refs/heads/main', :sha, 'acme/api', 'unknown',"
+        " :pr, 'success', 'warn', 0, 0, 0, 0, 0, 0, 0, 0, :now, 0, :mark)"
+    )
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("INSERT INTO orgs (id, slug, github_login, created_at) VALUES (1, 'acme', 'acme', :t)"), {"t": now}
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO pull_requests (org_id, repo_full_name, number, head_sha, base_ref, base_sha, state,"
+                " updated_at) VALUES (1, 'acme/api', 7, :head, 'refs/heads/main', NULL, 'closed', :now)"
+            ),
+            {"head": "c" * 40, "now": now},
+        )
+        conn.execute(sa.text(scan), {"id": 1, "sha": "a" * 40, "pr": 7, "now": now, "mark": 0})  # an earlier head of 7
+        conn.execute(sa.text(scan), {"id": 2, "sha": "c" * 40, "pr": None, "now": now, "mark": 1})  # marked by 0026
+        conn.execute(sa.text(scan), {"id": 3, "sha": "d" * 40, "pr": None, "now": now, "mark": 0})  # main's own
+    migrate.upgrade(app)
+    with engine.connect() as conn:
+        heads = conn.execute(sa.text("SELECT head_sha, base_ref, number FROM pull_request_heads ORDER BY head_sha"))
+        assert [tuple(r) for r in heads] == [("a" * 40, "refs/heads/main", 7), ("c" * 40, "refs/heads/main", 7)]
+        assert "pr_head" not in {c["name"] for c in sa.inspect(conn).get_columns("scan_runs")}
+    engine.dispose()

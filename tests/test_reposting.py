@@ -451,6 +451,73 @@ def test_a_fast_forward_merged_head_pushed_to_its_base_is_the_bases_scan(app, cl
     assert shown(fake_github, again) == ("failure", "1 image · 1 new high · blocking")
 
 
+def test_a_pull_request_judged_against_a_head_scan_is_posted_again_once_that_head_is_known(
+    app, client, token, fake_github
+):
+    """Pull request 7's pull_request_target scan (under refs/heads/main) came before its opened event: pull request
+    8, judged against it then, went green; the event makes it known as a head's, and 8 is posted again, red."""
+    settings(client, token, block_on="new")
+    seven, eight = sha_of("pr-7-early"), sha_of("pr-8-judged")
+    pull_request(client, 8, eight)
+    upload(client, token, sha_of("main-tip"), CLEAN, ref="refs/heads/main")
+    upload(client, token, seven, HIGH, ref="refs/heads/main")  # before pull request 7's webhook
+    upload(client, token, eight, HIGH, ref="refs/pull/8/merge")
+    work(app)
+    assert shown(fake_github, eight)[0] == "success"  # judged against 7's scan: nothing said it was a head's
+    pull_request(client, 7, seven)
+    work(app)
+    assert shown(fake_github, eight) == ("failure", "1 image · 1 new high · blocking")
+
+
+def test_a_head_pushed_to_the_base_without_a_recorded_merge_leaves_the_base_unknown(app, client, token, fake_github):
+    """Pull request 1 (the fix) is closed unmerged, then its branch is pushed to main by hand: main's newest scan is
+    of a commit known as a head, so main as it is now is unknown, and no older scan stands in for it (main-1 had the
+    high the fix removed): pull request 4 bringing the high back counts it, red, and says why."""
+    settings(client, token, block_on="new")
+    upload(client, token, sha_of("main-1"), HIGH, ref="refs/heads/main")
+    fix, again = sha_of("pr-1-fix-pushed"), sha_of("pr-4-again")
+    pull_request(client, 1, fix)
+    pull_request(client, 1, fix, action="closed", at="2026-12-01T11:00:00Z")
+    upload(client, token, fix, CLEAN, ref="refs/heads/main")  # main's push workflow
+    pull_request(client, 4, again)
+    assert upload(client, token, again, HIGH, ref="refs/pull/4/merge")["status"] == "failure"
+    work(app)
+    summary = fake_github.runs_of("acme", "api", again)[-1]["output"]["summary"]
+    assert f"({commits.BASE_IS_A_HEAD})" in summary, summary
+
+
+def test_a_fast_forward_into_another_base_makes_no_head_scan_its_old_bases(app, client, token, fake_github):
+    """Pull request 5 at X into release (its pull_request_target scan under refs/heads/release), then retargeted to
+    main and fast-forwarded there: X reached main, not release; pull request 6 into release stays red."""
+    settings(client, token, block_on="new")
+    x, six = sha_of("pr-5-x"), sha_of("pr-6-release")
+    upload(client, token, sha_of("release-tip"), CLEAN, ref="refs/heads/release")
+    pull_request(client, 5, x, base="release")
+    upload(client, token, x, HIGH, ref="refs/heads/release")
+    pull_request(client, 5, x, base="main", action="edited", at="2026-12-01T10:30:00Z")
+    pull_request(client, 5, x, base="main", action="closed", at="2026-12-01T11:00:00Z", merged=x)
+    pull_request(client, 6, six, base="release")
+    assert upload(client, token, six, HIGH, ref="refs/pull/6/merge")["status"] == "failure"
+
+
+def test_a_head_fast_forwarded_by_a_later_pull_request_is_the_bases(app, client, token, fake_github):
+    """The fix was pull request 1's head (closed unmerged), then pull request 3's, fast-forwarded into main: main's
+    push scan of it is main's; pull request 4 bringing main-1's high back is red."""
+    settings(client, token, block_on="new")
+    upload(client, token, sha_of("main-1"), HIGH, ref="refs/heads/main")
+    fix, again = sha_of("fix-twice"), sha_of("pr-4-back")
+    pull_request(client, 1, fix)
+    pull_request(client, 1, fix, action="closed", at="2026-12-01T11:00:00Z")
+    pull_request(client, 3, fix)
+    pull_request(client, 3, fix, action="closed", at="2026-12-01T12:00:00Z", merged=fix)
+    upload(client, token, fix, CLEAN, ref="refs/heads/main")
+    pull_request(client, 4, again)
+    answer = upload(client, token, again, HIGH, ref="refs/pull/4/merge")
+    assert answer["status"] == "failure"
+    work(app)
+    assert shown(fake_github, again) == ("failure", "1 image · 1 new high · blocking")
+
+
 @pytest.mark.parametrize("numbers", [(1, 2), (2, 1)])
 def test_a_head_of_pull_requests_into_different_bases_counts_every_finding(app, client, token, fake_github, numbers):
     """One commit status serves both: the high is new to release, so it blocks, whichever pull request came last."""

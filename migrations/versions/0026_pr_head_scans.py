@@ -1,7 +1,6 @@
-"""pull_request_heads: every (head commit, base ref) a pull request had, so that a scan of such a head stored under
-the base's ref (a pull_request_target run) is never the base's baseline, also once the pull request moves on or
-closes; pull_requests.merge_sha: a merged pull request's merge commit (its head itself when fast-forwarded, whose
-scans are then the base's). The heads known now are taken from pull_requests.
+"""scan_runs.pr_head: a scan of an open pull request's head stored under that pull request's base ref (a
+pull_request_target run), marked when stored or when the pull request becomes known, so it is never a baseline of the
+base, also once the pull request is closed (the scans stored before are marked by the open pull requests known now)
 
 Revision ID: 0026
 Revises: 0025
@@ -20,30 +19,15 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_table(
-        "pull_request_heads",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("org_id", sa.Integer(), nullable=False),
-        sa.Column("repo_full_name", sa.String(length=200), nullable=False),
-        sa.Column("head_sha", sa.String(length=40), nullable=False),
-        sa.Column("base_ref", sa.String(length=255), nullable=False),
-        sa.Column("number", sa.Integer(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["org_id"], ["orgs.id"], name=op.f("fk_pull_request_heads_org_id_orgs"), ondelete="CASCADE"
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_pull_request_heads")),
-        sa.UniqueConstraint(
-            "org_id", "repo_full_name", "head_sha", "base_ref", "number", name="uq_pull_request_heads_head"
-        ),
-    )
-    # A plain ADD COLUMN (batch mode would copy pull_requests on SQLite).
-    op.add_column("pull_requests", sa.Column("merge_sha", sa.String(length=40), nullable=True))
+    # A plain ADD COLUMN on both backends: batch mode would copy scan_runs on SQLite, and dropping the old copy cascades
+    # to every row referencing a scan (images, outbox) with foreign keys on.
+    op.add_column("scan_runs", sa.Column("pr_head", sa.Boolean(), nullable=False, server_default=sa.false()))
     op.execute(
-        "INSERT INTO pull_request_heads (org_id, repo_full_name, head_sha, base_ref, number)"
-        " SELECT org_id, repo_full_name, head_sha, base_ref, number FROM pull_requests WHERE base_ref IS NOT NULL"
+        "UPDATE scan_runs SET pr_head = true WHERE EXISTS (SELECT 1 FROM pull_requests p"
+        " WHERE p.org_id = scan_runs.org_id AND p.repo_full_name = scan_runs.repo_full_name"
+        " AND p.head_sha = scan_runs.commit_sha AND p.base_ref = scan_runs.ref AND p.state = 'open')"
     )
 
 
 def downgrade() -> None:
-    op.execute("ALTER TABLE pull_requests DROP COLUMN merge_sha")  # SQLite 3.35 and later; no copy of the table
-    op.drop_table("pull_request_heads")
+    op.execute("ALTER TABLE scan_runs DROP COLUMN pr_head")  # SQLite 3.35 and later; no copy of the table either

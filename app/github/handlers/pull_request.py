@@ -71,9 +71,10 @@ def pull_request_head(session: Session, payload: dict[str, Any], ctx: Context) -
     link = _upsert_link(session, payload, state)
     if link is None:
         return "ignored"
+    conn = session.connection()
+    _ask_for_base_scans(conn, link, ctx)
     if state == "closed":
         return None
-    conn = session.connection()
     scanned = conn.execute(LINK_SCANS, link).rowcount
     if scanned and link["changed"] and ctx.deliver:
         reposts.ask(conn, link["org"], link["repo"], link["sha"], ctx.urls)
@@ -84,7 +85,35 @@ def pull_request_head(session: Session, payload: dict[str, Any], ctx: Context) -
 @router.register("pull_request", "closed")
 def pull_request_closed(session: Session, payload: dict[str, Any], ctx: Context) -> str | None:
     """Mark the PR closed (merged or not); its scans keep their PR number."""
-    return None if _upsert_link(session, payload, "closed") is not None else "ignored"
+    link = _upsert_link(session, payload, "closed")
+    if link is None:
+        return "ignored"
+    _ask_for_base_scans(session.connection(), link, ctx)
+    return None
+
+
+# The images of the head's scans stored under the pull request's base ref.
+_HEAD_SCANS_UNDER_BASE = (
+    sa.select(_scans.c.image_name)
+    .where(
+        _scans.c.org_id == sa.bindparam("org"),
+        _scans.c.repo_full_name == sa.bindparam("repo"),
+        _scans.c.commit_sha == sa.bindparam("sha"),
+        _scans.c.ref == sa.bindparam("base_ref"),
+        _scans.c.image_name.is_not(None),
+    )
+    .distinct()
+)
+
+
+def _ask_for_base_scans(conn: sa.Connection, link: dict[str, Any], ctx: Context) -> None:
+    """A head newly known as a pull request's (or newly known to have reached its base, a fast-forward merge) changes
+    what its scans under the base's ref are: a baseline or not (app.commits). The open pull requests into that base
+    judged against them are asked to be posted again."""
+    if not link["base_changed"] or not ctx.deliver:
+        return
+    for (name,) in conn.execute(_HEAD_SCANS_UNDER_BASE, link):
+        reposts.ask_for_base(conn, link["org"], link["repo"], link["base_ref"], link["sha"], name, ctx.urls)
 
 
 def _upsert_link(session: Session, payload: dict[str, Any], state: str) -> dict[str, Any] | None:
@@ -114,12 +143,14 @@ def _upsert_link(session: Session, payload: dict[str, Any], state: str) -> dict[
             "future": utcnow() + FUTURE_SKEW,
         },
     ).rowcount
+    remembered = 0
     if base_ref is not None:  # whatever its state or age: it was a head into that base
         head = {"org_id": org.id, "repo_full_name": repo, "head_sha": sha, "base_ref": base_ref, "number": number}
-        conn.execute(REMEMBER_HEAD[conn.dialect.name].values(**head))
+        remembered = conn.execute(REMEMBER_HEAD[conn.dialect.name].values(**head)).rowcount
     # changed: the event was at least as new as what was known (an older one redelivered changes nothing)
+    fast_forwarded = bool(changed) and state == "closed" and _merge_sha(payload) == sha
     link = {"org": org.id, "repo": repo, "sha": sha, "number": number, "changed": bool(changed)}
-    return {**link, "base_ref": base_ref}
+    return {**link, "base_ref": base_ref, "base_changed": base_ref is not None and bool(remembered or fast_forwarded)}
 
 
 def _merge_sha(payload: dict[str, Any]) -> str | None:
