@@ -150,29 +150,29 @@ def _newest_scan(*where: sa.ColumnElement[bool]) -> sa.Select[Any]:
 # not built from the branch: its workflow ran for the pull request with the base's ref (`pull_request_target` gives
 # `github.ref` = the base). Every head a pull request had is kept (PullRequestHead), whenever its scan came; a head
 # that itself reached that base (a fast-forward merge: some pull request into it has it as its merge commit) is the
-# base's. When the base's newest scan is such a head's, the base as it is now is unknown: no baseline by the branch
-# (an older scan would count as existing what the base fixed since: fail open), and the base commit's scan, if any,
-# is the baseline.
+# base's. When the base's newest scan is such a head's, the base as it is now is unknown: there is no baseline (an
+# older scan of the branch, or of the pull request's base commit, would count as existing what the base fixed since).
 _ph = PullRequestHead.__table__
-_A_HEAD_INTO_ITS_REF = (
+_BY_BRANCH = _newest_scan(ScanRun.ref == sa.bindparam("ref")).add_columns(ScanRun.commit_sha)
+# Probed for the one scan _BY_BRANCH found (an EXISTS over every newest scan was planned as a hash of both tables).
+_A_HEAD_INTO_ITS_REF = sa.select(
     sa.select(_ph.c.id)
     .where(
-        _ph.c.org_id == ScanRun.org_id,
-        _ph.c.repo_full_name == ScanRun.repo_full_name,
-        _ph.c.head_sha == ScanRun.commit_sha,
-        _ph.c.base_ref == ScanRun.ref,
+        _ph.c.org_id == sa.bindparam("org"),
+        _ph.c.repo_full_name == sa.bindparam("repo"),
+        _ph.c.head_sha == sa.bindparam("sha"),
+        _ph.c.base_ref == sa.bindparam("ref"),
         ~sa.select(PullRequestLink.id)
         .where(
-            PullRequestLink.org_id == _ph.c.org_id,
-            PullRequestLink.repo_full_name == _ph.c.repo_full_name,
-            PullRequestLink.base_ref == _ph.c.base_ref,
-            PullRequestLink.merge_sha == _ph.c.head_sha,
+            PullRequestLink.org_id == sa.bindparam("org"),
+            PullRequestLink.repo_full_name == sa.bindparam("repo"),
+            PullRequestLink.merge_sha == sa.bindparam("sha"),
+            PullRequestLink.base_ref == sa.bindparam("ref"),
         )
         .exists(),
     )
     .exists()
 )
-_BY_BRANCH = _newest_scan(ScanRun.ref == sa.bindparam("ref")).add_columns(_A_HEAD_INTO_ITS_REF.label("a_head"))
 _BY_COMMIT = _newest_scan(ScanRun.commit_sha == sa.bindparam("sha"))
 # The bases of the open pull requests whose head is the commit (two are enough to tell it has more than one).
 _PR_BASE = (
@@ -225,8 +225,8 @@ def baseline(
     scan_id: int = 0,
 ) -> int | None:
     """The baseline of a scan (`scan_id`, never its own) of `image_name` in `repo`: the newest scan of that image
-    name built from the pull request's base branch (unless that is a pull request head's: _A_HEAD_INTO_ITS_REF), else
-    the newest of it at the base commit. None: no baseline, every finding is new."""
+    name built from the pull request's base branch (when that is a pull request head's, _A_HEAD_INTO_ITS_REF, none),
+    else the newest of it at the base commit. None: no baseline, every finding is new."""
     return baseline_or_why(conn, org_id, repo, image_name, base_ref, base_sha, scan_id)[0]
 
 
@@ -243,18 +243,18 @@ def baseline_or_why(
     if image_name is None:  # a scan stored before image names were (migration 0013): nothing is the same image
         return None, NO_BASE_SCAN
     params = {"org": org_id, "repo": repo, "name": image_name, "self": scan_id}
-    why = NO_BASE_SCAN
     if base_ref is not None:
         newest = conn.execute(_BY_BRANCH, {**params, "ref": base_ref}).one_or_none()
-        if newest is not None and not newest.a_head:
-            return int(newest.id), None
         if newest is not None:
-            why = BASE_IS_A_HEAD
+            head = {"org": org_id, "repo": repo, "sha": newest.commit_sha, "ref": base_ref}
+            if conn.execute(_A_HEAD_INTO_ITS_REF, head).scalar():
+                return None, BASE_IS_A_HEAD  # not even the base commit's scan: it may be older than a fix
+            return int(newest.id), None
     if base_sha is not None:
         found = conn.execute(_BY_COMMIT, {**params, "sha": base_sha}).scalar()
         if found is not None:
             return int(found), None
-    return None, why
+    return None, NO_BASE_SCAN
 
 
 @dataclass(frozen=True)

@@ -460,6 +460,7 @@ class PullRequestLink(Base):
         sa.UniqueConstraint("org_id", "repo_full_name", "number", name="uq_pull_requests_number"),
         sa.Index("ix_pull_requests_head", "org_id", "repo_full_name", "head_sha"),
         sa.Index("ix_pull_requests_open", "org_id", "repo_full_name", "state"),  # a repo's open ones (app.reposts)
+        sa.Index("ix_pull_requests_merge", "org_id", "repo_full_name", "merge_sha"),  # fast-forwards (app.commits)
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

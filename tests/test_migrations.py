@@ -12,6 +12,7 @@ from datetime import datetime
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 
 from app import create_app, migrate
 from app.db import Base
@@ -281,7 +282,13 @@ def test_0027_keeps_the_heads_known_before_it(tmp_path):
         conn.execute(sa.text(scan), {"id": 3, "sha": "d" * 40, "pr": None, "now": now, "mark": 0})  # main's own
     migrate.upgrade(app)
     with engine.connect() as conn:
-        heads = conn.execute(sa.text("SELECT head_sha, base_ref, number FROM pull_request_heads ORDER BY head_sha"))
-        assert [tuple(r) for r in heads] == [("a" * 40, "refs/heads/main", 7), ("c" * 40, "refs/heads/main", 7)]
+        order = "ORDER BY head_sha, number"
+        heads = conn.execute(sa.text(f"SELECT head_sha, base_ref, number FROM pull_request_heads {order}"))
+        main = "refs/heads/main"
+        assert [tuple(r) for r in heads] == [("a" * 40, main, 7), ("c" * 40, main, 0), ("c" * 40, main, 7)]
         assert "pr_head" not in {c["name"] for c in sa.inspect(conn).get_columns("scan_runs")}
+    command.downgrade(migrate.alembic_config(app), "0026")  # the marks come back from the heads known, not all false
+    with engine.connect() as conn:
+        marks = conn.execute(sa.text("SELECT id, pr_head FROM scan_runs ORDER BY id"))
+        assert [(i, bool(m)) for i, m in marks] == [(1, True), (2, True), (3, False)]
     engine.dispose()

@@ -486,6 +486,23 @@ def test_a_head_pushed_to_the_base_without_a_recorded_merge_leaves_the_base_unkn
     assert f"({commits.BASE_IS_A_HEAD})" in summary, summary
 
 
+def test_a_head_scan_on_the_base_never_hands_the_baseline_to_an_older_base_commit(app, client, token, fake_github):
+    """Pull request 4 is based on main-1 (the high), which main-2 fixed; then pull request 7's pull_request_target scan
+    lands under refs/heads/main: main's newest is a head's, and main-1's scan (4's base commit) must not stand in for
+    main, which fixed the high since: 4 stays red."""
+    settings(client, token, block_on="new")
+    main1, four, seven = sha_of("main-1-high"), sha_of("pr-4-stale-base"), sha_of("pr-7-target")
+    upload(client, token, main1, HIGH, ref="refs/heads/main")
+    pull_request(client, 4, four, base_sha=main1)
+    upload(client, token, sha_of("main-2-fixed"), CLEAN, ref="refs/heads/main")
+    assert upload(client, token, four, HIGH, ref="refs/pull/4/merge")["status"] == "failure"
+    pull_request(client, 7, seven)
+    upload(client, token, seven, HIGH, ref="refs/heads/main")
+    work(app)
+    assert shown(fake_github, four)[0] == "failure"
+    assert upload(client, token, four, HIGH, ref="refs/pull/4/merge")["status"] == "failure"
+
+
 def test_a_fast_forward_into_another_base_makes_no_head_scan_its_old_bases(app, client, token, fake_github):
     """Pull request 5 at X into release (its pull_request_target scan under refs/heads/release), then retargeted to
     main and fast-forwarded there: X reached main, not release; pull request 6 into release stays red."""

@@ -22,38 +22,57 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_table(
-        "pull_request_heads",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("org_id", sa.Integer(), nullable=False),
-        sa.Column("repo_full_name", sa.String(length=200), nullable=False),
-        sa.Column("head_sha", sa.String(length=40), nullable=False),
-        sa.Column("base_ref", sa.String(length=255), nullable=False),
-        sa.Column("number", sa.Integer(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["org_id"], ["orgs.id"], name=op.f("fk_pull_request_heads_org_id_orgs"), ondelete="CASCADE"
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_pull_request_heads")),
-        sa.UniqueConstraint(
-            "org_id", "repo_full_name", "head_sha", "base_ref", "number", name="uq_pull_request_heads_head"
-        ),
-    )
+    inspect = sa.inspect(op.get_bind())
+    if not inspect.has_table("pull_request_heads"):  # (a database of a build of this session made it in its 0026)
+        op.create_table(
+            "pull_request_heads",
+            sa.Column("id", sa.Integer(), nullable=False),
+            sa.Column("org_id", sa.Integer(), nullable=False),
+            sa.Column("repo_full_name", sa.String(length=200), nullable=False),
+            sa.Column("head_sha", sa.String(length=40), nullable=False),
+            sa.Column("base_ref", sa.String(length=255), nullable=False),
+            sa.Column("number", sa.Integer(), nullable=False),
+            sa.ForeignKeyConstraint(
+                ["org_id"], ["orgs.id"], name=op.f("fk_pull_request_heads_org_id_orgs"), ondelete="CASCADE"
+            ),
+            sa.PrimaryKeyConstraint("id", name=op.f("pk_pull_request_heads")),
+            sa.UniqueConstraint(
+                "org_id", "repo_full_name", "head_sha", "base_ref", "number", name="uq_pull_request_heads_head"
+            ),
+        )
     # Plain ADD/DROP COLUMN (SQLite 3.35 and later): batch mode would copy the tables on SQLite.
-    op.add_column("pull_requests", sa.Column("merge_sha", sa.String(length=40), nullable=True))
-    known = (
-        "SELECT org_id, repo_full_name, head_sha, base_ref, number FROM pull_requests WHERE base_ref IS NOT NULL"
-        " UNION SELECT s.org_id, s.repo_full_name, s.commit_sha, s.ref, s.pr_number FROM scan_runs s"
+    if "merge_sha" not in {c["name"] for c in inspect.get_columns("pull_requests")}:
+        op.add_column("pull_requests", sa.Column("merge_sha", sa.String(length=40), nullable=True))
+    op.create_index("ix_pull_requests_merge", "pull_requests", ["org_id", "repo_full_name", "merge_sha"])
+    marked = "pr_head" in {c["name"] for c in inspect.get_columns("scan_runs")}
+    known = [
+        "SELECT org_id, repo_full_name, head_sha, base_ref, number FROM pull_requests WHERE base_ref IS NOT NULL",
+        "SELECT s.org_id, s.repo_full_name, s.commit_sha, s.ref, s.pr_number FROM scan_runs s"
         " JOIN pull_requests p ON p.org_id = s.org_id AND p.repo_full_name = s.repo_full_name"
-        " AND p.number = s.pr_number AND p.base_ref = s.ref"
-        " UNION SELECT s.org_id, s.repo_full_name, s.commit_sha, s.ref, p.number FROM scan_runs s"
-        " JOIN pull_requests p ON p.org_id = s.org_id AND p.repo_full_name = s.repo_full_name"
-        " AND p.head_sha = s.commit_sha AND p.base_ref = s.ref WHERE s.pr_head"
+        " AND p.number = s.pr_number AND p.base_ref = s.ref",
+    ]
+    if marked:  # 0026's marks, whatever pull request they were of (0: not known)
+        known.append(
+            "SELECT org_id, repo_full_name, commit_sha, ref, COALESCE(pr_number, 0) FROM scan_runs"
+            " WHERE pr_head AND ref IS NOT NULL"
+        )
+    op.execute(
+        "INSERT INTO pull_request_heads (org_id, repo_full_name, head_sha, base_ref, number)"
+        f" SELECT * FROM ({' UNION '.join(known)}) AS k WHERE NOT EXISTS (SELECT 1 FROM pull_request_heads h"
+        " WHERE h.org_id = k.org_id AND h.repo_full_name = k.repo_full_name AND h.head_sha = k.head_sha"
+        " AND h.base_ref = k.base_ref AND h.number = k.number)"
     )
-    op.execute(f"INSERT INTO pull_request_heads (org_id, repo_full_name, head_sha, base_ref, number) {known}")
-    op.execute("ALTER TABLE scan_runs DROP COLUMN pr_head")
+    if marked:
+        op.execute("ALTER TABLE scan_runs DROP COLUMN pr_head")
 
 
 def downgrade() -> None:
     op.add_column("scan_runs", sa.Column("pr_head", sa.Boolean(), nullable=False, server_default=sa.false()))
+    op.execute(  # 0026's marks back, from every head known (they would otherwise all be baselines again)
+        "UPDATE scan_runs SET pr_head = true WHERE EXISTS (SELECT 1 FROM pull_request_heads h"
+        " WHERE h.org_id = scan_runs.org_id AND h.repo_full_name = scan_runs.repo_full_name"
+        " AND h.head_sha = scan_runs.commit_sha AND h.base_ref = scan_runs.ref)"
+    )
+    op.drop_index("ix_pull_requests_merge", table_name="pull_requests")
     op.execute("ALTER TABLE pull_requests DROP COLUMN merge_sha")
     op.drop_table("pull_request_heads")
