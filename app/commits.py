@@ -215,21 +215,6 @@ def pr_base_or_why(
     return None, MANY_BASES if rows else NO_PULL_REQUEST
 
 
-def baseline(
-    conn: sa.Connection,
-    org_id: int,
-    repo: str,
-    image_name: str | None,
-    base_ref: str | None,
-    base_sha: str | None,
-    scan_id: int = 0,
-) -> int | None:
-    """The baseline of a scan (`scan_id`, never its own) of `image_name` in `repo`: the newest scan of that image
-    name built from the pull request's base branch (when that is a pull request head's, _A_HEAD_INTO_ITS_REF, none),
-    else the newest of it at the base commit. None: no baseline, every finding is new."""
-    return baseline_or_why(conn, org_id, repo, image_name, base_ref, base_sha, scan_id)[0]
-
-
 def baseline_or_why(
     conn: sa.Connection,
     org_id: int,
@@ -239,7 +224,10 @@ def baseline_or_why(
     base_sha: str | None,
     scan_id: int = 0,
 ) -> tuple[int | None, str | None]:
-    """`baseline`, and when there is none why (NO_BASE_SCAN, BASE_IS_A_HEAD)."""
+    """The baseline of a scan (`scan_id`, never its own) of `image_name` in `repo`, and when there is none why
+    (NO_BASE_SCAN, BASE_IS_A_HEAD): the newest scan of that image name built from the pull request's base branch (when
+    that is a pull request head's, _A_HEAD_INTO_ITS_REF, none), else the newest of it at the base commit. None: no
+    baseline, every finding is new."""
     if image_name is None:  # a scan stored before image names were (migration 0013): nothing is the same image
         return None, NO_BASE_SCAN
     params = {"org": org_id, "repo": repo, "name": image_name, "self": scan_id}

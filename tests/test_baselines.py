@@ -59,7 +59,7 @@ def baseline_of(app: Any, image_name: str, repo: str = REPO) -> int | None:
         base = commits.pr_base(conn, org.id, repo, HEAD)
         if base is None:
             return None
-        return commits.baseline(conn, org.id, repo, image_name, *base)
+        return commits.baseline_or_why(conn, org.id, repo, image_name, *base)[0]
 
 
 def test_the_newest_scan_of_the_image_built_from_the_base_branch(app, acme):
