@@ -364,6 +364,13 @@ def test_the_worker_survives_a_sqlite_write_lock_held_past_its_budget(tmp_path: 
                     w,
                 )
                 assert [fake_github.latest_status("acme", "api", sha)["state"] for sha in shas] == ["failure"] * 3
+
+                def beats_written() -> list[Any]:  # its thread's beat during the lock failed; the next is due
+                    with app.app_context():  # within BEAT_EVERY of it, maybe after the rows went out
+                        conn = db.session().connection()
+                        return conn.execute(sa.select(WorkerHeartbeat.name, WorkerHeartbeat.beat_at)).all()
+
+                wait_for(beats_written, worker_loop.BEAT_EVERY + WAIT, "the worker's heartbeat", w)
                 with app.app_context():
                     conn = db.session().connection()
                     beats = conn.execute(sa.select(WorkerHeartbeat.name, WorkerHeartbeat.beat_at)).all()
