@@ -255,9 +255,16 @@ class Baseline:
     why_none: str | None = None  # with no scan: why (NO_PULL_REQUEST, MANY_BASES, NO_BASE_SCAN)
 
 
-def baseline_of(conn: sa.Connection, org_id: int, repo: str, sha: str, image_name: str | None) -> Baseline:
-    """The baseline of an upload of `image_name` at commit `sha`, with its keys: three indexed reads at most."""
-    base, why = pr_base_or_why(conn, org_id, repo, sha)
+def baseline_at(
+    conn: sa.Connection,
+    org_id: int,
+    repo: str,
+    image_name: str | None,
+    base: tuple[str | None, str | None] | None,
+    why: str | None,
+) -> Baseline:
+    """The baseline of an upload of `image_name` whose pull request's base is `base`, with its keys (`base` and
+    `why` as pr_base_or_why gives them): two indexed reads at most."""
     found = None
     if base is not None:
         found, why = baseline_or_why(conn, org_id, repo, image_name, *base)

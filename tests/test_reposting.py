@@ -7,6 +7,8 @@ import hashlib
 import hmac
 import itertools
 import json
+import threading
+import time
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -15,11 +17,12 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from app import commits, db, reposts
+from app import commits, db, reposts, sqlite_writers
 from app.chain import retention
-from app.findings import service
+from app.findings import service, store
 from app.github import outbox
 from app.github.client import github_app
+from app.github.handlers import pull_request as pull_request_handlers
 from app.models import Finding, OutboxItem, Repost, ScanRun, utcnow
 from app.worker import Loop
 from tests.conftest import INSTALLATION, MakeApp, app_with_github, org_with_installation
@@ -747,3 +750,171 @@ def test_an_exception_changed_while_an_upload_is_in_flight_is_not_missed(
     work(app)
     shows = shown(fake_github, sha)
     assert shows is not None and shows[0] == expected
+
+
+# ---------------------------------------------------------------- a delivery while an upload is in flight
+# PostgreSQL runs writers together: a pull_request delivery and an upload of the same base or head, each in its own
+# transaction, take turns on the locks of app.locks. (SQLite's one writer makes them take turns anyway.)
+
+WAIT = 30  # seconds any step of these tests may take before it counts as hung
+
+
+class Held:
+    """Calls of `target.name` made in a thread of `threads` wait, once they are reached (`reached`), until `go` is set;
+    with after=True the call runs first and the thread waits on its way out."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, target: Any, name: str, after: bool = False) -> None:
+        self.reached, self.go = threading.Event(), threading.Event()
+        self.threads: set[threading.Thread] = set()
+        real = getattr(target, name)
+
+        def held(*args: Any, **kwargs: Any) -> Any:
+            if threading.current_thread() not in self.threads:
+                return real(*args, **kwargs)
+            result = real(*args, **kwargs) if after else None
+            self.reached.set()
+            assert self.go.wait(WAIT), "the test never let the held call go on"
+            return result if after else real(*args, **kwargs)
+
+        monkeypatch.setattr(target, name, held)
+
+
+class Waits:
+    """Whether a thread waits for a lock another transaction holds: on PostgreSQL an advisory lock not granted in this
+    database; on SQLite the thread has come to wait for the write turn (app.sqlite_writers)."""
+
+    def __init__(self, app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.app, self.threads, self.turn = app, set[threading.Thread](), threading.Event()
+        real = sqlite_writers._wait_for
+
+        def wait_for(fd: int) -> bool:
+            if threading.current_thread() in self.threads:
+                self.turn.set()
+            return real(fd)
+
+        monkeypatch.setattr(sqlite_writers, "_wait_for", wait_for)
+
+    def __call__(self) -> bool:
+        if self.turn.is_set():
+            return True
+        with self.app.app_context():
+            conn = db.session().connection()
+            if conn.dialect.name != "postgresql":
+                return False
+            waiting = sa.text(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+                " WHERE l.locktype = 'advisory' AND NOT l.granted AND a.datname = current_database())"
+            )
+            return bool(conn.execute(waiting).scalar())
+
+    def until_done_or_waiting(self, thread: threading.Thread, held: Held | None = None) -> None:
+        """Until `thread` ended, waits for a lock, or reached `held`'s call (bounded by WAIT)."""
+        deadline = time.monotonic() + WAIT
+        while thread.is_alive() and not self() and not (held is not None and held.reached.is_set()):
+            assert time.monotonic() < deadline, "the delivery neither ended nor waited for a lock"
+            self.turn.wait(0.01)  # polls the database's lock table; wakes at once when the write turn is waited for
+
+
+def in_thread(fn: Any, *threads_of: Any) -> tuple[threading.Thread, list[Any]]:
+    """A started thread running fn(), registered in each of `threads_of` (Held, Waits) first; its result in the list."""
+    out: list[Any] = []
+    thread = threading.Thread(target=lambda: out.append(fn()))
+    for h in threads_of:
+        h.threads.add(thread)
+    thread.start()
+    return thread, out
+
+
+def test_a_head_made_known_while_another_heads_upload_reads_the_base_is_no_baseline(
+    app, client, token, fake_github, monkeypatch
+):
+    """Pull request 8's head was scanned as pull_request_target stores it (under refs/heads/main) before its first
+    delivery. Pull request 7's upload reads main's newest scan (8's head, not yet known as one) as its baseline while
+    8's opened delivery comes: the delivery's ask for the pull requests judged against 8's head cannot see 7's scan, not
+    stored yet. HEAD: 7 kept that baseline, its new high shown green. Now the delivery waits for the lock of main (the
+    base, app.locks), which the upload holds, and then finds it."""
+    settings(client, token, block_on="new")
+    upload(client, token, sha_of("main-tip"), CLEAN, ref="refs/heads/main")
+    seven, eight = sha_of("pr-7"), sha_of("pr-8")
+    pull_request(client, 7, seven)
+    upload(client, token, eight, HIGH, ref="refs/heads/main")  # as pull_request_target, before 8 is known
+    stored, waits = Held(monkeypatch, store, "insert"), Waits(app, monkeypatch)
+    up, answers = in_thread(lambda: upload(app.test_client(), token, seven, HIGH, ref="refs/pull/7/merge"), stored)
+    try:
+        assert stored.reached.wait(WAIT)  # 7's upload holds its locks, its baseline read
+        hook, _ = in_thread(lambda: pull_request(client, 8, eight), waits)
+        waits.until_done_or_waiting(hook)
+    finally:
+        stored.go.set()
+        up.join(WAIT)
+    hook.join(WAIT)
+    assert answers and not up.is_alive() and not hook.is_alive()
+    work(app)
+    assert shown(fake_github, seven) == ("failure", "1 image · 1 new high · blocking")
+
+
+def test_a_base_changed_while_the_heads_upload_is_in_flight_is_its_base(app, client, token, fake_github, monkeypatch):
+    """Pull request 7 is moved from main (which has the high) to release (which has not) while its head's upload is in
+    flight, its baseline read from main: the edit's link of the head's scans cannot see it, not stored yet. HEAD: the
+    scan stayed judged against main, green. Now the delivery waits for the head commit's lock, which the upload holds,
+    then links the scan and asks for it again."""
+    settings(client, token, block_on="new")
+    head = sha_of("moved-in-flight")
+    upload(client, token, sha_of("main"), HIGH, ref="refs/heads/main")
+    upload(client, token, sha_of("release"), CLEAN, ref="refs/heads/release")
+    pull_request(client, 7, head, base="main")
+    stored, waits = Held(monkeypatch, store, "insert"), Waits(app, monkeypatch)
+    up, answers = in_thread(lambda: upload(app.test_client(), token, head, HIGH, ref="refs/pull/7/merge"), stored)
+    try:
+        assert stored.reached.wait(WAIT)
+        edit = lambda: pull_request(client, 7, head, base="release", action="edited", at="2026-12-01T11:00:00Z")  # noqa: E731
+        hook, _ = in_thread(edit, waits)
+        waits.until_done_or_waiting(hook)
+    finally:
+        stored.go.set()
+        up.join(WAIT)
+    hook.join(WAIT)
+    assert answers and not up.is_alive() and not hook.is_alive()
+    work(app)
+    assert shown(fake_github, head) == ("failure", "1 image · 1 new high · blocking")
+
+
+def test_a_heads_scan_under_the_base_in_flight_while_the_head_becomes_known_is_found(
+    app, client, token, fake_github, monkeypatch
+):
+    """Pull request 8's head is being scanned under refs/heads/main (pull_request_target) while its opened delivery
+    comes. HEAD: the delivery looked for 8's scans under main before that one was stored, found none, and stored 8 as
+    known only later: a worker between the two judged 7 against 8's scan as main's (8 not yet known), green, and nothing
+    asked for 7 again. Now the delivery waits for the lock of 8's head commit, which the scan's upload holds, finds the
+    scan and asks for 7 again. (SQLite's one writer never lets the worker in between: there it checks the same end.)"""
+    settings(client, token, block_on="new")
+    upload(client, token, sha_of("main-tip"), CLEAN, ref="refs/heads/main")
+    seven, eight = sha_of("pr-7"), sha_of("pr-8")
+    pull_request(client, 7, seven)
+    upload(client, token, seven, HIGH, ref="refs/pull/7/merge")
+    work(app)
+    assert shown(fake_github, seven) == ("failure", "1 image · 1 new high · blocking")
+    stored, waits = Held(monkeypatch, store, "insert"), Waits(app, monkeypatch)
+    looked = Held(monkeypatch, pull_request_handlers, "_ask_for_base_scans", after=True)
+    up, answers = in_thread(lambda: upload(app.test_client(), token, eight, HIGH, ref="refs/heads/main"), stored)
+    try:
+        assert stored.reached.wait(WAIT)  # 8's scan under main, in flight
+        hook, _ = in_thread(lambda: pull_request(client, 8, eight), waits, looked)
+        waits.until_done_or_waiting(hook, looked)
+    finally:
+        stored.go.set()
+        up.join(WAIT)
+    try:
+        assert answers and looked.reached.wait(WAIT)  # the delivery has looked for 8's scans, and is not committed
+        if db_backend(app) == "postgresql":
+            work(app)  # a worker now: 7 asked again by 8's scan, judged with 8 not yet known
+    finally:
+        looked.go.set()
+        hook.join(WAIT)
+    assert not hook.is_alive()
+    work(app)
+    assert shown(fake_github, seven) == ("failure", "1 image · 1 new high · blocking")
+
+
+def db_backend(app: Flask) -> str:
+    return str(app.extensions["fremforge.db"].engine.dialect.name)

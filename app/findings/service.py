@@ -189,12 +189,18 @@ def assess(
     return Assessment(findings, buckets, blocking_of, exception_ids, counts, fixable, status, blocking, image, section)
 
 
-def _compared(conn: sa.Connection, org_id: int, upload: Upload, pol: policy.Policy) -> commits.Baseline | None:
-    """The upload's baseline when the policy asks for one (block_on new)."""
+def _compared(
+    conn: sa.Connection, org_id: int, upload: Upload, pol: policy.Policy, lock: bool = False
+) -> commits.Baseline | None:
+    """The upload's baseline when the policy asks for one (block_on new). With `lock` (under the upload's image
+    lock) its pull request's base branch is locked before it is read (`app.locks.ref`)."""
     if pol.block_on != "new":
         return None
-    name = fields.image_name(upload.image_ref)
-    return commits.baseline_of(conn, org_id, upload.repo_full_name, upload.commit_sha, name)
+    repo, name = upload.repo_full_name, fields.image_name(upload.image_ref)
+    base, why = commits.pr_base_or_why(conn, org_id, repo, upload.commit_sha)
+    if lock and base is not None and base[0] is not None:
+        locks.ref(conn, org_id, repo, base[0])
+    return commits.baseline_at(conn, org_id, repo, name, base, why)
 
 
 def ingest(
@@ -244,7 +250,7 @@ def ingest(
         compared = None
         if pol.block_on == "new":  # the baseline read again under the image's lock: a base's scan may just have landed
             locks.image(conn, org.id, repo, fields.image_name(upload.image_ref))
-            compared = _compared(conn, org.id, upload, pol)
+            compared = _compared(conn, org.id, upload, pol, lock=True)
             if assessed is not None and compared is not None and assessed.image.baseline_scan_id != compared.scan_id:
                 assessed = None
             reposts.ask_for_base(conn, org.id, repo, upload.ref, sha, fields.image_name(upload.image_ref), urls)
