@@ -150,6 +150,13 @@ def finalize(config: dict[str, Any], instance_path: str) -> None:
             "(or FREMFORGE_GITHUB_PRIVATE_KEY) too, or unset the App id"
         )
     config["GITHUB_APP_CONFIGURED"] = bool(config.get("GITHUB_APP_ID") and config.get("GITHUB_PRIVATE_KEY"))
+    oauth = {name: str(config.get(name) or "").strip() for name in ("GITHUB_CLIENT_ID", "GITHUB_CLIENT_SECRET")}
+    if any(oauth.values()) and not all(oauth.values()):  # half of it: "Sign in with GitHub" would be missing, unsaid
+        given, missing = sorted(oauth, key=lambda name: not oauth[name])
+        raise ConfigError(
+            f"FREMFORGE_{given} is set without FREMFORGE_{missing}: set both (the GitHub App's client ID and a client "
+            'secret, for "Sign in with GitHub"), or neither'
+        )
     if config.get("GITHUB_WEBHOOK_SECRET") and not str(config["GITHUB_WEBHOOK_SECRET"]).strip():  # spaces only
         raise ConfigError(
             "FREMFORGE_GITHUB_WEBHOOK_SECRET is blank: set the webhook secret entered on GitHub, or unset it"

@@ -56,6 +56,7 @@ def test_values_are_read_as_strings(monkeypatch):
     monkeypatch.setenv("FREMFORGE_GITHUB_PRIVATE_KEY", PEM)
     monkeypatch.setenv("FREMFORGE_GITHUB_WEBHOOK_SECRET", "w")
     monkeypatch.setenv("FREMFORGE_GITHUB_CLIENT_ID", "0012")
+    monkeypatch.setenv("FREMFORGE_GITHUB_CLIENT_SECRET", "c")
     monkeypatch.setenv("FREMFORGE_SECRET_KEY", "s")
     monkeypatch.setenv("FREMFORGE_MAX_UPLOAD_MB", "2")
     app = create_app()
@@ -353,6 +354,19 @@ def test_a_database_url_that_cannot_work_is_refused_at_start(monkeypatch, url, s
 def test_postgresql_options_libpq_knows_are_taken(monkeypatch):
     monkeypatch.setenv("FREMFORGE_DATABASE_URL", "postgresql://u@127.0.0.1/db?sslmode=prefer&connect_timeout=3")
     assert create_app().config["DATABASE_URL"].endswith("?sslmode=prefer&connect_timeout=3")
+
+
+@pytest.mark.parametrize("given", ["GITHUB_CLIENT_ID", "GITHUB_CLIENT_SECRET"])
+def test_half_of_the_oauth_credentials_is_refused(monkeypatch, given):
+    """A client id without its secret (or the other way round) would leave the admin pages without "Sign in with
+    GitHub", the reason told to nobody at start."""
+    monkeypatch.setenv(f"FREMFORGE_{given}", "Iv1.0123456789abcdef")
+    missing = ({"GITHUB_CLIENT_ID", "GITHUB_CLIENT_SECRET"} - {given}).pop()
+    monkeypatch.setenv(f"FREMFORGE_{missing}", "  ")
+    with pytest.raises(ConfigError, match=f"FREMFORGE_{given} is set without FREMFORGE_{missing}"):
+        create_app()
+    monkeypatch.setenv(f"FREMFORGE_{missing}", "the-other-half")
+    assert create_app().config[given] == "Iv1.0123456789abcdef"
 
 
 def test_half_a_github_app_is_refused(monkeypatch, tmp_path):
