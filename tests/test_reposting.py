@@ -825,6 +825,25 @@ def in_thread(fn: Any, *threads_of: Any) -> tuple[threading.Thread, list[Any]]:
     return thread, out
 
 
+def delivered_while_in_flight(
+    app: Flask, monkeypatch: pytest.MonkeyPatch, upload_: Any, delivery: Any, held: Held | None = None
+) -> threading.Thread:
+    """upload_() in a thread, held once its locks are taken and its baseline read (as it writes its rows); then
+    delivery() in another, until it ends, waits for a lock or reaches `held`'s call; then the upload goes on and ends.
+    Returns the delivery's thread (still running while `held` holds it)."""
+    stored, waits = Held(monkeypatch, store, "insert"), Waits(app, monkeypatch)
+    up, answers = in_thread(upload_, stored)
+    try:
+        assert stored.reached.wait(WAIT)
+        hook, _ = in_thread(delivery, waits, *([held] if held is not None else []))
+        waits.until_done_or_waiting(hook, held)
+    finally:
+        stored.go.set()
+        up.join(WAIT)
+    assert answers and not up.is_alive()
+    return hook
+
+
 def test_a_head_made_known_while_another_heads_upload_reads_the_base_is_no_baseline(
     app, client, token, fake_github, monkeypatch
 ):
@@ -838,17 +857,10 @@ def test_a_head_made_known_while_another_heads_upload_reads_the_base_is_no_basel
     seven, eight = sha_of("pr-7"), sha_of("pr-8")
     pull_request(client, 7, seven)
     upload(client, token, eight, HIGH, ref="refs/heads/main")  # as pull_request_target, before 8 is known
-    stored, waits = Held(monkeypatch, store, "insert"), Waits(app, monkeypatch)
-    up, answers = in_thread(lambda: upload(app.test_client(), token, seven, HIGH, ref="refs/pull/7/merge"), stored)
-    try:
-        assert stored.reached.wait(WAIT)  # 7's upload holds its locks, its baseline read
-        hook, _ = in_thread(lambda: pull_request(client, 8, eight), waits)
-        waits.until_done_or_waiting(hook)
-    finally:
-        stored.go.set()
-        up.join(WAIT)
+    seven_upload = lambda: upload(app.test_client(), token, seven, HIGH, ref="refs/pull/7/merge")  # noqa: E731
+    hook = delivered_while_in_flight(app, monkeypatch, seven_upload, lambda: pull_request(client, 8, eight))
     hook.join(WAIT)
-    assert answers and not up.is_alive() and not hook.is_alive()
+    assert not hook.is_alive()
     work(app)
     assert shown(fake_github, seven) == ("failure", "1 image · 1 new high · blocking")
 
@@ -863,18 +875,11 @@ def test_a_base_changed_while_the_heads_upload_is_in_flight_is_its_base(app, cli
     upload(client, token, sha_of("main"), HIGH, ref="refs/heads/main")
     upload(client, token, sha_of("release"), CLEAN, ref="refs/heads/release")
     pull_request(client, 7, head, base="main")
-    stored, waits = Held(monkeypatch, store, "insert"), Waits(app, monkeypatch)
-    up, answers = in_thread(lambda: upload(app.test_client(), token, head, HIGH, ref="refs/pull/7/merge"), stored)
-    try:
-        assert stored.reached.wait(WAIT)
-        edit = lambda: pull_request(client, 7, head, base="release", action="edited", at="2026-12-01T11:00:00Z")  # noqa: E731
-        hook, _ = in_thread(edit, waits)
-        waits.until_done_or_waiting(hook)
-    finally:
-        stored.go.set()
-        up.join(WAIT)
+    head_upload = lambda: upload(app.test_client(), token, head, HIGH, ref="refs/pull/7/merge")  # noqa: E731
+    edit = lambda: pull_request(client, 7, head, base="release", action="edited", at="2026-12-01T11:00:00Z")  # noqa: E731
+    hook = delivered_while_in_flight(app, monkeypatch, head_upload, edit)
     hook.join(WAIT)
-    assert answers and not up.is_alive() and not hook.is_alive()
+    assert not hook.is_alive()
     work(app)
     assert shown(fake_github, head) == ("failure", "1 image · 1 new high · blocking")
 
@@ -894,18 +899,11 @@ def test_a_heads_scan_under_the_base_in_flight_while_the_head_becomes_known_is_f
     upload(client, token, seven, HIGH, ref="refs/pull/7/merge")
     work(app)
     assert shown(fake_github, seven) == ("failure", "1 image · 1 new high · blocking")
-    stored, waits = Held(monkeypatch, store, "insert"), Waits(app, monkeypatch)
     looked = Held(monkeypatch, pull_request_handlers, "_ask_for_base_scans", after=True)
-    up, answers = in_thread(lambda: upload(app.test_client(), token, eight, HIGH, ref="refs/heads/main"), stored)
+    eight_upload = lambda: upload(app.test_client(), token, eight, HIGH, ref="refs/heads/main")  # noqa: E731
+    hook = delivered_while_in_flight(app, monkeypatch, eight_upload, lambda: pull_request(client, 8, eight), looked)
     try:
-        assert stored.reached.wait(WAIT)  # 8's scan under main, in flight
-        hook, _ = in_thread(lambda: pull_request(client, 8, eight), waits, looked)
-        waits.until_done_or_waiting(hook, looked)
-    finally:
-        stored.go.set()
-        up.join(WAIT)
-    try:
-        assert answers and looked.reached.wait(WAIT)  # the delivery has looked for 8's scans, and is not committed
+        assert looked.reached.wait(WAIT)  # the delivery has looked for 8's scans, and is not committed
         if db_backend(app) == "postgresql":
             work(app)  # a worker now: 7 asked again by 8's scan, judged with 8 not yet known
     finally:
