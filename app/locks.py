@@ -2,8 +2,9 @@
 
 1. The commit: one commit's aggregate (the latest judged scan of each image and the outbox item posting them).
    Uploads and re-posts of one commit take turns; uploads to other commits of the org go on. A pull_request delivery
-   takes its head commit's too (`commit`), so an upload of that head in flight is stored before the delivery links
-   the head's scans (or after, and reads the pull request as the delivery left it).
+   takes its head commit's too (`commit`), so an upload of that head in flight (as a pull request's head, or as a scan
+   under its base's ref) is stored before the delivery links and looks for the head's scans, or after, and reads the
+   pull request as the delivery left it.
 2. The policy: the org's settings, shared. Uploads read the policy together; a settings change (which locks the row
    for update) waits for the uploads in flight and they for it, so it applies wholly before or after each.
    `commit_and_policy` takes both.
@@ -11,17 +12,18 @@
    asks for the pull requests it may be the baseline of to be re-posted under it (`app.reposts.ask_for_base`), so a
    base's scan and a head's upload in flight at once take turns: the head reads the base's new scan, or the base's
    scan finds the head's and asks for it again. Only uploads take it, each holding its commit and policy already.
-4. The base (under block_on new only): a pull request's base branch, by its git ref. An upload takes its pull
-   request's base's before reading its baseline through it; a pull_request delivery that makes a head known as a
-   pull request's (or as fast-forwarded into its base) takes its base's, after the head commit's, before asking for
-   the pull requests judged against that head's scans under the base's ref. So the delivery either finds the upload's
-   scan (and asks for it again) or the upload reads the head as known. (A scan of that head under the base's ref in
-   flight holds the head commit's lock: the delivery waits for it at 1.)
+4. The refs (under block_on new only): git refs of a repository, such as a pull request's base branch. An upload
+   takes, shared, its own ref's (the pull requests into it it asks for, `app.reposts.ask_for_base`) and its pull
+   request's base's (its baseline is read through it), in sorted order; a pull_request delivery takes its base's,
+   exclusively, after its head commit's, before it links or asks for anything. So a delivery and an upload in flight
+   never miss each other: the delivery waits for the uploads holding its base and then finds their scans (and asks
+   for them again), or the upload waits for the delivery and reads the pull request as it left it. Uploads never
+   wait for each other here (the image orders them).
 5. The org's chain head (`app.chain.lock_head`, `app.findings.service`), taken last and held to the commit: appends
    to the org's chain are one at a time, so everything that can be prepared is prepared before it.
 
 PostgreSQL takes each lock as written (1, 3 and 4 are advisory locks keyed by 64 bits of a hash: two keys that
-collide only take turns, which is harmless). SQLite has one writer at a time (`app.db.write_transaction`), which
+collide only take turns). SQLite has one writer at a time (`app.db.write_transaction`), which
 holds all of them at once: there the functions only read, or do nothing.
 """
 
@@ -85,7 +87,11 @@ def lock_commit_and_read(
     return policy.Policy.from_settings(row), row
 
 
-_ADVISORY_LOCK = sa.select(sa.func.pg_advisory_xact_lock(sa.bindparam("key", type_=sa.BigInteger)))
+# An advisory lock's key: 64 bits of a hash of what it locks, XORed with a hash of the schema the app's tables are in
+# (apps on other schemas of one database, such as the tests' workers, don't share keys).
+_KEY = sa.bindparam("key", type_=sa.BigInteger).op("#")(sa.func.hashtextextended(sa.func.current_schema(), 0))
+_ADVISORY_LOCK = sa.select(sa.func.pg_advisory_xact_lock(_KEY))
+_ADVISORY_LOCK_SHARED = sa.select(sa.func.pg_advisory_xact_lock_shared(_KEY))
 
 
 def _key(kind: str, org_id: int, repo: str, name: str) -> int:
@@ -108,16 +114,19 @@ def image(conn: sa.Connection, org_id: int, repo: str, image_name: str) -> None:
         conn.execute(_ADVISORY_LOCK, {"key": _key("image", org_id, repo, image_name)})
 
 
-def ref(conn: sa.Connection, org_id: int, repo: str, name: str) -> None:
-    """Lock one git ref of a repository of the org until the transaction ends (4. above). On SQLite the one writer
-    holds it already."""
+def refs(conn: sa.Connection, org_id: int, repo: str, *names: str | None, shared: bool) -> None:
+    """Lock these git refs of a repository of the org (None aside) until the transaction ends, in sorted order (4.
+    above): `shared` (uploads, which only exclude deliveries) or not (a delivery). On SQLite the one writer holds them
+    already."""
     if conn.dialect.name == "postgresql":
-        conn.execute(_ADVISORY_LOCK, {"key": _key("ref", org_id, repo, name)})
+        statement = _ADVISORY_LOCK_SHARED if shared else _ADVISORY_LOCK
+        for name in sorted({n for n in names if n is not None}):
+            conn.execute(statement, {"key": _key("ref", org_id, repo, name)})
 
 
 @functools.cache
 def _statement(postgres: bool, columns: tuple[sa.ColumnElement[Any], ...]) -> sa.Select[Any]:
     statement = POLICY_SHARED.add_columns(*columns)
     if postgres:
-        statement = statement.add_columns(sa.func.pg_advisory_xact_lock(sa.bindparam("key", type_=sa.BigInteger)))
+        statement = statement.add_columns(sa.func.pg_advisory_xact_lock(_KEY))
     return statement

@@ -780,11 +780,12 @@ class Held:
 
 
 class Waits:
-    """Whether a thread waits for a lock another transaction holds: on PostgreSQL an advisory lock not granted in this
-    database; on SQLite the thread has come to wait for the write turn (app.sqlite_writers)."""
+    """Whether a delivery waits for the upload in flight: on PostgreSQL its backend is blocked by the upload's
+    (pg_blocking_pids); on SQLite it came to wait for the write turn, which the upload holds (app.sqlite_writers)."""
 
     def __init__(self, app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
         self.app, self.threads, self.turn = app, set[threading.Thread](), threading.Event()
+        self.pids: dict[threading.Thread, int] = {}  # each thread's last PostgreSQL backend
         real = sqlite_writers._wait_for
 
         def wait_for(fd: int) -> bool:
@@ -793,25 +794,28 @@ class Waits:
             return real(fd)
 
         monkeypatch.setattr(sqlite_writers, "_wait_for", wait_for)
+        engine = app.extensions["fremforge.db"].engine
+        if engine.dialect.name == "postgresql":
 
-    def __call__(self) -> bool:
+            def checked_out(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+                self.pids[threading.current_thread()] = dbapi_conn.info.backend_pid
+
+            sa.event.listen(engine, "checkout", checked_out)
+
+    def blocked(self, hook: threading.Thread, up: threading.Thread) -> bool:
         if self.turn.is_set():
             return True
+        if hook not in self.pids or up not in self.pids:
+            return False
         with self.app.app_context():
-            conn = db.session().connection()
-            if conn.dialect.name != "postgresql":
-                return False
-            waiting = sa.text(
-                "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-                " WHERE l.locktype = 'advisory' AND NOT l.granted AND a.datname = current_database())"
-            )
-            return bool(conn.execute(waiting).scalar())
+            by = sa.text("SELECT CAST(:up AS integer) = ANY(pg_blocking_pids(:hook))")
+            return bool(db.session().execute(by, {"up": self.pids[up], "hook": self.pids[hook]}).scalar())
 
-    def until_done_or_waiting(self, thread: threading.Thread, held: Held | None = None) -> None:
-        """Until `thread` ended, waits for a lock, or reached `held`'s call (bounded by WAIT)."""
+    def until_done_or_blocked(self, hook: threading.Thread, up: threading.Thread, held: Held | None = None) -> None:
+        """Until the delivery `hook` ended, is blocked by the upload `up` or reached `held`'s call (at most WAIT)."""
         deadline = time.monotonic() + WAIT
-        while thread.is_alive() and not self() and not (held is not None and held.reached.is_set()):
-            assert time.monotonic() < deadline, "the delivery neither ended nor waited for a lock"
+        while hook.is_alive() and not self.blocked(hook, up) and not (held is not None and held.reached.is_set()):
+            assert time.monotonic() < deadline, "the delivery neither ended nor waited for the upload"
             self.turn.wait(0.01)  # polls the database's lock table; wakes at once when the write turn is waited for
 
 
@@ -826,22 +830,37 @@ def in_thread(fn: Any, *threads_of: Any) -> tuple[threading.Thread, list[Any]]:
 
 
 def delivered_while_in_flight(
-    app: Flask, monkeypatch: pytest.MonkeyPatch, upload_: Any, delivery: Any, held: Held | None = None
-) -> threading.Thread:
+    app: Flask,
+    monkeypatch: pytest.MonkeyPatch,
+    upload_: Any,
+    delivery: Any,
+    held: Held | None = None,
+    meanwhile: Any = None,
+) -> tuple[threading.Thread, list[Any]]:
     """upload_() in a thread, held once its locks are taken and its baseline read (as it writes its rows); then
-    delivery() in another, until it ends, waits for a lock or reaches `held`'s call; then the upload goes on and ends.
-    Returns the delivery's thread (still running while `held` holds it)."""
+    delivery() in another, until it ends, waits for the upload or reaches `held`'s call; then meanwhile(delivery's
+    thread) if given; then the upload goes on and ends. Returns the delivery's thread (still running while `held`
+    holds it) and its answer once it ends."""
     stored, waits = Held(monkeypatch, store, "insert"), Waits(app, monkeypatch)
-    up, answers = in_thread(upload_, stored)
+    up, answers = in_thread(upload_, stored, waits)
     try:
         assert stored.reached.wait(WAIT)
-        hook, _ = in_thread(delivery, waits, *([held] if held is not None else []))
-        waits.until_done_or_waiting(hook, held)
+        hook, delivered = in_thread(delivery, waits, *([held] if held is not None else []))
+        waits.until_done_or_blocked(hook, up, held)
+        if meanwhile is not None:
+            meanwhile(hook)
     finally:
         stored.go.set()
         up.join(WAIT)
     assert answers and not up.is_alive()
-    return hook
+    return hook, delivered
+
+
+def ended(hook: tuple[threading.Thread, list[Any]]) -> None:
+    """The delivery ended, and was answered 2xx (pull_request asserts the status)."""
+    thread, delivered = hook
+    thread.join(WAIT)
+    assert not thread.is_alive() and delivered
 
 
 def test_a_head_made_known_while_another_heads_upload_reads_the_base_is_no_baseline(
@@ -858,9 +877,7 @@ def test_a_head_made_known_while_another_heads_upload_reads_the_base_is_no_basel
     pull_request(client, 7, seven)
     upload(client, token, eight, HIGH, ref="refs/heads/main")  # as pull_request_target, before 8 is known
     seven_upload = lambda: upload(app.test_client(), token, seven, HIGH, ref="refs/pull/7/merge")  # noqa: E731
-    hook = delivered_while_in_flight(app, monkeypatch, seven_upload, lambda: pull_request(client, 8, eight))
-    hook.join(WAIT)
-    assert not hook.is_alive()
+    ended(delivered_while_in_flight(app, monkeypatch, seven_upload, lambda: pull_request(client, 8, eight)))
     work(app)
     assert shown(fake_github, seven) == ("failure", "1 image · 1 new high · blocking")
 
@@ -877,21 +894,21 @@ def test_a_base_changed_while_the_heads_upload_is_in_flight_is_its_base(app, cli
     pull_request(client, 7, head, base="main")
     head_upload = lambda: upload(app.test_client(), token, head, HIGH, ref="refs/pull/7/merge")  # noqa: E731
     edit = lambda: pull_request(client, 7, head, base="release", action="edited", at="2026-12-01T11:00:00Z")  # noqa: E731
-    hook = delivered_while_in_flight(app, monkeypatch, head_upload, edit)
-    hook.join(WAIT)
-    assert not hook.is_alive()
+    ended(delivered_while_in_flight(app, monkeypatch, head_upload, edit))
     work(app)
     assert shown(fake_github, head) == ("failure", "1 image · 1 new high · blocking")
 
 
+@pytest.mark.parametrize("action", ["opened", "closed"])
 def test_a_heads_scan_under_the_base_in_flight_while_the_head_becomes_known_is_found(
-    app, client, token, fake_github, monkeypatch
+    app, client, token, fake_github, monkeypatch, action
 ):
-    """Pull request 8's head is being scanned under refs/heads/main (pull_request_target) while its opened delivery
-    comes. HEAD: the delivery looked for 8's scans under main before that one was stored, found none, and stored 8 as
-    known only later: a worker between the two judged 7 against 8's scan as main's (8 not yet known), green, and nothing
-    asked for 7 again. Now the delivery waits for the lock of 8's head commit, which the scan's upload holds, finds the
-    scan and asks for 7 again. (SQLite's one writer never lets the worker in between: there it checks the same end.)"""
+    """Pull request 8's head is being scanned under refs/heads/main (pull_request_target) while its first delivery comes
+    (opened; or closed, its earlier ones lost). HEAD: the delivery looked for 8's scans under main before that one was
+    stored, found none, and stored 8 as known only later: a worker between the two judged 7 against 8's scan as
+    main's (8 not yet known), green, and nothing asked for 7 again. Now the delivery waits for the lock of 8's head
+    commit, which the scan's upload holds, finds the scan and asks for 7 again. (SQLite's one writer never lets the
+    worker in between: there it checks the same end.)"""
     settings(client, token, block_on="new")
     upload(client, token, sha_of("main-tip"), CLEAN, ref="refs/heads/main")
     seven, eight = sha_of("pr-7"), sha_of("pr-8")
@@ -901,17 +918,40 @@ def test_a_heads_scan_under_the_base_in_flight_while_the_head_becomes_known_is_f
     assert shown(fake_github, seven) == ("failure", "1 image · 1 new high · blocking")
     looked = Held(monkeypatch, pull_request_handlers, "_ask_for_base_scans", after=True)
     eight_upload = lambda: upload(app.test_client(), token, eight, HIGH, ref="refs/heads/main")  # noqa: E731
-    hook = delivered_while_in_flight(app, monkeypatch, eight_upload, lambda: pull_request(client, 8, eight), looked)
+    first = lambda: pull_request(client, 8, eight, action=action)  # noqa: E731
+    hook = delivered_while_in_flight(app, monkeypatch, eight_upload, first, looked)
     try:
         assert looked.reached.wait(WAIT)  # the delivery has looked for 8's scans, and is not committed
         if db_backend(app) == "postgresql":
             work(app)  # a worker now: 7 asked again by 8's scan, judged with 8 not yet known
     finally:
         looked.go.set()
-        hook.join(WAIT)
-    assert not hook.is_alive()
+    ended(hook)
     work(app)
     assert shown(fake_github, seven) == ("failure", "1 image · 1 new high · blocking")
+
+
+def test_a_base_scan_in_flight_while_a_pull_request_into_it_opens_is_its_baseline(
+    app, client, token, fake_github, monkeypatch
+):
+    """release had the high; its fix is being uploaded while pull request 9, whose head keeps the high, is opened into
+    release. HEAD: the fix's ask for the pull requests into release could not see 9 (not stored yet), and a worker
+    after the delivery, before the fix was stored, judged 9 against the old release scan: green, asked by nothing
+    again. Now the delivery waits for release's lock, which the fix's upload holds, and 9 is judged against the fix."""
+    settings(client, token, block_on="new")
+    upload(client, token, sha_of("release-old"), HIGH, ref="refs/heads/release")
+    nine = sha_of("pr-9")
+    upload(client, token, nine, HIGH, ref="refs/pull/9/merge")  # its pull request not known yet
+    fix = lambda: upload(app.test_client(), token, sha_of("release-fix"), CLEAN, ref="refs/heads/release")  # noqa: E731
+
+    def worker_if_delivered(hook: threading.Thread) -> None:
+        if not hook.is_alive() and db_backend(app) == "postgresql":
+            work(app)  # the delivery stored, the fix not yet: 9 is posted against release's scan before the fix
+
+    opened = lambda: pull_request(client, 9, nine, base="release")  # noqa: E731
+    ended(delivered_while_in_flight(app, monkeypatch, fix, opened, meanwhile=worker_if_delivered))
+    work(app)
+    assert shown(fake_github, nine) == ("failure", "1 image · 1 new high · blocking")
 
 
 def db_backend(app: Flask) -> str:

@@ -193,13 +193,13 @@ def _compared(
     conn: sa.Connection, org_id: int, upload: Upload, pol: policy.Policy, lock: bool = False
 ) -> commits.Baseline | None:
     """The upload's baseline when the policy asks for one (block_on new). With `lock` (under the upload's image
-    lock) its pull request's base branch is locked before it is read (`app.locks.ref`)."""
+    lock) its own ref and its pull request's base are locked first (`app.locks.refs`), the base before it is read."""
     if pol.block_on != "new":
         return None
     repo, name = upload.repo_full_name, fields.image_name(upload.image_ref)
     base, why = commits.pr_base_or_why(conn, org_id, repo, upload.commit_sha)
-    if lock and base is not None and base[0] is not None:
-        locks.ref(conn, org_id, repo, base[0])
+    if lock:
+        locks.refs(conn, org_id, repo, upload.ref, base[0] if base is not None else None, shared=True)
     return commits.baseline_at(conn, org_id, repo, name, base, why)
 
 

@@ -65,15 +65,15 @@ def pull_request_head(session: Session, payload: dict[str, Any], ctx: Context) -
     link the commit's scans stored so far to it, and, when there are any, ask for the commit to be posted again:
     its baseline (block_on new) may be new to it.
 
-    Scans uploaded later take the number at ingest (queries.PR_OF_COMMIT, a subquery of the scan insert). An upload
-    of the head in flight holds the head commit's lock (app.locks) to its end: this waits for it, and links its scan.
+    Scans uploaded later take the number at ingest (queries.PR_OF_COMMIT, a subquery of the scan insert); uploads in
+    flight are waited for (`_lock`).
     """
     state = "closed" if get(payload, "pull_request", "state") == "closed" else "open"  # an edited closed PR stays so
     link = _upsert_link(session, payload, state)
     if link is None:
         return "ignored"
     conn = session.connection()
-    locks.commit(conn, link["org"], link["repo"], link["sha"])
+    _lock(conn, link)
     _ask_for_base_scans(conn, link, ctx)
     if state == "closed":
         return None
@@ -90,8 +90,18 @@ def pull_request_closed(session: Session, payload: dict[str, Any], ctx: Context)
     link = _upsert_link(session, payload, "closed")
     if link is None:
         return "ignored"
-    _ask_for_base_scans(session.connection(), link, ctx)
+    conn = session.connection()
+    _lock(conn, link)
+    _ask_for_base_scans(conn, link, ctx)
     return None
+
+
+def _lock(conn: sa.Connection, link: dict[str, Any]) -> None:
+    """The head commit's lock, then the base's (app.locks): the uploads in flight of that head, or reading their
+    baseline through that base, or scanning the base (asking for the pull requests into it), are stored before this
+    links and looks for scans; the later ones read the pull request as this leaves it."""
+    locks.commit(conn, link["org"], link["repo"], link["sha"])
+    locks.refs(conn, link["org"], link["repo"], link["base_ref"], shared=False)
 
 
 # The images of the head's scans stored under the pull request's base ref.
@@ -111,11 +121,9 @@ _HEAD_SCANS_UNDER_BASE = (
 def _ask_for_base_scans(conn: sa.Connection, link: dict[str, Any], ctx: Context) -> None:
     """A head newly known as a pull request's (or newly known to have reached its base, a fast-forward merge) changes
     what its scans under the base's ref are: a baseline or not (app.commits). The open pull requests into that base
-    judged against them are asked to be posted again. The base is locked first (app.locks): an upload in flight that
-    reads its baseline through it is stored before they are looked for (or reads the head as known)."""
+    judged against them are asked to be posted again (under the locks `_lock` took)."""
     if not link["base_changed"] or not ctx.deliver:
         return
-    locks.ref(conn, link["org"], link["repo"], link["base_ref"])
     for (name,) in conn.execute(_HEAD_SCANS_UNDER_BASE, link):
         reposts.ask_for_base(conn, link["org"], link["repo"], link["base_ref"], link["sha"], name, ctx.urls)
 
