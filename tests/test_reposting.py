@@ -28,6 +28,7 @@ from app.worker import Loop
 from tests.conftest import INSTALLATION, MakeApp, app_with_github, org_with_installation
 from tests.factories import finding, make_org, make_token, post, seed
 from tests.fakes import FakeGitHub
+from tests.test_delivery import Clock, run
 
 REPO = "acme/api"
 IMAGE = "ghcr.io/acme/api"
@@ -100,7 +101,12 @@ def rerun(client: Any, sha: str) -> dict:
 def deliver(client: Any, event: str, doc: dict[str, Any]) -> dict:
     """POST a delivery signed as GitHub signs it; what the handlers read of the repository and installation added."""
     doc = {**doc, "repository": {"full_name": REPO, "name": "api", "owner": {"login": "acme"}}}
-    body = json.dumps({**doc, "installation": {"id": INSTALLATION}}).encode()
+    return signed(client, event, {**doc, "installation": {"id": INSTALLATION}})
+
+
+def signed(client: Any, event: str, doc: dict[str, Any]) -> dict:
+    """POST `doc` as a delivery of `event`, signed as GitHub signs it."""
+    body = json.dumps(doc).encode()
     headers = {
         "Content-Type": "application/json",
         "X-GitHub-Event": event,
@@ -956,3 +962,73 @@ def test_a_base_scan_in_flight_while_a_pull_request_into_it_opens_is_its_baselin
 
 def db_backend(app: Flask) -> str:
     return str(app.extensions["fremforge.db"].engine.dialect.name)
+
+
+# ---------------------------------------------------------------- what GitHub refused while the app could not post
+
+
+def installation_event(client: Any, event: str, action: str, installation: int = INSTALLATION, **more: Any) -> dict:
+    account = {"login": "acme", "type": "Organization"}
+    return signed(client, event, {"action": action, "installation": {"id": installation, "account": account}, **more})
+
+
+def refused_until_given_up(app: Flask) -> None:
+    """The worker, on simulated time, until no item is pending: what GitHub refuses ends failed."""
+    clock = Clock()
+    for _ in range(500):
+        run(app, clock)
+        if not [i for i in items(app) if i.state == "pending"]:
+            return
+        clock.advance(30)
+    raise AssertionError("items still pending after the simulated hours")
+
+
+@pytest.mark.parametrize("way", ["suspended", "uninstalled", "repository-removed"])
+def test_a_commit_turned_red_while_the_app_could_not_post_is_posted_once_it_can(app, client, token, fake_github, way):
+    """A second image of a commit blocks while GitHub refuses the app (its installation suspended, the app uninstalled,
+    the repository out of its reach): the post ends failed. HEAD: unsuspending, installing again or adding the
+    repository back posted nothing, and GitHub showed the first image's green for good. Now it re-posts the org's
+    commits (the open pull requests' heads and the last week's scans), as a settings change does."""
+    sha = sha_of("red-while-away")
+    upload(client, token, sha, CLEAN)
+    work(app)
+    assert shown(fake_github, sha)[0] == "success"
+    if way == "suspended":
+        fake_github.suspend_installation(INSTALLATION)
+        fake_github.expire_tokens()  # a suspended installation's tokens are refused too
+        installation_event(client, "installation", "suspend")
+    elif way == "uninstalled":
+        fake_github.remove_installation(INSTALLATION)
+        installation_event(client, "installation", "deleted")
+    else:
+        fake_github.add_installation(INSTALLATION, "acme", ["acme/web"])
+        removed = [{"full_name": REPO, "name": "api"}]
+        installation_event(client, "installation_repositories", "removed", repositories_removed=removed)
+    assert upload(client, token, sha, HIGH, image="ghcr.io/acme/worker:1")["status"] == "failure"
+    refused_until_given_up(app)
+    assert shown(fake_github, sha)[0] == "success"  # what GitHub shows while it refuses the app
+    if way == "suspended":
+        fake_github.suspend_installation(INSTALLATION, suspended=False)
+        installation_event(client, "installation", "unsuspend")
+    elif way == "uninstalled":
+        fake_github.add_installation(INSTALLATION + 1, "acme", [REPO])
+        repositories = [{"full_name": REPO, "name": "api"}]
+        installation_event(client, "installation", "created", INSTALLATION + 1, repositories=repositories)
+    else:
+        fake_github.add_installation(INSTALLATION, "acme", None)
+        added = [{"full_name": REPO, "name": "api"}]
+        installation_event(client, "installation_repositories", "added", repositories_added=added)
+    work(app)
+    assert shown(fake_github, sha) == ("failure", "2 images · 1 high · blocking")
+
+
+def test_permissions_accepted_post_again(app, client, token, fake_github):
+    """new_permissions_accepted: what the missing permissions refused is posted again (asserted as the ask: the fake
+    has no per-permission refusals)."""
+    sha = sha_of("permissions")
+    upload(client, token, sha, HIGH)
+    work(app)
+    assert installation_event(client, "installation", "new_permissions_accepted")["status"] == "queued"
+    with app.app_context():
+        asked = db.session().scalars(sa.select(Repost.commit_sha)).all()
+    assert asked == [sha]

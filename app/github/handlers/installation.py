@@ -7,12 +7,13 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app import logs, orgs
+from app import logs, orgs, reposts
 from app.github.handlers.common import (
     add_repositories,
     full_names,
     installation_holders,
     org_by_login,
+    org_ref,
     other_org_with_login,
     remove_repositories,
 )
@@ -25,7 +26,8 @@ router = Router()
 
 @router.register("installation", "created")
 def installation_created(session: Session, payload: dict[str, Any], ctx: Context) -> str | None:
-    """Link (or create) the account's org and record the repositories the installation can reach."""
+    """Link (or create) the account's org and record the repositories the installation can reach; what was refused
+    while the app was not installed is posted again (`post_again`)."""
     org = _link(session, payload)
     if org is None:
         return "ignored"
@@ -33,12 +35,31 @@ def installation_created(session: Session, payload: dict[str, Any], ctx: Context
     # A fresh installation: what it lists is all it reaches (rows left from an earlier one go).
     remove_repositories(session, org.id)
     add_repositories(session, org.id, names)
-    return None
+    return post_again(session, org.id, ctx)
 
 
 @router.register("installation", "unsuspend")
 def installation_unsuspend(session: Session, payload: dict[str, Any], ctx: Context) -> str | None:
-    return None if _link(session, payload) is not None else "ignored"
+    """Link the org again; what GitHub refused while the installation was suspended is posted again."""
+    org = _link(session, payload)
+    return post_again(session, org.id, ctx) if org is not None else "ignored"
+
+
+@router.register("installation", "new_permissions_accepted")
+def installation_new_permissions_accepted(session: Session, payload: dict[str, Any], ctx: Context) -> str | None:
+    """The account accepted the permissions the app asks for: what they refused (a 403) is posted again."""
+    org = org_ref(session, need_int(payload, "installation", "id"), get(payload, "installation", "account", "login"))
+    return post_again(session, org.id, ctx) if org is not None else "ignored"
+
+
+def post_again(session: Session, org_id: int, ctx: Context) -> str | None:
+    """Ask for the org's commits to be posted again, as a settings change does (`app.reposts.ask_for_org`: the open
+    pull requests' heads and the commits scanned in the last week): what GitHub refused while the app could not post
+    there (suspended, uninstalled, a repository out of its reach, a permission missing) ended failed, and a commit
+    that turned red meanwhile would stay green."""
+    if not ctx.deliver:
+        return None
+    return "queued" if reposts.ask_for_org(session.connection(), org_id, ctx.urls) else None
 
 
 @router.register("installation", "deleted")

@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.github.handlers.common import OrgRef, add_repositories, full_names, org_ref, remove_repositories
+from app.github.handlers.installation import post_again
 from app.github.router import Context, Router, get, need_int
 
 router = Router()
@@ -18,7 +19,7 @@ def installation_repositories_added(session: Session, payload: dict[str, Any], c
     if org is None:
         return "ignored"
     add_repositories(session, org.id, full_names(payload.get("repositories_added"), "repositories_added"))
-    return None
+    return post_again(session, org.id, ctx)  # what was refused while they were out of the app's reach
 
 
 @router.register("installation_repositories", "removed")
