@@ -595,6 +595,46 @@ def test_retention_emptying_a_baseline_reposts_the_heads_judged_against_it(app, 
     assert shown(fake_github, head) == ("failure", "1 image · 1 new high · blocking")
 
 
+def test_a_retention_run_failing_after_emptying_a_baseline_has_asked_for_the_heads(
+    app, client, token, fake_github, monkeypatch
+):
+    """The run's last transaction (its audit entry) fails, a deadlock victim say, after the base's findings were
+    emptied. HEAD: the re-post was asked only there, and the next run found nothing left to empty: the head stayed
+    green. Now it is asked with the removal itself."""
+    settings(client, token, block_on="new", retention_days=1)
+    head = sha_of("retention-cut-short")
+    upload(client, token, sha_of("retention-main"), HIGH, ref="refs/heads/main")
+    pull_request(client, 8, head, base="main")
+    upload(client, token, head, HIGH, ref="refs/pull/8/merge")
+    work(app)
+    assert shown(fake_github, head) == ("success", "1 image · 1 high")
+    real = retention.audit.record
+
+    def failing_at_the_end(session: Any, org_id: int, action: Any, *args: Any, **kwargs: Any) -> Any:
+        if action == retention.audit.Action.RETENTION_RUN:
+            raise sa.exc.OperationalError("INSERT", {}, Exception("deadlock detected"))
+        return real(session, org_id, action, *args, **kwargs)
+
+    monkeypatch.setattr(retention.audit, "record", failing_at_the_end)
+    with app.app_context():  # only the base's findings are past retention
+        s = db.session()
+        base_id = s.scalar(sa.select(ScanRun.id).where(ScanRun.ref == "refs/heads/main"))
+        s.execute(
+            sa.update(Finding)
+            .where(Finding.scan_run_id == base_id)
+            .values(created_at=Finding.created_at - timedelta(days=3))
+        )
+        s.commit()
+        with pytest.raises(sa.exc.OperationalError):
+            retention.run(db.session(), utcnow())
+    monkeypatch.setattr(retention.audit, "record", real)
+    with app.app_context():
+        again = retention.run(db.session(), utcnow())
+    assert [o.findings for o in again] == [0]  # nothing left for the next run to empty
+    work(app)
+    assert shown(fake_github, head) == ("failure", "1 image · 1 new high · blocking")
+
+
 def test_a_newer_scan_at_the_base_commit_reposts_the_pull_request_when_the_branch_has_none(
     app, client, token, fake_github
 ):

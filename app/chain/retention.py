@@ -242,6 +242,7 @@ def run_org(
 ) -> OrgRetention:
     cutoff = now - timedelta(days=retention_days)
     head_seq = session.scalar(sa.select(ChainHead.seq).where(ChainHead.org_id == org_id)) or 0
+    compared = _judged_against_baselines(session, org_id)
     session.rollback()
     params = {"org": org_id, "cutoff": cutoff, "now": now}
     findings = 0
@@ -252,6 +253,13 @@ def run_org(
         with write_transaction(session):
             removed = rowcount(session.execute(REDACT_FINDINGS, {**params, "lo": lo, "hi": lo + CHUNK}))
             session.execute(DROP_REDACTED_FROM_INDEX, {"org": org_id, "lo": lo, "hi": lo + CHUNK})
+            if removed and compared:
+                # A baseline emptied counts its dropped findings as gone (new on the heads again, failing closed): the
+                # open pull requests' heads are posted again under it, as after a settings change. Asked with each
+                # removal (a later one may empty more), in its transaction: a run cut short after it (the database
+                # away, a deadlock) leaves it asked, where the next run would find nothing left to remove. Before the
+                # audit entry below: the order of an upload's locks (app.locks), the org's chain head last.
+                reposts.ask_for_org(session.connection(), org_id, urls.configured())
             if removed and not findings:
                 # The run's cut-off goes in with its first removal: if the run is cut short (the database away, the
                 # worker killed) before its retention.run event below, `chain verify` still finds whose they were.
@@ -273,10 +281,6 @@ def run_org(
                 "outbox_rows_trimmed": outbox,
             }
             audit.record(session, org_id, audit.Action.RETENTION_RUN, ACTOR, details, at=now)
-        if findings and _judged_against_baselines(session, org_id):
-            # A baseline emptied counts its dropped findings as gone (new on the heads again, failing closed): the
-            # open pull requests' heads are posted again under it, as after a settings change.
-            reposts.ask_for_org(session.connection(), org_id, urls.configured())
     log.info(
         "retention.org org=%s cutoff=%s findings_redacted=%d audit_events_redacted=%d outbox_rows_trimmed=%d",
         slug,
