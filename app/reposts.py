@@ -92,10 +92,12 @@ def _upsert(dialect: str, source: sa.Select[Any] | None) -> Any:
 
 
 def _asking(org: sa.ColumnElement[Any], repo: sa.ColumnElement[Any], sha: sa.ColumnElement[Any]) -> sa.Select[Any]:
-    """The rows of `reposts` asking for these commits, as the upsert's source takes them."""
+    """The rows of `reposts` asking for these commits, as the upsert's source takes them: in key order, so that two
+    asks of many rows at once (a settings change, a retention run) lock the rows they share in one order and never
+    wait on each other in a cycle."""
     return sa.select(
         org, repo, sha, sa.bindparam("base_url", type_=sa.String), sa.literal(1), sa.bindparam("now", type_=sa.DateTime)
-    )
+    ).order_by(org, repo, sha)
 
 
 # SQLite parses INSERT ... SELECT ... ON CONFLICT only when the SELECT has a WHERE clause.
