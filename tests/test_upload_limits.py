@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 import orjson
@@ -185,6 +186,48 @@ def test_a_finding_with_a_million_references_is_413(app, client, token) -> None:
     raw = json.dumps(seed([finding(references="@@")])).encode().replace(b'"@@"', refs)
     before = census(app)
     refused(post(client, token, raw=raw), 413, "too_many_values", "findings[0].references[100000]")
+    assert census(app) == before
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["finding", "top-level", "trivy-vulnerability", "trivy-result", "trivy-results", "trivy-top-level"],
+)
+def test_objects_of_millions_of_keys_are_413_not_a_killed_worker(app, client, token, where) -> None:
+    """HEAD: a finding, the body or a Trivy vulnerability holding millions of keys (57 MiB) was walked a key at a time
+    to its end: 25-30 s, past gunicorn's timeout (an HTML 500 and a worker killed), or stored at 600 MiB a worker.
+    Now they count against the values read one at a time, as a big list's do: a 413 in about a second."""
+    keys = b",".join(b'"k%d":0' % i for i in range(2_000_000))
+    vuln = b'"VulnerabilityID":"CVE-1","PkgName":"p","InstalledVersion":"1","Severity":"LOW"'
+    query = None
+    if where == "finding":
+        raw = json.dumps(seed([finding(cve_id="@@")])).encode().replace(b'"cve_id": "@@"', keys + b',"cve_id":"C"')
+        path = "findings[0].k"
+    elif where == "top-level":
+        raw = b"{" + keys + b"," + json.dumps(seed()).encode()[1:]
+        path = "k"
+    else:
+        query = {"image_ref": "ghcr.io/acme/api:1", "commit_sha": "a" * 40, "repo_full_name": "acme/api"}
+        result = b'{"Target":"t","Vulnerabilities":[{%s}]}' % vuln
+        if where == "trivy-vulnerability":
+            result = b'{"Target":"t","Vulnerabilities":[{%s,%s}]}' % (keys, vuln)
+            path = "Results[0].Vulnerabilities[0].k"
+        elif where == "trivy-result":
+            result = b'{%s,"Target":"t","Vulnerabilities":[{%s}]}' % (keys, vuln)
+            path = "Results[0].k"
+        raw = b'{"SchemaVersion":2,"Results":[%s]}' % result
+        if where == "trivy-results":
+            raw = b'{"SchemaVersion":2,"Results":[%s]}' % b",".join([b"{}"] * 2_000_000)
+            path = "Results["
+        elif where == "trivy-top-level":
+            raw = b'{%s,"SchemaVersion":2,"Results":[%s]}' % (keys, result)
+            path = "k"
+    assert len(raw) <= app.config["MAX_UPLOAD_BYTES"]
+    before = census(app)
+    r = post(client, token, raw=raw, query=query)
+    assert (r.status_code, r.json["error"]) == (413, "too_many_values"), r.get_data()[:500]
+    detail = r.json["details"][0]
+    assert detail["limit"] == 100_000 and re.fullmatch(re.escape(path) + r"\d{5,6}\]?", detail["path"]), detail
     assert census(app) == before
 
 

@@ -179,12 +179,14 @@ def too_many_values(limit: int, path: str) -> ApiError:
         413,
         "too_many_values",
         f"The upload holds a list or object too large to parse whole (at {path or '$'}), and more values in such "
-        f"than the {limit:,} this server reads one at a time in one upload (MAX_FINDINGS); nothing was stored.",
+        f"than the {limit:,} this server reads one at a time in one upload (MAX_FINDINGS, at least "
+        f"{WALKED_FLOOR:,}); nothing was stored.",
         [
             {
                 "path": path or "$",
                 "code": "too_many_values",
-                "message": f"is past the limit of {limit:,} values read one at a time (MAX_FINDINGS)",
+                "message": f"is past the limit of {limit:,} values read one at a time (MAX_FINDINGS, at least "
+                f"{WALKED_FLOOR:,})",
                 "limit": limit,
             }
         ],
@@ -226,6 +228,9 @@ def _at_least(n: int) -> re.Pattern[bytes]:
 
 
 MAX_DEPTH = 1024  # as orjson: deeper nesting is a 400
+# Values read one at a time in one upload (keys of its objects, Results, values of containers too large to parse
+# whole): MAX_FINDINGS of them, and never fewer than this, whatever MAX_FINDINGS is (a body's own keys count too).
+WALKED_FLOOR = 100_000
 SMALL_VALUE = 64 * 1024  # bytes of JSON parsed whole without counting what they hold
 PARSE_BUDGET = 48 * 2**20  # at most this much memory for one value parsed whole, by _parse_cost
 _OPEN = (0x5B, 0x7B)  # [ {
@@ -252,6 +257,7 @@ class _Reader:
         self.braces = buf.count(b"}")  # at least one per object: more objects than this there cannot be
         self.errors = Errors()  # outside the findings (those have their own, see _Rows)
         self.walked = 0  # values besides the findings read one by one (for too_many_values)
+        self.keys = 0  # keys of objects read a key at a time, and Results (for too_many_values too)
         self.max_values = max_values
 
     def ws(self, pos: int) -> int:
@@ -340,6 +346,13 @@ class _Reader:
         them in a body, so that a body of millions of tiny values is refused in well under a second."""
         self.walked += 1
         if self.walked > self.max_values:
+            raise too_many_values(self.max_values, _join(path, key))
+
+    def count_key(self, path: str, key: str | int) -> None:
+        """One more key of an object read a key at a time (the body's, a Result's, a finding's too large to parse
+        whole), or one more Result: at most max_values of them in a body, besides the values count_walked counts."""
+        self.keys += 1
+        if self.keys > self.max_values:
             raise too_many_values(self.max_values, _join(path, key))
 
     def members(self, pos: int, depth: int, path: str, errors: Errors, member: Callable[[str, int], int]) -> int:
@@ -709,7 +722,7 @@ def parse_upload(body: bytes, query: Mapping[str, str], max_findings: int = DEFA
                 [{"path": k, "code": "duplicate_key", "message": TWICE_IN_QUERY, "in": "query"} for k in twice]
             )
     start = 3 if body.startswith(b"\xef\xbb\xbf") else 0  # a BOM is tolerated
-    return _Upload(_Reader(body, max_findings), max_findings).parse(start, query)
+    return _Upload(_Reader(body, max(max_findings, WALKED_FLOOR)), max_findings).parse(start, query)
 
 
 class _Upload:
@@ -741,6 +754,7 @@ class _Upload:
         fields: dict[str, Any] = {}
 
         def member(key: str, pos: int) -> int:
+            r.count_key("", key)  # the body's own keys count too: millions of them are walked one by one
             if key in present and key in _FINDING_LISTS:  # two lists: which is meant is unclear, so neither is
                 r.errors.add(key, "duplicate_key", TWICE)
                 return r.skip(pos, 1, key, r.errors)
@@ -872,6 +886,7 @@ class _Upload:
 
         def member(key: str, pos: int) -> int:
             where = _join(path, key)
+            r.count_key(path, key)  # a finding of millions of keys is refused, not walked to the end
             if key in _LISTS and r.byte(pos) == _OPEN[0]:
                 kept: list[Any] = []
 
@@ -908,6 +923,7 @@ class _Upload:
 
         def result(i: int, pos: int) -> int:
             where = f"{prefix}[{i}]"
+            r.count_key(prefix, i)  # each Result is read on its own: millions of them are refused
             if r.byte(pos) != _OPEN[1]:
                 end = r.skip(pos, depth + 1, where, rows.errors)
                 rows.errors.add(where, "model_type", "must be an object")
@@ -918,6 +934,7 @@ class _Upload:
 
             def member(key: str, pos: int) -> int:
                 nonlocal target, found
+                r.count_key(where, key)
                 if key in seen and key in ("Target", "Vulnerabilities"):
                     rows.errors.add(_join(where, key), "duplicate_key", TWICE)
                     return r.skip(pos, depth + 2, _join(where, key), rows.errors)
