@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -50,10 +49,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     # First: the log format (and the secrets kept out of every line), and each request's id before any other hook.
     logs.init_app(app)
-    if app.config["GITHUB_APP_CONFIGURED"] and not app.config.get("PUBLIC_URL"):
-        logging.getLogger(__name__).warning(
-            "config.no_public_url: set FREMFORGE_PUBLIC_URL; links posted to GitHub now follow each request's Host"
-        )
 
     from app import admin, cli, db, health, home, metrics, openapi
     from app.chain import api as chain_api

@@ -214,12 +214,13 @@ def finalize(config: dict[str, Any], instance_path: str) -> None:
             "FREMFORGE_GITHUB_WEBHOOK_SECRET is not set. A configured GitHub App needs its webhook secret "
             "(the one entered in the app's settings on GitHub) to verify webhook deliveries."
         )
-    if config["ENV"] == "production" and config["GITHUB_APP_CONFIGURED"] and not config.get("PUBLIC_URL"):
-        # Links posted to GitHub (a status's target_url, a check run's details) never come from a request's Host.
+    if config["GITHUB_APP_CONFIGURED"] and not config.get("PUBLIC_URL") and not config.get("TESTING"):
+        # Links posted to GitHub (a status's target_url, a check run's details) never come from a request's Host: in
+        # development too, where an upload's Host header would choose where a pull request's status links to.
         raise ConfigError(
-            "FREMFORGE_PUBLIC_URL is not set. In production a configured GitHub App needs it: the links posted to "
-            "GitHub are built from it, never from a request's Host header. Set it to the address people reach "
-            "this service at, e.g. https://fremforge.example.com"
+            "FREMFORGE_PUBLIC_URL is not set. A configured GitHub App needs it: the links posted to GitHub are built "
+            "from it, never from a request's Host header. Set it to the address people reach this service at, e.g. "
+            "https://fremforge.example.com"
         )
 
 

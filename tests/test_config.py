@@ -52,6 +52,7 @@ def test_defaults_use_sqlite_in_instance_folder_and_a_generated_key(tmp_path, mo
 
 
 def test_values_are_read_as_strings(monkeypatch):
+    monkeypatch.setenv("FREMFORGE_PUBLIC_URL", "https://fremforge.example.com")  # a configured App needs it
     monkeypatch.setenv("FREMFORGE_GITHUB_APP_ID", "1e5")
     monkeypatch.setenv("FREMFORGE_GITHUB_PRIVATE_KEY", PEM)
     monkeypatch.setenv("FREMFORGE_GITHUB_WEBHOOK_SECRET", "w")
@@ -93,6 +94,7 @@ def test_bad_upload_limit_is_refused(monkeypatch, value):
 
 
 def test_private_key_file_is_read(monkeypatch, tmp_path):
+    monkeypatch.setenv("FREMFORGE_PUBLIC_URL", "https://fremforge.example.com")  # a configured App needs it
     key = tmp_path / "app.pem"
     key.write_text(PEM)
     monkeypatch.setenv("FREMFORGE_GITHUB_PRIVATE_KEY_FILE", str(key))
@@ -107,6 +109,7 @@ def test_private_key_file_is_read(monkeypatch, tmp_path):
 
 
 def test_github_app_without_webhook_secret_refuses_to_start(monkeypatch):
+    monkeypatch.setenv("FREMFORGE_PUBLIC_URL", "https://fremforge.example.com")  # a configured App needs it
     monkeypatch.setenv("FREMFORGE_GITHUB_APP_ID", "7")
     monkeypatch.setenv("FREMFORGE_GITHUB_PRIVATE_KEY", PEM)
     monkeypatch.setenv("FREMFORGE_SECRET_KEY", "s")
@@ -212,13 +215,15 @@ APP_ENV = {
 }
 
 
-def test_production_refuses_a_github_app_without_public_url(monkeypatch, tmp_path):
+@pytest.mark.parametrize("environment", ["development", "production"])
+def test_a_github_app_without_public_url_is_refused(monkeypatch, tmp_path, environment):
+    """HEAD: in development a configured App started with a warning, and an upload's Host header chose where the
+    status posted to GitHub linked to (a phishing host, from any CI token)."""
     monkeypatch.setenv("FREMFORGE_DATABASE_URL", f"sqlite:///{tmp_path / 'p.db'}")
     monkeypatch.setenv("FREMFORGE_SECRET_KEY", STRONG_KEY)
+    monkeypatch.setenv("FREMFORGE_ENV", environment)
     for key, value in APP_ENV.items():
         monkeypatch.setenv(key, value)
-    assert create_app().config["PUBLIC_URL"] is None  # development: links follow the request's host, as before
-    monkeypatch.setenv("FREMFORGE_ENV", "production")
     with pytest.raises(ConfigError, match="FREMFORGE_PUBLIC_URL is not set"):
         create_app()
     monkeypatch.setenv("FREMFORGE_PUBLIC_URL", "https://fremforge.example.com/")
@@ -317,6 +322,7 @@ def test_a_database_url_of_no_shipped_backend_is_refused_without_showing_it(monk
 
 
 def test_a_github_app_key_that_is_no_rsa_pem_is_refused_without_showing_it(monkeypatch):
+    monkeypatch.setenv("FREMFORGE_PUBLIC_URL", "https://fremforge.example.com")  # a configured App needs it
     monkeypatch.setenv("FREMFORGE_GITHUB_APP_ID", "7")
     monkeypatch.setenv("FREMFORGE_GITHUB_WEBHOOK_SECRET", "w")
     monkeypatch.setenv("FREMFORGE_SECRET_KEY", STRONG_KEY)
@@ -371,6 +377,7 @@ def test_half_of_the_oauth_credentials_is_refused(monkeypatch, given):
 
 def test_half_a_github_app_is_refused(monkeypatch, tmp_path):
     """An App id whose key is missing, empty or not text would leave the app posting nothing, silently."""
+    monkeypatch.setenv("FREMFORGE_PUBLIC_URL", "https://fremforge.example.com")  # a configured App needs it
     monkeypatch.setenv("FREMFORGE_GITHUB_APP_ID", "7")
     monkeypatch.setenv("FREMFORGE_GITHUB_WEBHOOK_SECRET", "w")
     monkeypatch.setenv("FREMFORGE_SECRET_KEY", STRONG_KEY)
