@@ -89,13 +89,17 @@ def _nosniff(response: Response) -> Response:
 
 def _private_files(app: Flask) -> None:
     """The instance folder (secret key, checkpoint key, the default SQLite database) readable by this user alone
-    (0700) when it is made here, and a SQLite database file made 0600 before SQLite opens it. Folders and files
-    that exist already are left as they are; one that cannot be made now is reported by whatever needs it later."""
+    (0700), and a SQLite database file (with its -wal and -shm files) 0600, made so before SQLite opens it. Ones that
+    exist already open to others are narrowed to that, with a warning (`config.narrow_private`); one that cannot be
+    made now is reported by whatever needs it later."""
     from app import sqlite_writers
 
     with contextlib.suppress(OSError):
         config.make_private_dir(Path(app.instance_path))
+    config.narrow_private(Path(app.instance_path), 0o700)
     database = sqlite_writers.database_file(app.extensions["fremforge.db"].engine)
     if database is not None and Path(database).parent.is_dir():
         with contextlib.suppress(OSError):
             config.make_private_file(Path(database))
+        for path in (Path(database), Path(f"{database}-wal"), Path(f"{database}-shm")):
+            config.narrow_private(path, 0o600)

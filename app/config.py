@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import math
 import os
 import re
 import secrets
+import stat
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -418,6 +420,26 @@ def make_private_dir(path: Path) -> None:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     with contextlib.suppress(OSError):
         path.chmod(0o700)  # mkdir's mode is narrowed by the umask, never widened; this makes it exact
+
+
+def narrow_private(path: Path, mode: int) -> None:
+    """A folder or file of this user's that others may read or enter (a mode wider than `mode`, such as 0755 or 0644
+    from an earlier release, a backup restored or a chmod) narrowed to `mode`, with a warning naming both modes.
+    Left as it is when absent or another user's (a chmod would fail there)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return
+    old = stat.S_IMODE(st.st_mode)
+    if old & ~mode == 0 or st.st_uid != os.getuid():
+        return
+    try:
+        path.chmod(mode)
+    except OSError:
+        return
+    logging.getLogger(__name__).warning(
+        "config.narrowed path=%s mode=%o was=%o: readable by this user alone, as the app makes it", path, mode, old
+    )
 
 
 def make_private_file(path: Path) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import re
 import secrets
@@ -451,6 +452,27 @@ def test_the_instance_folder_is_made_0700_and_the_database_0600(monkeypatch, tmp
         assert mode(journal) == 0o600, journal
     lock = instance / "fremforge.db.write-lock"
     assert lock.exists() and mode(lock) & 0o022 == 0  # no one else may write it
+
+
+def test_an_instance_folder_and_database_open_to_others_are_narrowed(monkeypatch, tmp_path, caplog):
+    """HEAD: a folder and files that existed (from an earlier release, a restore, a chmod) were left 0755 and 0644."""
+    instance = tmp_path / "instance"
+    monkeypatch.setattr(Flask, "auto_find_instance_path", lambda self: str(instance))
+    app = create_app()
+    try:
+        migrate.upgrade(app)
+        make_org(app, "acme")
+    finally:
+        app.extensions["fremforge.db"].engine.dispose()
+    files = [instance / "fremforge.db", *instance.glob("fremforge.db-*")]
+    instance.chmod(0o755)
+    for path in files:
+        path.chmod(0o644)
+    caplog.set_level(logging.WARNING, logger="app.config")
+    create_app().extensions["fremforge.db"].engine.dispose()
+    assert mode(instance) == 0o700
+    assert {path.name: mode(path) for path in files} == {path.name: 0o600 for path in files}
+    assert "config.narrowed" in caplog.text and "was=755" in caplog.text and "was=644" in caplog.text
 
 
 def test_a_sqlite_database_elsewhere_is_made_0600_too(tmp_path):
