@@ -11,6 +11,8 @@ for information:
     the same findings in the seed shape;
   * 100,001 findings: the app answers 413 too_many_findings;
   * 64 MiB of ~800,000 tiny findings (what took > 1.2 GiB per worker before): 413 too_many_findings;
+  * 64 MiB of short strings nested 5 and 40 lists deep, and one finding of ~4.5 million keys (what ran past
+    gunicorn's 30 s before: minutes for the deep ones): 413 too_many_values;
   * up to 100,000 findings of 64 references and 64 vendor ids each, one character (62 MB) or four and all
     different (64 MiB): each a Python string in the worker (what took 1.1 GiB before): 202, within the memory bar.
 Peak memory: each gunicorn worker's peak resident set (VmHWM in /proc/PID/status, reset before each measurement
@@ -98,6 +100,30 @@ def tiny_body(limit: int) -> tuple[bytes, int]:
         size += len(one) + 1
         n += 1
     return head + b",".join(parts) + b"]}", n
+
+
+def nested_body(limit: int, depth: int) -> bytes:
+    """A seed body without findings whose extra key holds `limit` bytes of short strings nested `depth` lists deep:
+    each level walked used to scan the rest of the body again (minutes past ten levels)."""
+    head = json.dumps({**context(f"nested-{depth}"), "findings": []})[:-1].encode() + b', "junk": ' + b"[" * depth
+    n = (limit - len(head) - depth - 2) // 4
+    return head + b",".join([b'"a"'] * n) + b"]" * depth + b"}"
+
+
+def wide_finding_body(limit: int) -> bytes:
+    """A seed body of one finding holding as many extra keys as fit in `limit` bytes (about 4.5 million): walked a
+    key at a time to its end, it ran past gunicorn's timeout."""
+    head = json.dumps({**context("wide"), "findings": []})[:-2].encode() + b"{"
+    tail = b'"cve_id":"CVE-1","severity":"low","package_name":"p","installed_version":"1"}]}'
+    parts, size, n = [], len(head) + len(tail), 0
+    while True:
+        one = b'"k%d":0,' % n
+        if size + len(one) > limit:
+            break
+        parts.append(one)
+        size += len(one)
+        n += 1
+    return head + b"".join(parts) + tail
 
 
 def short_lists_body(limit: int, n: int, distinct: bool) -> tuple[bytes, int]:
@@ -408,6 +434,24 @@ def run(args: argparse.Namespace, tmp: Path, urls: dict[str, str]) -> int:
                 servers, tiny, "413 too_many_findings", 1,
             )
         )  # fmt: skip
+        for depth in (5, 40):
+            body = nested_body(LIMIT_BYTES, depth)
+            results.append(
+                measure(
+                    f"strings nested {depth} lists deep ({len(body) / 2**20:.1f} MiB)",
+                    servers, body, "413 too_many_values", 1,
+                )
+            )  # fmt: skip
+        wide = wide_finding_body(LIMIT_BYTES)
+        results.append(
+            measure(
+                f"one finding of millions of keys ({len(wide) / 2**20:.1f} MiB)",
+                servers,
+                wide,
+                "413 too_many_values",
+                1,
+            )
+        )
         for distinct, (body, count) in lists.items():
             kind = "4-character, all different" if distinct else "1-character"
             results.append(

@@ -231,6 +231,19 @@ def test_objects_of_millions_of_keys_are_413_not_a_killed_worker(app, client, to
     assert census(app) == before
 
 
+@pytest.mark.parametrize("depth", [4, 12, 60])
+def test_large_values_nested_deep_are_413(app, client, token, depth) -> None:
+    """Each level walked scanned the rest of the body again: 8 MiB of strings 80 lists deep took over two minutes
+    (bench/big_upload_bench.py times the 64 MiB ones). Now the scans stop at twice the body, and values nested past
+    what one regex reads (9 levels) at DEEP_TOKENS tokens in all: a 413 either way."""
+    raw = json.dumps(seed()).encode()[:-1] + b', "junk": ' + b"[" * depth + b",".join([b'"a"'] * 2_000_000)
+    raw += b"]" * depth + b"}"
+    before = census(app)
+    r = post(client, token, raw=raw)
+    assert (r.status_code, r.json["error"]) == (413, "too_many_values"), r.get_data()[:500]
+    assert census(app) == before
+
+
 def test_a_nested_value_past_max_findings_is_refused(app, client, token) -> None:
     raw = json.dumps(seed()).encode()[:-1] + b', "junk": [[' + b",".join([b"[1,2,3]"] * 600_000) + b"]]}"
     err = refused(post(client, token, raw=raw), 413, "too_many_values", "junk[0][99999]")

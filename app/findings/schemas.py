@@ -174,6 +174,22 @@ def too_many_findings(limit: int, path: str) -> ApiError:
     )
 
 
+def too_deep(at: int) -> ApiError:
+    return ApiError(
+        413,
+        "too_many_values",
+        "The upload nests large values inside one another, so deep that reading them one at a time would read the "
+        f"body over and over (at byte {at}); nothing was stored.",
+        [
+            {
+                "path": "$",
+                "code": "too_many_values",
+                "message": f"nests large values too deep to read one at a time (at byte {at})",
+            }
+        ],
+    )
+
+
 def too_many_values(limit: int, path: str) -> ApiError:
     return ApiError(
         413,
@@ -231,6 +247,7 @@ MAX_DEPTH = 1024  # as orjson: deeper nesting is a 400
 # Values read one at a time in one upload (keys of its objects, Results, values of containers too large to parse
 # whole): MAX_FINDINGS of them, and never fewer than this, whatever MAX_FINDINGS is (a body's own keys count too).
 WALKED_FLOOR = 100_000
+DEEP_TOKENS = 1_000_000  # tokens read a token at a time (values nested deeper than _CONTAINER reaches) in one upload
 SMALL_VALUE = 64 * 1024  # bytes of JSON parsed whole without counting what they hold
 PARSE_BUDGET = 48 * 2**20  # at most this much memory for one value parsed whole, by _parse_cost
 _OPEN = (0x5B, 0x7B)  # [ {
@@ -258,6 +275,9 @@ class _Reader:
         self.errors = Errors()  # outside the findings (those have their own, see _Rows)
         self.walked = 0  # values besides the findings read one by one (for too_many_values)
         self.keys = 0  # keys of objects read a key at a time, and Results (for too_many_values too)
+        self.deep_tokens = 0  # tokens read by _end_of_deep (for too_deep)
+        self.scanned = 0  # bytes of large containers end_of has scanned: twice the body at most (for too_deep)
+        self.scan_budget = 2 * len(buf)
         self.max_values = max_values
 
     def ws(self, pos: int) -> int:
@@ -271,29 +291,43 @@ class _Reader:
         c = self.byte(pos)
         if c in _OPEN:
             m = _CONTAINER.match(self.buf, pos)
-            return m.end() if m else self._end_of_deep(pos, depth)
+            end = m.end() if m else self._end_of_deep(pos, depth)
+            if end - pos > SMALL_VALUE:  # a large value walked is scanned again at each level it nests
+                self.scanned += end - pos
+                if self.scanned > self.scan_budget:
+                    raise too_deep(pos)
+            return end
         m = (_STRING if c == _QUOTE else _SCALAR).match(self.buf, pos)
         if m is None:
             raise _malformed("a value was expected" if c != -1 else "the body ends early", pos)
         return m.end()
 
     def _end_of_deep(self, pos: int, depth: int) -> int:
-        """end_of, a token at a time: for values nested deeper than _CONTAINER reaches, or not well-formed."""
-        buf, match, level = self.buf, _TOKEN.match, 0
-        while True:
-            m = match(buf, pos)
-            if m is None:
-                raise _malformed("a string is not closed" if pos < self.size else "the body ends early", pos)
-            c = buf[pos]
-            if c in _OPEN:
-                level += 1
-                if depth + level > MAX_DEPTH:
-                    raise _malformed(f"nested deeper than {MAX_DEPTH} levels", pos)
-            elif c in (_CLOSE_ARRAY, _CLOSE_OBJECT):
-                level -= 1
-                if level <= 0:
-                    return m.end()
-            pos = m.end()
+        """end_of, a token at a time: for values nested deeper than _CONTAINER reaches, or not well-formed. At most
+        DEEP_TOKENS tokens in one body (a value walked is read again at each level it nests: a few MiB nested a few
+        dozen levels deep took minutes)."""
+        buf, match, level, start = self.buf, _TOKEN.match, 0, pos
+        left = DEEP_TOKENS - self.deep_tokens
+        try:
+            while True:
+                left -= 1
+                if left < 0:
+                    raise too_deep(start)
+                m = match(buf, pos)
+                if m is None:
+                    raise _malformed("a string is not closed" if pos < self.size else "the body ends early", pos)
+                c = buf[pos]
+                if c in _OPEN:
+                    level += 1
+                    if depth + level > MAX_DEPTH:
+                        raise _malformed(f"nested deeper than {MAX_DEPTH} levels", pos)
+                elif c in (_CLOSE_ARRAY, _CLOSE_OBJECT):
+                    level -= 1
+                    if level <= 0:
+                        return m.end()
+                pos = m.end()
+        finally:
+            self.deep_tokens = DEEP_TOKENS - max(left, 0)
 
     def more_than(self, pos: int, n: int, objects: int) -> bool:
         """Whether the array at `pos` has more than `n` elements, found by one regex call that builds nothing
