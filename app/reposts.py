@@ -103,6 +103,13 @@ def _asking(org: sa.ColumnElement[Any], repo: sa.ColumnElement[Any], sha: sa.Col
 # SQLite parses INSERT ... SELECT ... ON CONFLICT only when the SELECT has a WHERE clause.
 _FROM_AFFECTED = _asking(_AFFECTED.c.org_id, _AFFECTED.c.repo_full_name, _AFFECTED.c.commit_sha).where(sa.true())
 ASK_FOR_ORG = {dialect: _upsert(dialect, _FROM_AFFECTED) for dialect in ("postgresql", "sqlite")}  # built once
+_IN_REPOS = _AFFECTED.c.repo_full_name.in_(sa.bindparam("repos", expanding=True))
+ASK_FOR_REPOS = {
+    dialect: _upsert(
+        dialect, _asking(_AFFECTED.c.org_id, _AFFECTED.c.repo_full_name, _AFFECTED.c.commit_sha).where(_IN_REPOS)
+    )
+    for dialect in ("postgresql", "sqlite")
+}
 ASK_ONE = {dialect: _upsert(dialect, None) for dialect in ("postgresql", "sqlite")}
 
 
@@ -125,6 +132,15 @@ def ask_for_org(conn: sa.Connection, org_id: int, urls: Urls) -> int:
     now = clock.now_of(conn)
     params = {"org": org_id, "since": now - RECENT, "base_url": urls.base_url, "now": now}
     return int(conn.execute(ASK_FOR_ORG[conn.dialect.name], params).rowcount or 0)
+
+
+def ask_for_repos(conn: sa.Connection, org_id: int, repos: list[str], urls: Urls) -> int:
+    """ask_for_org, for the commits of these repositories (full names, lower case) only; how many."""
+    if not repos:
+        return 0
+    now = clock.now_of(conn)
+    params = {"org": org_id, "since": now - RECENT, "base_url": urls.base_url, "now": now, "repos": repos}
+    return int(conn.execute(ASK_FOR_REPOS[conn.dialect.name], params).rowcount or 0)
 
 
 def ask(conn: sa.Connection, org_id: int, repo: str, sha: str, urls: Urls) -> None:

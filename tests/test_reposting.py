@@ -1062,13 +1062,41 @@ def test_a_commit_turned_red_while_the_app_could_not_post_is_posted_once_it_can(
     assert shown(fake_github, sha) == ("failure", "2 images · 1 high · blocking")
 
 
-def test_permissions_accepted_post_again(app, client, token, fake_github):
+def asked(app: Flask) -> list[tuple[str, str]]:
+    with app.app_context():
+        return [tuple(r) for r in db.session().execute(sa.select(Repost.repo_full_name, Repost.commit_sha)).all()]
+
+
+def test_permissions_accepted_post_again_for_the_linked_org_only(app, client, token, fake_github):
     """new_permissions_accepted: what the missing permissions refused is posted again (asserted as the ask: the fake
-    has no per-permission refusals)."""
+    has no per-permission refusals); not for an org whose installation is suspended (GitHub refuses it still), nor
+    for an installation id its org does not hold."""
     sha = sha_of("permissions")
     upload(client, token, sha, HIGH)
     work(app)
-    assert installation_event(client, "installation", "new_permissions_accepted")["status"] == "queued"
+    assert installation_event(client, "installation", "new_permissions_accepted", INSTALLATION + 7)["status"] == (
+        "ignored"
+    )
+    installation_event(client, "installation", "suspend")
+    assert installation_event(client, "installation", "new_permissions_accepted")["status"] == "ignored"
+    assert asked(app) == []
+    installation_event(client, "installation", "unsuspend")
     with app.app_context():
-        asked = db.session().scalars(sa.select(Repost.commit_sha)).all()
-    assert asked == [sha]
+        db.session().execute(sa.delete(Repost))
+        db.session().commit()
+    assert installation_event(client, "installation", "new_permissions_accepted")["status"] == "queued"
+    assert asked(app) == [(REPO, sha)]
+
+
+def test_repositories_added_post_again_their_commits_only(app, client, token, fake_github):
+    """Each added repository's commits, not the org's: an org adding repositories one at a time would otherwise spend
+    GitHub's hourly calls on every commit it has each time."""
+    sha = sha_of("added")
+    upload(client, token, sha, HIGH)
+    other = post(client, token, seed(HIGH, image_ref=f"{IMAGE}:1", sha=sha_of("web"), repo="acme/web"))
+    assert other.status_code == 202, other.json
+    added = [{"full_name": "acme/web", "name": "web"}]
+    assert installation_event(client, "installation_repositories", "added", repositories_added=added)["status"] == (
+        "queued"
+    )
+    assert asked(app) == [("acme/web", sha_of("web"))]

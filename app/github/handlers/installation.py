@@ -13,7 +13,6 @@ from app.github.handlers.common import (
     full_names,
     installation_holders,
     org_by_login,
-    org_ref,
     other_org_with_login,
     remove_repositories,
 )
@@ -47,19 +46,32 @@ def installation_unsuspend(session: Session, payload: dict[str, Any], ctx: Conte
 
 @router.register("installation", "new_permissions_accepted")
 def installation_new_permissions_accepted(session: Session, payload: dict[str, Any], ctx: Context) -> str | None:
-    """The account accepted the permissions the app asks for: what they refused (a 403) is posted again."""
-    org = org_ref(session, need_int(payload, "installation", "id"), get(payload, "installation", "account", "login"))
+    """The account accepted the permissions the app asks for: what they refused (a 403) is posted again, for the org
+    linked to that installation (not one it was suspended from: GitHub refuses it still)."""
+    org = linked_org(session, need_int(payload, "installation", "id"))
     return post_again(session, org.id, ctx) if org is not None else "ignored"
 
 
-def post_again(session: Session, org_id: int, ctx: Context) -> str | None:
-    """Ask for the org's commits to be posted again, as a settings change does (`app.reposts.ask_for_org`: the open
-    pull requests' heads and the commits scanned in the last week): what GitHub refused while the app could not post
-    there (suspended, uninstalled, a repository out of its reach, a permission missing) ended failed, and a commit
-    that turned red meanwhile would stay green."""
+def linked_org(session: Session, inst_id: int) -> Org | None:
+    """The one org linked to installation `inst_id` now (none when suspended, unknown or held twice)."""
+    linked = [org for org in installation_holders(session, inst_id) if org.installation_id == inst_id]
+    return linked[0] if len(linked) == 1 else None
+
+
+def post_again(session: Session, org_id: int, ctx: Context, repos: list[str] | None = None) -> str | None:
+    """Ask for the org's commits (of `repos` only, when given) to be posted again, as a settings change does
+    (`app.reposts.ask_for_org`: the open pull requests' heads and the commits scanned in the last week): what GitHub
+    refused while the app could not post there (suspended, uninstalled, a repository out of its reach, a permission
+    missing) ended failed, and a commit that turned red meanwhile would stay green."""
     if not ctx.deliver:
         return None
-    return "queued" if reposts.ask_for_org(session.connection(), org_id, ctx.urls) else None
+    conn = session.connection()
+    asked = (
+        reposts.ask_for_org(conn, org_id, ctx.urls)
+        if repos is None
+        else reposts.ask_for_repos(conn, org_id, repos, ctx.urls)
+    )
+    return "queued" if asked else None
 
 
 @router.register("installation", "deleted")

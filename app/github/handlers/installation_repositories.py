@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.github.handlers.common import OrgRef, add_repositories, full_names, org_ref, remove_repositories
-from app.github.handlers.installation import post_again
+from app.github.handlers.installation import linked_org, post_again
 from app.github.router import Context, Router, get, need_int
 
 router = Router()
@@ -18,8 +18,12 @@ def installation_repositories_added(session: Session, payload: dict[str, Any], c
     org = _org(session, payload)
     if org is None:
         return "ignored"
-    add_repositories(session, org.id, full_names(payload.get("repositories_added"), "repositories_added"))
-    return post_again(session, org.id, ctx)  # what was refused while they were out of the app's reach
+    added = full_names(payload.get("repositories_added"), "repositories_added")
+    add_repositories(session, org.id, added)
+    linked = linked_org(session, need_int(payload, "installation", "id"))
+    if linked is None or linked.id != org.id:  # not the org's installation now (suspended, another org's)
+        return None
+    return post_again(session, org.id, ctx, [name.lower() for name in added])  # refused while out of its reach
 
 
 @router.register("installation_repositories", "removed")
