@@ -423,22 +423,24 @@ def make_private_dir(path: Path) -> None:
 
 
 def narrow_private(path: Path, mode: int) -> None:
-    """A folder or file of this user's that others may read or enter (a mode wider than `mode`, such as 0755 or 0644
-    from an earlier release, a backup restored or a chmod) narrowed to `mode`, with a warning naming both modes.
-    Left as it is when absent or another user's (a chmod would fail there)."""
+    """A folder or file of this user's that others may read or enter (permissions wider than `mode`, such as 0755 or
+    0644 from an earlier release, a backup restored or a chmod) narrowed to `mode`, with a warning naming both modes;
+    its setgid and sticky bits stay. Left as it is when absent, a symbolic link (its target may be shared) or another
+    user's (a chmod would fail there)."""
     try:
-        st = path.stat()
+        st = path.lstat()
     except OSError:
         return
     old = stat.S_IMODE(st.st_mode)
-    if old & ~mode == 0 or st.st_uid != os.getuid():
+    if stat.S_ISLNK(st.st_mode) or old & 0o777 & ~mode == 0 or st.st_uid != os.getuid():
         return
+    new = old & (mode | 0o7000)
     try:
-        path.chmod(mode)
+        path.chmod(new)
     except OSError:
         return
     logging.getLogger(__name__).warning(
-        "config.narrowed path=%s mode=%o was=%o: readable by this user alone, as the app makes it", path, mode, old
+        "config.narrowed path=%s mode=%o was=%o: readable by this user alone, as the app makes it", path, new, old
     )
 
 
