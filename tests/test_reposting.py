@@ -571,9 +571,9 @@ def test_a_pull_request_whose_base_has_no_scan_says_so(app, client, token, fake_
     assert f"No baseline: every finding counts ({commits.NO_BASE_SCAN})" in summary, summary
 
 
-def test_retention_emptying_a_baseline_reposts_the_heads_judged_against_it(app, client, token, fake_github):
-    """The base's findings dropped by retention count as gone: the high is new on the head again, and GitHub says so
-    without waiting for another event."""
+def head_on_a_base_past_retention(app: Flask, client: Any, token: str, fake_github: FakeGitHub) -> str:
+    """Pull request 8's head has main's high (block_on new: green); main's findings are then past retention (1 day)
+    and the head's are not. Returns the head."""
     settings(client, token, block_on="new", retention_days=1)
     head = sha_of("retention-head")
     upload(client, token, sha_of("retention-main"), HIGH, ref="refs/heads/main")
@@ -590,6 +590,14 @@ def test_retention_emptying_a_baseline_reposts_the_heads_judged_against_it(app, 
             .values(created_at=Finding.created_at - timedelta(days=3))
         )
         s.commit()
+    return head
+
+
+def test_retention_emptying_a_baseline_reposts_the_heads_judged_against_it(app, client, token, fake_github):
+    """The base's findings dropped by retention count as gone: the high is new on the head again, and GitHub says so
+    without waiting for another event."""
+    head = head_on_a_base_past_retention(app, client, token, fake_github)
+    with app.app_context():
         retention.run(db.session(), utcnow())
     work(app)
     assert shown(fake_github, head) == ("failure", "1 image · 1 new high · blocking")
@@ -601,13 +609,7 @@ def test_a_retention_run_failing_after_emptying_a_baseline_has_asked_for_the_hea
     """The run's last transaction (its audit entry) fails, a deadlock victim say, after the base's findings were
     emptied. HEAD: the re-post was asked only there, and the next run found nothing left to empty: the head stayed
     green. Now it is asked with the removal itself."""
-    settings(client, token, block_on="new", retention_days=1)
-    head = sha_of("retention-cut-short")
-    upload(client, token, sha_of("retention-main"), HIGH, ref="refs/heads/main")
-    pull_request(client, 8, head, base="main")
-    upload(client, token, head, HIGH, ref="refs/pull/8/merge")
-    work(app)
-    assert shown(fake_github, head) == ("success", "1 image · 1 high")
+    head = head_on_a_base_past_retention(app, client, token, fake_github)
     real = retention.audit.record
 
     def failing_at_the_end(session: Any, org_id: int, action: Any, *args: Any, **kwargs: Any) -> Any:
@@ -616,17 +618,8 @@ def test_a_retention_run_failing_after_emptying_a_baseline_has_asked_for_the_hea
         return real(session, org_id, action, *args, **kwargs)
 
     monkeypatch.setattr(retention.audit, "record", failing_at_the_end)
-    with app.app_context():  # only the base's findings are past retention
-        s = db.session()
-        base_id = s.scalar(sa.select(ScanRun.id).where(ScanRun.ref == "refs/heads/main"))
-        s.execute(
-            sa.update(Finding)
-            .where(Finding.scan_run_id == base_id)
-            .values(created_at=Finding.created_at - timedelta(days=3))
-        )
-        s.commit()
-        with pytest.raises(sa.exc.OperationalError):
-            retention.run(db.session(), utcnow())
+    with app.app_context(), pytest.raises(sa.exc.OperationalError):
+        retention.run(db.session(), utcnow())
     monkeypatch.setattr(retention.audit, "record", real)
     with app.app_context():
         again = retention.run(db.session(), utcnow())
