@@ -36,7 +36,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from app import policy
+from app import policy, prepared
 from app.models import OrgSettings
 
 _settings = OrgSettings.__table__
@@ -64,7 +64,7 @@ def commit_and_policy(conn: sa.Connection, org_id: int, repo: str, sha: str) -> 
 
 def lock_commit_and_read(
     conn: sa.Connection, org_id: int, repo: str, sha: str, *columns: sa.ColumnElement[Any]
-) -> tuple[policy.Policy, sa.Row[Any]]:
+) -> tuple[policy.Policy, Any]:
     """`commit_and_policy` and `columns` read in the same statement: the policy, and the row read. `columns` may use
     the parameters `org`, `repo` and `sha` (the commit's).
 
@@ -77,13 +77,13 @@ def lock_commit_and_read(
     statement, params = _statement(postgres, columns), {"org": org_id, "repo": repo, "sha": sha}
     if postgres:
         params["key"] = _key("commit", org_id, repo, sha)
-    row = conn.execute(statement, params).one_or_none()
+    row = next(iter(prepared.run(conn, statement, params)), None)
     if row is None:
         insert = postgresql.insert if postgres else sqlite.insert
         conn.execute(
             insert(_settings).values(org_id=org_id).on_conflict_do_nothing(index_elements=[_settings.c.org_id])
         )  # the columns' defaults
-        row = conn.execute(statement, params).one()
+        (row,) = prepared.run(conn, statement, params)
     return policy.Policy.from_settings(row), row
 
 

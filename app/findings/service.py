@@ -14,7 +14,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from app import chain, commits, fields, locks, policy, reposts
+from app import chain, commits, fields, locks, policy, prepared, reposts
 from app.db import write_transaction
 from app.findings import latest as image_latest
 from app.findings import queries, store
@@ -331,7 +331,7 @@ def ingest(
 
 
 def _store_scan_and_lock_head(
-    conn: sa.Connection, org_id: int, repo: str, sha: str, scan: dict[str, Any], read: sa.Row[Any]
+    conn: sa.Connection, org_id: int, repo: str, sha: str, scan: dict[str, Any], read: Any
 ) -> tuple[int, str, list[commits.LatestScan]]:
     """Insert the scan, then lock the org's chain head: its (seq, hash), and the commit's latest scans stored before.
 
@@ -340,10 +340,10 @@ def _store_scan_and_lock_head(
     """
     row: Any  # (seq, head_hash, latest)
     if conn.dialect.name == "postgresql":
-        found = conn.execute(STORE_SCAN_AND_LOCK_HEAD, scan).one_or_none()
+        found = next(iter(prepared.run(conn, STORE_SCAN_AND_LOCK_HEAD, scan)), None)
         row = (found.seq, found.head_hash, found.latest) if found is not None else None
     else:
-        conn.execute(INSERT_SCAN, scan)
+        prepared.run(conn, INSERT_SCAN, scan)
         row = (read.head_seq, read.head_hash, read.latest) if read.head_seq is not None else None
     if row is None:  # an org made by hand, without its chain head
         conn.execute(sa.insert(_heads).values(org_id=org_id, seq=0, head_hash=GENESIS_HASH))

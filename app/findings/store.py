@@ -15,6 +15,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
+from app import prepared
 from app.models import FINDING_PAYLOAD_COLUMNS, ChainHead, Finding
 
 COLUMNS = (
@@ -83,7 +84,7 @@ def insert(
         params |= {"head_org": head.org_id, "new_seq": head.seq, "new_hash": head.hash}
     dialect = conn.dialect.name
     if dialect == "postgresql" and count <= ONE_STATEMENT_ROWS:
-        conn.execute(_with(dml), {**params, "rows": json_rows if json_rows is not None else _json_rows(rows)})
+        prepared.run(conn, _with(dml), {**params, "rows": json_rows if json_rows is not None else _json_rows(rows)})
         return
     it = iter(rows)
     if dialect == "postgresql":
@@ -93,12 +94,12 @@ def insert(
     elif dialect == "sqlite":
         chunk = list(islice(it, SQLITE_CHUNK))
         while chunk:
-            conn.exec_driver_sql(_SQLITE_INSERT, chunk)
+            prepared.run_many(conn, _SQLITE_INSERT, chunk)
             chunk = list(islice(it, SQLITE_CHUNK))
     else:
         raise NotImplementedError(f"findings are stored on SQLite or PostgreSQL, not {dialect}")
     for statement in dml:
-        conn.execute(statement, params)
+        prepared.run(conn, statement, params)
 
 
 @functools.cache

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from flask import current_app, request
 from sqlalchemy.orm import Session
 
-from app import db, orgs
+from app import db, orgs, prepared
 from app.db import write_transaction
 from app.models import ApiToken, Org, OrgSettings, utcnow
 from app.web import ratelimit
@@ -90,7 +90,7 @@ _AUTH = (
 def _detached(model: Any, row: Any) -> Any:
     """A `model` instance holding the principal's columns of its table, outside any session (read, never written)."""
     table = model.__table__.name
-    return model(**{c: row[f"{table}_{c}"] for c in _PRINCIPAL_COLUMNS[model]})
+    return model(**{c: getattr(row, f"{table}_{c}") for c in _PRINCIPAL_COLUMNS[model]})
 
 
 def authenticate(
@@ -107,11 +107,11 @@ def authenticate(
     is written at most once a minute, in a write transaction of its own.
     """
     secret = bearer(header)
-    row = session.connection().execute(_AUTH, {"token_hash": hash_token(secret)}).mappings().one_or_none()
+    row = next(iter(prepared.run(session.connection(), _AUTH, {"token_hash": hash_token(secret)})), None)
     if row is None:
         raise unauthorized("The token is not known.")
     record, org = _detached(ApiToken, row), _detached(Org, row)
-    settings = _detached(OrgSettings, row) if row["org_settings_org_id"] is not None else None
+    settings = _detached(OrgSettings, row) if row.org_settings_org_id is not None else None
     now = utcnow()
     current = state(record, now)
     if current != "active":
