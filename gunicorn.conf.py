@@ -6,6 +6,8 @@
   the app (and prometheus_client) is loaded, to a private temporary folder when the environment does not name one;
   name one (the same for the outbox worker on this host) to add the worker's GitHub calls. At start the files of
   processes no longer running are removed; gunicorn marks each worker that exits (child_exit).
+- Requests gunicorn refuses before the app sees them (an oversized header or request line, a line that is not HTTP)
+  answered in the app's JSON error shape, not gunicorn's HTML page, and without echoing what the client sent.
 - gunicorn's own lines in the app's log format (FREMFORGE_LOG_FORMAT), secrets redacted, and an access line (when
   --access-logfile is given) that names the path without its query string, never a header but the request id; a
   value a client chose (the path) cannot forge a line or a field (app.logs).
@@ -15,13 +17,14 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from gunicorn import glogging
+from gunicorn import glogging, util
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _MASTER = os.getpid()
@@ -85,6 +88,35 @@ limit_request_line = 8190
 # ~/.gunicorn/gunicorn.ctl (a second one takes it over), and a home the service may not write (systemd's
 # ProtectHome=true) logs an error at each start.
 control_socket_disable = True
+
+
+# What gunicorn's refusals say, by status (gunicorn's workers/base.py handle_error chooses the status; its own message
+# quotes what the client sent, so it is not repeated).
+_REFUSALS = {
+    400: ("bad_request", "The request is not well-formed HTTP/1.1."),
+    403: ("forbidden", "The request was refused before it reached the app."),
+    414: ("uri_too_long", f"The request line (path and query) is over {limit_request_line:,} bytes."),
+    417: ("expectation_failed", "The request's Expect header is not supported."),
+    431: (
+        "header_fields_too_large",
+        "The request's header fields are too many or too long (at most 100 of 8,190 bytes).",
+    ),
+    501: ("not_implemented", "The request's transfer coding is not supported."),
+}
+
+
+def _write_refusal(sock: Any, status: int, reason: str, _message: str) -> None:
+    """gunicorn's util.write_error, in the app's JSON error shape (app.web.errors)."""
+    code, message = _REFUSALS.get(status, ("internal_error", "An unexpected error happened; it was logged."))
+    body = json.dumps({"error": code, "message": message, "details": []}).encode() + b"\n"
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        f"X-Content-Type-Options: nosniff\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+util.write_error = _write_refusal  # looked up at each refusal by gunicorn's workers (forked from this process)
 
 
 def _alive(pid: int) -> bool:

@@ -672,6 +672,48 @@ def test_gunicorn_refuses_a_body_that_ends_before_its_content_length(app: Flask,
     assert whole.json()["scan_run_id"] == 1  # the first scan stored: the short one was not
 
 
+def raw(port: int, request: bytes) -> Reply:
+    """`request` as it is, on a new connection; the answer read to its end (the server closes after a refusal)."""
+    started = time.monotonic()
+    with socket.create_connection((HOST, port), timeout=PROMPT) as sock:
+        sock.sendall(request)
+        resp = http.client.HTTPResponse(sock)
+        resp.begin()
+        data = resp.read()
+    return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data, time.monotonic() - started)
+
+
+# Requests refused before the app sees them, each with the error code both gunicorn and nginx answer it with. The
+# oversized ones carry markup, which must not come back.
+REFUSED = {
+    "a header field over 8 KiB": (
+        b"GET /healthz HTTP/1.1\r\nHost: fremforge.test\r\nX-Big: <h1>" + b"x" * 9000 + b"\r\n\r\n",
+        431,
+        "header_fields_too_large",
+    ),
+    "a request line over 8 KiB": (
+        b"GET /healthz?q=<h1>" + b"x" * 9000 + b" HTTP/1.1\r\nHost: fremforge.test\r\n\r\n",
+        414,
+        "uri_too_long",
+    ),
+    "a line that is not HTTP": (b"<h1>HELLO</h1> there\r\n\r\n", 400, "bad_request"),
+}
+
+
+@pytest.mark.parametrize("what", list(REFUSED))
+def test_requests_refused_before_the_app_get_its_json_error_shape_from_gunicorn_and_nginx(
+    what: str, tmp_path: Path
+) -> None:
+    request, status, code = REFUSED[what]
+    with production(tmp_path, unused_sqlite(tmp_path)) as (proxy, gunicorn_port):
+        answers = {"nginx": raw(proxy.port, request), "gunicorn": raw(gunicorn_port, request)}
+    for server, answer in answers.items():
+        assert (answer.status, answer.headers.get("content-type")) == (status, "application/json"), (server, answer)
+        error = answer.json()
+        assert (error["error"], error["details"]) == (code, []), (server, error)
+        assert error["message"].endswith(".") and b"<h1>" not in answer.body, (server, error)
+
+
 def test_nginx_answers_metrics_to_this_host_only(app: Flask, tmp_path: Path) -> None:
     """/metrics is open in the app without FREMFORGE_METRICS_TOKEN; the documented nginx passes it on from this host
     only (127.0.0.1), and refuses another address (127.0.0.2, another loopback address here) before gunicorn."""
