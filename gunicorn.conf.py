@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import tempfile
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -105,9 +106,14 @@ _REFUSALS = {
 }
 
 
-def _write_refusal(sock: Any, status: int, reason: str, _message: str) -> None:
-    """gunicorn's util.write_error, in the app's JSON error shape (app.web.errors)."""
+def _write_refusal(sock: Any, status: int, _reason: str, _message: str) -> None:
+    """gunicorn's util.write_error, in the app's JSON error shape (app.web.errors). The reason phrase is the status's
+    own (gunicorn passes "Bad Request" with a 500 or a 501)."""
     code, message = _REFUSALS.get(status, ("internal_error", "An unexpected error happened; it was logged."))
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:  # no status gunicorn chooses, but a refusal must never fail
+        reason = "Error"
     body = json.dumps({"error": code, "message": message, "details": []}).encode() + b"\n"
     head = (
         f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"

@@ -707,11 +707,32 @@ def test_requests_refused_before_the_app_get_its_json_error_shape_from_gunicorn_
     request, status, code = REFUSED[what]
     with production(tmp_path, unused_sqlite(tmp_path)) as (proxy, gunicorn_port):
         answers = {"nginx": raw(proxy.port, request), "gunicorn": raw(gunicorn_port, request)}
+        if what == "a line that is not HTTP":  # on the webhook route too, which has error pages of its own
+            answers["nginx, webhooks"] = raw(
+                proxy.port,
+                b"POST /webhooks/github HTTP/1.1\r\nHost: fremforge.test\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n",
+            )
     for server, answer in answers.items():
         assert (answer.status, answer.headers.get("content-type")) == (status, "application/json"), (server, answer)
+        assert answer.headers.get("x-content-type-options") == "nosniff", (server, answer)
+        assert int(answer.headers["content-length"]) == len(answer.body), (server, answer)
         error = answer.json()
         assert (error["error"], error["details"]) == (code, []), (server, error)
         assert error["message"].endswith(".") and b"<h1>" not in answer.body, (server, error)
+
+
+def test_the_apps_own_errors_pass_through_nginx_unchanged_and_its_error_pages_are_not_reachable(
+    tmp_path: Path,
+) -> None:
+    with production(tmp_path, unused_sqlite(tmp_path)) as (proxy, gunicorn_port):
+        through = call(proxy.port, "GET", "/healthz?q=%00")
+        direct = call(gunicorn_port, "GET", "/healthz?q=%00")
+        pages = [call(proxy.port, "GET", f"/.fremforge-errors/{name}") for name in ("bad_request", "uri_too_long")]
+        coding = raw(proxy.port, b"POST /x HTTP/1.1\r\nHost: fremforge.test\r\nTransfer-Encoding: gzip\r\n\r\n")
+    assert (coding.status, coding.json()["error"]) == (501, "not_implemented")  # nginx's own, as JSON (gunicorn: 400)
+    assert (through.status, through.body) == (direct.status, direct.body) == (400, direct.body)
+    assert b"NUL character" in through.body  # the app's own sentence, not nginx's page
+    assert [page.status for page in pages] == [404, 404]
 
 
 def test_nginx_answers_metrics_to_this_host_only(app: Flask, tmp_path: Path) -> None:
