@@ -23,7 +23,7 @@ from app.findings import service, store
 from app.github import outbox
 from app.github.client import github_app
 from app.github.handlers import pull_request as pull_request_handlers
-from app.models import Finding, OutboxItem, Repost, ScanRun, utcnow
+from app.models import Finding, Org, OutboxItem, Repost, ScanRun, utcnow
 from app.worker import Loop
 from tests.conftest import INSTALLATION, MakeApp, app_with_github, org_with_installation
 from tests.factories import finding, make_org, make_token, post, seed
@@ -1040,6 +1040,9 @@ def test_a_commit_turned_red_while_the_app_could_not_post_is_posted_once_it_can(
     assert upload(client, token, sha, HIGH, image="ghcr.io/acme/worker:1")["status"] == "failure"
     refused_until_given_up(app)
     assert shown(fake_github, sha)[0] == "success"  # what GitHub shows while it refuses the app
+    if way == "suspended":  # the worker found the installation by the repository: not linked again while suspended
+        assert linked(app) == (None, INSTALLATION)
+        assert items(app)[-1].last_error == "the GitHub App's installation on acme is suspended"
     if way == "suspended":
         fake_github.suspend_installation(INSTALLATION, suspended=False)
         installation_event(client, "installation", "unsuspend")
@@ -1053,6 +1056,13 @@ def test_a_commit_turned_red_while_the_app_could_not_post_is_posted_once_it_can(
         installation_event(client, "installation_repositories", "added", repositories_added=added)
     work(app)
     assert shown(fake_github, sha) == ("failure", "2 images · 1 high · blocking")
+
+
+def linked(app: Flask) -> tuple[int | None, int | None]:
+    """The org's (installation_id, suspended_installation_id)."""
+    with app.app_context():
+        org = db.session().scalars(sa.select(Org).where(Org.slug == "acme")).one()
+        return org.installation_id, org.suspended_installation_id
 
 
 def asked(app: Flask) -> list[tuple[str, str]]:

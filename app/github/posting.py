@@ -776,18 +776,23 @@ def _jwt_refused_for_its_times(gh: GitHubApp, exc: RequestError) -> bool:
 
 
 def _find_installation(session: Session, gh: GitHubApp, org: OrgIds, owner: str, repo: str) -> int:
-    """The installation covering the repo, asked of GitHub with the App JWT, and remembered for the org."""
+    """The installation covering the repo, asked of GitHub with the App JWT, and remembered for the org. A suspended
+    one is not: GitHub refuses its posts until it is unsuspended, whose webhook links it again and posts the org's
+    commits again (app.github.handlers.installation)."""
     try:
         try:
-            found = gh.app.rest.apps.get_repo_installation(owner, repo).parsed_data.id
+            installation = gh.app.rest.apps.get_repo_installation(owner, repo).parsed_data
         except RequestFailed as exc:
             if not _jwt_refused_for_its_times(gh, exc):
                 raise
-            found = gh.app.rest.apps.get_repo_installation(owner, repo).parsed_data.id
+            installation = gh.app.rest.apps.get_repo_installation(owner, repo).parsed_data
     except RequestFailed as exc:
         if exc.response.status_code == 404:
             raise _permanent(f"the GitHub App is not installed on {owner}/{repo}", 404) from None
         raise
+    found = installation.id
+    if installation.suspended_at is not None:
+        raise _permanent(f"the GitHub App's installation on {owner} is suspended", 403)
     with write_transaction(session):  # remembered unless another org holds it: an installation is one org's
         orgs.lock_installation(session, found)
         held = sa.or_(Org.installation_id == found, Org.suspended_installation_id == found)
