@@ -14,7 +14,9 @@ import sqlalchemy as sa
 from flask import Flask
 
 from app import db, prepared
-from tests.conftest import normalise, postgres_base_url, skip_or_fail
+from app.models import ChainHead, Finding, Image, OutboxItem, ScanRun, TrendChange
+from tests.conftest import empty_database, normalise, postgres_base_url, skip_or_fail
+from tests.factories import FIXTURES, finding, make_org, make_token, post, seed
 
 _md = sa.MetaData()
 probe = sa.Table(
@@ -214,3 +216,88 @@ def test_a_statement_interrupted_leaves_its_connection_invalidated(postgres_engi
         signal.signal(signal.SIGALRM, previous)
     with postgres_engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() != pid
+
+
+# ---------------------------------------------------------------- the upload's own statements, both ways
+
+WRITTEN = (ScanRun, Finding, OutboxItem, Image, TrendChange, ChainHead)  # what an upload writes
+# Not compared: the one value from the database's clock, and the chain's links, which differ from the first entry on
+# (the token made for each run is audited, with its own prefix): each run's payloads and sequence are compared.
+NOT_COMPARED = {"next_attempt_at", "chain_hash", "head_hash"}
+FROZEN = dt.datetime(2026, 3, 4, 5, 6, 7, 890123)
+
+
+def _sqlalchemy_run(conn: sa.Connection, statement: Any, params: Any) -> list[Any]:
+    result = conn.execute(statement, params)
+    return list(result.all()) if result.returns_rows else []
+
+
+def _sqlalchemy_run_many(conn: sa.Connection, sql: str, rows: Any) -> None:
+    conn.exec_driver_sql(sql, rows)
+
+
+def _uploads(app: Flask) -> list[dict[str, Any]]:
+    """A few uploads that take every statement prepared runs: a duplicate kept at its worst severity, references,
+    vendor ids, a title cut, a second image of the commit (judged again with the first), a raw Trivy report."""
+    make_org(app, block_action="block_pull", block_threshold="high")
+    token = make_token(app)
+    client = app.test_client()
+    refs = {"references": ["https://example.test/a", "https://example.test/b"], "vendor_ids": ["DSA-1"]}
+    first = [
+        finding("CVE-2024-1", "medium", fixed="", title="t" * 2000, **refs),
+        finding("CVE-2024-1", "critical", fixed="1.2"),
+        finding(
+            "GHSA-xxxx-yyyy-zzzz", "low", package="zlib", installed="1.2", fixed=None, primary_url="https://x.test"
+        ),
+    ]
+    answers = [
+        post(client, token, seed(first, ref="refs/heads/main")),
+        post(client, token, seed([finding("CVE-2024-2", "high")], image_ref="ghcr.io/acme/worker:1")),
+        post(
+            client,
+            token,
+            raw=(FIXTURES / "trivy" / "alpine-310.json").read_bytes(),
+            query={"commit_sha": "b" * 40, "repo_full_name": "acme/api", "image_ref": "ghcr.io/acme/alpine:3.10"},
+        ),
+    ]
+    assert [a.status_code for a in answers] == [202, 202, 202], [a.get_json() for a in answers]
+    return [a.get_json() for a in answers]
+
+
+def _written(app: Flask) -> dict[str, list[dict[str, Any]]]:
+    with app.app_context():
+        conn = db.session().connection()
+        return {
+            model.__tablename__: [
+                {k: v for k, v in row._mapping.items() if k not in NOT_COMPARED}
+                for row in conn.execute(sa.select(model.__table__).order_by(*model.__table__.primary_key.columns))
+            ]
+            for model in WRITTEN
+        }
+
+
+def test_an_upload_stores_and_answers_what_sqlalchemys_own_execution_would(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same uploads on the same clock, once with the statements on the driver's cursor and once through
+    Connection.execute (as before app.prepared): every row written and every answer the same."""
+    for module in ("app.findings.service", "app.github.outbox", "app.web.auth", "app.chain.audit", "app.models"):
+        monkeypatch.setattr(f"{module}.utcnow", lambda: FROZEN)
+    prepared_answers, prepared_rows = _uploads(app), _written(app)
+    empty_database(app)
+    with monkeypatch.context() as m:
+        m.setattr(prepared, "run", _sqlalchemy_run)
+        m.setattr(prepared, "run_many", _sqlalchemy_run_many)
+        answers, rows = _uploads(app), _written(app)
+    assert prepared_answers == answers
+    sizes = {table: len(found) for table, found in prepared_rows.items()}
+    assert sizes == {table: len(found) for table, found in rows.items()}
+    assert (sizes["scan_runs"], sizes["outbox"], sizes["images"]) == (3, 3, 3) and sizes["findings"] > 3
+    differing = [
+        (table, i, column, value, rows[table][i][column])
+        for table, found in prepared_rows.items()
+        for i, row in enumerate(found)
+        for column, value in row.items()
+        if value != rows[table][i][column]
+    ]
+    assert differing == []  # (table, row, column, through the driver's cursor, through SQLAlchemy)
