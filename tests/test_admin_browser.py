@@ -177,11 +177,20 @@ class Shots:
 
 
 def stylesheet_applied(page: Any) -> bool:
-    """admin.css loaded and in force (its rules parsed, the skip link moved off screen until focused)."""
-    return page.evaluate(
-        """() => [...document.styleSheets].some(s => s.href && s.href.endsWith('/admin.css') && s.cssRules.length > 20)
-                 && getComputedStyle(document.querySelector('.skip-link')).position === 'absolute'"""
-    )
+    """admin.css loaded and in force (its rules parsed, the skip link moved off screen until focused), waited for up
+    to TIMEOUT_MS: the page's elements can be found before its stylesheet has been applied."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(
+            """() => [...document.styleSheets].some(
+                         s => s.href && s.href.endsWith('/admin.css') && s.cssRules.length > 20)
+                     && getComputedStyle(document.querySelector('.skip-link')).position === 'absolute'""",
+            timeout=TIMEOUT_MS,
+        )
+    except PlaywrightTimeout:
+        return False
+    return True
 
 
 def scans_table(page: Any) -> list[dict[str, Any]]:
