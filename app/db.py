@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from flask import Flask, current_app, g
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
-from app import sqlite_writers
+from app import prepared, sqlite_writers
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +144,8 @@ def _sqlite_connect(dbapi_conn: Any, _record: Any, *, busy_ms: int) -> None:
 def _sqlite_begin(conn: sa.Connection) -> None:
     # IMMEDIATE takes the write lock up front: a writer waits its turn (busy_timeout) instead of
     # failing with "database is locked" when it upgrades a read snapshot to a write.
-    mode = "IMMEDIATE" if conn.get_execution_options().get("fremforge_write") else "DEFERRED"
-    conn.exec_driver_sql(f"BEGIN {mode}")
+    write = conn.get_execution_options().get("fremforge_write")
+    prepared.begin(conn, "BEGIN IMMEDIATE" if write else "BEGIN DEFERRED")
 
 
 def init_app(app: Flask) -> None:

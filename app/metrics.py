@@ -32,6 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from flask import Blueprint, Flask, Response, current_app, g, request
 from prometheus_client import (
@@ -162,7 +163,13 @@ def _count(response: Response) -> Response:
 
 
 def _json(response: Response) -> dict[str, Any]:
-    body = response.get_json(silent=True) if response.is_json else None
+    """The answer's JSON object, read with orjson (Werkzeug's get_json was a sixth of the upload's counting)."""
+    if not response.is_json or response.is_streamed:
+        return {}
+    try:
+        body = orjson.loads(response.get_data())
+    except orjson.JSONDecodeError:
+        return {}
     return body if isinstance(body, dict) else {}
 
 

@@ -60,7 +60,8 @@ def run(conn: sa.Connection, statement: sa.Executable, params: Mapping[str, Any]
         args = tuple(processors[n](values[n]) if n in processors else values[n] for n in c.names)
     else:
         args = {n: processors[n](values[n]) if n in processors else values[n] for n in c.names}
-    rows, description = _execute(conn, c.sql, args, many=False, fetch=c.row is not None)
+    fetch = c.row is not None
+    rows, description = _execute(conn, c.sql, args, many=False, fetch=fetch, describe=fetch and c.results is None)
     if c.row is None:
         return []
     if c.results is None:  # as SQLAlchemy makes them: for the type the driver says it returns
@@ -75,14 +76,37 @@ def run_many(conn: sa.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> No
     _execute(conn, sql, rows, many=True, fetch=False)
 
 
-def _execute(conn: sa.Connection, sql: str, args: Any, *, many: bool, fetch: bool) -> tuple[Sequence[Any], Any]:
+def begin(conn: sa.Connection, sql: str) -> None:
+    """Run the driver's `sql` that begins a transaction (SQLite's `BEGIN IMMEDIATE`), from the engine's `begin` event
+    on `conn`: SQLAlchemy's `begin` event, then this, is how SQLAlchemy's documentation has SQLite begin; errors as
+    `Connection.execute` would raise them (a lock held past the busy timeout: an `OperationalError`)."""
+    if conn.dispatch.before_cursor_execute or conn.dispatch.after_cursor_execute:
+        conn.exec_driver_sql(sql)
+        return
+    dbapi_connection = conn.connection.dbapi_connection
+    assert dbapi_connection is not None  # a live connection has one (for mypy)
+    cursor = None
+    try:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(sql)
+        cursor.close()
+    except BaseException as exc:  # as _execute
+        conn._handle_dbapi_exception(exc, sql, (), cursor, None)
+        raise  # not reached: the handler always raises
+
+
+def _execute(
+    conn: sa.Connection, sql: str, args: Any, *, many: bool, fetch: bool, describe: bool = False
+) -> tuple[Sequence[Any], Any]:
+    """The rows of `sql` run with `args` (with `fetch`), and with `describe` the cursor's description (psycopg
+    makes its column objects afresh at each reading: read once per statement, not at each run)."""
     if not conn.in_transaction():  # where Connection.execute would begin one (on SQLite, not IMMEDIATE): a bug
         raise RuntimeError("prepared statements run in a transaction begun by their caller")
     if conn.dispatch.before_cursor_execute or conn.dispatch.after_cursor_execute:
         result = conn.exec_driver_sql(sql, args)
         if not fetch:
             return (), None
-        description = result.cursor.description  # before the fetch, which closes the cursor
+        description = result.cursor.description if describe else None  # before the fetch, which closes the cursor
         return result.fetchall(), description
     dbapi_connection = conn.connection.dbapi_connection  # outside the handler: its own errors are SQLAlchemy's
     assert dbapi_connection is not None  # a live connection has one (for mypy)
@@ -93,7 +117,7 @@ def _execute(conn: sa.Connection, sql: str, args: Any, *, many: bool, fetch: boo
             cursor.executemany(sql, args)
         else:
             cursor.execute(sql, args)
-        found = (cursor.fetchall(), cursor.description) if fetch else ((), None)
+        found = (cursor.fetchall(), cursor.description if describe else None) if fetch else ((), None)
         cursor.close()
         return found
     except BaseException as exc:  # as Connection.execute handles it (and raises), interruptions included

@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import os
+import random
 import re
 import secrets
 import subprocess
@@ -239,6 +240,43 @@ def test_credentials_are_redacted_by_their_shape(text: str) -> None:
     fragments = r"abcdefghijklmnop|Ab3dEf6h|16C7e42F|ABCDEFG01|eyJpc3Mi|s3cr3t|hunter2|Zk9w3t1|MC4CAQ"
     for secret in re.findall(fragments, text):
         assert secret not in cleaned
+
+
+def every_shape_searched(text: str) -> str:
+    """redact as it was before its substring tests: every credential shape searched for in every line."""
+    pattern = logs._secrets_pattern
+    if pattern is not None:
+        text = pattern.sub(logs.REDACTED, text)
+    for shape, replacement, _needles in logs._PATTERNS:
+        text = shape.sub(replacement, text)
+    return text
+
+
+# Pieces of lines: each shape's parts in both cases, look-alikes outside ASCII that a case-insensitive search takes
+# for ASCII letters (the Kelvin sign, the long s, the dotted and dotless i), and the separators the shapes need.
+_PIECES = [
+    *("-----BEGIN RSA PRIVATE KEY-----", "-----END RSA PRIVATE KEY-----", "-----begin private key-----"),
+    *("Authorization", "AUTHORIZATION", "author\u0131zation", "author\u0130zation", ": ", "=", "'", '"', " "),
+    *("Bearer ", "bEaReR\t", "token ", "basic ", "abcdefghij", "Ab3dEf6h", "xyz/+=.-~"),
+    *("ffis_", "FFIS_", "ghp_", "GHS_", "github_pat_", "0123456789abcdefXYZ"),
+    *("eyJ", "EYJ", "abcdefg.", "hijklmn.", "sig"),
+    *("?", "&", ";", "access_token=", "ToKeN=", "toKen=", "code=", "state=", "\u017ftate=", "secret=", "passwd="),
+    *("key=", "API_KEY=", "sig=", "signature=", "value", "#frag"),
+    *("https://", "postgresql://", "user:", "hunter2", "@", "/admin/login/link/", "Zk9w3t1", "/x?y"),
+    *("\n", "é", "✓", "INFO app.metrics findings.uploaded status=success accepted=50"),
+]
+
+
+def test_redaction_finds_what_searching_every_shape_finds() -> None:
+    rng = random.Random(20261206)
+    logs.register_secrets(["configured-secret-value"])
+    texts = [
+        "".join(rng.choice([*_PIECES, "configured-secret-value"]) for _ in range(rng.randint(1, 12)))
+        for _ in range(20_000)
+    ]
+    texts += ["Authorization: Bearer abcdefghijklmnop", "x?\u017ftate=abc", "u\u017fer://a:b@c", "Bearer\u212aabcdefgh"]
+    for text in texts:
+        assert logs.redact(text) == every_shape_searched(text), text
 
 
 def secret_values(app: Flask, token: str, key_file: Path) -> list[str]:

@@ -195,6 +195,30 @@ def test_sqlite_locked_past_the_budget_counts_as_unavailable(make_app: Any, dial
         _md.drop_all(engine)
 
 
+def test_sqlites_begin_immediate_locked_past_the_budget_counts_as_unavailable(
+    make_app: Any, dialect: str, tmp_path: Any
+) -> None:
+    """The write transaction's BEGIN IMMEDIATE (prepared.begin, on the driver's cursor) waits for another process's
+    write as SQLAlchemy's own execution would, then fails as it would: a 503, and the connection still good."""
+    if dialect != "sqlite":
+        return  # PostgreSQL begins its transactions itself
+    app = make_app(DATABASE_BUSY_SECONDS=0.2)
+    engine = app.extensions["fremforge.db"].engine
+    holder = sqlite3.connect(engine.url.database, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # another process's write in progress
+        with app.app_context():
+            with pytest.raises(sa.exc.OperationalError) as raised, db.write_transaction(db.session()):
+                pass
+            assert db.unavailable(raised.value)  # a 503 that asks the client to retry, not a 500
+            db.discard_session()
+        holder.execute("ROLLBACK")
+        with app.app_context(), db.write_transaction(db.session()) as s:
+            assert s.connection().exec_driver_sql("SELECT 1").scalar_one() == 1
+    finally:
+        holder.close()
+
+
 def test_a_statement_interrupted_leaves_its_connection_invalidated(postgres_engine: sa.Engine) -> None:
     """A worker's timeout (SIGABRT) or an operator's ^C mid-statement: the server may still be running it, so the
     connection must not go back to the pool as if nothing happened."""
