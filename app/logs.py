@@ -100,6 +100,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str, tuple[str, ...]], ...] = (
     # one-time sign-in links
     (re.compile(r"(/admin/login/link/)[^/?#\s\"']+"), rf"\1{REDACTED}", ("/admin/login/link/",)),
 )
+_NEEDLES = re.compile("|".join(re.escape(n) for _shape, _replacement, needles in _PATTERNS for n in needles))
 _MIN_SECRET = 8  # shorter configured values are not searched for (they would blank ordinary words)
 
 _secrets: set[str] = set()
@@ -137,14 +138,17 @@ def redact(text: str) -> str:
     pattern = _secrets_pattern
     if pattern is not None:
         text = pattern.sub(REDACTED, text)
-    # Outside ASCII a case-insensitive shape matches more than the lowercased texts show (`K`, the Kelvin sign, for
-    # a `k`): every shape is searched for.
-    lowered = text.lower() if text.isascii() else None
-    for shape, replacement, needles in _PATTERNS:
-        if lowered is None or any(n in lowered for n in needles):
+    if not text.isascii():  # a case-insensitive shape matches more than lowercased ASCII shows (the Kelvin sign: k)
+        for shape, replacement, _needles in _PATTERNS:
             text = shape.sub(replacement, text)
-            if lowered is not None:
-                lowered = text.lower()  # what the next shape looks for is in the text as it is now
+        return text
+    lowered = text.lower()
+    if _NEEDLES.search(lowered) is None:  # the usual line, and most of a JSON line's fields
+        return text
+    for shape, replacement, needles in _PATTERNS:
+        if any(n in lowered for n in needles):
+            text = shape.sub(replacement, text)
+            lowered = text.lower()  # what the next shape looks for is in the text as it is now
     return text
 
 

@@ -3,8 +3,10 @@ section 4) — a settings change (every commit that is the head of an open pull 
 RECENT), a pull request's link or base learnt (its head commit), a new scan of a pull request's base under block_on
 new (the heads whose baseline it may be).
 
-`ask_for_org` and `ask` record the commits in the same transaction as the change: one row per commit however often
-asked, so a burst of changes makes at most one outbox item per commit each time the worker comes round. The worker
+The `ask_*` functions record the commits in the same transaction as the change: one row per commit however often
+asked, each statement upserting its rows in key order (`_asking`), and never more than one such statement in a
+transaction that another ask may run beside (two, each in key order, could deadlock with a third), so a burst of
+changes makes at most one outbox item per commit each time the worker comes round. The worker
 (`app.github.outbox.repost_asked`) leases a batch of rows on the database's clock (`claim`) and stores each commit's
 outbox item with `outbox.repost` (the commit's lock, then the policy as it is by then), in a transaction of its own
 that also removes the row (`DONE`) — unless it was asked again meanwhile (its version moved): then it stays for the
@@ -65,21 +67,10 @@ _OPEN_HEADS = sa.select(_links.c.org_id, _links.c.repo_full_name, _links.c.head_
 _AFFECTED = sa.union(_RECENT, _OPEN_HEADS).subquery("affected")
 
 
-def _upsert(dialect: str, source: sa.Select[Any] | None) -> Any:
-    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(_reposts)
-    if source is not None:
-        insert = insert.from_select(
-            ["org_id", "repo_full_name", "commit_sha", "base_url", "version", "requested_at"], source
-        )
-    else:
-        insert = insert.values(
-            org_id=sa.bindparam("org"),
-            repo_full_name=sa.bindparam("repo"),
-            commit_sha=sa.bindparam("sha"),
-            base_url=sa.bindparam("base_url"),
-            version=1,
-            requested_at=sa.bindparam("now"),
-        )
+def _upsert(dialect: str, source: sa.Select[Any]) -> Any:
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(_reposts).from_select(
+        ["org_id", "repo_full_name", "commit_sha", "base_url", "version", "requested_at"], source
+    )
     return insert.on_conflict_do_update(
         index_elements=["org_id", "repo_full_name", "commit_sha"],
         set_={
@@ -110,21 +101,43 @@ ASK_FOR_REPOS = {
     )
     for dialect in ("postgresql", "sqlite")
 }
-ASK_ONE = {dialect: _upsert(dialect, None) for dialect in ("postgresql", "sqlite")}
 
 
 # The heads of the open pull requests whose baseline a new scan of `repo` may be (block_on new): built from their base
-# branch (`ref`), or at their base commit (`sha`); the scan's own commit aside, with a scan of the same image (`name`:
-# a head's baseline is per image).
-_BASED_ON = _asking(_links.c.org_id, _links.c.repo_full_name, _links.c.head_sha).where(
-    _links.c.org_id == sa.bindparam("org"),
-    _links.c.repo_full_name == sa.bindparam("repo"),
-    _links.c.state == "open",
-    sa.or_(_links.c.base_ref == sa.bindparam("ref"), _links.c.base_sha == sa.bindparam("sha")),
-    _links.c.head_sha != sa.bindparam("sha"),
-    _head_scanned(_scans.c.image_name == sa.bindparam("name")),
-)
+# branch (`ref`), or at their base commit (`sha`); the scan's own commit aside, with a scan of the same image (a head's
+# baseline is per image: `image`, the condition on the scan's image name).
+def _based_on(image: sa.ColumnElement[bool]) -> tuple[sa.ColumnElement[bool], ...]:
+    return (
+        _links.c.org_id == sa.bindparam("org"),
+        _links.c.repo_full_name == sa.bindparam("repo"),
+        _links.c.state == "open",
+        sa.or_(_links.c.base_ref == sa.bindparam("ref"), _links.c.base_sha == sa.bindparam("sha")),
+        _links.c.head_sha != sa.bindparam("sha"),
+        _head_scanned(image),
+    )
+
+
+_PR_HEADS = (_links.c.org_id, _links.c.repo_full_name, _links.c.head_sha)
+_BASED_ON = _asking(*_PR_HEADS).where(*_based_on(_scans.c.image_name == sa.bindparam("name")))
 ASK_FOR_BASE = {dialect: _upsert(dialect, _BASED_ON) for dialect in ("postgresql", "sqlite")}
+# A pull request's delivery: the heads based on its head's scans of these images (`names`), and (with `head`) its own
+# head, in one statement, so that its rows are locked in key order like any other ask's (two statements, each in key
+# order, could lock a row an org-wide ask then waits for, and wait for one it holds: a deadlock).
+_HEAD = sa.select(
+    sa.bindparam("org", type_=sa.Integer), sa.bindparam("repo", type_=sa.String), sa.bindparam("sha", type_=sa.String)
+).where(sa.bindparam("head", type_=sa.Boolean))
+_FOR_PULL_REQUEST = sa.union(
+    sa.select(*_PR_HEADS).where(*_based_on(_scans.c.image_name.in_(sa.bindparam("names", expanding=True)))), _HEAD
+).subquery("for_pull_request")
+ASK_FOR_PULL_REQUEST = {
+    dialect: _upsert(
+        dialect,
+        _asking(_FOR_PULL_REQUEST.c.org_id, _FOR_PULL_REQUEST.c.repo_full_name, _FOR_PULL_REQUEST.c.head_sha).where(
+            sa.true()
+        ),
+    )
+    for dialect in ("postgresql", "sqlite")
+}
 
 
 def ask_for_org(conn: sa.Connection, org_id: int, urls: Urls) -> int:
@@ -143,12 +156,6 @@ def ask_for_repos(conn: sa.Connection, org_id: int, repos: list[str], urls: Urls
     return int(conn.execute(ASK_FOR_REPOS[conn.dialect.name], params).rowcount or 0)
 
 
-def ask(conn: sa.Connection, org_id: int, repo: str, sha: str, urls: Urls) -> None:
-    """Ask for one commit to be posted again (a pull request's link or base learnt)."""
-    params = {"org": org_id, "repo": repo, "sha": sha, "base_url": urls.base_url, "now": clock.now_of(conn)}
-    conn.execute(ASK_ONE[conn.dialect.name], params)
-
-
 def ask_for_base(
     conn: sa.Connection, org_id: int, repo: str, ref: str | None, sha: str, image_name: str, urls: Urls
 ) -> None:
@@ -157,6 +164,19 @@ def ask_for_base(
     left green on a pull request that brings the finding back."""
     params = {"org": org_id, "repo": repo, "ref": ref, "sha": sha, "name": image_name, "base_url": urls.base_url}
     conn.execute(ASK_FOR_BASE[conn.dialect.name], {**params, "now": clock.now_of(conn)})
+
+
+def ask_for_pull_request(
+    conn: sa.Connection, org_id: int, repo: str, base_ref: str, sha: str, names: list[str], head: bool, urls: Urls
+) -> None:
+    """A pull request's delivery: `ask_for_base` for each of the images `names` its head `sha` was scanned as under
+    its base's ref, and (with `head`) `ask` for the head itself; in one statement (ASK_FOR_PULL_REQUEST)."""
+    if not names and not head:
+        return
+    params = {"org": org_id, "repo": repo, "ref": base_ref, "sha": sha, "names": names, "head": head}
+    conn.execute(
+        ASK_FOR_PULL_REQUEST[conn.dialect.name], {**params, "base_url": urls.base_url, "now": clock.now_of(conn)}
+    )
 
 
 _DUE = (

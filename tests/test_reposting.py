@@ -955,7 +955,7 @@ def test_a_heads_scan_under_the_base_in_flight_while_the_head_becomes_known_is_f
     upload(client, token, seven, HIGH, ref="refs/pull/7/merge")
     work(app)
     assert shown(fake_github, seven) == ("failure", "1 image · 1 new high · blocking")
-    looked = Held(monkeypatch, pull_request_handlers, "_ask_for_base_scans", after=True)
+    looked = Held(monkeypatch, pull_request_handlers, "_ask", after=True)
     eight_upload = lambda: upload(app.test_client(), token, eight, HIGH, ref="refs/heads/main")  # noqa: E731
     first = lambda: pull_request(client, 8, eight, action=action)  # noqa: E731
     hook = delivered_while_in_flight(app, monkeypatch, eight_upload, first, looked)
@@ -991,6 +991,53 @@ def test_a_base_scan_in_flight_while_a_pull_request_into_it_opens_is_its_baselin
     ended(delivered_while_in_flight(app, monkeypatch, fix, opened, meanwhile=worker_if_delivered))
     work(app)
     assert shown(fake_github, nine) == ("failure", "1 image · 1 new high · blocking")
+
+
+def test_a_pull_requests_asks_and_another_ask_in_key_order_never_deadlock(app, client, token, fake_github):
+    """Pull request 8's head was scanned under main before its first delivery, so the delivery asks for 7 (judged
+    against that scan as main's) and for 8's head, while another transaction asks for both in key order (8's head
+    first), as a settings change, an exception or a retention run does. HEAD: two statements, 7's row first: holding
+    it the delivery waited for 8's, which the other held while waiting for 7's: PostgreSQL cancelled the delivery as
+    a deadlock (503), and 7 stayed green. Now one statement, in key order. (SQLite has one writer: no deadlock.)"""
+    if db_backend(app) != "postgresql":
+        return
+    settings(client, token, block_on="new")
+    seven, eight = "e" * 40, "1" * 40  # 8's head first in key order
+    upload(client, token, sha_of("main-tip"), CLEAN, ref="refs/heads/main")
+    pull_request(client, 7, seven)
+    upload(client, token, seven, HIGH, ref="refs/pull/7/merge")
+    upload(client, token, eight, HIGH, ref="refs/heads/main")  # as pull_request_target, before 8 is known
+    work(app)
+    assert shown(fake_github, seven) == ("success", "1 image · 1 high")  # judged against 8's scan as main's
+    engine = app.extensions["fremforge.db"].engine
+    with app.app_context():
+        org_id = db.session().scalars(sa.select(Org.id).where(Org.slug == "acme")).one()
+    ask = sa.text(
+        "INSERT INTO reposts (org_id, repo_full_name, commit_sha, base_url, version, requested_at)"
+        " VALUES (:org, :repo, :sha, 'http://localhost', 1, now())"
+        " ON CONFLICT (org_id, repo_full_name, commit_sha) DO UPDATE SET version = reposts.version + 1"
+    )
+    with engine.connect() as other:
+        other.execute(sa.text("SET LOCAL lock_timeout = '20s'"))
+        other.execute(ask, {"org": org_id, "repo": REPO, "sha": eight})  # its first row in key order
+        waiting_pid = other.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        hook, delivered = in_thread(lambda: pull_request(app.test_client(), 8, eight))
+        blocked = sa.text(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE CAST(:pid AS integer) = ANY(pg_blocking_pids(pid)) AND query LIKE 'INSERT INTO reposts%'"
+        )
+        deadline = time.monotonic() + WAIT
+        with engine.connect() as watch:
+            while not watch.execute(blocked, {"pid": waiting_pid}).scalar_one():
+                assert hook.is_alive(), "the delivery ended without waiting for the other ask"
+                assert time.monotonic() < deadline, "the delivery never waited for the other ask"
+                watch.rollback()
+                hook.join(0.01)  # polls the lock table; wakes at once if the delivery ends
+        other.execute(ask, {"org": org_id, "repo": REPO, "sha": seven})  # its next row: HEAD's delivery held it
+        other.commit()
+    ended((hook, delivered))
+    work(app)
+    assert shown(fake_github, seven) == ("failure", "1 image · 1 new high · blocking")
 
 
 def db_backend(app: Flask) -> str:

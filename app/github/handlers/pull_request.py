@@ -74,14 +74,13 @@ def pull_request_head(session: Session, payload: dict[str, Any], ctx: Context) -
         return "ignored"
     conn = session.connection()
     _lock(conn, link)
-    _ask_for_base_scans(conn, link, ctx)
-    if state == "closed":
-        return None
-    scanned = conn.execute(LINK_SCANS, link).rowcount
-    if scanned and link["changed"] and ctx.deliver:
-        reposts.ask(conn, link["org"], link["repo"], link["sha"], ctx.urls)
-        return "queued"
-    return None
+    names = _images_under_base(conn, link, ctx)
+    head = False
+    if state != "closed":
+        scanned = conn.execute(LINK_SCANS, link).rowcount
+        head = bool(scanned and link["changed"] and ctx.deliver)
+    _ask(conn, link, names, head, ctx)
+    return "queued" if head else None
 
 
 @router.register("pull_request", "closed")
@@ -92,7 +91,7 @@ def pull_request_closed(session: Session, payload: dict[str, Any], ctx: Context)
         return "ignored"
     conn = session.connection()
     _lock(conn, link)
-    _ask_for_base_scans(conn, link, ctx)
+    _ask(conn, link, _images_under_base(conn, link, ctx), False, ctx)
     return None
 
 
@@ -118,14 +117,19 @@ _HEAD_SCANS_UNDER_BASE = (
 )
 
 
-def _ask_for_base_scans(conn: sa.Connection, link: dict[str, Any], ctx: Context) -> None:
+def _images_under_base(conn: sa.Connection, link: dict[str, Any], ctx: Context) -> list[str]:
     """A head newly known as a pull request's (or newly known to have reached its base, a fast-forward merge) changes
-    what its scans under the base's ref are: a baseline or not (app.commits). The open pull requests into that base
-    judged against them are asked to be posted again (under the locks `_lock` took)."""
+    what its scans under the base's ref are: a baseline or not (app.commits). The images of those scans, whose open
+    pull requests into that base, judged against them, are to be posted again."""
     if not link["base_changed"] or not ctx.deliver:
-        return
-    for (name,) in conn.execute(_HEAD_SCANS_UNDER_BASE, link):
-        reposts.ask_for_base(conn, link["org"], link["repo"], link["base_ref"], link["sha"], name, ctx.urls)
+        return []
+    return list(conn.scalars(_HEAD_SCANS_UNDER_BASE, link))
+
+
+def _ask(conn: sa.Connection, link: dict[str, Any], names: list[str], head: bool, ctx: Context) -> None:
+    """Ask for the open pull requests based on the head's scans of `names`, and with `head` for the head itself, to be
+    posted again (under the locks `_lock` took): one statement, its rows locked in key order (app.reposts)."""
+    reposts.ask_for_pull_request(conn, link["org"], link["repo"], link["base_ref"], link["sha"], names, head, ctx.urls)
 
 
 def _upsert_link(session: Session, payload: dict[str, Any], state: str) -> dict[str, Any] | None:
