@@ -112,6 +112,9 @@ def _org(slug: str) -> Org:
 @click.option("--revision", default="head", show_default=True, help="The Alembic revision to reach.")
 def db_upgrade(revision: str) -> None:
     """Create the schema, or migrate it to the latest version."""
+    unknown = migrate.unknown_revision(revision)
+    if unknown is not None:
+        raise click.ClickException(unknown)
     migrate.upgrade(current_app, revision)
     click.echo(f"database at {migrate.describe_url(current_app)} is at revision {migrate.current(current_app)}")
 

@@ -32,6 +32,15 @@ def upgrade(app: Flask, revision: str = "head") -> None:
     command.upgrade(alembic_config(app), revision)
 
 
+def unknown_revision(revision: str) -> str | None:
+    """Why `db upgrade` cannot reach `revision` (None: it can): `head`, or a revision id of migrations/versions."""
+    if revision == "head":
+        return None
+    if revision in {r.revision for r in ScriptDirectory(str(MIGRATIONS)).walk_revisions()}:
+        return None
+    return f"there is no revision {revision!r}: give head (now {head()}) or the id of one in migrations/versions"
+
+
 _HEAD: list[str] = []
 
 

@@ -341,6 +341,35 @@ BAD_BODIES = [
         ),
         id="vulnerabilities-key-twice",
     ),
+    # ...and where what a scan is about is: the image, its commit, its repository, its signature, the report's schema
+    pytest.param(
+        Bad(
+            422,
+            "validation_failed",
+            "image_ref",
+            raw=b'{"image_ref": "ghcr.io/acme/x:1", ' + json.dumps(seed())[1:].encode(),
+        ),
+        id="image-ref-key-twice",
+    ),
+    pytest.param(
+        Bad(
+            422,
+            "validation_failed",
+            "signature_status",
+            raw=json.dumps(seed(signature_status="unsigned"))[:-1].encode() + b', "signature_status": "signed"}',
+        ),
+        id="signature-status-key-twice",
+    ),
+    pytest.param(
+        Bad(
+            422,
+            "validation_failed",
+            "SchemaVersion",
+            raw=b'{"SchemaVersion": 3, "SchemaVersion": 2, "ArtifactName": "ghcr.io/acme/api:1", "Results": []}',
+            query=TRIVY_QUERY,
+        ),
+        id="schema-version-key-twice",
+    ),
     pytest.param(m422("findings[2].package_name", three_findings(package_name="")), id="package-empty"),
     pytest.param(
         m422("findings[2].installed_version", three_findings(installed_version=301)), id="installed-version-as-number"

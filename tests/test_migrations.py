@@ -72,6 +72,18 @@ def test_db_upgrade_and_check_commands(tmp_path):
     assert check.exit_code == 0 and "agree" in check.output
 
 
+@pytest.mark.parametrize("revision", ["bogus", "9999", "0027:0001", ""])
+def test_db_upgrade_to_a_revision_that_is_none_says_so_in_one_line(tmp_path, revision):
+    """HEAD: alembic's traceback (a bare AssertionError for an empty one)."""
+    app = create_app({"TESTING": True, "DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}", "SECRET_KEY": "x"})
+    up = app.test_cli_runner().invoke(args=["db", "upgrade", "--revision", revision])
+    assert up.exit_code == 1 and up.exception is not None and isinstance(up.exception, SystemExit), up.output
+    said = (
+        f"there is no revision {revision!r}: give head (now {migrate.head()}) or the id of one in migrations/versions"
+    )
+    assert up.output == f"Error: {said}\n"
+
+
 def _check_images_backfill(url: str) -> None:
     """0019 derives each image's latest scan and the org's per-day trend changes from the scans already stored,
     naming scans stored before image names were kept; 0020 marks those latest scans indexed (0019 indexed them)."""

@@ -419,6 +419,20 @@ def test_summary_links_a_ghsa_found_in_references():
     assert "[CVE-2022-1234](https://www.cve.org/CVERecord?id=CVE-2022-1234)" in checks.summary(v)
 
 
+def test_a_failing_image_is_shown_before_any_passing_one_and_never_cut_for_one():
+    """51 images of one commit, the failing one last by its ref: the summary's limit cut it (HEAD), leaving what blocks
+    unseen while passing images were shown. Failing images come first now, and what is cut is counted."""
+    noise = [finding("low", f"CVE-2024-{i:05d}", "p" * 400 + str(i), title="t" * 900) for i in range(5)]
+    imgs = [ImageResult(f"ghcr.io/acme/a{i:02d}:1", "success", counts(low=20), 0, i, noise) for i in range(50)]
+    imgs.append(ImageResult("ghcr.io/acme/zz-failing:1", "failure", counts(critical=1), 1, 99, [finding("critical")]))
+    v = policy.commit_verdict("block_pull", imgs)
+    assert v is not None
+    text = checks.summary(v)
+    assert len(text) <= checks.SUMMARY_LIMIT
+    assert text.index("zz-failing") < text.index("ghcr.io/acme/a00:1")
+    assert re.search(r"… and \d+ more images: see the details page for every image$", text)
+
+
 @pytest.mark.parametrize("n_images, ref_len", [(5_000, 40), (2_000, 1024)])
 def test_summary_fits_65535_chars_with_thousands_of_images(n_images, ref_len):
     top = [finding(s, f"CVE-2024-{i:05d}", f"pkg-{i}", vendor_ids=["DSA-1234-1"]) for i, s in enumerate(SEVERITIES)]
@@ -437,7 +451,10 @@ def test_summary_fits_65535_chars_with_thousands_of_images(n_images, ref_len):
     assert v is not None and v.state == "failure"
     text = checks.summary(v)
     assert len(text) <= checks.SUMMARY_LIMIT == 65_535
-    assert "truncated" in text[-200:]
+    failing = sum(1 for i in imgs if i.status == "failure")
+    shown = text.count("### ❌")
+    left = f"… and {n_images - text.count('### ')} more images, {failing - shown} of them failing"
+    assert text.endswith(f"{left}: see the details page for every image")
     body = checks.check_run(v, "0" * 40, None, external_id="x")
     assert len(body["output"]["summary"]) <= 65_535
     assert len(body["output"]["title"]) <= 140

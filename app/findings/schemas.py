@@ -503,6 +503,7 @@ TRIVY_NAMES = (
 )
 _LISTS = {"references", "vendor_ids", "References", "VendorIDs"}
 _FINDING_LISTS = ("findings", "Results")  # a body's keys whose value holds findings
+_READ_FIELDS = frozenset((*QUERY_FIELDS, "SchemaVersion", "ArtifactName"))  # the body's other keys that are read
 # A key given twice where the findings are (JSON parsers keep the last; a gate must not guess, so the upload is a 422)
 TWICE = "is given twice in the same object: which one is meant is unclear"
 BOTH_LISTS = (
@@ -789,7 +790,7 @@ class _Upload:
 
         def member(key: str, pos: int) -> int:
             r.count_key("", key)  # the body's own keys count too: millions of them are walked one by one
-            if key in present and key in _FINDING_LISTS:  # two lists: which is meant is unclear, so neither is
+            if key in present and (key in _FINDING_LISTS or key in _READ_FIELDS):  # which is meant is unclear
                 r.errors.add(key, "duplicate_key", TWICE)
                 return r.skip(pos, 1, key, r.errors)
             present.add(key)
@@ -809,7 +810,7 @@ class _Upload:
                 return self._findings(pos)
             if key == "Results":
                 return self._results(pos, 1, "Results")
-            if key in QUERY_FIELDS or key in ("SchemaVersion", "ArtifactName"):
+            if key in _READ_FIELDS:
                 fields[key], end = r.value(pos, 1, key, r.errors)
                 return end
             return r.skip(pos, 1, key, r.errors)

@@ -288,19 +288,33 @@ def finding_line(f: Any, search: SearchUrl | None = None) -> str:
 def summary(verdict: CommitVerdict, sections: Mapping[str, str] | None = None, search: SearchUrl | None = None) -> str:
     """Markdown: per image its verdict, severity counts, fixable count and top findings; within 65,535 chars.
 
+    The failing images first (then by image ref, as the verdict has them), so that what blocks is what a reviewer
+    reads first and what the limit never cuts while a passing image is shown; cut at a whole image, the images left
+    out counted (how many fail among them) in a last line.
     Each uploaded value is one escaped line fragment (md_text, md_code, md_link), so the lines are the app's own.
     `sections`, made ahead (ingest's assessment, before its locks), must have been made with the same `search`.
     """
     sections = sections or {}
-    lines = [f"**{md_text(verdict.description, TITLE_LIMIT)}** (policy: `{verdict.block_action}`)", ""]
-    for image in verdict.images:
-        lines.append(
-            sections.get(image.image_ref) or image_section(image, verdict.block_action, verdict.block_on, search)
-        )
-    text = "\n".join(lines)
-    if len(text) > SUMMARY_LIMIT:
+    images = sorted(verdict.images, key=lambda i: i.status != "failure")  # stable: by ref within each part
+    parts = [f"**{md_text(verdict.description, TITLE_LIMIT)}** (policy: `{verdict.block_action}`)\n"]
+    used = len(parts[0]) + 1
+    for n, image in enumerate(images):
+        part = sections.get(image.image_ref) or image_section(image, verdict.block_action, verdict.block_on, search)
+        if used + len(part) + 1 > SUMMARY_LIMIT - _LEFT_OUT_ROOM:
+            left = images[n:]
+            failing = sum(1 for i in left if i.status == "failure")
+            also = f", {failing} of them failing" if failing else ""
+            parts.append(f"… and {len(left)} more images{also}: see the details page for every image")
+            break
+        parts.append(part)
+        used += len(part) + 1
+    text = "\n".join(parts)
+    if len(text) > SUMMARY_LIMIT:  # not reached: the last line fits in the room kept for it
         cut = "\n\n… (truncated; see the details page for every image)"
         kept = text[: SUMMARY_LIMIT - len(cut)]
         # Whole lines only: a line cut short could leave a code span or an escape open.
         text = kept[: max(kept.rfind("\n"), 0)] + cut
     return text
+
+
+_LEFT_OUT_ROOM = 200  # the summary's last line when images are left out
