@@ -1132,3 +1132,21 @@ def test_repository_names_within_githubs_rules_are_accepted(app: Flask, client: 
 
 def _auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.mark.parametrize(
+    "raw, said",
+    [
+        # gzip sent without its Content-Encoding: HEAD said "str is not valid UTF-8: surrogates not allowed"
+        (
+            gzip.compress(json.dumps(seed()).encode()),
+            "not UTF-8 text (byte 1): it starts as gzip does, so send it with",
+        ),
+        (b'{"image_ref": "\xff"}', "The body is not UTF-8 text (byte 15)."),
+    ],
+)
+def test_a_body_that_is_not_utf8_says_so(app: Flask, client: Any, token: str, raw: bytes, said: str) -> None:
+    r = post(client, token, raw=raw)
+    assert r.status_code == 400 and r.json["error"] == "malformed_json", r.json
+    assert said in r.json["message"]
+    assert "surrogates not allowed" not in r.json["message"]

@@ -374,6 +374,25 @@ def test_bad_documents_are_refused_naming_where_and_nothing_is_stored(app, clien
     assert census(app) == before
 
 
+@pytest.mark.parametrize(
+    "fmt, body, query, path, parameter",
+    [
+        ("trivyignore", "CVE-2019-1549\n", {"expires_at": "{30}"}, "line 1.reason", "reason"),
+        ("trivyignore", "CVE-2019-1549\n", {"reason": "accepted"}, "line 1.expires_at", "expires_at"),
+        ("openvex", None, {}, "statements[0].expires_at", "expires_at"),
+    ],
+)
+def test_what_neither_an_entry_nor_the_query_gives_names_the_query_parameter(
+    app, client, token, fmt, body, query, path, parameter
+):
+    """HEAD: "is required" at the entry, as if the document were at fault, where the query parameter is missing."""
+    q = {k: (in_days(30) if v == "{30}" else v) for k, v in query.items()}
+    r = import_(client, token, fmt, openvex() if body is None else body, **q)
+    assert r.status_code == 422, r.json
+    detail = next(d for d in r.json["details"] if d["path"] == path)
+    assert f"neither does the query parameter {parameter}" in detail["message"], detail
+
+
 def test_import_needs_settings_write_and_refuses_what_is_not_text(app, client, token):
     reader = make_token(app, scopes=["findings:read", "findings:write"])
     assert import_(client, reader, "openvex", openvex(), expires_at=in_days(30)).status_code == 403

@@ -645,3 +645,32 @@ def test_a_revoked_exception_turns_the_pull_request_red_again(gh_app, fake_githu
     assert shown(fake_github, head) == ("failure", "1 image · 1 high · blocking")
     assert "Excepted" not in summary(fake_github, head)
     assert [a for a, _, i in exception_events(app) if i == e["id"]] == ["exception.created", "exception.revoked"]
+
+
+@pytest.mark.parametrize(
+    "path, doc, field, said",
+    [
+        # HEAD: pydantic's own words, naming its classes or quoting a regular expression
+        ("settings", {"allowed_issuers": ["https://x"]}, "allowed_issuers[0]", "must be an object"),
+        ("settings", [], "$", "must be an object"),
+        ("settings", {"allowed_issuers": [{"issuer": "http://x"}]}, "allowed_issuers[0].issuer", "must be an https://"),
+        ("exceptions", body(ticket_url="http://x"), "ticket_url", "must be an https:// URL"),
+        ("exceptions", body(reason="   "), "reason", "must not be empty or only white space"),
+        ("exceptions", body(reason="r" * 2001), "reason", "must have at most 2000 characters"),
+        ("exceptions", body(package_name=7), "package_name", "must be a"),
+        # HEAD: 201, an exception no finding could ever match
+        ("exceptions", body(advisory_id="CVE-2099-*"), "advisory_id", "must be one advisory's id"),
+    ],
+)
+def test_a_refused_field_is_said_in_a_sentence_of_our_own(
+    client: FlaskClient, token: str, path: str, doc: Any, field: str, said: str
+) -> None:
+    if path == "settings":
+        r = client.put("/api/v1/orgs/acme/image-scans/settings", json=doc, headers=auth(token))
+    else:
+        r = client.post(EXCEPTIONS.format(slug="acme"), json=doc, headers=auth(token))
+    assert r.status_code == 422, r.json
+    detail = next(d for d in r.json["details"] if d["path"] == field)
+    assert detail["message"].startswith(said), detail
+    for theirs in ("Input should", "String should", "instance of", "^https", "Value error"):
+        assert theirs not in r.json["message"] and theirs not in detail["message"], r.json

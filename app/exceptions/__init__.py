@@ -37,6 +37,8 @@ def _advisory(value: str) -> str:
         raise ValueError("names a synthetic signing finding, which no exception covers (signing has its own allowlist)")
     if any(ch.isspace() for ch in value):
         raise ValueError("must not contain white space")
+    if "*" in value:  # an exception names one advisory; the advisory search's * is a prefix, no id has one
+        raise ValueError("must be one advisory's id: a * matches nothing here (an exception covers one advisory)")
     return value
 
 

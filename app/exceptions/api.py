@@ -103,6 +103,13 @@ def import_(slug: str) -> tuple[dict[str, Any], int]:
             found.append(exceptions.validate(item.doc, now))
         except ValidationError as exc:
             details += [bodies.error_detail(e, prefix=item.where) for e in exc.errors(include_url=False)]
+    for d in details:  # a reason or expiry the entry does not give, and neither does the query
+        field = d["path"].rsplit(".", 1)[-1]
+        if d["code"] == "missing" and field in ("reason", "expires_at") and getattr(q, field) is None:
+            d["message"] = (
+                f"is required: this entry gives none, and neither does the query parameter {field} (the one for "
+                "every entry that gives none)"
+            )
     if details:  # one statement's several exceptions (one per product) would repeat its faults
         raise validation_failed(list({(d["path"], d["message"]): d for d in details}.values()))
     session = db.session()

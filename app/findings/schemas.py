@@ -30,7 +30,7 @@ from pydantic_core import PydanticCustomError
 from app.fields import COMMIT_SHA, GIT_REF_TEXT, REPO_RULE_TEXT, is_git_ref, is_repo_full_name
 from app.models import SEVERITIES
 from app.policy import Signature
-from app.web.bodies import PATTERN_MESSAGES, Errors, check_nul, error_detail, refuse
+from app.web.bodies import PATTERN_MESSAGES, Errors, check_nul, error_detail, not_json, refuse
 from app.web.errors import ApiError, validation_failed
 
 FINDING_PATTERN_MESSAGES = {
@@ -344,7 +344,7 @@ class _Reader:
         try:
             return orjson.loads(self.view[start:end])
         except orjson.JSONDecodeError as exc:
-            raise _malformed(exc.msg, start + exc.pos) from None
+            raise not_json(self.buf, exc.msg, start + exc.pos) from None
 
     def cheap(self, start: int, end: int) -> bool:
         """Whether parsing buf[start:end] whole stays within PARSE_BUDGET (_parse_cost, an upper bound)."""

@@ -3,6 +3,7 @@ of a 422, and the collection of many faults into one answer. Every API view read
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -112,6 +113,24 @@ def read_body(
     return body
 
 
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def not_json(body: bytes | memoryview, message: str, at: int | None) -> ApiError:
+    """The 400 for a body orjson refused with `message` at byte `at`; bytes that are not UTF-8 said plainly (orjson
+    says "surrogates not allowed"), with a hint for a gzip body sent without its Content-Encoding."""
+    if "UTF-8" in message:
+        try:
+            bytes(body).decode()
+        except UnicodeDecodeError as exc:
+            hint = ""
+            if bytes(body[:2]) == _GZIP_MAGIC:
+                hint = ": it starts as gzip does, so send it with Content-Encoding: gzip"
+            return ApiError(400, "malformed_json", f"The body is not UTF-8 text (byte {exc.start}){hint}.")
+    where = f" at byte {at}" if at is not None else ""
+    return ApiError(400, "malformed_json", f"The body is not valid JSON: {message}{where}.")
+
+
 def read_json(max_bytes: int) -> Any:
     """The request's JSON value, parsed whole, for the small bodies of settings, exceptions and imports: the body and
     what it decompresses to at most `max_bytes` (SMALL_BODY_BYTES, DOCUMENT_BODY_BYTES); 400/413/415/422 as
@@ -121,7 +140,7 @@ def read_json(max_bytes: int) -> Any:
     try:
         doc = orjson.loads(memoryview(body)[3:] if body.startswith(b"\xef\xbb\xbf") else body)  # a BOM is tolerated
     except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "malformed_json", f"The body is not valid JSON: {exc}.") from None
+        raise not_json(body, exc.msg, exc.pos) from None
     if b"u0000" in body or b"U0000" in body:
         errors = Errors()
         check_nul(doc, "", errors)
@@ -192,17 +211,40 @@ def error_detail(
     for part in err["loc"]:
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
     message = str(err["msg"]).removeprefix("Value error, ")  # a validator's own sentence, as it wrote it
-    if err["type"] == "missing":
-        message = "is required"
-    elif err["type"] == "string_pattern_mismatch":
-        message = (messages or PATTERN_MESSAGES).get(err["loc"][-1] if err["loc"] else "", message)
+    kind = err["type"]
+    if kind in TYPE_MESSAGES:
+        message = TYPE_MESSAGES[kind]
+    elif kind == "string_pattern_mismatch":  # pydantic's quotes the regular expression
+        message = (messages or PATTERN_MESSAGES).get(err["loc"][-1] if err["loc"] else "", "is not of the form asked")
+    elif kind == "string_too_short" and (err.get("ctx") or {}).get("min_length") == 1:
+        message = "must not be empty or only white space"  # what is stripped first counts as nothing
+    else:  # "Input should be ...": the sentence about the field at `path`
+        message = _SHOULD.sub("must ", message)
     detail = {"path": path or "$", "code": err["type"], "message": message}
     if where:
         detail["in"] = where
     return detail
 
 
+# pydantic's messages name its own classes ("a valid dictionary or instance of SettingsChange"): said plainly instead
+TYPE_MESSAGES = {
+    "missing": "is required",
+    "model_type": "must be an object",
+    "model_attributes_type": "must be an object",
+    "dict_type": "must be an object",
+    "list_type": "must be a list",
+    "string_type": "must be a string",
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "extra_forbidden": "is not a field of this object",
+}
+_SHOULD = re.compile(r"^(?:Input|String|Value|List|Dictionary|Tuple|Set|Object|Decimal|Number|Data) should ")
+
 PATTERN_MESSAGES = {  # the message of a pattern mismatch, by field name
+    "ticket_url": "must be an https:// URL",
+    "issuer": "must be an https:// URL",
     "commit_sha": COMMIT_SHA_TEXT,
     "repo_full_name": REPO_RULE_TEXT,
     "repo": REPO_RULE_TEXT,
