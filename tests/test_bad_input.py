@@ -1011,6 +1011,28 @@ def test_same_finding_twice_is_stored_once(app: Flask, client: Any, token: str) 
     assert after["scan_runs"] - before["scan_runs"] == 1
 
 
+def test_duplicates_keep_every_copys_vendor_ids_and_references(app: Flask, client: Any, token: str) -> None:
+    """HEAD kept the first copy's: an exception or a search by the second copy's Debian id missed the finding."""
+    first = finding(vendor_ids=["DSA-1"], references=["https://a.example"], primary_url=None, title=None)
+    second = finding(vendor_ids=["DSA-2", "DSA-1"], references=["https://b.example"], primary_url="https://p.example")
+    many = finding(vendor_ids=[f"DSA-{i}" for i in range(3, 66)])  # 63 more: the union past the cap of 64
+    r = post(client, token, seed([first, second]))
+    assert r.status_code == 202 and (r.json["accepted"], r.json["duplicates"]) == (1, 1), r.json
+    stored = client.get(
+        f"/api/v1/orgs/acme/image-scans/{r.json['scan_run_id']}", headers={"Authorization": f"Bearer {token}"}
+    ).json["findings"][0]
+    assert stored["vendor_ids"] == ["DSA-1", "DSA-2"]
+    assert stored["references"] == ["https://a.example", "https://b.example"]
+    assert stored["primary_url"] == "https://p.example" and stored["truncated"] is False
+    r = post(client, token, seed([first, second, many], image_ref="ghcr.io/acme/many:1"))
+    assert r.status_code == 202, r.json
+    stored = client.get(
+        f"/api/v1/orgs/acme/image-scans/{r.json['scan_run_id']}", headers={"Authorization": f"Bearer {token}"}
+    ).json["findings"][0]
+    assert len(stored["vendor_ids"]) == 64 and stored["vendor_ids"][:2] == ["DSA-1", "DSA-2"]
+    assert stored["truncated"] is True
+
+
 def test_duplicates_differing_only_in_severity_case_collapse(app: Flask, client: Any, token: str) -> None:
     r = post(client, token, seed([finding(severity="HIGH"), finding(severity="high")]))
     assert r.status_code == 202, r.json

@@ -52,7 +52,7 @@ TARGET_MAX = 1024
 TITLE_MAX = 1024
 URL_MAX = 2048  # primary_url and each reference
 REFERENCES_MAX = 64
-VENDOR_IDS_MAX = 64  # ids an advisory is matched by (exceptions, advisory search): refused, never cut
+VENDOR_IDS_MAX = 64  # ids an advisory is matched by (exceptions, advisory search): more in a finding refused
 
 
 def _signature_status(value: Any) -> str | None:
@@ -726,7 +726,8 @@ class _Rows:
 
     def add(self, row: dict[str, Any]) -> None:
         """Store a finding once per (id, package, installed version, target): the copy kept takes the most
-        severe severity and a non-empty fixed version of all copies (a gate fails closed)."""
+        severe severity and a non-empty fixed version of all copies (a gate fails closed), every copy's vendor ids and
+        references (up to their caps: `truncated` past them), and the first title and primary URL given."""
         key = (row["cve_id"], row["package"], row["installed_version"], row["target"])
         kept = self.unique.setdefault(key, row)
         if kept is not row:
@@ -734,6 +735,16 @@ class _Rows:
                 kept["severity"] = row["severity"]
             if not kept["fixed_version"] and row["fixed_version"]:
                 kept["fixed_version"] = row["fixed_version"]
+            for field, cap in (("vendor_ids", VENDOR_IDS_MAX), ("references", REFERENCES_MAX)):
+                if row[field] and row[field] != kept[field]:  # an exception or a search by another vendor's id
+                    merged = tuple(dict.fromkeys((*kept[field], *row[field])))
+                    if len(merged) > cap:
+                        merged, kept["truncated"] = merged[:cap], True
+                    kept[field] = merged
+            for field in ("title", "primary_url"):
+                if not kept[field] and row[field]:
+                    kept[field] = row[field]
+            kept["truncated"] = kept["truncated"] or row["truncated"]
 
     @property
     def duplicates(self) -> int:
