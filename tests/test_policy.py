@@ -419,6 +419,20 @@ def test_summary_links_a_ghsa_found_in_references():
     assert "[CVE-2022-1234](https://www.cve.org/CVERecord?id=CVE-2022-1234)" in checks.summary(v)
 
 
+def test_an_images_section_counts_the_findings_it_does_not_list():
+    """HEAD listed five findings of twelve and said nothing of the other seven."""
+    top = [finding("high", f"CVE-2024-{i:04d}") for i in range(12)]
+    many = ImageResult("ghcr.io/acme/many:1", "failure", counts(high=12), 12, 1, top)
+    few = ImageResult("ghcr.io/acme/few:1", "failure", counts(high=3), 3, 2, top[:3])
+    none = ImageResult("ghcr.io/acme/none:1", "success", counts(), 0, 3, [])
+    v = policy.commit_verdict("block_pull", [many, few, none])
+    assert v is not None
+    sections = checks.summary(v).split("### ")
+    assert "- … and 7 more findings (the details page lists them all)" in next(x for x in sections if "many" in x)
+    assert "more findings" not in next(x for x in sections if "few" in x)
+    assert "more findings" not in next(x for x in sections if "none" in x)
+
+
 def test_a_failing_image_is_shown_before_any_passing_one_and_never_cut_for_one():
     """51 images of one commit, the failing one last by its ref: the summary's limit cut it (HEAD), leaving what blocks
     unseen while passing images were shown. Failing images come first now, and what is cut is counted."""

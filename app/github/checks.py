@@ -228,7 +228,11 @@ def image_section(image: ImageResult, block_action: str, block_on: str, search: 
         if len(image.exceptions) > TOP_FINDINGS:
             lines.append(f"- … and {len(image.exceptions) - TOP_FINDINGS} more exceptions")
         lines.append("")
-    lines += [finding_line(f, search) for f in image.top_findings[:TOP_FINDINGS]]
+    listed = [finding_line(f, search) for f in image.top_findings[:TOP_FINDINGS]]
+    more = sum(int(n) for n in image.counts.values()) - len(listed)
+    lines += listed + (
+        [f"- … and {more} more findings (the details page lists them all)"] if listed and more > 0 else []
+    )
     lines.append("")
     return "\n".join(lines)
 
