@@ -342,7 +342,7 @@ def exceptions_create(
     doc = {key: value for key, value in zip(_CREATE_OPTIONS, given, strict=True) if value is not None}
     org = _org(slug)
     try:
-        body = exceptions.validate(doc, utcnow())
+        body = exceptions.validate(doc, utcnow(), org.github_login)
     except ValidationError as exc:
         details = [bodies.error_detail(e) for e in exc.errors(include_url=False)]
         for d in details:
@@ -413,7 +413,7 @@ def exceptions_import(slug: str, file: str, fmt: str, reason: str | None, expire
     found, details = [], []
     for item in items:
         try:
-            found.append(exceptions.validate(item.doc, now))
+            found.append(exceptions.validate(item.doc, now, org.github_login))
         except ValidationError as exc:
             details += [bodies.error_detail(e, prefix=item.where) for e in exc.errors(include_url=False)]
     if details:

@@ -660,6 +660,7 @@ def test_a_revoked_exception_turns_the_pull_request_red_again(gh_app, fake_githu
         ("exceptions", body(package_name=7), "package_name", "must be a"),
         # HEAD: 201, an exception no finding could ever match
         ("exceptions", body(advisory_id="CVE-2099-*"), "advisory_id", "must be one advisory's id"),
+        ("exceptions", body(repo_full_name="evil/api"), "repo_full_name", "is outside this organisation's GitHub"),
     ],
 )
 def test_a_refused_field_is_said_in_a_sentence_of_our_own(

@@ -61,7 +61,7 @@ def exception_create(slug: str) -> ResponseReturnValue:
     form, doc = _form_of(request.form)
     scan_id = _scan_id(request.form.get("scan"))
     try:
-        body = exceptions.validate(doc, utcnow())
+        body = exceptions.validate(doc, utcnow(), org.github_login)
     except ValidationError as exc:
         errors: dict[str, str] = {}
         for e in exc.errors(include_url=False):

@@ -83,6 +83,14 @@ class ExceptionBody(BaseModel):
     ticket_url: Annotated[str, StringConstraints(pattern=r"^https://[^\s/]+\S*$", max_length=2048)] | None = None
     expires_at: str
 
+    @field_validator("repo_full_name")
+    @classmethod
+    def _in_org(cls, value: str | None, info: ValidationInfo) -> str | None:
+        owner = (info.context or {}).get("owner")
+        if value is not None and owner is not None and value.split("/", 1)[0].lower() != owner.lower():
+            raise ValueError(f"is outside this organisation's GitHub account ({owner}): no scan of it is stored here")
+        return value
+
     @field_validator("expires_at")
     @classmethod
     def _expiry(cls, value: str, info: ValidationInfo) -> str:
@@ -95,9 +103,10 @@ class ExceptionBody(BaseModel):
         return at.isoformat()
 
 
-def validate(doc: Any, now: datetime) -> ExceptionBody:
-    """Raises pydantic's ValidationError naming each bad field."""
-    return ExceptionBody.model_validate(doc, context={"now": now})
+def validate(doc: Any, now: datetime, owner: str | None = None) -> ExceptionBody:
+    """Raises pydantic's ValidationError naming each bad field; `owner`: the org's GitHub login, which a repository
+    named must belong to (as an upload's must)."""
+    return ExceptionBody.model_validate(doc, context={"now": now, "owner": owner})
 
 
 def state_of(e: Any, now: datetime) -> str:

@@ -61,7 +61,7 @@ def create(slug: str) -> tuple[dict[str, Any], int]:
     org, token, _ = auth.for_request(slug, "settings:write")
     doc = bodies.read_json(bodies.SMALL_BODY_BYTES)
     try:
-        body = exceptions.validate(doc, utcnow())
+        body = exceptions.validate(doc, utcnow(), org.github_login)
     except ValidationError as exc:
         raise validation_failed([bodies.error_detail(e) for e in exc.errors(include_url=False)]) from None
     session = db.session()
@@ -100,7 +100,7 @@ def import_(slug: str) -> tuple[dict[str, Any], int]:
     found, details = [], []
     for item in items:
         try:
-            found.append(exceptions.validate(item.doc, now))
+            found.append(exceptions.validate(item.doc, now, org.github_login))
         except ValidationError as exc:
             details += [bodies.error_detail(e, prefix=item.where) for e in exc.errors(include_url=False)]
     for d in details:  # a reason or expiry the entry does not give, and neither does the query
