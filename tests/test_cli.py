@@ -77,6 +77,8 @@ def test_tokens_errors(runner, app):
     assert runner.invoke(args=["tokens", "create", "--org", "acme"]).exit_code != 0
     missing = runner.invoke(args=["tokens", "revoke", "999"])
     assert missing.exit_code != 0 and "no token" in missing.output
+    two_lines = runner.invoke(args=["tokens", "create", "--org", "acme", "--scope", "findings:write", "--name", "a\nb"])
+    assert two_lines.exit_code == 1 and "printable characters on one line" in two_lines.output  # HEAD: created
 
 
 def test_policy_show_and_set(runner, app):
