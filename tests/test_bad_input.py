@@ -1172,3 +1172,23 @@ def test_a_body_that_is_not_utf8_says_so(app: Flask, client: Any, token: str, ra
     assert r.status_code == 400 and r.json["error"] == "malformed_json", r.json
     assert said in r.json["message"]
     assert "surrogates not allowed" not in r.json["message"]
+
+
+@pytest.mark.parametrize(
+    "content_type, status",
+    [
+        ("application/json; charset=iso-8859-1", 415),  # HEAD: read as UTF-8 all the same
+        ("application/json; charset=utf-16", 415),
+        ("application/json; charset=UTF-8", 202),
+        ('application/json; charset="utf-8"', 202),
+        ("application/json;charset=utf8", 202),
+        ("application/json; charset=us-ascii", 202),
+    ],
+)
+def test_json_in_another_charset_than_utf8_is_refused(
+    app: Flask, client: Any, token: str, content_type: str, status: int
+) -> None:
+    r = post(client, token, seed(), content_type=content_type)
+    assert r.status_code == status, r.json
+    if status == 415:
+        assert r.json["error"] == "unsupported_media_type" and "UTF-8" in r.json["message"]
