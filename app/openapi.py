@@ -101,7 +101,9 @@ BODY_ERRORS = {
         "(FREMFORGE_MAX_UPLOAD_MB), and at most 1 MiB for settings and an exception, 4 MiB for an import or "
         "checkpoints."
     ),
-    "415": _error("Not sent as application/json, or an unsupported Content-Encoding."),
+    "415": _error(
+        "Not sent as application/json (or with a charset other than UTF-8), or an unsupported Content-Encoding."
+    ),
     "422": _error("The body breaks the schema; each detail names its JSON path."),
 }
 URL_ERRORS = {"400": _error("The URL contains a NUL character (%00).")}
@@ -579,8 +581,8 @@ SCHEMAS: dict[str, Any] = {
             "advisory_id": {
                 **ADVISORY_ID,
                 "description": "Covers a finding whose id or any of its vendor ids equals it, letter case ignored. Any "
-                "advisory id (CVE-, GHSA-, DSA-, ...) without white space; FREMFORGE-* (the synthetic signing "
-                "findings) is refused: signing has its own allowlist.",
+                "advisory id (CVE-, GHSA-, DSA-, ...) without white space or `*` (one advisory, no pattern); "
+                "FREMFORGE-* (the synthetic signing findings) is refused: signing has its own allowlist.",
             },
             "package_name": {
                 **_nullable({"type": "string", "minLength": 1, "maxLength": 1024}),
@@ -588,7 +590,8 @@ SCHEMAS: dict[str, Any] = {
             },
             "repo_full_name": {
                 **_nullable(REPO),
-                "description": "Only scans of this repository (letter case ignored); null or left out: any.",
+                "description": "Only scans of this repository (letter case ignored), one of the org's GitHub account "
+                "(another owner is a 422); null or left out: any.",
             },
             "image": {
                 **_nullable({"type": "string", "minLength": 1, "maxLength": 1024}),
