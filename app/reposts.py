@@ -118,7 +118,9 @@ def _based_on(image: sa.ColumnElement[bool]) -> tuple[sa.ColumnElement[bool], ..
 
 
 _PR_HEADS = (_links.c.org_id, _links.c.repo_full_name, _links.c.head_sha)
-_BASED_ON = _asking(*_PR_HEADS).where(*_based_on(_scans.c.image_name == sa.bindparam("name")))
+# DISTINCT: two open pull requests may share a head (two branches at one commit), and an upsert may not meet one row
+# twice (PostgreSQL: "ON CONFLICT DO UPDATE command cannot affect row a second time").
+_BASED_ON = _asking(*_PR_HEADS).where(*_based_on(_scans.c.image_name == sa.bindparam("name"))).distinct()
 ASK_FOR_BASE = {dialect: _upsert(dialect, _BASED_ON) for dialect in ("postgresql", "sqlite")}
 # A pull request's delivery: the heads based on its head's scans of these images (`names`), and (with `head`) its own
 # head, in one statement, so that its rows are locked in key order like any other ask's (two statements, each in key

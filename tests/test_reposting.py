@@ -1040,6 +1040,22 @@ def test_a_pull_requests_asks_and_another_ask_in_key_order_never_deadlock(app, c
     assert shown(fake_github, seven) == ("failure", "1 image · 1 new high · blocking")
 
 
+def test_a_base_scan_asks_once_for_a_head_two_pull_requests_share(app, client, token, fake_github):
+    """Two branches at one commit, each with an open pull request into main: a new scan of main asks for that head
+    once. HEAD, on PostgreSQL: the ask's upsert met the head's row twice, a 500 for the upload."""
+    settings(client, token, block_on="new")
+    head = sha_of("shared-head")
+    upload(client, token, sha_of("main-old"), CLEAN, ref="refs/heads/main")
+    pull_request(client, 7, head)
+    pull_request(client, 8, head)
+    upload(client, token, head, HIGH, ref="refs/pull/7/merge")
+    work(app)
+    assert shown(fake_github, head) == ("failure", "1 image · 1 new high · blocking")
+    upload(client, token, sha_of("main-new"), HIGH, ref="refs/heads/main")  # the high reaches main: not new any more
+    work(app)
+    assert shown(fake_github, head) == ("success", "1 image · 1 high")
+
+
 def db_backend(app: Flask) -> str:
     return str(app.extensions["fremforge.db"].engine.dialect.name)
 
