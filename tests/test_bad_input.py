@@ -1174,6 +1174,14 @@ def test_a_body_that_is_not_utf8_says_so(app: Flask, client: Any, token: str, ra
     assert "surrogates not allowed" not in r.json["message"]
 
 
+def test_a_finding_that_is_not_utf8_is_named_by_its_byte(app: Flask, client: Any, token: str) -> None:
+    """Only the piece that failed is decoded to find the byte (HEAD: the whole body), at its place in the body."""
+    body = json.dumps(seed([finding(title=f"t{i}") for i in range(300)])).encode().replace(b'"t250"', b'"t\xff"')
+    r, at = post(client, token, raw=body), body.index(b"\xff")
+    assert r.status_code == 400, r.json
+    assert r.json["message"] == f"The body is not UTF-8 text (byte {at})."
+
+
 @pytest.mark.parametrize(
     "content_type, status",
     [

@@ -344,7 +344,7 @@ class _Reader:
         try:
             return orjson.loads(self.view[start:end])
         except orjson.JSONDecodeError as exc:
-            raise not_json(self.buf, exc.msg, start + exc.pos) from None
+            raise not_json(self.view, exc.msg, start + exc.pos, start, end) from None
 
     def cheap(self, start: int, end: int) -> bool:
         """Whether parsing buf[start:end] whole stays within PARSE_BUDGET (_parse_cost, an upper bound)."""

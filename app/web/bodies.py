@@ -125,17 +125,20 @@ _CHARSET = re.compile(r";\s*charset\s*=\s*([^;]*)", re.I)
 _UTF8_NAMES = ("utf-8", "utf8", "us-ascii", "ascii")  # ASCII text is UTF-8 text
 
 
-def not_json(body: bytes | memoryview, message: str, at: int | None) -> ApiError:
-    """The 400 for a body orjson refused with `message` at byte `at`; bytes that are not UTF-8 said plainly (orjson
-    says "surrogates not allowed"), with a hint for a gzip body sent without its Content-Encoding."""
+def not_json(
+    body: bytes | memoryview, message: str, at: int | None, start: int = 0, end: int | None = None
+) -> ApiError:
+    """The 400 for JSON orjson refused with `message` at byte `at`, read from body[start:end]; bytes that are not UTF-8
+    said plainly (orjson says "surrogates not allowed"), with a hint for a gzip body sent without its Content-Encoding.
+    Only that piece is decoded to find the byte: the body may be 64 MiB with most of its findings held already."""
     if "UTF-8" in message:
         try:
-            bytes(body).decode()
+            bytes(body[start:end]).decode()
         except UnicodeDecodeError as exc:
             hint = ""
             if bytes(body[:2]) == _GZIP_MAGIC:
                 hint = ": it starts as gzip does, so send it with Content-Encoding: gzip"
-            return ApiError(400, "malformed_json", f"The body is not UTF-8 text (byte {exc.start}){hint}.")
+            return ApiError(400, "malformed_json", f"The body is not UTF-8 text (byte {start + exc.start}){hint}.")
     where = f" at byte {at}" if at is not None else ""
     return ApiError(400, "malformed_json", f"The body is not valid JSON: {message}{where}.")
 
