@@ -101,9 +101,7 @@ BODY_ERRORS = {
         "(FREMFORGE_MAX_UPLOAD_MB), and at most 1 MiB for settings and an exception, 4 MiB for an import or "
         "checkpoints."
     ),
-    "415": _error(
-        "Not sent as application/json (or with a charset other than UTF-8), or an unsupported Content-Encoding."
-    ),
+    "415": _error("Not sent as application/json, or an unsupported Content-Encoding."),
     "422": _error("The body breaks the schema; each detail names its JSON path."),
 }
 URL_ERRORS = {"400": _error("The URL contains a NUL character (%00).")}
