@@ -447,6 +447,39 @@ def test_a_failing_image_is_shown_before_any_passing_one_and_never_cut_for_one()
     assert re.search(r"… and \d+ more images: see the details page for every image$", text)
 
 
+def test_the_summary_cuts_only_what_does_not_fit_and_says_it_in_a_sentence():
+    """Images that all fit are all shown, to the last character (HEAD kept the last line's room even then); one left
+    out is "1 more image"; under warn those that would block come before the clean ones and are counted apart."""
+
+    def image(i: int, status: str = "success", high: int = 0) -> ImageResult:
+        top = [finding("high", f"CVE-2024-{i:05d}", "p" * 300, title="t" * 300)] if high else []
+        tally = policy.Tally(blocking={"high": high}) if high else policy.Tally()
+        return ImageResult(f"ghcr.io/acme/i{i:04d}:1", status, counts(high=high), 0, i, top, tally)
+
+    one = policy.commit_verdict("block_pull", [image(0)])
+    assert one is not None
+    size = len(checks.summary(one).split("\n", 2)[2]) + 1  # one image's section and its line break
+    header = len(checks.summary(one)) - size + 1
+    fits = (checks.SUMMARY_LIMIT - header) // size
+    v = policy.commit_verdict("block_pull", [image(i) for i in range(fits)])
+    assert v is not None
+    text = checks.summary(v)
+    assert text.count("### ") == fits and "more image" not in text and len(text) > checks.SUMMARY_LIMIT - 200
+    v = policy.commit_verdict("block_pull", [image(i) for i in range(fits + 1)])
+    assert v is not None
+    assert checks.summary(v).endswith("… and 2 more images: see the details page for every image")
+    clean = [image(i) for i in range(fits)]
+    would = image(9000, high=1)  # warn: its status is success, but it would block
+    v = policy.commit_verdict("warn", [*clean, would, image(9001, high=1)])
+    assert v is not None
+    text = checks.summary(v)
+    assert text.index("i9000") < text.index("i0000")
+    assert re.search(r"… and \d+ more images: see the details page", text)
+    v = policy.commit_verdict("warn", [*[image(i, high=1) for i in range(200)]])
+    assert v is not None
+    assert re.search(r"… and \d+ more images \(\d+ would block\): see the details page", checks.summary(v))
+
+
 @pytest.mark.parametrize("n_images, ref_len", [(5_000, 40), (2_000, 1024)])
 def test_summary_fits_65535_chars_with_thousands_of_images(n_images, ref_len):
     top = [finding(s, f"CVE-2024-{i:05d}", f"pkg-{i}", vendor_ids=["DSA-1234-1"]) for i, s in enumerate(SEVERITIES)]
@@ -467,7 +500,7 @@ def test_summary_fits_65535_chars_with_thousands_of_images(n_images, ref_len):
     assert len(text) <= checks.SUMMARY_LIMIT == 65_535
     failing = sum(1 for i in imgs if i.status == "failure")
     shown = text.count("### ❌")
-    left = f"… and {n_images - text.count('### ')} more images, {failing - shown} of them failing"
+    left = f"… and {n_images - text.count('### ')} more images ({failing - shown} failing)"
     assert text.endswith(f"{left}: see the details page for every image")
     body = checks.check_run(v, "0" * 40, None, external_id="x")
     assert len(body["output"]["summary"]) <= 65_535

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -299,19 +299,31 @@ def summary(verdict: CommitVerdict, sections: Mapping[str, str] | None = None, s
     `sections`, made ahead (ingest's assessment, before its locks), must have been made with the same `search`.
     """
     sections = sections or {}
-    images = sorted(verdict.images, key=lambda i: i.status != "failure")  # stable: by ref within each part
+    # Failing images, then those that would block under warn, then the rest; by image ref within each (stable).
+    images = sorted(verdict.images, key=lambda i: (i.status != "failure", not i.tally.blocks))
+
+    def section(image: ImageResult) -> str:
+        return sections.get(image.image_ref) or image_section(image, verdict.block_action, verdict.block_on, search)
+
     parts = [f"**{md_text(verdict.description, TITLE_LIMIT)}** (policy: `{verdict.block_action}`)\n"]
-    used = len(parts[0]) + 1
+    used = len(parts[0])  # the length of "\n".join(parts)
     for n, image in enumerate(images):
-        part = sections.get(image.image_ref) or image_section(image, verdict.block_action, verdict.block_on, search)
-        if used + len(part) + 1 > SUMMARY_LIMIT - _LEFT_OUT_ROOM:
-            left = images[n:]
-            failing = sum(1 for i in left if i.status == "failure")
-            also = f", {failing} of them failing" if failing else ""
-            parts.append(f"… and {len(left)} more images{also}: see the details page for every image")
-            break
-        parts.append(part)
-        used += len(part) + 1
+        part = section(image)
+        if used + 1 + len(part) <= SUMMARY_LIMIT - _LEFT_OUT_ROOM:
+            parts.append(part)
+            used += 1 + len(part)
+            continue
+        rest, total = [part], used + 1 + len(part)  # do all the others fit without the last line's room?
+        for later in images[n + 1 :]:
+            if total > SUMMARY_LIMIT:
+                break
+            rest.append(section(later))
+            total += 1 + len(rest[-1])
+        if total <= SUMMARY_LIMIT and len(rest) == len(images) - n:
+            parts += rest
+        else:
+            parts.append(_left_out(images[n:]))
+        break
     text = "\n".join(parts)
     if len(text) > SUMMARY_LIMIT:  # not reached: the last line fits in the room kept for it
         cut = "\n\n… (truncated; see the details page for every image)"
@@ -319,6 +331,18 @@ def summary(verdict: CommitVerdict, sections: Mapping[str, str] | None = None, s
         # Whole lines only: a line cut short could leave a code span or an escape open.
         text = kept[: max(kept.rfind("\n"), 0)] + cut
     return text
+
+
+def _left_out(images: Sequence[ImageResult]) -> str:
+    """The summary's last line for the images its limit leaves out: `… and 40 more images (2 failing, 1 would block):
+    see the details page for every image`."""
+    failing = sum(1 for i in images if i.status == "failure")
+    would = sum(1 for i in images if i.status != "failure" and i.tally.blocks)
+    which = [f"{failing} failing"] * bool(failing) + [f"{would} would block"] * bool(would)
+    said = f" ({', '.join(which)})" if which else ""
+    return (
+        f"… and {len(images)} more image{'s' if len(images) != 1 else ''}{said}: see the details page for every image"
+    )
 
 
 _LEFT_OUT_ROOM = 200  # the summary's last line when images are left out
