@@ -77,8 +77,8 @@ def link(seq: int, head_hash: str, hashes: Iterable[bytes]) -> tuple[list[tuple[
 def finding_payload(org_id: int, scan_run_id: int, created_at: str, f: dict[str, Any]) -> dict[str, Any]:
     """The hashed content of a finding row (every column but id, seq, the hashes and redaction time).
 
-    `truncated` (a descriptive field was cut at upload) is in it only when true: a finding that was not cut, and
-    every finding stored before the column existed, hashes exactly as before.
+    `truncated` (a descriptive field was cut at upload, or a duplicate's ids merged past their cap) is in it only when
+    true: a finding that was not cut, and every finding stored before the column existed, hashes exactly as before.
     """
     payload = {
         "org_id": org_id,
