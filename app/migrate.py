@@ -33,8 +33,9 @@ def upgrade(app: Flask, revision: str = "head") -> None:
 
 
 def unknown_revision(revision: str) -> str | None:
-    """Why `db upgrade` cannot reach `revision` (None: it can): `head`, or a revision id of migrations/versions."""
-    if revision == "head":
+    """Why `db upgrade` cannot reach `revision` (None: it can): `head` (`heads`), or a revision id of
+    migrations/versions (not alembic's relative or partial ones: an upgrade is to a named revision)."""
+    if revision in ("head", "heads"):
         return None
     if revision in {r.revision for r in ScriptDirectory(str(MIGRATIONS)).walk_revisions()}:
         return None

@@ -1197,3 +1197,16 @@ def test_a_charset_is_ignored_as_rfc_8259_says(app: Flask, client: Any, token: s
     as ISO-8859-1 (older HTTP stacks do) are answered as any other."""
     r = post(client, token, seed(), content_type=content_type)
     assert r.status_code == 202, r.json
+
+
+def test_a_blank_image_ref_in_the_query_says_so(app: Flask, client: Any, token: str) -> None:
+    r = post(client, token, trivy_report(), query={**TRIVY_QUERY, "image_ref": " "})
+    assert r.status_code == 422, r.json
+    detail = next(d for d in r.json["details"] if d["path"] == "image_ref")
+    assert detail["message"] == "must not be blank" and detail["in"] == "query"  # HEAD: a regular expression
+    r = client.get(
+        "/api/v1/orgs/acme/image-scans",
+        query_string={"limit": "9" * 5000},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert r.status_code == 422 and "Unable to parse" not in r.json["message"], r.json

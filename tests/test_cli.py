@@ -78,7 +78,11 @@ def test_tokens_errors(runner, app):
     missing = runner.invoke(args=["tokens", "revoke", "999"])
     assert missing.exit_code != 0 and "no token" in missing.output
     two_lines = runner.invoke(args=["tokens", "create", "--org", "acme", "--scope", "findings:write", "--name", "a\nb"])
-    assert two_lines.exit_code == 1 and "printable characters on one line" in two_lines.output  # HEAD: created
+    assert two_lines.exit_code == 1 and "a token name is one line" in two_lines.output  # HEAD: created
+    spaced = runner.invoke(
+        args=["tokens", "create", "--org", "acme", "--scope", "findings:write", "--name", "ci\u00a0👩\u200d💻"]
+    )
+    assert spaced.exit_code == 0, spaced.output  # a no-break space and an emoji sequence are one line's characters
 
 
 def test_policy_show_and_set(runner, app):

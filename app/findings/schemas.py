@@ -1106,7 +1106,9 @@ class _Upload:
         try:
             ctx = UploadContext.model_validate(params)
         except ValidationError as exc:
-            details = [error_detail(e, where="query") for e in exc.errors(include_url=False)]
+            details = [
+                error_detail(e, where="query", messages=FINDING_PATTERN_MESSAGES) for e in exc.errors(include_url=False)
+            ]
             for d in details:
                 if d["path"] != "image_ref" or not from_report:
                     continue

@@ -239,6 +239,7 @@ TYPE_MESSAGES = {
     "string_type": "must be a string",
     "int_type": "must be an integer",
     "int_parsing": "must be an integer",
+    "int_parsing_size": "must be an integer of at most 4,300 digits",
     "bool_type": "must be true or false",
     "bool_parsing": "must be true or false",
     "extra_forbidden": "is not a field of this object",
