@@ -2,6 +2,7 @@
   image_ref: $image,
   commit_sha: $sha,
   repo_full_name: $repo,
+  ref: $ref,
   findings: [
     (if type == "array" then . else (.Results // []) end)[]
     | .Target as $target
