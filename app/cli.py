@@ -35,12 +35,20 @@ class Commands(AppGroup):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
+            if self.name != "db":  # what db upgrade is for
+                refuse_unmigrated(ctx.ensure_object(ScriptInfo).load_app())
             return super().invoke(ctx)
         except sa.exc.SQLAlchemyError as exc:
             problem = database_problem(exc, ctx.ensure_object(ScriptInfo).load_app(), self.name != "db")
             if problem is None:
                 raise
             raise click.ClickException(problem) from None
+
+
+def refuse_unmigrated(app: Flask) -> None:
+    """One line and exit 1 when the database is at an older schema than this app's, or none (`migrate.older`)."""
+    if migrate.older(app):
+        raise click.ClickException(migrate.NOT_MIGRATED[0].lower() + migrate.NOT_MIGRATED[1:])
 
 
 def database_problem(exc: sa.exc.SQLAlchemyError, app: Flask, ask_revision: bool = True) -> str | None:
@@ -571,6 +579,12 @@ def worker(once: bool, poll_seconds: float, parallel: int) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):  # finish the row in hand, give the rest back, then exit
         signal.signal(sig, lambda *_: loop.stop.set())
     try:
+        try:
+            refuse_unmigrated(current_app)  # (a newer release's schema is served on: migrate.older)
+        except sa.exc.SQLAlchemyError:
+            if once:
+                raise
+            # unreachable: the loop waits for the database as after any outage
         handled = loop.run()  # never ends on a database error, but with --once
     except sa.exc.SQLAlchemyError as exc:
         problem = database_problem(exc, current_app)

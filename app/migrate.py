@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,19 @@ def behind(app: Flask) -> bool:
         return current(app) != head()
     except Exception:  # asked while answering another error: no new one from it
         return False
+
+
+def older(app: Flask) -> bool:
+    """Whether the database is at an older revision of this app's migrations, or at none (never migrated): what the
+    app refuses to run on. Not at a revision this app does not know: a newer release migrated it, and this one keeps
+    serving until it is replaced (a rolling upgrade migrates first; migrations only add)."""
+    revision = current(app)
+    return revision is None or (revision != head() and revision in _known())
+
+
+@functools.cache
+def _known() -> frozenset[str]:
+    return frozenset(r.revision for r in ScriptDirectory(str(MIGRATIONS)).walk_revisions())
 
 
 def differences(app: Flask) -> list[Any]:

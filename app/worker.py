@@ -197,16 +197,16 @@ class Loop:
         """Log the error, drop the session (its connection may be dead), and wait before the next round."""
         self.errors_in_a_row += 1
         wait = min(ERROR_MAX_WAIT, ERROR_FIRST_WAIT * 2 ** (self.errors_in_a_row - 1)) * random.uniform(0.8, 1.2)
-        behind = isinstance(exc, sa.exc.SQLAlchemyError) and not db.unavailable(exc) and migrate.behind(current_app)
-        log.warning(
-            "worker.error errors_in_a_row=%s retry_in=%.1fs error=%s detail=%r",
-            self.errors_in_a_row,
-            wait,
-            type(exc).__name__,
-            migrate.NOT_MIGRATED if behind else (str(exc).splitlines()[0][:300] if str(exc) else ""),
-            # the first error's traceback, unless it is only the schema (or, with once, the command says it)
-            exc_info=self.errors_in_a_row == 1 and not self.once and not behind,
-        )
+        if not self.once:  # with once there is no retry: the command ends, saying why in one line
+            behind = isinstance(exc, sa.exc.SQLAlchemyError) and not db.unavailable(exc) and migrate.behind(current_app)
+            log.warning(
+                "worker.error errors_in_a_row=%s retry_in=%.1fs error=%s detail=%r",
+                self.errors_in_a_row,
+                wait,
+                type(exc).__name__,
+                migrate.NOT_MIGRATED if behind else (str(exc).splitlines()[0][:300] if str(exc) else ""),
+                exc_info=self.errors_in_a_row == 1 and not behind,  # the first error's traceback, unless the schema's
+            )
         db.discard_session()
         self.holding_rows = self.gh is not None
         if not self.once:

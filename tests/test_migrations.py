@@ -13,6 +13,7 @@ from datetime import datetime
 import pytest
 import sqlalchemy as sa
 from alembic import command
+from alembic.script import ScriptDirectory
 
 from app import create_app, migrate
 from app.db import Base
@@ -168,6 +169,49 @@ def test_requests_on_a_database_not_migrated_get_a_503_naming_the_fix(tmp_path, 
         headers = {"X-GitHub-Event": "ping", "X-GitHub-Delivery": "d-1", "X-Hub-Signature-256": signature}
         r = client.post("/webhooks/github", data=body, headers={**headers, "Content-Type": "application/json"})
         assert r.status_code == 503 and r.json["error"] == "database_not_migrated", r.get_data(as_text=True)
+    finally:
+        app.extensions["fremforge.db"].engine.dispose()
+
+
+def test_a_database_one_revision_behind_is_refused_not_served(tmp_path):
+    """One revision behind, every table a request reads may be there: HEAD answered it (a 401 here, an upload
+    stored), and the commands ran. Now the web answers 503 database_not_migrated (liveness and readiness aside) and
+    the commands refuse in one line, the worker too, until `db upgrade`; then all goes on without asking again."""
+    previous = next(
+        r.down_revision
+        for r in ScriptDirectory(str(migrate.MIGRATIONS)).walk_revisions()
+        if r.revision == migrate.head()
+    )
+    app = _unmigrated_app(tmp_path, str(previous))
+    client = app.test_client()
+    not_migrated = "Error: the database is not migrated to this version of the app: run `flask --app wsgi db upgrade`."
+    try:
+        r = client.get("/api/v1/orgs/acme/images", headers={"Authorization": "Bearer ffis_unknown"})
+        assert r.status_code == 503 and r.json["error"] == "database_not_migrated", r.get_data(as_text=True)
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/readyz").json["expected"] == migrate.head()
+        for args in (["orgs", "list"], ["worker", "--once"]):
+            result = app.test_cli_runner().invoke(args=args)
+            assert result.exit_code == 1 and result.output.strip().splitlines()[-1] == not_migrated, result.output
+            assert "retry_in" not in result.output
+        assert app.test_cli_runner().invoke(args=["db", "upgrade"]).exit_code == 0
+        assert (
+            client.get("/api/v1/orgs/acme/images", headers={"Authorization": "Bearer ffis_unknown"}).status_code == 401
+        )
+        assert app.test_cli_runner().invoke(args=["orgs", "list"]).exit_code == 0
+    finally:
+        app.extensions["fremforge.db"].engine.dispose()
+
+
+def test_a_database_a_newer_release_migrated_is_served_on(tmp_path):
+    """A rolling upgrade migrates first: the processes of the release before keep serving (migrations only add)."""
+    app = _unmigrated_app(tmp_path, "head")
+    try:
+        with app.extensions["fremforge.db"].engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE alembic_version SET version_num = '9999_from_a_newer_release'")
+        r = app.test_client().get("/api/v1/orgs/acme/images", headers={"Authorization": "Bearer ffis_unknown"})
+        assert r.status_code == 401, r.get_data(as_text=True)
+        assert app.test_cli_runner().invoke(args=["orgs", "list"]).exit_code == 0
     finally:
         app.extensions["fremforge.db"].engine.dispose()
 

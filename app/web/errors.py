@@ -98,8 +98,29 @@ def refuse_nul_in_url() -> None:
         raise ApiError(400, "bad_request", "The URL contains a NUL character (%00).")
 
 
+_MIGRATED = "fremforge.migrated"  # app.extensions: the database was seen at this app's schema (never asked again)
+_SAYS_ITSELF = ("health.healthz", "health.readyz")  # liveness, and readiness, which names the revision itself
+
+
+def refuse_unmigrated() -> Response | None:
+    """A 503 database_not_migrated for every request while the database is at an older schema than this app's (or
+    none), rather than answers made from tables that lack what this version writes; asked once a request until the
+    database is seen migrated, then never again in this process."""
+    if current_app.extensions.get(_MIGRATED) or request.endpoint in _SAYS_ITSELF:
+        return None
+    try:
+        older = migrate.older(current_app)
+    except sa_exc.SQLAlchemyError:  # unreachable: the request's own statements answer that (503 with Retry-After)
+        return None
+    if older:
+        return database_not_migrated(RuntimeError("the database is at an older revision"))
+    current_app.extensions[_MIGRATED] = True
+    return None
+
+
 def init_app(app: Flask) -> None:
     app.before_request(refuse_nul_in_url)
+    app.before_request(refuse_unmigrated)
 
     @app.errorhandler(ApiError)
     def _api_error(err: ApiError):  # type: ignore[no-untyped-def]
