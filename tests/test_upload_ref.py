@@ -158,3 +158,12 @@ def test_a_context_parameter_given_twice_in_the_query_is_422(app, client, token,
         ("repo_full_name", "duplicate_key", "query")
     ]
     assert census(app) == before
+
+
+def test_a_seed_body_without_its_fields_says_they_belong_in_the_body(app, client, token):
+    """The fields sent as query parameters, as a raw report's are: HEAD said only "is required"."""
+    r = post(client, token, {"findings": []}, query={"image_ref": "ghcr.io/acme/api:1", "commit_sha": SHA})
+    assert r.status_code == 422, r.json
+    said = {d["path"]: d["message"] for d in r.json["details"]}
+    assert said["image_ref"].startswith("is required in the body") and said["commit_sha"] == said["image_ref"]
+    assert said["repo_full_name"] == "is required"  # not in the query either

@@ -1067,7 +1067,11 @@ class _Upload:
             ctx = UploadContext.model_validate({k: v for k, v in fields.items() if k in QUERY_FIELDS})
         except ValidationError as exc:
             ctx = None
-            context.extend([error_detail(e, messages=FINDING_PATTERN_MESSAGES) for e in exc.errors(include_url=False)])
+            details = [error_detail(e, messages=FINDING_PATTERN_MESSAGES) for e in exc.errors(include_url=False)]
+            for d in details:
+                if d["code"] == "missing" and d["path"] in query:  # given where a raw report's context comes
+                    d["message"] = "is required in the body: a seed body gives its own (the query's are a raw report's)"
+            context.extend(details)
         rows = self.findings or _Rows()
         if not has_findings:
             context.add("findings", "missing", "is required")
