@@ -124,7 +124,9 @@ def db_upgrade(revision: str) -> None:
     if unknown is not None:
         raise click.ClickException(unknown)
     migrate.upgrade(current_app, revision)
-    click.echo(f"database at {migrate.describe_url(current_app)} is at revision {migrate.current(current_app)}")
+    now = migrate.current(current_app)
+    past = f" (already past {revision}: an upgrade never goes back)" if revision not in ("head", "heads", now) else ""
+    click.echo(f"database at {migrate.describe_url(current_app)} is at revision {now}{past}")
 
 
 @db_cli.command("check")

@@ -15,7 +15,7 @@ while :; do
   wait "$child"
   status=$?
   child=""
-  echo "keep-running: $1 exited with status $status; starting it again in 1 s" >&2
-  sleep 1 &
+  sleep 1 &  # told to stop meanwhile (make run's Ctrl-C reaches the command first), nothing more is said
   wait $!
+  echo "keep-running: $1 exited with status $status; starting it again" >&2
 done

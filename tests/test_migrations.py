@@ -69,6 +69,15 @@ def test_db_upgrade_and_check_commands(tmp_path):
     up = runner.invoke(args=["db", "upgrade"])
     assert up.exit_code == 0, up.output
     assert "revision" in up.output
+    previous = next(
+        r.down_revision
+        for r in ScriptDirectory(str(migrate.MIGRATIONS)).walk_revisions()
+        if r.revision == migrate.head()
+    )
+    back = runner.invoke(args=["db", "upgrade", "--revision", str(previous)])
+    assert back.exit_code == 0 and back.output.endswith(
+        f"is at revision {migrate.head()} (already past {previous}: an upgrade never goes back)\n"
+    ), back.output
     check = runner.invoke(args=["db", "check"])
     assert check.exit_code == 0 and "agree" in check.output
 
