@@ -943,7 +943,11 @@ PATHS: dict[str, Any] = {
             "parameters": [
                 SLUG,
                 _query("repo", REPO, "owner/name, any letter case"),
-                _query("commit_sha", {"type": "string", "maxLength": 40}, "The full commit SHA."),
+                _query(
+                    "commit_sha",
+                    {"type": "string", "pattern": COMMIT_SHA},
+                    "The full commit SHA (40 hex digits, any case).",
+                ),
                 _query("image_ref", {"type": "string", "maxLength": 1024}, "The image."),
                 _query(
                     "image_name",

@@ -167,3 +167,14 @@ def test_a_seed_body_without_its_fields_says_they_belong_in_the_body(app, client
     said = {d["path"]: d["message"] for d in r.json["details"]}
     assert said["image_ref"].startswith("is required in the body") and said["commit_sha"] == said["image_ref"]
     assert said["repo_full_name"] == "is required"  # not in the query either
+
+
+def test_the_list_filter_commit_sha_takes_a_full_sha(app, client, token):
+    """HEAD: ?commit_sha=xyz (or a short SHA) answered an empty list, as if no scan had that commit."""
+    stored = post(client, token, seed()).json
+    headers = {"Authorization": f"Bearer {token}"}
+    for bad in ("xyz", SHA[:7]):
+        r = client.get("/api/v1/orgs/acme/image-scans", query_string={"commit_sha": bad}, headers=headers)
+        assert r.status_code == 422 and r.json["details"][0]["path"] == "commit_sha", r.json
+    r = client.get("/api/v1/orgs/acme/image-scans", query_string={"commit_sha": SHA.upper()}, headers=headers)
+    assert [s["scan_run_id"] for s in r.json["items"]] == [stored["scan_run_id"]]

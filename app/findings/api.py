@@ -81,7 +81,7 @@ class ListQuery(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     repo: schemas.RepoFullName | None = None  # GitHub's naming rules: any other name is a 422
-    commit_sha: Annotated[str, StringConstraints(max_length=40)] | None = None
+    commit_sha: schemas.CommitSha | None = None  # a full SHA (any letter case): a short one would match nothing
     image_ref: Annotated[str, StringConstraints(max_length=1024)] | None = None
     image_name: Annotated[str, StringConstraints(max_length=1024)] | None = None
     ref: Annotated[str, StringConstraints(max_length=255)] | None = None
