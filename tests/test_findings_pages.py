@@ -82,6 +82,9 @@ def _finding_cursor(*key: object) -> str:
     return base64.urlsafe_b64encode(b"f:" + json.dumps(list(key)).encode()).decode().rstrip("=")
 
 
+THIS_SCAN = object()  # stands for the fixture's scan id in a cursor's key
+
+
 @pytest.mark.parametrize(
     "cursor",
     [
@@ -89,14 +92,19 @@ def _finding_cursor(*key: object) -> str:
         "czoxMg",
         "ZjpbMSwieCJd",
         "ZjpbOSwiIiwiIiwxXQ",
-        _finding_cursor(True, "a", "b", 1),  # a bool is no rank (PostgreSQL compared it to an integer: a 500)
-        _finding_cursor(1, "a", "b", True),
-        _finding_cursor(1, "a\x00", "b", 1),  # no stored package has a NUL
-        _finding_cursor(1, "a", "b" * 1025, 1),
+        (THIS_SCAN, True, "a", "b", 1),  # a bool is no rank (PostgreSQL compared it to an integer: a 500)
+        (THIS_SCAN, 1, "a", "b", True),
+        (THIS_SCAN, 1, "a\x00", "b", 1),  # no stored package has a NUL
+        (THIS_SCAN, 1, "a", "b" * 1025, 1),
+        (1, "a", "b", 1),  # a cursor of before cursors named their scan
+        ("another scan", 1, "a", "b", 1),  # HEAD: another scan's cursor read this one's findings after its key
     ],
 )
 def test_a_cursor_this_api_did_not_give_out_is_a_422(client, big_scan, cursor):
     scan_id, token = big_scan
+    if isinstance(cursor, tuple):
+        key = [scan_id if v is THIS_SCAN else scan_id + 1 if v == "another scan" else v for v in cursor]
+        cursor = _finding_cursor(*key)
     r = get(client, token, SCAN.format(slug="acme", id=scan_id) + "/findings", cursor=cursor)
     assert r.status_code == 422 and r.json["details"][0]["path"] == "cursor"
 

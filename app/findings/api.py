@@ -131,7 +131,7 @@ def get_scan(slug: str, scan_run_id: int) -> dict[str, Any]:
     body = scan_json(org.slug, scan, item)
     page, next_key = queries.findings_page(session, scan.id, None, FINDINGS_PAGE_MAX)
     body["findings"] = [finding_json(f) for f in page]
-    body["findings_next_cursor"] = queries.encode_finding_cursor(next_key) if next_key is not None else None
+    body["findings_next_cursor"] = queries.encode_finding_cursor(scan.id, next_key) if next_key is not None else None
     return body
 
 
@@ -151,7 +151,7 @@ def list_findings(slug: str, scan_run_id: int) -> dict[str, Any]:
     org, _, _ = auth.for_request(slug, "findings:read")
     q = bodies.validate_query(FindingsQuery)
     try:
-        after = queries.decode_finding_cursor(q.cursor) if q.cursor else None
+        after = queries.decode_finding_cursor(q.cursor, scan_run_id) if q.cursor else None
     except queries.BadCursor:
         raise cursors.bad_cursor() from None
     session = db.session()
@@ -161,7 +161,7 @@ def list_findings(slug: str, scan_run_id: int) -> dict[str, Any]:
     page, next_key = queries.findings_page(session, scan.id, after, q.limit)
     return {
         "items": [finding_json(f) for f in page],
-        "next_cursor": queries.encode_finding_cursor(next_key) if next_key is not None else None,
+        "next_cursor": queries.encode_finding_cursor(scan.id, next_key) if next_key is not None else None,
     }
 
 

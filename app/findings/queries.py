@@ -67,18 +67,22 @@ def findings_page(
     return rows[:limit], (rank, last.package or "", last.cve_id or "", last.seq)
 
 
-def encode_finding_cursor(key: FindingKey) -> str:
-    return base64.urlsafe_b64encode(b"f:" + orjson.dumps(list(key))).decode().rstrip("=")
+def encode_finding_cursor(scan_id: int, key: FindingKey) -> str:
+    """The cursor of scan `scan_id`'s findings after `key`: it names the scan, so that it reads no other's."""
+    return base64.urlsafe_b64encode(b"f:" + orjson.dumps([scan_id, *key])).decode().rstrip("=")
 
 
-def decode_finding_cursor(cursor: str) -> FindingKey:
+def decode_finding_cursor(cursor: str, scan_id: int) -> FindingKey:
+    """The key a cursor of scan `scan_id`'s findings holds; BadCursor for any other text, another scan's included."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         if not raw.startswith(b"f:"):
             raise ValueError
-        rank, package, cve_id, seq = orjson.loads(raw[2:])
+        scan, rank, package, cve_id, seq = orjson.loads(raw[2:])
         if not (
-            type(rank) is int  # not a bool, which is an int to isinstance
+            scan == scan_id
+            and type(scan) is int
+            and type(rank) is int  # not a bool, which is an int to isinstance
             and 0 <= rank <= len(SEVERITIES)
             and _cursor_text(package)
             and _cursor_text(cve_id)
