@@ -29,14 +29,26 @@ from app.web import auth, bodies, urls
 from app.web.urls import LOCAL_URL
 
 
+class _Migrated(click.Command):
+    """A command that refuses to run on an older schema (`refuse_unmigrated`), once its arguments are read: `--help`
+    and a usage error need no database."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        refuse_unmigrated(ctx.ensure_object(ScriptInfo).load_app())
+        return super().invoke(ctx)
+
+
 class Commands(AppGroup):
     """A group of commands that end in one line, not a traceback, when the database cannot be reached, is locked past
-    its budget, or is not migrated to this version of the app."""
+    its budget, or is not migrated to this version of the app (each but db's refuses to run on an older schema)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.name != "db":  # what db upgrade is for
+            self.command_class = _Migrated
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            if self.name != "db":  # what db upgrade is for
-                refuse_unmigrated(ctx.ensure_object(ScriptInfo).load_app())
             return super().invoke(ctx)
         except sa.exc.SQLAlchemyError as exc:
             problem = database_problem(exc, ctx.ensure_object(ScriptInfo).load_app(), self.name != "db")

@@ -25,12 +25,12 @@ def readyz() -> tuple[dict[str, Any], int, dict[str, str]] | tuple[dict[str, Any
     try:
         conn = db.session().connection()
         revision = migrate.revision_of(conn)
-        apps = worker.apps_alive(conn) if revision == migrate.head() else set()
+        apps = worker.apps_alive(conn) if not migrate.is_older(revision) else set()
     except sa.exc.SQLAlchemyError as exc:
         log.warning("health.database_unreachable error=%s", type(exc).__name__)
         db.discard_session()
         return {"status": "unavailable", "database": "unreachable"}, 503, {"Retry-After": "5"}
-    if revision != migrate.head():
+    if migrate.is_older(revision):  # a newer release's schema (a rolling upgrade migrates first) is served on
         return {
             "status": "unavailable",
             "database": "not migrated: run `flask --app wsgi db upgrade`",

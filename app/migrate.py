@@ -66,11 +66,11 @@ NOT_MIGRATED = "The database is not migrated to this version of the app: run `fl
 
 
 def behind(app: Flask) -> bool:
-    """Whether the database is not at this app's newest revision (never migrated, or migrated by an older version):
+    """Whether the database is at an older revision than this app's (never migrated, or migrated by an older version):
     asked after a database error that is not an outage, so the answer names the fix rather than a bug. False when
     it cannot be asked."""
     try:
-        return current(app) != head()
+        return older(app)
     except Exception:  # asked while answering another error: no new one from it
         return False
 
@@ -79,7 +79,11 @@ def older(app: Flask) -> bool:
     """Whether the database is at an older revision of this app's migrations, or at none (never migrated): what the
     app refuses to run on. Not at a revision this app does not know: a newer release migrated it, and this one keeps
     serving until it is replaced (a rolling upgrade migrates first; migrations only add)."""
-    revision = current(app)
+    return is_older(current(app))
+
+
+def is_older(revision: str | None) -> bool:
+    """Whether `revision` (the database's) is none or one of this app's before its head."""
     return revision is None or (revision != head() and revision in _known())
 
 

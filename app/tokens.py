@@ -25,6 +25,9 @@ class NewToken:
     secret: str  # shown once, never stored
 
 
+_NOT_IN_A_NAME = ("Cc", "Cf", "Zl", "Zp")  # controls, format characters (bidi overrides...), separators; a ZWJ is kept
+
+
 def create(
     session: Session,
     org: Org,
@@ -39,9 +42,9 @@ def create(
         raise ValueError(f"scopes must be among {', '.join(SCOPES)}; got {', '.join(unknown) or 'none'}")
     if name is not None and not 1 <= len(name) <= 100:
         raise ValueError("a token name is 1 to 100 characters")
-    if name is not None and any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in name):
-        # shown on one line in pages, logs and the audit trail
-        raise ValueError("a token name is one line: no line break, tab or other control character")
+    if name is not None and any(unicodedata.category(ch) in _NOT_IN_A_NAME and ch != "\u200d" for ch in name):
+        # shown on one line in pages, logs and the audit trail, and read as it looks (no bidi override)
+        raise ValueError("a token name is one line: no line break, tab, control or invisible formatting character")
     if expires_days is not None and not 1 <= expires_days <= 3650:
         raise ValueError("expiry must be between 1 and 3650 days")
     secret = PREFIX + "".join(secrets.choice(_ALPHABET) for _ in range(_BODY_LENGTH))

@@ -72,6 +72,7 @@ JWT_MAX_LIFETIME = 600 + 60  # GitHub allows 10 minutes; one more minute of cloc
 JWT_LEEWAY = 60
 HOLD_LIMIT = 30.0  # seconds a hold_until request waits at most for its release (a test that forgot it still ends)
 STATUS_DESCRIPTION_MAX = 140
+CHECK_OUTPUT_MAX_BYTES = 65_535  # a check run's output.summary and output.text, in bytes of UTF-8 (GitHub's answer)
 CLIENT_ID = "Iv1.f4ke0a11c11e47"  # the App's OAuth client id (a GitHub App's start with "Iv1." or "Iv23")
 OAUTH_CODE_LIFETIME = dt.timedelta(minutes=10)  # as on GitHub
 USER_TOKEN_LIFETIME = dt.timedelta(hours=8)  # a GitHub App's user tokens expire, unless expiry is turned off
@@ -896,6 +897,12 @@ class FakeGitHub:
             description = body.get("description")
             if isinstance(description, str) and len(description) > STATUS_DESCRIPTION_MAX:
                 return [f"body/description: is too long ({len(description)} > {STATUS_DESCRIPTION_MAX} characters)"]
+        if operation_id in ("checks/create", "checks/update") and isinstance(body, dict):
+            output = body.get("output")
+            for field in ("summary", "text"):  # GitHub counts bytes: "... exceeds a maximum bytesize of 65535"
+                value = output.get(field) if isinstance(output, dict) else None
+                if isinstance(value, str) and len(value.encode()) > CHECK_OUTPUT_MAX_BYTES:
+                    return [f"body/output/{field}: exceeds a maximum bytesize of {CHECK_OUTPUT_MAX_BYTES}"]
         return []
 
     def _invalid(self, call: Call, error: str) -> None:

@@ -1031,13 +1031,17 @@ def test_duplicates_keep_every_copys_vendor_ids_and_references(app: Flask, clien
     ).json["findings"][0]
     assert len(stored["vendor_ids"]) == 64 and stored["vendor_ids"][:2] == ["DSA-1", "DSA-2"]
     assert stored["truncated"] is True
-    cut = finding(title="t" * 100_000)  # cut to its limit: truncated, but nothing of it is kept
-    r = post(client, token, seed([finding(title="whole"), cut], image_ref="ghcr.io/acme/cut:1"))
-    assert r.status_code == 202, r.json
-    stored = client.get(
-        f"/api/v1/orgs/acme/image-scans/{r.json['scan_run_id']}", headers={"Authorization": f"Bearer {token}"}
-    ).json["findings"][0]
-    assert (stored["title"], stored["truncated"]) == ("whole", False)
+    refs = [f"https://r{i}.example" for i in range(65)]  # one copy cut to 64: said in either order (it is hashed)
+    for order in (
+        [finding(references=refs[:64]), finding(references=refs)],
+        [finding(references=refs), finding(references=refs[:64])],
+    ):
+        r = post(client, token, seed(order, image_ref="ghcr.io/acme/cut:1"))
+        assert r.status_code == 202, r.json
+        stored = client.get(
+            f"/api/v1/orgs/acme/image-scans/{r.json['scan_run_id']}", headers={"Authorization": f"Bearer {token}"}
+        ).json["findings"][0]
+        assert (len(stored["references"]), stored["truncated"]) == (64, True)
 
 
 def test_duplicates_differing_only_in_severity_case_collapse(app: Flask, client: Any, token: str) -> None:

@@ -83,6 +83,10 @@ def test_tokens_errors(runner, app):
         args=["tokens", "create", "--org", "acme", "--scope", "findings:write", "--name", "ci\u00a0👩\u200d💻"]
     )
     assert spaced.exit_code == 0, spaced.output  # a no-break space and an emoji sequence are one line's characters
+    override = runner.invoke(
+        args=["tokens", "create", "--org", "acme", "--scope", "findings:write", "--name", "ci\u202ekcah"]
+    )
+    assert override.exit_code == 1 and "invisible formatting" in override.output  # it would read backwards
 
 
 def test_policy_show_and_set(runner, app):

@@ -406,6 +406,12 @@ def test_limits_themselves_are_accepted_and_nullable_fields_may_be_null(fake: Fa
         OWNER, REPO, data={"name": CONTEXT, "head_sha": SHA, "conclusion": "success", "output": output}
     )
     assert fake.invalid_requests == [] and len(fake.statuses) == 2 and len(fake.check_runs) == 1
+    too_long = {"title": "t", "summary": "→" * 21846}  # 21,846 characters, 65,538 bytes: GitHub counts bytes
+    with pytest.raises(RequestFailed):
+        gh.rest.checks.create(
+            OWNER, REPO, data={"name": CONTEXT, "head_sha": SHA, "conclusion": "success", "output": too_long}
+        )
+    assert fake.invalid_requests and "bytesize" in fake.invalid_requests[-1]
 
 
 def test_bad_parameters_unknown_routes_and_broken_json_are_recorded(fake: FakeGitHub) -> None:

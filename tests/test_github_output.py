@@ -362,7 +362,7 @@ def test_a_summary_cut_to_the_limit_leaves_no_code_span_open():
         v = policy.commit_verdict("block_pull", imgs)
         assert v is not None
         text = checks.summary(v)
-        assert len(text) <= checks.SUMMARY_LIMIT and text.endswith("see the details page for every image")
+        assert len(text.encode()) <= checks.SUMMARY_LIMIT and text.endswith("see the details page for every image")
         assert_inert(text)
 
 

@@ -199,6 +199,8 @@ def test_a_database_one_revision_behind_is_refused_not_served(tmp_path):
         assert r.status_code == 503 and r.json["error"] == "database_not_migrated", r.get_data(as_text=True)
         assert client.get("/healthz").status_code == 200
         assert client.get("/readyz").json["expected"] == migrate.head()
+        usage = app.test_cli_runner().invoke(args=["orgs", "create", "--help"])  # needs no database
+        assert usage.exit_code == 0 and usage.output.startswith("Usage:"), usage.output
         for args in (["orgs", "list"], ["worker", "--once"]):
             result = app.test_cli_runner().invoke(args=args)
             assert result.exit_code == 1 and result.output.strip().splitlines()[-1] == not_migrated, result.output
@@ -221,6 +223,8 @@ def test_a_database_a_newer_release_migrated_is_served_on(tmp_path):
         r = app.test_client().get("/api/v1/orgs/acme/images", headers={"Authorization": "Bearer ffis_unknown"})
         assert r.status_code == 401, r.get_data(as_text=True)
         assert app.test_cli_runner().invoke(args=["orgs", "list"]).exit_code == 0
+        ready = app.test_client().get("/readyz")  # not taken out of the load balancer for it (HEAD: 503)
+        assert "not migrated" not in ready.get_data(as_text=True), ready.get_data(as_text=True)
     finally:
         app.extensions["fremforge.db"].engine.dispose()
 

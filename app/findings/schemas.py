@@ -735,18 +735,17 @@ class _Rows:
                 kept["severity"] = row["severity"]
             if not kept["fixed_version"] and row["fixed_version"]:
                 kept["fixed_version"] = row["fixed_version"]
-            took = False  # something of this copy's kept: if it was cut, so is what is stored
             for field, cap in (("vendor_ids", VENDOR_IDS_MAX), ("references", REFERENCES_MAX)):
                 if row[field] and row[field] != kept[field]:  # an exception or a search by another vendor's id
                     merged = tuple(dict.fromkeys((*kept[field], *row[field])))
                     if len(merged) > cap:
                         merged, kept["truncated"] = merged[:cap], True
-                    took = took or len(merged) > len(kept[field])
                     kept[field] = merged
             for field in ("title", "primary_url"):
                 if not kept[field] and row[field]:
-                    kept[field], took = row[field], True
-            kept["truncated"] = kept["truncated"] or (took and row["truncated"])
+                    kept[field] = row[field]
+            # Any copy cut: in whatever order the copies come (the flag is in the chain's payload), the finding says so.
+            kept["truncated"] = kept["truncated"] or row["truncated"]
 
     @property
     def duplicates(self) -> int:

@@ -37,7 +37,7 @@ from app.policy.exceptions import ActiveException, first_expiring
 
 # One dict maps our verdict onto GitHub's vocabularies (commit status state, check run conclusion).
 STATES = {"success": ("success", "success"), "failure": ("failure", "failure")}
-SUMMARY_LIMIT = 65_535
+SUMMARY_LIMIT = 65_535  # bytes of UTF-8: GitHub refuses a longer one ("exceeds a maximum bytesize of 65535")
 TITLE_LIMIT = 140
 TOP_FINDINGS = 5
 # Longest shown form of an uploaded field (characters, before escaping); longer values end in "…".
@@ -306,31 +306,35 @@ def summary(verdict: CommitVerdict, sections: Mapping[str, str] | None = None, s
         return sections.get(image.image_ref) or image_section(image, verdict.block_action, verdict.block_on, search)
 
     parts = [f"**{md_text(verdict.description, TITLE_LIMIT)}** (policy: `{verdict.block_action}`)\n"]
-    used = len(parts[0])  # the length of "\n".join(parts)
+    used = _bytes(parts[0])  # the size of "\n".join(parts): GitHub's limit is 65,535 bytes of UTF-8, not characters
     for n, image in enumerate(images):
         part = section(image)
-        if used + 1 + len(part) <= SUMMARY_LIMIT - _LEFT_OUT_ROOM:
+        if used + 1 + _bytes(part) <= SUMMARY_LIMIT - _LEFT_OUT_ROOM:
             parts.append(part)
-            used += 1 + len(part)
+            used += 1 + _bytes(part)
             continue
-        rest, total = [part], used + 1 + len(part)  # do all the others fit without the last line's room?
+        rest, total = [part], used + 1 + _bytes(part)  # do all the others fit without the last line's room?
         for later in images[n + 1 :]:
             if total > SUMMARY_LIMIT:
                 break
             rest.append(section(later))
-            total += 1 + len(rest[-1])
+            total += 1 + _bytes(rest[-1])
         if total <= SUMMARY_LIMIT and len(rest) == len(images) - n:
             parts += rest
         else:
             parts.append(_left_out(images[n:]))
         break
     text = "\n".join(parts)
-    if len(text) > SUMMARY_LIMIT:  # not reached: the last line fits in the room kept for it
+    if _bytes(text) > SUMMARY_LIMIT:  # not reached: the last line fits in the room kept for it
         cut = "\n\n… (truncated; see the details page for every image)"
-        kept = text[: SUMMARY_LIMIT - len(cut)]
+        kept = text.encode()[: SUMMARY_LIMIT - _bytes(cut)].decode(errors="ignore")
         # Whole lines only: a line cut short could leave a code span or an escape open.
         text = kept[: max(kept.rfind("\n"), 0)] + cut
     return text
+
+
+def _bytes(text: str) -> int:
+    return len(text.encode())
 
 
 def _left_out(images: Sequence[ImageResult]) -> str:
