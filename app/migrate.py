@@ -38,7 +38,7 @@ def unknown_revision(revision: str) -> str | None:
     migrations/versions (not alembic's relative or partial ones: an upgrade is to a named revision)."""
     if revision in ("head", "heads"):
         return None
-    if revision in {r.revision for r in ScriptDirectory(str(MIGRATIONS)).walk_revisions()}:
+    if revision in _known():
         return None
     return f"there is no revision {revision!r}: give head (now {head()}) or the id of one in migrations/versions"
 

@@ -140,10 +140,11 @@ def read_json(max_bytes: int) -> Any:
     read_body."""
     limit = min(max_bytes, current_app.config["MAX_UPLOAD_BYTES"])
     body = read_body(request.content_type, request.headers.get("Content-Encoding"), lambda: request_body(limit), limit)
+    start = 3 if body.startswith(b"\xef\xbb\xbf") else 0  # a BOM is tolerated
     try:
-        doc = orjson.loads(memoryview(body)[3:] if body.startswith(b"\xef\xbb\xbf") else body)  # a BOM is tolerated
+        doc = orjson.loads(memoryview(body)[start:])
     except orjson.JSONDecodeError as exc:
-        raise not_json(body, exc.msg, exc.pos) from None
+        raise not_json(body, exc.msg, start + exc.pos, start) from None
     if b"u0000" in body or b"U0000" in body:
         errors = Errors()
         check_nul(doc, "", errors)
