@@ -647,9 +647,12 @@ def _finding(
 
     if errors.total != before:
         return None
-    references, cut = kept.keep(references)  # every one a string by now
-    vendor_ids, cut_ids = kept.keep(vendor_ids)
-    truncated = truncated or cut or cut_ids
+    if references or vendor_ids:  # every one a string by now
+        references, cut = kept.keep(references)
+        vendor_ids, cut_ids = kept.keep(vendor_ids)
+        truncated = truncated or cut or cut_ids
+    else:
+        references = vendor_ids = ()  # none given, or empty lists: tuples all the same
     return {
         "cve_id": cve_id,
         "severity": severity,

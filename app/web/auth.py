@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from flask import current_app, request
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import manager_of_class
 
 from app import db, orgs, prepared
 from app.db import write_transaction
@@ -75,6 +76,7 @@ _PRINCIPAL_COLUMNS = {
         "exceptions_version",
     ),
 }
+_MANAGERS = {model: manager_of_class(model) for model in _PRINCIPAL_COLUMNS}
 _AUTH = (
     sa.select(*(model.__table__.c[c] for model, cs in _PRINCIPAL_COLUMNS.items() for c in cs))
     .select_from(
@@ -88,9 +90,14 @@ _AUTH = (
 
 
 def _detached(model: Any, row: Any) -> Any:
-    """A `model` instance holding the principal's columns of its table, outside any session (read, never written)."""
+    """A `model` instance holding the principal's columns of its table, outside any session (read, never written).
+
+    Made as the ORM makes a loaded instance, its values put in place without the constructor's per-attribute events
+    (a sixth of the cost: every API request makes three)."""
     table = model.__table__.name
-    return model(**{c: getattr(row, f"{table}_{c}") for c in _PRINCIPAL_COLUMNS[model]})
+    instance = _MANAGERS[model].new_instance()
+    instance.__dict__.update({c: getattr(row, f"{table}_{c}") for c in _PRINCIPAL_COLUMNS[model]})
+    return instance
 
 
 def authenticate(
