@@ -99,14 +99,18 @@ def refuse_nul_in_url() -> None:
 
 
 _MIGRATED = "fremforge.migrated"  # app.extensions: the database was seen at this app's schema (never asked again)
-_SAYS_ITSELF = ("health.healthz", "health.readyz")  # liveness, and readiness, which names the revision itself
+# What needs no table of this version: liveness, readiness (which names the revision itself), the scrape (its outbox
+# gauges left out when they cannot be read), the API's document and the admin pages' static files.
+_NEEDS_NO_SCHEMA = frozenset(
+    ("health.healthz", "health.readyz", "metrics.scrape", "openapi.openapi_json", "admin.static", "static")
+)
 
 
 def refuse_unmigrated() -> Response | None:
     """A 503 database_not_migrated for every request while the database is at an older schema than this app's (or
     none), rather than answers made from tables that lack what this version writes; asked once a request until the
     database is seen migrated, then never again in this process."""
-    if current_app.extensions.get(_MIGRATED) or request.endpoint in _SAYS_ITSELF:
+    if current_app.extensions.get(_MIGRATED) or request.endpoint in _NEEDS_NO_SCHEMA:
         return None
     try:
         older = migrate.older(current_app)
