@@ -595,10 +595,11 @@ def worker(once: bool, poll_seconds: float, parallel: int) -> None:
     try:
         try:
             refuse_unmigrated(current_app)  # (a newer release's schema is served on: migrate.older)
+            loop.schema_seen = True
         except sa.exc.SQLAlchemyError:
             if once:
                 raise
-            # unreachable: the loop waits for the database as after any outage
+            # unreachable: the loop waits for the database as after any outage, and asks before its first round
         handled = loop.run()  # never ends on a database error, but with --once
     except sa.exc.SQLAlchemyError as exc:
         problem = database_problem(exc, current_app)

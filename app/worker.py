@@ -43,6 +43,10 @@ ERROR_MAX_WAIT = 30.0  # ...up to this
 REDELIVERY_CHECK_EVERY = 60.0
 
 
+class NotMigrated(Exception):
+    """The database is at an older schema than this app's: the loop waits for `db upgrade` as for any error."""
+
+
 @dataclass
 class Loop:
     """One worker process: what it delivers with, how it waits, and when it stops."""
@@ -56,6 +60,7 @@ class Loop:
     handled: int = 0
     errors_in_a_row: int = 0
     holding_rows: bool = False  # an error may have left rows of this process claimed
+    schema_seen: bool = False  # the database was seen at this app's schema (or a newer one): never asked again
     started: datetime = field(default_factory=utcnow)
     round_began: float = field(default_factory=time.monotonic)
     _retention_due: float = 0.0
@@ -134,6 +139,10 @@ class Loop:
         """Run retention, exceptions' expiry and the advisory index's upkeep when due, store the outbox items of commits
         asked to be posted again, deliver one round; the rows handled."""
         self.round_began = time.monotonic()
+        if not self.schema_seen:  # e.g. started while the database was away: nothing done on an older schema
+            if migrate.older(current_app):
+                raise NotMigrated(migrate.NOT_MIGRATED)
+            self.schema_seen = True
         if self.once:
             beat(db.session(), self.name, self.started, self.app_id)
         if time.monotonic() >= self._retention_due:
@@ -198,7 +207,9 @@ class Loop:
         self.errors_in_a_row += 1
         wait = min(ERROR_MAX_WAIT, ERROR_FIRST_WAIT * 2 ** (self.errors_in_a_row - 1)) * random.uniform(0.8, 1.2)
         if not self.once:  # with once there is no retry: the command ends, saying why in one line
-            behind = isinstance(exc, sa.exc.SQLAlchemyError) and not db.unavailable(exc) and migrate.behind(current_app)
+            behind = isinstance(exc, NotMigrated) or (
+                isinstance(exc, sa.exc.SQLAlchemyError) and not db.unavailable(exc) and migrate.behind(current_app)
+            )
             log.warning(
                 "worker.error errors_in_a_row=%s retry_in=%.1fs error=%s detail=%r",
                 self.errors_in_a_row,

@@ -17,7 +17,7 @@ from alembic.script import ScriptDirectory
 
 from app import create_app, migrate
 from app.db import Base
-from app.worker import Loop
+from app.worker import Loop, NotMigrated
 from tests.conftest import _postgres_schema_url, normalise, postgres_base_url, skip_or_fail
 
 
@@ -297,7 +297,7 @@ def test_the_worker_on_a_database_not_migrated_says_so_without_a_traceback(tmp_p
         with app.app_context(), caplog.at_level(logging.WARNING, logger="app.worker"):
             loop = Loop(None)
             loop.stop.set()  # no wait after the error: one round's worth
-            with pytest.raises(sa.exc.SQLAlchemyError) as failed:
+            with pytest.raises(NotMigrated) as failed:
                 loop.step()
             loop.recover(failed.value)  # as the loop does with it
     finally:
@@ -305,6 +305,39 @@ def test_the_worker_on_a_database_not_migrated_says_so_without_a_traceback(tmp_p
     [line] = [r for r in caplog.records if r.getMessage().startswith("worker.error")]
     assert "not migrated" in line.getMessage() and "db upgrade" in line.getMessage()
     assert not line.exc_info  # one line, not a traceback, for what one command fixes
+
+
+def test_a_worker_started_while_the_database_was_away_waits_for_its_schema(tmp_path, caplog):
+    """The worker command asks for the schema before its loop; when the database does not answer then, the loop went on
+    unasked and, once the database was back one revision behind, ran its rounds on it (retention, expiry, deliveries).
+    Now the loop asks before its first round and waits, saying why, until `db upgrade`."""
+    previous = next(
+        r.down_revision
+        for r in ScriptDirectory(str(migrate.MIGRATIONS)).walk_revisions()
+        if r.revision == migrate.head()
+    )
+    app = _unmigrated_app(tmp_path, str(previous))
+    try:
+        with app.app_context(), caplog.at_level(logging.WARNING, logger="app.worker"):
+            loop = Loop(None)  # as the command leaves it when its own check met no database
+            loop.stop.set()  # no wait after the error
+            with pytest.raises(NotMigrated) as failed:
+                loop.step()
+            loop.recover(failed.value)
+            engine = app.extensions["fremforge.db"].engine
+            with engine.connect() as conn:  # not a round's worth: not even a heartbeat
+                assert conn.execute(sa.text("SELECT count(*) FROM worker_heartbeats")).scalar() == 0
+            [line] = [r for r in caplog.records if r.getMessage().startswith("worker.error")]
+            assert "not migrated" in line.getMessage() and "db upgrade" in line.getMessage()
+            assert not line.exc_info
+            assert app.test_cli_runner().invoke(args=["db", "upgrade"]).exit_code == 0
+            loop.once = True  # its round beats
+            loop.step()
+            assert loop.schema_seen
+            with engine.connect() as conn:
+                assert conn.execute(sa.text("SELECT count(*) FROM worker_heartbeats")).scalar() == 1
+    finally:
+        app.extensions["fremforge.db"].engine.dispose()
 
 
 def test_foreign_keys_are_off_while_sqlite_migrates_and_on_after(tmp_path):
