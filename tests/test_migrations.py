@@ -201,7 +201,7 @@ def test_a_database_one_revision_behind_is_refused_not_served(tmp_path):
         assert r.status_code == 503 and r.json["error"] == "database_not_migrated", r.get_data(as_text=True)
         assert client.get("/healthz").status_code == 200
         assert client.get("/readyz").json["expected"] == migrate.head()
-        # Nothing of this version's tables needed: a scrape during a rolling upgrade is no alert, a page keeps its style.
+        # None of this version's tables needed: a scrape during a rolling upgrade is no alert, a page keeps its style.
         scrape = client.get("/metrics")
         assert scrape.status_code == 200 and b"fremforge_outbox_pending " in scrape.data, scrape.get_data(as_text=True)
         assert client.get("/api/v1/openapi.json").json["openapi"].startswith("3.1")
