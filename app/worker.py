@@ -273,9 +273,12 @@ BEATS = sa.select(_beats.c.beat_at, _beats.c.github_app_id).order_by(_beats.c.be
 
 
 def daily_retention(stopping: Callable[[], bool] = retention.never) -> float:
-    """Run retention (ended early once `stopping` says so); the seconds until the next run (an hour when it failed)."""
+    """Run retention as of the database's clock (ended early once `stopping` says so); the seconds until the next run
+    (an hour when it failed)."""
     try:
-        retention.run(db.session(), utcnow(), stopping)
+        with db.database().engine.connect() as conn:  # the database's clock, as leases and due times: not this host's
+            now = clock.now_of(conn)
+        retention.run(db.session(), now, stopping)
     except retention.Busy:  # another worker is doing today's run
         log.info("retention.skipped: another process is applying it")
         return RETENTION_EVERY

@@ -18,13 +18,14 @@ import sqlalchemy as sa
 from flask import Flask
 
 from app import db, worker
+from app.chain import retention
 from app.db import write_transaction
 from app.github import outbox, posting, redeliver
 from app.github.client import github_app
-from app.models import OutboxItem, RedeliveryLook, WebhookDelivery, utcnow
+from app.models import OrgSettings, OutboxItem, RedeliveryLook, WebhookDelivery, utcnow
 from tests import paths
 from tests.conftest import MakeApp, admin_login, app_with_github, org_with_installation
-from tests.factories import make_org, make_token, post, seed
+from tests.factories import SHA, make_org, make_token, post, seed
 from tests.fakes import FakeGitHub
 from tests.test_delivery import Clock, delivery_detail, posted_states, rows, run, upload
 
@@ -233,6 +234,39 @@ def test_only_the_newest_wish_of_a_commit_is_revived_and_older_ones_are_supersed
     assert rows(app, id=first.id)[0].state == "superseded"
     settle(app, clock)
     assert posted_states(fake_github) == ["success"]
+
+
+def test_retention_keeps_a_state_given_up_in_an_outage_until_it_is_posted(app, client, token, fake_github):
+    """Review: GitHub away longer than the org keeps payloads (1 day here). The commit's newest state (failure, a
+    second image's critical) was given up on in the outage; the daily retention trimmed its row, which was then never
+    revived: GitHub kept the first image's green for good. A row still awaiting revival keeps its body; rows done with
+    (delivered, superseded, failed for good) are trimmed as before."""
+    clock = Clock()
+    upload(client, token, severity="low", sha=sha_of(1))  # failed for good below: trimmed
+    upload(client, token, severity="low")  # image 1: success, delivered
+    settle(app, clock)
+    assert posted_states(fake_github) == ["success"]
+    second_image = upload(client, token, image="ghcr.io/acme/worker:1", severity="critical")
+    assert second_image["commit_status"]["state"] == "failure"
+    first, delivered, newest = rows(app)
+    fail_rows(app, [first.id], last_status_code=422, last_error="GitHub answered 422: Validation Failed")
+    fail_rows(app, [newest.id])  # given up on in the outage
+    with app.app_context():
+        s = db.session()
+        with write_transaction(s):
+            s.execute(sa.update(OrgSettings).values(retention_days=1))
+        [done] = retention.run(db.session(), utcnow() + timedelta(days=2))
+    assert done.outbox == 2  # the one failed for good and the one delivered
+    kept = {r.id: r.redacted_at for r in rows(app)}
+    assert kept[newest.id] is None and kept[first.id] is not None and kept[delivered.id] is not None
+    assert revive(app, clock, answered=True) == 1
+    settle(app, clock)
+    assert posted_states(fake_github) == ["success", "failure"]  # what GitHub shows: the commit's newest state
+    runs = fake_github.runs_of("acme", "api", SHA)
+    assert {r["conclusion"] for r in runs} == {"failure"} and all("CVE-" in r["output"]["summary"] for r in runs)
+    with app.app_context():  # posted: done with, trimmed at the next run
+        [done] = retention.run(db.session(), utcnow() + timedelta(days=3))
+    assert done.outbox == 1 and rows(app, id=newest.id)[0].redacted_at is not None
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@ still verifies, scans keep their counts, and a second run changes nothing."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -152,6 +152,16 @@ def test_the_worker_runs_retention(app, aged):
     with app.app_context():
         assert worker.daily_retention() == worker.RETENTION_EVERY
     assert payloads(app, OLD_MARK) == 0
+
+
+def test_the_worker_ages_payloads_by_the_databases_clock_not_its_hosts(app, aged, monkeypatch):
+    """Review: leases and due times are on the database's clock, but the daily run took the worker's own: a host
+    clock a year ahead removed every payload (and trimmed every delivery row) at once."""
+    monkeypatch.setattr(worker, "utcnow", lambda: datetime.now(UTC).replace(tzinfo=None) + timedelta(days=400))
+    before = payloads(app, YOUNG_MARK)
+    with app.app_context():
+        assert worker.daily_retention() == worker.RETENTION_EVERY
+    assert payloads(app, OLD_MARK) == 0 and payloads(app, YOUNG_MARK) == before > 0
 
 
 def test_a_worker_told_to_stop_ends_its_run_after_the_chunk_in_hand(app, aged, monkeypatch):

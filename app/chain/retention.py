@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from app import chain, reposts, sqlite_writers
 from app.chain import audit
 from app.db import rowcount, write_transaction
+from app.github import posting
 from app.models import (
     DEFAULT_RETENTION_DAYS,
     FINDING_PAYLOAD_COLUMNS,
@@ -76,12 +77,15 @@ REDACT_AUDIT = (
 )
 # The outbox holds what was posted to GitHub. Its check run body names findings (summary, text): that ages out
 # with them. What was posted stays, as the record of it (the commit status's state, description and link, the
-# check run's conclusion and title, the delivery's state and time): it names no finding.
+# check run's conclusion and title, the delivery's state and time): it names no finding. A row given up on in an
+# outage that is still its commit's newest is not done with: it is posted once GitHub answers (a trimmed one never
+# was, and GitHub kept the commit's older state), so it keeps its body until then.
 AGED_OUTBOX = sa.select(_o.c.id, _o.c.check_run).where(
     _o.c.org_id == sa.bindparam("org"),
     _o.c.created_at < sa.bindparam("cutoff"),
     _o.c.state.in_(FINAL_OUTBOX_STATES),
     _o.c.redacted_at.is_(None),
+    ~posting.AWAITING_REVIVAL,
 )
 TRIM_OUTBOX = (
     sa.update(_o)

@@ -1105,6 +1105,21 @@ REVIVABLE = sa.and_(
     _outbox.c.revivals < MAX_REVIVALS,
     _outbox.c.redacted_at.is_(None),
 )
+# A newer item of the same commit: the row's state is never posted.
+_newer = _outbox.alias("newer")
+HAS_NEWER = (
+    sa.select(_newer.c.id)
+    .where(
+        _newer.c.org_id == _outbox.c.org_id,
+        _newer.c.repo_full_name == _outbox.c.repo_full_name,
+        _newer.c.commit_sha == _outbox.c.commit_sha,
+        _newer.c.id > _outbox.c.id,
+    )
+    .exists()
+)
+# Given up on in an outage and still the newest of its commit: put back once GitHub answers (app.github.redeliver),
+# so retention keeps its check run body (what it is posted with) until then.
+AWAITING_REVIVAL = sa.and_(REVIVABLE, ~HAS_NEWER)
 # Post the row again from the start; its lease (if a worker has it in hand) stays, and that worker, having read
 # an older revision, records its outcome without marking the row delivered.
 REQUEUE = (

@@ -56,30 +56,19 @@ MAX_ASKS = 100  # redeliveries asked per look at most; a look that had more to a
 # ---------------------------------------------------------------- outbox items given up on in an outage
 
 _outbox = OutboxItem.__table__
-_newer = _outbox.alias("newer")
-_HAS_NEWER = (
-    sa.select(_newer.c.id)
-    .where(
-        _newer.c.org_id == _outbox.c.org_id,
-        _newer.c.repo_full_name == _outbox.c.repo_full_name,
-        _newer.c.commit_sha == _outbox.c.commit_sha,
-        _newer.c.id > _outbox.c.id,
-    )
-    .exists()
-)
 REVIVABLE_ROWS = (
     sa.select(_outbox.c.id, _outbox.c.org_id, _outbox.c.repo_full_name, _outbox.c.commit_sha)
-    .where(posting.REVIVABLE, ~_HAS_NEWER)
+    .where(posting.AWAITING_REVIVAL)
     .order_by(_outbox.c.id)
     .limit(sa.bindparam("limit"))
 )
 # Given up on in an outage, but its commit has a newer item: this state is never posted.
-SUPERSEDE_STALE = sa.update(_outbox).where(posting.REVIVABLE, _HAS_NEWER).values(state="superseded")
+SUPERSEDE_STALE = sa.update(_outbox).where(posting.REVIVABLE, posting.HAS_NEWER).values(state="superseded")
 # Back to pending with a fresh set of tries (404/422 refusals counted so far still count); a lease that keeps its
 # commit in flight for a late landing stays (see posting.LATE_LANDING).
 REVIVE = (
     sa.update(_outbox)
-    .where(_outbox.c.id == sa.bindparam("item"), posting.REVIVABLE, ~_HAS_NEWER)
+    .where(_outbox.c.id == sa.bindparam("item"), posting.AWAITING_REVIVAL)
     .values(
         state="pending",
         attempts=0,
