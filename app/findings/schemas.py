@@ -30,7 +30,7 @@ from pydantic_core import PydanticCustomError
 from app.fields import COMMIT_SHA, GIT_REF_TEXT, REPO_RULE_TEXT, is_git_ref, is_repo_full_name
 from app.models import SEVERITIES
 from app.policy import Signature
-from app.web.bodies import PATTERN_MESSAGES, Errors, check_nul, error_detail, not_json, refuse
+from app.web.bodies import PATTERN_MESSAGES, Errors, check_nul, error_detail, not_json, refuse, refuse_twice
 from app.web.errors import ApiError, validation_failed
 
 FINDING_PATTERN_MESSAGES = {
@@ -518,7 +518,6 @@ _OTHER_FORMATS = {"runs": "SARIF", "bomFormat": "CycloneDX", "spdxVersion": "SPD
 # Members of a whole Trivy report: an array of reports (`jq -s` of several) read as a legacy array of Results would
 # give Results with no Vulnerabilities.
 _REPORT_ONLY_KEYS = ("SchemaVersion", "Results", "ArtifactName", "ArtifactType", "Metadata")
-TWICE_IN_QUERY = "is given twice in the query: which one is meant is unclear"
 
 
 # Distinct references and vendor ids one upload keeps. Each is a Python string of about 50 bytes however short it is
@@ -764,13 +763,7 @@ def parse_upload(body: bytes, query: Mapping[str, str], max_findings: int = DEFA
     400 for a body that is not JSON, 413 (too_many_findings) past `max_findings` findings, 422 naming each bad
     JSON path (the first MAX_DETAILS of them).
     """
-    getlist = getattr(query, "getlist", None)  # a request's arguments: a name may come more than once
-    if getlist is not None:
-        twice = [k for k in QUERY_FIELDS if len(getlist(k)) > 1]
-        if twice:  # which one is meant is unclear, as with a JSON key given twice
-            raise validation_failed(
-                [{"path": k, "code": "duplicate_key", "message": TWICE_IN_QUERY, "in": "query"} for k in twice]
-            )
+    refuse_twice(query, QUERY_FIELDS)
     start = 3 if body.startswith(b"\xef\xbb\xbf") else 0  # a BOM is tolerated
     return _Upload(_Reader(body, max(max_findings, WALKED_FLOOR)), max_findings).parse(start, query)
 

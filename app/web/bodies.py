@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import orjson
@@ -81,8 +81,23 @@ def request_body(max_bytes: int | None = None) -> bytes:
     return data
 
 
+TWICE_IN_QUERY = "is given twice in the query: which one is meant is unclear"
+
+
+def refuse_twice(query: Mapping[str, str], names: Iterable[str]) -> None:
+    """422 duplicate_key naming each of `names` that `query` (a request's arguments, where a name may come more than
+    once) gives more than once: which one is meant is unclear, as with a JSON key given twice."""
+    getlist = getattr(query, "getlist", None)
+    twice = [k for k in names if len(getlist(k)) > 1] if getlist is not None else []
+    if twice:
+        raise validation_failed(
+            [{"path": k, "code": "duplicate_key", "message": TWICE_IN_QUERY, "in": "query"} for k in twice]
+        )
+
+
 def validate_query(model: type[M]) -> M:
-    """The request's query string as `model`, or a 422 naming each bad parameter."""
+    """The request's query string as `model`, or a 422 naming each bad parameter (one given twice too)."""
+    refuse_twice(request.args, model.model_fields)
     try:
         return model.model_validate(request.args.to_dict())
     except ValidationError as exc:
