@@ -141,6 +141,22 @@ def test_a_seed_uploads_field_and_a_query_parameter_that_differ_are_422(app, cli
     assert same.status_code == 202, same.get_json()
 
 
+@pytest.mark.parametrize(
+    "key, body_value, query_value",
+    [
+        ("commit_sha", SHA.upper(), SHA),
+        ("repo_full_name", "Acme/API", "acme/api"),
+        ("signature_status", "SIGNED", "signed"),
+    ],
+)
+def test_a_seed_uploads_field_and_a_query_parameter_in_another_letter_case_agree(
+    app, client, token, key, body_value, query_value
+):
+    """Review: stored in lower case, they are one value; they were a 422 conflict."""
+    r = post(client, token, seed([finding()], **{key: body_value}), query={key: query_value})
+    assert r.status_code == 202, r.get_json()
+
+
 @pytest.mark.parametrize("shape", ["seed", "trivy"])
 def test_a_context_parameter_given_twice_in_the_query_is_422(app, client, token, shape):
     report = (paths.SHARED / "fixtures" / "trivy" / "alpine-39.json").read_bytes()

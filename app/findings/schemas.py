@@ -131,6 +131,14 @@ class TrivyHeader(BaseModel):
 
 _TRIVY_KEYS = ("SchemaVersion", "Results", "ArtifactName", "ArtifactType")
 QUERY_FIELDS = tuple(UploadContext.model_fields)
+_CASE_FOLDED = ("commit_sha", "repo_full_name", "signature_status")  # stored lower-cased: any letter case, one value
+
+
+def _same(key: str, body_value: Any, query_value: str) -> bool:
+    """Whether a context field given in the body and as a query parameter says the same (as it is stored)."""
+    if key in _CASE_FOLDED and isinstance(body_value, str):
+        return body_value.lower() == query_value.lower()
+    return bool(body_value == query_value)
 
 
 @dataclass
@@ -1056,7 +1064,7 @@ class _Upload:
             elif fields["ref"] != query_ref:
                 context.add("ref", "conflict", "differs from the query parameter ref: send the ref once")
         for key in QUERY_FIELDS:
-            if key != "ref" and key in query and key in fields and fields[key] != query[key]:
+            if key != "ref" and key in query and key in fields and not _same(key, fields[key], query[key]):
                 context.add(key, "conflict", f"differs from the query parameter {key}: send it once")
         try:
             ctx = UploadContext.model_validate({k: v for k, v in fields.items() if k in QUERY_FIELDS})
