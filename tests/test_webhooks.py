@@ -230,6 +230,32 @@ def test_a_failed_handler_leaves_the_delivery_unseen(app, client):
     assert links_of(app) == [(PR_REPO, 2, PR_SHA, "open")]
 
 
+@pytest.mark.parametrize(
+    "name, changes",
+    [
+        ("pull_request.opened", {"action": "opened\x00"}),
+        ("pull_request.opened", {"repository__full_name": "Codertocat/Hello\x00-World"}),
+        ("pull_request.opened", {"pull_request__base__ref": "ma\x00in"}),
+        ("pull_request.opened", {"installation": None, "repository__owner__login": "Codertocat\x00"}),
+        ("installation.created", {"installation__account__login": "Codertocat\x00"}),
+        ("installation.created", {"repositories": [{"full_name": "Codertocat/a\x00"}]}),
+        (
+            "check_run.rerequested",
+            {"check_run__name": "fremforge/image-scan", "repository__full_name": "Codertocat/Hello\x00-World"},
+        ),
+    ],
+)
+def test_a_nul_in_a_field_read_is_a_bad_payload_on_either_database(app, client, name, changes):
+    """Review: on SQLite these were stored (200) with the NUL; on PostgreSQL, which cannot store one, they were a 422
+    validation_failed. Refused alike, as GitHub's own payloads never hold one: a 400 bad_payload, nothing stored."""
+    make_linked_org(app, "codertocat", "Codertocat", installation_id=1)
+    before = (org_state(app), repos_of(app), links_of(app))
+    r = deliver(client, name.split(".", 1)[0], body=edited(name, **changes))
+    assert r.status_code == 400 and r.json["error"] == "bad_payload", r.json
+    assert "NUL" in r.json["message"] or "owner/name" in r.json["message"], r.json
+    assert rows(app, WebhookDelivery) == [] and (org_state(app), repos_of(app), links_of(app)) == before
+
+
 def test_redelivery_is_acknowledged_and_ignored(app, client):
     r = deliver(client, "installation.created", delivery="72d3162e-cc78-11e3-81ab-4c9367dc0958")
     assert r.status_code == 200 and r.json == {"status": "ok"}

@@ -65,12 +65,17 @@ class Router:
 
 
 def get(payload: dict[str, Any], *path: str) -> Any:
-    """payload[a][b]... or None where a level is missing or not an object (examples differ in what they carry)."""
+    """payload[a][b]... or None where a level is missing or not an object (examples differ in what they carry).
+
+    A string holding a NUL character is a BadPayload: no column can store it on PostgreSQL (SQLite would), and a
+    delivery must be refused alike on both (GitHub's own payloads hold none)."""
     value: Any = payload
     for key in path:
         if not isinstance(value, dict):
             return None
         value = value.get(key)
+    if isinstance(value, str) and "\x00" in value:
+        raise BadPayload(f"{'.'.join(path)} contains a NUL character")
     return value
 
 

@@ -80,6 +80,9 @@ def receive() -> tuple[dict[str, Any], int]:
         raise ApiError(400, "bad_request", "X-GitHub-Delivery and X-GitHub-Event must name the delivery and event.")
     g.webhook_event = event  # signed by GitHub: fremforge_webhook_deliveries_total counts it by name (app.metrics)
     action = payload.get("action") if isinstance(payload.get("action"), str) else None
+    if action is not None and "\x00" in action:  # stored with the delivery: refused as a handler refuses a field
+        log.warning("github.webhook.bad_payload delivery=%s event=%s: action contains a NUL character", delivery, event)
+        raise ApiError(400, "bad_payload", f"The {event} payload cannot be handled: action contains a NUL character.")
 
     handler = router.handler_for(event, action)
     session = db.session()

@@ -134,7 +134,7 @@ def full_names(value: Any, where: str) -> list[str]:
     names = []
     for i, repo in enumerate(value):
         name = repo.get("full_name") if isinstance(repo, dict) else None
-        if not isinstance(name, str) or "/" not in name or len(name) > 200:
+        if not isinstance(name, str) or "/" not in name or len(name) > 200 or "\x00" in name:
             raise BadPayload(f"{where}[{i}].full_name must be owner/name")
         names.append(name.lower())  # GitHub names are case-insensitive; stored folded
     return names
