@@ -494,6 +494,6 @@ def test_the_delivery_that_makes_an_org_names_it_and_worker_errors_keep_their_de
         loop.recover(RuntimeError("the disk is full: no space left on device"))
     lines = json_lines(buffer)
     handled = next(line for line in lines if line["event"] == "github.webhook.handled")
-    assert handled["org"] == "codertocat", handled
+    assert handled["org"] == "Codertocat", handled
     failed = next(line for line in lines if line["event"] == "worker.error")
     assert failed["error"] == "RuntimeError" and failed["detail"] == "the disk is full: no space left on device"

@@ -259,7 +259,7 @@ def test_a_nul_in_a_field_read_is_a_bad_payload_on_either_database(app, client, 
 def test_redelivery_is_acknowledged_and_ignored(app, client):
     r = deliver(client, "installation.created", delivery="72d3162e-cc78-11e3-81ab-4c9367dc0958")
     assert r.status_code == 200 and r.json == {"status": "ok"}
-    assert org_state(app) == [("codertocat", "Codertocat", 957387)]
+    assert org_state(app) == [("Codertocat", "Codertocat", 957387)]
     with app.app_context():  # the org goes; a replay of the delivery must not bring it back
         session = db.session()
         with write_transaction(session):
@@ -320,12 +320,12 @@ def test_ping(app, client, name):
 def test_installation_created_makes_the_org_with_its_repositories(app, client, name):
     r = deliver(client, name)
     assert r.status_code == 200 and r.json == {"status": "ok"}
-    assert org_state(app) == [("codertocat", "Codertocat", 957387)]  # slug in lower case, login as GitHub has it
+    assert org_state(app) == [("Codertocat", "Codertocat", 957387)]  # the login as slug (spec section 5)
     (org,) = rows(app, Org)
     assert repos_of(app) == [(org.id, "codertocat/hello-world")]
     # The new org has its policy and chain: it can take tokens and uploads at once.
-    token = make_token(app, "codertocat")
-    upload(client, token, "codertocat", "Codertocat/Hello-World", PR_SHA)  # any case
+    token = make_token(app, "Codertocat")
+    upload(client, token, "Codertocat", "Codertocat/Hello-World", PR_SHA)  # any case
 
 
 def test_installation_created_links_the_org_of_that_login_whatever_its_case(app, client):
@@ -339,7 +339,7 @@ def test_installation_created_links_the_org_of_that_login_whatever_its_case(app,
 def test_installation_created_when_the_slug_is_another_accounts(app, client):
     make_linked_org(app, "CoderToCat", "someone-else")  # the slug in another letter case is taken too
     assert deliver(client, "installation.created").status_code == 200
-    assert org_state(app) == [("CoderToCat", "someone-else", None), ("codertocat-2", "Codertocat", 957387)]
+    assert org_state(app) == [("CoderToCat", "someone-else", None), ("Codertocat-2", "Codertocat", 957387)]
 
 
 @pytest.mark.parametrize("name", ["installation.created", "installation.unsuspend"])
@@ -399,7 +399,7 @@ def test_a_deleted_installation_is_not_found_again_by_its_id(app, client):
     deleted = edited("installation.suspend", action="deleted")
     assert deliver(client, body=deleted, event="installation").status_code == 200
     assert deliver(client, "installation.unsuspend").status_code == 200
-    assert org_state(app) == [("old-name", "old-name", None), ("codertocat", "Codertocat", 16598467)]
+    assert org_state(app) == [("old-name", "old-name", None), ("Codertocat", "Codertocat", 16598467)]
 
 
 # ---------------------------------------------------------------- one installation, one org

@@ -98,7 +98,7 @@ def _link(session: Session, payload: dict[str, Any]) -> Org | None:
     """The installation's org, now holding its id (and no other org holding it).
 
     An installation id belongs to one org at a time. Its org is the one holding the id (or whose suspension unlinked
-    it), else the org whose GitHub login is the account's, else a new one (its slug the login in lower case). An
+    it), else the org whose GitHub login is the account's, else a new one (its slug the login, spec section 5). An
     installation belongs to one account for life, so its org found under another login means the account was
     renamed: the org takes the new login (its uploads name the new owner) - unless another org has that login
     already (made by hand before the installation was known). Then no second org is linked: the installation stays
@@ -110,7 +110,7 @@ def _link(session: Session, payload: dict[str, Any]) -> Org | None:
     org = _installations_org(session, inst_id, login) or org_by_login(session, login)
     if org is None:
         try:
-            slug = _free_slug(session, login.lower())
+            slug = _free_slug(session, login)
             org = orgs.create(session, slug, github_login=login, installation_id=inst_id)
         except ValueError as exc:  # a login that cannot be a slug (managed users' `name_shortcode`)
             log.warning("github.installation.cannot_create_org installation=%s reason=%r", inst_id, str(exc))
