@@ -1335,6 +1335,92 @@ PATHS: dict[str, Any] = {
             },
         },
     },
+    "/": {
+        "get": {
+            "operationId": "home",
+            "summary": "The front page: what this service is, with links to the admin sign-in and this document.",
+            "security": [],
+            "responses": {
+                "200": {"description": "An HTML page.", "content": {"text/html": {"schema": STR}}},
+                **URL_ERRORS,
+            },
+        },
+    },
+    "/metrics": {
+        "get": {
+            "operationId": "metrics",
+            "summary": (
+                "Prometheus's scrape: upload, finding, webhook and GitHub request counters, upload time, and the "
+                "outbox gauges (left out while the database cannot be read). With FREMFORGE_METRICS_TOKEN set, it "
+                "must come as Authorization: Bearer <token>; never rate limited."
+            ),
+            "security": [],
+            "responses": {
+                "200": {
+                    "description": "Every series in Prometheus's text format.",
+                    "content": {"text/plain": {"schema": STR}},
+                },
+                **URL_ERRORS,
+                "401": {
+                    **_error("FREMFORGE_METRICS_TOKEN is set and the request does not carry it."),
+                    "headers": {"WWW-Authenticate": {"schema": STR, "required": True}},
+                },
+            },
+        },
+    },
+    "/webhooks/github": {
+        "post": {
+            "operationId": "receiveWebhook",
+            "summary": (
+                "GitHub's deliveries of the App's events (the README's Webhooks): the signature checked before the "
+                "body is parsed, each delivery id handled once."
+            ),
+            "security": [],
+            "parameters": [
+                {
+                    "name": "X-Hub-Signature-256",
+                    "in": "header",
+                    "required": True,
+                    "schema": STR,
+                    "description": "sha256= and the HMAC-SHA256 of the raw body with FREMFORGE_GITHUB_WEBHOOK_SECRET.",
+                },
+                {"name": "X-GitHub-Event", "in": "header", "required": True, "schema": STR},
+                {"name": "X-GitHub-Delivery", "in": "header", "required": True, "schema": STR},
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            },
+            "responses": {
+                "200": _json(
+                    "Handled (`ok`), or a delivery id handled before (`duplicate`).",
+                    {"type": "object", "required": ["status"], "properties": {"status": {"enum": ["ok", "duplicate"]}}},
+                ),
+                "202": _json(
+                    "Work queued for the worker (`queued`), or an event or action not handled here (`ignored`).",
+                    {
+                        "type": "object",
+                        "required": ["status"],
+                        "properties": {"status": {"enum": ["queued", "ignored"]}},
+                    },
+                ),
+                "400": _error(
+                    "A signed body that is not a JSON object, headers that do not name the delivery and event, or a "
+                    "payload whose fields read are missing, of the wrong type or hold a NUL (bad_payload); or a NUL in "
+                    "the URL."
+                ),
+                "401": _error("The signature is missing or does not match the body."),
+                "413": _error("The body is over 25 MiB, GitHub's cap on a delivery."),
+                "503": {
+                    **_error(
+                        "FREMFORGE_GITHUB_WEBHOOK_SECRET is not set (webhooks_not_configured: every delivery is "
+                        f"refused), or {_DATABASE_UNAVAILABLE}."
+                    ),
+                    "headers": {"Retry-After": _RETRY_AFTER},
+                },
+            },
+        },
+    },
     "/api/v1/openapi.json": {
         "get": {
             "operationId": "getOpenApi",
