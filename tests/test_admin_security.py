@@ -125,6 +125,14 @@ def test_the_stylesheet_is_not_sniffed_or_framed_but_may_be_cached(client: Flask
         assert response.headers.get("Cache-Control") != "no-store"
 
 
+@pytest.mark.parametrize("url", ["/admin/static/nope.css", "/admin/static/admin.css/x"])
+def test_an_error_under_the_static_files_is_not_cached(client: FlaskClient, url: str) -> None:
+    """Review: a 404 under /admin/static/ was sent without no-store (only a file served may be cached)."""
+    response = client.get(url)
+    assert response.status_code == 404
+    assert_page_headers(response, url)
+
+
 def test_the_api_is_left_alone(client: FlaskClient) -> None:
     assert "Content-Security-Policy" not in client.get("/api/v1/orgs/acme/image-scans").headers
 

@@ -48,7 +48,7 @@ def security_headers(response: Response) -> Response:
     for name, value in SECURITY_HEADERS.items():
         response.headers[name] = value
     response.headers["Content-Security-Policy"] = CSP.format(github=_github_origin())
-    if request.endpoint != "admin.static":
+    if request.endpoint != "admin.static" or response.status_code >= 400:  # a file served may be cached, no error
         response.headers["Cache-Control"] = "no-store"
     return response
 
