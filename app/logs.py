@@ -39,7 +39,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 from flask import Flask, Response, g, has_request_context, request
@@ -158,7 +158,9 @@ def secrets_of(config: Mapping[str, Any], instance_path: str | None = None) -> l
     found += [config.get(name) for name in ("GITHUB_CLIENT_SECRET", "METRICS_TOKEN")]
     url = str(config.get("DATABASE_URL") or "")
     with contextlib.suppress(ValueError):
-        found.append(urlsplit(url).password)
+        parts = urlsplit(url)
+        found.append(parts.password)
+        found += [v for k, v in parse_qsl(parts.query) if k.lower() in ("password", "sslpassword")]  # libpq's too
     key_file = config.get("CHECKPOINT_KEY_FILE") or (instance_path and Path(instance_path) / CHECKPOINT_KEY_NAME)
     if key_file:
         # Made later, or unreadable: a whole PEM key is still caught by its shape.

@@ -99,8 +99,15 @@ def differences(app: Flask) -> list[Any]:
         return list(compare_metadata(ctx, Base.metadata))
 
 
+# libpq options a URL's query may carry that are secrets, or say where one is (shown as *** like the password)
+SECRET_URL_OPTIONS = ("password", "passfile", "sslpassword", "sslkey")
+
+
 def describe_url(app: Flask) -> str:
-    return make_url(app.config["DATABASE_URL"]).render_as_string(hide_password=True)
+    """The database URL as commands print it: no password, whether before the host or in the query."""
+    url = make_url(app.config["DATABASE_URL"])
+    hidden = {k: "***" for k in url.query if k.lower() in SECRET_URL_OPTIONS}
+    return url.update_query_dict(hidden).render_as_string(hide_password=True).replace("=%2A%2A%2A", "=***")
 
 
 __all__ = ["current", "db", "differences", "upgrade"]

@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from app import db
+from app import db, revival
 from app.github import posting
 from app.github.client import github_app
 from app.models import CheckRunRecord, Org, OutboxItem, utcnow
@@ -1278,7 +1278,7 @@ def test_a_row_that_cannot_be_delivered_does_not_stop_the_others(app, client, to
     assert errors == []
     assert all(r.state == "delivered" for r in rows(app) if r.commit_sha != SHA)
     [bad] = rows(app, commit_sha=SHA)
-    assert bad.state == "pending" and bad.attempts >= 1 and bad.last_error.startswith(posting.UNREADABLE)
+    assert bad.state == "pending" and bad.attempts >= 1 and bad.last_error.startswith(revival.UNREADABLE)
 
 
 def test_a_post_that_timed_out_after_its_lease_ran_out_requeues_the_newest(

@@ -284,9 +284,10 @@ def test_metrics_are_never_rate_limited(make_app: MakeApp) -> None:
         assert client.get("/metrics", headers={"Authorization": f"Bearer {token}"}).status_code == 200
 
 
-def test_metrics_are_outside_the_api_document(client: FlaskClient) -> None:
-    document = client.get("/api/v1/openapi.json").json
-    assert not any("metrics" in path for path in document["paths"])
+def test_metrics_are_in_the_document_of_every_route_and_take_no_api_token(client: FlaskClient) -> None:
+    """Spec section 2: the document is of every route; the scrape is no API operation (no app token, no rate limit)."""
+    operation = client.get("/api/v1/openapi.json").json["paths"]["/metrics"]["get"]
+    assert operation["security"] == [] and "text/plain" in operation["responses"]["200"]["content"]
 
 
 # ---------------------------------------------------------------- several processes

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.script import ScriptDirectory
 
-from app import create_app, migrate
+from app import create_app, logs, migrate
 from app.db import Base
 from app.worker import Loop, NotMigrated
 from tests.conftest import _postgres_schema_url, normalise, postgres_base_url, skip_or_fail
@@ -402,3 +402,14 @@ def test_0027_keeps_the_heads_known_before_it(tmp_path):
         marks = conn.execute(sa.text("SELECT id, pr_head FROM scan_runs ORDER BY id"))
         assert [(i, bool(m)) for i, m in marks] == [(1, True), (2, True), (3, False)]
     engine.dispose()
+
+
+def test_a_database_password_in_the_urls_query_is_never_printed():
+    """Review: `db upgrade` printed `?password=...` (libpq takes it there too); only user:password@ was hidden. The
+    log redaction knew only that form as well."""
+    url = "postgresql://fremforge@127.0.0.1:1/x?password=QueryPassw0rdSecret&sslmode=disable"
+    app = create_app({"TESTING": True, "DATABASE_URL": url, "SECRET_KEY": "x" * 40})
+    shown = migrate.describe_url(app)
+    assert "QueryPassw0rdSecret" not in shown and "password=***" in shown and "sslmode=disable" in shown, shown
+    assert "QueryPassw0rdSecret" in logs.secrets_of(app.config)
+    app.extensions["fremforge.db"].engine.dispose()

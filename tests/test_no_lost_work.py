@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from app import db, worker
+from app import db, revival, worker
 from app.chain import retention
 from app.db import write_transaction
 from app.github import outbox, posting, redeliver
@@ -122,7 +122,7 @@ def test_an_outage_past_the_retry_budget_ends_with_each_commits_newest_state_onc
     settle(app, clock, step=150)
     permanent = rows(app, state="failed")
     assert {r.last_status_code for r in permanent} == {422, 404}
-    assert not any(posting.revivable(r) for r in permanent)
+    assert not any(revival.revivable(r) for r in permanent)
 
     shas = [sha_of(n) for n in range(5)]
     for sha in shas[:2]:  # delivered before the outage: GitHub shows their older state
@@ -194,7 +194,7 @@ def test_answers_that_cannot_be_read_are_retried_and_revived_not_given_up_for_go
     upload(client, token, sha=sha, severity="critical")
     settle(app, clock, step=150)
     [given_up] = rows(app, state="failed")
-    assert given_up.last_error.startswith(posting.UNREADABLE) and posting.revivable(given_up), given_up.last_error
+    assert given_up.last_error.startswith(revival.UNREADABLE) and revival.revivable(given_up), given_up.last_error
     assert posted_states(fake_github, sha)[-1] == "failure"
     assert fake_github.runs_of("acme", "api", sha)[-1]["conclusion"] == "success"  # the older green stands meanwhile
 
@@ -285,7 +285,7 @@ def test_retention_keeps_a_state_given_up_in_an_outage_until_it_is_posted(app, c
     ],
 )
 def test_which_failures_count_as_transient(status_code, error, transient):
-    assert posting.failed_in_outage(status_code, error) is transient
+    assert revival.failed_in_outage(status_code, error) is transient
 
 
 def test_permanent_failures_and_rows_revived_too_often_stay_failed(app, client, token, fake_github):
@@ -295,7 +295,7 @@ def test_permanent_failures_and_rows_revived_too_often_stay_failed(app, client, 
     ids = [r.id for r in rows(app)]
     fail_rows(app, ids[:1], last_status_code=422, last_error="GitHub answered 422: Validation Failed")
     fail_rows(app, ids[1:2], last_status_code=401, last_error="GitHub answered 401: Bad credentials")
-    fail_rows(app, ids[2:3], revivals=posting.MAX_REVIVALS)
+    fail_rows(app, ids[2:3], revivals=revival.MAX_REVIVALS)
     fail_rows(app, ids[3:])
     assert revive(app, clock) == 1
     settle(app, clock)

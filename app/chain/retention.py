@@ -23,10 +23,9 @@ import sqlalchemy as sa
 from flask import current_app
 from sqlalchemy.orm import Session
 
-from app import chain, reposts, sqlite_writers
+from app import chain, reposts, revival, sqlite_writers
 from app.chain import audit
 from app.db import rowcount, write_transaction
-from app.github import posting
 from app.models import (
     DEFAULT_RETENTION_DAYS,
     FINDING_PAYLOAD_COLUMNS,
@@ -85,7 +84,7 @@ AGED_OUTBOX = sa.select(_o.c.id, _o.c.check_run).where(
     _o.c.created_at < sa.bindparam("cutoff"),
     _o.c.state.in_(FINAL_OUTBOX_STATES),
     _o.c.redacted_at.is_(None),
-    ~posting.AWAITING_REVIVAL,
+    ~revival.AWAITING_REVIVAL,
 )
 TRIM_OUTBOX = (
     sa.update(_o)

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple, Protocol
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from app import commits, locks, policy, reposts
+from app import commits, locks, policy, reposts, revival
 from app.clock import database_now
 from app.db import write_transaction
 from app.github import checks, posting
@@ -200,7 +200,7 @@ def delivery_state(item: OutboxItem | None) -> dict[str, Any] | None:
         detail = posting.REVIVED
     elif item.state == "pending" and item.last_error and item.status_posted:
         detail = f"posted; {item.last_error}"  # e.g. checking for a late check run
-    elif posting.revivable(item):  # given up on during an outage: the worker puts it back once GitHub answers
+    elif revival.revivable(item):  # given up on during an outage: the worker puts it back once GitHub answers
         detail = f"retrying after outage ({item.last_error}): delivered once GitHub answers again"
     shown = item.shown_before
     if shown is not None:

@@ -14,8 +14,8 @@ Rules, so that several workers, stalls, crashes and skewed clocks never leave an
 - GitHub calls happen outside any database transaction;
 - while GitHub is unreachable (connection errors, timeouts, 5xx) a circuit breaker stops the worker from
   trying every due row: see `Circuit`;
-- a row given up on during an outage (`failed_in_outage`) is put back once GitHub answers again, if it is still the
-  newest of its commit: see `app.github.redeliver`.
+- a row given up on during an outage (`app.revival.failed_in_outage`) is put back once GitHub answers again, if it
+  is still the newest of its commit: see `app.github.redeliver`.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from app.db import rowcount, write_transaction
 from app.github.client import GitHubApp, github_message
 from app.models import CheckRunRecord, Org, OutboxItem, utcnow
 from app.policy import CONTEXT
+from app.revival import NO_ANSWER, UNREACHABLE, UNREADABLE
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +80,6 @@ LATE_LANDING = timedelta(seconds=30)
 # (the commit's combined status, the app's check runs) and posts again what differs, once more after the window.
 DOUBT_WINDOW = timedelta(minutes=5)
 VERIFYING = "checking that GitHub shows this state (an earlier post of the commit may still land)"
-# What a try that found GitHub away records (classify): a row given up on after such tries, or after 5xx answers, was
-# given up for a transient reason and is put back once GitHub answers again (app.github.redeliver), MAX_REVIVALS
-# times at most: a row that keeps failing while GitHub answers is not retried forever.
-UNREACHABLE = "could not reach GitHub"
-NO_ANSWER = "GitHub did not answer in time"
-# A 2xx answer that is not what GitHub's API describes (a proxy's page, a cut-off body): GitHub was not heard, so the
-# row is retried and, given up on, put back once GitHub answers again (as after an outage), so that an older green
-# does not stay. The circuit stays closed: one endpoint's odd answers do not hold up the other rows.
-UNREADABLE = "could not read GitHub's answer"
 
 
 class NotItsAnswer(Exception):
@@ -96,8 +88,6 @@ class NotItsAnswer(Exception):
 
 
 UNREADABLE_ERRORS = (pydantic.ValidationError, json.JSONDecodeError, UnicodeDecodeError, NotItsAnswer)
-TRANSIENT_ERRORS = (UNREACHABLE, NO_ANSWER, UNREADABLE)  # what a row's last_error starts with after such a try
-MAX_REVIVALS = 10
 REVIVED = "retrying after outage: GitHub answers again"  # a revived row's last_error until it is tried
 
 
@@ -684,27 +674,6 @@ def _github_now(headers: Mapping[str, str]) -> datetime:
     return datetime.now(UTC)
 
 
-def failed_in_outage(status_code: int | None, error: str | None) -> bool:
-    """Whether a row given up on was given up for a transient reason: its last try found GitHub unreachable, got no
-    answer in time, got an answer it could not read, or got a 5xx (or 429) answer. 404/422 after their tries, "not
-    installed", bad credentials, other 4xx answers and errors of our own are permanent."""
-    if status_code is not None:
-        return status_code >= 500 or status_code == 429
-    return error is not None and error.startswith(TRANSIENT_ERRORS)
-
-
-def revivable(item: Any) -> bool:
-    """Whether a failed outbox item is put back to pending once GitHub answers again (if still the newest of its
-    commit): given up on in an outage, revived fewer than MAX_REVIVALS times, its check run body not trimmed by
-    retention."""
-    return (
-        item.state == "failed"
-        and failed_in_outage(item.last_status_code, item.last_error)
-        and (item.revivals or 0) < MAX_REVIVALS
-        and item.redacted_at is None
-    )
-
-
 def as_app(gh: GitHubApp, fn: Any) -> Any:
     """One GitHub call as the App (its JWT); when GitHub refused the JWT for its times, once more on GitHub's clock."""
     try:
@@ -1091,35 +1060,6 @@ NEWEST_OF_COMMIT = (
     .order_by(_outbox.c.id.desc())
     .limit(1)
 )
-# `revivable` in SQL: what app.github.redeliver puts back once GitHub answers (when still the newest of its commit).
-REVIVABLE = sa.and_(
-    _outbox.c.state == "failed",
-    sa.or_(
-        _outbox.c.last_status_code >= 500,
-        _outbox.c.last_status_code == 429,
-        sa.and_(
-            _outbox.c.last_status_code.is_(None),
-            sa.or_(*(_outbox.c.last_error.startswith(prefix) for prefix in TRANSIENT_ERRORS)),
-        ),
-    ),
-    _outbox.c.revivals < MAX_REVIVALS,
-    _outbox.c.redacted_at.is_(None),
-)
-# A newer item of the same commit: the row's state is never posted.
-_newer = _outbox.alias("newer")
-HAS_NEWER = (
-    sa.select(_newer.c.id)
-    .where(
-        _newer.c.org_id == _outbox.c.org_id,
-        _newer.c.repo_full_name == _outbox.c.repo_full_name,
-        _newer.c.commit_sha == _outbox.c.commit_sha,
-        _newer.c.id > _outbox.c.id,
-    )
-    .exists()
-)
-# Given up on in an outage and still the newest of its commit: put back once GitHub answers (app.github.redeliver),
-# so retention keeps its check run body (what it is posted with) until then.
-AWAITING_REVIVAL = sa.and_(REVIVABLE, ~HAS_NEWER)
 # Post the row again from the start; its lease (if a worker has it in hand) stays, and that worker, having read
 # an older revision, records its outcome without marking the row delivered.
 REQUEUE = (

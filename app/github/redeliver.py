@@ -2,7 +2,7 @@
 reason, and webhook deliveries that failed while the app was down.
 
 Outbox items (`revive_after_outage`, run by the worker every minute and when its circuit breaker closes): an item that
-ran out of tries while GitHub was away (`posting.revivable`) is put back to pending once GitHub answers, when it is
+ran out of tries while GitHub was away (`app.revival.revivable`) is put back to pending once GitHub answers, when it is
 still the newest item of its commit, under the commit's lock that an upload storing a newer item takes too; an older
 one is marked superseded instead (a newer state of its commit exists, so it is never posted). The worker's claims,
 leases and fences (app.github.posting) then deliver it as any other item, so a stale state never lands over a newer
@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from githubkit.exception import RateLimitExceeded, RequestError, RequestFailed
 from sqlalchemy.orm import Session
 
-from app import clock, locks
+from app import clock, locks, revival
 from app.db import rowcount, write_transaction
 from app.github import posting
 from app.github.client import GitHubApp, github_message
@@ -58,17 +58,17 @@ MAX_ASKS = 100  # redeliveries asked per look at most; a look that had more to a
 _outbox = OutboxItem.__table__
 REVIVABLE_ROWS = (
     sa.select(_outbox.c.id, _outbox.c.org_id, _outbox.c.repo_full_name, _outbox.c.commit_sha)
-    .where(posting.AWAITING_REVIVAL)
+    .where(revival.AWAITING_REVIVAL)
     .order_by(_outbox.c.id)
     .limit(sa.bindparam("limit"))
 )
 # Given up on in an outage, but its commit has a newer item: this state is never posted.
-SUPERSEDE_STALE = sa.update(_outbox).where(posting.REVIVABLE, posting.HAS_NEWER).values(state="superseded")
+SUPERSEDE_STALE = sa.update(_outbox).where(revival.REVIVABLE, revival.HAS_NEWER).values(state="superseded")
 # Back to pending with a fresh set of tries (404/422 refusals counted so far still count); a lease that keeps its
 # commit in flight for a late landing stays (see posting.LATE_LANDING).
 REVIVE = (
     sa.update(_outbox)
-    .where(_outbox.c.id == sa.bindparam("item"), posting.AWAITING_REVIVAL)
+    .where(_outbox.c.id == sa.bindparam("item"), revival.AWAITING_REVIVAL)
     .values(
         state="pending",
         attempts=0,
