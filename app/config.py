@@ -146,6 +146,11 @@ def finalize(config: dict[str, Any], instance_path: str) -> None:
             raise ConfigError("FREMFORGE_GITHUB_PRIVATE_KEY_FILE is empty: it must hold the App's private key (PEM)")
     if config.get("GITHUB_PRIVATE_KEY"):
         check_private_key(str(config["GITHUB_PRIVATE_KEY"]))
+        if not str(config.get("GITHUB_APP_ID") or "").strip():  # the other half: "no App configured", said nowhere
+            raise ConfigError(
+                "The App's private key is set without FREMFORGE_GITHUB_APP_ID: set the App's id (its settings "
+                "page, \"App ID\") too, or unset the key"
+            )
     elif str(config.get("GITHUB_APP_ID") or "").strip():  # half an App: nothing would be posted, and nothing said
         raise ConfigError(
             "FREMFORGE_GITHUB_APP_ID is set without the App's private key: set FREMFORGE_GITHUB_PRIVATE_KEY_FILE "
@@ -250,7 +255,12 @@ def check_github_api_url(url: str) -> None:
     """GITHUB_API_URL must be an absolute http(s) address: github.com's API, or a GitHub Enterprise Server's
     (`https://github.example.com/api/v3`)."""
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+    try:
+        parts.port  # noqa: B018 (a port that is no number from 0 to 65535 raises)
+    except ValueError:
+        parts = parts._replace(netloc="")
+    bad_host = not parts.hostname or any(ch.isspace() or ch in "\\\"<>^`{|}" for ch in parts.hostname)
+    if parts.scheme not in ("http", "https") or bad_host or parts.query or parts.fragment:
         raise ConfigError(
             "FREMFORGE_GITHUB_API_URL must be an absolute http(s) address such as https://api.github.com (or a "
             f"GitHub Enterprise Server's https://HOST/api/v3), not {url[:100]!r}"
@@ -260,7 +270,12 @@ def check_github_api_url(url: str) -> None:
 def check_public_url(url: str) -> None:
     """PUBLIC_URL must be an absolute http(s) address (a path is allowed, for a service under a prefix)."""
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+    try:
+        parts.port  # noqa: B018 (a port that is no number from 0 to 65535 raises)
+    except ValueError:
+        parts = parts._replace(netloc="")
+    bad_host = not parts.hostname or any(ch.isspace() or ch in "\\\"<>^`{|}" for ch in parts.hostname)
+    if parts.scheme not in ("http", "https") or bad_host or parts.query or parts.fragment:
         raise ConfigError(
             f"FREMFORGE_PUBLIC_URL must be an absolute http(s) address such as https://fremforge.example.com, "
             f"not {url[:100]!r}"

@@ -120,6 +120,7 @@ def test_github_app_without_webhook_secret_refuses_to_start(monkeypatch):
     assert create_app().config["GITHUB_WEBHOOK_SECRET"] == "w"
     # Without a GitHub App the secret is optional: webhooks are then refused with 503 (fail closed).
     monkeypatch.delenv("FREMFORGE_GITHUB_APP_ID")
+    monkeypatch.delenv("FREMFORGE_GITHUB_PRIVATE_KEY")
     monkeypatch.delenv("FREMFORGE_GITHUB_WEBHOOK_SECRET")
     assert not create_app().config["GITHUB_APP_CONFIGURED"]
 
@@ -235,7 +236,18 @@ def test_a_github_app_without_public_url_is_refused(monkeypatch, tmp_path, envir
     assert not create_app().config["GITHUB_APP_CONFIGURED"]
 
 
-@pytest.mark.parametrize("url", ["fremforge.example.com", "ftp://fremforge.example.com", "https://", "https://x/?a=1"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "fremforge.example.com",
+        "ftp://fremforge.example.com",
+        "https://",
+        "https://x/?a=1",
+        "https://x.example:99999",  # review: every link would have been built from these
+        "https://x.example:abc",
+        "https://x example.com",
+    ],
+)
 def test_a_public_url_that_is_no_http_address_is_refused(monkeypatch, url):
     monkeypatch.setenv("FREMFORGE_PUBLIC_URL", url)
     with pytest.raises(ConfigError, match="FREMFORGE_PUBLIC_URL must be an absolute http"):
@@ -394,6 +406,9 @@ def test_half_a_github_app_is_refused(monkeypatch, tmp_path):
         create_app()
     key.write_text(PEM)
     assert create_app().config["GITHUB_APP_CONFIGURED"]
+    monkeypatch.delenv("FREMFORGE_GITHUB_APP_ID")  # review: the other half started as "no App configured"
+    with pytest.raises(ConfigError, match="private key is set without FREMFORGE_GITHUB_APP_ID"):
+        create_app()
 
 
 def test_production_starts_with_a_strong_key_and_a_public_url(tmp_path):
