@@ -54,6 +54,18 @@ DATABASE_BUSY_SECONDS = 10.0
 # How long opening a PostgreSQL connection may take (libpq connect_timeout, whole seconds, at least 2): a server
 # that does not answer (a host down, packets dropped) costs a request this long, not the kernel's minutes.
 DATABASE_CONNECT_TIMEOUT = 5
+# And once open: a server gone silent (a network partition, a host frozen) is noticed by TCP, not after the
+# kernel's 15 minutes of retransmissions: a statement sent and never acknowledged fails after tcp_user_timeout (ms),
+# an idle pooled connection after the keepalive probes (idle s, then count probes interval s apart). Each is well
+# under gunicorn's 30 s request timeout, so the request answers 503 and the worker backs off, rather than hanging.
+# Options given in the URL are kept.
+DATABASE_TCP_OPTIONS = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 15_000,
+}
 
 
 def json_text(value: Any) -> str:
@@ -76,8 +88,12 @@ def make_engine(url: str, busy_seconds: float = DATABASE_BUSY_SECONDS, **kwargs:
         sa.event.listen(engine, "begin", _sqlite_begin)
         return engine
     kwargs.setdefault("pool_recycle", 1800)
-    if "connect_timeout" not in sa.make_url(url).query:  # one given in the URL is kept
-        kwargs["connect_args"] = {"connect_timeout": DATABASE_CONNECT_TIMEOUT, **kwargs.get("connect_args", {})}
+    given = sa.make_url(url).query  # what the URL says is kept
+    defaults = {"connect_timeout": DATABASE_CONNECT_TIMEOUT, **DATABASE_TCP_OPTIONS}
+    kwargs["connect_args"] = {
+        **{k: v for k, v in defaults.items() if k not in given},
+        **kwargs.get("connect_args", {}),
+    }
     engine = sa.create_engine(url, **kwargs)
     sa.event.listen(engine, "connect", functools.partial(_postgres_connect, lock_timeout_ms=busy_ms))
     ping_when_idle(engine)

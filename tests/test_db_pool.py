@@ -79,3 +79,19 @@ def test_a_connection_the_server_dropped_while_idle_is_replaced_without_an_error
         now_on = db.session().execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
 
     assert now_on != dropped
+
+
+def test_a_server_gone_silent_is_noticed_by_tcp_well_within_a_request(postgres_app: Flask) -> None:
+    """Review: a database host that stops answering (a partition) left requests and the worker waiting on the
+    kernel's retransmissions (minutes; gunicorn killed the workers, the worker ignored SIGTERM). libpq is now asked
+    for TCP keepalives and a user timeout well under the request timeout, unless the URL says otherwise."""
+    with postgres_app.app_context(), db.database().engine.connect() as conn:
+        said = conn.connection.driver_connection.info.get_parameters()  # type: ignore[union-attr]
+    expected = {k: str(v) for k, v in db.DATABASE_TCP_OPTIONS.items()}
+    assert {k: said.get(k) for k in expected} == expected
+    assert int(expected["tcp_user_timeout"]) / 1000 < 30  # gunicorn's request timeout
+    url = sa.make_url(postgres_app.config["DATABASE_URL"]).update_query_dict({"tcp_user_timeout": "3000"})
+    engine = db.make_engine(url.render_as_string(hide_password=False))
+    with engine.connect() as conn:
+        assert conn.connection.driver_connection.info.get_parameters()["tcp_user_timeout"] == "3000"  # type: ignore[union-attr]
+    engine.dispose()
