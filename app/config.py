@@ -149,7 +149,7 @@ def finalize(config: dict[str, Any], instance_path: str) -> None:
         if not str(config.get("GITHUB_APP_ID") or "").strip():  # the other half: "no App configured", said nowhere
             raise ConfigError(
                 "The App's private key is set without FREMFORGE_GITHUB_APP_ID: set the App's id (its settings "
-                "page, \"App ID\") too, or unset the key"
+                'page, "App ID") too, or unset the key'
             )
     elif str(config.get("GITHUB_APP_ID") or "").strip():  # half an App: nothing would be posted, and nothing said
         raise ConfigError(
@@ -259,7 +259,7 @@ def check_github_api_url(url: str) -> None:
         parts.port  # noqa: B018 (a port that is no number from 0 to 65535 raises)
     except ValueError:
         parts = parts._replace(netloc="")
-    bad_host = not parts.hostname or any(ch.isspace() or ch in "\\\"<>^`{|}" for ch in parts.hostname)
+    bad_host = not parts.hostname or any(ch.isspace() or ch in '\\"<>^`{|}' for ch in parts.hostname)
     if parts.scheme not in ("http", "https") or bad_host or parts.query or parts.fragment:
         raise ConfigError(
             "FREMFORGE_GITHUB_API_URL must be an absolute http(s) address such as https://api.github.com (or a "
@@ -274,7 +274,7 @@ def check_public_url(url: str) -> None:
         parts.port  # noqa: B018 (a port that is no number from 0 to 65535 raises)
     except ValueError:
         parts = parts._replace(netloc="")
-    bad_host = not parts.hostname or any(ch.isspace() or ch in "\\\"<>^`{|}" for ch in parts.hostname)
+    bad_host = not parts.hostname or any(ch.isspace() or ch in '\\"<>^`{|}' for ch in parts.hostname)
     if parts.scheme not in ("http", "https") or bad_host or parts.query or parts.fragment:
         raise ConfigError(
             f"FREMFORGE_PUBLIC_URL must be an absolute http(s) address such as https://fremforge.example.com, "

@@ -50,12 +50,12 @@ _outbox = OutboxItem.__table__
 # `revivable` in SQL: what app.github.redeliver puts back once GitHub answers (when still the newest of its commit).
 REVIVABLE = sa.and_(
     _outbox.c.state == "failed",
-    sa.or_(
-        _outbox.c.last_status_code >= 500,
-        _outbox.c.last_status_code == 429,
+    sa.or_(  # never NULL, whatever the row holds: retention negates it (a NULL there would keep a row for ever)
+        sa.func.coalesce(_outbox.c.last_status_code, 0) >= 500,
+        sa.func.coalesce(_outbox.c.last_status_code, 0) == 429,
         sa.and_(
             _outbox.c.last_status_code.is_(None),
-            sa.or_(*(_outbox.c.last_error.startswith(prefix) for prefix in TRANSIENT_ERRORS)),
+            sa.or_(*(sa.func.coalesce(_outbox.c.last_error, "").startswith(prefix) for prefix in TRANSIENT_ERRORS)),
         ),
     ),
     _outbox.c.revivals < MAX_REVIVALS,

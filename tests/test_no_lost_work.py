@@ -243,22 +243,25 @@ def test_retention_keeps_a_state_given_up_in_an_outage_until_it_is_posted(app, c
     (delivered, superseded, failed for good) are trimmed as before."""
     clock = Clock()
     upload(client, token, severity="low", sha=sha_of(1))  # failed for good below: trimmed
+    upload(client, token, severity="low", sha=sha_of(2))  # failed for good by an error of ours: trimmed
     upload(client, token, severity="low")  # image 1: success, delivered
     settle(app, clock)
     assert posted_states(fake_github) == ["success"]
     second_image = upload(client, token, image="ghcr.io/acme/worker:1", severity="critical")
     assert second_image["commit_status"]["state"] == "failure"
-    first, delivered, newest = rows(app)
+    first, ours, delivered, newest = rows(app)
     fail_rows(app, [first.id], last_status_code=422, last_error="GitHub answered 422: Validation Failed")
+    # Review: no status code (NULL), so the revival rule in SQL was NULL, and negated still NULL: kept for ever.
+    fail_rows(app, [ours.id], last_status_code=None, last_error="unexpected error: KeyError")
     fail_rows(app, [newest.id])  # given up on in the outage
     with app.app_context():
         s = db.session()
         with write_transaction(s):
             s.execute(sa.update(OrgSettings).values(retention_days=1))
         [done] = retention.run(db.session(), utcnow() + timedelta(days=2))
-    assert done.outbox == 2  # the one failed for good and the one delivered
+    assert done.outbox == 3  # the two failed for good and the one delivered
     kept = {r.id: r.redacted_at for r in rows(app)}
-    assert kept[newest.id] is None and kept[first.id] is not None and kept[delivered.id] is not None
+    assert kept[newest.id] is None and None not in (kept[first.id], kept[ours.id], kept[delivered.id]), kept
     assert revive(app, clock, answered=True) == 1
     settle(app, clock)
     assert posted_states(fake_github) == ["success", "failure"]  # what GitHub shows: the commit's newest state
@@ -267,6 +270,21 @@ def test_retention_keeps_a_state_given_up_in_an_outage_until_it_is_posted(app, c
     with app.app_context():  # posted: done with, trimmed at the next run
         [done] = retention.run(db.session(), utcnow() + timedelta(days=3))
     assert done.outbox == 1 and rows(app, id=newest.id)[0].redacted_at is not None
+
+
+def test_retention_keeps_a_row_awaiting_revival_for_a_month_past_its_cut_off_at_most(app, client, token, fake_github):
+    """Review: GitHub gone for good (the App removed, an Enterprise host retired) would keep the body for ever."""
+    upload(client, token, severity="critical")
+    [row] = rows(app)
+    fail_rows(app, [row.id])
+    with app.app_context():
+        s = db.session()
+        with write_transaction(s):
+            s.execute(sa.update(OrgSettings).values(retention_days=1))
+        month = retention.REVIVAL_KEPT_AT_MOST.days
+        assert retention.run(db.session(), utcnow() + timedelta(days=month))[0].outbox == 0
+        assert retention.run(db.session(), utcnow() + timedelta(days=month + 2))[0].outbox == 1
+    assert rows(app)[0].redacted_at is not None and revive(app, answered=True) == 0
 
 
 @pytest.mark.parametrize(

@@ -78,13 +78,15 @@ REDACT_AUDIT = (
 # with them. What was posted stays, as the record of it (the commit status's state, description and link, the
 # check run's conclusion and title, the delivery's state and time): it names no finding. A row given up on in an
 # outage that is still its commit's newest is not done with: it is posted once GitHub answers (a trimmed one never
-# was, and GitHub kept the commit's older state), so it keeps its body until then.
+# was, and GitHub kept the commit's older state), so it keeps its body until then, or for REVIVAL_KEPT_AT_MOST past
+# the cut-off (GitHub gone for good, the App removed: retention still ends).
+REVIVAL_KEPT_AT_MOST = timedelta(days=30)
 AGED_OUTBOX = sa.select(_o.c.id, _o.c.check_run).where(
     _o.c.org_id == sa.bindparam("org"),
     _o.c.created_at < sa.bindparam("cutoff"),
     _o.c.state.in_(FINAL_OUTBOX_STATES),
     _o.c.redacted_at.is_(None),
-    ~revival.AWAITING_REVIVAL,
+    ~sa.and_(revival.AWAITING_REVIVAL, _o.c.created_at >= sa.bindparam("revival_floor")),
 )
 TRIM_OUTBOX = (
     sa.update(_o)
@@ -270,7 +272,7 @@ def run_org(
             findings += removed
     with write_transaction(session):
         audit_events = rowcount(session.execute(REDACT_AUDIT, params))
-        aged = session.execute(AGED_OUTBOX, params).all()
+        aged = session.execute(AGED_OUTBOX, {**params, "revival_floor": cutoff - REVIVAL_KEPT_AT_MOST}).all()
         if aged:
             session.execute(TRIM_OUTBOX, [{"row": r.id, "trimmed": trimmed(r.check_run), "now": now} for r in aged])
         outbox = len(aged)
