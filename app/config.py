@@ -251,16 +251,22 @@ def parse_rate_limit(value: Any) -> tuple[int, int] | None:
     return int(match[1]), RATE_LIMIT_UNITS[match[2].lower()]
 
 
-def check_github_api_url(url: str) -> None:
-    """GITHUB_API_URL must be an absolute http(s) address: github.com's API, or a GitHub Enterprise Server's
-    (`https://github.example.com/api/v3`)."""
+def is_http_address(url: str) -> bool:
+    """An absolute http(s) address, a path allowed: a host without white space or characters no host name has, a
+    port (if any) from 0 to 65535, no query or fragment."""
     parts = urlsplit(url)
     try:
         parts.port  # noqa: B018 (a port that is no number from 0 to 65535 raises)
     except ValueError:
-        parts = parts._replace(netloc="")
-    bad_host = not parts.hostname or any(ch.isspace() or ch in '\\"<>^`{|}' for ch in parts.hostname)
-    if parts.scheme not in ("http", "https") or bad_host or parts.query or parts.fragment:
+        return False
+    host_ok = bool(parts.hostname) and not any(ch.isspace() or ch in '\\"<>^`{|}' for ch in parts.hostname or "")
+    return parts.scheme in ("http", "https") and host_ok and not parts.query and not parts.fragment
+
+
+def check_github_api_url(url: str) -> None:
+    """GITHUB_API_URL must be an absolute http(s) address: github.com's API, or a GitHub Enterprise Server's
+    (`https://github.example.com/api/v3`)."""
+    if not is_http_address(url):
         raise ConfigError(
             "FREMFORGE_GITHUB_API_URL must be an absolute http(s) address such as https://api.github.com (or a "
             f"GitHub Enterprise Server's https://HOST/api/v3), not {url[:100]!r}"
@@ -269,13 +275,7 @@ def check_github_api_url(url: str) -> None:
 
 def check_public_url(url: str) -> None:
     """PUBLIC_URL must be an absolute http(s) address (a path is allowed, for a service under a prefix)."""
-    parts = urlsplit(url)
-    try:
-        parts.port  # noqa: B018 (a port that is no number from 0 to 65535 raises)
-    except ValueError:
-        parts = parts._replace(netloc="")
-    bad_host = not parts.hostname or any(ch.isspace() or ch in '\\"<>^`{|}' for ch in parts.hostname)
-    if parts.scheme not in ("http", "https") or bad_host or parts.query or parts.fragment:
+    if not is_http_address(url):
         raise ConfigError(
             f"FREMFORGE_PUBLIC_URL must be an absolute http(s) address such as https://fremforge.example.com, "
             f"not {url[:100]!r}"

@@ -254,7 +254,17 @@ def test_a_public_url_that_is_no_http_address_is_refused(monkeypatch, url):
         create_app()
 
 
-@pytest.mark.parametrize("url", ["notaurl", "api.github.com", "ftp://api.github.com", "https://", "https://x/?a=1"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "notaurl",
+        "api.github.com",
+        "ftp://api.github.com",
+        "https://",
+        "https://x/?a=1",
+        "https://ghe.example:99999/api/v3",
+    ],
+)
 def test_a_github_api_url_that_is_no_http_address_is_refused(monkeypatch, url):
     """Else the worker would start and fail every post, saying GitHub could not be reached."""
     monkeypatch.setenv("FREMFORGE_GITHUB_API_URL", url)
