@@ -43,7 +43,7 @@ import time
 import urllib.parse
 import uuid
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -301,6 +301,7 @@ class Fault:
     body: Any = None
     hold: float = 0.0  # > 0: hold the request this long, then answer it normally
     release: threading.Event | None = None  # set: hold the request until it is set, then answer it normally
+    trickle: float = 0.0  # > 0: answer normally, the answer's bytes spread evenly over this many seconds
 
     def hits(self, method: str, path: str) -> bool:
         return self.remaining != 0 and self.method in (method, "*") and bool(self.pattern.search(path))
@@ -378,6 +379,13 @@ class UserToken:
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime(TIME_FORMAT)
+
+
+def _trickled(data: bytes, gap: float) -> Iterator[bytes]:
+    """`data` a byte at a time, `gap` seconds apart (the server writes each at once)."""
+    for i in range(len(data)):
+        time.sleep(gap)  # the fault's pace, not a synchronisation
+        yield data[i : i + 1]
 
 
 def _json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
@@ -751,6 +759,11 @@ class FakeGitHub:
         """Answer the matching requests normally, `seconds` late (until cleared, by default)."""
         self.timeout(method, path_regex, times=times, seconds=seconds)
 
+    def trickle(self, method: str, path_regex: str, seconds: float, times: int | None = 1) -> None:
+        """Apply the matching requests at once, and send each answer a byte at a time over `seconds` (a slow proxy:
+        never silent for long enough to trip a client's per-read timeout)."""
+        self._arm(Fault(method.upper(), re.compile(path_regex), times, trickle=seconds))
+
     def rate_limit(
         self,
         method: str,
@@ -826,6 +839,9 @@ class FakeGitHub:
         elif fault is not None and fault.hold > 0:
             time.sleep(fault.hold)
             fault = None
+        trickle = fault.trickle if fault is not None else 0.0
+        if trickle:
+            fault = None
         after: list[Callable[[], None]] = []
         with self._lock:
             if generation != self._generation:
@@ -835,6 +851,9 @@ class FakeGitHub:
             call.status = response.status_code
         for action in after:
             action()
+        if trickle:
+            data = response.get_data()
+            response.response = _trickled(data, trickle / max(len(data), 1))  # Content-Length stays the whole
         return response
 
     def _answer(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import socket
 import threading
 import time
 from collections import Counter
@@ -13,10 +14,12 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from flask import Flask
+from githubkit import UnauthAuthStrategy
+from githubkit.exception import RequestTimeout
 
 from app import db, revival
 from app.github import posting
-from app.github.client import github_app
+from app.github.client import github_app, new_client
 from app.models import CheckRunRecord, Org, OutboxItem, utcnow
 from tests.conftest import INSTALLATION, MakeApp, admin_login, app_with_github, org_with_installation
 from tests.factories import SHA, SHA2, finding, make_org, make_token, post, seed
@@ -431,6 +434,57 @@ def test_a_timed_out_check_run_create_is_found_not_duplicated(app, client, token
         record = db.session().scalars(sa.select(CheckRunRecord)).one()
     assert record.github_id in fake_github.check_runs
     assert len(posted_states(fake_github)) == 1  # the status half was not posted again
+
+
+@pytest.mark.github_timeout(0.5)
+def test_an_answer_that_trickles_in_ends_the_call_at_the_timeout(app, client, token, fake_github):
+    """GitHub (or a proxy) applies a status post and sends its answer a byte at a time, each byte well inside the
+    per-read timeout: the call still ends at the timeout, as a timeout (the post in doubt, retried; the circuit
+    opens and the round ends), and GitHub ends up showing both commits blocked. (Before, the call lasted as long as
+    the answer took, here 20 s, while the commit's check run stayed as it was and the other commit waited.)"""
+    clock = Clock()
+    upload(client, token, severity="critical")
+    upload(client, token, sha=SHA2, severity="critical")
+    fake_github.trickle("POST", rf"/statuses/{SHA}$", seconds=20)
+    run(app, clock)
+    first, second = rows(app)
+    assert first.state == "pending" and not first.status_posted and first.last_error == "GitHub did not answer in time"
+    assert second.state == "pending"
+    drain(app, clock)
+    for sha in (SHA, SHA2):
+        assert fake_github.latest_status("acme", "api", sha)["state"] == "failure"
+        assert fake_github.runs_of("acme", "api", sha)[-1]["conclusion"] == "failure"
+
+
+def test_an_answer_whose_headers_trickle_in_ends_the_call_at_the_timeout():
+    """Below the fake (whose server sends an answer's head at once): a server sending its status line and headers a
+    byte every 0.1 s. A client the app makes (new_client) gives up at its timeout, as githubkit's RequestTimeout the
+    worker treats as one; before, it waited the 8 s the head took."""
+    stop = threading.Event()
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}":
+                if stop.wait(0.1):  # the server's pace; set when the test is over
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    gh = new_client(UnauthAuthStrategy(), f"http://127.0.0.1:{server.getsockname()[1]}", 0.5)
+    try:
+        with pytest.raises(RequestTimeout):
+            gh.request("GET", "/")
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
 
 
 # ---------------------------------------------------------------- ordering, crashes, several workers

@@ -9,11 +9,13 @@ import logging
 import re
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpcore
 import httpx
 import jwt
 from flask import Flask, current_app
@@ -136,7 +138,8 @@ def new_client(auth: Any, api_url: str, timeout: float, cache: Any = None) -> Gi
     is better told at once. No redirects followed. No HTTP cache; TLS by the system's trust store (tls_context).
     Every exchange is counted
     in fremforge_github_requests_total: each answer by its status (the response hook, proxied ones included), each
-    request that got none as `error` (the transport).
+    request that got none as `error` (the transport). `timeout` bounds each request whole, its answer read to the
+    end (the transport): httpx's own timeouts are per read, and an answer that trickles in never trips them.
     """
     return GitHub(
         auth,
@@ -147,7 +150,7 @@ def new_client(auth: Any, api_url: str, timeout: float, cache: Any = None) -> Gi
         http_cache=False,
         cache_strategy=cache,
         ssl_verify=tls_context(),
-        transport=CountingTransport(),
+        transport=CountingTransport(timeout),
         event_hooks={"response": [_count_answer]},
     )
 
@@ -157,23 +160,35 @@ def _count_answer(response: httpx.Response) -> None:
 
 
 class CountingTransport(httpx.BaseTransport):
-    """httpx's own transport (TLS by tls_context), counting the requests that got no answer.
+    """httpx's own transport (TLS by tls_context), counting the requests that got no answer, each request ending
+    within `total` seconds, its answer read to the end (`_DeadlineBackend`).
 
     githubkit makes an httpx client per call (or per `with` block) and closes it after, closing its transport; this
     one is shared by every client of one githubkit client, so it keeps a pool per thread and closes only the calling
     thread's: each call still gets a pool of its own, as it did with httpx's default transport.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, total: float) -> None:
+        self.total = total
         self._local = threading.local()
 
     def _pool(self) -> httpx.HTTPTransport:
         pool = getattr(self._local, "pool", None)
         if pool is None:
             pool = self._local.pool = httpx.HTTPTransport(verify=tls_context())
+            # httpx's transport with its connection pool's network made deadline-aware (the pool's other settings
+            # are httpx's defaults, as HTTPTransport makes them; the attribute is private: tests/test_github_client.py)
+            pool._pool = httpcore.ConnectionPool(
+                ssl_context=tls_context(),
+                max_connections=100,
+                max_keepalive_connections=20,
+                keepalive_expiry=5.0,
+                network_backend=_DeadlineBackend(),
+            )
         return pool
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        _deadline.at = time.monotonic() + self.total  # the answer's body is read on this thread, by this deadline
         try:
             return self._pool().handle_request(request)
         except Exception:
@@ -185,6 +200,75 @@ class CountingTransport(httpx.BaseTransport):
         self._local.pool = None
         if pool is not None:
             pool.close()
+
+
+# When the calling thread's GitHub request must be over (time.monotonic()): set as each request starts, read by
+# every socket operation of its connection (its answer's body too, read after the transport returned it).
+_deadline = threading.local()
+
+
+def _within(timeout: float | None, late: type[Exception]) -> float | None:
+    """A socket operation's timeout, cut to what is left of the request's time; `late` raised when none is left."""
+    at = getattr(_deadline, "at", None)
+    if at is None:
+        return timeout
+    left = at - time.monotonic()
+    if left <= 0:
+        raise late("the GitHub request took longer than its timeout")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every read and write ends by the request's deadline: an answer sent a byte at a time,
+    each within httpx's per-read timeout, still ends the call at the timeout (a read timeout, retried)."""
+
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, _within(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, _within(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        inner = self._stream.start_tls(ssl_context, server_hostname, _within(timeout, httpcore.ConnectTimeout))
+        return _DeadlineStream(inner)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's own sockets, as `_DeadlineStream`s."""
+
+    def __init__(self) -> None:
+        self._backend = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.NetworkStream:
+        within = _within(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._backend.connect_tcp(host, port, within, local_address, socket_options))
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> httpcore.NetworkStream:
+        within = _within(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._backend.connect_unix_socket(path, within, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
 
 
 def github_message(exc: RequestFailed) -> str | None:
