@@ -199,35 +199,35 @@ def finalize(config: dict[str, Any], instance_path: str) -> None:
         raise ConfigError("FREMFORGE_GITHUB_TIMEOUT_SECONDS must be between 0.1 and 300 seconds")
     config["GITHUB_API_URL"] = str(config.get("GITHUB_API_URL") or DEFAULTS["GITHUB_API_URL"]).strip().rstrip("/")
     check_github_api_url(config["GITHUB_API_URL"])
-    production = config["ENV"] == "production" or config["GITHUB_APP_CONFIGURED"]
+    production = config["ENV"] == "production"
     if not config.get("SECRET_KEY"):
         if production and not config.get("TESTING"):
             raise ConfigError(
-                "FREMFORGE_SECRET_KEY is not set. It is required in production (FREMFORGE_ENV=production "
-                "or a GitHub App configured); generate one with: python -c 'import secrets; "
-                "print(secrets.token_urlsafe(48))'"
+                "FREMFORGE_SECRET_KEY is not set. It is required in production (FREMFORGE_ENV=production); "
+                "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
             )
         config["SECRET_KEY"] = _instance_secret_key(Path(instance_path))
-    elif config["ENV"] == "production":
+    elif production:
         weakness = secret_key_weakness(str(config["SECRET_KEY"]))
         if weakness:
             raise ConfigError(
                 f"FREMFORGE_SECRET_KEY is too weak for production ({weakness}); it needs at least 32 random bytes' "
                 f"worth. Generate one with: {GENERATE_KEY}"
             )
-    if config["GITHUB_APP_CONFIGURED"] and not config.get("GITHUB_WEBHOOK_SECRET") and not config.get("TESTING"):
+    # In development a GitHub App may be tried without these: webhooks are then refused (503, fail closed), and the
+    # links posted to GitHub name where `make run` serves (app.web.urls), never a request's Host header.
+    strict = production and config["GITHUB_APP_CONFIGURED"] and not config.get("TESTING")
+    if strict and not config.get("GITHUB_WEBHOOK_SECRET"):
         # Without it every webhook would be refused (fail closed): installations and PRs would go unseen.
         raise ConfigError(
             "FREMFORGE_GITHUB_WEBHOOK_SECRET is not set. A configured GitHub App needs its webhook secret "
             "(the one entered in the app's settings on GitHub) to verify webhook deliveries."
         )
-    if config["GITHUB_APP_CONFIGURED"] and not config.get("PUBLIC_URL") and not config.get("TESTING"):
-        # Links posted to GitHub (a status's target_url, a check run's details) never come from a request's Host: in
-        # development too, where an upload's Host header would choose where a pull request's status links to.
+    if strict and not config.get("PUBLIC_URL"):
         raise ConfigError(
-            "FREMFORGE_PUBLIC_URL is not set. A configured GitHub App needs it: the links posted to GitHub are built "
-            "from it, never from a request's Host header. Set it to the address people reach this service at, e.g. "
-            "https://fremforge.example.com"
+            "FREMFORGE_PUBLIC_URL is not set. A configured GitHub App needs it in production: the links posted to "
+            "GitHub are built from it, never from a request's Host header. Set it to the address people reach this "
+            "service at, e.g. https://fremforge.example.com"
         )
 
 

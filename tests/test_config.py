@@ -14,13 +14,15 @@ import uuid
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from flask import Flask
 
-from app import create_app, migrate
+from app import create_app, db, migrate
 from app.config import ConfigError, secret_key_weakness
-from tests.factories import make_org
+from app.models import OutboxItem
+from tests.factories import make_org, make_token, post, seed
 
 STRONG_KEY = "kV3q9Zt2-Lw8xYb_Rm4NcH7pJ0sEfUa6DgT1iOyQhWn5XrBzCvKe"  # 52 characters of token_urlsafe's alphabet
 PEM = (  # a GitHub App's private key, as GitHub gives it: RSA in PEM
@@ -77,7 +79,7 @@ def test_postgres_urls_use_psycopg(monkeypatch):
     "env",
     [
         {"FREMFORGE_ENV": "production"},
-        {"FREMFORGE_GITHUB_APP_ID": "123", "FREMFORGE_GITHUB_PRIVATE_KEY": PEM},
+        {"FREMFORGE_ENV": "production", "FREMFORGE_GITHUB_APP_ID": "123", "FREMFORGE_GITHUB_PRIVATE_KEY": PEM},
     ],
 )
 def test_production_without_secret_key_refuses_to_start(monkeypatch, env):
@@ -109,11 +111,12 @@ def test_private_key_file_is_read(monkeypatch, tmp_path):
         create_app()
 
 
-def test_github_app_without_webhook_secret_refuses_to_start(monkeypatch):
+def test_github_app_without_webhook_secret_refuses_to_start_in_production(monkeypatch):
     monkeypatch.setenv("FREMFORGE_PUBLIC_URL", "https://fremforge.example.com")  # a configured App needs it
     monkeypatch.setenv("FREMFORGE_GITHUB_APP_ID", "7")
     monkeypatch.setenv("FREMFORGE_GITHUB_PRIVATE_KEY", PEM)
-    monkeypatch.setenv("FREMFORGE_SECRET_KEY", "s")
+    monkeypatch.setenv("FREMFORGE_ENV", "production")
+    monkeypatch.setenv("FREMFORGE_SECRET_KEY", STRONG_KEY)
     with pytest.raises(ConfigError, match="FREMFORGE_GITHUB_WEBHOOK_SECRET"):
         create_app()
     monkeypatch.setenv("FREMFORGE_GITHUB_WEBHOOK_SECRET", "w")
@@ -217,13 +220,12 @@ APP_ENV = {
 }
 
 
-@pytest.mark.parametrize("environment", ["development", "production"])
-def test_a_github_app_without_public_url_is_refused(monkeypatch, tmp_path, environment):
-    """HEAD: in development a configured App started with a warning, and an upload's Host header chose where the
-    status posted to GitHub linked to (a phishing host, from any CI token)."""
+def test_a_github_app_without_public_url_is_refused_in_production(monkeypatch, tmp_path):
+    """HEAD before: an upload's Host header chose where the status posted to GitHub linked to (a phishing host, from
+    any CI token)."""
     monkeypatch.setenv("FREMFORGE_DATABASE_URL", f"sqlite:///{tmp_path / 'p.db'}")
     monkeypatch.setenv("FREMFORGE_SECRET_KEY", STRONG_KEY)
-    monkeypatch.setenv("FREMFORGE_ENV", environment)
+    monkeypatch.setenv("FREMFORGE_ENV", "production")
     for key, value in APP_ENV.items():
         monkeypatch.setenv(key, value)
     with pytest.raises(ConfigError, match="FREMFORGE_PUBLIC_URL is not set"):
@@ -234,6 +236,31 @@ def test_a_github_app_without_public_url_is_refused(monkeypatch, tmp_path, envir
         monkeypatch.delenv(key)
     monkeypatch.delenv("FREMFORGE_PUBLIC_URL")
     assert not create_app().config["GITHUB_APP_CONFIGURED"]
+
+
+def test_a_github_app_in_development_starts_without_key_public_url_or_webhook_secret(monkeypatch, tmp_path):
+    """Spec §8: only production refuses to start without them (HEAD before: a configured App was taken for
+    production, so trying one in development against a test GitHub needed all three). The secret key is the
+    instance's own; webhooks are refused (503, fail closed); the links an upload asks to post name where `make run`
+    serves, never the upload's Host header."""
+    monkeypatch.setenv("FREMFORGE_DATABASE_URL", f"sqlite:///{tmp_path / 'p.db'}")
+    monkeypatch.setenv("FREMFORGE_ENV", "development")
+    for key, value in APP_ENV.items():
+        if key != "FREMFORGE_GITHUB_WEBHOOK_SECRET":
+            monkeypatch.setenv(key, value)
+    app = create_app()
+    assert app.config["GITHUB_APP_CONFIGURED"] and len(app.config["SECRET_KEY"]) >= 32
+    migrate.upgrade(app)
+    make_org(app, "acme")
+    token = make_token(app, "acme")
+    client = app.test_client()
+    r = post(client, token, seed(), headers={"Host": "phish.example"})
+    assert r.status_code == 202, r.json
+    with app.app_context():
+        [row] = db.session().scalars(sa.select(OutboxItem)).all()
+        assert row.commit_status["target_url"].startswith("http://127.0.0.1:8000/admin/orgs/acme/")
+    hook = client.post("/webhooks/github", data=b"{}", headers={"X-GitHub-Event": "ping"})
+    assert hook.status_code == 503 and hook.json["error"] == "webhooks_not_configured"
 
 
 @pytest.mark.parametrize(

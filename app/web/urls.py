@@ -37,8 +37,15 @@ class Urls:
 
 
 def for_request() -> Urls:
-    """The URLs as this request's answer gives them: under PUBLIC_URL when set, else under the request's host."""
-    return Urls(current_app.config.get("PUBLIC_URL") or request.host_url.rstrip("/"))
+    """The URLs as this request's answer gives them: under PUBLIC_URL when set; else, with a GitHub App configured
+    (development: production needs PUBLIC_URL), where `make run` serves, since they may be posted to GitHub and a
+    request's Host header is the client's to choose; else under the request's host."""
+    public = current_app.config.get("PUBLIC_URL")
+    if public:
+        return Urls(public)
+    if current_app.config.get("GITHUB_APP_CONFIGURED"):
+        return configured()
+    return Urls(request.host_url.rstrip("/"))
 
 
 def configured() -> Urls:
