@@ -191,7 +191,7 @@ _KEYS = sa.select(Finding.cve_id, Finding.package).where(
 )
 
 
-# Why a scan has no baseline under block_on new (the check run says which, after "No baseline: every finding counts").
+# Why a scan has no baseline under block_on new (the check run says which, after "no baseline: every finding counts").
 NO_PULL_REQUEST = "no open pull request known with this commit as its head"
 MANY_BASES = "open pull requests with this head into different bases"
 NO_BASE_SCAN = "no scan of this image from the base branch or at the base commit"

@@ -308,7 +308,7 @@ def test_the_check_run_lists_excepted_findings_apart():
     )
     line = checks.split_line(image, "block_pull", "all")
     assert (
-        line == "**Blocking: 0** · Not blocking: 1 (1 below the threshold) · Excepted: 3, the first expiring 2027-01-04"
+        line == "**Blocking: 0** · Not blocking: 1 (1 below the threshold) · 3 excepted, the first expiring 2027-01-04"
     )
     section = checks.image_section(image, "block_pull", "all")
     assert "- Excepted until 2027-03-01: `CVE-2024-0001` in `openssl` — " in section

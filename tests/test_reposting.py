@@ -266,7 +266,7 @@ def test_a_pull_request_learnt_after_the_upload_reposts_with_its_baseline(app, c
     work(app)
     assert shown(fake_github, head) == ("failure", "1 image · 1 new high · blocking")
     run = fake_github.runs_of("acme", "api", head)[-1]
-    assert f"No baseline: every finding counts ({commits.NO_PULL_REQUEST})" in run["output"]["summary"]
+    assert f"no baseline: every finding counts ({commits.NO_PULL_REQUEST})" in run["output"]["summary"]
 
     assert pull_request(client, 5, head, base="main") == {"status": "queued"}
     work(app)
@@ -568,7 +568,7 @@ def test_a_pull_request_whose_base_has_no_scan_says_so(app, client, token, fake_
     assert upload(client, token, head, HIGH, ref="refs/pull/9/merge")["status"] == "failure"
     work(app)
     summary = fake_github.runs_of("acme", "api", head)[-1]["output"]["summary"]
-    assert f"No baseline: every finding counts ({commits.NO_BASE_SCAN})" in summary, summary
+    assert f"no baseline: every finding counts ({commits.NO_BASE_SCAN})" in summary, summary
 
 
 def head_on_a_base_past_retention(app: Flask, client: Any, token: str, fake_github: FakeGitHub) -> str:

@@ -239,7 +239,8 @@ def image_section(image: ImageResult, block_action: str, block_on: str, search: 
 
 def split_line(image: ImageResult, block_action: str, block_on: str) -> str:
     """`**Blocking: 2** (2 new high) · Not blocking: 7 (4 below the threshold, 2 unfixed, 1 existing on the base)`,
-    then the baseline: what block_on new compared with, or that there was none and every finding counts."""
+    then `· 3 excepted, the first expiring 2027-01-04` and the baseline: what block_on new compared with, or
+    `· no baseline: every finding counts` (the spec's words, §3 and §10)."""
     t = image.tally
     blocking = blocking_counts(t.blocking, block_on, t.signing)
     label = "Blocking" if block_action == "block_pull" else "Would block (warn: not enforced)"
@@ -250,7 +251,7 @@ def split_line(image: ImageResult, block_action: str, block_on: str) -> str:
     if t.not_blocking.get(EXCEPTED):
         first = first_expiring(image.exceptions)
         until = f", the first expiring {first.expires_at:%Y-%m-%d}" if first is not None else ""
-        text += f" · Excepted: {t.not_blocking[EXCEPTED]}{until}"
+        text += f" · {t.not_blocking[EXCEPTED]} excepted{until}"  # the spec's words (§10)
     if image.redacted:
         text += (
             f" · Removed by retention: {int(image.redacted)} (judged by their stored severity,"
@@ -258,7 +259,7 @@ def split_line(image: ImageResult, block_action: str, block_on: str) -> str:
         )
     if block_on == "new":
         if image.baseline_scan_id is None:
-            text += " · No baseline: every finding counts" + (f" ({image.no_baseline})" if image.no_baseline else "")
+            text += " · no baseline: every finding counts" + (f" ({image.no_baseline})" if image.no_baseline else "")
         else:
             text += f" · Compared with the base's scan {int(image.baseline_scan_id)}"
     return text
