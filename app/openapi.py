@@ -556,7 +556,21 @@ SCHEMAS: dict[str, Any] = {
             "enabled": {"type": "boolean"},
             "block_action": {"enum": list(BLOCK_ACTIONS)},
             "require_signed": {"type": "boolean"},
-            "allowed_issuers": {"type": "array", "items": _ref("AllowedIssuer"), "maxItems": 100},
+            "allowed_issuers": {
+                "type": "array",
+                "items": {
+                    "oneOf": [
+                        _ref("AllowedIssuer"),
+                        {
+                            "type": "string",
+                            "pattern": r"^https://\S+$",
+                            "maxLength": 1024,
+                            "description": "An issuer's URL alone: any subject.",
+                        },
+                    ]
+                },
+                "maxItems": 100,
+            },
             "retention_days": {"type": "integer", "minimum": 1, "maximum": MAX_RETENTION_DAYS},
             "block_threshold": {
                 "enum": list(BLOCK_THRESHOLDS),

@@ -123,6 +123,28 @@ GHA = "https://token.actions.githubusercontent.com"
 COSTLY_BUT_QUICK = "^(?:a{1000})$|(?:b{300}){300}"  # 91,000 written out: over the bound, compiled in a few ms
 
 
+def test_allowed_issuers_take_a_plain_list_of_urls_beside_objects(app, client, admin_token):
+    """Spec §3: "list of OIDC issuer URLs, each optionally with a subject pattern" (HEAD before: a bare URL was a 422
+    `must be an object`). Stored and shown as objects; a bad URL alone is a 422 at its path; the gate admits by it."""
+    other = "https://issuer.example.com"
+    issuers = [GHA, {"issuer": other}]
+    r = put(client, admin_token, {"block_action": "block_pull", "require_signed": True, "allowed_issuers": issuers})
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["allowed_issuers"] == [
+        {"issuer": GHA, "subject_pattern": None},
+        {"issuer": other, "subject_pattern": None},
+    ]
+    bad = put(client, admin_token, {"allowed_issuers": ["http://not-https.example.com"]})
+    assert bad.status_code == 422 and bad.get_json()["details"][0]["path"] == "allowed_issuers[0].issuer"
+    signed = {"signature_status": "signed", "signature_subject": "repo:acme/api:ref:refs/heads/main"}
+    assert status_of(client, admin_token, [finding(severity="low")], "a:1", signature_issuer=GHA, **signed) == (
+        "success"
+    )
+    assert status_of(
+        client, admin_token, [finding(severity="low")], "a:2", signature_issuer="https://x.test", **signed
+    ) == ("failure")
+
+
 @pytest.mark.parametrize(
     "pattern",
     [

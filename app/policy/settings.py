@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import regex
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from app import reposts
 from app.chain import audit
@@ -33,9 +33,16 @@ def _regex(value: str) -> str:
 
 
 class AllowedIssuerBody(BaseModel):
-    """An allowed issuer as the settings API and page take it (app.policy.AllowedIssuer is what is judged with)."""
+    """An allowed issuer as the settings API and page take it (app.policy.AllowedIssuer is what is judged with):
+    `{"issuer": URL, "subject_pattern": REGEX | null}`, or the issuer's URL alone (spec §3: "a list of OIDC issuer
+    URLs, each optionally with a subject pattern")."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _url_alone(cls, value: Any) -> Any:
+        return {"issuer": value} if isinstance(value, str) else value
 
     issuer: Annotated[str, StringConstraints(pattern=r"^https://\S+$", max_length=1024)]
     subject_pattern: Annotated[str, StringConstraints(max_length=1024), AfterValidator(_regex)] | None = None
