@@ -209,6 +209,8 @@ def _close_session(_exc: BaseException | None) -> None:
 _UNAVAILABLE_SQLSTATES = {
     "40001",  # serialization_failure: another transaction won; trying again works
     "40P01",  # deadlock_detected: one side of a deadlock was cancelled; trying again works
+    "53100",  # disk_full: the server's disk (or its WAL's) is full; freed, the next try works
+    "53200",  # out_of_memory
     "53300",  # too_many_connections
     "55P03",  # lock_not_available: lock_timeout passed
     "57014",  # query_canceled: statement_timeout, or cancelled by an operator
@@ -216,7 +218,9 @@ _UNAVAILABLE_SQLSTATES = {
     "57P02",  # crash_shutdown: another backend crashed, the server restarts
     "57P03",  # cannot_connect_now: the server is starting up or shutting down
 }
-_SQLITE_BUSY_OR_LOCKED = {5, 6}  # SQLITE_BUSY, SQLITE_LOCKED (primary result codes)
+# SQLite's primary result codes of an outage, not of the query: SQLITE_BUSY, SQLITE_LOCKED, and the file's state
+# (SQLITE_READONLY: made unwritable; SQLITE_IOERR; SQLITE_FULL: the disk is full; SQLITE_CANTOPEN)
+_SQLITE_UNAVAILABLE = {5: "busy", 6: "locked", 8: "readonly", 10: "i/o error", 13: "is full", 14: "unable to open"}
 
 
 def unavailable(exc: BaseException) -> bool:
@@ -235,9 +239,9 @@ def unavailable(exc: BaseException) -> bool:
     if isinstance(orig, sqlite3.Error):
         code = getattr(orig, "sqlite_errorcode", None)
         if code is not None:
-            return code & 0xFF in _SQLITE_BUSY_OR_LOCKED
-        message = str(orig).lower()
-        return isinstance(orig, sqlite3.OperationalError) and ("locked" in message or "busy" in message)
+            return code & 0xFF in _SQLITE_UNAVAILABLE
+        message = str(orig).lower()  # an error made without its code: its words
+        return isinstance(orig, sqlite3.OperationalError) and any(w in message for w in _SQLITE_UNAVAILABLE.values())
     if not isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)):
         return False
     sqlstate = getattr(orig, "sqlstate", None)

@@ -18,7 +18,7 @@ the INSERT or UPDATE does not write (SQLAlchemy would add the column).
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +74,26 @@ def run_many(conn: sa.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> No
     """Run the driver's `sql` (its own parameter style) once for each of `rows`, values as the driver takes them, on
     `conn`, in the transaction it is in."""
     _execute(conn, sql, rows, many=True, fetch=False)
+
+
+def copy_rows(conn: sa.Connection, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+    """PostgreSQL's `COPY ... FROM STDIN` (`sql`) of `rows`, written as they come, on `conn`'s driver connection in
+    the transaction it is in; the driver's errors handled as `Connection.execute` would (a statement cancelled or
+    timed out is a `DBAPIError` that app.db.unavailable classifies: a 503, not a 500)."""
+    if not conn.in_transaction():
+        raise RuntimeError("prepared statements run in a transaction begun by their caller")
+    dbapi_connection = conn.connection.dbapi_connection
+    assert dbapi_connection is not None  # a live connection has one (for mypy)
+    cursor = None
+    try:
+        cursor = dbapi_connection.cursor()
+        with cursor.copy(sql) as copy:
+            for row in rows:
+                copy.write_row(row)
+        cursor.close()
+    except BaseException as exc:  # as _execute
+        conn._handle_dbapi_exception(exc, sql, (), cursor, None)
+        raise  # not reached: the handler always raises
 
 
 def begin(conn: sa.Connection, sql: str) -> None:

@@ -79,6 +79,11 @@ UNAVAILABLE = {
     "postgres_serialization": lambda: _dbapi(
         sa_exc.OperationalError, psycopg.errors.SerializationFailure("could not serialize")
     ),
+    "postgres_disk_full": lambda: _dbapi(sa_exc.OperationalError, psycopg.errors.DiskFull("could not extend file")),
+    "sqlite_disk_full": lambda: _dbapi(sa_exc.OperationalError, sqlite3.OperationalError("database or disk is full")),
+    "sqlite_readonly": lambda: _dbapi(
+        sa_exc.OperationalError, sqlite3.OperationalError("attempt to write a readonly database")
+    ),
 }
 NOT_UNAVAILABLE = {  # bugs, not outages: they stay a logged 500
     "sqlite_no_such_table": lambda: _dbapi(sa_exc.OperationalError, sqlite3.OperationalError("no such table: x")),
@@ -235,6 +240,67 @@ def test_an_upload_waiting_past_the_budget_for_a_lock_gets_a_503_and_stores_noth
     r = post(client, token, seed())  # the lock is gone: the same upload now goes through
     assert r.status_code == 202, r.get_data()[:2000]
     assert census(busy_app)["scan_runs"] == before["scan_runs"] + 1
+
+
+@contextmanager
+def big_inserts_fail(app: Flask) -> Iterator[None]:
+    """The database fails a big upload's rows with a real error of its own, an outage's: on PostgreSQL a trigger
+    cancels the COPY as statement_timeout would (57014, query_canceled); on SQLite the file may not grow
+    (max_page_count at its size after a VACUUM: SQLITE_FULL, "database or disk is full", as on a full disk)."""
+    engine = app.extensions["fremforge.db"].engine
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                "CREATE FUNCTION cancel_boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "IF NEW.package = 'boom' THEN RAISE EXCEPTION 'canceling statement due to statement timeout' "
+                "USING ERRCODE = 'query_canceled'; END IF; RETURN NEW; END $$"
+            )
+            conn.exec_driver_sql(
+                "CREATE TRIGGER cancel_boom BEFORE INSERT ON findings FOR EACH ROW EXECUTE FUNCTION cancel_boom()"
+            )
+        try:
+            yield
+        finally:
+            with engine.begin() as conn:
+                conn.exec_driver_sql("DROP TRIGGER cancel_boom ON findings")
+                conn.exec_driver_sql("DROP FUNCTION cancel_boom()")
+        return
+
+    def capped(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        pages = cursor.execute("PRAGMA page_count").fetchone()[0]
+        cursor.execute(f"PRAGMA max_page_count = {int(pages)}")
+        cursor.close()
+
+    engine.dispose()
+    plain = sqlite3.connect(engine.url.database, isolation_level=None)
+    try:
+        plain.execute("VACUUM")  # no free page left to fill
+    finally:
+        plain.close()
+    sa.event.listen(engine, "connect", capped)
+    try:
+        yield
+    finally:
+        sa.event.remove(engine, "connect", capped)
+        engine.dispose()
+
+
+def test_a_big_upload_the_database_fails_mid_insert_gets_a_503_and_stores_nothing(app: Flask) -> None:
+    """A review found the COPY of an upload over 2,000 findings run on the driver's cursor outside SQLAlchemy's
+    error handling: a statement_timeout there was a 500 (`internal_error`, logged as a bug), and on SQLite a full
+    disk was a 500 on every upload. Both are outages: a JSON 503 with Retry-After, nothing stored, and the same
+    upload goes through once the database can take it."""
+    make_org(app)
+    token = make_token(app)
+    client = app.test_client()
+    rows = [finding(cve_id=f"CVE-2024-{i:05d}", package_name="boom" if i == 2400 else "pkg") for i in range(2500)]
+    before = census(app)
+    with big_inserts_fail(app):
+        assert_unavailable(post(client, token, seed(rows)))
+        assert census(app) == before
+    r = post(client, token, seed(rows))
+    assert r.status_code == 202 and r.get_json()["accepted"] == 2500, r.get_data()[:2000]
 
 
 # ---------------------------------------------------------------- PostgreSQL restarted under gunicorn

@@ -88,9 +88,7 @@ def insert(
         return
     it = iter(rows)
     if dialect == "postgresql":
-        with conn.connection.driver_connection.cursor() as cur, cur.copy(_POSTGRES_COPY) as copy:  # type: ignore[union-attr]
-            for row in it:
-                copy.write_row(row)
+        prepared.copy_rows(conn, _POSTGRES_COPY, it)
     elif dialect == "sqlite":
         chunk = list(islice(it, SQLITE_CHUNK))
         while chunk:
