@@ -432,6 +432,7 @@ def exceptions_import(slug: str, file: str, fmt: str, reason: str | None, expire
         bad = [{"path": exc.where, "message": exc.message}]
         raise _refused(f"{file} is not a valid {fmt} file", bad) from None
     now = utcnow()
+    items, skipped = imports.lapsed(items, now)
     found, details = [], []
     for item in items:
         try:
@@ -444,7 +445,7 @@ def exceptions_import(slug: str, file: str, fmt: str, reason: str | None, expire
     with write_transaction(session):
         rows = exceptions.create_many(session, org.id, found, actor="cli", source=fmt, repost=_repost())
     now = utcnow()
-    _echo_json({"imported": len(rows), "items": [exceptions.as_dict(e, now) for e in rows]})
+    _echo_json({"imported": len(rows), "items": [exceptions.as_dict(e, now) for e in rows], "skipped": skipped})
 
 
 # ---------------------------------------------------------------- admin

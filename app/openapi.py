@@ -681,10 +681,24 @@ SCHEMAS: dict[str, Any] = {
     },
     "ExceptionImport": {
         "type": "object",
-        "required": ["imported", "items"],
+        "required": ["imported", "items", "skipped"],
         "properties": {
             "imported": {**COUNT, "description": "How many exceptions were created: one per statement or line."},
             "items": {"type": "array", "items": _ref("Exception")},
+            "skipped": {
+                "type": "array",
+                "description": "The .trivyignore lines whose own exp: day has come: Trivy no longer honours them, so "
+                "neither does the import (nothing created for them).",
+                "items": {
+                    "type": "object",
+                    "required": ["where", "advisory_id", "expired"],
+                    "properties": {
+                        "where": {**STR, "description": "The line (`line 3`)."},
+                        "advisory_id": STR,
+                        "expired": {"type": "string", "format": "date"},
+                    },
+                },
+            },
         },
     },
     "OpenVex": {

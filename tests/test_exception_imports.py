@@ -344,13 +344,6 @@ BAD = [
         ["line 2.expires_at"],
         id="trivyignore-line-without-expiry",
     ),
-    pytest.param(
-        "trivyignore",
-        "CVE-2019-1549 exp:2019-01-01\n",
-        {},
-        ["line 1.expires_at"],
-        id="trivyignore-exp-in-the-past",
-    ),
 ]
 
 
@@ -372,6 +365,25 @@ def test_bad_documents_are_refused_naming_where_and_nothing_is_stored(app, clien
     assert paths[0] in r.json["message"]
     assert stored(app) == exceptions_before == 0
     assert census(app) == before
+
+
+def test_a_trivyignore_line_whose_exp_has_come_is_skipped_and_said_so(app, client, token):
+    """Spec §10: Trivy's exp: honoured, as Trivy does: a line whose day has come ignores nothing any more, so the
+    import skips it and says so, and imports the rest (HEAD before: the whole file was a 422 `line 1.expires_at:
+    must be in the future`, so an older .trivyignore could not be imported at all). A default expiry already past
+    is still refused."""
+    today = datetime.now(UTC).date()
+    body = f"CVE-2019-1549 exp:2019-01-01\nCVE-2019-1551 exp:{today}\nCVE-2019-14697\n"
+    r = import_(client, token, "trivyignore", body, reason="accepted", expires_at=in_days(30))
+    assert r.status_code == 201, r.json
+    assert r.json["imported"] == 1 and [e["advisory_id"] for e in r.json["items"]] == ["CVE-2019-14697"]
+    assert r.json["skipped"] == [
+        {"where": "line 1", "advisory_id": "CVE-2019-1549", "expired": "2019-01-01"},
+        {"where": "line 2", "advisory_id": "CVE-2019-1551", "expired": str(today)},
+    ]
+    assert stored(app) == 1
+    past = import_(client, token, "trivyignore", "CVE-2019-1549\n", reason="accepted", expires_at="2019-01-01")
+    assert past.status_code == 422 and past.json["details"][0]["path"] == "line 1.expires_at"
 
 
 @pytest.mark.parametrize(

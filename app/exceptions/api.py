@@ -97,6 +97,7 @@ def import_(slug: str) -> tuple[dict[str, Any], int]:
         items = imports.parse(q.format, document, reason=q.reason, expires_at=q.expires_at)
     except imports.BadDocument as exc:
         raise validation_failed([{"path": exc.where, "code": "bad_document", "message": exc.message}]) from None
+    items, skipped = imports.lapsed(items, now)
     found, details = [], []
     for item in items:
         try:
@@ -116,7 +117,7 @@ def import_(slug: str) -> tuple[dict[str, Any], int]:
     with write_transaction(session):
         rows = exceptions.create_many(session, org.id, found, auth.actor(token), q.format, _repost())
     now = utcnow()
-    return {"imported": len(rows), "items": [exceptions.as_dict(e, now) for e in rows]}, 201
+    return {"imported": len(rows), "items": [exceptions.as_dict(e, now) for e in rows], "skipped": skipped}, 201
 
 
 def _text_body() -> str:

@@ -64,15 +64,16 @@ overriding an earlier one; Trivy applies the latest statement matching a finding
   optionally a `#` comment. Anything else after the id, a second `exp:`, a date that is not YYYY-MM-DD or a
   control character: BadDocument at `line N` (N counts every line from 1).
 - The reason is the `reason` given to `parse` (none: validation reports `line N.reason`); the expiry `exp:`, else
-  the `expires_at` given to `parse` (none: validation reports `line N.expires_at`). An `exp:` date already past is
-  refused by validation, not skipped.
+  the `expires_at` given to `parse` (none: validation reports `line N.expires_at`). A line whose own `exp:` date has
+  come is honoured as Trivy does, by no longer ignoring its id: `lapsed` sets it apart (skipped, and said so), so an
+  older file can still be imported; a default `expires_at` already past is refused by validation.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 from urllib.parse import unquote
@@ -94,10 +95,25 @@ _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 
 @dataclass(frozen=True)
 class Item:
-    """One exception to create: its fields, and where in the document it came from (`statements[2]`, `line 5`)."""
+    """One exception to create: its fields, and where in the document it came from (`statements[2]`, `line 5`);
+    `until` the day a .trivyignore line's own `exp:` gives (its expiry is the start of that day, UTC)."""
 
     where: str
     doc: dict[str, Any]
+    until: date | None = None
+
+
+def lapsed(items: list[Item], now: datetime) -> tuple[list[Item], list[dict[str, str]]]:
+    """The items to create, and those whose own `exp:` day had begun at `now` (UTC), which Trivy no longer honours:
+    each as `{"where", "advisory_id", "expired"}` for the answer to say it was skipped."""
+    kept: list[Item] = []
+    skipped: list[dict[str, str]] = []
+    for item in items:
+        if item.until is not None and item.until <= now.astimezone(UTC).date():
+            skipped.append({"where": item.where, "advisory_id": item.doc["advisory_id"], "expired": str(item.until)})
+        else:
+            kept.append(item)
+    return kept, skipped
 
 
 class BadDocument(ValueError):
@@ -595,7 +611,8 @@ def _trivyignore(text: Any, reason: str | None, expires_at: str | None) -> list[
             if expiry is not None:
                 raise BadDocument(where, "has more than one exp: date")
             expiry = _date(word.removeprefix("exp:"), where)
-        items.append(Item(where, _fields(advisory, reason, expiry or expires_at)))
+        until = date.fromisoformat(expiry) if expiry is not None else None
+        items.append(Item(where, _fields(advisory, reason, expiry or expires_at), until))
     return items
 
 
