@@ -20,10 +20,10 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt | $(BIN)/python
 setup: $(VENV)/.installed
 
 ## Run the app on its embedded default: SQLite in instance/, no GitHub App needed; an outbox worker beside it,
-## started again if it ever exits. Both count into instance/metrics (GET /metrics sums them: gunicorn.conf.py).
+## started again if it ever exits. Both count into instance/metrics, unless PROMETHEUS_MULTIPROC_DIR names another
+## folder (GET /metrics sums them: app/metrics_folder.py).
 run: setup
 	$(BIN)/flask --app wsgi db upgrade
-	export PROMETHEUS_MULTIPROC_DIR="$${PROMETHEUS_MULTIPROC_DIR:-$(CURDIR)/instance/metrics}"; \
 	bash deploy/keep-running.sh $(BIN)/flask --app wsgi worker & worker=$$!; trap 'kill $$worker 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/gunicorn --workers $(WORKERS) --bind 127.0.0.1:$(PORT) --access-logfile - wsgi:app
 

@@ -1,11 +1,12 @@
 """gunicorn's settings for the app, read from the working directory by every `gunicorn ... wsgi:app` started here
 (`make run`, deploy/fremforge-web.service, the tests); the command line still sets workers and the address.
 
-- Metrics across workers: prometheus_client's multiprocess mode. Each worker counts into files of
-  PROMETHEUS_MULTIPROC_DIR and GET /metrics sums them, whichever worker answers. The variable is set here, before
-  the app (and prometheus_client) is loaded, to a private temporary folder when the environment does not name one;
-  name one (the same for the outbox worker on this host) to add the worker's GitHub calls. At start the files of
-  processes no longer running are removed; gunicorn marks each worker that exits (child_exit).
+- Metrics across workers: prometheus_client's multiprocess mode (app.metrics_folder). Each worker counts into files
+  of PROMETHEUS_MULTIPROC_DIR and GET /metrics sums them, whichever worker answers. The variable is set here, before
+  the app is loaded, to `metrics` in the app's instance folder when the environment does not name one: the folder
+  the outbox worker on this host counts in too (wsgi.py). At start the counts of processes no longer running are
+  folded into archives (a total never goes down while another process, an outbox worker, still counts); gunicorn
+  marks each worker that exits (child_exit), whose live gauges go.
 - Requests gunicorn refuses before the app sees them (an oversized header or request line, a line that is not HTTP)
   answered in the app's JSON error shape, not gunicorn's HTML page, and without echoing what the client sent.
 - gunicorn's own lines in the app's log format (FREMFORGE_LOG_FORMAT), secrets redacted, and an access line (when
@@ -15,30 +16,15 @@
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import json
-import os
-import shutil
-import tempfile
 from http import HTTPStatus
-from pathlib import Path
 from typing import Any
 
 from gunicorn import glogging, util
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-_MASTER = os.getpid()
+from app import metrics_folder
 
-if not os.environ.get(MULTIPROC_ENV):
-    _own_dir = tempfile.mkdtemp(prefix="fremforge-metrics-")
-    os.environ[MULTIPROC_ENV] = _own_dir
-
-    def _remove_own_dir(path: str = _own_dir) -> None:
-        if os.getpid() == _MASTER:  # workers run atexit too, and must leave the folder to the others
-            shutil.rmtree(path, ignore_errors=True)
-
-    atexit.register(_remove_own_dir)
+METRICS_FOLDER = metrics_folder.share(metrics_folder.instance_path())  # before the app is loaded (--preload)
 
 # One line a request, key=value like the app's own (one JSON object a line with FREMFORGE_LOG_FORMAT=json): the
 # path without its query (a token could be in it), no Referer, no headers but the request id the app answered with.
@@ -125,30 +111,14 @@ def _write_refusal(sock: Any, status: int, _reason: str, _message: str) -> None:
 util.write_error = _write_refusal  # looked up at each refusal by gunicorn's workers (forked from this process)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def on_starting(server: Any) -> None:
-    """Remove the counts of processes no longer running (a previous run's workers); a running process's (an outbox
-    worker sharing the folder) stay."""
-    folder = Path(os.environ[MULTIPROC_ENV])
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for path in folder.glob("*.db"):
-        pid = path.stem.rpartition("_")[2]
-        if not pid.isdigit() or not _alive(int(pid)):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+    """Fold the counts of processes no longer running (a previous run's workers, an outbox worker restarted) into the
+    folder's archives; a running process's files (an outbox worker's) stay as they are."""
+    metrics_folder.fold(METRICS_FOLDER)
 
 
 def child_exit(server: Any, worker: Any) -> None:
     """A worker exited: its live gauges go (its counters stay in the sums, as counters must)."""
     from prometheus_client import multiprocess
 
-    multiprocess.mark_process_dead(worker.pid)
+    multiprocess.mark_process_dead(worker.pid, str(METRICS_FOLDER))

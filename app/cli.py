@@ -7,6 +7,7 @@ import json
 import re
 import signal
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import click
@@ -15,7 +16,7 @@ from flask import Flask, current_app
 from flask.cli import AppGroup, ScriptInfo, with_appcontext
 from pydantic import ValidationError
 
-from app import db, exceptions, fields, migrate, orgs, tokens
+from app import db, exceptions, fields, metrics, metrics_folder, migrate, orgs, tokens
 from app import worker as worker_loop
 from app.admin import login_links
 from app.chain import checkpoints, retention
@@ -585,6 +586,9 @@ def retention_run(now: datetime | None) -> None:
 @with_appcontext
 def worker(once: bool, poll_seconds: float, parallel: int) -> None:
     """Deliver pending commit statuses and check runs to GitHub, with retries; apply retention once a day."""
+    counted_in = metrics.multiprocess_dir()
+    if counted_in:  # the counts of this worker's earlier runs (any process gone) folded in, never lost
+        metrics_folder.fold(Path(counted_in))
     gh = github_app()
     if gh is None:  # the rest of its work goes on: exceptions' expiry, the search's index, retention
         click.echo(

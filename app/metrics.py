@@ -12,11 +12,15 @@ Series (see the README's "Metrics and logs"):
 - `fremforge_webhook_deliveries_total{event,outcome}`: webhook deliveries by GitHub event (`unverified` until the
   signature holds) and outcome (the answer's `status`, or its `error` code).
 
-Across processes: prometheus_client's multiprocess mode when PROMETHEUS_MULTIPROC_DIR is set (gunicorn.conf.py sets
-it for the web's workers; an outbox worker on the same host given the same directory adds its GitHub calls); each
-process writes its counts to files there and any worker answers /metrics with the sum. Without it each process counts
-in memory: the dev server and the tests serve their own; an outbox worker's counts are then served nowhere (the outbox
-gauges, read from the database, still show its progress).
+Every series is exposed from the start, with its HELP and TYPE lines (a labelled one with no sample until something
+counts it; one without labels at 0), whatever process counted or not.
+
+Across processes: prometheus_client's multiprocess mode (app.metrics_folder) when PROMETHEUS_MULTIPROC_DIR is set;
+gunicorn.conf.py and wsgi.py set it, when the environment names none, to the instance folder's `metrics`, so that
+gunicorn's workers and the outbox worker on one host count in the same folder. Each process writes its counts to
+files there and any web worker answers /metrics with the sum; the counts of processes gone are folded into archives,
+never dropped. Without it (the tests, an app made by create_app alone) the process counts in memory and serves its
+own.
 """
 
 from __future__ import annotations
@@ -45,10 +49,9 @@ from prometheus_client import (
     values,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from app import clock, db
+from app import clock, config, db, metrics_folder
 from app.models import OutboxItem
 from app.web.errors import ApiError
 
@@ -100,7 +103,7 @@ def series() -> Series:
 def _make_series() -> Series:
     directory = multiprocess_dir()
     if directory:
-        Path(directory).mkdir(mode=0o700, parents=True, exist_ok=True)
+        config.make_private_dir(Path(directory))
     disable_created_metrics()  # no `_created` series beside each counter (multiprocess mode has none either)
     registry = None if directory else CollectorRegistry()
     made = Series(
@@ -237,12 +240,11 @@ class _Families(Collector):
         yield from self.families
 
 
-class _Forward(Collector):
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.registry = registry
-
-    def collect(self) -> Iterator[Metric]:
-        yield from self.registry.collect()
+OUTBOX_PENDING = ("fremforge_outbox_pending", "Outbox items waiting to be posted to GitHub.")
+OUTBOX_OLDEST = (
+    "fremforge_outbox_oldest_pending_seconds",
+    "Age of the oldest outbox item waiting to be posted (0 when none), on the database's clock.",
+)
 
 
 def outbox_families() -> list[Metric]:
@@ -255,28 +257,35 @@ def outbox_families() -> list[Metric]:
         return []
     oldest, now = _datetime(oldest), _datetime(now)
     age = max(0.0, (now - oldest).total_seconds()) if oldest is not None and now is not None else 0.0
+    return [GaugeMetricFamily(*OUTBOX_PENDING, value=count), GaugeMetricFamily(*OUTBOX_OLDEST, value=age)]
+
+
+def declared(s: Series) -> list[Metric]:
+    """Every family the app exposes, in order, without samples: its name, HELP and TYPE."""
+    counted = (s.uploads, s.findings, s.upload_seconds, s.github_requests, s.webhook_deliveries)
     return [
-        GaugeMetricFamily("fremforge_outbox_pending", "Outbox items waiting to be posted to GitHub.", value=count),
-        GaugeMetricFamily(
-            "fremforge_outbox_oldest_pending_seconds",
-            "Age of the oldest outbox item waiting to be posted (0 when none), on the database's clock.",
-            value=age,
-        ),
+        *(family for metric in counted for family in metric.describe()),
+        GaugeMetricFamily(*OUTBOX_PENDING),
+        GaugeMetricFamily(*OUTBOX_OLDEST),
     ]
 
 
 def exposition() -> bytes:
     """Every series in Prometheus's text format: this process's (or, in multiprocess mode, the sum over every
-    process's files) and the outbox gauges."""
+    process's files) and the outbox gauges. A family nothing has counted yet is there too, with its HELP and TYPE:
+    in multiprocess mode only the files say what was counted, and a labelled series has none before its first count."""
     s = series()
-    registry = CollectorRegistry()
     directory = multiprocess_dir()
     if directory:
-        MultiProcessCollector(registry, path=directory)
+        counted = metrics_folder.collect(Path(directory))
     else:
         assert s.registry is not None
-        registry.register(_Forward(s.registry))
-    registry.register(_Families(outbox_families()))
+        counted = list(s.registry.collect())
+    found = {family.name: family for family in [*counted, *outbox_families()]}
+    families = [found.pop(family.name, family) for family in declared(s)]
+    families.extend(found.values())  # counted by an older release, say
+    registry = CollectorRegistry()
+    registry.register(_Families(families))
     return generate_latest(registry)
 
 

@@ -6,13 +6,13 @@ database of its own and under `gunicorn -w 2` started in the repository root (so
 production), both with gunicorn's access log on (`--access-logfile -`, written with the rest of its output to a log
 file in the temp dir):
 
-  * off: FREMFORGE_LOG_FORMAT=text, no PROMETHEUS_MULTIPROC_DIR given, nobody reads /metrics;
-  * on:  FREMFORGE_LOG_FORMAT=json, PROMETHEUS_MULTIPROC_DIR a fresh folder of the temp dir, and a scraper in this
+  * off: FREMFORGE_LOG_FORMAT=text, PROMETHEUS_MULTIPROC_DIR a fresh folder of the temp dir, nobody reads /metrics;
+  * on:  FREMFORGE_LOG_FORMAT=json, PROMETHEUS_MULTIPROC_DIR another fresh folder, and a scraper in this
     process sending GET /metrics once a second while the on copy is being measured.
 
 The app has no switch that turns metrics off: under gunicorn.conf.py both copies count in prometheus_client's
-multiprocess mode (gunicorn.conf.py gives the off copy a private temp folder, fremforge-metrics-*, since none is
-named), every upload counted into mmapped files by app.metrics. What differs is the log format (the app's lines and
+multiprocess mode (without a folder named they would count in the checkout's instance/metrics: each copy is given
+one of its own), every upload counted into mmapped files by app.metrics. What differs is the log format (the app's lines and
 gunicorn's own and access lines: one JSON object a line against key=value text, both redacted) and the scrape (the
 sum over the workers' files, plus the outbox gauges' query on the database). Which one names the folder makes no
 difference to the counting.
@@ -288,13 +288,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def copy_env(copy: str, url: str, tmp: Path) -> dict[str, str]:
     env = app_env(url)
-    env.pop(MULTIPROC_ENV, None)  # off: none named (gunicorn.conf.py makes its own); on: ours, fresh
     env.pop(MULTIPROC_ENV.lower(), None)
     env["FREMFORGE_LOG_FORMAT"] = "json" if copy == "on" else "text"
-    if copy == "on":
-        folder = tmp / "metrics-on"
-        folder.mkdir()
-        env[MULTIPROC_ENV] = str(folder)
+    folder = tmp / f"metrics-{copy}"  # each copy its own, fresh (not the checkout's instance/metrics)
+    folder.mkdir()
+    env[MULTIPROC_ENV] = str(folder)
     return env
 
 
@@ -384,8 +382,8 @@ def run(args: argparse.Namespace, tmp: Path, urls: dict[str, str]) -> int:
             "workers": WORKERS,
             "small_findings": SMALL,
             "scrape_every_seconds": SCRAPE_EVERY,
-            "off": "FREMFORGE_LOG_FORMAT=text, --access-logfile -, no PROMETHEUS_MULTIPROC_DIR (gunicorn.conf.py's "
-            "private temp folder), no scraping",
+            "off": "FREMFORGE_LOG_FORMAT=text, --access-logfile -, PROMETHEUS_MULTIPROC_DIR a fresh folder, "
+            "no scraping",
             "on": "FREMFORGE_LOG_FORMAT=json, --access-logfile -, PROMETHEUS_MULTIPROC_DIR a fresh folder, "
             "GET /metrics once a second during its turns",
             **machine_state(),

@@ -53,6 +53,23 @@ def _postgres_schema_url(base: str) -> tuple[str, str]:
     return f"{base}{sep}options={quote(f'-csearch_path={schema}')}", schema
 
 
+@pytest.fixture(scope="session", autouse=True)
+def subprocess_metrics_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The apps the tests start in other processes (gunicorn, `flask --app wsgi ...`) count in a folder of this
+    session's, not in the checkout's instance/metrics (their default, app.metrics_folder); a test may name another.
+    This process goes on counting in memory: prometheus_client chose so when first imported, before the variable."""
+    from prometheus_client import values  # noqa: F401  (imported first: it reads the variable once, now)
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        yield
+        return
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path_factory.mktemp("prometheus"))
+    try:
+        yield
+    finally:
+        del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A migrated, empty database of each backend, shared by the session and emptied after each test."""

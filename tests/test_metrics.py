@@ -3,6 +3,7 @@ outbox gauges read from the database; the sums right across gunicorn workers and
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import http.client
@@ -11,6 +12,7 @@ import json
 import os
 import re
 import secrets
+import stat
 import subprocess
 import sys
 import time
@@ -28,10 +30,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 from githubkit import TokenAuthStrategy
 from githubkit.exception import RequestError
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from app import db
+from app import db, metrics_folder
 from app.github import client as github_client
 from app.github.client import github_app
 from app.models import OutboxItem, utcnow
@@ -105,13 +108,17 @@ def ping_payload() -> dict[str, Any]:
 # ---------------------------------------------------------------- the series move
 
 
-def test_every_series_is_exposed(app: Flask, client: FlaskClient) -> None:
-    text = client.get("/metrics").get_data(as_text=True)
-    names = {f.name for f in text_string_to_metric_families(text)}
-    # Families are named without _total; counters with no sample yet still have their HELP and TYPE lines.
+def declared_from_the_start(text: str) -> None:
+    """Every series of spec section 11 with its HELP and TYPE lines; the counter without labels at 0 at least."""
     for name in SERIES:
-        assert name.removesuffix("_total") in names or f"# TYPE {name.removesuffix('_total')}" in text, name
+        assert re.search(rf"^# HELP {name} \S", text, re.M), (name, text)
+        assert re.search(rf"^# TYPE {name} (counter|histogram|gauge)$", text, re.M), (name, text)
+    assert re.search(r"^fremforge_findings_ingested_total \d", text, re.M), text
     assert "_created" not in text
+
+
+def test_every_series_is_exposed(app: Flask, client: FlaskClient) -> None:
+    declared_from_the_start(client.get("/metrics").get_data(as_text=True))
 
 
 def test_uploads_findings_and_latency_move_with_each_answer(app: Flask, client: FlaskClient) -> None:
@@ -301,6 +308,7 @@ def served_env(database_url: str, tmp: Path, **extra: str) -> dict[str, str]:
         FREMFORGE_SECRET_KEY=STRONG_KEY,
         FREMFORGE_PUBLIC_URL="http://fremforge.test",
         FREMFORGE_CHECKPOINT_KEY_FILE=str(tmp / "checkpoint_ed25519.pem"),
+        PROMETHEUS_MULTIPROC_DIR=str(tmp / "prometheus"),  # not the checkout's instance/metrics
         PYTHONDONTWRITEBYTECODE="1",
     )
     env.update(extra)
@@ -319,12 +327,13 @@ def call(port: int, method: str, path: str, body: bytes | None = None, headers: 
 
 
 @contextmanager
-def gunicorn(env: dict[str, str], log: Path, *options: str, workers: int = 2) -> Iterator[int]:
-    """`gunicorn --workers N ... wsgi:app` from the repository root (so gunicorn.conf.py applies); its port."""
+def gunicorn(env: dict[str, str], log: Path, *options: str, workers: int = 2, cwd: Path = ROOT) -> Iterator[int]:
+    """`gunicorn --workers N ... wsgi:app` from the repository root, or `cwd` (so gunicorn.conf.py applies); its
+    port."""
     port = free_port()
     cmd = [str(GUNICORN), "--workers", str(workers), "--bind", f"{HOST}:{port}", "--no-control-socket", *options]
     with log.open("wb") as out:
-        proc = subprocess.Popen([*cmd, "wsgi:app"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([*cmd, "wsgi:app"], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -471,18 +480,251 @@ def load_gunicorn_conf(monkeypatch: pytest.MonkeyPatch, folder: Path) -> ModuleT
     return module
 
 
-def test_gunicorn_start_removes_the_counts_of_processes_gone(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+# A process of the app counting in `folder` (argv[1]): GitHub calls (argv[2]) answered `error`, upload times (argv[3],
+# comma-separated), and a live and a plain gauge of its own; with argv[4] == "wait" it stays until its stdin closes.
+COUNTING = """
+import os, sys
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[1]
+from prometheus_client import Gauge
+from app import metrics
+for _ in range(int(sys.argv[2])):
+    metrics.github_request("error")
+for seconds in filter(None, sys.argv[3].split(",")):
+    metrics.series().upload_seconds.observe(float(seconds))
+Gauge("fremforge_test_live", "A live gauge.", multiprocess_mode="livesum").set(1)
+Gauge("fremforge_test_all", "A gauge kept after its process.", multiprocess_mode="all").set(2)
+print(os.getpid(), flush=True)
+if sys.argv[4:] == ["wait"]:
+    sys.stdin.read()
+"""
+
+
+def count_in(folder: Path, errors: int, seconds: str = "", wait: bool = False) -> tuple[subprocess.Popen[str], int]:
+    """A process counting in `folder` (see COUNTING), still running when `wait`; and its pid."""
+    args = [sys.executable, "-c", COUNTING, str(folder), str(errors), seconds, *(["wait"] if wait else [])]
+    proc = subprocess.Popen(args, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    pid = int(proc.stdout.readline())
+    if not wait:
+        proc.communicate(timeout=60)
+        assert proc.returncode == 0
+    return proc, pid
+
+
+class Families:
+    def __init__(self, families: list[Any]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Any]:
+        return self.families
+
+
+def folder_samples(folder: Path) -> Samples:
+    """What /metrics would serve from `folder`: every sample summed over its files, read as a scrape reads them."""
+    registry = CollectorRegistry()
+    registry.register(Families(metrics_folder.collect(folder)))  # type: ignore[arg-type]
+    return parse(generate_latest(registry).decode())
+
+
+def without(samples: Samples, name: str) -> Samples:
+    return {k: v for k, v in samples.items() if k[0] != name}
+
+
+def test_a_start_folds_the_counts_of_processes_gone_and_keeps_the_running_ones(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """gunicorn's start (on_starting): counters and histograms of processes gone are summed into one archive per type
+    and their files removed; a running process's files stay; a dead process's live gauge goes (mark_process_dead), its
+    plain gauge stays (prometheus_client's rule). Nothing the scrape sums changes."""
     folder = tmp_path / "prometheus"
-    folder.mkdir()
     conf = load_gunicorn_conf(monkeypatch, folder)
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead, alive = int(gone.stdout), os.getpid()  # an outbox worker sharing the folder, say
-    for name in (f"counter_{dead}.db", f"histogram_{dead}.db", f"counter_{alive}.db", f"gauge_livesum_{dead}.db"):
-        (folder / name).write_bytes(b"")
-    conf.on_starting(None)
-    assert sorted(p.name for p in folder.iterdir()) == [f"counter_{alive}.db"]
+    pids = [count_in(folder, 2, "0.07,3")[1], count_in(folder, 3, "200")[1]]
+    running, live = count_in(folder, 5, "0.2", wait=True)
+    try:
+        before = folder_samples(folder)
+        assert value(before, "fremforge_github_requests_total", status="error") == 10
+        assert value(before, "fremforge_upload_seconds_count") == 4
+        assert value(before, "fremforge_upload_seconds_bucket", le="0.1") == 1
+        assert value(before, "fremforge_upload_seconds_bucket", le="5.0") == 3
+        assert value(before, "fremforge_test_live") == 3
+        conf.on_starting(None)
+        names = sorted(p.name for p in folder.glob("*.db"))
+        assert names == sorted(
+            [
+                "counter_archive.db",
+                "histogram_archive.db",
+                f"counter_{live}.db",
+                f"histogram_{live}.db",
+                f"gauge_livesum_{live}.db",
+                f"gauge_all_{live}.db",
+                *(f"gauge_all_{pid}.db" for pid in pids),
+            ]
+        ), names
+        after = folder_samples(folder)
+        assert without(after, "fremforge_test_live") == without(before, "fremforge_test_live")  # from the archives
+        assert value(after, "fremforge_test_live") == 1  # the running process's alone
+        conf.on_starting(None)  # again: nothing more to fold, nothing counted twice
+        assert folder_samples(folder) == after
+    finally:
+        running.communicate("", timeout=30)
+    conf.on_starting(None)  # the running one is gone now: folded onto the archive
+    assert sorted(p.name for p in folder.glob("[ch]*.db")) == ["counter_archive.db", "histogram_archive.db"]
+    assert value(folder_samples(folder), "fremforge_github_requests_total", status="error") == 10
+    assert value(folder_samples(folder), "fremforge_upload_seconds_sum") == pytest.approx(203.27)
     assert re.search(r"path=%\(U\)s", conf.access_log_format) and "%(r)s" not in conf.access_log_format
     assert "%(q)s" not in conf.access_log_format and "%(f)s" not in conf.access_log_format
+
+
+def lock_waiters(folder: Path) -> int:
+    """Processes waiting for the folder's lock (Linux: the blocked entries of /proc/locks on its inode)."""
+    inode = (folder / metrics_folder.LOCK).stat().st_ino
+    lines = Path("/proc/locks").read_text().splitlines()
+    return sum(1 for line in lines if "->" in line and line.split()[6].rsplit(":", 1)[1] == str(inode))
+
+
+FOLDING = "import sys; from pathlib import Path; from app import metrics_folder; metrics_folder.fold(Path(sys.argv[1]))"
+
+
+def test_a_fold_waits_for_a_scrape_and_folds_at_once_count_each_file_once(tmp_path: Path) -> None:
+    """A fold holds the folder's lock alone: it waits for a scrape in progress (which shares it), so no scrape sees an
+    archive written and the files it folded still there; several folding at once count each file once."""
+    folder = tmp_path / "prometheus"
+    for n in range(12):
+        count_in(folder, n + 1)
+    expected = sum(range(1, 13))
+    fd = os.open(folder / metrics_folder.LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # a scrape reading the files
+        waiting = subprocess.Popen([sys.executable, "-c", FOLDING, str(folder)], cwd=ROOT)
+        deadline = time.monotonic() + 30
+        while not lock_waiters(folder):
+            assert waiting.poll() is None and time.monotonic() < deadline, "the fold did not wait for the lock"
+            time.sleep(0.01)  # polling the kernel's lock table
+        assert len(list(folder.glob("counter_*.db"))) == 12 and not (folder / "counter_archive.db").exists()
+    finally:
+        os.close(fd)
+    assert waiting.wait(timeout=60) == 0
+    assert [p.name for p in folder.glob("counter_*.db")] == ["counter_archive.db"]
+    assert value(folder_samples(folder), "fremforge_github_requests_total", status="error") == expected
+
+    for _ in range(12):  # more processes gone, folded by four at once
+        count_in(folder, 100)
+    folds = [subprocess.Popen([sys.executable, "-c", FOLDING, str(folder)], cwd=ROOT) for _ in range(4)]
+    assert [f.wait(timeout=60) for f in folds] == [0, 0, 0, 0]
+    assert [p.name for p in folder.glob("counter_*.db")] == ["counter_archive.db"]
+    assert value(folder_samples(folder), "fremforge_github_requests_total", status="error") == expected + 1200
+    assert not [p.name for p in folder.iterdir() if p.name.endswith(metrics_folder.NEW)]
+
+
+def test_a_fold_that_died_after_its_commit_is_finished_by_the_next_scrape(tmp_path: Path) -> None:
+    """A fold killed between its commit (the journal) and the end of it: the next scrape finishes it first, so it
+    reads each count once; one killed before its commit left nothing that counts."""
+    folder = tmp_path / "prometheus"
+    for n in (1, 2, 3):
+        count_in(folder, n)
+    dies_after_commit = (
+        "import os, sys; from pathlib import Path; from app import metrics_folder\n"
+        "finish = metrics_folder._finish\n"
+        "metrics_folder._finish = lambda folder: os._exit(3) if (folder / metrics_folder.JOURNAL).exists() "
+        "else finish(folder)\n"
+        "metrics_folder.fold(Path(sys.argv[1]))"
+    )
+    died = subprocess.run([sys.executable, "-c", dies_after_commit, str(folder)], cwd=ROOT, timeout=60, check=False)
+    assert died.returncode == 3
+    assert (folder / metrics_folder.JOURNAL).exists() and len(list(folder.glob("counter_*.db"))) == 3  # half done
+    assert value(folder_samples(folder), "fremforge_github_requests_total", status="error") == 6
+    assert not (folder / metrics_folder.JOURNAL).exists()
+    assert [p.name for p in folder.glob("counter_*.db")] == ["counter_archive.db"]
+    assert value(folder_samples(folder), "fremforge_github_requests_total", status="error") == 6
+
+
+def github_requests(port: int) -> tuple[float, float]:
+    """(fremforge_github_requests_total over every status, fremforge_outbox_pending), as /metrics answers now."""
+    status, _headers, body = call(port, "GET", "/metrics")
+    assert status == 200
+    samples = parse(body.decode())
+    total = sum(v for k, v in samples.items() if k[0] == "fremforge_github_requests_total")
+    return total, value(samples, "fremforge_outbox_pending")
+
+
+def test_a_total_never_goes_down_while_the_outbox_worker_counts_across_restarts(
+    make_app: MakeApp, database_url: str, fake_github: FakeGitHub, tmp_path: Path
+) -> None:
+    """As deploy/ runs them: web and worker share the folder. Worker A delivers and stops; worker B starts and
+    delivers; then the web alone is restarted, B still running: the total is still A's calls plus B's (the web's
+    start used to remove A's file, and the total went back to B's alone)."""
+    app = app_with_github(make_app, fake_github, [REPO])
+    token = org_with_installation(app)
+    github = {f"FREMFORGE_{k}": v for k, v in github_app_config(fake_github).items()}
+    env = served_env(database_url, tmp_path, **github)
+    worker = [sys.executable, "-m", "flask", "--app", "wsgi", "worker"]
+    b: subprocess.Popen[bytes] | None = None
+    try:
+        with gunicorn(env, tmp_path / "web-1.log", "--preload") as port:
+            for n in range(2):
+                assert upload_over_http(port, token, sha_of(f"a{n}")) == 202
+            a = subprocess.run([*worker, "--once"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+            assert a.returncode == 0, a.stderr
+            by_a = len(fake_github.calls)
+            assert github_requests(port) == (by_a, 0) and by_a > 0
+            for n in range(2):
+                assert upload_over_http(port, token, sha_of(f"b{n}")) == 202
+            with (tmp_path / "worker-b.log").open("wb") as out:
+                b = subprocess.Popen([*worker, "--poll-seconds", "0.1"], cwd=ROOT, env=env, stdout=out, stderr=out)
+            deadline = time.monotonic() + 60
+            while github_requests(port) != (len(fake_github.calls), 0) or len(fake_github.calls) == by_a:
+                assert b.poll() is None and time.monotonic() < deadline, (tmp_path / "worker-b.log").read_text()
+                time.sleep(0.05)  # until B has delivered both (polling what it counted)
+            both = len(fake_github.calls)
+        with gunicorn(env, tmp_path / "web-2.log") as port:  # the web alone restarted, B running
+            assert b.poll() is None
+            assert github_requests(port)[0] >= both  # (B runs on: it may call GitHub again meanwhile)
+    finally:
+        if b is not None:
+            b.terminate()
+            b.wait(timeout=60)
+    with gunicorn(env, tmp_path / "web-3.log") as port:  # B stopped too: its counts folded, not lost
+        assert github_requests(port) == (len(fake_github.calls), 0)
+
+
+def test_without_a_named_folder_the_web_and_the_worker_count_in_the_instance_folder(
+    make_app: MakeApp, database_url: str, fake_github: FakeGitHub, tmp_path: Path
+) -> None:
+    """Plain `gunicorn ... wsgi:app` and `flask --app wsgi worker`, no PROMETHEUS_MULTIPROC_DIR: both count in the
+    instance folder's `metrics` (0700), so /metrics has the worker's GitHub calls. The checkout is a copy made of
+    links, so that its instance folder is the test's. A fresh web's /metrics has every series, HELP and TYPE."""
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    for entry in ROOT.iterdir():
+        if entry.name not in ("instance", ".git"):
+            (checkout / entry.name).symlink_to(entry)
+    app = app_with_github(make_app, fake_github, [REPO])
+    token = org_with_installation(app)
+    github = {f"FREMFORGE_{k}": v for k, v in github_app_config(fake_github).items()}
+    env = served_env(database_url, tmp_path, **github)
+    del env["PROMETHEUS_MULTIPROC_DIR"]
+    folder = checkout / "instance" / "metrics"
+    with gunicorn(env, tmp_path / "gunicorn.log", cwd=checkout) as port:
+        status, _headers, body = call(port, "GET", "/metrics")
+        assert status == 200
+        declared_from_the_start(body.decode())
+        for n in range(3):
+            assert upload_over_http(port, token, sha_of(f"d{n}")) == 202
+        worker = [sys.executable, "-m", "flask", "--app", "wsgi", "worker", "--once"]
+        done = subprocess.run(worker, cwd=checkout, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert github_requests(port) == (len(fake_github.calls), 0) and fake_github.calls
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert list(folder.glob("counter_*.db"))
+
+
+def test_a_fresh_web_declares_every_series_in_multiprocess_mode(database_url: str, tmp_path: Path) -> None:
+    """In multiprocess mode only the files say what was counted: a fresh web has counted no webhook delivery and
+    called no GitHub, yet both series are there with their HELP and TYPE."""
+    with gunicorn(served_env(database_url, tmp_path), tmp_path / "gunicorn.log", "--preload") as port:
+        status, _headers, body = call(port, "GET", "/metrics")
+        assert status == 200
+        declared_from_the_start(body.decode())
 
 
 # ---------------------------------------------------------------- the dashboard
