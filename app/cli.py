@@ -136,10 +136,17 @@ def db_upgrade(revision: str) -> None:
     unknown = migrate.unknown_revision(revision)
     if unknown is not None:
         raise click.ClickException(unknown)
-    migrate.upgrade(current_app, revision)
+    try:
+        before = migrate.upgrade(current_app, revision)
+    except migrate.MigrationBusy:
+        raise click.ClickException(
+            f"another db upgrade has been migrating this database for {migrate.MIGRATION_WAIT_SECONDS} s; nothing "
+            "done: try again once it ends"
+        ) from None
     now = migrate.current(current_app)
     past = f" (already past {revision}: an upgrade never goes back)" if revision not in ("head", "heads", now) else ""
-    click.echo(f"database at {migrate.describe_url(current_app)} is at revision {now}{past}")
+    done = ", the head: nothing to do" if before == now == migrate.head() and not past else ""
+    click.echo(f"database at {migrate.describe_url(current_app)} is at revision {now}{past}{done}")
 
 
 @db_cli.command("check")

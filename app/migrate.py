@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import functools
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
@@ -19,6 +23,19 @@ from app.db import Base
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
+# One `db upgrade` at a time per database: on PostgreSQL each takes this advisory lock (a transaction's, released
+# when it commits or rolls back) before reading the database's revision; on SQLite each begins IMMEDIATE (SQLite's
+# write lock) before reading it. A second waits, then finds the revision the first left (nothing to do at the head).
+MIGRATION_LOCK_KEY = 0x6672656D666F7267  # "fremforg"
+# How long a `db upgrade` waits for another migrating the same database before it gives up, in one line.
+MIGRATION_WAIT_SECONDS: float = 600
+
+log = logging.getLogger(__name__)
+
+
+class MigrationBusy(Exception):
+    """Another `db upgrade` held the database past MIGRATION_WAIT_SECONDS: nothing was done."""
+
 
 def alembic_config(app: Flask) -> Config:
     cfg = Config()
@@ -27,10 +44,81 @@ def alembic_config(app: Flask) -> Config:
     return cfg
 
 
-def upgrade(app: Flask, revision: str = "head") -> None:
+def upgrade(app: Flask, revision: str = "head") -> str | None:
+    """Migrate the database to `revision`, once no other `db upgrade` is migrating it (`one_at_a_time`); the
+    revision it was at before (read under that lock: another's migration done first counts as before)."""
     if app.config["DATABASE_URL"].startswith("sqlite"):
         Path(app.instance_path).mkdir(parents=True, exist_ok=True)
-    command.upgrade(alembic_config(app), revision)
+    cfg = alembic_config(app)
+    command.upgrade(cfg, revision)
+    before: str | None = cfg.attributes.get("revision_before")
+    return before
+
+
+@contextmanager
+def one_at_a_time(connection: sa.Connection) -> Iterator[None]:
+    """The migration's one transaction (migrations/env.py), begun once no other `db upgrade` is migrating this
+    database: before it, two at once both read the same old revision and both ran its migrations, and the second
+    failed halfway with a traceback (PostgreSQL: DuplicateColumn). The second now logs `db.upgrade.waiting` and waits
+    up to MIGRATION_WAIT_SECONDS (then MigrationBusy); inside, the revision it reads is the first's."""
+    if connection.dialect.name == "sqlite":
+        with _sqlite_write_lock(connection):
+            yield
+        return
+    with connection.begin():
+        lock = sa.select(sa.func.pg_try_advisory_xact_lock(MIGRATION_LOCK_KEY))
+        if not connection.execute(lock).scalar():
+            _waiting()
+            timeout = connection.execute(sa.text("SHOW lock_timeout")).scalar()
+            _set_lock_timeout(connection, f"{MIGRATION_WAIT_SECONDS}s")
+            try:
+                connection.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
+            except sa.exc.OperationalError as exc:
+                if getattr(exc.orig, "sqlstate", None) == "55P03":  # lock_timeout passed
+                    raise MigrationBusy() from None
+                raise
+            _set_lock_timeout(connection, str(timeout))  # the migration's own statements wait as any other's
+        yield
+
+
+def _set_lock_timeout(connection: sa.Connection, value: str) -> None:
+    connection.execute(sa.text("SELECT set_config('lock_timeout', :value, true)"), {"value": value})
+
+
+@contextmanager
+def _sqlite_write_lock(connection: sa.Connection) -> Iterator[None]:
+    """A transaction begun IMMEDIATE (app.db's `fremforge_write`), holding SQLite's write lock from before the
+    revision is read: tried at once, then (saying so) with a busy timeout of MIGRATION_WAIT_SECONDS."""
+    driver = connection.connection.driver_connection
+    assert driver is not None  # a live connection has one (for mypy)
+    busy_ms = driver.execute("PRAGMA busy_timeout").fetchone()[0]
+    connection.execution_options(fremforge_write=True)
+    try:
+        driver.execute("PRAGMA busy_timeout=0")
+        try:
+            transaction = connection.begin()
+        except sa.exc.OperationalError as exc:
+            if not db.unavailable(exc):  # (locked or busy: what another writer holding the lock gives)
+                raise
+            _waiting()
+            driver.execute(f"PRAGMA busy_timeout={round(MIGRATION_WAIT_SECONDS * 1000)}")
+            try:
+                transaction = connection.begin()
+            except sa.exc.OperationalError as again:
+                if db.unavailable(again):
+                    raise MigrationBusy() from None
+                raise
+    finally:
+        driver.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
+    with transaction:
+        yield
+
+
+def _waiting() -> None:
+    log.warning(
+        "db.upgrade.waiting: another db upgrade is migrating this database; waiting for it to end (at most %g s)",
+        MIGRATION_WAIT_SECONDS,
+    )
 
 
 def unknown_revision(revision: str) -> str | None:

@@ -6,6 +6,11 @@ import hashlib
 import hmac
 import json
 import logging
+import os
+import secrets
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -19,6 +24,7 @@ from app import create_app, logs, migrate
 from app.db import Base
 from app.worker import Loop, NotMigrated
 from tests.conftest import _postgres_schema_url, normalise, postgres_base_url, skip_or_fail
+from tests.paths import ROOT
 
 
 def _check_fresh(url: str) -> None:
@@ -413,3 +419,120 @@ def test_a_database_password_in_the_urls_query_is_never_printed():
     assert "QueryPassw0rdSecret" not in shown and "password=***" in shown and "sslmode=disable" in shown, shown
     assert "QueryPassw0rdSecret" in logs.secrets_of(app.config)
     app.extensions["fremforge.db"].engine.dispose()
+
+
+# ---------------------------------------------------------------- two `db upgrade` at once
+
+
+def _two_upgrades_at_once(url: str) -> None:
+    """Review: two `db upgrade` at once from an older revision both read it, both ran its migrations, and the second
+    failed halfway with a 106-line traceback (PostgreSQL: DuplicateColumn in 0013). Now the second waits for the
+    first (saying so), then finds the head: nothing to do. The first (here, in a thread) is held inside its migration,
+    its locks taken, until the second (the command, in a process of its own: Alembic runs one at a time a process)
+    has said it waits, or has ended (as it did before, failing: then the test fails on its exit status)."""
+    app = create_app({"TESTING": True, "DATABASE_URL": url, "SECRET_KEY": "x"})
+    engine = app.extensions["fremforge.db"].engine
+    migrate.upgrade(app, "0012")
+    with engine.begin() as conn:
+        org = "INSERT INTO orgs (id, slug, github_login, created_at) VALUES (1, 'acme', 'acme', :t)"
+        conn.execute(sa.text(org), {"t": datetime(2026, 1, 1)})
+    second_waits, first_inside = threading.Event(), threading.Event()
+
+    @sa.event.listens_for(engine, "after_cursor_execute")
+    def _hold_inside(_conn, _cursor, statement, *_):  # type: ignore[no-untyped-def]
+        if not first_inside.is_set() and statement.lstrip().upper().startswith(("ALTER", "CREATE")):
+            first_inside.set()  # its first change made: its locks held
+            second_waits.wait(timeout=120)
+
+    failed: list[BaseException] = []
+
+    def _first() -> None:
+        try:
+            migrate.upgrade(app)
+        except BaseException as exc:
+            failed.append(exc)
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FREMFORGE_")}
+    env.update(FREMFORGE_DATABASE_URL=url, FREMFORGE_SECRET_KEY=secrets.token_urlsafe(48))
+    thread = threading.Thread(target=_first)
+    try:
+        thread.start()
+        assert first_inside.wait(timeout=120)
+        with subprocess.Popen(
+            [sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ) as second:  # fmt: skip
+            assert second.stderr is not None and second.stdout is not None
+            said = []
+            for line in second.stderr:  # as it comes
+                said.append(line)
+                if "db.upgrade.waiting" in line:
+                    second_waits.set()
+            second_waits.set()  # (had it not waited, the first goes on now)
+            out, status = second.stdout.read(), second.wait(timeout=120)
+        thread.join(timeout=120)
+    finally:
+        second_waits.set()
+        sa.event.remove(engine, "after_cursor_execute", _hold_inside)
+    try:
+        assert not thread.is_alive() and failed == []
+        assert status == 0, "".join(said) + out
+        [waited] = said  # one line, no traceback
+        assert "db.upgrade.waiting: another db upgrade is migrating this database" in waited
+        assert out.endswith(f"is at revision {migrate.head()}, the head: nothing to do\n"), out
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all() == [migrate.head()]
+            assert conn.execute(sa.text("SELECT slug FROM orgs")).scalars().all() == ["acme"]
+        assert migrate.differences(app) == []
+    finally:
+        engine.dispose()
+
+
+def test_two_upgrades_at_once_on_sqlite(tmp_path):
+    _two_upgrades_at_once(f"sqlite:///{tmp_path / 'two.db'}")
+
+
+def test_two_upgrades_at_once_on_postgresql():
+    with empty_postgresql_schema() as url:
+        _two_upgrades_at_once(url)
+
+
+@contextmanager
+def _migrating_elsewhere(url: str) -> Iterator[None]:
+    """What another `db upgrade` holds while it migrates: PostgreSQL's advisory lock, SQLite's write lock."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            if conn.dialect.name == "sqlite":
+                conn.connection.driver_connection.isolation_level = None
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                conn.execute(sa.select(sa.func.pg_advisory_lock(migrate.MIGRATION_LOCK_KEY)))
+            yield
+            conn.exec_driver_sql("ROLLBACK" if conn.dialect.name == "sqlite" else "SELECT pg_advisory_unlock_all()")
+    finally:
+        engine.dispose()
+
+
+def _upgrade_held_too_long(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = create_app({"TESTING": True, "DATABASE_URL": url, "SECRET_KEY": "x"})
+    migrate.upgrade(app, "0012")
+    monkeypatch.setattr(migrate, "MIGRATION_WAIT_SECONDS", 0.2)
+    try:
+        with _migrating_elsewhere(url):
+            result = app.test_cli_runner().invoke(args=["db", "upgrade"])
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+        said = "another db upgrade has been migrating this database for 0.2 s; nothing done: try again once it ends"
+        assert result.output == f"Error: {said}\n"
+        assert migrate.current(app) == "0012"
+    finally:
+        app.extensions["fremforge.db"].engine.dispose()
+
+
+def test_an_upgrade_waits_at_most_so_long_for_another_on_sqlite(tmp_path, monkeypatch):
+    _upgrade_held_too_long(f"sqlite:///{tmp_path / 'held.db'}", monkeypatch)
+
+
+def test_an_upgrade_waits_at_most_so_long_for_another_on_postgresql(monkeypatch):
+    with empty_postgresql_schema() as url:
+        _upgrade_held_too_long(url, monkeypatch)
