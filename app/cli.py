@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 import signal
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import sqlalchemy as sa
@@ -28,6 +29,8 @@ from app.models import BLOCK_ACTIONS, BLOCK_ON, BLOCK_THRESHOLDS, Org, utcnow
 from app.policy import settings as policy_settings
 from app.web import auth, bodies, urls
 from app.web.urls import LOCAL_URL
+
+log = logging.getLogger(__name__)
 
 
 class _Migrated(click.Command):
@@ -592,14 +595,19 @@ def retention_run(now: datetime | None) -> None:
 )
 @with_appcontext
 def worker(once: bool, poll_seconds: float, parallel: int) -> None:
-    """Deliver pending commit statuses and check runs to GitHub, with retries; apply retention once a day."""
+    """Deliver pending commit statuses and check runs to GitHub, with retries; apply retention once a day.
+
+    A service (systemd's journal reads it): every line it writes is a log line, in FREMFORGE_LOG_FORMAT, on standard
+    error; its end too (`worker.stopped`, or `worker.failed reason=...` and exit status 1), never a plain one.
+    """
     counted_in = metrics.multiprocess_dir()
     if counted_in:  # the counts of this worker's earlier runs (any process gone) folded in, never lost
         metrics_folder.fold(Path(counted_in))
     gh = github_app()
     if gh is None:  # the rest of its work goes on: exceptions' expiry, the search's index, retention
-        click.echo(
-            "no GitHub App configured (FREMFORGE_GITHUB_APP_ID and FREMFORGE_GITHUB_PRIVATE_KEY): nothing to deliver"
+        log.warning(
+            "worker.no_github_app: no GitHub App configured (FREMFORGE_GITHUB_APP_ID and FREMFORGE_GITHUB_PRIVATE_KEY):"
+            " nothing to deliver"
         )
     loop = worker_loop.Loop(gh, poll_seconds=poll_seconds, parallel=parallel, once=once)
     for sig in (signal.SIGTERM, signal.SIGINT):  # finish the row in hand, give the rest back, then exit
@@ -613,12 +621,24 @@ def worker(once: bool, poll_seconds: float, parallel: int) -> None:
                 raise
             # unreachable: the loop waits for the database as after any outage, and asks before its first round
         handled = loop.run()  # never ends on a database error, but with --once
+    except click.ClickException as exc:  # refused: the database is not migrated
+        _worker_failed(exc.format_message())
     except sa.exc.SQLAlchemyError as exc:
         problem = database_problem(exc, current_app)
         if problem is None:
-            raise
-        raise click.ClickException(problem) from None
-    click.echo(f"handled {handled} deliveries")
+            log.exception("worker.failed reason=%s", type(exc).__name__)
+            raise SystemExit(1) from None
+        _worker_failed(problem)
+    except Exception as exc:  # a bug: its traceback in one log record, not on the terminal's lines
+        log.exception("worker.failed reason=%s", type(exc).__name__)
+        raise SystemExit(1) from None
+    log.info("worker.stopped deliveries=%s", handled)
+
+
+def _worker_failed(problem: str) -> NoReturn:
+    """The worker's one line for what ends it (a database away or not migrated), as a log line; exit status 1."""
+    log.error("worker.failed reason=%s", problem)
+    raise SystemExit(1)
 
 
 # ---------------------------------------------------------------- webhooks

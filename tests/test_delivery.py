@@ -582,17 +582,20 @@ def test_two_workers_never_post_the_same_row_twice(app, client, token, fake_gith
     assert {r.state for r in rows(app)} == {"delivered"}
 
 
-def test_worker_command_once(app, client, token, runner, fake_github):
+def test_worker_command_once(app, client, token, runner, fake_github, capture):
     upload(client, token)
+    buffer = capture("text")
     result = runner.invoke(args=["worker", "--once"])
     assert result.exit_code == 0, result.output
-    assert "handled 1" in result.output
+    assert "worker.stopped deliveries=1" in buffer.getvalue()
     assert posted_states(fake_github) == ["failure"]
 
 
-def test_worker_command_without_a_github_app(make_app):
-    result = make_app().test_cli_runner().invoke(args=["worker", "--once"])
-    assert result.exit_code == 0 and "no GitHub App configured" in result.output
+def test_worker_command_without_a_github_app(make_app, capture):
+    app = make_app()
+    buffer = capture("text")
+    result = app.test_cli_runner().invoke(args=["worker", "--once"])
+    assert result.exit_code == 0 and "worker.no_github_app: no GitHub App configured" in buffer.getvalue()
 
 
 # ---------------------------------------------------------------- the circuit breaker

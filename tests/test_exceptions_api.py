@@ -516,13 +516,14 @@ def test_a_synthetic_signing_finding_still_blocks_beside_an_excepted_one(app, cl
 # ---------------------------------------------------------------- the audit chain
 
 
-def test_worker_once_without_a_github_app_records_expiry_too(app, client, token):
+def test_worker_once_without_a_github_app_records_expiry_too(app, client, token, capture):
     """`worker --once` does one round of what is due, also with no GitHub App to deliver to (as the long-running
     worker does): an expired exception's event is recorded."""
     made = create(client, token, advisory_id="CVE-1", expires_at=in_days(1))
     set_expiry(app, made["id"], timedelta(seconds=-1))
+    buffer = capture("text")
     result = app.test_cli_runner().invoke(args=["worker", "--once"])
-    assert result.exit_code == 0 and "no GitHub App configured" in result.output, result.output
+    assert result.exit_code == 0 and "no GitHub App configured" in buffer.getvalue(), result.output
     assert exception_events(app)[-1] == ("exception.expired", "system", made["id"])
 
 

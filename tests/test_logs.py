@@ -497,3 +497,46 @@ def test_the_delivery_that_makes_an_org_names_it_and_worker_errors_keep_their_de
     assert handled["org"] == "Codertocat", handled
     failed = next(line for line in lines if line["event"] == "worker.error")
     assert failed["error"] == "RuntimeError" and failed["detail"] == "the disk is full: no space left on device"
+
+
+# ---------------------------------------------------------------- the worker command, a service
+
+
+def run_worker_once(env: dict[str, str]) -> tuple[int, list[dict[str, Any]]]:
+    """`flask --app wsgi worker --once` as systemd runs it: its exit status, and every line of its standard output
+    and error read as JSON (a line that is not fails the test)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi", "worker", "--once"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    lines = (done.stdout + done.stderr).splitlines()
+    assert lines, "the worker said nothing"
+    return done.returncode, [json.loads(line) for line in lines]
+
+
+@pytest.mark.parametrize("with_app", [False, True], ids=["no-github-app", "github-app"])
+def test_the_worker_commands_every_line_is_json(
+    make_app: MakeApp, database_url: str, fake_github: FakeGitHub, tmp_path: Path, with_app: bool
+) -> None:
+    """Review: with FREMFORGE_LOG_FORMAT=json the worker still printed plain lines ("no GitHub App configured ...:
+    nothing to deliver", "handled 0 deliveries"), which a log shipper reading its journal could not parse."""
+    app = app_with_github(make_app, fake_github, [REPO]) if with_app else make_app()
+    token = org_with_installation(app)
+    assert post(app.test_client(), token, seed([finding()])).status_code == 202
+    github = {f"FREMFORGE_{k}": v for k, v in github_app_config(fake_github).items()} if with_app else {}
+    status, lines = run_worker_once(served_env(database_url, tmp_path, FREMFORGE_LOG_FORMAT="json", **github))
+    assert status == 0, lines
+    events = [line["event"] for line in lines]
+    assert ("worker.no_github_app" in events) is not with_app, events
+    [stopped] = [line for line in lines if line["event"] == "worker.stopped"]
+    assert stopped["deliveries"] == (1 if with_app else 0) and stopped["level"] == "info"
+    if with_app:
+        assert "github.posting.delivered" in events, events
+
+
+def test_the_worker_commands_end_on_a_database_not_migrated_is_json_too(tmp_path: Path) -> None:
+    env = served_env(f"sqlite:///{tmp_path / 'never-migrated.db'}", tmp_path, FREMFORGE_LOG_FORMAT="json")
+    status, lines = run_worker_once(env)
+    assert status == 1
+    [failed] = [line for line in lines if line["event"] == "worker.failed"]
+    assert failed["level"] == "error" and failed["reason"].startswith("the database is not migrated"), failed
