@@ -105,6 +105,29 @@ SECRETS = ("SECRET_KEY", "GITHUB_PRIVATE_KEY", "GITHUB_WEBHOOK_SECRET", "GITHUB_
 SETTING = re.compile(r"^(#\s*)?FREMFORGE_([A-Z0-9_]+)=(.*)$")
 
 
+# The files that tell an installer how to make /etc/fremforge and its env file.
+DOCUMENTS = ("README.md", "deploy/fremforge.env.example", "deploy/BACKUP.md", *(f"deploy/{unit}" for unit in UNITS))
+MODE = re.compile(r"(?<![0-9])0[0-7]{3}(?![0-9])")
+
+
+def test_every_mention_of_the_env_files_mode_says_0640_root_fremforge_in_a_0750_folder():
+    """Review: the README's prose and both units' headers said /etc/fremforge/env is 0600, which the fremforge user
+    could not read for `db upgrade` and deploy/BACKUP.md (the README's install and the example make it 0640
+    root:fremforge, in a folder 0750 root:fremforge). Each line naming /etc/fremforge and a mode says that."""
+    mentions = {}
+    for name in DOCUMENTS:
+        for number, line in enumerate((ROOT / name).read_text().splitlines(), 1):
+            modes = MODE.findall(line)
+            if "/etc/fremforge" not in line or not modes:
+                continue
+            where = f"{name}:{number}: {line.strip()}"
+            mentions[name] = mentions.get(name, 0) + 1
+            assert set(modes) <= {"0640", "0750"}, f"/etc/fremforge (the env file 0640, its folder 0750): {where}"
+            assert "root:fremforge" in line or "-o root -g fremforge" in line, f"owner root, group fremforge: {where}"
+            assert "0640" not in modes or "/etc/fremforge/env" in line, f"0640 is the env file's mode: {where}"
+    assert set(mentions) >= {"README.md", "deploy/fremforge.env.example", *(f"deploy/{unit}" for unit in UNITS)}
+
+
 def env_example_settings() -> dict[str, tuple[bool, str]]:
     """Each FREMFORGE_ setting the example names: (active, value); a commented one is not active."""
     found: dict[str, tuple[bool, str]] = {}
