@@ -1,4 +1,13 @@
-"""Alembic, driven from the app's own configuration: upgrade, current revision, and model/migration drift."""
+"""Alembic, driven from the app's own configuration: upgrade, current revision, and model/migration drift.
+
+A database a newer release migrated is served on (`older`): a rolling upgrade migrates first, and the processes of
+the release before keep serving until they are replaced. That holds while the migrations in between remove nothing
+the older code reads (they add tables, columns and indexes, widen a column, drop a foreign key), which is so of every
+migration but 0027 (pull_request_heads): it removes scan_runs.pr_head, which a 0026 release reads, so an
+upgrade across 0027 from 0026 or older stops the older release's web app and workers before `db upgrade` (not
+rolling; README, Upgrading). Migrations after 0027 only add; one that removed anything would be listed there, in
+its upgrade notes (tests/test_migrations.py checks the list against what migrations/versions removes).
+"""
 
 from __future__ import annotations
 
@@ -166,7 +175,8 @@ def behind(app: Flask) -> bool:
 def older(app: Flask) -> bool:
     """Whether the database is at an older revision of this app's migrations, or at none (never migrated): what the
     app refuses to run on. Not at a revision this app does not know: a newer release migrated it, and this one keeps
-    serving until it is replaced (a rolling upgrade migrates first; migrations only add)."""
+    serving until it is replaced (a rolling upgrade migrates first; every migration but 0027 only adds, see the
+    module's docstring: across 0027 the older release is stopped first)."""
     return is_older(current(app))
 
 
