@@ -22,6 +22,7 @@ from app.models import (
 )
 from app.policy.settings import MAX_RETENTION_DAYS
 from app.tokens import SCOPES
+from app.web.bodies import MAX_GZIP_MEMBERS
 
 bp = Blueprint("openapi", __name__)
 
@@ -99,7 +100,7 @@ BODY_ERRORS = {
     "413": _error(
         "The body (or what it decompresses to) is over the route's limit: the upload limit "
         "(FREMFORGE_MAX_UPLOAD_MB), and at most 1 MiB for settings and an exception, 4 MiB for an import or "
-        "checkpoints."
+        f"checkpoints; or it is gzip of more than {MAX_GZIP_MEMBERS:,} members."
     ),
     "415": _error("Not sent as application/json, or an unsupported Content-Encoding."),
     "422": _error("The body breaks the schema; each detail names its JSON path."),
@@ -955,9 +956,10 @@ PATHS: dict[str, Any] = {
                     "(idempotency_key_reused)."
                 ),
                 "413": _error(
-                    "Nothing was stored: the body (or what it decompresses to) is over the upload limit "
-                    "(payload_too_large), it holds more than MAX_FINDINGS findings (too_many_findings), or more than "
-                    "MAX_FINDINGS values besides them that it takes reading one by one (too_many_values)."
+                    "Nothing was stored: the body (or what it decompresses to) is over the upload limit, or it is gzip "
+                    f"of more than {MAX_GZIP_MEMBERS:,} members (payload_too_large); it holds more than MAX_FINDINGS "
+                    "findings (too_many_findings), or more than MAX_FINDINGS values besides them that it takes "
+                    "reading one by one (too_many_values)."
                 ),
                 **AUTH_ERRORS,
                 **DATABASE_ERRORS,

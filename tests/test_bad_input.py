@@ -723,6 +723,71 @@ def test_gzip_just_under_the_limit_is_accepted(small: tuple[Flask, Any, str]) ->
     assert r.status_code == 202, r.get_data()[:500]
 
 
+EMPTY_GZIP_MEMBER = gzip.compress(b"")  # 20 bytes that inflate to nothing: no size limit ever counts them
+
+
+def many_members(empty: int) -> bytes:
+    """A gzip body of one member holding a valid upload followed by `empty` empty members."""
+    return gzip.compress(json.dumps(seed([finding()])).encode()) + EMPTY_GZIP_MEMBER * empty
+
+
+def test_gzip_of_too_many_members_is_413(app: Flask, client: Any, token: str) -> None:
+    """400,000 empty members in 8 MB took a worker past gunicorn's timeout (each copied the rest of the body), though
+    they inflate to nothing: past MAX_GZIP_MEMBERS the body is refused, naming the limit."""
+    before = census(app)
+    r = post(client, token, raw=many_members(bodies.MAX_GZIP_MEMBERS), headers={"Content-Encoding": "gzip"})
+    body = assert_error(r, 413, "payload_too_large")
+    assert f"{bodies.MAX_GZIP_MEMBERS:,} members" in body["message"]
+    assert census(app) == before
+
+
+def test_gzip_of_exactly_the_most_members_is_accepted(client: Any, token: str) -> None:
+    r = post(client, token, raw=many_members(bodies.MAX_GZIP_MEMBERS - 1), headers={"Content-Encoding": "gzip"})
+    assert r.status_code == 202, r.get_data()[:500]
+    assert r.json["accepted"] == 1
+
+
+def test_gunzip_feeds_its_decompressor_bounded_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What follows a member's end is copied into the decompressor's unused_data: fed the whole rest of the body, that
+    copy was made once per member, quadratic time (no timing here: the pieces fed and left over are measured)."""
+    fed: list[int] = []
+    left: list[int] = []
+    real = zlib.decompressobj
+
+    class Measuring:
+        def __init__(self, *a: Any) -> None:
+            self._d = real(*a)
+
+        def decompress(self, data: bytes, max_length: int = 0) -> bytes:
+            fed.append(len(data))
+            out = self._d.decompress(data, max_length)
+            left.append(len(self._d.unused_data))
+            return out
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._d, name)
+
+    monkeypatch.setattr(
+        bodies, "zlib", types.SimpleNamespace(decompressobj=Measuring, MAX_WBITS=zlib.MAX_WBITS, error=zlib.error)
+    )
+    raw = many_members(bodies.MAX_GZIP_MEMBERS - 1)
+    assert len(raw) > 128 * 1024
+    assert json.loads(bodies.gunzip(raw, 2**20))["findings"]
+    assert len(fed) >= bodies.MAX_GZIP_MEMBERS
+    assert max(fed) <= 64 * 1024 and max(left) <= 64 * 1024
+
+
+def test_gzip_members_each_holding_part_of_the_json(client: Any, token: str) -> None:
+    """Members larger than the slices gunzip feeds its decompressor, and a JSON document cut across them, read whole."""
+    raw = json.dumps(seed([finding(f"CVE-2024-{i:04}", title=os.urandom(400).hex()) for i in range(600)])).encode()
+    third = len(raw) // 3 + 1
+    members = [gzip.compress(raw[at : at + third]) for at in range(0, len(raw), third)]
+    assert all(len(m) > 64 * 1024 for m in members)
+    r = post(client, token, raw=b"".join(members), headers={"Content-Encoding": "gzip"})
+    assert r.status_code == 202, r.get_data()[:500]
+    assert r.json["accepted"] == 600
+
+
 def test_raw_body_over_the_limit_is_413(small: tuple[Flask, Any, str]) -> None:
     app, client, token = small
     raw = json.dumps(seed([finding(title="0" * (1024 * 1024))])).encode()
@@ -833,6 +898,22 @@ def test_a_whole_body_within_its_route_limit_is_read(
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     r = client.open(path + query, method=method, data=raw, headers=headers)
     assert r.status_code == 200 and r.json["block_action"] == "block_pull", r.json
+
+
+@pytest.mark.parametrize("method, path, query, limit", WHOLE_BODY_ROUTES[:4])
+def test_every_gunzipping_route_counts_members(
+    app: Flask, client: Any, method: str, path: str, query: str, limit: int
+) -> None:
+    make_org(app, "acme")
+    token = make_token(app, "acme", ALL_SCOPES)
+    content_type = "text/plain" if "trivyignore" in query else "application/json"
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": content_type, "Content-Encoding": "gzip"}
+    raw = gzip.compress(b"{}") + EMPTY_GZIP_MEMBER * bodies.MAX_GZIP_MEMBERS
+    before = census(app)
+    r = client.open(path + query, method=method, data=raw, headers=headers)
+    body = assert_error(r, 413, "payload_too_large")
+    assert f"{bodies.MAX_GZIP_MEMBERS:,} members" in body["message"]
+    assert census(app) == before
 
 
 def post_chunked(app: Flask, path: str, stream: io.BytesIO, headers: dict[str, str], method: str = "POST") -> Any:
