@@ -11,7 +11,7 @@ import orjson
 from flask import Flask, Response
 from flask.json.provider import DefaultJSONProvider
 
-from app import config, logs
+from app import config, invisible, logs
 
 
 class JSONProvider(DefaultJSONProvider):
@@ -36,6 +36,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     ends the process without a traceback: gunicorn, `flask --app wsgi ...` and `python -c` alike.
     """
     app = Flask(__name__, instance_relative_config=True)
+    # Every {{ ... }} of every page goes through finalize before it is escaped: an invisible format character in an
+    # uploaded string (a bidi override reversing an image ref) is shown as a marker, "[U+202E]", never passed on.
+    app.jinja_options = {**app.jinja_options, "finalize": invisible.show}
     app.config.update(config.DEFAULTS)
     app.config.update(config.from_environment())
     if test_config:

@@ -11,6 +11,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from app import invisible
 from app.chain import audit
 from app.models import ApiToken, Org, utcnow
 from app.web.auth import PREFIX, SCOPES, hash_token
@@ -25,7 +26,7 @@ class NewToken:
     secret: str  # shown once, never stored
 
 
-_NOT_IN_A_NAME = ("Cc", "Cf", "Zl", "Zp")  # controls, format characters (bidi overrides...), separators; a ZWJ is kept
+_NOT_IN_A_NAME = ("Cc", "Zl", "Zp")  # controls, line separators; and invisible format characters (app.invisible)
 
 
 def create(
@@ -42,7 +43,9 @@ def create(
         raise ValueError(f"scopes must be among {', '.join(SCOPES)}; got {', '.join(unknown) or 'none'}")
     if name is not None and not 1 <= len(name) <= 100:
         raise ValueError("a token name is 1 to 100 characters")
-    if name is not None and any(unicodedata.category(ch) in _NOT_IN_A_NAME and ch != "\u200d" for ch in name):
+    if name is not None and any(
+        unicodedata.category(ch) in _NOT_IN_A_NAME or invisible.is_invisible(name, at) for at, ch in enumerate(name)
+    ):
         # shown on one line in pages, logs and the audit trail, and read as it looks (no bidi override)
         raise ValueError("a token name is one line: no line break, tab, control or invisible formatting character")
     if expires_days is not None and not 1 <= expires_days <= 3650:

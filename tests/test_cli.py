@@ -87,6 +87,10 @@ def test_tokens_errors(runner, app):
         args=["tokens", "create", "--org", "acme", "--scope", "findings:write", "--name", "ci\u202ekcah"]
     )
     assert override.exit_code == 1 and "invisible formatting" in override.output  # it would read backwards
+    joined = runner.invoke(
+        args=["tokens", "create", "--org", "acme", "--scope", "findings:write", "--name", "ci\u200dprod"]
+    )
+    assert joined.exit_code == 1 and "invisible formatting" in joined.output  # a joiner joining no emoji: app.invisible
 
 
 def test_policy_show_and_set(runner, app):

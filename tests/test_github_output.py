@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
-from app import advisories, policy
+from app import advisories, invisible, policy
 from app.github import checks
 from app.insights import advisories as advisory_search
 from app.models import SEVERITIES
@@ -95,6 +95,7 @@ HOSTILE = {
     "list markers": "1. one\n- two\n+ three",
     "line separators": "a\u2028b\u2029c\x85d\re\tf\x0bg\x0ch",
     "zero width and bidi": "safe\u200bname\u202eexe.txt\u2066\u200d\ufeff",
+    "emoji sequences": "ci 👩\u200d💻 🏳\ufe0f\u200d🌈 a\u200db \u200d👩",  # an emoji's joiner kept, no other
     "leading and trailing space": "   padded   ",
     "pipes and brackets": "a|b]c[d)e(f{g}h",
 }
@@ -118,11 +119,10 @@ def visible(value: str) -> str:
     """What a value should read as: control and line-breaking characters as spaces, invisible format characters
     (zero-width, bidi overrides) dropped, whitespace collapsed (the test's own statement of the rule)."""
     kept = []
-    for ch in value:
-        category = unicodedata.category(ch)
-        if category in ("Cc", "Zl", "Zp"):
+    for at, ch in enumerate(value):
+        if unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
             kept.append(" ")
-        elif category not in ("Cf", "Cs"):
+        elif not invisible.is_invisible(value, at):  # its own tests: tests/test_invisible.py
             kept.append(ch)
     return " ".join("".join(kept).split())
 
@@ -239,7 +239,8 @@ def benign_line_count(n_findings: int) -> int:
 
 def assert_one_line(text: str, limit: int) -> None:
     assert len(text) <= limit
-    assert not any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in text), repr(text)
+    assert not any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in text), repr(text)
+    assert not any(invisible.is_invisible(text, at) for at in range(len(text))), repr(text)
     assert text == " ".join(text.split())
 
 

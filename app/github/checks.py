@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
-from app import advisories
+from app import advisories, invisible
 from app.insights import advisories as advisory_search
 from app.models import SEVERITIES
 from app.policy import (
@@ -88,9 +88,9 @@ _LEADING_MARKER = re.compile(r"^(?:([-+])|(\d{1,9})(?=\.(?: |$)))")
 
 def one_line(value: Any, limit: int = FIELD_LIMIT) -> str:
     """The text of an uploaded value on one line: line breaks, tabs and other control characters (also U+2028,
-    U+2029, U+0085) become a space; invisible format characters (zero-width, bidirectional overrides, BOM, soft
-    hyphen, word joiner) are dropped; runs of whitespace collapse to one space, none at either end; longer than
-    `limit` characters, it ends in "…"."""
+    U+2029, U+0085) become a space; invisible format characters (`app.invisible`: zero-width, bidirectional
+    overrides, BOM, soft hyphen, word joiner; not an emoji's joiner) are dropped; runs of whitespace collapse to one
+    space, none at either end; longer than `limit` characters, it ends in "…"."""
     if value is None:
         return ""
     value = str(value)
@@ -98,15 +98,14 @@ def one_line(value: Any, limit: int = FIELD_LIMIT) -> str:
         text = " ".join(value.split())
         return text if len(text) <= limit else text[: max(limit - 1, 0)].rstrip() + "…"
     kept = []
-    for ch in value:
-        category = unicodedata.category(ch)
-        if category in ("Cc", "Zl", "Zp"):
+    for at, ch in enumerate(value):
+        if unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
             kept.append(" ")
-        elif category not in ("Cf", "Cs"):
+        elif not invisible.is_invisible(value, at):
             kept.append(ch)
     text = " ".join("".join(kept).split())
-    if len(text) > limit:
-        text = text[: max(limit - 1, 0)].rstrip() + "…"
+    if len(text) > limit:  # not cut after an emoji's joiner: it would join nothing
+        text = text[: max(limit - 1, 0)].rstrip(" " + invisible.ZWJ) + "…"
     return text
 
 
