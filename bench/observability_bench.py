@@ -14,8 +14,8 @@ The app has no switch that turns metrics off: under gunicorn.conf.py both copies
 multiprocess mode (without a folder named they would count in the checkout's instance/metrics: each copy is given
 one of its own), every upload counted into mmapped files by app.metrics. What differs is the log format (the app's
 lines and gunicorn's own and access lines: one JSON object a line against key=value text, both redacted) and the
-scrape (the sum over the workers' files, plus the outbox gauges' query on the database). Which one names the folder makes no
-difference to the counting.
+scrape (the sum over the workers' files, plus the outbox gauges' query on the database). Which one names the folder
+makes no difference to the counting.
 
 After a warm-up, --requests (8000) 50-finding seed uploads per copy over 16 connections, in --rounds (8) rounds
 alternating the copies (which copy goes first alternates too); requests/s over the summed wall time, on/off >= 0.95.
