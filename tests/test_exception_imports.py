@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -384,6 +385,22 @@ def test_a_trivyignore_line_whose_exp_has_come_is_skipped_and_said_so(app, clien
     assert stored(app) == 1
     past = import_(client, token, "trivyignore", "CVE-2019-1549\n", reason="accepted", expires_at="2019-01-01")
     assert past.status_code == 422 and past.json["details"][0]["path"] == "line 1.expires_at"
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Pacific/Auckland", "America/Los_Angeles"])
+def test_a_lapsed_line_is_judged_on_the_utc_day_whatever_the_hosts_zone(monkeypatch, zone):
+    """app.models.utcnow is naive UTC: taken for local time, a host east of UTC kept a line whose day had begun (and
+    validation refused the whole file), one west of it skipped a line a day early (review)."""
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        items = imports.parse("trivyignore", "CVE-1 exp:2026-03-10\n", reason="r")
+        assert [s["advisory_id"] for s in imports.lapsed(items, datetime(2026, 3, 10, 5, 0))[1]] == ["CVE-1"]
+        assert imports.lapsed(items, datetime(2026, 3, 9, 23, 0))[1] == []
+        assert imports.lapsed(items, datetime(2026, 3, 9, 23, 0, tzinfo=UTC))[1] == []
+    finally:
+        monkeypatch.undo()  # TZ as it was
+        time.tzset()
 
 
 @pytest.mark.parametrize(

@@ -104,12 +104,14 @@ class Item:
 
 
 def lapsed(items: list[Item], now: datetime) -> tuple[list[Item], list[dict[str, str]]]:
-    """The items to create, and those whose own `exp:` day had begun at `now` (UTC), which Trivy no longer honours:
+    """The items to create, and those whose own `exp:` day had begun at `now` (UTC; a naive `now` is UTC, as
+    app.models.utcnow gives it), which Trivy no longer honours:
     each as `{"where", "advisory_id", "expired"}` for the answer to say it was skipped."""
+    today = (now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)).date()  # naive: UTC (utcnow)
     kept: list[Item] = []
     skipped: list[dict[str, str]] = []
     for item in items:
-        if item.until is not None and item.until <= now.astimezone(UTC).date():
+        if item.until is not None and item.until <= today:
             skipped.append({"where": item.where, "advisory_id": item.doc["advisory_id"], "expired": str(item.until)})
         else:
             kept.append(item)
