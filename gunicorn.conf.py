@@ -114,7 +114,7 @@ util.write_error = _write_refusal  # looked up at each refusal by gunicorn's wor
 def on_starting(server: Any) -> None:
     """Fold the counts of processes no longer running (a previous run's workers, an outbox worker restarted) into the
     folder's archives; a running process's files (an outbox worker's) stay as they are."""
-    metrics_folder.fold(METRICS_FOLDER)
+    metrics_folder.upkeep(METRICS_FOLDER)
 
 
 def child_exit(server: Any, worker: Any) -> None:

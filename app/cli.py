@@ -602,7 +602,7 @@ def worker(once: bool, poll_seconds: float, parallel: int) -> None:
     """
     counted_in = metrics.multiprocess_dir()
     if counted_in:  # the counts of this worker's earlier runs (any process gone) folded in, never lost
-        metrics_folder.fold(Path(counted_in))
+        metrics_folder.upkeep(Path(counted_in))
     gh = github_app()
     if gh is None:  # the rest of its work goes on: exceptions' expiry, the search's index, retention
         log.warning(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,12 +34,15 @@ from app import config
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
 
+log = logging.getLogger(__name__)
+
 ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own variable
 DEFAULT = "metrics"  # in the instance folder
 FOLDED = ("counter", "histogram", "summary")  # sums: what a process added stays added after it is gone
 LOCK = ".lock"
 JOURNAL = "fold.journal"  # a fold's commit: {"replace": [new archives], "remove": [files folded]}
 NEW = ".new"  # an archive being written: not *.db, so no scrape reads it
+UNREADABLE = ".unreadable"  # a dead process's file that cannot be read (cut short by a kill): set aside, not *.db
 
 
 def instance_path() -> str:
@@ -63,8 +67,19 @@ def share(instance: str) -> Path:
     return folder
 
 
+def upkeep(folder: Path) -> None:
+    """`fold` at a process's start (gunicorn's, the outbox worker's), never stopping it: metrics are not worth an
+    outage, so what goes wrong is logged and the process starts."""
+    try:
+        fold(folder)
+    except Exception:
+        log.exception("metrics.fold.failed folder=%s", folder)
+
+
 def fold(folder: Path) -> None:
-    """Fold the counts of processes no longer running into the archives; remove their live gauges."""
+    """Fold the counts of processes no longer running into the archives; remove their live gauges. A file that
+    cannot be read (a process killed as it made it: empty or cut short) is set aside as `<name>.unreadable`, logged,
+    and its counts lost, rather than every later fold failing on it."""
     from prometheus_client.multiprocess import mark_process_dead
 
     config.make_private_dir(folder)
@@ -82,6 +97,11 @@ def fold(folder: Path) -> None:
                 dead.add(int(number))
         for pid in dead:
             mark_process_dead(pid, str(folder))
+        for kind, files in gone.items():
+            archive = folder / f"{kind}_archive.db"
+            if archive.exists():
+                _readable(archive)  # set aside if it cannot be read: the new archive then holds the files' alone
+            gone[kind] = [p for p in files if _readable(p)]
         replace = [_write_archive(folder, kind, files) for kind, files in gone.items() if files]
         if not replace:
             return
@@ -101,6 +121,20 @@ def collect(folder: Path) -> list[Metric]:
     with _locked(folder, fcntl.LOCK_EX):  # a fold died after its commit: finish it first
         _finish(folder)
         return list(MultiProcessCollector(None, path=str(folder)).collect())
+
+
+def _readable(path: Path) -> bool:
+    """Whether prometheus_client can read `path`; else it is set aside (UNREADABLE) and logged."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    try:
+        for _ in MmapedDict.read_all_values_from_file(str(path)):  # a generator: read it to its end
+            pass
+    except Exception as exc:  # struct.error, a bad key's JSON or UTF-8, an OSError
+        log.warning("metrics.fold.unreadable file=%s error=%r: set aside, its counts lost", path.name, exc)
+        os.replace(path, path.with_name(path.name + UNREADABLE))
+        return False
+    return True
 
 
 def _write_archive(folder: Path, kind: str, files: list[Path]) -> str:
