@@ -223,6 +223,17 @@ _UNAVAILABLE_SQLSTATES = {
 _SQLITE_UNAVAILABLE = {5: "busy", 6: "locked", 8: "readonly", 10: "i/o error", 13: "is full", 14: "unable to open"}
 
 
+def busy(exc: BaseException) -> bool:
+    """Whether `exc` is SQLite's busy or locked: another writer holds the database's lock."""
+    orig = getattr(exc, "orig", None)
+    if not isinstance(exc, sa.exc.DBAPIError) or not isinstance(orig, sqlite3.Error):
+        return False
+    code = getattr(orig, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (5, 6)
+    return any(w in str(orig).lower() for w in (_SQLITE_UNAVAILABLE[5], _SQLITE_UNAVAILABLE[6]))
+
+
 def unavailable(exc: BaseException) -> bool:
     """Whether `exc` says the database is unavailable or locked past its budget, so that trying again later may work.
 

@@ -32,10 +32,12 @@ from app.db import Base
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
-# One `db upgrade` at a time per database: on PostgreSQL each takes this advisory lock (a transaction's, released
-# when it commits or rolls back) before reading the database's revision; on SQLite each begins IMMEDIATE (SQLite's
-# write lock) before reading it. A second waits, then finds the revision the first left (nothing to do at the head).
-MIGRATION_LOCK_KEY = 0x6672656D666F7267  # "fremforg"
+# One `db upgrade` at a time per database: on PostgreSQL each takes an advisory lock (a transaction's, released
+# when it commits or rolls back) keyed by this class and the schema the app's tables are in (apps on other schemas of
+# one database, such as the tests' workers, migrate side by side), before reading the revision; on SQLite each begins
+# IMMEDIATE (SQLite's write lock) before reading it. A second waits, then finds the revision the first left.
+MIGRATION_LOCK_CLASS = 0x666D6967  # "fmig"
+MIGRATION_LOCK_ARGS = (MIGRATION_LOCK_CLASS, sa.func.hashtext(sa.func.current_schema()))
 # How long a `db upgrade` waits for another migrating the same database before it gives up, in one line.
 MIGRATION_WAIT_SECONDS: float = 600
 
@@ -75,13 +77,13 @@ def one_at_a_time(connection: sa.Connection) -> Iterator[None]:
             yield
         return
     with connection.begin():
-        lock = sa.select(sa.func.pg_try_advisory_xact_lock(MIGRATION_LOCK_KEY))
+        lock = sa.select(sa.func.pg_try_advisory_xact_lock(*MIGRATION_LOCK_ARGS))
         if not connection.execute(lock).scalar():
             _waiting()
             timeout = connection.execute(sa.text("SHOW lock_timeout")).scalar()
             _set_lock_timeout(connection, f"{MIGRATION_WAIT_SECONDS}s")
             try:
-                connection.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
+                connection.execute(sa.select(sa.func.pg_advisory_xact_lock(*MIGRATION_LOCK_ARGS)))
             except sa.exc.OperationalError as exc:
                 if getattr(exc.orig, "sqlstate", None) == "55P03":  # lock_timeout passed
                     raise MigrationBusy() from None
@@ -107,14 +109,14 @@ def _sqlite_write_lock(connection: sa.Connection) -> Iterator[None]:
         try:
             transaction = connection.begin()
         except sa.exc.OperationalError as exc:
-            if not db.unavailable(exc):  # (locked or busy: what another writer holding the lock gives)
+            if not db.busy(exc):  # another writer holds the lock (not a file made read-only or a full disk)
                 raise
             _waiting()
             driver.execute(f"PRAGMA busy_timeout={round(MIGRATION_WAIT_SECONDS * 1000)}")
             try:
                 transaction = connection.begin()
             except sa.exc.OperationalError as again:
-                if db.unavailable(again):
+                if db.busy(again):
                     raise MigrationBusy() from None
                 raise
     finally:

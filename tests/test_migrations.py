@@ -515,7 +515,7 @@ def _migrating_elsewhere(url: str) -> Iterator[None]:
                 conn.connection.driver_connection.isolation_level = None
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
             else:
-                conn.execute(sa.select(sa.func.pg_advisory_lock(migrate.MIGRATION_LOCK_KEY)))
+                conn.execute(sa.select(sa.func.pg_advisory_lock(*migrate.MIGRATION_LOCK_ARGS)))
             yield
             conn.exec_driver_sql("ROLLBACK" if conn.dialect.name == "sqlite" else "SELECT pg_advisory_unlock_all()")
     finally:
@@ -576,3 +576,16 @@ def test_the_upgrade_notes_name_every_migration_that_removes_what_an_older_relea
     for revision in removing:
         assert f"across `{revision}`" in notes and "stop the older release" in notes and "not rolling" in notes
         assert f"upgrade across {revision}" in (migrate.__doc__ or ""), migrate.__doc__
+
+
+def test_a_migration_of_another_schema_of_the_database_does_not_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lock is the schema's, not the database's (review: one fixed key made every schema's `db upgrade` wait for
+    any other's, the tests' workers included, and give up after MIGRATION_WAIT_SECONDS)."""
+    monkeypatch.setattr(migrate, "MIGRATION_WAIT_SECONDS", 0.2)
+    with empty_postgresql_schema() as held, empty_postgresql_schema() as other, _migrating_elsewhere(held):
+        app = create_app({"TESTING": True, "DATABASE_URL": other, "SECRET_KEY": "x"})
+        try:
+            assert migrate.upgrade(app) is None  # not MigrationBusy
+            assert migrate.current(app) == migrate.head()
+        finally:
+            app.extensions["fremforge.db"].engine.dispose()
