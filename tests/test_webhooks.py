@@ -646,6 +646,24 @@ def test_pull_request_events_out_of_order_never_step_back(app, client):
     assert links_of(app) == [(PR_REPO, 2, "a" * 40, "open")]
 
 
+def test_github_s_own_payloads_opened_closed_reopened_leave_the_pull_request_open(app, client):
+    """GitHub's example `reopened` is stamped 15:20:33, older than its `closed` (15:21:18): taken by the stamp alone,
+    the reopen was dropped and the PR stayed closed (review: under block_on new its head then failed closed, and it
+    stopped being re-posted). A reopen of a closed, unmerged PR is taken whatever its stamp; an older `opened` or
+    `synchronize` still is not, nor a reopen of a merged one."""
+    make_linked_org(app, "codertocat", "Codertocat", installation_id=1)
+    for name in ("pull_request.opened", "pull_request.closed", "pull_request.reopened"):
+        assert deliver(client, name).status_code == 200
+    assert links_of(app) == [(PR_REPO, 2, PR_SHA, "open")]
+    assert deliver(client, "pull_request.closed").status_code == 200
+    assert deliver(client, "pull_request.synchronize").status_code == 200  # older: no step back
+    assert links_of(app) == [(PR_REPO, 2, PR_SHA, "closed")]
+    merged = edited("pull_request.closed", pull_request__merged=True, pull_request__merge_commit_sha="c" * 40)
+    assert deliver(client, "pull_request", body=merged).status_code == 200
+    assert deliver(client, "pull_request.reopened").status_code == 200  # a merged PR is not reopened
+    assert links_of(app) == [(PR_REPO, 2, PR_SHA, "closed")]
+
+
 @pytest.mark.parametrize("stamp", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59Z", "not a time"])
 def test_a_pull_request_stamped_out_of_range_is_handled_as_received_now(app, client, stamp):
     """A stamp that cannot be a time (year 1 east of UTC overflowed: a 500) or lies in the future (it held the row

@@ -51,8 +51,13 @@ def _upsert_link_statement(dialect: str) -> Any:
             "updated_at": insert.excluded.updated_at,
             "merge_sha": insert.excluded.merge_sha,
         },
-        # A row stamped in the future (before such stamps were taken as the time of receipt) yields too.
-        where=(insert.excluded.updated_at >= _links.c.updated_at) | (_links.c.updated_at > sa.bindparam("future")),
+        # A row stamped in the future (before such stamps were taken as the time of receipt) yields too. So does a
+        # closed, unmerged PR's row to a `reopened` event, whatever its stamp: GitHub's own example payloads reopen
+        # with an older updated_at than they close with, and when in doubt the PR is open (its head is judged
+        # against its base and kept posted; taken for closed, it would stop being re-posted as policies change).
+        where=(insert.excluded.updated_at >= _links.c.updated_at)
+        | (_links.c.updated_at > sa.bindparam("future"))
+        | (sa.bindparam("reopens", type_=sa.Boolean) & (_links.c.state == "closed") & _links.c.merge_sha.is_(None)),
     )
 
 
@@ -157,6 +162,7 @@ def _upsert_link(session: Session, payload: dict[str, Any], state: str) -> dict[
             "updated_at": stamp,
             "merge_sha": _merge_sha(payload) if state == "closed" else None,
             "future": utcnow() + FUTURE_SKEW,
+            "reopens": get(payload, "action") == "reopened" and state == "open",
         },
     ).rowcount
     remembered = 0
