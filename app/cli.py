@@ -531,17 +531,28 @@ def chain_verify(ctx: click.Context, slug: str, checkpoint_file: Any, as_json: b
 
 @chain_cli.command("checkpoint")
 @click.argument("slug")
-def chain_checkpoint(slug: str) -> None:
+@click.option(
+    "--new-key",
+    is_flag=True,
+    help="Sign with this service's key although the org's earlier checkpoints were signed by another (the key was "
+    "replaced on purpose; pin the new key id). Without it such a checkpoint is refused.",
+)
+def chain_checkpoint(slug: str, new_key: bool) -> None:
     """Print a signed checkpoint of the org's chain now (JSON), as GET /api/v1/orgs/SLUG/audit/checkpoint does."""
     org = _org(slug)
     session = db.session()
     try:
         with write_transaction(session):
-            doc = checkpoints.issue(session, checkpoints.key_of(current_app), org.id, slug, utcnow())
+            doc = checkpoints.issue(session, checkpoints.key_of(current_app), org.id, slug, utcnow(), new_key)
     except checkpoints.KeyUnavailable as exc:
         raise click.ClickException(str(exc)) from None
     except checkpoints.Inconsistent as exc:
         raise click.ClickException(f"no checkpoint signed: {exc}") from None
+    except checkpoints.KeyChanged as exc:
+        raise click.ClickException(
+            f"no checkpoint signed: {exc}. Give this host the deployment's FREMFORGE_CHECKPOINT_KEY_FILE, or, if the "
+            "key was replaced on purpose, run again with --new-key"
+        ) from None
     click.echo(json.dumps(doc))
 
 

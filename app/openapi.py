@@ -1217,7 +1217,11 @@ PATHS: dict[str, Any] = {
             "parameters": [SLUG],
             "responses": {
                 "200": _json("The checkpoint.", _ref("Checkpoint")),
-                "409": _error("The chain no longer extends the previous checkpoint: nothing is signed."),
+                "409": _error(
+                    "Nothing is signed: the chain no longer extends the previous checkpoint "
+                    "(checkpoint_inconsistent), or this host's checkpoint key is not the one the org's checkpoints "
+                    "are signed by (checkpoint_key_changed: every host needs the same key file)."
+                ),
                 "503": _or_database_unavailable("The app's checkpoint key cannot be read."),
                 **URL_ERRORS,
                 **AUTH_ERRORS,

@@ -117,6 +117,29 @@ def test_a_checkpoint_signed_with_another_key_fails(app, signed, tmp_path):
     assert verdict(app, "acme", "--checkpoint", str(path))[1]["fault"] == "checkpoint_signature"
 
 
+def test_a_host_with_another_key_signs_nothing_until_the_key_is_replaced_on_purpose(app, client, signed, tmp_path):
+    """A second host not given the deployment's key file made a key of its own and signed with it: the org's
+    checkpoints then held two keys, and `chain verify --checkpoint` on either host called the other's tampering
+    (review). Now such a host signs nothing (409 checkpoint_key_changed, logged); `chain checkpoint --new-key`
+    signs with a key replaced on purpose, and from then on that key is the org's."""
+    token, doc, _ = signed
+    assert post(client, token, seed([finding("CVE-2030-0002")], image_ref="ghcr.io/acme/more:2")).status_code == 202
+    app.extensions.pop("fremforge.checkpoint_key")
+    app.config["CHECKPOINT_KEY_FILE"] = str(tmp_path / "other-host" / "checkpoint.pem")
+    refused = get_checkpoint(client, token)
+    assert refused.status_code == 409 and refused.json["error"] == "checkpoint_key_changed", refused.json
+    assert doc["key_id"] in refused.json["message"] and "--new-key" in refused.json["message"]
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["chain", "checkpoint", "acme"])
+    assert result.exit_code == 1 and "--new-key" in result.output, result.output
+    assert scalar(app, "SELECT count(*) FROM chain_checkpoints") == 1
+    result = runner.invoke(args=["chain", "checkpoint", "acme", "--new-key"])
+    assert result.exit_code == 0, result.output
+    rotated = json.loads(result.output)
+    assert rotated["key_id"] != doc["key_id"] and rotated["size"] == SIZE + 1
+    assert get_checkpoint(client, token).json == rotated  # the new key is the org's now
+
+
 def test_the_api_verifies_against_posted_checkpoints(app, client, signed):
     _, doc, path = signed
     admin = make_token(app, scopes=["settings:write"])

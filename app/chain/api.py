@@ -47,6 +47,15 @@ def checkpoint(slug: str) -> dict[str, Any]:
             return checkpoints.issue(session, key, org.id, slug, utcnow())
     except checkpoints.Inconsistent as exc:
         raise ApiError(409, "checkpoint_inconsistent", f"No checkpoint signed: {exc}.") from None
+    except checkpoints.KeyChanged as exc:  # fails closed: a host without the deployment's key signs nothing
+        log.error("checkpoint.key_changed org=%s: %s", slug, exc)
+        raise ApiError(
+            409,
+            "checkpoint_key_changed",
+            f"No checkpoint signed: {exc}. Every host must use the same FREMFORGE_CHECKPOINT_KEY_FILE; after "
+            "replacing the key on purpose, sign the first checkpoint with the new one by: flask --app wsgi chain "
+            "checkpoint SLUG --new-key.",
+        ) from None
 
 
 def _key(create: bool) -> checkpoints.Key:

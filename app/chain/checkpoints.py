@@ -52,6 +52,11 @@ class Inconsistent(Exception):
     """The chain does not extend the org's previous checkpoint: the app will not sign it."""
 
 
+class KeyChanged(Exception):
+    """This process signs with another key than the org's previous checkpoint: a host not given the deployment's key
+    file (it made a key of its own), or a key replaced, which only `chain checkpoint --new-key` may sign with first."""
+
+
 @dataclass(frozen=True)
 class Key:
     private: Ed25519PrivateKey
@@ -120,9 +125,11 @@ def document(key: Key, slug: str, size: int, head_hash: str, time: str, signatur
     }
 
 
-def issue(session: Session, key: Key, org_id: int, slug: str, now: datetime) -> dict[str, Any]:
+def issue(session: Session, key: Key, org_id: int, slug: str, now: datetime, new_key: bool = False) -> dict[str, Any]:
     """Sign the org's chain as it is now, in the caller's write transaction; Inconsistent when it does not
-    extend the previous checkpoint (or its head row disagrees with its last entry)."""
+    extend the previous checkpoint (or its head row disagrees with its last entry); KeyChanged when `key` is not the
+    previous checkpoint's, unless `new_key` (an operator replacing the key on purpose): checkpoints of two keys in
+    one org's file fail the pinned verification of either, so every host must sign with the same one."""
     head = chain.lock_head(session, org_id)
     conn = session.connection()
     if head.seq and verify.chain_hash_at(conn, org_id, head.seq) != head.head_hash:
@@ -138,6 +145,10 @@ def issue(session: Session, key: Key, org_id: int, slug: str, now: datetime) -> 
         if (verify.chain_hash_at(conn, org_id, prev.size) if prev.size else GENESIS_HASH) != prev.head_hash:
             raise Inconsistent(
                 f"the entry at seq {prev.size} no longer has the hash signed in the checkpoint of {prev.signed_at}"
+            )
+        if prev.key_id != key.key_id and not new_key:
+            raise KeyChanged(
+                f"this service signs with {key.key_id}, but the organisation's checkpoints are signed by {prev.key_id}"
             )
         if prev.size == head.seq and prev.key_id == key.key_id:
             return document(key, slug, prev.size, prev.head_hash, prev.signed_at, prev.signature)
