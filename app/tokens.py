@@ -11,7 +11,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from app import invisible
+from app import clock, invisible
 from app.chain import audit
 from app.models import ApiToken, Org, utcnow
 from app.web.auth import PREFIX, SCOPES, hash_token
@@ -51,7 +51,7 @@ def create(
     if expires_days is not None and not 1 <= expires_days <= 3650:
         raise ValueError("expiry must be between 1 and 3650 days")
     secret = PREFIX + "".join(secrets.choice(_ALPHABET) for _ in range(_BODY_LENGTH))
-    now = utcnow()
+    now = clock.now_of(session.connection())  # expiry on the database's clock: every host judges it alike
     record = ApiToken(
         org_id=org.id,
         name=name or "token",

@@ -18,6 +18,7 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from app import db
+from app.admin import login_links
 from app.admin.sessions import hash_id
 from app.admin.signin import safe_next, web_base_url
 from app.models import AdminLoginLink, AdminSession, AuditEvent, utcnow
@@ -280,6 +281,26 @@ def test_an_expired_link_is_refused(app: Flask, client: FlaskClient, runner: Any
         cookie["csrf"] = "c"
     assert client.post(path, data={"csrf_token": "c"}).status_code == 403
     assert urlsplit(location(client.get(PAGE))).path == "/admin/login"
+    assert audit_events(app, "admin.signed_in") == []
+
+
+def test_a_link_expires_on_the_databases_clock_whatever_the_hosts(
+    app: Flask, client: FlaskClient, runner: Any, acme: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host whose clock is 15 minutes behind took a link 15 minutes past its expiry (review): the link's times
+    are made and compared on the database's clock."""
+    monkeypatch.setattr(login_links, "utcnow", lambda: utcnow() - timedelta(minutes=15), raising=False)
+    path = urlsplit(login_url(runner, "acme", "--minutes", "1")).path
+    with app.app_context():
+        session = db.session()
+        link = session.scalars(sa.select(AdminLoginLink)).one()
+        assert link.expires_at - utcnow() > timedelta(seconds=30)  # a minute from the database's now, not 14 ago
+        with db.write_transaction(session):
+            session.execute(sa.update(AdminLoginLink).values(expires_at=utcnow() - timedelta(seconds=1)))
+    assert client.get(path).status_code == 403
+    with client.session_transaction() as cookie:
+        cookie["csrf"] = "c"
+    assert client.post(path, data={"csrf_token": "c"}).status_code == 403
     assert audit_events(app, "admin.signed_in") == []
 
 

@@ -21,6 +21,7 @@ from flask import Flask
 from app import db, tokens
 from app.db import Base
 from app.models import ApiToken, utcnow
+from app.web import auth
 from tests.factories import census, make_org, make_token, seed
 
 BASE = "/api/v1/orgs/{slug}/image-scans"
@@ -288,3 +289,18 @@ def test_last_used_at_is_set_on_use(app: Flask, client: Any, acme: str) -> None:
 def test_unknown_token_does_not_touch_any_token(app: Flask, client: Any, acme: str) -> None:
     assert_401(call(client, "list", "Bearer ffis_" + "x" * 40))
     assert record_of(app, acme).last_used_at is None
+
+
+def test_a_tokens_expiry_is_set_and_judged_on_the_databases_clock(
+    app: Flask, client: Any, acme: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two hosts whose clocks disagree judge a token alike (review: a token made on a host two days behind with
+    --expires-days 1 was stored already expired, and a host behind took an expired token): the expiry is made and
+    compared on the database's clock, like leases and rate limits."""
+    behind = lambda: utcnow() - timedelta(days=2)  # noqa: E731  (this host's clock, two days behind)
+    monkeypatch.setattr(tokens, "utcnow", behind)
+    monkeypatch.setattr(auth, "utcnow", behind)
+    secret = make_token(app, "acme", expires_days=1)
+    assert call(client, "settings-get", f"Bearer {secret}").status_code == 200  # not made expired
+    expire(app, secret)  # expires_at one second ago by the database
+    assert_401(call(client, "settings-get", f"Bearer {secret}"), secret)  # not live on the host behind

@@ -10,9 +10,11 @@ from datetime import timedelta
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from app import clock
 from app.chain import audit
+from app.clock import database_now
 from app.db import rowcount
-from app.models import AdminLoginLink, Org, utcnow
+from app.models import AdminLoginLink, Org
 from app.tokens import hash_token
 
 DEFAULT_MINUTES = 10
@@ -31,7 +33,7 @@ def create(session: Session, org: Org, minutes: int = DEFAULT_MINUTES, actor: st
     """Make a link in the caller's write transaction, valid for `minutes`; recorded in the org's audit chain."""
     if not 1 <= minutes <= MAX_MINUTES:
         raise ValueError(f"a login link is valid for 1 to {MAX_MINUTES} minutes")
-    now = utcnow()
+    now = clock.now_of(session.connection())  # the database's clock: every host judges the link alike
     session.execute(
         sa.delete(AdminLoginLink)
         .where(AdminLoginLink.expires_at < now - SWEEP_AFTER)
@@ -61,15 +63,14 @@ def spend(session: Session, token: str) -> tuple[Org, AdminLoginLink] | None:
     """
     if not token or len(token) > MAX_TOKEN_LENGTH:
         return None
-    now = utcnow()
     spent = session.execute(
         sa.update(AdminLoginLink)
         .where(
             AdminLoginLink.token_hash == hash_token(token),
             AdminLoginLink.used_at.is_(None),
-            AdminLoginLink.expires_at > now,
+            AdminLoginLink.expires_at > database_now(),
         )
-        .values(used_at=now)
+        .values(used_at=database_now())
         .execution_options(synchronize_session=False)
     )
     if rowcount(spent) != 1:
@@ -93,7 +94,7 @@ def find(session: Session, token: str) -> tuple[Org, AdminLoginLink] | None:
         .where(
             AdminLoginLink.token_hash == hash_token(token),
             AdminLoginLink.used_at.is_(None),
-            AdminLoginLink.expires_at > utcnow(),
+            AdminLoginLink.expires_at > database_now(),
         )
     ).first()
     return None if row is None else (row[0], row[1])

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import manager_of_class
 
 from app import db, orgs, prepared
+from app.clock import database_now
 from app.db import write_transaction
 from app.models import ApiToken, Org, OrgSettings, utcnow
 from app.web import ratelimit
@@ -78,7 +79,10 @@ _PRINCIPAL_COLUMNS = {
 }
 _MANAGERS = {model: manager_of_class(model) for model in _PRINCIPAL_COLUMNS}
 _AUTH = (
-    sa.select(*(model.__table__.c[c] for model, cs in _PRINCIPAL_COLUMNS.items() for c in cs))
+    sa.select(
+        *(model.__table__.c[c] for model, cs in _PRINCIPAL_COLUMNS.items() for c in cs),
+        database_now().label("database_now"),  # expiry and last use on the database's clock, whichever host asks
+    )
     .select_from(
         _token_t.join(_org_t, _org_t.c.id == _token_t.c.org_id).outerjoin(
             _settings_t, _settings_t.c.org_id == _org_t.c.id
@@ -119,7 +123,7 @@ def authenticate(
         raise unauthorized("The token is not known.")
     record, org = _detached(ApiToken, row), _detached(Org, row)
     settings = _detached(OrgSettings, row) if row.org_settings_org_id is not None else None
-    now = utcnow()
+    now = row.database_now
     current = state(record, now)
     if current != "active":
         raise unauthorized(f"The token is {current}.")
