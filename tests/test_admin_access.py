@@ -304,6 +304,23 @@ def test_a_link_expires_on_the_databases_clock_whatever_the_hosts(
     assert audit_events(app, "admin.signed_in") == []
 
 
+def test_a_session_lives_12_hours_by_the_databases_clock_whatever_the_hosts(
+    app: Flask, client: FlaskClient, acme: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host 15 minutes behind made sessions that lived 12 h 15 min (review): the session's times are the
+    database's, read with its record, so every host ends it at the same moment."""
+    from app.admin import sessions
+
+    monkeypatch.setattr(sessions, "utcnow", lambda: utcnow() - timedelta(minutes=15), raising=False)
+    admin_login(app, client)
+    with app.app_context():
+        record = db.session().scalars(sa.select(AdminSession)).one()
+        assert abs(record.created_at - utcnow()) < timedelta(minutes=1)
+        with db.write_transaction(db.session()):  # its 12 hours over by the database's clock
+            db.session().execute(sa.update(AdminSession).values(expires_at=utcnow() - timedelta(seconds=1)))
+    assert urlsplit(location(client.get(PAGE))).path == "/admin/login"
+
+
 @pytest.mark.parametrize("token", ["nope", "A" * 43, "x" * 500])
 def test_an_unknown_link_is_refused(client: FlaskClient, acme: None, token: str) -> None:
     assert client.get(f"/admin/login/link/{token}").status_code == 403
@@ -595,7 +612,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     from app.admin import sessions
 
     c = Clock()
-    monkeypatch.setattr(sessions, "now", lambda: c.now)
+    monkeypatch.setattr(sessions, "now", lambda _database_time: c.now)
     return c
 
 

@@ -169,7 +169,7 @@ def check_role(found: sessions.Found, changing: bool) -> ResponseReturnValue | N
     role is confirmed (or there is none to check); else the page to answer with, the session ended where the role
     is gone. GitHub not answering ends nothing, but nothing is shown or changed until it answers (fail closed)."""
     record, org = found.record, found.org
-    at = sessions.now()
+    at = found.at
     if record.via != sessions.VIA_OAUTH or not (changing or sessions.role_check_due(record, at)):
         return None
     here = request.full_path.removesuffix("?")

@@ -8,7 +8,8 @@ app.admin.auth); the user's GitHub token for that is kept sealed (AES-GCM) under
 which the database never holds. Sessions from a one-time login link have no GitHub user and no role to check: whoever
 could run `admin login-url` on the server vouched for them, for at most LIFETIME.
 
-Time is read through `now()`, which tests replace to move the clock on.
+Time is the database's (every host judges a session alike, whatever its own clock): read with the session's record,
+or at sign-in and sign-out on its own, and passed through `now()`, which tests replace to move the clock on.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy.orm import Session
 
+from app import clock
+from app.clock import database_now
 from app.db import rowcount
-from app.models import AdminSession, Org, utcnow
+from app.models import AdminSession, Org
 
 LIFETIME = timedelta(hours=12)  # from sign-in; never extended
 ROLE_CHECK_EVERY = timedelta(minutes=15)
@@ -40,9 +43,14 @@ VIA_LINK = "link"
 _SEAL_INFO = b"fremforge admin session: github token"
 
 
-def now() -> datetime:
-    """UTC now as a naive datetime (the columns' convention); tests replace this to move time on."""
-    return utcnow()
+def now(database_time: datetime) -> datetime:
+    """The sessions' clock: the database's time as read (naive UTC, the columns' convention); tests replace this to
+    move time on."""
+    return database_time
+
+
+def _now_of(session: Session) -> datetime:
+    return now(clock.now_of(session.connection()))
 
 
 def hash_id(raw: str) -> str:
@@ -60,11 +68,12 @@ class Found:
     record: AdminSession
     org: Org
     ended: str | None  # None while it lives; else "expired" or the reason it was revoked
+    at: datetime  # the sessions' clock when it was read
 
 
 def start(session: Session, org: Org, login: str, via: str, github_token: str | None = None) -> NewSession:
     """A new session record, in the caller's write transaction; the role counts as checked now (sign-in did)."""
-    at = now()
+    at = _now_of(session)
     session.execute(
         sa.delete(AdminSession)
         .where(sa.or_(AdminSession.expires_at < at - SWEEP_AFTER, AdminSession.revoked_at < at - SWEEP_AFTER))
@@ -91,15 +100,18 @@ def find(session: Session, raw: str) -> Found | None:
     if not raw or len(raw) > MAX_ID_LENGTH:
         return None
     row = session.execute(
-        sa.select(AdminSession, Org)
+        sa.select(AdminSession, Org, database_now())
         .join(Org, Org.id == AdminSession.org_id)
         .where(AdminSession.token_hash == hash_id(raw))
         .execution_options(populate_existing=True)
     ).first()
     if row is None:
         return None
-    record, org = row
-    return Found(record, org, ended(record, now()))
+    record, org, database_time = row
+    if not isinstance(database_time, datetime):  # SQLite's text, where the type is not applied to it
+        database_time = datetime.fromisoformat(database_time)
+    at = now(database_time)
+    return Found(record, org, ended(record, at), at)
 
 
 def ended(record: AdminSession, at: datetime) -> str | None:
@@ -122,7 +134,7 @@ def revoke(session: Session, record_id: int, reason: str) -> bool:
     done = session.execute(
         sa.update(AdminSession)
         .where(AdminSession.id == record_id, AdminSession.revoked_at.is_(None))
-        .values(revoked_at=now(), revoked_reason=reason[:40], github_token=None)
+        .values(revoked_at=_now_of(session), revoked_reason=reason[:40], github_token=None)
         .execution_options(synchronize_session=False)
     )
     return rowcount(done) == 1
