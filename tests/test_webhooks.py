@@ -664,6 +664,31 @@ def test_github_s_own_payloads_opened_closed_reopened_leave_the_pull_request_ope
     assert links_of(app) == [(PR_REPO, 2, PR_SHA, "closed")]
 
 
+def test_a_late_reopened_never_winds_a_newer_close_back(app, client):
+    """Review: the reopen rule took a redelivered `reopened` (12:00, head A) after a newer push and close (13:00 head B,
+    14:00 closed): the PR read open again on its old head. A reopen taken out of order changes only the state of a
+    row on the same head, and never its stamp, so older events still cannot apply after it."""
+    make_linked_org(app, "codertocat", "Codertocat", installation_id=1)
+    at = lambda hour: f"2019-05-15T{hour}:00:00Z"  # noqa: E731
+    events = [
+        edited("pull_request.opened", pull_request__updated_at=at(10)),
+        edited("pull_request.closed", pull_request__updated_at=at(11)),
+        edited("pull_request.reopened", pull_request__updated_at=at(12)),
+        edited("pull_request.synchronize", pull_request__updated_at=at(13), pull_request__head__sha="b" * 40),
+        edited("pull_request.closed", pull_request__updated_at=at(14), pull_request__head__sha="b" * 40),
+    ]
+    for body in events:
+        assert deliver(client, "pull_request", body=body).status_code == 200
+    assert links_of(app) == [(PR_REPO, 2, "b" * 40, "closed")]
+    assert deliver(client, "pull_request", body=events[2]).status_code == 200  # the 12:00 reopen, redelivered
+    assert links_of(app) == [(PR_REPO, 2, "b" * 40, "closed")]
+    reopened_b = edited("pull_request.reopened", pull_request__updated_at=at(12), pull_request__head__sha="b" * 40)
+    assert deliver(client, "pull_request", body=reopened_b).status_code == 200  # same head: open, stamp kept
+    assert links_of(app) == [(PR_REPO, 2, "b" * 40, "open")]
+    assert deliver(client, "pull_request", body=events[3]).status_code == 200  # 13:00 < 14:00: still refused
+    assert [p.updated_at.hour for p in rows(app, PullRequestLink)] == [14]
+
+
 @pytest.mark.parametrize("stamp", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59Z", "not a time"])
 def test_a_pull_request_stamped_out_of_range_is_handled_as_received_now(app, client, stamp):
     """A stamp that cannot be a time (year 1 east of UTC overflowed: a 500) or lies in the future (it held the row

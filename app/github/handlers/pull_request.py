@@ -38,26 +38,36 @@ REMEMBER_HEAD = {
 
 
 def _upsert_link_statement(dialect: str) -> Any:
-    # GitHub does not promise delivery order, and anyone may redeliver an old event: a row changes only
-    # for an event at least as new (by the PR's updated_at) as the one it holds.
+    # GitHub does not promise delivery order, and anyone may redeliver an old event: a row changes only for an event
+    # at least as new (by the PR's updated_at) as the one it holds. A row stamped in the future (before such stamps
+    # were taken as the time of receipt) yields too.
     insert = upsert_for(dialect, _links)
+    newer = (insert.excluded.updated_at >= _links.c.updated_at) | (_links.c.updated_at > sa.bindparam("future"))
+    # One more case, in which only the state changes: a `reopened` of the same head on a closed, unmerged PR, whatever
+    # its stamp. GitHub's own example payloads reopen with an older updated_at than they close with, and when in doubt
+    # the PR is open (its head judged against its base and kept posted; taken for closed, it stops being re-posted).
+    # Nothing else is taken from such an event, nor its stamp: a late redelivery cannot wind the row back.
+    reopens = (
+        sa.bindparam("reopens", type_=sa.Boolean)
+        & (_links.c.state == "closed")
+        & _links.c.merge_sha.is_(None)
+        & (_links.c.head_sha == insert.excluded.head_sha)
+    )
+
+    def if_newer(column: str) -> Any:
+        return sa.case((newer, insert.excluded[column]), else_=_links.c[column])
+
     return insert.on_conflict_do_update(
         index_elements=["org_id", "repo_full_name", "number"],
         set_={
-            "head_sha": insert.excluded.head_sha,
-            "base_ref": insert.excluded.base_ref,
-            "base_sha": insert.excluded.base_sha,
+            "head_sha": if_newer("head_sha"),
+            "base_ref": if_newer("base_ref"),
+            "base_sha": if_newer("base_sha"),
             "state": insert.excluded.state,
-            "updated_at": insert.excluded.updated_at,
-            "merge_sha": insert.excluded.merge_sha,
+            "updated_at": if_newer("updated_at"),
+            "merge_sha": if_newer("merge_sha"),
         },
-        # A row stamped in the future (before such stamps were taken as the time of receipt) yields too. So does a
-        # closed, unmerged PR's row to a `reopened` event, whatever its stamp: GitHub's own example payloads reopen
-        # with an older updated_at than they close with, and when in doubt the PR is open (its head is judged
-        # against its base and kept posted; taken for closed, it would stop being re-posted as policies change).
-        where=(insert.excluded.updated_at >= _links.c.updated_at)
-        | (_links.c.updated_at > sa.bindparam("future"))
-        | (sa.bindparam("reopens", type_=sa.Boolean) & (_links.c.state == "closed") & _links.c.merge_sha.is_(None)),
+        where=newer | reopens,
     )
 
 
