@@ -17,7 +17,7 @@ from flask import Flask, current_app
 from flask.cli import AppGroup, ScriptInfo, with_appcontext
 from pydantic import ValidationError
 
-from app import db, exceptions, fields, metrics, metrics_folder, migrate, orgs, tokens
+from app import clock, db, exceptions, fields, metrics, metrics_folder, migrate, orgs, tokens
 from app import worker as worker_loop
 from app.admin import login_links
 from app.chain import checkpoints, retention
@@ -194,13 +194,14 @@ def orgs_list() -> None:
 # ---------------------------------------------------------------- tokens
 
 
-def _token_json(t: Any) -> dict[str, Any]:
+def _token_json(t: Any, now: datetime) -> dict[str, Any]:
+    """A token as the CLI prints it, its state at `now` (the database's clock, as requests judge it)."""
     return {
         "id": t.id,
         "name": t.name,
         "prefix": t.prefix,
         "scopes": t.scope_list,
-        "state": auth.state(t),
+        "state": auth.state(t, now),
         "created_at": t.created_at,
         "expires_at": t.expires_at,
         "last_used_at": t.last_used_at,
@@ -241,7 +242,9 @@ def tokens_create(slug: str, scopes: tuple[str, ...], name: str | None, expires_
 @click.option("--org", "slug", required=True)
 def tokens_list(slug: str) -> None:
     """List an organisation's tokens (JSON; never the secrets)."""
-    _echo_json([_token_json(t) for t in tokens.list_for(db.session(), _org(slug).id)])
+    session = db.session()
+    now = clock.now_of(session.connection())
+    _echo_json([_token_json(t, now) for t in tokens.list_for(session, _org(slug).id)])
 
 
 @tokens_cli.command("revoke")
@@ -254,7 +257,7 @@ def tokens_revoke(token_id: int) -> None:
             record = tokens.revoke(session, token_id, actor="cli")
     except LookupError as exc:
         raise click.ClickException(str(exc)) from None
-    _echo_json(_token_json(record))
+    _echo_json(_token_json(record, clock.now_of(session.connection())))
 
 
 # ---------------------------------------------------------------- policy

@@ -9,6 +9,7 @@ Failure modes first.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Callable
 from datetime import timedelta
@@ -299,8 +300,12 @@ def test_a_tokens_expiry_is_set_and_judged_on_the_databases_clock(
     compared on the database's clock, like leases and rate limits."""
     behind = lambda: utcnow() - timedelta(days=2)  # noqa: E731  (this host's clock, two days behind)
     monkeypatch.setattr(tokens, "utcnow", behind)
-    monkeypatch.setattr(auth, "utcnow", behind)
+    monkeypatch.setattr(auth, "utcnow", behind, raising=False)
     secret = make_token(app, "acme", expires_days=1)
     assert call(client, "settings-get", f"Bearer {secret}").status_code == 200  # not made expired
     expire(app, secret)  # expires_at one second ago by the database
     assert_401(call(client, "settings-get", f"Bearer {secret}"), secret)  # not live on the host behind
+    listed = app.test_cli_runner().invoke(args=["tokens", "list", "--org", "acme"])
+    assert listed.exit_code == 0 and {t["prefix"]: t["state"] for t in json.loads(listed.output)}[secret[:11]] == (
+        "expired"
+    )  # as requests judge it (the listing judged by the host's clock said active)

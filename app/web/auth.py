@@ -17,7 +17,7 @@ from sqlalchemy.orm.attributes import manager_of_class
 from app import db, orgs, prepared
 from app.clock import database_now
 from app.db import write_transaction
-from app.models import ApiToken, Org, OrgSettings, utcnow
+from app.models import ApiToken, Org, OrgSettings
 from app.web import ratelimit
 from app.web.errors import forbidden, not_found, unauthorized
 
@@ -30,8 +30,8 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def state(record: ApiToken, now: datetime | None = None) -> str:
-    now = now or utcnow()
+def state(record: ApiToken, now: datetime) -> str:
+    """`active`, `expired` or `revoked` at `now`: the database's time, as every request judges a token."""
     if record.revoked_at is not None:
         return "revoked"
     if record.expires_at is not None and record.expires_at <= now:
