@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from app.chain import checkpoints, verify
 from tests.chainkit import build_chain, org_id, scalar, sql, verdict
-from tests.factories import finding, make_token, post, seed
+from tests.factories import finding, make_org, make_token, post, seed
 
 SIZE = 200
 DOMAIN = {"finding": b"fremforge/finding/v1\n", "audit": b"fremforge/audit/v1\n"}
@@ -118,17 +118,33 @@ def test_a_checkpoint_signed_with_another_key_fails(app, signed, tmp_path):
 
 
 def test_a_host_with_another_key_signs_nothing_until_the_key_is_replaced_on_purpose(app, client, signed, tmp_path):
-    """A second host not given the deployment's key file made a key of its own and signed with it: the org's
-    checkpoints then held two keys, and `chain verify --checkpoint` on either host called the other's tampering
-    (review). Now such a host signs nothing (409 checkpoint_key_changed, logged); `chain checkpoint --new-key`
-    signs with a key replaced on purpose, and from then on that key is the org's."""
+    """A second host not given the deployment's key file made a key of its own and signed with it: checkpoints of
+    two keys, and `chain verify --checkpoint` on either host called the other's tampering (review). Now a host
+    without the file makes none once the deployment has a checkpoint (503 checkpoint_key_unavailable), and one with
+    another key signs nothing, for any org, even one without checkpoints yet (409 checkpoint_key_changed, logged);
+    `chain checkpoint --new-key` signs with a key replaced on purpose, and from then on that key is the deployment's."""
     token, doc, _ = signed
     assert post(client, token, seed([finding("CVE-2030-0002")], image_ref="ghcr.io/acme/more:2")).status_code == 202
     app.extensions.pop("fremforge.checkpoint_key")
-    app.config["CHECKPOINT_KEY_FILE"] = str(tmp_path / "other-host" / "checkpoint.pem")
+    missing = tmp_path / "other-host" / "checkpoint.pem"
+    app.config["CHECKPOINT_KEY_FILE"] = str(missing)
+    unavailable = get_checkpoint(client, token)
+    assert unavailable.status_code == 503 and unavailable.json["error"] == "checkpoint_key_unavailable"
+    assert not missing.exists()  # no key of its own made
+
+    own = tmp_path / "own.pem"  # the other host's own key
+    own.write_bytes(
+        Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    app.config["CHECKPOINT_KEY_FILE"] = str(own)
     refused = get_checkpoint(client, token)
     assert refused.status_code == 409 and refused.json["error"] == "checkpoint_key_changed", refused.json
     assert doc["key_id"] in refused.json["message"] and "--new-key" in refused.json["message"]
+    make_org(app, "beta")  # an org without checkpoints: no key of another host's either
+    other = get_checkpoint(client, make_token(app, "beta"), "beta")
+    assert other.status_code == 409 and other.json["error"] == "checkpoint_key_changed"
     runner = app.test_cli_runner()
     result = runner.invoke(args=["chain", "checkpoint", "acme"])
     assert result.exit_code == 1 and "--new-key" in result.output, result.output
@@ -137,7 +153,8 @@ def test_a_host_with_another_key_signs_nothing_until_the_key_is_replaced_on_purp
     assert result.exit_code == 0, result.output
     rotated = json.loads(result.output)
     assert rotated["key_id"] != doc["key_id"] and rotated["size"] == SIZE + 1
-    assert get_checkpoint(client, token).json == rotated  # the new key is the org's now
+    assert get_checkpoint(client, token).json == rotated  # the new key is the deployment's now
+    assert get_checkpoint(client, make_token(app, "beta"), "beta").json["key_id"] == rotated["key_id"]
 
 
 def test_the_api_verifies_against_posted_checkpoints(app, client, signed):

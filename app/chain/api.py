@@ -40,8 +40,10 @@ def verify_against(slug: str) -> dict[str, Any]:
 def checkpoint(slug: str) -> dict[str, Any]:
     """A signed statement of the chain's size and head hash now (the previous one when nothing was added)."""
     org = auth.for_request(slug, *auth.SCOPES).org  # any token of the org: a checkpoint reveals no finding
-    key = _key(create=True)
     session = db.session()
+    # The key is made here only for the deployment's first checkpoint: once one is signed, a host without the key
+    # file is one not given the deployment's, and a key of its own would sign what no other host can check.
+    key = _key(create=checkpoints.deployment_key_id(session) is None)
     try:
         with write_transaction(session):
             return checkpoints.issue(session, key, org.id, slug, utcnow())

@@ -125,15 +125,26 @@ def document(key: Key, slug: str, size: int, head_hash: str, time: str, signatur
     }
 
 
+def deployment_key_id(session: Session) -> str | None:
+    """The key id of the newest checkpoint of any org (None before the first): the key every host must sign with."""
+    newest = sa.select(ChainCheckpoint.key_id).order_by(ChainCheckpoint.id.desc()).limit(1)
+    return session.scalars(newest).first()
+
+
 def issue(session: Session, key: Key, org_id: int, slug: str, now: datetime, new_key: bool = False) -> dict[str, Any]:
     """Sign the org's chain as it is now, in the caller's write transaction; Inconsistent when it does not
     extend the previous checkpoint (or its head row disagrees with its last entry); KeyChanged when `key` is not the
-    previous checkpoint's, unless `new_key` (an operator replacing the key on purpose): checkpoints of two keys in
-    one org's file fail the pinned verification of either, so every host must sign with the same one."""
+    deployment's (the newest checkpoint's, of any org), unless `new_key` (an operator replacing the key on purpose):
+    checkpoints of two keys fail the pinned verification of either, so every host must sign with the same one."""
     head = chain.lock_head(session, org_id)
     conn = session.connection()
     if head.seq and verify.chain_hash_at(conn, org_id, head.seq) != head.head_hash:
         raise Inconsistent(f"the chain head (seq {head.seq}) does not match the entry stored at that seq")
+    signer = deployment_key_id(session)  # the newest checkpoint's, of any org: the deployment's key
+    if signer is not None and signer != key.key_id and not new_key:
+        raise KeyChanged(
+            f"this service signs with {key.key_id}, but this deployment's checkpoints are signed by {signer}"
+        )
     prev = session.scalars(
         sa.select(ChainCheckpoint).where(ChainCheckpoint.org_id == org_id).order_by(ChainCheckpoint.id.desc())
     ).first()
@@ -145,10 +156,6 @@ def issue(session: Session, key: Key, org_id: int, slug: str, now: datetime, new
         if (verify.chain_hash_at(conn, org_id, prev.size) if prev.size else GENESIS_HASH) != prev.head_hash:
             raise Inconsistent(
                 f"the entry at seq {prev.size} no longer has the hash signed in the checkpoint of {prev.signed_at}"
-            )
-        if prev.key_id != key.key_id and not new_key:
-            raise KeyChanged(
-                f"this service signs with {key.key_id}, but the organisation's checkpoints are signed by {prev.key_id}"
             )
         if prev.size == head.seq and prev.key_id == key.key_id:
             return document(key, slug, prev.size, prev.head_hash, prev.signed_at, prev.signature)
