@@ -308,6 +308,13 @@ def scrape() -> Response:
             "GET /metrics needs the header Authorization: Bearer <FREMFORGE_METRICS_TOKEN>.",
             headers={"WWW-Authenticate": 'Bearer realm="fremforge metrics"'},
         )
-    response = Response(exposition(), content_type=CONTENT_TYPE_LATEST)
+    try:
+        body = exposition()
+    except Exception:  # the files cannot be read now (a live process's being made): a 503 to retry, logged
+        log.exception("metrics.scrape.failed")
+        raise ApiError(
+            503, "metrics_unavailable", "The metrics cannot be read now; try again.", headers={"Retry-After": "5"}
+        ) from None
+    response = Response(body, content_type=CONTENT_TYPE_LATEST)
     response.headers["Cache-Control"] = "no-store"
     return response

@@ -112,14 +112,22 @@ def fold(folder: Path) -> None:
 
 
 def collect(folder: Path) -> list[Metric]:
-    """Every series of the folder summed over its files (the archives included), read while no fold runs."""
+    """Every series of the folder summed over its files (the archives included), read while no fold runs. A file of
+    a process gone that cannot be read is set aside (as a fold does), so one bad file does not fail every scrape."""
     from prometheus_client.multiprocess import MultiProcessCollector
 
     with _locked(folder, fcntl.LOCK_SH):
         if not (folder / JOURNAL).exists():
-            return list(MultiProcessCollector(None, path=str(folder)).collect())
-    with _locked(folder, fcntl.LOCK_EX):  # a fold died after its commit: finish it first
+            try:
+                return list(MultiProcessCollector(None, path=str(folder)).collect())
+            except Exception as exc:  # a file that cannot be read: set aside below, if its process is gone
+                log.warning("metrics.collect.unreadable folder=%s error=%r", folder, exc)
+    with _locked(folder, fcntl.LOCK_EX):  # a fold died after its commit, or a file cannot be read: mend, then read
         _finish(folder)
+        for path in folder.glob("*.db"):  # (a gunicorn worker killed as it made its file, between restarts)
+            number = path.stem.rpartition("_")[2]
+            if not number.isdigit() or not _alive(int(number)):
+                _readable(path)
         return list(MultiProcessCollector(None, path=str(folder)).collect())
 
 

@@ -32,10 +32,11 @@ from app.db import Base
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
-# One `db upgrade` at a time per database: on PostgreSQL each takes an advisory lock (a transaction's, released
-# when it commits or rolls back) keyed by this class and the schema the app's tables are in (apps on other schemas of
-# one database, such as the tests' workers, migrate side by side), before reading the revision; on SQLite each begins
-# IMMEDIATE (SQLite's write lock) before reading it. A second waits, then finds the revision the first left.
+# One `db upgrade` at a time per database (per schema on PostgreSQL): on PostgreSQL each takes an advisory lock (a
+# transaction's, released when it commits or rolls back) keyed by this class and the schema the app's tables are in
+# (apps on other schemas of one database, such as the tests' workers, migrate side by side), before reading the
+# revision; on SQLite each begins IMMEDIATE (SQLite's write lock) before reading it. A second waits, then finds the
+# revision the first left.
 MIGRATION_LOCK_CLASS = 0x666D6967  # "fmig"
 MIGRATION_LOCK_ARGS = (MIGRATION_LOCK_CLASS, sa.func.hashtext(sa.func.current_schema()))
 # How long a `db upgrade` waits for another migrating the same database before it gives up, in one line.

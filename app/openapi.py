@@ -1399,6 +1399,10 @@ PATHS: dict[str, Any] = {
                     **_error("FREMFORGE_METRICS_TOKEN is set and the request does not carry it."),
                     "headers": {"WWW-Authenticate": {"schema": STR, "required": True}},
                 },
+                "503": {
+                    **_error("The metrics files cannot be read now (metrics_unavailable, logged); try again."),
+                    "headers": {"Retry-After": {"schema": STR, "required": True}},
+                },
             },
         },
     },

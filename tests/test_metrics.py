@@ -34,7 +34,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from app import db, metrics_folder
+from app import db, metrics, metrics_folder
 from app.github import client as github_client
 from app.github.client import github_app
 from app.models import OutboxItem, utcnow
@@ -608,6 +608,31 @@ def test_an_unreadable_file_of_a_process_gone_is_set_aside_and_every_start_goes_
     not_a_folder.write_text("")
     metrics_folder.upkeep(not_a_folder)  # whatever else goes wrong is logged; the process starts
     assert "metrics.fold.failed" in caplog.text
+
+
+def test_a_scrape_sets_aside_an_unreadable_file_of_a_process_gone_and_answers(tmp_path: Path) -> None:
+    """A gunicorn worker killed as it made its file, while the master runs on (no start to fold it): every scrape
+    was a 500 until the next restart (review). The scrape sets the file aside, as a fold does, and answers."""
+    folder = tmp_path / "prometheus"
+    count_in(folder, 3)
+    bad = folder / f"counter_{dead_pid()}.db"
+    bad.write_bytes(b"")
+    assert value(folder_samples(folder), "fremforge_github_requests_total", status="error") == 3
+    assert not bad.exists() and bad.with_name(bad.name + metrics_folder.UNREADABLE).exists()
+
+
+def test_a_scrape_that_cannot_read_the_files_is_a_json_503(
+    client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever else the files do (a live process's file being made), the scrape is a logged 503 to retry."""
+
+    def unreadable() -> bytes:
+        raise RuntimeError("Read beyond file size detected, file is corrupted.")
+
+    monkeypatch.setattr(metrics, "exposition", unreadable)
+    r = client.get("/metrics")
+    assert r.status_code == 503 and r.get_json()["error"] == "metrics_unavailable"
+    assert r.headers["Retry-After"] == "5"
 
 
 def lock_waiters(folder: Path) -> int:
