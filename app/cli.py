@@ -537,18 +537,24 @@ def chain_verify(ctx: click.Context, slug: str, checkpoint_file: Any, as_json: b
 @click.option(
     "--new-key",
     is_flag=True,
-    help="Sign with this service's key although the org's earlier checkpoints were signed by another (the key was "
-    "replaced on purpose; pin the new key id). Without it such a checkpoint is refused.",
+    help="Sign with this service's key although the deployment's checkpoints (the newest of any org's) were signed by "
+    "another: the key was replaced on purpose (pin the new key id). Without it such a checkpoint is refused.",
 )
 def chain_checkpoint(slug: str, new_key: bool) -> None:
     """Print a signed checkpoint of the org's chain now (JSON), as GET /api/v1/orgs/SLUG/audit/checkpoint does."""
     org = _org(slug)
     session = db.session()
     try:
+        # A key is made only for the deployment's first checkpoint, or one replaced on purpose (--new-key): a host
+        # without the deployment's file is told so, not given a key of its own.
+        key = checkpoints.key_of(current_app, create=new_key or checkpoints.deployment_key_id(session) is None)
         with write_transaction(session):
-            doc = checkpoints.issue(session, checkpoints.key_of(current_app), org.id, slug, utcnow(), new_key)
+            doc = checkpoints.issue(session, key, org.id, slug, utcnow(), new_key)
     except checkpoints.KeyUnavailable as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(
+            f"{exc}, nor signed: give this host the deployment's key file (or, replacing the key on purpose, run "
+            "again with --new-key)"
+        ) from None
     except checkpoints.Inconsistent as exc:
         raise click.ClickException(f"no checkpoint signed: {exc}") from None
     except checkpoints.KeyChanged as exc:

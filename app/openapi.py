@@ -1219,8 +1219,8 @@ PATHS: dict[str, Any] = {
                 "200": _json("The checkpoint.", _ref("Checkpoint")),
                 "409": _error(
                     "Nothing is signed: the chain no longer extends the previous checkpoint "
-                    "(checkpoint_inconsistent), or this host's checkpoint key is not the one the org's checkpoints "
-                    "are signed by (checkpoint_key_changed: every host needs the same key file)."
+                    "(checkpoint_inconsistent), or this host's checkpoint key is not the deployment's (the newest "
+                    "checkpoint's, of any org: checkpoint_key_changed; every host needs the same key file)."
                 ),
                 "503": _or_database_unavailable("The app's checkpoint key cannot be read."),
                 **URL_ERRORS,

@@ -8,6 +8,8 @@ import hashlib
 import json
 import logging
 import stat
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from app.chain import checkpoints, verify
+from app.models import utcnow
 from tests.chainkit import build_chain, org_id, scalar, sql, verdict
 from tests.factories import finding, make_org, make_token, post, seed
 
@@ -131,6 +134,8 @@ def test_a_host_with_another_key_signs_nothing_until_the_key_is_replaced_on_purp
     unavailable = get_checkpoint(client, token)
     assert unavailable.status_code == 503 and unavailable.json["error"] == "checkpoint_key_unavailable"
     assert not missing.exists()  # no key of its own made
+    result = app.test_cli_runner().invoke(args=["chain", "checkpoint", "acme"])  # nor by the command
+    assert result.exit_code == 1 and "the deployment's key file" in result.output and not missing.exists()
 
     own = tmp_path / "own.pem"  # the other host's own key
     own.write_bytes(
@@ -242,3 +247,58 @@ def test_checking_needs_the_key_and_never_makes_one(app, client, signed, tmp_pat
     assert refused.status_code == 503 and refused.json["error"] == "checkpoint_key_unavailable", refused.json
     assert str(tmp_path) not in refused.json["message"], refused.json
     assert "cannot be read" in caplog.text and str(missing) in caplog.text  # the operator's log says which and why
+
+
+def new_key() -> checkpoints.Key:
+    private = Ed25519PrivateKey.generate()
+    return checkpoints.Key(
+        private, private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    )
+
+
+def test_two_hosts_signing_first_checkpoints_at_once_agree_on_one_key() -> None:
+    """PostgreSQL: two hosts, each with a key of its own, signing the first checkpoints of two orgs at once both
+    saw no checkpoint and both signed (review): the deployment's key is read under an advisory lock, so the second
+    waits for the first and then signs nothing (KeyChanged). SQLite's one writer serialises them already."""
+    from app import create_app, db, migrate
+    from app.db import write_transaction
+    from tests.conftest import TEST_CONFIG
+    from tests.test_migrations import empty_postgresql_schema
+
+    with empty_postgresql_schema() as url:
+        app = create_app({**TEST_CONFIG, "DATABASE_URL": url})
+        migrate.upgrade(app)
+        ids = [make_org(app, slug).id for slug in ("one", "two")]
+        first_key, second_key = new_key(), new_key()
+        outcome: list[str] = []
+
+        def second_host() -> None:
+            with app.app_context():
+                session = db.session()
+                try:
+                    with write_transaction(session):
+                        checkpoints.issue(session, second_key, ids[1], "two", utcnow())
+                    outcome.append("signed")
+                except checkpoints.KeyChanged:
+                    outcome.append("refused")
+
+        with app.app_context():
+            session = db.session()
+            with write_transaction(session):
+                checkpoints.issue(session, first_key, ids[0], "one", utcnow())  # holds the lock until it commits
+                other = threading.Thread(target=second_host)
+                other.start()
+                deadline = time.monotonic() + 30
+                while not scalar(app, WAITING_FOR_THE_KEY_LOCK):  # the second host waits for the lock
+                    assert other.is_alive() and time.monotonic() < deadline, outcome
+                    time.sleep(0.01)  # polling pg_locks
+            other.join(30)
+        assert outcome == ["refused"]
+        assert scalar(app, "SELECT count(DISTINCT key_id) FROM chain_checkpoints") == 1
+        app.extensions["fremforge.db"].engine.dispose()
+
+
+WAITING_FOR_THE_KEY_LOCK = (
+    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+    f"AND classid = {checkpoints.KEY_LOCK_CLASS}"
+)

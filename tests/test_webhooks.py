@@ -666,8 +666,9 @@ def test_github_s_own_payloads_opened_closed_reopened_leave_the_pull_request_ope
 
 def test_a_late_reopened_never_winds_a_newer_close_back(app, client):
     """Review: the reopen rule took a redelivered `reopened` (12:00, head A) after a newer push and close (13:00 head B,
-    14:00 closed): the PR read open again on its old head. A reopen taken out of order changes only the state of a
-    row on the same head, and never its stamp, so older events still cannot apply after it."""
+    14:00 closed): the PR read open again on its old head; and one of the same head an hour older than the close.
+    A reopen taken out of order changes only the state of a row on the same head, stamped at most REOPEN_SKEW before
+    the close, and never its stamp, so older events still cannot apply after it."""
     make_linked_org(app, "codertocat", "Codertocat", installation_id=1)
     at = lambda hour: f"2019-05-15T{hour}:00:00Z"  # noqa: E731
     events = [
@@ -682,11 +683,17 @@ def test_a_late_reopened_never_winds_a_newer_close_back(app, client):
     assert links_of(app) == [(PR_REPO, 2, "b" * 40, "closed")]
     assert deliver(client, "pull_request", body=events[2]).status_code == 200  # the 12:00 reopen, redelivered
     assert links_of(app) == [(PR_REPO, 2, "b" * 40, "closed")]
-    reopened_b = edited("pull_request.reopened", pull_request__updated_at=at(12), pull_request__head__sha="b" * 40)
-    assert deliver(client, "pull_request", body=reopened_b).status_code == 200  # same head: open, stamp kept
+    reopened_b = edited(
+        "pull_request.reopened", pull_request__updated_at="2019-05-15T13:58:00Z", pull_request__head__sha="b" * 40
+    )
+    assert deliver(client, "pull_request", body=reopened_b).status_code == 200  # same head, 2 min older: open
     assert links_of(app) == [(PR_REPO, 2, "b" * 40, "open")]
     assert deliver(client, "pull_request", body=events[3]).status_code == 200  # 13:00 < 14:00: still refused
     assert [p.updated_at.hour for p in rows(app, PullRequestLink)] == [14]
+    closed_b = edited("pull_request.closed", pull_request__updated_at=at(15), pull_request__head__sha="b" * 40)
+    assert deliver(client, "pull_request", body=closed_b).status_code == 200
+    assert deliver(client, "pull_request", body=reopened_b).status_code == 200  # same head, an hour before the close
+    assert links_of(app) == [(PR_REPO, 2, "b" * 40, "closed")]  # an old delivery: the later close stands
 
 
 @pytest.mark.parametrize("stamp", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59Z", "not a time"])

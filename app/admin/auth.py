@@ -19,6 +19,7 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from flask import Flask, Request, abort, flash, g, redirect, render_template, request, session, url_for
@@ -95,6 +96,13 @@ def message_page(
 
 
 # -- the session of this request ----------------------------------------------------------------------------------
+
+
+def database_time() -> datetime:
+    """The database's time, read with this request's session (a signed-in page's): no statement of its own."""
+    found = _found()
+    assert found is not None  # admin_required let the request in
+    return found.database_time
 
 
 def _found() -> sessions.Found | None:

@@ -69,6 +69,7 @@ class Found:
     org: Org
     ended: str | None  # None while it lives; else "expired" or the reason it was revoked
     at: datetime  # the sessions' clock when it was read
+    database_time: datetime  # the database's time then, as read (what a token's state is judged by)
 
 
 def start(session: Session, org: Org, login: str, via: str, github_token: str | None = None) -> NewSession:
@@ -111,7 +112,7 @@ def find(session: Session, raw: str) -> Found | None:
     if not isinstance(database_time, datetime):  # SQLite's text, where the type is not applied to it
         database_time = datetime.fromisoformat(database_time)
     at = now(database_time)
-    return Found(record, org, ended(record, at), at)
+    return Found(record, org, ended(record, at), at, database_time)
 
 
 def ended(record: AdminSession, at: datetime) -> str | None:

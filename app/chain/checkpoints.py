@@ -53,8 +53,8 @@ class Inconsistent(Exception):
 
 
 class KeyChanged(Exception):
-    """This process signs with another key than the org's previous checkpoint: a host not given the deployment's key
-    file (it made a key of its own), or a key replaced, which only `chain checkpoint --new-key` may sign with first."""
+    """This process signs with another key than the deployment's (the newest checkpoint's, of any org): a host not
+    given the deployment's key file, or a key replaced, which only `chain checkpoint --new-key` may sign with first."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,12 @@ def document(key: Key, slug: str, size: int, head_hash: str, time: str, signatur
     }
 
 
+# The deployment's key is read and, with the first checkpoint, set under this advisory lock (keyed by this class and
+# the schema the app's tables are in); on SQLite the one writer holds it already.
+KEY_LOCK_CLASS = 0x66636B79  # "fcky"
+_KEY_LOCK = sa.select(sa.func.pg_advisory_xact_lock(KEY_LOCK_CLASS, sa.func.hashtext(sa.func.current_schema())))
+
+
 def deployment_key_id(session: Session) -> str | None:
     """The key id of the newest checkpoint of any org (None before the first): the key every host must sign with."""
     newest = sa.select(ChainCheckpoint.key_id).order_by(ChainCheckpoint.id.desc()).limit(1)
@@ -140,6 +146,8 @@ def issue(session: Session, key: Key, org_id: int, slug: str, now: datetime, new
     conn = session.connection()
     if head.seq and verify.chain_hash_at(conn, org_id, head.seq) != head.head_hash:
         raise Inconsistent(f"the chain head (seq {head.seq}) does not match the entry stored at that seq")
+    if conn.dialect.name == "postgresql":  # one signer at a time: two first checkpoints of two orgs, one key
+        conn.execute(_KEY_LOCK)
     signer = deployment_key_id(session)  # the newest checkpoint's, of any org: the deployment's key
     if signer is not None and signer != key.key_id and not new_key:
         raise KeyChanged(

@@ -37,21 +37,27 @@ REMEMBER_HEAD = {
 }
 
 
+# How much older than the close a `reopened` may be stamped and still reopen (GitHub's example payloads: 45 s); a
+# reopen older than that is an old delivery, and the later close stands.
+REOPEN_SKEW = timedelta(minutes=5)
+
+
 def _upsert_link_statement(dialect: str) -> Any:
     # GitHub does not promise delivery order, and anyone may redeliver an old event: a row changes only for an event
     # at least as new (by the PR's updated_at) as the one it holds. A row stamped in the future (before such stamps
     # were taken as the time of receipt) yields too.
     insert = upsert_for(dialect, _links)
     newer = (insert.excluded.updated_at >= _links.c.updated_at) | (_links.c.updated_at > sa.bindparam("future"))
-    # One more case, in which only the state changes: a `reopened` of the same head on a closed, unmerged PR, whatever
-    # its stamp. GitHub's own example payloads reopen with an older updated_at than they close with, and when in doubt
-    # the PR is open (its head judged against its base and kept posted; taken for closed, it stops being re-posted).
-    # Nothing else is taken from such an event, nor its stamp: a late redelivery cannot wind the row back.
+    # One more case, in which only the state changes: a `reopened` of the same head on a closed, unmerged PR stamped
+    # up to REOPEN_SKEW before the close. GitHub's own example payloads reopen with an older updated_at than they
+    # close with, and when in doubt the PR is open (its head judged against its base and kept posted; taken for
+    # closed, it stops being re-posted). Nothing else is taken from such an event, nor its stamp.
     reopens = (
         sa.bindparam("reopens", type_=sa.Boolean)
         & (_links.c.state == "closed")
         & _links.c.merge_sha.is_(None)
         & (_links.c.head_sha == insert.excluded.head_sha)
+        & (_links.c.updated_at <= sa.bindparam("reopen_until", type_=sa.DateTime))  # at most REOPEN_SKEW older
     )
 
     def if_newer(column: str) -> Any:
@@ -173,6 +179,7 @@ def _upsert_link(session: Session, payload: dict[str, Any], state: str) -> dict[
             "merge_sha": _merge_sha(payload) if state == "closed" else None,
             "future": utcnow() + FUTURE_SKEW,
             "reopens": get(payload, "action") == "reopened" and state == "open",
+            "reopen_until": stamp + REOPEN_SKEW,
         },
     ).rowcount
     remembered = 0
