@@ -50,6 +50,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from werkzeug.exceptions import HTTPException
 
 from app import clock, config, db, metrics_folder
 from app.models import OutboxItem
@@ -310,6 +311,8 @@ def scrape() -> Response:
         )
     try:
         body = exposition()
+    except (HTTPException, sa.exc.SQLAlchemyError):  # the app's own answers (a database outage: its 503 page)
+        raise
     except Exception:  # the files cannot be read now (a live process's being made): a 503 to retry, logged
         log.exception("metrics.scrape.failed")
         raise ApiError(

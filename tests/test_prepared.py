@@ -305,7 +305,7 @@ def test_an_upload_stores_and_answers_what_sqlalchemys_own_execution_would(
 ) -> None:
     """The same uploads on the same clock, once with the statements on the driver's cursor and once through
     Connection.execute (as before app.prepared): every row written and every answer the same."""
-    for module in ("app.findings.service", "app.github.outbox", "app.web.auth", "app.chain.audit", "app.models"):
+    for module in ("app.findings.service", "app.github.outbox", "app.chain.audit", "app.models"):
         monkeypatch.setattr(f"{module}.utcnow", lambda: FROZEN)
     prepared_answers, prepared_rows = _uploads(app), _written(app)
     empty_database(app)
